@@ -1,0 +1,118 @@
+//! The [`StorageBackend`] trait every store implements, and the views and sinks it hands out.
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::model::{Change, CollectionInfo, CollectionName, Record, StoreKind, StoreSchema};
+use std::time::Duration;
+
+/// A store tidemark can back up and restore into.
+///
+/// # Contract
+///
+/// The conformance suite (`conformance-tests`) is the executable form of this contract; a
+/// backend is done when it passes the whole suite.
+///
+/// - **Checkpoints** are positions in the store's stream of committed changes. They carry the
+///   store's identity, and positions only grow.
+/// - **Views** ([`StorageBackend::view`]) are consistent: everything a view returns (collections,
+///   scans, changes) is the store's state at exactly [`View::checkpoint`], whatever writers do
+///   meanwhile.
+/// - **Changes** ([`View::changes_since`]) between a checkpoint `from` and the view's checkpoint
+///   are delivered in commit order, in batches of bounded size. Applying them, in order, over
+///   the state at `from` gives the state at the view's checkpoint. A backend may coalesce
+///   several changes of one key into its last one, with the value as of the view. It never
+///   returns a shorter stream: when the changes cannot all be given (log trimmed, WAL purged,
+///   another store) it returns [`crate::Error::ChangesUnavailable`].
+/// - **Capture is durable**: a change is recorded in the same transaction as the write, so no
+///   change is lost across a crash or restart.
+/// - **Restore** ([`StorageBackend::restore_sink`]) writes records into the store; the engine
+///   only restores into an empty store.
+/// - Nothing holds a whole store in memory: scans and changes stream to a callback.
+pub trait StorageBackend: Send + Sync {
+    /// The kind of store.
+    fn kind(&self) -> StoreKind;
+
+    /// A short description for messages, e.g. `sqlite:/var/db/app.db`.
+    fn describe(&self) -> String;
+
+    /// Makes change capture complete before a backup (e.g. SQLite: install capture on tables
+    /// created since tracking was installed). Where capture had a gap, later calls to
+    /// [`View::changes_since`] for positions before the gap return `ChangesUnavailable`.
+    fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// The current checkpoint.
+    fn current_checkpoint(&self) -> Result<Checkpoint>;
+
+    /// Opens a consistent read view as of the current checkpoint.
+    fn view(&self) -> Result<Box<dyn View + '_>>;
+
+    /// Blocks until the store has changes after `after`, or `timeout` passes. Returns whether
+    /// there are changes. Used by live backups.
+    fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool>;
+
+    /// Allows the backend to forget changes at or before `upto`, which a completed backup
+    /// holds. Backends without a change log of their own ignore it.
+    fn trim_changes(&self, upto: &Checkpoint) -> Result<()>;
+
+    /// Whether the store holds no records (restore refuses non-empty targets).
+    fn is_empty(&self) -> Result<bool>;
+
+    /// A sink that writes restored records into this store.
+    fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>>;
+}
+
+/// A consistent read view of a store, as of one checkpoint.
+pub trait View {
+    /// The checkpoint this view shows.
+    fn checkpoint(&self) -> &Checkpoint;
+
+    /// The collections, with their schemas.
+    fn collections(&mut self) -> Result<Vec<CollectionInfo>>;
+
+    /// Store-level schema (indexes, views, triggers …), opaque to the engine.
+    fn store_schema(&mut self) -> Result<StoreSchema> {
+        Ok(StoreSchema::default())
+    }
+
+    /// Streams every record of `collection`, in key order, to `visit`.
+    fn scan(
+        &mut self,
+        collection: &CollectionName,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()>;
+
+    /// Streams the changes after `from` up to this view's checkpoint, in commit order, to
+    /// `visit` in batches of at most `batch_size` changes. See the trait's contract.
+    fn changes_since(
+        &mut self,
+        from: &Checkpoint,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+    ) -> Result<()>;
+
+    /// The number of records in `collection`, where the store can count cheaply (the engine
+    /// uses it to check that an incremental saw every change); `None` otherwise.
+    fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {
+        let _ = collection;
+        Ok(None)
+    }
+}
+
+/// Receives restored records and writes them into a store.
+///
+/// The engine calls [`RestoreSink::create_collection`] for every collection before it puts
+/// records into it, then [`RestoreSink::finish`] once.
+pub trait RestoreSink {
+    /// Creates a collection. `source` is the kind of store the backup came from: a backend
+    /// replays `info.schema` only when it understands it (same kind), and otherwise uses the
+    /// cross-store mapping of `docs/FORMAT.md`.
+    fn create_collection(&mut self, info: &CollectionInfo, source: StoreKind) -> Result<()>;
+
+    /// Writes a batch of records into a collection created before.
+    fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()>;
+
+    /// Completes the restore (indexes, triggers, a commit), making everything durable.
+    fn finish(self: Box<Self>, schema: &StoreSchema, source: StoreKind) -> Result<()>;
+}

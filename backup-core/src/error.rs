@@ -1,0 +1,96 @@
+//! Errors of the backup engine and of the backends it drives.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in a backup, restore or verify, and in a backend.
+///
+/// Every variant names what it concerns (a path, a collection, a key) and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done ("create", "write", "rename" …).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot give the changes after a checkpoint any more (log trimmed, WAL purged,
+    /// a different or restored store). The engine answers with a full backup.
+    #[error("changes after position {from} are no longer available{}: {reason}",
+            earliest.map(|e| format!(" (earliest available: {e})")).unwrap_or_default())]
+    ChangesUnavailable {
+        /// The position the changes were asked from.
+        from: u64,
+        /// The earliest position changes can still be given from, if any.
+        earliest: Option<u64>,
+        /// Why.
+        reason: String,
+    },
+    /// The store reported an error.
+    #[error("{store}: {message}")]
+    Store {
+        /// The store (kind and path) concerned.
+        store: String,
+        /// What failed and why.
+        message: String,
+    },
+    /// A path or URL given by the user is not usable.
+    #[error("{path}: {cause}")]
+    BadInput {
+        /// The path concerned.
+        path: PathBuf,
+        /// Why it cannot be used.
+        cause: String,
+    },
+    /// A backup's manifest is missing, unreadable or damaged.
+    #[error("manifest {path}: {cause}")]
+    Manifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        cause: String,
+    },
+    /// A document or archive entry is damaged or does not match its checksum.
+    #[error("{path}: {cause}")]
+    Damaged {
+        /// The file (and entry) concerned.
+        path: PathBuf,
+        /// What is wrong.
+        cause: String,
+    },
+    /// A restore target already holds data and `force` was not given.
+    #[error("restore target {path} is not empty (use --force to replace it)")]
+    TargetNotEmpty {
+        /// The target.
+        path: PathBuf,
+    },
+    /// A backup was stopped on request before it finished.
+    #[error("stopped before the backup finished")]
+    Stopped,
+}
+
+impl Error {
+    /// Builds an [`Error::Io`] (use with `map_err(|e| Error::io("write", path, e))`).
+    pub fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Builds an [`Error::Store`].
+    pub fn store(store: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Store {
+            store: store.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

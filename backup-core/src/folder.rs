@@ -1,0 +1,361 @@
+//! The folder format (RxDB-style): `DIR/<collection>/<document-id>/document.json` plus
+//! `attachments/<name>`, and `DIR/.tidemark/manifest.json`. See `docs/FORMAT.md`.
+//!
+//! A full run writes into `.tidemark/staging/` and swaps each collection into place at the end;
+//! an incremental run updates documents in place, one atomic file replacement per file. In
+//! both, the manifest (and its checkpoint) is written last, after one `syncfs` made every
+//! document durable.
+
+use crate::docid;
+use crate::document;
+use crate::durable::{self, Sync};
+use crate::error::{Error, Result};
+use crate::manifest::{FolderManifest, RunKind};
+use crate::model::{CollectionName, Key, Record};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// The hidden directory holding the manifest and work areas.
+pub const META_DIR: &str = ".tidemark";
+/// The manifest's file name inside [`META_DIR`].
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// The document file inside a document's directory.
+pub const DOCUMENT_FILE: &str = "document.json";
+/// The attachments directory inside a document's directory.
+pub const ATTACHMENTS_DIR: &str = "attachments";
+
+/// What a backup wrote for one document (like RxDB's `writeEvents$`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteEvent {
+    /// The collection.
+    pub collection: CollectionName,
+    /// The document id (the encoded key, also the directory name).
+    pub document_id: String,
+    /// The files written (empty for a deletion).
+    pub files: Vec<PathBuf>,
+    /// Whether the document was deleted.
+    pub deleted: bool,
+}
+
+/// A folder backup directory.
+#[derive(Debug, Clone)]
+pub struct FolderBackup {
+    root: PathBuf,
+}
+
+impl FolderBackup {
+    /// Opens (creating if needed) a folder backup at `root`, and repairs what an interrupted
+    /// run left behind.
+    pub fn open(root: &Path) -> Result<Self> {
+        if root.exists() && !root.is_dir() {
+            return Err(Error::BadInput {
+                path: root.to_path_buf(),
+                cause: "exists and is not a directory".into(),
+            });
+        }
+        durable::create_dir_all(&root.join(META_DIR))?;
+        let folder = FolderBackup {
+            root: root.to_path_buf(),
+        };
+        folder.recover()?;
+        Ok(folder)
+    }
+
+    /// Opens an existing folder backup for reading; fails if it has no manifest.
+    pub fn open_existing(root: &Path) -> Result<(Self, FolderManifest)> {
+        let folder = FolderBackup {
+            root: root.to_path_buf(),
+        };
+        if !root.is_dir() {
+            return Err(Error::BadInput {
+                path: root.to_path_buf(),
+                cause: "no such backup directory".into(),
+            });
+        }
+        let manifest = folder.manifest()?.ok_or_else(|| Error::Manifest {
+            path: folder.manifest_path(),
+            cause: "missing: this directory holds no completed tidemark folder backup".into(),
+        })?;
+        Ok((folder, manifest))
+    }
+
+    /// The backup's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the manifest lives.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.root.join(META_DIR).join(MANIFEST_FILE)
+    }
+
+    /// The manifest of the last completed run, if any.
+    pub fn manifest(&self) -> Result<Option<FolderManifest>> {
+        FolderManifest::read(&self.manifest_path())
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.root.join(META_DIR).join("staging")
+    }
+
+    fn trash(&self) -> PathBuf {
+        self.root.join(META_DIR).join("trash")
+    }
+
+    /// Undoes what a run interrupted during its final swap left: a collection moved to the
+    /// trash but not replaced goes back; the rest of the trash and staging is removed.
+    fn recover(&self) -> Result<()> {
+        let trash = self.trash();
+        if let Ok(entries) = fs::read_dir(&trash) {
+            for entry in entries {
+                let entry = entry.map_err(|e| Error::io("read directory", &trash, e))?;
+                let live = self.root.join(entry.file_name());
+                if !live.exists() {
+                    fs::rename(entry.path(), &live)
+                        .map_err(|e| Error::io("rename", entry.path(), e))?;
+                }
+            }
+        }
+        durable::remove_dir_all_if_exists(&trash)?;
+        durable::remove_dir_all_if_exists(&self.staging())
+    }
+
+    /// Starts a run. A full run writes into staging; an incremental run starts from the
+    /// previous manifest's collections and counts.
+    pub fn begin(&self, kind: RunKind, previous: Option<&FolderManifest>) -> Result<FolderRun> {
+        let counts = match (kind, previous) {
+            (RunKind::Incremental, Some(p)) => p
+                .collections
+                .iter()
+                .map(|c| (c.info.name.clone(), c.records))
+                .collect(),
+            _ => BTreeMap::new(),
+        };
+        let base = match kind {
+            RunKind::Full => {
+                let staging = self.staging();
+                durable::remove_dir_all_if_exists(&staging)?;
+                durable::create_dir_all(&staging)?;
+                staging
+            }
+            RunKind::Incremental => self.root.clone(),
+        };
+        Ok(FolderRun {
+            folder: self.clone(),
+            kind,
+            base,
+            counts,
+            dropped: Vec::new(),
+            bytes: 0,
+        })
+    }
+
+    /// Streams every record of one collection of the manifest to `visit`, checking each
+    /// document (CRC32s, key matches its folder). Errors name the document's path.
+    pub fn read_collection(
+        &self,
+        dir: &str,
+        visit: &mut dyn FnMut(Record, &Path) -> Result<()>,
+    ) -> Result<u64> {
+        let cdir = self.root.join(dir);
+        let entries = fs::read_dir(&cdir).map_err(|e| Error::io("read directory", &cdir, e))?;
+        let mut n = 0;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("read directory", &cdir, e))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".tmp") {
+                continue;
+            }
+            let docdir = entry.path();
+            let record = read_document(&docdir)?;
+            if docid::encode(record.key.as_bytes()) != name {
+                return Err(Error::Damaged {
+                    path: docdir.join(DOCUMENT_FILE),
+                    cause: format!(
+                        "the key {} does not belong in the folder `{name}`",
+                        record.key
+                    ),
+                });
+            }
+            visit(record, &docdir)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// Reads and checks one document directory.
+pub fn read_document(docdir: &Path) -> Result<Record> {
+    let path = docdir.join(DOCUMENT_FILE);
+    let json = fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let attdir = docdir.join(ATTACHMENTS_DIR);
+    document::decode(&json, &mut |name| {
+        let p = attdir.join(name);
+        fs::read(&p).map_err(|e| format!("attachment {}: {e}", p.display()))
+    })
+    .map_err(|cause| Error::Damaged { path, cause })
+}
+
+/// One backup run writing into a folder.
+#[derive(Debug)]
+pub struct FolderRun {
+    folder: FolderBackup,
+    kind: RunKind,
+    base: PathBuf,
+    counts: BTreeMap<CollectionName, u64>,
+    dropped: Vec<CollectionName>,
+    bytes: u64,
+}
+
+impl FolderRun {
+    /// Makes sure a collection exists in the backup (an empty collection still has a folder).
+    pub fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
+        if !self.counts.contains_key(collection) {
+            durable::create_dir_all(&self.collection_dir(collection))?;
+            self.counts.insert(collection.clone(), 0);
+        }
+        Ok(())
+    }
+
+    /// Removes a collection that no longer exists in the store.
+    pub fn drop_collection(&mut self, collection: &CollectionName) {
+        self.counts.remove(collection);
+        self.dropped.push(collection.clone());
+    }
+
+    /// Writes (or replaces) one record's document.
+    pub fn put(&mut self, collection: &CollectionName, record: &Record) -> Result<WriteEvent> {
+        self.create_collection(collection)?;
+        let id = docid::encode(record.key.as_bytes());
+        let docdir = self.collection_dir(collection).join(&id);
+        let doc_path = docdir.join(DOCUMENT_FILE);
+        let existed = self.kind == RunKind::Incremental && doc_path.exists();
+        if !existed {
+            durable::create_dir_all(&docdir)?;
+        }
+        let enc = document::encode(record);
+        let mut files = Vec::with_capacity(1 + enc.attachments.len());
+        let attdir = docdir.join(ATTACHMENTS_DIR);
+        if !enc.attachments.is_empty() {
+            durable::create_dir_all(&attdir)?;
+        }
+        for (name, bytes) in &enc.attachments {
+            let p = attdir.join(name);
+            self.write_file(&p, bytes)?;
+            self.bytes += bytes.len() as u64;
+            files.push(p);
+        }
+        self.write_file(&doc_path, &enc.json)?;
+        self.bytes += enc.json.len() as u64;
+        files.insert(0, doc_path);
+        if existed {
+            remove_stale_attachments(&attdir, &enc.attachments)?;
+        } else {
+            *self.counts.entry(collection.clone()).or_insert(0) += 1;
+        }
+        Ok(WriteEvent {
+            collection: collection.clone(),
+            document_id: id,
+            files,
+            deleted: false,
+        })
+    }
+
+    /// Removes one record's document, if the backup holds it.
+    pub fn delete(&mut self, collection: &CollectionName, key: &Key) -> Result<Option<WriteEvent>> {
+        let id = docid::encode(key.as_bytes());
+        let docdir = self.collection_dir(collection).join(&id);
+        if !docdir.exists() {
+            return Ok(None);
+        }
+        durable::remove_dir_all_if_exists(&docdir)?;
+        if let Some(n) = self.counts.get_mut(collection) {
+            *n = n.saturating_sub(1);
+        }
+        Ok(Some(WriteEvent {
+            collection: collection.clone(),
+            document_id: id,
+            files: Vec::new(),
+            deleted: true,
+        }))
+    }
+
+    /// How many records the backup holds in `collection` after this run's writes so far.
+    pub fn count(&self, collection: &CollectionName) -> u64 {
+        self.counts.get(collection).copied().unwrap_or(0)
+    }
+
+    /// Bytes of documents and attachments written so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Completes the run: swaps a full run's collections into place, makes everything durable,
+    /// then writes the manifest. The manifest's checkpoint never runs ahead of durable data.
+    pub fn commit(self, manifest: &FolderManifest) -> Result<()> {
+        let root = self.folder.root.clone();
+        if self.kind == RunKind::Full {
+            durable::sync_filesystem(&self.base)?;
+            let trash = self.folder.trash();
+            durable::create_dir_all(&trash)?;
+            let previous = self.folder.manifest().ok().flatten();
+            let old_dirs = previous
+                .iter()
+                .flat_map(|p| p.collections.iter().map(|c| c.dir.clone()));
+            let new_dirs: Vec<String> = manifest.collections.iter().map(|c| c.dir.clone()).collect();
+            for dir in old_dirs.chain(new_dirs.iter().cloned()) {
+                let live = root.join(&dir);
+                if live.exists() {
+                    fs::rename(&live, trash.join(&dir))
+                        .map_err(|e| Error::io("rename", &live, e))?;
+                }
+            }
+            for dir in &new_dirs {
+                let staged = self.base.join(dir);
+                fs::rename(&staged, root.join(dir)).map_err(|e| Error::io("rename", &staged, e))?;
+            }
+        } else {
+            for c in &self.dropped {
+                durable::remove_dir_all_if_exists(&self.collection_dir(c))?;
+            }
+        }
+        durable::sync_filesystem(&root)?;
+        durable::sync_dir(&root)?;
+        manifest.write(&self.folder.manifest_path())?;
+        durable::remove_dir_all_if_exists(&self.folder.trash())?;
+        durable::remove_dir_all_if_exists(&self.folder.staging())
+    }
+
+    fn collection_dir(&self, collection: &CollectionName) -> PathBuf {
+        self.base.join(collection_dir_name(collection))
+    }
+
+    fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
+        match self.kind {
+            RunKind::Full => durable::write_new(path, bytes),
+            RunKind::Incremental => durable::write_atomic(path, bytes, Sync::Later),
+        }
+    }
+}
+
+/// The directory name of a collection (its encoded name).
+pub fn collection_dir_name(collection: &CollectionName) -> String {
+    docid::encode(collection.as_str().as_bytes())
+}
+
+fn remove_stale_attachments(attdir: &Path, keep: &[(String, &[u8])]) -> Result<()> {
+    let Ok(entries) = fs::read_dir(attdir) else {
+        return Ok(());
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read directory", attdir, e))?;
+        let name = entry.file_name();
+        if !keep.iter().any(|(k, _)| name.to_str() == Some(k)) {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+    }
+    Ok(())
+}

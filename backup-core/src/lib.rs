@@ -1,0 +1,48 @@
+//! # backup-core
+//!
+//! tidemark's store-independent engine: the [`StorageBackend`] trait that RocksDB, sled and
+//! SQLite implement, the data model, the backup formats, and the backup, restore and verify
+//! logic, written once for every store. This crate names no concrete store.
+//!
+//! ```
+//! use backup_core::{docid, CollectionName, Key};
+//!
+//! // Any key bytes map reversibly to a safe file name.
+//! let key = Key(b"user/42".to_vec());
+//! let name = docid::encode(key.as_bytes());
+//! assert_eq!(name, "user%2F42");
+//! assert_eq!(docid::decode(&name), Some(key.0));
+//! let _ = CollectionName::new("users");
+//! ```
+//!
+//! A backup is `backup_folder(&backend, dir, &options, &mut |event| …)`; a restore is
+//! [`restore_folder_to_path`] (a new store built aside) or [`restore_folder_into`] (an open,
+//! empty store). See `ARCHITECTURE.md` and `docs/FORMAT.md` at the repository root.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod docid;
+pub mod document;
+pub mod durable;
+pub mod engine;
+pub mod error;
+pub mod folder;
+pub mod manifest;
+pub mod model;
+pub mod restore;
+pub mod verify;
+
+pub use backend::{RestoreSink, StorageBackend, View};
+pub use checkpoint::{Checkpoint, StoreId};
+pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
+pub use error::{Error, Result};
+pub use folder::WriteEvent;
+pub use manifest::RunKind;
+pub use model::{
+    Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,
+    StoreSchema, Value,
+};
+pub use restore::{
+    restore_folder_into, restore_folder_to_path, RestoreOptions, RestoreSummary, StoreFactory,
+};
+pub use verify::{verify_folder, VerifyReport};

@@ -1,0 +1,139 @@
+//! The folder format's manifest: what a folder backup holds and up to which checkpoint.
+
+use crate::checkpoint::Checkpoint;
+use crate::durable::{self, Sync};
+use crate::error::{Error, Result};
+use crate::model::{CollectionInfo, StoreKind, StoreSchema};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// The `format` value of a folder manifest.
+pub const FOLDER_FORMAT: &str = "tidemark-folder";
+/// The folder format version this crate writes and reads.
+pub const FOLDER_FORMAT_VERSION: u32 = 1;
+
+/// Whether a backup run copied the whole store or only its changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// A consistent copy of the whole store.
+    Full,
+    /// The changes since the previous backup's checkpoint.
+    Incremental,
+}
+
+impl std::fmt::Display for RunKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunKind::Full => "full",
+            RunKind::Incremental => "incremental",
+        })
+    }
+}
+
+/// One collection in a manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestCollection {
+    /// The collection and its schema.
+    #[serde(flatten)]
+    pub info: CollectionInfo,
+    /// Its directory under the backup root (the encoded name).
+    pub dir: String,
+    /// How many records it holds at the checkpoint.
+    pub records: u64,
+}
+
+/// The manifest of a folder backup (`DIR/.tidemark/manifest.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FolderManifest {
+    /// Always [`FOLDER_FORMAT`].
+    pub format: String,
+    /// Always [`FOLDER_FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The kind of store backed up.
+    pub store_kind: StoreKind,
+    /// The store as the user named it (for messages only).
+    pub source: String,
+    /// Every change at or before this checkpoint is in the backup, none after it.
+    pub checkpoint: Checkpoint,
+    /// When the first full backup in this folder was taken (RFC 3339, UTC).
+    pub created_at: String,
+    /// When the last run finished (RFC 3339, UTC).
+    pub updated_at: String,
+    /// What the last run was.
+    pub last_run: RunKind,
+    /// The collections, in the store's order.
+    pub collections: Vec<ManifestCollection>,
+    /// Store-level schema (e.g. SQLite indexes, views, triggers).
+    #[serde(default)]
+    pub store_schema: StoreSchema,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    crc32: u32,
+    manifest: serde_json::Value,
+}
+
+impl FolderManifest {
+    /// Reads and checks a manifest file. `Ok(None)` if it does not exist.
+    pub fn read(path: &Path) -> Result<Option<FolderManifest>> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        let bad = |cause: String| Error::Manifest {
+            path: path.to_path_buf(),
+            cause,
+        };
+        let file: ManifestFile = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("not a tidemark manifest: {e}")))?;
+        let body = serde_json::to_vec(&file.manifest).expect("a JSON value serializes");
+        let crc = crc32fast::hash(&body);
+        if crc != file.crc32 {
+            return Err(bad(format!(
+                "CRC32 {crc:08x} does not match the stored {:08x}: the manifest is damaged",
+                file.crc32
+            )));
+        }
+        let manifest: FolderManifest = serde_json::from_value(file.manifest)
+            .map_err(|e| bad(format!("unexpected content: {e}")))?;
+        if manifest.format != FOLDER_FORMAT {
+            return Err(bad(format!(
+                "format is `{}`, expected `{FOLDER_FORMAT}`",
+                manifest.format
+            )));
+        }
+        if manifest.format_version != FOLDER_FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported (this tidemark reads {FOLDER_FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Writes the manifest durably (aside, fsync, rename, fsync the directory).
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let body = serde_json::to_value(self).expect("a manifest serializes");
+        let crc32 = crc32fast::hash(&serde_json::to_vec(&body).expect("a JSON value serializes"));
+        let mut bytes = serde_json::to_vec_pretty(&ManifestFile {
+            crc32,
+            manifest: body,
+        })
+        .expect("a manifest serializes");
+        bytes.push(b'\n');
+        durable::write_atomic(path, &bytes, Sync::Now)
+    }
+}
+
+/// The current time as RFC 3339 (UTC).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("the current time formats as RFC 3339")
+}
