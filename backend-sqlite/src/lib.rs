@@ -1,0 +1,750 @@
+//! # backend-sqlite
+//!
+//! tidemark's [`StorageBackend`] for SQLite (through rusqlite).
+//!
+//! - Collections are the user tables; a record is a row keyed by its primary key (or rowid),
+//!   with every value's SQL type kept exactly.
+//! - Changes are captured by triggers installed with [`SqliteBackend::track`] (see
+//!   [`tracking`]), so writes by any connection or process are seen. The checkpoint is the
+//!   change log's sequence number.
+//! - A view is one read transaction: consistent, and in WAL mode it does not block writers.
+//!
+//! ```
+//! use backend_sqlite::SqliteBackend;
+//! use backup_core::{backup_folder, BackupOptions, StorageBackend};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = dir.path().join("app.db");
+//! let conn = rusqlite::Connection::open(&db)?;
+//! conn.execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); \
+//!                     INSERT INTO users(name) VALUES ('ann'), ('bob');")?;
+//! let backend = SqliteBackend::open(&db)?;
+//! backend.track()?;
+//! let summary = backup_folder(&backend, &dir.path().join("backup"), &BackupOptions::default(),
+//!                             &mut |_| {})?;
+//! assert_eq!(summary.records_total, 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod table;
+pub mod tracking;
+
+use backup_core::{
+    Change, ChangeOp, Checkpoint, CollectionInfo, CollectionName, Error, Field, Record,
+    RestoreSink, Result, Row, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema,
+    Value, View,
+};
+use rusqlite::{Connection, OpenFlags};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use table::{encode_key, field, quote_ident, user_tables, SqlField, Table};
+
+pub use tracking::TrackReport;
+
+/// The identity reported for a database without tracking (it always gets full backups).
+pub const UNTRACKED_ID: &str = "untracked";
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A SQLite database as a tidemark store.
+pub struct SqliteBackend {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteBackend {
+    /// Opens an existing database. Fails with a plain error if the file is missing or is not a
+    /// SQLite database.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: if path.exists() {
+                    "not a file".into()
+                } else {
+                    "no such file".into()
+                },
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .or_else(|_| {
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        })
+        .map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot open as a SQLite database: {e}"),
+        })?;
+        Self::check_database(&conn, path)?;
+        Self::with(path, conn)
+    }
+
+    /// Creates a new, empty database at `path` (a restore target).
+    pub fn create(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path).map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot create a SQLite database: {e}"),
+        })?;
+        Self::with(path, conn)
+    }
+
+    fn with(path: &Path, conn: Connection) -> Result<Self> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| Error::store(describe(path), e.to_string()))?;
+        Ok(SqliteBackend {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn check_database(conn: &Connection, path: &Path) -> Result<()> {
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map(|_| ())
+        .map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("not a SQLite database ({e})"),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Installs change tracking (triggers and a change log inside the database), or completes
+    /// it for tables created since. Idempotent.
+    pub fn track(&self) -> Result<TrackReport> {
+        tracking::install(&mut self.lock(), &self.describe())
+    }
+
+    /// Removes change tracking from the database.
+    pub fn untrack(&self) -> Result<()> {
+        tracking::uninstall(&mut self.lock(), &self.describe())
+    }
+
+    /// Whether change tracking is installed.
+    pub fn is_tracked(&self) -> Result<bool> {
+        tracking::is_tracked(&self.lock()).map_err(|e| self.err(e))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the connection leaves nothing half-done in it (SQLite rolls
+        // back), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> Error {
+        Error::store(self.describe(), e.to_string())
+    }
+}
+
+fn describe(path: &Path) -> String {
+    format!("sqlite:{}", path.display())
+}
+
+fn checkpoint_of(conn: &Connection) -> rusqlite::Result<(Checkpoint, Option<u64>)> {
+    Ok(match tracking::meta(conn)? {
+        Some((id, floor)) => (
+            Checkpoint::new(StoreId(id), tracking::last_seq(conn)?),
+            Some(floor),
+        ),
+        None => (Checkpoint::new(StoreId(UNTRACKED_ID.into()), 0), None),
+    })
+}
+
+impl StorageBackend for SqliteBackend {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sqlite
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.path)
+    }
+
+    fn prepare(&self) -> Result<()> {
+        if self.is_tracked()? {
+            self.track()?;
+        }
+        Ok(())
+    }
+
+    fn current_checkpoint(&self) -> Result<Checkpoint> {
+        checkpoint_of(&self.lock())
+            .map(|(c, _)| c)
+            .map_err(|e| self.err(e))
+    }
+
+    fn view(&self) -> Result<Box<dyn View + '_>> {
+        let store = self.describe();
+        let err = |e: rusqlite::Error| Error::store(&store, format!("opening a read view: {e}"));
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        conn.execute_batch("BEGIN").map_err(err)?;
+        // The first read fixes the transaction's snapshot: everything below is as of it.
+        let (checkpoint, floor) = checkpoint_of(&conn).map_err(err)?;
+        let tables = user_tables(&conn, &store)?;
+        Ok(Box::new(SqliteView {
+            conn,
+            store,
+            checkpoint,
+            floor,
+            tables,
+        }))
+    }
+
+    fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.current_checkpoint()?.position > after.position {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn trim_changes(&self, upto: &Checkpoint) -> Result<()> {
+        let mut conn = self.lock();
+        match tracking::meta(&conn).map_err(|e| self.err(e))? {
+            Some((id, _)) if id == upto.store_id.0 => {
+                tracking::trim(&mut conn, &self.describe(), upto.position)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        let conn = self.lock();
+        for t in user_tables(&conn, &self.describe())? {
+            let any: bool = conn
+                .query_row(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {})", quote_ident(&t.name)),
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.err(e))?;
+            if any {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
+        let conn = self.lock();
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))?;
+        Ok(Box::new(SqliteRestore {
+            conn,
+            store: self.describe(),
+            tables: BTreeMap::new(),
+        }))
+    }
+}
+
+/// One read transaction over the database.
+struct SqliteView {
+    conn: Connection,
+    store: String,
+    checkpoint: Checkpoint,
+    floor: Option<u64>,
+    tables: Vec<Table>,
+}
+
+impl Drop for SqliteView {
+    fn drop(&mut self) {
+        // Ends the read transaction; a read-only transaction has nothing to lose.
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+}
+
+impl SqliteView {
+    fn table(&self, collection: &CollectionName) -> Result<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.name == collection.as_str())
+            .ok_or_else(|| Error::store(&self.store, format!("no table named `{collection}`")))
+    }
+
+    fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
+        let what = what.to_string();
+        move |e| Error::store(&self.store, format!("{what}: {e}"))
+    }
+}
+
+/// Reads a result row of `Table::select_sql` into a record.
+fn read_row(table: &Table, keys: &[usize], r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let offset = usize::from(table.hidden_rowid);
+    let mut columns = Vec::with_capacity(table.columns.len());
+    for (i, name) in table.columns.iter().enumerate() {
+        columns.push((name.clone(), field(r.get_ref(i + offset)?)));
+    }
+    let rowid = if table.hidden_rowid {
+        Some(r.get::<_, i64>(0)?)
+    } else {
+        None
+    };
+    let key_fields: Vec<Field> = keys
+        .iter()
+        .map(|&i| r.get_ref(i).map(field))
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Record {
+        key: encode_key(&key_fields),
+        value: Value::Row(Row { columns, rowid }),
+    })
+}
+
+impl View for SqliteView {
+    fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    fn collections(&mut self) -> Result<Vec<CollectionInfo>> {
+        Ok(self
+            .tables
+            .iter()
+            .map(|t| CollectionInfo {
+                name: CollectionName::new(&t.name),
+                schema: t.schema_json(),
+            })
+            .collect())
+    }
+
+    fn store_schema(&mut self) -> Result<StoreSchema> {
+        let err = self.err("reading the schema");
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT type, name, tbl_name, sql FROM sqlite_schema \
+                 WHERE type IN ('index', 'trigger', 'view') AND sql IS NOT NULL \
+                 AND name NOT LIKE '\\_tidemark\\_%' ESCAPE '\\' ORDER BY rowid",
+            )
+            .map_err(&err)?;
+        let objects: Vec<serde_json::Value> = stmt
+            .query_map([], |r| {
+                Ok(json!({
+                    "type": r.get::<_, String>(0)?,
+                    "name": r.get::<_, String>(1)?,
+                    "tbl_name": r.get::<_, String>(2)?,
+                    "sql": r.get::<_, String>(3)?,
+                }))
+            })
+            .map_err(&err)?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(&err)?;
+        let has_sequence: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(&err)?;
+        let mut sequences = Vec::new();
+        if has_sequence {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name, seq FROM sqlite_sequence WHERE name <> ?1 ORDER BY rowid")
+                .map_err(&err)?;
+            sequences = stmt
+                .query_map([tracking::CHANGES], |r| {
+                    Ok(json!([r.get::<_, String>(0)?, r.get::<_, i64>(1)?]))
+                })
+                .map_err(&err)?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(&err)?;
+        }
+        let user_version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(&err)?;
+        let journal_mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(&err)?;
+        Ok(StoreSchema(json!({
+            "objects": objects,
+            "sequences": sequences,
+            "user_version": user_version,
+            "journal_mode": journal_mode,
+        })))
+    }
+
+    fn scan(
+        &mut self,
+        collection: &CollectionName,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        let table = self.table(collection)?;
+        let err = self.err(&format!("reading table `{}`", table.name));
+        let keys = table.key_positions();
+        let mut stmt = self.conn.prepare(&table.select_sql()).map_err(&err)?;
+        let mut rows = stmt.query([]).map_err(&err)?;
+        while let Some(r) = rows.next().map_err(&err)? {
+            visit(read_row(table, &keys, r).map_err(&err)?)?;
+        }
+        Ok(())
+    }
+
+    fn changes_since(
+        &mut self,
+        from: &Checkpoint,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+    ) -> Result<()> {
+        let unavailable = |reason: String| Error::ChangesUnavailable {
+            from: from.position,
+            earliest: self.floor,
+            reason,
+        };
+        let Some(floor) = self.floor else {
+            return Err(unavailable(
+                "change tracking is not installed (run `tidemark track`)".into(),
+            ));
+        };
+        if from.store_id != self.checkpoint.store_id {
+            return Err(unavailable(format!(
+                "the checkpoint belongs to store {}, this is {}",
+                from.store_id, self.checkpoint.store_id
+            )));
+        }
+        if from.position < floor {
+            return Err(unavailable(
+                "the change log was trimmed or had a capture gap after that position".into(),
+            ));
+        }
+        if from.position > self.checkpoint.position {
+            return Err(unavailable(format!(
+                "the store is at position {}, behind the checkpoint",
+                self.checkpoint.position
+            )));
+        }
+        let err = self.err("reading the change log");
+        let width = tracking::log_key_width(&self.conn).map_err(&err)?;
+        let ks: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
+        let ks = ks.join(", ");
+        let sql = format!(
+            "SELECT tbl, max(seq) AS s, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \
+             AND tbl IS NOT NULL GROUP BY tbl, {ks} ORDER BY s",
+            tracking::CHANGES
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+        let mut rows = stmt
+            .query([from.position as i64, self.checkpoint.position as i64])
+            .map_err(&err)?;
+        let mut batch = Vec::with_capacity(batch_size.min(4096));
+        while let Some(r) = rows.next().map_err(&err)? {
+            let tbl: String = r.get(0).map_err(&err)?;
+            let position: i64 = r.get(1).map_err(&err)?;
+            let Some(table) = self.tables.iter().find(|t| t.name == tbl) else {
+                continue; // dropped since: the engine drops the collection
+            };
+            let exprs = table.key_exprs();
+            let key_fields: Vec<Field> = (0..exprs.len())
+                .map(|i| r.get_ref(2 + i).map(field))
+                .collect::<rusqlite::Result<_>>()
+                .map_err(&err)?;
+            let cond: Vec<String> = exprs
+                .iter()
+                .enumerate()
+                .map(|(i, e)| format!("{e} IS ?{}", i + 1))
+                .collect();
+            let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
+            let mut get = self.conn.prepare_cached(&lookup).map_err(&err)?;
+            let params: Vec<SqlField<'_>> = key_fields.iter().map(SqlField).collect();
+            let mut found = get
+                .query(rusqlite::params_from_iter(params))
+                .map_err(&err)?;
+            let op_record = match found.next().map_err(&err)? {
+                Some(row) => Some(read_row(table, &table.key_positions(), row).map_err(&err)?),
+                None => None,
+            };
+            let (key, op) = match op_record {
+                Some(rec) => (rec.key, ChangeOp::Put(rec.value)),
+                None => (encode_key(&key_fields), ChangeOp::Delete),
+            };
+            batch.push(Change {
+                position: position as u64,
+                collection: CollectionName::new(&table.name),
+                key,
+                op,
+            });
+            if batch.len() >= batch_size {
+                visit(std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            visit(batch)?;
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {
+        let table = self.table(collection)?;
+        let n: i64 = self
+            .conn
+            .query_row(
+                &format!("SELECT count(*) FROM {}", quote_ident(&table.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err("counting rows"))?;
+        Ok(Some(n as u64))
+    }
+}
+
+/// How a restored collection is laid out.
+enum Layout {
+    /// A SQLite table recreated from its own schema.
+    Native { hidden_rowid: bool },
+    /// A key-value collection as `(key, value)` (see `docs/FORMAT.md`).
+    KeyValue,
+}
+
+struct SqliteRestore<'a> {
+    conn: MutexGuard<'a, Connection>,
+    store: String,
+    tables: BTreeMap<CollectionName, Layout>,
+}
+
+impl RestoreSink for SqliteRestore<'_> {
+    fn create_collection(&mut self, info: &CollectionInfo, source: StoreKind) -> Result<()> {
+        let err = |e: rusqlite::Error| {
+            Error::store(&self.store, format!("creating table `{}`: {e}", info.name))
+        };
+        let sql = info.schema.get("sql").and_then(|s| s.as_str());
+        let layout = match (source, sql) {
+            (StoreKind::Sqlite, Some(sql)) => {
+                self.conn.execute_batch(sql).map_err(err)?;
+                Layout::Native {
+                    hidden_rowid: info
+                        .schema
+                        .get("hidden_rowid")
+                        .and_then(|v| v.as_bool())
+                        .unwrap_or(false),
+                }
+            }
+            _ => {
+                self.conn
+                    .execute_batch(&format!(
+                        "CREATE TABLE {}(key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID",
+                        quote_ident(info.name.as_str())
+                    ))
+                    .map_err(err)?;
+                Layout::KeyValue
+            }
+        };
+        self.tables.insert(info.name.clone(), layout);
+        Ok(())
+    }
+
+    fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        let err = |e: rusqlite::Error| {
+            Error::store(&self.store, format!("writing into `{collection}`: {e}"))
+        };
+        let layout = self.tables.get(collection).ok_or_else(|| {
+            Error::store(&self.store, format!("collection `{collection}` was not created"))
+        })?;
+        let t = quote_ident(collection.as_str());
+        for record in &records {
+            match (&record.value, layout) {
+                (Value::Row(row), Layout::Native { hidden_rowid }) => {
+                    let mut names: Vec<String> = Vec::with_capacity(row.columns.len() + 1);
+                    let mut params: Vec<SqlField<'_>> = Vec::with_capacity(names.capacity());
+                    let rowid_field = row.rowid.map(Field::Integer);
+                    if *hidden_rowid {
+                        if let Some(f) = &rowid_field {
+                            names.push("rowid".into());
+                            params.push(SqlField(f));
+                        }
+                    }
+                    for (name, f) in &row.columns {
+                        names.push(quote_ident(name));
+                        params.push(SqlField(f));
+                    }
+                    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+                    let sql = format!(
+                        "INSERT INTO {t}({}) VALUES ({})",
+                        names.join(", "),
+                        marks.join(", ")
+                    );
+                    let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
+                    stmt.execute(rusqlite::params_from_iter(params))
+                        .map_err(err)?;
+                }
+                (value, _) => {
+                    let bytes = match value {
+                        Value::Bytes(b) => b.clone(),
+                        Value::Row(row) => row_as_json(row),
+                    };
+                    let key = text_or_blob(record.key.as_bytes());
+                    let value = text_or_blob(&bytes);
+                    let mut stmt = self
+                        .conn
+                        .prepare_cached(&format!("INSERT INTO {t}(key, value) VALUES (?1, ?2)"))
+                        .map_err(err)?;
+                    stmt.execute([SqlField(&key), SqlField(&value)])
+                        .map_err(err)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, schema: &StoreSchema, source: StoreKind) -> Result<()> {
+        let err = |what: &str, e: rusqlite::Error| {
+            Error::store(&self.store, format!("restoring {what}: {e}"))
+        };
+        let s = &schema.0;
+        if source == StoreKind::Sqlite {
+            for obj in s.get("objects").and_then(|o| o.as_array()).into_iter().flatten() {
+                let kind = obj.get("type").and_then(|v| v.as_str()).unwrap_or("");
+                let tbl = obj.get("tbl_name").and_then(|v| v.as_str()).unwrap_or("");
+                let Some(sql) = obj.get("sql").and_then(|v| v.as_str()) else {
+                    continue;
+                };
+                if kind != "view" && !self.tables.contains_key(&CollectionName::new(tbl)) {
+                    continue; // its table was left out of this restore
+                }
+                let name = obj.get("name").and_then(|v| v.as_str()).unwrap_or("");
+                self.conn
+                    .execute_batch(sql)
+                    .map_err(|e| err(&format!("{kind} `{name}`"), e))?;
+            }
+            let sequences: Vec<(String, i64)> = s
+                .get("sequences")
+                .and_then(|v| v.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_i64()?)))
+                .filter(|(n, _)| self.tables.contains_key(&CollectionName::new(n)))
+                .collect();
+            if !sequences.is_empty() {
+                self.conn
+                    .execute_batch("DELETE FROM sqlite_sequence")
+                    .map_err(|e| err("sqlite_sequence", e))?;
+                for (name, seq) in sequences {
+                    self.conn
+                        .execute(
+                            "INSERT INTO sqlite_sequence(name, seq) VALUES (?1, ?2)",
+                            rusqlite::params![name, seq],
+                        )
+                        .map_err(|e| err("sqlite_sequence", e))?;
+                }
+            }
+            if let Some(v) = s.get("user_version").and_then(|v| v.as_i64()) {
+                self.conn
+                    .execute_batch(&format!("PRAGMA user_version = {v}"))
+                    .map_err(|e| err("user_version", e))?;
+            }
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(|e| err("(commit)", e))?;
+        if let Some(mode) = s.get("journal_mode").and_then(|v| v.as_str()) {
+            if mode.eq_ignore_ascii_case("wal") {
+                self.conn
+                    .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+                    .map_err(|e| err("journal_mode", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// UTF-8 bytes as TEXT, anything else as BLOB (the key-value layout of `docs/FORMAT.md`).
+fn text_or_blob(bytes: &[u8]) -> Field {
+    if std::str::from_utf8(bytes).is_ok() {
+        Field::Text(bytes.to_vec())
+    } else {
+        Field::Blob(bytes.to_vec())
+    }
+}
+
+/// A row as one JSON object (typed values as in `document.json`, blobs inline as `$base64`).
+pub fn row_as_json(row: &Row) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    for (name, f) in &row.columns {
+        map.insert(name.clone(), backup_core::document::field_to_json(f));
+    }
+    serde_json::to_vec(&map).expect("a JSON object serializes")
+}
+
+/// Makes SQLite stores at paths (restore targets).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SqliteFactory;
+
+impl StoreFactory for SqliteFactory {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sqlite
+    }
+
+    fn holds_data(&self, path: &Path) -> Result<bool> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("inspect", path, e)),
+        };
+        if meta.is_dir() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: "is a directory, not a SQLite database file".into(),
+            });
+        }
+        if meta.len() == 0 {
+            return Ok(false);
+        }
+        // Anything that is not an empty SQLite database counts as data, unknown files included.
+        let Ok(conn) = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+            return Ok(true);
+        };
+        Ok(conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+            .unwrap_or(true))
+    }
+
+    fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(SqliteBackend::create(path)?))
+    }
+
+    fn store_files(&self, path: &Path) -> Vec<PathBuf> {
+        let with = |suffix: &str| {
+            let mut s = path.as_os_str().to_os_string();
+            s.push(suffix);
+            PathBuf::from(s)
+        };
+        vec![
+            path.to_path_buf(),
+            with("-wal"),
+            with("-shm"),
+            with("-journal"),
+        ]
+    }
+}

@@ -1,0 +1,221 @@
+//! What the backend knows about a user table: columns, key, rowid, and how keys are encoded.
+
+use backup_core::document::field_to_json;
+use backup_core::{Error, Field, Key, Result};
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+use serde_json::json;
+
+/// Prefix of every object the backend adds to a database (tables and triggers).
+pub const TRACKING_PREFIX: &str = "_tidemark_";
+
+/// How a table's records are keyed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    /// The table's name.
+    pub name: String,
+    /// Its `CREATE TABLE` statement, exactly as `sqlite_schema` holds it.
+    pub sql: String,
+    /// Stored (non-generated) columns, in table order.
+    pub columns: Vec<String>,
+    /// The primary-key columns in key order; empty for a rowid table without a primary key.
+    pub key: Vec<String>,
+    /// Whether rows carry a hidden rowid the key does not hold (rowid tables without an
+    /// INTEGER PRIMARY KEY): it is backed up so a restore keeps the rows' order.
+    pub hidden_rowid: bool,
+}
+
+impl Table {
+    /// The key columns as SQL expressions over the table (`rowid` when there is no primary key).
+    pub fn key_exprs(&self) -> Vec<String> {
+        if self.key.is_empty() {
+            vec!["rowid".to_string()]
+        } else {
+            self.key.iter().map(|c| quote_ident(c)).collect()
+        }
+    }
+
+    /// The schema recorded in a backup's manifest.
+    pub fn schema_json(&self) -> serde_json::Value {
+        json!({
+            "sql": self.sql,
+            "columns": self.columns,
+            "key": self.key,
+            "hidden_rowid": self.hidden_rowid,
+        })
+    }
+
+    /// `SELECT [rowid,] cols FROM table` (without a WHERE clause).
+    pub fn select_sql(&self) -> String {
+        let mut cols: Vec<String> = Vec::with_capacity(self.columns.len() + 1);
+        if self.hidden_rowid {
+            cols.push("rowid".into());
+        }
+        cols.extend(self.columns.iter().map(|c| quote_ident(c)));
+        let list = if cols.is_empty() {
+            "NULL".to_string()
+        } else {
+            cols.join(", ")
+        };
+        format!("SELECT {list} FROM {}", quote_ident(&self.name))
+    }
+
+    /// Index of each key column within `select_sql`'s result columns.
+    pub fn key_positions(&self) -> Vec<usize> {
+        let offset = usize::from(self.hidden_rowid);
+        if self.key.is_empty() {
+            return vec![0];
+        }
+        self.key
+            .iter()
+            .map(|k| {
+                offset
+                    + self
+                        .columns
+                        .iter()
+                        .position(|c| c == k)
+                        .expect("key columns are columns")
+            })
+            .collect()
+    }
+}
+
+/// Lists the user tables in creation order (not `sqlite_*`, not the backend's own, not virtual
+/// tables or their shadow tables).
+pub fn user_tables(conn: &Connection, store: &str) -> Result<Vec<Table>> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("reading the schema: {e}"));
+    let mut stmt = conn
+        .prepare(
+            "SELECT s.name, s.sql, l.wr FROM sqlite_schema s \
+             JOIN pragma_table_list l ON l.name = s.name AND l.schema = 'main' \
+             WHERE s.type = 'table' AND l.type = 'table' AND s.name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+             AND s.name NOT LIKE '\\_tidemark\\_%' ESCAPE '\\' ORDER BY s.rowid",
+        )
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, bool>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    let mut tables = Vec::new();
+    for row in rows {
+        let (name, sql, without_rowid) = row.map_err(err)?;
+        let Some(sql) = sql else { continue };
+        tables.push(describe(conn, store, name, sql, without_rowid)?);
+    }
+    Ok(tables)
+}
+
+fn describe(
+    conn: &Connection,
+    store: &str,
+    name: String,
+    sql: String,
+    without_rowid: bool,
+) -> Result<Table> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("reading table `{name}`: {e}"));
+    let mut stmt = conn
+        .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
+        .map_err(err)?;
+    let mut columns = Vec::new();
+    let mut keyed: Vec<(i64, String, String)> = Vec::new();
+    let rows = stmt
+        .query_map([&name], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .map_err(err)?;
+    for row in rows {
+        let (col, decl, pk, hidden) = row.map_err(err)?;
+        if hidden != 0 {
+            continue; // generated columns are recomputed, never inserted
+        }
+        if pk > 0 {
+            keyed.push((pk, col.clone(), decl));
+        }
+        columns.push(col);
+    }
+    keyed.sort();
+    let rowid_alias =
+        !without_rowid && keyed.len() == 1 && keyed[0].2.eq_ignore_ascii_case("INTEGER");
+    let key: Vec<String> = keyed.into_iter().map(|(_, c, _)| c).collect();
+    Ok(Table {
+        hidden_rowid: !without_rowid && !rowid_alias,
+        name,
+        sql,
+        columns,
+        key,
+    })
+}
+
+/// Reads one SQL value as a [`Field`].
+pub fn field(v: ValueRef<'_>) -> Field {
+    match v {
+        ValueRef::Null => Field::Null,
+        ValueRef::Integer(i) => Field::Integer(i),
+        ValueRef::Real(r) => Field::Real(r),
+        ValueRef::Text(t) => Field::Text(t.to_vec()),
+        ValueRef::Blob(b) => Field::Blob(b.to_vec()),
+    }
+}
+
+/// Encodes a primary-key tuple as key bytes: a lone INTEGER is its decimal digits (`42`);
+/// anything else is the compact JSON array of its typed values (`["ann"]`, `[1,"a"]`,
+/// `[{"$base64":"AAE="}]`). See `docs/FORMAT.md`.
+pub fn encode_key(fields: &[Field]) -> Key {
+    if let [Field::Integer(i)] = fields {
+        return Key(i.to_string().into_bytes());
+    }
+    let arr: Vec<serde_json::Value> = fields.iter().map(field_to_json).collect();
+    Key(serde_json::to_vec(&arr).expect("a JSON array serializes"))
+}
+
+/// Decodes key bytes made by [`encode_key`] back into the tuple.
+pub fn decode_key(key: &Key) -> Option<Vec<Field>> {
+    let bytes = key.as_bytes();
+    if bytes.first() != Some(&b'[') {
+        return std::str::from_utf8(bytes)
+            .ok()?
+            .parse::<i64>()
+            .ok()
+            .map(|i| vec![Field::Integer(i)]);
+    }
+    let arr: Vec<serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+    arr.iter()
+        .map(|v| backup_core::document::field_from_json(v).ok())
+        .collect()
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Binds a [`Field`] as an SQL parameter, bytes for bytes (TEXT need not be UTF-8).
+pub struct SqlField<'a>(pub &'a Field);
+
+impl rusqlite::ToSql for SqlField<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ToSqlOutput::Borrowed;
+        Ok(Borrowed(match self.0 {
+            Field::Null => ValueRef::Null,
+            Field::Integer(i) => ValueRef::Integer(*i),
+            Field::Real(r) => ValueRef::Real(*r),
+            Field::Text(t) => ValueRef::Text(t),
+            Field::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}

@@ -1,0 +1,272 @@
+//! Change capture with triggers.
+//!
+//! `track` adds, inside the database:
+//!
+//! - `_tidemark_meta(key, value)`: the store's identity (`store_id`, a uuid) and `floor`, the
+//!   position after which the log is known complete;
+//! - `_tidemark_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl, k0, k1, …)`: one row per
+//!   written key, in the writer's own transaction. `k*` columns have no type, so values keep
+//!   theirs. AUTOINCREMENT never reuses a number, even after trimming.
+//! - per user table, triggers `_tidemark_ins_T`, `_tidemark_upd_T`, `_tidemark_updk_T` (old
+//!   key, when an update changes the key) and `_tidemark_del_T`.
+//!
+//! The log records keys, not values: a backup reads each changed key's row in the same read
+//! transaction that fixes its checkpoint, so the row is the state at that checkpoint. This also
+//! keeps `INSERT OR REPLACE` right without `recursive_triggers`: the insert trigger logs the key.
+//!
+//! Where capture may have missed writes (a table created or rebuilt after tracking began, so
+//! without triggers for a while), installing its triggers logs a marker row and raises `floor`
+//! to it: incrementals from before the marker get `ChangesUnavailable`.
+
+use crate::table::{quote_ident, quote_literal, user_tables, Table, TRACKING_PREFIX};
+use backup_core::{Error, Result};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+/// The change log table.
+pub const CHANGES: &str = "_tidemark_changes";
+/// The meta table.
+pub const META: &str = "_tidemark_meta";
+
+/// Whether tracking is installed in this database.
+pub fn is_tracked(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [META],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// What [`install`] did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct TrackReport {
+    /// Tables that got triggers now.
+    pub newly_tracked: Vec<String>,
+    /// Tables tracked in all.
+    pub tables: usize,
+    /// Whether tracking was installed for the first time.
+    pub first_install: bool,
+}
+
+/// Installs tracking, or completes it (tables created since), in one write transaction.
+pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("installing change tracking: {e}"));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let first_install = !is_tracked(&tx).map_err(err)?;
+    if first_install {
+        tx.execute_batch(&format!(
+            "CREATE TABLE {META}(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE {CHANGES}(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT, k0);
+             INSERT INTO {META}(key, value) VALUES ('store_id', {}), ('floor', 0);",
+            quote_literal(&uuid::Uuid::new_v4().to_string())
+        ))
+        .map_err(err)?;
+    }
+    drop_stale_triggers(&tx).map_err(err)?;
+    let tables = user_tables(&tx, store)?;
+    let mut width = log_key_width(&tx).map_err(err)?;
+    let mut report = TrackReport {
+        first_install,
+        tables: tables.len(),
+        ..TrackReport::default()
+    };
+    for table in &tables {
+        let exprs = table.key_exprs();
+        while width < exprs.len() {
+            tx.execute_batch(&format!("ALTER TABLE {CHANGES} ADD COLUMN k{width}"))
+                .map_err(err)?;
+            width += 1;
+        }
+        if has_triggers(&tx, table).map_err(err)? {
+            continue;
+        }
+        tx.execute_batch(&trigger_sql(table)).map_err(err)?;
+        report.newly_tracked.push(table.name.clone());
+    }
+    if !first_install && !report.newly_tracked.is_empty() {
+        // Those tables may have been written without capture: nothing before here is complete.
+        tx.execute(&format!("INSERT INTO {CHANGES}(tbl) VALUES (NULL)"), [])
+            .map_err(err)?;
+        let marker = tx.last_insert_rowid();
+        tx.execute(
+            &format!("UPDATE {META} SET value = ?1 WHERE key = 'floor'"),
+            [marker],
+        )
+        .map_err(err)?;
+    }
+    tx.commit().map_err(err)?;
+    Ok(report)
+}
+
+/// Removes tracking: triggers, log and meta tables.
+pub fn uninstall(conn: &mut Connection, store: &str) -> Result<()> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("removing change tracking: {e}"));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    let names: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT type, name FROM sqlite_schema WHERE name LIKE '\\_tidemark\\_%' ESCAPE '\\' \
+                 AND type IN ('trigger', 'table') ORDER BY type = 'table'",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(err)?
+    };
+    for (kind, name) in names {
+        let kind = if kind == "table" { "TABLE" } else { "TRIGGER" };
+        tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))
+            .map_err(err)?;
+    }
+    tx.execute(
+        "DELETE FROM sqlite_sequence WHERE name = ?1",
+        [CHANGES],
+    )
+    .optional()
+    .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// The store's identity and floor, if tracked.
+pub fn meta(conn: &Connection) -> rusqlite::Result<Option<(String, u64)>> {
+    if !is_tracked(conn)? {
+        return Ok(None);
+    }
+    let id: String = conn.query_row(
+        &format!("SELECT value FROM {META} WHERE key = 'store_id'"),
+        [],
+        |r| r.get(0),
+    )?;
+    let floor: i64 = conn.query_row(
+        &format!("SELECT value FROM {META} WHERE key = 'floor'"),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(Some((id, floor.max(0) as u64)))
+}
+
+/// The last sequence number handed out (0 before the first change).
+pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = ?1",
+            [CHANGES],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
+/// Deletes log rows at or before `upto` and raises the floor to it.
+pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("trimming the change log: {e}"));
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute(&format!("DELETE FROM {CHANGES} WHERE seq <= ?1"), [upto as i64])
+        .map_err(err)?;
+    tx.execute(
+        &format!("UPDATE {META} SET value = max(value, ?1) WHERE key = 'floor'"),
+        [upto as i64],
+    )
+    .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+/// How many key columns (`k0`, `k1` …) the log has.
+pub fn log_key_width(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.query_row(
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name GLOB 'k[0-9]*'",
+        [CHANGES],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as usize)
+}
+
+/// Drops capture triggers whose name no longer matches their table (the table was renamed:
+/// SQLite moves triggers along, but they would log the old name).
+fn drop_stale_triggers(conn: &Connection) -> rusqlite::Result<()> {
+    let stale: Vec<String> = {
+        let mut stmt = conn.prepare(
+            "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' \
+             AND name LIKE '\\_tidemark\\_%' ESCAPE '\\'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stale = Vec::new();
+        for row in rows {
+            let (name, table) = row?;
+            if !["ins", "upd", "updk", "del"]
+                .iter()
+                .any(|k| trigger_name(k, &table) == name)
+            {
+                stale.push(name);
+            }
+        }
+        stale
+    };
+    for name in stale {
+        conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
+    }
+    Ok(())
+}
+
+fn trigger_name(kind: &str, table: &str) -> String {
+    format!("{TRACKING_PREFIX}{kind}_{table}")
+}
+
+fn has_triggers(conn: &Connection, table: &Table) -> rusqlite::Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+         AND name IN (?2, ?3, ?4, ?5)",
+        [
+            table.name.as_str(),
+            &trigger_name("ins", &table.name),
+            &trigger_name("upd", &table.name),
+            &trigger_name("updk", &table.name),
+            &trigger_name("del", &table.name),
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(n == 4)
+}
+
+fn trigger_sql(table: &Table) -> String {
+    let exprs = table.key_exprs();
+    let cols: Vec<String> = (0..exprs.len()).map(|i| format!("k{i}")).collect();
+    let cols = cols.join(", ");
+    let values = |row: &str| -> String {
+        exprs
+            .iter()
+            .map(|e| format!("{row}.{e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let changed = exprs
+        .iter()
+        .map(|e| format!("OLD.{e} IS NOT NEW.{e}"))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let t = quote_ident(&table.name);
+    let lit = quote_literal(&table.name);
+    let log = |row: &str| format!("INSERT INTO {CHANGES}(tbl, {cols}) VALUES ({lit}, {});", values(row));
+    let name = |kind: &str| quote_ident(&trigger_name(kind, &table.name));
+    format!(
+        "DROP TRIGGER IF EXISTS {ins}; DROP TRIGGER IF EXISTS {upd};
+         DROP TRIGGER IF EXISTS {updk}; DROP TRIGGER IF EXISTS {del};
+         CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {new} END;
+         CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {new} END;
+         CREATE TRIGGER {updk} AFTER UPDATE ON {t} WHEN {changed} BEGIN {old} END;
+         CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {old} END;",
+        ins = name("ins"),
+        upd = name("upd"),
+        updk = name("updk"),
+        del = name("del"),
+        new = log("NEW"),
+        old = log("OLD"),
+    )
+}
