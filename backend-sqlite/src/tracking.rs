@@ -15,8 +15,9 @@
 //! keeps `INSERT OR REPLACE` right without `recursive_triggers`: the insert trigger logs the key.
 //!
 //! Where capture may have missed writes (a table created or rebuilt after tracking began, so
-//! without triggers for a while), installing its triggers logs a marker row and raises `floor`
-//! to it: incrementals from before the marker get `ChangesUnavailable`.
+//! without triggers for a while, that already holds rows), installing its triggers logs a
+//! marker row and raises `floor` to it: incrementals from before the marker get
+//! `ChangesUnavailable`.
 
 use crate::table::{quote_ident, quote_literal, user_tables, Table, TRACKING_PREFIX};
 use backup_core::{Error, Result};
@@ -72,6 +73,7 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         tables: tables.len(),
         ..TrackReport::default()
     };
+    let mut gap = false;
     for table in &tables {
         let exprs = table.key_exprs();
         while width < exprs.len() {
@@ -82,10 +84,20 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         if has_triggers(&tx, table).map_err(err)? {
             continue;
         }
+        let holds_rows: bool = tx
+            .query_row(
+                &format!("SELECT EXISTS (SELECT 1 FROM {})", quote_ident(&table.name)),
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
         tx.execute_batch(&trigger_sql(table)).map_err(err)?;
         report.newly_tracked.push(table.name.clone());
+        gap |= holds_rows;
     }
-    if !first_install && !report.newly_tracked.is_empty() {
+    // An empty table cannot have had uncaptured writes that matter (a dropped and recreated
+    // table's lost rows are caught by the engine's count check); one holding rows can.
+    if !first_install && gap {
         // Those tables may have been written without capture: nothing before here is complete.
         tx.execute(&format!("INSERT INTO {CHANGES}(tbl) VALUES (NULL)"), [])
             .map_err(err)?;
