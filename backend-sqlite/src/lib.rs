@@ -31,8 +31,8 @@ pub mod tracking;
 
 use backup_core::{
     Change, ChangeOp, Checkpoint, CollectionInfo, CollectionName, Error, Field, Record,
-    RestoreSink, Result, Row, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema,
-    Value, View,
+    RestoreSink, Result, Row, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema, Value,
+    View,
 };
 use rusqlite::{Connection, OpenFlags};
 use serde_json::json;
@@ -567,7 +567,10 @@ impl RestoreSink for SqliteRestore<'_> {
             Error::store(&self.store, format!("writing into `{collection}`: {e}"))
         };
         let layout = self.tables.get(collection).ok_or_else(|| {
-            Error::store(&self.store, format!("collection `{collection}` was not created"))
+            Error::store(
+                &self.store,
+                format!("collection `{collection}` was not created"),
+            )
         })?;
         let t = quote_ident(collection.as_str());
         for record in &records {
@@ -621,7 +624,12 @@ impl RestoreSink for SqliteRestore<'_> {
         };
         let s = &schema.0;
         if source == StoreKind::Sqlite {
-            for obj in s.get("objects").and_then(|o| o.as_array()).into_iter().flatten() {
+            for obj in s
+                .get("objects")
+                .and_then(|o| o.as_array())
+                .into_iter()
+                .flatten()
+            {
                 let kind = obj.get("type").and_then(|v| v.as_str()).unwrap_or("");
                 let tbl = obj.get("tbl_name").and_then(|v| v.as_str()).unwrap_or("");
                 let Some(sql) = obj.get("sql").and_then(|v| v.as_str()) else {

@@ -135,12 +135,9 @@ pub fn uninstall(conn: &mut Connection, store: &str) -> Result<()> {
         tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))
             .map_err(err)?;
     }
-    tx.execute(
-        "DELETE FROM sqlite_sequence WHERE name = ?1",
-        [CHANGES],
-    )
-    .optional()
-    .map_err(err)?;
+    tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [CHANGES])
+        .optional()
+        .map_err(err)?;
     tx.commit().map_err(err)
 }
 
@@ -180,8 +177,11 @@ pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
-    tx.execute(&format!("DELETE FROM {CHANGES} WHERE seq <= ?1"), [upto as i64])
-        .map_err(err)?;
+    tx.execute(
+        &format!("DELETE FROM {CHANGES} WHERE seq <= ?1"),
+        [upto as i64],
+    )
+    .map_err(err)?;
     tx.execute(
         &format!("UPDATE {META} SET value = max(value, ?1) WHERE key = 'floor'"),
         [upto as i64],
@@ -265,7 +265,12 @@ fn trigger_sql(table: &Table) -> String {
         .join(" OR ");
     let t = quote_ident(&table.name);
     let lit = quote_literal(&table.name);
-    let log = |row: &str| format!("INSERT INTO {CHANGES}(tbl, {cols}) VALUES ({lit}, {});", values(row));
+    let log = |row: &str| {
+        format!(
+            "INSERT INTO {CHANGES}(tbl, {cols}) VALUES ({lit}, {});",
+            values(row)
+        )
+    };
     let name = |kind: &str| quote_ident(&trigger_name(kind, &table.name));
     format!(
         "DROP TRIGGER IF EXISTS {ins}; DROP TRIGGER IF EXISTS {upd};

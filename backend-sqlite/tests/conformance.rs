@@ -17,7 +17,8 @@ pub struct SqliteStore {
 
 fn connect(path: &Path) -> Connection {
     let conn = Connection::open(path).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
     conn
 }
 
@@ -27,9 +28,16 @@ fn apply(conn: &mut Connection, ops: &[Op]) {
         .unwrap();
     for op in ops {
         match op {
-            Op::Put { collection, key, value } => {
+            Op::Put {
+                collection,
+                key,
+                value,
+            } => {
                 tx.execute(
-                    &format!("INSERT OR REPLACE INTO {}(k, v) VALUES (?1, ?2)", quote_ident(collection)),
+                    &format!(
+                        "INSERT OR REPLACE INTO {}(k, v) VALUES (?1, ?2)",
+                        quote_ident(collection)
+                    ),
                     rusqlite::params![key, value],
                 )
                 .unwrap();
@@ -54,11 +62,18 @@ impl TestStore for SqliteStore {
     fn create_collection(&self, name: &str) {
         let conn = self.conn.lock().unwrap();
         let exists: bool = conn
-            .query_row("SELECT count(*) > 0 FROM sqlite_schema WHERE name = ?1", [name], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
             .unwrap();
         if !exists {
-            conn.execute_batch(&format!("CREATE TABLE {}(k BLOB PRIMARY KEY, v BLOB)", quote_ident(name)))
-                .unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE {}(k BLOB PRIMARY KEY, v BLOB)",
+                quote_ident(name)
+            ))
+            .unwrap();
             drop(conn);
             if self.backend.is_tracked().unwrap() {
                 self.backend.track().unwrap();
@@ -98,7 +113,8 @@ impl Harness for SqliteHarness {
 
     fn create(&self, path: &Path) -> SqliteStore {
         let conn = connect(path);
-        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .unwrap();
         let backend = SqliteBackend::open(path).unwrap();
         backend.track().unwrap();
         SqliteStore {

@@ -36,7 +36,13 @@ pub fn encode(key: &[u8]) -> String {
     let prefix_len = MAX_NAME_LEN - 65;
     let mut cut = prefix_len;
     // Never split a `%XX` escape.
-    while cut > 0 && out.as_bytes()[..cut].iter().rev().take(2).any(|&c| c == b'%') {
+    while cut > 0
+        && out.as_bytes()[..cut]
+            .iter()
+            .rev()
+            .take(2)
+            .any(|&c| c == b'%')
+    {
         cut -= 1;
     }
     let digest = Sha256::digest(key);

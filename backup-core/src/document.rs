@@ -331,7 +331,10 @@ fn exact_json(bytes: &[u8]) -> Option<Box<RawValue>> {
     let text = std::str::from_utf8(bytes).ok()?;
     let first = *bytes.first()?;
     // Cheap pre-check: JSON documents start with one of these.
-    if !matches!(first, b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') {
+    if !matches!(
+        first,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    ) {
         return None;
     }
     let raw = RawValue::from_string(text.to_string()).ok()?;

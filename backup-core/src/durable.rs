@@ -16,7 +16,10 @@ pub enum Sync {
 
 /// The temporary name a file is written under before it is renamed to `path`.
 pub fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".tmp");
     path.with_file_name(name)
 }
@@ -26,7 +29,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
     let tmp = temp_path(path);
     {
         let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         if sync == Sync::Now {
             f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
         }

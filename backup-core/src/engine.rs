@@ -113,7 +113,9 @@ pub fn backup_folder(
     let mut full_reason = full_reason(previous.as_ref(), options, &checkpoint, &collections);
     let mut outcome = None;
     if full_reason.is_none() {
-        let prev = previous.as_ref().expect("incremental runs have a previous manifest");
+        let prev = previous
+            .as_ref()
+            .expect("incremental runs have a previous manifest");
         match incremental(&folder, prev, view.as_mut(), &collections, options, events)? {
             Ok(done) => outcome = Some(done),
             Err(reason) => {

@@ -304,7 +304,8 @@ impl FolderRun {
             let old_dirs = previous
                 .iter()
                 .flat_map(|p| p.collections.iter().map(|c| c.dir.clone()));
-            let new_dirs: Vec<String> = manifest.collections.iter().map(|c| c.dir.clone()).collect();
+            let new_dirs: Vec<String> =
+                manifest.collections.iter().map(|c| c.dir.clone()).collect();
             for dir in old_dirs.chain(new_dirs.iter().cloned()) {
                 let live = root.join(&dir);
                 if live.exists() {

@@ -123,7 +123,11 @@ pub fn restore_folder_to_path(
     for (p, aside) in &old {
         std::fs::rename(p, aside).map_err(|e| Error::io("rename", p, e))?;
     }
-    for (from, to) in factory.store_files(&tmp).iter().zip(factory.store_files(target)) {
+    for (from, to) in factory
+        .store_files(&tmp)
+        .iter()
+        .zip(factory.store_files(target))
+    {
         if from.exists() {
             std::fs::rename(from, &to).map_err(|e| Error::io("rename", from, e))?;
         }

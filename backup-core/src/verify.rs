@@ -86,7 +86,10 @@ fn check_one(docdir: &Path) -> Result<()> {
     if crate::docid::encode(record.key.as_bytes()) != name {
         return Err(Error::Damaged {
             path: docdir.join(crate::folder::DOCUMENT_FILE),
-            cause: format!("the key {} does not belong in the folder `{name}`", record.key),
+            cause: format!(
+                "the key {} does not belong in the folder `{name}`",
+                record.key
+            ),
         });
     }
     Ok(())

@@ -177,7 +177,13 @@ impl<H: Harness> Scene<H> {
             batch_size: 7,
             ..BackupOptions::default()
         };
-        backup_folder(self.store.backend(), &self.backup_dir(), &options, &mut |_| {}).unwrap()
+        backup_folder(
+            self.store.backend(),
+            &self.backup_dir(),
+            &options,
+            &mut |_| {},
+        )
+        .unwrap()
     }
 
     /// Restores the folder into a new store and returns what it holds.
@@ -266,7 +272,10 @@ pub fn many_collections<H: Harness>(h: &H) {
     assert_eq!(summary.records_total, 24 * 5);
     let (restored, names) = s.restore(h, "restored");
     assert_models_equal(&restored, &s.model);
-    assert!(names.contains("empty-one"), "empty collections survive: {names:?}");
+    assert!(
+        names.contains("empty-one"),
+        "empty collections survive: {names:?}"
+    );
 }
 
 /// Binary, non-UTF-8, empty and long keys; empty, binary and JSON values.
@@ -287,7 +296,11 @@ pub fn awkward_keys_and_values<H: Harness>(h: &H) {
     s.backup(BackupMode::Auto);
     s.assert_restores_to_model(h, "r1");
     // And through an incremental: change and delete some of them.
-    s.write(&[del("c", b""), put("c", &long, b"changed"), del("c", &long_bin)]);
+    s.write(&[
+        del("c", b""),
+        put("c", &long, b"changed"),
+        del("c", &long_bin),
+    ]);
     assert_eq!(s.backup(BackupMode::Auto).kind, RunKind::Incremental);
     s.assert_restores_to_model(h, "r2");
 }
@@ -295,9 +308,14 @@ pub fn awkward_keys_and_values<H: Harness>(h: &H) {
 /// Values up to 8 MiB.
 pub fn large_values<H: Harness>(h: &H) {
     let mut s = Scene::new(h);
-    let big: Vec<u8> = (0..8 << 20).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..8 << 20)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let text = "x".repeat(1 << 20);
-    s.write(&[put("big", b"8MiB", &big), put("big", b"1MiB-text", text.as_bytes())]);
+    s.write(&[
+        put("big", b"8MiB", &big),
+        put("big", b"1MiB-text", text.as_bytes()),
+    ]);
     s.backup(BackupMode::Auto);
     s.assert_restores_to_model(h, "r");
 }
@@ -305,7 +323,11 @@ pub fn large_values<H: Harness>(h: &H) {
 /// Deletes and re-inserts across incrementals.
 pub fn deletes_and_reinserts<H: Harness>(h: &H) {
     let mut s = Scene::new(h);
-    s.write(&[put("a", b"1", b"one"), put("a", b"2", b"two"), put("b", b"x", b"ex")]);
+    s.write(&[
+        put("a", b"1", b"one"),
+        put("a", b"2", b"two"),
+        put("b", b"x", b"ex"),
+    ]);
     s.backup(BackupMode::Auto);
     s.write(&[del("a", b"1")]);
     s.write(&[del("b", b"x")]);
@@ -314,7 +336,11 @@ pub fn deletes_and_reinserts<H: Harness>(h: &H) {
     assert_eq!(inc.records_deleted, 2);
     s.assert_restores_to_model(h, "r1");
     s.write(&[put("a", b"1", b"one again")]);
-    s.write(&[put("b", b"x", b"ex again"), del("a", b"2"), put("a", b"2", b"two again")]);
+    s.write(&[
+        put("b", b"x", b"ex again"),
+        del("a", b"2"),
+        put("a", b"2", b"two again"),
+    ]);
     assert_eq!(s.backup(BackupMode::Auto).kind, RunKind::Incremental);
     s.assert_restores_to_model(h, "r2");
 }
@@ -342,14 +368,21 @@ pub fn changes_since_are_exact_and_ordered<H: Harness>(h: &H) {
     assert!(to.position > from.position);
     let mut changes: Vec<Change> = Vec::new();
     view.changes_since(&from, 2, &mut |batch| {
-        assert!(!batch.is_empty() && batch.len() <= 2, "batch of {}", batch.len());
+        assert!(
+            !batch.is_empty() && batch.len() <= 2,
+            "batch of {}",
+            batch.len()
+        );
         changes.extend(batch);
         Ok(())
     })
     .unwrap();
     // Positions rise strictly and stay inside (from, to].
     for w in changes.windows(2) {
-        assert!(w[0].position < w[1].position, "not in commit order: {changes:?}");
+        assert!(
+            w[0].position < w[1].position,
+            "not in commit order: {changes:?}"
+        );
     }
     for c in &changes {
         assert!(c.position > from.position && c.position <= to.position);
@@ -358,9 +391,10 @@ pub fn changes_since_are_exact_and_ordered<H: Harness>(h: &H) {
     let mut last: Vec<(String, Vec<u8>)> = Vec::new();
     for op in txns.iter().flatten() {
         let k = match op {
-            Op::Put { collection, key, .. } | Op::Delete { collection, key } => {
-                (collection.clone(), key.clone())
+            Op::Put {
+                collection, key, ..
             }
+            | Op::Delete { collection, key } => (collection.clone(), key.clone()),
         };
         last.retain(|x| x != &k);
         last.push(k);
@@ -537,7 +571,11 @@ pub fn full_then_incrementals_restore_exactly<H: Harness>(h: &H) {
         } else {
             RunKind::Incremental
         };
-        assert_eq!(summary.kind, expected, "round {round}: {:?}", summary.full_reason);
+        assert_eq!(
+            summary.kind, expected,
+            "round {round}: {:?}",
+            summary.full_reason
+        );
         assert_eq!(summary.records_total as usize, s.model.len());
     }
     s.assert_restores_to_model(h, "after-incrementals");
@@ -583,7 +621,11 @@ pub fn restore_refuses_non_empty_target<H: Harness>(h: &H) {
 
 /// Random operation sequences, with backups in between, always restore to the model.
 pub fn random_operations_match_model<H: Harness>(h: &H) {
-    let op = (0..2usize, 0..12u8, proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)))
+    let op = (
+        0..2usize,
+        0..12u8,
+        proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+    )
         .prop_map(|(c, k, v)| {
             let c = ["x", "y"][c];
             let k = vec![k; usize::from(k % 3) + 1];

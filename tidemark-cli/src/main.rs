@@ -1,0 +1,254 @@
+//! `tidemark`: back up and restore embedded databases (RocksDB, sled, SQLite) while they run.
+
+mod stores;
+
+use anyhow::{Context, Result};
+use backup_core::{
+    backup_folder, restore_folder_to_path, verify_folder, BackupMode, BackupOptions, Event,
+    RestoreOptions,
+};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use stores::StoreUrl;
+
+#[derive(Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "Back up and restore RocksDB, sled and SQLite databases while they run"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Back a store up into a folder: full the first time, incremental after.
+    Backup {
+        /// The store: sqlite:PATH, rocksdb:PATH or sled:PATH.
+        #[arg(long)]
+        source: StoreUrl,
+        /// The backup directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Take a full backup even if an incremental is possible.
+        #[arg(long)]
+        full: bool,
+        /// Print only errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print one JSON object per line (write events, notices, the summary).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a store from a backup (into any kind of store).
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// The store to create: sqlite:PATH, rocksdb:PATH or sled:PATH.
+        #[arg(long)]
+        to: StoreUrl,
+        /// Replace a target that already holds data.
+        #[arg(long)]
+        force: bool,
+        /// Restore only these collections (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        collections: Option<Vec<String>>,
+        /// Print only errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Install change tracking in a SQLite database (needed for incremental backups).
+    Track {
+        /// The database: sqlite:PATH.
+        #[arg(long)]
+        source: StoreUrl,
+        /// Remove tracking instead.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Check a backup end to end (every checksum, every count) without restoring it.
+    Verify {
+        /// The backup directory.
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tidemark: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Backup {
+            source,
+            to,
+            full,
+            quiet,
+            json,
+        } => {
+            let backend = stores::open_source(&source)?;
+            stores::check_backup_dir(&to)?;
+            let options = BackupOptions {
+                mode: if full {
+                    BackupMode::Full
+                } else {
+                    BackupMode::Auto
+                },
+                ..BackupOptions::default()
+            };
+            let mut out = std::io::stdout().lock();
+            let summary = backup_folder(backend.as_ref(), &to, &options, &mut |event| {
+                report(&mut out, &event, quiet, json)
+            })
+            .with_context(|| format!("backup of {source} to {}", to.display()))?;
+            if json {
+                let line = serde_json::json!({
+                    "type": "summary",
+                    "kind": summary.kind.to_string(),
+                    "full_reason": summary.full_reason,
+                    "checkpoint": summary.checkpoint.position,
+                    "records_written": summary.records_written,
+                    "records_deleted": summary.records_deleted,
+                    "records_total": summary.records_total,
+                    "bytes_written": summary.bytes_written,
+                    "seconds": summary.elapsed.as_secs_f64(),
+                });
+                writeln!(out, "{line}")?;
+            } else if !quiet {
+                if let Some(reason) = &summary.full_reason {
+                    writeln!(out, "Full backup: {reason}")?;
+                }
+                writeln!(
+                    out,
+                    "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
+                    kind = summary.kind,
+                    dir = to.display(),
+                    w = summary.records_written,
+                    d = summary.records_deleted,
+                    t = summary.records_total,
+                    b = human_bytes(summary.bytes_written),
+                    s = summary.elapsed.as_secs_f64(),
+                    c = summary.checkpoint.position,
+                )?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore {
+            from,
+            to,
+            force,
+            collections,
+            quiet,
+        } => {
+            let factory = stores::factory(to.kind)?;
+            let options = RestoreOptions {
+                force,
+                collections: collections
+                    .map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
+                ..RestoreOptions::default()
+            };
+            let summary = restore_folder_to_path(&from, factory.as_ref(), &to.path, &options)
+                .with_context(|| format!("restore of {} to {to}", from.display()))?;
+            if !quiet {
+                println!(
+                    "Restore of {} to {to}: {} records in {} collections, {} in {:.2} seconds",
+                    from.display(),
+                    summary.records,
+                    summary.collections,
+                    human_bytes(summary.bytes),
+                    summary.elapsed.as_secs_f64()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Track { source, remove } => {
+            println!("{}", stores::track(&source, remove)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { dir } => {
+            let report =
+                verify_folder(&dir).with_context(|| format!("verify {}", dir.display()))?;
+            for problem in &report.problems {
+                eprintln!("damaged: {problem}");
+            }
+            if report.is_ok() {
+                println!(
+                    "Backup {} is intact: {} records in {} collections, every checksum matches",
+                    dir.display(),
+                    report.records,
+                    report.collections
+                );
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "tidemark: error: backup {} is damaged ({} problems)",
+                    dir.display(),
+                    report.problems.len()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
+}
+
+fn report(out: &mut impl Write, event: &Event, quiet: bool, json: bool) {
+    // Output errors (a closed pipe) must not abort a backup; the summary reports the outcome.
+    let _ = match event {
+        Event::Notice(msg) if json => {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "notice", "message": msg})
+            )
+        }
+        Event::Notice(msg) if !quiet => writeln!(out, "{msg}"),
+        Event::Written(w) if json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "type": "write",
+                "collectionName": w.collection.as_str(),
+                "documentId": w.document_id,
+                "files": w.files,
+                "deleted": w.deleted,
+            })
+        ),
+        Event::Progress {
+            collection,
+            done,
+            total,
+        } if json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"type": "progress", "collection": collection, "done": done, "total": total})
+        ),
+        _ => Ok(()),
+    };
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}

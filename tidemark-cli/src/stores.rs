@@ -1,0 +1,102 @@
+//! Store URLs (`KIND:PATH`) and the backends compiled into this binary.
+
+use anyhow::{anyhow, bail, Result};
+use backup_core::{StorageBackend, StoreFactory, StoreKind};
+use std::path::{Path, PathBuf};
+
+/// A parsed `KIND:PATH`.
+#[derive(Debug, Clone)]
+pub struct StoreUrl {
+    pub kind: StoreKind,
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for StoreUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, path) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not KIND:PATH (e.g. sqlite:app.db)"))?;
+        if path.is_empty() {
+            return Err(format!("`{s}` has no path after `{kind}:`"));
+        }
+        Ok(StoreUrl {
+            kind: kind.parse()?,
+            path: PathBuf::from(path),
+        })
+    }
+}
+
+impl std::fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.path.display())
+    }
+}
+
+fn not_built(kind: StoreKind) -> anyhow::Error {
+    anyhow!("this tidemark was built without the {kind} backend (rebuild with `--features {kind}`)")
+}
+
+/// Opens an existing store to back it up.
+pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
+    match url.kind {
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open(&url.path)?)),
+        kind => Err(not_built(kind)),
+    }
+}
+
+/// The factory that makes restore targets of a kind.
+pub fn factory(kind: StoreKind) -> Result<Box<dyn StoreFactory>> {
+    match kind {
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteFactory)),
+        kind => Err(not_built(kind)),
+    }
+}
+
+/// Installs (or removes) SQLite change tracking.
+pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
+    match url.kind {
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite => {
+            let backend = backend_sqlite::SqliteBackend::open(&url.path)?;
+            if remove {
+                backend.untrack()?;
+                return Ok(format!("Change tracking removed from {url}"));
+            }
+            let report = backend.track()?;
+            Ok(format!(
+                "Change tracking {} on {url}: {} tables tracked{}",
+                if report.first_install {
+                    "installed"
+                } else {
+                    "checked"
+                },
+                report.tables,
+                if report.newly_tracked.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (new: {})", report.newly_tracked.join(", "))
+                }
+            ))
+        }
+        #[cfg(not(feature = "sqlite"))]
+        StoreKind::Sqlite => Err(not_built(StoreKind::Sqlite)),
+        other => bail!(
+            "`track` is for SQLite; {other} changes are captured {}",
+            match other {
+                StoreKind::Rocksdb => "from its write-ahead log",
+                _ => "through the backend's tracked handle",
+            }
+        ),
+    }
+}
+
+/// Whether `dir` can be a backup directory (missing, or a directory).
+pub fn check_backup_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        bail!("{}: exists and is not a directory", dir.display());
+    }
+    Ok(())
+}
