@@ -167,31 +167,48 @@ pub fn field(v: ValueRef<'_>) -> Field {
     }
 }
 
-/// Encodes a primary-key tuple as key bytes: a lone INTEGER is its decimal digits (`42`);
-/// anything else is the compact JSON array of its typed values (`["ann"]`, `[1,"a"]`,
+/// Encodes a primary-key tuple as key bytes: a lone INTEGER is its decimal digits (`42`); a
+/// lone TEXT is its text (`SKU-1`) unless that would read as an integer or a JSON array;
+/// anything else is the compact JSON array of its typed values (`["42"]`, `[1,"a"]`,
 /// `[{"$base64":"AAE="}]`). See `docs/FORMAT.md`.
 pub fn encode_key(fields: &[Field]) -> Key {
-    if let [Field::Integer(i)] = fields {
-        return Key(i.to_string().into_bytes());
+    match fields {
+        [Field::Integer(i)] => return Key(i.to_string().into_bytes()),
+        [Field::Text(t)] if !text_key_is_ambiguous(t) => return Key(t.clone()),
+        _ => {}
     }
     let arr: Vec<serde_json::Value> = fields.iter().map(field_to_json).collect();
     Key(serde_json::to_vec(&arr).expect("a JSON array serializes"))
 }
 
+/// Whether a lone TEXT key must be written as a JSON array to stay distinct from the other
+/// encodings.
+fn text_key_is_ambiguous(t: &[u8]) -> bool {
+    let Ok(s) = std::str::from_utf8(t) else {
+        return true;
+    };
+    s.starts_with('[') || canonical_integer(s).is_some()
+}
+
+fn canonical_integer(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().filter(|i| i.to_string() == s)
+}
+
 /// Decodes key bytes made by [`encode_key`] back into the tuple.
 pub fn decode_key(key: &Key) -> Option<Vec<Field>> {
     let bytes = key.as_bytes();
-    if bytes.first() != Some(&b'[') {
-        return std::str::from_utf8(bytes)
-            .ok()?
-            .parse::<i64>()
-            .ok()
-            .map(|i| vec![Field::Integer(i)]);
+    if bytes.first() == Some(&b'[') {
+        let arr: Vec<serde_json::Value> = serde_json::from_slice(bytes).ok()?;
+        return arr
+            .iter()
+            .map(|v| backup_core::document::field_from_json(v).ok())
+            .collect();
     }
-    let arr: Vec<serde_json::Value> = serde_json::from_slice(bytes).ok()?;
-    arr.iter()
-        .map(|v| backup_core::document::field_from_json(v).ok())
-        .collect()
+    let s = std::str::from_utf8(bytes).ok()?;
+    Some(vec![match canonical_integer(s) {
+        Some(i) => Field::Integer(i),
+        None => Field::Text(bytes.to_vec()),
+    }])
 }
 
 /// Quotes an SQL identifier.
@@ -217,5 +234,34 @@ impl rusqlite::ToSql for SqlField<'_> {
             Field::Text(t) => ValueRef::Text(t),
             Field::Blob(b) => ValueRef::Blob(b),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_encoding_is_readable_and_reversible() {
+        let cases: Vec<(Vec<Field>, &str)> = vec![
+            (vec![Field::Integer(42)], "42"),
+            (vec![Field::Integer(-7)], "-7"),
+            (vec![Field::Text(b"SKU-1".to_vec())], "SKU-1"),
+            (vec![Field::Text(b"42".to_vec())], "[\"42\"]"),
+            (vec![Field::Text(b"042".to_vec())], "042"),
+            (vec![Field::Text(b"[x".to_vec())], "[\"[x\"]"),
+            (vec![Field::Text(b"".to_vec())], ""),
+            (
+                vec![Field::Integer(1), Field::Text(b"a".to_vec())],
+                "[1,\"a\"]",
+            ),
+            (vec![Field::Blob(vec![0, 1])], "[{\"$base64\":\"AAE=\"}]"),
+            (vec![Field::Real(1.5)], "[1.5]"),
+        ];
+        for (fields, want) in cases {
+            let key = encode_key(&fields);
+            assert_eq!(String::from_utf8_lossy(key.as_bytes()), want);
+            assert_eq!(decode_key(&key), Some(fields));
+        }
     }
 }

@@ -1,0 +1,504 @@
+//! End-to-end tests of the `tidemark` binary on real SQLite databases, written by the `sqlite3`
+//! shell (an independent client).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn tidemark(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = tidemark(args, cwd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tidemark {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs tidemark expecting failure; returns stderr.
+fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = tidemark(args, cwd);
+    assert!(
+        !out.status.success(),
+        "tidemark {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn sql(db: &Path, script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!(".bail on\n.timeout 20000\n{script}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `.dump` without tidemark's own tracking objects (its change log is an AUTOINCREMENT table,
+/// so it also accounts for a `DELETE FROM sqlite_sequence;` when no user table has a row there).
+fn dump(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("_tidemark_")).collect();
+    let user_sequences = lines
+        .iter()
+        .any(|l| l.starts_with("INSERT INTO sqlite_sequence"));
+    lines
+        .into_iter()
+        .filter(|l| user_sequences || *l != "DELETE FROM sqlite_sequence;")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts two dumps are identical, showing only the first difference.
+fn assert_same_dump(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: dumps differ at line {i} ({} vs {} lines):\n  restored: {:?}\n  source:   {:?}",
+        g.len(),
+        w.len(),
+        g.get(i),
+        w.get(i)
+    );
+}
+
+struct Dir {
+    tmp: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Self {
+        Dir {
+            tmp: tempfile::tempdir().unwrap(),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+    fn join(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+}
+
+const RICH_SCHEMA: &str = r#"
+PRAGMA journal_mode=WAL;
+PRAGMA user_version=7;
+CREATE TABLE t_int(id INTEGER PRIMARY KEY AUTOINCREMENT, i INTEGER, r REAL, t TEXT, b BLOB, n);
+CREATE TABLE t_text(name TEXT PRIMARY KEY, v);
+CREATE TABLE t_norowid(a INTEGER, b TEXT, c, PRIMARY KEY(a, b)) WITHOUT ROWID;
+CREATE TABLE t_nopk(x, y);
+CREATE TABLE "we""ird / name"("col space" TEXT PRIMARY KEY, "é" BLOB);
+CREATE TABLE t_gen(id INTEGER PRIMARY KEY, a INTEGER, twice INTEGER GENERATED ALWAYS AS (a * 2) VIRTUAL);
+CREATE INDEX t_int_i ON t_int(i);
+CREATE VIEW v_int AS SELECT id, i FROM t_int;
+CREATE TRIGGER t_int_touch AFTER INSERT ON t_int BEGIN INSERT INTO t_nopk VALUES ('trig', NEW.id); END;
+INSERT INTO t_int(i, r, t, b, n) VALUES
+  (9223372036854775807, -1.5, 'plain', x'00ff', NULL),
+  (-9223372036854775808, 1e308, CAST(x'80ff41' AS TEXT), x'', 1.5),
+  (0, 4.9e-324, '', NULL, 'txt'),
+  (42, 0.1, 'snow ☃', zeroblob(100000), x'01');
+INSERT INTO t_text VALUES ('zeta', 1), ('alpha', 2), ('mid', 3.25);
+INSERT INTO t_norowid VALUES (1, 'a', x'01'), (1, 'b', NULL), (2, 'a', 'x');
+INSERT INTO t_nopk VALUES (1, 2), (1, 2), (NULL, NULL);
+INSERT INTO "we""ird / name" VALUES ('k 1', x'cafe');
+INSERT INTO t_gen(id, a) VALUES (1, 21);
+"#;
+
+#[test]
+fn full_then_shell_written_incrementals_dump_identically() {
+    let d = Dir::new();
+    let db = d.join("src.db");
+    sql(&db, RICH_SCHEMA);
+    let first = ok(
+        &["backup", "--source", "sqlite:src.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(first.contains("Backup (full)"), "{first}");
+    ok(&["track", "--source", "sqlite:src.db"], d.path());
+    ok(
+        &["backup", "--source", "sqlite:src.db", "--to", "bk"],
+        d.path(),
+    );
+    let rounds = [
+        "UPDATE t_int SET r = r * 10 WHERE id = 2;
+         DELETE FROM t_int WHERE id = 3;
+         INSERT INTO t_int(i) VALUES (5);
+         UPDATE t_text SET name = 'beta' WHERE name = 'alpha';
+         INSERT OR REPLACE INTO t_text VALUES ('mid', 'replaced');
+         DELETE FROM t_nopk WHERE x IS NULL;
+         UPDATE t_norowid SET c = c || 'y' WHERE a = 2;
+         UPDATE t_gen SET a = 50;",
+        "INSERT INTO t_text VALUES ('zeta2', x'00');
+         DELETE FROM t_norowid WHERE a = 1 AND b = 'a';
+         UPDATE \"we\"\"ird / name\" SET \"é\" = NULL;
+         BEGIN; INSERT INTO t_int(i, t) VALUES (6, 'in a txn'); DELETE FROM t_int WHERE id = 1; COMMIT;",
+        "DELETE FROM t_nopk; INSERT INTO t_nopk VALUES (3, 4);",
+    ];
+    for (i, round) in rounds.iter().enumerate() {
+        sql(&db, round);
+        let out = ok(
+            &["backup", "--source", "sqlite:src.db", "--to", "bk"],
+            d.path(),
+        );
+        assert!(out.contains("Backup (incremental)"), "round {i}: {out}");
+        let restored = format!("r{i}.db");
+        ok(
+            &[
+                "restore",
+                "--from",
+                "bk",
+                "--to",
+                &format!("sqlite:{restored}"),
+            ],
+            d.path(),
+        );
+        assert_same_dump(&dump(&d.join(&restored)), &dump(&db), &format!("round {i}"));
+    }
+    let verified = ok(&["verify", "bk"], d.path());
+    assert!(verified.contains("intact"), "{verified}");
+}
+
+#[test]
+fn shipped_example_round_trips() {
+    let d = Dir::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.db");
+    std::fs::copy(example, d.join("shop.db")).unwrap();
+    let out = ok(
+        &["backup", "--source", "sqlite:shop.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(out.contains("2300 in backup"), "{out}");
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:copy.db"],
+        d.path(),
+    );
+    assert_same_dump(
+        &dump(&d.join("copy.db")),
+        &dump(&d.join("shop.db")),
+        "restore",
+    );
+    let doc = d.join("bk/products/SKU-0001/document.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&doc).unwrap()).unwrap();
+    assert_eq!(json["row"]["price_cents"], 236, "{json}");
+}
+
+#[test]
+fn bad_input_gets_plain_errors_and_writes_nothing() {
+    let d = Dir::new();
+    let src = |s: &str| format!("sqlite:{s}");
+    let e = fails(
+        &["backup", "--source", "mongo:x.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(e.contains("unknown store kind `mongo`"), "{e}");
+    let e = fails(
+        &["backup", "--source", &src("missing.db"), "--to", "bk"],
+        d.path(),
+    );
+    assert!(
+        e.contains("missing.db") && e.contains("no such file"),
+        "{e}"
+    );
+    std::fs::write(d.join("junk.db"), b"this is not a database, just text").unwrap();
+    let e = fails(
+        &["backup", "--source", &src("junk.db"), "--to", "bk"],
+        d.path(),
+    );
+    assert!(
+        e.contains("junk.db") && e.contains("not a SQLite database"),
+        "{e}"
+    );
+    assert!(!d.join("bk").exists(), "nothing written for a bad source");
+
+    sql(
+        &d.join("ok.db"),
+        "CREATE TABLE t(a); INSERT INTO t VALUES (1);",
+    );
+    std::fs::write(d.join("a-file"), b"x").unwrap();
+    let e = fails(
+        &["backup", "--source", &src("ok.db"), "--to", "a-file"],
+        d.path(),
+    );
+    assert!(e.contains("a-file") && e.contains("not a directory"), "{e}");
+
+    // An unwritable backup directory (root ignores permissions, so use a path under a file).
+    let e = fails(
+        &["backup", "--source", &src("ok.db"), "--to", "a-file/sub"],
+        d.path(),
+    );
+    assert!(e.contains("a-file/sub"), "{e}");
+
+    ok(
+        &["backup", "--source", &src("ok.db"), "--to", "bk"],
+        d.path(),
+    );
+    // A non-empty target is refused and left alone.
+    sql(
+        &d.join("taken.db"),
+        "CREATE TABLE keep(x); INSERT INTO keep VALUES ('mine');",
+    );
+    let before = dump(&d.join("taken.db"));
+    let e = fails(
+        &["restore", "--from", "bk", "--to", &src("taken.db")],
+        d.path(),
+    );
+    assert!(e.contains("taken.db") && e.contains("--force"), "{e}");
+    assert_same_dump(&dump(&d.join("taken.db")), &before, "refused target");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            &src("taken.db"),
+            "--force",
+        ],
+        d.path(),
+    );
+    assert_same_dump(
+        &dump(&d.join("taken.db")),
+        &dump(&d.join("ok.db")),
+        "restore",
+    );
+
+    // A damaged manifest stops both backup and restore, naming the file.
+    let manifest = d.join("bk/.tidemark/manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"records\": 1", "\"records\": 2")).unwrap();
+    let e = fails(
+        &["backup", "--source", &src("ok.db"), "--to", "bk"],
+        d.path(),
+    );
+    assert!(e.contains("manifest.json") && e.contains("damaged"), "{e}");
+    let e = fails(
+        &["restore", "--from", "bk", "--to", &src("new.db")],
+        d.path(),
+    );
+    assert!(e.contains("manifest.json"), "{e}");
+    assert!(!d.join("new.db").exists());
+    let e = fails(
+        &["restore", "--from", "nowhere", "--to", &src("new.db")],
+        d.path(),
+    );
+    assert!(e.contains("nowhere"), "{e}");
+}
+
+#[test]
+fn damage_is_found_by_verify_and_refused_by_restore() {
+    let d = Dir::new();
+    sql(
+        &d.join("s.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, b BLOB, s TEXT);
+         INSERT INTO t VALUES (1, x'00112233', 'one'), (2, randomblob(1000), 'two');",
+    );
+    ok(
+        &["backup", "--source", "sqlite:s.db", "--to", "bk"],
+        d.path(),
+    );
+    // Flip one byte of an attachment.
+    let att = d.join("bk/t/2/attachments/b");
+    let mut bytes = std::fs::read(&att).unwrap();
+    bytes[500] ^= 0x01;
+    std::fs::write(&att, bytes).unwrap();
+    let out = tidemark(&["verify", "bk"], d.path());
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("bk/t/2/document.json") && e.contains("attachment `b`"),
+        "{e}"
+    );
+    let e = fails(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert!(e.contains("CRC32"), "{e}");
+    assert!(
+        !d.join("r.db").exists(),
+        "a refused restore leaves no target behind"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("tidemark-restore"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary restore files removed");
+    // Flip a byte inside a document's JSON text.
+    std::fs::write(&att, b"").unwrap();
+    let doc = d.join("bk/t/1/document.json");
+    let text = std::fs::read_to_string(&doc).unwrap();
+    std::fs::write(&doc, text.replace("\"one\"", "\"onE\"")).unwrap();
+    let out = tidemark(&["verify", "bk"], d.path());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("bk/t/1/document.json") && e.contains("record CRC32"),
+        "{e}"
+    );
+    assert!(e.contains("2 problems"), "{e}");
+}
+
+#[test]
+fn replace_on_unique_conflict_is_caught_by_the_count_check() {
+    let d = Dir::new();
+    let db = d.join("u.db");
+    sql(&db, "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT UNIQUE); INSERT INTO u VALUES (1, 'a'), (2, 'b');");
+    ok(&["track", "--source", "sqlite:u.db"], d.path());
+    ok(
+        &["backup", "--source", "sqlite:u.db", "--to", "bk"],
+        d.path(),
+    );
+    // REPLACE deletes row 1 (UNIQUE conflict on email) without firing delete triggers.
+    sql(&db, "INSERT OR REPLACE INTO u VALUES (3, 'a');");
+    let out = ok(
+        &["backup", "--source", "sqlite:u.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(
+        out.contains("Backup (full)") && out.contains("change log accounts for"),
+        "{out}"
+    );
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+}
+
+#[test]
+fn tables_created_after_tracking_are_never_missed() {
+    let d = Dir::new();
+    let db = d.join("n.db");
+    sql(
+        &db,
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v); INSERT INTO a VALUES (1, 'x');",
+    );
+    ok(&["track", "--source", "sqlite:n.db"], d.path());
+    ok(
+        &["backup", "--source", "sqlite:n.db", "--to", "bk"],
+        d.path(),
+    );
+    // A new table written before any backup saw it: capture missed those rows.
+    sql(
+        &db,
+        "CREATE TABLE b(id INTEGER PRIMARY KEY, v); INSERT INTO b VALUES (1, 'y');",
+    );
+    let out = ok(
+        &["backup", "--source", "sqlite:n.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(
+        out.contains("Backup (full)") && out.contains("no longer available"),
+        "{out}"
+    );
+    // A new, still empty table is tracked at the next backup without a gap.
+    sql(&db, "CREATE TABLE c(id INTEGER PRIMARY KEY, v);");
+    let out = ok(
+        &["backup", "--source", "sqlite:n.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(out.contains("Backup (incremental)"), "{out}");
+    sql(&db, "INSERT INTO c VALUES (7, 'z'); ALTER TABLE a RENAME TO a2; INSERT INTO a2 VALUES (2, 'w');");
+    let out = ok(
+        &["backup", "--source", "sqlite:n.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(out.contains("Backup ("), "{out}");
+    sql(
+        &db,
+        "INSERT INTO a2 VALUES (3, 'after rename'); DROP TABLE b;",
+    );
+    let out = ok(
+        &["backup", "--source", "sqlite:n.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(out.contains("Backup (incremental)"), "{out}");
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+}
+
+#[test]
+fn another_process_writing_in_rollback_journal_mode() {
+    let d = Dir::new();
+    let db = d.join("busy.db");
+    sql(&db, "PRAGMA journal_mode=DELETE; CREATE TABLE log(id INTEGER PRIMARY KEY, msg TEXT, n INTEGER);");
+    ok(&["track", "--source", "sqlite:busy.db"], d.path());
+    let script: String = (0..1500)
+        .map(|i| format!("INSERT INTO log(msg, n) VALUES ('line {i}', {i}); UPDATE log SET n = n + 1 WHERE id = {};\n", i / 2 + 1))
+        .collect();
+    let db2 = db.clone();
+    let writer = std::thread::spawn(move || sql(&db2, &script));
+    let mut kinds = Vec::new();
+    for _ in 0..4 {
+        let out = ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:busy.db",
+                "--to",
+                "bk",
+                "--quiet",
+            ],
+            d.path(),
+        );
+        kinds.push(out);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    writer.join().unwrap();
+    let out = ok(
+        &["backup", "--source", "sqlite:busy.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(out.contains("Backup (incremental)"), "{out}");
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+    let n: String = String::from_utf8(
+        Command::new("sqlite3")
+            .arg(d.join("r.db"))
+            .arg("SELECT count(*) FROM log")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert_eq!(n.trim(), "1500");
+}
