@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what tidemark's build and tests need on a fresh Debian machine (idempotent).
+# Sourced by the other scripts; run as root (or with sudo available).
+set -euo pipefail
+
+need_apt=()
+command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# RocksDB's bindings are generated with libclang.
+dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(clang libclang-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  echo "setup: installing ${need_apt[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Keep the build cache outside the clone so repeated runs are quick (never required).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidemark-target}"
