@@ -4,7 +4,7 @@
 //! [`Harness`] that makes fresh stores of one kind. Every backend crate runs all of them with
 //! [`conformance_suite!`]; a backend is done when it passes the whole suite unchanged.
 //!
-//! ```ignore
+//! ```text
 //! conformance_tests::conformance_suite!(my_backend_tests, MyHarness);
 //! ```
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
