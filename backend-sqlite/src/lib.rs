@@ -602,7 +602,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 (value, _) => {
                     let bytes = match value {
                         Value::Bytes(b) => b.clone(),
-                        Value::Row(row) => row_as_json(row),
+                        Value::Row(row) => backup_core::document::row_to_json_bytes(row),
                     };
                     let key = text_or_blob(record.key.as_bytes());
                     let value = text_or_blob(&bytes);
@@ -691,15 +691,6 @@ fn text_or_blob(bytes: &[u8]) -> Field {
     } else {
         Field::Blob(bytes.to_vec())
     }
-}
-
-/// A row as one JSON object (typed values as in `document.json`, blobs inline as `$base64`).
-pub fn row_as_json(row: &Row) -> Vec<u8> {
-    let mut map = serde_json::Map::new();
-    for (name, f) in &row.columns {
-        map.insert(name.clone(), backup_core::document::field_to_json(f));
-    }
-    serde_json::to_vec(&map).expect("a JSON object serializes")
 }
 
 /// Makes SQLite stores at paths (restore targets).

@@ -277,6 +277,16 @@ pub fn field_to_json(field: &Field) -> serde_json::Value {
     }
 }
 
+/// A row as one compact JSON object (typed values as in `document.json`, BLOBs inline as
+/// `$base64`): how a SQL row is stored in a key-value store (`docs/FORMAT.md` §2).
+pub fn row_to_json_bytes(row: &Row) -> Vec<u8> {
+    let mut map = serde_json::Map::with_capacity(row.columns.len());
+    for (name, f) in &row.columns {
+        map.insert(name.clone(), field_to_json(f));
+    }
+    serde_json::to_vec(&map).expect("a JSON object serializes")
+}
+
 /// The inverse of [`field_to_json`].
 pub fn field_from_json(json: &serde_json::Value) -> Result<Field, String> {
     use serde_json::Value as J;

@@ -1,0 +1,618 @@
+//! # backend-rocksdb
+//!
+//! tidemark's [`StorageBackend`] for RocksDB.
+//!
+//! - Collections are column families (`default` included); records are their keys and values.
+//! - The checkpoint is RocksDB's sequence number; the store's identity is `get_db_identity()`.
+//! - A view is one RocksDB snapshot across every column family.
+//! - Changes since a checkpoint are read from the write-ahead log with `get_updates_since`,
+//!   decoded by [`wal`] (never the C API's lossy handler), and checked for continuity: every
+//!   batch must start where the previous one ended, and the log must reach the view's sequence.
+//!   Merges are resolved by reading the key from the view's snapshot. A range deletion, or a
+//!   record type the decoder does not turn into changes, makes the changes unavailable: the
+//!   engine then takes a full backup and says why.
+//!
+//! ```no_run
+//! use backend_rocksdb::RocksBackend;
+//! use std::sync::Arc;
+//!
+//! // A service hands its own open database to the backend; nothing is reopened.
+//! let db = Arc::new(rocksdb::DB::open_default("/var/lib/app/db")?);
+//! let backend = RocksBackend::from_db(db);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Keep WAL files long enough for the next incremental: set `Options::set_wal_ttl_seconds` (or
+//! `set_wal_size_limit_mb`) in the application; otherwise RocksDB deletes WAL files as soon as
+//! their memtables are flushed and incrementals fall back to full backups.
+
+pub mod wal;
+
+use backup_core::{
+    Change, ChangeOp, Checkpoint, CollectionInfo, CollectionName, Error, Record, RestoreSink,
+    Result, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema, Value, View,
+};
+use rocksdb::{
+    AsColumnFamilyRef, DBWithThreadMode, IteratorMode, MultiThreaded, Options, ReadOptions,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions,
+};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The RocksDB handle type the backend works with (`rocksdb::DB` with the `multi-threaded-cf`
+/// feature, which this crate enables).
+pub type Db = DBWithThreadMode<MultiThreaded>;
+
+/// How long the CLI keeps archived WAL files when it opens a database itself.
+pub const CLI_WAL_TTL_SECONDS: u64 = 7 * 24 * 3600;
+/// How much archived WAL the CLI keeps when it opens a database itself.
+pub const CLI_WAL_SIZE_LIMIT_MB: u64 = 4096;
+
+/// A RocksDB database as a tidemark store.
+pub struct RocksBackend {
+    db: Arc<Db>,
+    path: PathBuf,
+    /// Set when the database is held by another process and read through a secondary instance.
+    secondary: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for RocksBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksBackend")
+            .field("path", &self.path)
+            .field("secondary", &self.secondary.is_some())
+            .finish()
+    }
+}
+
+impl RocksBackend {
+    /// Wraps a database the application has open. The backend never reopens it or changes its
+    /// options.
+    pub fn from_db(db: Arc<Db>) -> Self {
+        let path = db.path().to_path_buf();
+        RocksBackend {
+            db,
+            path,
+            secondary: None,
+        }
+    }
+
+    /// The options the CLI opens a database with: no creation, and archived WAL kept for
+    /// [`CLI_WAL_TTL_SECONDS`] / [`CLI_WAL_SIZE_LIMIT_MB`] so the next incremental finds it.
+    pub fn cli_options() -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(false);
+        opts.set_wal_ttl_seconds(CLI_WAL_TTL_SECONDS);
+        opts.set_wal_size_limit_mb(CLI_WAL_SIZE_LIMIT_MB);
+        opts
+    }
+
+    /// Opens an existing database on disk. If another process holds it open, opens a secondary
+    /// instance instead (read-only, caught up with the primary's WAL): full backups work;
+    /// incrementals need the WAL through the primary and fall back to full backups.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("CURRENT").is_file() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: if path.is_dir() {
+                    "not a RocksDB database (no CURRENT file)".into()
+                } else if path.exists() {
+                    "not a directory".into()
+                } else {
+                    "no such directory".into()
+                },
+            });
+        }
+        let opts = Self::cli_options();
+        let names = Db::list_cf(&opts, path).map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot read the column families: {e}"),
+        })?;
+        match Db::open_cf(&opts, path, &names) {
+            Ok(db) => Ok(RocksBackend {
+                db: Arc::new(db),
+                path: path.to_path_buf(),
+                secondary: None,
+            }),
+            Err(e) if e.to_string().to_lowercase().contains("lock") => {
+                Self::open_secondary(path, &names)
+            }
+            Err(e) => Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: format!("cannot open as a RocksDB database: {e}"),
+            }),
+        }
+    }
+
+    fn open_secondary(path: &Path, names: &[String]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("tidemark-rocksdb-secondary-")
+            .tempdir()
+            .map_err(|e| Error::io("create a secondary instance directory", "/tmp", e))?;
+        let mut opts = Options::default();
+        opts.set_max_open_files(-1);
+        let db = Db::open_cf_as_secondary(&opts, path, dir.path(), names).map_err(|e| {
+            Error::BadInput {
+                path: path.to_path_buf(),
+                cause: format!(
+                    "held open by another process, and a secondary instance failed: {e}"
+                ),
+            }
+        })?;
+        db.try_catch_up_with_primary()
+            .map_err(|e| Error::store(describe(path), format!("catching up: {e}")))?;
+        Ok(RocksBackend {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            secondary: Some(dir),
+        })
+    }
+
+    /// Creates a new, empty database (a restore target).
+    pub fn create(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let db = Db::open(&opts, path).map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot create a RocksDB database: {e}"),
+        })?;
+        Ok(RocksBackend {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+            secondary: None,
+        })
+    }
+
+    /// The database handle.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+
+    /// Whether this is a secondary instance of a database another process holds.
+    pub fn is_secondary(&self) -> bool {
+        self.secondary.is_some()
+    }
+
+    fn err(&self, what: &str, e: rocksdb::Error) -> Error {
+        Error::store(self.describe(), format!("{what}: {e}"))
+    }
+
+    fn store_id(&self) -> Result<StoreId> {
+        let id = self
+            .db
+            .get_db_identity()
+            .map_err(|e| self.err("reading the DB identity", e))?;
+        Ok(StoreId(String::from_utf8_lossy(&id).trim().to_string()))
+    }
+
+    /// Column families with their ids, in the order RocksDB lists them.
+    fn column_families(&self) -> Result<Vec<(String, u32)>> {
+        let names = Db::list_cf(&Options::default(), &self.path)
+            .map_err(|e| self.err("listing column families", e))?;
+        names
+            .into_iter()
+            .map(|n| {
+                let id = cf(&self.db, &self.path, &n)?.id();
+                Ok((n, id))
+            })
+            .collect()
+    }
+}
+
+/// A column family: `default` is reached through the plain (non-`_cf`) calls, because a handle
+/// opened without naming it (`DB::open_default`) holds no handle for it.
+enum Cf<'a> {
+    Default,
+    Named(Arc<rocksdb::BoundColumnFamily<'a>>),
+}
+
+/// The column family called `name`. A column family that exists but that the handle did not
+/// open is an error: it would otherwise be left out of the backup without a word.
+fn cf<'a>(db: &'a Db, path: &Path, name: &str) -> Result<Cf<'a>> {
+    if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME {
+        return Ok(Cf::Default);
+    }
+    db.cf_handle(name).map(Cf::Named).ok_or_else(|| {
+        Error::store(
+            describe(path),
+            format!(
+                "column family `{name}` exists but this database handle did not open it \
+                 (open every column family: DB::list_cf, then DB::open_cf)"
+            ),
+        )
+    })
+}
+
+impl Cf<'_> {
+    fn id(&self) -> u32 {
+        match self {
+            Cf::Default => 0,
+            Cf::Named(h) => cf_id(h),
+        }
+    }
+}
+
+/// A column family's id (ids in the WAL refer to these; they are not creation order).
+#[allow(unsafe_code)]
+fn cf_id(cf: &impl AsColumnFamilyRef) -> u32 {
+    // SAFETY: the handle is alive for the call (borrowed), and the function only reads it.
+    unsafe { librocksdb_sys::rocksdb_column_family_handle_get_id(cf.inner()) }
+}
+
+fn describe(path: &Path) -> String {
+    format!("rocksdb:{}", path.display())
+}
+
+impl StorageBackend for RocksBackend {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Rocksdb
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.path)
+    }
+
+    fn prepare(&self) -> Result<()> {
+        if self.secondary.is_some() {
+            self.db
+                .try_catch_up_with_primary()
+                .map_err(|e| self.err("catching up with the primary", e))?;
+        }
+        Ok(())
+    }
+
+    fn current_checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint::new(
+            self.store_id()?,
+            self.db.latest_sequence_number(),
+        ))
+    }
+
+    fn view(&self) -> Result<Box<dyn View + '_>> {
+        let store_id = self.store_id()?;
+        let cfs = self.column_families()?;
+        let snapshot = self.db.snapshot();
+        let checkpoint = Checkpoint::new(store_id, snapshot.sequence_number());
+        Ok(Box::new(RocksView {
+            backend: self,
+            snapshot,
+            checkpoint,
+            cfs,
+        }))
+    }
+
+    fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.prepare()?;
+            if self.db.latest_sequence_number() > after.position {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn trim_changes(&self, _upto: &Checkpoint) -> Result<()> {
+        // RocksDB owns its WAL's lifetime (wal_ttl_seconds / wal_size_limit_mb).
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        for (name, _) in self.column_families()? {
+            let mut iter = match cf(&self.db, &self.path, &name)? {
+                Cf::Default => self.db.iterator(IteratorMode::Start),
+                Cf::Named(h) => self.db.iterator_cf(&h, IteratorMode::Start),
+            };
+            if iter.next().is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
+        if self.secondary.is_some() {
+            return Err(Error::store(
+                self.describe(),
+                "cannot restore into a database another process holds open",
+            ));
+        }
+        Ok(Box::new(RocksRestore {
+            backend: self,
+            created: Vec::new(),
+        }))
+    }
+}
+
+struct RocksView<'a> {
+    backend: &'a RocksBackend,
+    snapshot: SnapshotWithThreadMode<'a, Db>,
+    checkpoint: Checkpoint,
+    cfs: Vec<(String, u32)>,
+}
+
+impl RocksView<'_> {
+    fn unavailable(&self, from: &Checkpoint, reason: String) -> Error {
+        Error::ChangesUnavailable {
+            from: from.position,
+            earliest: None,
+            reason,
+        }
+    }
+
+    /// The value of a key as of the view (resolves merges).
+    fn value_at_view(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let got = match cf(&self.backend.db, &self.backend.path, name)? {
+            Cf::Default => self.snapshot.get(key),
+            Cf::Named(h) => self.snapshot.get_cf(&h, key),
+        };
+        got.map_err(|e| self.backend.err("reading a merged key", e))
+    }
+}
+
+impl View for RocksView<'_> {
+    fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    fn collections(&mut self) -> Result<Vec<CollectionInfo>> {
+        Ok(self
+            .cfs
+            .iter()
+            .map(|(name, id)| CollectionInfo {
+                name: CollectionName::new(name),
+                // The id changes when a column family is dropped and re-created, which the
+                // WAL alone would not show: the engine then takes a full backup.
+                schema: serde_json::json!({ "cf_id": id }),
+            })
+            .collect())
+    }
+
+    fn scan(
+        &mut self,
+        collection: &CollectionName,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        let iter = match cf(&self.backend.db, &self.backend.path, collection.as_str())? {
+            Cf::Default => self.snapshot.iterator_opt(IteratorMode::Start, opts),
+            Cf::Named(h) => self.snapshot.iterator_cf_opt(&h, opts, IteratorMode::Start),
+        };
+        for item in iter {
+            let (k, v) = item.map_err(|e| self.backend.err("scanning", e))?;
+            visit(Record {
+                key: backup_core::Key(k.into_vec()),
+                value: Value::Bytes(v.into_vec()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn changes_since(
+        &mut self,
+        from: &Checkpoint,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+    ) -> Result<()> {
+        let to = self.checkpoint.position;
+        if from.store_id != self.checkpoint.store_id {
+            return Err(self.unavailable(
+                from,
+                format!(
+                    "the checkpoint belongs to database {}, this is {}",
+                    from.store_id, self.checkpoint.store_id
+                ),
+            ));
+        }
+        if from.position > to {
+            return Err(self.unavailable(
+                from,
+                format!("the database is at sequence {to}, behind the checkpoint"),
+            ));
+        }
+        if from.position == to {
+            return Ok(());
+        }
+        let names: BTreeMap<u32, String> =
+            self.cfs.iter().map(|(n, id)| (*id, n.clone())).collect();
+        let mut expected = from.position + 1;
+        let mut out: Vec<Change> = Vec::with_capacity(batch_size.min(4096));
+        let mut retries = 0;
+        'reopen: while expected <= to {
+            let iter = self
+                .backend
+                .db
+                .get_updates_since(expected - 1)
+                .map_err(|e| self.unavailable(from, format!("the WAL cannot be read: {e}")))?;
+            for item in iter {
+                let (seq, batch) = match item {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == rocksdb::ErrorKind::TryAgain && retries < 5 => {
+                        retries += 1; // the WAL rotated under the iterator: resume at the seam
+                        continue 'reopen;
+                    }
+                    Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                        return Err(self.backend.err("reading the WAL", e));
+                    }
+                    Err(e) => {
+                        return Err(self.unavailable(from, format!("reading the WAL: {e}")));
+                    }
+                };
+                if seq > to {
+                    break;
+                }
+                if seq != expected {
+                    return Err(self.unavailable(
+                        from,
+                        format!(
+                            "the WAL has a gap: sequence {expected} is missing (next batch starts at {seq}); \
+                             WAL files were purged or writes skipped the WAL"
+                        ),
+                    ));
+                }
+                let decoded = wal::decode(batch.data()).map_err(|e| {
+                    self.unavailable(from, format!("the WAL batch at sequence {seq} holds a {e}"))
+                })?;
+                for (i, op) in decoded.ops.iter().enumerate() {
+                    let position = seq + i as u64;
+                    let (cf, key, op) = match *op {
+                        wal::WalOp::Put(cf, k, v) => {
+                            (cf, k, ChangeOp::Put(Value::Bytes(v.to_vec())))
+                        }
+                        wal::WalOp::Delete(cf, k) => (cf, k, ChangeOp::Delete),
+                        wal::WalOp::Merge(cf, k) => {
+                            let Some(name) = names.get(&cf) else { continue };
+                            match self.value_at_view(name, k)? {
+                                Some(v) => (cf, k, ChangeOp::Put(Value::Bytes(v))),
+                                None => (cf, k, ChangeOp::Delete),
+                            }
+                        }
+                        wal::WalOp::DeleteRange(cf, begin, end) => {
+                            return Err(self.unavailable(
+                                from,
+                                format!(
+                                    "a range deletion at sequence {position} (column family id {cf}, \
+                                     {} .. {}) cannot be turned into keys from the WAL",
+                                    backup_core::docid::display_key(begin),
+                                    backup_core::docid::display_key(end)
+                                ),
+                            ));
+                        }
+                    };
+                    // A column family that no longer exists: the engine drops it.
+                    let Some(name) = names.get(&cf) else { continue };
+                    out.push(Change {
+                        position,
+                        collection: CollectionName::new(name),
+                        key: backup_core::Key(key.to_vec()),
+                        op,
+                    });
+                    if out.len() >= batch_size {
+                        visit(std::mem::take(&mut out))?;
+                    }
+                }
+                expected = seq + decoded.ops.len() as u64;
+            }
+            break;
+        }
+        if expected <= to {
+            return Err(self.unavailable(
+                from,
+                format!(
+                    "the WAL ends at sequence {}, before the snapshot's {to}: WAL files were purged \
+                     (set wal_ttl_seconds / wal_size_limit_mb to keep them)",
+                    expected - 1
+                ),
+            ));
+        }
+        if !out.is_empty() {
+            visit(out)?;
+        }
+        Ok(())
+    }
+}
+
+struct RocksRestore<'a> {
+    backend: &'a RocksBackend,
+    created: Vec<String>,
+}
+
+impl RestoreSink for RocksRestore<'_> {
+    fn create_collection(&mut self, info: &CollectionInfo, _source: StoreKind) -> Result<()> {
+        let name = info.name.as_str();
+        if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && self.backend.db.cf_handle(name).is_none()
+        {
+            self.backend
+                .db
+                .create_cf(name, &Options::default())
+                .map_err(|e| {
+                    self.backend
+                        .err(&format!("creating column family `{name}`"), e)
+                })?;
+        }
+        self.created.push(name.to_string());
+        Ok(())
+    }
+
+    fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        let db = &self.backend.db;
+        let handle = cf(db, &self.backend.path, collection.as_str())?;
+        let mut batch = WriteBatch::default();
+        for record in &records {
+            let row_json;
+            let value: &[u8] = match &record.value {
+                Value::Bytes(v) => v,
+                Value::Row(row) => {
+                    row_json = backup_core::document::row_to_json_bytes(row);
+                    &row_json
+                }
+            };
+            match &handle {
+                Cf::Default => batch.put(record.key.as_bytes(), value),
+                Cf::Named(h) => batch.put_cf(h, record.key.as_bytes(), value),
+            }
+        }
+        // Bulk load without the WAL; `finish` flushes every column family to SST files.
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        db.write_opt(batch, &opts)
+            .map_err(|e| self.backend.err(&format!("writing into `{collection}`"), e))
+    }
+
+    fn finish(self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
+        let db = &self.backend.db;
+        for name in &self.created {
+            let flushed = match cf(db, &self.backend.path, name)? {
+                Cf::Default => db.flush(),
+                Cf::Named(h) => db.flush_cf(&h),
+            };
+            flushed.map_err(|e| self.backend.err(&format!("flushing `{name}`"), e))?;
+        }
+        db.flush_wal(true)
+            .map_err(|e| self.backend.err("syncing the WAL", e))
+    }
+}
+
+/// Makes RocksDB databases at paths (restore targets).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RocksFactory;
+
+impl StoreFactory for RocksFactory {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Rocksdb
+    }
+
+    fn holds_data(&self, path: &Path) -> Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        if !path.is_dir() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: "is a file, not a RocksDB directory".into(),
+            });
+        }
+        let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
+        if entries.next().is_none() {
+            return Ok(false);
+        }
+        if !path.join("CURRENT").is_file() {
+            return Ok(true); // a directory of something else: never overwrite it unasked
+        }
+        match RocksBackend::open(path) {
+            Ok(b) => b.is_empty().map(|empty| !empty),
+            Err(_) => Ok(true),
+        }
+    }
+
+    fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(RocksBackend::create(path)?))
+    }
+}
