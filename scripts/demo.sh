@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-cargo build --release --quiet -p tidemark-cli
+cargo build --release --quiet -p tidemark-cli --no-default-features --features sqlite
 tidemark="$CARGO_TARGET_DIR/release/tidemark"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -90,8 +90,10 @@ impl RocksBackend {
     }
 
     /// Opens an existing database on disk. If another process holds it open, opens a secondary
-    /// instance instead (read-only, caught up with the primary's WAL): full backups work;
-    /// incrementals need the WAL through the primary and fall back to full backups.
+    /// instance instead (read-only, in a temporary directory, caught up with the primary before
+    /// each view): the writer is not disturbed, full backups read the secondary's state (which
+    /// only moves when it catches up), and incrementals read the primary's WAL files, with the
+    /// same continuity checks.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("CURRENT").is_file() {
             return Err(Error::BadInput {
@@ -274,8 +276,14 @@ impl StorageBackend for RocksBackend {
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store_id = self.store_id()?;
         let cfs = self.column_families()?;
-        let snapshot = self.db.snapshot();
-        let checkpoint = Checkpoint::new(store_id, snapshot.sequence_number());
+        let (snapshot, position) = if self.secondary.is_some() {
+            (None, self.db.latest_sequence_number())
+        } else {
+            let snapshot = self.db.snapshot();
+            let position = snapshot.sequence_number();
+            (Some(snapshot), position)
+        };
+        let checkpoint = Checkpoint::new(store_id, position);
         Ok(Box::new(RocksView {
             backend: self,
             snapshot,
@@ -332,7 +340,9 @@ impl StorageBackend for RocksBackend {
 
 struct RocksView<'a> {
     backend: &'a RocksBackend,
-    snapshot: SnapshotWithThreadMode<'a, Db>,
+    /// The snapshot; `None` on a secondary instance, which has no snapshots but changes only
+    /// when it catches up with the primary, so plain reads between catch-ups are consistent.
+    snapshot: Option<SnapshotWithThreadMode<'a, Db>>,
     checkpoint: Checkpoint,
     cfs: Vec<(String, u32)>,
 }
@@ -348,9 +358,13 @@ impl RocksView<'_> {
 
     /// The value of a key as of the view (resolves merges).
     fn value_at_view(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let got = match cf(&self.backend.db, &self.backend.path, name)? {
-            Cf::Default => self.snapshot.get(key),
-            Cf::Named(h) => self.snapshot.get_cf(&h, key),
+        let handle = cf(&self.backend.db, &self.backend.path, name)?;
+        let db = &self.backend.db;
+        let got = match (&self.snapshot, &handle) {
+            (Some(s), Cf::Default) => s.get(key),
+            (Some(s), Cf::Named(h)) => s.get_cf(h, key),
+            (None, Cf::Default) => db.get(key),
+            (None, Cf::Named(h)) => db.get_cf(h, key),
         };
         got.map_err(|e| self.backend.err("reading a merged key", e))
     }
@@ -381,9 +395,13 @@ impl View for RocksView<'_> {
     ) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.fill_cache(false);
-        let iter = match cf(&self.backend.db, &self.backend.path, collection.as_str())? {
-            Cf::Default => self.snapshot.iterator_opt(IteratorMode::Start, opts),
-            Cf::Named(h) => self.snapshot.iterator_cf_opt(&h, opts, IteratorMode::Start),
+        let handle = cf(&self.backend.db, &self.backend.path, collection.as_str())?;
+        let db = &self.backend.db;
+        let iter = match (&self.snapshot, &handle) {
+            (Some(s), Cf::Default) => s.iterator_opt(IteratorMode::Start, opts),
+            (Some(s), Cf::Named(h)) => s.iterator_cf_opt(h, opts, IteratorMode::Start),
+            (None, Cf::Default) => db.iterator_opt(IteratorMode::Start, opts),
+            (None, Cf::Named(h)) => db.iterator_cf_opt(h, opts, IteratorMode::Start),
         };
         for item in iter {
             let (k, v) = item.map_err(|e| self.backend.err("scanning", e))?;

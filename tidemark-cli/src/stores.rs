@@ -42,6 +42,9 @@ pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
     match url.kind {
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open(&url.path)?)),
+        #[cfg(feature = "rocksdb")]
+        StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksBackend::open(&url.path)?)),
+        #[allow(unreachable_patterns)]
         kind => Err(not_built(kind)),
     }
 }
@@ -51,6 +54,9 @@ pub fn factory(kind: StoreKind) -> Result<Box<dyn StoreFactory>> {
     match kind {
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteFactory)),
+        #[cfg(feature = "rocksdb")]
+        StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksFactory)),
+        #[allow(unreachable_patterns)]
         kind => Err(not_built(kind)),
     }
 }
