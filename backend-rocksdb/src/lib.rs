@@ -388,6 +388,12 @@ impl View for RocksView<'_> {
             .collect())
     }
 
+    fn scans_in_key_order(&self) -> bool {
+        // True with the default bytewise comparator; the engine checks the order as it goes, so
+        // a custom comparator makes it fall back to a full backup, never a wrong diff.
+        true
+    }
+
     fn scan(
         &mut self,
         collection: &CollectionName,

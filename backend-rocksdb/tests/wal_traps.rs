@@ -3,8 +3,8 @@
 
 use backend_rocksdb::{Db, RocksBackend, RocksFactory};
 use backup_core::{
-    backup_folder, restore_folder_to_path, BackupOptions, Error, Event, RestoreOptions, RunKind,
-    StorageBackend,
+    backup_folder, restore_folder_to_path, BackupOptions, Error, Event, Method, RestoreOptions,
+    RunKind, StorageBackend,
 };
 use rocksdb::{IteratorMode, MergeOperands, Options};
 use std::collections::BTreeMap;
@@ -109,7 +109,7 @@ fn single_deletes_are_recorded() {
 }
 
 #[test]
-fn range_deletes_fall_back_to_a_full_backup_and_say_so() {
+fn range_deletes_fall_back_to_a_diff_and_say_so() {
     let t = tempfile::tempdir().unwrap();
     let path = t.path().join("db");
     let db = open(&path, true);
@@ -122,11 +122,12 @@ fn range_deletes_fall_back_to_a_full_backup_and_say_so() {
     db.delete_range_cf(&cf, [b'k', 5], [b'k', 15]).unwrap();
     drop(cf);
     let (s, notices) = backup(&db, &bk);
-    assert_eq!(s.kind, RunKind::Full);
+    assert_eq!(s.method, Method::Diff, "compares every record instead");
     assert!(
         notices.iter().any(|n| n.contains("range deletion")),
         "{notices:?}"
     );
+    assert_eq!((s.records_written, s.records_deleted), (0, 10));
     assert_restores(&bk, t.path(), &content(&db, &path));
 }
 
@@ -150,7 +151,8 @@ fn a_purged_wal_is_detected_not_skipped() {
     assert!(matches!(r, Err(Error::ChangesUnavailable { .. })), "{r:?}");
     drop(view);
     let (s, notices) = backup(&db, &bk);
-    assert_eq!(s.kind, RunKind::Full, "{notices:?}");
+    assert_eq!(s.method, Method::Diff, "{notices:?}");
+    assert_eq!((s.records_written, s.records_deleted), (2, 0));
     assert_restores(&bk, t.path(), &content(&db, &path));
 }
 
@@ -169,7 +171,12 @@ fn a_recreated_column_family_is_not_mistaken_for_the_old_one() {
     db.put_cf(&db.cf_handle("c").unwrap(), b"new", b"2")
         .unwrap();
     let (s, _) = backup(&db, &bk);
-    assert_eq!(s.kind, RunKind::Full);
+    assert_eq!(s.method, Method::Diff);
+    assert!(s
+        .full_reason
+        .unwrap()
+        .contains("schema of collection `c` changed"));
+    assert_eq!((s.records_written, s.records_deleted), (1, 1));
     assert_restores(&bk, t.path(), &content(&db, &path));
 }
 
@@ -184,6 +191,8 @@ fn a_different_database_is_never_continued() {
     b.put(b"k", b"b").unwrap();
     b.put(b"k2", b"b").unwrap();
     let (s, _) = backup(&b, &bk);
-    assert_eq!(s.kind, RunKind::Full);
+    assert_eq!(s.method, Method::Diff, "never the other database's WAL");
     assert!(s.full_reason.unwrap().contains("identity"));
+    assert_eq!((s.records_written, s.records_deleted), (2, 0));
+    assert_restores(&bk, t.path(), &content(&b, &t.path().join("b")));
 }

@@ -76,7 +76,8 @@ pub trait View {
         Ok(StoreSchema::default())
     }
 
-    /// Streams every record of `collection`, in key order, to `visit`.
+    /// Streams every record of `collection` to `visit` (in ascending key order where
+    /// [`View::scans_in_key_order`] says so).
     fn scan(
         &mut self,
         collection: &CollectionName,
@@ -91,6 +92,21 @@ pub trait View {
         batch_size: usize,
         visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
     ) -> Result<()>;
+
+    /// For stores without snapshots (sled): called after every collection was scanned. Moves
+    /// the view to a later checkpoint such that the scans, with the changes between the old
+    /// checkpoint and the new one applied over them (in order), are exactly the state at the new
+    /// checkpoint; returns whether it moved (then [`View::collections`] is refreshed too).
+    /// Stores whose views are snapshots keep the default.
+    fn settle(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Whether [`View::scan`] yields keys in ascending byte order (needed for the diff-based
+    /// incremental, which merges the scan with the previous backup's sorted key index).
+    fn scans_in_key_order(&self) -> bool {
+        false
+    }
 
     /// The number of records in `collection`, where the store can count cheaply (the engine
     /// uses it to check that an incremental saw every change); `None` otherwise.

@@ -99,6 +99,21 @@ impl FolderBackup {
         self.root.join(META_DIR).join("staging")
     }
 
+    fn dirty_marker(&self) -> PathBuf {
+        self.root.join(META_DIR).join("dirty")
+    }
+
+    /// Whether an in-place (incremental) run was interrupted: its documents may be newer than
+    /// the manifest, so the key index must not be trusted for a diff.
+    pub fn was_interrupted(&self) -> bool {
+        self.dirty_marker().exists()
+    }
+
+    /// The directory of key index files.
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join(META_DIR).join("index")
+    }
+
     fn trash(&self) -> PathBuf {
         self.root.join(META_DIR).join("trash")
     }
@@ -139,7 +154,14 @@ impl FolderBackup {
                 durable::create_dir_all(&staging)?;
                 staging
             }
-            RunKind::Incremental => self.root.clone(),
+            RunKind::Incremental => {
+                durable::write_atomic(
+                    &self.dirty_marker(),
+                    b"an incremental run is in progress\n",
+                    Sync::Now,
+                )?;
+                self.root.clone()
+            }
         };
         Ok(FolderRun {
             folder: self.clone(),
@@ -148,6 +170,7 @@ impl FolderBackup {
             counts,
             dropped: Vec::new(),
             bytes: 0,
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         })
     }
 
@@ -207,9 +230,26 @@ pub struct FolderRun {
     counts: BTreeMap<CollectionName, u64>,
     dropped: Vec<CollectionName>,
     bytes: u64,
+    run_id: String,
 }
 
 impl FolderRun {
+    /// A new key index file for a collection in this run: (file name, path).
+    pub fn new_index(&self, collection: &CollectionName, tag: &str) -> (String, PathBuf) {
+        let name = format!(
+            "{}.{}{tag}.idx",
+            collection_dir_name(collection),
+            self.run_id
+        );
+        let path = self.folder.index_dir().join(&name);
+        (name, path)
+    }
+
+    /// The path of an existing key index file named in a manifest.
+    pub fn index_path(&self, name: &str) -> PathBuf {
+        self.folder.index_dir().join(name)
+    }
+
     /// Makes sure a collection exists in the backup (an empty collection still has a folder).
     pub fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
         if !self.counts.contains_key(collection) {
@@ -231,7 +271,8 @@ impl FolderRun {
         let id = docid::encode(record.key.as_bytes());
         let docdir = self.collection_dir(collection).join(&id);
         let doc_path = docdir.join(DOCUMENT_FILE);
-        let existed = self.kind == RunKind::Incremental && doc_path.exists();
+        // Full runs can overwrite too: a store without snapshots replays changes after its scan.
+        let existed = doc_path.exists();
         if !existed {
             durable::create_dir_all(&docdir)?;
         }
@@ -325,8 +366,25 @@ impl FolderRun {
         durable::sync_filesystem(&root)?;
         durable::sync_dir(&root)?;
         manifest.write(&self.folder.manifest_path())?;
+        // Only now may what the previous manifest referenced go.
+        let _ = fs::remove_file(self.folder.dirty_marker());
         durable::remove_dir_all_if_exists(&self.folder.trash())?;
-        durable::remove_dir_all_if_exists(&self.folder.staging())
+        durable::remove_dir_all_if_exists(&self.folder.staging())?;
+        let keep: Vec<&str> = manifest
+            .collections
+            .iter()
+            .filter_map(|c| c.key_index.as_deref())
+            .collect();
+        if let Ok(entries) = fs::read_dir(self.folder.index_dir()) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if !keep.iter().any(|k| name.to_str() == Some(k)) {
+                    let p = entry.path();
+                    fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn collection_dir(&self, collection: &CollectionName) -> PathBuf {

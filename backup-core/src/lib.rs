@@ -27,6 +27,7 @@ pub mod durable;
 pub mod engine;
 pub mod error;
 pub mod folder;
+pub mod keyindex;
 pub mod manifest;
 pub mod model;
 pub mod restore;
@@ -34,7 +35,7 @@ pub mod verify;
 
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
-pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
+pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};
 pub use error::{Error, Result};
 pub use folder::WriteEvent;
 pub use manifest::RunKind;

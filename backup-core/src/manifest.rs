@@ -42,6 +42,10 @@ pub struct ManifestCollection {
     pub dir: String,
     /// How many records it holds at the checkpoint.
     pub records: u64,
+    /// The key index file (under `.tidemark/index/`) matching this backup, if the store scans
+    /// in key order: what a diff-based incremental compares against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_index: Option<String>,
 }
 
 /// The manifest of a folder backup (`DIR/.tidemark/manifest.json`).

@@ -117,6 +117,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 let line = serde_json::json!({
                     "type": "summary",
                     "kind": summary.kind.to_string(),
+                    "method": summary.method.to_string(),
                     "full_reason": summary.full_reason,
                     "checkpoint": summary.checkpoint.position,
                     "records_written": summary.records_written,
@@ -127,13 +128,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 });
                 writeln!(out, "{line}")?;
             } else if !quiet {
-                if let Some(reason) = &summary.full_reason {
+                if let (Some(reason), backup_core::Method::Full) =
+                    (&summary.full_reason, summary.method)
+                {
                     writeln!(out, "Full backup: {reason}")?;
                 }
                 writeln!(
                     out,
                     "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
-                    kind = summary.kind,
+                    kind = summary.method,
                     dir = to.display(),
                     w = summary.records_written,
                     d = summary.records_deleted,

@@ -1,0 +1,323 @@
+//! # backend-sled
+//!
+//! tidemark's [`StorageBackend`] for sled 0.34.
+//!
+//! - Collections are trees (the default tree `__sled__default` included).
+//! - sled keeps no change history: applications write through [`TrackedDb`], which logs every
+//!   write in the same sled transaction (see [`tracked`]). The checkpoint is the log position.
+//! - sled has no snapshots. A full backup scans every tree while writers go on, then replays the
+//!   log entries written during the scan (full values or tombstones) over what it scanned: the
+//!   result is exactly the state at the position read after the scan.
+//! - Writes made around the handle cannot be seen; the first backup after each open of the
+//!   database therefore compares every record with the previous backup (diff-based incremental).
+//!
+//! ```
+//! use backend_sled::{SledBackend, TrackedDb};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let db = TrackedDb::open(&dir.path().join("db"))?;
+//! db.insert("users", b"ann", br#"{"age": 40}"#)?;
+//! let backend = SledBackend::new(db.clone());
+//! let summary = backup_core::backup_folder(&backend, &dir.path().join("backup"),
+//!     &backup_core::BackupOptions::default(), &mut |_| {})?;
+//! assert_eq!(summary.records_total, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod tracked;
+
+use backup_core::{
+    Change, ChangeOp, Checkpoint, CollectionInfo, CollectionName, Error, Key, Record, RestoreSink,
+    Result, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema, Value, View,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+pub use tracked::{TrackedDb, TrackedTx};
+
+/// A sled database, through its tracked handle, as a tidemark store.
+#[derive(Debug, Clone)]
+pub struct SledBackend {
+    db: TrackedDb,
+}
+
+impl SledBackend {
+    /// A backend over a tracked handle the application writes through.
+    pub fn new(db: TrackedDb) -> Self {
+        SledBackend { db }
+    }
+
+    /// Opens a sled database on disk (sled allows one process at a time: the application must
+    /// not have it open).
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.join("conf").is_file() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: if path.is_dir() {
+                    "not a sled database (no `conf` file)".into()
+                } else if path.exists() {
+                    "not a directory".into()
+                } else {
+                    "no such directory".into()
+                },
+            });
+        }
+        Ok(SledBackend::new(TrackedDb::open(path)?))
+    }
+
+    /// The tracked handle.
+    pub fn tracked(&self) -> &TrackedDb {
+        &self.db
+    }
+
+    fn err(&self, e: sled::Error) -> Error {
+        Error::store(self.describe(), e.to_string())
+    }
+
+    fn trees(&self) -> Vec<String> {
+        self.db
+            .db()
+            .tree_names()
+            .into_iter()
+            .filter(|n| !tracked::is_internal(n))
+            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .collect()
+    }
+}
+
+impl StorageBackend for SledBackend {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sled
+    }
+
+    fn describe(&self) -> String {
+        format!("sled:{}", self.db.path().display())
+    }
+
+    fn current_checkpoint(&self) -> Result<Checkpoint> {
+        Ok(Checkpoint::new(
+            StoreId(self.db.store_id()?),
+            self.db.last_seq()?,
+        ))
+    }
+
+    fn view(&self) -> Result<Box<dyn View + '_>> {
+        Ok(Box::new(SledView {
+            backend: self,
+            checkpoint: self.current_checkpoint()?,
+            trees: self.trees(),
+        }))
+    }
+
+    fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.db.last_seq()? > after.position {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn trim_changes(&self, upto: &Checkpoint) -> Result<()> {
+        if upto.store_id.0 == self.db.store_id()? {
+            self.db.trim(upto.position)?;
+        }
+        Ok(())
+    }
+
+    fn is_empty(&self) -> Result<bool> {
+        for name in self.trees() {
+            let tree = self.db.tree(&name)?;
+            if !tree.is_empty() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
+        Ok(Box::new(SledRestore { backend: self }))
+    }
+}
+
+struct SledView<'a> {
+    backend: &'a SledBackend,
+    checkpoint: Checkpoint,
+    trees: Vec<String>,
+}
+
+impl View for SledView<'_> {
+    fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    fn collections(&mut self) -> Result<Vec<CollectionInfo>> {
+        Ok(self.trees.iter().map(CollectionInfo::plain).collect())
+    }
+
+    fn scan(
+        &mut self,
+        collection: &CollectionName,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        let tree = self.backend.db.tree(collection.as_str())?;
+        for item in tree.iter() {
+            let (k, v) = item.map_err(|e| self.backend.err(e))?;
+            visit(Record {
+                key: Key(k.to_vec()),
+                value: Value::Bytes(v.to_vec()),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn settle(&mut self) -> Result<bool> {
+        let now = self.backend.current_checkpoint()?;
+        if now == self.checkpoint {
+            return Ok(false);
+        }
+        self.checkpoint = now;
+        self.trees = self.backend.trees();
+        Ok(true)
+    }
+
+    fn scans_in_key_order(&self) -> bool {
+        true
+    }
+
+    fn changes_since(
+        &mut self,
+        from: &Checkpoint,
+        batch_size: usize,
+        visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+    ) -> Result<()> {
+        let floor = self.backend.db.floor()?;
+        let unavailable = |reason: String| Error::ChangesUnavailable {
+            from: from.position,
+            earliest: Some(floor),
+            reason,
+        };
+        if from.store_id != self.checkpoint.store_id {
+            return Err(unavailable(format!(
+                "the checkpoint belongs to store {}, this is {}",
+                from.store_id, self.checkpoint.store_id
+            )));
+        }
+        if from.position < floor {
+            return Err(unavailable(
+                "the database was reopened since (writes around the tracked handle cannot be \
+                 ruled out) or the change log was trimmed"
+                    .into(),
+            ));
+        }
+        if from.position > self.checkpoint.position {
+            return Err(unavailable("the store is behind the checkpoint".into()));
+        }
+        let log = self.backend.db.log();
+        let start = (from.position + 1).to_be_bytes();
+        let end = self.checkpoint.position.to_be_bytes();
+        let mut out = Vec::with_capacity(batch_size.min(4096));
+        for item in log.range(start..=end) {
+            let (k, v) = item.map_err(|e| self.backend.err(e))?;
+            let position = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                Error::store(self.backend.describe(), "a change log key is not 8 bytes")
+            })?);
+            let entry = tracked::decode_entry(&v).ok_or_else(|| {
+                Error::store(
+                    self.backend.describe(),
+                    format!("the change log entry at {position} is damaged"),
+                )
+            })?;
+            out.push(Change {
+                position,
+                collection: CollectionName::new(entry.tree),
+                key: Key(entry.key),
+                op: match entry.value {
+                    Some(v) => ChangeOp::Put(Value::Bytes(v)),
+                    None => ChangeOp::Delete,
+                },
+            });
+            if out.len() >= batch_size {
+                visit(std::mem::take(&mut out))?;
+            }
+        }
+        if !out.is_empty() {
+            visit(out)?;
+        }
+        Ok(())
+    }
+}
+
+struct SledRestore<'a> {
+    backend: &'a SledBackend,
+}
+
+impl RestoreSink for SledRestore<'_> {
+    fn create_collection(&mut self, info: &CollectionInfo, _source: StoreKind) -> Result<()> {
+        if tracked::is_internal(info.name.as_str().as_bytes()) {
+            return Err(Error::store(
+                self.backend.describe(),
+                format!("cannot restore into tidemark's own tree `{}`", info.name),
+            ));
+        }
+        self.backend.db.tree(info.name.as_str()).map(|_| ())
+    }
+
+    fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        // A restore fills a new store: its writes need no log (the store's floor starts past them).
+        let tree = self.backend.db.tree(collection.as_str())?;
+        let mut batch = sled::Batch::default();
+        for r in records {
+            let value = match r.value {
+                Value::Bytes(v) => v,
+                Value::Row(row) => backup_core::document::row_to_json_bytes(&row),
+            };
+            batch.insert(r.key.0, value);
+        }
+        tree.apply_batch(batch).map_err(|e| self.backend.err(e))
+    }
+
+    fn finish(self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
+        self.backend.db.flush()
+    }
+}
+
+/// Makes sled databases at paths (restore targets).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SledFactory;
+
+impl StoreFactory for SledFactory {
+    fn kind(&self) -> StoreKind {
+        StoreKind::Sled
+    }
+
+    fn holds_data(&self, path: &Path) -> Result<bool> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        if !path.is_dir() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: "is a file, not a sled directory".into(),
+            });
+        }
+        let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
+        if entries.next().is_none() {
+            return Ok(false);
+        }
+        if !path.join("conf").is_file() {
+            return Ok(true);
+        }
+        match SledBackend::open(path) {
+            Ok(b) => b.is_empty().map(|e| !e),
+            Err(_) => Ok(true),
+        }
+    }
+
+    fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(SledBackend::new(TrackedDb::open(path)?)))
+    }
+}

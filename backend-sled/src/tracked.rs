@@ -1,0 +1,358 @@
+//! The tracked handle: writes that record themselves in a change log, in the same transaction.
+//!
+//! sled keeps no history. Every write made through [`TrackedDb`] also appends an entry to the
+//! `__tidemark_log` tree, keyed by a sequence number taken from `__tidemark_meta` inside the same
+//! multi-tree transaction; sled serializes such transactions, so sequence order is commit order.
+//! An entry holds the tree, the key and the new value (or a tombstone).
+//!
+//! Writes that go around the handle (plain `sled::Tree::insert`) are invisible to the log. A
+//! handle cannot know what happened while the database was closed, so opening one raises the
+//! log's `floor` past every earlier position: the first backup after an open compares every
+//! record (a diff-based incremental) instead of trusting the log.
+
+use backup_core::{Error, Result};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree, UnabortableTransactionError,
+};
+use sled::{IVec, Transactional, Tree};
+use std::path::{Path, PathBuf};
+
+/// The change-log tree.
+pub const LOG_TREE: &str = "__tidemark_log";
+/// The meta tree (identity, last sequence, floor).
+pub const META_TREE: &str = "__tidemark_meta";
+/// sled's default tree.
+pub const DEFAULT_TREE: &str = "__sled__default";
+
+const NEXT: &[u8] = b"last_seq";
+const FLOOR: &[u8] = b"floor";
+const STORE_ID: &[u8] = b"store_id";
+
+/// Whether a tree is the backend's own.
+pub fn is_internal(name: &[u8]) -> bool {
+    name.starts_with(b"__tidemark_")
+}
+
+/// A sled database whose writes are recorded in a change log.
+#[derive(Debug, Clone)]
+pub struct TrackedDb {
+    db: sled::Db,
+    log: Tree,
+    meta: Tree,
+    path: PathBuf,
+}
+
+/// One logged change as stored in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    /// The tree written.
+    pub tree: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` for a removal.
+    pub value: Option<Vec<u8>>,
+}
+
+fn store_err(path: &Path) -> impl Fn(sled::Error) -> Error + '_ {
+    move |e| Error::store(format!("sled:{}", path.display()), e.to_string())
+}
+
+impl TrackedDb {
+    /// Opens (or creates) a sled database with tracking. Raises the floor: changes from before
+    /// this open cannot be proven complete.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = sled::open(path).map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot open as a sled database: {e}"),
+        })?;
+        Self::from_db(db, path)
+    }
+
+    /// Tracks an already open database that lives at `path` (same floor rule as
+    /// [`TrackedDb::open`]).
+    pub fn from_db(db: sled::Db, path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        let err = store_err(&path);
+        let log = db.open_tree(LOG_TREE).map_err(&err)?;
+        let meta = db.open_tree(META_TREE).map_err(&err)?;
+        let tracked = TrackedDb {
+            db,
+            log,
+            meta,
+            path: path.clone(),
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        (&tracked.log, &tracked.meta)
+            .transaction(|(_, meta)| {
+                if meta.get(STORE_ID)?.is_none() {
+                    meta.insert(STORE_ID, id.as_bytes())?;
+                }
+                let next = read_u64(meta.get(NEXT)?) + 1;
+                meta.insert(NEXT, &next.to_be_bytes())?;
+                meta.insert(FLOOR, &next.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| tx_err(&path, e))?;
+        tracked.db.flush().map_err(&err)?;
+        Ok(tracked)
+    }
+
+    /// The underlying database, for reads. Writes made through it are not tracked (the next
+    /// backup then compares every record).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// Opens a tree for reading (writes go through this handle's methods).
+    pub fn tree(&self, name: &str) -> Result<Tree> {
+        self.db.open_tree(name).map_err(store_err(&self.path))
+    }
+
+    /// Inserts a value, logged. Returns the previous value.
+    pub fn insert(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<Option<IVec>> {
+        self.transaction(&[tree], |tx| tx.insert(tree, key, value))
+    }
+
+    /// Removes a key, logged. Returns the previous value.
+    pub fn remove(&self, tree: &str, key: &[u8]) -> Result<Option<IVec>> {
+        self.transaction(&[tree], |tx| tx.remove(tree, key))
+    }
+
+    /// Applies several writes to one tree atomically (sled's `Batch`), logged.
+    pub fn apply_batch(&self, tree: &str, ops: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<()> {
+        self.transaction(&[tree], |tx| {
+            for (k, v) in ops {
+                match v {
+                    Some(v) => tx.insert(tree, k, v)?,
+                    None => tx.remove(tree, k)?,
+                };
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `f` as one sled transaction over `trees` (and the log), retrying on conflict like
+    /// sled does. Every write made through the [`TrackedTx`] is logged in the same transaction.
+    pub fn transaction<A>(
+        &self,
+        trees: &[&str],
+        f: impl Fn(&TrackedTx<'_>) -> std::result::Result<A, UnabortableTransactionError>,
+    ) -> Result<A> {
+        let path = &self.path;
+        let err = store_err(path);
+        let mut names: Vec<&str> = trees.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        if let Some(bad) = names.iter().find(|n| is_internal(n.as_bytes())) {
+            return Err(Error::store(
+                format!("sled:{}", path.display()),
+                format!("tree `{bad}` is tidemark's own"),
+            ));
+        }
+        let mut handles: Vec<Tree> = names
+            .iter()
+            .map(|n| self.db.open_tree(n))
+            .collect::<sled::Result<_>>()
+            .map_err(&err)?;
+        handles.push(self.log.clone());
+        handles.push(self.meta.clone());
+        let refs: Vec<&Tree> = handles.iter().collect();
+        refs.as_slice()
+            .transaction(|txs: &Vec<TransactionalTree>| {
+                let n = names.len();
+                let tx = TrackedTx {
+                    names: &names,
+                    trees: &txs[..n],
+                    log: &txs[n],
+                    meta: &txs[n + 1],
+                };
+                f(&tx).map_err(ConflictableTransactionError::from)
+            })
+            .map_err(|e: TransactionError<()>| tx_err(path, e))
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map(|_| ()).map_err(store_err(&self.path))
+    }
+
+    /// The store's identity.
+    pub fn store_id(&self) -> Result<String> {
+        let id = self.meta.get(STORE_ID).map_err(store_err(&self.path))?;
+        Ok(id
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default())
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> Result<u64> {
+        self.meta
+            .get(NEXT)
+            .map(read_u64)
+            .map_err(store_err(&self.path))
+    }
+
+    /// The position after which the log is complete.
+    pub fn floor(&self) -> Result<u64> {
+        self.meta
+            .get(FLOOR)
+            .map(read_u64)
+            .map_err(store_err(&self.path))
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log tree.
+    pub fn log(&self) -> &Tree {
+        &self.log
+    }
+
+    /// Forgets log entries at or before `upto` and raises the floor to it.
+    pub fn trim(&self, upto: u64) -> Result<()> {
+        let path = &self.path;
+        let err = store_err(path);
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in self.log.range(..=upto.to_be_bytes()) {
+            let (k, _) = item.map_err(&err)?;
+            batch.remove(k);
+            n += 1;
+            if n % 10_000 == 0 {
+                self.log
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(&err)?;
+            }
+        }
+        self.log.apply_batch(batch).map_err(&err)?;
+        self.meta
+            .fetch_and_update(FLOOR, |old| {
+                Some(
+                    read_u64(old.map(IVec::from))
+                        .max(upto)
+                        .to_be_bytes()
+                        .to_vec(),
+                )
+            })
+            .map_err(&err)?;
+        self.flush()
+    }
+}
+
+/// A transaction through a [`TrackedDb`]: reads and logged writes.
+pub struct TrackedTx<'a> {
+    names: &'a [&'a str],
+    trees: &'a [TransactionalTree],
+    log: &'a TransactionalTree,
+    meta: &'a TransactionalTree,
+}
+
+impl TrackedTx<'_> {
+    fn tree(
+        &self,
+        name: &str,
+    ) -> std::result::Result<&TransactionalTree, UnabortableTransactionError> {
+        let i = self.names.iter().position(|n| *n == name).ok_or_else(|| {
+            UnabortableTransactionError::Storage(sled::Error::Unsupported(format!(
+                "tree `{name}` is not part of this transaction"
+            )))
+        })?;
+        Ok(&self.trees[i])
+    }
+
+    fn log_change(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> std::result::Result<(), UnabortableTransactionError> {
+        let seq = read_u64(self.meta.get(NEXT)?) + 1;
+        self.meta.insert(NEXT, &seq.to_be_bytes())?;
+        self.log
+            .insert(&seq.to_be_bytes(), encode_entry(tree, key, value))?;
+        Ok(())
+    }
+
+    /// Reads a key.
+    pub fn get(
+        &self,
+        tree: &str,
+        key: &[u8],
+    ) -> std::result::Result<Option<IVec>, UnabortableTransactionError> {
+        self.tree(tree)?.get(key)
+    }
+
+    /// Inserts a value (logged).
+    pub fn insert(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: &[u8],
+    ) -> std::result::Result<Option<IVec>, UnabortableTransactionError> {
+        let old = self.tree(tree)?.insert(key, value)?;
+        self.log_change(tree, key, Some(value))?;
+        Ok(old)
+    }
+
+    /// Removes a key (logged).
+    pub fn remove(
+        &self,
+        tree: &str,
+        key: &[u8],
+    ) -> std::result::Result<Option<IVec>, UnabortableTransactionError> {
+        let old = self.tree(tree)?.remove(key)?;
+        self.log_change(tree, key, None)?;
+        Ok(old)
+    }
+}
+
+/// Log entry layout: `op(1: put, 0: delete) | u32 BE tree len | tree | u32 BE key len | key |
+/// value (rest, puts only)`.
+pub fn encode_entry(tree: &str, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + tree.len() + key.len() + value.map_or(0, <[u8]>::len));
+    out.push(u8::from(value.is_some()));
+    out.extend_from_slice(&(tree.len() as u32).to_be_bytes());
+    out.extend_from_slice(tree.as_bytes());
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    if let Some(v) = value {
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+/// Decodes a log entry made by [`encode_entry`].
+pub fn decode_entry(bytes: &[u8]) -> Option<LogEntry> {
+    let (&op, rest) = bytes.split_first()?;
+    let (tree, rest) = take_prefixed(rest)?;
+    let (key, rest) = take_prefixed(rest)?;
+    Some(LogEntry {
+        tree: String::from_utf8(tree.to_vec()).ok()?,
+        key: key.to_vec(),
+        value: match op {
+            1 => Some(rest.to_vec()),
+            0 if rest.is_empty() => None,
+            _ => return None,
+        },
+    })
+}
+
+fn take_prefixed(b: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let body = b.get(4..4 + len)?;
+    Some((body, &b[4 + len..]))
+}
+
+fn read_u64(v: Option<IVec>) -> u64 {
+    v.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0)
+}
+
+fn tx_err<E: std::fmt::Debug>(path: &Path, e: TransactionError<E>) -> Error {
+    Error::store(
+        format!("sled:{}", path.display()),
+        format!("transaction: {e:?}"),
+    )
+}

@@ -1,0 +1,89 @@
+//! The conformance suite, run against sled through the tracked handle.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use backend_sled::{SledBackend, SledFactory, TrackedDb};
+use backup_core::{Record, StorageBackend, StoreFactory, Value};
+use conformance_tests::{Harness, Op, TestStore, Writer};
+use std::path::Path;
+
+pub struct SledStore {
+    backend: SledBackend,
+}
+
+fn apply(db: &TrackedDb, ops: &[Op]) {
+    let mut trees: Vec<&str> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Put { collection, .. } | Op::Delete { collection, .. } => collection.as_str(),
+        })
+        .collect();
+    trees.sort_unstable();
+    trees.dedup();
+    db.transaction(&trees, |tx| {
+        for op in ops {
+            match op {
+                Op::Put {
+                    collection,
+                    key,
+                    value,
+                } => tx.insert(collection, key, value)?,
+                Op::Delete { collection, key } => tx.remove(collection, key)?,
+            };
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+impl TestStore for SledStore {
+    fn backend(&self) -> &dyn StorageBackend {
+        &self.backend
+    }
+
+    fn create_collection(&self, name: &str) {
+        self.backend.tracked().tree(name).unwrap();
+    }
+
+    fn write(&self, ops: &[Op]) {
+        apply(self.backend.tracked(), ops);
+    }
+
+    fn writer(&self) -> Writer {
+        let db = self.backend.tracked().clone();
+        Box::new(move |ops| apply(&db, ops))
+    }
+
+    fn decode(&self, record: &Record) -> (Vec<u8>, Vec<u8>) {
+        let value = match &record.value {
+            Value::Bytes(v) => v.clone(),
+            Value::Row(_) => panic!("sled records are bytes"),
+        };
+        (record.key.0.clone(), value)
+    }
+}
+
+pub struct SledHarness;
+
+impl Harness for SledHarness {
+    type Store = SledStore;
+
+    fn create(&self, path: &Path) -> SledStore {
+        SledStore {
+            backend: SledBackend::new(TrackedDb::open(path).unwrap()),
+        }
+    }
+
+    fn open(&self, path: &Path) -> SledStore {
+        self.create(path)
+    }
+
+    fn factory(&self) -> Box<dyn StoreFactory> {
+        Box::new(SledFactory)
+    }
+
+    fn trims_changes(&self) -> bool {
+        true
+    }
+}
+
+conformance_tests::conformance_suite!(sled_suite, crate::SledHarness);

@@ -1,0 +1,301 @@
+//! The key index kept with a backup: per collection, every key with its record's CRC32 and
+//! length, in ascending key order. A diff-based incremental merges it with a key-ordered scan of
+//! the store and writes only what changed (deletions included), in memory bounded by one key.
+//!
+//! File layout (`DIR/.tidemark/index/<collection-dir>.idx`, little-endian):
+//! `"TMKIDX01"`, then per key `u32 key length | key | u32 record CRC32 | u64 value length`, then
+//! `u32 0xFFFFFFFF | u64 key count | u32 CRC32 of every byte before it`.
+
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"TMKIDX01";
+const END: u32 = u32::MAX;
+
+/// What the index knows of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The record's CRC32 (`document::record_crc32`).
+    pub crc32: u32,
+    /// Its value's length.
+    pub len: u64,
+}
+
+/// Writes an index in ascending key order (aside; renamed into place by [`IndexWriter::finish`]).
+pub struct IndexWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    path: PathBuf,
+    hasher: crc32fast::Hasher,
+    count: u64,
+    last: Option<Vec<u8>>,
+}
+
+impl IndexWriter {
+    /// Starts an index that will replace `path`.
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            crate::durable::create_dir_all(dir)?;
+        }
+        let tmp = crate::durable::temp_path(path);
+        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        let mut w = IndexWriter {
+            out: BufWriter::with_capacity(1 << 16, file),
+            tmp,
+            path: path.to_path_buf(),
+            hasher: crc32fast::Hasher::new(),
+            count: 0,
+            last: None,
+        };
+        w.write(MAGIC)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.hasher.update(b);
+        self.out
+            .write_all(b)
+            .map_err(|e| Error::io("write", &self.tmp, e))
+    }
+
+    /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
+    pub fn push(&mut self, key: &[u8], entry: Entry) -> Result<bool> {
+        if self.last.as_deref().is_some_and(|last| key <= last) {
+            return Ok(false);
+        }
+        self.write(&(key.len() as u32).to_le_bytes())?;
+        self.write(key)?;
+        self.write(&entry.crc32.to_le_bytes())?;
+        self.write(&entry.len.to_le_bytes())?;
+        self.count += 1;
+        self.last = Some(key.to_vec());
+        Ok(true)
+    }
+
+    /// Closes the index and renames it into place (made durable with the rest of the run).
+    pub fn finish(mut self) -> Result<()> {
+        self.write(&END.to_le_bytes())?;
+        let count = self.count;
+        self.write(&count.to_le_bytes())?;
+        let crc = self.hasher.clone().finalize();
+        self.out
+            .write_all(&crc.to_le_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|e| Error::io("write", &self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io("rename", &self.tmp, e))
+    }
+
+    /// Abandons the index (removes the partial file).
+    pub fn abandon(self) {
+        // Best effort: a leftover `.tmp` is ignored by readers and replaced by the next writer.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+/// Reads an index in order, checking its trailer and CRC32 at the end.
+pub struct IndexReader {
+    input: BufReader<File>,
+    path: PathBuf,
+    hasher: crc32fast::Hasher,
+    count: u64,
+    done: bool,
+}
+
+impl IndexReader {
+    /// Opens an index.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let mut r = IndexReader {
+            input: BufReader::with_capacity(1 << 16, file),
+            path: path.to_path_buf(),
+            hasher: crc32fast::Hasher::new(),
+            count: 0,
+            done: false,
+        };
+        let mut magic = [0u8; 8];
+        r.read(&mut magic)?;
+        if &magic != MAGIC {
+            return Err(r.damaged("not a tidemark key index"));
+        }
+        Ok(r)
+    }
+
+    fn damaged(&self, cause: &str) -> Error {
+        Error::Damaged {
+            path: self.path.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> Result<()> {
+        self.input
+            .read_exact(buf)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+
+    fn read_u32(&mut self) -> Result<u32> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn read_u64(&mut self) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// The next key, or `None` at the (checked) end.
+    pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Entry)>> {
+        if self.done {
+            return Ok(None);
+        }
+        let len = self.read_u32()?;
+        if len == END {
+            let count = self.read_u64()?;
+            let want = self.hasher.clone().finalize();
+            let mut b = [0u8; 4];
+            self.input
+                .read_exact(&mut b)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+            if u32::from_le_bytes(b) != want || count != self.count {
+                return Err(self.damaged("CRC32 or key count does not match"));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        if len > 1 << 30 {
+            return Err(self.damaged("impossible key length"));
+        }
+        let mut key = vec![0u8; len as usize];
+        self.read(&mut key)?;
+        let crc32 = self.read_u32()?;
+        let vlen = self.read_u64()?;
+        self.count += 1;
+        Ok(Some((key, Entry { crc32, len: vlen })))
+    }
+}
+
+/// Writes `path` anew as the old index (if any) with `changes` applied (`None` = deleted).
+pub fn apply_changes(
+    old: Option<&Path>,
+    path: &Path,
+    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+) -> Result<()> {
+    let mut reader = old.map(IndexReader::open).transpose()?;
+    let mut writer = IndexWriter::create(path)?;
+    let mut pending = changes.iter().peekable();
+    let mut current = match reader.as_mut() {
+        Some(r) => r.next_entry()?,
+        None => None,
+    };
+    loop {
+        let take_change = match (&current, pending.peek()) {
+            (None, None) => break,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+            (Some((k, _)), Some((ck, _))) => ck.as_slice() <= k.as_slice(),
+        };
+        if take_change {
+            let (ck, change) = pending.next().expect("peeked");
+            if current.as_ref().is_some_and(|(k, _)| k == ck) {
+                current = reader
+                    .as_mut()
+                    .expect("current came from it")
+                    .next_entry()?;
+            }
+            if let Some(entry) = change {
+                writer.push(ck, *entry)?;
+            }
+        } else {
+            let (k, e) = current.take().expect("checked");
+            writer.push(&k, e)?;
+            current = reader
+                .as_mut()
+                .expect("current came from it")
+                .next_entry()?;
+        }
+    }
+    writer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(n: u32) -> Entry {
+        Entry {
+            crc32: n,
+            len: n as u64,
+        }
+    }
+
+    fn read_all(p: &Path) -> Vec<(Vec<u8>, Entry)> {
+        let mut r = IndexReader::open(p).expect("open");
+        let mut out = Vec::new();
+        while let Some(x) = r.next_entry().expect("entry") {
+            out.push(x);
+        }
+        out
+    }
+
+    #[test]
+    fn changes_merge_into_an_index() {
+        let d = tempfile::tempdir().expect("tmp");
+        let a = d.path().join("a.idx");
+        let mut w = IndexWriter::create(&a).expect("create");
+        for (k, n) in [(&b"b"[..], 1), (b"d", 2), (b"f", 3)] {
+            assert!(w.push(k, e(n)).expect("push"));
+        }
+        assert!(
+            !w.push(b"a", e(9)).expect("push"),
+            "out of order is refused"
+        );
+        w.finish().expect("finish");
+        let changes: BTreeMap<Vec<u8>, Option<Entry>> = [
+            (b"a".to_vec(), Some(e(10))),
+            (b"d".to_vec(), None),
+            (b"f".to_vec(), Some(e(30))),
+            (b"g".to_vec(), Some(e(40))),
+        ]
+        .into_iter()
+        .collect();
+        let b = d.path().join("b.idx");
+        apply_changes(Some(&a), &b, &changes).expect("apply");
+        let got: Vec<(Vec<u8>, u32)> = read_all(&b)
+            .into_iter()
+            .map(|(k, e)| (k, e.crc32))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (b"a".to_vec(), 10),
+                (b"b".to_vec(), 1),
+                (b"f".to_vec(), 30),
+                (b"g".to_vec(), 40)
+            ]
+        );
+        // One flipped byte is caught at the end.
+        let mut bytes = std::fs::read(&b).expect("read");
+        bytes[10] ^= 1;
+        std::fs::write(&b, bytes).expect("write");
+        let mut r = IndexReader::open(&b).expect("open");
+        let mut err = None;
+        loop {
+            match r.next_entry() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(x) => {
+                    err = Some(x);
+                    break;
+                }
+            }
+        }
+        assert!(err.is_some(), "damage detected");
+    }
+}
