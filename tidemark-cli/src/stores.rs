@@ -44,6 +44,8 @@ pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open(&url.path)?)),
         #[cfg(feature = "rocksdb")]
         StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksBackend::open(&url.path)?)),
+        #[cfg(feature = "sled")]
+        StoreKind::Sled => Ok(Box::new(backend_sled::SledBackend::open(&url.path)?)),
         #[allow(unreachable_patterns)]
         kind => Err(not_built(kind)),
     }
@@ -56,6 +58,8 @@ pub fn factory(kind: StoreKind) -> Result<Box<dyn StoreFactory>> {
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteFactory)),
         #[cfg(feature = "rocksdb")]
         StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksFactory)),
+        #[cfg(feature = "sled")]
+        StoreKind::Sled => Ok(Box::new(backend_sled::SledFactory)),
         #[allow(unreachable_patterns)]
         kind => Err(not_built(kind)),
     }

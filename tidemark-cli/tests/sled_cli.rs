@@ -1,0 +1,123 @@
+//! Migration off sled: `tidemark backup --source sled:A` then restore into RocksDB or SQLite.
+#![cfg(all(feature = "sled", feature = "rocksdb", feature = "sqlite"))]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tidemark {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+type Content = BTreeMap<(String, Vec<u8>), Vec<u8>>;
+
+fn sled_content(path: &Path) -> Content {
+    let db = sled::open(path).unwrap();
+    let mut out = Content::new();
+    for name in db.tree_names() {
+        if name.starts_with(b"__tidemark_") {
+            continue;
+        }
+        for item in db.open_tree(&name).unwrap().iter() {
+            let (k, v) = item.unwrap();
+            out.insert(
+                (String::from_utf8_lossy(&name).into_owned(), k.to_vec()),
+                v.to_vec(),
+            );
+        }
+    }
+    out
+}
+
+#[test]
+fn sled_migrates_to_rocksdb_and_sqlite() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    {
+        // An application that uses plain sled, never the tracked handle.
+        let db = sled::open(d.join("app")).unwrap();
+        let users = db.open_tree("users").unwrap();
+        for i in 0..200u32 {
+            users
+                .insert(
+                    format!("user:{i:03}"),
+                    format!("{{\"n\":{i}}}").into_bytes(),
+                )
+                .unwrap();
+        }
+        db.insert(b"\xffbinary", b"\x00\x01".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    let out = ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    assert!(
+        out.contains("Backup (full)") && out.contains("201 in backup"),
+        "{out}"
+    );
+    {
+        let db = sled::open(d.join("app")).unwrap();
+        let users = db.open_tree("users").unwrap();
+        users.insert("user:000", b"{\"n\":-1}".to_vec()).unwrap();
+        users.remove("user:001").unwrap();
+        db.flush().unwrap();
+    }
+    let out = ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    assert!(
+        out.contains("Backup (incremental, diff-based)")
+            && out.contains("1 records written, 1 deleted"),
+        "{out}"
+    );
+    let want = sled_content(&d.join("app"));
+
+    ok(&["restore", "--from", "bk", "--to", "sled:copy"], d);
+    assert_eq!(sled_content(&d.join("copy")), want);
+
+    ok(&["restore", "--from", "bk", "--to", "rocksdb:migrated"], d);
+    let db = rocksdb::DB::open_cf(
+        &rocksdb::Options::default(),
+        d.join("migrated"),
+        ["default", "users", "__sled__default"],
+    )
+    .unwrap();
+    let mut got = Content::new();
+    for cf_name in ["users", "__sled__default"] {
+        let cf = db.cf_handle(cf_name).unwrap();
+        for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+            let (k, v) = item.unwrap();
+            got.insert((cf_name.to_string(), k.to_vec()), v.to_vec());
+        }
+    }
+    assert_eq!(
+        got, want,
+        "every sled tree is a column family with the same keys and values"
+    );
+
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:migrated.db"],
+        d,
+    );
+    let conn = rusqlite::Connection::open(d.join("migrated.db")).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 199);
+    let v: i64 = conn
+        .query_row(
+            "SELECT json_extract(value, '$.n') FROM users WHERE key = 'user:000'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(v, -1);
+}
