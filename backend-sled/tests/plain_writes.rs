@@ -138,3 +138,37 @@ fn multi_tree_transactions_are_logged_atomically() {
     assert_eq!((s.method, s.records_written), (Method::ChangeLog, 2));
     assert_eq!(restored(&bk, &t.path().join("r")), content(db.db()));
 }
+
+#[test]
+fn a_damaged_key_index_leads_to_a_full_backup_not_a_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let path = t.path().join("db");
+    let bk = t.path().join("bk");
+    {
+        let db = TrackedDb::open(&path).unwrap();
+        for i in 0..20u8 {
+            db.insert("t", &[i], &[i; 10]).unwrap();
+        }
+        backup(&SledBackend::new(db.clone()), &bk);
+        db.flush().unwrap();
+    }
+    for entry in std::fs::read_dir(bk.join(".tidemark/index")).unwrap() {
+        let p = entry.unwrap().path();
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let backend = SledBackend::open(&path).unwrap();
+    backend.tracked().insert("t", &[99], b"new").unwrap();
+    let (s, notices) = backup(&backend, &bk);
+    assert_eq!(s.method, Method::Full, "{notices:?}");
+    assert!(
+        notices.iter().any(|n| n.contains("diff not possible")),
+        "{notices:?}"
+    );
+    assert_eq!(
+        restored(&bk, &t.path().join("r")),
+        content(backend.tracked().db())
+    );
+}

@@ -201,12 +201,19 @@ pub fn backup_folder(
                             collections.clone(),
                             options,
                             events,
-                        )? {
-                            Ok(done) => Some(done),
-                            Err(why) => {
+                        ) {
+                            Ok(Ok(done)) => Some(done),
+                            Ok(Err(why)) => {
                                 events(Event::Notice(format!("diff not possible: {why}")));
                                 None
                             }
+                            // A damaged or missing key index is the backup's problem, not the
+                            // store's: a full backup replaces it.
+                            Err(e @ (Error::Damaged { .. } | Error::Io { .. })) => {
+                                events(Event::Notice(format!("diff not possible: {e}")));
+                                None
+                            }
+                            Err(e) => return Err(e),
                         }
                     } else {
                         None

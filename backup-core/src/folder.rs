@@ -77,6 +77,14 @@ impl FolderBackup {
             path: folder.manifest_path(),
             cause: "missing: this directory holds no completed tidemark folder backup".into(),
         })?;
+        if folder.was_interrupted() {
+            return Err(Error::Damaged {
+                path: folder.root().to_path_buf(),
+                cause: "an incremental backup into this folder was interrupted and its documents \
+                        are newer than its manifest: run `tidemark backup` again to complete it"
+                    .into(),
+            });
+        }
         Ok((folder, manifest))
     }
 
