@@ -95,18 +95,7 @@ impl RocksBackend {
     /// only moves when it catches up), and incrementals read the primary's WAL files, with the
     /// same continuity checks.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("CURRENT").is_file() {
-            return Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: if path.is_dir() {
-                    "not a RocksDB database (no CURRENT file)".into()
-                } else if path.exists() {
-                    "not a directory".into()
-                } else {
-                    "no such directory".into()
-                },
-            });
-        }
+        backup_core::check_store_dir(path, "CURRENT", "RocksDB")?;
         let opts = Self::cli_options();
         let names = Db::list_cf(&opts, path).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
@@ -237,6 +226,20 @@ impl Cf<'_> {
     }
 }
 
+/// Whether every one of the named column families is empty.
+fn all_empty(db: &Db, path: &Path, names: &[String]) -> Result<bool> {
+    for name in names {
+        let mut iter = match cf(db, path, name)? {
+            Cf::Default => db.iterator(IteratorMode::Start),
+            Cf::Named(h) => db.iterator_cf(&h, IteratorMode::Start),
+        };
+        if iter.next().is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A column family's id (ids in the WAL refer to these; they are not creation order).
 #[allow(unsafe_code)]
 fn cf_id(cf: &impl AsColumnFamilyRef) -> u32 {
@@ -312,16 +315,12 @@ impl StorageBackend for RocksBackend {
     }
 
     fn is_empty(&self) -> Result<bool> {
-        for (name, _) in self.column_families()? {
-            let mut iter = match cf(&self.db, &self.path, &name)? {
-                Cf::Default => self.db.iterator(IteratorMode::Start),
-                Cf::Named(h) => self.db.iterator_cf(&h, IteratorMode::Start),
-            };
-            if iter.next().is_some() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
+        let names: Vec<String> = self
+            .column_families()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        all_empty(&self.db, &self.path, &names)
     }
 
     fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
@@ -614,26 +613,14 @@ impl StoreFactory for RocksFactory {
     }
 
     fn holds_data(&self, path: &Path) -> Result<bool> {
-        if !path.exists() {
-            return Ok(false);
-        }
-        if !path.is_dir() {
-            return Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: "is a file, not a RocksDB directory".into(),
-            });
-        }
-        let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
-        if entries.next().is_none() {
-            return Ok(false);
-        }
-        if !path.join("CURRENT").is_file() {
-            return Ok(true); // a directory of something else: never overwrite it unasked
-        }
-        match RocksBackend::open(path) {
-            Ok(b) => b.is_empty().map(|empty| !empty),
-            Err(_) => Ok(true),
-        }
+        // Read-only: checking a target must not change it.
+        backup_core::dir_store_holds_data(path, "CURRENT", "RocksDB", || {
+            let err = |e: rocksdb::Error| Error::store(describe(path), e.to_string());
+            let opts = Options::default();
+            let names = Db::list_cf(&opts, path).map_err(err)?;
+            let db = Db::open_cf_for_read_only(&opts, path, &names, false).map_err(err)?;
+            all_empty(&db, path, &names)
+        })
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {

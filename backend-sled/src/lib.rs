@@ -49,18 +49,7 @@ impl SledBackend {
     /// Opens a sled database on disk (sled allows one process at a time: the application must
     /// not have it open).
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.join("conf").is_file() {
-            return Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: if path.is_dir() {
-                    "not a sled database (no `conf` file)".into()
-                } else if path.exists() {
-                    "not a directory".into()
-                } else {
-                    "no such directory".into()
-                },
-            });
-        }
+        backup_core::check_store_dir(path, "conf", "sled")?;
         Ok(SledBackend::new(TrackedDb::open(path)?))
     }
 
@@ -295,26 +284,23 @@ impl StoreFactory for SledFactory {
     }
 
     fn holds_data(&self, path: &Path) -> Result<bool> {
-        if !path.exists() {
-            return Ok(false);
-        }
-        if !path.is_dir() {
-            return Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: "is a file, not a sled directory".into(),
-            });
-        }
-        let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
-        if entries.next().is_none() {
-            return Ok(false);
-        }
-        if !path.join("conf").is_file() {
-            return Ok(true);
-        }
-        match SledBackend::open(path) {
-            Ok(b) => b.is_empty().map(|e| !e),
-            Err(_) => Ok(true),
-        }
+        // A plain sled handle: checking a target must not add tidemark's trees to it.
+        backup_core::dir_store_holds_data(path, "conf", "sled", || {
+            let db = sled::open(path)
+                .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
+            for name in db.tree_names() {
+                if tracked::is_internal(&name) {
+                    continue;
+                }
+                let tree = db
+                    .open_tree(&name)
+                    .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
+                if !tree.is_empty() {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {

@@ -44,6 +44,7 @@ pub use model::{
     StoreSchema, Value,
 };
 pub use restore::{
-    restore_folder_into, restore_folder_to_path, RestoreOptions, RestoreSummary, StoreFactory,
+    check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
+    RestoreOptions, RestoreSummary, StoreFactory,
 };
 pub use verify::{verify_folder, VerifyReport};

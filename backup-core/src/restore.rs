@@ -24,6 +24,53 @@ pub trait StoreFactory {
     }
 }
 
+/// For stores that live in a directory (RocksDB, sled): checks that `path` is such a store,
+/// recognized by its `marker` file, naming the problem otherwise.
+pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
+    if path.join(marker).is_file() {
+        return Ok(());
+    }
+    Err(Error::BadInput {
+        path: path.to_path_buf(),
+        cause: if path.is_dir() {
+            format!("not a {what} database (no {marker} file)")
+        } else if path.exists() {
+            "not a directory".into()
+        } else {
+            "no such directory".into()
+        },
+    })
+}
+
+/// [`StoreFactory::holds_data`] for stores that live in a directory: a missing or empty
+/// directory holds nothing; a store (recognized by `marker`) holds data unless `is_empty` says
+/// otherwise; anything else holds data, so it is never overwritten unasked.
+pub fn dir_store_holds_data(
+    path: &Path,
+    marker: &str,
+    what: &str,
+    is_empty: impl FnOnce() -> Result<bool>,
+) -> Result<bool> {
+    if !path.exists() {
+        return Ok(false);
+    }
+    if !path.is_dir() {
+        return Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("is a file, not a {what} directory"),
+        });
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
+    if entries.next().is_none() {
+        return Ok(false);
+    }
+    if !path.join(marker).is_file() {
+        return Ok(true);
+    }
+    // A store that cannot be opened is not known to be empty.
+    Ok(!is_empty().unwrap_or(false))
+}
+
 /// Options of a restore.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {

@@ -4,59 +4,12 @@
 #![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+use common::{dump, ok, sql, tidemark};
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-fn tidemark(args: &[&str], cwd: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tidemark"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = tidemark(args, cwd);
-    assert!(
-        out.status.success(),
-        "tidemark {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn sql(db: &Path, script: &str) {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(script)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn dump(db: &Path) -> String {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(".dump")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("_tidemark_")).collect();
-    let seq = lines
-        .iter()
-        .any(|l| l.starts_with("INSERT INTO sqlite_sequence"));
-    lines
-        .into_iter()
-        .filter(|l| seq || *l != "DELETE FROM sqlite_sequence;")
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 /// Starts a backup and SIGKILLs it after `ms` milliseconds (if it is still running).
 fn killed_backup(cwd: &Path, ms: u64) -> bool {

@@ -2,27 +2,15 @@
 #![cfg(all(feature = "rocksdb", feature = "sqlite"))]
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+use common::ok;
+
 use rocksdb::{IteratorMode, Options, DB};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
 type Content = BTreeMap<(String, Vec<u8>), Vec<u8>>;
-
-fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tidemark {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
 
 fn app_db(path: &Path) -> DB {
     let mut opts = Options::default();

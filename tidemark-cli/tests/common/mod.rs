@@ -1,0 +1,100 @@
+//! Helpers shared by the CLI's end-to-end tests (each test binary uses a subset).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `tidemark` in `cwd`.
+pub fn tidemark(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+/// Runs `tidemark`, which must succeed; returns its stdout.
+pub fn ok(args: &[&str], cwd: &Path) -> String {
+    let out = tidemark(args, cwd);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tidemark {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Runs `tidemark`, which must fail; returns its stderr.
+pub fn fails(args: &[&str], cwd: &Path) -> String {
+    let out = tidemark(args, cwd);
+    assert!(
+        !out.status.success(),
+        "tidemark {args:?} should have failed"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs an SQL script with the `sqlite3` shell (an independent client), with a busy timeout.
+pub fn sql(db: &Path, script: &str) {
+    use std::io::Write;
+    let mut child = Command::new("sqlite3")
+        .arg(db)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the sqlite3 shell is installed");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!(".bail on\n.timeout 20000\n{script}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "sqlite3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `.dump` without tidemark's own tracking objects (its change log is an AUTOINCREMENT table,
+/// so it also accounts for a `DELETE FROM sqlite_sequence;` when no user table has a row there).
+pub fn dump(db: &Path) -> String {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(".dump")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.contains("_tidemark_")).collect();
+    let user_sequences = lines
+        .iter()
+        .any(|l| l.starts_with("INSERT INTO sqlite_sequence"));
+    lines
+        .into_iter()
+        .filter(|l| user_sequences || *l != "DELETE FROM sqlite_sequence;")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts two dumps are identical, showing only the first difference.
+pub fn assert_same_dump(got: &str, want: &str, what: &str) {
+    if got == want {
+        return;
+    }
+    let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    let i = g
+        .iter()
+        .zip(&w)
+        .position(|(a, b)| a != b)
+        .unwrap_or(g.len().min(w.len()));
+    panic!(
+        "{what}: dumps differ at line {i} ({} vs {} lines):\n  restored: {:?}\n  source:   {:?}",
+        g.len(),
+        w.len(),
+        g.get(i),
+        w.get(i)
+    );
+}
