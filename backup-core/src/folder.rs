@@ -299,6 +299,14 @@ impl FolderRun {
         self.write_file(&doc_path, &enc.json)?;
         self.bytes += enc.json.len() as u64;
         files.insert(0, doc_path);
+        if self.kind == RunKind::Full {
+            // Report where the files will be once the run's collections are swapped into place.
+            for f in &mut files {
+                if let Ok(rel) = f.strip_prefix(&self.base) {
+                    *f = self.folder.root.join(rel);
+                }
+            }
+        }
         if existed {
             remove_stale_attachments(&attdir, &enc.attachments)?;
         } else {

@@ -413,3 +413,84 @@ fn another_process_writing_in_rollback_journal_mode() {
     .unwrap();
     assert_eq!(n.trim(), "1500");
 }
+
+#[test]
+fn json_events_and_partial_restores() {
+    let d = Dir::new();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/shop.db");
+    std::fs::copy(example, d.join("shop.db")).unwrap();
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:shop.db",
+            "--to",
+            "bk",
+            "--json",
+        ],
+        d.path(),
+    );
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is one JSON object"))
+        .collect();
+    let writes: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "write").collect();
+    assert_eq!(writes.len(), 2300);
+    // Write events name the files where they end up, and those files exist.
+    for w in writes.iter().take(50) {
+        let file = w["files"][0].as_str().unwrap();
+        assert!(!file.contains("staging"), "{file}");
+        assert!(d.join(file).is_file(), "{file}");
+    }
+    let summary = events.last().unwrap();
+    assert_eq!(
+        (summary["type"].as_str(), summary["records_total"].as_u64()),
+        (Some("summary"), Some(2300))
+    );
+
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:part.db",
+            "--collections",
+            "customers,orders",
+        ],
+        d.path(),
+    );
+    let conn = rusqlite::Connection::open(d.join("part.db")).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(tables, ["customers", "orders"]);
+    let index: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'orders_by_customer'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(index, 1, "indexes of restored tables come along");
+    let e = fails(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:x.db",
+            "--collections",
+            "nope",
+        ],
+        d.path(),
+    );
+    assert!(
+        e.contains("nope") && e.contains("no such collection"),
+        "{e}"
+    );
+}
