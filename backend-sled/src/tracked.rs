@@ -356,3 +356,31 @@ fn tx_err<E: std::fmt::Debug>(path: &Path, e: TransactionError<E>) -> Error {
         format!("transaction: {e:?}"),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_refused() {
+        let e = encode_entry("t", b"k\x00", Some(b"v"));
+        assert_eq!(
+            decode_entry(&e),
+            Some(LogEntry {
+                tree: "t".into(),
+                key: b"k\x00".to_vec(),
+                value: Some(b"v".to_vec())
+            })
+        );
+        let d = encode_entry("t", b"", None);
+        assert_eq!(decode_entry(&d).and_then(|e| e.value), None);
+        for cut in 0..e.len() {
+            let _ = decode_entry(&e[..cut]); // never panics
+        }
+        assert_eq!(
+            decode_entry(&[7, 0, 0, 0, 1, b't', 0, 0, 0, 0]),
+            None,
+            "unknown op"
+        );
+    }
+}

@@ -446,3 +446,45 @@ mod tests {
         assert!(err.contains("record CRC32"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<u8> {
+        let row = Row {
+            columns: vec![
+                ("a".into(), Field::Integer(1)),
+                ("b".into(), Field::Blob(vec![1, 2, 3])),
+                ("c".into(), Field::Real(f64::INFINITY)),
+            ],
+            rowid: Some(3),
+        };
+        encode(&Record {
+            key: Key(b"k".to_vec()),
+            value: Value::Row(row),
+        })
+        .json
+    }
+
+    proptest! {
+        /// Untrusted bytes never panic the decoder: they decode or give an error.
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(&data, &mut |_| Ok(vec![1, 2, 3]));
+        }
+
+        /// A document with one byte changed anywhere is either refused or decodes to a record
+        /// whose CRC32 matched (a change inside insignificant whitespace).
+        #[test]
+        fn flipped_bytes_are_refused(pos in 0usize..10_000, bit in 0u8..8) {
+            let mut doc = sample();
+            let pos = pos % doc.len();
+            doc[pos] ^= 1 << bit;
+            if let Ok(r) = decode(&doc, &mut |_| Ok(vec![1, 2, 3])) {
+                prop_assert_eq!(r, decode(&sample(), &mut |_| Ok(vec![1, 2, 3])).expect("sample"));
+            }
+        }
+    }
+}

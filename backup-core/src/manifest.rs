@@ -141,3 +141,39 @@ pub fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .expect("the current time formats as RFC 3339")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A damaged manifest file never panics the reader and is never accepted as another
+        /// valid manifest.
+        #[test]
+        fn damaged_manifests_are_refused(pos in 0usize..10_000, bit in 0u8..8) {
+            let dir = tempfile::tempdir().expect("tmp");
+            let path = dir.path().join("manifest.json");
+            let m = FolderManifest {
+                format: FOLDER_FORMAT.into(),
+                format_version: FOLDER_FORMAT_VERSION,
+                store_kind: StoreKind::Sled,
+                source: "sled:/x".into(),
+                checkpoint: Checkpoint::new(crate::StoreId("id".into()), 42),
+                created_at: now_rfc3339(),
+                updated_at: now_rfc3339(),
+                last_run: RunKind::Full,
+                collections: vec![],
+                store_schema: StoreSchema::default(),
+            };
+            m.write(&path).expect("write");
+            let mut bytes = std::fs::read(&path).expect("read");
+            let pos = pos % bytes.len();
+            bytes[pos] ^= 1 << bit;
+            std::fs::write(&path, &bytes).expect("write");
+            if let Ok(Some(read)) = FolderManifest::read(&path) {
+                prop_assert_eq!(read, m);
+            }
+        }
+    }
+}
