@@ -5,6 +5,9 @@ set -euo pipefail
 
 need_apt=()
 command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
+# The archive tests read archives with the standard tools.
+command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 # RocksDB's bindings are generated with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(clang libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -339,6 +339,18 @@ impl FolderRun {
         }))
     }
 
+    /// Removes a document by its id (for ids that do not decode to a key: hashed long keys).
+    pub fn delete_document(&mut self, collection: &CollectionName, id: &str) -> Result<()> {
+        let docdir = self.collection_dir(collection).join(id);
+        if docdir.exists() {
+            durable::remove_dir_all_if_exists(&docdir)?;
+            if let Some(n) = self.counts.get_mut(collection) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        Ok(())
+    }
+
     /// How many records the backup holds in `collection` after this run's writes so far.
     pub fn count(&self, collection: &CollectionName) -> u64 {
         self.counts.get(collection).copied().unwrap_or(0)

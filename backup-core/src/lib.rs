@@ -19,6 +19,7 @@
 //! [`restore_folder_to_path`] (a new store built aside) or [`restore_folder_into`] (an open,
 //! empty store). See `ARCHITECTURE.md` and `docs/FORMAT.md` at the repository root.
 
+pub mod archive;
 pub mod backend;
 pub mod checkpoint;
 pub mod docid;
@@ -33,6 +34,10 @@ pub mod model;
 pub mod restore;
 pub mod verify;
 
+pub use archive::{
+    backup_archive, read_chain, restore_archives_to_path, verify_archives, ArchiveOptions,
+    ArchiveSummary, Compression,
+};
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
 pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};

@@ -3,8 +3,10 @@
 mod stores;
 
 use anyhow::{Context, Result};
+use backup_core::archive::{self, is_archive_dir};
 use backup_core::{
-    backup_folder, restore_folder_to_path, verify_folder, BackupMode, BackupOptions, Event,
+    backup_archive, backup_folder, restore_archives_to_path, restore_folder_to_path,
+    verify_archives, verify_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event,
     RestoreOptions,
 };
 use clap::{Parser, Subcommand};
@@ -37,6 +39,19 @@ enum Command {
         /// Take a full backup even if an incremental is possible.
         #[arg(long)]
         full: bool,
+        /// `folder` (plain JSON files, updated in place) or `archive` (one compressed zip per
+        /// backup, chained).
+        #[arg(long, value_enum, default_value_t = Format::Folder)]
+        format: Format,
+        /// Archive codec.
+        #[arg(long, value_enum, default_value_t = Codec::Deflate)]
+        compression: Codec,
+        /// Archive compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
+        #[arg(long)]
+        level: Option<u8>,
+        /// Archive output buffer size in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        buffer_size: usize,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -58,6 +73,9 @@ enum Command {
         /// Restore only these collections (comma-separated).
         #[arg(long, value_delimiter = ',')]
         collections: Option<Vec<String>>,
+        /// Archives: restore the state at this checkpoint (see `tidemark list`), not the newest.
+        #[arg(long)]
+        at: Option<u64>,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -76,6 +94,26 @@ enum Command {
         /// The backup directory.
         dir: PathBuf,
     },
+    /// List the archives in a directory: full or incremental, checkpoint range, time, size.
+    List {
+        /// The archive directory.
+        dir: PathBuf,
+    },
+}
+
+/// The backup format.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Folder,
+    Archive,
+}
+
+/// The archive codec.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Codec {
+    Deflate,
+    Zstd,
+    None,
 }
 
 fn main() -> ExitCode {
@@ -102,6 +140,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             source,
             to,
             full,
+            format,
+            compression,
+            level,
+            buffer_size,
             quiet,
             json,
         } => {
@@ -116,10 +158,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..BackupOptions::default()
             };
             let mut out = std::io::stdout().lock();
-            let summary = backup_folder(backend.as_ref(), &to, &options, &mut |event| {
-                report(&mut out, &event, quiet, json)
-            })
-            .with_context(|| format!("backup of {source} to {}", to.display()))?;
+            let mut on_event = |event: Event| report(&mut out, &event, quiet, json);
+            let (summary, archive) = match format {
+                Format::Folder => {
+                    let s = backup_folder(backend.as_ref(), &to, &options, &mut on_event)
+                        .with_context(|| format!("backup of {source} to {}", to.display()))?;
+                    (s, None)
+                }
+                Format::Archive => {
+                    let compression = match (compression, level) {
+                        (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
+                        (Codec::Zstd, l) if (1..=22).contains(&l.unwrap_or(3)) => {
+                            Compression::Zstd(i32::from(l.unwrap_or(3)))
+                        }
+                        (Codec::None, None) => Compression::None,
+                        _ => anyhow::bail!(
+                            "--level {} is out of range for this codec (deflate 0-9, zstd 1-22, none takes no level)",
+                            level.unwrap_or_default()
+                        ),
+                    };
+                    let a = backup_archive(
+                        backend.as_ref(),
+                        &to,
+                        &options,
+                        &ArchiveOptions {
+                            compression,
+                            buffer_size,
+                        },
+                        &mut on_event,
+                    )
+                    .with_context(|| format!("backup of {source} to {}", to.display()))?;
+                    (a.backup.clone(), Some(a))
+                }
+            };
             if json {
                 let line = serde_json::json!({
                     "type": "summary",
@@ -132,6 +203,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "records_total": summary.records_total,
                     "bytes_written": summary.bytes_written,
                     "seconds": summary.elapsed.as_secs_f64(),
+                    "archive": archive.as_ref().map(|a| a.file.display().to_string()),
+                    "archive_bytes": archive.as_ref().map(|a| a.size),
                 });
                 writeln!(out, "{line}")?;
             } else if !quiet {
@@ -152,6 +225,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     s = summary.elapsed.as_secs_f64(),
                     c = summary.checkpoint.position,
                 )?;
+                if let Some(a) = &archive {
+                    writeln!(
+                        out,
+                        "Archive ({}) {}: {} entries, {}",
+                        a.kind,
+                        a.file.display(),
+                        a.entries,
+                        human_bytes(a.size)
+                    )?;
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -160,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             to,
             force,
             collections,
+            at,
             quiet,
         } => {
             let factory = stores::factory(to.kind)?;
@@ -169,8 +253,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
                 ..RestoreOptions::default()
             };
-            let summary = restore_folder_to_path(&from, factory.as_ref(), &to.path, &options)
-                .with_context(|| format!("restore of {} to {to}", from.display()))?;
+            let summary = if is_archive_dir(&from) {
+                restore_archives_to_path(&from, at, factory.as_ref(), &to.path, &options)
+            } else if at.is_some() {
+                anyhow::bail!(
+                    "--at needs an archive directory; {} is not one",
+                    from.display()
+                )
+            } else {
+                restore_folder_to_path(&from, factory.as_ref(), &to.path, &options)
+            }
+            .with_context(|| format!("restore of {} to {to}", from.display()))?;
             if !quiet {
                 println!(
                     "Restore of {} to {to}: {} records in {} collections, {} in {:.2} seconds",
@@ -188,8 +281,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { dir } => {
-            let report =
-                verify_folder(&dir).with_context(|| format!("verify {}", dir.display()))?;
+            let report = if is_archive_dir(&dir) {
+                verify_archives(&dir)
+            } else {
+                verify_folder(&dir)
+            }
+            .with_context(|| format!("verify {}", dir.display()))?;
             for problem in &report.problems {
                 eprintln!("damaged: {problem}");
             }
@@ -209,6 +306,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::List { dir } => {
+            let chain =
+                archive::read_chain(&dir).with_context(|| format!("list {}", dir.display()))?;
+            if chain.is_empty() {
+                anyhow::bail!("{}: no tidemark archives here", dir.display());
+            }
+            println!(
+                "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  created",
+                "archive", "kind", "from", "to", "records", "size"
+            );
+            for item in chain {
+                let m = &item.manifest;
+                println!(
+                    "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  {}",
+                    item.path.file_name().unwrap_or_default().to_string_lossy(),
+                    m.kind.to_string(),
+                    m.from
+                        .as_ref()
+                        .map_or("-".to_string(), |f| f.position.to_string()),
+                    m.to.position,
+                    m.collections.iter().map(|c| c.records).sum::<u64>(),
+                    human_bytes(item.size),
+                    m.created_at
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
