@@ -376,28 +376,26 @@ impl Cut<'_> {
         for c in &self.manifest.collections {
             let cdir = self.mirror.join(&c.dir);
             let (mut documents, mut deletions) = (0u64, 0u64);
-            let ids: Vec<String> = match self.touched {
-                Some(t) => t
-                    .iter()
-                    .filter(|(name, _)| *name == c.info.name)
-                    .map(|(_, id)| id.clone())
-                    .collect(),
-                None => {
-                    let mut ids = Vec::new();
-                    for e in
-                        fs::read_dir(&cdir).map_err(|e| Error::io("read directory", &cdir, e))?
-                    {
-                        let e = e.map_err(|e| Error::io("read directory", &cdir, e))?;
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        if !name.ends_with(".tmp") {
-                            ids.push(name);
-                        }
-                    }
-                    ids.sort();
-                    ids
-                }
+            // Full archives stream the mirror's directory (memory bounded by one entry);
+            // incrementals hold the run's touched ids (bounded by the changes).
+            let ids: Box<dyn Iterator<Item = Result<String>>> = match self.touched {
+                Some(t) => Box::new(
+                    t.iter()
+                        .filter(|(name, _)| *name == c.info.name)
+                        .map(|(_, id)| Ok(id.clone())),
+                ),
+                None => Box::new(
+                    fs::read_dir(&cdir)
+                        .map_err(|e| Error::io("read directory", &cdir, e))?
+                        .map(|e| {
+                            e.map(|e| e.file_name().to_string_lossy().into_owned())
+                                .map_err(|e| Error::io("read directory", &cdir, e))
+                        })
+                        .filter(|n| !matches!(n, Ok(n) if n.ends_with(".tmp"))),
+                ),
             };
             for id in ids {
+                let id = id?;
                 let docdir = cdir.join(&id);
                 let prefix = format!("{}/{id}", c.dir);
                 let doc = docdir.join(DOCUMENT_FILE);
