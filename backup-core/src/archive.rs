@@ -124,6 +124,9 @@ pub struct ArchiveManifest {
     pub source: String,
     /// When the archive was written (RFC 3339, UTC).
     pub created_at: String,
+    /// When the store was read at `to` (RFC 3339, UTC): `restore --at TIME` picks the newest
+    /// archive captured at or before TIME.
+    pub captured_at: String,
     /// The collections at `to` (a collection missing here was dropped).
     pub collections: Vec<ArchiveCollection>,
     /// Store-level schema at `to`.
@@ -301,6 +304,7 @@ pub fn backup_archive(
         parent,
         from,
         touched: (!full).then_some(&touched),
+        captured_at: &summary.captured_at,
     };
     let (file, entries) = cut.write(archive)?;
     let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
@@ -340,6 +344,7 @@ struct Cut<'a> {
     from: Option<Checkpoint>,
     /// The documents an incremental holds; `None` for a full archive (every document).
     touched: Option<&'a BTreeSet<(CollectionName, String)>>,
+    captured_at: &'a str,
 }
 
 impl Cut<'_> {
@@ -449,6 +454,7 @@ impl Cut<'_> {
             store_kind: self.manifest.store_kind,
             source: self.manifest.source.clone(),
             created_at: now_rfc3339(),
+            captured_at: self.captured_at.to_string(),
             collections,
             store_schema: self.manifest.store_schema.clone(),
             bytes,
@@ -758,12 +764,57 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
     Ok(report)
 }
 
-/// Picks the archives to replay for a restore at `at` (the newest checkpoint when `None`):
-/// the last full archive at or before it and the incrementals after it.
-fn plan(chain: &[ChainItem], at: Option<u64>) -> Result<&[ChainItem]> {
+/// A point to restore to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestorePoint {
+    /// The newest backup.
+    Latest,
+    /// The backup that ends exactly at this checkpoint position.
+    Checkpoint(u64),
+    /// The newest backup captured at or before this moment.
+    Time(time::OffsetDateTime),
+}
+
+impl std::str::FromStr for RestorePoint {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Ok(pos) = s.parse::<u64>() {
+            return Ok(RestorePoint::Checkpoint(pos));
+        }
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(RestorePoint::Time)
+            .map_err(|e| format!("`{s}` is neither a checkpoint number nor an RFC 3339 time: {e}"))
+    }
+}
+
+fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(
+        &item.manifest.captured_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+}
+
+/// Picks the archives to replay for a restore at `at`: the last full archive at or before it and
+/// the incrementals after it.
+fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a [ChainItem]> {
     let end = match at {
-        None => chain.len(),
-        Some(pos) => {
+        RestorePoint::Latest => chain.len(),
+        RestorePoint::Time(t) => {
+            let i = chain
+                .iter()
+                .rposition(|c| captured(c).is_some_and(|c| c <= *t))
+                .ok_or_else(|| Error::BadInput {
+                    path: PathBuf::from(format!("--at {t}")),
+                    cause: format!(
+                        "no backup was captured at or before that time (the first: {})",
+                        chain[0].manifest.captured_at
+                    ),
+                })?;
+            i + 1
+        }
+        RestorePoint::Checkpoint(pos) => {
+            let pos = *pos;
             let i = chain
                 .iter()
                 .position(|c| c.manifest.to.position == pos)
@@ -793,13 +844,13 @@ fn plan(chain: &[ChainItem], at: Option<u64>) -> Result<&[ChainItem]> {
     Ok(&chain[start..end])
 }
 
-/// Restores the archive chain in `dir`, up to checkpoint `at` (the newest when `None`), into a new
+/// Restores the archive chain in `dir`, at `at`, into a new
 /// store at `target`. Every archive it needs is verified before anything is written; the chain is
 /// replayed into a temporary folder next to the target, which is then restored like a folder
 /// backup (and removed).
 pub fn restore_archives_to_path(
     dir: &Path,
-    at: Option<u64>,
+    at: &RestorePoint,
     factory: &dyn StoreFactory,
     target: &Path,
     options: &RestoreOptions,

@@ -102,6 +102,9 @@ pub struct BackupSummary {
     pub full_reason: Option<String>,
     /// The checkpoint the backup now holds.
     pub checkpoint: Checkpoint,
+    /// When the store was read at that checkpoint (RFC 3339, UTC): the backup holds the state
+    /// the store had at this moment.
+    pub captured_at: String,
     /// Records written (full: every record; incremental: the changed ones).
     pub records_written: u64,
     /// Records deleted from the backup.
@@ -164,6 +167,7 @@ pub fn backup_folder(
     }
     let interrupted = folder.was_interrupted();
     backend.prepare()?;
+    let captured_at = now_rfc3339();
     let mut view = backend.view()?;
     let start = view.checkpoint().clone();
     let collections = view.collections()?;
@@ -286,6 +290,7 @@ pub fn backup_folder(
         method,
         full_reason: reason,
         checkpoint,
+        captured_at,
         records_written: written,
         records_deleted: deleted,
         bytes_written,

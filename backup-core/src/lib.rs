@@ -29,6 +29,7 @@ pub mod engine;
 pub mod error;
 pub mod folder;
 pub mod keyindex;
+pub mod live;
 pub mod manifest;
 pub mod model;
 pub mod restore;
@@ -43,6 +44,7 @@ pub use checkpoint::{Checkpoint, StoreId};
 pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};
 pub use error::{Error, Result};
 pub use folder::WriteEvent;
+pub use live::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, LiveSummary};
 pub use manifest::RunKind;
 pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,

@@ -52,6 +52,13 @@ enum Command {
         /// Archive output buffer size in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         buffer_size: usize,
+        /// Keep following the store until stopped (Ctrl-C or SIGTERM), making changes durable
+        /// in the backup every `--interval` seconds.
+        #[arg(long)]
+        live: bool,
+        /// Live mode: the flush interval in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -73,9 +80,10 @@ enum Command {
         /// Restore only these collections (comma-separated).
         #[arg(long, value_delimiter = ',')]
         collections: Option<Vec<String>>,
-        /// Archives: restore the state at this checkpoint (see `tidemark list`), not the newest.
+        /// Archives: restore the state at this checkpoint (see `tidemark list`) or RFC 3339 time
+        /// (the newest backup captured at or before it), not the newest.
         #[arg(long)]
-        at: Option<u64>,
+        at: Option<archive::RestorePoint>,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -144,6 +152,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compression,
             level,
             buffer_size,
+            live,
+            interval,
             quiet,
             json,
         } => {
@@ -157,6 +167,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 ..BackupOptions::default()
             };
+            if live {
+                return run_live(
+                    backend,
+                    &source,
+                    &to,
+                    options,
+                    format,
+                    codec(compression, level)?,
+                    buffer_size,
+                    interval,
+                    quiet,
+                    json,
+                );
+            }
             let mut out = std::io::stdout().lock();
             let mut on_event = |event: Event| report(&mut out, &event, quiet, json);
             let (summary, archive) = match format {
@@ -166,17 +190,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     (s, None)
                 }
                 Format::Archive => {
-                    let compression = match (compression, level) {
-                        (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
-                        (Codec::Zstd, l) if (1..=22).contains(&l.unwrap_or(3)) => {
-                            Compression::Zstd(i32::from(l.unwrap_or(3)))
-                        }
-                        (Codec::None, None) => Compression::None,
-                        _ => anyhow::bail!(
-                            "--level {} is out of range for this codec (deflate 0-9, zstd 1-22, none takes no level)",
-                            level.unwrap_or_default()
-                        ),
-                    };
+                    let compression = codec(compression, level)?;
                     let a = backup_archive(
                         backend.as_ref(),
                         &to,
@@ -254,7 +268,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..RestoreOptions::default()
             };
             let summary = if is_archive_dir(&from) {
-                restore_archives_to_path(&from, at, factory.as_ref(), &to.path, &options)
+                let point = at.unwrap_or(archive::RestorePoint::Latest);
+                restore_archives_to_path(&from, &point, factory.as_ref(), &to.path, &options)
             } else if at.is_some() {
                 anyhow::bail!(
                     "--at needs an archive directory; {} is not one",
@@ -314,7 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("{}: no tidemark archives here", dir.display());
             }
             println!(
-                "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  created",
+                "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  captured",
                 "archive", "kind", "from", "to", "records", "size"
             );
             for item in chain {
@@ -329,12 +344,116 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     m.to.position,
                     m.collections.iter().map(|c| c.records).sum::<u64>(),
                     human_bytes(item.size),
-                    m.created_at
+                    m.captured_at
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The archive codec from the flags.
+fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
+    Ok(match (compression, level) {
+        (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
+        (Codec::Zstd, l) if (1..=22).contains(&l.unwrap_or(3)) => {
+            Compression::Zstd(i32::from(l.unwrap_or(3)))
+        }
+        (Codec::None, None) => Compression::None,
+        _ => anyhow::bail!(
+            "--level {} is out of range for this codec (deflate 0-9, zstd 1-22, none takes no level)",
+            level.unwrap_or_default()
+        ),
+    })
+}
+
+/// `tidemark backup --live`: follows the store until Ctrl-C or SIGTERM, then makes everything
+/// committed so far durable and exits 0.
+#[allow(clippy::too_many_arguments)]
+fn run_live(
+    backend: Box<dyn backup_core::StorageBackend>,
+    source: &StoreUrl,
+    to: &std::path::Path,
+    options: BackupOptions,
+    format: Format,
+    compression: Compression,
+    buffer_size: usize,
+    interval: f64,
+    quiet: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    use backup_core::{LiveBackup, LiveEvent, LiveFormat, LiveOptions};
+    if !(interval.is_finite() && interval > 0.0) {
+        anyhow::bail!("--interval must be a positive number of seconds");
+    }
+    let live = LiveBackup::start(
+        std::sync::Arc::from(backend),
+        to.to_path_buf(),
+        LiveOptions {
+            format: match format {
+                Format::Folder => LiveFormat::Folder,
+                Format::Archive => LiveFormat::Archive(ArchiveOptions {
+                    compression,
+                    buffer_size,
+                }),
+            },
+            flush_interval: std::time::Duration::from_secs_f64(interval),
+            backup: options,
+        },
+    );
+    let flag = live.stop_flag();
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("installing the Ctrl-C / SIGTERM handler")?;
+    let mut out = std::io::stdout().lock();
+    let mut live = live;
+    let mut runs = 0u64;
+    for event in live.events().iter() {
+        match event {
+            LiveEvent::Run(e) => report(&mut out, &e, quiet, json),
+            LiveEvent::Completed(s) => {
+                runs += 1;
+                let _ = if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({
+                            "type": "run", "method": s.method.to_string(),
+                            "checkpoint": s.checkpoint.position, "captured_at": s.captured_at,
+                            "records_written": s.records_written,
+                            "records_deleted": s.records_deleted,
+                            "records_total": s.records_total,
+                        })
+                    )
+                } else if !quiet {
+                    writeln!(
+                        out,
+                        "{} run {runs} ({}) of {source}: {} written, {} deleted, {} in backup (checkpoint {})",
+                        s.captured_at, s.method, s.records_written, s.records_deleted,
+                        s.records_total, s.checkpoint.position
+                    )
+                } else {
+                    Ok(())
+                };
+                let _ = out.flush();
+            }
+        }
+    }
+    // The channel closed: the backup ended, after a stop request or on an error.
+    let summary = live
+        .join()
+        .with_context(|| format!("live backup of {source} to {}", to.display()))?;
+    if !quiet && !json {
+        let _ = writeln!(
+            out,
+            "Live backup of {source} stopped after {} runs (checkpoint {})",
+            summary.runs,
+            summary
+                .last
+                .map(|s| s.checkpoint.position)
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(out: &mut impl Write, event: &Event, quiet: bool, json: bool) {

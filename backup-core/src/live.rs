@@ -1,0 +1,199 @@
+//! Live backups: follow a store as it changes until stopped.
+//!
+//! [`LiveBackup::start`] runs the backup once (the initial backup: full or incremental, as
+//! [`crate::backup_folder`] decides), then, every flush interval in which the store changed, an
+//! incremental run: the folder is updated in place, or one small archive is added per interval.
+//! Every run is atomic, so stopping (or a crash) always leaves a backup that the next run
+//! continues. [`LiveBackup::stop`] lets the run in progress finish, takes one last run so that
+//! everything committed before the stop is durable, and returns.
+
+use crate::archive::{backup_archive, ArchiveOptions};
+use crate::backend::StorageBackend;
+use crate::engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
+use crate::error::Result;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Where a live backup writes.
+#[derive(Debug, Clone)]
+pub enum LiveFormat {
+    /// A folder backup, updated in place.
+    Folder,
+    /// An archive chain: one incremental archive per flush interval with changes.
+    Archive(ArchiveOptions),
+}
+
+/// Options of a live backup.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    /// Folder or archive.
+    pub format: LiveFormat,
+    /// How often changes are made durable in the backup.
+    pub flush_interval: Duration,
+    /// Options of each run (the first run uses `backup.mode`; later runs are automatic).
+    pub backup: BackupOptions,
+}
+
+impl Default for LiveOptions {
+    fn default() -> Self {
+        LiveOptions {
+            format: LiveFormat::Folder,
+            flush_interval: Duration::from_secs(1),
+            backup: BackupOptions::default(),
+        }
+    }
+}
+
+/// Something a live backup reports.
+#[derive(Debug, Clone)]
+pub enum LiveEvent {
+    /// An event of the run in progress (write events, notices, progress).
+    Run(Event),
+    /// A run completed; its summary. The first one is the initial backup.
+    Completed(Box<BackupSummary>),
+}
+
+/// What a live backup did in all.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSummary {
+    /// Runs completed (the initial backup included).
+    pub runs: u64,
+    /// The last run's summary.
+    pub last: Option<BackupSummary>,
+}
+
+/// A running live backup.
+pub struct LiveBackup {
+    stop: Arc<AtomicBool>,
+    events: Receiver<LiveEvent>,
+    thread: Option<JoinHandle<Result<LiveSummary>>>,
+}
+
+impl LiveBackup {
+    /// Starts following `backend` into `dir`.
+    pub fn start(backend: Arc<dyn StorageBackend>, dir: PathBuf, options: LiveOptions) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = channel();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tidemark-live".into())
+            .spawn(move || follow(backend.as_ref(), &dir, &options, &flag, &tx))
+            .expect("a thread can be spawned");
+        LiveBackup {
+            stop,
+            events: rx,
+            thread: Some(thread),
+        }
+    }
+
+    /// The live backup's events (write events like RxDB's `writeEvents$`, progress, summaries).
+    pub fn events(&self) -> &Receiver<LiveEvent> {
+        &self.events
+    }
+
+    /// Blocks until the initial backup is complete, returning its summary. Events received
+    /// meanwhile are passed to `on_event`.
+    pub fn wait_initial(&self, on_event: &mut dyn FnMut(&LiveEvent)) -> Option<BackupSummary> {
+        for event in self.events.iter() {
+            on_event(&event);
+            if let LiveEvent::Completed(s) = event {
+                return Some(*s);
+            }
+        }
+        None
+    }
+
+    /// A flag that stops the backup when set (e.g. from a signal handler).
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Whether the live backup has ended (stopped or failed).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Stops: the run in progress finishes, one last run makes everything committed so far
+    /// durable, and the summary (or the error that ended the backup) is returned.
+    pub fn stop(mut self) -> Result<LiveSummary> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+
+    /// Waits for the backup to end (after the stop flag was set elsewhere, or on an error).
+    pub fn join(&mut self) -> Result<LiveSummary> {
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(crate::Error::store(
+                    "live backup",
+                    "the backup thread panicked",
+                ))
+            }),
+            None => Ok(LiveSummary::default()),
+        }
+    }
+}
+
+fn follow(
+    backend: &dyn StorageBackend,
+    dir: &std::path::Path,
+    options: &LiveOptions,
+    stop: &AtomicBool,
+    tx: &Sender<LiveEvent>,
+) -> Result<LiveSummary> {
+    let mut summary = LiveSummary::default();
+    let mut mode = options.backup.mode;
+    loop {
+        let run_options = BackupOptions {
+            mode,
+            ..options.backup.clone()
+        };
+        let mut forward = |e: Event| {
+            // A receiver that went away only means nobody listens; the backup goes on.
+            let _ = tx.send(LiveEvent::Run(e));
+        };
+        let done = match &options.format {
+            LiveFormat::Folder => backup_folder(backend, dir, &run_options, &mut forward)?,
+            LiveFormat::Archive(a) => {
+                backup_archive(backend, dir, &run_options, a, &mut forward)?.backup
+            }
+        };
+        mode = BackupMode::Auto;
+        let last = done.checkpoint.clone();
+        summary.runs += 1;
+        summary.last = Some(done.clone());
+        let _ = tx.send(LiveEvent::Completed(Box::new(done)));
+        if stop.load(Ordering::SeqCst) {
+            return Ok(summary);
+        }
+        // Wait for the next interval with changes, checking the stop flag often.
+        let deadline = Instant::now() + options.flush_interval;
+        let mut changed = false;
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::SeqCst) {
+                // One last run if anything changed: everything committed before the stop is
+                // then in the backup.
+                changed = changed || backend.current_checkpoint()?.position != last.position;
+                if !changed {
+                    return Ok(summary);
+                }
+                break;
+            }
+            if now >= deadline && changed {
+                break;
+            }
+            let slice = Duration::from_millis(50).min(deadline.saturating_duration_since(now));
+            let slice = if slice.is_zero() {
+                Duration::from_millis(50)
+            } else {
+                slice
+            };
+            changed |= backend.wait_for_changes(&last, slice)?;
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Live backups: `tidemark backup --live` follows a SQLite database written by the `sqlite3`
+//! shell, is stopped with SIGTERM, and restores exactly — at its last checkpoint and, for
+//! archives, at earlier moments (`--at TIME`).
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+use common::{assert_same_dump, dump, ok, sql};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn start_live(d: &Path, format: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args([
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            format,
+        ])
+        .args(["--live", "--interval", "0.2", "--json"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: Child) -> String {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "a SIGTERM stop is clean: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+fn setup(d: &Path) {
+    sql(
+        &d.join("src.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE log(id INTEGER PRIMARY KEY, msg TEXT, n INTEGER);
+         INSERT INTO log(msg, n) VALUES ('first', 0);",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+}
+
+/// The `sqlite3` shell writing in a loop (one process, many transactions, small pauses).
+fn shell_loop(d: &Path, rounds: usize) -> std::thread::JoinHandle<()> {
+    let db = d.join("src.db");
+    let script: String = (0..rounds)
+        .map(|i| {
+            format!(
+                "INSERT INTO log(msg, n) VALUES ('loop {i}', {i}); UPDATE log SET n = n + 1 WHERE id = {};\n.shell sleep 0.005\n",
+                i / 3 + 1
+            )
+        })
+        .collect();
+    std::thread::spawn(move || sql(&db, &script))
+}
+
+#[test]
+fn live_archives_restore_at_the_last_checkpoint_and_at_earlier_times() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let db = d.join("src.db");
+    let child = start_live(d, "archive");
+    wait_for("the initial archive", || {
+        std::fs::read_dir(d.join("bk"))
+            .map(|r| {
+                r.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+            })
+            .unwrap_or(false)
+    });
+    // The shell writes in a loop while the live backup follows.
+    shell_loop(d, 200).join().unwrap();
+    // Then single writes with quiet periods; each quiet period ends with a known state.
+    let mut moments = Vec::new();
+    for i in 0..4 {
+        sql(
+            &db,
+            &format!(
+                "INSERT INTO log(msg, n) VALUES ('step {i}', {i}); DELETE FROM log WHERE id = {};",
+                i + 2
+            ),
+        );
+        std::thread::sleep(Duration::from_millis(900)); // > flush interval + a run
+        moments.push((time::OffsetDateTime::now_utc(), dump(&db)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = sigterm(child);
+    let runs = out
+        .lines()
+        .filter(|l| l.contains("\"type\":\"run\""))
+        .count();
+    assert!(
+        runs >= 5,
+        "the live backup ran repeatedly: {runs} runs\n{out}"
+    );
+    ok(&["verify", "bk"], d);
+    // The last checkpoint holds everything committed before the stop.
+    ok(&["restore", "--from", "bk", "--to", "sqlite:last.db"], d);
+    assert_same_dump(&dump(&d.join("last.db")), &dump(&db), "last checkpoint");
+    // Earlier moments.
+    for (i, (at, want)) in moments.iter().enumerate() {
+        let target = format!("sqlite:at-{i}.db");
+        ok(
+            &[
+                "restore",
+                "--from",
+                "bk",
+                "--to",
+                &target,
+                "--at",
+                &rfc3339(*at),
+            ],
+            d,
+        );
+        assert_same_dump(
+            &dump(&d.join(format!("at-{i}.db"))),
+            want,
+            &format!("--at {}", rfc3339(*at)),
+        );
+    }
+}
+
+#[test]
+fn live_folder_backup_stops_cleanly_on_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    setup(d);
+    let child = start_live(d, "folder");
+    wait_for("the initial backup", || {
+        d.join("bk/.tidemark/manifest.json").exists()
+    });
+    shell_loop(d, 150).join().unwrap();
+    // Stop right away: the stop's last run captures what the loop committed.
+    let out = sigterm(child);
+    assert!(
+        out.contains("\"type\":\"write\""),
+        "write events are reported: {out}"
+    );
+    ok(&["verify", "bk"], d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(
+        &dump(&d.join("r.db")),
+        &dump(&d.join("src.db")),
+        "after SIGTERM",
+    );
+}
