@@ -555,6 +555,11 @@ fn full(
     for c in &collections {
         run.create_collection(&c.name)?;
         let total = view.count(&c.name)?;
+        events(Event::Progress {
+            collection: c.name.to_string(),
+            done: 0,
+            total,
+        });
         let mut index = if keyed {
             let (name, path) = run.new_index(&c.name, ".scan");
             Some((IndexWriter::create(&path)?, name, path))

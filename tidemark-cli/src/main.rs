@@ -182,7 +182,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             let mut out = std::io::stdout().lock();
-            let mut on_event = |event: Event| report(&mut out, &event, quiet, json);
+            let mut bar = Progress::new(quiet || json);
+            let mut on_event = |event: Event| {
+                bar.update(&event);
+                report(&mut out, &event, quiet, json)
+            };
             let (summary, archive) = match format {
                 Format::Folder => {
                     let s = backup_folder(backend.as_ref(), &to, &options, &mut on_event)
@@ -348,6 +352,63 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A progress bar on stderr for long work, shown only when stderr is a terminal.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    collection: String,
+}
+
+impl Progress {
+    fn new(hidden: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!hidden && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>20} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            collection: String::new(),
+        }
+    }
+
+    fn update(&mut self, event: &Event) {
+        let Some(bar) = &self.bar else { return };
+        match event {
+            Event::Progress {
+                collection,
+                done,
+                total,
+            } => {
+                if *collection != self.collection {
+                    self.collection = collection.clone();
+                    bar.reset();
+                    bar.set_length(total.unwrap_or(*done));
+                    bar.set_message(collection.clone());
+                }
+                bar.set_length(total.unwrap_or(*done).max(*done));
+                bar.set_position(*done);
+            }
+            Event::Written(_) => {}
+            Event::Notice(msg) => bar.println(msg),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
         }
     }
 }
