@@ -147,6 +147,7 @@ fn follow(
 ) -> Result<LiveSummary> {
     let mut summary = LiveSummary::default();
     let mut mode = options.backup.mode;
+    let mut final_run = false;
     loop {
         let run_options = BackupOptions {
             mode,
@@ -168,7 +169,13 @@ fn follow(
         summary.last = Some(done.clone());
         let _ = tx.send(LiveEvent::Completed(Box::new(done)));
         if stop.load(Ordering::SeqCst) {
-            return Ok(summary);
+            // The stop came during this run: one more run if the store moved meanwhile (only
+            // one, so a writer that never stops cannot keep the backup from ending).
+            if final_run || backend.current_checkpoint()?.position == last.position {
+                return Ok(summary);
+            }
+            final_run = true;
+            continue;
         }
         // Wait for the next interval with changes, checking the stop flag often.
         let deadline = Instant::now() + options.flush_interval;
@@ -182,6 +189,7 @@ fn follow(
                 if !changed {
                     return Ok(summary);
                 }
+                final_run = true;
                 break;
             }
             if now >= deadline && changed {

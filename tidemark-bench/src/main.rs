@@ -1,0 +1,166 @@
+//! `tidemark-bench`: measurements of tidemark on this machine (run with `--release`).
+//!
+//! `live-lag`: a steady writer commits one row per transaction into a SQLite database (its own
+//! connection, WAL mode) while a live backup follows it; for every row, the lag is the time from
+//! its commit to the end of the backup run that made it durable. Prints p50, p99 and max, the
+//! target (flush interval + 100 ms), and the same as one JSON line.
+
+use anyhow::{Context, Result};
+use backend_sqlite::SqliteBackend;
+use backup_core::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, StorageBackend};
+use clap::{Parser, Subcommand};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "tidemark-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Commit-to-durable lag of a live folder backup under a steady writer.
+    LiveLag {
+        /// How long the writer runs, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// Committed transactions per second.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// The live backup's flush interval, in seconds.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Bytes of payload per row.
+        #[arg(long, default_value_t = 200)]
+        row_bytes: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::LiveLag {
+            seconds,
+            rate,
+            interval,
+            row_bytes,
+        } => live_lag(seconds, rate, interval, row_bytes),
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db = dir.path().join("bench.db");
+    let conn = rusqlite::Connection::open(&db)?;
+    conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))?;
+    conn.execute_batch("CREATE TABLE log(id INTEGER PRIMARY KEY, payload TEXT)")?;
+    let backend = Arc::new(SqliteBackend::open(&db)?);
+    backend.track()?;
+    let base = backend.current_checkpoint()?.position;
+    let live = LiveBackup::start(
+        backend.clone(),
+        dir.path().join("backup"),
+        LiveOptions {
+            format: LiveFormat::Folder,
+            flush_interval: Duration::from_secs_f64(interval),
+            ..LiveOptions::default()
+        },
+    );
+    live.wait_initial(&mut |_| {})
+        .context("the initial backup did not complete")?;
+
+    // The writer: row i (1-based) is change position base + i; its commit time is recorded.
+    let commits: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let commits = commits.clone();
+        let done = done.clone();
+        let db = db.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let conn = rusqlite::Connection::open(&db)?;
+            conn.busy_timeout(Duration::from_secs(10))?;
+            let payload = "x".repeat(row_bytes);
+            let period = Duration::from_secs_f64(1.0 / rate);
+            let start = Instant::now();
+            let mut n = 0u32;
+            while start.elapsed().as_secs_f64() < seconds {
+                conn.execute("INSERT INTO log(payload) VALUES (?1)", [&payload])?;
+                commits.lock().expect("not poisoned").push(Instant::now());
+                n += 1;
+                let next = start + period * n;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        })
+    };
+
+    let mut lags: Vec<Duration> = Vec::new();
+    let mut durable = 0usize; // rows known durable so far
+    let mut runs = 0u64;
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds + interval * 3.0 + 5.0);
+    while Instant::now() < deadline {
+        let Ok(event) = live.events().recv_timeout(Duration::from_millis(100)) else {
+            if done.load(Ordering::SeqCst) && durable == commits.lock().expect("not poisoned").len()
+            {
+                break;
+            }
+            continue;
+        };
+        if let LiveEvent::Completed(summary) = event {
+            let at = Instant::now();
+            runs += 1;
+            let upto = summary.checkpoint.position.saturating_sub(base) as usize;
+            let commits = commits.lock().expect("not poisoned");
+            while durable < upto.min(commits.len()) {
+                lags.push(at.saturating_duration_since(commits[durable]));
+                durable += 1;
+            }
+        }
+    }
+    writer.join().expect("writer thread")?;
+    let total = commits.lock().expect("not poisoned").len();
+    live.stop()?;
+    lags.sort();
+    let (p50, p99, max) = (
+        percentile(&lags, 0.5),
+        percentile(&lags, 0.99),
+        lags.last().copied().unwrap_or_default(),
+    );
+    let target = Duration::from_secs_f64(interval) + Duration::from_millis(100);
+    println!("live-lag: SQLite, folder backup, writer {rate}/s for {seconds} s, flush interval {interval} s");
+    println!(
+        "  rows committed {total}, measured {}, backup runs {runs}",
+        lags.len()
+    );
+    println!(
+        "  lag p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; target p99 < {:.0} ms: {}",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        max.as_secs_f64() * 1e3,
+        target.as_secs_f64() * 1e3,
+        if p99 < target { "met" } else { "MISSED" }
+    );
+    println!(
+        "{}",
+        serde_json::json!({
+            "benchmark": "live-lag", "store": "sqlite", "format": "folder",
+            "rate": rate, "seconds": seconds, "interval_s": interval,
+            "rows": total, "measured": lags.len(), "runs": runs,
+            "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "max_ms": max.as_secs_f64() * 1e3, "target_ms": target.as_secs_f64() * 1e3,
+            "met": p99 < target,
+        })
+    );
+    Ok(())
+}
