@@ -8,6 +8,8 @@ command -v sqlite3 >/dev/null 2>&1 || need_apt+=(sqlite3)
 # The archive tests read archives with the standard tools.
 command -v unzip >/dev/null 2>&1 || need_apt+=(unzip)
 command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+# The benchmark's anchor is tar + zstd -3.
+command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # RocksDB's bindings are generated with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(clang libclang-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then

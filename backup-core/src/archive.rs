@@ -692,21 +692,41 @@ fn read_archive(item: &ChainItem, visit: &mut EntryVisitor<'_>) -> Result<u64> {
 }
 
 /// Checks that each archive continues its predecessor: an incremental's parent is the previous
-/// file and starts where it ended; a full archive starts a new chain.
-fn check_continuity(chain: &[ChainItem]) -> Vec<Error> {
+/// file and starts where it ended; a full archive starts a new chain. Sequence numbers may skip
+/// only archives `tidemark prune` removed (`pruned`), and only before a full archive.
+fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> Vec<Error> {
     let mut problems = Vec::new();
-    let first = chain.first().map_or(1, |c| c.manifest.sequence);
     for (i, item) in chain.iter().enumerate() {
         let m = &item.manifest;
-        let want = first + i as u64;
-        if m.sequence != want {
-            problems.push(damaged(
-                &item.path,
-                format!(
-                    "sequence {} where {want} was expected (an archive is missing)",
-                    m.sequence
-                ),
-            ));
+        if let Some(prev) = i.checked_sub(1).map(|p| &chain[p]) {
+            let after = prev.manifest.sequence;
+            if m.sequence <= after {
+                problems.push(damaged(
+                    &item.path,
+                    format!("sequence {} does not follow {after}", m.sequence),
+                ));
+            } else if m.sequence > after + 1 {
+                let lost: Vec<u64> = (after + 1..m.sequence)
+                    .filter(|s| !pruned.contains(s))
+                    .collect();
+                if !lost.is_empty() || m.kind != RunKind::Full {
+                    problems.push(damaged(
+                        &item.path,
+                        format!(
+                            "sequence {} where {} was expected (archives {}..{} are missing{})",
+                            m.sequence,
+                            after + 1,
+                            after + 1,
+                            m.sequence - 1,
+                            if lost.is_empty() {
+                                " and this incremental needs them"
+                            } else {
+                                ", not pruned"
+                            }
+                        ),
+                    ));
+                }
+            }
         }
         if m.kind == RunKind::Full {
             continue;
@@ -759,7 +779,10 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
         }
     }
     if report.problems.is_empty() {
-        report.problems.extend(check_continuity(&chain));
+        report.problems.extend(check_continuity(
+            &chain,
+            &crate::prune::pruned_sequences(dir)?,
+        ));
     }
     Ok(report)
 }
@@ -868,7 +891,7 @@ pub fn restore_archives_to_path(
         });
     }
     let items = plan(&chain, at)?;
-    if let Some(p) = check_continuity(items).into_iter().next() {
+    if let Some(p) = check_continuity(items, &BTreeSet::new()).into_iter().next() {
         return Err(p);
     }
     for item in items {

@@ -32,6 +32,7 @@ pub mod keyindex;
 pub mod live;
 pub mod manifest;
 pub mod model;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 
@@ -50,6 +51,7 @@ pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,
     StoreSchema, Value,
 };
+pub use prune::{plan_prune, prune_archives, PrunePlan, Retention};
 pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
     RestoreOptions, RestoreSummary, StoreFactory,

@@ -1,5 +1,8 @@
 //! `tidemark-bench`: measurements of tidemark on this machine (run with `--release`).
 //!
+//! `backup`: the backup benchmark against each store's own tools (see `suite.rs` and
+//! `docs/BENCHMARKS.md`).
+//!
 //! `live-lag`: a steady writer commits one row per transaction into a SQLite database (its own
 //! connection, WAL mode) while a live backup follows it; for every row, the lag is the time from
 //! its commit to the end of the backup run that made it durable. Prints p50, p99 and max, the
@@ -9,9 +12,15 @@ use anyhow::{Context, Result};
 use backend_sqlite::SqliteBackend;
 use backup_core::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, StorageBackend};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod stores;
+mod suite;
+
+use stores::{Kind, Shape};
 
 #[derive(Parser)]
 #[command(name = "tidemark-bench")]
@@ -22,6 +31,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Full, incremental, verify and restore of every store, against each store's own tools
+    /// and tar + zstd -3, on the same generated data; prints a table and JSON.
+    Backup(suite::SuiteArgs),
+    /// (A step of `backup`, run as a child process.) Generates the dataset.
+    #[command(hide = true)]
+    Generate {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        path: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// (A step of `backup`.) Changes a share of the records.
+    #[command(hide = true)]
+    Modify {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        path: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+        #[arg(long)]
+        round: u64,
+        #[arg(long)]
+        percent: f64,
+    },
+    /// (A step of `backup`.) The store's own backup tool.
+    #[command(hide = true)]
+    ToolBackup {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        dest: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
+    /// (A step of `backup`.) The store's own restore tool.
+    #[command(hide = true)]
+    ToolRestore {
+        #[arg(long)]
+        kind: Kind,
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        dest: PathBuf,
+        #[command(flatten)]
+        shape: Shape,
+    },
     /// Commit-to-durable lag of a live folder backup under a steady writer.
     LiveLag {
         /// How long the writer runs, in seconds.
@@ -41,6 +101,21 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Backup(args) => suite::suite(&args),
+        Command::Generate { kind, path, shape } => stores::generate(kind, &path, &shape),
+        Command::Modify {
+            kind,
+            path,
+            shape,
+            round,
+            percent,
+        } => stores::modify(kind, &path, &shape, round, percent),
+        Command::ToolBackup {
+            kind, path, dest, ..
+        } => stores::tool_backup(kind, &path, &dest),
+        Command::ToolRestore {
+            kind, path, dest, ..
+        } => stores::tool_restore(kind, &path, &dest),
         Command::LiveLag {
             seconds,
             rate,

@@ -1,5 +1,6 @@
 //! `tidemark`: back up and restore embedded databases (RocksDB, sled, SQLite) while they run.
 
+mod schedule;
 mod stores;
 
 use anyhow::{Context, Result};
@@ -13,6 +14,8 @@ use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use stores::StoreUrl;
 
 #[derive(Parser)]
@@ -107,6 +110,52 @@ enum Command {
         /// The archive directory.
         dir: PathBuf,
     },
+    /// Run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
+    /// job every `interval`, a full archive every `full_every` incrementals, retention after
+    /// each run, failed runs retried.
+    Run {
+        /// The configuration file (see the README).
+        #[arg(long)]
+        config: PathBuf,
+        /// Run every job once and exit (for cron and tests).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Remove old archives that no kept backup depends on (never breaks a chain; the newest
+    /// archive is always kept).
+    Prune {
+        /// The archive directory.
+        dir: PathBuf,
+        #[command(flatten)]
+        retention: RetentionArgs,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Retention rules (restic-style); at least one is required.
+#[derive(clap::Args, Clone, Debug)]
+struct RetentionArgs {
+    /// Keep the newest N backups.
+    #[arg(long, value_name = "N")]
+    keep_last: Option<usize>,
+    /// Keep the newest backup of each of the newest N days (UTC) that have backups.
+    #[arg(long, value_name = "N")]
+    keep_daily: Option<usize>,
+    /// Keep the newest backup of each of the newest N ISO weeks (UTC) that have backups.
+    #[arg(long, value_name = "N")]
+    keep_weekly: Option<usize>,
+}
+
+impl From<RetentionArgs> for backup_core::Retention {
+    fn from(r: RetentionArgs) -> Self {
+        backup_core::Retention {
+            keep_last: r.keep_last,
+            keep_daily: r.keep_daily,
+            keep_weekly: r.keep_weekly,
+        }
+    }
 }
 
 /// The backup format.
@@ -353,7 +402,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { config, once } => {
+            let stop = Arc::new(AtomicBool::new(false));
+            if !once {
+                let flag = stop.clone();
+                ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+                    .context("installing the Ctrl-C / SIGTERM handler")?;
+            }
+            let log: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+            let all_ok = schedule::run(&config, once, stop, log)?;
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Prune {
+            dir,
+            retention,
+            dry_run,
+        } => {
+            let plan = backup_core::prune_archives(&dir, &retention.into(), dry_run)
+                .with_context(|| format!("prune {}", dir.display()))?;
+            print_prune(&plan, dry_run);
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Prints a prune plan: every archive kept (with why) or removed, and a total.
+fn print_prune(plan: &backup_core::PrunePlan, dry_run: bool) {
+    for i in &plan.items {
+        let name = i
+            .item
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        if i.kept() {
+            println!("keep    {name}  ({})", i.reasons.join(", "));
+        } else {
+            println!(
+                "{} {name}  ({}, {})",
+                if dry_run { "would remove" } else { "remove " },
+                i.item.manifest.captured_at,
+                human_bytes(i.item.size)
+            );
+        }
+    }
+    let n = plan.removed().count();
+    println!(
+        "{} {n} of {} archives, {}",
+        if dry_run { "Would remove" } else { "Removed" },
+        plan.items.len(),
+        human_bytes(plan.freed_bytes())
+    );
 }
 
 /// A progress bar on stderr for long work, shown only when stderr is a terminal.
@@ -414,6 +517,13 @@ impl Drop for Progress {
 }
 
 /// The archive codec from the flags.
+/// The compression a config file names (`deflate`, `zstd`, `none`) at a level.
+pub(crate) fn compression_of(name: &str, level: Option<u8>) -> Result<Compression> {
+    let c = <Codec as clap::ValueEnum>::from_str(name, true)
+        .map_err(|_| anyhow::anyhow!("compression `{name}` is not deflate, zstd or none"))?;
+    codec(c, level)
+}
+
 fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
     Ok(match (compression, level) {
         (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),

@@ -1,0 +1,262 @@
+//! Retention for archive chains (`tidemark prune`), in restic's spirit: a policy picks the
+//! backups to keep (the last N, the newest of each of the last N days or weeks), every kept
+//! backup keeps the archives it depends on (its full archive and the incrementals between), and
+//! everything else is removed. The chain's newest archive is always kept: the next run
+//! continues it.
+//!
+//! Removed archives are first recorded in `DIR/.tidemark-pruned` (JSON Lines: sequence and file
+//! name), made durable, and only then deleted, so that `verify` can tell a pruned gap from a lost
+//! archive. A gap in the sequence is valid only when it was pruned and a full archive follows it.
+
+use crate::archive::{read_chain, ChainItem};
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::manifest::{now_rfc3339, RunKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+
+/// The log of pruned archives inside an archive directory.
+pub const PRUNED_LOG: &str = ".tidemark-pruned";
+
+/// Which backups to keep. At least one rule must be given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Keep the newest N backups.
+    pub keep_last: Option<usize>,
+    /// Keep the newest backup of each of the newest N days (UTC) that have backups.
+    pub keep_daily: Option<usize>,
+    /// Keep the newest backup of each of the newest N ISO weeks (UTC) that have backups.
+    pub keep_weekly: Option<usize>,
+}
+
+impl Retention {
+    /// Whether no rule is set (pruning would keep only the newest backup).
+    pub fn is_empty(&self) -> bool {
+        self.keep_last.is_none() && self.keep_daily.is_none() && self.keep_weekly.is_none()
+    }
+}
+
+/// One archive and what the plan does with it.
+#[derive(Debug, Clone)]
+pub struct PruneItem {
+    /// The archive.
+    pub item: ChainItem,
+    /// Why it is kept (`last`, `daily 2026-11-22`, `needed by 000012`, `newest`); empty when it
+    /// is removed.
+    pub reasons: Vec<String>,
+}
+
+impl PruneItem {
+    /// Whether the plan keeps this archive.
+    pub fn kept(&self) -> bool {
+        !self.reasons.is_empty()
+    }
+}
+
+/// The outcome of planning (and, unless a dry run, carrying out) a prune.
+#[derive(Debug, Clone, Default)]
+pub struct PrunePlan {
+    /// Every archive of the chain, oldest first, with its fate.
+    pub items: Vec<PruneItem>,
+}
+
+impl PrunePlan {
+    /// The archives removed (or, in a dry run, that would be).
+    pub fn removed(&self) -> impl Iterator<Item = &ChainItem> {
+        self.items.iter().filter(|i| !i.kept()).map(|i| &i.item)
+    }
+    /// Bytes freed by the removals.
+    pub fn freed_bytes(&self) -> u64 {
+        self.removed().map(|i| i.size).sum()
+    }
+}
+
+/// A line of [`PRUNED_LOG`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrunedEntry {
+    /// The removed archive's sequence number.
+    pub sequence: u64,
+    /// Its file name.
+    pub file: String,
+    /// When it was removed (RFC 3339, UTC).
+    pub pruned_at: String,
+}
+
+/// The sequences recorded as pruned in `dir` (empty when nothing was ever pruned).
+pub fn pruned_sequences(dir: &Path) -> Result<BTreeSet<u64>> {
+    let path = dir.join(PRUNED_LOG);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, l)| {
+            serde_json::from_str::<PrunedEntry>(l)
+                .map(|e| e.sequence)
+                .map_err(|e| Error::Damaged {
+                    path: path.clone(),
+                    cause: format!("line {}: {e}", n + 1),
+                })
+        })
+        .collect()
+}
+
+fn day_of(item: &ChainItem) -> Option<(i32, u16)> {
+    let t = time::OffsetDateTime::parse(
+        &item.manifest.captured_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?
+    .to_offset(time::UtcOffset::UTC);
+    Some((t.year(), t.ordinal()))
+}
+
+fn week_of(item: &ChainItem) -> Option<(i32, u8)> {
+    let t = time::OffsetDateTime::parse(
+        &item.manifest.captured_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?
+    .to_offset(time::UtcOffset::UTC);
+    let (year, week, _) = t.to_iso_week_date();
+    Some((year, week))
+}
+
+/// Decides what a prune keeps. Pure: reads nothing, removes nothing.
+pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); chain.len()];
+    let seq = |i: usize| format!("{:06}", chain[i].manifest.sequence);
+    if let Some(last) = chain.len().checked_sub(1) {
+        reasons[last].push("newest".into());
+    }
+    if let Some(n) = retention.keep_last {
+        for i in (0..chain.len()).rev().take(n) {
+            reasons[i].push("last".into());
+        }
+    }
+    // Newest backup per period, for the newest N periods that have backups.
+    let mut by_period =
+        |n: Option<usize>, label: &str, key: &dyn Fn(&ChainItem) -> Option<String>| {
+            let Some(n) = n else { return };
+            let mut seen: Vec<String> = Vec::new();
+            for i in (0..chain.len()).rev() {
+                let Some(k) = key(&chain[i]) else { continue };
+                if seen.contains(&k) {
+                    continue;
+                }
+                if seen.len() == n {
+                    break;
+                }
+                reasons[i].push(format!("{label} {k}"));
+                seen.push(k);
+            }
+        };
+    by_period(retention.keep_daily, "daily", &|c| {
+        day_of(c).map(|(y, d)| {
+            time::Date::from_ordinal_date(y, d)
+                .map(|d| d.to_string())
+                .unwrap_or_else(|_| format!("{y}-{d:03}"))
+        })
+    });
+    by_period(retention.keep_weekly, "weekly", &|c| {
+        week_of(c).map(|(y, w)| format!("{y}-W{w:02}"))
+    });
+    // A kept backup keeps everything back to its full archive.
+    for i in (0..chain.len()).rev() {
+        if reasons[i].is_empty() || chain[i].manifest.kind == RunKind::Full {
+            continue;
+        }
+        let mut j = i;
+        while j > 0 && chain[j].manifest.kind != RunKind::Full {
+            j -= 1;
+            let why = format!("needed by {}", seq(i));
+            if !reasons[j].iter().any(|r| r.starts_with("needed by")) {
+                reasons[j].push(why);
+            }
+        }
+    }
+    PrunePlan {
+        items: chain
+            .iter()
+            .cloned()
+            .zip(reasons)
+            .map(|(item, reasons)| PruneItem { item, reasons })
+            .collect(),
+    }
+}
+
+/// Plans a prune of the archive chain in `dir` and, unless `dry_run`, removes what nothing kept
+/// depends on: the removals are logged durably in [`PRUNED_LOG`] first, then the files are
+/// deleted and the directory synced.
+pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+    if retention.is_empty() {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "no retention rule given (--keep-last, --keep-daily or --keep-weekly)".into(),
+        });
+    }
+    if retention.keep_last.unwrap_or(0)
+        + retention.keep_daily.unwrap_or(0)
+        + retention.keep_weekly.unwrap_or(0)
+        == 0
+    {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "every retention rule keeps 0 backups".into(),
+        });
+    }
+    if dir.join(".tidemark").join("manifest.json").exists() {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "a folder backup holds one state (nothing to prune); prune applies to \
+                    archive chains (--format archive)"
+                .into(),
+        });
+    }
+    let chain = read_chain(dir)?;
+    let plan = plan_prune(&chain, retention);
+    let removed: Vec<&ChainItem> = plan.removed().collect();
+    if dry_run || removed.is_empty() {
+        return Ok(plan);
+    }
+    let log = dir.join(PRUNED_LOG);
+    let mut text = match fs::read_to_string(&log) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io("read", &log, e)),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let now = now_rfc3339();
+    for item in &removed {
+        let entry = PrunedEntry {
+            sequence: item.manifest.sequence,
+            file: file_name(&item.path),
+            pruned_at: now.clone(),
+        };
+        text.push_str(&serde_json::to_string(&entry).expect("an entry serializes"));
+        text.push('\n');
+    }
+    durable::write_atomic(&log, text.as_bytes(), durable::Sync::Now)?;
+    for item in &removed {
+        match fs::remove_file(&item.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &item.path, e)),
+        }
+    }
+    durable::sync_dir(dir)?;
+    Ok(plan)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

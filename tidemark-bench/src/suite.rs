@@ -1,0 +1,677 @@
+//! `tidemark-bench backup`: the backup benchmark. For every store it generates a dataset, then
+//! times, in this one run and on the same data: the store's own tools (the anchors), `tar` +
+//! `zstd -3` of the store's files, and the `tidemark` binary's full, incremental (after a share
+//! of the records changed), verify and restore steps, in folder and archive format. Every step
+//! is a child process, so its peak RSS (`ru_maxrss` from `wait4`) is its own.
+
+use crate::stores::{Kind, Shape, KEY_BYTES};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Options of the backup benchmark.
+#[derive(Debug, clap::Args)]
+pub struct SuiteArgs {
+    #[command(flatten)]
+    pub shape: Shape,
+    /// Stores to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [Kind::Sqlite, Kind::Rocksdb, Kind::Sled])]
+    pub stores: Vec<Kind>,
+    /// Archive codecs to measure, CODEC:LEVEL (the first one also gets the incremental,
+    /// verify and restore steps; compare it with tar + zstd -3).
+    #[arg(long, value_delimiter = ',', default_values_t = ["zstd:3".to_string(), "deflate:6".to_string(), "none".to_string()])]
+    pub codecs: Vec<String>,
+    /// Percentage of the records changed before each incremental backup.
+    #[arg(long, default_value_t = 1.0)]
+    pub change_percent: f64,
+    /// Where the stores and backups go (default: a new directory under the system's temp dir;
+    /// it needs about 12x the dataset's size free, and two inodes per record).
+    #[arg(long)]
+    pub work: Option<PathBuf>,
+    /// The `tidemark` binary (default: the one next to this program).
+    #[arg(long)]
+    pub tidemark: Option<PathBuf>,
+    /// Also write the results here, as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one child process took.
+struct Measured {
+    /// Wall time from spawn to exit (or the time the child reported for its operation).
+    seconds: f64,
+    peak_rss_kib: u64,
+    stdout: String,
+}
+
+/// Waits for `pid` and returns its exit status and peak RSS in KiB.
+#[allow(unsafe_code)]
+fn wait4(pid: u32) -> Result<(i32, u64)> {
+    let pid = libc::pid_t::try_from(pid)?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: a zeroed rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child and has not been waited for; both pointers are valid
+        // for the duration of the call.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e).context("wait4");
+        }
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    Ok((code, u64::try_from(usage.ru_maxrss).unwrap_or(0)))
+}
+
+fn run(what: &str, cmd: &mut Command) -> Result<Measured> {
+    let out = tempfile::NamedTempFile::new()?;
+    // Every step starts with no dirty data of earlier steps waiting to be written back (tidemark
+    // and tar both sync what they wrote; neither should pay for what came before).
+    Command::new("sync").status().context("running sync")?;
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::from(out.reopen()?))
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("{what}: starting {cmd:?}"))?;
+    let (code, peak_rss_kib) = wait4(child.id())?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stdout = fs::read_to_string(out.path())?;
+    if code != 0 {
+        bail!("{what}: {cmd:?} exited with {code}\n{stdout}");
+    }
+    // A helper step reports the time of its operation alone (without opening the store).
+    let reported = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v.get("seconds").and_then(serde_json::Value::as_f64));
+    Ok(Measured {
+        seconds: reported.unwrap_or(seconds),
+        peak_rss_kib,
+        stdout,
+    })
+}
+
+/// Apparent size of a file or of everything under a directory.
+fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| size_of(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// Size of the archives in a chain directory (not its working mirror).
+fn archives_size(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+                .map(|e| size_of(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn remove(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            fs::remove_dir_all(path).with_context(|| format!("removing {}", path.display()))
+        }
+        Ok(_) => fs::remove_file(path).with_context(|| format!("removing {}", path.display())),
+        Err(_) => Ok(()),
+    }
+}
+
+/// One measured step.
+#[derive(serde::Serialize, Clone)]
+struct Row {
+    store: String,
+    step: String,
+    seconds: f64,
+    /// Logical bytes (keys + values) the step handled.
+    bytes: u64,
+    records: u64,
+    peak_rss_kib: u64,
+    /// Size of what the step wrote (backup, archive), when it writes one.
+    output_bytes: Option<u64>,
+    /// How tidemark took an incremental (change log or diff), from its summary line.
+    method: Option<String>,
+}
+
+impl Row {
+    fn mbps(&self) -> f64 {
+        self.bytes as f64 / self.seconds.max(1e-9) / 1e6
+    }
+    fn rps(&self) -> f64 {
+        self.records as f64 / self.seconds.max(1e-9)
+    }
+}
+
+struct Bench<'a> {
+    args: &'a SuiteArgs,
+    me: PathBuf,
+    tidemark: PathBuf,
+    rows: Vec<Row>,
+}
+
+fn method_of(stdout: &str) -> Option<String> {
+    stdout.lines().find_map(|l| {
+        let rest = l.strip_prefix("Backup (")?;
+        Some(rest.split(')').next()?.to_string())
+    })
+}
+
+fn written_of(stdout: &str) -> Option<u64> {
+    // "Backup (...) of SRC to DIR: N records written, ..."
+    stdout.lines().find_map(|l| {
+        let before = &l[..l.find(" records written")?];
+        before.rsplit(' ').next()?.parse().ok()
+    })
+}
+
+impl Bench<'_> {
+    fn helper(&self, what: &str, kind: Kind, args: &[&str]) -> Result<Measured> {
+        let s = &self.args.shape;
+        run(
+            what,
+            Command::new(&self.me)
+                .arg(what)
+                .args(["--kind", kind.name()])
+                .args(["--records", &s.records.to_string()])
+                .args(["--value-bytes", &s.value_bytes.to_string()])
+                .args(["--collections", &s.collections.to_string()])
+                .args(args),
+        )
+    }
+
+    fn tidemark(&self, what: &str, args: &[&str]) -> Result<Measured> {
+        run(what, Command::new(&self.tidemark).args(args))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        kind: Kind,
+        step: &str,
+        m: &Measured,
+        bytes: u64,
+        records: u64,
+        output: Option<u64>,
+        method: Option<String>,
+    ) {
+        let row = Row {
+            store: kind.name().into(),
+            step: step.into(),
+            seconds: m.seconds,
+            bytes,
+            records,
+            peak_rss_kib: m.peak_rss_kib,
+            output_bytes: output,
+            method,
+        };
+        eprintln!(
+            "  {:<8} {:<28} {:>8.2} s {:>8.1} MB/s {:>7.0} MiB RSS{}",
+            row.store,
+            row.step,
+            row.seconds,
+            row.mbps(),
+            row.peak_rss_kib as f64 / 1024.0,
+            row.method
+                .as_deref()
+                .map(|m| format!("  ({m})"))
+                .unwrap_or_default()
+        );
+        self.rows.push(row);
+    }
+
+    fn store(&mut self, kind: Kind, work: &Path) -> Result<()> {
+        let shape = self.args.shape;
+        let dir = work.join(kind.name());
+        remove(&dir)?;
+        fs::create_dir_all(&dir)?;
+        let store = dir.join(if kind == Kind::Sqlite {
+            "store.db"
+        } else {
+            "store"
+        });
+        let src = format!("{}:{}", kind.name(), store.display());
+        let s = store.to_string_lossy().into_owned();
+
+        let m = self.helper("generate", kind, &["--path", &s])?;
+        let gen: serde_json::Value = serde_json::from_str(m.stdout.lines().last().unwrap_or(""))
+            .context("generate's report")?;
+        let bytes = gen["bytes"].as_u64().context("generate's byte count")?;
+        let n = shape.records;
+        let store_size = size_of(&store);
+        self.push(
+            kind,
+            "bulk load (store's API)",
+            &m,
+            bytes,
+            n,
+            Some(store_size),
+            None,
+        );
+
+        // tar + zstd -3 of the store's files: the machine's practical limit.
+        let tarball = dir.join("store.tar.zst");
+        let m = run(
+            "tar+zstd",
+            Command::new("sh").arg("-c").arg(format!(
+                "tar -cf - -C '{}' '{}' | zstd -3 -q -o '{}' && sync -f '{}'",
+                dir.display(),
+                store
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                tarball.display(),
+                tarball.display()
+            )),
+        )?;
+        self.push(
+            kind,
+            "tar | zstd -3",
+            &m,
+            bytes,
+            n,
+            Some(size_of(&tarball)),
+            None,
+        );
+        remove(&tarball)?;
+
+        let tool = dir.join("tool-backup");
+        let m = self.helper(
+            "tool-backup",
+            kind,
+            &["--path", &s, "--dest", &tool.to_string_lossy()],
+        )?;
+        self.push(
+            kind,
+            "store's backup tool",
+            &m,
+            bytes,
+            n,
+            Some(size_of(&tool)),
+            None,
+        );
+        let restored = dir.join("tool-restored");
+        let m = self.helper(
+            "tool-restore",
+            kind,
+            &[
+                "--path",
+                &tool.to_string_lossy(),
+                "--dest",
+                &restored.to_string_lossy(),
+            ],
+        )?;
+        self.push(kind, "store's restore tool", &m, bytes, n, None, None);
+        remove(&tool)?;
+        remove(&restored)?;
+
+        // Folder format.
+        let folder = dir.join("folder");
+        let f = folder.to_string_lossy().into_owned();
+        let m = self.tidemark(
+            "backup",
+            &["backup", "--source", &src, "--to", &f, "--full"],
+        )?;
+        self.push(
+            kind,
+            "folder full",
+            &m,
+            bytes,
+            n,
+            Some(size_of(&folder)),
+            method_of(&m.stdout),
+        );
+        self.changes(kind, &s, 1)?;
+        let m = self.tidemark("backup", &["backup", "--source", &src, "--to", &f])?;
+        let w = written_of(&m.stdout).unwrap_or(0);
+        self.push(
+            kind,
+            "folder incremental",
+            &m,
+            w * (bytes / n.max(1)),
+            w,
+            None,
+            method_of(&m.stdout),
+        );
+        // The folder format is one directory and one file per record: its floor on this file
+        // system is creating that many inodes, which `tar -x` of the same tree shows.
+        let tree_tar = dir.join("folder.tar");
+        let unpacked = dir.join("folder-unpacked");
+        fs::create_dir_all(&unpacked)?;
+        let status = Command::new("tar")
+            .arg("-cf")
+            .arg(&tree_tar)
+            .arg("-C")
+            .arg(&dir)
+            .arg("folder")
+            .status()?;
+        if !status.success() {
+            bail!("tar -c of the folder backup failed");
+        }
+        let m = run(
+            "tar -x",
+            Command::new("sh").arg("-c").arg(format!(
+                "tar -xf '{}' -C '{}' && sync -f '{}'",
+                tree_tar.display(),
+                unpacked.display(),
+                unpacked.display()
+            )),
+        )?;
+        self.push(
+            kind,
+            "tar -x of the folder backup",
+            &m,
+            bytes,
+            n,
+            None,
+            None,
+        );
+        remove(&tree_tar)?;
+        remove(&unpacked)?;
+        let m = self.tidemark("verify", &["verify", &f])?;
+        self.push(kind, "folder verify", &m, bytes, n, None, None);
+        let target = dir.join(if kind == Kind::Sqlite {
+            "restored.db"
+        } else {
+            "restored"
+        });
+        let to = format!("{}:{}", kind.name(), target.display());
+        let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
+        self.push(kind, "folder restore", &m, bytes, n, None, None);
+        remove(&target)?;
+        remove(&folder)?;
+
+        // Archive chains, one per codec; the first codec also gets the incremental, verify
+        // and restore steps.
+        let mut chain: Option<PathBuf> = None;
+        for codec in &self.args.codecs {
+            let (name, level) = codec.split_once(':').unwrap_or((codec, ""));
+            let label = codec.replace(':', "-");
+            let adir = dir.join(format!("archive-{label}"));
+            let a = adir.to_string_lossy().into_owned();
+            let mut flags = vec!["--format", "archive", "--compression", name];
+            if !level.is_empty() {
+                flags.extend(["--level", level]);
+            }
+            let m = self.tidemark(
+                "backup",
+                &[
+                    &["backup", "--source", &src, "--to", &a, "--full"][..],
+                    &flags,
+                ]
+                .concat(),
+            )?;
+            self.push(
+                kind,
+                &format!("archive full {label}"),
+                &m,
+                bytes,
+                n,
+                Some(archives_size(&adir)),
+                None,
+            );
+            if chain.is_none() {
+                self.changes(kind, &s, 2)?;
+                let before = archives_size(&adir);
+                let m = self.tidemark(
+                    "backup",
+                    &[&["backup", "--source", &src, "--to", &a][..], &flags].concat(),
+                )?;
+                let w = written_of(&m.stdout).unwrap_or(0);
+                self.push(
+                    kind,
+                    &format!("archive incremental {label}"),
+                    &m,
+                    w * (bytes / n.max(1)),
+                    w,
+                    Some(archives_size(&adir) - before),
+                    method_of(&m.stdout),
+                );
+                let m = self.tidemark("verify", &["verify", &a])?;
+                self.push(kind, "archive verify", &m, bytes, n, None, None);
+                let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
+                self.push(kind, "archive restore", &m, bytes, n, None, None);
+                remove(&target)?;
+                // The working mirror is not part of the chain's size; drop it now (disk).
+                remove(&adir.join(".tidemark-mirror"))?;
+                chain = Some(adir);
+            } else {
+                remove(&adir)?;
+            }
+        }
+        remove(&dir)?;
+        Ok(())
+    }
+
+    fn changes(&mut self, kind: Kind, store: &str, round: u64) -> Result<()> {
+        let pct = self.args.change_percent.to_string();
+        let m = self.helper(
+            "modify",
+            kind,
+            &[
+                "--path",
+                store,
+                "--round",
+                &round.to_string(),
+                "--percent",
+                &pct,
+            ],
+        )?;
+        let n: serde_json::Value =
+            serde_json::from_str(m.stdout.lines().last().unwrap_or("")).context("modify")?;
+        eprintln!(
+            "  {:<8} changed {} records ({}%) in {:.2} s",
+            kind.name(),
+            n["records"],
+            pct,
+            m.seconds
+        );
+        Ok(())
+    }
+}
+
+fn find(rows: &[Row], store: &str, step: &str) -> Option<Row> {
+    rows.iter()
+        .find(|r| r.store == store && r.step == step)
+        .cloned()
+}
+
+fn print_report(args: &SuiteArgs, rows: &[Row]) {
+    let s = &args.shape;
+    println!(
+        "Backup benchmark: {} records of ~{} B JSON in {} collections per store ({} key bytes each), {}% changed before each incremental",
+        s.records, s.value_bytes, s.collections, KEY_BYTES, args.change_percent
+    );
+    println!();
+    println!("| store | step | seconds | MB/s | records/s | peak RSS MiB | output MiB | note |");
+    println!("|---|---|---:|---:|---:|---:|---:|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {} | {} |",
+            r.store,
+            r.step,
+            r.seconds,
+            r.mbps(),
+            r.rps(),
+            r.peak_rss_kib as f64 / 1024.0,
+            r.output_bytes
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_default(),
+            r.method.as_deref().unwrap_or("")
+        );
+    }
+    println!();
+    println!("| store | ratio | value | target | |");
+    println!("|---|---|---:|---:|---|");
+    let first = args
+        .codecs
+        .first()
+        .map(|c| c.replace(':', "-"))
+        .unwrap_or_default();
+    for store in rows
+        .iter()
+        .map(|r| r.store.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let get = |step: &str| find(rows, &store, step);
+        let line = |name: &str, value: Option<f64>, target: Option<(f64, bool)>| {
+            if let Some(v) = value {
+                let (t, met) = match target {
+                    Some((t, higher)) => (
+                        format!("{}{t}", if higher { ">= " } else { "<= " }),
+                        if (higher && v >= t) || (!higher && v <= t) {
+                            "met"
+                        } else {
+                            "MISSED"
+                        },
+                    ),
+                    None => (String::new(), ""),
+                };
+                println!("| {store} | {name} | {v:.3} | {t} | {met} |");
+            }
+        };
+        let ratio = |a: Option<Row>, b: Option<Row>| Some(b?.seconds / a?.seconds.max(1e-9));
+        let tar = get("tar | zstd -3");
+        let arch = get(&format!("archive full {first}"));
+        line(
+            &format!("archive full {first} throughput / tar+zstd-3"),
+            ratio(arch.clone(), tar.clone()),
+            Some((0.5, true)),
+        );
+        line(
+            "folder full throughput / tar+zstd-3",
+            ratio(get("folder full"), tar),
+            None,
+        );
+        line(
+            "folder full throughput / tar -x of the same tree",
+            ratio(get("folder full"), get("tar -x of the folder backup")),
+            None,
+        );
+        line(
+            "folder full throughput / store's backup tool",
+            ratio(get("folder full"), get("store's backup tool")),
+            None,
+        );
+        line(
+            "folder incremental time / folder full time",
+            ratio(get("folder full"), get("folder incremental")),
+            Some((0.05, false)),
+        );
+        line(
+            &format!("archive incremental time / archive full time ({first})"),
+            ratio(arch, get(&format!("archive incremental {first}"))),
+            Some((0.05, false)),
+        );
+        line(
+            "folder restore throughput / store's bulk load",
+            ratio(get("folder restore"), get("bulk load (store's API)")),
+            Some((0.5, true)),
+        );
+        line(
+            "folder restore throughput / store's restore tool",
+            ratio(get("folder restore"), get("store's restore tool")),
+            None,
+        );
+        let peak = rows
+            .iter()
+            .filter(|r| r.store == store && !r.step.contains("store's") && !r.step.contains("tar"))
+            .map(|r| r.peak_rss_kib)
+            .max();
+        line(
+            "tidemark peak RSS, MiB",
+            peak.map(|k| k as f64 / 1024.0),
+            Some((256.0, false)),
+        );
+    }
+}
+
+/// Runs the benchmark.
+pub fn suite(args: &SuiteArgs) -> Result<()> {
+    let me = std::env::current_exe().context("locating this program")?;
+    let tidemark = match &args.tidemark {
+        Some(t) => t.clone(),
+        None => me.with_file_name("tidemark"),
+    };
+    if !tidemark.is_file() {
+        bail!(
+            "{}: no tidemark binary (build it: cargo build --release -p tidemark-cli, or pass --tidemark)",
+            tidemark.display()
+        );
+    }
+    for tool in ["tar", "zstd"] {
+        if Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+        {
+            bail!("`{tool}` is needed for the tar + zstd anchor (apt-get install {tool})");
+        }
+    }
+    let temp;
+    let work = match &args.work {
+        Some(w) => {
+            fs::create_dir_all(w)?;
+            w.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("tidemark-bench")
+                .tempdir()?;
+            temp.path().to_path_buf()
+        }
+    };
+    let mut bench = Bench {
+        args,
+        me,
+        tidemark,
+        rows: Vec::new(),
+    };
+    for &kind in &args.stores {
+        eprintln!("{kind}:");
+        bench.store(kind, &work)?;
+    }
+    print_report(args, &bench.rows);
+    let json = serde_json::json!({
+        "benchmark": "backup",
+        "records": args.shape.records,
+        "value_bytes": args.shape.value_bytes,
+        "collections": args.shape.collections,
+        "change_percent": args.change_percent,
+        "rows": bench.rows,
+    });
+    if let Some(path) = &args.json {
+        fs::write(path, serde_json::to_vec_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!();
+    println!("{json}");
+    Ok(())
+}

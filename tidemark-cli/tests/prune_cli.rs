@@ -1,0 +1,193 @@
+//! `tidemark prune`: retention over a real archive chain of a SQLite store. What is kept still
+//! verifies and restores to the exact state it recorded; chains are never broken; a dry run
+//! removes nothing; an archive lost without prune is still reported by verify.
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+use common::{assert_same_dump, dump, fails, ok, sql};
+use std::path::{Path, PathBuf};
+
+fn archives(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".zip"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two segments: full, incr, incr, then --full, incr. Returns the source dump after each run.
+fn two_segments(d: &Path) -> Vec<String> {
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO t SELECT i, 'v' || i FROM n;",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    let mut states = Vec::new();
+    for round in 0..5 {
+        if round > 0 {
+            sql(
+                &db,
+                &format!("UPDATE t SET v = 'r{round}' WHERE id % 5 = {round}; DELETE FROM t WHERE id = {round};"),
+            );
+        }
+        let mut args = vec![
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ];
+        if round == 3 {
+            args.push("--full");
+        }
+        ok(&args, d);
+        states.push(dump(&db));
+    }
+    let names = archives(&d.join("ar"));
+    let kinds: Vec<&str> = names.iter().map(|n| &n[16..20]).collect();
+    assert_eq!(kinds, ["full", "incr", "incr", "full", "incr"], "{names:?}");
+    states
+}
+
+/// The `to` checkpoint of an archive, from `tidemark list`.
+fn checkpoint_of(d: &Path, name: &str) -> String {
+    let out = ok(&["list", "ar"], d);
+    let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+    line.split_whitespace().nth(3).unwrap().to_string()
+}
+
+fn restored(d: &Path, at: Option<&str>, name: &str) -> String {
+    let to = format!("sqlite:{name}");
+    let mut args = vec!["restore", "--from", "ar", "--to", &to];
+    if let Some(at) = at {
+        args.extend(["--at", at]);
+    }
+    ok(&args, d);
+    dump(&d.join(name))
+}
+
+#[test]
+fn keep_last_removes_whole_old_segments_only() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = two_segments(d);
+    let before = archives(&d.join("ar"));
+    let gone = checkpoint_of(d, &before[1]);
+
+    // Dry run: prints the plan, removes nothing.
+    let out = ok(&["prune", "ar", "--keep-last", "1", "--dry-run"], d);
+    assert!(out.contains("Would remove 3 of 5 archives"), "{out}");
+    assert_eq!(archives(&d.join("ar")), before);
+
+    // keep-last 1 keeps the newest incremental and the full it needs; the older segment goes.
+    let out = ok(&["prune", "ar", "--keep-last", "1"], d);
+    assert!(out.contains("Removed 3 of 5 archives"), "{out}");
+    assert!(out.contains("needed by 000005"), "{out}");
+    assert_eq!(archives(&d.join("ar")), before[3..].to_vec());
+    let v = ok(&["verify", "ar"], d);
+    assert!(v.contains("is intact"), "{v}");
+    assert_same_dump(
+        &restored(d, None, "latest.db"),
+        &states[4],
+        "latest after prune",
+    );
+    let full = checkpoint_of(d, &before[3]);
+    assert_same_dump(
+        &restored(d, Some(&full), "x.db"),
+        &states[3],
+        "the kept full",
+    );
+    // What was pruned cannot be restored, and the error says what is available.
+    let err = fails(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:gone.db",
+            "--at",
+            &gone,
+        ],
+        d,
+    );
+    assert!(err.contains("no backup ends at that checkpoint"), "{err}");
+
+    // The chain continues after a prune.
+    sql(
+        &d.join("src.db"),
+        "INSERT INTO t VALUES (1000, 'after prune');",
+    );
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    ok(&["verify", "ar"], d);
+    assert_same_dump(
+        &restored(d, None, "after.db"),
+        &dump(&d.join("src.db")),
+        "after the next run",
+    );
+}
+
+#[test]
+fn a_kept_incremental_keeps_its_whole_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = two_segments(d);
+    let before = archives(&d.join("ar"));
+    // keep-last 3 keeps 000003 (an incremental), so 000001 and 000002 stay too.
+    let out = ok(&["prune", "ar", "--keep-last", "3"], d);
+    assert!(out.contains("Removed 0 of 5"), "{out}");
+    assert_eq!(archives(&d.join("ar")), before);
+    // keep-daily 1: every archive was captured today, the newest is kept; 000001-000003 go.
+    let out = ok(&["prune", "ar", "--keep-daily", "1"], d);
+    assert!(out.contains("Removed 3 of 5"), "{out}");
+    assert!(out.contains("daily "), "{out}");
+    ok(&["verify", "ar"], d);
+    assert_same_dump(&restored(d, None, "a.db"), &states[4], "latest");
+}
+
+#[test]
+fn bad_requests_and_lost_archives() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    two_segments(d);
+    let err = fails(&["prune", "ar"], d);
+    assert!(err.contains("no retention rule"), "{err}");
+    let err = fails(&["prune", "ar", "--keep-last", "0"], d);
+    assert!(err.contains("keeps 0"), "{err}");
+    // A folder backup has nothing to prune.
+    ok(
+        &["backup", "--source", "sqlite:src.db", "--to", "folder"],
+        d,
+    );
+    let err = fails(&["prune", "folder", "--keep-last", "1"], d);
+    assert!(err.contains("folder backup"), "{err}");
+
+    // An archive deleted by hand (not pruned) before a full archive is reported as missing.
+    let names = archives(&d.join("ar"));
+    let third: PathBuf = d.join("ar").join(&names[2]);
+    std::fs::remove_file(third).unwrap();
+    let err = fails(&["verify", "ar"], d);
+    assert!(
+        err.contains("missing") && err.contains("not pruned"),
+        "{err}"
+    );
+}

@@ -1,0 +1,195 @@
+//! `tidemark run --config FILE`: scheduled jobs with a full archive every N incrementals,
+//! retention after each run, retries of failed runs, and a clean stop on SIGTERM.
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+use common::{assert_same_dump, dump, fails, ok, sql};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn archives(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".zip"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn source(d: &Path) {
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    );
+    ok(&["track", "--source", "sqlite:app.db"], d);
+}
+
+const CONFIG: &str = r#"
+[[job]]
+name = "app-archive"
+source = "sqlite:app.db"
+to = "archives"
+compression = "zstd"
+interval = "1s"
+full_every = 2
+[job.retention]
+keep_last = 2
+
+[[job]]
+name = "app-folder"
+source = "sqlite:app.db"
+to = "folder"
+format = "folder"
+interval = 1
+"#;
+
+#[test]
+fn full_every_and_retention_over_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    std::fs::write(d.join("jobs.toml"), CONFIG).unwrap();
+    let mut logs = String::new();
+    for round in 1..=5 {
+        sql(
+            &d.join("app.db"),
+            &format!("INSERT INTO t VALUES ({}, 'round {round}');", round + 10),
+        );
+        logs.push_str(&ok(&["run", "--config", "jobs.toml", "--once"], d));
+    }
+    // Runs 1-5: full, incr, incr, full (2 incrementals since the last full), incr. After run
+    // 5, keep_last 2 keeps 000004 and 000005; 000001-000003 go (nothing kept needs them).
+    let names = archives(&d.join("archives"));
+    let kinds: Vec<&str> = names.iter().map(|n| &n[16..20]).collect();
+    assert_eq!(kinds, ["full", "incr"], "{names:?}\n{logs}");
+    assert!(names[0].starts_with("tidemark-000004"), "{names:?}");
+    assert!(
+        logs.contains("job app-archive: pruned tidemark-000001"),
+        "{logs}"
+    );
+    assert_eq!(logs.matches("job app-folder: Backup").count(), 5, "{logs}");
+    ok(&["verify", "archives"], d);
+    ok(&["verify", "folder"], d);
+    let want = dump(&d.join("app.db"));
+    ok(&["restore", "--from", "archives", "--to", "sqlite:a.db"], d);
+    assert_same_dump(&dump(&d.join("a.db")), &want, "archive job");
+    ok(&["restore", "--from", "folder", "--to", "sqlite:f.db"], d);
+    assert_same_dump(&dump(&d.join("f.db")), &want, "folder job");
+}
+
+#[test]
+fn runs_on_its_interval_until_sigterm() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    std::fs::write(d.join("jobs.toml"), CONFIG).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["run", "--config", "jobs.toml"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A writer commits while the schedule runs.
+    let start = Instant::now();
+    let mut n = 100;
+    while start.elapsed() < Duration::from_millis(3500) {
+        sql(
+            &d.join("app.db"),
+            &format!("INSERT INTO t VALUES ({n}, 'w');"),
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs = log.matches("job app-archive: Archive").count();
+    assert!(
+        (3..=5).contains(&runs),
+        "{runs} runs in 3.5 s at 1 s:\n{log}"
+    );
+    // What the backups hold is some state the writer produced; the newest restores exactly
+    // to the database as of its checkpoint, and everything verifies.
+    ok(&["verify", "archives"], d);
+    ok(&["verify", "folder"], d);
+}
+
+#[test]
+fn failed_runs_are_retried_and_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    std::fs::write(
+        d.join("jobs.toml"),
+        r#"
+[[job]]
+name = "gone"
+source = "sqlite:missing.db"
+to = "x"
+interval = "1h"
+retries = 1
+retry_delay = 0.2
+
+[[job]]
+name = "good"
+source = "sqlite:app.db"
+to = "good"
+interval = "1h"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["run", "--config", "jobs.toml", "--once"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("job gone: run failed (attempt 1 of 2)"),
+        "{log}"
+    );
+    assert!(log.contains("missing.db"), "{log}");
+    assert!(
+        log.contains("(attempt 2 of 2)") && log.contains("giving up until the next interval"),
+        "{log}"
+    );
+    assert!(log.contains("job good: Archive (full)"), "{log}");
+    assert!(!d.join("x").exists() || archives(&d.join("x")).is_empty());
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    for (text, want) in [
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = \"5x\"\n", "unknown unit"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\nevery = 3\n", "unknown field"),
+        ("[[job]]\nsource = \"app.db\"\nto = \"a\"\ninterval = 5\n", "KIND:PATH"),
+        (
+            "[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\nformat = \"folder\"\ninterval = 5\n[job.retention]\nkeep_last = 1\n",
+            "archive format",
+        ),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\ncompression = \"lz4\"\n", "lz4"),
+    ] {
+        std::fs::write(d.join("bad.toml"), text).unwrap();
+        let err = fails(&["run", "--config", "bad.toml", "--once"], d);
+        assert!(err.contains("bad.toml") && err.contains(want), "{text}\n{err}");
+        assert!(!d.join("a").exists(), "{text}: a job ran");
+    }
+}
