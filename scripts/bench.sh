@@ -35,8 +35,8 @@ cleanup() {
 }
 trap cleanup EXIT
 if [ "$(id -u)" -eq 0 ] && truncate -s "${gib}G" "$base/fs.img" \
-  && mkfs.ext4 -q -F -N $(( records * 3 + 100000 )) "$base/fs.img" \
-  && mount -o loop "$base/fs.img" "$work"; then
+  && mkfs.ext4 -q -F -N $(( records * 3 + 200000 )) "$base/fs.img" \
+  && mount -o loop,discard "$base/fs.img" "$work"; then
   mounted=1
   echo "bench: on a new ext4 file system (${gib} GiB loop file)" >&2
 else

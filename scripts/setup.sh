@@ -20,5 +20,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# The remote-destination tests run a real S3-compatible server on loopback: moto's moto_server.
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "setup: installing moto[server] (pip)" >&2
+  python3 -m pip install -q --disable-pip-version-check 'moto[server]' >/dev/null 2>&1 \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
+  hash -r
+fi
+
 # Keep the build cache outside the clone so repeated runs are quick (never required).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidemark-target}"

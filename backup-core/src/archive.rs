@@ -32,7 +32,7 @@ use crate::verify::VerifyReport;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use zip::write::SimpleFileOptions;
@@ -171,6 +171,248 @@ pub struct ChainItem {
     pub size: u64,
 }
 
+/// Where a chain's archives are kept: a local directory ([`LocalChain`]) or an object store
+/// (the `tidemark-remote` crate). An archive is visible only once complete: a reader never sees
+/// one that is being written or was cut short.
+pub trait ChainStore {
+    /// Where `name` (an archive's file name) lives, for messages and summaries.
+    fn location_of(&self, name: &str) -> PathBuf;
+    /// The complete archives, in sequence order.
+    fn read_chain(&self) -> Result<Vec<ChainItem>>;
+    /// Removes what interrupted writes left behind (never a complete archive).
+    fn clean_partial(&self) -> Result<()>;
+    /// Starts writing archive `sequence` of `kind`; `buffer_size` bounds the memory it uses for
+    /// output (beyond the entry being written).
+    fn begin(
+        &self,
+        sequence: u64,
+        kind: RunKind,
+        buffer_size: usize,
+    ) -> Result<Box<dyn ArchiveOutput>>;
+}
+
+/// An archive being written. The zip writer seeks back only into the local header of the entry
+/// it is finishing (to fill in its CRC32 and sizes), so bytes before that header are final; an
+/// output may hand them on (upload them) as soon as it sees such a seek. See [`WindowWriter`].
+pub trait ArchiveOutput: Write + Seek {
+    /// Makes the archive complete, durable and visible, last of all; returns its file name (which
+    /// carries the CRC32 of the whole file) and size.
+    fn finish(self: Box<Self>, kind: RunKind, manifest: &ArchiveManifest) -> Result<(String, u64)>;
+}
+
+/// The archive's file name: sequence, kind and the CRC32 of the whole file.
+pub fn archive_file_name(sequence: u64, kind: RunKind, crc: u32) -> String {
+    file_name(sequence, kind, crc)
+}
+
+/// Archives in a local directory: written to `.tidemark-NNNNNN.zip.tmp`, fsynced, renamed to
+/// their final name (with the file's CRC32), directory fsynced.
+#[derive(Debug, Clone)]
+pub struct LocalChain {
+    dir: PathBuf,
+}
+
+impl LocalChain {
+    /// The chain in `dir` (which must exist to write to it).
+    pub fn new(dir: &Path) -> Self {
+        LocalChain {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl ChainStore for LocalChain {
+    fn location_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read_chain(&self) -> Result<Vec<ChainItem>> {
+        read_chain(&self.dir)
+    }
+
+    fn clean_partial(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("read directory", &self.dir, e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tidemark-") && name.ends_with(".zip.tmp") {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin(
+        &self,
+        sequence: u64,
+        _kind: RunKind,
+        buffer_size: usize,
+    ) -> Result<Box<dyn ArchiveOutput>> {
+        let tmp = self.dir.join(format!(".tidemark-{sequence:06}.zip.tmp"));
+        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(Box::new(LocalOutput {
+            dir: self.dir.clone(),
+            sequence,
+            file: BufWriter::with_capacity(buffer_size, file),
+            tmp,
+        }))
+    }
+}
+
+struct LocalOutput {
+    dir: PathBuf,
+    sequence: u64,
+    file: BufWriter<File>,
+    tmp: PathBuf,
+}
+
+impl Write for LocalOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for LocalOutput {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+impl ArchiveOutput for LocalOutput {
+    fn finish(self: Box<Self>, kind: RunKind, _: &ArchiveManifest) -> Result<(String, u64)> {
+        let tmp = self.tmp;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp, e))?
+            .len();
+        drop(file);
+        let crc = file_crc32(&tmp)?;
+        let name = file_name(self.sequence, kind, crc);
+        let path = self.dir.join(&name);
+        fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        durable::sync_dir(&self.dir)?;
+        Ok((name, size))
+    }
+}
+
+/// Where a [`WindowWriter`] hands the final bytes of an archive, in order, in parts.
+pub trait PartSink {
+    /// Takes the next part (every part but the last is exactly the writer's part size).
+    fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()>;
+}
+
+/// A `Write + Seek` for the zip writer that keeps only the bytes that may still change (the
+/// current entry, from its local header on) and hands everything before them to a [`PartSink`]
+/// in parts of `part_size` bytes: an archive streams out (to an object store's multipart upload)
+/// without a local copy of the whole file. Memory: one part plus the largest entry. Computes the
+/// CRC32 and size of the whole stream on the way.
+pub struct WindowWriter<S: PartSink> {
+    sink: S,
+    /// Bytes from `start` on.
+    buf: Vec<u8>,
+    start: u64,
+    pos: u64,
+    /// Bytes before this are final.
+    committed: u64,
+    part_size: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl<S: PartSink> WindowWriter<S> {
+    /// A writer handing parts of `part_size` bytes to `sink`.
+    pub fn new(sink: S, part_size: usize) -> Self {
+        WindowWriter {
+            sink,
+            buf: Vec::new(),
+            start: 0,
+            pos: 0,
+            committed: 0,
+            part_size: part_size.max(1),
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn hand_on(&mut self) -> std::io::Result<()> {
+        while self.committed - self.start >= self.part_size as u64 {
+            let rest = self.buf.split_off(self.part_size);
+            let part = std::mem::replace(&mut self.buf, rest);
+            self.crc.update(&part);
+            self.start += part.len() as u64;
+            self.sink.put_part(part)?;
+        }
+        Ok(())
+    }
+
+    /// Hands on every remaining byte (the last part may be short or, if the stream is a
+    /// multiple of the part size, absent) and returns the sink, the stream's CRC32 and size.
+    pub fn finish(mut self) -> std::io::Result<(S, u32, u64)> {
+        self.committed = self.start + self.buf.len() as u64;
+        self.hand_on()?;
+        let size = self.start + self.buf.len() as u64;
+        if !self.buf.is_empty() {
+            let part = std::mem::take(&mut self.buf);
+            self.crc.update(&part);
+            self.sink.put_part(part)?;
+        }
+        Ok((self.sink, self.crc.finalize(), size))
+    }
+}
+
+impl<S: PartSink> Write for WindowWriter<S> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let at = usize::try_from(self.pos - self.start).map_err(std::io::Error::other)?;
+        if at > self.buf.len() {
+            self.buf.resize(at, 0);
+        }
+        let overlap = data.len().min(self.buf.len() - at);
+        self.buf[at..at + overlap].copy_from_slice(&data[..overlap]);
+        self.buf.extend_from_slice(&data[overlap..]);
+        self.pos += data.len() as u64;
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: PartSink> Seek for WindowWriter<S> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let end = self.start + self.buf.len() as u64;
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => end.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| std::io::Error::other("seek out of range"))?;
+        if target < self.start {
+            return Err(std::io::Error::other(format!(
+                "the zip writer seeked to {target}, into bytes already handed on (before {})",
+                self.start
+            )));
+        }
+        if target < self.pos {
+            // Finishing an entry: everything before its local header is final. The header's
+            // first field rewritten is at +14; anything 64 bytes before the target is safe.
+            self.committed = self.committed.max(target.saturating_sub(64));
+            self.pos = target;
+            self.hand_on()?;
+        } else {
+            self.pos = target;
+        }
+        Ok(self.pos)
+    }
+}
+
 /// The mirror remembers the archive it was last cut into.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct MirrorState {
@@ -179,10 +421,8 @@ struct MirrorState {
     checkpoint: Checkpoint,
 }
 
-fn mirror_state_path(dir: &Path) -> PathBuf {
-    dir.join(MIRROR_DIR)
-        .join(".tidemark")
-        .join("archive-state.json")
+fn mirror_state_path(mirror: &Path) -> PathBuf {
+    mirror.join(".tidemark").join("archive-state.json")
 }
 
 /// Whether `dir` holds an archive chain (any `tidemark-*.zip`).
@@ -223,7 +463,6 @@ pub fn backup_archive(
     archive: &ArchiveOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<ArchiveSummary> {
-    let started = Instant::now();
     if dir.exists() && !dir.is_dir() {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
@@ -231,29 +470,51 @@ pub fn backup_archive(
         });
     }
     durable::create_dir_all(dir)?;
+    backup_archive_to(
+        backend,
+        &LocalChain::new(dir),
+        &dir.join(MIRROR_DIR),
+        options,
+        archive,
+        events,
+    )
+}
+
+/// Backs `backend` up as the next archive of `chain` (a local directory or an object store),
+/// cutting it from the working folder backup `mirror`: full the first time (or with
+/// `BackupMode::Full`, or when the mirror is not at the chain's head), incremental after.
+pub fn backup_archive_to(
+    backend: &dyn StorageBackend,
+    chain_store: &dyn ChainStore,
+    mirror: &Path,
+    options: &BackupOptions,
+    archive: &ArchiveOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<ArchiveSummary> {
+    let started = Instant::now();
     // What a killed run left half-written is never part of the chain: remove it.
-    for entry in fs::read_dir(dir)
-        .map_err(|e| Error::io("read directory", dir, e))?
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tidemark-") && name.ends_with(".zip.tmp") {
-            let p = entry.path();
-            fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
-        }
-    }
-    let chain = read_chain(dir)?;
-    let mirror = dir.join(MIRROR_DIR);
-    let state: Option<MirrorState> = fs::read(mirror_state_path(dir))
+    chain_store.clean_partial()?;
+    let chain = chain_store.read_chain()?;
+    let mirror = mirror.to_path_buf();
+    let state: Option<MirrorState> = fs::read(mirror_state_path(&mirror))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let head = chain.last();
     // The mirror must sit exactly at the chain's head; anything else (a crash between the
     // mirror's commit and the archive's rename, a deleted archive, a lost mirror) starts the
     // chain's next archive as a full one.
+    // The mirror's own manifest must agree too: a run killed after the mirror's commit but
+    // before its archive was complete leaves the mirror ahead of the chain, and an incremental
+    // from there would miss the changes in between.
+    let mirror_at = FolderBackup::open_existing(&mirror)
+        .ok()
+        .filter(|(f, _)| !f.was_interrupted())
+        .map(|(_, m)| m.checkpoint);
     let in_step = match (&state, head) {
         (Some(s), Some(h)) => {
-            s.last_archive == file_name_of(&h.path) && s.checkpoint == h.manifest.to
+            s.last_archive == file_name_of(&h.path)
+                && s.checkpoint == h.manifest.to
+                && mirror_at.as_ref() == Some(&h.manifest.to)
         }
         _ => false,
     };
@@ -296,7 +557,6 @@ pub fn backup_archive(
         )
     };
     let cut = Cut {
-        dir,
         mirror: &mirror,
         manifest: &manifest,
         sequence,
@@ -306,21 +566,20 @@ pub fn backup_archive(
         touched: (!full).then_some(&touched),
         captured_at: &summary.captured_at,
     };
-    let (file, entries) = cut.write(archive)?;
-    let size = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+    let (name, size, entries) = cut.write(chain_store, archive)?;
     let state = MirrorState {
-        last_archive: file_name_of(&file),
+        last_archive: name.clone(),
         sequence,
         checkpoint: manifest.checkpoint.clone(),
     };
     durable::write_atomic(
-        &mirror_state_path(dir),
+        &mirror_state_path(&mirror),
         &serde_json::to_vec_pretty(&state).expect("state serializes"),
         durable::Sync::Now,
     )?;
     Ok(ArchiveSummary {
         backup: summary,
-        file,
+        file: chain_store.location_of(&name),
         kind,
         size,
         entries,
@@ -335,7 +594,6 @@ fn file_name_of(p: &Path) -> String {
 }
 
 struct Cut<'a> {
-    dir: &'a Path,
     mirror: &'a Path,
     manifest: &'a FolderManifest,
     sequence: u64,
@@ -348,16 +606,15 @@ struct Cut<'a> {
 }
 
 impl Cut<'_> {
-    fn write(&self, options: &ArchiveOptions) -> Result<(PathBuf, u64)> {
-        let tmp = self
-            .dir
-            .join(format!(".tidemark-{:06}.zip.tmp", self.sequence));
-        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        let mut zip = ZipWriter::new(BufWriter::with_capacity(
-            options.buffer_size.max(4096),
-            file,
-        ));
-        let zerr = |e: zip::result::ZipError| Error::io("write", &tmp, std::io::Error::other(e));
+    fn write(
+        &self,
+        chain: &dyn ChainStore,
+        options: &ArchiveOptions,
+    ) -> Result<(String, u64, u64)> {
+        let out = chain.begin(self.sequence, self.kind, options.buffer_size.max(4096))?;
+        let what = chain.location_of(&format!("archive {:06}", self.sequence));
+        let mut zip = ZipWriter::new(out);
+        let zerr = |e: zip::result::ZipError| Error::io("write", &what, std::io::Error::other(e));
         let opts = match options.compression {
             // Level 0 is "no compression" (as in OrientDB); zip's deflate has no level 0.
             Compression::Deflate(0) | Compression::None => {
@@ -370,11 +627,11 @@ impl Cut<'_> {
                 .compression_method(CompressionMethod::Zstd)
                 .compression_level(Some(i64::from(level))),
         };
-        let add = |zip: &mut ZipWriter<BufWriter<File>>, name: &str, bytes: &[u8]| {
+        let add = |zip: &mut ZipWriter<Box<dyn ArchiveOutput>>, name: &str, bytes: &[u8]| {
             zip.start_file(name, opts.large_file(bytes.len() as u64 >= u32::MAX as u64))
                 .map_err(zerr)?;
             zip.write_all(bytes)
-                .map_err(|e| Error::io("write", &tmp, e))
+                .map_err(|e| Error::io("write", &what, e))
         };
         let mut collections = Vec::with_capacity(self.manifest.collections.len());
         let (mut entries, mut bytes) = (0u64, 0u64);
@@ -468,16 +725,8 @@ impl Cut<'_> {
         .expect("a manifest serializes");
         add(&mut zip, MANIFEST_ENTRY, &text)?;
         let out = zip.finish().map_err(zerr)?;
-        let file = out
-            .into_inner()
-            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        drop(file);
-        let crc = file_crc32(&tmp)?;
-        let path = self.dir.join(file_name(self.sequence, self.kind, crc));
-        fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
-        durable::sync_dir(self.dir)?;
-        Ok((path, entries))
+        let (name, size) = out.finish(self.kind, &manifest)?;
+        Ok((name, size, entries))
     }
 }
 
@@ -973,4 +1222,82 @@ pub fn restore_archives_to_path(
         previous = Some(manifest);
     }
     restore_folder_to_path(scratch.path(), factory, target, options)
+}
+
+#[cfg(test)]
+mod window_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+
+    struct Parts(Vec<Vec<u8>>);
+    impl PartSink for Parts {
+        fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+            self.0.push(part);
+            Ok(())
+        }
+    }
+
+    /// The same zip written to memory (seekable) and through a window writer: same bytes,
+    /// parts of exactly `part` bytes but the last, the stream's CRC32.
+    fn same_zip(sizes: &[usize], part: usize, method: CompressionMethod) {
+        fn write<W: Write + Seek>(
+            w: &mut ZipWriter<W>,
+            sizes: &[usize],
+            method: CompressionMethod,
+        ) {
+            let opts = SimpleFileOptions::default().compression_method(method);
+            for (i, n) in sizes.iter().enumerate() {
+                w.start_file(format!("c/{i}/document.json"), opts).unwrap();
+                let body: Vec<u8> = (0..*n).map(|j| (j * 7 + i) as u8).collect();
+                w.write_all(&body).unwrap();
+            }
+        }
+        let mut plain = ZipWriter::new(Cursor::new(Vec::new()));
+        write(&mut plain, sizes, method);
+        let want = plain.finish().unwrap().into_inner();
+        let mut win = ZipWriter::new(WindowWriter::new(Parts(Vec::new()), part));
+        write(&mut win, sizes, method);
+        let (parts, crc, size) = win.finish().unwrap().finish().unwrap();
+        let got: Vec<u8> = parts.0.concat();
+        assert_eq!(got, want);
+        assert_eq!(size, want.len() as u64);
+        assert_eq!(crc, crc32fast::hash(&want));
+        let (last, full) = parts.0.split_last().unwrap();
+        assert!(full.iter().all(|p| p.len() == part));
+        assert!(!last.is_empty() && last.len() <= part);
+        // Parts were handed on before the end (the window does not hold the whole file).
+        if want.len() > 4 * part + 100_000 {
+            assert!(parts.0.len() > 3);
+        }
+        ZipArchive::new(Cursor::new(got)).unwrap();
+    }
+
+    #[test]
+    fn entries_larger_and_smaller_than_a_part() {
+        same_zip(
+            &[10, 5000, 70_000, 3, 0, 200_000, 12],
+            4096,
+            CompressionMethod::Stored,
+        );
+        same_zip(
+            &[10, 5000, 70_000, 3, 0, 200_000, 12],
+            4096,
+            CompressionMethod::Deflated,
+        );
+        same_zip(
+            &(0..2000).map(|i| i % 300).collect::<Vec<_>>(),
+            8192,
+            CompressionMethod::Zstd,
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_entry_sizes(sizes in proptest::collection::vec(0usize..20_000, 1..40), part in 512usize..9000) {
+            same_zip(&sizes, part, CompressionMethod::Stored);
+        }
+    }
 }

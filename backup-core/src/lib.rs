@@ -37,8 +37,9 @@ pub mod restore;
 pub mod verify;
 
 pub use archive::{
-    backup_archive, read_chain, restore_archives_to_path, verify_archives, ArchiveOptions,
-    ArchiveSummary, Compression,
+    backup_archive, backup_archive_to, read_chain, restore_archives_to_path, verify_archives,
+    ArchiveOptions, ArchiveOutput, ArchiveSummary, ChainStore, Compression, LocalChain, PartSink,
+    WindowWriter,
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};

@@ -359,6 +359,17 @@ impl Bench<'_> {
             None,
             method_of(&m.stdout),
         );
+        let m = self.tidemark("verify", &["verify", &f])?;
+        self.push(kind, "folder verify", &m, bytes, n, None, None);
+        let target = dir.join(if kind == Kind::Sqlite {
+            "restored.db"
+        } else {
+            "restored"
+        });
+        let to = format!("{}:{}", kind.name(), target.display());
+        let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
+        self.push(kind, "folder restore", &m, bytes, n, None, None);
+        remove(&target)?;
         // The folder format is one directory and one file per record: its floor on this file
         // system is creating that many inodes, which `tar -x` of the same tree shows.
         let tree_tar = dir.join("folder.tar");
@@ -374,6 +385,8 @@ impl Bench<'_> {
         if !status.success() {
             bail!("tar -c of the folder backup failed");
         }
+        // One tree at a time on the disk: the backup goes before its copy is unpacked.
+        remove(&folder)?;
         let m = run(
             "tar -x",
             Command::new("sh").arg("-c").arg(format!(
@@ -394,17 +407,6 @@ impl Bench<'_> {
         );
         remove(&tree_tar)?;
         remove(&unpacked)?;
-        let m = self.tidemark("verify", &["verify", &f])?;
-        self.push(kind, "folder verify", &m, bytes, n, None, None);
-        let target = dir.join(if kind == Kind::Sqlite {
-            "restored.db"
-        } else {
-            "restored"
-        });
-        let to = format!("{}:{}", kind.name(), target.display());
-        let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
-        self.push(kind, "folder restore", &m, bytes, n, None, None);
-        remove(&target)?;
         remove(&folder)?;
 
         // Archive chains, one per codec; the first codec also gets the incremental, verify
@@ -453,13 +455,14 @@ impl Bench<'_> {
                     Some(archives_size(&adir) - before),
                     method_of(&m.stdout),
                 );
+                // The working mirror is not part of the chain; it goes before the restore,
+                // which replays the chain into a scratch folder of the same size.
+                remove(&adir.join(".tidemark-mirror"))?;
                 let m = self.tidemark("verify", &["verify", &a])?;
                 self.push(kind, "archive verify", &m, bytes, n, None, None);
                 let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
                 self.push(kind, "archive restore", &m, bytes, n, None, None);
                 remove(&target)?;
-                // The working mirror is not part of the chain's size; drop it now (disk).
-                remove(&adir.join(".tidemark-mirror"))?;
                 chain = Some(adir);
             } else {
                 remove(&adir)?;

@@ -1,5 +1,6 @@
 //! `tidemark`: back up and restore embedded databases (RocksDB, sled, SQLite) while they run.
 
+mod place;
 mod schedule;
 mod stores;
 
@@ -11,6 +12,7 @@ use backup_core::{
     RestoreOptions,
 };
 use clap::{Parser, Subcommand};
+use place::Place;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,9 +38,13 @@ enum Command {
         /// The store: sqlite:PATH, rocksdb:PATH or sled:PATH.
         #[arg(long)]
         source: StoreUrl,
-        /// The backup directory.
+        /// The backup directory, or an object store URL for archives (s3://bucket/prefix).
         #[arg(long)]
-        to: PathBuf,
+        to: Place,
+        /// Remote destinations: the local directory of the working mirror (default under
+        /// ~/.cache/tidemark/mirrors/).
+        #[arg(long)]
+        cache: Option<PathBuf>,
         /// Take a full backup even if an incremental is possible.
         #[arg(long)]
         full: bool,
@@ -71,9 +77,9 @@ enum Command {
     },
     /// Rebuild a store from a backup (into any kind of store).
     Restore {
-        /// The backup directory.
+        /// The backup directory or archive chain URL.
         #[arg(long)]
-        from: PathBuf,
+        from: Place,
         /// The store to create: sqlite:PATH, rocksdb:PATH or sled:PATH.
         #[arg(long)]
         to: StoreUrl,
@@ -102,13 +108,13 @@ enum Command {
     },
     /// Check a backup end to end (every checksum, every count) without restoring it.
     Verify {
-        /// The backup directory.
-        dir: PathBuf,
+        /// The backup directory or archive chain URL.
+        dir: Place,
     },
     /// List the archives in a directory: full or incremental, checkpoint range, time, size.
     List {
-        /// The archive directory.
-        dir: PathBuf,
+        /// The archive directory or URL.
+        dir: Place,
     },
     /// Run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
     /// job every `interval`, a full archive every `full_every` incrementals, retention after
@@ -124,8 +130,8 @@ enum Command {
     /// Remove old archives that no kept backup depends on (never breaks a chain; the newest
     /// archive is always kept).
     Prune {
-        /// The archive directory.
-        dir: PathBuf,
+        /// The archive directory or URL.
+        dir: Place,
         #[command(flatten)]
         retention: RetentionArgs,
         /// Print what would be removed, remove nothing.
@@ -196,6 +202,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup {
             source,
             to,
+            cache,
             full,
             format,
             compression,
@@ -206,8 +213,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             json,
         } => {
+            place::require_archive(&to, format == Format::Archive, live)?;
             let backend = stores::open_source(&source)?;
-            stores::check_backup_dir(&to)?;
+            if let Place::Local(dir) = &to {
+                stores::check_backup_dir(dir)?;
+            }
             let options = BackupOptions {
                 mode: if full {
                     BackupMode::Full
@@ -216,11 +226,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 ..BackupOptions::default()
             };
-            if live {
+            if let (true, Place::Local(dir)) = (live, &to) {
                 return run_live(
                     backend,
                     &source,
-                    &to,
+                    dir,
                     options,
                     format,
                     codec(compression, level)?,
@@ -236,25 +246,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bar.update(&event);
                 report(&mut out, &event, quiet, json)
             };
-            let (summary, archive) = match format {
-                Format::Folder => {
-                    let s = backup_folder(backend.as_ref(), &to, &options, &mut on_event)
-                        .with_context(|| format!("backup of {source} to {}", to.display()))?;
+            let archive_options = ArchiveOptions {
+                compression: codec(compression, level)?,
+                buffer_size,
+            };
+            let (summary, archive) = match (format, &to) {
+                (Format::Folder, Place::Local(dir)) => {
+                    let s = backup_folder(backend.as_ref(), dir, &options, &mut on_event)
+                        .with_context(|| format!("backup of {source} to {to}"))?;
                     (s, None)
                 }
-                Format::Archive => {
-                    let compression = codec(compression, level)?;
+                (Format::Archive, Place::Local(dir)) => {
                     let a = backup_archive(
                         backend.as_ref(),
-                        &to,
+                        dir,
                         &options,
-                        &ArchiveOptions {
-                            compression,
-                            buffer_size,
-                        },
+                        &archive_options,
                         &mut on_event,
                     )
-                    .with_context(|| format!("backup of {source} to {}", to.display()))?;
+                    .with_context(|| format!("backup of {source} to {to}"))?;
+                    (a.backup.clone(), Some(a))
+                }
+                (_, Place::Remote(url)) => {
+                    let a = place::backup_remote(
+                        backend.as_ref(),
+                        url,
+                        cache.as_deref(),
+                        &options,
+                        &archive_options,
+                        &mut on_event,
+                    )
+                    .with_context(|| format!("backup of {source} to {to}"))?;
                     (a.backup.clone(), Some(a))
                 }
             };
@@ -284,7 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out,
                     "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
                     kind = summary.method,
-                    dir = to.display(),
+                    dir = to,
                     w = summary.records_written,
                     d = summary.records_deleted,
                     t = summary.records_total,
@@ -320,22 +342,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
                 ..RestoreOptions::default()
             };
-            let summary = if is_archive_dir(&from) {
-                let point = at.unwrap_or(archive::RestorePoint::Latest);
-                restore_archives_to_path(&from, &point, factory.as_ref(), &to.path, &options)
-            } else if at.is_some() {
-                anyhow::bail!(
-                    "--at needs an archive directory; {} is not one",
-                    from.display()
-                )
-            } else {
-                restore_folder_to_path(&from, factory.as_ref(), &to.path, &options)
-            }
-            .with_context(|| format!("restore of {} to {to}", from.display()))?;
+            let summary = place::with_chain_dir(&from, |dir| {
+                Ok(if is_archive_dir(dir) {
+                    let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
+                    restore_archives_to_path(dir, &point, factory.as_ref(), &to.path, &options)?
+                } else if let Place::Remote(url) = &from {
+                    anyhow::bail!("{url}: no tidemark archives here")
+                } else if at.is_some() {
+                    anyhow::bail!("--at needs an archive directory; {from} is not one")
+                } else {
+                    restore_folder_to_path(dir, factory.as_ref(), &to.path, &options)?
+                })
+            })
+            .with_context(|| format!("restore of {from} to {to}"))?;
             if !quiet {
                 println!(
-                    "Restore of {} to {to}: {} records in {} collections, {} in {:.2} seconds",
-                    from.display(),
+                    "Restore of {from} to {to}: {} records in {} collections, {} in {:.2} seconds",
                     summary.records,
                     summary.collections,
                     human_bytes(summary.bytes),
@@ -349,37 +371,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { dir } => {
-            let report = if is_archive_dir(&dir) {
-                verify_archives(&dir)
-            } else {
-                verify_folder(&dir)
-            }
-            .with_context(|| format!("verify {}", dir.display()))?;
+            let report = place::with_chain_dir(&dir, |d| {
+                Ok(if is_archive_dir(d) {
+                    verify_archives(d)?
+                } else if let Place::Remote(url) = &dir {
+                    anyhow::bail!("{url}: no tidemark archives here")
+                } else {
+                    verify_folder(d)?
+                })
+            })
+            .with_context(|| format!("verify {dir}"))?;
             for problem in &report.problems {
                 eprintln!("damaged: {problem}");
             }
             if report.is_ok() {
                 println!(
-                    "Backup {} is intact: {} records in {} collections, every checksum matches",
-                    dir.display(),
-                    report.records,
-                    report.collections
+                    "Backup {dir} is intact: {} records in {} collections, every checksum matches",
+                    report.records, report.collections
                 );
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!(
-                    "tidemark: error: backup {} is damaged ({} problems)",
-                    dir.display(),
+                    "tidemark: error: backup {dir} is damaged ({} problems)",
                     report.problems.len()
                 );
                 Ok(ExitCode::FAILURE)
             }
         }
         Command::List { dir } => {
-            let chain =
-                archive::read_chain(&dir).with_context(|| format!("list {}", dir.display()))?;
+            let chain = place::chain(&dir).with_context(|| format!("list {dir}"))?;
             if chain.is_empty() {
-                anyhow::bail!("{}: no tidemark archives here", dir.display());
+                anyhow::bail!("{dir}: no tidemark archives here");
             }
             println!(
                 "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  captured",
@@ -422,8 +444,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             retention,
             dry_run,
         } => {
-            let plan = backup_core::prune_archives(&dir, &retention.into(), dry_run)
-                .with_context(|| format!("prune {}", dir.display()))?;
+            let retention: backup_core::Retention = retention.into();
+            let plan = match &dir {
+                Place::Local(d) => {
+                    backup_core::prune_archives(d, &retention, dry_run).map_err(anyhow::Error::from)
+                }
+                Place::Remote(url) => place::prune_remote(url, &retention, dry_run),
+            }
+            .with_context(|| format!("prune {dir}"))?;
             print_prune(&plan, dry_run);
             Ok(ExitCode::SUCCESS)
         }

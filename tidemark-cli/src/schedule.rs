@@ -5,10 +5,11 @@
 //! is logged with its summary; a failed or interrupted run never leaves a half backup behind (the
 //! engine writes aside and renames; the next run carries on).
 
+use crate::place::Place;
 use crate::stores::{self, StoreUrl};
 use anyhow::{bail, Context, Result};
 use backup_core::{
-    archive, backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression,
+    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression,
     Retention,
 };
 use serde::Deserialize;
@@ -35,8 +36,10 @@ pub struct Job {
     pub name: Option<String>,
     /// The store, `KIND:PATH`.
     pub source: String,
-    /// The backup directory.
-    pub to: PathBuf,
+    /// The backup directory, or an object store URL (archives only).
+    pub to: String,
+    /// Remote destinations: the local directory of the working mirror.
+    pub cache: Option<PathBuf>,
     /// `archive` (default) or `folder`.
     #[serde(default = "default_format")]
     pub format: String,
@@ -116,6 +119,7 @@ fn parse_duration(t: &str) -> std::result::Result<f64, String> {
 struct Ready {
     name: String,
     source: StoreUrl,
+    to: Place,
     job: Job,
     compression: Option<Compression>,
 }
@@ -130,16 +134,19 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
     }
     let mut out = Vec::new();
     for (i, job) in config.jobs.into_iter().enumerate() {
-        let name = job
-            .name
-            .clone()
-            .unwrap_or_else(|| job.to.display().to_string());
+        let name = job.name.clone().unwrap_or_else(|| job.to.clone());
         let ctx = || format!("{}: job {} ({name})", path.display(), i + 1);
         let source: StoreUrl = job
             .source
             .parse()
             .map_err(anyhow::Error::msg)
             .with_context(ctx)?;
+        let to: Place = job
+            .to
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .with_context(ctx)?;
+        crate::place::require_archive(&to, job.format == "archive", false).with_context(ctx)?;
         let compression = match job.format.as_str() {
             "folder" => {
                 if job.retention.is_some() || job.full_every > 0 {
@@ -166,6 +173,7 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
         out.push(Ready {
             name,
             source,
+            to,
             job,
             compression,
         });
@@ -215,9 +223,9 @@ fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
-/// Incrementals since the newest full archive of the chain in `dir`.
-fn incrementals_since_full(dir: &Path) -> u32 {
-    let chain = archive::read_chain(dir).unwrap_or_default();
+/// Incrementals since the newest full archive of the chain at `place`.
+fn incrementals_since_full(place: &Place) -> u32 {
+    let chain = crate::place::chain(place).unwrap_or_default();
     let n = chain
         .iter()
         .rev()
@@ -241,7 +249,12 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                     // Retention runs after a good backup only; a failure is reported, and the
                     // next run tries again (nothing is removed unless the log of it is durable).
                     if let Some(r) = &j.retention {
-                        match backup_core::prune_archives(&j.to, r, false) {
+                        let pruned = match &job.to {
+                            Place::Local(d) => backup_core::prune_archives(d, r, false)
+                                .map_err(anyhow::Error::from),
+                            Place::Remote(url) => crate::place::prune_remote(url, r, false),
+                        };
+                        match pruned {
                             Ok(plan) => {
                                 let removed: Vec<String> = plan
                                     .removed()
@@ -300,8 +313,10 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
 fn run_once(job: &Ready) -> Result<String> {
     let j = &job.job;
     let backend = stores::open_source(&job.source)?;
-    stores::check_backup_dir(&j.to)?;
-    let full = j.full_every > 0 && incrementals_since_full(&j.to) >= j.full_every;
+    if let Place::Local(dir) = &job.to {
+        stores::check_backup_dir(dir)?;
+    }
+    let full = j.full_every > 0 && incrementals_since_full(&job.to) >= j.full_every;
     let options = BackupOptions {
         mode: if full {
             BackupMode::Full
@@ -310,28 +325,41 @@ fn run_once(job: &Ready) -> Result<String> {
         },
         ..BackupOptions::default()
     };
-    let line = match job.compression {
-        None => {
-            let s = backup_folder(backend.as_ref(), &j.to, &options, &mut |_| {})
-                .with_context(|| format!("backup of {} to {}", job.source, j.to.display()))?;
+    let line = match (job.compression, &job.to) {
+        (None, Place::Local(dir)) => {
+            let s = backup_folder(backend.as_ref(), dir, &options, &mut |_| {})
+                .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
             format!(
                 "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
-                s.method, job.source, j.to.display(), s.records_written, s.records_deleted,
+                s.method, job.source, job.to, s.records_written, s.records_deleted,
                 s.records_total, s.checkpoint.position
             )
         }
-        Some(compression) => {
-            let a = backup_archive(
-                backend.as_ref(),
-                &j.to,
-                &options,
-                &ArchiveOptions {
-                    compression,
-                    ..ArchiveOptions::default()
-                },
-                &mut |_| {},
-            )
-            .with_context(|| format!("backup of {} to {}", job.source, j.to.display()))?;
+        (None, Place::Remote(url)) => bail!("{url}: remote destinations take archives"),
+        (Some(compression), place) => {
+            let archive_options = ArchiveOptions {
+                compression,
+                ..ArchiveOptions::default()
+            };
+            let a = match place {
+                Place::Local(dir) => backup_archive(
+                    backend.as_ref(),
+                    dir,
+                    &options,
+                    &archive_options,
+                    &mut |_| {},
+                )
+                .map_err(anyhow::Error::from),
+                Place::Remote(url) => crate::place::backup_remote(
+                    backend.as_ref(),
+                    url,
+                    j.cache.as_deref(),
+                    &options,
+                    &archive_options,
+                    &mut |_| {},
+                ),
+            }
+            .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
             format!(
                 "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
                 a.kind,

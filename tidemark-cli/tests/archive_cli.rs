@@ -353,3 +353,67 @@ fn every_codec_round_trips() {
     );
     assert!(e.contains("--level 12 is out of range"), "{e}");
 }
+
+/// A run killed after the working mirror committed but before its archive was complete leaves
+/// the mirror ahead of the chain (found by the remote SIGKILL test): the next archive must be
+/// full, or the changes in between would be in no archive. The window is recreated exactly by
+/// moving the mirror ahead with a folder backup into it.
+#[test]
+fn a_mirror_ahead_of_the_chain_makes_the_next_archive_full() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    sql(
+        &db,
+        "INSERT INTO t VALUES (3, 'lost unless the next archive is full');",
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar/.tidemark-mirror",
+        ],
+        d,
+    );
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    assert!(
+        out.contains("disagree") && out.contains("Archive (full)"),
+        "{out}"
+    );
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert_same_dump(
+        &dump(&d.join("r.db")),
+        &dump(&db),
+        "after the mirror ran ahead",
+    );
+}

@@ -1,0 +1,163 @@
+//! Where a backup lives: a local directory or an object store URL (`s3://bucket/prefix`).
+//! Remote places take the archive format: archives stream up as multipart uploads, the working
+//! mirror stays in a local cache directory, and verify, restore and list work on the sealed
+//! archives (see the `tidemark-remote` crate).
+
+use anyhow::{bail, Context, Result};
+use backup_core::archive::ChainItem;
+use backup_core::{
+    ArchiveOptions, ArchiveSummary, BackupOptions, Event, PrunePlan, Retention, StorageBackend,
+};
+use std::path::{Path, PathBuf};
+
+/// A backup location.
+#[derive(Debug, Clone)]
+pub enum Place {
+    /// A directory on this machine.
+    Local(PathBuf),
+    /// An object store URL.
+    Remote(String),
+}
+
+impl std::str::FromStr for Place {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("an empty destination".into());
+        }
+        Ok(if s.contains("://") {
+            Place::Remote(s.to_string())
+        } else {
+            Place::Local(PathBuf::from(s))
+        })
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Local(p) => write!(f, "{}", p.display()),
+            Place::Remote(u) => f.write_str(u),
+        }
+    }
+}
+
+#[cfg(feature = "remote")]
+mod imp {
+    use super::*;
+    use tidemark_remote::RemoteChain;
+
+    fn open(url: &str) -> Result<RemoteChain> {
+        RemoteChain::open(url).with_context(|| format!("opening {url}"))
+    }
+
+    /// The default working mirror of a remote chain: under `$XDG_CACHE_HOME` (or
+    /// `~/.cache`)`/tidemark/mirrors/`, named after the URL.
+    pub fn default_cache(url: &str) -> PathBuf {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(std::env::temp_dir);
+        base.join("tidemark")
+            .join("mirrors")
+            .join(backup_core::docid::encode(url.as_bytes()))
+    }
+
+    pub fn backup(
+        backend: &dyn StorageBackend,
+        url: &str,
+        cache: Option<&Path>,
+        options: &BackupOptions,
+        archive: &ArchiveOptions,
+        events: &mut dyn FnMut(Event),
+    ) -> Result<ArchiveSummary> {
+        let chain = open(url)?;
+        let mirror = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
+        std::fs::create_dir_all(&mirror)
+            .with_context(|| format!("creating the mirror {}", mirror.display()))?;
+        Ok(backup_core::backup_archive_to(
+            backend, &chain, &mirror, options, archive, events,
+        )?)
+    }
+
+    pub fn with_local_copy<T>(url: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let chain = open(url)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("tidemark-download")
+            .tempdir()
+            .context("creating a temporary directory for the download")?;
+        chain
+            .download(tmp.path())
+            .with_context(|| format!("downloading {url}"))?;
+        f(tmp.path())
+    }
+
+    pub fn list(url: &str) -> Result<Vec<ChainItem>> {
+        use backup_core::ChainStore;
+        Ok(open(url)?.read_chain()?)
+    }
+
+    pub fn prune(url: &str, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+        Ok(open(url)?.prune(retention, dry_run)?)
+    }
+}
+
+#[cfg(not(feature = "remote"))]
+mod imp {
+    use super::*;
+
+    fn not_built<T>(url: &str) -> Result<T> {
+        bail!("{url}: this tidemark was built without remote destinations (rebuild with `--features remote`)")
+    }
+    pub fn backup(
+        _: &dyn StorageBackend,
+        url: &str,
+        _: Option<&Path>,
+        _: &BackupOptions,
+        _: &ArchiveOptions,
+        _: &mut dyn FnMut(Event),
+    ) -> Result<ArchiveSummary> {
+        not_built(url)
+    }
+    pub fn with_local_copy<T>(url: &str, _: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        not_built(url)
+    }
+    pub fn list(url: &str) -> Result<Vec<ChainItem>> {
+        not_built(url)
+    }
+    pub fn prune(url: &str, _: &Retention, _: bool) -> Result<PrunePlan> {
+        not_built(url)
+    }
+}
+
+pub use imp::{backup as backup_remote, list as list_remote, prune as prune_remote};
+
+/// Runs `f` on a local directory holding the chain: the directory itself, or a verified
+/// download of a remote chain (removed afterwards).
+pub fn with_chain_dir<T>(place: &Place, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    match place {
+        Place::Local(p) => f(p),
+        Place::Remote(url) => imp::with_local_copy(url, f),
+    }
+}
+
+/// The archives of a chain, local or remote.
+pub fn chain(place: &Place) -> Result<Vec<ChainItem>> {
+    match place {
+        Place::Local(p) => Ok(backup_core::read_chain(p)?),
+        Place::Remote(url) => list_remote(url),
+    }
+}
+
+/// Refuses what a remote place cannot do.
+pub fn require_archive(place: &Place, archive: bool, live: bool) -> Result<()> {
+    if let Place::Remote(url) = place {
+        if !archive {
+            bail!("{url}: remote destinations take archives (--format archive)");
+        }
+        if live {
+            bail!("{url}: --live to a remote destination is not supported yet (use `tidemark run` with a short interval)");
+        }
+    }
+    Ok(())
+}

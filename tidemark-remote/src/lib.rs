@@ -1,0 +1,444 @@
+//! # tidemark-remote
+//!
+//! Archive chains on object storage (`s3://bucket/prefix`, and the other stores the
+//! `object_store` crate speaks: `gs://`, `az://`, …), with credentials from the usual environment
+//! variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+//! `AWS_ALLOW_HTTP`, `GOOGLE_…`, `AZURE_…`).
+//!
+//! Object stores have no rename, so an archive is two objects under the prefix:
+//!
+//! ```text
+//! tidemark-000001-full.zip       the archive, streamed up as a multipart upload
+//! tidemark-000001-full.json      its seal, written last: file name (with CRC32), size, manifest
+//! .tidemark-pruned               the prune log (as in a local directory)
+//! ```
+//!
+//! A reader lists seals only: an archive without one (an upload cut short) is not part of the
+//! chain, and the next backup removes it. Verify and restore download the sealed archives
+//! (checking each against its seal) into a local temporary directory and use the local code.
+
+use backup_core::archive::{archive_file_name, ArchiveManifest, ChainItem, ChainStore};
+use backup_core::prune::{plan_prune, PrunePlan, PrunedEntry, Retention, PRUNED_LOG};
+use backup_core::{ArchiveOutput, Error, PartSink, Result, RunKind, WindowWriter};
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::runtime::Runtime;
+
+/// S3's smallest part (all but the last); parts are at least this big.
+pub const MIN_PART: usize = 5 << 20;
+
+/// Whether a destination names an object store (`scheme://…`) rather than a local directory.
+pub fn is_remote(destination: &str) -> bool {
+    destination.contains("://")
+}
+
+/// The seal object of an archive: written after the archive is complete.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Seal {
+    /// The archive's name in the chain (carries the CRC32 of the whole file).
+    archive: String,
+    /// The object that holds it, relative to the prefix.
+    object: String,
+    size: u64,
+    crc32: u32,
+    manifest: ArchiveManifest,
+}
+
+/// An archive chain under a prefix of an object store.
+pub struct RemoteChain {
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    rt: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for RemoteChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteChain")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+fn remote_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Store {
+        store: url.to_string(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl RemoteChain {
+    /// Opens the chain at `url` (`s3://bucket/prefix`, …), configured from the environment.
+    pub fn open(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url).map_err(|e| Error::BadInput {
+            path: PathBuf::from(url),
+            cause: format!("not a URL: {e}"),
+        })?;
+        let (store, prefix) =
+            object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
+                Error::BadInput {
+                    path: PathBuf::from(url),
+                    cause: format!("cannot use this object store: {e}"),
+                }
+            })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| remote_err(url, "starting the I/O runtime", e))?;
+        Ok(RemoteChain {
+            url: url.trim_end_matches('/').to_string(),
+            store: Arc::from(store),
+            prefix,
+            rt: Arc::new(rt),
+        })
+    }
+
+    fn path(&self, name: &str) -> ObjectPath {
+        self.prefix.clone().join(name)
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        remote_err(&self.url, what, e)
+    }
+
+    /// Every object name directly under the prefix.
+    fn names(&self) -> Result<Vec<(String, u64)>> {
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            let mut list = self.store.list(Some(&self.prefix));
+            while let Some(meta) = list.next().await {
+                let meta = meta.map_err(|e| self.err("list", e))?;
+                let rel = meta
+                    .location
+                    .prefix_match(&self.prefix)
+                    .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
+                if let Some(parts) = rel {
+                    if parts.len() == 1 {
+                        out.push((parts[0].clone(), meta.size));
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        self.rt.block_on(async {
+            match self.store.get(&self.path(name)).await {
+                Ok(r) => Ok(Some(
+                    r.bytes()
+                        .await
+                        .map_err(|e| self.err(&format!("read {name}"), e))?
+                        .to_vec(),
+                )),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.err(&format!("read {name}"), e)),
+            }
+        })
+    }
+
+    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.rt
+            .block_on(self.store.put(&self.path(name), PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.err(&format!("write {name}"), e))
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        match self.rt.block_on(self.store.delete(&self.path(name))) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(&format!("delete {name}"), e)),
+        }
+    }
+
+    fn seals(&self) -> Result<Vec<Seal>> {
+        let mut seals = Vec::new();
+        for (name, _) in self.names()? {
+            if !(name.starts_with("tidemark-") && name.ends_with(".json")) {
+                continue;
+            }
+            let Some(bytes) = self.get(&name)? else {
+                continue; // pruned meanwhile
+            };
+            let seal: Seal = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
+                path: PathBuf::from(format!("{}/{name}", self.url)),
+                cause: format!("not a tidemark seal: {e}"),
+            })?;
+            seals.push(seal);
+        }
+        seals.sort_by_key(|s| s.manifest.sequence);
+        Ok(seals)
+    }
+
+    /// Downloads every sealed archive (each checked against its seal's size and CRC32) and the
+    /// prune log into `dir`, which then reads like a local chain.
+    pub fn download(&self, dir: &Path) -> Result<()> {
+        for seal in self.seals()? {
+            let target = dir.join(&seal.archive);
+            let (size, crc) = self.rt.block_on(async {
+                let got = self
+                    .store
+                    .get(&self.path(&seal.object))
+                    .await
+                    .map_err(|e| self.err(&format!("read {}", seal.object), e))?;
+                let mut stream = got.into_stream();
+                let mut file =
+                    std::fs::File::create(&target).map_err(|e| Error::io("create", &target, e))?;
+                let mut crc = crc32fast::Hasher::new();
+                let mut size = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| self.err(&format!("read {}", seal.object), e))?;
+                    crc.update(&chunk);
+                    size += chunk.len() as u64;
+                    file.write_all(&chunk)
+                        .map_err(|e| Error::io("write", &target, e))?;
+                }
+                Ok::<_, Error>((size, crc.finalize()))
+            })?;
+            if size != seal.size || crc != seal.crc32 {
+                return Err(Error::Damaged {
+                    path: PathBuf::from(format!("{}/{}", self.url, seal.object)),
+                    cause: format!(
+                        "{size} bytes with CRC32 {crc:08x}; its seal says {} bytes, {:08x}",
+                        seal.size, seal.crc32
+                    ),
+                });
+            }
+        }
+        if let Some(log) = self.get(PRUNED_LOG)? {
+            let p = dir.join(PRUNED_LOG);
+            std::fs::write(&p, log).map_err(|e| Error::io("write", &p, e))?;
+        }
+        Ok(())
+    }
+
+    /// Plans a prune of the remote chain and, unless `dry_run`, carries it out: the prune log
+    /// first, then each removed archive's seal (it leaves the chain), then its object.
+    pub fn prune(&self, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+        if retention.keep_last.unwrap_or(0)
+            + retention.keep_daily.unwrap_or(0)
+            + retention.keep_weekly.unwrap_or(0)
+            == 0
+        {
+            return Err(Error::BadInput {
+                path: PathBuf::from(&self.url),
+                cause: "no retention rule keeps any backup (--keep-last, --keep-daily or \
+                        --keep-weekly, at least 1)"
+                    .into(),
+            });
+        }
+        let seals = self.seals()?;
+        let chain = self.read_chain()?;
+        let plan = plan_prune(&chain, retention);
+        let removed: Vec<&ChainItem> = plan.removed().collect();
+        if dry_run || removed.is_empty() {
+            return Ok(plan);
+        }
+        let mut log = self
+            .get(PRUNED_LOG)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if !log.is_empty() && !log.ends_with('\n') {
+            log.push('\n');
+        }
+        let now = backup_core::manifest::now_rfc3339();
+        for item in &removed {
+            let entry = PrunedEntry {
+                sequence: item.manifest.sequence,
+                file: file_name(&item.path),
+                pruned_at: now.clone(),
+            };
+            log.push_str(&serde_json::to_string(&entry).map_err(|e| self.err("prune log", e))?);
+            log.push('\n');
+        }
+        self.put(PRUNED_LOG, log.into_bytes())?;
+        for item in &removed {
+            let name = file_name(&item.path);
+            if let Some(seal) = seals.iter().find(|s| s.archive == name) {
+                self.delete(&seal_name(seal.manifest.sequence, seal.manifest.kind))?;
+                self.delete(&seal.object)?;
+            }
+        }
+        Ok(plan)
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn kind_word(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::Full => "full",
+        RunKind::Incremental => "incr",
+    }
+}
+
+fn object_name(sequence: u64, kind: RunKind) -> String {
+    format!("tidemark-{sequence:06}-{}.zip", kind_word(kind))
+}
+
+fn seal_name(sequence: u64, kind: RunKind) -> String {
+    format!("tidemark-{sequence:06}-{}.json", kind_word(kind))
+}
+
+impl ChainStore for RemoteChain {
+    fn location_of(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{name}", self.url))
+    }
+
+    fn read_chain(&self) -> Result<Vec<ChainItem>> {
+        Ok(self
+            .seals()?
+            .into_iter()
+            .map(|s| ChainItem {
+                path: PathBuf::from(&s.archive),
+                size: s.size,
+                manifest: s.manifest,
+            })
+            .collect())
+    }
+
+    fn clean_partial(&self) -> Result<()> {
+        let names = self.names()?;
+        let sealed: Vec<String> = self.seals()?.into_iter().map(|s| s.object).collect();
+        for (name, _) in names {
+            if name.starts_with("tidemark-") && name.ends_with(".zip") && !sealed.contains(&name) {
+                self.delete(&name)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin(
+        &self,
+        sequence: u64,
+        kind: RunKind,
+        buffer_size: usize,
+    ) -> Result<Box<dyn ArchiveOutput>> {
+        let object = object_name(sequence, kind);
+        let upload = self
+            .rt
+            .block_on(self.store.put_multipart(&self.path(&object)))
+            .map_err(|e| self.err(&format!("start uploading {object}"), e))?;
+        let sink = Upload {
+            rt: self.rt.clone(),
+            upload: Some(upload),
+            what: format!("{}/{object}", self.url),
+        };
+        Ok(Box::new(RemoteOutput {
+            chain: RemoteChain {
+                url: self.url.clone(),
+                store: self.store.clone(),
+                prefix: self.prefix.clone(),
+                rt: self.rt.clone(),
+            },
+            sequence,
+            object,
+            writer: Some(WindowWriter::new(sink, buffer_size.max(MIN_PART))),
+        }))
+    }
+}
+
+/// A multipart upload fed part by part; aborted if dropped before completion.
+struct Upload {
+    rt: Arc<Runtime>,
+    upload: Option<Box<dyn MultipartUpload>>,
+    what: String,
+}
+
+impl PartSink for Upload {
+    fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let fut = upload.put_part(PutPayload::from(part));
+        self.rt
+            .block_on(fut)
+            .map_err(|e| std::io::Error::other(format!("uploading a part of {}: {e}", self.what)))
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(mut upload) = self.upload.take() {
+            // Best effort: the parts of an upload never completed stay invisible either way.
+            let _ = self.rt.block_on(upload.abort());
+        }
+    }
+}
+
+struct RemoteOutput {
+    chain: RemoteChain,
+    sequence: u64,
+    object: String,
+    writer: Option<WindowWriter<Upload>>,
+}
+
+impl RemoteOutput {
+    fn w(&mut self) -> std::io::Result<&mut WindowWriter<Upload>> {
+        self.writer
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("archive already finished"))
+    }
+}
+
+impl Write for RemoteOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.w()?.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w()?.flush()
+    }
+}
+
+impl Seek for RemoteOutput {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        self.w()?.seek(pos)
+    }
+}
+
+impl ArchiveOutput for RemoteOutput {
+    fn finish(
+        mut self: Box<Self>,
+        kind: RunKind,
+        manifest: &ArchiveManifest,
+    ) -> Result<(String, u64)> {
+        let what = self.chain.location_of(&self.object);
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| Error::io("write", &what, std::io::Error::other("finished twice")))?;
+        let (mut sink, crc, size) = writer.finish().map_err(|e| Error::io("upload", &what, e))?;
+        let mut upload = sink
+            .upload
+            .take()
+            .ok_or_else(|| Error::io("upload", &what, std::io::Error::other("no upload")))?;
+        self.chain
+            .rt
+            .block_on(upload.complete())
+            .map_err(|e| self.chain.err(&format!("complete {}", self.object), e))?;
+        // The seal goes last: only now does the archive join the chain.
+        let archive = archive_file_name(self.sequence, kind, crc);
+        let seal = Seal {
+            archive: archive.clone(),
+            object: self.object.clone(),
+            size,
+            crc32: crc,
+            manifest: manifest.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&seal).map_err(|e| self.chain.err("seal", e))?;
+        self.chain.put(&seal_name(self.sequence, kind), bytes)?;
+        Ok((archive, size))
+    }
+}
