@@ -12,6 +12,8 @@ command -v jq >/dev/null 2>&1 || need_apt+=(jq)
 command -v zstd >/dev/null 2>&1 || need_apt+=(zstd)
 # RocksDB's bindings are generated with libclang.
 dpkg -s libclang-dev >/dev/null 2>&1 || need_apt+=(clang libclang-dev)
+# moto (below) comes from PyPI.
+python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -21,11 +23,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # The remote-destination tests run a real S3-compatible server on loopback: moto's moto_server.
-if ! command -v moto_server >/dev/null 2>&1; then
+if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "setup: installing moto[server] (pip)" >&2
   python3 -m pip install -q --disable-pip-version-check 'moto[server]' >/dev/null 2>&1 \
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
-  hash -r
 fi
 
 # Keep the build cache outside the clone so repeated runs are quick (never required).

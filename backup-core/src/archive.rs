@@ -776,13 +776,22 @@ fn open_zip(path: &Path) -> Result<ZipArchive<File>> {
 
 /// Reads and checks one archive's manifest entry.
 pub fn read_manifest(path: &Path) -> Result<ArchiveManifest> {
-    let mut zip = open_zip(path)?;
     let entry_path = path.join(MANIFEST_ENTRY);
-    let mut text = Vec::new();
-    zip.by_name(MANIFEST_ENTRY)
-        .map_err(|e| damaged(&entry_path, format!("missing: {e}")))?
-        .read_to_end(&mut text)
-        .map_err(|e| damaged(&entry_path, e.to_string()))?;
+    // The manifest is the last entry: read it from the file's tail, without parsing the central
+    // directory of every record (hundreds of MB for a million entries, read by every run that
+    // lists the chain). Anything unexpected falls back to the full zip reader.
+    let text = match manifest_from_tail(path) {
+        Ok(Some(text)) => text,
+        _ => {
+            let mut zip = open_zip(path)?;
+            let mut text = Vec::new();
+            zip.by_name(MANIFEST_ENTRY)
+                .map_err(|e| damaged(&entry_path, format!("missing: {e}")))?
+                .read_to_end(&mut text)
+                .map_err(|e| damaged(&entry_path, e.to_string()))?;
+            text
+        }
+    };
     let file: ManifestEntry = serde_json::from_slice(&text)
         .map_err(|e| damaged(&entry_path, format!("not a tidemark manifest: {e}")))?;
     let crc = crc32fast::hash(&serde_json::to_vec(&file.manifest).expect("JSON serializes"));
@@ -798,6 +807,73 @@ pub fn read_manifest(path: &Path) -> Result<ArchiveManifest> {
         ));
     }
     Ok(m)
+}
+
+/// The manifest entry's bytes, found from the end of the file: the end of central directory
+/// record (and its zip64 form) gives the central directory's offset; the manifest's local header
+/// is the last one before it. `None` when the file does not look as tidemark writes it.
+fn manifest_from_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    const WINDOW: u64 = 16 << 20;
+    let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < 22 + 20 {
+        return Ok(None);
+    }
+    let mut tail = [0u8; 42];
+    f.seek(SeekFrom::Start(len - 42))?;
+    f.read_exact(&mut tail)?;
+    let eocd = &tail[20..];
+    if le32(eocd, 0) != 0x0605_4b50 {
+        return Ok(None); // a comment, or not a zip: let the zip reader decide
+    }
+    let mut cd_offset = u64::from(le32(eocd, 16));
+    if cd_offset == u64::from(u32::MAX) {
+        let locator = &tail[..20];
+        if le32(locator, 0) != 0x0706_4b50 {
+            return Ok(None);
+        }
+        let mut z64 = [0u8; 56];
+        let at = u64::from_le_bytes(locator[8..16].try_into().unwrap_or_default());
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut z64)?;
+        if le32(&z64, 0) != 0x0606_4b50 {
+            return Ok(None);
+        }
+        cd_offset = u64::from_le_bytes(z64[48..56].try_into().unwrap_or_default());
+    }
+    if cd_offset > len {
+        return Ok(None);
+    }
+    let start = cd_offset.saturating_sub(WINDOW);
+    let mut window = vec![0u8; usize::try_from(cd_offset - start).unwrap_or(0)];
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut window)?;
+    let name = MANIFEST_ENTRY.as_bytes();
+    let Some(at) = (0..window.len().saturating_sub(30 + name.len()))
+        .rev()
+        .find(|&i| {
+            le32(&window, i) == 0x0403_4b50
+                && usize::from(le16(&window, i + 26)) == name.len()
+                && &window[i + 30..i + 30 + name.len()] == name
+        })
+    else {
+        return Ok(None);
+    };
+    let mut reader = std::io::Cursor::new(&window[at..]);
+    let Ok(Some(mut entry)) = zip::read::read_zipfile_from_stream(&mut reader) else {
+        return Ok(None);
+    };
+    if entry.name() != MANIFEST_ENTRY {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    // Reading to the end checks the entry's CRC32.
+    match entry.read_to_end(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// What one entry name means.
@@ -1291,6 +1367,33 @@ mod window_tests {
             8192,
             CompressionMethod::Zstd,
         );
+    }
+
+    /// The manifest is found from the tail, also past 65,535 entries (zip64 end records).
+    #[test]
+    fn the_manifest_is_read_from_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, method) in [
+            (10usize, CompressionMethod::Deflated),
+            (70_000, CompressionMethod::Zstd),
+        ] {
+            let path = dir.path().join(format!("a{n}.zip"));
+            let mut w = ZipWriter::new(File::create(&path).unwrap());
+            let opts = SimpleFileOptions::default().compression_method(method);
+            for i in 0..n {
+                w.start_file(format!("c/{i}/document.json"), opts).unwrap();
+                w.write_all(b"{}").unwrap();
+            }
+            w.start_file(MANIFEST_ENTRY, opts).unwrap();
+            w.write_all(b"{\"the\": \"manifest\"}").unwrap();
+            w.finish().unwrap();
+            let got = manifest_from_tail(&path).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(&b"{\"the\": \"manifest\"}"[..]),
+                "{n} entries"
+            );
+        }
     }
 
     proptest! {

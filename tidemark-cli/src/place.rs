@@ -3,7 +3,7 @@
 //! mirror stays in a local cache directory, and verify, restore and list work on the sealed
 //! archives (see the `tidemark-remote` crate).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use backup_core::archive::ChainItem;
 use backup_core::{
     ArchiveOptions, ArchiveSummary, BackupOptions, Event, PrunePlan, Retention, StorageBackend,
@@ -45,6 +45,7 @@ impl std::fmt::Display for Place {
 #[cfg(feature = "remote")]
 mod imp {
     use super::*;
+    use anyhow::Context;
     use tidemark_remote::RemoteChain;
 
     fn open(url: &str) -> Result<RemoteChain> {

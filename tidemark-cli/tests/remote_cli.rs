@@ -25,13 +25,13 @@ fn moto() -> u16 {
             .local_addr()
             .unwrap()
             .port();
-        let found = Command::new("sh")
-            .args(["-c", "command -v moto_server"])
+        let found = Command::new("python3")
+            .args(["-c", "import moto.server"])
             .output()
             .unwrap();
         assert!(
             found.status.success(),
-            "moto_server not found: pip install 'moto[server]' (scripts/setup.sh does)"
+            "moto's server not found: pip install 'moto[server]' (scripts/setup.sh does)"
         );
         // The watchdog shell outlives this call on purpose (it stops moto when the test
         // process is gone); nothing waits for it.
@@ -39,7 +39,7 @@ fn moto() -> u16 {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+                "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
                  while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
                 me = std::process::id()
             ))
