@@ -35,11 +35,12 @@ pub mod model;
 pub mod prune;
 pub mod restore;
 pub mod verify;
+mod zipstream;
 
 pub use archive::{
     backup_archive, backup_archive_to, read_chain, restore_archives_to_path, verify_archives,
     ArchiveOptions, ArchiveOutput, ArchiveSummary, ChainStore, Compression, LocalChain, PartSink,
-    WindowWriter,
+    PartWriter,
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};

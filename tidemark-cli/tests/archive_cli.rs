@@ -196,19 +196,22 @@ fn hostile_entry_names_are_refused() {
         let d = t.path();
         chain(d, &[]);
         let ar = d.join("ar");
-        // The newest archive with one extra entry, renamed with its correct file CRC32.
+        // The newest archive rewritten with one extra entry before the manifest, renamed with
+        // its correct file CRC32.
         let newest = archives(&ar).pop().unwrap();
         {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&newest)
-                .unwrap();
-            let mut z = zip::ZipWriter::new_append(f).unwrap();
-            z.start_file(bad, zip::write::SimpleFileOptions::default())
-                .unwrap();
-            z.write_all(b"{}").unwrap();
-            z.finish().unwrap();
+            let mut old = zip::ZipArchive::new(std::fs::File::open(&newest).unwrap()).unwrap();
+            let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+            for i in 0..old.len() {
+                let entry = old.by_index_raw(i).unwrap();
+                if entry.name() == "tidemark/manifest.json" {
+                    z.start_file(bad, zip::write::SimpleFileOptions::default())
+                        .unwrap();
+                    z.write_all(b"{}").unwrap();
+                }
+                z.raw_copy_file(entry).unwrap();
+            }
+            std::fs::write(&newest, z.finish().unwrap().into_inner()).unwrap();
         }
         let crc = crc32fast::hash(&std::fs::read(&newest).unwrap());
         let name = newest.file_name().unwrap().to_string_lossy().into_owned();

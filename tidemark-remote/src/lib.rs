@@ -19,12 +19,12 @@
 
 use backup_core::archive::{archive_file_name, ArchiveManifest, ChainItem, ChainStore};
 use backup_core::prune::{plan_prune, PrunePlan, PrunedEntry, Retention, PRUNED_LOG};
-use backup_core::{ArchiveOutput, Error, PartSink, Result, RunKind, WindowWriter};
+use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result, RunKind};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Runtime;
@@ -344,7 +344,7 @@ impl ChainStore for RemoteChain {
             },
             sequence,
             object,
-            writer: Some(WindowWriter::new(sink, buffer_size.max(MIN_PART))),
+            writer: Some(PartWriter::new(sink, buffer_size.max(MIN_PART))),
         }))
     }
 }
@@ -382,11 +382,11 @@ struct RemoteOutput {
     chain: RemoteChain,
     sequence: u64,
     object: String,
-    writer: Option<WindowWriter<Upload>>,
+    writer: Option<PartWriter<Upload>>,
 }
 
 impl RemoteOutput {
-    fn w(&mut self) -> std::io::Result<&mut WindowWriter<Upload>> {
+    fn w(&mut self) -> std::io::Result<&mut PartWriter<Upload>> {
         self.writer
             .as_mut()
             .ok_or_else(|| std::io::Error::other("archive already finished"))
@@ -399,12 +399,6 @@ impl Write for RemoteOutput {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.w()?.flush()
-    }
-}
-
-impl Seek for RemoteOutput {
-    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-        self.w()?.seek(pos)
     }
 }
 
