@@ -30,7 +30,11 @@ work="$base/work"
 mkdir -p "$work"
 mounted=""
 cleanup() {
-  [ -n "$mounted" ] && umount "$work" 2>/dev/null || true
+  # Never delete millions of files through the mount: detach it (lazily if something still
+  # holds it) and remove the image.
+  if [ -n "$mounted" ]; then
+    umount "$work" 2>/dev/null || umount -l "$work" 2>/dev/null || true
+  fi
   rm -rf "$base"
 }
 trap cleanup EXIT

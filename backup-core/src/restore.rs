@@ -120,7 +120,23 @@ pub fn restore_folder_to_path(
         });
     }
     let (folder, manifest) = FolderBackup::open_existing(dir)?;
-    check_collections(&manifest, options)?;
+    check_collections(
+        &|n| manifest.collections.iter().any(|c| &c.info.name == n),
+        options,
+    )?;
+    restore_to_path(factory, target, &mut |sink| {
+        write_all(&folder, &manifest, sink, options)
+    })
+}
+
+/// Fills a new store beside `target` through `fill`, then swaps it into place (the old store,
+/// if any, moved aside and removed only after the new one is in); on error the new store is
+/// removed and the target is untouched.
+pub(crate) fn restore_to_path(
+    factory: &dyn StoreFactory,
+    target: &Path,
+    fill: &mut dyn FnMut(Box<dyn RestoreSink + '_>) -> Result<RestoreSummary>,
+) -> Result<RestoreSummary> {
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -143,7 +159,7 @@ pub fn restore_folder_to_path(
     let tmp = parent.join(format!(".{name}.tidemark-restore-{tag}"));
     let result = (|| {
         let backend = factory.create(&tmp)?;
-        let summary = write_all(&folder, &manifest, backend.restore_sink()?, options)?;
+        let summary = fill(backend.restore_sink()?)?;
         drop(backend);
         Ok(summary)
     })();
@@ -204,7 +220,10 @@ pub fn restore_folder_into(
         });
     }
     let (folder, manifest) = FolderBackup::open_existing(dir)?;
-    check_collections(&manifest, options)?;
+    check_collections(
+        &|n| manifest.collections.iter().any(|c| &c.info.name == n),
+        options,
+    )?;
     let report = crate::verify::verify_folder(dir)?;
     if let Some(problem) = report.problems.into_iter().next() {
         return Err(problem);
@@ -212,9 +231,13 @@ pub fn restore_folder_into(
     write_all(&folder, &manifest, backend.restore_sink()?, options)
 }
 
-fn check_collections(manifest: &FolderManifest, options: &RestoreOptions) -> Result<()> {
+/// Refuses `--collections` names the backup does not hold.
+pub(crate) fn check_collections(
+    held: &dyn Fn(&CollectionName) -> bool,
+    options: &RestoreOptions,
+) -> Result<()> {
     for wanted in options.collections.iter().flatten() {
-        if !manifest.collections.iter().any(|c| &c.info.name == wanted) {
+        if !held(wanted) {
             return Err(Error::BadInput {
                 path: PathBuf::from(wanted.as_str()),
                 cause: "no such collection in the backup".into(),
@@ -239,22 +262,12 @@ fn write_all(
             }
         }
         sink.create_collection(&c.info, manifest.store_kind)?;
-        let mut batch: Vec<Record> = Vec::with_capacity(options.batch_size.min(4096));
-        let mut batch_bytes = 0u64;
+        let mut batch = Batch::new(options);
         let n = folder.read_collection(&c.dir, &mut |record, _| {
-            let len = record.value.payload_len() + record.key.as_bytes().len() as u64;
-            bytes += len;
-            batch_bytes += len;
-            batch.push(record);
-            if batch.len() >= options.batch_size || batch_bytes >= 32 << 20 {
-                sink.put_batch(&c.info.name, std::mem::take(&mut batch))?;
-                batch_bytes = 0;
-            }
+            bytes += batch.push(&mut *sink, &c.info.name, record)?;
             Ok(())
         })?;
-        if !batch.is_empty() {
-            sink.put_batch(&c.info.name, batch)?;
-        }
+        batch.flush(&mut *sink, &c.info.name)?;
         if n != c.records {
             return Err(Error::Damaged {
                 path: folder.root().join(&c.dir),
@@ -274,6 +287,52 @@ fn write_all(
         bytes,
         elapsed: started.elapsed(),
     })
+}
+
+/// Records on their way to a sink, handed on every `batch_size` records or 32 MiB.
+pub(crate) struct Batch {
+    records: Vec<Record>,
+    bytes: u64,
+    size: usize,
+}
+
+impl Batch {
+    pub(crate) fn new(options: &RestoreOptions) -> Self {
+        Batch {
+            records: Vec::with_capacity(options.batch_size.clamp(1, 4096)),
+            bytes: 0,
+            size: options.batch_size.max(1),
+        }
+    }
+
+    /// Adds a record of `collection`; returns its size in bytes (key and payload).
+    pub(crate) fn push(
+        &mut self,
+        sink: &mut dyn RestoreSink,
+        collection: &CollectionName,
+        record: Record,
+    ) -> Result<u64> {
+        let len = record.value.payload_len() + record.key.as_bytes().len() as u64;
+        self.bytes += len;
+        self.records.push(record);
+        if self.records.len() >= self.size || self.bytes >= 32 << 20 {
+            self.flush(sink, collection)?;
+        }
+        Ok(len)
+    }
+
+    /// Hands on what is held.
+    pub(crate) fn flush(
+        &mut self,
+        sink: &mut dyn RestoreSink,
+        collection: &CollectionName,
+    ) -> Result<()> {
+        self.bytes = 0;
+        if self.records.is_empty() {
+            return Ok(());
+        }
+        sink.put_batch(collection, std::mem::take(&mut self.records))
+    }
 }
 
 fn remove_store(factory: &dyn StoreFactory, path: &Path) {
