@@ -602,6 +602,16 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             ratio(get("folder restore"), get("store's restore tool")),
             None,
         );
+        line(
+            "archive restore throughput / store's bulk load",
+            ratio(get("archive restore"), get("bulk load (store's API)")),
+            Some((0.5, true)),
+        );
+        line(
+            "archive restore throughput / store's restore tool",
+            ratio(get("archive restore"), get("store's restore tool")),
+            None,
+        );
         let peak = rows
             .iter()
             .filter(|r| r.store == store && !r.step.contains("store's") && !r.step.contains("tar"))
