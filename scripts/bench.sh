@@ -14,7 +14,9 @@ source scripts/setup.sh
 cargo build --release -q -p tidemark-cli -p tidemark-bench
 bin="$CARGO_TARGET_DIR/release"
 
-# Room for the dataset, its backups and copies: 16x the data plus slack (sparse file).
+# Room for the dataset, its backups and copies: 16x the data plus slack (sparse file); each
+# record of a folder tree takes at least two 4 KiB blocks (its directory and document.json)
+# whatever its size, so small values are counted as ~1 KiB.
 records=1000000; value=1000
 args=("$@")
 for ((i = 0; i < ${#args[@]}; i++)); do
@@ -23,7 +25,8 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     --value-bytes) value="${args[$((i + 1))]}" ;;
   esac
 done
-gib=$(( (records * (value + 100) * 16) / (1 << 30) + 2 ))
+per_record=$(( value + 100 > 1100 ? value + 100 : 1100 ))
+gib=$(( (records * per_record * 16) / (1 << 30) + 2 ))
 
 base="$(mktemp -d "${TMPDIR:-/tmp}/tidemark-bench.XXXXXX")"
 work="$base/work"
