@@ -9,8 +9,8 @@ use crate::place::Place;
 use crate::stores::{self, StoreUrl};
 use anyhow::{bail, Context, Result};
 use backup_core::{
-    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression,
-    Retention,
+    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Checkpoint,
+    Compression, Event, Retention,
 };
 use serde::Deserialize;
 use std::io::Write;
@@ -122,6 +122,54 @@ struct Ready {
     to: Place,
     job: Job,
     compression: Option<Compression>,
+    /// Set when other jobs follow the same store: the store's change log is then trimmed only
+    /// to the oldest checkpoint among them, never past what one of them still needs.
+    shared_log: Option<SharedLog>,
+}
+
+/// The checkpoints reached by the jobs that follow one store, by job index within the group.
+#[derive(Clone)]
+struct SharedLog {
+    slot: usize,
+    reached: Arc<Mutex<Vec<Option<Checkpoint>>>>,
+}
+
+impl SharedLog {
+    /// Records this job's new checkpoint and returns how far the log may now be trimmed: the
+    /// oldest checkpoint of the group, once every job has one and all are of the same store.
+    fn reached(&self, at: &Checkpoint) -> Option<Checkpoint> {
+        let mut reached = self.reached.lock().ok()?;
+        reached[self.slot] = Some(at.clone());
+        let all: Option<Vec<&Checkpoint>> = reached.iter().map(Option::as_ref).collect();
+        let all = all?;
+        if all.iter().any(|c| c.store_id != at.store_id) {
+            return None;
+        }
+        all.into_iter().min_by_key(|c| c.position).cloned()
+    }
+}
+
+/// The identity of a store for grouping jobs: its kind and canonical path.
+fn store_key(s: &StoreUrl) -> String {
+    let path = std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone());
+    format!("{:?}:{}", s.kind, path.display())
+}
+
+/// Gives every job whose store another job also follows its slot in a shared log record.
+fn group_by_store(jobs: &mut [Ready]) {
+    let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, j) in jobs.iter().enumerate() {
+        groups.entry(store_key(&j.source)).or_default().push(i);
+    }
+    for members in groups.values().filter(|m| m.len() > 1) {
+        let reached = Arc::new(Mutex::new(vec![None; members.len()]));
+        for (slot, &i) in members.iter().enumerate() {
+            jobs[i].shared_log = Some(SharedLog {
+                slot,
+                reached: reached.clone(),
+            });
+        }
+    }
 }
 
 /// Reads and checks a configuration file (every job, before anything runs).
@@ -176,8 +224,10 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
             to,
             job,
             compression,
+            shared_log: None,
         });
     }
+    group_by_store(&mut out);
     Ok(out)
 }
 
@@ -242,7 +292,7 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
         let mut last_ok;
         loop {
             attempt += 1;
-            match run_once(job) {
+            match run_once(job, log) {
                 Ok(summary) => {
                     say(log, &format!("job {}: {summary}", job.name));
                     last_ok = true;
@@ -310,8 +360,14 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
 }
 
 /// One run of a job: the backup, then its retention. Returns the log line.
-fn run_once(job: &Ready) -> Result<String> {
+fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
     let j = &job.job;
+    // Notices (why a run is full, a diff instead of the change log) go to the log as they come.
+    let mut notice = |e: Event| {
+        if let Event::Notice(n) = e {
+            say(log, &format!("job {}: {n}", job.name));
+        }
+    };
     let backend = stores::open_source(&job.source)?;
     if let Place::Local(dir) = &job.to {
         stores::check_backup_dir(dir)?;
@@ -323,16 +379,21 @@ fn run_once(job: &Ready) -> Result<String> {
         } else {
             BackupMode::Auto
         },
+        // A store followed by several jobs: the log is trimmed below, for all of them.
+        trim_changes: job.shared_log.is_none(),
         ..BackupOptions::default()
     };
-    let line = match (job.compression, &job.to) {
+    let (line, reached) = match (job.compression, &job.to) {
         (None, Place::Local(dir)) => {
-            let s = backup_folder(backend.as_ref(), dir, &options, &mut |_| {})
+            let s = backup_folder(backend.as_ref(), dir, &options, &mut notice)
                 .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
-            format!(
-                "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
-                s.method, job.source, job.to, s.records_written, s.records_deleted,
-                s.records_total, s.checkpoint.position
+            (
+                format!(
+                    "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
+                    s.method, job.source, job.to, s.records_written, s.records_deleted,
+                    s.records_total, s.checkpoint.position
+                ),
+                s.checkpoint,
             )
         }
         (None, Place::Remote(url)) => bail!("{url}: remote destinations take archives"),
@@ -347,7 +408,7 @@ fn run_once(job: &Ready) -> Result<String> {
                     dir,
                     &options,
                     &archive_options,
-                    &mut |_| {},
+                    &mut notice,
                 )
                 .map_err(anyhow::Error::from),
                 Place::Remote(url) => crate::place::backup_remote(
@@ -356,21 +417,32 @@ fn run_once(job: &Ready) -> Result<String> {
                     j.cache.as_deref(),
                     &options,
                     &archive_options,
-                    &mut |_| {},
+                    &mut notice,
                 ),
             }
             .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
-            format!(
-                "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
-                a.kind,
-                a.file.file_name().unwrap_or_default().to_string_lossy(),
-                a.backup.records_written,
-                a.backup.records_deleted,
-                a.backup.records_total,
-                a.size,
-                a.backup.checkpoint.position
+            (
+                format!(
+                    "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
+                    a.kind,
+                    a.file.file_name().unwrap_or_default().to_string_lossy(),
+                    a.backup.records_written,
+                    a.backup.records_deleted,
+                    a.backup.records_total,
+                    a.size,
+                    a.backup.checkpoint.position
+                ),
+                a.backup.checkpoint,
             )
         }
     };
+    // As in a single backup, a failed trim costs only log space: it is reported, not fatal.
+    if let Some(upto) = job.shared_log.as_ref().and_then(|g| g.reached(&reached)) {
+        if let Err(e) = backend.trim_changes(&upto) {
+            notice(Event::Notice(format!(
+                "the change log was not trimmed: {e}"
+            )));
+        }
+    }
     Ok(line)
 }

@@ -66,6 +66,8 @@ fn full_every_and_retention_over_runs() {
     let names = archives(&d.join("archives"));
     let kinds: Vec<&str> = names.iter().map(|n| &n[16..20]).collect();
     assert_eq!(kinds, ["full", "incr"], "{names:?}\n{logs}");
+    // The two jobs follow one database: neither trims the change log past the other.
+    assert!(!logs.contains("not possible"), "{logs}");
     assert!(names[0].starts_with("tidemark-000004"), "{names:?}");
     assert!(
         logs.contains("job app-archive: pruned tidemark-000001"),
@@ -170,6 +172,79 @@ interval = "1h"
     );
     assert!(log.contains("job good: Archive (full)"), "{log}");
     assert!(!d.join("x").exists() || archives(&d.join("x")).is_empty());
+}
+
+fn logged_changes(db: &Path) -> u64 {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg("SELECT count(*) FROM _tidemark_changes;")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn jobs_sharing_a_store_trim_its_change_log_only_to_the_oldest_checkpoint() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    // `blocked` is a file, so that job fails every run until it is removed.
+    std::fs::write(d.join("blocked"), "not a directory").unwrap();
+    std::fs::write(
+        d.join("jobs.toml"),
+        r#"
+[[job]]
+name = "good"
+source = "sqlite:app.db"
+to = "good"
+interval = "1h"
+
+[[job]]
+name = "lagging"
+source = "sqlite:./app.db"
+to = "blocked"
+format = "folder"
+interval = "1h"
+retries = 0
+"#,
+    )
+    .unwrap();
+    let round = |n: u32| {
+        sql(
+            &d.join("app.db"),
+            &format!("INSERT INTO t VALUES ({}, 'round {n}');", n + 10),
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            .args(["run", "--config", "jobs.toml", "--once"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    for n in 1..=3 {
+        let (code, log) = round(n);
+        assert_eq!(code, Some(1), "{log}");
+        assert!(log.contains("job lagging: run failed"), "{log}");
+        // Alone, `good` would trim every change it has backed up; `lagging` has backed up
+        // nothing yet, so every change stays.
+        assert_eq!(logged_changes(&d.join("app.db")), u64::from(n), "{log}");
+    }
+    std::fs::remove_file(d.join("blocked")).unwrap();
+    let (code, log) = round(4);
+    assert_eq!(code, Some(0), "{log}");
+    let (code, log) = round(5);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("job good: Archive (incremental)"), "{log}");
+    assert!(log.contains("job lagging: Backup (incremental)"), "{log}");
+    // Both jobs are at the newest change now, and the log was trimmed to it.
+    assert_eq!(logged_changes(&d.join("app.db")), 0, "{log}");
+    let want = dump(&d.join("app.db"));
+    ok(&["restore", "--from", "blocked", "--to", "sqlite:l.db"], d);
+    assert_same_dump(&dump(&d.join("l.db")), &want, "lagging job");
 }
 
 #[test]
