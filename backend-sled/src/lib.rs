@@ -286,7 +286,7 @@ impl StoreFactory for SledFactory {
     fn holds_data(&self, path: &Path) -> Result<bool> {
         // A plain sled handle: checking a target must not add tidemark's trees to it.
         backup_core::dir_store_holds_data(path, "conf", "sled", || {
-            let db = sled::open(path)
+            let db = tracked::open_db(path)
                 .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
             for name in db.tree_names() {
                 if tracked::is_internal(&name) {

@@ -16,6 +16,32 @@ use sled::transaction::{
 };
 use sled::{IVec, Transactional, Tree};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long [`open_db`] waits for sled's file lock.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
+///
+/// sled releases the lock only when the last of its background tasks lets go of the
+/// database, which can be a moment after the handle was dropped: opening the same path again
+/// right away (a restore target checked, then written; a store reopened after a restore) can
+/// find it still held. sled's own test builds block on the lock for that reason. A lock held
+/// by another process is still an error, after the wait.
+pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
 
 /// The change-log tree.
 pub const LOG_TREE: &str = "__tidemark_log";
@@ -61,9 +87,16 @@ impl TrackedDb {
     /// Opens (or creates) a sled database with tracking. Raises the floor: changes from before
     /// this open cannot be proven complete.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::open(path).map_err(|e| Error::BadInput {
+        let db = open_db(path).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
-            cause: format!("cannot open as a sled database: {e}"),
+            cause: if e.to_string().contains("could not acquire lock") {
+                format!(
+                    "the sled database is open in another process (sled allows one at a time: \
+                     stop it, or back up from inside it through the library): {e}"
+                )
+            } else {
+                format!("cannot open as a sled database: {e}")
+            },
         })?;
         Self::from_db(db, path)
     }

@@ -40,7 +40,7 @@ fn live_backup_follows_tracked_writes_and_stops_cleanly() {
         &RestoreOptions::default(),
     )
     .unwrap();
-    let restored = sled::open(t.path().join("r")).unwrap();
+    let restored = backend_sled::tracked::open_db(&t.path().join("r")).unwrap();
     assert_eq!(restored.open_tree("t").unwrap().len(), 301);
     assert_eq!(restored.open_tree("u").unwrap().len(), 300);
 }

@@ -41,7 +41,7 @@ fn backup(backend: &SledBackend, dir: &Path) -> (BackupSummary, Vec<String>) {
 
 fn restored(dir: &Path, target: &Path) -> Content {
     restore_folder_to_path(dir, &SledFactory, target, &RestoreOptions::default()).unwrap();
-    content(&sled::open(target).unwrap())
+    content(&backend_sled::tracked::open_db(target).unwrap())
 }
 
 #[test]
@@ -66,7 +66,7 @@ fn writes_with_plain_sled_are_caught_by_the_diff() {
     }
     {
         // The application now writes with plain sled: nothing reaches the log.
-        let db = sled::open(&path).unwrap();
+        let db = backend_sled::tracked::open_db(&path).unwrap();
         let users = db.open_tree("users").unwrap();
         users
             .insert(3u32.to_be_bytes(), b"changed".to_vec())

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::ok;
+use common::{fails, ok};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -163,4 +163,24 @@ fn a_tree_dropped_and_created_again_keeps_nothing_from_before_the_drop() {
     let got = sled_content(&d.join("back"));
     assert_eq!(got, sled_content(&d.join("app")));
     assert_eq!(got.len(), 2, "{got:?}");
+}
+
+#[test]
+fn a_sled_database_open_in_another_process_is_refused_plainly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    // This test process is the other process.
+    let db = sled::open(d.join("app")).unwrap();
+    db.open_tree("users").unwrap().insert(b"k", b"v").unwrap();
+    db.flush().unwrap();
+    let started = std::time::Instant::now();
+    let err = fails(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    assert!(
+        err.contains("open in another process") && err.contains("app"),
+        "{err}"
+    );
+    // The wait for a lock released late is bounded.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert!(!d.join("bk").join(".tidemark").exists(), "{err}");
+    drop(db);
 }
