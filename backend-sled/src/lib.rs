@@ -47,10 +47,13 @@ impl SledBackend {
     }
 
     /// Opens a sled database on disk (sled allows one process at a time: the application must
-    /// not have it open).
+    /// not have it open), with tidemark's smaller page cache ([`tracked::TOOL_CACHE_BYTES`]).
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "conf", "sled")?;
-        Ok(SledBackend::new(TrackedDb::open(path)?))
+        Ok(SledBackend::new(TrackedDb::open_with_cache(
+            path,
+            tracked::TOOL_CACHE_BYTES,
+        )?))
     }
 
     /// The tracked handle.
@@ -286,7 +289,7 @@ impl StoreFactory for SledFactory {
     fn holds_data(&self, path: &Path) -> Result<bool> {
         // A plain sled handle: checking a target must not add tidemark's trees to it.
         backup_core::dir_store_holds_data(path, "conf", "sled", || {
-            let db = tracked::open_db(path)
+            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
                 .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
             for name in db.tree_names() {
                 if tracked::is_internal(&name) {
@@ -304,6 +307,9 @@ impl StoreFactory for SledFactory {
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
-        Ok(Box::new(SledBackend::new(TrackedDb::open(path)?)))
+        Ok(Box::new(SledBackend::new(TrackedDb::open_with_cache(
+            path,
+            tracked::RESTORE_CACHE_BYTES,
+        )?)))
     }
 }

@@ -21,7 +21,18 @@ use std::time::{Duration, Instant};
 /// How long [`open_db`] waits for sled's file lock.
 const LOCK_WAIT: Duration = Duration::from_secs(3);
 
-/// Opens the sled database at `path`, waiting up to [`LOCK_WAIT`] for its file lock.
+/// The page cache tidemark asks for when it opens a database to back it up. sled's default
+/// is 1 GiB, which a backup reading each record once does not use: at 1M records of 1 KiB a
+/// full archive measured 992 MiB RSS with the default and 188 MiB with this, and ran faster.
+pub const TOOL_CACHE_BYTES: u64 = 64 << 20;
+
+/// The page cache of a restore target. Writing pays for a small cache: at 1M records of 1 KiB
+/// an archive restore took 25.0 s (313 MiB RSS) with 64 MiB, 15.6 s (604 MiB) with this, and
+/// 14.1 s (1103 MiB) with sled's default 1 GiB.
+pub const RESTORE_CACHE_BYTES: u64 = 256 << 20;
+
+/// Opens the sled database at `path` with sled's default configuration, waiting up to
+/// [`LOCK_WAIT`] for its file lock.
 ///
 /// sled releases the lock only when the last of its background tasks lets go of the
 /// database, which can be a moment after the handle was dropped: opening the same path again
@@ -29,9 +40,18 @@ const LOCK_WAIT: Duration = Duration::from_secs(3);
 /// find it still held. sled's own test builds block on the lock for that reason. A lock held
 /// by another process is still an error, after the wait.
 pub fn open_db(path: &Path) -> sled::Result<sled::Db> {
+    open_config(sled::Config::new().path(path))
+}
+
+/// [`open_db`] with a page cache of `cache_bytes`.
+pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::Db> {
+    open_config(sled::Config::new().path(path).cache_capacity(cache_bytes))
+}
+
+fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match sled::open(path) {
+        match config.open() {
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && Instant::now() < deadline =>
@@ -87,7 +107,16 @@ impl TrackedDb {
     /// Opens (or creates) a sled database with tracking. Raises the floor: changes from before
     /// this open cannot be proven complete.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = open_db(path).map_err(|e| Error::BadInput {
+        Self::open_with(path, open_db(path))
+    }
+
+    /// [`TrackedDb::open`] with a page cache of `cache_bytes` instead of sled's default 1 GiB.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
+        Self::open_with(path, open_db_with_cache(path, cache_bytes))
+    }
+
+    fn open_with(path: &Path, opened: sled::Result<sled::Db>) -> Result<Self> {
+        let db = opened.map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
             cause: if e.to_string().contains("could not acquire lock") {
                 format!(
