@@ -191,10 +191,28 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("tidemark: error: {e:#}");
+            eprintln!("tidemark: error: {}", plain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: library errors already name their
+/// cause in their message (`write PATH: No space left on device`), so a cause whose text is
+/// already there is not repeated.
+pub(crate) fn plain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -337,9 +337,10 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                     say(
                         log,
                         &format!(
-                            "job {}: run failed (attempt {attempt} of {}): {e:#}{}",
+                            "job {}: run failed (attempt {attempt} of {}): {}{}",
                             job.name,
                             j.retries + 1,
+                            crate::plain(&e),
                             if left > 0 {
                                 format!("; retrying in {:.0} s", j.retry_delay.0.as_secs_f64())
                             } else {

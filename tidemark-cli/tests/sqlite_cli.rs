@@ -173,6 +173,8 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
         d.path(),
     );
     assert!(e.contains("a-file/sub"), "{e}");
+    // The cause is said once, not once per layer that carries it.
+    assert_eq!(e.matches("(os error").count(), 1, "{e}");
 
     ok(
         &["backup", "--source", &src("ok.db"), "--to", "bk"],
