@@ -52,15 +52,18 @@ fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
+            Err(e) if lock_held(&e) && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             other => return other,
         }
     }
+}
+
+/// Whether sled refused to open because another handle holds the database's file lock (sled
+/// reports it only as an I/O error with this text).
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// The change-log tree.
@@ -118,7 +121,7 @@ impl TrackedDb {
     fn open_with(path: &Path, opened: sled::Result<sled::Db>) -> Result<Self> {
         let db = opened.map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
-            cause: if e.to_string().contains("could not acquire lock") {
+            cause: if lock_held(&e) {
                 format!(
                     "the sled database is open in another process (sled allows one at a time: \
                      stop it, or back up from inside it through the library): {e}"

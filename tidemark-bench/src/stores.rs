@@ -226,7 +226,7 @@ pub fn generate(kind: Kind, path: &Path, shape: &Shape) -> Result<()> {
             }
         }
         Kind::Sled => {
-            let db = backend_sled::tracked::open_db(path)?;
+            let db = sled::open(path)?;
             for c in 0..shape.collections {
                 let tree = db.open_tree(format!("c{c}"))?;
                 let mut batch = sled::Batch::default();
@@ -345,7 +345,7 @@ pub fn tool_backup(kind: Kind, path: &Path, dest: &Path) -> Result<()> {
             engine.create_new_backup_flush(&db, true)?;
         }
         Kind::Sled => {
-            let db = backend_sled::tracked::open_db(path)?;
+            let db = sled::open(path)?;
             let mut out = BufWriter::with_capacity(1 << 20, File::create(dest)?);
             let put = |out: &mut BufWriter<File>, b: &[u8]| -> Result<()> {
                 out.write_all(&(b.len() as u64).to_le_bytes())?;
@@ -416,7 +416,7 @@ pub fn tool_restore(kind: Kind, backup: &Path, target: &Path) -> Result<()> {
             )?;
         }
         Kind::Sled => {
-            let db = backend_sled::tracked::open_db(target)?;
+            let db = sled::open(target)?;
             let mut r = BufReader::with_capacity(1 << 20, File::open(backup)?);
             // sled's import takes every collection at once, each as an iterator; the file is
             // read collection by collection and each is imported on its own (bounded memory).

@@ -441,7 +441,7 @@ fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
     if let Some(upto) = job.shared_log.as_ref().and_then(|g| g.reached(&reached)) {
         if let Err(e) = backend.trim_changes(&upto) {
             notice(Event::Notice(format!(
-                "the change log was not trimmed: {e}"
+                "backup complete, but trimming the change log failed: {e}"
             )));
         }
     }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{assert_same_dump, dump, fails, ok, sql};
+use common::{assert_same_dump, dump, fails, ok, sql, tidemark};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -154,11 +154,7 @@ interval = "1h"
 "#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-        .args(["run", "--config", "jobs.toml", "--once"])
-        .current_dir(d)
-        .output()
-        .unwrap();
+    let out = tidemark(&["run", "--config", "jobs.toml", "--once"], d);
     let log = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
@@ -215,11 +211,7 @@ retries = 0
             &d.join("app.db"),
             &format!("INSERT INTO t VALUES ({}, 'round {n}');", n + 10),
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
-            .args(["run", "--config", "jobs.toml", "--once"])
-            .current_dir(d)
-            .output()
-            .unwrap();
+        let out = tidemark(&["run", "--config", "jobs.toml", "--once"], d);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
