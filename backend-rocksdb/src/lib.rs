@@ -54,8 +54,10 @@ pub const CLI_WAL_SIZE_LIMIT_MB: u64 = 4096;
 pub struct RocksBackend {
     db: Arc<Db>,
     path: PathBuf,
-    /// Set when the database is held by another process and read through a secondary instance.
+    /// Set when the database is read through a secondary instance (every source the CLI opens).
     secondary: Option<tempfile::TempDir>,
+    /// Restore targets: the table `format_version` new SST files are written in.
+    format_version: Option<i32>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -76,11 +78,14 @@ impl RocksBackend {
             db,
             path,
             secondary: None,
+            format_version: None,
         }
     }
 
-    /// The options the CLI opens a database with: no creation, and archived WAL kept for
-    /// [`CLI_WAL_TTL_SECONDS`] / [`CLI_WAL_SIZE_LIMIT_MB`] so the next incremental finds it.
+    /// Options an application can open its database with so that tidemark's incrementals find
+    /// the WAL: no creation, and archived WAL kept for [`CLI_WAL_TTL_SECONDS`] /
+    /// [`CLI_WAL_SIZE_LIMIT_MB`]. tidemark itself never opens a source with them (it reads
+    /// sources through a secondary instance).
     pub fn cli_options() -> Options {
         let mut opts = Options::default();
         opts.create_if_missing(false);
@@ -89,32 +94,21 @@ impl RocksBackend {
         opts
     }
 
-    /// Opens an existing database on disk. If another process holds it open, opens a secondary
-    /// instance instead (read-only, in a temporary directory, caught up with the primary before
-    /// each view): the writer is not disturbed, full backups read the secondary's state (which
-    /// only moves when it catches up), and incrementals read the primary's WAL files, with the
-    /// same continuity checks.
+    /// Opens an existing database on disk for backups, read-only, whether or not another
+    /// process holds it: always as a secondary instance (in a temporary directory, caught up
+    /// with the database's files before each view). The database's own directory is never
+    /// written: no WAL replay into it, no flush, no compaction, no new OPTIONS or LOG file, so
+    /// an application on an older RocksDB still opens it afterwards. Full backups read the
+    /// secondary's state (which only moves when it catches up); incrementals read the WAL files
+    /// the application keeps, with the same continuity checks, and otherwise fall back to a
+    /// diff-based incremental.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "CURRENT", "RocksDB")?;
-        let opts = Self::cli_options();
-        let names = Db::list_cf(&opts, path).map_err(|e| Error::BadInput {
+        let names = Db::list_cf(&Options::default(), path).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
             cause: format!("cannot read the column families: {e}"),
         })?;
-        match Db::open_cf(&opts, path, &names) {
-            Ok(db) => Ok(RocksBackend {
-                db: Arc::new(db),
-                path: path.to_path_buf(),
-                secondary: None,
-            }),
-            Err(e) if e.to_string().to_lowercase().contains("lock") => {
-                Self::open_secondary(path, &names)
-            }
-            Err(e) => Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: format!("cannot open as a RocksDB database: {e}"),
-            }),
-        }
+        Self::open_secondary(path, &names)
     }
 
     fn open_secondary(path: &Path, names: &[String]) -> Result<Self> {
@@ -127,9 +121,7 @@ impl RocksBackend {
         let db = Db::open_cf_as_secondary(&opts, path, dir.path(), names).map_err(|e| {
             Error::BadInput {
                 path: path.to_path_buf(),
-                cause: format!(
-                    "held open by another process, and a secondary instance failed: {e}"
-                ),
+                cause: format!("cannot open as a RocksDB database (read-only secondary): {e}"),
             }
         })?;
         db.try_catch_up_with_primary()
@@ -138,12 +130,20 @@ impl RocksBackend {
             db: Arc::new(db),
             path: path.to_path_buf(),
             secondary: Some(dir),
+            format_version: None,
         })
     }
 
-    /// Creates a new, empty database (a restore target).
+    /// Creates a new, empty database (a restore target) whose SST files use table
+    /// [`DEFAULT_FORMAT_VERSION`], which RocksDB 6.x to 11.x read.
     pub fn create(path: &Path) -> Result<Self> {
-        let mut opts = Options::default();
+        Self::create_with_format(path, DEFAULT_FORMAT_VERSION)
+    }
+
+    /// Creates a new, empty database (a restore target) whose SST files use the block-based
+    /// table `format_version` given (the source's, so the application's RocksDB reads it).
+    pub fn create_with_format(path: &Path, format_version: i32) -> Result<Self> {
+        let mut opts = table_options(format_version);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // A restore writes every column family without the WAL; cap all memtables together so
@@ -159,6 +159,7 @@ impl RocksBackend {
             db: Arc::new(db),
             path: path.to_path_buf(),
             secondary: None,
+            format_version: Some(format_version),
         })
     }
 
@@ -177,6 +178,15 @@ impl RocksBackend {
     }
 
     fn store_id(&self) -> Result<StoreId> {
+        // A secondary instance reports an empty identity: read the IDENTITY file instead
+        // (read-only). Either way an empty identity stays empty, and the engine then never
+        // trusts the change log across runs.
+        let from_file = std::fs::read(self.path.join("IDENTITY"))
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .unwrap_or_default();
+        if !from_file.is_empty() {
+            return Ok(StoreId(from_file));
+        }
         let id = self
             .db
             .get_db_identity()
@@ -254,6 +264,72 @@ fn cf_id(cf: &impl AsColumnFamilyRef) -> u32 {
 
 fn describe(path: &Path) -> String {
     format!("rocksdb:{}", path.display())
+}
+
+/// The column family name of a collection (`docs/FORMAT.md` §2.1): RocksDB's names are C
+/// strings, so a name holding NUL (or bytes that are not UTF-8) is escaped.
+fn stored(collection: &CollectionName) -> String {
+    collection.stored_as(|s| !s.contains('\0'))
+}
+
+/// The block-based table `format_version` a restore writes when the source's is unknown (a
+/// backup of another store, or of a database without an OPTIONS file): version 4 is read by
+/// RocksDB 5.16 and every later release.
+pub const DEFAULT_FORMAT_VERSION: i32 = 4;
+
+/// The newest table `format_version` this build of RocksDB writes.
+pub const MAX_FORMAT_VERSION: i32 = 7;
+
+/// Options whose block-based tables use `format_version`.
+fn table_options(format_version: i32) -> Options {
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_format_version(format_version);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
+/// What the newest `OPTIONS-*` file of the database at `path` says about the RocksDB that
+/// wrote it: its version and the default column family's table `format_version`. Read-only;
+/// `None` where the file or a field is missing.
+pub fn read_store_format(path: &Path) -> (Option<String>, Option<i32>) {
+    let newest = std::fs::read_dir(path).ok().and_then(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let n: u64 = name.strip_prefix("OPTIONS-")?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .max()
+    });
+    let Some(text) = newest.and_then(|(_, p)| std::fs::read_to_string(p).ok()) else {
+        return (None, None);
+    };
+    parse_options_file(&text)
+}
+
+/// Parses the fields [`read_store_format`] reports from an OPTIONS file's text.
+fn parse_options_file(text: &str) -> (Option<String>, Option<i32>) {
+    let (mut version, mut format) = (None, None);
+    let mut section = String::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line.to_string();
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if section == "[Version]" && k == "rocksdb_version" {
+            version = Some(v.to_string());
+        }
+        if section == "[TableOptions/BlockBasedTable \"default\"]" && k == "format_version" {
+            format = v.parse().ok();
+        }
+    }
+    (version, format)
 }
 
 impl StorageBackend for RocksBackend {
@@ -384,12 +460,20 @@ impl View for RocksView<'_> {
             .cfs
             .iter()
             .map(|(name, id)| CollectionInfo {
-                name: CollectionName::new(name),
+                name: CollectionName::from_stored(name),
                 // The id changes when a column family is dropped and re-created, which the
                 // WAL alone would not show: the engine then takes a full backup.
                 schema: serde_json::json!({ "cf_id": id }),
             })
             .collect())
+    }
+
+    fn store_schema(&mut self) -> Result<StoreSchema> {
+        let (version, format) = read_store_format(&self.backend.path);
+        Ok(StoreSchema(serde_json::json!({
+            "rocksdb_version": version,
+            "format_version": format,
+        })))
     }
 
     fn scans_in_key_order(&self) -> bool {
@@ -405,7 +489,7 @@ impl View for RocksView<'_> {
     ) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.fill_cache(false);
-        let handle = cf(&self.backend.db, &self.backend.path, collection.as_str())?;
+        let handle = cf(&self.backend.db, &self.backend.path, &stored(collection))?;
         let db = &self.backend.db;
         let iter = match (&self.snapshot, &handle) {
             (Some(s), Cf::Default) => s.iterator_opt(IteratorMode::Start, opts),
@@ -481,7 +565,8 @@ impl View for RocksView<'_> {
                         from,
                         format!(
                             "the WAL has a gap: sequence {expected} is missing (next batch starts at {seq}); \
-                             WAL files were purged or writes skipped the WAL"
+                             WAL files were purged or writes skipped the WAL (keep WAL files \
+                             with the application's wal_ttl_seconds / wal_size_limit_mb)"
                         ),
                     ));
                 }
@@ -518,7 +603,7 @@ impl View for RocksView<'_> {
                     let Some(name) = names.get(&cf) else { continue };
                     out.push(Change {
                         position,
-                        collection: CollectionName::new(name),
+                        collection: CollectionName::from_stored(name),
                         key: backup_core::Key(key.to_vec()),
                         op,
                     });
@@ -534,8 +619,10 @@ impl View for RocksView<'_> {
             return Err(self.unavailable(
                 from,
                 format!(
-                    "the WAL ends at sequence {}, before the snapshot's {to}: WAL files were purged \
-                     (set wal_ttl_seconds / wal_size_limit_mb to keep them)",
+                    "the WAL ends at sequence {}, before the snapshot's {to}: the application's RocksDB \
+                     purged WAL files (for change-log incrementals, keep them with the \
+                     application's wal_ttl_seconds / wal_size_limit_mb, or back up from inside \
+                     it through RocksBackend::from_db)",
                     expected - 1
                 ),
             ));
@@ -554,12 +641,17 @@ struct RocksRestore<'a> {
 
 impl RestoreSink for RocksRestore<'_> {
     fn create_collection(&mut self, info: &CollectionInfo, _source: StoreKind) -> Result<()> {
-        let name = info.name.as_str();
+        let stored = stored(&info.name);
+        let name = stored.as_str();
         if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && self.backend.db.cf_handle(name).is_none()
         {
+            let opts = match self.backend.format_version {
+                Some(v) => table_options(v),
+                None => Options::default(),
+            };
             self.backend
                 .db
-                .create_cf(name, &Options::default())
+                .create_cf(name, &opts)
                 .map_err(|e| {
                     self.backend
                         .err(&format!("creating column family `{name}`"), e)
@@ -571,7 +663,7 @@ impl RestoreSink for RocksRestore<'_> {
 
     fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
         let db = &self.backend.db;
-        let handle = cf(db, &self.backend.path, collection.as_str())?;
+        let handle = cf(db, &self.backend.path, &stored(collection))?;
         let mut batch = WriteBatch::default();
         for record in &records {
             let row_json;
@@ -610,7 +702,29 @@ impl RestoreSink for RocksRestore<'_> {
 
 /// Makes RocksDB databases at paths (restore targets).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RocksFactory;
+pub struct RocksFactory {
+    /// The table `format_version` to write, overriding the one the backup recorded.
+    pub format_version: Option<i32>,
+}
+
+impl RocksFactory {
+    /// The table `format_version` a restore of a backup of `source` with `schema` writes: the
+    /// override, else the source's own (a RocksDB backup records it), else
+    /// [`DEFAULT_FORMAT_VERSION`].
+    pub fn format_for(&self, schema: &StoreSchema, source: StoreKind) -> i32 {
+        if let Some(v) = self.format_version {
+            return v;
+        }
+        if source == StoreKind::Rocksdb {
+            if let Some(v) = schema.0.get("format_version").and_then(|v| v.as_i64()) {
+                if (2..=MAX_FORMAT_VERSION as i64).contains(&v) {
+                    return v as i32;
+                }
+            }
+        }
+        DEFAULT_FORMAT_VERSION
+    }
+}
 
 impl StoreFactory for RocksFactory {
     fn kind(&self) -> StoreKind {
@@ -629,6 +743,52 @@ impl StoreFactory for RocksFactory {
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
-        Ok(Box::new(RocksBackend::create(path)?))
+        Ok(Box::new(RocksBackend::create_with_format(
+            path,
+            self.format_version.unwrap_or(DEFAULT_FORMAT_VERSION),
+        )?))
+    }
+
+    fn create_like(
+        &self,
+        path: &Path,
+        schema: &StoreSchema,
+        source: StoreKind,
+    ) -> Result<Box<dyn StorageBackend>> {
+        Ok(Box::new(RocksBackend::create_with_format(
+            path,
+            self.format_for(schema, source),
+        )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_file_fields_are_read() {
+        let text = "[Version]\n  rocksdb_version=9.8.4\n  options_file_version=1.1\n\n\
+                    [TableOptions/BlockBasedTable \"default\"]\n  block_size=4096\n  format_version=6\n\n\
+                    [TableOptions/BlockBasedTable \"other\"]\n  format_version=7\n";
+        assert_eq!(
+            parse_options_file(text),
+            (Some("9.8.4".to_string()), Some(6))
+        );
+        assert_eq!(parse_options_file("garbage"), (None, None));
+    }
+
+    #[test]
+    fn restores_write_the_source_format_or_a_conservative_one() {
+        let f = RocksFactory::default();
+        let schema = StoreSchema(serde_json::json!({"format_version": 5}));
+        assert_eq!(f.format_for(&schema, StoreKind::Rocksdb), 5);
+        assert_eq!(f.format_for(&schema, StoreKind::Sqlite), DEFAULT_FORMAT_VERSION);
+        let bogus = StoreSchema(serde_json::json!({"format_version": 99}));
+        assert_eq!(f.format_for(&bogus, StoreKind::Rocksdb), DEFAULT_FORMAT_VERSION);
+        let forced = RocksFactory {
+            format_version: Some(6),
+        };
+        assert_eq!(forced.format_for(&schema, StoreKind::Rocksdb), 6);
     }
 }

@@ -91,7 +91,7 @@ impl Harness for RocksHarness {
     }
 
     fn factory(&self) -> Box<dyn StoreFactory> {
-        Box::new(RocksFactory)
+        Box::new(RocksFactory::default())
     }
 
     fn trims_changes(&self) -> bool {

@@ -40,7 +40,7 @@ fn live_backup_follows_the_wal_and_stops_cleanly() {
     let target = t.path().join("r");
     restore_folder_to_path(
         &t.path().join("bk"),
-        &RocksFactory,
+        &RocksFactory::default(),
         &target,
         &RestoreOptions::default(),
     )

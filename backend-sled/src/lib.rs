@@ -34,31 +34,93 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 pub use tracked::{TrackedDb, TrackedTx};
 
-/// A sled database, through its tracked handle, as a tidemark store.
+/// A sled database as a tidemark store: through its tracked handle, or, for a database that
+/// was never tracked, read as it is.
 #[derive(Debug, Clone)]
 pub struct SledBackend {
-    db: TrackedDb,
+    handle: Handle,
 }
+
+#[derive(Debug, Clone)]
+enum Handle {
+    /// Writes are logged ([`TrackedDb`]).
+    Tracked(TrackedDb),
+    /// A database without tidemark's trees, opened by the command line. Nothing is written to
+    /// it (no tree added, no key changed); every incremental compares every record.
+    Plain { db: sled::Db, path: std::path::PathBuf },
+}
+
+/// The identity reported for a sled database without tidemark's trees (it has none of its
+/// own, and adding one would write to it).
+pub const UNTRACKED_ID: &str = "untracked-sled";
 
 impl SledBackend {
     /// A backend over a tracked handle the application writes through.
     pub fn new(db: TrackedDb) -> Self {
-        SledBackend { db }
+        SledBackend {
+            handle: Handle::Tracked(db),
+        }
     }
 
     /// Opens a sled database on disk (sled allows one process at a time: the application must
     /// not have it open), with tidemark's smaller page cache ([`tracked::TOOL_CACHE_BYTES`]).
+    /// A database an application tracks ([`TrackedDb`]) is opened tracked; any other is read
+    /// as it is: no tree, key or value is added or changed.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "conf", "sled")?;
-        Ok(SledBackend::new(TrackedDb::open_with_cache(
-            path,
-            tracked::TOOL_CACHE_BYTES,
-        )?))
+        let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+            .map_err(|e| tracked::open_error(path, e))?;
+        let is_tracked = db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == tracked::META_TREE.as_bytes());
+        if is_tracked {
+            return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
+        }
+        Ok(SledBackend {
+            handle: Handle::Plain {
+                db,
+                path: path.to_path_buf(),
+            },
+        })
     }
 
-    /// The tracked handle.
-    pub fn tracked(&self) -> &TrackedDb {
-        &self.db
+    /// The tracked handle (`None` for a database read as it is).
+    pub fn tracked(&self) -> Option<&TrackedDb> {
+        match &self.handle {
+            Handle::Tracked(db) => Some(db),
+            Handle::Plain { .. } => None,
+        }
+    }
+
+    /// The sled database.
+    pub fn sled(&self) -> &sled::Db {
+        match &self.handle {
+            Handle::Tracked(db) => db.db(),
+            Handle::Plain { db, .. } => db,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match &self.handle {
+            Handle::Tracked(db) => db.path(),
+            Handle::Plain { path, .. } => path,
+        }
+    }
+
+    /// The existing tree of a collection, for reading (a plain database is never given a new
+    /// tree). Tree names are any bytes: see [`CollectionName::from_bytes`].
+    fn tree(&self, collection: &CollectionName) -> Result<sled::Tree> {
+        let raw = collection.to_bytes();
+        if let Handle::Plain { db, .. } = &self.handle {
+            if !db.tree_names().iter().any(|n| n.as_ref() == raw.as_slice()) {
+                return Err(Error::store(
+                    self.describe(),
+                    format!("tree `{collection}` does not exist"),
+                ));
+            }
+        }
+        self.sled().open_tree(&raw).map_err(|e| self.err(e))
     }
 
     fn err(&self, e: sled::Error) -> Error {
@@ -66,12 +128,11 @@ impl SledBackend {
     }
 
     fn trees(&self) -> Vec<String> {
-        self.db
-            .db()
+        self.sled()
             .tree_names()
             .into_iter()
             .filter(|n| !tracked::is_internal(n))
-            .map(|n| String::from_utf8_lossy(&n).into_owned())
+            .map(|n| CollectionName::from_bytes(&n).0)
             .collect()
     }
 }
@@ -82,14 +143,14 @@ impl StorageBackend for SledBackend {
     }
 
     fn describe(&self) -> String {
-        format!("sled:{}", self.db.path().display())
+        format!("sled:{}", self.path().display())
     }
 
     fn current_checkpoint(&self) -> Result<Checkpoint> {
-        Ok(Checkpoint::new(
-            StoreId(self.db.store_id()?),
-            self.db.last_seq()?,
-        ))
+        Ok(match &self.handle {
+            Handle::Tracked(db) => Checkpoint::new(StoreId(db.store_id()?), db.last_seq()?),
+            Handle::Plain { .. } => Checkpoint::new(StoreId(UNTRACKED_ID.into()), 0),
+        })
     }
 
     fn view(&self) -> Result<Box<dyn View + '_>> {
@@ -102,8 +163,13 @@ impl StorageBackend for SledBackend {
 
     fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
+        let Handle::Tracked(db) = &self.handle else {
+            // Nothing but this handle can write to a database it holds, and it does not write.
+            std::thread::sleep(timeout);
+            return Ok(false);
+        };
         loop {
-            if self.db.last_seq()? > after.position {
+            if db.last_seq()? > after.position {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -114,15 +180,17 @@ impl StorageBackend for SledBackend {
     }
 
     fn trim_changes(&self, upto: &Checkpoint) -> Result<()> {
-        if upto.store_id.0 == self.db.store_id()? {
-            self.db.trim(upto.position)?;
+        if let Handle::Tracked(db) = &self.handle {
+            if upto.store_id.0 == db.store_id()? {
+                db.trim(upto.position)?;
+            }
         }
         Ok(())
     }
 
     fn is_empty(&self) -> Result<bool> {
         for name in self.trees() {
-            let tree = self.db.tree(&name)?;
+            let tree = self.tree(&CollectionName(name))?;
             if !tree.is_empty() {
                 return Ok(false);
             }
@@ -131,7 +199,13 @@ impl StorageBackend for SledBackend {
     }
 
     fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
-        Ok(Box::new(SledRestore { backend: self }))
+        match &self.handle {
+            Handle::Tracked(db) => Ok(Box::new(SledRestore { backend: self, db })),
+            Handle::Plain { .. } => Err(Error::store(
+                self.describe(),
+                "restores go into a new database (SledFactory), not one opened for backup",
+            )),
+        }
     }
 }
 
@@ -155,7 +229,7 @@ impl View for SledView<'_> {
         collection: &CollectionName,
         visit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<()> {
-        let tree = self.backend.db.tree(collection.as_str())?;
+        let tree = self.backend.tree(collection)?;
         for item in tree.iter() {
             let (k, v) = item.map_err(|e| self.backend.err(e))?;
             visit(Record {
@@ -186,7 +260,17 @@ impl View for SledView<'_> {
         batch_size: usize,
         visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
     ) -> Result<()> {
-        let floor = self.backend.db.floor()?;
+        let Handle::Tracked(db) = &self.backend.handle else {
+            return Err(Error::ChangesUnavailable {
+                from: from.position,
+                earliest: None,
+                reason: "the sled database is not tracked (tidemark reads it without writing to \
+                         it; an application that writes through backend_sled::TrackedDb gets \
+                         change-log incrementals)"
+                    .into(),
+            });
+        };
+        let floor = db.floor()?;
         let unavailable = |reason: String| Error::ChangesUnavailable {
             from: from.position,
             earliest: Some(floor),
@@ -208,7 +292,7 @@ impl View for SledView<'_> {
         if from.position > self.checkpoint.position {
             return Err(unavailable("the store is behind the checkpoint".into()));
         }
-        let log = self.backend.db.log();
+        let log = db.log();
         let start = (from.position + 1).to_be_bytes();
         let end = self.checkpoint.position.to_be_bytes();
         let mut out = Vec::with_capacity(batch_size.min(4096));
@@ -225,7 +309,7 @@ impl View for SledView<'_> {
             })?;
             out.push(Change {
                 position,
-                collection: CollectionName::new(entry.tree),
+                collection: CollectionName::from_bytes(entry.tree.as_bytes()),
                 key: Key(entry.key),
                 op: match entry.value {
                     Some(v) => ChangeOp::Put(Value::Bytes(v)),
@@ -245,22 +329,31 @@ impl View for SledView<'_> {
 
 struct SledRestore<'a> {
     backend: &'a SledBackend,
+    db: &'a TrackedDb,
 }
 
 impl RestoreSink for SledRestore<'_> {
     fn create_collection(&mut self, info: &CollectionInfo, _source: StoreKind) -> Result<()> {
-        if tracked::is_internal(info.name.as_str().as_bytes()) {
+        if tracked::is_internal(&info.name.to_bytes()) {
             return Err(Error::store(
                 self.backend.describe(),
                 format!("cannot restore into tidemark's own tree `{}`", info.name),
             ));
         }
-        self.backend.db.tree(info.name.as_str()).map(|_| ())
+        self.db
+            .db()
+            .open_tree(info.name.to_bytes())
+            .map(|_| ())
+            .map_err(|e| self.backend.err(e))
     }
 
     fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
         // A restore fills a new store: its writes need no log (the store's floor starts past them).
-        let tree = self.backend.db.tree(collection.as_str())?;
+        let tree = self
+            .db
+            .db()
+            .open_tree(collection.to_bytes())
+            .map_err(|e| self.backend.err(e))?;
         let mut batch = sled::Batch::default();
         for r in records {
             let value = match r.value {
@@ -273,7 +366,7 @@ impl RestoreSink for SledRestore<'_> {
     }
 
     fn finish(self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
-        self.backend.db.flush()
+        self.db.flush()
     }
 }
 

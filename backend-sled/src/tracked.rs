@@ -60,6 +60,21 @@ fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// The error for a database at `path` that sled would not open.
+pub fn open_error(path: &Path, e: sled::Error) -> Error {
+    Error::BadInput {
+        path: path.to_path_buf(),
+        cause: if lock_held(&e) {
+            format!(
+                "the sled database is open in another process (sled allows one at a time: \
+                 stop it, or back up from inside it through the library): {e}"
+            )
+        } else {
+            format!("cannot open as a sled database: {e}")
+        },
+    }
+}
+
 /// Whether sled refused to open because another handle holds the database's file lock (sled
 /// reports it only as an I/O error with this text).
 fn lock_held(e: &sled::Error) -> bool {
@@ -119,17 +134,7 @@ impl TrackedDb {
     }
 
     fn open_with(path: &Path, opened: sled::Result<sled::Db>) -> Result<Self> {
-        let db = opened.map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: if lock_held(&e) {
-                format!(
-                    "the sled database is open in another process (sled allows one at a time: \
-                     stop it, or back up from inside it through the library): {e}"
-                )
-            } else {
-                format!("cannot open as a sled database: {e}")
-            },
-        })?;
+        let db = opened.map_err(|e| open_error(path, e))?;
         Self::from_db(db, path)
     }
 

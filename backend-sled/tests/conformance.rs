@@ -41,15 +41,15 @@ impl TestStore for SledStore {
     }
 
     fn create_collection(&self, name: &str) {
-        self.backend.tracked().tree(name).unwrap();
+        self.backend.tracked().unwrap().tree(name).unwrap();
     }
 
     fn write(&self, ops: &[Op]) {
-        apply(self.backend.tracked(), ops);
+        apply(self.backend.tracked().unwrap(), ops);
     }
 
     fn writer(&self) -> Writer {
-        let db = self.backend.tracked().clone();
+        let db = self.backend.tracked().unwrap().clone();
         Box::new(move |ops| apply(&db, ops))
     }
 

@@ -95,6 +95,55 @@ impl SqliteBackend {
         Self::with(path, conn)
     }
 
+    /// Opens an existing database to back it up, writing nothing to it unless it is tracked
+    /// (`tidemark track`, which opts in to triggers and a change log):
+    ///
+    /// - without a `-wal` file (no writer has it open, or not in WAL mode), read-write: SQLite
+    ///   then removes the `-wal`/`-shm` files it creates for a WAL database when the backup's
+    ///   last connection closes, and the database file is left as it was;
+    /// - with a `-wal` file (an application has it open, or was killed), read-only: the
+    ///   application's WAL is neither checkpointed nor removed by the backup.
+    pub fn open_for_backup(path: &Path) -> Result<Self> {
+        let wal_present = {
+            let mut wal = path.as_os_str().to_os_string();
+            wal.push("-wal");
+            PathBuf::from(wal).exists()
+        };
+        if !wal_present {
+            return Self::open(path);
+        }
+        Self::check_file(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("cannot open as a SQLite database: {e}"),
+        })?;
+        Self::check_database(&conn, path)?;
+        if tracking::is_tracked(&conn).unwrap_or(false) {
+            // Tracked: the user opted in to tidemark writing its change log.
+            drop(conn);
+            return Self::open(path);
+        }
+        Self::with(path, conn)
+    }
+
+    fn check_file(path: &Path) -> Result<()> {
+        if path.is_file() {
+            return Ok(());
+        }
+        Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: if path.exists() {
+                "not a file".into()
+            } else {
+                "no such file".into()
+            },
+        })
+    }
+
     /// Creates a new, empty database at `path` (a restore target).
     pub fn create(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).map_err(|e| Error::BadInput {
@@ -118,9 +167,23 @@ impl SqliteBackend {
             r.get::<_, i64>(0)
         })
         .map(|_| ())
-        .map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("not a SQLite database ({e})"),
+        .map_err(|e| {
+            let readonly = matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+            );
+            Error::BadInput {
+                path: path.to_path_buf(),
+                cause: if readonly {
+                    format!(
+                        "a SQLite database that cannot be read without write access ({e}): a \
+                         database in WAL mode needs its directory writable for the -shm and \
+                         -wal files; grant write access, or copy it somewhere writable first"
+                    )
+                } else {
+                    format!("not a SQLite database ({e})")
+                },
+            }
         })
     }
 
@@ -256,7 +319,10 @@ impl StorageBackend for SqliteBackend {
 
     fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
         let conn = self.lock();
-        conn.execute_batch("BEGIN IMMEDIATE")
+        // Rows load in any table order (a child table before its parent, cycles): foreign keys
+        // are checked once, after every row is in (see `finish`). The bundled SQLite enforces
+        // them by default.
+        conn.execute_batch("PRAGMA foreign_keys = OFF; BEGIN IMMEDIATE")
             .map_err(|e| self.err(e))?;
         Ok(Box::new(SqliteRestore {
             conn,
@@ -286,7 +352,7 @@ impl SqliteView {
     fn table(&self, collection: &CollectionName) -> Result<&Table> {
         self.tables
             .iter()
-            .find(|t| t.name == collection.as_str())
+            .find(|t| CollectionName::from_stored(&t.name) == *collection)
             .ok_or_else(|| Error::store(&self.store, format!("no table named `{collection}`")))
     }
 
@@ -328,7 +394,7 @@ impl View for SqliteView {
             .tables
             .iter()
             .map(|t| CollectionInfo {
-                name: CollectionName::new(&t.name),
+                name: CollectionName::from_stored(&t.name),
                 schema: t.schema_json(),
             })
             .collect())
@@ -386,10 +452,18 @@ impl View for SqliteView {
             .conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(&err)?;
+        let pragma = |name: &str| -> Result<i64> {
+            self.conn
+                .query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))
+                .map_err(&err)
+        };
         Ok(StoreSchema(json!({
             "objects": objects,
             "sequences": sequences,
             "user_version": user_version,
+            "application_id": pragma("application_id")?,
+            "page_size": pragma("page_size")?,
+            "auto_vacuum": pragma("auto_vacuum")?,
             "journal_mode": journal_mode,
         })))
     }
@@ -489,7 +563,7 @@ impl View for SqliteView {
             };
             batch.push(Change {
                 position: position as u64,
-                collection: CollectionName::new(&table.name),
+                collection: CollectionName::from_stored(&table.name),
                 key,
                 op,
             });
@@ -552,7 +626,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 self.conn
                     .execute_batch(&format!(
                         "CREATE TABLE {}(key BLOB PRIMARY KEY, value BLOB) WITHOUT ROWID",
-                        quote_ident(info.name.as_str())
+                        quote_ident(&info.name.stored_as(sqlite_can_hold))
                     ))
                     .map_err(err)?;
                 Layout::KeyValue
@@ -572,7 +646,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 format!("collection `{collection}` was not created"),
             )
         })?;
-        let t = quote_ident(collection.as_str());
+        let t = quote_ident(&collection.stored_as(sqlite_can_hold));
         for record in &records {
             match (&record.value, layout) {
                 (Value::Row(row), Layout::Native { hidden_rowid }) => {
@@ -635,7 +709,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 let Some(sql) = obj.get("sql").and_then(|v| v.as_str()) else {
                     continue;
                 };
-                if kind != "view" && !self.tables.contains_key(&CollectionName::new(tbl)) {
+                if kind != "view" && !self.tables.contains_key(&CollectionName::from_stored(tbl)) {
                     continue; // its table was left out of this restore
                 }
                 let name = obj.get("name").and_then(|v| v.as_str()).unwrap_or("");
@@ -649,7 +723,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 .into_iter()
                 .flatten()
                 .filter_map(|p| Some((p.get(0)?.as_str()?.to_string(), p.get(1)?.as_i64()?)))
-                .filter(|(n, _)| self.tables.contains_key(&CollectionName::new(n)))
+                .filter(|(n, _)| self.tables.contains_key(&CollectionName::from_stored(n)))
                 .collect();
             if !sequences.is_empty() {
                 self.conn
@@ -664,11 +738,14 @@ impl RestoreSink for SqliteRestore<'_> {
                         .map_err(|e| err("sqlite_sequence", e))?;
                 }
             }
-            if let Some(v) = s.get("user_version").and_then(|v| v.as_i64()) {
-                self.conn
-                    .execute_batch(&format!("PRAGMA user_version = {v}"))
-                    .map_err(|e| err("user_version", e))?;
+            for pragma in ["user_version", "application_id"] {
+                if let Some(v) = s.get(pragma).and_then(|v| v.as_i64()) {
+                    self.conn
+                        .execute_batch(&format!("PRAGMA {pragma} = {v}"))
+                        .map_err(|e| err(pragma, e))?;
+                }
             }
+            self.check_foreign_keys()?;
         }
         self.conn
             .execute_batch("COMMIT")
@@ -682,6 +759,55 @@ impl RestoreSink for SqliteRestore<'_> {
         }
         Ok(())
     }
+}
+
+impl SqliteRestore<'_> {
+    /// After every row is in: rows whose parent table this restore left out (`--collections`)
+    /// are refused, naming the tables to add. Violations the source itself held (SQLite only
+    /// enforces foreign keys where the application turns them on) are kept as they were.
+    fn check_foreign_keys(&self) -> Result<()> {
+        let err = |e: rusqlite::Error| {
+            Error::store(&self.store, format!("checking foreign keys: {e}"))
+        };
+        let mut missing: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT DISTINCT \"table\", parent FROM pragma_foreign_key_check")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(err)?;
+        for row in rows {
+            let (table, parent) = row.map_err(err)?;
+            if !self.tables.contains_key(&CollectionName::from_stored(&parent)) {
+                missing.entry(parent).or_default().insert(table);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(parent, children)| {
+                let children: Vec<&str> = children.iter().map(String::as_str).collect();
+                format!("`{parent}` (referenced by {})", children.join(", "))
+            })
+            .collect();
+        Err(Error::store(
+            &self.store,
+            format!(
+                "the restored tables reference rows of tables this restore leaves out: {}; add \
+                 them to --collections",
+                list.join(", ")
+            ),
+        ))
+    }
+}
+
+/// Whether SQLite can hold `name` as a table name of its own (`docs/FORMAT.md` §2.1): no NUL,
+/// and not in the `sqlite_` namespace SQLite reserves.
+fn sqlite_can_hold(name: &str) -> bool {
+    !name.contains('\0') && !name.to_ascii_lowercase().starts_with("sqlite_")
 }
 
 /// UTF-8 bytes as TEXT, anything else as BLOB (the key-value layout of `docs/FORMAT.md`).
@@ -733,6 +859,28 @@ impl StoreFactory for SqliteFactory {
         Ok(Box::new(SqliteBackend::create(path)?))
     }
 
+    fn create_like(
+        &self,
+        path: &Path,
+        schema: &StoreSchema,
+        source: StoreKind,
+    ) -> Result<Box<dyn StorageBackend>> {
+        let backend = SqliteBackend::create(path)?;
+        if source == StoreKind::Sqlite {
+            // Settings that only apply before the first table exists.
+            let conn = backend.lock();
+            for pragma in ["page_size", "auto_vacuum"] {
+                if let Some(v) = schema.0.get(pragma).and_then(|v| v.as_i64()) {
+                    conn.execute_batch(&format!("PRAGMA {pragma} = {v}"))
+                        .map_err(|e| {
+                            Error::store(describe(path), format!("setting {pragma}: {e}"))
+                        })?;
+                }
+            }
+        }
+        Ok(Box::new(backend))
+    }
+
     fn store_files(&self, path: &Path) -> Vec<PathBuf> {
         let with = |suffix: &str| {
             let mut s = path.as_os_str().to_os_string();
@@ -745,5 +893,51 @@ impl StoreFactory for SqliteFactory {
             with("-shm"),
             with("-journal"),
         ]
+    }
+
+    fn prepare_replace(&self, path: &Path) -> Result<()> {
+        let err = |e: rusqlite::Error| {
+            Error::store(
+                format!("sqlite:{}", path.display()),
+                format!("folding the old database's WAL into it before replacing it: {e}"),
+            )
+        };
+        {
+            // Opening rolls back a hot journal; the checkpoint moves every WAL frame into the
+            // main file and truncates the WAL, which SQLite removes at the last close.
+            let conn = Connection::open(path).map_err(err)?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
+                .map_err(err)?;
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(err)?;
+            if busy != 0 {
+                return Err(Error::store(
+                    format!("sqlite:{}", path.display()),
+                    "another connection keeps the old database's WAL from being checkpointed",
+                ));
+            }
+        }
+        let files = self.store_files(path);
+        for companion in &files[1..] {
+            match std::fs::metadata(companion) {
+                Ok(m) if m.len() == 0 || companion.to_string_lossy().ends_with("-shm") => {
+                    std::fs::remove_file(companion)
+                        .map_err(|e| Error::io("remove", companion, e))?;
+                }
+                Ok(_) => {
+                    return Err(Error::store(
+                        format!("sqlite:{}", path.display()),
+                        format!(
+                            "{} still holds data after a checkpoint; refusing to replace the \
+                             database under it",
+                            companion.display()
+                        ),
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
     }
 }

@@ -283,7 +283,7 @@ impl ArchiveOutput for LocalOutput {
             .file
             .into_inner()
             .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        durable::sync_file(&file, &tmp)?;
         let size = file
             .metadata()
             .map_err(|e| Error::io("stat", &tmp, e))?
@@ -292,10 +292,89 @@ impl ArchiveOutput for LocalOutput {
         let crc = file_crc32(&tmp)?;
         let name = file_name(self.sequence, kind, crc);
         let path = self.dir.join(&name);
-        fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &tmp, e))?;
+        durable::rename(&tmp, &path)?;
         durable::sync_dir(&self.dir)?;
+        write_head(&self.dir, self.sequence, &name)?;
         Ok((name, size))
     }
+}
+
+/// The chain head's file name in a local chain directory: the newest archive written, so that
+/// verify and restore notice a newest archive that was deleted or withheld.
+pub const HEAD_FILE: &str = ".tidemark-head";
+
+/// The chain head: the newest archive written to the directory, with a CRC32 of its fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    sequence: u64,
+    file: String,
+    crc32: u32,
+}
+
+fn head_crc(sequence: u64, file: &str) -> u32 {
+    crc32fast::hash(format!("{sequence} {file}").as_bytes())
+}
+
+/// Records `file` (archive `sequence`) as the chain's head (written aside, fsynced, renamed).
+/// A run killed before this leaves the previous head, which an archive newer than it is fine
+/// with; only a head newer than every archive present is a loss.
+fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
+    let head = Head {
+        sequence,
+        file: file.to_string(),
+        crc32: head_crc(sequence, file),
+    };
+    let bytes = serde_json::to_vec(&head).map_err(|e| Error::Manifest {
+        path: dir.join(HEAD_FILE),
+        cause: e.to_string(),
+    })?;
+    durable::write_atomic(&dir.join(HEAD_FILE), &bytes, durable::Sync::Now)
+}
+
+/// Reads `dir`'s chain head, before its archives are listed (a backup renames its archive
+/// before it updates the head, so a head read first never names an archive the listing
+/// misses). `Ok(None)` for a directory without one (chains written before heads existed).
+fn read_head(dir: &Path) -> Result<Option<Head>> {
+    let path = dir.join(HEAD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let head: Head = serde_json::from_slice(&bytes)
+        .map_err(|e| damaged(&path, format!("the chain head is unreadable: {e}")))?;
+    if head.crc32 != head_crc(head.sequence, &head.file) {
+        return Err(damaged(&path, "the chain head does not match its CRC32"));
+    }
+    Ok(Some(head))
+}
+
+/// Checks a chain against the head read before it: the archive the head names must be there
+/// (or a newer one).
+fn check_head(dir: &Path, head: Option<&Head>, chain: &[ChainItem]) -> Option<Error> {
+    let head = head?;
+    let present = chain.iter().any(|item| {
+        item.manifest.sequence == head.sequence
+            && item.path.file_name().and_then(|n| n.to_str()) == Some(head.file.as_str())
+    });
+    let newest = chain.iter().map(|i| i.manifest.sequence).max().unwrap_or(0);
+    if present || newest > head.sequence {
+        return None;
+    }
+    Some(damaged(
+        &dir.join(&head.file),
+        format!(
+            "missing: the chain's newest archive (sequence {}) was written but is not in the \
+             directory (newest present: {}); it was deleted or withheld",
+            head.sequence,
+            if newest == 0 {
+                "none".to_string()
+            } else {
+                newest.to_string()
+            }
+        ),
+    ))
 }
 
 /// Where a [`PartWriter`] hands the bytes of an archive, in order, in parts.
@@ -420,7 +499,8 @@ pub fn backup_archive(
             cause: "exists and is not a directory".into(),
         });
     }
-    durable::create_dir_all(dir)?;
+    let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
+    crate::destination::claim_format(dir, crate::destination::DestFormat::Archive)?;
     backup_archive_to(
         backend,
         &LocalChain::new(dir),
@@ -473,6 +553,12 @@ pub fn backup_archive_to(
         events(Event::Notice(
             "the working mirror and the newest archive disagree: this archive will be full".into(),
         ));
+    }
+    if !in_step {
+        // The mirror is working state, not the backup: a full archive rebuilds it from
+        // nothing, so that no damage in it (a flipped manifest byte, a bad key index) can make
+        // this or any later run fail, and a full run does not pay for the old mirror.
+        durable::remove_dir_all_if_exists(&mirror)?;
     }
     let mut touched: BTreeSet<(CollectionName, String)> = BTreeSet::new();
     let mode = if in_step {
@@ -1023,8 +1109,12 @@ fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> Vec<Error> {
 /// Verifies every archive in `dir`: file CRC32s, entry and record CRC32s, counts, entry names and
 /// the chain's continuity. Damage is listed in the report.
 pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
-    let files = archive_files(dir)?;
     let mut report = VerifyReport::default();
+    let head = read_head(dir).unwrap_or_else(|e| {
+        report.problems.push(e);
+        None
+    });
+    let files = archive_files(dir)?;
     let mut chain = Vec::new();
     for path in files {
         match read_manifest(&path) {
@@ -1052,6 +1142,7 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
             &crate::prune::pruned_sequences(dir)?,
         ));
     }
+    report.problems.extend(check_head(dir, head.as_ref(), &chain));
     Ok(report)
 }
 
@@ -1151,7 +1242,11 @@ pub fn restore_archives_to_path(
             path: target.to_path_buf(),
         });
     }
+    let head = read_head(dir)?;
     let chain = read_chain(dir)?;
+    if let Some(problem) = check_head(dir, head.as_ref(), &chain) {
+        return Err(problem);
+    }
     if chain.is_empty() {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
@@ -1167,9 +1262,12 @@ pub fn restore_archives_to_path(
         &|n| last.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
-    crate::restore::restore_to_path(factory, target, &mut |sink| {
-        replay_newest_first(items, sink, options)
-    })
+    crate::restore::restore_to_path(
+        factory,
+        target,
+        (&last.store_schema, last.store_kind),
+        &mut |sink| replay_newest_first(items, sink, options),
+    )
 }
 
 /// Writes the state at the last archive of `items` (a full archive and the incrementals after

@@ -24,6 +24,51 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// The environment variable that arms [`crash_point`]: `TIDEMARK_CRASH_AT=N` aborts the
+/// process at the N-th crash point it reaches (1-based).
+pub const CRASH_AT_ENV: &str = "TIDEMARK_CRASH_AT";
+
+/// A fault-injection point before every rename and fsync that durability depends on. Unarmed
+/// (the normal case) it costs one atomic load. Armed by [`CRASH_AT_ENV`], the N-th point
+/// reached aborts the process on the spot, as `kill -9` would (no destructor, no flush): the
+/// fault suite runs a command once per point and checks that the next run repairs the
+/// destination. `TIDEMARK_CRASH_TRACE=1` prints every point reached to stderr.
+pub fn crash_point(what: &str, path: &Path) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static ARMED: OnceLock<(Option<u64>, bool)> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let (at, trace) = *ARMED.get_or_init(|| {
+        (
+            std::env::var(CRASH_AT_ENV).ok().and_then(|v| v.parse().ok()),
+            std::env::var_os("TIDEMARK_CRASH_TRACE").is_some(),
+        )
+    });
+    if at.is_none() && !trace {
+        return;
+    }
+    let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+    if trace {
+        eprintln!("tidemark: crash point {n}: {what} {}", path.display());
+    }
+    if at == Some(n) {
+        eprintln!("tidemark: crash point {n} reached ({what} {}): aborting", path.display());
+        std::process::abort();
+    }
+}
+
+/// Renames `from` to `to` (a [`crash_point`] first).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    crash_point("rename", from);
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+}
+
+/// fsyncs an open file (a [`crash_point`] first).
+pub fn sync_file(f: &File, path: &Path) -> Result<()> {
+    crash_point("fsync", path);
+    f.sync_all().map_err(|e| Error::io("fsync", path, e))
+}
+
 /// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
     let tmp = temp_path(path);
@@ -32,10 +77,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
         f.write_all(bytes)
             .map_err(|e| Error::io("write", &tmp, e))?;
         if sync == Sync::Now {
-            f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+            sync_file(&f, &tmp)?;
         }
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io("rename", &tmp, e))?;
+    rename(&tmp, path)?;
     if sync == Sync::Now {
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
@@ -56,6 +101,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     } else {
         dir
     };
+    crash_point("fsync directory", dir);
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io("fsync directory", dir, e))
@@ -64,6 +110,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Makes everything written so far on the file system holding `path` durable, in one call
 /// (`syncfs(2)` on Linux) rather than one fsync per file.
 pub fn sync_filesystem(path: &Path) -> Result<()> {
+    crash_point("syncfs", path);
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     sync_fs_of(&f).map_err(|e| Error::io("syncfs", path, e))
 }

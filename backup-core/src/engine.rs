@@ -151,8 +151,26 @@ pub fn backup_folder(
     events: &mut dyn FnMut(Event),
 ) -> Result<BackupSummary> {
     let started = Instant::now();
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "exists and is not a directory".into(),
+        });
+    }
+    let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
+    crate::destination::claim_format(dir, crate::destination::DestFormat::Folder)?;
     let folder = FolderBackup::open(dir)?;
-    let previous = folder.manifest()?;
+    let previous = match folder.manifest() {
+        Ok(p) => p,
+        // A damaged manifest must not fail every later run: a full backup replaces it.
+        Err(e @ (Error::Manifest { .. } | Error::Damaged { .. })) => {
+            events(Event::Notice(format!(
+                "the previous backup's manifest is damaged ({e}): taking a full backup"
+            )));
+            None
+        }
+        Err(e) => return Err(e),
+    };
     if let Some(p) = &previous {
         if p.store_kind != backend.kind() {
             return Err(Error::BadInput {
@@ -182,6 +200,16 @@ pub fn backup_folder(
             full(&folder, view.as_mut(), collections, options, events)?,
             Some("full backup requested".to_string()),
         ),
+        (Some(_), BackupMode::Auto) if interrupted => {
+            let reason = "the previous run was interrupted (its documents may be newer than \
+                          its manifest): a full backup replaces them"
+                .to_string();
+            events(Event::Notice(format!("taking a full backup: {reason}")));
+            (
+                full(&folder, view.as_mut(), collections, options, events)?,
+                Some(reason),
+            )
+        }
         (Some(prev), BackupMode::Auto) => {
             let attempt = match log_unusable(prev, &start, &collections) {
                 Some(reason) => Err(reason),
@@ -190,7 +218,11 @@ pub fn backup_folder(
             match attempt {
                 Ok(done) => (done, None),
                 Err(reason) => {
+                    // A different store at the same path starts over with a full backup: a
+                    // chain never mixes two databases.
+                    let same_store = prev.checkpoint.store_id == start.store_id;
                     let diffable = !interrupted
+                        && same_store
                         && view.scans_in_key_order()
                         && prev.collections.iter().all(|c| c.key_index.is_some());
                     let done = if diffable {
@@ -305,6 +337,9 @@ fn log_unusable(
     checkpoint: &Checkpoint,
     collections: &[CollectionInfo],
 ) -> Option<String> {
+    if checkpoint.store_id.0.is_empty() {
+        return Some("the store reports no identity, so its change log cannot be matched".into());
+    }
     if prev.checkpoint.store_id != checkpoint.store_id {
         return Some(format!(
             "the store's identity changed ({} → {}): it was replaced or restored",
@@ -527,7 +562,7 @@ fn finish_index(
         Some((name, path)) if changes.is_empty() => {
             let _ = name;
             let (final_name, final_path) = run.new_index(collection, "");
-            std::fs::rename(&path, &final_path).map_err(|e| Error::io("rename", &path, e))?;
+            crate::durable::rename(&path, &final_path)?;
             Ok(Some(final_name))
         }
         Some((_, path)) => {

@@ -68,6 +68,22 @@ pub enum Error {
         /// The target.
         path: PathBuf,
     },
+    /// A restore target is open in another process.
+    #[error("restore target {path} is open in another process ({holder}): stop it first, so that its writes are not lost to the replaced store")]
+    TargetInUse {
+        /// The target.
+        path: PathBuf,
+        /// Which process holds it.
+        holder: String,
+    },
+    /// Another run holds the destination's lock (one writer per destination).
+    #[error("{path} is in use by another tidemark run ({holder}); wait for it to finish, or stop it")]
+    Locked {
+        /// The destination.
+        path: PathBuf,
+        /// Who holds it: pid, host, start time, command.
+        holder: String,
+    },
     /// A backup was stopped on request before it finished.
     #[error("stopped before the backup finished")]
     Stopped,

@@ -42,7 +42,15 @@ pub struct WriteEvent {
 #[derive(Debug, Clone)]
 pub struct FolderBackup {
     root: PathBuf,
+    /// Readers: a shared lock on the run lock, so that no run changes the folder while it is
+    /// read (see [`RUN_LOCK_FILE`]).
+    _reading: Option<std::sync::Arc<fs::File>>,
 }
+
+/// The run lock inside [`META_DIR`]: a run holds it exclusively from its start to its manifest
+/// (`flock`), readers (verify, restore) hold it shared, so they read a folder between runs,
+/// never in the middle of one.
+pub const RUN_LOCK_FILE: &str = "run.lock";
 
 impl FolderBackup {
     /// Opens (creating if needed) a folder backup at `root`, and repairs what an interrupted
@@ -57,6 +65,7 @@ impl FolderBackup {
         durable::create_dir_all(&root.join(META_DIR))?;
         let folder = FolderBackup {
             root: root.to_path_buf(),
+            _reading: None,
         };
         folder.recover()?;
         Ok(folder)
@@ -64,8 +73,19 @@ impl FolderBackup {
 
     /// Opens an existing folder backup for reading; fails if it has no manifest.
     pub fn open_existing(root: &Path) -> Result<(Self, FolderManifest)> {
+        // No lock file (no run of this version ever wrote here, or a read-only copy): nothing
+        // to wait for.
+        let reading = match fs::File::open(root.join(META_DIR).join(RUN_LOCK_FILE)) {
+            Ok(f) => {
+                crate::lock::flock_blocking(&f, false)
+                    .map_err(|e| Error::io("lock (shared)", root.join(META_DIR), e))?;
+                Some(std::sync::Arc::new(f))
+            }
+            Err(_) => None,
+        };
         let folder = FolderBackup {
             root: root.to_path_buf(),
+            _reading: reading,
         };
         if !root.is_dir() {
             return Err(Error::BadInput {
@@ -80,8 +100,8 @@ impl FolderBackup {
         if folder.was_interrupted() {
             return Err(Error::Damaged {
                 path: folder.root().to_path_buf(),
-                cause: "an incremental backup into this folder was interrupted and its documents \
-                        are newer than its manifest: run `tidemark backup` again to complete it"
+                cause: "a backup into this folder was interrupted and its documents may be \
+                        newer than its manifest: run `tidemark backup` again to repair it"
                     .into(),
             });
         }
@@ -130,13 +150,15 @@ impl FolderBackup {
     /// trash but not replaced goes back; the rest of the trash and staging is removed.
     fn recover(&self) -> Result<()> {
         let trash = self.trash();
-        if let Ok(entries) = fs::read_dir(&trash) {
+        // Without the marker, the run that left a trash completed (its manifest is written):
+        // the trash only waits for removal.
+        let interrupted = self.was_interrupted();
+        if let Ok(entries) = fs::read_dir(&trash).map(|e| e.filter(|_| interrupted)) {
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io("read directory", &trash, e))?;
                 let live = self.root.join(entry.file_name());
                 if !live.exists() {
-                    fs::rename(entry.path(), &live)
-                        .map_err(|e| Error::io("rename", entry.path(), e))?;
+                    durable::rename(&entry.path(), &live)?;
                 }
             }
         }
@@ -147,6 +169,17 @@ impl FolderBackup {
     /// Starts a run. A full run writes into staging; an incremental run starts from the
     /// previous manifest's collections and counts.
     pub fn begin(&self, kind: RunKind, previous: Option<&FolderManifest>) -> Result<FolderRun> {
+        let lock_path = self.root.join(META_DIR).join(RUN_LOCK_FILE);
+        let run_lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io("open", &lock_path, e))?;
+        // Waits for readers in progress (they hold it shared).
+        crate::lock::flock_blocking(&run_lock, true)
+            .map_err(|e| Error::io("lock", &lock_path, e))?;
         let counts = match (kind, previous) {
             (RunKind::Incremental, Some(p)) => p
                 .collections
@@ -173,6 +206,7 @@ impl FolderBackup {
         };
         Ok(FolderRun {
             folder: self.clone(),
+            _run_lock: run_lock,
             kind,
             base,
             counts,
@@ -233,6 +267,8 @@ pub fn read_document(docdir: &Path) -> Result<Record> {
 #[derive(Debug)]
 pub struct FolderRun {
     folder: FolderBackup,
+    /// Held exclusively until the run is committed or dropped.
+    _run_lock: fs::File,
     kind: RunKind,
     base: PathBuf,
     counts: BTreeMap<CollectionName, u64>,
@@ -366,6 +402,13 @@ impl FolderRun {
     pub fn commit(self, manifest: &FolderManifest) -> Result<()> {
         let root = self.folder.root.clone();
         if self.kind == RunKind::Full {
+            // From the first rename until the manifest, the collections and the manifest may
+            // disagree: readers refuse the backup, and the next run takes a full backup.
+            durable::write_atomic(
+                &self.folder.dirty_marker(),
+                b"a full run is swapping its collections in\n",
+                Sync::Now,
+            )?;
             durable::sync_filesystem(&self.base)?;
             let trash = self.folder.trash();
             durable::create_dir_all(&trash)?;
@@ -378,13 +421,12 @@ impl FolderRun {
             for dir in old_dirs.chain(new_dirs.iter().cloned()) {
                 let live = root.join(&dir);
                 if live.exists() {
-                    fs::rename(&live, trash.join(&dir))
-                        .map_err(|e| Error::io("rename", &live, e))?;
+                    durable::rename(&live, &trash.join(&dir))?;
                 }
             }
             for dir in &new_dirs {
                 let staged = self.base.join(dir);
-                fs::rename(&staged, root.join(dir)).map_err(|e| Error::io("rename", &staged, e))?;
+                durable::rename(&staged, &root.join(dir))?;
             }
         } else {
             for c in &self.dropped {

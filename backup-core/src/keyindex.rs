@@ -85,7 +85,7 @@ impl IndexWriter {
             .write_all(&crc.to_le_bytes())
             .and_then(|()| self.out.flush())
             .map_err(|e| Error::io("write", &self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io("rename", &self.tmp, e))
+        crate::durable::rename(&self.tmp, &self.path)
     }
 
     /// Abandons the index (removes the partial file).

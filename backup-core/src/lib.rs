@@ -22,6 +22,7 @@
 pub mod archive;
 pub mod backend;
 pub mod checkpoint;
+pub mod destination;
 pub mod docid;
 pub mod document;
 pub mod durable;
@@ -30,6 +31,7 @@ pub mod error;
 pub mod folder;
 pub mod keyindex;
 pub mod live;
+pub mod lock;
 pub mod manifest;
 pub mod model;
 pub mod prune;
@@ -44,6 +46,8 @@ pub use archive::{
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
+pub use destination::{claim_format, detect_format, DestFormat};
+pub use lock::DestinationLock;
 pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};
 pub use error::{Error, Result};
 pub use folder::WriteEvent;

@@ -145,6 +145,8 @@ fn follow(
     stop: &AtomicBool,
     tx: &Sender<LiveEvent>,
 ) -> Result<LiveSummary> {
+    // One writer for the whole live run, not only during each run.
+    let _lock = crate::lock::DestinationLock::acquire(dir, "backup --live")?;
     let mut summary = LiveSummary::default();
     let mut mode = options.backup.mode;
     let mut final_run = false;

@@ -62,6 +62,65 @@ impl CollectionName {
     }
 }
 
+/// The prefix of an escaped collection name (`docs/FORMAT.md` §2.1).
+pub const NAME_ESCAPE: &str = "~tm~";
+
+impl CollectionName {
+    /// The collection name of a store's raw name `bytes` (a sled tree's name may be any bytes):
+    /// the bytes as text when they are UTF-8 and do not start with [`NAME_ESCAPE`], otherwise
+    /// `~tm~` followed by the bytes in lowercase hex. [`CollectionName::to_bytes`] inverts it.
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes) {
+            Ok(s) if !s.starts_with(NAME_ESCAPE) => CollectionName(s.to_string()),
+            _ => CollectionName(format!("{NAME_ESCAPE}{}", hex(bytes))),
+        }
+    }
+
+    /// The raw name bytes this collection name stands for (inverse of
+    /// [`CollectionName::from_bytes`]).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.0
+            .strip_prefix(NAME_ESCAPE)
+            .and_then(unhex)
+            .unwrap_or_else(|| self.0.as_bytes().to_vec())
+    }
+
+    /// The name a store whose names must satisfy `can_hold` gives this collection: its raw
+    /// bytes as text where the store can hold them (and they do not start with
+    /// [`NAME_ESCAPE`]), else `~tm~` and the bytes in hex, which every store can hold.
+    /// [`CollectionName::from_stored`] maps it back.
+    pub fn stored_as(&self, can_hold: impl Fn(&str) -> bool) -> String {
+        let bytes = self.to_bytes();
+        match std::str::from_utf8(&bytes) {
+            Ok(s) if !s.starts_with(NAME_ESCAPE) && can_hold(s) => s.to_string(),
+            _ => format!("{NAME_ESCAPE}{}", hex(&bytes)),
+        }
+    }
+
+    /// The collection a store's name `stored` (as written by [`CollectionName::stored_as`])
+    /// stands for.
+    pub fn from_stored(stored: &str) -> Self {
+        match stored.strip_prefix(NAME_ESCAPE).and_then(unhex) {
+            Some(bytes) => CollectionName::from_bytes(&bytes),
+            None => CollectionName(stored.to_string()),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
 impl fmt::Display for CollectionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -216,3 +275,34 @@ impl CollectionInfo {
 /// triggers, pragmas). Opaque to the engine.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StoreSchema(pub serde_json::Value);
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_stores_that_cannot_hold_them() {
+        let no_nul = |s: &str| !s.contains('\0');
+        let sqlite = |s: &str| !s.contains('\0') && !s.to_ascii_lowercase().starts_with("sqlite_");
+        for raw in [
+            &b"users"[..],
+            &[0, 255, 1],
+            b"a\0b",
+            b"sqlite_stat1",
+            b"~tm~00",
+            b"",
+            "caf\u{e9}".as_bytes(),
+        ] {
+            let name = CollectionName::from_bytes(raw);
+            assert_eq!(name.to_bytes(), raw, "{name}");
+            for rule in [&no_nul as &dyn Fn(&str) -> bool, &sqlite] {
+                let stored = name.stored_as(rule);
+                assert!(rule(&stored) && !stored.contains('\0'), "{stored:?}");
+                assert_eq!(CollectionName::from_stored(&stored), name);
+            }
+        }
+        assert_eq!(CollectionName::from_bytes(b"users").as_str(), "users");
+        assert_eq!(CollectionName::from_bytes(&[0, 255, 1]).as_str(), "~tm~00ff01");
+        assert_eq!(CollectionName::from_bytes(b"a\0b").stored_as(|s| !s.contains('\0')), "~tm~610062");
+    }
+}

@@ -210,7 +210,18 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
             cause: "every retention rule keeps 0 backups".into(),
         });
     }
-    if dir.join(".tidemark").join("manifest.json").exists() {
+    if !dir.is_dir() {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "no such backup directory".into(),
+        });
+    }
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(crate::lock::DestinationLock::acquire(dir, "prune")?)
+    };
+    if crate::destination::detect_format(dir)? == Some(crate::destination::DestFormat::Folder) {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
             cause: "a folder backup holds one state (nothing to prune); prune applies to \

@@ -5,7 +5,7 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::folder::FolderBackup;
 use crate::manifest::FolderManifest;
-use crate::model::{CollectionName, Record, StoreKind};
+use crate::model::{CollectionName, Record, StoreKind, StoreSchema};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,30 @@ pub trait StoreFactory {
     fn holds_data(&self, path: &Path) -> Result<bool>;
     /// Creates a new, empty store at `path` (which does not exist).
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>>;
+    /// Creates a new, empty store at `path` to restore a backup of a `source` store whose
+    /// store-level schema was `schema` into, so that the new store can match the source's
+    /// on-disk format (RocksDB: its table format version). Defaults to [`StoreFactory::create`].
+    fn create_like(
+        &self,
+        path: &Path,
+        schema: &StoreSchema,
+        source: StoreKind,
+    ) -> Result<Box<dyn StorageBackend>> {
+        let _ = (schema, source);
+        self.create(path)
+    }
     /// The files or directories that make up the store at `path` (the path itself first, then
     /// companions such as SQLite's `-wal` and `-shm`).
     fn store_files(&self, path: &Path) -> Vec<PathBuf> {
         vec![path.to_path_buf()]
+    }
+    /// Called before a single-file store at `path` (not a directory) is replaced by renaming
+    /// the new file over it: fold companion files (SQLite: checkpoint and remove an emptied
+    /// `-wal`, remove `-shm`) into the main file, so that nothing of the old store can be
+    /// replayed onto the new one. The old store stays complete. Defaults to nothing.
+    fn prepare_replace(&self, path: &Path) -> Result<()> {
+        let _ = path;
+        Ok(())
     }
 }
 
@@ -124,9 +144,12 @@ pub fn restore_folder_to_path(
         &|n| manifest.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
-    restore_to_path(factory, target, &mut |sink| {
-        write_all(&folder, &manifest, sink, options)
-    })
+    restore_to_path(
+        factory,
+        target,
+        (&manifest.store_schema, manifest.store_kind),
+        &mut |sink| write_all(&folder, &manifest, sink, options),
+    )
 }
 
 /// Fills a new store beside `target` through `fill`, then swaps it into place (the old store,
@@ -135,6 +158,7 @@ pub fn restore_folder_to_path(
 pub(crate) fn restore_to_path(
     factory: &dyn StoreFactory,
     target: &Path,
+    origin: (&StoreSchema, StoreKind),
     fill: &mut dyn FnMut(Box<dyn RestoreSink + '_>) -> Result<RestoreSummary>,
 ) -> Result<RestoreSummary> {
     let parent = match target.parent() {
@@ -155,56 +179,191 @@ pub(crate) fn restore_to_path(
         })?
         .to_string_lossy()
         .into_owned();
+    // A target in use is refused before anything is written: replacing a database under an
+    // application that has it open would send its later writes to an unlinked file.
+    if let Some(holder) = in_use(&factory.store_files(target)) {
+        return Err(Error::TargetInUse {
+            path: target.to_path_buf(),
+            holder,
+        });
+    }
+    remove_debris(factory, &parent, &name);
     let tag = uuid::Uuid::new_v4().simple().to_string();
-    let tmp = parent.join(format!(".{name}.tidemark-restore-{tag}"));
+    let tmp = parent.join(format!(".{name}.{RESTORE_TAG}{tag}"));
+    register_in_progress(&tmp, true);
     let result = (|| {
-        let backend = factory.create(&tmp)?;
+        let backend = factory.create_like(&tmp, origin.0, origin.1)?;
         let summary = fill(backend.restore_sink()?)?;
         drop(backend);
         Ok(summary)
     })();
-    let summary = match result {
-        Ok(s) => s,
-        Err(e) => {
-            remove_store(factory, &tmp);
-            return Err(e);
+    let swapped = result.and_then(|summary| {
+        // Held through the swap: an interrupt handler (`abandon_in_progress`) removes the
+        // temporary store either before the swap starts or not at all.
+        let _guard = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
+        swap_into_place(factory, &tmp, target, &parent)?;
+        Ok(summary)
+    });
+    register_in_progress(&tmp, false);
+    // The new store is in place (or the restore failed and the target is untouched): what is
+    // left at `tmp` is the old store, or the unfinished new one.
+    remove_store(factory, &tmp);
+    swapped
+}
+
+/// The name part of a restore's temporary store: `.NAME.tidemark-restore-TAG`.
+const RESTORE_TAG: &str = "tidemark-restore-";
+
+/// Puts the complete new store at `tmp` in place of `target`. At every instant `target` holds
+/// the complete old store or the complete new one: a directory store is exchanged atomically
+/// (`renameat2(RENAME_EXCHANGE)`, the old one is then at `tmp`); a file store is renamed over
+/// the old file, after its companions were folded in.
+fn swap_into_place(
+    factory: &dyn StoreFactory,
+    tmp: &Path,
+    target: &Path,
+    parent: &Path,
+) -> Result<()> {
+    let new_files = factory.store_files(tmp);
+    let old_files = factory.store_files(target);
+    // Make the new store durable before it becomes visible.
+    durable::sync_filesystem(parent)?;
+    if target.is_dir() {
+        exchange(tmp, target)?;
+    } else {
+        if target.exists() {
+            factory.prepare_replace(target)?;
         }
-    };
-    // Swap: move the old store aside, the new one in, then delete the old one.
-    let old: Vec<(PathBuf, PathBuf)> = factory
-        .store_files(target)
-        .into_iter()
-        .filter(|p| p.exists())
-        .map(|p| {
-            let aside = parent.join(format!(
-                ".{}.tidemark-old-{tag}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            ));
-            (p, aside)
+        // Companions first (a closed store has none), the main file last and atomically.
+        for (from, to) in new_files.iter().zip(&old_files).skip(1) {
+            if from.exists() {
+                durable::rename(from, to)?;
+            }
+        }
+        durable::rename(&new_files[0], &old_files[0])?;
+    }
+    durable::sync_dir(parent)
+}
+
+/// Atomically exchanges two paths (Linux `renameat2` with `RENAME_EXCHANGE`).
+#[allow(unsafe_code)]
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::BadInput {
+            path: p.to_path_buf(),
+            cause: "the path holds a NUL byte".into(),
         })
-        .collect();
-    for (p, aside) in &old {
-        std::fs::rename(p, aside).map_err(|e| Error::io("rename", p, e))?;
+    };
+    let (ca, cb) = (c(a)?, c(b)?);
+    durable::crash_point("rename (exchange)", a);
+    // SAFETY: both strings are valid, NUL-terminated and outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        let e = std::io::Error::last_os_error();
+        Err(Error::Io {
+            op: "swap atomically (renameat2 RENAME_EXCHANGE; the file system must support it)",
+            path: b.to_path_buf(),
+            source: e,
+        })
     }
-    for (from, to) in factory
-        .store_files(&tmp)
-        .iter()
-        .zip(factory.store_files(target))
-    {
-        if from.exists() {
-            std::fs::rename(from, &to).map_err(|e| Error::io("rename", from, e))?;
+}
+
+/// Which other process has one of `files` (or, for a directory, a file inside it) open, if
+/// any, read from `/proc/*/fd`: `pid N (command)`.
+pub fn in_use(files: &[PathBuf]) -> Option<String> {
+    let wanted: Vec<PathBuf> = files.iter().filter_map(|f| f.canonicalize().ok()).collect();
+    if wanted.is_empty() {
+        return None;
+    }
+    let me = std::process::id();
+    let procs = std::fs::read_dir("/proc").ok()?;
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if wanted.iter().any(|w| link == *w || link.starts_with(w)) {
+                let comm = std::fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                return Some(format!("pid {pid} ({})", comm.trim()));
+            }
         }
     }
-    durable::sync_dir(&parent)?;
-    for (_, aside) in old {
-        let removed = if aside.is_dir() {
-            std::fs::remove_dir_all(&aside)
-        } else {
-            std::fs::remove_file(&aside)
+    None
+}
+
+/// Removes what interrupted restores to `parent/name` left behind (temporary stores that no
+/// process has open).
+fn remove_debris(factory: &dyn StoreFactory, parent: &Path, name: &str) {
+    let prefix = format!(".{name}.{RESTORE_TAG}");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        // The main path of a temporary store (its companions go with it).
+        let Some(tag) = file.strip_prefix(&prefix) else {
+            continue;
         };
-        removed.map_err(|e| Error::io("remove", &aside, e))?;
+        if tag.len() != 32 || !tag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        let path = e.path();
+        if in_use(&factory.store_files(&path)).is_none() {
+            remove_store(factory, &path);
+        }
     }
-    Ok(summary)
+}
+
+/// Temporary stores of restores in progress in this process (for [`abandon_in_progress`]).
+static IN_PROGRESS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn register_in_progress(path: &Path, add: bool) {
+    let mut list = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
+    if add {
+        list.push(path.to_path_buf());
+    } else {
+        list.retain(|p| p != path);
+    }
+}
+
+/// Removes the temporary stores of the restores this process has in progress, for a Ctrl-C
+/// handler that exits right after: an interrupted restore leaves no temporary files (and the
+/// target untouched). What a removal misses is removed by the next restore to that target.
+pub fn abandon_in_progress() {
+    let list = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
+    for p in list.iter() {
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut s = p.as_os_str().to_os_string();
+            s.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(s));
+        }
+    }
 }
 
 /// Restores the folder backup at `dir` into an open, empty store (library use). The backup is

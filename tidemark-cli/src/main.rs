@@ -5,7 +5,7 @@ mod schedule;
 mod stores;
 
 use anyhow::{Context, Result};
-use backup_core::archive::{self, is_archive_dir};
+use backup_core::archive;
 use backup_core::{
     backup_archive, backup_folder, restore_archives_to_path, restore_folder_to_path,
     verify_archives, verify_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event,
@@ -93,6 +93,11 @@ enum Command {
         /// (the newest backup captured at or before it), not the newest.
         #[arg(long)]
         at: Option<archive::RestorePoint>,
+        /// RocksDB targets: write SST files in this block-based table format_version (2-7)
+        /// instead of the source's (recorded in the backup) or, when unknown, 4 (read by RocksDB
+        /// 5.16 and later).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(2..=7))]
+        rocksdb_format_version: Option<i32>,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -351,9 +356,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             force,
             collections,
             at,
+            rocksdb_format_version,
             quiet,
         } => {
-            let factory = stores::factory(to.kind)?;
+            if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
+                anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
+            }
+            let factory = stores::factory(to.kind, rocksdb_format_version)?;
+            // Ctrl-C or SIGTERM: remove the unfinished store beside the target (the target is
+            // untouched until the swap), then exit.
+            ctrlc::set_handler(|| {
+                backup_core::restore::abandon_in_progress();
+                eprintln!("tidemark: restore interrupted; the target is unchanged");
+                std::process::exit(130);
+            })
+            .context("installing the Ctrl-C / SIGTERM handler")?;
             let options = RestoreOptions {
                 force,
                 collections: collections
@@ -361,7 +378,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..RestoreOptions::default()
             };
             let summary = place::with_chain_dir(&from, |dir| {
-                Ok(if is_archive_dir(dir) {
+                Ok(if is_archive(dir)? {
                     let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
                     restore_archives_to_path(dir, &point, factory.as_ref(), &to.path, &options)?
                 } else if let Place::Remote(url) = &from {
@@ -390,7 +407,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Verify { dir } => {
             let report = place::with_chain_dir(&dir, |d| {
-                Ok(if is_archive_dir(d) {
+                Ok(if is_archive(d)? {
                     verify_archives(d)?
                 } else if let Place::Remote(url) = &dir {
                     anyhow::bail!("{url}: no tidemark archives here")
@@ -721,4 +738,10 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[unit])
     }
+}
+
+/// Whether the backup directory `dir` holds an archive chain (its format marker, or for older
+/// directories, what it holds).
+fn is_archive(dir: &std::path::Path) -> Result<bool> {
+    Ok(backup_core::detect_format(dir)? == Some(backup_core::DestFormat::Archive))
 }

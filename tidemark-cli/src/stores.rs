@@ -41,7 +41,7 @@ fn not_built(kind: StoreKind) -> anyhow::Error {
 pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
     match url.kind {
         #[cfg(feature = "sqlite")]
-        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open(&url.path)?)),
+        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open_for_backup(&url.path)?)),
         #[cfg(feature = "rocksdb")]
         StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksBackend::open(&url.path)?)),
         #[cfg(feature = "sled")]
@@ -51,13 +51,18 @@ pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
     }
 }
 
-/// The factory that makes restore targets of a kind.
-pub fn factory(kind: StoreKind) -> Result<Box<dyn StoreFactory>> {
+/// The factory that makes restore targets of a kind; `rocksdb_format` overrides the table
+/// format version a RocksDB target is written in.
+pub fn factory(kind: StoreKind, rocksdb_format: Option<i32>) -> Result<Box<dyn StoreFactory>> {
+    #[cfg(not(feature = "rocksdb"))]
+    let _ = rocksdb_format;
     match kind {
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteFactory)),
         #[cfg(feature = "rocksdb")]
-        StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksFactory)),
+        StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksFactory {
+            format_version: rocksdb_format,
+        })),
         #[cfg(feature = "sled")]
         StoreKind::Sled => Ok(Box::new(backend_sled::SledFactory)),
         #[allow(unreachable_patterns)]

@@ -203,3 +203,130 @@ fn bad_rocksdb_sources_get_plain_errors() {
     }
     assert!(!d.join("bk").exists());
 }
+
+/// The data an application on its own RocksDB (rocksdict, 9.x) reads from the database at
+/// `dir`: it must open it.
+fn app_dump(d: &Path, dir: &str) -> serde_json::Value {
+    serde_json::from_str(&common::rocksapp(&["dump", dir], d)).unwrap()
+}
+
+/// Backups never write to the source: full, incremental and archive runs leave every file of
+/// a database that no process holds byte for byte as it was, and the application (on its own,
+/// older RocksDB) opens it afterwards, as it opens the restored copies. Two cases from the
+/// field: an application killed with its last writes only in the WAL, and a cleanly closed
+/// database with many L0 files.
+#[test]
+fn backups_never_write_to_a_rocksdb_source_and_the_application_still_opens_it() {
+    for case in ["crashed", "many-l0"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        if case == "crashed" {
+            common::rocksapp(&["write", "src", "0", "200"], d);
+            common::rocksapp(&["write", "src", "200", "50", "--crash"], d);
+        } else {
+            common::rocksapp(&["write", "src", "0", "300", "--flush-each", "50"], d);
+        }
+        for round in 0..2 {
+            let before = common::snapshot_files(&d.join("src"));
+            for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+                let out = ok(
+                    &["backup", "--source", "rocksdb:src", "--to", dest, "--format", format],
+                    d,
+                );
+                let want = if round == 0 { "Backup (full)" } else { "Backup (incremental" };
+                assert!(out.contains(want), "{case} {format} round {round}: {out}");
+                common::assert_unchanged(
+                    &d.join("src"),
+                    &before,
+                    &format!("{case}: {format} backup, round {round}"),
+                );
+            }
+            for dest in ["bk", "ar"] {
+                ok(&["verify", dest], d);
+                let copy = format!("copy-{dest}-{round}");
+                ok(&["restore", "--from", dest, "--to", &format!("rocksdb:{copy}")], d);
+            }
+            // Only now does the application open its database again (replaying its WAL).
+            let expected = app_dump(d, "src");
+            assert_eq!(
+                expected["users"].as_object().unwrap().len(),
+                if case == "crashed" { 250 } else { 300 } + 40 * round,
+                "{case}: the application reads every key"
+            );
+            for dest in ["bk", "ar"] {
+                let copy = format!("copy-{dest}-{round}");
+                assert_eq!(app_dump(d, &copy), expected, "{case}: restore of {dest}");
+            }
+            // The application writes more and is killed again: the incrementals read that.
+            common::rocksapp(&["write", "src", "1000", "40", "--crash"], d);
+        }
+    }
+}
+
+/// A different database put at the same path is never continued from the old chain's
+/// sequence numbers (the identity is read from the IDENTITY file, also under a secondary
+/// instance): the next backup is full and says why.
+#[test]
+fn a_different_database_at_the_same_path_starts_a_full_backup() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "100"], d);
+    for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+        ok(&["backup", "--source", "rocksdb:src", "--to", dest, "--format", format], d);
+    }
+    std::fs::rename(d.join("src"), d.join("old")).unwrap();
+    common::rocksapp(&["write", "src", "5000", "30"], d);
+    for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+        let out = ok(&["backup", "--source", "rocksdb:src", "--to", dest, "--format", format], d);
+        assert!(
+            out.contains("Backup (full)") && out.contains("identity changed"),
+            "{format}: {out}"
+        );
+        let copy = format!("copy-{dest}");
+        ok(&["restore", "--from", dest, "--to", &format!("rocksdb:{copy}")], d);
+        assert_eq!(app_dump(d, &copy), app_dump(d, "src"), "{format}");
+    }
+}
+
+/// `restore --force` refuses a RocksDB target that an application has open (its writes would
+/// go to a replaced database), and replaces one that nobody holds, atomically.
+#[test]
+fn restore_force_refuses_a_rocksdb_target_held_by_its_application() {
+    use std::io::BufRead;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "50"], d);
+    common::rocksapp(&["write", "target", "900", "5"], d);
+    ok(&["backup", "--source", "rocksdb:src", "--to", "bk"], d);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rocksapp.py");
+    let mut app = Command::new(common::python())
+        .arg(script)
+        .args(["hold", "target"])
+        .current_dir(d)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(app.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let err = common::fails(&["restore", "--from", "bk", "--to", "rocksdb:target", "--force"], d);
+    assert!(
+        err.contains("open in another process") && err.contains(&format!("pid {}", app.id())),
+        "{err}"
+    );
+    drop(app.stdin.take());
+    assert!(app.wait().unwrap().success());
+    let old = app_dump(d, "target");
+    assert_eq!(old["users"].as_object().unwrap().len(), 5);
+    ok(&["restore", "--from", "bk", "--to", "rocksdb:target", "--force"], d);
+    assert_eq!(app_dump(d, "target"), app_dump(d, "src"));
+    let leftovers: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tidemark-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

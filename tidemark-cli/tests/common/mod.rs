@@ -98,3 +98,72 @@ pub fn assert_same_dump(got: &str, want: &str, what: &str) {
         w.get(i)
     );
 }
+
+/// Every file under `dir` (relative path → contents), to prove a run changed none and added
+/// none.
+pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Asserts that `dir` holds exactly the files of `before`, byte for byte (names the first
+/// difference).
+pub fn assert_unchanged(
+    dir: &Path,
+    before: &std::collections::BTreeMap<String, Vec<u8>>,
+    what: &str,
+) {
+    let after = snapshot_files(dir);
+    let names = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+        m.keys().cloned().collect::<Vec<_>>()
+    };
+    assert_eq!(names(&after), names(before), "{what}: files added or removed");
+    for (name, bytes) in before {
+        assert!(after[name] == *bytes, "{what}: {name} changed");
+    }
+}
+
+/// The Python interpreter with rocksdict (an independent RocksDB application), as
+/// `scripts/setup.sh` installs it.
+pub fn python() -> std::path::PathBuf {
+    let p = std::env::var_os("TIDEMARK_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var("HOME").unwrap()).join(".cache/tidemark-venv/bin/python")
+        });
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/setup.sh (it installs rocksdict in a venv)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the rocksdict application (`tests/support/rocksapp.py`); returns its stdout.
+pub fn rocksapp(args: &[&str], cwd: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/rocksapp.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "rocksapp {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,131 @@
+//! What a local destination directory holds: one format, recorded at its root.
+//!
+//! The first backup into a directory writes `DIR/.tidemark-format` (`folder` or `archive`,
+//! written aside, fsynced, renamed). A backup in the other format is refused, and readers
+//! (verify, restore, list) read the format from the file rather than guessing from what lies
+//! in the directory. Directories written before the file existed are recognised by their
+//! content (a folder manifest, or archive files), and a directory holding both is refused with
+//! the way out.
+
+use crate::durable::{self, Sync};
+use crate::error::{Error, Result};
+use crate::folder::META_DIR;
+use std::path::Path;
+
+/// The format marker's file name at a destination's root.
+pub const FORMAT_FILE: &str = ".tidemark-format";
+
+/// The format of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestFormat {
+    /// A folder backup (`docs/FORMAT.md` §1).
+    Folder,
+    /// An archive chain (`docs/FORMAT.md` §3).
+    Archive,
+}
+
+impl DestFormat {
+    fn as_str(self) -> &'static str {
+        match self {
+            DestFormat::Folder => "folder",
+            DestFormat::Archive => "archive",
+        }
+    }
+}
+
+impl std::fmt::Display for DestFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The format the destination `dir` holds: its marker, or for directories written before
+/// markers existed, what it holds. `None` for a missing or empty destination.
+pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
+    let marker = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) => {
+            return match text.trim() {
+                "folder" => Ok(Some(DestFormat::Folder)),
+                "archive" => Ok(Some(DestFormat::Archive)),
+                other => Err(Error::Damaged {
+                    path: marker,
+                    cause: format!(
+                        "names the format `{other}`; expected `folder` or `archive` (restore it \
+                         by writing the right word, or remove it to let tidemark recognise the \
+                         directory)"
+                    ),
+                }),
+            };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("read", &marker, e)),
+    }
+    let folder = dir.join(META_DIR).join(crate::folder::MANIFEST_FILE).exists();
+    let archive = crate::archive::is_archive_dir(dir);
+    match (folder, archive) {
+        (true, true) => Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "holds both a folder backup and archive files, written by an older tidemark \
+                    that did not keep one format per destination: move one of them to a \
+                    directory of its own, then write `folder` or `archive` into \
+                    DIR/.tidemark-format"
+                .into(),
+        }),
+        (true, false) => Ok(Some(DestFormat::Folder)),
+        (false, true) => Ok(Some(DestFormat::Archive)),
+        (false, false) => Ok(None),
+    }
+}
+
+/// Records that `dir` holds `format`, or refuses if it holds the other one (call with the
+/// destination's lock held, before writing anything).
+pub fn claim_format(dir: &Path, format: DestFormat) -> Result<()> {
+    match detect_format(dir)? {
+        Some(found) if found == format => {
+            if !dir.join(FORMAT_FILE).exists() {
+                write_marker(dir, format)?;
+            }
+            Ok(())
+        }
+        Some(found) => Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: format!(
+                "holds {found} backups; a {format} backup cannot go here (one format per \
+                 destination): back up with --format {found}, or to another directory"
+            ),
+        }),
+        None => write_marker(dir, format),
+    }
+}
+
+fn write_marker(dir: &Path, format: DestFormat) -> Result<()> {
+    durable::create_dir_all(dir)?;
+    durable::write_atomic(
+        &dir.join(FORMAT_FILE),
+        format!("{format}\n").as_bytes(),
+        Sync::Now,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_format_sticks_and_the_other_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("dest");
+        assert_eq!(detect_format(&dir).expect("detect"), None);
+        claim_format(&dir, DestFormat::Folder).expect("claim");
+        assert_eq!(
+            detect_format(&dir).expect("detect"),
+            Some(DestFormat::Folder)
+        );
+        claim_format(&dir, DestFormat::Folder).expect("same format again");
+        let err = claim_format(&dir, DestFormat::Archive).expect_err("refused");
+        assert!(err.to_string().contains("--format folder"), "{err}");
+        std::fs::write(dir.join(FORMAT_FILE), "zip\n").expect("write");
+        assert!(matches!(detect_format(&dir), Err(Error::Damaged { .. })));
+    }
+}

@@ -1,0 +1,366 @@
+//! Data safety, tried as a user would with independent clients (the `sqlite3` shell, plain
+//! processes holding files open): one writer per destination, one format per destination,
+//! restores that swap atomically and refuse targets in use, schemas with foreign keys in any
+//! order, database settings restored, deleted archives noticed, sources never written.
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+use common::{assert_same_dump, dump, fails, ok, sql, tidemark};
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn shop(d: &Path) {
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO users SELECT i, printf('user %d', i) FROM n;",
+    );
+}
+
+/// A live backup into `dest` (holding the destination's lock until stopped).
+fn start_live(d: &Path, dest: &str, format: &str) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["backup", "--source", "sqlite:src.db", "--to", dest])
+        .args(["--format", format, "--live", "--interval", "0.2", "--quiet"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The lock file names the holder once it holds the lock.
+    let lock = d.join(dest).join(".tidemark-lock");
+    let pid = format!("pid {}", child.id());
+    let start = Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&pid)) {
+        assert!(start.elapsed() < Duration::from_secs(30), "live never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Then the initial backup completes: its last file appears, and nothing moves after.
+    let done = if format == "archive" {
+        d.join(dest).join(".tidemark-head")
+    } else {
+        d.join(dest).join(".tidemark/manifest.json")
+    };
+    let mut last = None;
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "the initial backup never ended");
+        std::thread::sleep(Duration::from_millis(300));
+        let now = common::snapshot_files(&d.join(dest));
+        if done.exists() && last.as_ref() == Some(&now) {
+            break;
+        }
+        last = Some(now);
+    }
+    child
+}
+
+fn sigterm(child: Child) {
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_at_once_naming_the_holder() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+        let live = start_live(d, dest, format);
+        let before = common::snapshot_files(&d.join(dest));
+        let started = Instant::now();
+        let err = fails(
+            &["backup", "--source", "sqlite:src.db", "--to", dest, "--full", "--format", format],
+            d,
+        );
+        assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+        assert!(
+            err.contains("in use by another tidemark run")
+                && err.contains(&format!("pid {}", live.id()))
+                && err.contains("backup --live"),
+            "{err}"
+        );
+        if format == "archive" {
+            let err = fails(&["prune", dest, "--keep-last", "1"], d);
+            assert!(err.contains("in use by another tidemark run"), "{err}");
+        }
+        // The refused runs changed nothing (the live run writes only when the store changes).
+        common::assert_unchanged(&d.join(dest), &before, "refused runs");
+        sigterm(live);
+        // The lock went with its holder.
+        let out = ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+        assert!(out.contains("50 in backup"), "{out}");
+        ok(&["verify", dest], d);
+    }
+}
+
+#[test]
+fn a_killed_holder_never_blocks_the_next_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    let mut live = start_live(d, "bk", "folder");
+    live.kill().unwrap();
+    live.wait().unwrap();
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    ok(&["verify", "bk"], d);
+}
+
+#[test]
+fn a_destination_keeps_one_format() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    let err = fails(
+        &["backup", "--source", "sqlite:src.db", "--to", "bk", "--format", "archive"],
+        d,
+    );
+    assert!(err.contains("holds folder backups") && err.contains("--format folder"), "{err}");
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    let err = fails(&["backup", "--source", "sqlite:src.db", "--to", "ar"], d);
+    assert!(err.contains("holds archive backups"), "{err}");
+    // Readers follow the recorded format: the folder's state is the source's.
+    sql(&d.join("src.db"), "DELETE FROM users WHERE id > 10;");
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk", "--full"], d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "folder");
+    assert_eq!(
+        std::fs::read_to_string(d.join("bk/.tidemark-format")).unwrap(),
+        "folder\n"
+    );
+}
+
+/// A process that holds `path` open (as an application would) until killed.
+fn holder(path: &Path) -> Child {
+    let child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, time; f = open(sys.argv[1], 'rb'); print('ready', flush=True); time.sleep(120)",
+        ])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = child;
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+#[test]
+fn restore_force_refuses_a_target_in_use_and_replaces_one_that_is_not() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    sql(
+        &d.join("old.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE keep(x); INSERT INTO keep VALUES ('old data');",
+    );
+    let old = dump(&d.join("old.db"));
+    let mut app = holder(&d.join("old.db"));
+    let err = fails(
+        &["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"],
+        d,
+    );
+    assert!(
+        err.contains("open in another process") && err.contains(&format!("pid {}", app.id())),
+        "{err}"
+    );
+    assert_eq!(dump(&d.join("old.db")), old, "the target is untouched");
+    app.kill().unwrap();
+    app.wait().unwrap();
+    // Debris of an interrupted restore (nobody holds it) is removed by the next one.
+    let debris = d.join(".old.db.tidemark-restore-0123456789abcdef0123456789abcdef");
+    std::fs::write(&debris, vec![0u8; 4096]).unwrap();
+    ok(&["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"], d);
+    assert!(!debris.exists());
+    assert_same_dump(&dump(&d.join("old.db")), &dump(&d.join("src.db")), "replaced");
+    for companion in ["old.db-wal", "old.db-shm", "old.db-journal"] {
+        assert!(!d.join(companion).exists(), "{companion} of the old database is gone");
+    }
+    let names: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tidemark-"))
+        .collect();
+    assert!(names.is_empty(), "no temporary files left: {names:?}");
+}
+
+/// The old data's WAL frames must never be replayed onto the restored file: a target whose
+/// last transactions sit only in its `-wal` (an application killed) is replaced cleanly.
+#[test]
+fn restore_force_over_a_database_with_a_live_wal() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    // A writer killed with its WAL not checkpointed.
+    let script = "import sqlite3, os\n\
+                  c = sqlite3.connect('old.db')\n\
+                  c.execute('PRAGMA journal_mode=WAL')\n\
+                  c.execute('PRAGMA wal_autocheckpoint=0')\n\
+                  c.execute('CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT)')\n\
+                  c.executemany('INSERT INTO users VALUES (?, ?)', [(i, 'stale') for i in range(1, 500)])\n\
+                  c.commit()\n\
+                  os._exit(0)\n";
+    let st = Command::new("python3").args(["-c", script]).current_dir(d).status().unwrap();
+    assert!(st.success());
+    assert!(std::fs::metadata(d.join("old.db-wal")).unwrap().len() > 0);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"], d);
+    assert_same_dump(&dump(&d.join("old.db")), &dump(&d.join("src.db")), "replaced");
+}
+
+#[test]
+fn foreign_keys_in_any_order_restore_from_both_formats() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "PRAGMA foreign_keys=ON;
+         PRAGMA application_id=1234567; PRAGMA user_version=42;
+         CREATE TABLE line(id INTEGER PRIMARY KEY, ord INTEGER REFERENCES ord(id), item TEXT);
+         CREATE TABLE ord(id INTEGER PRIMARY KEY, customer INTEGER REFERENCES customer(id));
+         CREATE TABLE customer(id INTEGER PRIMARY KEY, best_order INTEGER REFERENCES ord(id),
+                               referrer INTEGER REFERENCES customer(id));
+         INSERT INTO customer VALUES (1, NULL, NULL), (2, NULL, 1);
+         INSERT INTO ord VALUES (10, 1), (11, 2);
+         UPDATE customer SET best_order = 10 WHERE id = 1;
+         INSERT INTO line VALUES (100, 10, 'apple'), (101, 11, 'pear');",
+    );
+    for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+        ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+        let copy = format!("{dest}.db");
+        ok(&["restore", "--from", dest, "--to", &format!("sqlite:{copy}")], d);
+        assert_same_dump(&dump(&d.join(&copy)), &dump(&d.join("src.db")), format);
+        let conn = rusqlite::Connection::open(d.join(&copy)).unwrap();
+        let (app, user): (i64, i64) = conn
+            .query_row("SELECT * FROM pragma_application_id, pragma_user_version", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((app, user), (1234567, 42));
+        let violations: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(violations, 0);
+        // A table restored without the one it references is named, not half-restored.
+        let err = fails(
+            &["restore", "--from", dest, "--to", &format!("sqlite:part-{copy}"), "--collections", "line"],
+            d,
+        );
+        assert!(err.contains("`ord`") && err.contains("--collections"), "{err}");
+        assert!(!d.join(format!("part-{copy}")).exists());
+        ok(
+            &["restore", "--from", dest, "--to", &format!("sqlite:part-{copy}"), "--collections", "line,ord,customer"],
+            d,
+        );
+    }
+}
+
+#[test]
+fn page_size_and_auto_vacuum_are_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "PRAGMA page_size=8192; PRAGMA auto_vacuum=FULL; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+    );
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
+    let (ps, av): (i64, i64) = conn
+        .query_row("SELECT * FROM pragma_page_size, pragma_auto_vacuum", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((ps, av), (8192, 1));
+}
+
+#[test]
+fn a_deleted_newest_archive_is_noticed_and_named() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    for i in 0..2 {
+        sql(&d.join("src.db"), &format!("INSERT INTO users VALUES ({}, 'new');", 100 + i));
+        ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    }
+    let mut zips: Vec<_> = std::fs::read_dir(d.join("ar"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+        .collect();
+    zips.sort();
+    assert_eq!(zips.len(), 3);
+    let newest = zips.pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let name = newest.file_name().unwrap().to_string_lossy().into_owned();
+    let out = tidemark(&["verify", "ar"], d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&name) && err.contains("missing"), "{err}");
+    let err = fails(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert!(err.contains(&name), "{err}");
+    assert!(!d.join("r.db").exists());
+    // The next backup starts over (full) and the chain is whole again.
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    ok(&["verify", "ar"], d);
+}
+
+#[test]
+fn prune_of_a_missing_directory_fails() {
+    let t = tempfile::tempdir().unwrap();
+    let err = fails(&["prune", "nope", "--keep-last", "2"], t.path());
+    assert!(err.contains("no such backup directory"), "{err}");
+}
+
+#[test]
+fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
+    for mode in ["DELETE", "WAL"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        sql(
+            &d.join("src.db"),
+            &format!(
+                "PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b');"
+            ),
+        );
+        for round in 0..2 {
+            let before = common::snapshot_files(d);
+            let before: std::collections::BTreeMap<_, _> = before
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("src.db"))
+                .collect();
+            for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+                ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+            }
+            let after: std::collections::BTreeMap<_, _> = common::snapshot_files(d)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("src.db"))
+                .collect();
+            assert!(after == before, "{mode} round {round}: the source's files changed");
+            sql(&d.join("src.db"), &format!("INSERT INTO t VALUES ({}, 'more');", 10 + round));
+        }
+    }
+}

@@ -1,0 +1,70 @@
+"""An independent RocksDB application for tidemark's tests: rocksdict (PyPI), which bundles its
+own, older RocksDB (9.x). Commands:
+
+  write DIR START COUNT [--flush-each N] [--crash]   put keys START..START+COUNT in `default`
+      and `users` (creating them); --flush-each flushes every N keys (one L0 file each, auto
+      compaction off); --crash exits without closing (the last writes only in the WAL)
+  hold DIR                                          open the database, print "ready", and keep
+      it open until stdin closes
+  dump DIR                                          print every column family's keys and values
+      as JSON ({cf: {hex key: hex value}}); fails if the database cannot be opened
+"""
+import json
+import os
+import sys
+
+from rocksdict import Options, Rdict
+
+
+def options():
+    o = Options(raw_mode=True)
+    o.create_if_missing(True)
+    return o
+
+
+def write(path, start, count, flush_each, crash):
+    o = options()
+    if flush_each:
+        o.set_disable_auto_compactions(True)
+    cfs = Rdict.list_cf(path) if os.path.exists(os.path.join(path, "CURRENT")) else ["default"]
+    db = Rdict(path, o, column_families={n: options() for n in cfs if n != "default"})
+    users = db.get_column_family("users") if "users" in cfs else db.create_column_family("users", options())
+    for i in range(start, start + count):
+        db[b"k%06d" % i] = b'{"n": %d}' % i
+        users[i.to_bytes(4, "big")] = bytes([i % 251]) * (i % 40)
+        if flush_each and (i - start + 1) % flush_each == 0:
+            db.flush()
+            users.flush()
+    if crash:
+        sys.stdout.flush()
+        os._exit(0)
+    db.close()
+
+
+def dump(path):
+    cfs = Rdict.list_cf(path)
+    db = Rdict(path, options(), column_families={n: options() for n in cfs if n != "default"})
+    out = {}
+    for name in cfs:
+        cf = db if name == "default" else db.get_column_family(name)
+        out[name] = {k.hex(): v.hex() for k, v in cf.items()}
+    db.close()
+    print(json.dumps(out, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "write":
+        args = sys.argv[2:]
+        flush_each = int(args[args.index("--flush-each") + 1]) if "--flush-each" in args else 0
+        write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args)
+    elif cmd == "hold":
+        cfs = Rdict.list_cf(sys.argv[2])
+        db = Rdict(sys.argv[2], options(), column_families={n: options() for n in cfs if n != "default"})
+        print("ready", flush=True)
+        sys.stdin.read()
+        db.close()
+    elif cmd == "dump":
+        dump(sys.argv[2])
+    else:
+        sys.exit(f"unknown command {cmd}")
