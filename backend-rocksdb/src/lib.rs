@@ -649,13 +649,10 @@ impl RestoreSink for RocksRestore<'_> {
                 Some(v) => table_options(v),
                 None => Options::default(),
             };
-            self.backend
-                .db
-                .create_cf(name, &opts)
-                .map_err(|e| {
-                    self.backend
-                        .err(&format!("creating column family `{name}`"), e)
-                })?;
+            self.backend.db.create_cf(name, &opts).map_err(|e| {
+                self.backend
+                    .err(&format!("creating column family `{name}`"), e)
+            })?;
         }
         self.created.push(name.to_string());
         Ok(())
@@ -783,9 +780,15 @@ mod tests {
         let f = RocksFactory::default();
         let schema = StoreSchema(serde_json::json!({"format_version": 5}));
         assert_eq!(f.format_for(&schema, StoreKind::Rocksdb), 5);
-        assert_eq!(f.format_for(&schema, StoreKind::Sqlite), DEFAULT_FORMAT_VERSION);
+        assert_eq!(
+            f.format_for(&schema, StoreKind::Sqlite),
+            DEFAULT_FORMAT_VERSION
+        );
         let bogus = StoreSchema(serde_json::json!({"format_version": 99}));
-        assert_eq!(f.format_for(&bogus, StoreKind::Rocksdb), DEFAULT_FORMAT_VERSION);
+        assert_eq!(
+            f.format_for(&bogus, StoreKind::Rocksdb),
+            DEFAULT_FORMAT_VERSION
+        );
         let forced = RocksFactory {
             format_version: Some(6),
         };

@@ -68,7 +68,13 @@ fn backup(db: &Arc<Db>, dir: &Path) -> (backup_core::BackupSummary, Vec<String>)
 /// Restores `dir` into a fresh database and compares it with `want`.
 fn assert_restores(dir: &Path, scratch: &Path, want: &Content) {
     let target = scratch.join(format!("restored-{}", want.len()));
-    restore_folder_to_path(dir, &RocksFactory::default(), &target, &RestoreOptions::default()).unwrap();
+    restore_folder_to_path(
+        dir,
+        &RocksFactory::default(),
+        &target,
+        &RestoreOptions::default(),
+    )
+    .unwrap();
     let db = open(&target, false);
     assert_eq!(&content(&db, &target), want);
 }

@@ -47,7 +47,10 @@ enum Handle {
     Tracked(TrackedDb),
     /// A database without tidemark's trees, opened by the command line. Nothing is written to
     /// it (no tree added, no key changed); every incremental compares every record.
-    Plain { db: sled::Db, path: std::path::PathBuf },
+    Plain {
+        db: sled::Db,
+        path: std::path::PathBuf,
+    },
 }
 
 /// The identity reported for a sled database without tidemark's trees (it has none of its

@@ -90,7 +90,11 @@ fn writes_with_plain_sled_are_caught_by_the_diff() {
     let want = content(backend.tracked().unwrap().db());
     assert_eq!(restored(&bk, &t.path().join("r")), want);
     // After the diff, tracked writes are incremental again.
-    backend.tracked().unwrap().insert("orders", b"o2", b"x").unwrap();
+    backend
+        .tracked()
+        .unwrap()
+        .insert("orders", b"o2", b"x")
+        .unwrap();
     let (s, _) = backup(&backend, &bk);
     assert_eq!((s.method, s.records_written), (Method::ChangeLog, 1));
     assert_eq!(
@@ -160,7 +164,11 @@ fn a_damaged_key_index_leads_to_a_full_backup_not_a_failure() {
         std::fs::write(&p, bytes).unwrap();
     }
     let backend = SledBackend::open(&path).unwrap();
-    backend.tracked().unwrap().insert("t", &[99], b"new").unwrap();
+    backend
+        .tracked()
+        .unwrap()
+        .insert("t", &[99], b"new")
+        .unwrap();
     let (s, notices) = backup(&backend, &bk);
     assert_eq!(s.method, Method::Full, "{notices:?}");
     assert!(

@@ -766,9 +766,8 @@ impl SqliteRestore<'_> {
     /// are refused, naming the tables to add. Violations the source itself held (SQLite only
     /// enforces foreign keys where the application turns them on) are kept as they were.
     fn check_foreign_keys(&self) -> Result<()> {
-        let err = |e: rusqlite::Error| {
-            Error::store(&self.store, format!("checking foreign keys: {e}"))
-        };
+        let err =
+            |e: rusqlite::Error| Error::store(&self.store, format!("checking foreign keys: {e}"));
         let mut missing: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         let mut stmt = self
             .conn
@@ -779,7 +778,10 @@ impl SqliteRestore<'_> {
             .map_err(err)?;
         for row in rows {
             let (table, parent) = row.map_err(err)?;
-            if !self.tables.contains_key(&CollectionName::from_stored(&parent)) {
+            if !self
+                .tables
+                .contains_key(&CollectionName::from_stored(&parent))
+            {
                 missing.entry(parent).or_default().insert(table);
             }
         }
@@ -906,8 +908,10 @@ impl StoreFactory for SqliteFactory {
             // Opening rolls back a hot journal; the checkpoint moves every WAL frame into the
             // main file and truncates the WAL, which SQLite removes at the last close.
             let conn = Connection::open(path).map_err(err)?;
-            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0))
-                .map_err(err)?;
+            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(err)?;
             let busy: i64 = conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
                 .map_err(err)?;

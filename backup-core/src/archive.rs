@@ -449,6 +449,23 @@ struct MirrorState {
     last_archive: String,
     sequence: u64,
     checkpoint: Checkpoint,
+    /// CRC32 of the mirror's manifest file when the archive was cut. A checkpoint alone does
+    /// not show that the mirror moved: a store whose position does not move between runs
+    /// (plain sled, diff-based) keeps its checkpoint while the mirror's documents change.
+    /// Absent in states written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mirror_manifest_crc: Option<u32>,
+}
+
+/// CRC32 of the mirror's manifest file, if it can be read.
+fn mirror_manifest_crc(mirror: &Path) -> Option<u32> {
+    fs::read(
+        mirror
+            .join(crate::folder::META_DIR)
+            .join(crate::folder::MANIFEST_FILE),
+    )
+    .ok()
+    .map(|b| crc32fast::hash(&b))
 }
 
 fn mirror_state_path(mirror: &Path) -> PathBuf {
@@ -546,6 +563,8 @@ pub fn backup_archive_to(
             s.last_archive == file_name_of(&h.path)
                 && s.checkpoint == h.manifest.to
                 && mirror_at.as_ref() == Some(&h.manifest.to)
+                && s.mirror_manifest_crc
+                    .is_none_or(|crc| mirror_manifest_crc(&mirror) == Some(crc))
         }
         _ => false,
     };
@@ -614,6 +633,7 @@ pub fn backup_archive_to(
         last_archive: name.clone(),
         sequence,
         checkpoint: manifest.checkpoint.clone(),
+        mirror_manifest_crc: mirror_manifest_crc(&mirror),
     };
     durable::write_atomic(
         &mirror_state_path(&mirror),
@@ -1115,6 +1135,13 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
         None
     });
     let files = archive_files(dir)?;
+    if files.is_empty() && head.is_none() && report.problems.is_empty() {
+        // Nothing to call intact (a first backup that never completed): restore refuses it too.
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "no tidemark archives in this directory".into(),
+        });
+    }
     let mut chain = Vec::new();
     for path in files {
         match read_manifest(&path) {
@@ -1142,7 +1169,9 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
             &crate::prune::pruned_sequences(dir)?,
         ));
     }
-    report.problems.extend(check_head(dir, head.as_ref(), &chain));
+    report
+        .problems
+        .extend(check_head(dir, head.as_ref(), &chain));
     Ok(report)
 }
 

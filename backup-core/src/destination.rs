@@ -43,25 +43,21 @@ impl std::fmt::Display for DestFormat {
 /// markers existed, what it holds. `None` for a missing or empty destination.
 pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
     let marker = dir.join(FORMAT_FILE);
-    match std::fs::read_to_string(&marker) {
-        Ok(text) => {
-            return match text.trim() {
-                "folder" => Ok(Some(DestFormat::Folder)),
-                "archive" => Ok(Some(DestFormat::Archive)),
-                other => Err(Error::Damaged {
-                    path: marker,
-                    cause: format!(
-                        "names the format `{other}`; expected `folder` or `archive` (restore it \
-                         by writing the right word, or remove it to let tidemark recognise the \
-                         directory)"
-                    ),
-                }),
-            };
-        }
+    match std::fs::read(&marker) {
+        // A damaged marker (anything but the two words) is ignored: the directory's content
+        // says what it holds, and the next backup writes the marker again.
+        Ok(bytes) => match bytes.trim_ascii() {
+            b"folder" => return Ok(Some(DestFormat::Folder)),
+            b"archive" => return Ok(Some(DestFormat::Archive)),
+            _ => {}
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("read", &marker, e)),
     }
-    let folder = dir.join(META_DIR).join(crate::folder::MANIFEST_FILE).exists();
+    let folder = dir
+        .join(META_DIR)
+        .join(crate::folder::MANIFEST_FILE)
+        .exists();
     let archive = crate::archive::is_archive_dir(dir);
     match (folder, archive) {
         (true, true) => Err(Error::BadInput {
@@ -83,7 +79,8 @@ pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
 pub fn claim_format(dir: &Path, format: DestFormat) -> Result<()> {
     match detect_format(dir)? {
         Some(found) if found == format => {
-            if !dir.join(FORMAT_FILE).exists() {
+            let current = std::fs::read(dir.join(FORMAT_FILE)).unwrap_or_default();
+            if current.trim_ascii() != format.as_str().as_bytes() {
                 write_marker(dir, format)?;
             }
             Ok(())
@@ -125,7 +122,13 @@ mod tests {
         claim_format(&dir, DestFormat::Folder).expect("same format again");
         let err = claim_format(&dir, DestFormat::Archive).expect_err("refused");
         assert!(err.to_string().contains("--format folder"), "{err}");
-        std::fs::write(dir.join(FORMAT_FILE), "zip\n").expect("write");
-        assert!(matches!(detect_format(&dir), Err(Error::Damaged { .. })));
+        // A damaged marker gives way to the content (none here), and is written again.
+        std::fs::write(dir.join(FORMAT_FILE), "golder\n").expect("write");
+        assert_eq!(detect_format(&dir).expect("detect"), None);
+        claim_format(&dir, DestFormat::Folder).expect("claim");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(FORMAT_FILE)).expect("read"),
+            "folder\n"
+        );
     }
 }

@@ -40,7 +40,9 @@ pub fn crash_point(what: &str, path: &Path) {
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let (at, trace) = *ARMED.get_or_init(|| {
         (
-            std::env::var(CRASH_AT_ENV).ok().and_then(|v| v.parse().ok()),
+            std::env::var(CRASH_AT_ENV)
+                .ok()
+                .and_then(|v| v.parse().ok()),
             std::env::var_os("TIDEMARK_CRASH_TRACE").is_some(),
         )
     });
@@ -52,7 +54,10 @@ pub fn crash_point(what: &str, path: &Path) {
         eprintln!("tidemark: crash point {n}: {what} {}", path.display());
     }
     if at == Some(n) {
-        eprintln!("tidemark: crash point {n} reached ({what} {}): aborting", path.display());
+        eprintln!(
+            "tidemark: crash point {n} reached ({what} {}): aborting",
+            path.display()
+        );
         std::process::abort();
     }
 }

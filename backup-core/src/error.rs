@@ -77,7 +77,9 @@ pub enum Error {
         holder: String,
     },
     /// Another run holds the destination's lock (one writer per destination).
-    #[error("{path} is in use by another tidemark run ({holder}); wait for it to finish, or stop it")]
+    #[error(
+        "{path} is in use by another tidemark run ({holder}); wait for it to finish, or stop it"
+    )]
     Locked {
         /// The destination.
         path: PathBuf,

@@ -47,11 +47,11 @@ pub use archive::{
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
 pub use destination::{claim_format, detect_format, DestFormat};
-pub use lock::DestinationLock;
 pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};
 pub use error::{Error, Result};
 pub use folder::WriteEvent;
 pub use live::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, LiveSummary};
+pub use lock::DestinationLock;
 pub use manifest::RunKind;
 pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,

@@ -50,7 +50,10 @@ impl DestinationLock {
             }
             return Err(Error::Locked {
                 path: dir.to_path_buf(),
-                holder: format!("another thread of this process (pid {})", std::process::id()),
+                holder: format!(
+                    "another thread of this process (pid {})",
+                    std::process::id()
+                ),
             });
         }
         let path = dir.join(LOCK_FILE);

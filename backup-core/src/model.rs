@@ -302,7 +302,13 @@ mod name_tests {
             }
         }
         assert_eq!(CollectionName::from_bytes(b"users").as_str(), "users");
-        assert_eq!(CollectionName::from_bytes(&[0, 255, 1]).as_str(), "~tm~00ff01");
-        assert_eq!(CollectionName::from_bytes(b"a\0b").stored_as(|s| !s.contains('\0')), "~tm~610062");
+        assert_eq!(
+            CollectionName::from_bytes(&[0, 255, 1]).as_str(),
+            "~tm~00ff01"
+        );
+        assert_eq!(
+            CollectionName::from_bytes(b"a\0b").stored_as(|s| !s.contains('\0')),
+            "~tm~610062"
+        );
     }
 }

@@ -360,7 +360,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
         } => {
             if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
-                anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
+                anyhow::bail!(
+                    "--rocksdb-format-version applies to rocksdb: targets only, not {to}"
+                );
             }
             let factory = stores::factory(to.kind, rocksdb_format_version)?;
             // Ctrl-C or SIGTERM: remove the unfinished store beside the target (the target is

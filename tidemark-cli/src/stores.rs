@@ -41,7 +41,9 @@ fn not_built(kind: StoreKind) -> anyhow::Error {
 pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
     match url.kind {
         #[cfg(feature = "sqlite")]
-        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open_for_backup(&url.path)?)),
+        StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open_for_backup(
+            &url.path,
+        )?)),
         #[cfg(feature = "rocksdb")]
         StoreKind::Rocksdb => Ok(Box::new(backend_rocksdb::RocksBackend::open(&url.path)?)),
         #[cfg(feature = "sled")]

@@ -8,9 +8,9 @@
 //! - after a killed `restore --force`, the target holds the complete old database or the
 //!   complete new one, never neither, and the next restore leaves no temporary files.
 //!
-//! Each case runs until a run reaches no more crash points, so every point is tried. The
-//! stores' own tests cover RocksDB's and sled's sources; here the source is SQLite (written by
-//! the `sqlite3` shell) and targets are of every kind.
+//! Each case runs until a run reaches no more crash points, so every point is tried. Sources
+//! and targets are of every kind: SQLite written by the `sqlite3` shell, RocksDB written by an
+//! application keeping its WAL, plain sled; each read back by its own independent client.
 #![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -54,92 +54,258 @@ fn source(d: &Path) {
     ok(&["track", "--source", "sqlite:src.db"], d);
 }
 
-fn change(d: &Path) {
+/// A store kind the backup fault cases run against: how its application writes, and how an
+/// independent client reads a database of it.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Sqlite,
+    #[cfg(feature = "rocksdb")]
+    Rocksdb,
+    #[cfg(feature = "sled")]
+    Sled,
+}
+
+impl Kind {
+    fn url(self, name: &str) -> String {
+        match self {
+            Kind::Sqlite => format!("sqlite:{name}.db"),
+            #[cfg(feature = "rocksdb")]
+            Kind::Rocksdb => format!("rocksdb:{name}"),
+            #[cfg(feature = "sled")]
+            Kind::Sled => format!("sled:{name}"),
+        }
+    }
+
+    fn path(self, d: &Path, name: &str) -> std::path::PathBuf {
+        match self {
+            Kind::Sqlite => d.join(format!("{name}.db")),
+            #[allow(unreachable_patterns)]
+            _ => d.join(name),
+        }
+    }
+
+    /// Creates the source `src` with a first state.
+    fn create(self, d: &Path) {
+        match self {
+            Kind::Sqlite => source(d),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..12u32)
+                    .map(|i| {
+                        (
+                            i.to_be_bytes().to_vec(),
+                            Some(vec![i as u8; 20 + i as usize]),
+                        )
+                    })
+                    .collect();
+                self.write(d, &ops);
+            }
+        }
+    }
+
+    /// The application changes the source (round `round`).
+    fn change(self, d: &Path, round: u32) {
+        match self {
+            Kind::Sqlite => change(d, round),
+            #[allow(unreachable_patterns)]
+            _ => self.write(
+                d,
+                &[
+                    (
+                        2u32.to_be_bytes().to_vec(),
+                        Some(format!("renamed {round}").into_bytes()),
+                    ),
+                    ((4 + round).to_be_bytes().to_vec(), None),
+                    ((100 + round).to_be_bytes().to_vec(), Some(vec![0, 0xff])),
+                ],
+            ),
+        }
+    }
+
+    /// Writes to `users` as the application (RocksDB keeping its WAL; plain sled).
+    #[allow(unused_variables)]
+    fn write(self, d: &Path, ops: &[(Vec<u8>, Option<Vec<u8>>)]) {
+        match self {
+            Kind::Sqlite => unreachable!("SQLite sources are written with the sqlite3 shell"),
+            #[cfg(feature = "rocksdb")]
+            Kind::Rocksdb => {
+                let mut opts = rocksdb::Options::default();
+                opts.create_if_missing(true);
+                opts.create_missing_column_families(true);
+                opts.set_wal_ttl_seconds(3600);
+                let db = rocksdb::DB::open_cf(&opts, d.join("src"), ["users"]).unwrap();
+                let cf = db.cf_handle("users").unwrap();
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => db.put_cf(&cf, k, v).unwrap(),
+                        None => db.delete_cf(&cf, k).unwrap(),
+                    }
+                }
+            }
+            #[cfg(feature = "sled")]
+            Kind::Sled => {
+                let db = sled::open(d.join("src")).unwrap();
+                let tree = db.open_tree("users").unwrap();
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => tree.insert(k, v.clone()).map(|_| ()).unwrap(),
+                        None => tree.remove(k).map(|_| ()).unwrap(),
+                    }
+                }
+                db.flush().unwrap();
+            }
+        }
+    }
+
+    /// Everything the database `name` holds, read by an independent client.
+    fn content(self, d: &Path, name: &str) -> String {
+        let path = self.path(d, name);
+        match self {
+            Kind::Sqlite => dump(&path),
+            #[cfg(feature = "rocksdb")]
+            Kind::Rocksdb => {
+                let opts = rocksdb::Options::default();
+                let names = rocksdb::DB::list_cf(&opts, &path).unwrap();
+                let db = rocksdb::DB::open_cf_for_read_only(&opts, &path, &names, false).unwrap();
+                let mut out = String::new();
+                for n in &names {
+                    let cf = db.cf_handle(n).unwrap();
+                    for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+                        let (k, v) = item.unwrap();
+                        out.push_str(&format!("{n} {k:?} {v:?}\n"));
+                    }
+                }
+                out
+            }
+            #[cfg(feature = "sled")]
+            Kind::Sled => {
+                let db = sled::open(&path).unwrap();
+                let mut names: Vec<_> = db
+                    .tree_names()
+                    .into_iter()
+                    .filter(|n| !n.starts_with(b"__tidemark_"))
+                    .collect();
+                names.sort();
+                let mut out = String::new();
+                for n in names {
+                    for item in db.open_tree(&n).unwrap().iter() {
+                        let (k, v) = item.unwrap();
+                        out.push_str(&format!("{n:?} {k:?} {v:?}\n"));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+fn change(d: &Path, round: u32) {
     sql(
         &d.join("src.db"),
-        "UPDATE users SET name = 'renamed' WHERE id IN (2, 3);
-         DELETE FROM users WHERE id = 4;
-         INSERT INTO users VALUES (100, 'new', x'00ff');
-         DELETE FROM tags WHERE name = 'red';",
+        &format!(
+            "UPDATE users SET name = 'renamed {round}' WHERE id IN (2, 3);
+             DELETE FROM users WHERE id = {};
+             INSERT INTO users VALUES ({}, 'new', x'00ff');
+             DELETE FROM tags WHERE name = 'red';
+             INSERT INTO tags VALUES ('t{round}');",
+            4 + round,
+            100 + round
+        ),
     );
 }
 
-/// Restores `dest` into a new SQLite file and returns its dump, or `None` if restore refused.
-fn restored(d: &Path, dest: &str, name: &str) -> Option<String> {
-    let out = common::tidemark(
-        &["restore", "--from", dest, "--to", &format!("sqlite:{name}")],
-        d,
-    );
+/// Restores `dest` into a new database `name` of `kind` and returns what it holds, or `None` if
+/// restore refused.
+fn restored(kind: Kind, d: &Path, dest: &str, name: &str) -> Option<String> {
+    let out = common::tidemark(&["restore", "--from", dest, "--to", &kind.url(name)], d);
     if !out.status.success() {
-        assert!(!d.join(name).exists(), "a refused restore leaves no target");
+        assert!(
+            !kind.path(d, name).exists(),
+            "a refused restore leaves no target"
+        );
         return None;
     }
-    Some(dump(&d.join(name)))
+    Some(kind.content(d, name))
 }
 
-fn backups_killed_everywhere(format: &str, incremental: bool) -> u64 {
+/// Kills a backup of `kind` at every crash point; returns how many points it has.
+fn backups_killed_everywhere(kind: Kind, format: &str, incremental: bool) -> u64 {
     let mut n = 1;
     loop {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
-        source(d);
-        let backup = ["backup", "--source", "sqlite:src.db", "--to", "bk", "--format", format];
+        kind.create(d);
+        let src = kind.url("src");
+        let backup = ["backup", "--source", &src, "--to", "bk", "--format", format];
         let mut states = vec![];
         if incremental {
             ok(&backup, d);
-            states.push(dump(&d.join("src.db")));
-            change(d);
+            states.push(kind.content(d, "src"));
+            kind.change(d, 0);
         }
-        states.push(dump(&d.join("src.db")));
+        states.push(kind.content(d, "src"));
         if !run_crashing(&backup, d, n) {
-            return n - 1;
+            let points = n - 1;
+            println!(
+                "{kind:?} {format} {}: {points} crash points, each killed and repaired",
+                if incremental { "incremental" } else { "full" }
+            );
+            return points;
         }
-        let what = format!("{format}, {}, killed at point {n}", if incremental { "incremental" } else { "full" });
+        let what = format!(
+            "{kind:?}, {format}, {}, killed at point {n}",
+            if incremental { "incremental" } else { "full" }
+        );
         // verify and restore agree, and a restore is a state the source had.
         let verified = common::tidemark(&["verify", "bk"], d).status.success();
-        match restored(d, "bk", "after-kill.db") {
+        match restored(kind, d, "bk", "after-kill") {
             Some(got) => assert!(
                 states.contains(&got),
                 "{what}: the restore is no state the source had"
             ),
-            None => assert!(!verified, "{what}: verify called intact what restore refuses"),
+            None => assert!(
+                !verified,
+                "{what}: verify called intact what restore refuses"
+            ),
         }
         // The next run repairs everything.
         ok(&backup, d);
         ok(&["verify", "bk"], d);
-        let got = restored(d, "bk", "repaired.db").unwrap_or_else(|| panic!("{what}: restore"));
+        let got = restored(kind, d, "bk", "repaired").unwrap_or_else(|| panic!("{what}: restore"));
         common::assert_same_dump(&got, states.last().unwrap(), &what);
         // And the run after that is a normal one.
-        change(d);
+        kind.change(d, 1);
         ok(&backup, d);
-        let got = restored(d, "bk", "later.db").unwrap();
-        common::assert_same_dump(&got, &dump(&d.join("src.db")), &what);
+        let got = restored(kind, d, "bk", "later").unwrap();
+        common::assert_same_dump(&got, &kind.content(d, "src"), &what);
         n += 1;
     }
 }
 
-#[test]
-fn folder_full_backups_killed_at_every_point() {
-    let points = backups_killed_everywhere("folder", false);
-    assert!(points >= 4, "only {points} crash points");
+fn all_backups_killed_everywhere(kind: Kind) {
+    for format in ["folder", "archive"] {
+        for incremental in [false, true] {
+            let points = backups_killed_everywhere(kind, format, incremental);
+            assert!(points >= 4, "{kind:?} {format}: only {points} crash points");
+        }
+    }
 }
 
 #[test]
-fn folder_incrementals_killed_at_every_point() {
-    let points = backups_killed_everywhere("folder", true);
-    assert!(points >= 4, "only {points} crash points");
+fn sqlite_backups_killed_at_every_point() {
+    all_backups_killed_everywhere(Kind::Sqlite);
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
-fn archive_full_backups_killed_at_every_point() {
-    let points = backups_killed_everywhere("archive", false);
-    assert!(points >= 4, "only {points} crash points");
+fn rocksdb_backups_killed_at_every_point() {
+    all_backups_killed_everywhere(Kind::Rocksdb);
 }
 
+#[cfg(feature = "sled")]
 #[test]
-fn archive_incrementals_killed_at_every_point() {
-    let points = backups_killed_everywhere("archive", true);
-    assert!(points >= 4, "only {points} crash points");
+fn sled_backups_killed_at_every_point() {
+    all_backups_killed_everywhere(Kind::Sled);
 }
 
 /// What a target of `kind` at `path` holds, as a sorted text (or `None` if nothing is there).
@@ -193,10 +359,22 @@ fn restores_killed_everywhere(kind: &str) -> u64 {
     source(d);
     ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
     sql(&d.join("old-src.db"), "CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'old');");
-    ok(&["backup", "--source", "sqlite:old-src.db", "--to", "bk-old"], d);
+    ok(
+        &["backup", "--source", "sqlite:old-src.db", "--to", "bk-old"],
+        d,
+    );
     let target = format!("{kind}:target");
     let path = "target";
-    ok(&["restore", "--from", "bk", "--to", &format!("{kind}:expected")], d);
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            &format!("{kind}:expected"),
+        ],
+        d,
+    );
     let new_state = target_state(d, kind, "expected").unwrap();
     let mut n = 1;
     loop {
@@ -206,7 +384,11 @@ fn restores_killed_everywhere(kind: &str) -> u64 {
         ok(&["restore", "--from", "bk-old", "--to", &target], d);
         let old = target_state(d, kind, path).unwrap();
         assert!(old != new_state);
-        let crashed = run_crashing(&["restore", "--from", "bk", "--to", &target, "--force"], d, n);
+        let crashed = run_crashing(
+            &["restore", "--from", "bk", "--to", &target, "--force"],
+            d,
+            n,
+        );
         let now = target_state(d, kind, path);
         let now = now.unwrap_or_else(|| panic!("{kind}, killed at point {n}: the target is gone"));
         assert!(

@@ -230,10 +230,22 @@ fn backups_never_write_to_a_rocksdb_source_and_the_application_still_opens_it() 
             let before = common::snapshot_files(&d.join("src"));
             for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
                 let out = ok(
-                    &["backup", "--source", "rocksdb:src", "--to", dest, "--format", format],
+                    &[
+                        "backup",
+                        "--source",
+                        "rocksdb:src",
+                        "--to",
+                        dest,
+                        "--format",
+                        format,
+                    ],
                     d,
                 );
-                let want = if round == 0 { "Backup (full)" } else { "Backup (incremental" };
+                let want = if round == 0 {
+                    "Backup (full)"
+                } else {
+                    "Backup (incremental"
+                };
                 assert!(out.contains(want), "{case} {format} round {round}: {out}");
                 common::assert_unchanged(
                     &d.join("src"),
@@ -244,7 +256,16 @@ fn backups_never_write_to_a_rocksdb_source_and_the_application_still_opens_it() 
             for dest in ["bk", "ar"] {
                 ok(&["verify", dest], d);
                 let copy = format!("copy-{dest}-{round}");
-                ok(&["restore", "--from", dest, "--to", &format!("rocksdb:{copy}")], d);
+                ok(
+                    &[
+                        "restore",
+                        "--from",
+                        dest,
+                        "--to",
+                        &format!("rocksdb:{copy}"),
+                    ],
+                    d,
+                );
             }
             // Only now does the application open its database again (replaying its WAL).
             let expected = app_dump(d, "src");
@@ -272,18 +293,49 @@ fn a_different_database_at_the_same_path_starts_a_full_backup() {
     let d = t.path();
     common::rocksapp(&["write", "src", "0", "100"], d);
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        ok(&["backup", "--source", "rocksdb:src", "--to", dest, "--format", format], d);
+        ok(
+            &[
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
     }
     std::fs::rename(d.join("src"), d.join("old")).unwrap();
     common::rocksapp(&["write", "src", "5000", "30"], d);
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        let out = ok(&["backup", "--source", "rocksdb:src", "--to", dest, "--format", format], d);
+        let out = ok(
+            &[
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
         assert!(
             out.contains("Backup (full)") && out.contains("identity changed"),
             "{format}: {out}"
         );
         let copy = format!("copy-{dest}");
-        ok(&["restore", "--from", dest, "--to", &format!("rocksdb:{copy}")], d);
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("rocksdb:{copy}"),
+            ],
+            d,
+        );
         assert_eq!(app_dump(d, &copy), app_dump(d, "src"), "{format}");
     }
 }
@@ -312,7 +364,17 @@ fn restore_force_refuses_a_rocksdb_target_held_by_its_application() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "ready");
-    let err = common::fails(&["restore", "--from", "bk", "--to", "rocksdb:target", "--force"], d);
+    let err = common::fails(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "rocksdb:target",
+            "--force",
+        ],
+        d,
+    );
     assert!(
         err.contains("open in another process") && err.contains(&format!("pid {}", app.id())),
         "{err}"
@@ -321,7 +383,17 @@ fn restore_force_refuses_a_rocksdb_target_held_by_its_application() {
     assert!(app.wait().unwrap().success());
     let old = app_dump(d, "target");
     assert_eq!(old["users"].as_object().unwrap().len(), 5);
-    ok(&["restore", "--from", "bk", "--to", "rocksdb:target", "--force"], d);
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "rocksdb:target",
+            "--force",
+        ],
+        d,
+    );
     assert_eq!(app_dump(d, "target"), app_dump(d, "src"));
     let leftovers: Vec<String> = std::fs::read_dir(d)
         .unwrap()

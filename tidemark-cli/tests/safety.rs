@@ -36,7 +36,10 @@ fn start_live(d: &Path, dest: &str, format: &str) -> Child {
     let pid = format!("pid {}", child.id());
     let start = Instant::now();
     while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&pid)) {
-        assert!(start.elapsed() < Duration::from_secs(30), "live never took the lock");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "live never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Then the initial backup completes: its last file appears, and nothing moves after.
@@ -47,7 +50,10 @@ fn start_live(d: &Path, dest: &str, format: &str) -> Child {
     };
     let mut last = None;
     loop {
-        assert!(start.elapsed() < Duration::from_secs(30), "the initial backup never ended");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the initial backup never ended"
+        );
         std::thread::sleep(Duration::from_millis(300));
         let now = common::snapshot_files(&d.join(dest));
         if done.exists() && last.as_ref() == Some(&now) {
@@ -83,10 +89,22 @@ fn a_second_writer_is_refused_at_once_naming_the_holder() {
         let before = common::snapshot_files(&d.join(dest));
         let started = Instant::now();
         let err = fails(
-            &["backup", "--source", "sqlite:src.db", "--to", dest, "--full", "--format", format],
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--full",
+                "--format",
+                format,
+            ],
             d,
         );
-        assert!(started.elapsed() < Duration::from_secs(5), "refused at once");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused at once"
+        );
         assert!(
             err.contains("in use by another tidemark run")
                 && err.contains(&format!("pid {}", live.id()))
@@ -101,7 +119,18 @@ fn a_second_writer_is_refused_at_once_naming_the_holder() {
         common::assert_unchanged(&d.join(dest), &before, "refused runs");
         sigterm(live);
         // The lock went with its holder.
-        let out = ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+        let out = ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
         assert!(out.contains("50 in backup"), "{out}");
         ok(&["verify", dest], d);
     }
@@ -126,16 +155,48 @@ fn a_destination_keeps_one_format() {
     shop(d);
     ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
     let err = fails(
-        &["backup", "--source", "sqlite:src.db", "--to", "bk", "--format", "archive"],
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "archive",
+        ],
         d,
     );
-    assert!(err.contains("holds folder backups") && err.contains("--format folder"), "{err}");
-    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    assert!(
+        err.contains("holds folder backups") && err.contains("--format folder"),
+        "{err}"
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
     let err = fails(&["backup", "--source", "sqlite:src.db", "--to", "ar"], d);
     assert!(err.contains("holds archive backups"), "{err}");
     // Readers follow the recorded format: the folder's state is the source's.
     sql(&d.join("src.db"), "DELETE FROM users WHERE id > 10;");
-    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk", "--full"], d);
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--full",
+        ],
+        d,
+    );
     ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "folder");
     assert_eq!(
@@ -178,7 +239,14 @@ fn restore_force_refuses_a_target_in_use_and_replaces_one_that_is_not() {
     let old = dump(&d.join("old.db"));
     let mut app = holder(&d.join("old.db"));
     let err = fails(
-        &["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"],
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:old.db",
+            "--force",
+        ],
         d,
     );
     assert!(
@@ -191,11 +259,28 @@ fn restore_force_refuses_a_target_in_use_and_replaces_one_that_is_not() {
     // Debris of an interrupted restore (nobody holds it) is removed by the next one.
     let debris = d.join(".old.db.tidemark-restore-0123456789abcdef0123456789abcdef");
     std::fs::write(&debris, vec![0u8; 4096]).unwrap();
-    ok(&["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"], d);
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:old.db",
+            "--force",
+        ],
+        d,
+    );
     assert!(!debris.exists());
-    assert_same_dump(&dump(&d.join("old.db")), &dump(&d.join("src.db")), "replaced");
+    assert_same_dump(
+        &dump(&d.join("old.db")),
+        &dump(&d.join("src.db")),
+        "replaced",
+    );
     for companion in ["old.db-wal", "old.db-shm", "old.db-journal"] {
-        assert!(!d.join(companion).exists(), "{companion} of the old database is gone");
+        assert!(
+            !d.join(companion).exists(),
+            "{companion} of the old database is gone"
+        );
     }
     let names: Vec<String> = std::fs::read_dir(d)
         .unwrap()
@@ -222,11 +307,29 @@ fn restore_force_over_a_database_with_a_live_wal() {
                   c.executemany('INSERT INTO users VALUES (?, ?)', [(i, 'stale') for i in range(1, 500)])\n\
                   c.commit()\n\
                   os._exit(0)\n";
-    let st = Command::new("python3").args(["-c", script]).current_dir(d).status().unwrap();
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .unwrap();
     assert!(st.success());
     assert!(std::fs::metadata(d.join("old.db-wal")).unwrap().len() > 0);
-    ok(&["restore", "--from", "bk", "--to", "sqlite:old.db", "--force"], d);
-    assert_same_dump(&dump(&d.join("old.db")), &dump(&d.join("src.db")), "replaced");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:old.db",
+            "--force",
+        ],
+        d,
+    );
+    assert_same_dump(
+        &dump(&d.join("old.db")),
+        &dump(&d.join("src.db")),
+        "replaced",
+    );
 }
 
 #[test]
@@ -247,30 +350,67 @@ fn foreign_keys_in_any_order_restore_from_both_formats() {
          INSERT INTO line VALUES (100, 10, 'apple'), (101, 11, 'pear');",
     );
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
         let copy = format!("{dest}.db");
-        ok(&["restore", "--from", dest, "--to", &format!("sqlite:{copy}")], d);
+        ok(
+            &["restore", "--from", dest, "--to", &format!("sqlite:{copy}")],
+            d,
+        );
         assert_same_dump(&dump(&d.join(&copy)), &dump(&d.join("src.db")), format);
         let conn = rusqlite::Connection::open(d.join(&copy)).unwrap();
         let (app, user): (i64, i64) = conn
-            .query_row("SELECT * FROM pragma_application_id, pragma_user_version", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT * FROM pragma_application_id, pragma_user_version",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
         assert_eq!((app, user), (1234567, 42));
         let violations: i64 = conn
-            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(violations, 0);
         // A table restored without the one it references is named, not half-restored.
         let err = fails(
-            &["restore", "--from", dest, "--to", &format!("sqlite:part-{copy}"), "--collections", "line"],
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("sqlite:part-{copy}"),
+                "--collections",
+                "line",
+            ],
             d,
         );
-        assert!(err.contains("`ord`") && err.contains("--collections"), "{err}");
+        assert!(
+            err.contains("`ord`") && err.contains("--collections"),
+            "{err}"
+        );
         assert!(!d.join(format!("part-{copy}")).exists());
         ok(
-            &["restore", "--from", dest, "--to", &format!("sqlite:part-{copy}"), "--collections", "line,ord,customer"],
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("sqlite:part-{copy}"),
+                "--collections",
+                "line,ord,customer",
+            ],
             d,
         );
     }
@@ -288,9 +428,11 @@ fn page_size_and_auto_vacuum_are_restored() {
     ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
     let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
     let (ps, av): (i64, i64) = conn
-        .query_row("SELECT * FROM pragma_page_size, pragma_auto_vacuum", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT * FROM pragma_page_size, pragma_auto_vacuum",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     assert_eq!((ps, av), (8192, 1));
 }
@@ -301,10 +443,35 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
     let d = t.path();
     shop(d);
     ok(&["track", "--source", "sqlite:src.db"], d);
-    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
     for i in 0..2 {
-        sql(&d.join("src.db"), &format!("INSERT INTO users VALUES ({}, 'new');", 100 + i));
-        ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+        sql(
+            &d.join("src.db"),
+            &format!("INSERT INTO users VALUES ({}, 'new');", 100 + i),
+        );
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                "ar",
+                "--format",
+                "archive",
+            ],
+            d,
+        );
     }
     let mut zips: Vec<_> = std::fs::read_dir(d.join("ar"))
         .unwrap()
@@ -318,12 +485,26 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
     let name = newest.file_name().unwrap().to_string_lossy().into_owned();
     let out = tidemark(&["verify", "ar"], d);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(&name) && err.contains("missing"), "{err}");
+    assert!(
+        !out.status.success() && err.contains(&name) && err.contains("missing"),
+        "{err}"
+    );
     let err = fails(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
     assert!(err.contains(&name), "{err}");
     assert!(!d.join("r.db").exists());
     // The next backup starts over (full) and the chain is whole again.
-    ok(&["backup", "--source", "sqlite:src.db", "--to", "ar", "--format", "archive"], d);
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
     ok(&["verify", "ar"], d);
 }
 
@@ -353,14 +534,31 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                 .filter(|(n, _)| n.starts_with("src.db"))
                 .collect();
             for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-                ok(&["backup", "--source", "sqlite:src.db", "--to", dest, "--format", format], d);
+                ok(
+                    &[
+                        "backup",
+                        "--source",
+                        "sqlite:src.db",
+                        "--to",
+                        dest,
+                        "--format",
+                        format,
+                    ],
+                    d,
+                );
             }
             let after: std::collections::BTreeMap<_, _> = common::snapshot_files(d)
                 .into_iter()
                 .filter(|(n, _)| n.starts_with("src.db"))
                 .collect();
-            assert!(after == before, "{mode} round {round}: the source's files changed");
-            sql(&d.join("src.db"), &format!("INSERT INTO t VALUES ({}, 'more');", 10 + round));
+            assert!(
+                after == before,
+                "{mode} round {round}: the source's files changed"
+            );
+            sql(
+                &d.join("src.db"),
+                &format!("INSERT INTO t VALUES ({}, 'more');", 10 + round),
+            );
         }
     }
 }

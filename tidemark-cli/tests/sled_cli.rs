@@ -212,14 +212,32 @@ fn backups_add_nothing_to_a_plain_sled_database() {
     let content = sled_content(&d.join("app"));
     for round in 0..2 {
         for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-            let out = ok(&["backup", "--source", "sled:app", "--to", dest, "--format", format], d);
+            let out = ok(
+                &[
+                    "backup", "--source", "sled:app", "--to", dest, "--format", format,
+                ],
+                d,
+            );
             assert!(out.contains("Backup ("), "{out}");
-            assert_eq!(trees(&d.join("app")), names, "round {round} {format}: trees");
+            assert_eq!(
+                trees(&d.join("app")),
+                names,
+                "round {round} {format}: trees"
+            );
         }
         assert_eq!(sled_content(&d.join("app")), content, "round {round}");
     }
     for dest in ["bk", "ar"] {
-        ok(&["restore", "--from", dest, "--to", &format!("sled:copy-{dest}")], d);
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("sled:copy-{dest}"),
+            ],
+            d,
+        );
         assert_eq!(sled_content(&d.join(format!("copy-{dest}"))), content);
     }
 }
@@ -277,7 +295,10 @@ fn hostile_tree_names_round_trip_through_every_store() {
         let bk2 = format!("bk-{via}");
         ok(&["backup", "--source", &mid, "--to", &bk2], d);
         let back = format!("back-{via}");
-        ok(&["restore", "--from", &bk2, "--to", &format!("sled:{back}")], d);
+        ok(
+            &["restore", "--from", &bk2, "--to", &format!("sled:{back}")],
+            d,
+        );
         let mut got = raw_trees(&d.join(&back));
         // RocksDB always has a `default` column family, and sled's default tree is called
         // `__sled__default`: the round trip through RocksDB adds an empty `default` tree

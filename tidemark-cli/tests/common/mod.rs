@@ -126,10 +126,13 @@ pub fn assert_unchanged(
     what: &str,
 ) {
     let after = snapshot_files(dir);
-    let names = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
-        m.keys().cloned().collect::<Vec<_>>()
-    };
-    assert_eq!(names(&after), names(before), "{what}: files added or removed");
+    let names =
+        |m: &std::collections::BTreeMap<String, Vec<u8>>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&after),
+        names(before),
+        "{what}: files added or removed"
+    );
     for (name, bytes) in before {
         assert!(after[name] == *bytes, "{what}: {name} changed");
     }
