@@ -362,6 +362,16 @@ fn check_head(dir: &Path, head: Option<&Head>, chain: &[ChainItem]) -> Option<Er
     if present || newest > head.sequence {
         return None;
     }
+    if let Some(other) = chain.iter().find(|i| i.manifest.sequence == head.sequence) {
+        return Some(damaged(
+            &other.path,
+            format!(
+                "replaced: the chain's newest archive (sequence {}) was written as {}, and this \
+                 file is not it",
+                head.sequence, head.file
+            ),
+        ));
+    }
     Some(damaged(
         &dir.join(&head.file),
         format!(

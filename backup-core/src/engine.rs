@@ -160,12 +160,14 @@ pub fn backup_folder(
     let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
     crate::destination::claim_format(dir, crate::destination::DestFormat::Folder)?;
     let folder = FolderBackup::open(dir)?;
+    let mut first_reason = "first backup in this directory".to_string();
     let previous = match folder.manifest() {
         Ok(p) => p,
         // A damaged manifest must not fail every later run: a full backup replaces it.
         Err(e @ (Error::Manifest { .. } | Error::Damaged { .. })) => {
+            first_reason = format!("the previous backup's manifest is damaged ({e})");
             events(Event::Notice(format!(
-                "the previous backup's manifest is damaged ({e}): taking a full backup"
+                "taking a full backup: {first_reason}"
             )));
             None
         }
@@ -194,7 +196,7 @@ pub fn backup_folder(
     let (outcome, reason) = match (&previous, options.mode) {
         (None, _) => (
             full(&folder, view.as_mut(), collections, options, events)?,
-            Some("first backup in this directory".to_string()),
+            Some(first_reason),
         ),
         (Some(_), BackupMode::Full) => (
             full(&folder, view.as_mut(), collections, options, events)?,

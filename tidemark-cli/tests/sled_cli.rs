@@ -257,7 +257,8 @@ fn hostile_tree_names_round_trip_through_every_store() {
         "caf\u{e9}".as_bytes().to_vec(),
         b"plain".to_vec(),
     ];
-    let raw_trees = |path: &Path| -> BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>> {
+    type Trees = BTreeMap<Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>>;
+    let raw_trees = |path: &Path| -> Trees {
         let db = sled::open(path).unwrap();
         db.tree_names()
             .into_iter()
@@ -304,7 +305,7 @@ fn hostile_tree_names_round_trip_through_every_store() {
         // `__sled__default`: the round trip through RocksDB adds an empty `default` tree
         // (FORMAT.md §2 maps names one to one).
         if via == "rocksdb" {
-            assert_eq!(got.remove(&b"default".to_vec()), Some(vec![]));
+            assert_eq!(got.remove(b"default".as_slice()), Some(vec![]));
         }
         if via == "rocksdb" {
             assert_eq!(got, want, "via {via}");

@@ -209,21 +209,26 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
         "restore",
     );
 
-    // A damaged manifest stops both backup and restore, naming the file.
+    // A damaged manifest stops restore, naming the file; the next backup replaces it with a
+    // full backup and says why (it never fails every later run).
     let manifest = d.join("bk/.tidemark/manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("\"records\": 1", "\"records\": 2")).unwrap();
     let e = fails(
-        &["backup", "--source", &src("ok.db"), "--to", "bk"],
-        d.path(),
-    );
-    assert!(e.contains("manifest.json") && e.contains("damaged"), "{e}");
-    let e = fails(
         &["restore", "--from", "bk", "--to", &src("new.db")],
         d.path(),
     );
-    assert!(e.contains("manifest.json"), "{e}");
+    assert!(e.contains("manifest.json") && e.contains("damaged"), "{e}");
     assert!(!d.join("new.db").exists());
+    let out = ok(
+        &["backup", "--source", &src("ok.db"), "--to", "bk"],
+        d.path(),
+    );
+    assert!(
+        out.contains("Backup (full)") && out.contains("manifest is damaged"),
+        "{out}"
+    );
+    ok(&["verify", "bk"], d.path());
     let e = fails(
         &["restore", "--from", "nowhere", "--to", &src("new.db")],
         d.path(),
