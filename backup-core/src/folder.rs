@@ -127,6 +127,10 @@ impl FolderBackup {
         self.root.join(META_DIR).join("staging")
     }
 
+    fn undo_dir(&self) -> PathBuf {
+        self.root.join(META_DIR).join("undo")
+    }
+
     fn dirty_marker(&self) -> PathBuf {
         self.root.join(META_DIR).join("dirty")
     }
@@ -196,6 +200,7 @@ impl FolderBackup {
                 staging
             }
             RunKind::Incremental => {
+                durable::remove_dir_all_if_exists(&self.undo_dir())?;
                 durable::write_atomic(
                     &self.dirty_marker(),
                     b"an incremental run is in progress\n",
@@ -211,7 +216,9 @@ impl FolderBackup {
             base,
             counts,
             dropped: Vec::new(),
+            created: Vec::new(),
             bytes: 0,
+            committed: false,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         })
     }
@@ -273,11 +280,73 @@ pub struct FolderRun {
     base: PathBuf,
     counts: BTreeMap<CollectionName, u64>,
     dropped: Vec<CollectionName>,
+    /// Collections this (incremental) run created: removed again if the run fails.
+    created: Vec<CollectionName>,
     bytes: u64,
     run_id: String,
+    committed: bool,
 }
 
 impl FolderRun {
+    /// Incremental runs: moves the document `id` of the collection directory `cdir` out of the
+    /// way before the run changes it, into `.tidemark/undo/old/` (its state before the run, kept
+    /// once) or, for a document the run creates, a marker in `.tidemark/undo/new/`. A run that
+    /// fails puts everything back ([`FolderRun::roll_back`]), so a failed incremental (a full
+    /// disk, a store error) leaves the backup exactly as its manifest says. Renames only: no
+    /// space is needed to save or to put back.
+    fn save_for_undo(&self, cdir: &str, id: &str, docdir: &Path) -> Result<()> {
+        let undo = self.folder.undo_dir();
+        let old = undo.join("old").join(cdir).join(id);
+        let new = undo.join("new").join(cdir).join(id);
+        if old.exists() || new.exists() {
+            // Changed earlier in this run: what is there now is this run's own.
+            return durable::remove_dir_all_if_exists(docdir);
+        }
+        if docdir.exists() {
+            durable::create_dir_all(old.parent().unwrap_or(&undo))?;
+            durable::rename(docdir, &old)
+        } else {
+            durable::create_dir_all(new.parent().unwrap_or(&undo))?;
+            durable::write_new(&new, b"")
+        }
+    }
+
+    /// Puts back what this (failed, incremental) run changed: documents it created go, the
+    /// ones it replaced or deleted come back, collections it created go. Then the backup is
+    /// its manifest's again and the dirty marker goes too.
+    fn roll_back(&mut self) -> Result<()> {
+        let undo = self.folder.undo_dir();
+        let root = self.folder.root.clone();
+        for (side, restore) in [("new", false), ("old", true)] {
+            let base = undo.join(side);
+            let Ok(cdirs) = fs::read_dir(&base) else {
+                continue;
+            };
+            for cdir in cdirs {
+                let cdir = cdir.map_err(|e| Error::io("read directory", &base, e))?;
+                let name = cdir.file_name();
+                let entries = fs::read_dir(cdir.path())
+                    .map_err(|e| Error::io("read directory", cdir.path(), e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io("read directory", cdir.path(), e))?;
+                    let docdir = root.join(&name).join(entry.file_name());
+                    durable::remove_dir_all_if_exists(&docdir)?;
+                    if restore {
+                        durable::create_dir_all(&root.join(&name))?;
+                        durable::rename(&entry.path(), &docdir)?;
+                    }
+                }
+            }
+        }
+        for c in std::mem::take(&mut self.created) {
+            durable::remove_dir_all_if_exists(&root.join(collection_dir_name(&c)))?;
+        }
+        durable::remove_dir_all_if_exists(&undo)?;
+        durable::sync_filesystem(&root)?;
+        fs::remove_file(self.folder.dirty_marker())
+            .map_err(|e| Error::io("remove", self.folder.dirty_marker(), e))
+    }
+
     /// A new key index file for a collection in this run: (file name, path).
     pub fn new_index(&self, collection: &CollectionName, tag: &str) -> (String, PathBuf) {
         let name = format!(
@@ -297,7 +366,11 @@ impl FolderRun {
     /// Makes sure a collection exists in the backup (an empty collection still has a folder).
     pub fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
         if !self.counts.contains_key(collection) {
-            durable::create_dir_all(&self.collection_dir(collection))?;
+            let dir = self.collection_dir(collection);
+            if self.kind == RunKind::Incremental && !dir.exists() {
+                self.created.push(collection.clone());
+            }
+            durable::create_dir_all(&dir)?;
             self.counts.insert(collection.clone(), 0);
         }
         Ok(())
@@ -317,7 +390,11 @@ impl FolderRun {
         let doc_path = docdir.join(DOCUMENT_FILE);
         // Full runs can overwrite too: a store without snapshots replays changes after its scan.
         let existed = doc_path.exists();
-        if !existed {
+        if self.kind == RunKind::Incremental {
+            // The old document goes to the undo area; the new one is written afresh.
+            self.save_for_undo(&collection_dir_name(collection), &id, &docdir)?;
+        }
+        if !docdir.exists() {
             durable::create_dir_all(&docdir)?;
         }
         let enc = document::encode(record);
@@ -343,9 +420,10 @@ impl FolderRun {
                 }
             }
         }
-        if existed {
+        if existed && self.kind == RunKind::Full {
             remove_stale_attachments(&attdir, &enc.attachments)?;
-        } else {
+        }
+        if !existed {
             *self.counts.entry(collection.clone()).or_insert(0) += 1;
         }
         Ok(WriteEvent {
@@ -363,7 +441,7 @@ impl FolderRun {
         if !docdir.exists() {
             return Ok(None);
         }
-        durable::remove_dir_all_if_exists(&docdir)?;
+        self.remove_document(collection, &id, &docdir)?;
         if let Some(n) = self.counts.get_mut(collection) {
             *n = n.saturating_sub(1);
         }
@@ -379,12 +457,22 @@ impl FolderRun {
     pub fn delete_document(&mut self, collection: &CollectionName, id: &str) -> Result<()> {
         let docdir = self.collection_dir(collection).join(id);
         if docdir.exists() {
-            durable::remove_dir_all_if_exists(&docdir)?;
+            self.remove_document(collection, id, &docdir)?;
             if let Some(n) = self.counts.get_mut(collection) {
                 *n = n.saturating_sub(1);
             }
         }
         Ok(())
+    }
+
+    fn remove_document(&self, collection: &CollectionName, id: &str, docdir: &Path) -> Result<()> {
+        if self.kind == RunKind::Incremental {
+            // Moving it to the undo area is the deletion.
+            self.save_for_undo(&collection_dir_name(collection), id, docdir)?;
+            durable::remove_dir_all_if_exists(docdir)
+        } else {
+            durable::remove_dir_all_if_exists(docdir)
+        }
     }
 
     /// How many records the backup holds in `collection` after this run's writes so far.
@@ -399,7 +487,7 @@ impl FolderRun {
 
     /// Completes the run: swaps a full run's collections into place, makes everything durable,
     /// then writes the manifest. The manifest's checkpoint never runs ahead of durable data.
-    pub fn commit(self, manifest: &FolderManifest) -> Result<()> {
+    pub fn commit(mut self, manifest: &FolderManifest) -> Result<()> {
         let root = self.folder.root.clone();
         if self.kind == RunKind::Full {
             // From the first rename until the manifest, the collections and the manifest may
@@ -428,15 +516,20 @@ impl FolderRun {
                 let staged = self.base.join(dir);
                 durable::rename(&staged, &root.join(dir))?;
             }
-        } else {
-            for c in &self.dropped {
-                durable::remove_dir_all_if_exists(&self.collection_dir(c))?;
-            }
         }
         durable::sync_filesystem(&root)?;
         durable::sync_dir(&root)?;
         manifest.write(&self.folder.manifest_path())?;
-        // Only now may what the previous manifest referenced go.
+        self.committed = true;
+        // Only now may what the previous manifest referenced go (and until the dirty marker
+        // goes, a reader still refuses the folder).
+        if self.kind == RunKind::Incremental {
+            for c in &self.dropped {
+                durable::remove_dir_all_if_exists(&self.collection_dir(c))?;
+            }
+        }
+        // What an earlier, killed incremental saved is no longer needed either.
+        durable::remove_dir_all_if_exists(&self.folder.undo_dir())?;
         let _ = fs::remove_file(self.folder.dirty_marker());
         durable::remove_dir_all_if_exists(&self.folder.trash())?;
         durable::remove_dir_all_if_exists(&self.folder.staging())?;
@@ -462,10 +555,21 @@ impl FolderRun {
     }
 
     fn write_file(&self, path: &Path, bytes: &[u8]) -> Result<()> {
-        match self.kind {
-            RunKind::Full => durable::write_new(path, bytes),
-            RunKind::Incremental => durable::write_atomic(path, bytes, Sync::Later),
+        // Both kinds write into directories of their own: staging (full), or a document
+        // directory made afresh after the old one went to the undo area (incremental).
+        durable::write_new(path, bytes)
+    }
+}
+
+impl Drop for FolderRun {
+    fn drop(&mut self) {
+        if self.committed || self.kind != RunKind::Incremental {
+            return;
         }
+        // A failed incremental: put the backup back as its manifest says. If that fails too,
+        // the dirty marker stays, readers refuse the folder and the next run takes a full
+        // backup.
+        let _ = self.roll_back();
     }
 }
 

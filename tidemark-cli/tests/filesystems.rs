@@ -1,0 +1,303 @@
+//! Hostile file systems, on real mounts (tmpfs; the suite runs as root, as `.ci/run` does):
+//! a destination that fills up (ENOSPC), a read-only destination, read-only sources. Every
+//! failure is a plain error with a non-zero exit, and what was there before stays valid.
+#![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+use common::{dump, fails, ok, sql};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A tmpfs of `size` mounted at a new directory; unmounted when dropped.
+struct Mount {
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn new(parent: &Path, name: &str, size: &str) -> Mount {
+        let dir = parent.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a tmpfs needs root (scripts/test.sh and .ci/run run as root)"
+        );
+        Mount { dir }
+    }
+
+    fn read_only(&self) {
+        let st = Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.dir)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+    }
+}
+
+fn rows(d: &Path, db: &str, n: u32, size: u32) {
+    sql(
+        &d.join(db),
+        &format!(
+            "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, body BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n})
+             INSERT OR REPLACE INTO t SELECT i, randomblob({size}) FROM n;"
+        ),
+    );
+}
+
+fn assert_plain(err: &str) {
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.starts_with("tidemark: error:"), "{err}");
+}
+
+#[test]
+fn a_full_destination_fails_plainly_and_keeps_the_last_backup() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rows(d, "src.db", 20, 200);
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    let m = Mount::new(d, "small", "600k");
+    for format in ["folder", "archive"] {
+        let dest = m.dir.join(format);
+        let dest = dest.to_str().unwrap();
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
+        let first = dump(&d.join("src.db"));
+        // Far more than the file system holds.
+        rows(d, "src.db", 400, 4000);
+        for full in [false, true] {
+            let mut args = vec![
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ];
+            if full {
+                args.push("--full");
+            }
+            let err = fails(&args, d);
+            assert_plain(&err);
+            assert!(err.contains("No space left on device"), "{err}");
+            // The destination still holds the last backup, whole.
+            ok(&["verify", dest], d);
+            let r = d.join(format!("r-{format}-{full}.db"));
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    dest,
+                    "--to",
+                    &format!("sqlite:{}", r.display()),
+                ],
+                d,
+            );
+            common::assert_same_dump(&dump(&r), &first, "the last backup");
+        }
+        // Space again (the rows shrink): the next backup completes.
+        sql(
+            &d.join("src.db"),
+            "DELETE FROM t WHERE id > 20; UPDATE t SET body = randomblob(200);",
+        );
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
+        ok(&["verify", dest], d);
+        let r = d.join(format!("r-{format}-after.db"));
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("sqlite:{}", r.display()),
+            ],
+            d,
+        );
+        common::assert_same_dump(&dump(&r), &dump(&d.join("src.db")), "after space returned");
+        // Leave room for the next format.
+        std::fs::remove_dir_all(m.dir.join(format)).unwrap();
+        rows(d, "src.db", 20, 200);
+        sql(&d.join("src.db"), "DELETE FROM t WHERE id > 20;");
+    }
+}
+
+#[test]
+fn a_restore_that_runs_out_of_space_leaves_the_target_and_no_debris() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rows(d, "src.db", 300, 4000);
+    ok(&["backup", "--source", "sqlite:src.db", "--to", "bk"], d);
+    let m = Mount::new(d, "small", "800k");
+    let target = m.dir.join("app.db");
+    sql(
+        &target,
+        "CREATE TABLE keep(x); INSERT INTO keep VALUES ('old');",
+    );
+    let old = dump(&target);
+    let err = fails(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            &format!("sqlite:{}", target.display()),
+            "--force",
+        ],
+        d,
+    );
+    assert_plain(&err);
+    assert!(err.contains("full") || err.contains("No space"), "{err}");
+    assert_eq!(dump(&target), old, "the target is untouched");
+    let left: Vec<_> = std::fs::read_dir(&m.dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["app.db".to_string()], "no temporary files");
+}
+
+#[test]
+fn a_read_only_destination_is_read_and_refuses_writes_plainly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rows(d, "src.db", 30, 100);
+    let m = Mount::new(d, "ro", "4m");
+    for format in ["folder", "archive"] {
+        let dest = m.dir.join(format);
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest.to_str().unwrap(),
+                "--format",
+                format,
+            ],
+            d,
+        );
+    }
+    m.read_only();
+    for format in ["folder", "archive"] {
+        let dest = m.dir.join(format);
+        let dest = dest.to_str().unwrap();
+        ok(&["verify", dest], d);
+        let r = d.join(format!("r-{format}.db"));
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("sqlite:{}", r.display()),
+            ],
+            d,
+        );
+        common::assert_same_dump(&dump(&r), &dump(&d.join("src.db")), format);
+        let err = fails(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
+        assert_plain(&err);
+        assert!(err.contains("Read-only file system"), "{err}");
+    }
+}
+
+#[test]
+fn read_only_sources_are_backed_up_or_refused_plainly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let m = Mount::new(d, "ro", "8m");
+    // A rollback-journal SQLite database and a WAL one, cleanly closed.
+    rows(&m.dir, "journal.db", 30, 100);
+    sql(
+        &m.dir.join("wal.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(x); INSERT INTO t VALUES (1);",
+    );
+    #[cfg(feature = "rocksdb")]
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = rocksdb::DB::open(&opts, m.dir.join("rocks")).unwrap();
+        for i in 0..50u32 {
+            db.put(i.to_be_bytes(), b"v").unwrap();
+        }
+    }
+    m.read_only();
+    let src = format!("sqlite:{}", m.dir.join("journal.db").display());
+    ok(&["backup", "--source", &src, "--to", "bk-journal"], d);
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk-journal",
+            "--to",
+            "sqlite:journal-copy.db",
+        ],
+        d,
+    );
+    common::assert_same_dump(
+        &dump(&d.join("journal-copy.db")),
+        &dump(&m.dir.join("journal.db")),
+        "journal",
+    );
+    // A WAL database needs its -shm, which a read-only directory cannot hold: a plain error
+    // that says so.
+    let src = format!("sqlite:{}", m.dir.join("wal.db").display());
+    let out = common::tidemark(&["backup", "--source", &src, "--to", "bk-wal"], d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert_plain(&err);
+        assert!(err.contains("write access"), "{err}");
+    }
+    #[cfg(feature = "rocksdb")]
+    {
+        // RocksDB sources are read through a secondary instance, which writes only its own
+        // temporary directory: a read-only database backs up.
+        let src = format!("rocksdb:{}", m.dir.join("rocks").display());
+        let out = ok(&["backup", "--source", &src, "--to", "bk-rocks"], d);
+        assert!(out.contains("50 in backup"), "{out}");
+    }
+}
