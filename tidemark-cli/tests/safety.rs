@@ -562,3 +562,168 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
         }
     }
 }
+
+/// A live backup (folder and archive) of a source nobody writes meanwhile changes no file of
+/// it: SQLite (untracked, rollback journal and WAL) and RocksDB (read through a secondary
+/// instance). sled has no read-only open and rewrites its own files when any handle opens it:
+/// for plain sled, no tree, key or value may change, and no tree may be added.
+#[test]
+fn live_backups_never_write_to_their_sources() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let mut sources: Vec<(String, std::path::PathBuf)> = Vec::new();
+    sql(
+        &d.join("journal.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    sources.push(("sqlite:journal.db".into(), d.join("journal.db")));
+    sql(
+        &d.join("wal.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    sources.push(("sqlite:wal.db".into(), d.join("wal.db")));
+    #[cfg(feature = "rocksdb")]
+    {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        let db = rocksdb::DB::open(&opts, d.join("rocks")).unwrap();
+        for i in 0..20u32 {
+            db.put(i.to_be_bytes(), b"v").unwrap();
+        }
+        drop(db);
+        sources.push(("rocksdb:rocks".into(), d.join("rocks")));
+    }
+    #[cfg(feature = "sled")]
+    {
+        let db = sled::open(d.join("sled")).unwrap();
+        db.open_tree("t")
+            .unwrap()
+            .insert(b"k", b"v".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+        drop(db);
+        std::thread::sleep(Duration::from_millis(300)); // sled lets go of its lock a moment later
+        sources.push(("sled:sled".into(), d.join("sled")));
+    }
+    for (i, (url, path)) in sources.iter().enumerate() {
+        let files = |p: &Path| {
+            if url.starts_with("sled:") {
+                return sled_state(p);
+            }
+            if p.is_dir() {
+                common::snapshot_files(p)
+            } else {
+                common::snapshot_files(p.parent().unwrap())
+                    .into_iter()
+                    .filter(|(n, _)| n.starts_with(p.file_name().unwrap().to_str().unwrap()))
+                    .collect()
+            }
+        };
+        let before = files(path);
+        for format in ["folder", "archive"] {
+            let dest = format!("live-{i}-{format}");
+            let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+                .args(["backup", "--source", url, "--to", &dest, "--format", format])
+                .args(["--live", "--interval", "0.2", "--quiet"])
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let done = if format == "archive" {
+                d.join(&dest).join(".tidemark-head")
+            } else {
+                d.join(&dest).join(".tidemark/manifest.json")
+            };
+            let start = Instant::now();
+            while !done.exists() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "{url}: no initial backup"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::thread::sleep(Duration::from_millis(600)); // a few intervals of following
+            sigterm(child);
+            assert!(
+                files(path) == before,
+                "{url} {format}: the source's files changed"
+            );
+        }
+    }
+}
+
+/// Every tree (names included) of a sled database with its keys and values, read with plain
+/// sled once its lock is free.
+#[cfg(feature = "sled")]
+fn sled_state(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let start = Instant::now();
+    let db = loop {
+        match sled::open(path) {
+            Ok(db) => break db,
+            Err(_) if start.elapsed() < Duration::from_secs(5) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for name in db.tree_names() {
+        for item in db.open_tree(&name).unwrap().iter() {
+            let (k, v) = item.unwrap();
+            out.insert(format!("{name:?} {k:?}"), v.to_vec());
+        }
+        out.entry(format!("{name:?}")).or_default();
+    }
+    out
+}
+
+#[cfg(not(feature = "sled"))]
+fn sled_state(_: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    unreachable!("no sled source without the sled feature")
+}
+
+/// `verify` run again and again while a live backup follows a busy store always finds the
+/// folder whole: readers wait for the run in progress (the run lock), never see half of it.
+#[test]
+fn verify_during_a_live_backup_always_finds_the_backup_whole() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    let live = start_live(d, "bk", "folder");
+    let db = d.join("src.db");
+    let writer = std::thread::spawn(move || {
+        for i in 0..60 {
+            sql(
+                &db,
+                &format!(
+                    "INSERT INTO users(name) VALUES ('w{i}'); UPDATE users SET name = 'u{i}' WHERE id = {};
+                     DELETE FROM users WHERE id = {};",
+                    i % 50 + 1,
+                    i + 2
+                ),
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let out = tidemark(&["verify", "bk"], d);
+        assert!(
+            out.status.success(),
+            "verify during a live backup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checks += 1;
+    }
+    writer.join().unwrap();
+    sigterm(live);
+    assert!(checks >= 5, "only {checks} verifies ran");
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(
+        &dump(&d.join("r.db")),
+        &dump(&d.join("src.db")),
+        "after live",
+    );
+}
