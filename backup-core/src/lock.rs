@@ -155,9 +155,20 @@ pub(crate) fn flock_blocking(file: &File, exclusive: bool) -> std::io::Result<()
     }
 }
 
-/// This machine's host name (for the holder line).
+/// Whether process `pid` of this machine still runs (`kill(pid, 0)`).
 #[allow(unsafe_code)]
-pub(crate) fn hostname() -> String {
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// This machine's host name (for lock holder lines).
+#[allow(unsafe_code)]
+pub fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that much.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

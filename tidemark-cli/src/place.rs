@@ -73,6 +73,8 @@ mod imp {
         events: &mut dyn FnMut(Event),
     ) -> Result<ArchiveSummary> {
         let chain = open(url)?;
+        // One writer per destination, remotely too: held for the whole run.
+        let _lock = chain.lock("backup")?;
         let mirror = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
         std::fs::create_dir_all(&mirror)
             .with_context(|| format!("creating the mirror {}", mirror.display()))?;
@@ -99,7 +101,13 @@ mod imp {
     }
 
     pub fn prune(url: &str, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
-        Ok(open(url)?.prune(retention, dry_run)?)
+        let chain = open(url)?;
+        let _lock = if dry_run {
+            None
+        } else {
+            Some(chain.lock("prune")?)
+        };
+        Ok(chain.prune(retention, dry_run)?)
     }
 }
 

@@ -359,3 +359,119 @@ keep_last = 2
     let err = fails(&["backup", "--source", "sqlite:src.db", "--to", &url], d);
     assert!(err.contains("remote destinations take archives"), "{err}");
 }
+
+/// Writes an object with boto3 (an independent S3 client; moto depends on it).
+fn s3_put(bucket: &str, key: &str, body: &str) {
+    let port = moto();
+    let script = format!(
+        "import boto3, sys\n\
+         s3 = boto3.client('s3', endpoint_url='http://127.0.0.1:{port}', region_name='us-east-1',\n\
+                           aws_access_key_id='test', aws_secret_access_key='test')\n\
+         s3.put_object(Bucket=sys.argv[1], Key=sys.argv[2], Body=sys.argv[3].encode())\n"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script, bucket, key, body])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One writer per remote destination: a lock object created with a conditional put. Another
+/// holder's live lock (written here straight to the server, as another machine would) refuses
+/// a backup and a prune at once, naming it; an expired one (its holder died) is taken over;
+/// a run leaves no lock behind; of two backups started together, never both write.
+#[test]
+fn one_writer_per_remote_destination() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let url = bucket("locks");
+    let lock_path = "/locks/app/.tidemark-lock";
+    let future = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let body = format!(
+        r#"{{"holder":"pid 4242 on elsewhere, since 2026-12-01T00:00:00Z: tidemark backup","token":"t","expires_at":{future}}}"#
+    );
+    s3_put("locks", "app/.tidemark-lock", &body);
+    let dest = format!("{url}/app");
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            &dest,
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    assert!(
+        err.contains("in use by another tidemark run") && err.contains("pid 4242 on elsewhere"),
+        "{err}"
+    );
+    let err = fails(&["prune", &dest, "--keep-last", "1"], d);
+    assert!(err.contains("pid 4242 on elsewhere"), "{err}");
+    let err = fails(&["list", &dest], d);
+    assert!(
+        err.contains("no tidemark archives"),
+        "the refused backup wrote nothing: {err}"
+    );
+    // An expired lock: its holder is gone.
+    let body = r#"{"holder":"pid 1 on elsewhere, since 2020-01-01T00:00:00Z: tidemark backup","token":"t","expires_at":1}"#;
+    s3_put("locks", "app/.tidemark-lock", body);
+    backup(d, &dest, &[]);
+    assert_eq!(http("GET", lock_path, b""), 404, "the run removed its lock");
+    // Two backups at once: one writes, the other is refused (or runs after it); the chain is
+    // valid either way.
+    sql(&d.join("src.db"), "INSERT INTO t(v) VALUES ('more');");
+    let a = cmd(d)
+        .args([
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            &dest,
+            "--format",
+            "archive",
+            "--full",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = run(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            &dest,
+            "--format",
+            "archive",
+            "--full",
+        ],
+        d,
+    );
+    let a = a.wait_with_output().unwrap();
+    for out in [&a, &b] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || err.contains("in use by another tidemark run"),
+            "{err}"
+        );
+    }
+    ok(&["verify", &dest], d);
+    restore(d, &dest, None, "r.db");
+    assert_same_dump(
+        &dump(&d.join("r.db")),
+        &dump(&d.join("src.db")),
+        "after concurrent runs",
+    );
+}

@@ -436,3 +436,213 @@ impl ArchiveOutput for RemoteOutput {
         Ok((archive, size))
     }
 }
+
+/// The lock object's name under a chain's prefix (one writer per destination).
+pub const LOCK_OBJECT: &str = ".tidemark-lock";
+
+/// How long a lock object holds without renewal: a holder that dies stops renewing it, and
+/// the next writer takes it over once it has expired.
+pub const LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The lock object's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LockBody {
+    /// Who holds it: pid, host, start time, command.
+    holder: String,
+    /// This holder's random token (only its holder renews or removes it).
+    token: String,
+    /// Unix seconds after which the lock counts as abandoned.
+    expires_at: u64,
+    /// The holder's host and process id: a holder on this host that no longer runs (a killed
+    /// run) does not block until its lock expires.
+    #[serde(default)]
+    host: String,
+    #[serde(default)]
+    pid: u32,
+}
+
+impl LockBody {
+    /// Whether the lock still holds: not expired, and not held by a process of this host
+    /// that has died.
+    fn is_live(&self) -> bool {
+        if self.expires_at <= unix_now() {
+            return false;
+        }
+        if self.pid != 0 && self.host == backup_core::lock::hostname() {
+            return backup_core::lock::process_alive(self.pid);
+        }
+        true
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A held lock on a remote destination: renewed in the background every third of
+/// [`LOCK_TTL`], removed when dropped.
+pub struct RemoteLock {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+    store: Arc<dyn ObjectStore>,
+    path: ObjectPath,
+    token: String,
+    rt: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for RemoteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteLock")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+async fn read_lock(store: &dyn ObjectStore, path: &ObjectPath) -> Option<LockBody> {
+    let r = store.get(path).await.ok()?;
+    serde_json::from_slice(&r.bytes().await.ok()?).ok()
+}
+
+impl RemoteChain {
+    /// Takes the destination's lock for `command` (e.g. "backup"): the lock object is created
+    /// with a conditional put (create-if-absent), so of two writers exactly one gets it; the
+    /// other fails at once with [`Error::Locked`] naming the holder. A lock whose holder
+    /// stopped renewing it (a killed run) is taken over after it expired.
+    pub fn lock(&self, command: &str) -> Result<RemoteLock> {
+        let path = self.path(LOCK_OBJECT);
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let holder = format!(
+            "pid {} on {}, since {}: tidemark {command}",
+            std::process::id(),
+            backup_core::lock::hostname(),
+            backup_core::manifest::now_rfc3339()
+        );
+        let body = |expires_at: u64| {
+            serde_json::to_vec(&LockBody {
+                holder: holder.clone(),
+                token: token.clone(),
+                expires_at,
+                host: backup_core::lock::hostname(),
+                pid: std::process::id(),
+            })
+            .unwrap_or_default()
+        };
+        for attempt in 0..2 {
+            let created = self.rt.block_on(self.store.put_opts(
+                &path,
+                PutPayload::from(body(unix_now() + LOCK_TTL.as_secs())),
+                object_store::PutOptions {
+                    mode: object_store::PutMode::Create,
+                    ..Default::default()
+                },
+            ));
+            match created {
+                Ok(_) => {
+                    return Ok(self.start_renewing(path, token, holder));
+                }
+                Err(object_store::Error::AlreadyExists { .. }) if attempt == 0 => {
+                    let current = self.rt.block_on(read_lock(self.store.as_ref(), &path));
+                    match current {
+                        Some(b) if b.is_live() => {
+                            return Err(Error::Locked {
+                                path: PathBuf::from(&self.url),
+                                holder: b.holder,
+                            });
+                        }
+                        // Expired, its holder on this host died, or unreadable: take it over.
+                        _ => self.delete(LOCK_OBJECT)?,
+                    }
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    let holder = self
+                        .rt
+                        .block_on(read_lock(self.store.as_ref(), &path))
+                        .map_or_else(|| "another writer".to_string(), |b| b.holder);
+                    return Err(Error::Locked {
+                        path: PathBuf::from(&self.url),
+                        holder,
+                    });
+                }
+                Err(e) => return Err(self.err("create the lock object", e)),
+            }
+        }
+        Err(self.err("create the lock object", "it keeps being taken"))
+    }
+
+    fn start_renewing(&self, path: ObjectPath, token: String, holder: String) -> RemoteLock {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, store, p, t) = (
+            stop.clone(),
+            self.store.clone(),
+            path.clone(),
+            token.clone(),
+        );
+        let renewer = std::thread::Builder::new()
+            .name("tidemark-lock-renewal".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                let every = LOCK_TTL / 3;
+                let mut last = std::time::Instant::now();
+                while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    rt.block_on(async {
+                        // Renew only a lock that is still ours.
+                        if read_lock(store.as_ref(), &p)
+                            .await
+                            .is_some_and(|b| b.token == t)
+                        {
+                            let body = LockBody {
+                                holder: holder.clone(),
+                                token: t.clone(),
+                                expires_at: unix_now() + LOCK_TTL.as_secs(),
+                                host: backup_core::lock::hostname(),
+                                pid: std::process::id(),
+                            };
+                            if let Ok(bytes) = serde_json::to_vec(&body) {
+                                let _ = store.put(&p, PutPayload::from(bytes)).await;
+                            }
+                        }
+                    });
+                }
+            })
+            .ok();
+        RemoteLock {
+            stop,
+            renewer,
+            store: self.store.clone(),
+            path,
+            token,
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+impl Drop for RemoteLock {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+        let (store, path, token) = (self.store.clone(), self.path.clone(), self.token.clone());
+        self.rt.block_on(async move {
+            if read_lock(store.as_ref(), &path)
+                .await
+                .is_some_and(|b| b.token == token)
+            {
+                let _ = store.delete(&path).await;
+            }
+        });
+    }
+}
