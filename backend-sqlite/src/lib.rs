@@ -53,6 +53,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct SqliteBackend {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Read the database without writing even its shared-memory index (`-shm`): an
+    /// untracked database an application left a `-wal` beside (see
+    /// [`SqliteBackend::open_for_backup`]).
+    readonly_shm: bool,
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -113,11 +117,7 @@ impl SqliteBackend {
             return Self::open(path);
         }
         Self::check_file(path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| Error::BadInput {
+        let conn = open_reader(path, true).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),
             cause: format!("cannot open as a SQLite database: {e}"),
         })?;
@@ -127,7 +127,9 @@ impl SqliteBackend {
             drop(conn);
             return Self::open(path);
         }
-        Self::with(path, conn)
+        let mut backend = Self::with(path, conn)?;
+        backend.readonly_shm = true;
+        Ok(backend)
     }
 
     fn check_file(path: &Path) -> Result<()> {
@@ -159,6 +161,7 @@ impl SqliteBackend {
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            readonly_shm: false,
         })
     }
 
@@ -219,6 +222,29 @@ impl SqliteBackend {
     }
 }
 
+/// A read-only connection. With `readonly_shm`, SQLite maps the `-shm` index read-only too
+/// (URI parameter `readonly_shm`): a WAL left by a killed writer is then read into memory
+/// instead of being recovered into the `-shm` file, so not one byte of the database's files
+/// changes.
+fn open_reader(path: &Path, readonly_shm: bool) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !readonly_shm {
+        return Connection::open_with_flags(path, flags);
+    }
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut uri = String::from("file:");
+    for b in absolute.as_os_str().as_encoded_bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                uri.push(*b as char)
+            }
+            _ => uri.push_str(&format!("%{b:02X}")),
+        }
+    }
+    uri.push_str("?mode=ro&readonly_shm=1");
+    Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
+}
+
 fn describe(path: &Path) -> String {
     format!("sqlite:{}", path.display())
 }
@@ -258,11 +284,7 @@ impl StorageBackend for SqliteBackend {
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store = self.describe();
         let err = |e: rusqlite::Error| Error::store(&store, format!("opening a read view: {e}"));
-        let conn = Connection::open_with_flags(
-            &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(err)?;
+        let conn = open_reader(&self.path, self.readonly_shm).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         conn.execute_batch("BEGIN").map_err(err)?;
         // The first read fixes the transaction's snapshot: everything below is as of it.

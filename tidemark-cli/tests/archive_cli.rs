@@ -324,7 +324,7 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
     // Killed mid-run: whatever it left, the chain verifies and the next run carries on.
     sql(&db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t(name, pic) SELECT 'bulk', randomblob(2000) FROM n;");
     for ms in [40u64, 150, 400] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let mut child = Command::new(common::bin())
             .args([
                 "backup",
                 "--source",

@@ -23,7 +23,7 @@ use std::process::Command;
 /// Runs `tidemark` with crash point `n` armed. Returns `true` if it was killed there, `false`
 /// if it finished (it has fewer than `n` points); any other failure fails the test.
 fn run_crashing(args: &[&str], d: &Path, n: u64) -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let out = Command::new(common::bin())
         .args(args)
         .env("TIDEMARK_CRASH_AT", n.to_string())
         .current_dir(d)

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn start_live(d: &Path, format: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    Command::new(common::bin())
         .args([
             "backup",
             "--source",

@@ -82,7 +82,7 @@ fn bucket(name: &str) -> String {
 /// `tidemark` in `cwd`, configured for the moto server like a user would (environment).
 fn cmd(cwd: &Path) -> Command {
     let port = moto();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+    let mut c = Command::new(common::bin());
     c.current_dir(cwd)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

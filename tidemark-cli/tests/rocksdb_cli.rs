@@ -192,7 +192,7 @@ fn bad_rocksdb_sources_get_plain_errors() {
         ("rocksdb:nope", "no such directory"),
         ("rocksdb:empty", "no CURRENT file"),
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        let out = Command::new(common::bin())
             .args(["backup", "--source", src, "--to", "bk"])
             .current_dir(d)
             .output()

@@ -89,7 +89,7 @@ fn runs_on_its_interval_until_sigterm() {
     let d = t.path();
     source(d);
     std::fs::write(d.join("jobs.toml"), CONFIG).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let child = Command::new(common::bin())
         .args(["run", "--config", "jobs.toml"])
         .current_dir(d)
         .stdout(Stdio::piped())

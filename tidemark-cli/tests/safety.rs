@@ -23,7 +23,7 @@ fn shop(d: &Path) {
 
 /// A live backup into `dest` (holding the destination's lock until stopped).
 fn start_live(d: &Path, dest: &str, format: &str) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    let child = Command::new(common::bin())
         .args(["backup", "--source", "sqlite:src.db", "--to", dest])
         .args(["--format", format, "--live", "--interval", "0.2", "--quiet"])
         .current_dir(d)
@@ -515,18 +515,38 @@ fn prune_of_a_missing_directory_fails() {
     assert!(err.contains("no such backup directory"), "{err}");
 }
 
+/// The source's files are hashed before and after full and incremental backups in both
+/// formats: rollback journal, WAL cleanly closed, and WAL left by a writer that was killed
+/// (its last transactions only in the `-wal`, which a read-write open would checkpoint into the
+/// database file and remove).
 #[test]
 fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
-    for mode in ["DELETE", "WAL"] {
+    for mode in ["DELETE", "WAL", "WAL-crashed"] {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         sql(
             &d.join("src.db"),
             &format!(
-                "PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-                 INSERT INTO t VALUES (1, 'a'), (2, 'b');"
+                "PRAGMA journal_mode={}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+                mode.trim_end_matches("-crashed")
             ),
         );
+        if mode == "WAL-crashed" {
+            let script = "import sqlite3, os\n\
+                          c = sqlite3.connect('src.db')\n\
+                          c.execute('PRAGMA wal_autocheckpoint=0')\n\
+                          c.executemany('INSERT INTO t(v) VALUES (?)', [('w',)] * 50)\n\
+                          c.commit()\n\
+                          os._exit(0)\n";
+            let st = Command::new("python3")
+                .args(["-c", script])
+                .current_dir(d)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert!(std::fs::metadata(d.join("src.db-wal")).unwrap().len() > 0);
+        }
         for round in 0..2 {
             let before = common::snapshot_files(d);
             let before: std::collections::BTreeMap<_, _> = before
@@ -555,6 +575,16 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                 after == before,
                 "{mode} round {round}: the source's files changed"
             );
+            if mode == "WAL-crashed" {
+                // Every row the killed writer committed is in the backup.
+                ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+                let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
+                let n: i64 = conn
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(n, 52);
+                break;
+            }
             sql(
                 &d.join("src.db"),
                 &format!("INSERT INTO t VALUES ({}, 'more');", 10 + round),
@@ -622,7 +652,7 @@ fn live_backups_never_write_to_their_sources() {
         let before = files(path);
         for format in ["folder", "archive"] {
             let dest = format!("live-{i}-{format}");
-            let child = Command::new(env!("CARGO_BIN_EXE_tidemark"))
+            let child = Command::new(common::bin())
                 .args(["backup", "--source", url, "--to", &dest, "--format", format])
                 .args(["--live", "--interval", "0.2", "--quiet"])
                 .current_dir(d)
@@ -726,4 +756,64 @@ fn verify_during_a_live_backup_always_finds_the_backup_whole() {
         &dump(&d.join("src.db")),
         "after live",
     );
+}
+
+/// Ctrl-C during a restore: the unfinished store beside the target is removed, the target is
+/// not created (or, with --force, left as it was), and the exit code says it was interrupted.
+#[test]
+fn an_interrupted_restore_leaves_no_temporary_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
+         INSERT INTO t SELECT i, randomblob(200) FROM n;",
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    let child = Command::new(common::bin())
+        .args(["restore", "--from", "bk", "--to", "sqlite:r.db"])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let tmp = || {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tidemark-restore"))
+            .collect::<Vec<_>>()
+    };
+    let start = Instant::now();
+    while tmp().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the restore never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(tmp().is_empty(), "left behind: {:?}", tmp());
+    assert!(!d.join("r.db").exists());
 }

@@ -320,3 +320,29 @@ fn hostile_tree_names_round_trip_through_every_store() {
         }
     }
 }
+
+/// `restore --force` refuses a sled target that another process (here: this test, as the
+/// application) has open, and leaves it as it was.
+#[test]
+fn restore_force_refuses_a_sled_target_in_use() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    {
+        let db = sled::open(d.join("app")).unwrap();
+        db.insert(b"k", b"v".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    let held = sled::open(d.join("target")).unwrap();
+    held.insert(b"mine", b"1".to_vec()).unwrap();
+    held.flush().unwrap();
+    let e = fails(
+        &["restore", "--from", "bk", "--to", "sled:target", "--force"],
+        d,
+    );
+    assert!(
+        e.contains("open in another process") && e.contains(&format!("pid {}", std::process::id())),
+        "{e}"
+    );
+    assert_eq!(held.get(b"mine").unwrap().as_deref(), Some(&b"1"[..]));
+}

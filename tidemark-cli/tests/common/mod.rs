@@ -4,9 +4,17 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// The `tidemark` binary under test: this build's, or `TIDEMARK_BIN` (to run the suite
+/// against another build, e.g. to show that a new test fails on the code before a fix).
+pub fn bin() -> std::path::PathBuf {
+    std::env::var_os("TIDEMARK_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidemark").into())
+}
+
 /// Runs `tidemark` in `cwd`.
 pub fn tidemark(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidemark"))
+    Command::new(bin())
         .args(args)
         .current_dir(cwd)
         .output()
