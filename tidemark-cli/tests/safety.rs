@@ -767,8 +767,8 @@ fn an_interrupted_restore_leaves_no_temporary_files() {
     sql(
         &d.join("src.db"),
         "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 60000)
-         INSERT INTO t SELECT i, randomblob(200) FROM n;",
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)
+         INSERT INTO t SELECT i, randomblob(30000) FROM n;",
     );
     ok(
         &[
@@ -779,6 +779,8 @@ fn an_interrupted_restore_leaves_no_temporary_files() {
             "bk",
             "--format",
             "archive",
+            "--compression",
+            "none",
         ],
         d,
     );
