@@ -29,21 +29,5 @@ if ! python3 -c 'import moto.server' >/dev/null 2>&1; then
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages 'moto[server]'
 fi
 
-# The RocksDB tests use an independent application: rocksdict from PyPI (its own RocksDB 9.x),
-# in a virtual environment outside the clone. Debian's python3 needs python3-venv for it.
-export TIDEMARK_PYTHON="${TIDEMARK_PYTHON:-$HOME/.cache/tidemark-venv/bin/python}"
-if ! "$TIDEMARK_PYTHON" -c 'import rocksdict' >/dev/null 2>&1; then
-  echo "setup: installing rocksdict (pip, in a venv)" >&2
-  venv="$(dirname "$(dirname "$TIDEMARK_PYTHON")")"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/python" -m pip install -q --disable-pip-version-check 'rocksdict==0.3.29' >/dev/null \
-    || "$venv/bin/python" -m pip install -q --disable-pip-version-check rocksdict
-fi
-
 # Keep the build cache outside the clone so repeated runs are quick (never required).
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tidemark-target}"
