@@ -1,6 +1,6 @@
 //! Old backups stay readable: golden backups written by tidemark at 5cbf1f1 (format 1, before
 //! destinations had a format marker, a lock or a chain head) are committed under
-//! `tests/fixtures/format1-5cbf1f1/` and must verify, list and restore exactly, forever.
+//! `tests/fixtures/format1-5cbf1f1.tar` and must verify, list and restore exactly, forever.
 //! SQLite: a folder backup and two archive chains (deflate, zstd), each a full backup and an
 //! incremental; RocksDB (written by rocksdict) and sled: folder and archive. The expected
 //! states are `.dump`s taken by the `sqlite3` shell when the fixtures were made.
@@ -12,26 +12,35 @@ use common::{dump, ok};
 
 use std::path::{Path, PathBuf};
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-5cbf1f1")
+/// The fixtures, unpacked once per test into `d` from the committed tar (git keeps no empty
+/// directories, and an empty collection is one).
+fn unpack(d: &Path) -> PathBuf {
+    let tar = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-5cbf1f1.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(st.success(), "unpacking {}", tar.display());
+    d.join("format1-5cbf1f1")
 }
 
-/// A copy of fixture `name` in `d` (the committed files are never written to).
+/// Fixture `name`, unpacked in `d` (a copy: the committed files are never written to); its
+/// path relative to `d`.
 fn copy(d: &Path, name: &str) -> String {
-    fn walk(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for e in std::fs::read_dir(from).unwrap() {
-            let p = e.unwrap().path();
-            let dest = to.join(p.file_name().unwrap());
-            if p.is_dir() {
-                walk(&p, &dest);
-            } else {
-                std::fs::copy(&p, &dest).unwrap();
-            }
-        }
-    }
-    walk(&fixtures().join(name), &d.join(name));
-    name.to_string()
+    let root = if d.join("format1-5cbf1f1").exists() {
+        d.join("format1-5cbf1f1")
+    } else {
+        unpack(d)
+    };
+    assert!(root.join(name).exists(), "no fixture {name}");
+    format!("format1-5cbf1f1/{name}")
+}
+
+fn fixtures_in(d: &Path) -> PathBuf {
+    d.join("format1-5cbf1f1")
 }
 
 /// A dump without tidemark's tracking objects and the `sqlite_sequence` reset they cause.
@@ -42,8 +51,8 @@ fn normalize(text: &str) -> String {
         .join("\n")
 }
 
-fn expected(file: &str) -> String {
-    normalize(&std::fs::read_to_string(fixtures().join(file)).unwrap())
+fn expected(d: &Path, file: &str) -> String {
+    normalize(&std::fs::read_to_string(fixtures_in(d).join(file)).unwrap())
 }
 
 #[test]
@@ -67,7 +76,7 @@ fn format_1_sqlite_backups_verify_and_restore_exactly() {
         );
         common::assert_same_dump(
             &normalize(&dump(&d.join(&target))),
-            &expected("sqlite-at-2.sql"),
+            &expected(d, "sqlite-at-2.sql"),
             name,
         );
         if name != "sqlite-folder" {
@@ -89,7 +98,7 @@ fn format_1_sqlite_backups_verify_and_restore_exactly() {
             );
             common::assert_same_dump(
                 &normalize(&dump(&d.join(&then))),
-                &expected("sqlite-at-1.sql"),
+                &expected(d, "sqlite-at-1.sql"),
                 name,
             );
         }
@@ -173,7 +182,7 @@ fn format_1_rocksdb_and_sled_backups_restore_into_every_store() {
         );
         common::assert_same_dump(
             &normalize(&dump(&d.join(&target))),
-            &expected(&format!("{name}.expected.sql")),
+            &expected(d, &format!("{name}.expected.sql")),
             name,
         );
         // Into the store it came from, and back out: the same records.
@@ -199,7 +208,7 @@ fn format_1_rocksdb_and_sled_backups_restore_into_every_store() {
         );
         common::assert_same_dump(
             &normalize(&dump(&d.join(&back))),
-            &expected(&format!("{name}.expected.sql")),
+            &expected(d, &format!("{name}.expected.sql")),
             name,
         );
     }
