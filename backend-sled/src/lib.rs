@@ -50,11 +50,15 @@ enum Handle {
     Plain {
         db: sled::Db,
         path: std::path::PathBuf,
+        /// See [`UNTRACKED_ID`].
+        id: String,
     },
 }
 
-/// The identity reported for a sled database without tidemark's trees (it has none of its
-/// own, and adding one would write to it).
+/// The prefix of the identity reported for a sled database without tidemark's trees. It has
+/// no identity of its own, and adding one would write to it: the identity is this prefix with
+/// the device and inode of its `db` file, which sled grows in place and never replaces, so a
+/// different database put at the same path (or a restored copy) is a different store.
 pub const UNTRACKED_ID: &str = "untracked-sled";
 
 impl SledBackend {
@@ -80,10 +84,17 @@ impl SledBackend {
         if is_tracked {
             return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
         }
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            let file = path.join("db");
+            let meta = std::fs::metadata(&file).map_err(|e| Error::io("inspect", &file, e))?;
+            format!("{UNTRACKED_ID}:{}:{}", meta.dev(), meta.ino())
+        };
         Ok(SledBackend {
             handle: Handle::Plain {
                 db,
                 path: path.to_path_buf(),
+                id,
             },
         })
     }
@@ -152,7 +163,7 @@ impl StorageBackend for SledBackend {
     fn current_checkpoint(&self) -> Result<Checkpoint> {
         Ok(match &self.handle {
             Handle::Tracked(db) => Checkpoint::new(StoreId(db.store_id()?), db.last_seq()?),
-            Handle::Plain { .. } => Checkpoint::new(StoreId(UNTRACKED_ID.into()), 0),
+            Handle::Plain { id, .. } => Checkpoint::new(StoreId(id.clone()), 0),
         })
     }
 

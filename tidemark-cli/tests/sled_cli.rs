@@ -346,3 +346,36 @@ fn restore_force_refuses_a_sled_target_in_use() {
     );
     assert_eq!(held.get(b"mine").unwrap().as_deref(), Some(&b"1"[..]));
 }
+
+/// A different plain sled database put at the same path is a different store: the next backup
+/// is full and says why (sled has no identity; tidemark uses its `db` file's inode).
+#[test]
+fn a_different_plain_sled_database_at_the_same_path_starts_a_full_backup() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    for (name, n) in [("a", 30u32), ("b", 10)] {
+        let db = sled::open(d.join(name)).unwrap();
+        for i in 0..n {
+            db.insert(i.to_be_bytes(), name.as_bytes().to_vec())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    std::fs::rename(d.join("a"), d.join("app")).unwrap();
+    ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    let out = ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    assert!(
+        out.contains("Backup (incremental"),
+        "the same database: {out}"
+    );
+    std::fs::rename(d.join("app"), d.join("old")).unwrap();
+    std::fs::rename(d.join("b"), d.join("app")).unwrap();
+    let out = ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
+    assert!(
+        out.contains("Backup (full)") && out.contains("identity changed"),
+        "{out}"
+    );
+    ok(&["restore", "--from", "bk", "--to", "sled:copy"], d);
+    assert_eq!(sled_content(&d.join("copy")), sled_content(&d.join("app")));
+}
