@@ -71,16 +71,7 @@ impl SqliteBackend {
     /// Opens an existing database. Fails with a plain error if the file is missing or is not a
     /// SQLite database.
     pub fn open(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(Error::BadInput {
-                path: path.to_path_buf(),
-                cause: if path.exists() {
-                    "not a file".into()
-                } else {
-                    "no such file".into()
-                },
-            });
-        }
+        Self::check_file(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

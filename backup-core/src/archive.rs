@@ -520,12 +520,7 @@ pub fn backup_archive(
     archive: &ArchiveOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<ArchiveSummary> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::BadInput {
-            path: dir.to_path_buf(),
-            cause: "exists and is not a directory".into(),
-        });
-    }
+    // The lock refuses a path that is not a directory.
     let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
     crate::destination::claim_format(dir, crate::destination::DestFormat::Archive)?;
     backup_archive_to(

@@ -42,18 +42,30 @@ impl std::fmt::Display for DestFormat {
 /// The format the destination `dir` holds: its marker, or for directories written before
 /// markers existed, what it holds. `None` for a missing or empty destination.
 pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
+    match read_marker(dir)? {
+        Some(format) => Ok(Some(format)),
+        None => infer_format(dir),
+    }
+}
+
+/// What the marker says, if it names a format. A damaged marker (anything but the two words)
+/// is ignored: the directory's content says what it holds, and the next backup writes the
+/// marker again.
+fn read_marker(dir: &Path) -> Result<Option<DestFormat>> {
     let marker = dir.join(FORMAT_FILE);
     match std::fs::read(&marker) {
-        // A damaged marker (anything but the two words) is ignored: the directory's content
-        // says what it holds, and the next backup writes the marker again.
-        Ok(bytes) => match bytes.trim_ascii() {
-            b"folder" => return Ok(Some(DestFormat::Folder)),
-            b"archive" => return Ok(Some(DestFormat::Archive)),
-            _ => {}
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::io("read", &marker, e)),
+        Ok(bytes) => Ok(match bytes.trim_ascii() {
+            b"folder" => Some(DestFormat::Folder),
+            b"archive" => Some(DestFormat::Archive),
+            _ => None,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &marker, e)),
     }
+}
+
+/// The format a directory without a (valid) marker holds, from its content.
+fn infer_format(dir: &Path) -> Result<Option<DestFormat>> {
     let folder = dir
         .join(META_DIR)
         .join(crate::folder::MANIFEST_FILE)
@@ -77,22 +89,21 @@ pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
 /// Records that `dir` holds `format`, or refuses if it holds the other one (call with the
 /// destination's lock held, before writing anything).
 pub fn claim_format(dir: &Path, format: DestFormat) -> Result<()> {
-    match detect_format(dir)? {
-        Some(found) if found == format => {
-            let current = std::fs::read(dir.join(FORMAT_FILE)).unwrap_or_default();
-            if current.trim_ascii() != format.as_str().as_bytes() {
-                write_marker(dir, format)?;
-            }
-            Ok(())
-        }
-        Some(found) => Err(Error::BadInput {
+    let marker = read_marker(dir)?;
+    let found = match marker {
+        Some(found) => Some(found),
+        None => infer_format(dir)?,
+    };
+    match found {
+        Some(found) if found != format => Err(Error::BadInput {
             path: dir.to_path_buf(),
             cause: format!(
                 "holds {found} backups; a {format} backup cannot go here (one format per \
                  destination): back up with --format {found}, or to another directory"
             ),
         }),
-        None => write_marker(dir, format),
+        _ if marker == Some(format) => Ok(()),
+        _ => write_marker(dir, format),
     }
 }
 

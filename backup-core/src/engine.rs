@@ -151,12 +151,6 @@ pub fn backup_folder(
     events: &mut dyn FnMut(Event),
 ) -> Result<BackupSummary> {
     let started = Instant::now();
-    if dir.exists() && !dir.is_dir() {
-        return Err(Error::BadInput {
-            path: dir.to_path_buf(),
-            cause: "exists and is not a directory".into(),
-        });
-    }
     let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
     crate::destination::claim_format(dir, crate::destination::DestFormat::Folder)?;
     let folder = FolderBackup::open(dir)?;

@@ -77,7 +77,7 @@ impl FolderBackup {
         // to wait for.
         let reading = match fs::File::open(root.join(META_DIR).join(RUN_LOCK_FILE)) {
             Ok(f) => {
-                crate::lock::flock_blocking(&f, false)
+                crate::lock::flock(&f, false, true)
                     .map_err(|e| Error::io("lock (shared)", root.join(META_DIR), e))?;
                 Some(std::sync::Arc::new(f))
             }
@@ -156,8 +156,11 @@ impl FolderBackup {
         let trash = self.trash();
         // Without the marker, the run that left a trash completed (its manifest is written):
         // the trash only waits for removal.
-        let interrupted = self.was_interrupted();
-        if let Ok(entries) = fs::read_dir(&trash).map(|e| e.filter(|_| interrupted)) {
+        let entries = match fs::read_dir(&trash) {
+            Ok(entries) if self.was_interrupted() => Some(entries),
+            _ => None,
+        };
+        if let Some(entries) = entries {
             for entry in entries {
                 let entry = entry.map_err(|e| Error::io("read directory", &trash, e))?;
                 let live = self.root.join(entry.file_name());
@@ -182,8 +185,7 @@ impl FolderBackup {
             .open(&lock_path)
             .map_err(|e| Error::io("open", &lock_path, e))?;
         // Waits for readers in progress (they hold it shared).
-        crate::lock::flock_blocking(&run_lock, true)
-            .map_err(|e| Error::io("lock", &lock_path, e))?;
+        crate::lock::flock(&run_lock, true, true).map_err(|e| Error::io("lock", &lock_path, e))?;
         let counts = match (kind, previous) {
             (RunKind::Incremental, Some(p)) => p
                 .collections
@@ -468,8 +470,7 @@ impl FolderRun {
     fn remove_document(&self, collection: &CollectionName, id: &str, docdir: &Path) -> Result<()> {
         if self.kind == RunKind::Incremental {
             // Moving it to the undo area is the deletion.
-            self.save_for_undo(&collection_dir_name(collection), id, docdir)?;
-            durable::remove_dir_all_if_exists(docdir)
+            self.save_for_undo(&collection_dir_name(collection), id, docdir)
         } else {
             durable::remove_dir_all_if_exists(docdir)
         }

@@ -36,6 +36,12 @@ impl DestinationLock {
     /// Takes the lock on the destination directory `dir` (created if missing) for `command`
     /// (e.g. "backup"), or fails at once with [`Error::Locked`] naming the holder.
     pub fn acquire(dir: &Path, command: &str) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::BadInput {
+                path: dir.to_path_buf(),
+                cause: "exists and is not a directory".into(),
+            });
+        }
         crate::durable::create_dir_all(dir)?;
         let key = dir
             .canonicalize()
@@ -64,7 +70,7 @@ impl DestinationLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        match try_flock(&file) {
+        match flock(&file, true, false) {
             Ok(true) => {}
             Ok(false) => {
                 let mut holder = String::new();
@@ -81,13 +87,7 @@ impl DestinationLock {
             }
             Err(e) => return Err(Error::io("lock", &path, e)),
         }
-        let line = format!(
-            "pid {} on {}, since {}: tidemark {}\n",
-            std::process::id(),
-            hostname(),
-            crate::manifest::now_rfc3339(),
-            command
-        );
+        let line = format!("{}\n", holder_line(command));
         // Best effort: the lock is the flock, the text only names its holder.
         let _ = file
             .set_len(0)
@@ -116,43 +116,43 @@ impl Drop for DestinationLock {
     }
 }
 
-/// `flock(LOCK_EX | LOCK_NB)`: `Ok(false)` when another open file holds it.
+/// `flock(2)` on `file`, exclusive or shared. With `wait`, blocks until it is granted;
+/// without, returns `Ok(false)` at once when another open file holds a conflicting lock.
 #[allow(unsafe_code)]
-fn try_flock(file: &File) -> std::io::Result<bool> {
+pub(crate) fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    // SAFETY: flock only takes the descriptor, which `file` keeps open for the call.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(e)
-    }
-}
-
-/// `flock` (exclusive or shared), waiting for it.
-#[allow(unsafe_code)]
-pub(crate) fn flock_blocking(file: &File, exclusive: bool) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let op = if exclusive {
+    let mut op = if exclusive {
         libc::LOCK_EX
     } else {
         libc::LOCK_SH
     };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
     loop {
         // SAFETY: flock only takes the descriptor, which `file` keeps open for the call.
         let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
         if rc == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
         }
     }
+}
+
+/// The line a lock holder writes about itself, local or remote: `pid N on HOST, since TIME:
+/// tidemark COMMAND`.
+pub fn holder_line(command: &str) -> String {
+    format!(
+        "pid {} on {}, since {}: tidemark {command}",
+        std::process::id(),
+        hostname(),
+        crate::manifest::now_rfc3339()
+    )
 }
 
 /// Whether process `pid` of this machine still runs (`kill(pid, 0)`).
@@ -204,13 +204,16 @@ mod tests {
             .write(true)
             .open(dir.path().join(LOCK_FILE))
             .expect("open");
-        assert!(!try_flock(&other).expect("flock"));
+        assert!(!flock(&other, true, false).expect("flock"));
         let text = std::fs::read_to_string(dir.path().join(LOCK_FILE)).expect("read");
         assert!(
             text.contains(&format!("pid {}", std::process::id())) && text.contains("backup"),
             "{text}"
         );
         drop(first);
-        assert!(try_flock(&other).expect("flock"), "released on drop");
+        assert!(
+            flock(&other, true, false).expect("flock"),
+            "released on drop"
+        );
     }
 }

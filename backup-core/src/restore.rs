@@ -190,7 +190,7 @@ pub(crate) fn restore_to_path(
     remove_debris(factory, &parent, &name);
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let tmp = parent.join(format!(".{name}.{RESTORE_TAG}{tag}"));
-    register_in_progress(&tmp, true);
+    register_in_progress(factory.store_files(&tmp), true);
     let result = (|| {
         let backend = factory.create_like(&tmp, origin.0, origin.1)?;
         let summary = fill(backend.restore_sink()?)?;
@@ -204,7 +204,7 @@ pub(crate) fn restore_to_path(
         swap_into_place(factory, &tmp, target, &parent)?;
         Ok(summary)
     });
-    register_in_progress(&tmp, false);
+    register_in_progress(factory.store_files(&tmp), false);
     // The new store is in place (or the restore failed and the target is untouched): what is
     // left at `tmp` is the old store, or the unfinished new one.
     remove_store(factory, &tmp);
@@ -335,15 +335,16 @@ fn remove_debris(factory: &dyn StoreFactory, parent: &Path, name: &str) {
     }
 }
 
-/// Temporary stores of restores in progress in this process (for [`abandon_in_progress`]).
-static IN_PROGRESS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+/// The files of the temporary stores of restores in progress in this process (for
+/// [`abandon_in_progress`]).
+static IN_PROGRESS: std::sync::Mutex<Vec<Vec<PathBuf>>> = std::sync::Mutex::new(Vec::new());
 
-fn register_in_progress(path: &Path, add: bool) {
+fn register_in_progress(files: Vec<PathBuf>, add: bool) {
     let mut list = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
     if add {
-        list.push(path.to_path_buf());
+        list.push(files);
     } else {
-        list.retain(|p| p != path);
+        list.retain(|f| *f != files);
     }
 }
 
@@ -352,17 +353,8 @@ fn register_in_progress(path: &Path, add: bool) {
 /// target untouched). What a removal misses is removed by the next restore to that target.
 pub fn abandon_in_progress() {
     let list = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
-    for p in list.iter() {
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(p)
-        } else {
-            std::fs::remove_file(p)
-        };
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let mut s = p.as_os_str().to_os_string();
-            s.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(s));
-        }
+    for files in list.iter() {
+        remove_files(files);
     }
 }
 
@@ -495,12 +487,17 @@ impl Batch {
 }
 
 fn remove_store(factory: &dyn StoreFactory, path: &Path) {
-    for p in factory.store_files(path) {
-        // Best effort: the temporary store is ours and the error that got us here matters more.
+    remove_files(&factory.store_files(path));
+}
+
+/// Removes a temporary store's files and directories. Best effort: the store is ours, and the
+/// error that got us here (or the interrupt) matters more.
+fn remove_files(files: &[PathBuf]) {
+    for p in files {
         let _ = if p.is_dir() {
-            std::fs::remove_dir_all(&p)
+            std::fs::remove_dir_all(p)
         } else {
-            std::fs::remove_file(&p)
+            std::fs::remove_file(p)
         };
     }
 }

@@ -462,6 +462,17 @@ struct LockBody {
 }
 
 impl LockBody {
+    /// This process's lock body: `holder`, `token`, expiring [`LOCK_TTL`] from now.
+    fn new(holder: &str, token: &str) -> Self {
+        LockBody {
+            holder: holder.to_string(),
+            token: token.to_string(),
+            expires_at: unix_now() + LOCK_TTL.as_secs(),
+            host: backup_core::lock::hostname(),
+            pid: std::process::id(),
+        }
+    }
+
     /// Whether the lock still holds: not expired, and not held by a process of this host
     /// that has died.
     fn is_live(&self) -> bool {
@@ -514,26 +525,13 @@ impl RemoteChain {
     pub fn lock(&self, command: &str) -> Result<RemoteLock> {
         let path = self.path(LOCK_OBJECT);
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let holder = format!(
-            "pid {} on {}, since {}: tidemark {command}",
-            std::process::id(),
-            backup_core::lock::hostname(),
-            backup_core::manifest::now_rfc3339()
-        );
-        let body = |expires_at: u64| {
-            serde_json::to_vec(&LockBody {
-                holder: holder.clone(),
-                token: token.clone(),
-                expires_at,
-                host: backup_core::lock::hostname(),
-                pid: std::process::id(),
-            })
-            .unwrap_or_default()
-        };
+        let holder = backup_core::lock::holder_line(command);
         for attempt in 0..2 {
             let created = self.rt.block_on(self.store.put_opts(
                 &path,
-                PutPayload::from(body(unix_now() + LOCK_TTL.as_secs())),
+                PutPayload::from(
+                    serde_json::to_vec(&LockBody::new(&holder, &token)).unwrap_or_default(),
+                ),
                 object_store::PutOptions {
                     mode: object_store::PutMode::Create,
                     ..Default::default()
@@ -603,14 +601,7 @@ impl RemoteChain {
                             .await
                             .is_some_and(|b| b.token == t)
                         {
-                            let body = LockBody {
-                                holder: holder.clone(),
-                                token: t.clone(),
-                                expires_at: unix_now() + LOCK_TTL.as_secs(),
-                                host: backup_core::lock::hostname(),
-                                pid: std::process::id(),
-                            };
-                            if let Ok(bytes) = serde_json::to_vec(&body) {
+                            if let Ok(bytes) = serde_json::to_vec(&LockBody::new(&holder, &t)) {
                                 let _ = store.put(&p, PutPayload::from(bytes)).await;
                             }
                         }
