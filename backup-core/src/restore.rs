@@ -351,11 +351,14 @@ fn register_in_progress(files: Vec<PathBuf>, add: bool) {
 /// Removes the temporary stores of the restores this process has in progress, for a Ctrl-C
 /// handler that exits right after: an interrupted restore leaves no temporary files (and the
 /// target untouched). What a removal misses is removed by the next restore to that target.
-pub fn abandon_in_progress() {
+/// Returns whether a restore was in progress (false: none had started, or its new store is
+/// already in place).
+pub fn abandon_in_progress() -> bool {
     let list = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
     for files in list.iter() {
         remove_files(files);
     }
+    !list.is_empty()
 }
 
 /// Restores the folder backup at `dir` into an open, empty store (library use). The backup is

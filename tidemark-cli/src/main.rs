@@ -368,8 +368,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Ctrl-C or SIGTERM: remove the unfinished store beside the target (the target is
             // untouched until the swap), then exit.
             ctrlc::set_handler(|| {
-                backup_core::restore::abandon_in_progress();
-                eprintln!("tidemark: restore interrupted; the target is unchanged");
+                if backup_core::restore::abandon_in_progress() {
+                    eprintln!("tidemark: restore interrupted; the target is unchanged");
+                } else {
+                    eprintln!("tidemark: restore interrupted");
+                }
                 std::process::exit(130);
             })
             .context("installing the Ctrl-C / SIGTERM handler")?;

@@ -144,7 +144,7 @@ impl Kind {
             }
             #[cfg(feature = "sled")]
             Kind::Sled => {
-                let db = open_sled(&d.join("src"));
+                let db = common::open_sled(&d.join("src"));
                 let tree = db.open_tree("users").unwrap();
                 for (k, v) in ops {
                     match v {
@@ -179,7 +179,7 @@ impl Kind {
             }
             #[cfg(feature = "sled")]
             Kind::Sled => {
-                let db = open_sled(&path);
+                let db = common::open_sled(&path);
                 let mut names: Vec<_> = db
                     .tree_names()
                     .into_iter()
@@ -195,23 +195,6 @@ impl Kind {
                 }
                 out
             }
-        }
-    }
-}
-
-/// Plain `sled::open`, waiting for the lock that sled releases a moment after a handle (this
-/// test's own, or a tidemark process that just exited) let go of it.
-#[cfg(feature = "sled")]
-fn open_sled(path: &Path) -> sled::Db {
-    let start = std::time::Instant::now();
-    loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e) if start.elapsed() < std::time::Duration::from_secs(5) => {
-                let _ = e;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("sled {}: {e}", path.display()),
         }
     }
 }

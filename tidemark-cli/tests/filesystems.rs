@@ -73,18 +73,7 @@ fn a_full_destination_fails_plainly_and_keeps_the_last_backup() {
     for format in ["folder", "archive"] {
         let dest = m.dir.join(format);
         let dest = dest.to_str().unwrap();
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        common::backup(d, "sqlite:src.db", dest, format);
         let first = dump(&d.join("src.db"));
         // Far more than the file system holds.
         rows(d, "src.db", 400, 4000);
@@ -124,18 +113,7 @@ fn a_full_destination_fails_plainly_and_keeps_the_last_backup() {
             &d.join("src.db"),
             "DELETE FROM t WHERE id > 20; UPDATE t SET body = randomblob(200);",
         );
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        common::backup(d, "sqlite:src.db", dest, format);
         ok(&["verify", dest], d);
         let r = d.join(format!("r-{format}-after.db"));
         ok(
@@ -198,18 +176,7 @@ fn a_read_only_destination_is_read_and_refuses_writes_plainly() {
     let m = Mount::new(d, "ro", "4m");
     for format in ["folder", "archive"] {
         let dest = m.dir.join(format);
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                dest.to_str().unwrap(),
-                "--format",
-                format,
-            ],
-            d,
-        );
+        common::backup(d, "sqlite:src.db", dest.to_str().unwrap(), format);
     }
     m.read_only();
     for format in ["folder", "archive"] {

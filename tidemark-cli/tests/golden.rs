@@ -121,18 +121,7 @@ fn format_1_destinations_take_new_backups() {
         );
         ok(&["track", "--source", &format!("sqlite:{src}")], d);
         common::sql(&d.join(&src), "INSERT INTO tags VALUES ('new', 9);");
-        let out = ok(
-            &[
-                "backup",
-                "--source",
-                &format!("sqlite:{src}"),
-                "--to",
-                &dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        let out = common::backup(d, &format!("sqlite:{src}"), &dest, format);
         assert!(out.contains("Backup (full)"), "{out}");
         let other = if format == "folder" {
             "archive"

@@ -229,18 +229,7 @@ fn backups_never_write_to_a_rocksdb_source_and_the_application_still_opens_it() 
         for round in 0..2 {
             let before = common::snapshot_files(&d.join("src"));
             for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-                let out = ok(
-                    &[
-                        "backup",
-                        "--source",
-                        "rocksdb:src",
-                        "--to",
-                        dest,
-                        "--format",
-                        format,
-                    ],
-                    d,
-                );
+                let out = common::backup(d, "rocksdb:src", dest, format);
                 let want = if round == 0 {
                     "Backup (full)"
                 } else {
@@ -293,34 +282,12 @@ fn a_different_database_at_the_same_path_starts_a_full_backup() {
     let d = t.path();
     common::rocksapp(&["write", "src", "0", "100"], d);
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "rocksdb:src",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        common::backup(d, "rocksdb:src", dest, format);
     }
     std::fs::rename(d.join("src"), d.join("old")).unwrap();
     common::rocksapp(&["write", "src", "5000", "30"], d);
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        let out = ok(
-            &[
-                "backup",
-                "--source",
-                "rocksdb:src",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        let out = common::backup(d, "rocksdb:src", dest, format);
         assert!(
             out.contains("Backup (full)") && out.contains("identity changed"),
             "{format}: {out}"

@@ -34,14 +34,10 @@ fn start_live(d: &Path, dest: &str, format: &str) -> Child {
     // The lock file names the holder once it holds the lock.
     let lock = d.join(dest).join(".tidemark-lock");
     let pid = format!("pid {}", child.id());
+    common::wait_for("live to take the lock", || {
+        std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&pid))
+    });
     let start = Instant::now();
-    while !std::fs::read_to_string(&lock).is_ok_and(|t| t.contains(&pid)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "live never took the lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
     // Then the initial backup completes: its last file appears, and nothing moves after.
     let done = if format == "archive" {
         d.join(dest).join(".tidemark-head")
@@ -119,18 +115,7 @@ fn a_second_writer_is_refused_at_once_naming_the_holder() {
         common::assert_unchanged(&d.join(dest), &before, "refused runs");
         sigterm(live);
         // The lock went with its holder.
-        let out = ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        let out = common::backup(d, "sqlite:src.db", dest, format);
         assert!(out.contains("50 in backup"), "{out}");
         ok(&["verify", dest], d);
     }
@@ -170,18 +155,7 @@ fn a_destination_keeps_one_format() {
         err.contains("holds folder backups") && err.contains("--format folder"),
         "{err}"
     );
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:src.db", "ar", "archive");
     let err = fails(&["backup", "--source", "sqlite:src.db", "--to", "ar"], d);
     assert!(err.contains("holds archive backups"), "{err}");
     // Readers follow the recorded format: the folder's state is the source's.
@@ -350,18 +324,7 @@ fn foreign_keys_in_any_order_restore_from_both_formats() {
          INSERT INTO line VALUES (100, 10, 'apple'), (101, 11, 'pear');",
     );
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
+        common::backup(d, "sqlite:src.db", dest, format);
         let copy = format!("{dest}.db");
         ok(
             &["restore", "--from", dest, "--to", &format!("sqlite:{copy}")],
@@ -443,35 +406,13 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
     let d = t.path();
     shop(d);
     ok(&["track", "--source", "sqlite:src.db"], d);
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:src.db", "ar", "archive");
     for i in 0..2 {
         sql(
             &d.join("src.db"),
             &format!("INSERT INTO users VALUES ({}, 'new');", 100 + i),
         );
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d,
-        );
+        common::backup(d, "sqlite:src.db", "ar", "archive");
     }
     let mut zips: Vec<_> = std::fs::read_dir(d.join("ar"))
         .unwrap()
@@ -493,18 +434,7 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
     assert!(err.contains(&name), "{err}");
     assert!(!d.join("r.db").exists());
     // The next backup starts over (full) and the chain is whole again.
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:src.db", "ar", "archive");
     ok(&["verify", "ar"], d);
 }
 
@@ -554,18 +484,7 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                 .filter(|(n, _)| n.starts_with("src.db"))
                 .collect();
             for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-                ok(
-                    &[
-                        "backup",
-                        "--source",
-                        "sqlite:src.db",
-                        "--to",
-                        dest,
-                        "--format",
-                        format,
-                    ],
-                    d,
-                );
+                common::backup(d, "sqlite:src.db", dest, format);
             }
             let after: std::collections::BTreeMap<_, _> = common::snapshot_files(d)
                 .into_iter()
@@ -665,14 +584,7 @@ fn live_backups_never_write_to_their_sources() {
             } else {
                 d.join(&dest).join(".tidemark/manifest.json")
             };
-            let start = Instant::now();
-            while !done.exists() {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "{url}: no initial backup"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            common::wait_for(&format!("{url}: the initial backup"), || done.exists());
             std::thread::sleep(Duration::from_millis(600)); // a few intervals of following
             sigterm(child);
             assert!(
@@ -687,16 +599,7 @@ fn live_backups_never_write_to_their_sources() {
 /// sled once its lock is free.
 #[cfg(feature = "sled")]
 fn sled_state(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let start = Instant::now();
-    let db = loop {
-        match sled::open(path) {
-            Ok(db) => break db,
-            Err(_) if start.elapsed() < Duration::from_secs(5) => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let db = common::open_sled(path);
     let mut out = std::collections::BTreeMap::new();
     for name in db.tree_names() {
         for item in db.open_tree(&name).unwrap().iter() {
@@ -798,14 +701,7 @@ fn an_interrupted_restore_leaves_no_temporary_files() {
             .filter(|n| n.contains("tidemark-restore"))
             .collect::<Vec<_>>()
     };
-    let start = Instant::now();
-    while tmp().is_empty() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the restore never started"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    common::wait_for("the restore to start", || !tmp().is_empty());
     std::thread::sleep(Duration::from_millis(50));
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])

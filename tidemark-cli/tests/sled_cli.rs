@@ -117,12 +117,7 @@ fn a_tree_dropped_and_created_again_keeps_nothing_from_before_the_drop() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let backup = |want: &str| {
-        let out = ok(
-            &[
-                "backup", "--source", "sled:app", "--to", "ar", "--format", "archive",
-            ],
-            d,
-        );
+        let out = common::backup(d, "sled:app", "ar", "archive");
         assert!(out.contains(want), "{out}");
     };
     {
@@ -212,12 +207,7 @@ fn backups_add_nothing_to_a_plain_sled_database() {
     let content = sled_content(&d.join("app"));
     for round in 0..2 {
         for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
-            let out = ok(
-                &[
-                    "backup", "--source", "sled:app", "--to", dest, "--format", format,
-                ],
-                d,
-            );
+            let out = common::backup(d, "sled:app", dest, format);
             assert!(out.contains("Backup ("), "{out}");
             assert_eq!(
                 trees(&d.join("app")),

@@ -178,3 +178,43 @@ pub fn rocksapp(args: &[&str], cwd: &Path) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs `tidemark backup --source SOURCE --to DEST --format FORMAT`, which must succeed;
+/// returns its stdout.
+pub fn backup(cwd: &Path, source: &str, dest: &str, format: &str) -> String {
+    ok(
+        &[
+            "backup", "--source", source, "--to", dest, "--format", format,
+        ],
+        cwd,
+    )
+}
+
+/// Plain `sled::open`, as an application opens its database, waiting for the lock that sled
+/// releases a moment after a handle (this test's own, or a tidemark process that just exited)
+/// let go of it.
+pub fn open_sled(path: &Path) -> sled::Db {
+    let start = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(_) if start.elapsed() < std::time::Duration::from_secs(5) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Waits (up to 30 s, polling every 5 ms) until `cond` holds; fails the test naming `what`
+/// otherwise.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
