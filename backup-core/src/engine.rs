@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::document::record_crc32;
 use crate::error::{Error, Result};
 use crate::folder::{collection_dir_name, FolderBackup, FolderRun, WriteEvent};
-use crate::keyindex::{self, Entry, IndexReader, IndexWriter};
+use crate::keyindex::{self, Entry, IndexBuilder, IndexReader, IndexWriter};
 use crate::manifest::{
     now_rfc3339, FolderManifest, ManifestCollection, RunKind, FOLDER_FORMAT, FOLDER_FORMAT_VERSION,
 };
@@ -99,7 +99,7 @@ pub struct BackupSummary {
     /// How the run found what to write.
     pub method: Method,
     /// Why the change log was not used, when it was not.
-    pub full_reason: Option<String>,
+    pub full_reason: Option<FullReason>,
     /// The checkpoint the backup now holds.
     pub checkpoint: Checkpoint,
     /// When the store was read at that checkpoint (RFC 3339, UTC): the backup holds the state
@@ -117,15 +117,201 @@ pub struct BackupSummary {
     pub elapsed: Duration,
 }
 
+/// Why a run did not use the change log (and so took a full backup or a diff-based
+/// incremental).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FullReason {
+    /// Nothing was backed up to this destination before.
+    FirstBackup,
+    /// The user asked for a full backup.
+    Requested,
+    /// What the previous backup left to continue from is damaged or missing (the cause).
+    PreviousDamaged(String),
+    /// The previous run was interrupted, so the backup may not match its manifest.
+    Interrupted,
+    /// The store reports no identity, so its change log cannot be matched.
+    NoStoreIdentity,
+    /// The store at the path is not the one backed up before (replaced or restored).
+    StoreReplaced {
+        /// The identity the backup holds.
+        was: String,
+        /// The store's identity now.
+        now: String,
+    },
+    /// The store is behind the backup: it was rolled back.
+    RolledBack {
+        /// The store's position.
+        store: u64,
+        /// The backup's position.
+        backup: u64,
+    },
+    /// A collection's schema changed.
+    SchemaChanged(CollectionName),
+    /// The store cannot give the changes any more (the backend's explanation).
+    ChangesUnavailable(String),
+    /// After applying the changes, a collection's record count disagrees with the store's.
+    CountMismatch {
+        /// The collection.
+        collection: CollectionName,
+        /// Records in the store.
+        store: u64,
+        /// Records the backup would hold.
+        backup: u64,
+    },
+    /// The newest archive is in an older archive format: a new chain starts in the current one.
+    OlderArchiveFormat(u32),
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FullReason::FirstBackup => f.write_str("first backup in this directory"),
+            FullReason::Requested => f.write_str("full backup requested"),
+            FullReason::PreviousDamaged(why) => {
+                write!(f, "the previous backup cannot be continued ({why})")
+            }
+            FullReason::Interrupted => f.write_str(
+                "the previous run was interrupted (its documents may be newer than its \
+                 manifest): a full backup replaces them",
+            ),
+            FullReason::NoStoreIdentity => {
+                f.write_str("the store reports no identity, so its change log cannot be matched")
+            }
+            FullReason::StoreReplaced { was, now } => write!(
+                f,
+                "the store's identity changed ({was} → {now}): it was replaced or restored"
+            ),
+            FullReason::RolledBack { store, backup } => write!(
+                f,
+                "the store is behind the backup (position {store} < {backup}): it was rolled back"
+            ),
+            FullReason::SchemaChanged(c) => write!(f, "the schema of collection `{c}` changed"),
+            FullReason::ChangesUnavailable(why) => f.write_str(why),
+            FullReason::CountMismatch {
+                collection,
+                store,
+                backup,
+            } => write!(
+                f,
+                "collection `{collection}` holds {store} records but the change log accounts \
+                 for {backup}"
+            ),
+            FullReason::OlderArchiveFormat(v) => write!(
+                f,
+                "the newest archive is in archive format {v}: a new chain starts in format {}",
+                crate::archive::ARCHIVE_FORMAT_VERSION
+            ),
+        }
+    }
+}
+
+/// Where a run writes: the folder format's run, or an archive being written. The engine
+/// drives it with the records it reads; it never reads them back.
+pub(crate) trait RunWriter {
+    /// Makes sure a collection exists in the run.
+    fn create_collection(&mut self, collection: &CollectionName) -> Result<()>;
+    /// Removes a collection the store no longer has.
+    fn drop_collection(&mut self, collection: &CollectionName);
+    /// Writes one record (`entry`: its key-index entry, computed once by the engine).
+    fn put(
+        &mut self,
+        collection: &CollectionName,
+        record: Record,
+        entry: Entry,
+    ) -> Result<Option<WriteEvent>>;
+    /// Deletes one key; `Ok(None)` when the writer knows the backup does not hold it.
+    fn delete(
+        &mut self,
+        collection: &CollectionName,
+        key: &Key,
+    ) -> Result<Option<Option<WriteEvent>>>;
+    /// From now on, writes replay changes made while the store was scanned (stores without
+    /// snapshots): a key may be written again.
+    fn replaying(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Records the backup holds in `collection` after the writes so far, when the writer
+    /// counts them itself (otherwise the key index counts them).
+    fn count(&self, collection: &CollectionName) -> Option<u64>;
+    /// A new key index file for a collection: (name, path).
+    fn new_index(&self, collection: &CollectionName, tag: &str) -> (String, std::path::PathBuf);
+    /// The path of an existing key index file named in the previous state.
+    fn index_path(&self, name: &str) -> std::path::PathBuf;
+    /// Whether every collection needs a key index (also for stores that do not scan in key
+    /// order): an archive cannot count its records or deletions otherwise.
+    fn needs_index(&self) -> bool;
+}
+
+/// Starts runs of one destination.
+pub(crate) trait Target {
+    /// The run's writer.
+    type Run: RunWriter;
+    /// Starts a run of `kind` continuing `previous` (incrementals).
+    fn begin(&self, kind: RunKind, previous: Option<&FolderManifest>) -> Result<Self::Run>;
+}
+
+impl RunWriter for FolderRun {
+    fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
+        FolderRun::create_collection(self, collection)
+    }
+    fn drop_collection(&mut self, collection: &CollectionName) {
+        FolderRun::drop_collection(self, collection)
+    }
+    fn put(
+        &mut self,
+        collection: &CollectionName,
+        record: Record,
+        _: Entry,
+    ) -> Result<Option<WriteEvent>> {
+        FolderRun::put(self, collection, &record).map(Some)
+    }
+    fn delete(
+        &mut self,
+        collection: &CollectionName,
+        key: &Key,
+    ) -> Result<Option<Option<WriteEvent>>> {
+        Ok(FolderRun::delete(self, collection, key)?.map(Some))
+    }
+    fn count(&self, collection: &CollectionName) -> Option<u64> {
+        Some(FolderRun::count(self, collection))
+    }
+    fn new_index(&self, collection: &CollectionName, tag: &str) -> (String, std::path::PathBuf) {
+        FolderRun::new_index(self, collection, tag)
+    }
+    fn index_path(&self, name: &str) -> std::path::PathBuf {
+        FolderRun::index_path(self, name)
+    }
+    fn needs_index(&self) -> bool {
+        false
+    }
+}
+
+impl Target for FolderBackup {
+    type Run = FolderRun;
+    fn begin(&self, kind: RunKind, previous: Option<&FolderManifest>) -> Result<FolderRun> {
+        FolderBackup::begin(self, kind, previous)
+    }
+}
+
 /// What one path of the engine produced.
-struct Outcome {
-    run: FolderRun,
-    method: Method,
-    checkpoint: Checkpoint,
-    collections: Vec<CollectionInfo>,
-    indexes: BTreeMap<CollectionName, Option<String>>,
-    written: u64,
-    deleted: u64,
+pub(crate) struct Outcome<R> {
+    pub(crate) run: R,
+    pub(crate) method: Method,
+    pub(crate) checkpoint: Checkpoint,
+    pub(crate) collections: Vec<CollectionInfo>,
+    /// Per collection: its key index file (if kept) and the records the backup holds.
+    pub(crate) indexes: BTreeMap<CollectionName, Option<String>>,
+    pub(crate) counts: BTreeMap<CollectionName, u64>,
+    pub(crate) written: u64,
+    pub(crate) deleted: u64,
+}
+
+/// A run the engine completed, ready for its destination to commit.
+pub(crate) struct Completed<R> {
+    pub(crate) outcome: Outcome<R>,
+    pub(crate) reason: Option<FullReason>,
+    pub(crate) captured_at: String,
+    pub(crate) store_schema: crate::model::StoreSchema,
 }
 
 /// Changes to apply to a collection's key index (`None` = deleted).
@@ -142,6 +328,9 @@ fn entry_of(record: &Record) -> Entry {
     }
 }
 
+/// Memory for sorting the key index of a store that does not scan in key order.
+const INDEX_SORT_BUDGET: usize = 32 << 20;
+
 /// Backs `backend` up into the folder backup at `dir`: see the module documentation for how a
 /// run chooses between change log, diff and full.
 pub fn backup_folder(
@@ -154,62 +343,152 @@ pub fn backup_folder(
     let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
     crate::destination::claim_format(dir, crate::destination::DestFormat::Folder)?;
     let folder = FolderBackup::open(dir)?;
-    let mut first_reason = "first backup in this directory".to_string();
     let previous = match folder.manifest() {
-        Ok(p) => p,
+        Ok(Some(p)) => Ok(p),
+        Ok(None) => Err(FullReason::FirstBackup),
         // A damaged manifest must not fail every later run: a full backup replaces it.
         Err(e @ (Error::Manifest { .. } | Error::Damaged { .. })) => {
-            first_reason = format!("the previous backup's manifest is damaged ({e})");
-            events(Event::Notice(format!(
-                "taking a full backup: {first_reason}"
-            )));
-            None
+            Err(FullReason::PreviousDamaged(format!("its manifest is damaged: {e}")))
         }
         Err(e) => return Err(e),
     };
-    if let Some(p) = &previous {
+    let interrupted = folder.was_interrupted();
+    let done = run(
+        backend,
+        &folder,
+        previous.as_ref(),
+        interrupted,
+        options,
+        events,
+    )?;
+    let Completed {
+        outcome,
+        reason,
+        captured_at,
+        store_schema,
+    } = done;
+    let kind = outcome.method.kind();
+    let now = now_rfc3339();
+    let manifest = FolderManifest {
+        format: FOLDER_FORMAT.into(),
+        format_version: FOLDER_FORMAT_VERSION,
+        store_kind: backend.kind(),
+        source: backend.describe(),
+        checkpoint: outcome.checkpoint.clone(),
+        created_at: match (&previous, kind) {
+            (Ok(p), RunKind::Incremental) => p.created_at.clone(),
+            _ => now.clone(),
+        },
+        updated_at: now,
+        last_run: kind,
+        collections: outcome
+            .collections
+            .iter()
+            .map(|c| ManifestCollection {
+                info: c.clone(),
+                dir: collection_dir_name(&c.name),
+                records: outcome.counts.get(&c.name).copied().unwrap_or(0),
+                key_index: outcome.indexes.get(&c.name).cloned().flatten(),
+            })
+            .collect(),
+        store_schema,
+    };
+    let bytes_written = outcome.run.bytes_written();
+    outcome.run.commit(&manifest)?;
+    trim(backend, options, &outcome.checkpoint, events);
+    Ok(BackupSummary {
+        kind,
+        method: outcome.method,
+        full_reason: reason,
+        checkpoint: outcome.checkpoint,
+        captured_at,
+        records_written: outcome.written,
+        records_deleted: outcome.deleted,
+        bytes_written,
+        records_total: manifest.collections.iter().map(|c| c.records).sum(),
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Lets the store forget changes the backup now holds (a failure is only reported).
+pub(crate) fn trim(
+    backend: &dyn StorageBackend,
+    options: &BackupOptions,
+    checkpoint: &Checkpoint,
+    events: &mut dyn FnMut(Event),
+) {
+    if options.trim_changes {
+        if let Err(e) = backend.trim_changes(checkpoint) {
+            events(Event::Notice(format!(
+                "backup complete, but trimming the change log failed: {e}"
+            )));
+        }
+    }
+}
+
+impl Method {
+    /// What a run of this method is, as a manifest records it.
+    pub fn kind(self) -> RunKind {
+        match self {
+            Method::Full => RunKind::Full,
+            Method::ChangeLog | Method::Diff => RunKind::Incremental,
+        }
+    }
+}
+
+/// One run over any destination: the store is checked against the previous state once
+/// (identity, position, schemas), then the change log, a diff or a full scan feeds `target`.
+/// `previous` is the state to continue from, or why there is none.
+pub(crate) fn run<T: Target>(
+    backend: &dyn StorageBackend,
+    target: &T,
+    previous: std::result::Result<&FolderManifest, &FullReason>,
+    interrupted: bool,
+    options: &BackupOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<Completed<T::Run>> {
+    if let Ok(p) = previous {
         if p.store_kind != backend.kind() {
             return Err(Error::BadInput {
-                path: dir.to_path_buf(),
+                path: std::path::PathBuf::from(backend.describe()),
                 cause: format!(
-                    "holds a backup of a {} store, not of {}",
+                    "the destination holds a backup of a {} store, not of {}",
                     p.store_kind,
                     backend.describe()
                 ),
             });
         }
     }
-    let interrupted = folder.was_interrupted();
     backend.prepare()?;
     let captured_at = now_rfc3339();
     let mut view = backend.view()?;
     let start = view.checkpoint().clone();
     let collections = view.collections()?;
     let store_schema = view.store_schema()?;
-
-    let (outcome, reason) = match (&previous, options.mode) {
-        (None, _) => (
-            full(&folder, view.as_mut(), collections, options, events)?,
-            Some(first_reason),
-        ),
-        (Some(_), BackupMode::Full) => (
-            full(&folder, view.as_mut(), collections, options, events)?,
-            Some("full backup requested".to_string()),
-        ),
-        (Some(_), BackupMode::Auto) if interrupted => {
-            let reason = "the previous run was interrupted (its documents may be newer than \
-                          its manifest): a full backup replaces them"
-                .to_string();
+    let full_because = |reason: FullReason, events: &mut dyn FnMut(Event)| {
+        if !matches!(reason, FullReason::FirstBackup | FullReason::Requested) {
             events(Event::Notice(format!("taking a full backup: {reason}")));
-            (
-                full(&folder, view.as_mut(), collections, options, events)?,
-                Some(reason),
-            )
         }
-        (Some(prev), BackupMode::Auto) => {
+        reason
+    };
+
+    let (outcome, reason) = match (previous, options.mode) {
+        (Err(reason), _) => {
+            let reason = full_because(reason.clone(), events);
+            (full(target, view.as_mut(), collections, options, events)?, Some(reason))
+        }
+        (Ok(_), BackupMode::Full) => (
+            full(target, view.as_mut(), collections, options, events)?,
+            Some(FullReason::Requested),
+        ),
+        (Ok(_), BackupMode::Auto) if interrupted => {
+            let reason = full_because(FullReason::Interrupted, events);
+            (full(target, view.as_mut(), collections, options, events)?, Some(reason))
+        }
+        (Ok(prev), BackupMode::Auto) => {
             let attempt = match log_unusable(prev, &start, &collections) {
                 Some(reason) => Err(reason),
-                None => incremental(&folder, prev, view.as_mut(), &collections, options, events)?,
+                None => incremental(target, prev, view.as_mut(), &collections, options, events)?,
             };
             match attempt {
                 Ok(done) => (done, None),
@@ -217,8 +496,7 @@ pub fn backup_folder(
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
                     let same_store = prev.checkpoint.store_id == start.store_id;
-                    let diffable = !interrupted
-                        && same_store
+                    let diffable = same_store
                         && view.scans_in_key_order()
                         && prev.collections.iter().all(|c| c.key_index.is_some());
                     let done = if diffable {
@@ -226,14 +504,8 @@ pub fn backup_folder(
                             "the change log cannot be used ({reason}): comparing every record \
                              with the previous backup (diff-based incremental)"
                         )));
-                        match diff(
-                            &folder,
-                            prev,
-                            view.as_mut(),
-                            collections.clone(),
-                            options,
-                            events,
-                        ) {
+                        match diff(target, prev, view.as_mut(), collections.clone(), options, events)
+                        {
                             Ok(Ok(done)) => Some(done),
                             Ok(Err(why)) => {
                                 events(Event::Notice(format!("diff not possible: {why}")));
@@ -257,7 +529,7 @@ pub fn backup_folder(
                                 "incremental backup not possible, taking a full backup: {reason}"
                             )));
                             (
-                                full(&folder, view.as_mut(), collections, options, events)?,
+                                full(target, view.as_mut(), collections, options, events)?,
                                 Some(reason),
                             )
                         }
@@ -266,64 +538,11 @@ pub fn backup_folder(
             }
         }
     };
-    drop(view);
-    let Outcome {
-        run,
-        method,
-        checkpoint,
-        collections,
-        indexes,
-        written,
-        deleted,
-    } = outcome;
-    let kind = match method {
-        Method::Full => RunKind::Full,
-        Method::ChangeLog | Method::Diff => RunKind::Incremental,
-    };
-    let now = now_rfc3339();
-    let manifest = FolderManifest {
-        format: FOLDER_FORMAT.into(),
-        format_version: FOLDER_FORMAT_VERSION,
-        store_kind: backend.kind(),
-        source: backend.describe(),
-        checkpoint: checkpoint.clone(),
-        created_at: match (&previous, kind) {
-            (Some(p), RunKind::Incremental) => p.created_at.clone(),
-            _ => now.clone(),
-        },
-        updated_at: now,
-        last_run: kind,
-        collections: collections
-            .iter()
-            .map(|c| ManifestCollection {
-                info: c.clone(),
-                dir: collection_dir_name(&c.name),
-                records: run.count(&c.name),
-                key_index: indexes.get(&c.name).cloned().flatten(),
-            })
-            .collect(),
-        store_schema,
-    };
-    let bytes_written = run.bytes_written();
-    run.commit(&manifest)?;
-    if options.trim_changes {
-        if let Err(e) = backend.trim_changes(&checkpoint) {
-            events(Event::Notice(format!(
-                "backup complete, but trimming the change log failed: {e}"
-            )));
-        }
-    }
-    Ok(BackupSummary {
-        kind,
-        method,
-        full_reason: reason,
-        checkpoint,
+    Ok(Completed {
+        outcome,
+        reason,
         captured_at,
-        records_written: written,
-        records_deleted: deleted,
-        bytes_written,
-        records_total: manifest.collections.iter().map(|c| c.records).sum(),
-        elapsed: started.elapsed(),
+        store_schema,
     })
 }
 
@@ -332,26 +551,26 @@ fn log_unusable(
     prev: &FolderManifest,
     checkpoint: &Checkpoint,
     collections: &[CollectionInfo],
-) -> Option<String> {
+) -> Option<FullReason> {
     if checkpoint.store_id.0.is_empty() {
-        return Some("the store reports no identity, so its change log cannot be matched".into());
+        return Some(FullReason::NoStoreIdentity);
     }
     if prev.checkpoint.store_id != checkpoint.store_id {
-        return Some(format!(
-            "the store's identity changed ({} → {}): it was replaced or restored",
-            prev.checkpoint.store_id, checkpoint.store_id
-        ));
+        return Some(FullReason::StoreReplaced {
+            was: prev.checkpoint.store_id.to_string(),
+            now: checkpoint.store_id.to_string(),
+        });
     }
     if prev.checkpoint.position > checkpoint.position {
-        return Some(format!(
-            "the store is behind the backup (position {} < {}): it was rolled back",
-            checkpoint.position, prev.checkpoint.position
-        ));
+        return Some(FullReason::RolledBack {
+            store: checkpoint.position,
+            backup: prev.checkpoint.position,
+        });
     }
     for c in collections {
         if let Some(old) = prev.collections.iter().find(|p| p.info.name == c.name) {
             if old.info.schema != c.schema {
-                return Some(format!("the schema of collection `{}` changed", c.name));
+                return Some(FullReason::SchemaChanged(c.name.clone()));
             }
         }
     }
@@ -360,15 +579,15 @@ fn log_unusable(
 
 /// Applies the changes since the previous checkpoint. The inner `Err` is a reason to fall back;
 /// the outer one a real failure.
-fn incremental(
-    folder: &FolderBackup,
+fn incremental<T: Target>(
+    target: &T,
     prev: &FolderManifest,
     view: &mut dyn View,
     collections: &[CollectionInfo],
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
-) -> Result<Result<Outcome, String>> {
-    let mut run = folder.begin(RunKind::Incremental, Some(prev))?;
+) -> Result<Result<Outcome<T::Run>, FullReason>> {
+    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
     for old in &prev.collections {
         if !collections.iter().any(|c| c.name == old.info.name) {
             run.drop_collection(&old.info.name);
@@ -377,7 +596,7 @@ fn incremental(
     for c in collections {
         run.create_collection(&c.name)?;
     }
-    let track_index = view.scans_in_key_order();
+    let track_index = view.scans_in_key_order() || run.needs_index();
     let mut index_changes = IndexChanges::new();
     let (mut written, mut deleted) = (0u64, 0u64);
     let from = prev.checkpoint.clone();
@@ -394,24 +613,13 @@ fn incremental(
     );
     match applied {
         Ok(()) => {}
-        Err(e @ Error::ChangesUnavailable { .. }) => return Ok(Err(e.to_string())),
+        Err(e @ Error::ChangesUnavailable { .. }) => {
+            return Ok(Err(FullReason::ChangesUnavailable(e.to_string())))
+        }
         Err(e) => return Err(e),
     }
-    // Cross-check: where the store counts cheaply, the backup must now hold as many records.
-    // This catches changes the store's capture could not see (e.g. SQLite's REPLACE removing a
-    // row on a UNIQUE conflict without firing delete triggers).
-    for c in collections {
-        if let Some(n) = view.count(&c.name)? {
-            let have = run.count(&c.name);
-            if n != have {
-                return Ok(Err(format!(
-                    "collection `{}` holds {n} records but the change log accounts for {have}",
-                    c.name
-                )));
-            }
-        }
-    }
     let mut indexes = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for c in collections {
         let old = prev
             .collections
@@ -425,12 +633,31 @@ fn incremental(
                 let (name, path) = run.new_index(&c.name, "");
                 let empty = BTreeMap::new();
                 let changes = index_changes.get(&c.name).unwrap_or(&empty);
-                keyindex::apply_changes(old_path.as_deref(), &path, changes)?;
+                let n = keyindex::apply_changes(old_path.as_deref(), &path, changes)?;
+                counts.insert(c.name.clone(), n);
                 Some(name)
             }
             _ => None,
         };
+        if let Some(n) = run.count(&c.name) {
+            counts.insert(c.name.clone(), n);
+        }
         indexes.insert(c.name.clone(), index);
+    }
+    // Cross-check: where the store counts cheaply, the backup must now hold as many records.
+    // This catches changes the store's capture could not see (e.g. SQLite's REPLACE removing a
+    // row on a UNIQUE conflict without firing delete triggers).
+    for c in collections {
+        if let Some(n) = view.count(&c.name)? {
+            let have = counts.get(&c.name).copied().unwrap_or(0);
+            if n != have {
+                return Ok(Err(FullReason::CountMismatch {
+                    collection: c.name.clone(),
+                    store: n,
+                    backup: have,
+                }));
+            }
+        }
     }
     Ok(Ok(Outcome {
         run,
@@ -438,13 +665,14 @@ fn incremental(
         checkpoint: view.checkpoint().clone(),
         collections: collections.to_vec(),
         indexes,
+        counts,
         written,
         deleted,
     }))
 }
 
-fn old_index_path(
-    run: &FolderRun,
+fn old_index_path<R: RunWriter>(
+    run: &R,
     prev: &FolderManifest,
     collection: &CollectionName,
 ) -> Option<std::path::PathBuf> {
@@ -457,12 +685,12 @@ fn old_index_path(
 
 /// Streams the changes after `from` into the run (and the index changes, when kept).
 #[allow(clippy::too_many_arguments)]
-fn apply_changes(
+fn apply_changes<R: RunWriter>(
     view: &mut dyn View,
     from: &Checkpoint,
     collections: &[CollectionInfo],
     options: &BackupOptions,
-    run: &mut FolderRun,
+    run: &mut R,
     mut index: Option<&mut IndexChanges>,
     written: &mut u64,
     deleted: &mut u64,
@@ -479,17 +707,22 @@ fn apply_changes(
                         key: change.key,
                         value,
                     };
-                    events(Event::Written(run.put(&change.collection, &record)?));
+                    let entry = entry_of(&record);
                     if let Some(ix) = index.as_deref_mut() {
                         ix.entry(change.collection.clone())
                             .or_default()
-                            .insert(record.key.0.clone(), Some(entry_of(&record)));
+                            .insert(record.key.0.clone(), Some(entry));
+                    }
+                    if let Some(ev) = run.put(&change.collection, record, entry)? {
+                        events(Event::Written(ev));
                     }
                     *written += 1;
                 }
                 ChangeOp::Delete => {
                     if let Some(ev) = run.delete(&change.collection, &change.key)? {
-                        events(Event::Written(ev));
+                        if let Some(ev) = ev {
+                            events(Event::Written(ev));
+                        }
                         *deleted += 1;
                     }
                     if let Some(ix) = index.as_deref_mut() {
@@ -507,12 +740,12 @@ fn apply_changes(
 /// For stores without snapshots: after the scans, replays the changes written meanwhile so the
 /// run is exactly the state at the view's new checkpoint. Returns the (refreshed) collections.
 #[allow(clippy::too_many_arguments)]
-fn settle(
+fn settle<R: RunWriter>(
     view: &mut dyn View,
     start: &Checkpoint,
     collections: Vec<CollectionInfo>,
     options: &BackupOptions,
-    run: &mut FolderRun,
+    run: &mut R,
     index: &mut IndexChanges,
     written: &mut u64,
     deleted: &mut u64,
@@ -521,6 +754,7 @@ fn settle(
     if !view.settle()? {
         return Ok(collections);
     }
+    run.replaying()?;
     let now = view.collections()?;
     for c in &now {
         run.create_collection(&c.name)?;
@@ -545,42 +779,57 @@ fn settle(
 }
 
 /// Finishes a collection's scan index: renames it into place, or merges the changes replayed
-/// after the scan into it.
-fn finish_index(
-    run: &FolderRun,
+/// after the scan into it. Returns its name and key count.
+fn finish_index<R: RunWriter>(
+    run: &R,
     collection: &CollectionName,
-    scanned: Option<(String, std::path::PathBuf)>,
+    scanned: Option<(String, std::path::PathBuf, u64)>,
     replayed: Option<&BTreeMap<Vec<u8>, Option<Entry>>>,
-) -> Result<Option<String>> {
+) -> Result<Option<(String, u64)>> {
     let empty = BTreeMap::new();
     let changes = replayed.unwrap_or(&empty);
     match scanned {
-        Some((name, path)) if changes.is_empty() => {
-            let _ = name;
+        Some((_, path, n)) if changes.is_empty() => {
             let (final_name, final_path) = run.new_index(collection, "");
             crate::durable::rename(&path, &final_path)?;
-            Ok(Some(final_name))
+            Ok(Some((final_name, n)))
         }
-        Some((_, path)) => {
+        Some((_, path, _)) => {
             let (final_name, final_path) = run.new_index(collection, "");
-            keyindex::apply_changes(Some(&path), &final_path, changes)?;
+            let n = keyindex::apply_changes(Some(&path), &final_path, changes)?;
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
-            Ok(Some(final_name))
+            Ok(Some((final_name, n)))
         }
         None => Ok(None),
     }
 }
 
-fn full(
-    folder: &FolderBackup,
+/// Records each finished index and the counts of a run's collections.
+fn record_index<R: RunWriter>(
+    run: &R,
+    c: &CollectionName,
+    index: Option<(String, u64)>,
+    indexes: &mut BTreeMap<CollectionName, Option<String>>,
+    counts: &mut BTreeMap<CollectionName, u64>,
+) {
+    let n = run
+        .count(c)
+        .or(index.as_ref().map(|(_, n)| *n))
+        .unwrap_or(0);
+    counts.insert(c.clone(), n);
+    indexes.insert(c.clone(), index.map(|(name, _)| name));
+}
+
+fn full<T: Target>(
+    target: &T,
     view: &mut dyn View,
     collections: Vec<CollectionInfo>,
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
-) -> Result<Outcome> {
+) -> Result<Outcome<T::Run>> {
     let start = view.checkpoint().clone();
-    let mut run = folder.begin(RunKind::Full, None)?;
-    let keyed = view.scans_in_key_order();
+    let mut run = target.begin(RunKind::Full, None)?;
+    let indexed = view.scans_in_key_order() || run.needs_index();
     let mut written = 0u64;
     let mut scanned = BTreeMap::new();
     for c in &collections {
@@ -591,19 +840,21 @@ fn full(
             done: 0,
             total,
         });
-        let mut index = if keyed {
-            let (name, path) = run.new_index(&c.name, ".scan");
-            Some((IndexWriter::create(&path)?, name, path))
+        let (name, path) = run.new_index(&c.name, ".scan");
+        let mut index = if indexed {
+            Some(IndexBuilder::create(&path, INDEX_SORT_BUDGET)?)
         } else {
             None
         };
-        let mut in_order = true;
         let mut done = 0u64;
         view.scan(&c.name, &mut |record| {
-            if let Some((w, _, _)) = index.as_mut() {
-                in_order &= w.push(record.key.as_bytes(), entry_of(&record))?;
+            let entry = entry_of(&record);
+            if let Some(b) = index.as_mut() {
+                b.push(record.key.as_bytes(), entry)?;
             }
-            events(Event::Written(run.put(&c.name, &record)?));
+            if let Some(ev) = run.put(&c.name, record, entry)? {
+                events(Event::Written(ev));
+            }
             done += 1;
             if done % 10_000 == 0 {
                 events(Event::Progress {
@@ -621,14 +872,7 @@ fn full(
         });
         written += done;
         let finished = match index {
-            Some((w, name, path)) if in_order => {
-                w.finish()?;
-                Some((name, path))
-            }
-            Some((w, _, _)) => {
-                w.abandon();
-                None
-            }
+            Some(b) => Some((name, path.clone(), b.finish()?)),
             None => None,
         };
         scanned.insert(c.name.clone(), finished);
@@ -647,11 +891,12 @@ fn full(
         events,
     )?;
     let mut indexes = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for c in &collections {
         // A collection that appeared during the scan has only replayed changes.
         let index = match scanned.remove(&c.name) {
             Some(s) => finish_index(&run, &c.name, s, replayed.get(&c.name))?,
-            None if keyed => finish_index(
+            None if indexed => finish_index(
                 &run,
                 &c.name,
                 Some(empty_index(&run, &c.name)?),
@@ -659,7 +904,7 @@ fn full(
             )?,
             None => None,
         };
-        indexes.insert(c.name.clone(), index);
+        record_index(&run, &c.name, index, &mut indexes, &mut counts);
     }
     Ok(Outcome {
         run,
@@ -667,30 +912,34 @@ fn full(
         checkpoint: view.checkpoint().clone(),
         collections,
         indexes,
+        counts,
         written,
         deleted: 0,
     })
 }
 
-fn empty_index(run: &FolderRun, c: &CollectionName) -> Result<(String, std::path::PathBuf)> {
+fn empty_index<R: RunWriter>(
+    run: &R,
+    c: &CollectionName,
+) -> Result<(String, std::path::PathBuf, u64)> {
     let (name, path) = run.new_index(c, ".scan");
     IndexWriter::create(&path)?.finish()?;
-    Ok((name, path))
+    Ok((name, path, 0))
 }
 
 /// The diff-based incremental: merges a key-ordered scan of every collection with the previous
 /// backup's key index and writes only records whose CRC32 or length differ, deleting keys the
 /// store no longer has. The inner `Err` is a reason to fall back to a full backup.
-fn diff(
-    folder: &FolderBackup,
+fn diff<T: Target>(
+    target: &T,
     prev: &FolderManifest,
     view: &mut dyn View,
     collections: Vec<CollectionInfo>,
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
-) -> Result<Result<Outcome, String>> {
+) -> Result<Result<Outcome<T::Run>, String>> {
     let start = view.checkpoint().clone();
-    let mut run = folder.begin(RunKind::Incremental, Some(prev))?;
+    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
     for old in &prev.collections {
         if !collections.iter().any(|c| c.name == old.info.name) {
             run.drop_collection(&old.info.name);
@@ -726,21 +975,25 @@ fn diff(
                 .filter(|(k, _)| k.as_slice() < record.key.as_bytes())
             {
                 if let Some(ev) = run.delete(&c.name, &Key(k.clone()))? {
-                    events(Event::Written(ev));
+                    if let Some(ev) = ev {
+                        events(Event::Written(ev));
+                    }
                     deleted += 1;
                 }
-                pending = old.as_mut().expect("pending came from it").next_entry()?;
+                pending = next_of(&mut old)?;
             }
             let unchanged = match &pending {
                 Some((k, e)) if k.as_slice() == record.key.as_bytes() => {
                     let same = *e == entry;
-                    pending = old.as_mut().expect("pending came from it").next_entry()?;
+                    pending = next_of(&mut old)?;
                     same
                 }
                 _ => false,
             };
             if !unchanged {
-                events(Event::Written(run.put(&c.name, &record)?));
+                if let Some(ev) = run.put(&c.name, record, entry)? {
+                    events(Event::Written(ev));
+                }
                 written += 1;
             }
             Ok(())
@@ -754,13 +1007,15 @@ fn diff(
         }
         while let Some((k, _)) = pending {
             if let Some(ev) = run.delete(&c.name, &Key(k))? {
-                events(Event::Written(ev));
+                if let Some(ev) = ev {
+                    events(Event::Written(ev));
+                }
                 deleted += 1;
             }
-            pending = old.as_mut().expect("pending came from it").next_entry()?;
+            pending = next_of(&mut old)?;
         }
-        index.finish()?;
-        scanned.insert(c.name.clone(), (name, path));
+        let n = index.finish()?;
+        scanned.insert(c.name.clone(), (name, path, n));
     }
     let mut replayed = IndexChanges::new();
     let collections = settle(
@@ -775,15 +1030,14 @@ fn diff(
         events,
     )?;
     let mut indexes = BTreeMap::new();
+    let mut counts = BTreeMap::new();
     for c in &collections {
         let s = match scanned.remove(&c.name) {
             Some(s) => s,
             None => empty_index(&run, &c.name)?,
         };
-        indexes.insert(
-            c.name.clone(),
-            finish_index(&run, &c.name, Some(s), replayed.get(&c.name))?,
-        );
+        let index = finish_index(&run, &c.name, Some(s), replayed.get(&c.name))?;
+        record_index(&run, &c.name, index, &mut indexes, &mut counts);
     }
     Ok(Ok(Outcome {
         run,
@@ -791,7 +1045,16 @@ fn diff(
         checkpoint: view.checkpoint().clone(),
         collections,
         indexes,
+        counts,
         written,
         deleted,
     }))
+}
+
+/// The next entry of an optional index reader.
+fn next_of(r: &mut Option<IndexReader>) -> Result<Option<(Vec<u8>, Entry)>> {
+    match r.as_mut() {
+        Some(r) => r.next_entry(),
+        None => Ok(None),
+    }
 }

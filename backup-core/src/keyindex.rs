@@ -75,8 +75,8 @@ impl IndexWriter {
         Ok(true)
     }
 
-    /// Closes the index and renames it into place (made durable with the rest of the run).
-    pub fn finish(mut self) -> Result<()> {
+    /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
+    pub fn finish(mut self) -> Result<u64> {
         self.write(&END.to_le_bytes())?;
         let count = self.count;
         self.write(&count.to_le_bytes())?;
@@ -85,7 +85,9 @@ impl IndexWriter {
             .write_all(&crc.to_le_bytes())
             .and_then(|()| self.out.flush())
             .map_err(|e| Error::io("write", &self.tmp, e))?;
-        crate::durable::rename(&self.tmp, &self.path)
+        crate::durable::sync_file(self.out.get_ref(), &self.tmp)?;
+        crate::durable::rename(&self.tmp, &self.path)?;
+        Ok(count)
     }
 
     /// Abandons the index (removes the partial file).
@@ -181,12 +183,13 @@ impl IndexReader {
     }
 }
 
-/// Writes `path` anew as the old index (if any) with `changes` applied (`None` = deleted).
+/// Writes `path` anew as the old index (if any) with `changes` applied (`None` = deleted);
+/// returns the number of keys it holds.
 pub fn apply_changes(
     old: Option<&Path>,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
-) -> Result<()> {
+) -> Result<u64> {
     let mut reader = old.map(IndexReader::open).transpose()?;
     let mut writer = IndexWriter::create(path)?;
     let mut pending = changes.iter().peekable();
@@ -222,6 +225,142 @@ pub fn apply_changes(
         }
     }
     writer.finish()
+}
+
+/// Builds an index from keys in any order in bounded memory: keys that arrive in ascending
+/// order go straight to a sorted run on disk; once one arrives out of order, keys are gathered
+/// in memory up to `budget` bytes, sorted and spilled as further runs; [`IndexBuilder::finish`]
+/// merges the runs (a key given twice keeps its last entry). A store that scans in key order
+/// costs one sequential write; any other store, an external sort.
+pub struct IndexBuilder {
+    path: PathBuf,
+    budget: usize,
+    direct: Option<IndexWriter>,
+    buffer: Vec<(Vec<u8>, Entry)>,
+    buffered: usize,
+    runs: Vec<PathBuf>,
+}
+
+/// Memory per buffered key beyond its bytes (vector header and entry).
+const KEY_OVERHEAD: usize = 48;
+
+impl IndexBuilder {
+    /// Starts an index that will replace `path`, buffering at most `budget` bytes of keys.
+    pub fn create(path: &Path, budget: usize) -> Result<Self> {
+        let first = Self::run_path(path, 0);
+        Ok(IndexBuilder {
+            path: path.to_path_buf(),
+            budget: budget.max(1 << 16),
+            direct: Some(IndexWriter::create(&first)?),
+            buffer: Vec::new(),
+            buffered: 0,
+            runs: vec![first],
+        })
+    }
+
+    fn run_path(path: &Path, n: usize) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".run{n}"));
+        PathBuf::from(name)
+    }
+
+    /// Adds a key (in any order).
+    pub fn push(&mut self, key: &[u8], entry: Entry) -> Result<()> {
+        if let Some(w) = self.direct.as_mut() {
+            if w.push(key, entry)? {
+                return Ok(());
+            }
+            self.direct.take().expect("checked").finish()?;
+        }
+        self.buffered += key.len() + KEY_OVERHEAD;
+        self.buffer.push((key.to_vec(), entry));
+        if self.buffered >= self.budget {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Sorts the buffer and writes it as a run (the last of equal keys wins).
+    fn spill(&mut self) -> Result<()> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        self.buffered = 0;
+        buffer.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
+        let path = Self::run_path(&self.path, self.runs.len());
+        let mut w = IndexWriter::create(&path)?;
+        let mut iter = buffer.into_iter().peekable();
+        while let Some((k, e)) = iter.next() {
+            if iter.peek().is_some_and(|(next, _)| *next == k) {
+                continue;
+            }
+            w.push(&k, e)?;
+        }
+        w.finish()?;
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Writes the index; returns the number of keys.
+    pub fn finish(mut self) -> Result<u64> {
+        if let Some(w) = self.direct.take() {
+            let n = w.finish()?;
+            if self.buffer.is_empty() && self.runs.len() == 1 {
+                crate::durable::rename(&self.runs[0], &self.path)?;
+                self.runs.clear();
+                return Ok(n);
+            }
+        }
+        if !self.buffer.is_empty() {
+            self.spill()?;
+        }
+        let runs = std::mem::take(&mut self.runs);
+        let result = merge_runs(&runs, &self.path);
+        for r in &runs {
+            let _ = std::fs::remove_file(r);
+        }
+        result
+    }
+}
+
+impl Drop for IndexBuilder {
+    fn drop(&mut self) {
+        if let Some(w) = self.direct.take() {
+            w.abandon();
+        }
+        for r in &self.runs {
+            let _ = std::fs::remove_file(r);
+        }
+    }
+}
+
+/// Merges sorted runs into one index at `path`; for a key in several runs, the latest run's
+/// entry wins.
+fn merge_runs(runs: &[PathBuf], path: &Path) -> Result<u64> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let mut readers = runs
+        .iter()
+        .map(|p| IndexReader::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let mut heap = BinaryHeap::new();
+    for (i, r) in readers.iter_mut().enumerate() {
+        if let Some((k, e)) = r.next_entry()? {
+            heap.push(Reverse((k, Reverse(i), e.crc32, e.len)));
+        }
+    }
+    let mut w = IndexWriter::create(path)?;
+    let mut last: Option<Vec<u8>> = None;
+    while let Some(Reverse((k, Reverse(i), crc32, len))) = heap.pop() {
+        if let Some((nk, ne)) = readers[i].next_entry()? {
+            heap.push(Reverse((nk, Reverse(i), ne.crc32, ne.len)));
+        }
+        // Equal keys pop latest run first (Reverse(i)): the first one wins.
+        if last.as_deref() == Some(k.as_slice()) {
+            continue;
+        }
+        w.push(&k, Entry { crc32, len })?;
+        last = Some(k);
+    }
+    w.finish()
 }
 
 #[cfg(test)]
@@ -266,7 +405,7 @@ mod tests {
         .into_iter()
         .collect();
         let b = d.path().join("b.idx");
-        apply_changes(Some(&a), &b, &changes).expect("apply");
+        assert_eq!(apply_changes(Some(&a), &b, &changes).expect("apply"), 4);
         let got: Vec<(Vec<u8>, u32)> = read_all(&b)
             .into_iter()
             .map(|(k, e)| (k, e.crc32))
@@ -297,5 +436,39 @@ mod tests {
             }
         }
         assert!(err.is_some(), "damage detected");
+    }
+
+    /// Keys in any order, with repeats, through spills: the index holds each key once, in
+    /// order, with its last entry, whatever the budget.
+    #[test]
+    fn the_builder_sorts_in_bounded_memory() {
+        let d = tempfile::tempdir().expect("tmp");
+        for (budget, n) in [(1 << 16, 5000u32), (1 << 30, 5000), (1 << 16, 10)] {
+            let p = d.path().join(format!("x{budget}-{n}.idx"));
+            let mut b = IndexBuilder::create(&p, budget).expect("create");
+            let mut want = BTreeMap::new();
+            // Ascending first (the direct run), then scrambled with repeats.
+            for i in 0..n / 2 {
+                let k = format!("k{i:06}").into_bytes();
+                b.push(&k, e(i)).expect("push");
+                want.insert(k, i);
+            }
+            for j in 0..n {
+                let i = (j * 7919) % n;
+                let k = format!("k{i:06}").into_bytes();
+                b.push(&k, e(j + 100_000)).expect("push");
+                want.insert(k, j + 100_000);
+            }
+            assert_eq!(b.finish().expect("finish"), want.len() as u64);
+            let got: BTreeMap<Vec<u8>, u32> =
+                read_all(&p).into_iter().map(|(k, e)| (k, e.crc32)).collect();
+            assert_eq!(got, want);
+            let left: Vec<_> = std::fs::read_dir(d.path())
+                .expect("dir")
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().contains(".run"))
+                .collect();
+            assert!(left.is_empty(), "runs removed");
+        }
     }
 }

@@ -34,6 +34,7 @@ pub mod live;
 pub mod lock;
 pub mod manifest;
 pub mod model;
+mod pipeline;
 pub mod prune;
 pub mod restore;
 pub mod verify;
@@ -42,12 +43,15 @@ mod zipstream;
 pub use archive::{
     backup_archive, backup_archive_to, read_chain, restore_archives_to_path, verify_archives,
     ArchiveOptions, ArchiveOutput, ArchiveSummary, ChainStore, Compression, LocalChain, PartSink,
-    PartWriter,
+    PartWriter, RestorePoint,
 };
+pub use pipeline::default_threads;
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
 pub use destination::{claim_format, detect_format, DestFormat};
-pub use engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event, Method};
+pub use engine::{
+    backup_folder, BackupMode, BackupOptions, BackupSummary, Event, FullReason, Method,
+};
 pub use error::{Error, Result};
 pub use folder::WriteEvent;
 pub use live::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, LiveSummary};

@@ -29,7 +29,7 @@ const S_IFREG: u32 = 0o100_000;
 const MAX32: u64 = u32::MAX as u64;
 
 /// How entries are compressed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// Stored (method 0).
     Stored,
@@ -56,62 +56,105 @@ pub struct StreamWriter<W: Write> {
     entries: u64,
     central: BufWriter<File>,
     central_len: u64,
-    method: Method,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+    packer: Packer,
     packed: Vec<u8>,
 }
 
-impl<W: Write> StreamWriter<W> {
-    /// A writer into `out` compressing every entry with `method`.
-    pub fn new(out: W, method: Method) -> io::Result<Self> {
+/// What the zip headers say of an entry compressed by a [`Packer`].
+#[derive(Debug, Clone, Copy)]
+pub struct Packed {
+    /// CRC32 of the uncompressed bytes.
+    pub crc: u32,
+    /// Uncompressed size.
+    pub size: u64,
+    /// How the bytes were compressed (an empty entry is always stored).
+    pub method: Method,
+}
+
+/// Compresses entries with one method, reusing its context: one per thread.
+pub struct Packer {
+    method: Method,
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Packer {
+    /// A packer for `method`.
+    pub fn new(method: Method) -> io::Result<Self> {
         let zstd = match method {
             Method::Zstd(level) => Some(zstd::bulk::Compressor::new(level)?),
             _ => None,
         };
-        Ok(StreamWriter {
-            out,
-            offset: 0,
-            entries: 0,
-            central: BufWriter::new(tempfile::tempfile()?),
-            central_len: 0,
-            method,
-            zstd,
-            packed: Vec::new(),
-        })
+        Ok(Packer { method, zstd })
     }
 
-    /// Adds one entry.
-    pub fn add(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
-        let crc = crc32fast::hash(data);
+    /// Compresses `data` into `out` (cleared first; left empty when the entry is stored, whose
+    /// bytes are `data` itself).
+    pub fn pack_into(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<Packed> {
+        out.clear();
         let method = if data.is_empty() {
             Method::Stored
         } else {
             self.method
         };
-        self.packed.clear();
-        let packed: &[u8] = match method {
-            Method::Stored => data,
+        match method {
+            Method::Stored => {}
             Method::Deflate(level) => {
                 let mut enc = flate2::write::DeflateEncoder::new(
-                    std::mem::take(&mut self.packed),
+                    std::mem::take(out),
                     flate2::Compression::new(level),
                 );
                 enc.write_all(data)?;
-                self.packed = enc.finish()?;
-                &self.packed
+                *out = enc.finish()?;
             }
             Method::Zstd(_) => {
                 let z = self
                     .zstd
                     .as_mut()
                     .ok_or_else(|| io::Error::other("no zstd"))?;
-                self.packed
-                    .reserve(zstd::zstd_safe::compress_bound(data.len()));
-                z.compress_to_buffer(data, &mut self.packed)?;
-                &self.packed
+                out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                z.compress_to_buffer(data, out)?;
             }
+        }
+        Ok(Packed {
+            crc: crc32fast::hash(data),
+            size: data.len() as u64,
+            method,
+        })
+    }
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// A writer into `out` compressing every entry with `method`.
+    pub fn new(out: W, method: Method) -> io::Result<Self> {
+        Ok(StreamWriter {
+            out,
+            offset: 0,
+            entries: 0,
+            central: BufWriter::new(tempfile::tempfile()?),
+            central_len: 0,
+            packer: Packer::new(method)?,
+            packed: Vec::new(),
+        })
+    }
+
+    /// Adds one entry, compressing it here.
+    pub fn add(&mut self, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut buf = std::mem::take(&mut self.packed);
+        let entry = self.packer.pack_into(data, &mut buf)?;
+        let r = if matches!(entry.method, Method::Stored) {
+            self.add_packed(name, &entry, data)
+        } else {
+            self.add_packed(name, &entry, &buf)
         };
-        let (size, csize) = (data.len() as u64, packed.len() as u64);
+        self.packed = buf;
+        r
+    }
+
+    /// Adds one entry compressed elsewhere (e.g. on another thread, by a [`Packer`]).
+    pub fn add_packed(&mut self, name: &str, entry: &Packed, packed: &[u8]) -> io::Result<()> {
+        let (crc, method) = (entry.crc, entry.method);
+        let data_len = entry.size;
+        let (size, csize) = (data_len, packed.len() as u64);
         let name = name.as_bytes();
         let name_len = u16::try_from(name.len())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "entry name too long"))?;
@@ -338,8 +381,7 @@ fn read_all<E>(file: File, visit: &mut Visitor<'_, E>) -> Result<u64, Stop<E>> {
     let mut r = BufReader::with_capacity(1 << 16, file);
     let mut ledger = Ledger::default();
     let mut offset = 0u64;
-    let mut zstd =
-        zstd::bulk::Decompressor::new().map_err(|e| refused(None, format!("zstd: {e}")))?;
+    let mut zstd = None;
     let io = |entry: Option<&str>, what: &str, offset: u64, e: io::Error| {
         refused(entry, format!("{what} at byte {offset}: {e}"))
     };
@@ -398,41 +440,7 @@ fn read_all<E>(file: File, visit: &mut Visitor<'_, E>) -> Result<u64, Stop<E>> {
         let mut packed = vec![0u8; len];
         r.read_exact(&mut packed)
             .map_err(|e| io(at, "reading entry data", offset, e))?;
-        let data = match method {
-            0 => packed,
-            // Reads stop one byte past the size the header gives, so a damaged header cannot
-            // make a small entry allocate gigabytes.
-            8 => {
-                let mut out = Vec::new();
-                flate2::read::DeflateDecoder::new(&packed[..])
-                    .take(size.saturating_add(1))
-                    .read_to_end(&mut out)
-                    .map_err(|e| refused(at, format!("deflate: {e}")))?;
-                out
-            }
-            93 if size <= 64 << 20 => zstd
-                .decompress(&packed, size as usize)
-                .map_err(|e| refused(at, format!("zstd: {e}")))?,
-            93 => {
-                let mut out = Vec::new();
-                zstd::stream::read::Decoder::new(&packed[..])
-                    .and_then(|d| d.take(size.saturating_add(1)).read_to_end(&mut out))
-                    .map_err(|e| refused(at, format!("zstd: {e}")))?;
-                out
-            }
-            m => {
-                return Err(refused(at, format!("compression method {m} is not supported")).into())
-            }
-        };
-        if data.len() as u64 != size {
-            return Err(
-                refused(at, format!("{} bytes, the header says {size}", data.len())).into(),
-            );
-        }
-        let got = crc32fast::hash(&data);
-        if got != crc {
-            return Err(refused(at, format!("CRC32 {got:08x}, the header says {crc:08x}")).into());
-        }
+        let data = unpack(&name, method as u16, packed, size, crc, &mut zstd)?;
         ledger.note(name.as_bytes(), offset, crc, csize, size);
         offset += 30 + name_len as u64 + extra_len as u64 + csize;
         visit(&name, data).map_err(Stop::Visit)?;
@@ -457,41 +465,8 @@ fn find_extra(extra: &[u8], id: u64) -> Option<&[u8]> {
 fn check_central(r: &mut impl Read, local: &Ledger) -> Result<(), Refused> {
     let mut seen = Ledger::default();
     loop {
-        let mut h = [0u8; 46];
-        r.read_exact(&mut h[4..])
-            .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
-        let crc = le::<4>(&h, 16) as u32;
-        let (mut csize, mut size) = (le::<4>(&h, 20), le::<4>(&h, 24));
-        let lens = [le::<2>(&h, 28), le::<2>(&h, 30), le::<2>(&h, 32)].map(|x| x as usize);
-        let mode = le::<4>(&h, 38) as u32 >> 16;
-        let mut offset = le::<4>(&h, 42);
-        let mut rest = vec![0u8; lens.iter().sum()];
-        r.read_exact(&mut rest)
-            .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
-        let name = &rest[..lens[0]];
-        let shown = String::from_utf8_lossy(name).into_owned();
-        if mode != 0 && mode & S_IFMT != S_IFREG {
-            return Err(refused(
-                Some(&shown),
-                format!("not a regular file (mode {mode:o}): refused"),
-            ));
-        }
-        let extra = &rest[lens[0]..lens[0] + lens[1]];
-        if size == MAX32 || csize == MAX32 || offset == MAX32 {
-            let z64 = find_extra(extra, 1)
-                .ok_or_else(|| refused(Some(&shown), "zip64 fields missing"))?;
-            let mut at = 0;
-            for field in [&mut size, &mut csize, &mut offset] {
-                if *field == MAX32 {
-                    *field = z64
-                        .get(at..at + 8)
-                        .map(|_| le::<8>(z64, at))
-                        .ok_or_else(|| refused(Some(&shown), "zip64 fields cut short"))?;
-                    at += 8;
-                }
-            }
-        }
-        seen.note(name, offset, crc, csize, size);
+        let e = central_entry(r)?;
+        seen.note(e.name.as_bytes(), e.offset, e.crc, e.csize, e.size);
         let mut sig = [0u8; 4];
         r.read_exact(&mut sig)
             .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
@@ -516,6 +491,253 @@ fn check_central(r: &mut impl Read, local: &Ledger) -> Result<(), Refused> {
         ));
     }
     Ok(())
+}
+
+/// One entry as the central directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    /// The entry's name.
+    pub name: String,
+    /// Offset of its local header.
+    pub offset: u64,
+    /// Compression method (0, 8 or 93).
+    pub method: u16,
+    /// CRC32 of the uncompressed bytes.
+    pub crc: u32,
+    /// Compressed size.
+    pub csize: u64,
+    /// Uncompressed size.
+    pub size: u64,
+}
+
+/// Reads one central directory record (its signature already consumed). Refuses anything
+/// but a regular file with a UTF-8 name.
+fn central_entry(r: &mut impl Read) -> Result<DirEntry, Refused> {
+    let mut h = [0u8; 46];
+    r.read_exact(&mut h[4..])
+        .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
+    let method = le::<2>(&h, 10) as u16;
+    let crc = le::<4>(&h, 16) as u32;
+    let (mut csize, mut size) = (le::<4>(&h, 20), le::<4>(&h, 24));
+    let lens = [le::<2>(&h, 28), le::<2>(&h, 30), le::<2>(&h, 32)].map(|x| x as usize);
+    let mode = le::<4>(&h, 38) as u32 >> 16;
+    let mut offset = le::<4>(&h, 42);
+    let mut rest = vec![0u8; lens.iter().sum()];
+    r.read_exact(&mut rest)
+        .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
+    let name = String::from_utf8(rest[..lens[0]].to_vec())
+        .map_err(|_| refused(None, "an entry name in the central directory is not UTF-8"))?;
+    if mode != 0 && mode & S_IFMT != S_IFREG {
+        return Err(refused(
+            Some(&name),
+            format!("not a regular file (mode {mode:o}): refused"),
+        ));
+    }
+    let extra = &rest[lens[0]..lens[0] + lens[1]];
+    if size == MAX32 || csize == MAX32 || offset == MAX32 {
+        let z64 =
+            find_extra(extra, 1).ok_or_else(|| refused(Some(&name), "zip64 fields missing"))?;
+        let mut at = 0;
+        for field in [&mut size, &mut csize, &mut offset] {
+            if *field == MAX32 {
+                *field = z64
+                    .get(at..at + 8)
+                    .map(|_| le::<8>(z64, at))
+                    .ok_or_else(|| refused(Some(&name), "zip64 fields cut short"))?;
+                at += 8;
+            }
+        }
+    }
+    Ok(DirEntry {
+        name,
+        offset,
+        method,
+        crc,
+        csize,
+        size,
+    })
+}
+
+/// Where the central directory is, as the end records say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct End {
+    /// Offset of the central directory's first record.
+    pub cd_offset: u64,
+    /// Its size in bytes.
+    pub cd_size: u64,
+    /// The number of entries.
+    pub entries: u64,
+}
+
+/// Reads the end records from the very end of the file (tidemark writes no archive comment):
+/// the one place that parses them. `None` when the file does not end as tidemark's zips do.
+pub fn end_record(f: &mut (impl Read + Seek)) -> io::Result<Option<End>> {
+    let len = f.seek(SeekFrom::End(0))?;
+    if len < 22 {
+        return Ok(None);
+    }
+    let back = len.min(42);
+    let mut tail = vec![0u8; back as usize];
+    f.seek(SeekFrom::Start(len - back))?;
+    f.read_exact(&mut tail)?;
+    let eocd = &tail[tail.len() - 22..];
+    if le::<4>(eocd, 0) as u32 != EOCD {
+        return Ok(None);
+    }
+    let mut end = End {
+        cd_offset: le::<4>(eocd, 16),
+        cd_size: le::<4>(eocd, 12),
+        entries: le::<2>(eocd, 10),
+    };
+    if end.cd_offset == MAX32 || end.entries == 0xFFFF || end.cd_size == MAX32 {
+        if tail.len() < 42 {
+            return Ok(None);
+        }
+        let locator = &tail[..20];
+        if le::<4>(locator, 0) as u32 != LOCATOR64 {
+            return Ok(None);
+        }
+        let at = le::<8>(locator, 8);
+        if at + 56 > len {
+            return Ok(None);
+        }
+        let mut z64 = [0u8; 56];
+        f.seek(SeekFrom::Start(at))?;
+        f.read_exact(&mut z64)?;
+        if le::<4>(&z64, 0) as u32 != EOCD64 {
+            return Ok(None);
+        }
+        end = End {
+            entries: le::<8>(&z64, 32),
+            cd_size: le::<8>(&z64, 40),
+            cd_offset: le::<8>(&z64, 48),
+        };
+    }
+    if end.cd_offset.saturating_add(end.cd_size) > len {
+        return Ok(None);
+    }
+    Ok(Some(end))
+}
+
+/// Reads the central directory: every entry, in order. Refuses more than `max` entries (a
+/// damaged count cannot make it allocate without bound).
+pub fn read_directory(f: &mut (impl Read + Seek), max: u64) -> Result<Vec<DirEntry>, Refused> {
+    let end = end_record(f)
+        .map_err(|e| refused(None, format!("reading the end record: {e}")))?
+        .ok_or_else(|| refused(None, "no zip end record at the end of the file"))?;
+    if end.entries > max {
+        return Err(refused(
+            None,
+            format!("{} entries, more than the {max} expected", end.entries),
+        ));
+    }
+    f.seek(SeekFrom::Start(end.cd_offset))
+        .map_err(|e| refused(None, format!("seeking to the central directory: {e}")))?;
+    let mut r = BufReader::new(f.take(end.cd_size));
+    let mut out = Vec::with_capacity(end.entries as usize);
+    for _ in 0..end.entries {
+        let mut sig = [0u8; 4];
+        r.read_exact(&mut sig)
+            .map_err(|e| refused(None, format!("reading the central directory: {e}")))?;
+        if le::<4>(&sig, 0) as u32 != CENTRAL {
+            return Err(refused(None, "the central directory is damaged"));
+        }
+        out.push(central_entry(&mut r)?);
+    }
+    Ok(out)
+}
+
+/// Reads an entry's compressed bytes from its local header, which must agree with the
+/// directory (name, method, CRC32 and sizes, no data descriptor, no encryption).
+pub fn read_packed(f: &mut (impl Read + Seek), e: &DirEntry) -> Result<Vec<u8>, Refused> {
+    let at = Some(e.name.as_str());
+    let io = |what: &str, err: io::Error| refused(at, format!("{what}: {err}"));
+    f.seek(SeekFrom::Start(e.offset))
+        .map_err(|err| io("seeking to the entry", err))?;
+    let mut h = [0u8; 30];
+    f.read_exact(&mut h)
+        .map_err(|err| io("reading the entry header", err))?;
+    let (name_len, extra_len) = (le::<2>(&h, 26), le::<2>(&h, 28));
+    let mut rest = vec![0u8; (name_len + extra_len) as usize];
+    f.read_exact(&mut rest)
+        .map_err(|err| io("reading the entry header", err))?;
+    let flags = le::<2>(&h, 6);
+    let fine = le::<4>(&h, 0) as u32 == LOCAL
+        && flags & 0b1001 == 0
+        && le::<2>(&h, 8) as u16 == e.method
+        && le::<4>(&h, 14) as u32 == e.crc
+        && &rest[..name_len as usize] == e.name.as_bytes();
+    if !fine {
+        return Err(refused(
+            at,
+            "the entry's header does not match the central directory",
+        ));
+    }
+    let len = usize::try_from(e.csize).map_err(|_| refused(at, "entry too large"))?;
+    let mut packed = vec![0u8; len];
+    f.read_exact(&mut packed)
+        .map_err(|err| io("reading entry data", err))?;
+    Ok(packed)
+}
+
+/// Decompresses an entry's bytes and checks their size and CRC32 (`zstd`: a decompressor to
+/// reuse, made on first use).
+pub fn unpack(
+    name: &str,
+    method: u16,
+    packed: Vec<u8>,
+    size: u64,
+    crc: u32,
+    zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
+) -> Result<Vec<u8>, Refused> {
+    let at = Some(name);
+    let data = match method {
+        0 => packed,
+        // Reads stop one byte past the size the header gives, so a damaged header cannot
+        // make a small entry allocate gigabytes.
+        8 => {
+            let mut out = Vec::new();
+            flate2::read::DeflateDecoder::new(&packed[..])
+                .take(size.saturating_add(1))
+                .read_to_end(&mut out)
+                .map_err(|e| refused(at, format!("deflate: {e}")))?;
+            out
+        }
+        93 if size <= 64 << 20 => {
+            if zstd.is_none() {
+                *zstd = Some(
+                    zstd::bulk::Decompressor::new()
+                        .map_err(|e| refused(at, format!("zstd: {e}")))?,
+                );
+            }
+            zstd.as_mut()
+                .expect("made above")
+                .decompress(&packed, size as usize)
+                .map_err(|e| refused(at, format!("zstd: {e}")))?
+        }
+        93 => {
+            let mut out = Vec::new();
+            zstd::stream::read::Decoder::new(&packed[..])
+                .and_then(|d| d.take(size.saturating_add(1)).read_to_end(&mut out))
+                .map_err(|e| refused(at, format!("zstd: {e}")))?;
+            out
+        }
+        m => return Err(refused(at, format!("compression method {m} is not supported"))),
+    };
+    if data.len() as u64 != size {
+        return Err(refused(
+            at,
+            format!("{} bytes, the header says {size}", data.len()),
+        ));
+    }
+    let got = crc32fast::hash(&data);
+    if got != crc {
+        return Err(refused(
+            at,
+            format!("CRC32 {got:08x}, the header says {crc:08x}"),
+        ));
+    }
+    Ok(data)
 }
 
 #[cfg(test)]

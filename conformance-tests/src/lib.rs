@@ -617,6 +617,178 @@ pub fn full_then_incrementals_restore_exactly<H: Harness>(h: &H) {
     s.assert_restores_to_model(h, "after-forced-full");
 }
 
+/// The archive options the archive cases use: zstd over two threads, so the pipeline's
+/// ordering is exercised whatever the machine.
+fn archive_options() -> backup_core::ArchiveOptions {
+    backup_core::ArchiveOptions {
+        compression: backup_core::Compression::Zstd(3),
+        threads: 2,
+        ..backup_core::ArchiveOptions::default()
+    }
+}
+
+/// Backs the scene's store up as the next archive of `dir`.
+fn archive_backup<H: Harness>(s: &Scene<H>, dir: &Path, mode: BackupMode) -> backup_core::ArchiveSummary {
+    let options = BackupOptions {
+        mode,
+        batch_size: 7,
+        ..BackupOptions::default()
+    };
+    backup_core::backup_archive(s.store.backend(), dir, &options, &archive_options(), &mut |_| {})
+        .unwrap()
+}
+
+/// Restores an archive chain at `at` into a new store and returns what it holds.
+fn archive_restore<H: Harness>(
+    h: &H,
+    dir: &Path,
+    at: backup_core::RestorePoint,
+    target: &Path,
+) -> (Model, BTreeSet<String>) {
+    backup_core::restore_archives_to_path(
+        dir,
+        &at,
+        h.factory().as_ref(),
+        target,
+        &RestoreOptions::default(),
+        &archive_options(),
+    )
+    .unwrap();
+    read_all(&h.open(target))
+}
+
+/// An archive chain (a full archive and incrementals with puts, deletions, awkward keys, a
+/// value larger than a part and a collection that appears later) verifies, and restores
+/// exactly at every checkpoint.
+pub fn archive_chain_restores_at_every_checkpoint<H: Harness>(h: &H) {
+    let mut s = Scene::new(h);
+    let dir = s.dir.path().join("archives");
+    let mut states: Vec<(u64, Model)> = Vec::new();
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let mut rng = 0x9E3779B97F4A7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..5u64 {
+        for _ in 0..60 {
+            let c = ["users", "orders"][(next() % 2) as usize];
+            let k = format!("key-{}", next() % 80);
+            if next() % 4 == 0 {
+                s.write(&[del(c, k.as_bytes())]);
+            } else {
+                let v = format!("{{\"round\":{round},\"n\":{}}}", next() % 1000);
+                s.write(&[put(c, k.as_bytes(), v.as_bytes())]);
+            }
+        }
+        match round {
+            1 => s.write(&[
+                put("users", &[0, 0xff, b'\n'], b"\x00binary\n"),
+                put("users", b"", b"  not exact json "),
+                put("orders", b"big", &big),
+            ]),
+            2 => s.write(&[put("late", b"a", b"1"), del("orders", b"big")]),
+            3 => s.write(&[del("users", &[0, 0xff, b'\n']), put("late", b"b", b"{}")]),
+            _ => {}
+        }
+        let summary = archive_backup(&s, &dir, BackupMode::Auto);
+        let want = if round == 0 {
+            RunKind::Full
+        } else {
+            RunKind::Incremental
+        };
+        assert_eq!(summary.kind, want, "round {round}: {:?}", summary.backup.full_reason);
+        assert_eq!(summary.backup.records_total as usize, s.model.len(), "round {round}");
+        states.push((summary.backup.checkpoint.position, s.model.clone()));
+    }
+    let report = backup_core::verify_archives(&dir).unwrap();
+    assert!(report.is_ok(), "verify found {:?}", report.problems);
+    for (i, (position, model)) in states.iter().enumerate() {
+        let target = s.dir.path().join(format!("at-{i}"));
+        let (restored, _) = archive_restore(
+            h,
+            &dir,
+            backup_core::RestorePoint::Checkpoint(*position),
+            &target,
+        );
+        assert_models_equal(&restored, model);
+    }
+    // A forced full starts a new chain segment that restores the same.
+    s.write(&[put("users", b"after", b"1")]);
+    assert_eq!(archive_backup(&s, &dir, BackupMode::Full).kind, RunKind::Full);
+    let (restored, _) = archive_restore(
+        h,
+        &dir,
+        backup_core::RestorePoint::Latest,
+        &s.dir.path().join("latest"),
+    );
+    assert_models_equal(&restored, &s.model);
+}
+
+/// Full archives taken while a writer keeps committing hold whole transactions only (stores
+/// without snapshots replay the changes made during the scan into the archive), and the next
+/// incremental catches up exactly.
+pub fn archive_under_writer<H: Harness>(h: &H) {
+    let mut s = Scene::new(h);
+    s.write(&[put("left", b"seed", b"0"), put("right", b"seed", b"0")]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writer = s.store.writer();
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while (!flag.load(Ordering::Relaxed) || i < 50) && i < 5_000 {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            let k = format!("k{i:06}");
+            writer(&[
+                put("left", k.as_bytes(), i.to_string().as_bytes()),
+                put("right", k.as_bytes(), i.to_string().as_bytes()),
+            ]);
+            if i % 3 == 0 && i > 0 {
+                let old = format!("k{:06}", i - 1);
+                writer(&[del("left", old.as_bytes()), del("right", old.as_bytes())]);
+            }
+            i += 1;
+        }
+        i
+    });
+    let dir = s.dir.path().join("archives");
+    for round in 0..3 {
+        let mode = if round == 0 { BackupMode::Auto } else { BackupMode::Full };
+        assert_eq!(archive_backup(&s, &dir, mode).kind, RunKind::Full);
+        let (restored, _) = archive_restore(
+            h,
+            &dir,
+            backup_core::RestorePoint::Latest,
+            &s.dir.path().join(format!("r{round}")),
+        );
+        let side = |name: &str| -> BTreeMap<Vec<u8>, Vec<u8>> {
+            restored
+                .iter()
+                .filter(|((c, _), _)| c == name)
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        assert_eq!(side("left"), side("right"), "round {round}: half a transaction");
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(thread.join().unwrap() >= 50);
+    let (now, _) = read_all(&s.store);
+    let inc = archive_backup(&s, &dir, BackupMode::Auto);
+    assert_eq!(inc.kind, RunKind::Incremental, "{:?}", inc.backup.full_reason);
+    let report = backup_core::verify_archives(&dir).unwrap();
+    assert!(report.is_ok(), "verify found {:?}", report.problems);
+    let (restored, _) = archive_restore(
+        h,
+        &dir,
+        backup_core::RestorePoint::Latest,
+        &s.dir.path().join("final"),
+    );
+    assert_models_equal(&restored, &now);
+    s.model = now;
+}
+
 /// A restore refuses a target that holds data unless forced, and a forced restore replaces it.
 pub fn restore_refuses_non_empty_target<H: Harness>(h: &H) {
     let mut s = Scene::new(h);
@@ -712,7 +884,8 @@ macro_rules! conformance_suite {
                 deletes_and_reinserts, changes_since_are_exact_and_ordered,
                 unavailable_changes_are_an_error, snapshot_consistent_under_writer,
                 full_then_incrementals_restore_exactly, restore_refuses_non_empty_target,
-                random_operations_match_model);
+                random_operations_match_model, archive_chain_restores_at_every_checkpoint,
+                archive_under_writer);
         }
     };
     (@cases $harness:expr; $($case:ident),*) => {

@@ -41,8 +41,8 @@ enum Command {
         /// The backup directory, or an object store URL for archives (s3://bucket/prefix).
         #[arg(long)]
         to: Place,
-        /// Remote destinations: the local directory of the working mirror (default under
-        /// ~/.cache/tidemark/mirrors/).
+        /// Remote destinations: the local directory of the key state that incrementals
+        /// continue from (default under ~/.cache/tidemark/state/).
         #[arg(long)]
         cache: Option<PathBuf>,
         /// Take a full backup even if an incremental is possible.
@@ -61,6 +61,9 @@ enum Command {
         /// Archive output buffer size in bytes.
         #[arg(long, default_value_t = 1 << 20)]
         buffer_size: usize,
+        /// Archives: threads that encode and compress (default: every core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
         /// Keep following the store until stopped (Ctrl-C or SIGTERM), making changes durable
         /// in the backup every `--interval` seconds.
         #[arg(long)]
@@ -98,6 +101,9 @@ enum Command {
         /// 5.16 and later).
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(2..=7))]
         rocksdb_format_version: Option<i32>,
+        /// Archives: threads that decompress (default: every core).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        threads: Option<u16>,
         /// Print only errors.
         #[arg(long, short)]
         quiet: bool,
@@ -231,6 +237,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             compression,
             level,
             buffer_size,
+            threads,
             live,
             interval,
             quiet,
@@ -272,6 +279,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let archive_options = ArchiveOptions {
                 compression: codec(compression, level)?,
                 buffer_size,
+                threads: threads.map_or_else(backup_core::default_threads, usize::from),
             };
             let (summary, archive) = match (format, &to) {
                 (Format::Folder, Place::Local(dir)) => {
@@ -308,7 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "type": "summary",
                     "kind": summary.kind.to_string(),
                     "method": summary.method.to_string(),
-                    "full_reason": summary.full_reason,
+                    "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
                     "checkpoint": summary.checkpoint.position,
                     "records_written": summary.records_written,
                     "records_deleted": summary.records_deleted,
@@ -357,6 +365,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             collections,
             at,
             rocksdb_format_version,
+            threads,
             quiet,
         } => {
             if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
@@ -385,7 +394,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let summary = place::with_chain_dir(&from, |dir| {
                 Ok(if is_archive(dir)? {
                     let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
-                    restore_archives_to_path(dir, &point, factory.as_ref(), &to.path, &options)?
+                    let archive = ArchiveOptions {
+                        threads: threads.map_or_else(backup_core::default_threads, usize::from),
+                        ..ArchiveOptions::default()
+                    };
+                    restore_archives_to_path(
+                        dir,
+                        &point,
+                        factory.as_ref(),
+                        &to.path,
+                        &options,
+                        &archive,
+                    )?
                 } else if let Place::Remote(url) = &from {
                     anyhow::bail!("{url}: no tidemark archives here")
                 } else if at.is_some() {
@@ -634,6 +654,7 @@ fn run_live(
                 Format::Archive => LiveFormat::Archive(ArchiveOptions {
                     compression,
                     buffer_size,
+                    ..ArchiveOptions::default()
                 }),
             },
             flush_interval: std::time::Duration::from_secs_f64(interval),

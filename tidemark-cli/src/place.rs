@@ -1,6 +1,6 @@
 //! Where a backup lives: a local directory or an object store URL (`s3://bucket/prefix`).
 //! Remote places take the archive format: archives stream up as multipart uploads, the working
-//! mirror stays in a local cache directory, and verify, restore and list work on the sealed
+//! key state stays in a local cache directory, and verify, restore and list work on the sealed
 //! archives (see the `tidemark-remote` crate).
 
 use anyhow::{bail, Result};
@@ -52,15 +52,15 @@ mod imp {
         RemoteChain::open(url).with_context(|| format!("opening {url}"))
     }
 
-    /// The default working mirror of a remote chain: under `$XDG_CACHE_HOME` (or
-    /// `~/.cache`)`/tidemark/mirrors/`, named after the URL.
+    /// The default key state of a remote chain (what its next incremental continues from):
+    /// under `$XDG_CACHE_HOME` (or `~/.cache`)`/tidemark/state/`, named after the URL.
     pub fn default_cache(url: &str) -> PathBuf {
         let base = std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .unwrap_or_else(std::env::temp_dir);
         base.join("tidemark")
-            .join("mirrors")
+            .join("state")
             .join(backup_core::docid::encode(url.as_bytes()))
     }
 
@@ -75,11 +75,11 @@ mod imp {
         let chain = open(url)?;
         // One writer per destination, remotely too: held for the whole run.
         let _lock = chain.lock("backup")?;
-        let mirror = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
-        std::fs::create_dir_all(&mirror)
-            .with_context(|| format!("creating the mirror {}", mirror.display()))?;
+        let state = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("creating the key state {}", state.display()))?;
         Ok(backup_core::backup_archive_to(
-            backend, &chain, &mirror, options, archive, events,
+            backend, &chain, &state, options, archive, events,
         )?)
     }
 

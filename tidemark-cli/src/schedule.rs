@@ -38,7 +38,7 @@ pub struct Job {
     pub source: String,
     /// The backup directory, or an object store URL (archives only).
     pub to: String,
-    /// Remote destinations: the local directory of the working mirror.
+    /// Remote destinations: the local directory of the key state incrementals continue from.
     pub cache: Option<PathBuf>,
     /// `archive` (default) or `folder`.
     #[serde(default = "default_format")]

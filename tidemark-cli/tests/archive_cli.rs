@@ -133,12 +133,12 @@ fn every_checkpoint_of_the_chain_restores_exactly() {
         e.contains("no backup ends at that checkpoint") && e.contains("available"),
         "{e}"
     );
-    // Standard tools read it: every document of the full archive is JSON for jq.
+    // Standard tools read it: a collection's records are JSON lines for jq.
     let first = archives(&d.join("ar")).remove(0);
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "unzip -p '{}' 't/1/document.json' | jq -r .row.name",
+            "unzip -p '{}' 'data/t/*' | jq -r 'select(.key == \"1\") | .row.name'",
             first.display()
         ))
         .output()
@@ -445,12 +445,11 @@ fn every_codec_round_trips() {
     assert!(e.contains("--level 12 is out of range"), "{e}");
 }
 
-/// A run killed after the working mirror committed but before its archive was complete leaves
-/// the mirror ahead of the chain (found by the remote SIGKILL test): the next archive must be
-/// full, or the changes in between would be in no archive. The window is recreated exactly by
-/// moving the mirror ahead with a folder backup into it.
+/// The key state is a cache that must match the newest archive: an older state (a run killed
+/// between the archive's rename and the state's, or a state copied back), a damaged one or
+/// none makes the next archive full, with the reason, and every archive restores exactly.
 #[test]
-fn a_mirror_ahead_of_the_chain_makes_the_next_archive_full() {
+fn a_key_state_not_at_the_newest_archive_makes_the_next_archive_full() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let db = d.join("src.db");
@@ -459,52 +458,69 @@ fn a_mirror_ahead_of_the_chain_makes_the_next_archive_full() {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
-    sql(
-        &db,
-        "INSERT INTO t VALUES (3, 'lost unless the next archive is full');",
-    );
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar/.tidemark-mirror",
-        ],
-        d,
-    );
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    let backup = || {
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                "ar",
+                "--format",
+                "archive",
+            ],
+            d,
+        )
+    };
+    backup();
+    let state = d.join("ar/.tidemark-state");
+    let saved = d.join("saved-state");
+    copy_dir(&state, &saved);
+    sql(&db, "INSERT INTO t VALUES (3, 'c');");
+    let out = backup();
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    // An older state: full.
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&saved, &state);
+    sql(&db, "INSERT INTO t VALUES (4, 'lost unless the next archive is full');");
+    let out = backup();
     assert!(
-        out.contains("disagree") && out.contains("Archive (full)"),
+        out.contains("key state matches") && out.contains("Archive (full)"),
         "{out}"
     );
-    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
-    assert_same_dump(
-        &dump(&d.join("r.db")),
-        &dump(&db),
-        "after the mirror ran ahead",
+    // A damaged state: full.
+    let file = state.join("state.json");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    std::fs::write(&file, bytes).unwrap();
+    sql(&db, "DELETE FROM t WHERE id = 1;");
+    let out = backup();
+    assert!(
+        out.contains("key state is damaged") && out.contains("Archive (full)"),
+        "{out}"
     );
+    // No state: full.
+    std::fs::remove_dir_all(&state).unwrap();
+    sql(&db, "UPDATE t SET v = 'z' WHERE id = 2;");
+    let out = backup();
+    assert!(
+        out.contains("is missing") && out.contains("Archive (full)"),
+        "{out}"
+    );
+    // And back to incrementals.
+    sql(&db, "INSERT INTO t VALUES (5, 'e');");
+    let out = backup();
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    ok(&["verify", "ar"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after every state");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
 }

@@ -215,8 +215,8 @@ fn random_single_faults_are_detected_or_harmless_and_never_restore_wrong_data() 
             if restore.status.success() {
                 tally.harmless += 1;
                 let rel = victim.strip_prefix(&work).unwrap().display().to_string();
-                let place = if rel.contains(".tidemark-mirror") {
-                    "mirror (working state)"
+                let place = if rel.contains(".tidemark-state") {
+                    "key state (working state)"
                 } else if rel.contains("index/") {
                     "key index (working state)"
                 } else {
@@ -286,13 +286,12 @@ fn random_single_faults_are_detected_or_harmless_and_never_restore_wrong_data() 
     assert_eq!(tally.verify_intact_restore_refused, 0, "{tally:#?}");
     // Damage verify does not report is only ever in files that hold no backup data.
     let not_data = [
-        "mirror (working state)",
+        "key state (working state)",
         "key index (working state)",
         ".tidemark-lock",
         "run.lock",
         ".tidemark-format",
         ".tidemark-head",
-        "archive-state.json",
     ];
     for place in tally.harmless_in.keys() {
         assert!(

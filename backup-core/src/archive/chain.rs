@@ -1,0 +1,685 @@
+//! Where archives live and how they chain: the chain stores (a local directory; object stores
+//! implement the same trait), the chain head, listing, continuity and restore planning.
+
+use super::{damaged, file_name_of, ArchiveManifest, ChainItem, ManifestEntry, MANIFEST_ENTRY};
+use super::{ARCHIVE_FORMAT, ARCHIVE_FORMAT_VERSION};
+use crate::durable;
+use crate::error::{Error, Result};
+use crate::manifest::RunKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use zip::ZipArchive;
+/// Where a chain's archives are kept: a local directory ([`LocalChain`]) or an object store
+/// (the `tidemark-remote` crate). An archive is visible only once complete: a reader never sees
+/// one that is being written or was cut short.
+pub trait ChainStore {
+    /// Where `name` (an archive's file name) lives, for messages and summaries.
+    fn location_of(&self, name: &str) -> PathBuf;
+    /// The complete archives, in sequence order.
+    fn read_chain(&self) -> Result<Vec<ChainItem>>;
+    /// Removes what interrupted writes left behind (never a complete archive).
+    fn clean_partial(&self) -> Result<()>;
+    /// Starts writing archive `sequence` of `kind`; `buffer_size` bounds the memory it uses for
+    /// output (beyond the entry being written).
+    fn begin(
+        &self,
+        sequence: u64,
+        kind: RunKind,
+        buffer_size: usize,
+    ) -> Result<Box<dyn ArchiveOutput>>;
+}
+
+/// An archive being written, front to back in one pass (the zip writer never seeks), so an
+/// output may hand bytes on (upload them) as soon as it has them. See [`PartWriter`].
+pub trait ArchiveOutput: Write {
+    /// Makes the archive complete, durable and visible, last of all; returns its file name (which
+    /// carries the CRC32 of the whole file) and size.
+    fn finish(self: Box<Self>, kind: RunKind, manifest: &ArchiveManifest) -> Result<(String, u64)>;
+}
+
+/// The archive's file name: sequence, kind and the CRC32 of the whole file.
+pub fn archive_file_name(sequence: u64, kind: RunKind, crc: u32) -> String {
+    file_name(sequence, kind, crc)
+}
+
+/// Archives in a local directory: written to `.tidemark-NNNNNN.zip.tmp`, fsynced, renamed to
+/// their final name (with the file's CRC32), directory fsynced.
+#[derive(Debug, Clone)]
+pub struct LocalChain {
+    dir: PathBuf,
+}
+
+impl LocalChain {
+    /// The chain in `dir` (which must exist to write to it).
+    pub fn new(dir: &Path) -> Self {
+        LocalChain {
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl ChainStore for LocalChain {
+    fn location_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn read_chain(&self) -> Result<Vec<ChainItem>> {
+        read_chain(&self.dir)
+    }
+
+    fn clean_partial(&self) -> Result<()> {
+        for entry in fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("read directory", &self.dir, e))?
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".tidemark-") && name.ends_with(".zip.tmp") {
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn begin(
+        &self,
+        sequence: u64,
+        _kind: RunKind,
+        buffer_size: usize,
+    ) -> Result<Box<dyn ArchiveOutput>> {
+        let tmp = self.dir.join(format!(".tidemark-{sequence:06}.zip.tmp"));
+        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        Ok(Box::new(LocalOutput {
+            dir: self.dir.clone(),
+            sequence,
+            file: BufWriter::with_capacity(buffer_size, file),
+            tmp,
+        }))
+    }
+}
+
+struct LocalOutput {
+    dir: PathBuf,
+    sequence: u64,
+    file: BufWriter<File>,
+    tmp: PathBuf,
+}
+
+impl Write for LocalOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl ArchiveOutput for LocalOutput {
+    fn finish(self: Box<Self>, kind: RunKind, _: &ArchiveManifest) -> Result<(String, u64)> {
+        let tmp = self.tmp;
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
+        durable::sync_file(&file, &tmp)?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &tmp, e))?
+            .len();
+        drop(file);
+        let crc = file_crc32(&tmp)?;
+        let name = file_name(self.sequence, kind, crc);
+        let path = self.dir.join(&name);
+        durable::rename(&tmp, &path)?;
+        durable::sync_dir(&self.dir)?;
+        write_head(&self.dir, self.sequence, &name)?;
+        Ok((name, size))
+    }
+}
+
+/// The chain head's file name in a local chain directory: the newest archive written, so that
+/// verify and restore notice a newest archive that was deleted or withheld.
+pub const HEAD_FILE: &str = ".tidemark-head";
+
+/// The chain head: the newest archive written to the directory, with a CRC32 of its fields.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Head {
+    sequence: u64,
+    file: String,
+    crc32: u32,
+}
+
+fn head_crc(sequence: u64, file: &str) -> u32 {
+    crc32fast::hash(format!("{sequence} {file}").as_bytes())
+}
+
+/// Records `file` (archive `sequence`) as the chain's head (written aside, fsynced, renamed).
+/// A run killed before this leaves the previous head, which an archive newer than it is fine
+/// with; only a head newer than every archive present is a loss.
+pub(super) fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
+    let head = Head {
+        sequence,
+        file: file.to_string(),
+        crc32: head_crc(sequence, file),
+    };
+    let bytes = serde_json::to_vec(&head).map_err(|e| Error::Manifest {
+        path: dir.join(HEAD_FILE),
+        cause: e.to_string(),
+    })?;
+    durable::write_atomic(&dir.join(HEAD_FILE), &bytes, durable::Sync::Now)
+}
+
+/// Reads `dir`'s chain head, before its archives are listed (a backup renames its archive
+/// before it updates the head, so a head read first never names an archive the listing
+/// misses). `Ok(None)` for a directory without one (chains written before heads existed).
+pub(super) fn read_head(dir: &Path) -> Result<Option<Head>> {
+    let path = dir.join(HEAD_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let head: Head = serde_json::from_slice(&bytes)
+        .map_err(|e| damaged(&path, format!("the chain head is unreadable: {e}")))?;
+    if head.crc32 != head_crc(head.sequence, &head.file) {
+        return Err(damaged(&path, "the chain head does not match its CRC32"));
+    }
+    Ok(Some(head))
+}
+
+/// Checks a chain against the head read before it: the archive the head names must be there
+/// (or a newer one).
+pub(super) fn check_head(dir: &Path, head: Option<&Head>, chain: &[ChainItem]) -> Option<Error> {
+    let head = head?;
+    let present = chain.iter().any(|item| {
+        item.manifest.sequence == head.sequence
+            && item.path.file_name().and_then(|n| n.to_str()) == Some(head.file.as_str())
+    });
+    let newest = chain.iter().map(|i| i.manifest.sequence).max().unwrap_or(0);
+    if present || newest > head.sequence {
+        return None;
+    }
+    if let Some(other) = chain.iter().find(|i| i.manifest.sequence == head.sequence) {
+        return Some(damaged(
+            &other.path,
+            format!(
+                "replaced: the chain's newest archive (sequence {}) was written as {}, and this \
+                 file is not it",
+                head.sequence, head.file
+            ),
+        ));
+    }
+    Some(damaged(
+        &dir.join(&head.file),
+        format!(
+            "missing: the chain's newest archive (sequence {}) was written but is not in the \
+             directory (newest present: {}); it was deleted or withheld",
+            head.sequence,
+            if newest == 0 {
+                "none".to_string()
+            } else {
+                newest.to_string()
+            }
+        ),
+    ))
+}
+
+/// Where a [`PartWriter`] hands the bytes of an archive, in order, in parts.
+pub trait PartSink {
+    /// Takes the next part (every part but the last is exactly the writer's part size).
+    fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()>;
+}
+
+/// A `Write` that hands what is written to a [`PartSink`] in parts of `part_size` bytes: an
+/// archive streams out (to an object store's multipart upload) without a local copy of the
+/// whole file. Memory: one part. Computes the CRC32 and size of the whole stream on the way.
+pub struct PartWriter<S: PartSink> {
+    sink: S,
+    buf: Vec<u8>,
+    handed: u64,
+    part_size: usize,
+    crc: crc32fast::Hasher,
+}
+
+impl<S: PartSink> PartWriter<S> {
+    /// A writer handing parts of `part_size` bytes to `sink`.
+    pub fn new(sink: S, part_size: usize) -> Self {
+        PartWriter {
+            sink,
+            buf: Vec::new(),
+            handed: 0,
+            part_size: part_size.max(1),
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+
+    fn hand_on(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+        self.crc.update(&part);
+        self.handed += part.len() as u64;
+        self.sink.put_part(part)
+    }
+
+    /// Hands on every remaining byte (the last part may be short or, if the stream is a
+    /// multiple of the part size, absent) and returns the sink, the stream's CRC32 and size.
+    pub fn finish(mut self) -> std::io::Result<(S, u32, u64)> {
+        if !self.buf.is_empty() {
+            let part = std::mem::take(&mut self.buf);
+            self.hand_on(part)?;
+        }
+        Ok((self.sink, self.crc.finalize(), self.handed))
+    }
+}
+
+impl<S: PartSink> Write for PartWriter<S> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let room = self.part_size - self.buf.len();
+            let (now, rest) = data.split_at(room.min(data.len()));
+            self.buf.extend_from_slice(now);
+            data = rest;
+            if self.buf.len() == self.part_size {
+                let part = std::mem::replace(&mut self.buf, Vec::with_capacity(self.part_size));
+                self.hand_on(part)?;
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether `dir` holds an archive chain (any `tidemark-*.zip`).
+pub fn is_archive_dir(dir: &Path) -> bool {
+    archive_files(dir).map(|f| !f.is_empty()).unwrap_or(false)
+}
+
+pub(super) fn archive_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(|e| Error::io("read directory", dir, e))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("tidemark-") && n.ends_with(".zip"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// The archive's file name: sequence, kind and the CRC32 of the whole file.
+fn file_name(sequence: u64, kind: RunKind, crc: u32) -> String {
+    let k = match kind {
+        RunKind::Full => "full",
+        RunKind::Incremental => "incr",
+    };
+    format!("tidemark-{sequence:06}-{k}-{crc:08x}.zip")
+}
+
+pub(super) fn file_crc32(path: &Path) -> Result<u32> {
+    let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            return Ok(h.finalize());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// Reads every archive's manifest in `dir`, in sequence order (without checking entries; see
+/// [`verify_archives`]).
+pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for path in archive_files(dir)? {
+        let manifest = read_manifest(&path)?;
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        out.push(ChainItem {
+            path,
+            manifest,
+            size,
+        });
+    }
+    Ok(out)
+}
+
+
+fn open_zip(path: &Path) -> Result<ZipArchive<File>> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    ZipArchive::new(f).map_err(|e| damaged(path, format!("not a readable zip archive: {e}")))
+}
+
+/// Reads and checks one archive's manifest entry.
+pub fn read_manifest(path: &Path) -> Result<ArchiveManifest> {
+    let entry_path = path.join(MANIFEST_ENTRY);
+    // The manifest is the last entry: read it from the file's tail, without parsing the central
+    // directory of every record (hundreds of MB for a million entries, read by every run that
+    // lists the chain). Anything unexpected falls back to the full zip reader.
+    let text = match manifest_from_tail(path) {
+        Ok(Some(text)) => text,
+        _ => {
+            let mut zip = open_zip(path)?;
+            let mut text = Vec::new();
+            zip.by_name(MANIFEST_ENTRY)
+                .map_err(|e| damaged(&entry_path, format!("missing: {e}")))?
+                .read_to_end(&mut text)
+                .map_err(|e| damaged(&entry_path, e.to_string()))?;
+            text
+        }
+    };
+    let file: ManifestEntry = serde_json::from_slice(&text)
+        .map_err(|e| damaged(&entry_path, format!("not a tidemark manifest: {e}")))?;
+    let crc = crc32fast::hash(&serde_json::to_vec(&file.manifest).expect("JSON serializes"));
+    if crc != file.crc32 {
+        return Err(damaged(&entry_path, "manifest CRC32 does not match"));
+    }
+    let m: ArchiveManifest = serde_json::from_value(file.manifest)
+        .map_err(|e| damaged(&entry_path, format!("unexpected content: {e}")))?;
+    if m.format != ARCHIVE_FORMAT || !(1..=ARCHIVE_FORMAT_VERSION).contains(&m.format_version) {
+        return Err(damaged(
+            &entry_path,
+            format!("format {} v{} is not supported", m.format, m.format_version),
+        ));
+    }
+    Ok(m)
+}
+
+/// The manifest entry's bytes, found from the end of the file: the end of central directory
+/// record (and its zip64 form) gives the central directory's offset; the manifest's local header
+/// is the last one before it. `None` when the file does not look as tidemark writes it.
+fn manifest_from_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+    const WINDOW: u64 = 16 << 20;
+    let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let mut f = File::open(path)?;
+    let Some(end) = crate::zipstream::end_record(&mut f)? else {
+        return Ok(None); // a comment, or not a zip: let the zip reader decide
+    };
+    let cd_offset = end.cd_offset;
+    let start = cd_offset.saturating_sub(WINDOW);
+    let mut window = vec![0u8; usize::try_from(cd_offset - start).unwrap_or(0)];
+    f.seek(SeekFrom::Start(start))?;
+    f.read_exact(&mut window)?;
+    let name = MANIFEST_ENTRY.as_bytes();
+    let Some(at) = (0..window.len().saturating_sub(30 + name.len()))
+        .rev()
+        .find(|&i| {
+            le32(&window, i) == 0x0403_4b50
+                && usize::from(le16(&window, i + 26)) == name.len()
+                && &window[i + 30..i + 30 + name.len()] == name
+        })
+    else {
+        return Ok(None);
+    };
+    let mut reader = std::io::Cursor::new(&window[at..]);
+    let Ok(Some(mut entry)) = zip::read::read_zipfile_from_stream(&mut reader) else {
+        return Ok(None);
+    };
+    if entry.name() != MANIFEST_ENTRY {
+        return Ok(None);
+    }
+    let mut text = Vec::new();
+    // Reading to the end checks the entry's CRC32.
+    match entry.read_to_end(&mut text) {
+        Ok(_) => Ok(Some(text)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Checks that each archive continues its predecessor: an incremental's parent is the previous
+/// file and starts where it ended; a full archive starts a new chain. Sequence numbers may skip
+/// only archives `tidemark prune` removed (`pruned`), and only before a full archive.
+pub(super) fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> Vec<Error> {
+    let mut problems = Vec::new();
+    for (i, item) in chain.iter().enumerate() {
+        let m = &item.manifest;
+        if let Some(prev) = i.checked_sub(1).map(|p| &chain[p]) {
+            let after = prev.manifest.sequence;
+            if m.sequence <= after {
+                problems.push(damaged(
+                    &item.path,
+                    format!("sequence {} does not follow {after}", m.sequence),
+                ));
+            } else if m.sequence > after + 1 {
+                let lost: Vec<u64> = (after + 1..m.sequence)
+                    .filter(|s| !pruned.contains(s))
+                    .collect();
+                if !lost.is_empty() || m.kind != RunKind::Full {
+                    problems.push(damaged(
+                        &item.path,
+                        format!(
+                            "sequence {} where {} was expected (archives {}..{} are missing{})",
+                            m.sequence,
+                            after + 1,
+                            after + 1,
+                            m.sequence - 1,
+                            if lost.is_empty() {
+                                " and this incremental needs them"
+                            } else {
+                                ", not pruned"
+                            }
+                        ),
+                    ));
+                }
+            }
+        }
+        if m.kind == RunKind::Full {
+            continue;
+        }
+        match (i.checked_sub(1).map(|p| &chain[p]), &m.parent, &m.from) {
+            (Some(prev), Some(parent), Some(from))
+                if *parent == file_name_of(&prev.path) && *from == prev.manifest.to => {}
+            (Some(prev), _, _) => problems.push(damaged(
+                &item.path,
+                format!(
+                    "does not continue {}: it starts at {:?}, which ended at {}",
+                    file_name_of(&prev.path),
+                    m.from.as_ref().map(|f| f.to_string()),
+                    prev.manifest.to
+                ),
+            )),
+            (None, _, _) => problems.push(damaged(
+                &item.path,
+                "an incremental without a full archive before it",
+            )),
+        }
+    }
+    problems
+}
+
+/// A point to restore to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RestorePoint {
+    /// The newest backup.
+    Latest,
+    /// The backup that ends exactly at this checkpoint position.
+    Checkpoint(u64),
+    /// The newest backup captured at or before this moment.
+    Time(time::OffsetDateTime),
+}
+
+impl std::str::FromStr for RestorePoint {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Ok(pos) = s.parse::<u64>() {
+            return Ok(RestorePoint::Checkpoint(pos));
+        }
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(RestorePoint::Time)
+            .map_err(|e| format!("`{s}` is neither a checkpoint number nor an RFC 3339 time: {e}"))
+    }
+}
+
+fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(
+        &item.manifest.captured_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()
+}
+
+/// Picks the archives to replay for a restore at `at`: the last full archive at or before it and
+/// the incrementals after it.
+pub(super) fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a [ChainItem]> {
+    let end = match at {
+        RestorePoint::Latest => chain.len(),
+        RestorePoint::Time(t) => {
+            let i = chain
+                .iter()
+                .rposition(|c| captured(c).is_some_and(|c| c <= *t))
+                .ok_or_else(|| Error::BadInput {
+                    path: PathBuf::from(format!("--at {t}")),
+                    cause: format!(
+                        "no backup was captured at or before that time (the first: {})",
+                        chain[0].manifest.captured_at
+                    ),
+                })?;
+            i + 1
+        }
+        RestorePoint::Checkpoint(pos) => {
+            let pos = *pos;
+            let i = chain
+                .iter()
+                .position(|c| c.manifest.to.position == pos)
+                .ok_or_else(|| {
+                    let have: Vec<String> = chain
+                        .iter()
+                        .map(|c| c.manifest.to.position.to_string())
+                        .collect();
+                    Error::BadInput {
+                        path: PathBuf::from(format!("--at {pos}")),
+                        cause: format!(
+                            "no backup ends at that checkpoint (available: {})",
+                            have.join(", ")
+                        ),
+                    }
+                })?;
+            i + 1
+        }
+    };
+    let start = chain[..end]
+        .iter()
+        .rposition(|c| c.manifest.kind == RunKind::Full)
+        .ok_or_else(|| Error::BadInput {
+            path: PathBuf::from("archives"),
+            cause: "no full archive to start from".into(),
+        })?;
+    Ok(&chain[start..end])
+}
+
+#[cfg(test)]
+mod window_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::zipstream;
+    use proptest::prelude::*;
+    use std::io::Cursor;
+    use zip::write::SimpleFileOptions;
+    use zip::{CompressionMethod, ZipWriter};
+
+    struct Parts(Vec<Vec<u8>>);
+    impl PartSink for Parts {
+        fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+            self.0.push(part);
+            Ok(())
+        }
+    }
+
+    /// Writes of any sizes come out as the same bytes in parts of exactly `part` bytes but
+    /// the last, handed on as they fill, with the stream's CRC32 and size.
+    fn same_bytes(writes: &[usize], part: usize) {
+        let mut w = PartWriter::new(Parts(Vec::new()), part);
+        let mut want = Vec::new();
+        let mut most_held = 0usize;
+        for (i, n) in writes.iter().enumerate() {
+            let chunk: Vec<u8> = (0..*n).map(|j| (j * 7 + i) as u8).collect();
+            w.write_all(&chunk).unwrap();
+            want.extend_from_slice(&chunk);
+            let handed: usize = w.sink.0.iter().map(Vec::len).sum();
+            most_held = most_held.max(want.len() - handed);
+        }
+        assert!(most_held < part, "held {most_held} bytes, part {part}");
+        let (parts, crc, size) = w.finish().unwrap();
+        assert_eq!(parts.0.concat(), want);
+        assert_eq!(size, want.len() as u64);
+        assert_eq!(crc, crc32fast::hash(&want));
+        if let Some((last, full)) = parts.0.split_last() {
+            assert!(full.iter().all(|p| p.len() == part));
+            assert!(!last.is_empty() && last.len() <= part);
+        } else {
+            assert!(want.is_empty());
+        }
+    }
+
+    #[test]
+    fn writes_larger_and_smaller_than_a_part() {
+        same_bytes(&[10, 5000, 70_000, 3, 0, 200_000, 12], 4096);
+        same_bytes(&[4096, 4096], 4096);
+        same_bytes(&[], 4096);
+    }
+
+    /// An archive written through a part writer is a zip the zip crate reads.
+    #[test]
+    fn a_zip_streams_through_parts() {
+        let mut zw = zipstream::StreamWriter::new(
+            PartWriter::new(Parts(Vec::new()), 8192),
+            zipstream::Method::Zstd(3),
+        )
+        .unwrap();
+        for i in 0..2000 {
+            zw.add(&format!("c/{i}/document.json"), &vec![b'x'; i % 300])
+                .unwrap();
+        }
+        let (parts, _, _) = zw.finish().unwrap().finish().unwrap();
+        assert!(parts.0.len() > 3);
+        let z = ZipArchive::new(Cursor::new(parts.0.concat())).unwrap();
+        assert_eq!(z.len(), 2000);
+    }
+
+    /// The manifest is found from the tail, also past 65,535 entries (zip64 end records).
+    #[test]
+    fn the_manifest_is_read_from_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        for (n, method) in [
+            (10usize, CompressionMethod::Deflated),
+            (70_000, CompressionMethod::Zstd),
+        ] {
+            let path = dir.path().join(format!("a{n}.zip"));
+            let mut w = ZipWriter::new(File::create(&path).unwrap());
+            let opts = SimpleFileOptions::default().compression_method(method);
+            for i in 0..n {
+                w.start_file(format!("c/{i}/document.json"), opts).unwrap();
+                w.write_all(b"{}").unwrap();
+            }
+            w.start_file(MANIFEST_ENTRY, opts).unwrap();
+            w.write_all(b"{\"the\": \"manifest\"}").unwrap();
+            w.finish().unwrap();
+            let got = manifest_from_tail(&path).unwrap();
+            assert_eq!(
+                got.as_deref(),
+                Some(&b"{\"the\": \"manifest\"}"[..]),
+                "{n} entries"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_write_sizes(sizes in proptest::collection::vec(0usize..20_000, 0..40), part in 1usize..9000) {
+            same_bytes(&sizes, part);
+        }
+    }
+}

@@ -1,0 +1,712 @@
+//! Archive format 2: records packed as JSON lines into a few entries per collection.
+//!
+//! ```text
+//! data/<collection-dir>/000001.jsonl     records, one JSON object per line, cut at ~4 MiB
+//! data/<collection-dir>/000002.jsonl
+//! tidemark/manifest.json                 last entry
+//! ```
+//!
+//! A put is `{"key": …, "value": … | "value_utf8": … | "value_base64": … | "row": {…},
+//! "rowid": n, "crc32": n}`; a deletion is `{"key": …, "deleted": true}` (`key_base64` for keys
+//! that are not UTF-8). Within an archive a later line for a key supersedes an earlier one.
+//! The manifest lists, per collection, its number of parts and how many of the first ones hold a
+//! scan (each key once, puts only). See `docs/FORMAT.md` §3.
+
+use super::chain::file_crc32;
+use super::{damaged, file_name_of, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
+use crate::backend::RestoreSink;
+use crate::document::{field_from_json, field_to_json, record_crc32};
+use crate::error::{Error, Result};
+use crate::manifest::RunKind;
+use crate::model::{CollectionName, Key, Record, Row, Value};
+use crate::pipeline::Pipeline;
+use crate::restore::{Batch, RestoreOptions, RestoreSummary};
+use crate::zipstream::{self, DirEntry, Refused};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The name of a collection's `n`th data entry (from 1).
+pub(super) fn part_name(dir: &str, n: u64) -> String {
+    format!("data/{dir}/{n:06}.jsonl")
+}
+
+/// One line of a data entry.
+pub(super) enum Line {
+    /// A record (with its CRC32, computed once by the engine).
+    Put(Record, u32),
+    /// A deletion.
+    Delete(Key),
+}
+
+/// Appends one line (with its newline) to `out`.
+pub(super) fn encode_line(out: &mut Vec<u8>, line: &Line) {
+    let key = match line {
+        Line::Put(r, _) => &r.key,
+        Line::Delete(k) => k,
+    };
+    match std::str::from_utf8(key.as_bytes()) {
+        Ok(k) => {
+            out.extend_from_slice(b"{\"key\":");
+            json_string(out, k);
+        }
+        Err(_) => {
+            out.extend_from_slice(b"{\"key_base64\":\"");
+            out.extend_from_slice(B64.encode(key.as_bytes()).as_bytes());
+            out.push(b'"');
+        }
+    }
+    match line {
+        Line::Delete(_) => out.extend_from_slice(b",\"deleted\":true}\n"),
+        Line::Put(record, crc) => {
+            match &record.value {
+                Value::Bytes(bytes) => {
+                    if is_exact_json(bytes) {
+                        out.extend_from_slice(b",\"value\":");
+                        out.extend_from_slice(bytes);
+                    } else if let Ok(text) = std::str::from_utf8(bytes) {
+                        out.extend_from_slice(b",\"value_utf8\":");
+                        json_string(out, text);
+                    } else {
+                        out.extend_from_slice(b",\"value_base64\":\"");
+                        out.extend_from_slice(B64.encode(bytes).as_bytes());
+                        out.push(b'"');
+                    }
+                }
+                Value::Row(row) => {
+                    out.extend_from_slice(b",\"row\":{");
+                    for (i, (name, field)) in row.columns.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        json_string(out, name);
+                        out.push(b':');
+                        let _ = serde_json::to_writer(&mut *out, &field_to_json(field));
+                    }
+                    out.push(b'}');
+                    if let Some(id) = row.rowid {
+                        let _ = write!(out, ",\"rowid\":{id}");
+                    }
+                }
+            }
+            let _ = writeln!(out, ",\"crc32\":{crc}}}");
+        }
+    }
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Whether the bytes are one JSON value that a parser's raw value gives back byte for byte
+/// (so that `value` can embed them verbatim) and hold no newline (one line per record).
+fn is_exact_json(bytes: &[u8]) -> bool {
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    if !matches!(
+        first,
+        b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+    ) || bytes.contains(&b'\n')
+    {
+        return false;
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    match serde_json::from_str::<&RawValue>(text) {
+        Ok(raw) => raw.get().len() == bytes.len(),
+        Err(_) => false,
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineJson<'a> {
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    key_base64: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    value: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    value_utf8: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    value_base64: Option<Cow<'a, str>>,
+    #[serde(default)]
+    row: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    rowid: Option<i64>,
+    #[serde(default)]
+    crc32: Option<u32>,
+    #[serde(default)]
+    deleted: Option<bool>,
+}
+
+/// A decoded line: the key and the record, or `None` for a deletion.
+pub(super) type Decoded = (Key, Option<Record>);
+
+/// Decodes one line (without its newline), checking the record CRC32. Errors name the cause.
+pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
+    let j: LineJson<'_> =
+        serde_json::from_slice(line).map_err(|e| format!("not a tidemark record line: {e}"))?;
+    let key = match (j.key, j.key_base64) {
+        (Some(k), None) => k.into_owned().into_bytes(),
+        (None, Some(b)) => B64
+            .decode(b.as_bytes())
+            .map_err(|e| format!("key_base64: {e}"))?,
+        _ => return Err("exactly one of `key` and `key_base64` must be present".into()),
+    };
+    let key = Key(key);
+    let values = [
+        j.value.is_some(),
+        j.value_utf8.is_some(),
+        j.value_base64.is_some(),
+        j.row.is_some(),
+    ]
+    .iter()
+    .filter(|p| **p)
+    .count();
+    if j.deleted == Some(true) {
+        if values != 0 || j.crc32.is_some() || j.rowid.is_some() {
+            return Err("a deletion holds only its key".into());
+        }
+        return Ok((key, None));
+    }
+    if j.deleted.is_some() || values != 1 {
+        return Err(
+            "exactly one of `value`, `value_utf8`, `value_base64` and `row` must be present"
+                .into(),
+        );
+    }
+    let value = if let Some(raw) = j.value {
+        Value::Bytes(raw.get().as_bytes().to_vec())
+    } else if let Some(text) = j.value_utf8 {
+        Value::Bytes(text.into_owned().into_bytes())
+    } else if let Some(b) = j.value_base64 {
+        Value::Bytes(
+            B64.decode(b.as_bytes())
+                .map_err(|e| format!("value_base64: {e}"))?,
+        )
+    } else {
+        let mut columns = Vec::new();
+        for (name, json) in j.row.unwrap_or_default() {
+            let field = field_from_json(&json).map_err(|e| format!("column `{name}`: {e}"))?;
+            columns.push((name, field));
+        }
+        Value::Row(Row {
+            columns,
+            rowid: j.rowid,
+        })
+    };
+    if j.rowid.is_some() && !matches!(value, Value::Row(_)) {
+        return Err("`rowid` belongs to rows only".into());
+    }
+    let record = Record {
+        key: key.clone(),
+        value,
+    };
+    let want = j.crc32.ok_or("`crc32` is missing")?;
+    let crc = record_crc32(&record);
+    if crc != want {
+        return Err(format!(
+            "record CRC32 {crc:08x} does not match the stored {want:08x}"
+        ));
+    }
+    Ok((key, Some(record)))
+}
+
+/// Decodes a whole data entry; errors name the entry and line.
+fn decode_part(path: &Path, data: &[u8]) -> Result<Vec<Decoded>> {
+    if data.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = data
+        .strip_suffix(b"\n")
+        .ok_or_else(|| damaged(path, "the last line is cut short"))?;
+    body.split(|b| *b == b'\n')
+        .enumerate()
+        .map(|(i, line)| {
+            decode_line(line).map_err(|cause| damaged(path, format!("line {}: {cause}", i + 1)))
+        })
+        .collect()
+}
+
+/// The counts one collection's parts must add up to.
+#[derive(Default, Debug, PartialEq, Eq, Clone, Copy)]
+struct Counts {
+    puts: u64,
+    deletions: u64,
+    parts: u64,
+}
+
+/// Which collection and part an entry name is: `data/<dir>/<n>.jsonl`, vetted (no `..`, no
+/// absolute paths), or the manifest.
+fn parse_entry_name(name: &str) -> Option<Option<(&str, u64)>> {
+    if name == MANIFEST_ENTRY {
+        return Some(None);
+    }
+    let rest = name.strip_prefix("data/")?;
+    let (dir, file) = rest.split_once('/')?;
+    let n = file.strip_suffix(".jsonl")?;
+    let safe = !dir.is_empty() && dir != "." && dir != ".." && !dir.contains('\\');
+    if !safe || n.len() != 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = n.parse().ok()?;
+    (n >= 1).then_some(Some((dir, n)))
+}
+
+/// Checks the whole-file CRC32 against the one in the archive's name.
+fn check_file_crc(item: &ChainItem) -> Result<()> {
+    let path = &item.path;
+    let want = file_name_of(path)
+        .trim_end_matches(".zip")
+        .rsplit('-')
+        .next()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or_else(|| damaged(path, "the file name carries no CRC32"))?;
+    let crc = file_crc32(path)?;
+    if crc != want {
+        return Err(damaged(
+            path,
+            format!("file CRC32 {crc:08x} does not match {want:08x} in its name"),
+        ));
+    }
+    Ok(())
+}
+
+/// Verifies one format-2 archive: the file's CRC32, every entry's zip CRC32 and the central
+/// directory (reading in file order), every line's record CRC32, the part numbering and the
+/// counts of the manifest. Returns the records (puts) it holds.
+pub(super) fn verify_archive(item: &ChainItem) -> Result<u64> {
+    check_file_crc(item)?;
+    let path = &item.path;
+    let m = &item.manifest;
+    let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let mut last_was_manifest = false;
+    zipstream::read_entries(
+        file,
+        |r: Refused| match r.entry {
+            Some(e) => damaged(&path.join(e), r.cause),
+            None => damaged(path, r.cause),
+        },
+        &mut |name, data| {
+            let epath = path.join(name);
+            if last_was_manifest {
+                return Err(damaged(&epath, "an entry after the manifest"));
+            }
+            let Some(kind) = parse_entry_name(name) else {
+                return Err(damaged(
+                    &epath,
+                    "entry name outside the archive layout (refused)",
+                ));
+            };
+            let Some((dir, n)) = kind else {
+                last_was_manifest = true;
+                return Ok(());
+            };
+            let dropped = m.dropped_parts.as_ref().and_then(|d| d.get(dir)).copied();
+            if !m.collections.iter().any(|c| c.dir == dir) && dropped.is_none() {
+                return Err(damaged(
+                    &epath,
+                    "entry of a collection the manifest does not list",
+                ));
+            }
+            let c = counts.entry(dir.to_string()).or_default();
+            if n != c.parts + 1 {
+                return Err(damaged(
+                    &epath,
+                    format!("part {n} where part {} was expected", c.parts + 1),
+                ));
+            }
+            c.parts += 1;
+            for (_, record) in decode_part(&epath, &data)? {
+                match record {
+                    Some(_) => c.puts += 1,
+                    None => c.deletions += 1,
+                }
+            }
+            Ok(())
+        },
+    )?;
+    for (dir, parts) in m.dropped_parts.iter().flatten() {
+        if counts.remove(dir).map_or(0, |c| c.parts) != *parts {
+            return Err(damaged(path, format!("the parts of dropped `{dir}` do not match")));
+        }
+    }
+    let mut records = 0;
+    for c in &m.collections {
+        let got = counts.get(&c.dir).copied().unwrap_or_default();
+        let want = Counts {
+            puts: c.documents,
+            deletions: c.deletions,
+            parts: c.parts.unwrap_or(0),
+        };
+        if got != want {
+            return Err(damaged(
+                path,
+                format!(
+                    "collection `{}` has {} parts with {} records and {} deletions, the manifest \
+                     says {} parts, {} and {}",
+                    c.info.name,
+                    got.parts,
+                    got.puts,
+                    got.deletions,
+                    want.parts,
+                    want.puts,
+                    want.deletions
+                ),
+            ));
+        }
+        if c.scan_parts.unwrap_or(0) > want.parts {
+            return Err(damaged(path, "more scan parts than parts"));
+        }
+        records += got.puts;
+    }
+    Ok(records)
+}
+
+/// An archive opened for random access: its directory and file.
+struct Opened {
+    path: PathBuf,
+    file: File,
+    entries: HashMap<String, DirEntry>,
+}
+
+fn open(item: &ChainItem) -> Result<Opened> {
+    check_file_crc(item)?;
+    let path = item.path.clone();
+    let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    // A format-2 archive has a few entries per collection and some MiB of records.
+    let list = zipstream::read_directory(&mut file, 10_000_000).map_err(|r| refused(&path, r))?;
+    let entries = list.into_iter().map(|e| (e.name.clone(), e)).collect();
+    Ok(Opened {
+        path,
+        file,
+        entries,
+    })
+}
+
+fn refused(path: &Path, r: Refused) -> Error {
+    match r.entry {
+        Some(e) => damaged(&path.join(e), r.cause),
+        None => damaged(path, r.cause),
+    }
+}
+
+/// One part to read: which archive, which entry, which collection (its index in the last
+/// manifest).
+struct PartRef {
+    archive: usize,
+    name: String,
+    collection: usize,
+}
+
+/// A part's compressed bytes, read on the caller's thread, decoded by a worker.
+struct Job {
+    path: PathBuf,
+    entry: DirEntry,
+    packed: Vec<u8>,
+}
+
+fn decode_job(zstd: &mut Option<zstd::bulk::Decompressor<'static>>, job: Job) -> Result<Vec<Decoded>> {
+    let path = job.path.join(&job.entry.name);
+    let data = zipstream::unpack(
+        &job.entry.name,
+        job.entry.method,
+        job.packed,
+        job.entry.size,
+        job.entry.crc,
+        zstd,
+    )
+    .map_err(|r| refused(&job.path, r))?;
+    decode_part(&path, &data)
+}
+
+/// Reads `parts` in order over `threads` decoders, handing each part's lines to `visit`.
+fn read_parts(
+    opened: &mut [Opened],
+    parts: &[PartRef],
+    threads: usize,
+    visit: &mut dyn FnMut(&PartRef, Vec<Decoded>) -> Result<()>,
+) -> Result<()> {
+    let mut pipeline = Pipeline::new(threads, || None, decode_job);
+    let mut next = 0usize;
+    let mut deliver = |r: Result<Vec<Decoded>>| -> Result<()> {
+        let lines = r?;
+        let part = &parts[next];
+        next += 1;
+        visit(part, lines)
+    };
+    for part in parts {
+        let o = &mut opened[part.archive];
+        let entry = o
+            .entries
+            .get(&part.name)
+            .cloned()
+            .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
+        let packed = zipstream::read_packed(&mut o.file, &entry).map_err(|r| refused(&o.path, r))?;
+        pipeline.submit(
+            Job {
+                path: o.path.clone(),
+                entry,
+                packed,
+            },
+            &mut deliver,
+        )?;
+    }
+    pipeline.finish(&mut deliver)
+}
+
+/// Writes the state at the last archive of `items` (a full archive and the incrementals after
+/// it, all format 2) into `sink`.
+///
+/// The full archive's scan parts hold each key once; everything after them (its replayed
+/// parts and every incremental) is the *overlay*, where later lines win. Three passes: the
+/// overlay's keys are indexed (key → its last line); the scan parts stream into the sink in
+/// parallel, skipping keys the overlay has; the overlay's winning puts follow. Memory: the
+/// overlay's keys, never the archive.
+pub(super) fn replay(
+    items: &[ChainItem],
+    mut sink: Box<dyn RestoreSink + '_>,
+    options: &RestoreOptions,
+    threads: usize,
+) -> Result<RestoreSummary> {
+    let started = Instant::now();
+    let last = &items[items.len() - 1].manifest;
+    let wanted = |n: &CollectionName| options.collections.as_ref().is_none_or(|w| w.contains(n));
+    let collections: Vec<&ArchiveCollection> = last
+        .collections
+        .iter()
+        .filter(|c| wanted(&c.info.name))
+        .collect();
+    for c in &collections {
+        sink.create_collection(&c.info, last.store_kind)?;
+    }
+    let mut opened = items.iter().map(open).collect::<Result<Vec<_>>>()?;
+    // Per collection: the parts of the scan, and the overlay parts in chain order. A
+    // collection missing from an archive's manifest was dropped then: only archives after the
+    // last such gap are its own.
+    let (mut base, mut overlay) = (Vec::new(), Vec::new());
+    for (ci, c) in collections.iter().enumerate() {
+        let first = (0..items.len())
+            .rev()
+            .take_while(|&i| items[i].manifest.collections.iter().any(|x| x.dir == c.dir))
+            .last()
+            .unwrap_or(items.len());
+        for (ai, item) in items.iter().enumerate().skip(first) {
+            let Some(ac) = item.manifest.collections.iter().find(|x| x.dir == c.dir) else {
+                continue;
+            };
+            let scan = if ai == 0 && item.manifest.kind == RunKind::Full {
+                ac.scan_parts.unwrap_or(0)
+            } else {
+                0
+            };
+            for n in 1..=ac.parts.unwrap_or(0) {
+                let part = PartRef {
+                    archive: ai,
+                    name: part_name(&c.dir, n),
+                    collection: ci,
+                };
+                if n <= scan {
+                    base.push(part);
+                } else {
+                    overlay.push(part);
+                }
+            }
+        }
+    }
+    overlay.sort_by_key(|p| p.archive); // chain order; stable keeps part order
+    // Pass 1: each overlay key's last line.
+    let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
+    let mut ordinal = 0u64;
+    read_parts(&mut opened, &overlay, threads, &mut |part, lines| {
+        for (key, _) in lines {
+            winner.insert((part.collection, key.0), ordinal);
+            ordinal += 1;
+        }
+        Ok(())
+    })?;
+    let mut written = vec![0u64; collections.len()];
+    let mut bytes = 0u64;
+    let mut batches: Vec<Batch> = collections.iter().map(|_| Batch::new(options)).collect();
+    // Pass 2: the scan, without the keys the overlay decides.
+    read_parts(&mut opened, &base, threads, &mut |part, lines| {
+        let ci = part.collection;
+        for (key, record) in lines {
+            let Some(record) = record else {
+                return Err(damaged(
+                    &items[part.archive].path.join(&part.name),
+                    "a deletion in a scan part",
+                ));
+            };
+            if !winner.is_empty() && winner.contains_key(&(ci, key.0)) {
+                continue;
+            }
+            written[ci] += 1;
+            bytes += batches[ci].push(&mut *sink, &collections[ci].info.name, record)?;
+        }
+        Ok(())
+    })?;
+    // Pass 3: the overlay's winning puts.
+    let mut ordinal = 0u64;
+    read_parts(&mut opened, &overlay, threads, &mut |part, lines| {
+        let ci = part.collection;
+        for (key, record) in lines {
+            let n = ordinal;
+            ordinal += 1;
+            let Some(record) = record else { continue };
+            if winner.get(&(ci, key.0)) == Some(&n) {
+                written[ci] += 1;
+                bytes += batches[ci].push(&mut *sink, &collections[ci].info.name, record)?;
+            }
+        }
+        Ok(())
+    })?;
+    for (ci, batch) in batches.iter_mut().enumerate() {
+        batch.flush(&mut *sink, &collections[ci].info.name)?;
+    }
+    let path = &items[items.len() - 1].path;
+    for (ci, c) in collections.iter().enumerate() {
+        if written[ci] != c.records {
+            return Err(damaged(
+                path,
+                format!(
+                    "replaying the chain gives collection `{}` {} records, the manifest says {}",
+                    c.info.name, written[ci], c.records
+                ),
+            ));
+        }
+    }
+    sink.finish(&last.store_schema, last.store_kind)?;
+    Ok(RestoreSummary {
+        collections: collections.len(),
+        records: written.iter().sum(),
+        bytes,
+        elapsed: started.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Field;
+
+    fn round_trip(line: Line) -> Decoded {
+        let mut out = Vec::new();
+        encode_line(&mut out, &line);
+        assert_eq!(out.last(), Some(&b'\n'));
+        assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        decode_line(&out[..out.len() - 1]).expect("decodes")
+    }
+
+    fn put(key: &[u8], value: Value) -> Line {
+        let r = Record {
+            key: Key(key.to_vec()),
+            value,
+        };
+        let crc = record_crc32(&r);
+        Line::Put(r, crc)
+    }
+
+    #[test]
+    fn every_kind_of_record_round_trips() {
+        let values = [
+            Value::Bytes(br#"{"a":1}"#.to_vec()),
+            Value::Bytes(b" {\"a\":1}".to_vec()),
+            Value::Bytes(b"{\"a\":\n1}".to_vec()),
+            Value::Bytes(b"plain text".to_vec()),
+            Value::Bytes(vec![0, 255, 10, 13]),
+            Value::Bytes(Vec::new()),
+            Value::Row(Row {
+                columns: vec![
+                    ("i".into(), Field::Integer(-7)),
+                    ("r".into(), Field::Real(-0.0)),
+                    ("n".into(), Field::Real(f64::NAN)),
+                    ("t".into(), Field::Text(vec![0xff, b'a'])),
+                    ("b".into(), Field::Blob(vec![1, 2, 3])),
+                    ("z".into(), Field::Null),
+                ],
+                rowid: Some(42),
+            }),
+        ];
+        for key in [&b"k"[..], b"", &[0, 255], b"a\nb\"c"] {
+            for v in &values {
+                let (k, r) = round_trip(put(key, v.clone()));
+                assert_eq!(k.as_bytes(), key);
+                let r = r.expect("a put");
+                assert_eq!(record_crc32(&r), {
+                    let want = Record {
+                        key: Key(key.to_vec()),
+                        value: v.clone(),
+                    };
+                    record_crc32(&want)
+                });
+            }
+            let (k, r) = round_trip(Line::Delete(Key(key.to_vec())));
+            assert_eq!(k.as_bytes(), key);
+            assert!(r.is_none());
+        }
+    }
+
+    /// The examples of docs/FORMAT.md §3.1 are exactly what the encoder writes.
+    #[test]
+    fn the_documented_examples_are_exact() {
+        let doc = include_str!("../../../docs/FORMAT.md");
+        let lines = [
+            put(b"user/42", Value::Bytes(br#"{"name":"Ann","visits":3}"#.to_vec())),
+            put(&[0, 255, 1], Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef])),
+            put(
+                b"7",
+                Value::Row(Row {
+                    columns: vec![
+                        ("id".into(), Field::Integer(7)),
+                        ("name".into(), Field::Text(b"bolt".to_vec())),
+                        ("price".into(), Field::Real(0.25)),
+                        ("img".into(), Field::Blob(vec![0x89, b'P', b'N', b'G'])),
+                    ],
+                    rowid: None,
+                }),
+            ),
+            Line::Delete(Key(b"user/41".to_vec())),
+        ];
+        for line in &lines {
+            let mut out = Vec::new();
+            encode_line(&mut out, line);
+            let text = String::from_utf8(out).expect("utf8");
+            assert!(doc.contains(&text), "FORMAT.md lacks {text}");
+        }
+    }
+
+    #[test]
+    fn damaged_lines_are_refused() {
+        let mut out = Vec::new();
+        encode_line(&mut out, &put(b"k", Value::Bytes(b"\"v\"".to_vec())));
+        let line = &out[..out.len() - 1];
+        let text = std::str::from_utf8(line).expect("utf8");
+        let changed = text.replace("\"v\"", "\"w\"");
+        assert!(decode_line(changed.as_bytes()).unwrap_err().contains("CRC32"));
+        assert!(decode_line(b"{\"key\":\"k\",\"deleted\":true,\"crc32\":1}").is_err());
+        assert!(decode_line(b"{\"key\":\"k\",\"value\":1,\"value_utf8\":\"1\",\"crc32\":1}").is_err());
+        assert!(decode_line(b"{\"key\":\"k\",\"other\":1}").is_err());
+    }
+
+    #[test]
+    fn entry_names_are_vetted() {
+        assert_eq!(parse_entry_name("data/orders/000001.jsonl"), Some(Some(("orders", 1))));
+        assert_eq!(parse_entry_name(MANIFEST_ENTRY), Some(None));
+        for bad in ["data/../000001.jsonl", "data/a/1.jsonl", "/data/a/000001.jsonl", "x/a/000001.jsonl", "data/a/000000.jsonl", "data/a/b/000001.jsonl"] {
+            assert_eq!(parse_entry_name(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Writing archives (format 2): the engine streams records straight into the archive, with no
+//! working copy of the data.
+//!
+//! Records gather per collection into parts of about [`PART_BYTES`]; each full part goes to a
+//! pipeline of `threads` workers that encode its JSON lines and compress them, and comes back,
+//! in order, to this thread, which appends it to the zip. Memory: the open parts (at most
+//! [`PENDING_BYTES`] in all) and `2 × threads` parts in flight.
+//!
+//! What the next incremental needs is kept in the *key state* (`DIR/.tidemark-state/`): per
+//! collection, a key index (every key with its record CRC32 and length, sorted, checksummed;
+//! docs/FORMAT.md §1.8), and `state.json` naming the archive they match. It is a cache: when it
+//! is missing, damaged or not the newest archive's, the next archive is full and says why.
+
+use super::chain::{ArchiveOutput, ChainStore, LocalChain};
+use super::v2::{encode_line, part_name, Line};
+use super::{
+    file_name_of, manifest_text, ArchiveCollection, ArchiveManifest, ArchiveOptions,
+    ArchiveSummary, ChainItem, Compression, ARCHIVE_FORMAT, ARCHIVE_FORMAT_VERSION,
+    LEGACY_MIRROR_DIR, MANIFEST_ENTRY,
+};
+use crate::backend::StorageBackend;
+use crate::durable;
+use crate::engine::{
+    self, BackupOptions, BackupSummary, Completed, Event, FullReason, RunWriter, Target,
+};
+use crate::error::{Error, Result};
+use crate::folder::{collection_dir_name, WriteEvent};
+use crate::keyindex::Entry;
+use crate::manifest::{now_rfc3339, FolderManifest, ManifestCollection, RunKind};
+use crate::model::{CollectionName, Key, Record};
+use crate::pipeline::Pipeline;
+use crate::zipstream::{self, Packed, Packer, StreamWriter};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The key state's directory inside a local archive directory.
+pub const STATE_DIR: &str = ".tidemark-state";
+const STATE_FILE: &str = "state.json";
+const STATE_FORMAT: &str = "tidemark-archive-state";
+/// Uncompressed bytes at which a part is cut.
+const PART_BYTES: usize = 4 << 20;
+/// The most bytes all collections' open parts may hold before they are all cut.
+const PENDING_BYTES: usize = 16 << 20;
+/// Memory a record costs in an open part beyond its key and payload.
+const RECORD_OVERHEAD: usize = 64;
+
+/// The key state: which archive it matches, and the backup as of that archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchiveState {
+    /// The archive's name in the chain.
+    archive: String,
+    /// Its sequence.
+    sequence: u64,
+    /// The checkpoint, collections, counts and key index files.
+    backup: FolderManifest,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    crc32: u32,
+    state: serde_json::Value,
+}
+
+fn read_state(dir: &Path) -> Result<Option<ArchiveState>> {
+    let path = dir.join(STATE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", &path, e)),
+    };
+    let bad = |cause: String| Error::Manifest {
+        path: path.clone(),
+        cause,
+    };
+    let file: StateFile =
+        serde_json::from_slice(&bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let crc = crc32fast::hash(&serde_json::to_vec(&file.state).unwrap_or_default());
+    if crc != file.crc32 {
+        return Err(bad("its CRC32 does not match".into()));
+    }
+    let state: ArchiveState =
+        serde_json::from_value(file.state).map_err(|e| bad(format!("unexpected content: {e}")))?;
+    if state.backup.format != STATE_FORMAT {
+        return Err(bad(format!("format `{}`", state.backup.format)));
+    }
+    Ok(Some(state))
+}
+
+fn write_state(dir: &Path, state: &ArchiveState) -> Result<()> {
+    let path = dir.join(STATE_FILE);
+    let body = serde_json::to_value(state).map_err(|e| Error::Manifest {
+        path: path.clone(),
+        cause: e.to_string(),
+    })?;
+    let crc32 = crc32fast::hash(&serde_json::to_vec(&body).unwrap_or_default());
+    let bytes = serde_json::to_vec_pretty(&StateFile { crc32, state: body }).map_err(|e| {
+        Error::Manifest {
+            path: path.clone(),
+            cause: e.to_string(),
+        }
+    })?;
+    durable::write_atomic(&path, &bytes, durable::Sync::Now)
+}
+
+/// Removes every file of the state directory that `keep` does not name (indexes of older or
+/// interrupted runs).
+fn clean_state(dir: &Path, keep: &[&str]) -> Result<()> {
+    for entry in fs::read_dir(dir)
+        .map_err(|e| Error::io("read directory", dir, e))?
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name != STATE_FILE && !keep.contains(&name.as_str()) {
+            let p = entry.path();
+            fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Backs `backend` up as the next archive in `dir`: full the first time (or with
+/// `BackupMode::Full`), incremental after.
+pub fn backup_archive(
+    backend: &dyn StorageBackend,
+    dir: &Path,
+    options: &BackupOptions,
+    archive: &ArchiveOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<ArchiveSummary> {
+    // The lock refuses a path that is not a directory.
+    let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
+    crate::destination::claim_format(dir, crate::destination::DestFormat::Archive)?;
+    // Format-1 runs kept a per-record working copy here; nothing reads it any more.
+    durable::remove_dir_all_if_exists(&dir.join(LEGACY_MIRROR_DIR))?;
+    backup_archive_to(
+        backend,
+        &LocalChain::new(dir),
+        &dir.join(STATE_DIR),
+        options,
+        archive,
+        events,
+    )
+}
+
+/// Backs `backend` up as the next archive of `chain_store` (a local directory or an object
+/// store), keeping the key state in the local directory `state_dir`: full the first time (or
+/// with `BackupMode::Full`, or when the state is not the newest archive's), incremental after.
+pub fn backup_archive_to(
+    backend: &dyn StorageBackend,
+    chain_store: &dyn ChainStore,
+    state_dir: &Path,
+    options: &BackupOptions,
+    archive: &ArchiveOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<ArchiveSummary> {
+    let started = Instant::now();
+    // What a killed run left half-written is never part of the chain: remove it.
+    chain_store.clean_partial()?;
+    let chain = chain_store.read_chain()?;
+    let head = chain.last();
+    durable::create_dir_all(state_dir)?;
+    let previous = previous_state(state_dir, head);
+    let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
+    let target = ArchiveTarget {
+        chain: chain_store,
+        state_dir,
+        sequence,
+        options: *archive,
+    };
+    let done = engine::run(
+        backend,
+        &target,
+        previous.as_ref().map(|(_, s)| &s.backup),
+        false,
+        options,
+        events,
+    )?;
+    let Completed {
+        outcome,
+        reason,
+        captured_at,
+        store_schema,
+    } = done;
+    let kind = outcome.method.kind();
+    let (parent, from) = match (kind, head) {
+        (RunKind::Incremental, Some(h)) => (Some(file_name_of(&h.path)), Some(h.manifest.to.clone())),
+        _ => (None, None),
+    };
+    let mut run = outcome.run;
+    run.flush_all()?;
+    let count = |c: &CollectionName| outcome.counts.get(c).copied().unwrap_or(0);
+    let collections: Vec<ArchiveCollection> = outcome
+        .collections
+        .iter()
+        .map(|c| {
+            let part = run.collections.get(&c.name);
+            ArchiveCollection {
+                info: c.clone(),
+                dir: collection_dir_name(&c.name),
+                records: count(&c.name),
+                documents: part.map_or(0, |p| p.documents),
+                deletions: part.map_or(0, |p| p.deletions),
+                parts: Some(part.map_or(0, |p| p.parts)),
+                scan_parts: Some(part.map_or(0, |p| match (kind, p.scan_parts) {
+                    (RunKind::Incremental, _) => 0,
+                    (RunKind::Full, Some(n)) => n,
+                    (RunKind::Full, None) => p.parts,
+                })),
+            }
+        })
+        .collect();
+    let dropped: BTreeMap<String, u64> = run
+        .dropped
+        .iter()
+        .filter(|(_, p)| p.parts > 0)
+        .map(|(_, p)| (p.dir.clone(), p.parts))
+        .collect();
+    let entries = collections.iter().map(|c| c.documents + c.deletions).sum();
+    let manifest = ArchiveManifest {
+        format: ARCHIVE_FORMAT.into(),
+        format_version: ARCHIVE_FORMAT_VERSION,
+        sequence,
+        kind,
+        parent,
+        from,
+        to: outcome.checkpoint.clone(),
+        store_kind: backend.kind(),
+        source: backend.describe(),
+        created_at: now_rfc3339(),
+        captured_at: captured_at.clone(),
+        collections,
+        store_schema: store_schema.clone(),
+        bytes: 0,
+        dropped_parts: (!dropped.is_empty()).then_some(dropped),
+    };
+    let bytes_written = run.bytes;
+    let (name, size) = run.finish(manifest.clone())?;
+    durable::crash_point("archive state", state_dir);
+    let now = now_rfc3339();
+    let state = ArchiveState {
+        archive: name.clone(),
+        sequence,
+        backup: FolderManifest {
+            format: STATE_FORMAT.into(),
+            format_version: 1,
+            store_kind: backend.kind(),
+            source: backend.describe(),
+            checkpoint: outcome.checkpoint.clone(),
+            created_at: now.clone(),
+            updated_at: now,
+            last_run: kind,
+            collections: outcome
+                .collections
+                .iter()
+                .map(|c| ManifestCollection {
+                    info: c.clone(),
+                    dir: collection_dir_name(&c.name),
+                    records: count(&c.name),
+                    key_index: outcome.indexes.get(&c.name).cloned().flatten(),
+                })
+                .collect(),
+            store_schema,
+        },
+    };
+    write_state(state_dir, &state)?;
+    let keep: Vec<&str> = state
+        .backup
+        .collections
+        .iter()
+        .filter_map(|c| c.key_index.as_deref())
+        .collect();
+    clean_state(state_dir, &keep)?;
+    engine::trim(backend, options, &outcome.checkpoint, events);
+    let records_total = state.backup.collections.iter().map(|c| c.records).sum();
+    Ok(ArchiveSummary {
+        backup: BackupSummary {
+            kind,
+            method: outcome.method,
+            full_reason: reason,
+            checkpoint: outcome.checkpoint,
+            captured_at,
+            records_written: outcome.written,
+            records_deleted: outcome.deleted,
+            bytes_written,
+            records_total,
+            elapsed: started.elapsed(),
+        },
+        file: chain_store.location_of(&name),
+        kind,
+        size,
+        entries,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The state to continue from, or why the next archive is full.
+fn previous_state(
+    state_dir: &Path,
+    head: Option<&ChainItem>,
+) -> std::result::Result<(PathBuf, ArchiveState), FullReason> {
+    let Some(head) = head else {
+        return Err(FullReason::FirstBackup);
+    };
+    if head.manifest.format_version < ARCHIVE_FORMAT_VERSION {
+        return Err(FullReason::OlderArchiveFormat(head.manifest.format_version));
+    }
+    let state = match read_state(state_dir) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return Err(FullReason::PreviousDamaged(format!(
+                "the key state {} is missing",
+                state_dir.display()
+            )))
+        }
+        Err(e) => {
+            return Err(FullReason::PreviousDamaged(format!(
+                "the key state is damaged: {e}"
+            )))
+        }
+    };
+    if state.archive != file_name_of(&head.path)
+        || state.sequence != head.manifest.sequence
+        || state.backup.checkpoint != head.manifest.to
+    {
+        return Err(FullReason::PreviousDamaged(format!(
+            "the key state matches {}, not the newest archive {}",
+            state.archive,
+            file_name_of(&head.path)
+        )));
+    }
+    for c in &state.backup.collections {
+        let ok = c
+            .key_index
+            .as_deref()
+            .is_some_and(|n| state_dir.join(n).is_file());
+        if !ok {
+            return Err(FullReason::PreviousDamaged(format!(
+                "the key index of collection `{}` is missing",
+                c.info.name
+            )));
+        }
+    }
+    Ok((state_dir.to_path_buf(), state))
+}
+
+/// Starts archive runs for the engine.
+struct ArchiveTarget<'a> {
+    chain: &'a dyn ChainStore,
+    state_dir: &'a Path,
+    sequence: u64,
+    options: ArchiveOptions,
+}
+
+impl<'a> Target for ArchiveTarget<'a> {
+    type Run = ArchiveRun;
+
+    fn begin(&self, kind: RunKind, _previous: Option<&FolderManifest>) -> Result<ArchiveRun> {
+        let out = self
+            .chain
+            .begin(self.sequence, kind, self.options.buffer_size.max(4096))?;
+        let what = self
+            .chain
+            .location_of(&format!("archive {:06}", self.sequence));
+        let method = match self.options.compression {
+            // Level 0 is "no compression" (as in OrientDB).
+            Compression::Deflate(0) | Compression::None => zipstream::Method::Stored,
+            Compression::Deflate(level) => zipstream::Method::Deflate(u32::from(level.min(9))),
+            Compression::Zstd(level) => zipstream::Method::Zstd(level),
+        };
+        // Checked here, on this thread: a worker cannot report a bad level as clearly.
+        Packer::new(method).map_err(|e| Error::io("start compressing", &what, e))?;
+        let zip = StreamWriter::new(out, method).map_err(|e| Error::io("write", &what, e))?;
+        let pipeline = Pipeline::new(
+            self.options.threads,
+            move || Packer::new(method).ok(),
+            pack_part,
+        );
+        Ok(ArchiveRun {
+            zip: Some(zip),
+            what,
+            pipeline,
+            collections: BTreeMap::new(),
+            dropped: BTreeMap::new(),
+            pending: 0,
+            bytes: 0,
+            state_dir: self.state_dir.to_path_buf(),
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            kind,
+            replaying: false,
+        })
+    }
+}
+
+/// A part on its way to a worker.
+struct Chunk {
+    name: String,
+    lines: Vec<Line>,
+}
+
+/// A part encoded and compressed, ready to append.
+struct PackedPart {
+    name: String,
+    packed: Packed,
+    bytes: Vec<u8>,
+}
+
+fn pack_part(packer: &mut Option<Packer>, chunk: Chunk) -> Result<PackedPart> {
+    let mut raw = Vec::with_capacity(PART_BYTES + PART_BYTES / 4);
+    for line in &chunk.lines {
+        encode_line(&mut raw, line);
+    }
+    drop(chunk.lines);
+    let packer = packer.as_mut().ok_or_else(|| Error::Io {
+        op: "compress",
+        path: PathBuf::from(&chunk.name),
+        source: std::io::Error::other("the compressor could not be made"),
+    })?;
+    let mut out = Vec::new();
+    let packed = packer
+        .pack_into(&raw, &mut out)
+        .map_err(|e| Error::io("compress", &chunk.name, e))?;
+    Ok(PackedPart {
+        name: chunk.name,
+        packed,
+        bytes: if out.is_empty() { raw } else { out },
+    })
+}
+
+/// One collection's parts in the archive being written.
+struct PartState {
+    dir: String,
+    open: Vec<Line>,
+    open_bytes: usize,
+    parts: u64,
+    scan_parts: Option<u64>,
+    documents: u64,
+    deletions: u64,
+}
+
+/// An archive being written by the engine.
+pub(crate) struct ArchiveRun {
+    zip: Option<StreamWriter<Box<dyn ArchiveOutput>>>,
+    what: PathBuf,
+    pipeline: Pipeline<Option<Packer>, Chunk, Result<PackedPart>>,
+    collections: BTreeMap<CollectionName, PartState>,
+    /// Collections dropped during the run after parts of theirs were written.
+    dropped: BTreeMap<CollectionName, PartState>,
+    pending: usize,
+    bytes: u64,
+    state_dir: PathBuf,
+    run_id: String,
+    kind: RunKind,
+    replaying: bool,
+}
+
+impl ArchiveRun {
+    fn part(&mut self, collection: &CollectionName) -> &mut PartState {
+        if !self.collections.contains_key(collection) {
+            let state = self.dropped.remove(collection).unwrap_or(PartState {
+                dir: collection_dir_name(collection),
+                open: Vec::new(),
+                open_bytes: 0,
+                parts: 0,
+                scan_parts: None,
+                documents: 0,
+                deletions: 0,
+            });
+            self.collections.insert(collection.clone(), state);
+        }
+        self.collections.get_mut(collection).expect("inserted above")
+    }
+
+    /// Adds a line; cuts the collection's part when it is full, and every part when too much
+    /// is held.
+    fn push(&mut self, collection: &CollectionName, line: Line, size: usize) -> Result<()> {
+        let p = self.part(collection);
+        p.open.push(line);
+        p.open_bytes += size;
+        let full = p.open_bytes >= PART_BYTES;
+        self.pending += size;
+        if full {
+            self.cut(collection)?;
+        }
+        if self.pending >= PENDING_BYTES {
+            self.flush_all()?;
+        }
+        Ok(())
+    }
+
+    /// Sends a collection's open part to the workers.
+    fn cut(&mut self, collection: &CollectionName) -> Result<()> {
+        let ArchiveRun {
+            collections,
+            pipeline,
+            zip,
+            what,
+            pending,
+            bytes,
+            ..
+        } = self;
+        let Some(p) = collections.get_mut(collection) else {
+            return Ok(());
+        };
+        if p.open.is_empty() {
+            return Ok(());
+        }
+        p.parts += 1;
+        *pending -= p.open_bytes;
+        p.open_bytes = 0;
+        let chunk = Chunk {
+            name: part_name(&p.dir, p.parts),
+            lines: std::mem::take(&mut p.open),
+        };
+        pipeline.submit(chunk, &mut |r| append(zip, what, bytes, r))
+    }
+
+    /// Sends every open part to the workers.
+    pub(crate) fn flush_all(&mut self) -> Result<()> {
+        let names: Vec<CollectionName> = self.collections.keys().cloned().collect();
+        for c in names {
+            self.cut(&c)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the last parts and the manifest, and completes the archive; returns its name
+    /// and size.
+    fn finish(mut self, mut manifest: ArchiveManifest) -> Result<(String, u64)> {
+        self.flush_all()?;
+        let ArchiveRun {
+            pipeline,
+            zip,
+            what,
+            bytes,
+            ..
+        } = &mut self;
+        pipeline.finish(&mut |r| append(zip, what, bytes, r))?;
+        manifest.bytes = *bytes;
+        let text = manifest_text(&manifest)?;
+        let mut zip = zip.take().ok_or_else(|| Error::Io {
+            op: "write",
+            path: what.clone(),
+            source: std::io::Error::other("the archive was already finished"),
+        })?;
+        zip.add(MANIFEST_ENTRY, &text)
+            .map_err(|e| Error::io("write", &*what, e))?;
+        let out = zip.finish().map_err(|e| Error::io("write", &*what, e))?;
+        out.finish(manifest.kind, &manifest)
+    }
+}
+
+/// Appends a packed part to the zip.
+fn append(
+    zip: &mut Option<StreamWriter<Box<dyn ArchiveOutput>>>,
+    what: &Path,
+    bytes: &mut u64,
+    part: Result<PackedPart>,
+) -> Result<()> {
+    let part = part?;
+    let zip = zip.as_mut().ok_or_else(|| Error::Io {
+        op: "write",
+        path: what.to_path_buf(),
+        source: std::io::Error::other("the archive was already finished"),
+    })?;
+    zip.add_packed(&part.name, &part.packed, &part.bytes)
+        .map_err(|e| Error::io("write", what, e))?;
+    *bytes += part.packed.size;
+    Ok(())
+}
+
+impl RunWriter for ArchiveRun {
+    fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
+        let replaying = self.replaying;
+        let p = self.part(collection);
+        if replaying && p.scan_parts.is_none() {
+            p.scan_parts = Some(0);
+        }
+        Ok(())
+    }
+
+    fn drop_collection(&mut self, collection: &CollectionName) {
+        if let Some(mut p) = self.collections.remove(collection) {
+            self.pending -= p.open_bytes;
+            p.open.clear();
+            p.open_bytes = 0;
+            self.dropped.insert(collection.clone(), p);
+        }
+    }
+
+    fn put(
+        &mut self,
+        collection: &CollectionName,
+        record: Record,
+        entry: Entry,
+    ) -> Result<Option<WriteEvent>> {
+        let size = record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
+        self.part(collection).documents += 1;
+        self.push(collection, Line::Put(record, entry.crc32), size)?;
+        Ok(None)
+    }
+
+    fn delete(
+        &mut self,
+        collection: &CollectionName,
+        key: &Key,
+    ) -> Result<Option<Option<WriteEvent>>> {
+        let size = key.as_bytes().len() + RECORD_OVERHEAD;
+        self.part(collection).deletions += 1;
+        self.push(collection, Line::Delete(key.clone()), size)?;
+        Ok(Some(None))
+    }
+
+    fn replaying(&mut self) -> Result<()> {
+        // The scan's parts end here: what follows may repeat keys.
+        self.flush_all()?;
+        self.replaying = true;
+        if self.kind == RunKind::Full {
+            for p in self.collections.values_mut() {
+                p.scan_parts = Some(p.parts);
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, _: &CollectionName) -> Option<u64> {
+        None
+    }
+
+    fn new_index(&self, collection: &CollectionName, tag: &str) -> (String, PathBuf) {
+        let name = format!(
+            "{}.{}{tag}.idx",
+            collection_dir_name(collection),
+            self.run_id
+        );
+        let path = self.state_dir.join(&name);
+        (name, path)
+    }
+
+    fn index_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join(name)
+    }
+
+    fn needs_index(&self) -> bool {
+        true
+    }
+}
