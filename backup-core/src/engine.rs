@@ -347,9 +347,9 @@ pub fn backup_folder(
         Ok(Some(p)) => Ok(p),
         Ok(None) => Err(FullReason::FirstBackup),
         // A damaged manifest must not fail every later run: a full backup replaces it.
-        Err(e @ (Error::Manifest { .. } | Error::Damaged { .. })) => {
-            Err(FullReason::PreviousDamaged(format!("its manifest is damaged: {e}")))
-        }
+        Err(e @ (Error::Manifest { .. } | Error::Damaged { .. })) => Err(
+            FullReason::PreviousDamaged(format!("its manifest is damaged: {e}")),
+        ),
         Err(e) => return Err(e),
     };
     let interrupted = folder.was_interrupted();
@@ -475,7 +475,10 @@ pub(crate) fn run<T: Target>(
     let (outcome, reason) = match (previous, options.mode) {
         (Err(reason), _) => {
             let reason = full_because(reason.clone(), events);
-            (full(target, view.as_mut(), collections, options, events)?, Some(reason))
+            (
+                full(target, view.as_mut(), collections, options, events)?,
+                Some(reason),
+            )
         }
         (Ok(_), BackupMode::Full) => (
             full(target, view.as_mut(), collections, options, events)?,
@@ -483,7 +486,10 @@ pub(crate) fn run<T: Target>(
         ),
         (Ok(_), BackupMode::Auto) if interrupted => {
             let reason = full_because(FullReason::Interrupted, events);
-            (full(target, view.as_mut(), collections, options, events)?, Some(reason))
+            (
+                full(target, view.as_mut(), collections, options, events)?,
+                Some(reason),
+            )
         }
         (Ok(prev), BackupMode::Auto) => {
             let attempt = match log_unusable(prev, &start, &collections) {
@@ -504,8 +510,14 @@ pub(crate) fn run<T: Target>(
                             "the change log cannot be used ({reason}): comparing every record \
                              with the previous backup (diff-based incremental)"
                         )));
-                        match diff(target, prev, view.as_mut(), collections.clone(), options, events)
-                        {
+                        match diff(
+                            target,
+                            prev,
+                            view.as_mut(),
+                            collections.clone(),
+                            options,
+                            events,
+                        ) {
                             Ok(Ok(done)) => Some(done),
                             Ok(Err(why)) => {
                                 events(Event::Notice(format!("diff not possible: {why}")));
@@ -633,7 +645,17 @@ fn incremental<T: Target>(
                 let (name, path) = run.new_index(&c.name, "");
                 let empty = BTreeMap::new();
                 let changes = index_changes.get(&c.name).unwrap_or(&empty);
-                let n = keyindex::apply_changes(old_path.as_deref(), &path, changes)?;
+                let n = match keyindex::apply_changes(old_path.as_deref(), &path, changes) {
+                    Ok(n) => n,
+                    // The previous backup's key index is working state: damaged or missing,
+                    // a full backup replaces it.
+                    Err(e @ (Error::Damaged { .. } | Error::Io { .. })) => {
+                        return Ok(Err(FullReason::PreviousDamaged(format!(
+                            "a key index is unusable: {e}"
+                        ))))
+                    }
+                    Err(e) => return Err(e),
+                };
                 counts.insert(c.name.clone(), n);
                 Some(name)
             }

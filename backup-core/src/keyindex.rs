@@ -460,8 +460,10 @@ mod tests {
                 want.insert(k, j + 100_000);
             }
             assert_eq!(b.finish().expect("finish"), want.len() as u64);
-            let got: BTreeMap<Vec<u8>, u32> =
-                read_all(&p).into_iter().map(|(k, e)| (k, e.crc32)).collect();
+            let got: BTreeMap<Vec<u8>, u32> = read_all(&p)
+                .into_iter()
+                .map(|(k, e)| (k, e.crc32))
+                .collect();
             assert_eq!(got, want);
             let left: Vec<_> = std::fs::read_dir(d.path())
                 .expect("dir")

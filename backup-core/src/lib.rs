@@ -45,7 +45,6 @@ pub use archive::{
     ArchiveOptions, ArchiveOutput, ArchiveSummary, ChainStore, Compression, LocalChain, PartSink,
     PartWriter, RestorePoint,
 };
-pub use pipeline::default_threads;
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
 pub use destination::{claim_format, detect_format, DestFormat};
@@ -61,6 +60,7 @@ pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,
     StoreSchema, Value,
 };
+pub use pipeline::default_threads;
 pub use prune::{plan_prune, prune_archives, PrunePlan, Retention};
 pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,

@@ -92,11 +92,7 @@ impl<S: 'static, J: Send + 'static, R: Send + 'static> Pipeline<S, J, R> {
 
     /// Submits a job; hands results that are ready, in order, to `out` (waiting for one when
     /// too many jobs are in flight).
-    pub(crate) fn submit(
-        &mut self,
-        job: J,
-        out: &mut dyn FnMut(R) -> Result<()>,
-    ) -> Result<()> {
+    pub(crate) fn submit(&mut self, job: J, out: &mut dyn FnMut(R) -> Result<()>) -> Result<()> {
         let n = self.submitted;
         self.submitted += 1;
         match &mut self.mode {
@@ -194,7 +190,11 @@ mod tests {
                 Ok(())
             })
             .expect("finish");
-            assert_eq!(got, (0..200).map(|i| i * 2).collect::<Vec<_>>(), "{threads}");
+            assert_eq!(
+                got,
+                (0..200).map(|i| i * 2).collect::<Vec<_>>(),
+                "{threads}"
+            );
         }
     }
 }

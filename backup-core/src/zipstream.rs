@@ -722,7 +722,12 @@ pub fn unpack(
                 .map_err(|e| refused(at, format!("zstd: {e}")))?;
             out
         }
-        m => return Err(refused(at, format!("compression method {m} is not supported"))),
+        m => {
+            return Err(refused(
+                at,
+                format!("compression method {m} is not supported"),
+            ))
+        }
     };
     if data.len() as u64 != size {
         return Err(refused(

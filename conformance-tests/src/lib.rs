@@ -628,14 +628,24 @@ fn archive_options() -> backup_core::ArchiveOptions {
 }
 
 /// Backs the scene's store up as the next archive of `dir`.
-fn archive_backup<H: Harness>(s: &Scene<H>, dir: &Path, mode: BackupMode) -> backup_core::ArchiveSummary {
+fn archive_backup<H: Harness>(
+    s: &Scene<H>,
+    dir: &Path,
+    mode: BackupMode,
+) -> backup_core::ArchiveSummary {
     let options = BackupOptions {
         mode,
         batch_size: 7,
         ..BackupOptions::default()
     };
-    backup_core::backup_archive(s.store.backend(), dir, &options, &archive_options(), &mut |_| {})
-        .unwrap()
+    backup_core::backup_archive(
+        s.store.backend(),
+        dir,
+        &options,
+        &archive_options(),
+        &mut |_| {},
+    )
+    .unwrap()
 }
 
 /// Restores an archive chain at `at` into a new store and returns what it holds.
@@ -664,7 +674,9 @@ pub fn archive_chain_restores_at_every_checkpoint<H: Harness>(h: &H) {
     let mut s = Scene::new(h);
     let dir = s.dir.path().join("archives");
     let mut states: Vec<(u64, Model)> = Vec::new();
-    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let mut rng = 0x9E3779B97F4A7C15u64;
     let mut next = move || {
         rng ^= rng << 13;
@@ -699,8 +711,16 @@ pub fn archive_chain_restores_at_every_checkpoint<H: Harness>(h: &H) {
         } else {
             RunKind::Incremental
         };
-        assert_eq!(summary.kind, want, "round {round}: {:?}", summary.backup.full_reason);
-        assert_eq!(summary.backup.records_total as usize, s.model.len(), "round {round}");
+        assert_eq!(
+            summary.kind, want,
+            "round {round}: {:?}",
+            summary.backup.full_reason
+        );
+        assert_eq!(
+            summary.backup.records_total as usize,
+            s.model.len(),
+            "round {round}"
+        );
         states.push((summary.backup.checkpoint.position, s.model.clone()));
     }
     let report = backup_core::verify_archives(&dir).unwrap();
@@ -717,7 +737,10 @@ pub fn archive_chain_restores_at_every_checkpoint<H: Harness>(h: &H) {
     }
     // A forced full starts a new chain segment that restores the same.
     s.write(&[put("users", b"after", b"1")]);
-    assert_eq!(archive_backup(&s, &dir, BackupMode::Full).kind, RunKind::Full);
+    assert_eq!(
+        archive_backup(&s, &dir, BackupMode::Full).kind,
+        RunKind::Full
+    );
     let (restored, _) = archive_restore(
         h,
         &dir,
@@ -755,7 +778,11 @@ pub fn archive_under_writer<H: Harness>(h: &H) {
     });
     let dir = s.dir.path().join("archives");
     for round in 0..3 {
-        let mode = if round == 0 { BackupMode::Auto } else { BackupMode::Full };
+        let mode = if round == 0 {
+            BackupMode::Auto
+        } else {
+            BackupMode::Full
+        };
         assert_eq!(archive_backup(&s, &dir, mode).kind, RunKind::Full);
         let (restored, _) = archive_restore(
             h,
@@ -770,13 +797,22 @@ pub fn archive_under_writer<H: Harness>(h: &H) {
                 .map(|((_, k), v)| (k.clone(), v.clone()))
                 .collect()
         };
-        assert_eq!(side("left"), side("right"), "round {round}: half a transaction");
+        assert_eq!(
+            side("left"),
+            side("right"),
+            "round {round}: half a transaction"
+        );
     }
     stop.store(true, Ordering::Relaxed);
     assert!(thread.join().unwrap() >= 50);
     let (now, _) = read_all(&s.store);
     let inc = archive_backup(&s, &dir, BackupMode::Auto);
-    assert_eq!(inc.kind, RunKind::Incremental, "{:?}", inc.backup.full_reason);
+    assert_eq!(
+        inc.kind,
+        RunKind::Incremental,
+        "{:?}",
+        inc.backup.full_reason
+    );
     let report = backup_core::verify_archives(&dir).unwrap();
     assert!(report.is_ok(), "verify found {:?}", report.problems);
     let (restored, _) = archive_restore(

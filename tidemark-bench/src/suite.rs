@@ -36,6 +36,9 @@ pub struct SuiteArgs {
     /// Also write the results here, as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Skip the folder format's steps (one file per record: the slowest part of a run).
+    #[arg(long)]
+    pub no_folder: bool,
 }
 
 impl std::fmt::Display for Kind {
@@ -122,7 +125,7 @@ fn size_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Size of the archives in a chain directory (not its working mirror).
+/// Size of the archives in a chain directory (not its key state).
 fn archives_size(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|rd| {
@@ -331,83 +334,85 @@ impl Bench<'_> {
         remove(&tool)?;
         remove(&restored)?;
 
-        // Folder format.
-        let folder = dir.join("folder");
-        let f = folder.to_string_lossy().into_owned();
-        let m = self.tidemark(
-            "backup",
-            &["backup", "--source", &src, "--to", &f, "--full"],
-        )?;
-        self.push(
-            kind,
-            "folder full",
-            &m,
-            bytes,
-            n,
-            Some(size_of(&folder)),
-            method_of(&m.stdout),
-        );
-        self.changes(kind, &s, 1)?;
-        let m = self.tidemark("backup", &["backup", "--source", &src, "--to", &f])?;
-        let w = written_of(&m.stdout).unwrap_or(0);
-        self.push(
-            kind,
-            "folder incremental",
-            &m,
-            w * (bytes / n.max(1)),
-            w,
-            None,
-            method_of(&m.stdout),
-        );
-        let m = self.tidemark("verify", &["verify", &f])?;
-        self.push(kind, "folder verify", &m, bytes, n, None, None);
         let target = dir.join(if kind == Kind::Sqlite {
             "restored.db"
         } else {
             "restored"
         });
         let to = format!("{}:{}", kind.name(), target.display());
-        let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
-        self.push(kind, "folder restore", &m, bytes, n, None, None);
-        remove(&target)?;
-        // The folder format is one directory and one file per record: its floor on this file
-        // system is creating that many inodes, which `tar -x` of the same tree shows.
-        let tree_tar = dir.join("folder.tar");
-        let unpacked = dir.join("folder-unpacked");
-        fs::create_dir_all(&unpacked)?;
-        let status = Command::new("tar")
-            .arg("-cf")
-            .arg(&tree_tar)
-            .arg("-C")
-            .arg(&dir)
-            .arg("folder")
-            .status()?;
-        if !status.success() {
-            bail!("tar -c of the folder backup failed");
+        // Folder format (skipped with --no-folder).
+        if !self.args.no_folder {
+            let folder = dir.join("folder");
+            let f = folder.to_string_lossy().into_owned();
+            let m = self.tidemark(
+                "backup",
+                &["backup", "--source", &src, "--to", &f, "--full"],
+            )?;
+            self.push(
+                kind,
+                "folder full",
+                &m,
+                bytes,
+                n,
+                Some(size_of(&folder)),
+                method_of(&m.stdout),
+            );
+            self.changes(kind, &s, 1)?;
+            let m = self.tidemark("backup", &["backup", "--source", &src, "--to", &f])?;
+            let w = written_of(&m.stdout).unwrap_or(0);
+            self.push(
+                kind,
+                "folder incremental",
+                &m,
+                w * (bytes / n.max(1)),
+                w,
+                None,
+                method_of(&m.stdout),
+            );
+            let m = self.tidemark("verify", &["verify", &f])?;
+            self.push(kind, "folder verify", &m, bytes, n, None, None);
+            let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
+            self.push(kind, "folder restore", &m, bytes, n, None, None);
+            remove(&target)?;
+            // The folder format is one directory and one file per record: its floor on this file
+            // system is creating that many inodes, which `tar -x` of the same tree shows.
+            let tree_tar = dir.join("folder.tar");
+            let unpacked = dir.join("folder-unpacked");
+            fs::create_dir_all(&unpacked)?;
+            let status = Command::new("tar")
+                .arg("-cf")
+                .arg(&tree_tar)
+                .arg("-C")
+                .arg(&dir)
+                .arg("folder")
+                .status()?;
+            if !status.success() {
+                bail!("tar -c of the folder backup failed");
+            }
+            // One tree at a time on the disk: the backup goes before its copy is unpacked.
+            remove(&folder)?;
+            let m = run(
+                "tar -x",
+                Command::new("sh").arg("-c").arg(format!(
+                    "tar -xf '{}' -C '{}' && sync -f '{}'",
+                    tree_tar.display(),
+                    unpacked.display(),
+                    unpacked.display()
+                )),
+            )?;
+            self.push(
+                kind,
+                "tar -x of the folder backup",
+                &m,
+                bytes,
+                n,
+                None,
+                None,
+            );
+            remove(&tree_tar)?;
+            remove(&unpacked)?;
+            remove(&folder)?;
         }
-        // One tree at a time on the disk: the backup goes before its copy is unpacked.
-        remove(&folder)?;
-        let m = run(
-            "tar -x",
-            Command::new("sh").arg("-c").arg(format!(
-                "tar -xf '{}' -C '{}' && sync -f '{}'",
-                tree_tar.display(),
-                unpacked.display(),
-                unpacked.display()
-            )),
-        )?;
-        self.push(
-            kind,
-            "tar -x of the folder backup",
-            &m,
-            bytes,
-            n,
-            None,
-            None,
-        );
-        remove(&tree_tar)?;
-        remove(&unpacked)?;
-        remove(&folder)?;
 
         // Archive chains, one per codec; the first codec also gets the incremental, verify
         // and restore steps.
@@ -438,6 +443,21 @@ impl Bench<'_> {
                 Some(archives_size(&adir)),
                 None,
             );
+            // Everything the destination holds (archives, key state, head, marker files).
+            let used = Measured {
+                seconds: m.seconds,
+                peak_rss_kib: 0,
+                stdout: String::new(),
+            };
+            self.push(
+                kind,
+                &format!("archive destination {label}"),
+                &used,
+                bytes,
+                n,
+                Some(size_of(&adir)),
+                None,
+            );
             if chain.is_none() {
                 self.changes(kind, &s, 2)?;
                 let before = archives_size(&adir);
@@ -455,9 +475,6 @@ impl Bench<'_> {
                     Some(archives_size(&adir) - before),
                     method_of(&m.stdout),
                 );
-                // The working mirror is not part of the chain; it goes before the restore,
-                // which replays the chain into a scratch folder of the same size.
-                remove(&adir.join(".tidemark-mirror"))?;
                 let m = self.tidemark("verify", &["verify", &a])?;
                 self.push(kind, "archive verify", &m, bytes, n, None, None);
                 let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
@@ -565,7 +582,22 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
         line(
             &format!("archive full {first} throughput / tar+zstd-3"),
             ratio(arch.clone(), tar.clone()),
-            Some((0.5, true)),
+            Some((0.7, true)),
+        );
+        let size = |r: Option<Row>| r.and_then(|r| r.output_bytes).map(|b| b as f64);
+        line(
+            &format!("archive full {first} size / tar+zstd-3 size"),
+            size(arch.clone())
+                .zip(size(tar.clone()))
+                .map(|(a, t)| a / t.max(1.0)),
+            Some((1.3, false)),
+        );
+        line(
+            &format!("archive destination disk use / archive size ({first})"),
+            size(get(&format!("archive destination {first}")))
+                .zip(size(arch.clone()))
+                .map(|(d, a)| d / a.max(1.0)),
+            Some((1.1, false)),
         );
         line(
             "folder full throughput / tar+zstd-3",
@@ -605,7 +637,7 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
         line(
             "archive restore throughput / store's bulk load",
             ratio(get("archive restore"), get("bulk load (store's API)")),
-            Some((0.5, true)),
+            Some((0.8, true)),
         );
         line(
             "archive restore throughput / store's restore tool",
@@ -621,6 +653,16 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             "tidemark peak RSS, MiB",
             peak.map(|k| k as f64 / 1024.0),
             Some((256.0, false)),
+        );
+        let archive_peak = rows
+            .iter()
+            .filter(|r| r.store == store && r.step.starts_with("archive"))
+            .map(|r| r.peak_rss_kib)
+            .max();
+        line(
+            "tidemark archive steps peak RSS, MiB",
+            archive_peak.map(|k| k as f64 / 1024.0),
+            Some((128.0, false)),
         );
     }
 }

@@ -355,7 +355,6 @@ pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
     Ok(out)
 }
 
-
 fn open_zip(path: &Path) -> Result<ZipArchive<File>> {
     let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     ZipArchive::new(f).map_err(|e| damaged(path, format!("not a readable zip archive: {e}")))

@@ -32,11 +32,11 @@ pub use restore::restore_archives_to_path;
 pub use verify::verify_archives;
 pub use write::{backup_archive, backup_archive_to, STATE_DIR};
 
+use crate::checkpoint::Checkpoint;
 use crate::engine::BackupSummary;
 use crate::error::{Error, Result};
 use crate::manifest::RunKind;
 use crate::model::{CollectionInfo, StoreKind, StoreSchema};
-use crate::checkpoint::Checkpoint;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -187,7 +187,6 @@ pub struct ChainItem {
     /// Its size in bytes.
     pub size: u64,
 }
-
 
 fn damaged(path: &Path, cause: impl Into<String>) -> Error {
     Error::Damaged {

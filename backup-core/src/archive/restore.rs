@@ -65,4 +65,3 @@ pub fn restore_archives_to_path(
         },
     )
 }
-

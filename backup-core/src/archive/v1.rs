@@ -230,4 +230,3 @@ pub(super) fn replay_newest_first(
         elapsed: started.elapsed(),
     })
 }
-

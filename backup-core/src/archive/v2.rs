@@ -182,8 +182,7 @@ pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
     }
     if j.deleted.is_some() || values != 1 {
         return Err(
-            "exactly one of `value`, `value_utf8`, `value_base64` and `row` must be present"
-                .into(),
+            "exactly one of `value`, `value_utf8`, `value_base64` and `row` must be present".into(),
         );
     }
     let value = if let Some(raw) = j.value {
@@ -340,7 +339,10 @@ pub(super) fn verify_archive(item: &ChainItem) -> Result<u64> {
     )?;
     for (dir, parts) in m.dropped_parts.iter().flatten() {
         if counts.remove(dir).map_or(0, |c| c.parts) != *parts {
-            return Err(damaged(path, format!("the parts of dropped `{dir}` do not match")));
+            return Err(damaged(
+                path,
+                format!("the parts of dropped `{dir}` do not match"),
+            ));
         }
     }
     let mut records = 0;
@@ -388,6 +390,26 @@ fn open(item: &ChainItem) -> Result<Opened> {
     let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
     // A format-2 archive has a few entries per collection and some MiB of records.
     let list = zipstream::read_directory(&mut file, 10_000_000).map_err(|r| refused(&path, r))?;
+    // Every entry must belong to the layout, also those a restore would not read.
+    let m = &item.manifest;
+    for e in &list {
+        let known = match parse_entry_name(&e.name) {
+            Some(None) => true,
+            Some(Some((dir, _))) => {
+                m.collections.iter().any(|c| c.dir == dir)
+                    || m.dropped_parts
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key(dir))
+            }
+            None => false,
+        };
+        if !known {
+            return Err(damaged(
+                &path.join(&e.name),
+                "entry name outside the archive layout (refused)",
+            ));
+        }
+    }
     let entries = list.into_iter().map(|e| (e.name.clone(), e)).collect();
     Ok(Opened {
         path,
@@ -418,7 +440,10 @@ struct Job {
     packed: Vec<u8>,
 }
 
-fn decode_job(zstd: &mut Option<zstd::bulk::Decompressor<'static>>, job: Job) -> Result<Vec<Decoded>> {
+fn decode_job(
+    zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
+    job: Job,
+) -> Result<Vec<Decoded>> {
     let path = job.path.join(&job.entry.name);
     let data = zipstream::unpack(
         &job.entry.name,
@@ -454,7 +479,8 @@ fn read_parts(
             .get(&part.name)
             .cloned()
             .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
-        let packed = zipstream::read_packed(&mut o.file, &entry).map_err(|r| refused(&o.path, r))?;
+        let packed =
+            zipstream::read_packed(&mut o.file, &entry).map_err(|r| refused(&o.path, r))?;
         pipeline.submit(
             Job {
                 path: o.path.clone(),
@@ -527,7 +553,7 @@ pub(super) fn replay(
         }
     }
     overlay.sort_by_key(|p| p.archive); // chain order; stable keeps part order
-    // Pass 1: each overlay key's last line.
+                                        // Pass 1: each overlay key's last line.
     let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
     let mut ordinal = 0u64;
     read_parts(&mut opened, &overlay, threads, &mut |part, lines| {
@@ -664,7 +690,10 @@ mod tests {
     fn the_documented_examples_are_exact() {
         let doc = include_str!("../../../docs/FORMAT.md");
         let lines = [
-            put(b"user/42", Value::Bytes(br#"{"name":"Ann","visits":3}"#.to_vec())),
+            put(
+                b"user/42",
+                Value::Bytes(br#"{"name":"Ann","visits":3}"#.to_vec()),
+            ),
             put(&[0, 255, 1], Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef])),
             put(
                 b"7",
@@ -695,17 +724,31 @@ mod tests {
         let line = &out[..out.len() - 1];
         let text = std::str::from_utf8(line).expect("utf8");
         let changed = text.replace("\"v\"", "\"w\"");
-        assert!(decode_line(changed.as_bytes()).unwrap_err().contains("CRC32"));
+        assert!(decode_line(changed.as_bytes())
+            .expect_err("a changed value")
+            .contains("CRC32"));
         assert!(decode_line(b"{\"key\":\"k\",\"deleted\":true,\"crc32\":1}").is_err());
-        assert!(decode_line(b"{\"key\":\"k\",\"value\":1,\"value_utf8\":\"1\",\"crc32\":1}").is_err());
+        assert!(
+            decode_line(b"{\"key\":\"k\",\"value\":1,\"value_utf8\":\"1\",\"crc32\":1}").is_err()
+        );
         assert!(decode_line(b"{\"key\":\"k\",\"other\":1}").is_err());
     }
 
     #[test]
     fn entry_names_are_vetted() {
-        assert_eq!(parse_entry_name("data/orders/000001.jsonl"), Some(Some(("orders", 1))));
+        assert_eq!(
+            parse_entry_name("data/orders/000001.jsonl"),
+            Some(Some(("orders", 1)))
+        );
         assert_eq!(parse_entry_name(MANIFEST_ENTRY), Some(None));
-        for bad in ["data/../000001.jsonl", "data/a/1.jsonl", "/data/a/000001.jsonl", "x/a/000001.jsonl", "data/a/000000.jsonl", "data/a/b/000001.jsonl"] {
+        for bad in [
+            "data/../000001.jsonl",
+            "data/a/1.jsonl",
+            "/data/a/000001.jsonl",
+            "x/a/000001.jsonl",
+            "data/a/000000.jsonl",
+            "data/a/b/000001.jsonl",
+        ] {
             assert_eq!(parse_entry_name(bad), None, "{bad}");
         }
     }

@@ -59,4 +59,3 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
         .extend(check_head(dir, head.as_ref(), &chain));
     Ok(report)
 }
-

@@ -188,7 +188,9 @@ pub fn backup_archive_to(
     } = done;
     let kind = outcome.method.kind();
     let (parent, from) = match (kind, head) {
-        (RunKind::Incremental, Some(h)) => (Some(file_name_of(&h.path)), Some(h.manifest.to.clone())),
+        (RunKind::Incremental, Some(h)) => {
+            (Some(file_name_of(&h.path)), Some(h.manifest.to.clone()))
+        }
         _ => (None, None),
     };
     let mut run = outcome.run;
@@ -472,7 +474,9 @@ impl ArchiveRun {
             });
             self.collections.insert(collection.clone(), state);
         }
-        self.collections.get_mut(collection).expect("inserted above")
+        self.collections
+            .get_mut(collection)
+            .expect("inserted above")
     }
 
     /// Adds a line; cuts the collection's part when it is full, and every part when too much
@@ -598,7 +602,8 @@ impl RunWriter for ArchiveRun {
         record: Record,
         entry: Entry,
     ) -> Result<Option<WriteEvent>> {
-        let size = record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
+        let size =
+            record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
         self.part(collection).documents += 1;
         self.push(collection, Line::Put(record, entry.crc32), size)?;
         Ok(None)
