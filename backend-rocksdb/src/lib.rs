@@ -33,8 +33,8 @@ use backup_core::{
     Result, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema, Value, View,
 };
 use rocksdb::{
-    AsColumnFamilyRef, DBWithThreadMode, IteratorMode, MultiThreaded, Options, ReadOptions,
-    SnapshotWithThreadMode, WriteBatch, WriteOptions,
+    AsColumnFamilyRef, DBWithThreadMode, IngestExternalFileOptions, IteratorMode, MultiThreaded,
+    Options, ReadOptions, SnapshotWithThreadMode, SstFileWriter, WriteBatch, WriteOptions,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,6 +58,10 @@ pub struct RocksBackend {
     secondary: Option<tempfile::TempDir>,
     /// Restore targets: the table `format_version` new SST files are written in.
     format_version: Option<i32>,
+    /// Restore targets: the options of the SST files a restore writes itself (the table format
+    /// above); `None` for a database the backend did not create, which is written through its
+    /// memtables only.
+    sst_options: Option<Options>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -79,6 +83,7 @@ impl RocksBackend {
             path,
             secondary: None,
             format_version: None,
+            sst_options: None,
         }
     }
 
@@ -131,6 +136,7 @@ impl RocksBackend {
             path: path.to_path_buf(),
             secondary: Some(dir),
             format_version: None,
+            sst_options: None,
         })
     }
 
@@ -160,6 +166,7 @@ impl RocksBackend {
             path: path.to_path_buf(),
             secondary: None,
             format_version: Some(format_version),
+            sst_options: Some(table_options(format_version)),
         })
     }
 
@@ -414,6 +421,8 @@ impl StorageBackend for RocksBackend {
         Ok(Box::new(RocksRestore {
             backend: self,
             created: Vec::new(),
+            loads: BTreeMap::new(),
+            files: 0,
         }))
     }
 }
@@ -634,9 +643,80 @@ impl View for RocksView<'_> {
     }
 }
 
+/// A run of keys shorter than this that breaks the ascending order switches its collection to
+/// the memtable path: a store whose keys come in no byte order (a SQLite source's row ids, say)
+/// would otherwise make one tiny SST file per record.
+const MIN_SST_RUN: u64 = 4096;
+
+/// How one collection of a restore is being loaded.
+enum Load<'a> {
+    /// Every key so far ascending: written straight into an SST file (`file`), ingested whole.
+    Sst {
+        writer: SstFileWriter<'a>,
+        file: PathBuf,
+        last: Vec<u8>,
+        count: u64,
+    },
+    /// Keys came out of order after a short run: written through the memtables (no WAL).
+    Memtable,
+}
+
+/// A restore: records that arrive in ascending key order per collection (a scan of RocksDB or
+/// sled, the bulk of any archive) are written into SST files with `SstFileWriter` and ingested,
+/// which costs one sequential write and a block of memory; anything out of order goes through
+/// the memtables. An SST file is ingested as soon as its run ends, before its collection gets
+/// any memtable write, so later records always have the higher sequence numbers and win, as
+/// they must.
 struct RocksRestore<'a> {
     backend: &'a RocksBackend,
     created: Vec<String>,
+    loads: BTreeMap<String, Load<'a>>,
+    /// SST files written so far (names the next one).
+    files: u64,
+}
+
+impl<'a> RocksRestore<'a> {
+    fn start_sst(&mut self) -> Result<Option<Load<'a>>> {
+        let Some(opts) = self.backend.sst_options.as_ref() else {
+            return Ok(None);
+        };
+        let file = self
+            .backend
+            .path
+            .join(format!("tidemark-restore-{:06}.sst", self.files));
+        self.files += 1;
+        let writer = SstFileWriter::create(opts);
+        writer
+            .open(&file)
+            .map_err(|e| self.backend.err(&format!("creating {}", file.display()), e))?;
+        Ok(Some(Load::Sst {
+            writer,
+            file,
+            last: Vec::new(),
+            count: 0,
+        }))
+    }
+
+    /// Finishes an SST file and ingests it into column family `name` (moving it into the
+    /// database).
+    fn ingest(&self, name: &str, mut writer: SstFileWriter<'a>, file: &Path) -> Result<()> {
+        let db = &self.backend.db;
+        writer
+            .finish()
+            .map_err(|e| self.backend.err(&format!("writing {}", file.display()), e))?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let ingested = match cf(db, &self.backend.path, name)? {
+            Cf::Default => db.ingest_external_file_opts(&opts, vec![file]),
+            Cf::Named(h) => db.ingest_external_file_cf_opts(&h, &opts, vec![file]),
+        };
+        ingested.map_err(|e| self.backend.err(&format!("ingesting into `{name}`"), e))?;
+        // Moved files are hard links; the original name goes.
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", file, e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl RestoreSink for RocksRestore<'_> {
@@ -659,9 +739,14 @@ impl RestoreSink for RocksRestore<'_> {
     }
 
     fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        let name = stored(collection);
         let db = &self.backend.db;
-        let handle = cf(db, &self.backend.path, &stored(collection))?;
         let mut batch = WriteBatch::default();
+        let mut load = match self.loads.remove(&name) {
+            Some(l) => l,
+            None => self.start_sst()?.unwrap_or(Load::Memtable),
+        };
+        let mut handle = None;
         for record in &records {
             let row_json;
             let value: &[u8] = match &record.value {
@@ -671,10 +756,63 @@ impl RestoreSink for RocksRestore<'_> {
                     &row_json
                 }
             };
-            match &handle {
-                Cf::Default => batch.put(record.key.as_bytes(), value),
-                Cf::Named(h) => batch.put_cf(h, record.key.as_bytes(), value),
+            let key = record.key.as_bytes();
+            if let Load::Sst {
+                writer,
+                file,
+                last,
+                count,
+            } = &mut load
+            {
+                if *count == 0 || key > last.as_slice() {
+                    writer
+                        .put(key, value)
+                        .map_err(|e| self.backend.err(&format!("writing {}", file.display()), e))?;
+                    last.clear();
+                    last.extend_from_slice(key);
+                    *count += 1;
+                    continue;
+                }
+                let long_run = *count >= MIN_SST_RUN;
+                let Load::Sst { writer, file, .. } = std::mem::replace(&mut load, Load::Memtable)
+                else {
+                    unreachable!("matched above")
+                };
+                self.ingest(&name, writer, &file)?;
+                if long_run {
+                    if let Some(Load::Sst {
+                        mut writer,
+                        file,
+                        mut last,
+                        ..
+                    }) = self.start_sst()?
+                    {
+                        writer.put(key, value).map_err(|e| {
+                            self.backend.err(&format!("writing {}", file.display()), e)
+                        })?;
+                        last.extend_from_slice(key);
+                        load = Load::Sst {
+                            writer,
+                            file,
+                            last,
+                            count: 1,
+                        };
+                        continue;
+                    }
+                }
             }
+            let h = match &handle {
+                Some(h) => h,
+                None => handle.insert(cf(db, &self.backend.path, &name)?),
+            };
+            match h {
+                Cf::Default => batch.put(key, value),
+                Cf::Named(h) => batch.put_cf(h, key, value),
+            }
+        }
+        self.loads.insert(name, load);
+        if batch.is_empty() {
+            return Ok(());
         }
         // Bulk load without the WAL; `finish` flushes every column family to SST files.
         let mut opts = WriteOptions::default();
@@ -683,7 +821,12 @@ impl RestoreSink for RocksRestore<'_> {
             .map_err(|e| self.backend.err(&format!("writing into `{collection}`"), e))
     }
 
-    fn finish(self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
+    fn finish(mut self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
+        for (name, load) in std::mem::take(&mut self.loads) {
+            if let Load::Sst { writer, file, .. } = load {
+                self.ingest(&name, writer, &file)?;
+            }
+        }
         let db = &self.backend.db;
         for name in &self.created {
             let flushed = match cf(db, &self.backend.path, name)? {
@@ -793,5 +936,72 @@ mod tests {
             format_version: Some(6),
         };
         assert_eq!(forced.format_for(&schema, StoreKind::Rocksdb), 6);
+    }
+
+    #[test]
+    fn a_restore_through_sst_files_keeps_the_last_value_of_every_key() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("db");
+        let target = RocksBackend::create(&path).expect("create");
+        let name = CollectionName::new("c");
+        let put = |k: &str, v: &str| Record {
+            key: backup_core::Key(k.as_bytes().to_vec()),
+            value: Value::Bytes(v.as_bytes().to_vec()),
+        };
+        {
+            let mut sink = target.restore_sink().expect("sink");
+            sink.create_collection(&CollectionInfo::plain("c"), StoreKind::Rocksdb)
+                .expect("cf");
+            // A long ascending run (one SST file), in two batches.
+            let run: Vec<Record> = (0..10_000).map(|i| put(&format!("k{i:05}"), "1")).collect();
+            let (a, b) = run.split_at(6_000);
+            sink.put_batch(&name, a.to_vec()).expect("run");
+            sink.put_batch(&name, b.to_vec()).expect("run");
+            assert!(
+                path.join("tidemark-restore-000000.sst").is_file(),
+                "an ascending run is written as an SST file"
+            );
+            // Out of order after a long run: the first file is ingested, a second one starts
+            // and overlaps it.
+            let again: Vec<Record> = (5_000..5_010)
+                .map(|i| put(&format!("k{i:05}"), "2"))
+                .collect();
+            sink.put_batch(&name, again).expect("second run");
+            // Out of order after a short run: memtable from here on, and still the newest.
+            sink.put_batch(
+                &name,
+                vec![put("a", "3"), put("k05000", "3"), put("k00001", "3")],
+            )
+            .expect("memtable");
+            sink.finish(&StoreSchema::default(), StoreKind::Rocksdb)
+                .expect("finish");
+        }
+        drop(target);
+        // Read back with the plain RocksDB API.
+        let db = Db::open_cf(&Options::default(), &path, ["default", "c"]).expect("open");
+        let cf = db.cf_handle("c").expect("cf");
+        let get = |k: &str| {
+            db.get_cf(&cf, k.as_bytes())
+                .expect("get")
+                .map(|v| String::from_utf8(v).expect("utf8"))
+        };
+        assert_eq!(get("k00000").as_deref(), Some("1"));
+        assert_eq!(get("k00001").as_deref(), Some("3"));
+        assert_eq!(get("k05000").as_deref(), Some("3"));
+        assert_eq!(get("k05009").as_deref(), Some("2"));
+        assert_eq!(get("k05010").as_deref(), Some("1"));
+        assert_eq!(get("k09999").as_deref(), Some("1"));
+        assert_eq!(get("a").as_deref(), Some("3"));
+        assert_eq!(db.iterator_cf(&cf, IteratorMode::Start).count(), 10_001);
+        let left: Vec<_> = std::fs::read_dir(&path)
+            .expect("dir")
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("tidemark-restore")
+            })
+            .collect();
+        assert!(left.is_empty(), "SST files moved into the database");
     }
 }

@@ -2,9 +2,17 @@
 //! length, in ascending key order. A diff-based incremental merges it with a key-ordered scan of
 //! the store and writes only what changed (deletions included), in memory bounded by one key.
 //!
-//! File layout (`DIR/.tidemark/index/<collection-dir>.idx`, little-endian):
-//! `"TMKIDX01"`, then per key `u32 key length | key | u32 record CRC32 | u64 value length`, then
-//! `u32 0xFFFFFFFF | u64 key count | u32 CRC32 of every byte before it`.
+//! File layout (little-endian; `varint` is LEB128, 7 bits a byte, low bits first):
+//!
+//! - version 2 (written since archive format 2): `"TMKIDX02"`, then per key
+//!   `varint (shared + 1) | varint suffix length | suffix | u32 record CRC32 | varint value
+//!   length`, where `shared` is the length of the prefix the key shares with the previous key
+//!   (0 for the first) and the key is that prefix followed by the suffix; then `varint 0 | u64
+//!   key count | u32 CRC32 of every byte before it`. Sorted keys share long prefixes, so a
+//!   12-byte key costs about 12 bytes in all (version 1: 28).
+//! - version 1: `"TMKIDX01"`, then per key `u32 key length | key | u32 record CRC32 | u64 value
+//!   length`, then `u32 0xFFFFFFFF | u64 key count | u32 CRC32 of every byte before it`. Still
+//!   read; replaced by version 2 the next time the index is written.
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -12,8 +20,21 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"TMKIDX01";
-const END: u32 = u32::MAX;
+const MAGIC_V1: &[u8; 8] = b"TMKIDX01";
+const MAGIC: &[u8; 8] = b"TMKIDX02";
+const END_V1: u32 = u32::MAX;
+/// Keys longer than this are refused as damage when read (RocksDB's limit is far above any
+/// real key, but a flipped length byte must not allocate gigabytes).
+const MAX_KEY: u64 = 1 << 30;
+
+/// Appends `v` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
 
 /// What the index knows of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +53,8 @@ pub struct IndexWriter {
     hasher: crc32fast::Hasher,
     count: u64,
     last: Option<Vec<u8>>,
+    /// The encoding of the current entry (reused).
+    scratch: Vec<u8>,
 }
 
 impl IndexWriter {
@@ -49,6 +72,7 @@ impl IndexWriter {
             hasher: crc32fast::Hasher::new(),
             count: 0,
             last: None,
+            scratch: Vec::with_capacity(64),
         };
         w.write(MAGIC)?;
         Ok(w)
@@ -63,21 +87,30 @@ impl IndexWriter {
 
     /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
     pub fn push(&mut self, key: &[u8], entry: Entry) -> Result<bool> {
-        if self.last.as_deref().is_some_and(|last| key <= last) {
+        let last = self.last.get_or_insert_with(Vec::new);
+        if self.count > 0 && key <= last.as_slice() {
             return Ok(false);
         }
-        self.write(&(key.len() as u32).to_le_bytes())?;
-        self.write(key)?;
-        self.write(&entry.crc32.to_le_bytes())?;
-        self.write(&entry.len.to_le_bytes())?;
+        let shared = last.iter().zip(key).take_while(|(a, b)| a == b).count();
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        put_varint(&mut buf, shared as u64 + 1);
+        put_varint(&mut buf, (key.len() - shared) as u64);
+        buf.extend_from_slice(&key[shared..]);
+        buf.extend_from_slice(&entry.crc32.to_le_bytes());
+        put_varint(&mut buf, entry.len);
+        last.clear();
+        last.extend_from_slice(key);
+        let written = self.write(&buf);
+        self.scratch = buf;
+        written?;
         self.count += 1;
-        self.last = Some(key.to_vec());
         Ok(true)
     }
 
     /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
     pub fn finish(mut self) -> Result<u64> {
-        self.write(&END.to_le_bytes())?;
+        self.write(&[0])?;
         let count = self.count;
         self.write(&count.to_le_bytes())?;
         let crc = self.hasher.clone().finalize();
@@ -104,6 +137,10 @@ pub struct IndexReader {
     hasher: crc32fast::Hasher,
     count: u64,
     done: bool,
+    /// Version 2's prefix-compressed keys (`false`: version 1).
+    compact: bool,
+    /// The last key read (version 2 keys are stored as a suffix of it).
+    last: Vec<u8>,
 }
 
 impl IndexReader {
@@ -116,10 +153,14 @@ impl IndexReader {
             hasher: crc32fast::Hasher::new(),
             count: 0,
             done: false,
+            compact: true,
+            last: Vec::new(),
         };
         let mut magic = [0u8; 8];
         r.read(&mut magic)?;
-        if &magic != MAGIC {
+        if &magic == MAGIC_V1 {
+            r.compact = false;
+        } else if &magic != MAGIC {
             return Err(r.damaged("not a tidemark key index"));
         }
         Ok(r)
@@ -152,33 +193,74 @@ impl IndexReader {
         Ok(u64::from_le_bytes(b))
     }
 
+    fn read_varint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let mut b = [0u8; 1];
+            self.read(&mut b)?;
+            v |= u64::from(b[0] & 0x7f) << shift;
+            if b[0] & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(self.damaged("varint longer than 64 bits"))
+    }
+
+    /// Checks the trailer (key count and CRC32) after the end marker.
+    fn check_end(&mut self) -> Result<()> {
+        let count = self.read_u64()?;
+        let want = self.hasher.clone().finalize();
+        let mut b = [0u8; 4];
+        self.input
+            .read_exact(&mut b)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        if u32::from_le_bytes(b) != want || count != self.count {
+            return Err(self.damaged("CRC32 or key count does not match"));
+        }
+        self.done = true;
+        Ok(())
+    }
+
     /// The next key, or `None` at the (checked) end.
     pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Entry)>> {
         if self.done {
             return Ok(None);
         }
-        let len = self.read_u32()?;
-        if len == END {
-            let count = self.read_u64()?;
-            let want = self.hasher.clone().finalize();
-            let mut b = [0u8; 4];
-            self.input
-                .read_exact(&mut b)
-                .map_err(|e| Error::io("read", &self.path, e))?;
-            if u32::from_le_bytes(b) != want || count != self.count {
-                return Err(self.damaged("CRC32 or key count does not match"));
+        if !self.compact {
+            let len = self.read_u32()?;
+            if len == END_V1 {
+                self.check_end()?;
+                return Ok(None);
             }
-            self.done = true;
+            if u64::from(len) > MAX_KEY {
+                return Err(self.damaged("impossible key length"));
+            }
+            let mut key = vec![0u8; len as usize];
+            self.read(&mut key)?;
+            let crc32 = self.read_u32()?;
+            let vlen = self.read_u64()?;
+            self.count += 1;
+            return Ok(Some((key, Entry { crc32, len: vlen })));
+        }
+        let shared = self.read_varint()?;
+        if shared == 0 {
+            self.check_end()?;
             return Ok(None);
         }
-        if len > 1 << 30 {
+        let shared = shared - 1;
+        let suffix = self.read_varint()?;
+        if shared > self.last.len() as u64 || shared + suffix > MAX_KEY {
             return Err(self.damaged("impossible key length"));
         }
-        let mut key = vec![0u8; len as usize];
-        self.read(&mut key)?;
+        let mut key = Vec::with_capacity((shared + suffix) as usize);
+        key.extend_from_slice(&self.last[..shared as usize]);
+        key.resize((shared + suffix) as usize, 0);
+        self.read(&mut key[shared as usize..])?;
         let crc32 = self.read_u32()?;
-        let vlen = self.read_u64()?;
+        let vlen = self.read_varint()?;
         self.count += 1;
+        self.last.clear();
+        self.last.extend_from_slice(&key);
         Ok(Some((key, Entry { crc32, len: vlen })))
     }
 }
@@ -471,6 +553,82 @@ mod tests {
                 .filter(|f| f.file_name().to_string_lossy().contains(".run"))
                 .collect();
             assert!(left.is_empty(), "runs removed");
+        }
+    }
+
+    #[test]
+    fn version_1_indexes_are_still_read() {
+        // Written by hand as version 1 laid them out (docs/FORMAT.md).
+        let mut bytes = b"TMKIDX01".to_vec();
+        for (k, crc, len) in [(&b"apple"[..], 7u32, 70u64), (b"apricot", 8, 80)] {
+            bytes.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(k);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            bytes.extend_from_slice(&len.to_le_bytes());
+        }
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&2u64.to_le_bytes());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("old.idx");
+        std::fs::write(&p, &bytes).expect("write");
+        let want = vec![
+            (b"apple".to_vec(), Entry { crc32: 7, len: 70 }),
+            (b"apricot".to_vec(), Entry { crc32: 8, len: 80 }),
+        ];
+        assert_eq!(read_all(&p), want);
+        // Rewriting it (an incremental's merge) gives version 2 with the same content.
+        let q = d.path().join("new.idx");
+        apply_changes(Some(&p), &q, &BTreeMap::new()).expect("merge");
+        assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX02");
+        assert_eq!(read_all(&q), want);
+    }
+
+    #[test]
+    fn version_2_shares_prefixes_and_detects_damage() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("a.idx");
+        let mut w = IndexWriter::create(&p).expect("create");
+        let n = 10_000u32;
+        for i in 0..n {
+            let key = format!("key-{i:08}");
+            let entry = Entry {
+                crc32: i.wrapping_mul(2_654_435_761),
+                len: 1000 + u64::from(i % 7),
+            };
+            assert!(w.push(key.as_bytes(), entry).expect("push"));
+        }
+        assert_eq!(w.finish().expect("finish"), u64::from(n));
+        let bytes = std::fs::read(&p).expect("read");
+        // 12-byte keys sharing 8 or more bytes with the previous one: at most 13 bytes a key.
+        assert!(
+            bytes.len() as u32 <= 13 * n + 32,
+            "{} bytes for {n} keys",
+            bytes.len()
+        );
+        let all = read_all(&p);
+        assert_eq!(all.len() as u32, n);
+        assert_eq!(all[1234].0, b"key-00001234".to_vec());
+        assert_eq!(all[1234].1.len, 1000 + 1234 % 7);
+        // Any flipped byte is reported (as damage or a failed read), never returned as keys.
+        for at in [8, bytes.len() / 2, bytes.len() - 5] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x55;
+            std::fs::write(&p, &bad).expect("write");
+            let mut r = IndexReader::open(&p).expect("open");
+            let mut failed = false;
+            loop {
+                match r.next_entry() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed, "flipped byte {at} went unnoticed");
         }
     }
 }

@@ -464,13 +464,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 anyhow::bail!("{dir}: no tidemark archives here");
             }
             println!(
-                "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  captured",
-                "archive", "kind", "from", "to", "records", "size"
+                "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  captured",
+                "archive", "kind", "from", "to", "records", "size", "format"
             );
             for item in chain {
                 let m = &item.manifest;
                 println!(
-                    "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10}  {}",
+                    "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  {}",
                     item.path.file_name().unwrap_or_default().to_string_lossy(),
                     m.kind.to_string(),
                     m.from
@@ -479,6 +479,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     m.to.position,
                     m.collections.iter().map(|c| c.records).sum::<u64>(),
                     human_bytes(item.size),
+                    format!("v{}", m.format_version),
                     m.captured_at
                 );
             }

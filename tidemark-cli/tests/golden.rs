@@ -121,8 +121,43 @@ fn format_1_destinations_take_new_backups() {
         );
         ok(&["track", "--source", &format!("sqlite:{src}")], d);
         common::sql(&d.join(&src), "INSERT INTO tags VALUES ('new', 9);");
+        if format == "archive" {
+            // Format-1 chains kept a per-record working mirror; the new format needs none.
+            std::fs::create_dir_all(d.join(&dest).join(".tidemark-mirror/t/1")).unwrap();
+        }
         let out = common::backup(d, &format!("sqlite:{src}"), &dest, format);
         assert!(out.contains("Backup (full)"), "{out}");
+        if format == "archive" {
+            // A chain never mixes versions: a new format-2 chain starts with a full archive,
+            // the old archives stay, and every point of both restores.
+            assert!(out.contains("archive format 1"), "{out}");
+            assert!(!d.join(&dest).join(".tidemark-mirror").exists());
+            let then = format!("then-{name}.db");
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    &dest,
+                    "--to",
+                    &format!("sqlite:{then}"),
+                    "--at",
+                    "0",
+                ],
+                d,
+            );
+            common::assert_same_dump(
+                &normalize(&dump(&d.join(&then))),
+                &expected(d, "sqlite-at-1.sql"),
+                "the format-1 point of a mixed directory",
+            );
+            let list = ok(&["list", &dest], d);
+            let fulls: Vec<&str> = list.lines().filter(|l| l.contains("-full-")).collect();
+            assert_eq!(fulls.len(), 2, "{list}");
+            assert!(
+                fulls[0].contains(" v1 ") && fulls[1].contains(" v2 "),
+                "{list}"
+            );
+        }
         let other = if format == "folder" {
             "archive"
         } else {
