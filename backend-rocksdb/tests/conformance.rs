@@ -3,8 +3,9 @@
 
 use backend_rocksdb::{Db, RocksBackend, RocksFactory};
 use backup_core::{Record, StorageBackend, StoreFactory, Value};
-use conformance_tests::{Harness, Op, TestStore, Writer};
+use conformance_tests::{Harness, Model, Op, TestStore, Writer};
 use rocksdb::{Options, WriteBatch};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -96,6 +97,20 @@ impl Harness for RocksHarness {
 
     fn trims_changes(&self) -> bool {
         false
+    }
+
+    fn read_plain(&self, path: &Path) -> (Model, BTreeSet<String>) {
+        let names = Db::list_cf(&Options::default(), path).unwrap();
+        let db = Db::open_cf_for_read_only(&Options::default(), path, &names, false).unwrap();
+        let mut model = Model::new();
+        for name in &names {
+            let cf = db.cf_handle(name).unwrap();
+            for item in db.iterator_cf(&cf, rocksdb::IteratorMode::Start) {
+                let (k, v) = item.unwrap();
+                model.insert((name.clone(), k.to_vec()), v.to_vec());
+            }
+        }
+        (model, names.into_iter().collect())
     }
 }
 

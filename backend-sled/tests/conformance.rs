@@ -3,7 +3,8 @@
 
 use backend_sled::{SledBackend, SledFactory, TrackedDb};
 use backup_core::{Record, StorageBackend, StoreFactory, Value};
-use conformance_tests::{Harness, Op, TestStore, Writer};
+use conformance_tests::{Harness, Model, Op, TestStore, Writer};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 pub struct SledStore {
@@ -83,6 +84,24 @@ impl Harness for SledHarness {
 
     fn trims_changes(&self) -> bool {
         true
+    }
+
+    fn read_plain(&self, path: &Path) -> (Model, BTreeSet<String>) {
+        let db = sled::open(path).unwrap();
+        let mut model = Model::new();
+        let mut names = BTreeSet::new();
+        for name in db.tree_names() {
+            if name.starts_with(b"__tidemark_") {
+                continue; // tidemark's change log and metadata, not data
+            }
+            let name = String::from_utf8(name.to_vec()).unwrap();
+            for item in db.open_tree(&name).unwrap().iter() {
+                let (k, v) = item.unwrap();
+                model.insert((name.clone(), k.to_vec()), v.to_vec());
+            }
+            names.insert(name);
+        }
+        (model, names)
     }
 }
 

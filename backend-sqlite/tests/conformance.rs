@@ -4,8 +4,9 @@
 use backend_sqlite::table::{decode_key, quote_ident};
 use backend_sqlite::{SqliteBackend, SqliteFactory};
 use backup_core::{Field, Record, StorageBackend, StoreFactory, Value};
-use conformance_tests::{Harness, Op, TestStore, Writer};
+use conformance_tests::{Harness, Model, Op, TestStore, Writer};
 use rusqlite::Connection;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -138,6 +139,38 @@ impl Harness for SqliteHarness {
 
     fn trims_changes(&self) -> bool {
         true
+    }
+
+    fn read_plain(&self, path: &Path) -> (Model, BTreeSet<String>) {
+        let conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let names: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                 AND name NOT LIKE '\\_tidemark\\_%' ESCAPE '\\'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut model = Model::new();
+        for name in &names {
+            let mut stmt = conn
+                .prepare(&format!("SELECT k, v FROM {}", quote_ident(name)))
+                .unwrap();
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
+                .unwrap();
+            for row in rows {
+                let (k, v) = row.unwrap();
+                model.insert((name.clone(), k), v);
+            }
+        }
+        (model, names.into_iter().collect())
     }
 }
 

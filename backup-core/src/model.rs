@@ -13,6 +13,9 @@ pub enum StoreKind {
     Rocksdb,
     /// sled (trees are collections).
     Sled,
+    /// The in-memory reference backend of the conformance suite (`conformance_tests::memory`):
+    /// a store for tests, never named in a URL.
+    Memory,
 }
 
 impl StoreKind {
@@ -22,6 +25,7 @@ impl StoreKind {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Rocksdb => "rocksdb",
             StoreKind::Sled => "sled",
+            StoreKind::Memory => "memory",
         }
     }
 }

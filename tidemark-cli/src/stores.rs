@@ -34,6 +34,9 @@ impl std::fmt::Display for StoreUrl {
 }
 
 fn not_built(kind: StoreKind) -> anyhow::Error {
+    if kind == StoreKind::Memory {
+        return anyhow!("memory stores exist only inside tidemark's tests");
+    }
     anyhow!("this tidemark was built without the {kind} backend (rebuild with `--features {kind}`)")
 }
 

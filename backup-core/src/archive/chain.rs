@@ -549,23 +549,58 @@ pub(super) fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a 
         }
         RestorePoint::Checkpoint(pos) => {
             let pos = *pos;
-            let i = chain
+            let ends: Vec<usize> = (0..chain.len())
+                .filter(|&i| chain[i].manifest.to.position == pos)
+                .collect();
+            let Some(&last) = ends.last() else {
+                let have: Vec<String> = chain
+                    .iter()
+                    .map(|c| c.manifest.to.position.to_string())
+                    .collect();
+                return Err(Error::BadInput {
+                    path: PathBuf::from(format!("--at {pos}")),
+                    cause: format!(
+                        "no backup ends at that checkpoint (available: {})",
+                        have.join(", ")
+                    ),
+                });
+            };
+            // Backups of one store that end at one position hold the same state (nothing was
+            // committed between them): the newest is taken. A store without change positions
+            // (plain sled: always 0) or positions of two different stores (one replaced by a
+            // restore) make the number ambiguous: refuse rather than guess.
+            let store = &chain[last].manifest.to.store_id;
+            let same = ends
                 .iter()
-                .position(|c| c.manifest.to.position == pos)
-                .ok_or_else(|| {
-                    let have: Vec<String> = chain
-                        .iter()
-                        .map(|c| c.manifest.to.position.to_string())
-                        .collect();
-                    Error::BadInput {
-                        path: PathBuf::from(format!("--at {pos}")),
-                        cause: format!(
-                            "no backup ends at that checkpoint (available: {})",
-                            have.join(", ")
-                        ),
-                    }
-                })?;
-            i + 1
+                .all(|&i| &chain[i].manifest.to.store_id == store);
+            if ends.len() > 1 && (pos == 0 || !same) {
+                let which: Vec<String> = ends
+                    .iter()
+                    .map(|&i| {
+                        let name = chain[i].path.file_name().unwrap_or_default();
+                        format!(
+                            "{} ({})",
+                            name.to_string_lossy(),
+                            chain[i].manifest.captured_at
+                        )
+                    })
+                    .collect();
+                return Err(Error::BadInput {
+                    path: PathBuf::from(format!("--at {pos}")),
+                    cause: format!(
+                        "{} backups end at checkpoint {pos} ({}), so it does not name one; \
+                         choose by the time it was captured instead (--at TIME): {}",
+                        ends.len(),
+                        if same {
+                            "the store has no change positions"
+                        } else {
+                            "they come from different stores"
+                        },
+                        which.join(", ")
+                    ),
+                });
+            }
+            last + 1
         }
     };
     let start = chain[..end]
