@@ -602,6 +602,22 @@ impl View for SqliteView {
             .map_err(self.err("counting rows"))?;
         Ok(Some(n as u64))
     }
+
+    fn deletions_may_go_unseen(&mut self, collection: &CollectionName) -> Result<bool> {
+        // Only a unique index other than the key's own can make a REPLACE delete a row with
+        // another key (a conflict on the key deletes the row the insert trigger then logs).
+        // Tables with none, the common case, skip the count: a scan of the whole table.
+        let table = self.table(collection)?;
+        let n: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk'",
+                [&table.name],
+                |r| r.get(0),
+            )
+            .map_err(self.err("listing unique indexes"))?;
+        Ok(n > 0)
+    }
 }
 
 /// How a restored collection is laid out.

@@ -138,11 +138,18 @@ pub fn collection(i: u64, shape: &Shape) -> String {
     format!("c{}", i % shape.collections.max(1))
 }
 
-/// Whether round `round` (1, 2, ...) changes record `i`: a different `percent`% every round,
-/// spread over the whole key range.
+/// Whether round `round` (1, 2, ...) changes record `i`: about `percent`% of the records,
+/// another draw every round, spread over the whole key range and every collection (a stride
+/// such as `i % 100` would put every change of a round into one collection whenever the
+/// collection count divides it, and spare the others any work).
 pub fn changed(i: u64, round: u64, percent: f64) -> bool {
     let every = (100.0 / percent).round().max(1.0) as u64;
-    i % every == round % every
+    // splitmix64 of (record, round): a deterministic, well-spread draw.
+    let mut z = i ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    z % every == 0
 }
 
 fn report(what: &str, seconds: f64, extra: serde_json::Value) {

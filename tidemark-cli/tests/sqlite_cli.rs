@@ -316,6 +316,51 @@ fn replace_on_unique_conflict_is_caught_by_the_count_check() {
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
 }
 
+/// The same hole through a `CREATE UNIQUE INDEX`, in an archive chain; a REPLACE that
+/// conflicts on the key itself needs no check (the insert trigger logs that key) and stays an
+/// exact incremental.
+#[test]
+fn replace_through_a_unique_index_is_caught_and_key_conflicts_stay_incremental() {
+    let d = Dir::new();
+    let db = d.join("u.db");
+    sql(
+        &db,
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, email TEXT); CREATE UNIQUE INDEX u_email ON u(email);
+         CREATE TABLE p(name TEXT PRIMARY KEY, n INTEGER);
+         INSERT INTO u VALUES (1, 'a'), (2, 'b'); INSERT INTO p VALUES ('x', 1), ('y', 2);",
+    );
+    ok(&["track", "--source", "sqlite:u.db"], d.path());
+    let backup = || {
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:u.db",
+                "--to",
+                "bk",
+                "--format",
+                "archive",
+            ],
+            d.path(),
+        )
+    };
+    backup();
+    sql(&db, "INSERT OR REPLACE INTO p VALUES ('x', 10);");
+    let out = backup();
+    assert!(out.contains("Backup (incremental)"), "{out}");
+    sql(&db, "INSERT OR REPLACE INTO u VALUES (3, 'a');");
+    let out = backup();
+    assert!(
+        out.contains("Backup (full)") && out.contains("change log accounts for"),
+        "{out}"
+    );
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+}
+
 #[test]
 fn tables_created_after_tracking_are_never_missed() {
     let d = Dir::new();
