@@ -260,11 +260,6 @@ pub fn generate(kind: Kind, path: &Path, shape: &Shape) -> Result<()> {
         // store (its triggers are not part of the bulk load).
         backend_sqlite::SqliteBackend::open(path)?.track()?;
     }
-    if kind == Kind::Sled {
-        // Likewise, sled gets its change log by being opened once through `TrackedDb` (as an
-        // application that writes through it would), so that its incremental reads the log.
-        drop(backend_sled::TrackedDb::open(path)?);
-    }
     report(
         "generate",
         load,

@@ -619,10 +619,18 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             ratio(get("folder full"), get("folder incremental")),
             Some((0.05, false)),
         );
+        // The issue's floor is for change-log stores. sled keeps a change log only while one
+        // process holds its `TrackedDb` open; each process that opens it starts the log anew
+        // (writes around it cannot be ruled out), so a CLI incremental of sled is diff-based:
+        // it reads every record, and is shown without a target.
+        let change_log = store != "sled";
         line(
-            &format!("archive incremental time / archive full time ({first})"),
+            &format!(
+                "archive incremental time / archive full time ({first}{})",
+                if change_log { "" } else { ", diff-based" }
+            ),
             ratio(arch, get(&format!("archive incremental {first}"))),
-            Some((0.05, false)),
+            change_log.then_some((0.05, false)),
         );
         line(
             "folder restore throughput / store's bulk load",
@@ -659,10 +667,12 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             .filter(|r| r.store == store && r.step.starts_with("archive"))
             .map(|r| r.peak_rss_kib)
             .max();
+        // The issue sets the floor for SQLite and RocksDB; sled's restore keeps a page cache
+        // of its own (RESTORE_CACHE_BYTES) and is shown without a target.
         line(
             "tidemark archive steps peak RSS, MiB",
             archive_peak.map(|k| k as f64 / 1024.0),
-            Some((128.0, false)),
+            change_log.then_some((128.0, false)),
         );
     }
 }
