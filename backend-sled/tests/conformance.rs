@@ -87,7 +87,18 @@ impl Harness for SledHarness {
     }
 
     fn read_plain(&self, path: &Path) -> (Model, BTreeSet<String>) {
-        let db = sled::open(path).unwrap();
+        // sled releases its file lock from a background thread a moment after the last
+        // handle is dropped (the backend's view was, just before): wait for it.
+        let start = std::time::Instant::now();
+        let db = loop {
+            match sled::open(path) {
+                Ok(db) => break db,
+                Err(_) if start.elapsed() < std::time::Duration::from_secs(5) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("sled {}: {e}", path.display()),
+            }
+        };
         let mut model = Model::new();
         let mut names = BTreeSet::new();
         for name in db.tree_names() {

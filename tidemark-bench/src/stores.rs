@@ -260,6 +260,13 @@ pub fn generate(kind: Kind, path: &Path, shape: &Shape) -> Result<()> {
         // store (its triggers are not part of the bulk load).
         backend_sqlite::SqliteBackend::open(path)?.track()?;
     }
+    if kind == Kind::Sled {
+        // The changes of `modify` go through `TrackedDb`, which adds its log trees to the
+        // database; opening it once here makes the full backup see the same (tracked)
+        // database as the incremental, as for an application that writes through it. Each
+        // process that opens it starts its log anew, so a CLI incremental is diff-based.
+        drop(backend_sled::TrackedDb::open(path)?);
+    }
     report(
         "generate",
         load,

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+#[cfg(all(feature = "rocksdb", feature = "sled", feature = "sqlite"))]
+pub mod kv;
+
 /// The `tidemark` binary under test: this build's, or `TIDEMARK_BIN` (to run the suite
 /// against another build, e.g. to show that a new test fails on the code before a fix).
 pub fn bin() -> std::path::PathBuf {
