@@ -632,6 +632,8 @@ fn incremental<T: Target>(
     }
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
+    // Key indexes to rewrite: (collection, old index, new index).
+    let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
         let old = before.map(|p| p.key_index.clone());
@@ -649,28 +651,37 @@ fn incremental<T: Target>(
             (true, Some(Some(_)) | None) => {
                 let old_path = old_index_path(&run, prev, &c.name);
                 let (name, path) = run.new_index(&c.name, "");
-                let empty = BTreeMap::new();
-                let changes = index_changes.get(&c.name).unwrap_or(&empty);
-                let n = match keyindex::apply_changes(old_path.as_deref(), &path, changes) {
-                    Ok(n) => n,
-                    // The previous backup's key index is working state: damaged or missing,
-                    // a full backup replaces it.
-                    Err(e @ (Error::Damaged { .. } | Error::Io { .. })) => {
-                        return Ok(Err(FullReason::PreviousDamaged(format!(
-                            "a key index is unusable: {e}"
-                        ))))
-                    }
-                    Err(e) => return Err(e),
-                };
-                counts.insert(c.name.clone(), n);
+                rewrites.push((c.name.clone(), old_path, path));
                 Some(name)
             }
             _ => None,
         };
+        indexes.insert(c.name.clone(), index);
+    }
+    let empty = BTreeMap::new();
+    let rewritten = parallel(&rewrites, |(name, old_path, path)| {
+        let changes = index_changes.get(name).unwrap_or(&empty);
+        keyindex::apply_changes(old_path.as_deref(), path, changes)
+    });
+    for ((name, _, _), n) in rewrites.iter().zip(rewritten) {
+        match n {
+            Ok(n) => {
+                counts.insert(name.clone(), n);
+            }
+            // The previous backup's key index is working state: damaged or missing, a full
+            // backup replaces it.
+            Err(e @ (Error::Damaged { .. } | Error::Io { .. })) => {
+                return Ok(Err(FullReason::PreviousDamaged(format!(
+                    "a key index is unusable: {e}"
+                ))))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    for c in collections {
         if let Some(n) = run.count(&c.name) {
             counts.insert(c.name.clone(), n);
         }
-        indexes.insert(c.name.clone(), index);
     }
     // Cross-check: where the store's capture can miss a deletion (e.g. SQLite's REPLACE
     // removing a row on a UNIQUE conflict without firing delete triggers) and the store counts
@@ -700,6 +711,42 @@ fn incremental<T: Target>(
         written,
         deleted,
     }))
+}
+
+/// Runs `work` over `items` on up to every core (the key indexes of an incremental's
+/// collections are rewritten side by side), returning the results in order.
+fn parallel<T: Sync, O: Send>(items: &[T], work: impl Fn(&T) -> O + Sync) -> Vec<O> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(items.len());
+    if threads <= 1 {
+        return items.iter().map(&work).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut done: Vec<(usize, O)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        out.push((i, work(item)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| match w.join() {
+                Ok(out) => out,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    });
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, o)| o).collect()
 }
 
 fn old_index_path<R: RunWriter>(

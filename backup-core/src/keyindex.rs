@@ -85,6 +85,24 @@ impl Write for Crc {
     }
 }
 
+/// The length of the longest common prefix of `a` and `b`, eight bytes at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < n && a[i] == b[i] {
+        i += 1;
+    }
+    i
+}
+
 /// What the index knows of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -134,10 +152,13 @@ impl IndexWriter {
     /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
     pub fn push(&mut self, key: &[u8], entry: Entry) -> Result<bool> {
         let last = self.last.get_or_insert_with(Vec::new);
-        if self.count > 0 && key <= last.as_slice() {
+        let shared = common_prefix(last, key);
+        // `key` > `last` exactly when it goes on past their common prefix and either `last`
+        // ends there or `key`'s next byte is greater (one pass over the bytes, not two).
+        let greater = shared < key.len() && (shared == last.len() || key[shared] > last[shared]);
+        if self.count > 0 && !greater {
             return Ok(false);
         }
-        let shared = last.iter().zip(key).take_while(|(a, b)| a == b).count();
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         put_varint(&mut buf, shared as u64 + 1);
@@ -675,6 +696,18 @@ mod tests {
         apply_changes(Some(&p), &q, &BTreeMap::new()).expect("merge");
         assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX02");
         assert_eq!(read_all(&q), want);
+    }
+
+    proptest::proptest! {
+        /// The word-at-a-time prefix is the byte-at-a-time one.
+        #[test]
+        fn common_prefix_is_exact(
+            a in proptest::collection::vec(0u8..3, 0..30),
+            b in proptest::collection::vec(0u8..3, 0..30),
+        ) {
+            let slow = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            proptest::prop_assert_eq!(common_prefix(&a, &b), slow);
+        }
     }
 
     proptest::proptest! {
