@@ -535,7 +535,7 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
         println!(
             "| {} | {} | {:.2} | {:.1} | {:.0} | {:.0} | {} | {} |",
             r.store,
-            r.step,
+            r.step.replace('|', "\\|"),
             r.seconds,
             r.mbps(),
             r.rps(),
