@@ -44,12 +44,7 @@ fn key_value_chains_restore_at_every_checkpoint_into_every_store() {
         puts.push(("blobs", b"\xff\x00bin".to_vec(), b"\x00\x01\xfe".to_vec()));
         kv_write(source, &app, &puts, &[]);
         let mut states = vec![kv_content(source, &app)];
-        ok(
-            &[
-                "backup", "--source", &src, "--to", "a", "--format", "archive",
-            ],
-            d,
-        );
+        common::backup(d, &src, "a", "archive");
 
         let changed: Vec<_> = (0..10)
             .map(|i| ("orders", key(i), b"changed".to_vec()))
@@ -62,22 +57,12 @@ fn key_value_chains_restore_at_every_checkpoint_into_every_store() {
             &[("orders", b"k0100"), ("blobs", b"\xff\x00bin")],
         );
         states.push(kv_content(source, &app));
-        ok(
-            &[
-                "backup", "--source", &src, "--to", "a", "--format", "archive",
-            ],
-            d,
-        );
+        common::backup(d, &src, "a", "archive");
 
         let again = vec![("orders", key(100), b"back".to_vec())];
         kv_write(source, &app, &again, &[("orders", b"k0005")]);
         states.push(kv_content(source, &app));
-        ok(
-            &[
-                "backup", "--source", &src, "--to", "a", "--format", "archive",
-            ],
-            d,
-        );
+        common::backup(d, &src, "a", "archive");
 
         let points = points(&d.join("a"));
         assert_eq!(points.len(), 3, "{source}: {points:?}");
@@ -133,18 +118,7 @@ fn sqlite_chains_restore_at_every_checkpoint_into_every_store() {
     );
     ok(&["track", "--source", "sqlite:app.db"], d);
     let mut dumps = vec![common::dump(&db)];
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:app.db",
-            "--to",
-            "a",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:app.db", "a", "archive");
     common::sql(
         &db,
         "UPDATE users SET name = 'renamed' WHERE id <= 10; DELETE FROM users WHERE id = 100;
@@ -152,35 +126,13 @@ fn sqlite_chains_restore_at_every_checkpoint_into_every_store() {
     );
     ok(&["track", "--source", "sqlite:app.db"], d);
     dumps.push(common::dump(&db));
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:app.db",
-            "--to",
-            "a",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:app.db", "a", "archive");
     common::sql(
         &db,
         "INSERT INTO users VALUES (100, 'again', 0, NULL); DELETE FROM tags WHERE t = 'a';",
     );
     dumps.push(common::dump(&db));
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:app.db",
-            "--to",
-            "a",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    common::backup(d, "sqlite:app.db", "a", "archive");
 
     let points = points(&d.join("a"));
     assert_eq!(points.len(), 3, "{points:?}");

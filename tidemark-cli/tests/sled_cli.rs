@@ -3,30 +3,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::kv::{sled_content, Content};
 use common::{fails, ok};
 
 use std::collections::BTreeMap;
 use std::path::Path;
-
-type Content = BTreeMap<(String, Vec<u8>), Vec<u8>>;
-
-fn sled_content(path: &Path) -> Content {
-    let db = sled::open(path).unwrap();
-    let mut out = Content::new();
-    for name in db.tree_names() {
-        if name.starts_with(b"__tidemark_") {
-            continue;
-        }
-        for item in db.open_tree(&name).unwrap().iter() {
-            let (k, v) = item.unwrap();
-            out.insert(
-                (String::from_utf8_lossy(&name).into_owned(), k.to_vec()),
-                v.to_vec(),
-            );
-        }
-    }
-    out
-}
 
 #[test]
 fn sled_migrates_to_rocksdb_and_sqlite() {
