@@ -658,11 +658,27 @@ fn incremental<T: Target>(
         };
         indexes.insert(c.name.clone(), index);
     }
-    let empty = BTreeMap::new();
-    let rewritten = parallel(&rewrites, |(name, old_path, path)| {
-        let changes = index_changes.get(name).unwrap_or(&empty);
-        keyindex::apply_changes(old_path.as_deref(), path, changes)
-    });
+    // The indexes are rewritten side by side on every core (the archive writer's pipeline).
+    let mut pipeline = crate::pipeline::Pipeline::new(
+        crate::pipeline::default_threads().min(rewrites.len()),
+        || (),
+        |(), (old, path, changes): (Option<std::path::PathBuf>, std::path::PathBuf, _)| {
+            keyindex::apply_changes(old.as_deref(), &path, &changes)
+        },
+    );
+    let mut rewritten = Vec::with_capacity(rewrites.len());
+    for (name, old, path) in &rewrites {
+        let changes = index_changes.remove(name).unwrap_or_default();
+        let job = (old.clone(), path.clone(), changes);
+        pipeline.submit(job, &mut |n| {
+            rewritten.push(n);
+            Ok(())
+        })?;
+    }
+    pipeline.finish(&mut |n| {
+        rewritten.push(n);
+        Ok(())
+    })?;
     for ((name, _, _), n) in rewrites.iter().zip(rewritten) {
         match n {
             Ok(n) => {
@@ -711,42 +727,6 @@ fn incremental<T: Target>(
         written,
         deleted,
     }))
-}
-
-/// Runs `work` over `items` on up to every core (the key indexes of an incremental's
-/// collections are rewritten side by side), returning the results in order.
-fn parallel<T: Sync, O: Send>(items: &[T], work: impl Fn(&T) -> O + Sync) -> Vec<O> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(items.len());
-    if threads <= 1 {
-        return items.iter().map(&work).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut done: Vec<(usize, O)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        out.push((i, work(item)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| match w.join() {
-                Ok(out) => out,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    });
-    done.sort_by_key(|(i, _)| *i);
-    done.into_iter().map(|(_, o)| o).collect()
 }
 
 fn old_index_path<R: RunWriter>(
