@@ -41,9 +41,9 @@ pub mod verify;
 mod zipstream;
 
 pub use archive::{
-    backup_archive, backup_archive_to, read_chain, restore_archives_to_path, verify_archives,
-    ArchiveOptions, ArchiveOutput, ArchiveSummary, ChainStore, Compression, LocalChain, PartSink,
-    PartWriter, RestorePoint,
+    backup_archive, backup_archive_to, read_chain, restore_archives_to_path, restore_chain,
+    verify_archives, verify_chain, ArchiveOptions, ArchiveOutput, ArchiveRead, ArchiveSummary,
+    ChainLock, ChainStore, Compression, LocalChain, PartSink, PartWriter, RestorePoint, Survey,
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
@@ -61,7 +61,7 @@ pub use model::{
     StoreSchema, Value,
 };
 pub use pipeline::default_threads;
-pub use prune::{plan_prune, prune_archives, PrunePlan, Retention};
+pub use prune::{check_retention, plan_prune, prune_archives, prune_chain, PrunePlan, Retention};
 pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
     RestoreOptions, RestoreSummary, StoreFactory,

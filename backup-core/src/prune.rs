@@ -8,13 +8,11 @@
 //! name), made durable, and only then deleted, so that `verify` can tell a pruned gap from a lost
 //! archive. A gap in the sequence is valid only when it was pruned and a full archive follows it.
 
-use crate::archive::{read_chain, ChainItem};
-use crate::durable;
+use crate::archive::{ChainItem, ChainStore, LocalChain};
 use crate::error::{Error, Result};
 use crate::manifest::{now_rfc3339, RunKind};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::fs;
 use std::path::Path;
 
 /// The log of pruned archives inside an archive directory.
@@ -84,22 +82,21 @@ pub struct PrunedEntry {
     pub pruned_at: String,
 }
 
-/// The sequences recorded as pruned in `dir` (empty when nothing was ever pruned).
-pub fn pruned_sequences(dir: &Path) -> Result<BTreeSet<u64>> {
-    let path = dir.join(PRUNED_LOG);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-        Err(e) => return Err(Error::io("read", &path, e)),
+/// The sequences a prune log records as pruned (`bytes` is the log at `path`, `None` when
+/// nothing was ever pruned).
+pub fn parse_pruned(path: &Path, bytes: Option<&[u8]>) -> Result<BTreeSet<u64>> {
+    let Some(bytes) = bytes else {
+        return Ok(BTreeSet::new());
     };
-    text.lines()
+    String::from_utf8_lossy(bytes)
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
             serde_json::from_str::<PrunedEntry>(l)
                 .map(|e| e.sequence)
                 .map_err(|e| Error::Damaged {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     cause: format!("line {}: {e}", n + 1),
                 })
         })
@@ -194,22 +191,7 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
 /// depends on: the removals are logged durably in [`PRUNED_LOG`] first, then the files are
 /// deleted and the directory synced.
 pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
-    if retention.is_empty() {
-        return Err(Error::BadInput {
-            path: dir.to_path_buf(),
-            cause: "no retention rule given (--keep-last, --keep-daily or --keep-weekly)".into(),
-        });
-    }
-    if retention.keep_last.unwrap_or(0)
-        + retention.keep_daily.unwrap_or(0)
-        + retention.keep_weekly.unwrap_or(0)
-        == 0
-    {
-        return Err(Error::BadInput {
-            path: dir.to_path_buf(),
-            cause: "every retention rule keeps 0 backups".into(),
-        });
-    }
+    check_retention(dir, retention)?;
     if !dir.is_dir() {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
@@ -229,18 +211,49 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
                 .into(),
         });
     }
-    let chain = read_chain(dir)?;
+    prune_chain(&LocalChain::new(dir), retention, dry_run)
+}
+
+/// Checks that a retention policy keeps something.
+pub fn check_retention(dest: &Path, retention: &Retention) -> Result<()> {
+    if retention.is_empty() {
+        return Err(Error::BadInput {
+            path: dest.to_path_buf(),
+            cause: "no retention rule given (--keep-last, --keep-daily or --keep-weekly)".into(),
+        });
+    }
+    if retention.keep_last.unwrap_or(0)
+        + retention.keep_daily.unwrap_or(0)
+        + retention.keep_weekly.unwrap_or(0)
+        == 0
+    {
+        return Err(Error::BadInput {
+            path: dest.to_path_buf(),
+            cause: "every retention rule keeps 0 backups".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Plans a prune of the chain in `store` and, unless `dry_run`, carries it out: the prune log
+/// first (durably), then each removed archive. A run killed in between leaves archives the log
+/// calls pruned, which the next prune removes; never a gap the log does not explain. The caller
+/// holds the destination's lock.
+pub fn prune_chain(
+    store: &dyn ChainStore,
+    retention: &Retention,
+    dry_run: bool,
+) -> Result<PrunePlan> {
+    let chain = store.read_chain()?;
     let plan = plan_prune(&chain, retention);
     let removed: Vec<&ChainItem> = plan.removed().collect();
     if dry_run || removed.is_empty() {
         return Ok(plan);
     }
-    let log = dir.join(PRUNED_LOG);
-    let mut text = match fs::read_to_string(&log) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(Error::io("read", &log, e)),
-    };
+    let mut text = store
+        .read_prune_log()?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
@@ -254,15 +267,10 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
         text.push_str(&serde_json::to_string(&entry).expect("an entry serializes"));
         text.push('\n');
     }
-    durable::write_atomic(&log, text.as_bytes(), durable::Sync::Now)?;
+    store.write_prune_log(text.as_bytes())?;
     for item in &removed {
-        match fs::remove_file(&item.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &item.path, e)),
-        }
+        store.remove(item)?;
     }
-    durable::sync_dir(dir)?;
     Ok(plan)
 }
 

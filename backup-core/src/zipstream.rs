@@ -354,7 +354,7 @@ pub type Visitor<'a, E> = dyn FnMut(&str, Vec<u8>) -> Result<(), E> + 'a;
 /// its name and content to `visit`; then checks that the central directory lists exactly those
 /// entries (names, offsets, CRC32s, sizes) as regular files. Errors from `visit` pass through.
 pub fn read_entries<E>(
-    file: File,
+    file: impl Read,
     refuse: impl Fn(Refused) -> E,
     visit: &mut Visitor<'_, E>,
 ) -> Result<u64, E> {
@@ -377,7 +377,7 @@ impl<E> From<Refused> for Stop<E> {
     }
 }
 
-fn read_all<E>(file: File, visit: &mut Visitor<'_, E>) -> Result<u64, Stop<E>> {
+fn read_all<E>(file: impl Read, visit: &mut Visitor<'_, E>) -> Result<u64, Stop<E>> {
     let mut r = BufReader::with_capacity(1 << 16, file);
     let mut ledger = Ledger::default();
     let mut offset = 0u64;

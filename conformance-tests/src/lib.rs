@@ -9,7 +9,9 @@
 //! ```
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
+pub mod chain_store;
 pub mod memory;
+pub mod s3;
 
 use backup_core::{
     backup_folder, verify_folder, BackupMode, BackupOptions, Change, ChangeOp, Checkpoint, Error,

@@ -7,9 +7,9 @@ mod stores;
 use anyhow::{Context, Result};
 use backup_core::archive;
 use backup_core::{
-    backup_archive, backup_folder, restore_archives_to_path, restore_folder_to_path,
-    verify_archives, verify_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event,
-    RestoreOptions,
+    backup_archive, backup_folder, restore_archives_to_path, restore_chain, restore_folder_to_path,
+    verify_archives, verify_chain, verify_folder, ArchiveOptions, BackupMode, BackupOptions,
+    Compression, Event, RestoreOptions,
 };
 use clap::{Parser, Subcommand};
 use place::Place;
@@ -391,29 +391,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
                 ..RestoreOptions::default()
             };
-            let summary = place::with_chain_dir(&from, |dir| {
-                Ok(if is_archive(dir)? {
-                    let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
-                    let archive = ArchiveOptions {
-                        threads: threads.map_or_else(backup_core::default_threads, usize::from),
-                        ..ArchiveOptions::default()
-                    };
-                    restore_archives_to_path(
+            let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
+            let archive = ArchiveOptions {
+                threads: threads.map_or_else(backup_core::default_threads, usize::from),
+                ..ArchiveOptions::default()
+            };
+            let summary = (|| -> anyhow::Result<_> {
+                Ok(match &from {
+                    Place::Remote(url) => restore_chain(
+                        &*place::open_remote(url)?,
+                        &point,
+                        factory.as_ref(),
+                        &to.path,
+                        &options,
+                        &archive,
+                    )?,
+                    Place::Local(dir) if is_archive(dir)? => restore_archives_to_path(
                         dir,
                         &point,
                         factory.as_ref(),
                         &to.path,
                         &options,
                         &archive,
-                    )?
-                } else if let Place::Remote(url) = &from {
-                    anyhow::bail!("{url}: no tidemark archives here")
-                } else if at.is_some() {
-                    anyhow::bail!("--at needs an archive directory; {from} is not one")
-                } else {
-                    restore_folder_to_path(dir, factory.as_ref(), &to.path, &options)?
+                    )?,
+                    Place::Local(_) if at.is_some() => {
+                        anyhow::bail!("--at needs an archive directory; {from} is not one")
+                    }
+                    Place::Local(dir) => {
+                        restore_folder_to_path(dir, factory.as_ref(), &to.path, &options)?
+                    }
                 })
-            })
+            })()
             .with_context(|| format!("restore of {from} to {to}"))?;
             if !quiet {
                 println!(
@@ -431,15 +439,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify { dir } => {
-            let report = place::with_chain_dir(&dir, |d| {
-                Ok(if is_archive(d)? {
-                    verify_archives(d)?
-                } else if let Place::Remote(url) = &dir {
-                    anyhow::bail!("{url}: no tidemark archives here")
-                } else {
-                    verify_folder(d)?
+            let report = (|| -> anyhow::Result<_> {
+                Ok(match &dir {
+                    Place::Remote(url) => verify_chain(&*place::open_remote(url)?)?,
+                    Place::Local(d) if is_archive(d)? => verify_archives(d)?,
+                    Place::Local(d) => verify_folder(d)?,
                 })
-            })
+            })()
             .with_context(|| format!("verify {dir}"))?;
             for problem in &report.problems {
                 eprintln!("damaged: {problem}");
@@ -506,13 +512,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dry_run,
         } => {
             let retention: backup_core::Retention = retention.into();
-            let plan = match &dir {
-                Place::Local(d) => {
-                    backup_core::prune_archives(d, &retention, dry_run).map_err(anyhow::Error::from)
-                }
-                Place::Remote(url) => place::prune_remote(url, &retention, dry_run),
-            }
-            .with_context(|| format!("prune {dir}"))?;
+            let plan =
+                place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
             print_prune(&plan, dry_run);
             Ok(ExitCode::SUCCESS)
         }

@@ -1,12 +1,14 @@
 //! Where a backup lives: a local directory or an object store URL (`s3://bucket/prefix`).
 //! Remote places take the archive format: archives stream up as multipart uploads, the working
-//! key state stays in a local cache directory, and verify, restore and list work on the sealed
-//! archives (see the `tidemark-remote` crate).
+//! key state stays in a local cache directory, and verify, restore, list and prune read the
+//! sealed archives in place, through the same code as a local directory (see the
+//! `tidemark-remote` crate).
 
 use anyhow::{bail, Result};
 use backup_core::archive::ChainItem;
 use backup_core::{
-    ArchiveOptions, ArchiveSummary, BackupOptions, Event, PrunePlan, Retention, StorageBackend,
+    ArchiveOptions, ArchiveSummary, BackupOptions, ChainStore, Event, PrunePlan, Retention,
+    StorageBackend,
 };
 use std::path::{Path, PathBuf};
 
@@ -83,16 +85,9 @@ mod imp {
         )?)
     }
 
-    pub fn with_local_copy<T>(url: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-        let chain = open(url)?;
-        let tmp = tempfile::Builder::new()
-            .prefix("tidemark-download")
-            .tempdir()
-            .context("creating a temporary directory for the download")?;
-        chain
-            .download(tmp.path())
-            .with_context(|| format!("downloading {url}"))?;
-        f(tmp.path())
+    /// The chain at `url`, read and written through the same code as a local directory.
+    pub fn open_remote(url: &str) -> Result<Box<dyn ChainStore>> {
+        Ok(Box::new(open(url)?))
     }
 
     pub fn list(url: &str) -> Result<Vec<ChainItem>> {
@@ -101,13 +96,14 @@ mod imp {
     }
 
     pub fn prune(url: &str, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+        backup_core::check_retention(Path::new(url), retention)?;
         let chain = open(url)?;
         let _lock = if dry_run {
             None
         } else {
             Some(chain.lock("prune")?)
         };
-        Ok(chain.prune(retention, dry_run)?)
+        Ok(backup_core::prune_chain(&chain, retention, dry_run)?)
     }
 }
 
@@ -128,7 +124,7 @@ mod imp {
     ) -> Result<ArchiveSummary> {
         not_built(url)
     }
-    pub fn with_local_copy<T>(url: &str, _: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    pub fn open_remote(url: &str) -> Result<Box<dyn ChainStore>> {
         not_built(url)
     }
     pub fn list(url: &str) -> Result<Vec<ChainItem>> {
@@ -141,12 +137,13 @@ mod imp {
 
 pub use imp::{backup as backup_remote, list as list_remote, prune as prune_remote};
 
-/// Runs `f` on a local directory holding the chain: the directory itself, or a verified
-/// download of a remote chain (removed afterwards).
-pub fn with_chain_dir<T>(place: &Place, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+pub use imp::open_remote;
+
+/// Prunes the chain at `place` (holding its lock unless `dry_run`).
+pub fn prune(place: &Place, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
     match place {
-        Place::Local(p) => f(p),
-        Place::Remote(url) => imp::with_local_copy(url, f),
+        Place::Local(d) => Ok(backup_core::prune_archives(d, retention, dry_run)?),
+        Place::Remote(url) => prune_remote(url, retention, dry_run),
     }
 }
 

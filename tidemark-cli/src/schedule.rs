@@ -299,11 +299,7 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                     // Retention runs after a good backup only; a failure is reported, and the
                     // next run tries again (nothing is removed unless the log of it is durable).
                     if let Some(r) = &j.retention {
-                        let pruned = match &job.to {
-                            Place::Local(d) => backup_core::prune_archives(d, r, false)
-                                .map_err(anyhow::Error::from),
-                            Place::Remote(url) => crate::place::prune_remote(url, r, false),
-                        };
+                        let pruned = crate::place::prune(&job.to, r, false);
                         match pruned {
                             Ok(plan) => {
                                 let removed: Vec<String> = plan

@@ -17,14 +17,16 @@
 //! chain, and the next backup removes it. Verify and restore download the sealed archives
 //! (checking each against its seal) into a local temporary directory and use the local code.
 
-use backup_core::archive::{archive_file_name, ArchiveManifest, ChainItem, ChainStore};
-use backup_core::prune::{plan_prune, PrunePlan, PrunedEntry, Retention, PRUNED_LOG};
+use backup_core::archive::{
+    archive_file_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Survey,
+};
+use backup_core::prune::{parse_pruned, PRUNED_LOG};
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result, RunKind};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Runtime;
@@ -76,18 +78,27 @@ fn remote_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
 impl RemoteChain {
     /// Opens the chain at `url` (`s3://bucket/prefix`, …), configured from the environment.
     pub fn open(url: &str) -> Result<Self> {
+        Self::open_with(url, std::env::vars())
+    }
+
+    /// Opens the chain at `url`, configured from `options` (the environment's keys:
+    /// `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`, …).
+    pub fn open_with(
+        url: &str,
+        options: impl IntoIterator<Item = (impl AsRef<str>, impl Into<String>)>,
+    ) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| Error::BadInput {
             path: PathBuf::from(url),
             cause: format!("not a URL: {e}"),
         })?;
         let (store, prefix) =
-            object_store::parse_url_opts(&parsed, std::env::vars()).map_err(|e| {
-                Error::BadInput {
-                    path: PathBuf::from(url),
-                    cause: format!("cannot use this object store: {e}"),
-                }
+            object_store::parse_url_opts(&parsed, options).map_err(|e| Error::BadInput {
+                path: PathBuf::from(url),
+                cause: format!("cannot use this object store: {e}"),
             })?;
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // Several threads read at once (a restore's workers): a small pool serves them.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| remote_err(url, "starting the I/O runtime", e))?;
@@ -158,122 +169,29 @@ impl RemoteChain {
         }
     }
 
+    /// The seal object `name` (`None` if it is gone).
+    fn seal(&self, name: &str) -> Result<Option<Seal>> {
+        let Some(bytes) = self.get(name)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Damaged {
+                path: self.location_of(name),
+                cause: format!("not a tidemark seal: {e}"),
+            })
+    }
+
     fn seals(&self) -> Result<Vec<Seal>> {
         let mut seals = Vec::new();
         for (name, _) in self.names()? {
-            if !(name.starts_with("tidemark-") && name.ends_with(".json")) {
-                continue;
+            if name.starts_with("tidemark-") && name.ends_with(".json") {
+                seals.extend(self.seal(&name)?);
             }
-            let Some(bytes) = self.get(&name)? else {
-                continue; // pruned meanwhile
-            };
-            let seal: Seal = serde_json::from_slice(&bytes).map_err(|e| Error::Damaged {
-                path: PathBuf::from(format!("{}/{name}", self.url)),
-                cause: format!("not a tidemark seal: {e}"),
-            })?;
-            seals.push(seal);
         }
         seals.sort_by_key(|s| s.manifest.sequence);
         Ok(seals)
     }
-
-    /// Downloads every sealed archive (each checked against its seal's size and CRC32) and the
-    /// prune log into `dir`, which then reads like a local chain.
-    pub fn download(&self, dir: &Path) -> Result<()> {
-        for seal in self.seals()? {
-            let target = dir.join(&seal.archive);
-            let (size, crc) = self.rt.block_on(async {
-                let got = self
-                    .store
-                    .get(&self.path(&seal.object))
-                    .await
-                    .map_err(|e| self.err(&format!("read {}", seal.object), e))?;
-                let mut stream = got.into_stream();
-                let mut file =
-                    std::fs::File::create(&target).map_err(|e| Error::io("create", &target, e))?;
-                let mut crc = crc32fast::Hasher::new();
-                let mut size = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| self.err(&format!("read {}", seal.object), e))?;
-                    crc.update(&chunk);
-                    size += chunk.len() as u64;
-                    file.write_all(&chunk)
-                        .map_err(|e| Error::io("write", &target, e))?;
-                }
-                Ok::<_, Error>((size, crc.finalize()))
-            })?;
-            if size != seal.size || crc != seal.crc32 {
-                return Err(Error::Damaged {
-                    path: PathBuf::from(format!("{}/{}", self.url, seal.object)),
-                    cause: format!(
-                        "{size} bytes with CRC32 {crc:08x}; its seal says {} bytes, {:08x}",
-                        seal.size, seal.crc32
-                    ),
-                });
-            }
-        }
-        if let Some(log) = self.get(PRUNED_LOG)? {
-            let p = dir.join(PRUNED_LOG);
-            std::fs::write(&p, log).map_err(|e| Error::io("write", &p, e))?;
-        }
-        Ok(())
-    }
-
-    /// Plans a prune of the remote chain and, unless `dry_run`, carries it out: the prune log
-    /// first, then each removed archive's seal (it leaves the chain), then its object.
-    pub fn prune(&self, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
-        if retention.keep_last.unwrap_or(0)
-            + retention.keep_daily.unwrap_or(0)
-            + retention.keep_weekly.unwrap_or(0)
-            == 0
-        {
-            return Err(Error::BadInput {
-                path: PathBuf::from(&self.url),
-                cause: "no retention rule keeps any backup (--keep-last, --keep-daily or \
-                        --keep-weekly, at least 1)"
-                    .into(),
-            });
-        }
-        let seals = self.seals()?;
-        let chain = self.read_chain()?;
-        let plan = plan_prune(&chain, retention);
-        let removed: Vec<&ChainItem> = plan.removed().collect();
-        if dry_run || removed.is_empty() {
-            return Ok(plan);
-        }
-        let mut log = self
-            .get(PRUNED_LOG)?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if !log.is_empty() && !log.ends_with('\n') {
-            log.push('\n');
-        }
-        let now = backup_core::manifest::now_rfc3339();
-        for item in &removed {
-            let entry = PrunedEntry {
-                sequence: item.manifest.sequence,
-                file: file_name(&item.path),
-                pruned_at: now.clone(),
-            };
-            log.push_str(&serde_json::to_string(&entry).map_err(|e| self.err("prune log", e))?);
-            log.push('\n');
-        }
-        self.put(PRUNED_LOG, log.into_bytes())?;
-        for item in &removed {
-            let name = file_name(&item.path);
-            if let Some(seal) = seals.iter().find(|s| s.archive == name) {
-                self.delete(&seal_name(seal.manifest.sequence, seal.manifest.kind))?;
-                self.delete(&seal.object)?;
-            }
-        }
-        Ok(plan)
-    }
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn kind_word(kind: RunKind) -> &'static str {
@@ -292,6 +210,77 @@ fn seal_name(sequence: u64, kind: RunKind) -> String {
 }
 
 impl ChainStore for RemoteChain {
+    fn location(&self) -> PathBuf {
+        PathBuf::from(&self.url)
+    }
+
+    fn survey(&self) -> Result<Survey> {
+        let mut survey = Survey::default();
+        for (name, _) in self.names()? {
+            if !(name.starts_with("tidemark-") && name.ends_with(".json")) {
+                continue;
+            }
+            survey.anything = true;
+            match self.seal(&name) {
+                Ok(Some(seal)) => survey.items.push(ChainItem {
+                    path: PathBuf::from(&seal.archive),
+                    size: seal.size,
+                    manifest: seal.manifest,
+                }),
+                Ok(None) => {} // pruned meanwhile
+                Err(e) => survey.problems.push(e),
+            }
+        }
+        survey.items.sort_by_key(|i| i.manifest.sequence);
+        survey.pruned = parse_pruned(
+            &self.location_of(PRUNED_LOG),
+            self.read_prune_log()?.as_deref(),
+        )?;
+        Ok(survey)
+    }
+
+    fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>> {
+        let object = object_name(item.manifest.sequence, item.manifest.kind);
+        let path = self.path(&object);
+        let location = self.location_of(&object);
+        let meta = self
+            .rt
+            .block_on(self.store.head(&path))
+            .map_err(|e| self.err(&format!("read {object}"), e))?;
+        if meta.size != item.size {
+            return Err(Error::Damaged {
+                path: location,
+                cause: format!("{} bytes; its seal says {} bytes", meta.size, item.size),
+            });
+        }
+        Ok(Box::new(RemoteArchive {
+            store: self.store.clone(),
+            rt: self.rt.clone(),
+            path,
+            location,
+            size: item.size,
+        }))
+    }
+
+    fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
+        self.get(PRUNED_LOG)
+    }
+
+    fn write_prune_log(&self, bytes: &[u8]) -> Result<()> {
+        self.put(PRUNED_LOG, bytes.to_vec())
+    }
+
+    fn remove(&self, item: &ChainItem) -> Result<()> {
+        // The seal first: the archive leaves the chain, then its object goes.
+        let (sequence, kind) = (item.manifest.sequence, item.manifest.kind);
+        self.delete(&seal_name(sequence, kind))?;
+        self.delete(&object_name(sequence, kind))
+    }
+
+    fn lock(&self, command: &str) -> Result<ChainLock> {
+        Ok(Box::new(RemoteChain::lock(self, command)?))
+    }
+
     fn location_of(&self, name: &str) -> PathBuf {
         PathBuf::from(format!("{}/{name}", self.url))
     }
@@ -635,5 +624,90 @@ impl Drop for RemoteLock {
                 let _ = store.delete(&path).await;
             }
         });
+    }
+}
+
+/// A sealed archive on the object store, read by ranged GETs.
+struct RemoteArchive {
+    store: Arc<dyn ObjectStore>,
+    rt: Arc<Runtime>,
+    path: ObjectPath,
+    location: PathBuf,
+    size: u64,
+}
+
+impl ArchiveRead for RemoteArchive {
+    fn location(&self) -> &Path {
+        &self.location
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let range = offset..offset + len as u64;
+        let bytes = self
+            .rt
+            .block_on(self.store.get_range(&self.path, range))
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", self.location.display())))?;
+        if bytes.len() != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {} bytes at {offset} where {len} were asked for",
+                    self.location.display(),
+                    bytes.len()
+                ),
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        let got = self
+            .rt
+            .block_on(self.store.get(&self.path))
+            .map_err(|e| std::io::Error::other(format!("{}: {e}", self.location.display())))?;
+        Ok(Box::new(BlockingStream {
+            rt: &self.rt,
+            stream: got.into_stream(),
+            chunk: bytes::Bytes::new(),
+            what: &self.location,
+        }))
+    }
+
+    fn check_before_restore(&self, _crc: u32) -> Result<()> {
+        // Not downloaded twice: each entry's CRC32 is checked as it is read, the size by `open`.
+        Ok(())
+    }
+}
+
+/// A GET's body as a blocking `Read`.
+struct BlockingStream<'a> {
+    rt: &'a Runtime,
+    stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+    what: &'a Path,
+}
+
+impl Read for BlockingStream<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                Some(Ok(b)) => self.chunk = b,
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!(
+                        "{}: {e}",
+                        self.what.display()
+                    )))
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.chunk.len());
+        out[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        Ok(n)
     }
 }

@@ -15,7 +15,9 @@ use zip::ZipArchive;
 /// Where a chain's archives are kept: a local directory ([`LocalChain`]) or an object store
 /// (the `tidemark-remote` crate). An archive is visible only once complete: a reader never sees
 /// one that is being written or was cut short.
-pub trait ChainStore {
+pub trait ChainStore: Send + Sync {
+    /// Where the chain is (a directory, a URL), for messages.
+    fn location(&self) -> PathBuf;
     /// Where `name` (an archive's file name) lives, for messages and summaries.
     fn location_of(&self, name: &str) -> PathBuf;
     /// The complete archives, in sequence order.
@@ -30,6 +32,217 @@ pub trait ChainStore {
         kind: RunKind,
         buffer_size: usize,
     ) -> Result<Box<dyn ArchiveOutput>>;
+    /// The chain as a reader finds it: its archives, what is wrong with the listing (an
+    /// unreadable manifest, a newest archive that went missing), and the sequences prune
+    /// removed. Verify reports the problems; restore refuses on the first.
+    fn survey(&self) -> Result<Survey>;
+    /// Opens a complete archive of the chain for reading.
+    fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>>;
+    /// The prune log's bytes (`None` when nothing was ever pruned).
+    fn read_prune_log(&self) -> Result<Option<Vec<u8>>>;
+    /// Replaces the prune log, atomically and durably.
+    fn write_prune_log(&self, bytes: &[u8]) -> Result<()>;
+    /// Removes an archive from the chain (gone already is fine).
+    fn remove(&self, item: &ChainItem) -> Result<()>;
+    /// Takes the destination's one-writer lock for `command` (e.g. "prune"), held until the
+    /// returned guard is dropped; another holder makes it fail with [`Error::Locked`].
+    fn lock(&self, command: &str) -> Result<ChainLock>;
+}
+
+/// A held destination lock (released when dropped).
+pub type ChainLock = Box<dyn std::any::Any + Send>;
+
+/// What a reader found listing a chain: see [`ChainStore::survey`].
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// The archives whose manifest could be read, in sequence order.
+    pub items: Vec<ChainItem>,
+    /// Problems found on the way.
+    pub problems: Vec<Error>,
+    /// Sequences `tidemark prune` removed.
+    pub pruned: BTreeSet<u64>,
+    /// Whether anything of a chain is there at all (an archive, or a head naming one).
+    pub anything: bool,
+}
+
+/// An archive opened for reading: ranged reads at any offset, from any thread (an object
+/// store serves each as one ranged GET, so several can be in flight), and one front-to-back
+/// stream.
+pub trait ArchiveRead: Send + Sync {
+    /// Where it is, for messages.
+    fn location(&self) -> &Path;
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+    /// Exactly `len` bytes from `offset`.
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
+    /// The whole archive, front to back.
+    fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>>;
+    /// Checks the whole archive against `crc` (the CRC32 in its name) before a restore reads
+    /// parts of it, where that is cheap: a local file is read once more; an object store's
+    /// archive is not downloaded twice, its entries being checked one by one as they are read
+    /// (and its size against its seal, by [`ArchiveRead::size`]).
+    fn check_before_restore(&self, crc: u32) -> Result<()>;
+}
+
+/// The CRC32 an archive's file name carries.
+pub(super) fn crc_in_name(path: &Path) -> Result<u32> {
+    file_name_of(path)
+        .trim_end_matches(".zip")
+        .rsplit('-')
+        .next()
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or_else(|| damaged(path, "the file name carries no CRC32"))
+}
+
+/// Streams an archive through `read` (which reads the zip entries from it), computing the CRC32
+/// of every byte; fails if it differs from the one in the archive's name. One pass.
+pub(super) fn read_whole<T>(
+    item: &ChainItem,
+    archive: &dyn ArchiveRead,
+    read: impl FnOnce(&mut dyn Read) -> Result<T>,
+) -> Result<T> {
+    let path = &item.path;
+    let want = crc_in_name(path)?;
+    let stream = archive
+        .stream()
+        .map_err(|e| Error::io("read", archive.location(), e))?;
+    let mut r = CrcReader {
+        inner: stream,
+        hash: crc32fast::Hasher::new(),
+        bytes: 0,
+    };
+    let out = read(&mut r);
+    // Damage anywhere in the file is reported as such, before what it caused downstream.
+    std::io::copy(&mut r, &mut std::io::sink())
+        .map_err(|e| Error::io("read", archive.location(), e))?;
+    let crc = r.hash.clone().finalize();
+    if crc != want {
+        return Err(damaged(
+            path,
+            format!("file CRC32 {crc:08x} does not match {want:08x} in its name"),
+        ));
+    }
+    if r.bytes != archive.size() {
+        return Err(damaged(
+            path,
+            format!("{} bytes where {} were expected", r.bytes, archive.size()),
+        ));
+    }
+    out
+}
+
+struct CrcReader<R> {
+    inner: R,
+    hash: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<R: Read> Read for CrcReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// `Read + Seek` over an [`ArchiveRead`]: each refill is one ranged read of at least
+/// `readahead` bytes (clipped to the archive), so a caller that knows how much it will read
+/// sequentially gets it in one request.
+pub(super) struct RangeReader<'a> {
+    archive: &'a dyn ArchiveRead,
+    pos: u64,
+    buf: Vec<u8>,
+    buf_at: u64,
+    readahead: usize,
+}
+
+impl<'a> RangeReader<'a> {
+    pub(super) fn new(archive: &'a dyn ArchiveRead, readahead: usize) -> Self {
+        RangeReader {
+            archive,
+            pos: 0,
+            buf: Vec::new(),
+            buf_at: 0,
+            readahead: readahead.max(1),
+        }
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let size = self.archive.size();
+        if self.pos >= size || out.is_empty() {
+            return Ok(0);
+        }
+        let end = self.buf_at + self.buf.len() as u64;
+        if self.pos < self.buf_at || self.pos >= end {
+            let len = (size - self.pos).min(self.readahead.max(out.len()) as u64) as usize;
+            self.buf = self.archive.read_at(self.pos, len)?;
+            self.buf_at = self.pos;
+        }
+        let from = (self.pos - self.buf_at) as usize;
+        let n = out.len().min(self.buf.len() - from);
+        out[..n].copy_from_slice(&self.buf[from..from + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for RangeReader<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let size = self.archive.size() as i128;
+        let at = match to {
+            SeekFrom::Start(n) => n as i128,
+            SeekFrom::End(d) => size + d as i128,
+            SeekFrom::Current(d) => self.pos as i128 + d as i128,
+        };
+        if at < 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "seek before the start",
+            ));
+        }
+        self.pos = at as u64;
+        Ok(self.pos)
+    }
+}
+
+/// A local archive file.
+struct LocalArchive {
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl ArchiveRead for LocalArchive {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+    fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        let mut f = self.file.try_clone()?;
+        f.seek(SeekFrom::Start(0))?;
+        Ok(Box::new(std::io::BufReader::with_capacity(1 << 16, f)))
+    }
+    fn check_before_restore(&self, crc: u32) -> Result<()> {
+        let got = file_crc32(&self.path)?;
+        if got != crc {
+            return Err(damaged(
+                &self.path,
+                format!("file CRC32 {got:08x} does not match {crc:08x} in its name"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// An archive being written, front to back in one pass (the zip writer never seeks), so an
@@ -62,6 +275,10 @@ impl LocalChain {
 }
 
 impl ChainStore for LocalChain {
+    fn location(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     fn location_of(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -82,6 +299,87 @@ impl ChainStore for LocalChain {
             }
         }
         Ok(())
+    }
+
+    fn survey(&self) -> Result<Survey> {
+        let dir = &self.dir;
+        let mut survey = Survey::default();
+        if !dir.is_dir() {
+            return Err(Error::BadInput {
+                path: dir.clone(),
+                cause: "no such backup directory".into(),
+            });
+        }
+        // The head first: a backup renames its archive before it updates the head.
+        let head = read_head(dir).unwrap_or_else(|e| {
+            survey.problems.push(e);
+            None
+        });
+        let files = archive_files(dir)?;
+        survey.anything = !files.is_empty() || head.is_some();
+        for path in files {
+            match read_manifest(&path) {
+                Ok(manifest) => {
+                    let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    survey.items.push(ChainItem {
+                        path,
+                        manifest,
+                        size,
+                    });
+                }
+                Err(e) => survey.problems.push(e),
+            }
+        }
+        survey
+            .problems
+            .extend(check_head(dir, head.as_ref(), &survey.items));
+        survey.pruned = crate::prune::parse_pruned(
+            &dir.join(crate::prune::PRUNED_LOG),
+            self.read_prune_log()?.as_deref(),
+        )?;
+        Ok(survey)
+    }
+
+    fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>> {
+        let path = item.path.clone();
+        let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .len();
+        Ok(Box::new(LocalArchive { path, file, size }))
+    }
+
+    fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(crate::prune::PRUNED_LOG);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    fn write_prune_log(&self, bytes: &[u8]) -> Result<()> {
+        durable::write_atomic(
+            &self.dir.join(crate::prune::PRUNED_LOG),
+            bytes,
+            durable::Sync::Now,
+        )
+    }
+
+    fn remove(&self, item: &ChainItem) -> Result<()> {
+        match fs::remove_file(&item.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove", &item.path, e)),
+        }
+        durable::sync_dir(&self.dir)
+    }
+
+    fn lock(&self, command: &str) -> Result<ChainLock> {
+        Ok(Box::new(crate::lock::DestinationLock::acquire(
+            &self.dir, command,
+        )?))
     }
 
     fn begin(

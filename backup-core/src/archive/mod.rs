@@ -25,11 +25,11 @@ mod verify;
 mod write;
 
 pub use chain::{
-    archive_file_name, is_archive_dir, read_chain, read_manifest, ArchiveOutput, ChainStore,
-    LocalChain, PartSink, PartWriter, RestorePoint, HEAD_FILE,
+    archive_file_name, is_archive_dir, read_chain, read_manifest, ArchiveOutput, ArchiveRead,
+    ChainLock, ChainStore, LocalChain, PartSink, PartWriter, RestorePoint, Survey, HEAD_FILE,
 };
-pub use restore::restore_archives_to_path;
-pub use verify::verify_archives;
+pub use restore::{restore_archives_to_path, restore_chain};
+pub use verify::{verify_archives, verify_chain};
 pub use write::{backup_archive, backup_archive_to, STATE_DIR};
 
 use crate::checkpoint::Checkpoint;

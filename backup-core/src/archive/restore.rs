@@ -1,18 +1,33 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{check_continuity, check_head, plan, read_chain, read_head, RestorePoint};
+use super::chain::{check_continuity, plan, ChainStore, LocalChain, RestorePoint};
 use super::{damaged, v1, v2, ArchiveOptions};
 use crate::error::{Error, Result};
 use crate::restore::{RestoreOptions, RestoreSummary, StoreFactory};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// Restores the archive chain in `dir`, at `at`, into a new store at `target`. The archives
-/// are read straight into a new store beside the target, checking every CRC32 and count on
-/// the way; the new store replaces the target only when complete, and is removed if any check
-/// fails (the target is never touched). `archive.threads` threads decompress.
+/// Restores the archive chain in `dir`, at `at`, into a new store at `target`: see
+/// [`restore_chain`].
 pub fn restore_archives_to_path(
     dir: &Path,
+    at: &RestorePoint,
+    factory: &dyn StoreFactory,
+    target: &Path,
+    options: &RestoreOptions,
+    archive: &ArchiveOptions,
+) -> Result<RestoreSummary> {
+    restore_chain(&LocalChain::new(dir), at, factory, target, options, archive)
+}
+
+/// Restores the archive chain in `store` (a local directory or an object store), at `at`, into
+/// a new store at `target`. The archives are read straight into a new store beside the target
+/// (only the entries the point needs, by ranged reads, `archive.threads` at once, each
+/// decompressed and checked on the worker that read it), checking every CRC32 and count on the
+/// way; the new store replaces the target only when complete, and is removed if any check fails
+/// (the target is never touched).
+pub fn restore_chain(
+    store: &dyn ChainStore,
     at: &RestorePoint,
     factory: &dyn StoreFactory,
     target: &Path,
@@ -24,15 +39,15 @@ pub fn restore_archives_to_path(
             path: target.to_path_buf(),
         });
     }
-    let head = read_head(dir)?;
-    let chain = read_chain(dir)?;
-    if let Some(problem) = check_head(dir, head.as_ref(), &chain) {
+    let survey = store.survey()?;
+    if let Some(problem) = survey.problems.into_iter().next() {
         return Err(problem);
     }
+    let chain = survey.items;
     if chain.is_empty() {
         return Err(Error::BadInput {
-            path: dir.to_path_buf(),
-            cause: "no tidemark archives in this directory".into(),
+            path: store.location(),
+            cause: "no tidemark archives here".into(),
         });
     }
     let items = plan(&chain, at)?;
@@ -60,8 +75,8 @@ pub fn restore_archives_to_path(
         target,
         (&last.store_schema, last.store_kind),
         &mut |sink| match version {
-            1 => v1::replay_newest_first(items, sink, options),
-            _ => v2::replay(items, sink, options, archive.threads),
+            1 => v1::replay_newest_first(store, items, sink, options),
+            _ => v2::replay(store, items, sink, options, archive.threads),
         },
     )
 }

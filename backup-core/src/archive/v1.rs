@@ -1,17 +1,17 @@
 //! Reading archive format 1: one zip entry per document (`<collection>/<id>/document.json`,
 //! attachments, `deleted` markers), cut from a working folder by tidemark before format 2.
 
-use super::chain::file_crc32;
-use super::{damaged, file_name_of, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
+use super::chain::{read_whole, ArchiveRead, ChainStore};
+use super::{damaged, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
 use crate::docid;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::folder::{ATTACHMENTS_DIR, DOCUMENT_FILE};
 use crate::manifest::RunKind;
 use crate::model::CollectionName;
 use crate::restore::{RestoreOptions, RestoreSummary};
 use crate::zipstream::{self, Refused};
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
+use std::io::Read;
 use std::time::Instant;
 
 /// The empty entry that marks a deleted document.
@@ -57,24 +57,21 @@ pub(super) type EntryVisitor<'a> =
 /// Reads every entry of one archive, checking the file's CRC32 (from its name), every entry's
 /// zip CRC32, every document's record CRC32 and the counts, and hands documents and deletions
 /// to `visit` in order. Errors name the file and entry.
-pub(super) fn read_archive(item: &ChainItem, visit: &mut EntryVisitor<'_>) -> Result<u64> {
+pub(super) fn read_archive(
+    item: &ChainItem,
+    archive: &dyn ArchiveRead,
+    visit: &mut EntryVisitor<'_>,
+) -> Result<u64> {
+    read_whole(item, archive, |file| read_entries(item, file, visit))
+}
+
+fn read_entries(
+    item: &ChainItem,
+    file: &mut dyn Read,
+    visit: &mut EntryVisitor<'_>,
+) -> Result<u64> {
     let path = &item.path;
-    let name = file_name_of(path);
-    let want_crc = name
-        .trim_end_matches(".zip")
-        .rsplit('-')
-        .next()
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| damaged(path, "the file name carries no CRC32"))?;
-    let crc = file_crc32(path)?;
-    if crc != want_crc {
-        return Err(damaged(
-            path,
-            format!("file CRC32 {crc:08x} does not match {want_crc:08x} in its name"),
-        ));
-    }
     let m = &item.manifest;
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut records = 0u64;
     // Attachments precede their document.json (the writer's order, docs/FORMAT.md §3); they are
@@ -158,6 +155,7 @@ pub(super) fn read_archive(item: &ChainItem, visit: &mut EntryVisitor<'_>) -> Re
 /// collection missing from an archive's manifest was dropped then, so entries older than that
 /// are not its own. Memory: the ids found in the incrementals (the full archive adds none).
 pub(super) fn replay_newest_first(
+    store: &dyn ChainStore,
     items: &[ChainItem],
     mut sink: Box<dyn crate::backend::RestoreSink + '_>,
     options: &RestoreOptions,
@@ -177,7 +175,8 @@ pub(super) fn replay_newest_first(
     for item in items.iter().rev() {
         open.retain(|n| item.manifest.collections.iter().any(|c| &c.info.name == n));
         let base = item.manifest.kind == RunKind::Full;
-        read_archive(item, &mut |c, record, id| {
+        let archive = store.open(item)?;
+        read_archive(item, &*archive, &mut |c, record, id| {
             let name = &c.info.name;
             if !open.contains(name) {
                 return Ok(());

@@ -12,8 +12,8 @@
 //! The manifest lists, per collection, its number of parts and how many of the first ones hold a
 //! scan (each key once, puts only). See `docs/FORMAT.md` §3.
 
-use super::chain::file_crc32;
-use super::{damaged, file_name_of, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
+use super::chain::{crc_in_name, read_whole, ArchiveRead, ChainStore, RangeReader};
+use super::{damaged, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
 use crate::backend::RestoreSink;
 use crate::document::{field_from_json, field_to_json, record_crc32};
 use crate::error::{Error, Result};
@@ -28,9 +28,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The name of a collection's `n`th data entry (from 1).
@@ -263,34 +263,17 @@ fn parse_entry_name(name: &str) -> Option<Option<(&str, u64)>> {
     (n >= 1).then_some(Some((dir, n)))
 }
 
-/// Checks the whole-file CRC32 against the one in the archive's name.
-fn check_file_crc(item: &ChainItem) -> Result<()> {
-    let path = &item.path;
-    let want = file_name_of(path)
-        .trim_end_matches(".zip")
-        .rsplit('-')
-        .next()
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .ok_or_else(|| damaged(path, "the file name carries no CRC32"))?;
-    let crc = file_crc32(path)?;
-    if crc != want {
-        return Err(damaged(
-            path,
-            format!("file CRC32 {crc:08x} does not match {want:08x} in its name"),
-        ));
-    }
-    Ok(())
-}
-
 /// Verifies one format-2 archive: the file's CRC32, every entry's zip CRC32 and the central
 /// directory (reading in file order), every line's record CRC32, the part numbering and the
 /// counts of the manifest. Returns the records (puts) it holds.
-pub(super) fn verify_archive(item: &ChainItem) -> Result<u64> {
-    check_file_crc(item)?;
+pub(super) fn verify_archive(item: &ChainItem, archive: &dyn ArchiveRead) -> Result<u64> {
+    read_whole(item, archive, |r| verify_entries(item, r))
+}
+
+fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {
     let path = &item.path;
     let m = &item.manifest;
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
-    let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut last_was_manifest = false;
     zipstream::read_entries(
         file,
@@ -377,19 +360,20 @@ pub(super) fn verify_archive(item: &ChainItem) -> Result<u64> {
     Ok(records)
 }
 
-/// An archive opened for random access: its directory and file.
+/// An archive opened for random access: its directory and reader.
 struct Opened {
     path: PathBuf,
-    file: File,
+    archive: Arc<dyn ArchiveRead>,
     entries: HashMap<String, DirEntry>,
 }
 
-fn open(item: &ChainItem) -> Result<Opened> {
-    check_file_crc(item)?;
+fn open(store: &dyn ChainStore, item: &ChainItem) -> Result<Opened> {
     let path = item.path.clone();
-    let mut file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+    let archive: Arc<dyn ArchiveRead> = Arc::from(store.open(item)?);
+    archive.check_before_restore(crc_in_name(&path)?)?;
     // A format-2 archive has a few entries per collection and some MiB of records.
-    let list = zipstream::read_directory(&mut file, 10_000_000).map_err(|r| refused(&path, r))?;
+    let list = zipstream::read_directory(&mut RangeReader::new(&*archive, 1 << 16), 10_000_000)
+        .map_err(|r| refused(&path, r))?;
     // Every entry must belong to the layout, also those a restore would not read.
     let m = &item.manifest;
     for e in &list {
@@ -413,7 +397,7 @@ fn open(item: &ChainItem) -> Result<Opened> {
     let entries = list.into_iter().map(|e| (e.name.clone(), e)).collect();
     Ok(Opened {
         path,
-        file,
+        archive,
         entries,
     })
 }
@@ -433,22 +417,33 @@ struct PartRef {
     collection: usize,
 }
 
-/// A part's compressed bytes, read on the caller's thread, decoded by a worker.
+/// A part to read (one ranged read), decompress and decode, all on a worker: with an object
+/// store, as many requests are in flight as there are workers.
 struct Job {
     path: PathBuf,
+    archive: Arc<dyn ArchiveRead>,
     entry: DirEntry,
-    packed: Vec<u8>,
 }
+
+/// Room for a local header's extra field beyond what the central directory lists, so that an
+/// entry is read in one request.
+const HEADER_SLACK: usize = 30 + 64;
 
 fn decode_job(
     zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
     job: Job,
 ) -> Result<Vec<Decoded>> {
     let path = job.path.join(&job.entry.name);
+    let whole = HEADER_SLACK
+        .saturating_add(job.entry.name.len())
+        .saturating_add(usize::try_from(job.entry.csize).unwrap_or(usize::MAX));
+    let mut reader = RangeReader::new(&*job.archive, whole);
+    let packed =
+        zipstream::read_packed(&mut reader, &job.entry).map_err(|r| refused(&job.path, r))?;
     let data = zipstream::unpack(
         &job.entry.name,
         job.entry.method,
-        job.packed,
+        packed,
         job.entry.size,
         job.entry.crc,
         zstd,
@@ -479,13 +474,11 @@ fn read_parts(
             .get(&part.name)
             .cloned()
             .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
-        let packed =
-            zipstream::read_packed(&mut o.file, &entry).map_err(|r| refused(&o.path, r))?;
         pipeline.submit(
             Job {
                 path: o.path.clone(),
+                archive: o.archive.clone(),
                 entry,
-                packed,
             },
             &mut deliver,
         )?;
@@ -502,6 +495,7 @@ fn read_parts(
 /// parallel, skipping keys the overlay has; the overlay's winning puts follow. Memory: the
 /// overlay's keys, never the archive.
 pub(super) fn replay(
+    store: &dyn ChainStore,
     items: &[ChainItem],
     mut sink: Box<dyn RestoreSink + '_>,
     options: &RestoreOptions,
@@ -518,7 +512,10 @@ pub(super) fn replay(
     for c in &collections {
         sink.create_collection(&c.info, last.store_kind)?;
     }
-    let mut opened = items.iter().map(open).collect::<Result<Vec<_>>>()?;
+    let mut opened = items
+        .iter()
+        .map(|i| open(store, i))
+        .collect::<Result<Vec<_>>>()?;
     // Per collection: the parts of the scan, and the overlay parts in chain order. A
     // collection missing from an archive's manifest was dropped then: only archives after the
     // last such gap are its own.

@@ -1,0 +1,305 @@
+//! The `chain_store` suite: generic tests that every place an archive chain can be kept (a
+//! local directory, an object store) must pass through the one [`ChainStore`] interface.
+//! Backup, list, verify, restore at every point, prune and locking run through the same code
+//! for each; only the fixture knows where the bytes are, so that a test can damage them behind
+//! tidemark's back.
+//!
+//! Records come from the in-memory reference backend; restores are read back from the file
+//! they wrote, not through tidemark's view.
+
+use crate::memory::{MemoryFactory, MemoryHarness, MemoryTestStore};
+use crate::{Harness, Model, Op, TestStore};
+use backup_core::archive::{ChainItem, ChainStore, RestorePoint};
+use backup_core::{
+    backup_archive_to, prune_chain, restore_chain, verify_chain, ArchiveOptions, BackupMode,
+    BackupOptions, Compression, Error, RestoreOptions, Retention, RunKind,
+};
+use std::path::Path;
+
+/// Where a chain is kept, for the suite.
+pub trait ChainFixture {
+    /// A new, empty chain named `name` (unique within the fixture).
+    fn chain(&self, name: &str) -> Box<dyn ChainStore>;
+    /// Replaces the bytes of `item`'s archive in `chain` with `bytes`, behind tidemark's back
+    /// (a damaged disk or object).
+    fn overwrite(&self, chain: &dyn ChainStore, item: &ChainItem, bytes: Vec<u8>);
+}
+
+/// Runs every test of the suite against `fixture`.
+pub fn run_all(fixture: &dyn ChainFixture) {
+    round_trip_at_every_point(fixture);
+    prune_keeps_what_is_needed(fixture);
+    damage_is_found_and_refused(fixture);
+    one_writer_at_a_time(fixture);
+}
+
+fn options() -> ArchiveOptions {
+    ArchiveOptions {
+        compression: Compression::Zstd(3),
+        buffer_size: 1 << 16,
+        threads: 2,
+    }
+}
+
+/// A store, the model of what it holds, and the model at each backup.
+struct Source {
+    _dir: tempfile::TempDir,
+    store: MemoryTestStore,
+    model: Model,
+}
+
+impl Source {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = MemoryHarness.create(&dir.path().join("src"));
+        for c in ["alpha", "beta"] {
+            store.create_collection(c);
+        }
+        let mut s = Source {
+            _dir: dir,
+            store,
+            model: Model::new(),
+        };
+        s.write(0, 300, 0);
+        s
+    }
+
+    /// Puts keys `from..to` (value depends on `round`) and deletes every seventh of them.
+    fn write(&mut self, from: u32, to: u32, round: u32) {
+        let mut ops = Vec::new();
+        for i in from..to {
+            let collection = if i % 2 == 0 { "alpha" } else { "beta" }.to_string();
+            let key = format!("k{i:05}").into_bytes();
+            if round > 0 && i % 7 == 0 {
+                self.model.remove(&(collection.clone(), key.clone()));
+                ops.push(Op::Delete { collection, key });
+            } else {
+                let value = format!(
+                    "{{\"i\":{i},\"round\":{round},\"pad\":\"{}\"}}",
+                    "x".repeat(40)
+                )
+                .into_bytes();
+                self.model
+                    .insert((collection.clone(), key.clone()), value.clone());
+                ops.push(Op::Put {
+                    collection,
+                    key,
+                    value,
+                });
+            }
+        }
+        self.store.write(&ops);
+    }
+
+    fn backup(&self, chain: &dyn ChainStore, state: &Path, mode: BackupMode) -> RunKind {
+        let options = BackupOptions {
+            mode,
+            ..BackupOptions::default()
+        };
+        backup_archive_to(
+            self.store.backend(),
+            chain,
+            state,
+            &options,
+            &options_archive(),
+            &mut |_| {},
+        )
+        .unwrap_or_else(|e| panic!("backup to {}: {e}", chain.location().display()))
+        .kind
+    }
+}
+
+fn options_archive() -> ArchiveOptions {
+    options()
+}
+
+fn restore(chain: &dyn ChainStore, at: &RestorePoint, target: &Path) -> Result<(), Error> {
+    restore_chain(
+        chain,
+        at,
+        &MemoryFactory,
+        target,
+        &RestoreOptions::default(),
+        &options(),
+    )
+    .map(|_| ())
+}
+
+fn restored(target: &Path) -> Model {
+    MemoryHarness.read_plain(target).0
+}
+
+/// A full archive and two incrementals: the survey lists them in order, verify finds every
+/// record intact, and a restore at each archive's checkpoint gives exactly the store as it was
+/// then (read back from the restored file, not through tidemark).
+pub fn round_trip_at_every_point(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("round-trip");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    let mut models = vec![];
+    for round in 0..3u32 {
+        if round > 0 {
+            src.write(round * 50, 300 + round * 40, round);
+        }
+        let kind = src.backup(&*chain, state.path(), BackupMode::Auto);
+        let want = if round == 0 {
+            RunKind::Full
+        } else {
+            RunKind::Incremental
+        };
+        assert_eq!(kind, want, "round {round}");
+        models.push(src.model.clone());
+    }
+    let survey = chain.survey().expect("survey");
+    assert!(survey.problems.is_empty(), "{:?}", survey.problems);
+    assert!(survey.anything);
+    let kinds: Vec<RunKind> = survey.items.iter().map(|i| i.manifest.kind).collect();
+    assert_eq!(
+        kinds,
+        [RunKind::Full, RunKind::Incremental, RunKind::Incremental]
+    );
+    assert_eq!(chain.read_chain().expect("read_chain").len(), 3);
+    let report = verify_chain(&*chain).expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let held: u64 = survey
+        .items
+        .iter()
+        .flat_map(|i| &i.manifest.collections)
+        .map(|c| c.documents)
+        .sum();
+    assert_eq!(report.records, held);
+    for (i, item) in survey.items.iter().enumerate() {
+        let target = out.path().join(format!("at-{i}"));
+        restore(
+            &*chain,
+            &RestorePoint::Checkpoint(item.manifest.to.position),
+            &target,
+        )
+        .unwrap_or_else(|e| panic!("restore at archive {i}: {e}"));
+        assert!(restored(&target) == models[i], "restore at archive {i}");
+    }
+    let latest = out.path().join("latest");
+    restore(&*chain, &RestorePoint::Latest, &latest).expect("restore latest");
+    assert!(restored(&latest) == models[2]);
+    // An existing store is never overwritten without --force.
+    match restore(&*chain, &RestorePoint::Latest, &latest) {
+        Err(Error::TargetNotEmpty { .. }) => {}
+        other => panic!("restore over a store: {other:?}"),
+    }
+}
+
+/// Prune removes a superseded chain (logged first), keeps what the newest needs, and leaves a
+/// chain that verifies and restores.
+pub fn prune_keeps_what_is_needed(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("prune");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    src.write(0, 100, 1);
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    src.write(100, 200, 2);
+    assert_eq!(
+        src.backup(&*chain, state.path(), BackupMode::Full),
+        RunKind::Full
+    );
+    src.write(200, 300, 3);
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    let keep_last = Retention {
+        keep_last: Some(1),
+        ..Retention::default()
+    };
+    let dry = prune_chain(&*chain, &keep_last, true).expect("dry run");
+    assert_eq!(dry.removed().count(), 2);
+    assert_eq!(
+        chain.read_chain().expect("list").len(),
+        4,
+        "a dry run removes nothing"
+    );
+    let plan = prune_chain(&*chain, &keep_last, false).expect("prune");
+    let removed: Vec<u64> = plan.removed().map(|i| i.manifest.sequence).collect();
+    assert_eq!(removed, [1, 2]);
+    let survey = chain.survey().expect("survey");
+    let left: Vec<u64> = survey.items.iter().map(|i| i.manifest.sequence).collect();
+    assert_eq!(left, [3, 4]);
+    assert_eq!(survey.pruned.iter().copied().collect::<Vec<_>>(), [1, 2]);
+    let report = verify_chain(&*chain).expect("verify");
+    assert!(
+        report.is_ok(),
+        "a pruned gap is explained: {:?}",
+        report.problems
+    );
+    let target = out.path().join("after-prune");
+    restore(&*chain, &RestorePoint::Latest, &target).expect("restore");
+    assert!(restored(&target) == src.model);
+    // Pruning again finds nothing to remove.
+    let again = prune_chain(&*chain, &keep_last, false).expect("prune again");
+    assert_eq!(again.removed().count(), 0);
+}
+
+/// A byte changed behind tidemark's back is found by verify, naming the archive, and a restore
+/// refuses it without creating the target.
+pub fn damage_is_found_and_refused(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("damage");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let src = Source::new();
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    let item = chain.read_chain().expect("list").remove(0);
+    let archive = chain.open(&item).expect("open");
+    let mut bytes = archive
+        .read_at(0, archive.size() as usize)
+        .expect("read the archive");
+    drop(archive);
+    // Inside the first data entry's compressed bytes (past its local header).
+    let at = 30 + "data/alpha/000001.jsonl".len() + 8;
+    bytes[at] ^= 0x55;
+    fixture.overwrite(&*chain, &item, bytes);
+    let report = verify_chain(&*chain).expect("verify runs");
+    assert!(!report.is_ok(), "a flipped byte went unseen");
+    let name = item
+        .path
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains(&*name)),
+        "the problem names the archive: {:?}",
+        report.problems
+    );
+    let target = out.path().join("from-damaged");
+    assert!(restore(&*chain, &RestorePoint::Latest, &target).is_err());
+    assert!(!target.exists(), "a refused restore leaves no target");
+}
+
+/// One writer per destination: a second lock fails naming the holder while the first is held,
+/// and succeeds once it is released.
+pub fn one_writer_at_a_time(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("lock");
+    let held = chain.lock("backup").expect("the first lock");
+    // Another thread (a local lock is reentrant for the thread that holds it).
+    std::thread::scope(|s| {
+        s.spawn(|| match chain.lock("prune") {
+            Err(Error::Locked { holder, .. }) => {
+                let pid = std::process::id().to_string();
+                assert!(holder.contains(&pid), "the holder is named: {holder}")
+            }
+            Err(e) => panic!("a second writer: {e}"),
+            Ok(_) => panic!("a second writer got the lock"),
+        })
+        .join()
+        .expect("the second writer's thread");
+    });
+    drop(held);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            chain.lock("prune").expect("the lock, once released");
+        })
+        .join()
+        .expect("the thread");
+    });
+}

@@ -1,0 +1,95 @@
+//! A real S3-compatible server for tests: moto's `moto_server` (from PyPI; `scripts/setup.sh`
+//! installs it), started on loopback once per test process and stopped by a watchdog when the
+//! process ends. Never a fake: requests go over HTTP to a server that implements S3.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The port of this process's moto server (started on first use).
+///
+/// # Panics
+/// If moto is not installed or does not start within a minute.
+pub fn moto() -> u16 {
+    static PORT: OnceLock<u16> = OnceLock::new();
+    *PORT.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let found = Command::new("python3")
+            .args(["-c", "import moto.server"])
+            .output()
+            .expect("python3");
+        assert!(
+            found.status.success(),
+            "moto's server not found: pip install 'moto[server]' (scripts/setup.sh does)"
+        );
+        // The watchdog shell outlives this call on purpose (it stops moto when the test
+        // process is gone); nothing waits for it.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
+                 while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
+                me = std::process::id()
+            ))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("sh");
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto_server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        port
+    })
+}
+
+/// A raw HTTP request to the server (moto does not check signatures); returns the status.
+///
+/// # Panics
+/// If the server cannot be reached or answers nonsense.
+pub fn http(method: &str, path: &str, body: &[u8]) -> u16 {
+    let port = moto();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("moto listens");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("a request");
+    s.write_all(body).expect("a request body");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status")
+}
+
+/// Creates bucket `name` and returns its URL (`s3://name`).
+///
+/// # Panics
+/// If the server refuses.
+pub fn bucket(name: &str) -> String {
+    assert_eq!(http("PUT", &format!("/{name}"), b""), 200, "bucket {name}");
+    format!("s3://{name}")
+}
+
+/// The environment that points an S3 client (tidemark's, through `object_store`) at the server.
+pub fn env() -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", moto())),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
