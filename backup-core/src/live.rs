@@ -7,7 +7,7 @@
 //! continues. [`LiveBackup::stop`] lets the run in progress finish, takes one last run so that
 //! everything committed before the stop is durable, and returns.
 
-use crate::archive::{backup_archive, ArchiveOptions};
+use crate::archive::{backup_archive, backup_archive_to, ArchiveOptions, ChainStore};
 use crate::backend::StorageBackend;
 use crate::engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
 use crate::error::Result;
@@ -25,7 +25,21 @@ pub enum LiveFormat {
     Folder,
     /// An archive chain: one incremental archive per flush interval with changes.
     Archive(ArchiveOptions),
+    /// An archive chain kept by a [`ChainStore`] (an object store: one small archive per
+    /// interval, sealed when complete); the live backup's directory holds only its key state.
+    /// A run that fails (a network outage) is retried with backoff: the failed archive never
+    /// joined the chain and the key state did not move, so nothing is lost or written twice.
+    Chain(Arc<dyn ChainStore>, ArchiveOptions),
 }
+
+/// The first wait before a failed run of a [`LiveFormat::Chain`] backup is retried; each
+/// failure doubles it, up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between retries.
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Retries of the last run after a stop request, before the live backup gives up and reports
+/// the error (so that a stop during a long outage still ends).
+pub const RETRIES_AFTER_STOP: u32 = 5;
 
 /// Options of a live backup.
 #[derive(Debug, Clone)]
@@ -74,7 +88,8 @@ pub struct LiveBackup {
 }
 
 impl LiveBackup {
-    /// Starts following `backend` into `dir`.
+    /// Starts following `backend` into `dir` (for [`LiveFormat::Chain`], the directory of the
+    /// chain's key state).
     pub fn start(backend: Arc<dyn StorageBackend>, dir: PathBuf, options: LiveOptions) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = channel();
@@ -146,7 +161,10 @@ fn follow(
     tx: &Sender<LiveEvent>,
 ) -> Result<LiveSummary> {
     // One writer for the whole live run, not only during each run.
-    let _lock = crate::lock::DestinationLock::acquire(dir, "backup --live")?;
+    let _lock: Box<dyn std::any::Any> = match &options.format {
+        LiveFormat::Chain(store, _) => Box::new(store.lock("backup --live")?),
+        _ => Box::new(crate::lock::DestinationLock::acquire(dir, "backup --live")?),
+    };
     let mut summary = LiveSummary::default();
     let mut mode = options.backup.mode;
     let mut final_run = false;
@@ -163,6 +181,30 @@ fn follow(
             LiveFormat::Folder => backup_folder(backend, dir, &run_options, &mut forward)?,
             LiveFormat::Archive(a) => {
                 backup_archive(backend, dir, &run_options, a, &mut forward)?.backup
+            }
+            LiveFormat::Chain(store, a) => {
+                let mut delay = RETRY_FIRST;
+                let mut attempts_after_stop = 0;
+                loop {
+                    match backup_archive_to(backend, &**store, dir, &run_options, a, &mut forward) {
+                        Ok(s) => break s.backup,
+                        Err(e) => {
+                            if stop.load(Ordering::SeqCst) {
+                                attempts_after_stop += 1;
+                                if attempts_after_stop > RETRIES_AFTER_STOP {
+                                    return Err(e);
+                                }
+                            }
+                            forward(Event::Notice(format!(
+                                "this run failed ({e}); nothing of it joined the chain; \
+                                 retrying in {} s",
+                                delay.as_secs()
+                            )));
+                            std::thread::sleep(delay);
+                            delay = (delay * 2).min(RETRY_MAX);
+                        }
+                    }
+                }
             }
         };
         mode = BackupMode::Auto;

@@ -39,8 +39,10 @@ enum Command {
         #[arg(long)]
         source: StoreUrl,
         /// The backup directory, or an object store URL for archives (s3://bucket/prefix).
-        #[arg(long)]
-        to: Place,
+        /// Repeat it to back up to several destinations in one run: each gets its own
+        /// backup, in the order given, and one's failure does not stop the others.
+        #[arg(long, required = true)]
+        to: Vec<Place>,
         /// Remote destinations: the local directory of the key state that incrementals
         /// continue from (default under ~/.cache/tidemark/state/).
         #[arg(long)]
@@ -243,11 +245,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             json,
         } => {
-            place::require_archive(&to, format == Format::Archive, live)?;
-            let backend = stores::open_source(&source)?;
-            if let Place::Local(dir) = &to {
-                stores::check_backup_dir(dir)?;
+            for place in &to {
+                place::require_archive(place, format == Format::Archive)?;
+                if let Place::Local(dir) = place {
+                    stores::check_backup_dir(dir)?;
+                }
             }
+            let backend = stores::open_source(&source)?;
             let options = BackupOptions {
                 mode: if full {
                     BackupMode::Full
@@ -256,11 +260,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 ..BackupOptions::default()
             };
-            if let (true, Place::Local(dir)) = (live, &to) {
+            if live {
+                let [to] = &to[..] else {
+                    anyhow::bail!(
+                        "--live takes one --to (several destinations: one live backup each)"
+                    );
+                };
                 return run_live(
                     backend,
                     &source,
-                    dir,
+                    to,
+                    cache.as_deref(),
                     options,
                     format,
                     codec(compression, level)?,
@@ -270,91 +280,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                 );
             }
-            let mut out = std::io::stdout().lock();
-            let mut bar = Progress::new(quiet || json);
-            let mut on_event = |event: Event| {
-                bar.update(&event);
-                report(&mut out, &event, quiet, json)
-            };
             let archive_options = ArchiveOptions {
                 compression: codec(compression, level)?,
                 buffer_size,
                 threads: threads.map_or_else(backup_core::default_threads, usize::from),
             };
-            let (summary, archive) = match (format, &to) {
-                (Format::Folder, Place::Local(dir)) => {
-                    let s = backup_folder(backend.as_ref(), dir, &options, &mut on_event)
-                        .with_context(|| format!("backup of {source} to {to}"))?;
-                    (s, None)
-                }
-                (Format::Archive, Place::Local(dir)) => {
-                    let a = backup_archive(
-                        backend.as_ref(),
-                        dir,
-                        &options,
-                        &archive_options,
-                        &mut on_event,
-                    )
-                    .with_context(|| format!("backup of {source} to {to}"))?;
-                    (a.backup.clone(), Some(a))
-                }
-                (_, Place::Remote(url)) => {
-                    let a = place::backup_remote(
-                        backend.as_ref(),
-                        url,
-                        cache.as_deref(),
-                        &options,
-                        &archive_options,
-                        &mut on_event,
-                    )
-                    .with_context(|| format!("backup of {source} to {to}"))?;
-                    (a.backup.clone(), Some(a))
-                }
+            let job = BackupJob {
+                backend: backend.as_ref(),
+                source: &source,
+                cache: cache.as_deref(),
+                options: &options,
+                archive: &archive_options,
+                format,
+                quiet,
+                json,
             };
-            if json {
-                let line = serde_json::json!({
-                    "type": "summary",
-                    "kind": summary.kind.to_string(),
-                    "method": summary.method.to_string(),
-                    "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
-                    "checkpoint": summary.checkpoint.position,
-                    "records_written": summary.records_written,
-                    "records_deleted": summary.records_deleted,
-                    "records_total": summary.records_total,
-                    "bytes_written": summary.bytes_written,
-                    "seconds": summary.elapsed.as_secs_f64(),
-                    "archive": archive.as_ref().map(|a| a.file.display().to_string()),
-                    "archive_bytes": archive.as_ref().map(|a| a.size),
-                });
-                writeln!(out, "{line}")?;
-            } else if !quiet {
-                if let (Some(reason), backup_core::Method::Full) =
-                    (&summary.full_reason, summary.method)
-                {
-                    writeln!(out, "Full backup: {reason}")?;
+            if let [only] = &to[..] {
+                job.run(only)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            // Several destinations: each in turn; a failure is reported and the others go on.
+            let mut failed = 0;
+            for place in &to {
+                if let Err(e) = job.run(place) {
+                    failed += 1;
+                    eprintln!("tidemark: error: {e:#}");
                 }
-                writeln!(
-                    out,
-                    "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
-                    kind = summary.method,
-                    dir = to,
-                    w = summary.records_written,
-                    d = summary.records_deleted,
-                    t = summary.records_total,
-                    b = human_bytes(summary.bytes_written),
-                    s = summary.elapsed.as_secs_f64(),
-                    c = summary.checkpoint.position,
-                )?;
-                if let Some(a) = &archive {
-                    writeln!(
-                        out,
-                        "Archive ({}) {}: {} entries, {}",
-                        a.kind,
-                        a.file.display(),
-                        a.entries,
-                        human_bytes(a.size)
-                    )?;
-                }
+            }
+            if failed > 0 {
+                eprintln!(
+                    "tidemark: error: {failed} of {} destinations failed",
+                    to.len()
+                );
+                return Ok(ExitCode::FAILURE);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -628,13 +586,118 @@ fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
     })
 }
 
+/// One backup of an open store, to one destination at a time.
+struct BackupJob<'a> {
+    backend: &'a dyn backup_core::StorageBackend,
+    source: &'a StoreUrl,
+    cache: Option<&'a std::path::Path>,
+    options: &'a BackupOptions,
+    archive: &'a ArchiveOptions,
+    format: Format,
+    quiet: bool,
+    json: bool,
+}
+
+impl BackupJob<'_> {
+    /// Backs up to `to`, printing events and the summary.
+    fn run(&self, to: &Place) -> Result<()> {
+        let BackupJob {
+            backend,
+            source,
+            cache,
+            options,
+            archive: archive_options,
+            format,
+            quiet,
+            json,
+        } = *self;
+        let mut out = std::io::stdout().lock();
+        let mut bar = Progress::new(quiet || json);
+        let mut on_event = |event: Event| {
+            bar.update(&event);
+            report(&mut out, &event, quiet, json)
+        };
+        let (summary, archive) = match (format, to) {
+            (Format::Folder, Place::Local(dir)) => {
+                let s = backup_folder(backend, dir, options, &mut on_event)
+                    .with_context(|| format!("backup of {source} to {to}"))?;
+                (s, None)
+            }
+            (Format::Archive, Place::Local(dir)) => {
+                let a = backup_archive(backend, dir, options, archive_options, &mut on_event)
+                    .with_context(|| format!("backup of {source} to {to}"))?;
+                (a.backup.clone(), Some(a))
+            }
+            (_, Place::Remote(url)) => {
+                let a = place::backup_remote(
+                    backend,
+                    url,
+                    cache,
+                    options,
+                    archive_options,
+                    &mut on_event,
+                )
+                .with_context(|| format!("backup of {source} to {to}"))?;
+                (a.backup.clone(), Some(a))
+            }
+        };
+        if json {
+            let line = serde_json::json!({
+                "type": "summary",
+                "kind": summary.kind.to_string(),
+                "method": summary.method.to_string(),
+                "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
+                "checkpoint": summary.checkpoint.position,
+                "records_written": summary.records_written,
+                "records_deleted": summary.records_deleted,
+                "records_total": summary.records_total,
+                "bytes_written": summary.bytes_written,
+                "seconds": summary.elapsed.as_secs_f64(),
+                "archive": archive.as_ref().map(|a| a.file.display().to_string()),
+                "archive_bytes": archive.as_ref().map(|a| a.size),
+            });
+            writeln!(out, "{line}")?;
+        } else if !quiet {
+            if let (Some(reason), backup_core::Method::Full) =
+                (&summary.full_reason, summary.method)
+            {
+                writeln!(out, "Full backup: {reason}")?;
+            }
+            writeln!(
+                    out,
+                    "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
+                    kind = summary.method,
+                    dir = to,
+                    w = summary.records_written,
+                    d = summary.records_deleted,
+                    t = summary.records_total,
+                    b = human_bytes(summary.bytes_written),
+                    s = summary.elapsed.as_secs_f64(),
+                    c = summary.checkpoint.position,
+                )?;
+            if let Some(a) = &archive {
+                writeln!(
+                    out,
+                    "Archive ({}) {}: {} entries, {}",
+                    a.kind,
+                    a.file.display(),
+                    a.entries,
+                    human_bytes(a.size)
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `tidemark backup --live`: follows the store until Ctrl-C or SIGTERM, then makes everything
 /// committed so far durable and exits 0.
 #[allow(clippy::too_many_arguments)]
 fn run_live(
     backend: Box<dyn backup_core::StorageBackend>,
     source: &StoreUrl,
-    to: &std::path::Path,
+    to: &Place,
+    cache: Option<&std::path::Path>,
     options: BackupOptions,
     format: Format,
     compression: Compression,
@@ -647,18 +710,24 @@ fn run_live(
     if !(interval.is_finite() && interval > 0.0) {
         anyhow::bail!("--interval must be a positive number of seconds");
     }
+    let archive = ArchiveOptions {
+        compression,
+        buffer_size,
+        ..ArchiveOptions::default()
+    };
+    let (dir, format) = match (to, format) {
+        (Place::Local(dir), Format::Folder) => (dir.clone(), LiveFormat::Folder),
+        (Place::Local(dir), Format::Archive) => (dir.clone(), LiveFormat::Archive(archive)),
+        (Place::Remote(url), _) => (
+            place::state_dir(url, cache)?,
+            LiveFormat::Chain(std::sync::Arc::from(place::open_remote(url)?), archive),
+        ),
+    };
     let live = LiveBackup::start(
         std::sync::Arc::from(backend),
-        to.to_path_buf(),
+        dir,
         LiveOptions {
-            format: match format {
-                Format::Folder => LiveFormat::Folder,
-                Format::Archive => LiveFormat::Archive(ArchiveOptions {
-                    compression,
-                    buffer_size,
-                    ..ArchiveOptions::default()
-                }),
-            },
+            format,
             flush_interval: std::time::Duration::from_secs_f64(interval),
             backup: options,
         },
@@ -703,7 +772,7 @@ fn run_live(
     // The channel closed: the backup ended, after a stop request or on an error.
     let summary = live
         .join()
-        .with_context(|| format!("live backup of {source} to {}", to.display()))?;
+        .with_context(|| format!("live backup of {source} to {to}"))?;
     if !quiet && !json {
         let _ = writeln!(
             out,

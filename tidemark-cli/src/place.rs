@@ -77,12 +77,19 @@ mod imp {
         let chain = open(url)?;
         // One writer per destination, remotely too: held for the whole run.
         let _lock = chain.lock("backup")?;
-        let state = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("creating the key state {}", state.display()))?;
+        let state = state_dir(url, cache)?;
         Ok(backup_core::backup_archive_to(
             backend, &chain, &state, options, archive, events,
         )?)
+    }
+
+    /// The directory of the key state that `url`'s incrementals continue from (`cache`, or the
+    /// default one), created if missing.
+    pub fn state_dir(url: &str, cache: Option<&Path>) -> Result<PathBuf> {
+        let state = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("creating the key state {}", state.display()))?;
+        Ok(state)
     }
 
     /// The chain at `url`, read and written through the same code as a local directory.
@@ -127,6 +134,9 @@ mod imp {
     pub fn open_remote(url: &str) -> Result<Box<dyn ChainStore>> {
         not_built(url)
     }
+    pub fn state_dir(url: &str, _: Option<&Path>) -> Result<PathBuf> {
+        not_built(url)
+    }
     pub fn list(url: &str) -> Result<Vec<ChainItem>> {
         not_built(url)
     }
@@ -137,7 +147,7 @@ mod imp {
 
 pub use imp::{backup as backup_remote, list as list_remote, prune as prune_remote};
 
-pub use imp::open_remote;
+pub use imp::{open_remote, state_dir};
 
 /// Prunes the chain at `place` (holding its lock unless `dry_run`).
 pub fn prune(place: &Place, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
@@ -156,13 +166,10 @@ pub fn chain(place: &Place) -> Result<Vec<ChainItem>> {
 }
 
 /// Refuses what a remote place cannot do.
-pub fn require_archive(place: &Place, archive: bool, live: bool) -> Result<()> {
+pub fn require_archive(place: &Place, archive: bool) -> Result<()> {
     if let Place::Remote(url) = place {
         if !archive {
             bail!("{url}: remote destinations take archives (--format archive)");
-        }
-        if live {
-            bail!("{url}: --live to a remote destination is not supported yet (use `tidemark run` with a short interval)");
         }
     }
     Ok(())

@@ -194,7 +194,7 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
             .parse()
             .map_err(anyhow::Error::msg)
             .with_context(ctx)?;
-        crate::place::require_archive(&to, job.format == "archive", false).with_context(ctx)?;
+        crate::place::require_archive(&to, job.format == "archive").with_context(ctx)?;
         let compression = match job.format.as_str() {
             "folder" => {
                 if job.retention.is_some() || job.full_every > 0 {

@@ -15,7 +15,7 @@ use zip::ZipArchive;
 /// Where a chain's archives are kept: a local directory ([`LocalChain`]) or an object store
 /// (the `tidemark-remote` crate). An archive is visible only once complete: a reader never sees
 /// one that is being written or was cut short.
-pub trait ChainStore: Send + Sync {
+pub trait ChainStore: Send + Sync + std::fmt::Debug {
     /// Where the chain is (a directory, a URL), for messages.
     fn location(&self) -> PathBuf;
     /// Where `name` (an archive's file name) lives, for messages and summaries.
