@@ -285,11 +285,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 buffer_size,
                 threads: threads.map_or_else(backup_core::default_threads, usize::from),
             };
+            // Several destinations: the change log is trimmed once, after every destination
+            // holds the changes (to the oldest of their checkpoints), so that no destination's
+            // next incremental finds its changes gone.
+            let several = to.len() > 1;
+            let per_destination = BackupOptions {
+                trim_changes: options.trim_changes && !several,
+                ..options.clone()
+            };
             let job = BackupJob {
                 backend: backend.as_ref(),
                 source: &source,
                 cache: cache.as_deref(),
-                options: &options,
+                options: &per_destination,
                 archive: &archive_options,
                 format,
                 quiet,
@@ -301,10 +309,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             // Several destinations: each in turn; a failure is reported and the others go on.
             let mut failed = 0;
+            let mut oldest: Option<backup_core::Checkpoint> = None;
             for place in &to {
-                if let Err(e) = job.run(place) {
-                    failed += 1;
-                    eprintln!("tidemark: error: {e:#}");
+                match job.run(place) {
+                    Ok(c) => {
+                        if oldest.as_ref().is_none_or(|o| c.position < o.position) {
+                            oldest = Some(c);
+                        }
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("tidemark: error: {e:#}");
+                    }
+                }
+            }
+            if let (0, Some(oldest), true) = (failed, &oldest, options.trim_changes) {
+                if let Err(e) = backend.trim_changes(oldest) {
+                    eprintln!(
+                        "tidemark: backups complete, but trimming the change log failed: {e}"
+                    );
                 }
             }
             if failed > 0 {
@@ -599,8 +622,8 @@ struct BackupJob<'a> {
 }
 
 impl BackupJob<'_> {
-    /// Backs up to `to`, printing events and the summary.
-    fn run(&self, to: &Place) -> Result<()> {
+    /// Backs up to `to`, printing events and the summary; returns the checkpoint backed up.
+    fn run(&self, to: &Place) -> Result<backup_core::Checkpoint> {
         let BackupJob {
             backend,
             source,
@@ -686,7 +709,7 @@ impl BackupJob<'_> {
                 )?;
             }
         }
-        Ok(())
+        Ok(summary.checkpoint)
     }
 }
 

@@ -769,3 +769,47 @@ fn live_to_s3_survives_a_network_outage() {
         "a live backup through an outage",
     );
 }
+
+/// `--to` given several times: every destination gets a backup; a destination that fails (a
+/// bucket that does not exist) is reported without stopping the others, and the exit status
+/// says something failed.
+#[test]
+fn several_destinations_in_one_run() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let good = format!("{}/copy", bucket("several-destinations"));
+    let missing = "s3://no-such-bucket-here/copy";
+    let args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--format",
+            "archive",
+            "--to",
+            "local",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(["--to".into(), missing.into(), "--to".into(), good.clone()]);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = args(&["--compression", "zstd"]);
+    let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d);
+    assert!(!out.status.success(), "a failed destination fails the run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-bucket-here"), "{err}");
+    assert!(err.contains("1 of 3 destinations failed"), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("Archive (full)").count(), 2, "{stdout}");
+    let want = dump(&d.join("src.db"));
+    assert_same_dump(
+        &restore(d, "local", None, "from-local.db"),
+        &want,
+        "local copy",
+    );
+    assert_same_dump(&restore(d, &good, None, "from-s3.db"), &want, "S3 copy");
+}
