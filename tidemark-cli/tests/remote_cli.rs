@@ -805,6 +805,19 @@ fn several_destinations_in_one_run() {
     assert!(err.contains("1 of 3 destinations failed"), "{err}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("Archive (full)").count(), 2, "{stdout}");
+    // The next run: both continue their chains from the change log (the first destination's
+    // run did not trim changes the second had not yet taken).
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET v = 'again' WHERE id % 5 = 0; DELETE FROM t WHERE id = 7;",
+    );
+    let out = run(&a.iter().map(String::as_str).collect::<Vec<_>>(), d);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("Backup (incremental) of").count(),
+        2,
+        "{stdout}"
+    );
     let want = dump(&d.join("src.db"));
     assert_same_dump(
         &restore(d, "local", None, "from-local.db"),
