@@ -39,6 +39,10 @@ pub struct SuiteArgs {
     /// Skip the folder format's steps (one file per record: the slowest part of a run).
     #[arg(long)]
     pub no_folder: bool,
+    /// Also back up to and restore from an object store: moto's S3 server on loopback
+    /// (`pip install 'moto[server]'`), against the same steps on a local directory.
+    #[arg(long)]
+    pub s3: bool,
 }
 
 impl std::fmt::Display for Kind {
@@ -176,6 +180,7 @@ struct Bench<'a> {
     args: &'a SuiteArgs,
     me: PathBuf,
     tidemark: PathBuf,
+    work: PathBuf,
     rows: Vec<Row>,
 }
 
@@ -211,6 +216,15 @@ impl Bench<'_> {
 
     fn tidemark(&self, what: &str, args: &[&str]) -> Result<Measured> {
         run(what, Command::new(&self.tidemark).args(args))
+    }
+
+    /// `tidemark` against the bench's S3 server.
+    fn tidemark_s3(&self, what: &str, args: &[&str]) -> Result<Measured> {
+        let mut cmd = Command::new(&self.tidemark);
+        cmd.args(args)
+            .envs(conformance_tests::s3::env())
+            .env("XDG_CACHE_HOME", self.work.join("s3-cache"));
+        run(what, &mut cmd)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -480,6 +494,27 @@ impl Bench<'_> {
                 let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
                 self.push(kind, "archive restore", &m, bytes, n, None, None);
                 remove(&target)?;
+                if self.args.s3 {
+                    // The same full archive and restore through an object store.
+                    let url = format!(
+                        "{}/{}",
+                        conformance_tests::s3::bucket(&format!("bench-{}", kind.name())),
+                        kind.name()
+                    );
+                    let m = self.tidemark_s3(
+                        "backup",
+                        &[
+                            &["backup", "--source", &src, "--to", &url, "--full"][..],
+                            &flags,
+                        ]
+                        .concat(),
+                    )?;
+                    self.push(kind, "archive full to S3", &m, bytes, n, None, None);
+                    let m =
+                        self.tidemark_s3("restore", &["restore", "--from", &url, "--to", &to])?;
+                    self.push(kind, "archive restore from S3", &m, bytes, n, None, None);
+                    remove(&target)?;
+                }
                 chain = Some(adir);
             } else {
                 remove(&adir)?;
@@ -656,6 +691,26 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             ratio(get("archive restore"), get("store's restore tool")),
             None,
         );
+        if args.s3 {
+            line(
+                "full backup to S3 / full backup to local dir",
+                ratio(
+                    get("archive full to S3"),
+                    get(&format!("archive full {first}")),
+                ),
+                Some((0.7, true)),
+            );
+            line(
+                "restore from S3 / restore from local dir",
+                ratio(get("archive restore from S3"), get("archive restore")),
+                Some((0.7, true)),
+            );
+            line(
+                "restore from S3 peak RSS, MiB",
+                get("archive restore from S3").map(|r| r.peak_rss_kib as f64 / 1024.0),
+                Some((256.0, false)),
+            );
+        }
         let peak = rows
             .iter()
             .filter(|r| r.store == store && !r.step.contains("store's") && !r.step.contains("tar"))
@@ -721,6 +776,7 @@ pub fn suite(args: &SuiteArgs) -> Result<()> {
         args,
         me,
         tidemark,
+        work: work.clone(),
         rows: Vec::new(),
     };
     for &kind in &args.stores {
