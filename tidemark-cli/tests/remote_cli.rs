@@ -707,7 +707,7 @@ fn live_to_s3_survives_a_network_outage() {
         }
     });
     let mut seen = Vec::new();
-    let mut wait_runs = |n: usize, seen: &mut Vec<String>| {
+    let wait_runs = |n: usize, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(120);
         let start = seen.iter().filter(|l| l.contains(" run ")).count();
         while seen.iter().filter(|l| l.contains(" run ")).count() < start + n {
