@@ -23,6 +23,9 @@ pub trait ChainFixture {
     /// Replaces the bytes of `item`'s archive in `chain` with `bytes`, behind tidemark's back
     /// (a damaged disk or object).
     fn overwrite(&self, chain: &dyn ChainStore, item: &ChainItem, bytes: Vec<u8>);
+    /// Deletes `item`'s archive from `chain` behind tidemark's back (everything of it: a
+    /// file, or an object and its seal).
+    fn delete(&self, chain: &dyn ChainStore, item: &ChainItem);
 }
 
 /// Runs every test of the suite against `fixture`.
@@ -30,6 +33,7 @@ pub fn run_all(fixture: &dyn ChainFixture) {
     round_trip_at_every_point(fixture);
     prune_keeps_what_is_needed(fixture);
     damage_is_found_and_refused(fixture);
+    a_deleted_newest_archive_is_noticed(fixture);
     one_writer_at_a_time(fixture);
 }
 
@@ -274,6 +278,38 @@ pub fn damage_is_found_and_refused(fixture: &dyn ChainFixture) {
     let target = out.path().join("from-damaged");
     assert!(restore(&*chain, &RestorePoint::Latest, &target).is_err());
     assert!(!target.exists(), "a refused restore leaves no target");
+}
+
+/// The newest archive deleted behind tidemark's back (the chain that is left looks whole):
+/// verify and restore name it as missing, from the chain head written after it.
+pub fn a_deleted_newest_archive_is_noticed(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("deleted-newest");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    src.write(0, 50, 1);
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    let newest = chain
+        .read_chain()
+        .expect("list")
+        .pop()
+        .expect("two archives");
+    fixture.delete(&*chain, &newest);
+    assert_eq!(chain.read_chain().expect("list").len(), 1);
+    let report = verify_chain(&*chain).expect("verify runs");
+    let name = newest.path.file_name().expect("a name").to_string_lossy();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains("missing") && p.to_string().contains(&*name)),
+        "{:?}",
+        report.problems
+    );
+    let target = out.path().join("without-newest");
+    assert!(restore(&*chain, &RestorePoint::Latest, &target).is_err());
+    assert!(!target.exists());
 }
 
 /// One writer per destination: a second lock fails naming the holder while the first is held,

@@ -16,6 +16,10 @@ impl ChainFixture for Local {
     fn overwrite(&self, _: &dyn ChainStore, item: &ChainItem, bytes: Vec<u8>) {
         std::fs::write(&item.path, bytes).expect("overwrite the archive");
     }
+
+    fn delete(&self, _: &dyn ChainStore, item: &ChainItem) {
+        std::fs::remove_file(&item.path).expect("delete the archive");
+    }
 }
 
 #[test]

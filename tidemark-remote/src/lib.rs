@@ -9,16 +9,18 @@
 //!
 //! ```text
 //! tidemark-000001-full.zip       the archive, streamed up as a multipart upload
-//! tidemark-000001-full.json      its seal, written last: file name (with CRC32), size, manifest
+//! tidemark-000001-full.json      its seal, written after it: file name (with CRC32), size, manifest
+//! .tidemark-head                 the newest archive written (as in a local directory), last
 //! .tidemark-pruned               the prune log (as in a local directory)
 //! ```
 //!
 //! A reader lists seals only: an archive without one (an upload cut short) is not part of the
-//! chain, and the next backup removes it. Verify and restore download the sealed archives
-//! (checking each against its seal) into a local temporary directory and use the local code.
+//! chain, and the next backup removes it. Verify, restore and prune are backup-core's, over the
+//! [`ChainStore`] this crate implements: sealed archives are read in place by ranged GETs.
 
 use backup_core::archive::{
-    archive_file_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Survey,
+    archive_file_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head,
+    Survey, HEAD_FILE,
 };
 use backup_core::prune::{parse_pruned, PRUNED_LOG};
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result, RunKind};
@@ -216,6 +218,19 @@ impl ChainStore for RemoteChain {
 
     fn survey(&self) -> Result<Survey> {
         let mut survey = Survey::default();
+        // The head first: a backup writes it after the seal, so a head read before the listing
+        // never names an archive the listing misses.
+        let head = match self.get(HEAD_FILE)? {
+            Some(bytes) => match Head::decode(&self.location_of(HEAD_FILE), &bytes) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    survey.problems.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        survey.anything = head.is_some();
         for (name, _) in self.names()? {
             if !(name.starts_with("tidemark-") && name.ends_with(".json")) {
                 continue;
@@ -232,6 +247,11 @@ impl ChainStore for RemoteChain {
             }
         }
         survey.items.sort_by_key(|i| i.manifest.sequence);
+        survey
+            .problems
+            .extend(Head::problem(head.as_ref(), &survey.items, &|name| {
+                self.location_of(name)
+            }));
         survey.pruned = parse_pruned(
             &self.location_of(PRUNED_LOG),
             self.read_prune_log()?.as_deref(),
@@ -422,6 +442,9 @@ impl ArchiveOutput for RemoteOutput {
         };
         let bytes = serde_json::to_vec_pretty(&seal).map_err(|e| self.chain.err("seal", e))?;
         self.chain.put(&seal_name(self.sequence, kind), bytes)?;
+        // Then the head, so that a newest archive deleted later is noticed.
+        self.chain
+            .put(HEAD_FILE, Head::encode(self.sequence, &archive))?;
         Ok((archive, size))
     }
 }

@@ -18,22 +18,47 @@ impl ChainFixture for Bucket {
     }
 
     fn overwrite(&self, chain: &dyn ChainStore, item: &ChainItem, bytes: Vec<u8>) {
-        let url = url::Url::parse(&chain.location().to_string_lossy()).expect("a URL");
-        let (store, prefix) = object_store::parse_url_opts(&url, s3::env()).expect("a store");
-        let kind = match item.manifest.kind {
-            backup_core::RunKind::Full => "full",
-            backup_core::RunKind::Incremental => "incr",
-        };
-        let object = prefix
-            .clone()
-            .join(format!("tidemark-{:06}-{kind}.zip", item.manifest.sequence));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(store.put(&object, bytes.into()))
+        let (store, object) = object_of(chain, item, "zip");
+        runtime()
+            .block_on(store.put(&object, bytes.into()))
             .expect("overwrite the object");
     }
+
+    fn delete(&self, chain: &dyn ChainStore, item: &ChainItem) {
+        let rt = runtime();
+        for ext in ["json", "zip"] {
+            let (store, object) = object_of(chain, item, ext);
+            rt.block_on(store.delete(&object))
+                .expect("delete an object");
+        }
+    }
+}
+
+/// The store behind `chain` (opened with a plain `object_store` client, not tidemark's) and
+/// `item`'s object with extension `ext` (`zip` the archive, `json` its seal).
+fn object_of(
+    chain: &dyn ChainStore,
+    item: &ChainItem,
+    ext: &str,
+) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
+    let url = url::Url::parse(&chain.location().to_string_lossy()).expect("a URL");
+    let (store, prefix) = object_store::parse_url_opts(&url, s3::env()).expect("a store");
+    let kind = match item.manifest.kind {
+        backup_core::RunKind::Full => "full",
+        backup_core::RunKind::Incremental => "incr",
+    };
+    let object = prefix.clone().join(format!(
+        "tidemark-{:06}-{kind}.{ext}",
+        item.manifest.sequence
+    ));
+    (store, object)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
 
 #[test]

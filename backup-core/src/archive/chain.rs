@@ -332,7 +332,9 @@ impl ChainStore for LocalChain {
         }
         survey
             .problems
-            .extend(check_head(dir, head.as_ref(), &survey.items));
+            .extend(Head::problem(head.as_ref(), &survey.items, &|name| {
+                dir.join(name)
+            }));
         survey.pruned = crate::prune::parse_pruned(
             &dir.join(crate::prune::PRUNED_LOG),
             self.read_prune_log()?.as_deref(),
@@ -442,10 +444,11 @@ impl ArchiveOutput for LocalOutput {
 /// verify and restore notice a newest archive that was deleted or withheld.
 pub const HEAD_FILE: &str = ".tidemark-head";
 
-/// The chain head: the newest archive written to the directory, with a CRC32 of its fields.
+/// The chain head: the newest archive written to the destination, with a CRC32 of its fields.
+/// A local directory keeps it in [`HEAD_FILE`]; an object store in an object of that name.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Head {
+pub struct Head {
     sequence: u64,
     file: String,
     crc32: u32,
@@ -455,20 +458,78 @@ fn head_crc(sequence: u64, file: &str) -> u32 {
     crc32fast::hash(format!("{sequence} {file}").as_bytes())
 }
 
+impl Head {
+    /// The head naming archive `file` (sequence `sequence`), as bytes to store.
+    pub fn encode(sequence: u64, file: &str) -> Vec<u8> {
+        let head = Head {
+            sequence,
+            file: file.to_string(),
+            crc32: head_crc(sequence, file),
+        };
+        serde_json::to_vec(&head).expect("a head serializes")
+    }
+
+    /// Reads a head's bytes (stored at `path`), checking its CRC32.
+    pub fn decode(path: &Path, bytes: &[u8]) -> Result<Head> {
+        let head: Head = serde_json::from_slice(bytes)
+            .map_err(|e| damaged(path, format!("the chain head is unreadable: {e}")))?;
+        if head.crc32 != head_crc(head.sequence, &head.file) {
+            return Err(damaged(path, "the chain head does not match its CRC32"));
+        }
+        Ok(head)
+    }
+
+    /// Checks a chain against the head read before it: the archive the head names must be
+    /// there (or a newer one). `location_of` names an archive for the message.
+    pub fn problem(
+        head: Option<&Head>,
+        chain: &[ChainItem],
+        location_of: &dyn Fn(&str) -> PathBuf,
+    ) -> Option<Error> {
+        let head = head?;
+        let present = chain.iter().any(|item| {
+            item.manifest.sequence == head.sequence
+                && item.path.file_name().and_then(|n| n.to_str()) == Some(head.file.as_str())
+        });
+        let newest = chain.iter().map(|i| i.manifest.sequence).max().unwrap_or(0);
+        if present || newest > head.sequence {
+            return None;
+        }
+        if let Some(other) = chain.iter().find(|i| i.manifest.sequence == head.sequence) {
+            return Some(damaged(
+                &other.path,
+                format!(
+                    "replaced: the chain's newest archive (sequence {}) was written as {}, and \
+                     this file is not it",
+                    head.sequence, head.file
+                ),
+            ));
+        }
+        Some(damaged(
+            &location_of(&head.file),
+            format!(
+                "missing: the chain's newest archive (sequence {}) was written but is not in \
+                 the chain (newest present: {}); it was deleted or withheld",
+                head.sequence,
+                if newest == 0 {
+                    "none".to_string()
+                } else {
+                    newest.to_string()
+                }
+            ),
+        ))
+    }
+}
+
 /// Records `file` (archive `sequence`) as the chain's head (written aside, fsynced, renamed).
 /// A run killed before this leaves the previous head, which an archive newer than it is fine
 /// with; only a head newer than every archive present is a loss.
 pub(super) fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
-    let head = Head {
-        sequence,
-        file: file.to_string(),
-        crc32: head_crc(sequence, file),
-    };
-    let bytes = serde_json::to_vec(&head).map_err(|e| Error::Manifest {
-        path: dir.join(HEAD_FILE),
-        cause: e.to_string(),
-    })?;
-    durable::write_atomic(&dir.join(HEAD_FILE), &bytes, durable::Sync::Now)
+    durable::write_atomic(
+        &dir.join(HEAD_FILE),
+        &Head::encode(sequence, file),
+        durable::Sync::Now,
+    )
 }
 
 /// Reads `dir`'s chain head, before its archives are listed (a backup renames its archive
@@ -476,54 +537,11 @@ pub(super) fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
 /// misses). `Ok(None)` for a directory without one (chains written before heads existed).
 pub(super) fn read_head(dir: &Path) -> Result<Option<Head>> {
     let path = dir.join(HEAD_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", &path, e)),
-    };
-    let head: Head = serde_json::from_slice(&bytes)
-        .map_err(|e| damaged(&path, format!("the chain head is unreadable: {e}")))?;
-    if head.crc32 != head_crc(head.sequence, &head.file) {
-        return Err(damaged(&path, "the chain head does not match its CRC32"));
+    match fs::read(&path) {
+        Ok(b) => Head::decode(&path, &b).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path, e)),
     }
-    Ok(Some(head))
-}
-
-/// Checks a chain against the head read before it: the archive the head names must be there
-/// (or a newer one).
-pub(super) fn check_head(dir: &Path, head: Option<&Head>, chain: &[ChainItem]) -> Option<Error> {
-    let head = head?;
-    let present = chain.iter().any(|item| {
-        item.manifest.sequence == head.sequence
-            && item.path.file_name().and_then(|n| n.to_str()) == Some(head.file.as_str())
-    });
-    let newest = chain.iter().map(|i| i.manifest.sequence).max().unwrap_or(0);
-    if present || newest > head.sequence {
-        return None;
-    }
-    if let Some(other) = chain.iter().find(|i| i.manifest.sequence == head.sequence) {
-        return Some(damaged(
-            &other.path,
-            format!(
-                "replaced: the chain's newest archive (sequence {}) was written as {}, and this \
-                 file is not it",
-                head.sequence, head.file
-            ),
-        ));
-    }
-    Some(damaged(
-        &dir.join(&head.file),
-        format!(
-            "missing: the chain's newest archive (sequence {}) was written but is not in the \
-             directory (newest present: {}); it was deleted or withheld",
-            head.sequence,
-            if newest == 0 {
-                "none".to_string()
-            } else {
-                newest.to_string()
-            }
-        ),
-    ))
 }
 
 /// Where a [`PartWriter`] hands the bytes of an archive, in order, in parts.

@@ -26,7 +26,7 @@ mod write;
 
 pub use chain::{
     archive_file_name, is_archive_dir, read_chain, read_manifest, ArchiveOutput, ArchiveRead,
-    ChainLock, ChainStore, LocalChain, PartSink, PartWriter, RestorePoint, Survey, HEAD_FILE,
+    ChainLock, ChainStore, Head, LocalChain, PartSink, PartWriter, RestorePoint, Survey, HEAD_FILE,
 };
 pub use restore::{restore_archives_to_path, restore_chain};
 pub use verify::{verify_archives, verify_chain};
