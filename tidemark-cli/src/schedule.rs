@@ -205,9 +205,10 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
                 }
                 None
             }
-            "archive" => {
-                Some(crate::compression_of(&job.compression, job.level).with_context(ctx)?)
-            }
+            "archive" => Some(
+                crate::commands::backup::compression_of(&job.compression, job.level)
+                    .with_context(ctx)?,
+            ),
             other => bail!("{}: format `{other}` is not folder or archive", ctx()),
         };
         if let Some(r) = &job.retention {

@@ -1,0 +1,393 @@
+//! `tidemark backup`: back a store up into a folder: full the first time, incremental after.
+
+use crate::output::{human_bytes, report, Progress};
+use crate::place::{self, Place};
+use crate::stores::{self, StoreUrl};
+use crate::{Codec, Format};
+use anyhow::{Context, Result};
+use backup_core::{
+    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event,
+};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Back a store up into a folder: full the first time, incremental after.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store: sqlite:PATH, rocksdb:PATH or sled:PATH.
+    #[arg(long)]
+    pub source: StoreUrl,
+    /// The backup directory, or an object store URL for archives (s3://bucket/prefix).
+    /// Repeat it to back up to several destinations in one run: each gets its own
+    /// backup, in the order given, and one's failure does not stop the others.
+    #[arg(long, required = true)]
+    pub to: Vec<Place>,
+    /// Remote destinations: the local directory of the key state that incrementals
+    /// continue from (default under ~/.cache/tidemark/state/).
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
+    /// Take a full backup even if an incremental is possible.
+    #[arg(long)]
+    pub full: bool,
+    /// `folder` (plain JSON files, updated in place) or `archive` (one compressed zip per
+    /// backup, chained).
+    #[arg(long, value_enum, default_value_t = Format::Folder)]
+    pub format: Format,
+    /// Archive codec.
+    #[arg(long, value_enum, default_value_t = Codec::Deflate)]
+    pub compression: Codec,
+    /// Archive compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// Archive output buffer size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub buffer_size: usize,
+    /// Archives: threads that encode and compress (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Keep following the store until stopped (Ctrl-C or SIGTERM), making changes durable
+    /// in the backup every `--interval` seconds.
+    #[arg(long)]
+    pub live: bool,
+    /// Live mode: the flush interval in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub interval: f64,
+    /// Print only errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print one JSON object per line (write events, notices, the summary).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tidemark backup`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        source,
+        to,
+        cache,
+        full,
+        format,
+        compression,
+        level,
+        buffer_size,
+        threads,
+        live,
+        interval,
+        quiet,
+        json,
+    } = args;
+    for place in &to {
+        place::require_archive(place, format == Format::Archive)?;
+        if let Place::Local(dir) = place {
+            stores::check_backup_dir(dir)?;
+        }
+    }
+    let backend = stores::open_source(&source)?;
+    let options = BackupOptions {
+        mode: if full {
+            BackupMode::Full
+        } else {
+            BackupMode::Auto
+        },
+        ..BackupOptions::default()
+    };
+    if live {
+        let [to] = &to[..] else {
+            anyhow::bail!("--live takes one --to (several destinations: one live backup each)");
+        };
+        return run_live(
+            backend,
+            &source,
+            to,
+            cache.as_deref(),
+            options,
+            format,
+            codec(compression, level)?,
+            buffer_size,
+            interval,
+            quiet,
+            json,
+        );
+    }
+    let archive_options = ArchiveOptions {
+        compression: codec(compression, level)?,
+        buffer_size,
+        threads: threads.map_or_else(backup_core::default_threads, usize::from),
+    };
+    // Several destinations: the change log is trimmed once, after every destination
+    // holds the changes (to the oldest of their checkpoints), so that no destination's
+    // next incremental finds its changes gone.
+    let several = to.len() > 1;
+    let per_destination = BackupOptions {
+        trim_changes: options.trim_changes && !several,
+        ..options.clone()
+    };
+    let job = BackupJob {
+        backend: backend.as_ref(),
+        source: &source,
+        cache: cache.as_deref(),
+        options: &per_destination,
+        archive: &archive_options,
+        format,
+        quiet,
+        json,
+    };
+    if let [only] = &to[..] {
+        job.run(only)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Several destinations: each in turn; a failure is reported and the others go on.
+    let mut failed = 0;
+    let mut oldest: Option<backup_core::Checkpoint> = None;
+    for place in &to {
+        match job.run(place) {
+            Ok(c) => {
+                if oldest.as_ref().is_none_or(|o| c.position < o.position) {
+                    oldest = Some(c);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("tidemark: error: {e:#}");
+            }
+        }
+    }
+    if let (0, Some(oldest), true) = (failed, &oldest, options.trim_changes) {
+        if let Err(e) = backend.trim_changes(oldest) {
+            eprintln!("tidemark: backups complete, but trimming the change log failed: {e}");
+        }
+    }
+    if failed > 0 {
+        eprintln!(
+            "tidemark: error: {failed} of {} destinations failed",
+            to.len()
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
+    Ok(match (compression, level) {
+        (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
+        (Codec::Zstd, l) if (1..=22).contains(&l.unwrap_or(3)) => {
+            Compression::Zstd(i32::from(l.unwrap_or(3)))
+        }
+        (Codec::None, None) => Compression::None,
+        _ => anyhow::bail!(
+            "--level {} is out of range for this codec (deflate 0-9, zstd 1-22, none takes no level)",
+            level.unwrap_or_default()
+        ),
+    })
+}
+
+/// The archive codec from the flags.
+/// The compression a config file names (`deflate`, `zstd`, `none`) at a level.
+pub(crate) fn compression_of(name: &str, level: Option<u8>) -> Result<Compression> {
+    let c = <Codec as clap::ValueEnum>::from_str(name, true)
+        .map_err(|_| anyhow::anyhow!("compression `{name}` is not deflate, zstd or none"))?;
+    codec(c, level)
+}
+
+/// One backup of an open store, to one destination at a time.
+struct BackupJob<'a> {
+    backend: &'a dyn backup_core::StorageBackend,
+    source: &'a StoreUrl,
+    cache: Option<&'a std::path::Path>,
+    options: &'a BackupOptions,
+    archive: &'a ArchiveOptions,
+    format: Format,
+    quiet: bool,
+    json: bool,
+}
+
+impl BackupJob<'_> {
+    /// Backs up to `to`, printing events and the summary; returns the checkpoint backed up.
+    fn run(&self, to: &Place) -> Result<backup_core::Checkpoint> {
+        let BackupJob {
+            backend,
+            source,
+            cache,
+            options,
+            archive: archive_options,
+            format,
+            quiet,
+            json,
+        } = *self;
+        let mut out = std::io::stdout().lock();
+        let mut bar = Progress::new(quiet || json);
+        let mut on_event = |event: Event| {
+            bar.update(&event);
+            report(&mut out, &event, quiet, json)
+        };
+        let (summary, archive) = match (format, to) {
+            (Format::Folder, Place::Local(dir)) => {
+                let s = backup_folder(backend, dir, options, &mut on_event)
+                    .with_context(|| format!("backup of {source} to {to}"))?;
+                (s, None)
+            }
+            (Format::Archive, Place::Local(dir)) => {
+                let a = backup_archive(backend, dir, options, archive_options, &mut on_event)
+                    .with_context(|| format!("backup of {source} to {to}"))?;
+                (a.backup.clone(), Some(a))
+            }
+            (_, Place::Remote(url)) => {
+                let a = place::backup_remote(
+                    backend,
+                    url,
+                    cache,
+                    options,
+                    archive_options,
+                    &mut on_event,
+                )
+                .with_context(|| format!("backup of {source} to {to}"))?;
+                (a.backup.clone(), Some(a))
+            }
+        };
+        if json {
+            let line = serde_json::json!({
+                "type": "summary",
+                "kind": summary.kind.to_string(),
+                "method": summary.method.to_string(),
+                "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
+                "checkpoint": summary.checkpoint.position,
+                "records_written": summary.records_written,
+                "records_deleted": summary.records_deleted,
+                "records_total": summary.records_total,
+                "bytes_written": summary.bytes_written,
+                "seconds": summary.elapsed.as_secs_f64(),
+                "archive": archive.as_ref().map(|a| a.file.display().to_string()),
+                "archive_bytes": archive.as_ref().map(|a| a.size),
+            });
+            writeln!(out, "{line}")?;
+        } else if !quiet {
+            if let (Some(reason), backup_core::Method::Full) =
+                (&summary.full_reason, summary.method)
+            {
+                writeln!(out, "Full backup: {reason}")?;
+            }
+            writeln!(
+                    out,
+                    "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
+                    kind = summary.method,
+                    dir = to,
+                    w = summary.records_written,
+                    d = summary.records_deleted,
+                    t = summary.records_total,
+                    b = human_bytes(summary.bytes_written),
+                    s = summary.elapsed.as_secs_f64(),
+                    c = summary.checkpoint.position,
+                )?;
+            if let Some(a) = &archive {
+                writeln!(
+                    out,
+                    "Archive ({}) {}: {} entries, {}",
+                    a.kind,
+                    a.file.display(),
+                    a.entries,
+                    human_bytes(a.size)
+                )?;
+            }
+        }
+        Ok(summary.checkpoint)
+    }
+}
+
+/// `tidemark backup --live`: follows the store until Ctrl-C or SIGTERM, then makes everything
+/// committed so far durable and exits 0.
+#[allow(clippy::too_many_arguments)]
+fn run_live(
+    backend: Box<dyn backup_core::StorageBackend>,
+    source: &StoreUrl,
+    to: &Place,
+    cache: Option<&std::path::Path>,
+    options: BackupOptions,
+    format: Format,
+    compression: Compression,
+    buffer_size: usize,
+    interval: f64,
+    quiet: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    use backup_core::{LiveBackup, LiveEvent, LiveFormat, LiveOptions};
+    if !(interval.is_finite() && interval > 0.0) {
+        anyhow::bail!("--interval must be a positive number of seconds");
+    }
+    let archive = ArchiveOptions {
+        compression,
+        buffer_size,
+        ..ArchiveOptions::default()
+    };
+    let (dir, format) = match (to, format) {
+        (Place::Local(dir), Format::Folder) => (dir.clone(), LiveFormat::Folder),
+        (Place::Local(dir), Format::Archive) => (dir.clone(), LiveFormat::Archive(archive)),
+        (Place::Remote(url), _) => (
+            place::state_dir(url, cache)?,
+            LiveFormat::Chain(std::sync::Arc::from(place::open_remote(url)?), archive),
+        ),
+    };
+    let live = LiveBackup::start(
+        std::sync::Arc::from(backend),
+        dir,
+        LiveOptions {
+            format,
+            flush_interval: std::time::Duration::from_secs_f64(interval),
+            backup: options,
+        },
+    );
+    let flag = live.stop_flag();
+    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("installing the Ctrl-C / SIGTERM handler")?;
+    let mut out = std::io::stdout().lock();
+    let mut live = live;
+    let mut runs = 0u64;
+    for event in live.events().iter() {
+        match event {
+            LiveEvent::Run(e) => report(&mut out, &e, quiet, json),
+            LiveEvent::Completed(s) => {
+                runs += 1;
+                let _ = if json {
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({
+                            "type": "run", "method": s.method.to_string(),
+                            "checkpoint": s.checkpoint.position, "captured_at": s.captured_at,
+                            "records_written": s.records_written,
+                            "records_deleted": s.records_deleted,
+                            "records_total": s.records_total,
+                        })
+                    )
+                } else if !quiet {
+                    writeln!(
+                        out,
+                        "{} run {runs} ({}) of {source}: {} written, {} deleted, {} in backup (checkpoint {})",
+                        s.captured_at, s.method, s.records_written, s.records_deleted,
+                        s.records_total, s.checkpoint.position
+                    )
+                } else {
+                    Ok(())
+                };
+                let _ = out.flush();
+            }
+        }
+    }
+    // The channel closed: the backup ended, after a stop request or on an error.
+    let summary = live
+        .join()
+        .with_context(|| format!("live backup of {source} to {to}"))?;
+    if !quiet && !json {
+        let _ = writeln!(
+            out,
+            "Live backup of {source} stopped after {} runs (checkpoint {})",
+            summary.runs,
+            summary
+                .last
+                .map(|s| s.checkpoint.position)
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,62 @@
+//! `tidemark prune`: remove old archives that no kept backup depends on (never breaks a chain; the newest
+
+use crate::output::human_bytes;
+use crate::place::{self, Place};
+use crate::RetentionArgs;
+use anyhow::{Context, Result};
+use std::process::ExitCode;
+
+/// Remove old archives that no kept backup depends on (never breaks a chain; the newest
+/// archive is always kept).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The archive directory or URL.
+    pub dir: Place,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Print what would be removed, remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `tidemark prune`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        dir,
+        retention,
+        dry_run,
+    } = args;
+    let retention: backup_core::Retention = retention.into();
+    let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
+    print_prune(&plan, dry_run);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a prune plan: every archive kept (with why) or removed, and a total.
+fn print_prune(plan: &backup_core::PrunePlan, dry_run: bool) {
+    for i in &plan.items {
+        let name = i
+            .item
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy();
+        if i.kept() {
+            println!("keep    {name}  ({})", i.reasons.join(", "));
+        } else {
+            println!(
+                "{} {name}  ({}, {})",
+                if dry_run { "would remove" } else { "remove " },
+                i.item.manifest.captured_at,
+                human_bytes(i.item.size)
+            );
+        }
+    }
+    let n = plan.removed().count();
+    println!(
+        "{} {n} of {} archives, {}",
+        if dry_run { "Would remove" } else { "Removed" },
+        plan.items.len(),
+        human_bytes(plan.freed_bytes())
+    );
+}

@@ -1,0 +1,118 @@
+//! `tidemark restore`: rebuild a store from a backup (into any kind of store).
+
+use crate::commands::is_archive;
+use crate::output::human_bytes;
+use crate::place::{self, Place};
+use crate::stores::{self, StoreUrl};
+use anyhow::{Context, Result};
+use backup_core::{
+    archive, restore_archives_to_path, restore_chain, restore_folder_to_path, ArchiveOptions,
+    RestoreOptions,
+};
+use std::process::ExitCode;
+
+/// Rebuild a store from a backup (into any kind of store).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The backup directory or archive chain URL.
+    #[arg(long)]
+    pub from: Place,
+    /// The store to create: sqlite:PATH, rocksdb:PATH or sled:PATH.
+    #[arg(long)]
+    pub to: StoreUrl,
+    /// Replace a target that already holds data.
+    #[arg(long)]
+    pub force: bool,
+    /// Restore only these collections (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub collections: Option<Vec<String>>,
+    /// Archives: restore the state at this checkpoint (see `tidemark list`) or RFC 3339 time
+    /// (the newest backup captured at or before it), not the newest.
+    #[arg(long)]
+    pub at: Option<archive::RestorePoint>,
+    /// RocksDB targets: write SST files in this block-based table format_version (2-7)
+    /// instead of the source's (recorded in the backup) or, when unknown, 4 (read by RocksDB
+    /// 5.16 and later).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(2..=7))]
+    pub rocksdb_format_version: Option<i32>,
+    /// Archives: threads that decompress (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Print only errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs `tidemark restore`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        from,
+        to,
+        force,
+        collections,
+        at,
+        rocksdb_format_version,
+        threads,
+        quiet,
+    } = args;
+    if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
+        anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
+    }
+    let factory = stores::factory(to.kind, rocksdb_format_version)?;
+    // Ctrl-C or SIGTERM: remove the unfinished store beside the target (the target is
+    // untouched until the swap), then exit.
+    ctrlc::set_handler(|| {
+        if backup_core::restore::abandon_in_progress() {
+            eprintln!("tidemark: restore interrupted; the target is unchanged");
+        } else {
+            eprintln!("tidemark: restore interrupted");
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C / SIGTERM handler")?;
+    let options = RestoreOptions {
+        force,
+        collections: collections.map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
+        ..RestoreOptions::default()
+    };
+    let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
+    let archive = ArchiveOptions {
+        threads: threads.map_or_else(backup_core::default_threads, usize::from),
+        ..ArchiveOptions::default()
+    };
+    let summary = (|| -> anyhow::Result<_> {
+        Ok(match &from {
+            Place::Remote(url) => restore_chain(
+                &*place::open_remote(url)?,
+                &point,
+                factory.as_ref(),
+                &to.path,
+                &options,
+                &archive,
+            )?,
+            Place::Local(dir) if is_archive(dir)? => restore_archives_to_path(
+                dir,
+                &point,
+                factory.as_ref(),
+                &to.path,
+                &options,
+                &archive,
+            )?,
+            Place::Local(_) if at.is_some() => {
+                anyhow::bail!("--at needs an archive directory; {from} is not one")
+            }
+            Place::Local(dir) => restore_folder_to_path(dir, factory.as_ref(), &to.path, &options)?,
+        })
+    })()
+    .with_context(|| format!("restore of {from} to {to}"))?;
+    if !quiet {
+        println!(
+            "Restore of {from} to {to}: {} records in {} collections, {} in {:.2} seconds",
+            summary.records,
+            summary.collections,
+            human_bytes(summary.bytes),
+            summary.elapsed.as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,40 @@
+//! `tidemark run`: run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
+
+use crate::schedule;
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
+/// job every `interval`, a full archive every `full_every` incrementals, retention after
+/// each run, failed runs retried.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The configuration file (see the README).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run every job once and exit (for cron and tests).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Runs `tidemark run`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args { config, once } = args;
+    let stop = Arc::new(AtomicBool::new(false));
+    if !once {
+        let flag = stop.clone();
+        ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C / SIGTERM handler")?;
+    }
+    let log: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
+    let all_ok = schedule::run(&config, once, stop, log)?;
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

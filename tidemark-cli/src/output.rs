@@ -1,0 +1,111 @@
+//! What the commands print: events, progress bars, byte counts.
+
+use backup_core::Event;
+use std::io::Write;
+
+/// A progress bar on stderr for long work, shown only when stderr is a terminal.
+pub(crate) struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    collection: String,
+}
+
+impl Progress {
+    pub(crate) fn new(hidden: bool) -> Self {
+        use std::io::IsTerminal;
+        let bar = (!hidden && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg:>20} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            collection: String::new(),
+        }
+    }
+
+    pub(crate) fn update(&mut self, event: &Event) {
+        let Some(bar) = &self.bar else { return };
+        match event {
+            Event::Progress {
+                collection,
+                done,
+                total,
+            } => {
+                if *collection != self.collection {
+                    self.collection = collection.clone();
+                    bar.reset();
+                    bar.set_length(total.unwrap_or(*done));
+                    bar.set_message(collection.clone());
+                }
+                bar.set_length(total.unwrap_or(*done).max(*done));
+                bar.set_position(*done);
+            }
+            Event::Written(_) => {}
+            Event::Notice(msg) => bar.println(msg),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub(crate) fn report(out: &mut impl Write, event: &Event, quiet: bool, json: bool) {
+    // Output errors (a closed pipe) must not abort a backup; the summary reports the outcome.
+    let _ = match event {
+        Event::Notice(msg) if json => {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"type": "notice", "message": msg})
+            )
+        }
+        Event::Notice(msg) if !quiet => writeln!(out, "{msg}"),
+        Event::Written(w) if json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({
+                "type": "write",
+                "collectionName": w.collection.as_str(),
+                "documentId": w.document_id,
+                "files": w.files,
+                "deleted": w.deleted,
+            })
+        ),
+        Event::Progress {
+            collection,
+            done,
+            total,
+        } if json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"type": "progress", "collection": collection, "done": done, "total": total})
+        ),
+        _ => Ok(()),
+    };
+}
+
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
