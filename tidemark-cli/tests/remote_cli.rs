@@ -7,77 +7,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use conformance_tests::s3::{bucket, http, moto};
 use common::{assert_same_dump, dump, sql};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
-
-/// The moto server of this test binary: one per process, stopped by a watchdog when the
-/// test process ends.
-fn moto() -> u16 {
-    static PORT: OnceLock<u16> = OnceLock::new();
-    *PORT.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let found = Command::new("python3")
-            .args(["-c", "import moto.server"])
-            .output()
-            .unwrap();
-        assert!(
-            found.status.success(),
-            "moto's server not found: pip install 'moto[server]' (scripts/setup.sh does)"
-        );
-        // The watchdog shell outlives this call on purpose (it stops moto when the test
-        // process is gone); nothing waits for it.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "python3 -m moto.server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; \
-                 while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill $m",
-                me = std::process::id()
-            ))
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto_server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        port
-    })
-}
-
-/// A raw HTTP request to the server (moto does not check signatures); returns the status.
-fn http(method: &str, path: &str, body: &[u8]) -> u16 {
-    let port = moto();
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn bucket(name: &str) -> String {
-    assert_eq!(http("PUT", &format!("/{name}"), b""), 200);
-    format!("s3://{name}")
-}
 
 /// `tidemark` in `cwd`, configured for the moto server like a user would (environment).
 fn cmd(cwd: &Path) -> Command {
