@@ -96,6 +96,10 @@ enum Command {
         /// Bytes of payload per row.
         #[arg(long, default_value_t = 200)]
         row_bytes: usize,
+        /// Follow into an archive chain on S3 (moto's server on loopback) instead of a folder:
+        /// each interval's changes are one sealed archive upload.
+        #[arg(long)]
+        s3: bool,
     },
 }
 
@@ -121,7 +125,8 @@ fn main() -> Result<()> {
             rate,
             interval,
             row_bytes,
-        } => live_lag(seconds, rate, interval, row_bytes),
+            s3,
+        } => live_lag(seconds, rate, interval, row_bytes, s3),
     }
 }
 
@@ -133,7 +138,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize) -> Result<()> {
+fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize, s3: bool) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let db = dir.path().join("bench.db");
     let conn = rusqlite::Connection::open(&db)?;
@@ -142,11 +147,29 @@ fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize) -> Result<
     let backend = Arc::new(SqliteBackend::open(&db)?);
     backend.track()?;
     let base = backend.current_checkpoint()?.position;
+    let format = if s3 {
+        let url = format!("{}/lag", conformance_tests::s3::bucket("live-lag"));
+        let chain = tidemark_remote::RemoteChain::open_with(&url, conformance_tests::s3::env())?;
+        LiveFormat::Chain(
+            Arc::new(chain),
+            backup_core::ArchiveOptions {
+                compression: backup_core::Compression::Zstd(3),
+                ..backup_core::ArchiveOptions::default()
+            },
+        )
+    } else {
+        LiveFormat::Folder
+    };
+    let what = if s3 {
+        "archive chain on S3 (moto on loopback)"
+    } else {
+        "folder backup"
+    };
     let live = LiveBackup::start(
         backend.clone(),
         dir.path().join("backup"),
         LiveOptions {
-            format: LiveFormat::Folder,
+            format,
             flush_interval: Duration::from_secs_f64(interval),
             ..LiveOptions::default()
         },
@@ -212,8 +235,13 @@ fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize) -> Result<
         percentile(&lags, 0.99),
         lags.last().copied().unwrap_or_default(),
     );
-    let target = Duration::from_secs_f64(interval) + Duration::from_millis(100);
-    println!("live-lag: SQLite, folder backup, writer {rate}/s for {seconds} s, flush interval {interval} s");
+    // An upload (multipart, seal, head) costs more than a local rename: the object store's
+    // floor is half a second over the interval (issue 16: p99 <= 1.5 s at 1 s).
+    let target =
+        Duration::from_secs_f64(interval) + Duration::from_millis(if s3 { 500 } else { 100 });
+    println!(
+        "live-lag: SQLite, {what}, writer {rate}/s for {seconds} s, flush interval {interval} s"
+    );
     println!(
         "  rows committed {total}, measured {}, backup runs {runs}",
         lags.len()
@@ -229,7 +257,7 @@ fn live_lag(seconds: f64, rate: f64, interval: f64, row_bytes: usize) -> Result<
     println!(
         "{}",
         serde_json::json!({
-            "benchmark": "live-lag", "store": "sqlite", "format": "folder",
+            "benchmark": "live-lag", "store": "sqlite", "format": if s3 { "archive-s3" } else { "folder" },
             "rate": rate, "seconds": seconds, "interval_s": interval,
             "rows": total, "measured": lags.len(), "runs": runs,
             "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,

@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use conformance_tests::s3::{bucket, http, moto};
 use common::{assert_same_dump, dump, sql};
+use conformance_tests::s3::{bucket, http, moto};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
