@@ -676,30 +676,46 @@ impl RestoreSink for SqliteRestore<'_> {
             )
         })?;
         let t = quote_ident(&collection.stored_as(sqlite_can_hold));
+        // The INSERT is built once per column layout (a batch's rows nearly always share one),
+        // not once per row.
+        let mut layout_sql: Option<(Vec<String>, bool, String)> = None;
+        let kv_sql = format!("INSERT INTO {t}(key, value) VALUES (?1, ?2)");
         for record in &records {
             match (&record.value, layout) {
                 (Value::Row(row), Layout::Native { hidden_rowid }) => {
-                    let mut names: Vec<String> = Vec::with_capacity(row.columns.len() + 1);
-                    let mut params: Vec<SqlField<'_>> = Vec::with_capacity(names.capacity());
                     let rowid_field = row.rowid.map(Field::Integer);
-                    if *hidden_rowid {
-                        if let Some(f) = &rowid_field {
+                    let with_rowid = *hidden_rowid && rowid_field.is_some();
+                    let same = layout_sql.as_ref().is_some_and(|(names, r, _)| {
+                        *r == with_rowid
+                            && names.len() == row.columns.len()
+                            && names.iter().zip(&row.columns).all(|(a, (b, _))| a == b)
+                    });
+                    if !same {
+                        let mut names: Vec<String> = Vec::with_capacity(row.columns.len() + 1);
+                        if with_rowid {
                             names.push("rowid".into());
-                            params.push(SqlField(f));
                         }
+                        names.extend(row.columns.iter().map(|(name, _)| quote_ident(name)));
+                        let marks: Vec<String> =
+                            (1..=names.len()).map(|i| format!("?{i}")).collect();
+                        let sql = format!(
+                            "INSERT INTO {t}({}) VALUES ({})",
+                            names.join(", "),
+                            marks.join(", ")
+                        );
+                        let raw = row.columns.iter().map(|(n, _)| n.clone()).collect();
+                        layout_sql = Some((raw, with_rowid, sql));
                     }
-                    for (name, f) in &row.columns {
-                        names.push(quote_ident(name));
+                    let Some((_, _, sql)) = &layout_sql else {
+                        continue; // set just above
+                    };
+                    let mut params: Vec<SqlField<'_>> = Vec::with_capacity(row.columns.len() + 1);
+                    if let (true, Some(f)) = (with_rowid, &rowid_field) {
                         params.push(SqlField(f));
                     }
-                    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-                    let sql = format!(
-                        "INSERT INTO {t}({}) VALUES ({})",
-                        names.join(", "),
-                        marks.join(", ")
-                    );
-                    let mut stmt = self.conn.prepare_cached(&sql).map_err(err)?;
-                    stmt.execute(rusqlite::params_from_iter(params))
+                    params.extend(row.columns.iter().map(|(_, f)| SqlField(f)));
+                    let mut stmt = self.conn.prepare_cached(sql).map_err(err)?;
+                    stmt.execute(rusqlite::params_from_iter(params.iter()))
                         .map_err(err)?;
                 }
                 (value, _) => {
@@ -709,10 +725,7 @@ impl RestoreSink for SqliteRestore<'_> {
                     };
                     let key = text_or_blob(record.key.as_bytes());
                     let value = text_or_blob(&bytes);
-                    let mut stmt = self
-                        .conn
-                        .prepare_cached(&format!("INSERT INTO {t}(key, value) VALUES (?1, ?2)"))
-                        .map_err(err)?;
+                    let mut stmt = self.conn.prepare_cached(&kv_sql).map_err(err)?;
                     stmt.execute([SqlField(&key), SqlField(&value)])
                         .map_err(err)?;
                 }

@@ -36,6 +36,11 @@ use tokio::runtime::Runtime;
 /// S3's smallest part (all but the last); parts are at least this big.
 pub const MIN_PART: usize = 5 << 20;
 
+/// The most a restore fetches in one ranged GET when it needs entries that lie next to each
+/// other: a few parts at a time (a request costs more than its bytes, on S3 and more so on
+/// servers that read a whole object per ranged GET), while memory holds at most a few spans.
+pub const SPAN: usize = 8 << 20;
+
 /// Whether a destination names an object store (`scheme://…`) rather than a local directory.
 pub fn is_remote(destination: &str) -> bool {
     destination.contains("://")
@@ -698,6 +703,10 @@ impl ArchiveRead for RemoteArchive {
             chunk: bytes::Bytes::new(),
             what: &self.location,
         }))
+    }
+
+    fn span(&self) -> usize {
+        SPAN
     }
 
     fn check_before_restore(&self, _crc: u32) -> Result<()> {

@@ -77,6 +77,12 @@ pub trait ArchiveRead: Send + Sync {
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>>;
     /// The whole archive, front to back.
     fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>>;
+    /// How many bytes a restore may fetch in one ranged read when it needs several entries
+    /// that lie next to each other (0: one read per entry). An object store wants fewer,
+    /// larger requests; a local file does not care.
+    fn span(&self) -> usize {
+        0
+    }
     /// Checks the whole archive against `crc` (the CRC32 in its name) before a restore reads
     /// parts of it, where that is cheap: a local file is read once more; an object store's
     /// archive is not downloaded twice, its entries being checked one by one as they are read

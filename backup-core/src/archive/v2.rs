@@ -15,7 +15,7 @@
 use super::chain::{crc_in_name, read_whole, ArchiveRead, ChainStore, RangeReader};
 use super::{damaged, ArchiveCollection, ChainItem, MANIFEST_ENTRY};
 use crate::backend::RestoreSink;
-use crate::document::{field_from_json, field_to_json, record_crc32};
+use crate::document::{field_from_json_owned, field_to_json, record_crc32};
 use crate::error::{Error, Result};
 use crate::manifest::RunKind;
 use crate::model::{CollectionName, Key, Record, Row, Value};
@@ -197,7 +197,7 @@ pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
     } else {
         let mut columns = Vec::new();
         for (name, json) in j.row.unwrap_or_default() {
-            let field = field_from_json(&json).map_err(|e| format!("column `{name}`: {e}"))?;
+            let field = field_from_json_owned(json).map_err(|e| format!("column `{name}`: {e}"))?;
             columns.push((name, field));
         }
         Value::Row(Row {
@@ -417,11 +417,32 @@ struct PartRef {
     collection: usize,
 }
 
-/// A part to read (one ranged read), decompress and decode, all on a worker: with an object
-/// store, as many requests are in flight as there are workers.
+/// Bytes of an archive that one or more consecutive parts lie in: fetched by one ranged read,
+/// by whichever worker needs them first, and freed when the last job using them is done.
+struct Span {
+    archive: Arc<dyn ArchiveRead>,
+    start: u64,
+    len: usize,
+    bytes: std::sync::Mutex<Option<Arc<Vec<u8>>>>,
+}
+
+impl Span {
+    fn bytes(&self) -> std::io::Result<Arc<Vec<u8>>> {
+        let mut held = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = &*held {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.archive.read_at(self.start, self.len)?);
+        *held = Some(b.clone());
+        Ok(b)
+    }
+}
+
+/// A part to read, decompress and decode, all on a worker: with an object store, as many
+/// requests are in flight as there are workers.
 struct Job {
     path: PathBuf,
-    archive: Arc<dyn ArchiveRead>,
+    span: Arc<Span>,
     entry: DirEntry,
 }
 
@@ -434,12 +455,18 @@ fn decode_job(
     job: Job,
 ) -> Result<Vec<Decoded>> {
     let path = job.path.join(&job.entry.name);
-    let whole = HEADER_SLACK
-        .saturating_add(job.entry.name.len())
-        .saturating_add(usize::try_from(job.entry.csize).unwrap_or(usize::MAX));
-    let mut reader = RangeReader::new(&*job.archive, whole);
-    let packed =
-        zipstream::read_packed(&mut reader, &job.entry).map_err(|r| refused(&job.path, r))?;
+    let bytes = job
+        .span
+        .bytes()
+        .map_err(|e| Error::io("read", job.span.archive.location(), e))?;
+    // The entry, as seen from the start of its span.
+    let local = DirEntry {
+        offset: job.entry.offset - job.span.start,
+        ..job.entry.clone()
+    };
+    let packed = zipstream::read_packed(&mut std::io::Cursor::new(&bytes[..]), &local)
+        .map_err(|r| refused(&job.path, r))?;
+    drop(bytes);
     let data = zipstream::unpack(
         &job.entry.name,
         job.entry.method,
@@ -453,12 +480,66 @@ fn decode_job(
 }
 
 /// Reads `parts` in order over `threads` decoders, handing each part's lines to `visit`.
+/// Consecutive parts that lie next to each other in an archive share one ranged read of up to
+/// [`ArchiveRead::span`] bytes (an object store: fewer, larger requests); otherwise each part
+/// is its own read.
 fn read_parts(
-    opened: &mut [Opened],
+    opened: &[Opened],
     parts: &[PartRef],
     threads: usize,
     visit: &mut dyn FnMut(&PartRef, Vec<Decoded>) -> Result<()>,
 ) -> Result<()> {
+    // Plan the reads first: spans (archive, start, end) and, per part, its entry and span.
+    let mut spans: Vec<(usize, u64, u64)> = Vec::new();
+    let mut planned: Vec<(usize, DirEntry)> = Vec::with_capacity(parts.len());
+    for part in parts {
+        let o = &opened[part.archive];
+        let entry = o
+            .entries
+            .get(&part.name)
+            .cloned()
+            .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
+        let end = entry
+            .offset
+            .saturating_add((HEADER_SLACK + entry.name.len()) as u64)
+            .saturating_add(entry.csize)
+            .min(o.archive.size());
+        if entry.offset >= end {
+            return Err(damaged(
+                &o.path.join(&part.name),
+                "the entry lies outside the archive",
+            ));
+        }
+        let limit = o.archive.span() as u64;
+        match spans.last_mut() {
+            Some((a, start, span_end))
+                if *a == part.archive
+                    && entry.offset >= *start
+                    && entry.offset <= *span_end
+                    && end - *start <= limit =>
+            {
+                *span_end = (*span_end).max(end);
+            }
+            _ => spans.push((part.archive, entry.offset, end)),
+        }
+        planned.push((spans.len() - 1, entry));
+    }
+    let spans: Vec<Arc<Span>> = spans
+        .into_iter()
+        .map(|(a, start, end)| {
+            Arc::new(Span {
+                archive: opened[a].archive.clone(),
+                start,
+                len: (end - start) as usize,
+                bytes: std::sync::Mutex::new(None),
+            })
+        })
+        .collect();
+    let jobs: Vec<(Arc<Span>, DirEntry)> = planned
+        .into_iter()
+        .map(|(i, entry)| (spans[i].clone(), entry))
+        .collect();
+    drop(spans);
     let mut pipeline = Pipeline::new(threads, || None, decode_job);
     let mut next = 0usize;
     let mut deliver = |r: Result<Vec<Decoded>>| -> Result<()> {
@@ -467,17 +548,11 @@ fn read_parts(
         next += 1;
         visit(part, lines)
     };
-    for part in parts {
-        let o = &mut opened[part.archive];
-        let entry = o
-            .entries
-            .get(&part.name)
-            .cloned()
-            .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
+    for ((span, entry), part) in jobs.into_iter().zip(parts) {
         pipeline.submit(
             Job {
-                path: o.path.clone(),
-                archive: o.archive.clone(),
+                path: opened[part.archive].path.clone(),
+                span,
                 entry,
             },
             &mut deliver,
@@ -512,7 +587,7 @@ pub(super) fn replay(
     for c in &collections {
         sink.create_collection(&c.info, last.store_kind)?;
     }
-    let mut opened = items
+    let opened = items
         .iter()
         .map(|i| open(store, i))
         .collect::<Result<Vec<_>>>()?;
@@ -553,7 +628,7 @@ pub(super) fn replay(
                                         // Pass 1: each overlay key's last line.
     let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
     let mut ordinal = 0u64;
-    read_parts(&mut opened, &overlay, threads, &mut |part, lines| {
+    read_parts(&opened, &overlay, threads, &mut |part, lines| {
         for (key, _) in lines {
             winner.insert((part.collection, key.0), ordinal);
             ordinal += 1;
@@ -564,7 +639,7 @@ pub(super) fn replay(
     let mut bytes = 0u64;
     let mut batches: Vec<Batch> = collections.iter().map(|_| Batch::new(options)).collect();
     // Pass 2: the scan, without the keys the overlay decides.
-    read_parts(&mut opened, &base, threads, &mut |part, lines| {
+    read_parts(&opened, &base, threads, &mut |part, lines| {
         let ci = part.collection;
         for (key, record) in lines {
             let Some(record) = record else {
@@ -583,7 +658,7 @@ pub(super) fn replay(
     })?;
     // Pass 3: the overlay's winning puts.
     let mut ordinal = 0u64;
-    read_parts(&mut opened, &overlay, threads, &mut |part, lines| {
+    read_parts(&opened, &overlay, threads, &mut |part, lines| {
         let ci = part.collection;
         for (key, record) in lines {
             let n = ordinal;
