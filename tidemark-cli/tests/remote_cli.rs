@@ -9,7 +9,7 @@
 mod common;
 use common::{assert_same_dump, dump, sql};
 use conformance_tests::s3::{bucket, http, moto};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
