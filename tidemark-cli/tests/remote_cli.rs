@@ -762,3 +762,80 @@ fn several_destinations_in_one_run() {
     );
     assert_same_dump(&restore(d, &good, None, "from-s3.db"), &want, "S3 copy");
 }
+
+/// `list --json` and `verify --json` (and `verify -q`) say the same for a bucket and a
+/// directory: one JSON object per archive (what it holds and what the backup holds), problems
+/// and a summary, with a failing exit status when something is damaged.
+#[test]
+fn list_and_verify_speak_json_for_a_bucket_and_a_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let url = format!("{}/json", bucket("json-output"));
+    let both = [
+        "backup",
+        "--source",
+        "sqlite:src.db",
+        "--format",
+        "archive",
+        "--compression",
+        "zstd",
+        "--to",
+        "dir",
+        "--to",
+        &url,
+    ];
+    ok(&both, d);
+    sql(&d.join("src.db"), "UPDATE t SET v = 'x' WHERE id <= 10;");
+    ok(&both, d);
+    for place in ["dir", url.as_str()] {
+        let lines: Vec<serde_json::Value> = ok(&["list", place, "--json"], d)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{place}: {lines:?}");
+        assert!(lines
+            .iter()
+            .all(|l| l["schema"] == 1 && l["type"] == "archive"));
+        assert_eq!(lines[0]["kind"], "full");
+        assert_eq!(lines[1]["kind"], "incremental");
+        assert_eq!(lines[0]["records_in_archive"], 400);
+        assert_eq!(
+            lines[1]["records_in_archive"], 10,
+            "{place}: what the archive holds"
+        );
+        assert_eq!(
+            lines[1]["records_in_backup"], 400,
+            "{place}: what the backup holds"
+        );
+        assert_eq!(lines[1]["from"], lines[0]["to"]);
+        let v: Vec<serde_json::Value> = ok(&["verify", place, "--json"], d)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(v[0]["type"], "summary");
+        assert_eq!(v[0]["intact"], true);
+        assert_eq!(v[0]["records"], 410);
+        assert_eq!(ok(&["verify", place, "-q"], d), "", "-q prints nothing");
+    }
+    // Damage in the directory: problems, intact false, exit status 1.
+    let archive = std::fs::read_dir(d.join("dir"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-incr-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&archive, bytes).unwrap();
+    let out = run(&["verify", "dir", "--json"], d);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(v.len() >= 2, "{v:?}");
+    assert!(v[..v.len() - 1].iter().all(|l| l["type"] == "problem"));
+    assert_eq!(v[v.len() - 1]["intact"], false);
+}

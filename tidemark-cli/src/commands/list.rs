@@ -10,14 +10,44 @@ use std::process::ExitCode;
 pub struct Args {
     /// The archive directory or URL.
     pub dir: Place,
+    /// One JSON object per archive (`{"schema": 1, "type": "archive", …}`; see the README).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `tidemark list`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { dir } = args;
+    let Args { dir, json } = args;
     let chain = place::chain(&dir).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() {
         anyhow::bail!("{dir}: no tidemark archives here");
+    }
+    if json {
+        for item in chain {
+            let m = &item.manifest;
+            let sum = |f: fn(&backup_core::archive::ArchiveCollection) -> u64| {
+                m.collections.iter().map(f).sum::<u64>()
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "schema": 1,
+                    "type": "archive",
+                    "name": item.path.file_name().unwrap_or_default().to_string_lossy(),
+                    "sequence": m.sequence,
+                    "kind": m.kind.to_string(),
+                    "from": m.from.as_ref().map(|f| f.position),
+                    "to": m.to.position,
+                    "records_in_backup": sum(|c| c.records),
+                    "records_in_archive": sum(|c| c.documents),
+                    "deletions_in_archive": sum(|c| c.deletions),
+                    "size": item.size,
+                    "format_version": m.format_version,
+                    "captured_at": m.captured_at,
+                })
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  captured",

@@ -11,11 +11,18 @@ use std::process::ExitCode;
 pub struct Args {
     /// The backup directory or archive chain URL.
     pub dir: Place,
+    /// One JSON object per problem found, then a summary (`{"schema": 1, "type": "summary",
+    /// "intact": …}`; see the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Print only problems (the exit status tells the rest).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// Runs `tidemark verify`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { dir } = args;
+    let Args { dir, json, quiet } = args;
     let report = (|| -> anyhow::Result<_> {
         Ok(match &dir {
             Place::Remote(url) => verify_chain(&*place::open_remote(url)?)?,
@@ -24,14 +31,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
     })()
     .with_context(|| format!("verify {dir}"))?;
+    if json {
+        for problem in &report.problems {
+            println!(
+                "{}",
+                serde_json::json!({"schema": 1, "type": "problem", "message": problem.to_string()})
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "type": "summary",
+                "intact": report.is_ok(),
+                "records": report.records,
+                "collections": report.collections,
+                "problems": report.problems.len(),
+            })
+        );
+        return Ok(if report.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     for problem in &report.problems {
         eprintln!("damaged: {problem}");
     }
     if report.is_ok() {
-        println!(
-            "Backup {dir} is intact: {} records in {} collections, every checksum matches",
-            report.records, report.collections
-        );
+        if !quiet {
+            println!(
+                "Backup {dir} is intact: {} records in {} collections, every checksum matches",
+                report.records, report.collections
+            );
+        }
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
