@@ -818,6 +818,27 @@ fn list_and_verify_speak_json_for_a_bucket_and_a_directory() {
         assert_eq!(v[0]["intact"], true);
         assert_eq!(v[0]["records"], 410);
         assert_eq!(ok(&["verify", place, "-q"], d), "", "-q prints nothing");
+        let p: Vec<serde_json::Value> = ok(
+            &["prune", place, "--keep-last", "1", "--dry-run", "--json"],
+            d,
+        )
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert_eq!(
+            p[0]["kept"], true,
+            "the full archive is needed by the newest"
+        );
+        assert_eq!(p[2]["type"], "summary");
+        assert_eq!(p[2]["removed"], 0);
+        let target = format!("sqlite:json-{}.db", place.len());
+        let r: serde_json::Value = serde_json::from_str(
+            ok(&["restore", "--from", place, "--to", &target, "--json"], d).trim(),
+        )
+        .unwrap();
+        assert_eq!(r["type"], "summary");
+        assert_eq!(r["records"], 400);
     }
     // Damage in the directory: problems, intact false, exit status 1.
     let archive = std::fs::read_dir(d.join("dir"))

@@ -1,4 +1,5 @@
-//! `tidemark backup`: back a store up into a folder: full the first time, incremental after.
+//! `tidemark backup`: one backup of a store, to one or several destinations (folder or
+//! archive, local or an object store), or a live backup that follows the store until stopped.
 
 use crate::output::{human_bytes, report, Progress};
 use crate::place::{self, Place};

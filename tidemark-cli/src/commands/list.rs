@@ -1,4 +1,5 @@
-//! `tidemark list`: list the archives in a directory: full or incremental, checkpoint range, time, size.
+//! `tidemark list`: the archives of a chain (a directory or a bucket): kind, checkpoint
+//! range, records, size, capture time; `--json` for scripts.
 
 use crate::output::human_bytes;
 use crate::place::{self, Place};

@@ -1,4 +1,5 @@
-//! `tidemark prune`: remove old archives that no kept backup depends on (never breaks a chain; the newest
+//! `tidemark prune`: removes old archives that no kept backup depends on (never breaks a
+//! chain; the newest archive is always kept).
 
 use crate::output::human_bytes;
 use crate::place::{self, Place};
@@ -17,6 +18,9 @@ pub struct Args {
     /// Print what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// One JSON object per archive (kept, with why, or removed), then a summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `tidemark prune`.
@@ -25,10 +29,40 @@ pub fn run(args: Args) -> Result<ExitCode> {
         dir,
         retention,
         dry_run,
+        json,
     } = args;
     let retention: backup_core::Retention = retention.into();
     let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
-    print_prune(&plan, dry_run);
+    if json {
+        for i in &plan.items {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "schema": 1,
+                    "type": "archive",
+                    "name": i.item.path.file_name().unwrap_or_default().to_string_lossy(),
+                    "sequence": i.item.manifest.sequence,
+                    "kept": i.kept(),
+                    "reasons": i.reasons,
+                    "size": i.item.size,
+                })
+            );
+        }
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "type": "summary",
+                "command": "prune",
+                "dry_run": dry_run,
+                "removed": plan.removed().count(),
+                "archives": plan.items.len(),
+                "freed_bytes": plan.freed_bytes(),
+            })
+        );
+    } else {
+        print_prune(&plan, dry_run);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

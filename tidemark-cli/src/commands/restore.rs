@@ -1,4 +1,4 @@
-//! `tidemark restore`: rebuild a store from a backup (into any kind of store).
+//! `tidemark restore`: rebuilds a store from a backup (into any kind of store).
 
 use crate::commands::is_archive;
 use crate::output::human_bytes;
@@ -41,6 +41,9 @@ pub struct Args {
     /// Print only errors.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Print the summary as one JSON object (`{"schema": 1, "type": "summary", …}`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs `tidemark restore`.
@@ -54,6 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         rocksdb_format_version,
         threads,
         quiet,
+        json,
     } = args;
     if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
         anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
@@ -105,7 +109,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         })
     })()
     .with_context(|| format!("restore of {from} to {to}"))?;
-    if !quiet {
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "type": "summary",
+                "command": "restore",
+                "from": from.to_string(),
+                "to": to.to_string(),
+                "records": summary.records,
+                "collections": summary.collections,
+                "bytes": summary.bytes,
+                "seconds": summary.elapsed.as_secs_f64(),
+            })
+        );
+    } else if !quiet {
         println!(
             "Restore of {from} to {to}: {} records in {} collections, {} in {:.2} seconds",
             summary.records,

@@ -1,4 +1,5 @@
-//! `tidemark run`: run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
+//! `tidemark run`: runs the scheduled backup jobs of a TOML file until stopped (Ctrl-C or
+//! SIGTERM), or once.
 
 use crate::schedule;
 use anyhow::{Context, Result};

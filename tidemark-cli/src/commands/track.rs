@@ -1,4 +1,4 @@
-//! `tidemark track`: install change tracking in a SQLite database (needed for incremental backups).
+//! `tidemark track`: installs (or removes) change tracking in a SQLite database.
 
 use crate::stores::{self, StoreUrl};
 use anyhow::Result;

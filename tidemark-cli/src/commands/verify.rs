@@ -1,4 +1,5 @@
-//! `tidemark verify`: check a backup end to end (every checksum, every count) without restoring it.
+//! `tidemark verify`: checks a backup end to end (every checksum, every count) without
+//! restoring it; `--json` for scripts, exit status 1 on damage.
 
 use crate::commands::is_archive;
 use crate::place::{self, Place};
