@@ -65,6 +65,9 @@ pub struct RemoteChain {
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     rt: Arc<Runtime>,
+    /// The token of the lock this handle took (see [`RemoteChain::lock`]): an archive is
+    /// sealed only while the lock object still carries it.
+    held: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RemoteChain {
@@ -114,6 +117,7 @@ impl RemoteChain {
             store: Arc::from(store),
             prefix,
             rt: Arc::new(rt),
+            held: Arc::default(),
         })
     }
 
@@ -355,6 +359,7 @@ impl ChainStore for RemoteChain {
                 store: self.store.clone(),
                 prefix: self.prefix.clone(),
                 rt: self.rt.clone(),
+                held: self.held.clone(),
             },
             sequence,
             object,
@@ -436,6 +441,9 @@ impl ArchiveOutput for RemoteOutput {
             .rt
             .block_on(upload.complete())
             .map_err(|e| self.chain.err(&format!("complete {}", self.object), e))?;
+        // A writer whose lock expired (an outage longer than LOCK_TTL) and was taken over must
+        // not seal: the other writer owns the chain now.
+        self.chain.check_still_held()?;
         // The seal goes last: only now does the archive join the chain.
         let archive = archive_file_name(self.sequence, kind, crc);
         let seal = Seal {
@@ -519,6 +527,7 @@ pub struct RemoteLock {
     path: ObjectPath,
     token: String,
     rt: Arc<Runtime>,
+    held: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for RemoteLock {
@@ -556,6 +565,7 @@ impl RemoteChain {
             ));
             match created {
                 Ok(_) => {
+                    *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(token.clone());
                     return Ok(self.start_renewing(path, token, holder));
                 }
                 Err(object_store::Error::AlreadyExists { .. }) if attempt == 0 => {
@@ -585,6 +595,27 @@ impl RemoteChain {
             }
         }
         Err(self.err("create the lock object", "it keeps being taken"))
+    }
+
+    /// Fails with [`Error::Locked`] when this handle took the lock and the lock object no
+    /// longer carries its token (it expired and another writer took it over).
+    fn check_still_held(&self) -> Result<()> {
+        let Some(token) = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return Ok(());
+        };
+        let current = self
+            .rt
+            .block_on(read_lock(self.store.as_ref(), &self.path(LOCK_OBJECT)));
+        match current {
+            Some(b) if b.token == token => Ok(()),
+            other => Err(Error::Locked {
+                path: PathBuf::from(&self.url),
+                holder: format!(
+                    "{} (this run's lock expired and was taken over; its archive was not sealed)",
+                    other.map_or_else(|| "nobody".to_string(), |b| b.holder)
+                ),
+            }),
+        }
     }
 
     fn start_renewing(&self, path: ObjectPath, token: String, holder: String) -> RemoteLock {
@@ -633,6 +664,7 @@ impl RemoteChain {
             path,
             token,
             rt: self.rt.clone(),
+            held: self.held.clone(),
         }
     }
 }
@@ -642,6 +674,12 @@ impl Drop for RemoteLock {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.renewer.take() {
             let _ = t.join();
+        }
+        {
+            let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.as_deref() == Some(self.token.as_str()) {
+                *held = None;
+            }
         }
         let (store, path, token) = (self.store.clone(), self.path.clone(), self.token.clone());
         self.rt.block_on(async move {

@@ -65,3 +65,57 @@ fn runtime() -> tokio::runtime::Runtime {
 fn an_object_store_passes_the_chain_store_suite() {
     run_all(&Bucket(s3::bucket("chain-store-suite")));
 }
+
+/// A writer whose lock was taken over (it expired during an outage and another writer took
+/// it) does not seal its archive: the backup fails naming the new holder, and the chain is
+/// unchanged.
+#[test]
+fn a_writer_that_lost_its_lock_does_not_seal() {
+    use conformance_tests::memory::MemoryHarness;
+    use conformance_tests::{Harness, Op, TestStore};
+    let url = format!("{}/lost-lock", s3::bucket("lost-lock"));
+    let chain = RemoteChain::open_with(&url, s3::env()).expect("open the chain");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = MemoryHarness.create(&dir.path().join("src"));
+    store.create_collection("c");
+    store.write(&[Op::Put {
+        collection: "c".into(),
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }]);
+    let _lock = chain.lock("backup --live").expect("the lock");
+    // Another machine takes the lock over, as it would once this one's had expired.
+    let (objects, prefix) =
+        object_store::parse_url_opts(&url::Url::parse(&url).expect("a URL"), s3::env())
+            .expect("a store");
+    let other = serde_json::json!({
+        "holder": "pid 1 on elsewhere, since then: tidemark backup",
+        "token": "someone-else",
+        "expires_at": u64::MAX / 2,
+        "host": "elsewhere",
+        "pid": 1,
+    });
+    runtime()
+        .block_on(objects.put(
+            &prefix.clone().join(tidemark_remote::LOCK_OBJECT),
+            serde_json::to_vec(&other).expect("JSON").into(),
+        ))
+        .expect("replace the lock object");
+    let err = backup_core::backup_archive_to(
+        store.backend(),
+        &chain,
+        &dir.path().join("state"),
+        &backup_core::BackupOptions::default(),
+        &backup_core::ArchiveOptions::default(),
+        &mut |_| {},
+    )
+    .expect_err("a writer without its lock must not seal");
+    assert!(
+        matches!(&err, backup_core::Error::Locked { holder, .. } if holder.contains("elsewhere")),
+        "{err}"
+    );
+    assert!(
+        chain.read_chain().expect("list").is_empty(),
+        "nothing was sealed"
+    );
+}
