@@ -352,6 +352,7 @@ impl ChainStore for RemoteChain {
             rt: self.rt.clone(),
             upload: Some(upload),
             what: format!("{}/{object}", self.url),
+            in_flight: std::collections::VecDeque::new(),
         };
         Ok(Box::new(RemoteOutput {
             chain: RemoteChain {
@@ -368,28 +369,60 @@ impl ChainStore for RemoteChain {
     }
 }
 
-/// A multipart upload fed part by part; aborted if dropped before completion.
+/// A multipart upload fed part by part, up to [`PARTS_IN_FLIGHT`] parts uploading at once
+/// while the archive's next part is compressed; aborted if dropped before completion.
 struct Upload {
     rt: Arc<Runtime>,
     upload: Option<Box<dyn MultipartUpload>>,
     what: String,
+    in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+}
+
+/// Parts of one archive uploading at once (memory: this many parts).
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+impl Upload {
+    /// Waits for the oldest part in flight.
+    fn wait_one(&mut self) -> std::io::Result<()> {
+        let Some(handle) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let done = self.rt.block_on(handle).map_err(|e| {
+            std::io::Error::other(format!("uploading a part of {}: {e}", self.what))
+        })?;
+        done.map_err(|e| std::io::Error::other(format!("uploading a part of {}: {e}", self.what)))
+    }
+
+    /// Waits for every part in flight (before the upload is completed).
+    fn wait_all(&mut self) -> std::io::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.wait_one()?;
+        }
+        Ok(())
+    }
 }
 
 impl PartSink for Upload {
     fn put_part(&mut self, part: Vec<u8>) -> std::io::Result<()> {
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.wait_one()?;
+        }
         let upload = self
             .upload
             .as_mut()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        // The part's number is fixed now, in order; the bytes go up in the background.
         let fut = upload.put_part(PutPayload::from(part));
-        self.rt
-            .block_on(fut)
-            .map_err(|e| std::io::Error::other(format!("uploading a part of {}: {e}", self.what)))
+        self.in_flight.push_back(self.rt.spawn(fut));
+        Ok(())
     }
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        for part in self.in_flight.drain(..) {
+            part.abort();
+        }
         if let Some(mut upload) = self.upload.take() {
             // Best effort: the parts of an upload never completed stay invisible either way.
             let _ = self.rt.block_on(upload.abort());
@@ -433,6 +466,7 @@ impl ArchiveOutput for RemoteOutput {
             .take()
             .ok_or_else(|| Error::io("write", &what, std::io::Error::other("finished twice")))?;
         let (mut sink, crc, size) = writer.finish().map_err(|e| Error::io("upload", &what, e))?;
+        sink.wait_all().map_err(|e| Error::io("upload", &what, e))?;
         let mut upload = sink
             .upload
             .take()
