@@ -20,6 +20,12 @@ impl std::str::FromStr for StoreUrl {
         if path.is_empty() {
             return Err(format!("`{s}` has no path after `{kind}:`"));
         }
+        if let Some(rest) = path.strip_prefix("//") {
+            // `sqlite://app.db` (URL habit): the store is KIND:PATH, without `//`.
+            return Err(format!(
+                "`{s}`: a store is KIND:PATH, without `//`; did you mean `{kind}:{rest}`?"
+            ));
+        }
         Ok(StoreUrl {
             kind: kind.parse()?,
             path: PathBuf::from(path),

@@ -137,6 +137,17 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
         d.path(),
     );
     assert!(e.contains("unknown store kind `mongo`"), "{e}");
+    // URL habit: `sqlite://app.db` is refused with the form that works.
+    let e = fails(
+        &["backup", "--source", "sqlite://app.db", "--to", "bk"],
+        d.path(),
+    );
+    assert!(e.contains("did you mean `sqlite:app.db`?"), "{e}");
+    let e = fails(
+        &["restore", "--from", "bk", "--to", "sqlite:///tmp/x.db"],
+        d.path(),
+    );
+    assert!(e.contains("did you mean `sqlite:/tmp/x.db`?"), "{e}");
     let e = fails(
         &["backup", "--source", &src("missing.db"), "--to", "bk"],
         d.path(),
