@@ -82,6 +82,8 @@ pub fn factory(kind: StoreKind, rocksdb_format: Option<i32>) -> Result<Box<dyn S
 }
 
 /// Installs (or removes) SQLite change tracking.
+// Without the SQLite backend no store can be tracked, and `remove` goes unused.
+#[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
     match url.kind {
         #[cfg(feature = "sqlite")]
