@@ -133,6 +133,35 @@ fn every_checkpoint_of_the_chain_restores_exactly() {
         e.contains("no backup ends at that checkpoint") && e.contains("available"),
         "{e}"
     );
+    // A local date and time without an offset (TZ names it here) and a time ago.
+    let at = |when: &str, target: &str| {
+        Command::new(common::bin())
+            .current_dir(d)
+            .env("TZ", "UTC")
+            .args(["restore", "--from", "ar", "--to", target, "--at", when])
+            .output()
+            .unwrap()
+    };
+    let out = at("2999-01-01 00:00:00", "sqlite:local-time.db");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_dump(
+        &dump(&d.join("local-time.db")),
+        &states.last().unwrap().1,
+        "--at a local time after every capture",
+    );
+    let out = at("-1d", "sqlite:a-day-ago.db");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("no backup was captured at or before that time"),
+        "{e}"
+    );
+    let out = at("-2x", "sqlite:bad.db");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("a time ago is"), "{e}");
     // Standard tools read it: a collection's records are JSON lines for jq.
     let first = archives(&d.join("ar")).remove(0);
     let out = Command::new("sh")

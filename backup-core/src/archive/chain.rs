@@ -837,10 +837,52 @@ impl std::str::FromStr for RestorePoint {
         if let Ok(pos) = s.parse::<u64>() {
             return Ok(RestorePoint::Checkpoint(pos));
         }
-        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-            .map(RestorePoint::Time)
-            .map_err(|e| format!("`{s}` is neither a checkpoint number nor an RFC 3339 time: {e}"))
+        if let Some(ago) = s.strip_prefix('-') {
+            return relative(ago)
+                .map(|d| RestorePoint::Time(time::OffsetDateTime::now_utc() - d))
+                .ok_or_else(|| {
+                    format!("`{s}`: a time ago is a number and s, m, h, d or w (e.g. -2h, -30m)")
+                });
+        }
+        if let Ok(t) =
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        {
+            return Ok(RestorePoint::Time(t));
+        }
+        // A date and time without an offset: local time.
+        let naive =
+            time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+        if let Ok(t) = time::PrimitiveDateTime::parse(&s.replacen(' ', "T", 1), naive) {
+            let offset = time::UtcOffset::current_local_offset().map_err(|_| {
+                format!(
+                    "`{s}` has no UTC offset and the local one is unknown here; add Z or +hh:mm"
+                )
+            })?;
+            return Ok(RestorePoint::Time(t.assume_offset(offset)));
+        }
+        Err(format!(
+            "`{s}` is not a checkpoint number, an RFC 3339 time (2026-12-01T03:29:47Z), a local \
+             date and time (2026-12-01 03:29:47) or a time ago (-2h)"
+        ))
     }
+}
+
+/// `90s`, `30m`, `2h`, `1d`, `1w` as a duration.
+fn relative(s: &str) -> Option<time::Duration> {
+    let unit = s.chars().last()?;
+    let n: i64 = s[..s.len() - unit.len_utf8()].parse().ok()?;
+    let secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => return None,
+    };
+    if n < 0 {
+        return None;
+    }
+    Some(time::Duration::seconds(n.checked_mul(secs)?))
 }
 
 fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
@@ -976,6 +1018,31 @@ mod window_tests {
             assert!(!last.is_empty() && last.len() <= part);
         } else {
             assert!(want.is_empty());
+        }
+    }
+
+    #[test]
+    fn restore_points_read_every_documented_form() {
+        use std::str::FromStr;
+        assert!(matches!(
+            RestorePoint::from_str("42"),
+            Ok(RestorePoint::Checkpoint(42))
+        ));
+        let Ok(RestorePoint::Time(t)) = RestorePoint::from_str("2026-12-01T03:29:47Z") else {
+            panic!("RFC 3339")
+        };
+        assert_eq!(t.unix_timestamp(), 1_796_095_787);
+        let Ok(RestorePoint::Time(t)) = RestorePoint::from_str("-2h") else {
+            panic!("two hours ago")
+        };
+        let ago = time::OffsetDateTime::now_utc() - t;
+        assert!(
+            ago >= time::Duration::hours(2)
+                && ago < time::Duration::hours(2) + time::Duration::minutes(1)
+        );
+        for bad in ["-2x", "-h", "--2h", "yesterday", "2026-13-01 00:00:00"] {
+            let e = RestorePoint::from_str(bad).err().unwrap_or_default();
+            assert!(e.contains(bad), "{bad}: {e}");
         }
     }
 
