@@ -26,9 +26,11 @@ pub struct Args {
     /// Restore only these collections (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub collections: Option<Vec<String>>,
-    /// Archives: restore the state at this checkpoint (see `tidemark list`) or RFC 3339 time
-    /// (the newest backup captured at or before it), not the newest.
-    #[arg(long)]
+    /// Archives: restore the state at this checkpoint (see `tidemark list`) or time (the newest
+    /// backup captured at or before it), not the newest. A time is RFC 3339
+    /// (2026-12-01T03:29:47Z), a local date and time (2026-12-01 03:29:47) or a time ago (-2h,
+    /// -30m, -1d).
+    #[arg(long, allow_hyphen_values = true)]
     pub at: Option<archive::RestorePoint>,
     /// RocksDB targets: write SST files in this block-based table format_version (2-7)
     /// instead of the source's (recorded in the backup) or, when unknown, 4 (read by RocksDB
