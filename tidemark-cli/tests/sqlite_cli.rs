@@ -557,3 +557,29 @@ fn json_events_and_partial_restores() {
         "{e}"
     );
 }
+
+/// `list` on a folder backup describes its one state (text and `--json`) instead of saying
+/// there are no archives.
+#[test]
+fn list_describes_a_folder_backup() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    );
+    ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+        d.path(),
+    );
+    let text = ok(&["list", "bk"], d.path());
+    assert!(
+        text.contains("Folder backup bk") && text.contains("3 records in 1 collections"),
+        "{text}"
+    );
+    let line: serde_json::Value =
+        serde_json::from_str(ok(&["list", "bk", "--json"], d.path()).trim()).unwrap();
+    assert_eq!(line["type"], "folder");
+    assert_eq!(line["records_in_backup"], 3);
+    assert_eq!(line["last_run"], "full");
+}

@@ -19,6 +19,16 @@ pub struct Args {
 /// Runs `tidemark list`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args { dir, json } = args;
+    if let Place::Local(d) = &dir {
+        let path = d
+            .join(backup_core::folder::META_DIR)
+            .join(backup_core::folder::MANIFEST_FILE);
+        if let Some(m) = backup_core::manifest::FolderManifest::read(&path)
+            .with_context(|| format!("list {dir}"))?
+        {
+            return list_folder(&dir, &m, json);
+        }
+    }
     let chain = place::chain(&dir).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() {
         anyhow::bail!("{dir}: no tidemark archives here");
@@ -68,6 +78,43 @@ pub fn run(args: Args) -> Result<ExitCode> {
             human_bytes(item.size),
             format!("v{}", m.format_version),
             m.captured_at
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A folder backup holds one state, updated in place: one line about it.
+fn list_folder(
+    dir: &Place,
+    m: &backup_core::manifest::FolderManifest,
+    json: bool,
+) -> Result<ExitCode> {
+    let records: u64 = m.collections.iter().map(|c| c.records).sum();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "type": "folder",
+                "source": m.source,
+                "last_run": m.last_run.to_string(),
+                "checkpoint": m.checkpoint.position,
+                "records_in_backup": records,
+                "collections": m.collections.len(),
+                "created_at": m.created_at,
+                "updated_at": m.updated_at,
+            })
+        );
+    } else {
+        println!(
+            "Folder backup {dir} of {}: {records} records in {} collections at checkpoint {}, \
+             last run {} at {} (first at {}); a folder holds one state, updated in place",
+            m.source,
+            m.collections.len(),
+            m.checkpoint.position,
+            m.last_run,
+            m.updated_at,
+            m.created_at
         );
     }
     Ok(ExitCode::SUCCESS)
