@@ -583,3 +583,30 @@ fn list_describes_a_folder_backup() {
     assert_eq!(line["records_in_backup"], 3);
     assert_eq!(line["last_run"], "full");
 }
+
+/// Why a backup is full is said once (the summary's `Full backup: <reason>`), not twice.
+#[test]
+fn the_reason_for_a_full_backup_is_said_once() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+        d.path(),
+    );
+    // Untracked: the next backup cannot be incremental from a change log and says why.
+    sql(&d.join("app.db"), "INSERT INTO t VALUES (2, 'b');");
+    let out = ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+        d.path(),
+    );
+    let reasons = out.lines().filter(|l| l.contains("full backup")).count()
+        + out
+            .lines()
+            .filter(|l| l.starts_with("Full backup:"))
+            .count();
+    assert!(out.contains("Full backup:"), "{out}");
+    assert_eq!(reasons, 1, "said once: {out}");
+}

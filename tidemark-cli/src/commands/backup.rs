@@ -221,7 +221,12 @@ impl BackupJob<'_> {
         let mut bar = Progress::new(quiet || json);
         let mut on_event = |event: Event| {
             bar.update(&event);
-            report(&mut out, &event, quiet, json)
+            // The summary's `Full backup: <reason>` line says this once, at the end.
+            let said_later =
+                !json && matches!(&event, Event::Notice(m) if m.contains("taking a full backup: "));
+            if !said_later {
+                report(&mut out, &event, quiet, json)
+            }
         };
         let (summary, archive) = match (format, to) {
             (Format::Folder, Place::Local(dir)) => {
