@@ -610,3 +610,33 @@ fn the_reason_for_a_full_backup_is_said_once() {
     assert!(out.contains("Full backup:"), "{out}");
     assert_eq!(reasons, 1, "said once: {out}");
 }
+
+/// An archive backup's summary counts the bytes it wrote (it said `0 B` while parts were still
+/// being compressed when it was counted).
+#[test]
+fn an_archive_summary_counts_its_bytes() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+            "--json",
+        ],
+        d.path(),
+    );
+    let summary: serde_json::Value = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "summary")
+        .unwrap();
+    assert!(summary["bytes_written"].as_u64().unwrap() > 0, "{out}");
+}

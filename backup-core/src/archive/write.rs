@@ -240,8 +240,8 @@ pub fn backup_archive_to(
         bytes: 0,
         dropped_parts: (!dropped.is_empty()).then_some(dropped),
     };
-    let bytes_written = run.bytes;
-    let (name, size) = run.finish(manifest.clone())?;
+    // Read after the finish: parts still in the pipeline count too.
+    let (name, size, bytes_written) = run.finish(manifest.clone())?;
     durable::crash_point("archive state", state_dir);
     let now = now_rfc3339();
     let state = ArchiveState {
@@ -532,9 +532,9 @@ impl ArchiveRun {
         Ok(())
     }
 
-    /// Appends the last parts and the manifest, and completes the archive; returns its name
-    /// and size.
-    fn finish(mut self, mut manifest: ArchiveManifest) -> Result<(String, u64)> {
+    /// Appends the last parts and the manifest, and completes the archive; returns its name,
+    /// its size and the payload bytes of its entries (before compression).
+    fn finish(mut self, mut manifest: ArchiveManifest) -> Result<(String, u64, u64)> {
         self.flush_all()?;
         let ArchiveRun {
             pipeline,
@@ -554,7 +554,8 @@ impl ArchiveRun {
         zip.add(MANIFEST_ENTRY, &text)
             .map_err(|e| Error::io("write", &*what, e))?;
         let out = zip.finish().map_err(|e| Error::io("write", &*what, e))?;
-        out.finish(manifest.kind, &manifest)
+        let (name, size) = out.finish(manifest.kind, &manifest)?;
+        Ok((name, size, manifest.bytes))
     }
 }
 
