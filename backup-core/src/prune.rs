@@ -268,9 +268,7 @@ pub fn prune_chain(
         text.push('\n');
     }
     store.write_prune_log(text.as_bytes())?;
-    for item in &removed {
-        store.remove(item)?;
-    }
+    store.remove(&removed)?;
     Ok(plan)
 }
 

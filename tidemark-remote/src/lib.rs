@@ -299,11 +299,14 @@ impl ChainStore for RemoteChain {
         self.put(PRUNED_LOG, bytes.to_vec())
     }
 
-    fn remove(&self, item: &ChainItem) -> Result<()> {
-        // The seal first: the archive leaves the chain, then its object goes.
-        let (sequence, kind) = (item.manifest.sequence, item.manifest.kind);
-        self.delete(&seal_name(sequence, kind))?;
-        self.delete(&object_name(sequence, kind))
+    fn remove(&self, items: &[&ChainItem]) -> Result<()> {
+        for item in items {
+            // The seal first: the archive leaves the chain, then its object goes.
+            let (sequence, kind) = (item.manifest.sequence, item.manifest.kind);
+            self.delete(&seal_name(sequence, kind))?;
+            self.delete(&object_name(sequence, kind))?;
+        }
+        Ok(())
     }
 
     fn lock(&self, command: &str) -> Result<ChainLock> {

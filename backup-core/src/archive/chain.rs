@@ -42,8 +42,8 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>>;
     /// Replaces the prune log, atomically and durably.
     fn write_prune_log(&self, bytes: &[u8]) -> Result<()>;
-    /// Removes an archive from the chain (gone already is fine).
-    fn remove(&self, item: &ChainItem) -> Result<()>;
+    /// Removes archives from the chain (gone already is fine), durably once all are gone.
+    fn remove(&self, items: &[&ChainItem]) -> Result<()>;
     /// Takes the destination's one-writer lock for `command` (e.g. "prune"), held until the
     /// returned guard is dropped; another holder makes it fail with [`Error::Locked`].
     fn lock(&self, command: &str) -> Result<ChainLock>;
@@ -375,12 +375,15 @@ impl ChainStore for LocalChain {
         )
     }
 
-    fn remove(&self, item: &ChainItem) -> Result<()> {
-        match fs::remove_file(&item.path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("remove", &item.path, e)),
+    fn remove(&self, items: &[&ChainItem]) -> Result<()> {
+        for item in items {
+            match fs::remove_file(&item.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", &item.path, e)),
+            }
         }
+        // One directory sync for the lot.
         durable::sync_dir(&self.dir)
     }
 
