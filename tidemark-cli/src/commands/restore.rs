@@ -1,14 +1,11 @@
 //! `tidemark restore`: rebuilds a store from a backup (into any kind of store).
 
-use crate::commands::is_archive;
+use crate::commands::{open_backup, Backup};
 use crate::output::human_bytes;
-use crate::place::{self, Place};
+use crate::place::Place;
 use crate::stores::{self, StoreUrl};
 use anyhow::{Context, Result};
-use backup_core::{
-    archive, restore_archives_to_path, restore_chain, restore_folder_to_path, ArchiveOptions,
-    RestoreOptions,
-};
+use backup_core::{archive, restore_chain, restore_folder_to_path, ArchiveOptions, RestoreOptions};
 use std::process::ExitCode;
 
 /// Rebuild a store from a backup (into any kind of store).
@@ -87,27 +84,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..ArchiveOptions::default()
     };
     let summary = (|| -> anyhow::Result<_> {
-        Ok(match &from {
-            Place::Remote(url) => restore_chain(
-                &*place::open_remote(url)?,
+        Ok(match open_backup(&from)? {
+            Backup::Chain(chain) => restore_chain(
+                &*chain,
                 &point,
                 factory.as_ref(),
                 &to.path,
                 &options,
                 &archive,
             )?,
-            Place::Local(dir) if is_archive(dir)? => restore_archives_to_path(
-                dir,
-                &point,
-                factory.as_ref(),
-                &to.path,
-                &options,
-                &archive,
-            )?,
-            Place::Local(_) if at.is_some() => {
+            Backup::Folder(_) if at.is_some() => {
                 anyhow::bail!("--at needs an archive directory; {from} is not one")
             }
-            Place::Local(dir) => restore_folder_to_path(dir, factory.as_ref(), &to.path, &options)?,
+            Backup::Folder(dir) => {
+                restore_folder_to_path(&dir, factory.as_ref(), &to.path, &options)?
+            }
         })
     })()
     .with_context(|| format!("restore of {from} to {to}"))?;

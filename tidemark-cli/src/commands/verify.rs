@@ -1,10 +1,10 @@
 //! `tidemark verify`: checks a backup end to end (every checksum, every count) without
 //! restoring it; `--json` for scripts, exit status 1 on damage.
 
-use crate::commands::is_archive;
-use crate::place::{self, Place};
+use crate::commands::{open_backup, Backup};
+use crate::place::Place;
 use anyhow::{Context, Result};
-use backup_core::{verify_archives, verify_chain, verify_folder};
+use backup_core::{verify_chain, verify_folder};
 use std::process::ExitCode;
 
 /// Check a backup end to end (every checksum, every count) without restoring it.
@@ -25,10 +25,9 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args { dir, json, quiet } = args;
     let report = (|| -> anyhow::Result<_> {
-        Ok(match &dir {
-            Place::Remote(url) => verify_chain(&*place::open_remote(url)?)?,
-            Place::Local(d) if is_archive(d)? => verify_archives(d)?,
-            Place::Local(d) => verify_folder(d)?,
+        Ok(match open_backup(&dir)? {
+            Backup::Chain(chain) => verify_chain(&*chain)?,
+            Backup::Folder(d) => verify_folder(&d)?,
         })
     })()
     .with_context(|| format!("verify {dir}"))?;
