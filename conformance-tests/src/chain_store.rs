@@ -96,7 +96,7 @@ impl Source {
     }
 
     fn backup(&self, chain: &dyn ChainStore, state: &Path, mode: BackupMode) -> RunKind {
-        let options = BackupOptions {
+        let run = BackupOptions {
             mode,
             ..BackupOptions::default()
         };
@@ -104,17 +104,13 @@ impl Source {
             self.store.backend(),
             chain,
             state,
-            &options,
-            &options_archive(),
+            &run,
+            &options(),
             &mut |_| {},
         )
         .unwrap_or_else(|e| panic!("backup to {}: {e}", chain.location().display()))
         .kind
     }
-}
-
-fn options_archive() -> ArchiveOptions {
-    options()
 }
 
 fn restore(chain: &dyn ChainStore, at: &RestorePoint, target: &Path) -> Result<(), Error> {
