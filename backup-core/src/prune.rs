@@ -58,6 +58,9 @@ impl PruneItem {
 pub struct PrunePlan {
     /// Every archive of the chain, oldest first, with its fate.
     pub items: Vec<PruneItem>,
+    /// Archives an earlier prune logged as removed but did not get to delete (it was killed):
+    /// no part of the chain, deleted now.
+    pub leftovers: Vec<ChainItem>,
 }
 
 impl PrunePlan {
@@ -65,42 +68,51 @@ impl PrunePlan {
     pub fn removed(&self) -> impl Iterator<Item = &ChainItem> {
         self.items.iter().filter(|i| !i.kept()).map(|i| &i.item)
     }
-    /// Bytes freed by the removals.
+    /// Bytes freed by the removals (leftovers included).
     pub fn freed_bytes(&self) -> u64 {
-        self.removed().map(|i| i.size).sum()
+        self.removed().chain(&self.leftovers).map(|i| i.size).sum()
     }
 }
 
 /// A line of [`PRUNED_LOG`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PrunedEntry {
-    /// The removed archive's sequence number.
+    /// The removed archive's sequence number (the last it covered, if compacted).
     pub sequence: u64,
+    /// A compacted archive's first sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first: Option<u64>,
     /// Its file name.
     pub file: String,
     /// When it was removed (RFC 3339, UTC).
     pub pruned_at: String,
 }
 
-/// The sequences a prune log records as pruned (`bytes` is the log at `path`, `None` when
-/// nothing was ever pruned).
-pub fn parse_pruned(path: &Path, bytes: Option<&[u8]>) -> Result<BTreeSet<u64>> {
+/// The entries of a prune log (`bytes` is the log at `path`, `None` when nothing was ever
+/// pruned).
+pub fn parse_prune_log(path: &Path, bytes: Option<&[u8]>) -> Result<Vec<PrunedEntry>> {
     let Some(bytes) = bytes else {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     };
     String::from_utf8_lossy(bytes)
         .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
-            serde_json::from_str::<PrunedEntry>(l)
-                .map(|e| e.sequence)
-                .map_err(|e| Error::Damaged {
-                    path: path.to_path_buf(),
-                    cause: format!("line {}: {e}", n + 1),
-                })
+            serde_json::from_str::<PrunedEntry>(l).map_err(|e| Error::Damaged {
+                path: path.to_path_buf(),
+                cause: format!("line {}: {e}", n + 1),
+            })
         })
         .collect()
+}
+
+/// The sequences a prune log records as pruned (a pruned compacted archive: every sequence it
+/// covered).
+pub fn parse_pruned(path: &Path, bytes: Option<&[u8]>) -> Result<BTreeSet<u64>> {
+    Ok(crate::archive::pruned_sequences(&parse_prune_log(
+        path, bytes,
+    )?))
 }
 
 fn day_of(item: &ChainItem) -> Option<(i32, u16)> {
@@ -124,16 +136,25 @@ fn week_of(item: &ChainItem) -> Option<(i32, u8)> {
     Some((year, week))
 }
 
-/// Decides what a prune keeps. Pure: reads nothing, removes nothing.
+/// Decides what a prune keeps. Pure: reads nothing, removes nothing. `chain` is settled and
+/// sorted (by sequence): each distinct sequence is a restore point; the policy picks the points
+/// to keep, and each kept point keeps the archives of its cheapest path from a full archive
+/// (after `tidemark compact`, a compacted archive instead of the many it covers).
 pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
-    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); chain.len()];
-    let seq = |i: usize| format!("{:06}", chain[i].manifest.sequence);
-    if let Some(last) = chain.len().checked_sub(1) {
-        reasons[last].push("newest".into());
+    // Restore points, newest first: (sequence, an archive ending there).
+    let mut points: Vec<(u64, usize)> = Vec::new();
+    for (i, item) in chain.iter().enumerate().rev() {
+        if points.last().map(|p| p.0) != Some(item.manifest.sequence) {
+            points.push((item.manifest.sequence, i));
+        }
+    }
+    let mut why: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+    if let Some(&(newest, _)) = points.first() {
+        why.entry(newest).or_default().push("newest".into());
     }
     if let Some(n) = retention.keep_last {
-        for i in (0..chain.len()).rev().take(n) {
-            reasons[i].push("last".into());
+        for &(p, _) in points.iter().take(n) {
+            why.entry(p).or_default().push("last".into());
         }
     }
     // Newest backup per period, for the newest N periods that have backups.
@@ -141,7 +162,7 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
         |n: Option<usize>, label: &str, key: &dyn Fn(&ChainItem) -> Option<String>| {
             let Some(n) = n else { return };
             let mut seen: Vec<String> = Vec::new();
-            for i in (0..chain.len()).rev() {
+            for &(p, i) in &points {
                 let Some(k) = key(&chain[i]) else { continue };
                 if seen.contains(&k) {
                     continue;
@@ -149,7 +170,7 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
                 if seen.len() == n {
                     break;
                 }
-                reasons[i].push(format!("{label} {k}"));
+                why.entry(p).or_default().push(format!("{label} {k}"));
                 seen.push(k);
             }
         };
@@ -163,17 +184,42 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
     by_period(retention.keep_weekly, "weekly", &|c| {
         week_of(c).map(|(y, w)| format!("{y}-W{w:02}"))
     });
-    // A kept backup keeps everything back to its full archive.
-    for i in (0..chain.len()).rev() {
-        if reasons[i].is_empty() || chain[i].manifest.kind == RunKind::Full {
-            continue;
-        }
-        let mut j = i;
-        while j > 0 && chain[j].manifest.kind != RunKind::Full {
-            j -= 1;
-            let why = format!("needed by {}", seq(i));
-            if !reasons[j].iter().any(|r| r.starts_with("needed by")) {
-                reasons[j].push(why);
+    let mut reasons: Vec<Vec<String>> = vec![Vec::new(); chain.len()];
+    let best = crate::archive::paths_from_full(chain);
+    for (&point, point_reasons) in why.iter().rev() {
+        let ends = (0..chain.len()).filter(|&i| chain[i].manifest.sequence == point);
+        let cheapest = ends
+            .filter_map(|i| best[i].map(|b| (b.objects, b.bytes, i)))
+            .min();
+        let path = match cheapest {
+            Some((_, _, i)) => crate::archive::path_of(&best, i),
+            // No path (a damaged chain): keep everything back to a full archive by sequence,
+            // so that nothing a kept point might need is lost.
+            None => {
+                let mut keep = Vec::new();
+                for i in (0..chain.len()).rev() {
+                    let m = &chain[i].manifest;
+                    if m.sequence > point {
+                        continue;
+                    }
+                    keep.push(i);
+                    if m.kind == RunKind::Full && m.sequence < point {
+                        break;
+                    }
+                }
+                keep.reverse();
+                keep
+            }
+        };
+        for &i in &path {
+            if chain[i].manifest.sequence == point {
+                for r in point_reasons {
+                    if !reasons[i].contains(r) {
+                        reasons[i].push(r.clone());
+                    }
+                }
+            } else if !reasons[i].iter().any(|r| r.starts_with("needed by")) {
+                reasons[i].push(format!("needed by {point:06}"));
             }
         }
     }
@@ -184,6 +230,7 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
             .zip(reasons)
             .map(|(item, reasons)| PruneItem { item, reasons })
             .collect(),
+        leftovers: Vec::new(),
     }
 }
 
@@ -244,16 +291,18 @@ pub fn prune_chain(
     retention: &Retention,
     dry_run: bool,
 ) -> Result<PrunePlan> {
-    let chain = store.read_chain()?;
-    let plan = plan_prune(&chain, retention);
+    let (chain, leftovers, log) = crate::archive::load_chain(store)?;
+    let mut plan = plan_prune(&chain, retention);
+    plan.leftovers = leftovers;
     let removed: Vec<&ChainItem> = plan.removed().collect();
-    if dry_run || removed.is_empty() {
+    if dry_run || (removed.is_empty() && plan.leftovers.is_empty()) {
         return Ok(plan);
     }
-    let mut text = store
-        .read_prune_log()?
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
+    if removed.is_empty() {
+        store.remove(&plan.leftovers.iter().collect::<Vec<_>>())?;
+        return Ok(plan);
+    }
+    let mut text = String::from_utf8_lossy(&log).into_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
@@ -261,6 +310,7 @@ pub fn prune_chain(
     for item in &removed {
         let entry = PrunedEntry {
             sequence: item.manifest.sequence,
+            first: item.manifest.covers.as_ref().map(|c| c.first),
             file: file_name(&item.path),
             pruned_at: now.clone(),
         };
@@ -268,7 +318,9 @@ pub fn prune_chain(
         text.push('\n');
     }
     store.write_prune_log(text.as_bytes())?;
-    store.remove(&removed)?;
+    let mut gone = removed;
+    gone.extend(&plan.leftovers);
+    store.remove(&gone)?;
     Ok(plan)
 }
 

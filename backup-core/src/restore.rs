@@ -123,6 +123,8 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Wall-clock time.
     pub elapsed: Duration,
+    /// Archives read (0 for a folder backup).
+    pub archives: usize,
 }
 
 /// Restores the folder backup at `dir` into a new store at `target`, built aside and renamed
@@ -440,6 +442,7 @@ fn write_all(
         records,
         bytes,
         elapsed: started.elapsed(),
+        archives: 0,
     })
 }
 

@@ -11,8 +11,9 @@ use crate::memory::{MemoryFactory, MemoryHarness, MemoryTestStore};
 use crate::{Harness, Model, Op, TestStore};
 use backup_core::archive::{ChainItem, ChainStore, RestorePoint};
 use backup_core::{
-    backup_archive_to, prune_chain, restore_chain, verify_chain, ArchiveOptions, BackupMode,
-    BackupOptions, Compression, Error, RestoreOptions, Retention, RunKind,
+    backup_archive_to, compact_chain, prune_chain, restore_chain, verify_chain, ArchiveOptions,
+    BackupMode, BackupOptions, CompactOptions, Compression, Error, RestoreOptions, RestoreSummary,
+    Retention, RunKind,
 };
 use std::path::Path;
 
@@ -35,6 +36,8 @@ pub fn run_all(fixture: &dyn ChainFixture) {
     damage_is_found_and_refused(fixture);
     a_deleted_newest_archive_is_noticed(fixture);
     one_writer_at_a_time(fixture);
+    compaction_keeps_every_point(fixture);
+    a_killed_prune_leaves_no_orphans(fixture);
 }
 
 fn options() -> ArchiveOptions {
@@ -114,6 +117,14 @@ impl Source {
 }
 
 fn restore(chain: &dyn ChainStore, at: &RestorePoint, target: &Path) -> Result<(), Error> {
+    restore_counting(chain, at, target).map(|_| ())
+}
+
+fn restore_counting(
+    chain: &dyn ChainStore,
+    at: &RestorePoint,
+    target: &Path,
+) -> Result<RestoreSummary, Error> {
     restore_chain(
         chain,
         at,
@@ -122,7 +133,6 @@ fn restore(chain: &dyn ChainStore, at: &RestorePoint, target: &Path) -> Result<(
         &RestoreOptions::default(),
         &options(),
     )
-    .map(|_| ())
 }
 
 fn restored(target: &Path) -> Model {
@@ -334,4 +344,180 @@ pub fn one_writer_at_a_time(fixture: &dyn ChainFixture) {
         .join()
         .expect("the thread");
     });
+}
+
+/// A chain of a full archive and 17 incrementals (keys rewritten again and again, some
+/// deleted, some deleted and written again) compacted with fanout 3: the compacted archives
+/// are the blocks the levels call for, the chain verifies, a restore at every point gives the
+/// store as it was then while reading fewer archives, a second compaction writes nothing, and
+/// retention afterwards removes the covered archives without losing a kept point.
+pub fn compaction_keeps_every_point(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("compact");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    let mut models = vec![];
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    models.push(src.model.clone());
+    for round in 1..18u32 {
+        // Overlapping ranges: the same keys change in many archives.
+        let from = (round * 37) % 250;
+        src.write(from, from + 40, round);
+        assert_eq!(
+            src.backup(&*chain, state.path(), BackupMode::Auto),
+            RunKind::Incremental
+        );
+        models.push(src.model.clone());
+    }
+    let before = restore_counting(&*chain, &RestorePoint::Latest, &out.path().join("before"))
+        .expect("restore before compaction");
+    assert_eq!(before.archives, 18);
+    let compact = CompactOptions {
+        fanout: 3,
+        archive: options(),
+        dry_run: false,
+    };
+    let mut seen = 0;
+    let done = compact_chain(&*chain, &compact, &mut |_| seen += 1).expect("compact");
+    let blocks: Vec<(u64, u64)> = done.written.iter().map(|c| (c.first, c.last)).collect();
+    // Level 1: 2..3, 4..6, …, 13..15 (never the newest, 18); level 2: 2..9.
+    assert_eq!(
+        blocks,
+        [(2, 3), (4, 6), (7, 9), (10, 12), (13, 15), (2, 9)],
+        "{:?}",
+        done.skipped
+    );
+    assert_eq!(seen, blocks.len());
+    assert!(done.skipped.is_empty(), "{:?}", done.skipped);
+    let report = verify_chain(&*chain).expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let survey = chain.survey().expect("survey");
+    assert_eq!(survey.items.len(), 18 + blocks.len());
+    let mut points: Vec<(u64, u64)> = survey
+        .items
+        .iter()
+        .map(|i| (i.manifest.sequence, i.manifest.to.position))
+        .collect();
+    points.dedup();
+    assert_eq!(points.len(), 18, "every point is still there");
+    for (seq, position) in &points {
+        let target = out.path().join(format!("at-{seq}"));
+        let summary = restore_counting(&*chain, &RestorePoint::Checkpoint(*position), &target)
+            .unwrap_or_else(|e| panic!("restore at {seq}: {e}"));
+        assert!(
+            restored(&target) == models[(*seq - 1) as usize],
+            "restore at {seq}"
+        );
+        // Full + 2..9 + 10..12 + 13..15 + 16 + 17 + 18 at most.
+        assert!(
+            summary.archives <= 7,
+            "{seq}: {} archives",
+            summary.archives
+        );
+    }
+    let latest = restore_counting(&*chain, &RestorePoint::Latest, &out.path().join("latest"))
+        .expect("restore latest");
+    assert_eq!(
+        latest.archives, 7,
+        "1 + (2..9) + (10..12) + (13..15) + 16 + 17 + 18"
+    );
+    assert!(restored(&out.path().join("latest")) == src.model);
+    let again = compact_chain(&*chain, &compact, &mut |_| {}).expect("compact again");
+    assert!(again.written.is_empty(), "nothing new to compact");
+    // Retention: the newest 2 points; everything else goes, the covered archives included.
+    let keep = Retention {
+        keep_last: Some(2),
+        ..Retention::default()
+    };
+    let plan = prune_chain(&*chain, &keep, false).expect("prune");
+    let kept: Vec<String> = plan
+        .items
+        .iter()
+        .filter(|i| i.kept())
+        .map(|i| format!("{}..{}", i.item.manifest.first(), i.item.manifest.sequence))
+        .collect();
+    assert_eq!(
+        kept,
+        ["1..1", "2..9", "10..12", "13..15", "16..16", "17..17", "18..18"]
+    );
+    let report = verify_chain(&*chain).expect("verify after prune");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    for seq in [17u64, 18] {
+        let (_, position) = points[(seq - 1) as usize];
+        let target = out.path().join(format!("kept-{seq}"));
+        restore(&*chain, &RestorePoint::Checkpoint(position), &target)
+            .unwrap_or_else(|e| panic!("restore at kept point {seq}: {e}"));
+        assert!(restored(&target) == models[(seq - 1) as usize]);
+    }
+    let (_, gone) = points[3]; // sequence 4: covered by 2..9, its own point given up
+    assert!(restore(
+        &*chain,
+        &RestorePoint::Checkpoint(gone),
+        &out.path().join("gone")
+    )
+    .is_err());
+    // The chain goes on: a new backup continues the newest archive.
+    src.write(0, 30, 99);
+    assert_eq!(
+        src.backup(&*chain, state.path(), BackupMode::Auto),
+        RunKind::Incremental
+    );
+    let target = out.path().join("after");
+    restore(&*chain, &RestorePoint::Latest, &target).expect("restore after a new backup");
+    assert!(restored(&target) == src.model);
+}
+
+/// A prune killed after it logged its removals but before it deleted them all: what the log
+/// names is no part of the chain (verify and restore ignore it, even where its neighbours are
+/// gone), and the next prune deletes it.
+pub fn a_killed_prune_leaves_no_orphans(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("killed-prune");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    for round in 1..4 {
+        src.write(round * 20, round * 20 + 30, round);
+        src.backup(&*chain, state.path(), BackupMode::Auto);
+    }
+    src.backup(&*chain, state.path(), BackupMode::Full);
+    let items = chain.read_chain().expect("list");
+    assert_eq!(items.len(), 5);
+    // Log 1..4 as pruned, delete only 1 and 2 (as a prune killed half-way would).
+    let mut log = String::new();
+    for item in &items[..4] {
+        log.push_str(&format!(
+            "{{\"sequence\":{},\"file\":\"{}\",\"pruned_at\":\"2026-12-01T00:00:00Z\"}}\n",
+            item.manifest.sequence,
+            item.path.file_name().expect("a name").to_string_lossy()
+        ));
+    }
+    chain
+        .write_prune_log(log.as_bytes())
+        .expect("write the log");
+    chain.remove(&[&items[0], &items[1]]).expect("remove two");
+    let survey = chain.survey().expect("survey");
+    let seqs: Vec<u64> = survey.items.iter().map(|i| i.manifest.sequence).collect();
+    assert_eq!(seqs, [5]);
+    assert_eq!(survey.leftovers.len(), 2);
+    let report = verify_chain(&*chain).expect("verify");
+    assert!(
+        report.is_ok(),
+        "leftovers are not part of the chain: {:?}",
+        report.problems
+    );
+    let target = out.path().join("latest");
+    restore(&*chain, &RestorePoint::Latest, &target).expect("restore");
+    assert!(restored(&target) == src.model);
+    let keep = Retention {
+        keep_last: Some(1),
+        ..Retention::default()
+    };
+    let plan = prune_chain(&*chain, &keep, false).expect("prune");
+    assert_eq!(plan.leftovers.len(), 2);
+    assert_eq!(
+        chain.read_chain().expect("list").len(),
+        1,
+        "the leftovers are gone"
+    );
 }

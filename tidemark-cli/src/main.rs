@@ -40,6 +40,9 @@ enum Command {
     /// Remove old archives that no kept backup depends on (never breaks a chain; the newest
     /// archive is always kept).
     Prune(commands::prune::Args),
+    /// Merge runs of small archives (live backups) into compacted ones, in levels, so that a
+    /// restore at any point reads few archives; every point stays restorable.
+    Compact(commands::compact::Args),
 }
 
 /// Retention rules (restic-style); at least one is required.
@@ -126,5 +129,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::List(args) => commands::list::run(args),
         Command::Run(args) => commands::run::run(args),
         Command::Prune(args) => commands::prune::run(args),
+        Command::Compact(args) => commands::compact::run(args),
     }
 }

@@ -19,11 +19,10 @@
 //! [`ChainStore`] this crate implements: sealed archives are read in place by ranged GETs.
 
 use backup_core::archive::{
-    archive_file_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head,
-    Survey, HEAD_FILE,
+    ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Slot, Survey, HEAD_FILE,
 };
-use backup_core::prune::{parse_pruned, PRUNED_LOG};
-use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result, RunKind};
+use backup_core::prune::PRUNED_LOG;
+use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
@@ -200,24 +199,19 @@ impl RemoteChain {
                 seals.extend(self.seal(&name)?);
             }
         }
-        seals.sort_by_key(|s| s.manifest.sequence);
+        seals.sort_by_key(|s| (s.manifest.sequence, s.manifest.first()));
         Ok(seals)
     }
 }
 
-fn kind_word(kind: RunKind) -> &'static str {
-    match kind {
-        RunKind::Full => "full",
-        RunKind::Incremental => "incr",
-    }
+/// The object holding an archive's bytes: `tidemark-000002-incr.zip`.
+fn object_name(slot: Slot) -> String {
+    format!("{}.zip", slot.stem())
 }
 
-fn object_name(sequence: u64, kind: RunKind) -> String {
-    format!("tidemark-{sequence:06}-{}.zip", kind_word(kind))
-}
-
-fn seal_name(sequence: u64, kind: RunKind) -> String {
-    format!("tidemark-{sequence:06}-{}.json", kind_word(kind))
+/// The seal that makes an archive part of the chain: `tidemark-000002-incr.json`.
+fn seal_name(slot: Slot) -> String {
+    format!("{}.json", slot.stem())
 }
 
 impl ChainStore for RemoteChain {
@@ -255,13 +249,12 @@ impl ChainStore for RemoteChain {
                 Err(e) => survey.problems.push(e),
             }
         }
-        survey.items.sort_by_key(|i| i.manifest.sequence);
         survey
             .problems
             .extend(Head::problem(head.as_ref(), &survey.items, &|name| {
                 self.location_of(name)
             }));
-        survey.pruned = parse_pruned(
+        survey.settle(
             &self.location_of(PRUNED_LOG),
             self.read_prune_log()?.as_deref(),
         )?;
@@ -269,7 +262,7 @@ impl ChainStore for RemoteChain {
     }
 
     fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>> {
-        let object = object_name(item.manifest.sequence, item.manifest.kind);
+        let object = object_name(Slot::of(&item.manifest));
         let path = self.path(&object);
         let location = self.location_of(&object);
         let meta = self
@@ -302,9 +295,9 @@ impl ChainStore for RemoteChain {
     fn remove(&self, items: &[&ChainItem]) -> Result<()> {
         for item in items {
             // The seal first: the archive leaves the chain, then its object goes.
-            let (sequence, kind) = (item.manifest.sequence, item.manifest.kind);
-            self.delete(&seal_name(sequence, kind))?;
-            self.delete(&object_name(sequence, kind))?;
+            let slot = Slot::of(&item.manifest);
+            self.delete(&seal_name(slot))?;
+            self.delete(&object_name(slot))?;
         }
         Ok(())
     }
@@ -340,13 +333,8 @@ impl ChainStore for RemoteChain {
         Ok(())
     }
 
-    fn begin(
-        &self,
-        sequence: u64,
-        kind: RunKind,
-        buffer_size: usize,
-    ) -> Result<Box<dyn ArchiveOutput>> {
-        let object = object_name(sequence, kind);
+    fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
+        let object = object_name(slot);
         let upload = self
             .rt
             .block_on(self.store.put_multipart(&self.path(&object)))
@@ -365,7 +353,7 @@ impl ChainStore for RemoteChain {
                 rt: self.rt.clone(),
                 held: self.held.clone(),
             },
-            sequence,
+            slot,
             object,
             writer: Some(PartWriter::new(sink, buffer_size.max(MIN_PART))),
         }))
@@ -435,7 +423,7 @@ impl Drop for Upload {
 
 struct RemoteOutput {
     chain: RemoteChain,
-    sequence: u64,
+    slot: Slot,
     object: String,
     writer: Option<PartWriter<Upload>>,
 }
@@ -458,11 +446,7 @@ impl Write for RemoteOutput {
 }
 
 impl ArchiveOutput for RemoteOutput {
-    fn finish(
-        mut self: Box<Self>,
-        kind: RunKind,
-        manifest: &ArchiveManifest,
-    ) -> Result<(String, u64)> {
+    fn finish(mut self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
         let what = self.chain.location_of(&self.object);
         let writer = self
             .writer
@@ -482,7 +466,7 @@ impl ArchiveOutput for RemoteOutput {
         // not seal: the other writer owns the chain now.
         self.chain.check_still_held()?;
         // The seal goes last: only now does the archive join the chain.
-        let archive = archive_file_name(self.sequence, kind, crc);
+        let archive = self.slot.file_name(crc);
         let seal = Seal {
             archive: archive.clone(),
             object: self.object.clone(),
@@ -491,10 +475,13 @@ impl ArchiveOutput for RemoteOutput {
             manifest: manifest.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&seal).map_err(|e| self.chain.err("seal", e))?;
-        self.chain.put(&seal_name(self.sequence, kind), bytes)?;
-        // Then the head, so that a newest archive deleted later is noticed.
-        self.chain
-            .put(HEAD_FILE, Head::encode(self.sequence, &archive))?;
+        self.chain.put(&seal_name(self.slot), bytes)?;
+        // Then the head, so that a newest archive deleted later is noticed (a compacted
+        // archive is never the newest).
+        if !self.slot.compacted() {
+            self.chain
+                .put(HEAD_FILE, Head::encode(self.slot.sequence, &archive))?;
+        }
         Ok((archive, size))
     }
 }

@@ -24,14 +24,10 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     fn read_chain(&self) -> Result<Vec<ChainItem>>;
     /// Removes what interrupted writes left behind (never a complete archive).
     fn clean_partial(&self) -> Result<()>;
-    /// Starts writing archive `sequence` of `kind`; `buffer_size` bounds the memory it uses for
-    /// output (beyond the entry being written).
-    fn begin(
-        &self,
-        sequence: u64,
-        kind: RunKind,
-        buffer_size: usize,
-    ) -> Result<Box<dyn ArchiveOutput>>;
+    /// Starts writing the archive `slot` names; `buffer_size` bounds the memory it uses for
+    /// output (beyond the entry being written). Finishing a backup's archive (not a compacted
+    /// one) also records it as the chain's head.
+    fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>>;
     /// The chain as a reader finds it: its archives, what is wrong with the listing (an
     /// unreadable manifest, a newest archive that went missing), and the sequences prune
     /// removed. Verify reports the problems; restore refuses on the first.
@@ -63,6 +59,35 @@ pub struct Survey {
     pub pruned: BTreeSet<u64>,
     /// Whether anything of a chain is there at all (an archive, or a head naming one).
     pub anything: bool,
+    /// Archives the prune log records as removed that are still there (a prune was killed
+    /// before it deleted them): not part of the chain.
+    pub leftovers: Vec<ChainItem>,
+}
+
+impl Survey {
+    /// Completes a survey with the prune log (its bytes, stored at `log_path`): the sequences
+    /// it explains, and the leftovers set apart from the chain, which is sorted.
+    pub fn settle(&mut self, log_path: &Path, log: Option<&[u8]>) -> Result<()> {
+        let entries = crate::prune::parse_prune_log(log_path, log)?;
+        self.pruned = super::graph::pruned_sequences(&entries);
+        let (chain, leftovers) = super::graph::settle(std::mem::take(&mut self.items), &entries);
+        self.items = chain;
+        self.leftovers = leftovers;
+        Ok(())
+    }
+}
+
+/// The chain in `store` as a writer sees it: the archives of the chain (sorted), the leftovers
+/// of an interrupted prune, and the prune log's bytes.
+pub(crate) fn load_chain(
+    store: &dyn ChainStore,
+) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<u8>)> {
+    let items = store.read_chain()?;
+    let log = store.read_prune_log()?.unwrap_or_default();
+    let entries =
+        crate::prune::parse_prune_log(&store.location_of(crate::prune::PRUNED_LOG), Some(&log))?;
+    let (chain, leftovers) = super::graph::settle(items, &entries);
+    Ok((chain, leftovers, log))
 }
 
 /// An archive opened for reading: ranged reads at any offset, from any thread (an object
@@ -256,12 +281,63 @@ impl ArchiveRead for LocalArchive {
 pub trait ArchiveOutput: Write {
     /// Makes the archive complete, durable and visible, last of all; returns its file name (which
     /// carries the CRC32 of the whole file) and size.
-    fn finish(self: Box<Self>, kind: RunKind, manifest: &ArchiveManifest) -> Result<(String, u64)>;
+    fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)>;
 }
 
-/// The archive's file name: sequence, kind and the CRC32 of the whole file.
-pub fn archive_file_name(sequence: u64, kind: RunKind, crc: u32) -> String {
-    file_name(sequence, kind, crc)
+/// Which archive is being written: the sequence it ends at, the first it covers (the same,
+/// unless it is compacted) and its kind. Names the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// The (last) sequence.
+    pub sequence: u64,
+    /// The first sequence covered.
+    pub first: u64,
+    /// Full or incremental.
+    pub kind: RunKind,
+}
+
+impl Slot {
+    /// A backup's archive: it covers its own sequence.
+    pub fn single(sequence: u64, kind: RunKind) -> Self {
+        Slot {
+            sequence,
+            first: sequence,
+            kind,
+        }
+    }
+
+    /// Whether this is a compacted archive (covering more than its own sequence).
+    pub fn compacted(&self) -> bool {
+        self.first != self.sequence
+    }
+
+    /// The name without the CRC32: `tidemark-000002-incr`, or for a compacted archive
+    /// `tidemark-000005-000100-incr` (first and last sequence).
+    pub fn stem(&self) -> String {
+        let k = match self.kind {
+            RunKind::Full => "full",
+            RunKind::Incremental => "incr",
+        };
+        if self.compacted() {
+            format!("tidemark-{:06}-{:06}-{k}", self.first, self.sequence)
+        } else {
+            format!("tidemark-{:06}-{k}", self.sequence)
+        }
+    }
+
+    /// The file name, with the CRC32 of the whole file.
+    pub fn file_name(&self, crc: u32) -> String {
+        format!("{}-{crc:08x}.zip", self.stem())
+    }
+
+    /// The slot an archive of the chain was written to.
+    pub fn of(manifest: &ArchiveManifest) -> Self {
+        Slot {
+            sequence: manifest.sequence,
+            first: manifest.first(),
+            kind: manifest.kind,
+        }
+    }
 }
 
 /// Archives in a local directory: written to `.tidemark-NNNNNN.zip.tmp`, fsynced, renamed to
@@ -300,6 +376,7 @@ impl ChainStore for LocalChain {
         {
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".tidemark-") && name.ends_with(".zip.tmp") {
+                // `.tidemark-NNNNNN.zip.tmp` (older runs) or `.tidemark-…-incr.zip.tmp`.
                 let p = entry.path();
                 fs::remove_file(&p).map_err(|e| Error::io("remove", &p, e))?;
             }
@@ -341,7 +418,7 @@ impl ChainStore for LocalChain {
             .extend(Head::problem(head.as_ref(), &survey.items, &|name| {
                 dir.join(name)
             }));
-        survey.pruned = crate::prune::parse_pruned(
+        survey.settle(
             &dir.join(crate::prune::PRUNED_LOG),
             self.read_prune_log()?.as_deref(),
         )?;
@@ -393,17 +470,12 @@ impl ChainStore for LocalChain {
         )?))
     }
 
-    fn begin(
-        &self,
-        sequence: u64,
-        _kind: RunKind,
-        buffer_size: usize,
-    ) -> Result<Box<dyn ArchiveOutput>> {
-        let tmp = self.dir.join(format!(".tidemark-{sequence:06}.zip.tmp"));
+    fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
+        let tmp = self.dir.join(format!(".{}.zip.tmp", slot.stem()));
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
         Ok(Box::new(LocalOutput {
             dir: self.dir.clone(),
-            sequence,
+            slot,
             file: BufWriter::with_capacity(buffer_size, file),
             tmp,
         }))
@@ -412,7 +484,7 @@ impl ChainStore for LocalChain {
 
 struct LocalOutput {
     dir: PathBuf,
-    sequence: u64,
+    slot: Slot,
     file: BufWriter<File>,
     tmp: PathBuf,
 }
@@ -427,7 +499,7 @@ impl Write for LocalOutput {
 }
 
 impl ArchiveOutput for LocalOutput {
-    fn finish(self: Box<Self>, kind: RunKind, _: &ArchiveManifest) -> Result<(String, u64)> {
+    fn finish(self: Box<Self>, _: &ArchiveManifest) -> Result<(String, u64)> {
         let tmp = self.tmp;
         let file = self
             .file
@@ -440,11 +512,13 @@ impl ArchiveOutput for LocalOutput {
             .len();
         drop(file);
         let crc = file_crc32(&tmp)?;
-        let name = file_name(self.sequence, kind, crc);
+        let name = self.slot.file_name(crc);
         let path = self.dir.join(&name);
         durable::rename(&tmp, &path)?;
         durable::sync_dir(&self.dir)?;
-        write_head(&self.dir, self.sequence, &name)?;
+        if !self.slot.compacted() {
+            write_head(&self.dir, self.slot.sequence, &name)?;
+        }
         Ok((name, size))
     }
 }
@@ -639,15 +713,6 @@ pub(super) fn archive_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The archive's file name: sequence, kind and the CRC32 of the whole file.
-fn file_name(sequence: u64, kind: RunKind, crc: u32) -> String {
-    let k = match kind {
-        RunKind::Full => "full",
-        RunKind::Incremental => "incr",
-    };
-    format!("tidemark-{sequence:06}-{k}-{crc:08x}.zip")
-}
-
 pub(super) fn file_crc32(path: &Path) -> Result<u32> {
     let mut f = File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = crc32fast::Hasher::new();
@@ -662,7 +727,7 @@ pub(super) fn file_crc32(path: &Path) -> Result<u32> {
 }
 
 /// Reads every archive's manifest in `dir`, in sequence order (without checking entries; see
-/// [`verify_archives`]).
+/// `verify_archives`).
 pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
     if !dir.exists() {
         return Ok(Vec::new());
@@ -677,6 +742,7 @@ pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
             size,
         });
     }
+    super::graph::sort_chain(&mut out);
     Ok(out)
 }
 
@@ -762,67 +828,6 @@ fn manifest_from_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
     }
 }
 
-/// Checks that each archive continues its predecessor: an incremental's parent is the previous
-/// file and starts where it ended; a full archive starts a new chain. Sequence numbers may skip
-/// only archives `tidemark prune` removed (`pruned`), and only before a full archive.
-pub(super) fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> Vec<Error> {
-    let mut problems = Vec::new();
-    for (i, item) in chain.iter().enumerate() {
-        let m = &item.manifest;
-        if let Some(prev) = i.checked_sub(1).map(|p| &chain[p]) {
-            let after = prev.manifest.sequence;
-            if m.sequence <= after {
-                problems.push(damaged(
-                    &item.path,
-                    format!("sequence {} does not follow {after}", m.sequence),
-                ));
-            } else if m.sequence > after + 1 {
-                let lost: Vec<u64> = (after + 1..m.sequence)
-                    .filter(|s| !pruned.contains(s))
-                    .collect();
-                if !lost.is_empty() || m.kind != RunKind::Full {
-                    problems.push(damaged(
-                        &item.path,
-                        format!(
-                            "sequence {} where {} was expected (archives {}..{} are missing{})",
-                            m.sequence,
-                            after + 1,
-                            after + 1,
-                            m.sequence - 1,
-                            if lost.is_empty() {
-                                " and this incremental needs them"
-                            } else {
-                                ", not pruned"
-                            }
-                        ),
-                    ));
-                }
-            }
-        }
-        if m.kind == RunKind::Full {
-            continue;
-        }
-        match (i.checked_sub(1).map(|p| &chain[p]), &m.parent, &m.from) {
-            (Some(prev), Some(parent), Some(from))
-                if *parent == file_name_of(&prev.path) && *from == prev.manifest.to => {}
-            (Some(prev), _, _) => problems.push(damaged(
-                &item.path,
-                format!(
-                    "does not continue {}: it starts at {:?}, which ended at {}",
-                    file_name_of(&prev.path),
-                    m.from.as_ref().map(|f| f.to_string()),
-                    prev.manifest.to
-                ),
-            )),
-            (None, _, _) => problems.push(damaged(
-                &item.path,
-                "an incremental without a full archive before it",
-            )),
-        }
-    }
-    problems
-}
-
 /// A point to restore to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RestorePoint {
@@ -896,9 +901,37 @@ fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
     .ok()
 }
 
-/// Picks the archives to replay for a restore at `at`: the last full archive at or before it and
-/// the incrementals after it.
-pub(super) fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a [ChainItem]> {
+/// Picks the archives to replay for a restore at `at` (in `chain`, settled and sorted): the
+/// path from a full archive to the point that reads the fewest archives (a full archive and
+/// the incrementals after it; compacted ones where they save reads).
+pub(super) fn plan(chain: &[ChainItem], at: &RestorePoint) -> Result<Vec<ChainItem>> {
+    let end = point_index(chain, at)?;
+    let sequence = chain[end - 1].manifest.sequence;
+    let best = super::graph::from_full(chain);
+    let cheapest = (0..chain.len())
+        .filter(|&i| chain[i].manifest.sequence == sequence)
+        .filter_map(|i| best[i].map(|b| (b.objects, b.bytes, i)))
+        .min();
+    if let Some((_, _, i)) = cheapest {
+        return Ok(super::graph::path_to(&best, i)
+            .into_iter()
+            .map(|i| chain[i].clone())
+            .collect());
+    }
+    if let Some(p) = super::graph::check_continuity(&chain[..end], &BTreeSet::new())
+        .into_iter()
+        .next()
+    {
+        return Err(p);
+    }
+    Err(Error::BadInput {
+        path: PathBuf::from("archives"),
+        cause: "no full archive to start from".into(),
+    })
+}
+
+/// The index one past the last archive of `chain` that ends at the point `at` names.
+fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
     let end = match at {
         RestorePoint::Latest => chain.len(),
         RestorePoint::Time(t) => {
@@ -916,9 +949,11 @@ pub(super) fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a 
         }
         RestorePoint::Checkpoint(pos) => {
             let pos = *pos;
-            let ends: Vec<usize> = (0..chain.len())
+            // One archive per sequence (a compacted archive ends where a backup's did).
+            let mut ends: Vec<usize> = (0..chain.len())
                 .filter(|&i| chain[i].manifest.to.position == pos)
                 .collect();
+            ends.dedup_by_key(|i| chain[*i].manifest.sequence);
             let Some(&last) = ends.last() else {
                 let have: Vec<String> = chain
                     .iter()
@@ -970,14 +1005,7 @@ pub(super) fn plan<'a>(chain: &'a [ChainItem], at: &RestorePoint) -> Result<&'a 
             last + 1
         }
     };
-    let start = chain[..end]
-        .iter()
-        .rposition(|c| c.manifest.kind == RunKind::Full)
-        .ok_or_else(|| Error::BadInput {
-            path: PathBuf::from("archives"),
-            cause: "no full archive to start from".into(),
-        })?;
-    Ok(&chain[start..end])
+    Ok(end)
 }
 
 #[cfg(test)]

@@ -18,16 +18,21 @@
 //! knows zip bytes.
 
 mod chain;
+mod compact;
+mod graph;
 mod restore;
 mod v1;
 mod v2;
 mod verify;
 mod write;
 
+pub(crate) use chain::load_chain;
 pub use chain::{
-    archive_file_name, is_archive_dir, read_chain, read_manifest, ArchiveOutput, ArchiveRead,
-    ChainLock, ChainStore, Head, LocalChain, PartSink, PartWriter, RestorePoint, Survey, HEAD_FILE,
+    is_archive_dir, read_chain, read_manifest, ArchiveOutput, ArchiveRead, ChainLock, ChainStore,
+    Head, LocalChain, PartSink, PartWriter, RestorePoint, Slot, Survey, HEAD_FILE,
 };
+pub use compact::{compact_chain, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT};
+pub(crate) use graph::{from_full as paths_from_full, path_to as path_of, pruned_sequences};
 pub use restore::{restore_archives_to_path, restore_chain};
 pub use verify::{verify_archives, verify_chain};
 pub use write::{backup_archive, backup_archive_to, STATE_DIR};
@@ -151,6 +156,29 @@ pub struct ArchiveManifest {
     /// number of parts); they belong to no collection and readers skip them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropped_parts: Option<std::collections::BTreeMap<String, u64>>,
+    /// A compacted archive (`tidemark compact`): the first sequence it covers (its
+    /// `sequence` is the last) and the archive it ends as. `None` for an archive a backup wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers: Option<Covers>,
+}
+
+/// What a compacted archive stands for: the archives `first..=sequence` of its chain, merged
+/// (each key's last line). See `docs/FORMAT.md` §3.4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Covers {
+    /// The first sequence it covers.
+    pub first: u64,
+    /// The file name of the archive that was written at its last sequence (what a later
+    /// incremental names as its `parent`).
+    pub last_archive: String,
+}
+
+impl ArchiveManifest {
+    /// The first sequence the archive covers: its own, unless it is compacted.
+    pub fn first(&self) -> u64 {
+        self.covers.as_ref().map_or(self.sequence, |c| c.first)
+    }
 }
 
 #[derive(Serialize, Deserialize)]

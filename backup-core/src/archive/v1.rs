@@ -227,5 +227,6 @@ pub(super) fn replay_newest_first(
         records: written.values().sum(),
         bytes,
         elapsed: started.elapsed(),
+        archives: items.len(),
     })
 }

@@ -692,6 +692,66 @@ pub(super) fn replay(
         records: written.iter().sum(),
         bytes,
         elapsed: started.elapsed(),
+        archives: items.len(),
+    })
+}
+
+/// Merges `inputs` (consecutive incrementals, format 2, with the same collections) into the
+/// lines one archive holds in their place: for each key of each collection its last line (a
+/// put or a deletion), handed to `emit` (collection index in the last manifest, key, record or
+/// `None`) in the order those lines come in the chain. Two passes over the inputs, as a
+/// restore's overlay: memory holds the keys, never the records.
+pub(super) fn merge(
+    store: &dyn ChainStore,
+    inputs: &[ChainItem],
+    threads: usize,
+    emit: &mut dyn FnMut(usize, Key, Option<Record>) -> Result<()>,
+) -> Result<()> {
+    let Some(last) = inputs.last().map(|i| &i.manifest) else {
+        return Ok(());
+    };
+    let opened = inputs
+        .iter()
+        .map(|i| open(store, i))
+        .collect::<Result<Vec<_>>>()?;
+    let mut parts = Vec::new();
+    for (ai, item) in inputs.iter().enumerate() {
+        for (ci, c) in last.collections.iter().enumerate() {
+            let Some(ac) = item.manifest.collections.iter().find(|x| x.dir == c.dir) else {
+                continue;
+            };
+            for n in 1..=ac.parts.unwrap_or(0) {
+                parts.push(PartRef {
+                    archive: ai,
+                    name: part_name(&c.dir, n),
+                    collection: ci,
+                });
+            }
+        }
+    }
+    // Chain order, then (stable) collection and part order.
+    parts.sort_by_key(|p| p.archive);
+    let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
+    let mut ordinal = 0u64;
+    read_parts(&opened, &parts, threads, &mut |part, lines| {
+        for (key, _) in lines {
+            winner.insert((part.collection, key.0), ordinal);
+            ordinal += 1;
+        }
+        Ok(())
+    })?;
+    let mut ordinal = 0u64;
+    read_parts(&opened, &parts, threads, &mut |part, lines| {
+        for (key, record) in lines {
+            let n = ordinal;
+            ordinal += 1;
+            let k = (part.collection, key.0);
+            if winner.get(&k) == Some(&n) {
+                winner.remove(&k);
+                emit(part.collection, Key(k.1), record)?;
+            }
+        }
+        Ok(())
     })
 }
 

@@ -1,6 +1,7 @@
 //! Verifying a chain of archives, in either format, wherever it is kept.
 
-use super::chain::{check_continuity, ChainStore, LocalChain};
+use super::chain::{ChainStore, LocalChain};
+use super::graph::check_continuity;
 use super::{v1, v2};
 use crate::error::{Error, Result};
 use crate::verify::VerifyReport;

@@ -11,7 +11,7 @@
 //! docs/FORMAT.md §1.8), and `state.json` naming the archive they match. It is a cache: when it
 //! is missing, damaged or not the newest archive's, the next archive is full and says why.
 
-use super::chain::{ArchiveOutput, ChainStore, LocalChain};
+use super::chain::{ArchiveOutput, ChainStore, LocalChain, Slot};
 use super::v2::{encode_line, part_name, Line};
 use super::{
     file_name_of, manifest_text, ArchiveCollection, ArchiveManifest, ArchiveOptions,
@@ -239,6 +239,7 @@ pub fn backup_archive_to(
         store_schema: store_schema.clone(),
         bytes: 0,
         dropped_parts: (!dropped.is_empty()).then_some(dropped),
+        covers: None,
     };
     // Read after the finish: parts still in the pipeline count too.
     let (name, size, bytes_written) = run.finish(manifest.clone())?;
@@ -362,13 +363,27 @@ impl<'a> Target for ArchiveTarget<'a> {
     type Run = ArchiveRun;
 
     fn begin(&self, kind: RunKind, _previous: Option<&FolderManifest>) -> Result<ArchiveRun> {
-        let out = self
-            .chain
-            .begin(self.sequence, kind, self.options.buffer_size.max(4096))?;
-        let what = self
-            .chain
-            .location_of(&format!("archive {:06}", self.sequence));
-        let method = match self.options.compression {
+        start_archive(
+            self.chain,
+            Slot::single(self.sequence, kind),
+            self.state_dir,
+            &self.options,
+        )
+    }
+}
+
+/// Starts writing the archive `slot` names into `chain`.
+fn start_archive(
+    chain: &dyn ChainStore,
+    slot: Slot,
+    state_dir: &Path,
+    options: &ArchiveOptions,
+) -> Result<ArchiveRun> {
+    let kind = slot.kind;
+    {
+        let out = chain.begin(slot, options.buffer_size.max(4096))?;
+        let what = chain.location_of(&format!("archive {}", slot.stem()));
+        let method = match options.compression {
             // Level 0 is "no compression" (as in OrientDB).
             Compression::Deflate(0) | Compression::None => zipstream::Method::Stored,
             Compression::Deflate(level) => zipstream::Method::Deflate(u32::from(level.min(9))),
@@ -377,11 +392,7 @@ impl<'a> Target for ArchiveTarget<'a> {
         // Checked here, on this thread: a worker cannot report a bad level as clearly.
         Packer::new(method).map_err(|e| Error::io("start compressing", &what, e))?;
         let zip = StreamWriter::new(out, method).map_err(|e| Error::io("write", &what, e))?;
-        let pipeline = Pipeline::new(
-            self.options.threads,
-            move || Packer::new(method).ok(),
-            pack_part,
-        );
+        let pipeline = Pipeline::new(options.threads, move || Packer::new(method).ok(), pack_part);
         Ok(ArchiveRun {
             zip: Some(zip),
             what,
@@ -390,12 +401,97 @@ impl<'a> Target for ArchiveTarget<'a> {
             dropped: BTreeMap::new(),
             pending: 0,
             bytes: 0,
-            state_dir: self.state_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             kind,
             replaying: false,
         })
     }
+}
+
+/// Writes the compacted archive `slot` into `chain`: the merge of `inputs` (consecutive
+/// format-2 incrementals covering `slot.first..=slot.sequence`, with the same collections),
+/// each key once, in its state at the last input. Returns its file name, size and lines.
+pub(super) fn write_compacted(
+    chain: &dyn ChainStore,
+    slot: Slot,
+    inputs: &[ChainItem],
+    options: &ArchiveOptions,
+) -> Result<(String, u64, u64)> {
+    let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
+        return Err(Error::BadInput {
+            path: chain.location(),
+            cause: "nothing to compact".into(),
+        });
+    };
+    let (first, last) = (&first.manifest, &last.manifest);
+    // The key state is not touched: a compacted archive is never the newest.
+    let mut run = start_archive(chain, slot, Path::new(""), options)?;
+    let names: Vec<CollectionName> = last
+        .collections
+        .iter()
+        .map(|c| c.info.name.clone())
+        .collect();
+    for name in &names {
+        run.part(name);
+    }
+    super::v2::merge(chain, inputs, options.threads, &mut |ci, key, record| {
+        let name = &names[ci];
+        match record {
+            Some(record) => {
+                let size = record.key.as_bytes().len()
+                    + record.value.payload_len() as usize
+                    + RECORD_OVERHEAD;
+                let crc = crate::document::record_crc32(&record);
+                run.part(name).documents += 1;
+                run.push(name, Line::Put(record, crc), size)
+            }
+            None => {
+                let size = key.as_bytes().len() + RECORD_OVERHEAD;
+                run.part(name).deletions += 1;
+                run.push(name, Line::Delete(key), size)
+            }
+        }
+    })?;
+    run.flush_all()?;
+    let collections: Vec<ArchiveCollection> = last
+        .collections
+        .iter()
+        .map(|c| {
+            let part = run.collections.get(&c.info.name);
+            ArchiveCollection {
+                documents: part.map_or(0, |p| p.documents),
+                deletions: part.map_or(0, |p| p.deletions),
+                parts: Some(part.map_or(0, |p| p.parts)),
+                scan_parts: Some(0),
+                ..c.clone()
+            }
+        })
+        .collect();
+    let entries = collections.iter().map(|c| c.documents + c.deletions).sum();
+    let manifest = ArchiveManifest {
+        format: ARCHIVE_FORMAT.into(),
+        format_version: ARCHIVE_FORMAT_VERSION,
+        sequence: slot.sequence,
+        kind: RunKind::Incremental,
+        parent: first.parent.clone(),
+        from: first.from.clone(),
+        to: last.to.clone(),
+        store_kind: last.store_kind,
+        source: last.source.clone(),
+        created_at: now_rfc3339(),
+        captured_at: last.captured_at.clone(),
+        collections,
+        store_schema: last.store_schema.clone(),
+        bytes: 0,
+        dropped_parts: None,
+        covers: Some(super::Covers {
+            first: slot.first,
+            last_archive: super::graph::end_name(&inputs[inputs.len() - 1]),
+        }),
+    };
+    let (name, size, _) = run.finish(manifest)?;
+    Ok((name, size, entries))
 }
 
 /// A part on its way to a worker.
@@ -554,7 +650,7 @@ impl ArchiveRun {
         zip.add(MANIFEST_ENTRY, &text)
             .map_err(|e| Error::io("write", &*what, e))?;
         let out = zip.finish().map_err(|e| Error::io("write", &*what, e))?;
-        let (name, size) = out.finish(manifest.kind, &manifest)?;
+        let (name, size) = out.finish(&manifest)?;
         Ok((name, size, manifest.bytes))
     }
 }

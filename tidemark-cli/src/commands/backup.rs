@@ -170,7 +170,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
+pub(crate) fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
     Ok(match (compression, level) {
         (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
         (Codec::Zstd, l) if (1..=22).contains(&l.unwrap_or(3)) => {

@@ -46,6 +46,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "type": "archive",
                     "name": item.path.file_name().unwrap_or_default().to_string_lossy(),
                     "sequence": m.sequence,
+                    "first": m.first(),
+                    "compacted": m.covers.is_some(),
                     "kind": m.kind.to_string(),
                     "from": m.from.as_ref().map(|f| f.position),
                     "to": m.to.position,
@@ -69,7 +71,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         println!(
             "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  {}",
             item.path.file_name().unwrap_or_default().to_string_lossy(),
-            m.kind.to_string(),
+            if m.covers.is_some() {
+                "compacted".to_string()
+            } else {
+                m.kind.to_string()
+            },
             m.from
                 .as_ref()
                 .map_or("-".to_string(), |f| f.position.to_string()),

@@ -1,6 +1,7 @@
 //! One module per subcommand: its arguments (`Args`) and `run`.
 
 pub mod backup;
+pub mod compact;
 pub mod list;
 pub mod prune;
 pub mod restore;

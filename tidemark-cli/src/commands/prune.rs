@@ -67,7 +67,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// Prints a prune plan: every archive kept (with why) or removed, and a total.
-fn print_prune(plan: &backup_core::PrunePlan, dry_run: bool) {
+pub(crate) fn print_prune(plan: &backup_core::PrunePlan, dry_run: bool) {
     for i in &plan.items {
         let name = i
             .item

@@ -114,12 +114,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "records": summary.records,
                 "collections": summary.collections,
                 "bytes": summary.bytes,
+                "archives": summary.archives,
                 "seconds": summary.elapsed.as_secs_f64(),
             })
         );
     } else if !quiet {
+        let read = match summary.archives {
+            0 => String::new(),
+            1 => ", from 1 archive".to_string(),
+            n => format!(", from {n} archives"),
+        };
         println!(
-            "Restore of {from} to {to}: {} records in {} collections, {} in {:.2} seconds",
+            "Restore of {from} to {to}: {} records in {} collections, {}{read} in {:.2} seconds",
             summary.records,
             summary.collections,
             human_bytes(summary.bytes),

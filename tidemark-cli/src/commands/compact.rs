@@ -1,0 +1,163 @@
+//! `tidemark compact`: merges runs of small archives (a live backup writes one per interval)
+//! into compacted archives, in levels, so that a restore reads few archives; with `--keep-…`,
+//! then prunes what no kept point needs.
+
+use crate::output::human_bytes;
+use crate::place::{self, Place};
+use crate::{Codec, RetentionArgs};
+use anyhow::{Context, Result};
+use backup_core::{ChainStore, CompactOptions, LocalChain};
+use std::process::ExitCode;
+
+/// Merge consecutive incrementals into compacted archives, in levels (each covering `--fanout`
+/// archives of the level below), so that a restore at any point reads few archives. Every point
+/// stays restorable; with `--keep-…` rules, the archives no kept point needs are then removed
+/// as `tidemark prune` would.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The archive directory or URL.
+    pub dir: Place,
+    /// Archives of one level that one compacted archive of the next level covers.
+    #[arg(long, default_value_t = backup_core::DEFAULT_FANOUT,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub fanout: u64,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Codec of the compacted archives.
+    #[arg(long, value_enum, default_value_t = Codec::Deflate)]
+    pub compression: Codec,
+    /// Compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// Threads that decompress, merge and compress (default: every core).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+    /// Print what would be written (and removed), write and remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON object per compacted archive, then a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `tidemark compact`.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let Args {
+        dir,
+        fanout,
+        retention,
+        compression,
+        level,
+        threads,
+        dry_run,
+        json,
+    } = args;
+    let retention: backup_core::Retention = retention.into();
+    let store: Box<dyn ChainStore> = match &dir {
+        Place::Remote(url) => place::open_remote(url)?,
+        Place::Local(d) => {
+            if !super::is_archive(d).with_context(|| format!("compact {dir}"))? {
+                anyhow::bail!(
+                    "compact {dir}: not an archive chain (compaction applies to --format archive)"
+                );
+            }
+            Box::new(LocalChain::new(d))
+        }
+    };
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(
+            store
+                .lock("compact")
+                .with_context(|| format!("compact {dir}"))?,
+        )
+    };
+    let options = CompactOptions {
+        fanout,
+        archive: backup_core::ArchiveOptions {
+            compression: super::backup::codec(compression, level)?,
+            threads: threads.map_or_else(backup_core::default_threads, usize::from),
+            ..Default::default()
+        },
+        dry_run,
+    };
+    let summary = backup_core::compact_chain(&*store, &options, &mut |c| {
+        let name = c.file.file_name().unwrap_or_default().to_string_lossy();
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "schema": 1,
+                    "type": "compacted",
+                    "name": name,
+                    "first": c.first,
+                    "last": c.last,
+                    "inputs": c.inputs,
+                    "input_bytes": c.input_bytes,
+                    "size": c.size,
+                    "entries": c.entries,
+                })
+            );
+        } else if dry_run {
+            println!(
+                "would compact {:06}..{:06}  ({} archives, {})",
+                c.first,
+                c.last,
+                c.inputs,
+                human_bytes(c.input_bytes)
+            );
+        } else {
+            println!(
+                "compacted {:06}..{:06} into {name}  ({} archives, {} → {}, {} records)",
+                c.first,
+                c.last,
+                c.inputs,
+                human_bytes(c.input_bytes),
+                human_bytes(c.size),
+                c.entries
+            );
+        }
+    })
+    .with_context(|| format!("compact {dir}"))?;
+    for why in &summary.skipped {
+        eprintln!("tidemark: not compacted: {why}");
+    }
+    let pruned = if retention.is_empty() {
+        None
+    } else {
+        backup_core::check_retention(&store.location(), &retention)?;
+        Some(
+            backup_core::prune_chain(&*store, &retention, dry_run)
+                .with_context(|| format!("prune {dir}"))?,
+        )
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "schema": 1,
+                "type": "summary",
+                "command": "compact",
+                "dry_run": dry_run,
+                "compacted": summary.written.len(),
+                "skipped": summary.skipped,
+                "removed": pruned.as_ref().map_or(0, |p| p.removed().count()),
+                "freed_bytes": pruned.as_ref().map_or(0, |p| p.freed_bytes()),
+                "seconds": summary.elapsed.as_secs_f64(),
+            })
+        );
+    } else {
+        println!(
+            "{} {} compacted archive{} in {:.1} s",
+            if dry_run { "Would write" } else { "Wrote" },
+            summary.written.len(),
+            if summary.written.len() == 1 { "" } else { "s" },
+            summary.elapsed.as_secs_f64()
+        );
+        if let Some(plan) = &pruned {
+            super::prune::print_prune(plan, dry_run);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
