@@ -97,9 +97,8 @@ mod imp {
         Ok(Box::new(open(url)?))
     }
 
-    pub fn list(url: &str) -> Result<Vec<ChainItem>> {
-        use backup_core::ChainStore;
-        Ok(open(url)?.read_chain()?)
+    pub fn list(url: &str) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
+        Ok(backup_core::archive::settled_chain(&open(url)?)?)
     }
 
     pub fn prune(url: &str, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
@@ -137,7 +136,7 @@ mod imp {
     pub fn state_dir(url: &str, _: Option<&Path>) -> Result<PathBuf> {
         not_built(url)
     }
-    pub fn list(url: &str) -> Result<Vec<ChainItem>> {
+    pub fn list(url: &str) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
         not_built(url)
     }
     pub fn prune(url: &str, _: &Retention, _: bool) -> Result<PrunePlan> {
@@ -157,10 +156,18 @@ pub fn prune(place: &Place, retention: &Retention, dry_run: bool) -> Result<Prun
     }
 }
 
-/// The archives of a chain, local or remote.
-pub fn chain(place: &Place) -> Result<Vec<ChainItem>> {
+/// The archives of a chain, local or remote, and apart from them the leftovers of an
+/// interrupted prune.
+pub fn chain(place: &Place) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
     match place {
-        Place::Local(p) => Ok(backup_core::read_chain(p)?),
+        Place::Local(p) => {
+            if !p.is_dir() {
+                return Ok(Default::default());
+            }
+            Ok(backup_core::archive::settled_chain(
+                &backup_core::LocalChain::new(p),
+            )?)
+        }
         Place::Remote(url) => list_remote(url),
     }
 }

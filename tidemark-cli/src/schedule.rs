@@ -276,13 +276,16 @@ fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
 
 /// Incrementals since the newest full archive of the chain at `place`.
 fn incrementals_since_full(place: &Place) -> u32 {
-    let chain = crate::place::chain(place).unwrap_or_default();
-    let n = chain
+    let (chain, _) = crate::place::chain(place).unwrap_or_default();
+    // Sequences, not archives: compacted archives cover several backups each.
+    let newest = chain.last().map_or(0, |c| c.manifest.sequence);
+    let full = chain
         .iter()
-        .rev()
-        .take_while(|c| c.manifest.kind == backup_core::RunKind::Incremental)
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
+        .filter(|c| c.manifest.kind == backup_core::RunKind::Full)
+        .map(|c| c.manifest.sequence)
+        .max()
+        .unwrap_or(0);
+    u32::try_from(newest - full.min(newest)).unwrap_or(u32::MAX)
 }
 
 fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + Send>) -> bool {

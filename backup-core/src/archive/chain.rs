@@ -77,6 +77,13 @@ impl Survey {
     }
 }
 
+/// The archives of the chain in `store` (sorted), and apart from them the leftovers of an
+/// interrupted prune (archives its log names as removed), which are no part of it.
+pub fn settled_chain(store: &dyn ChainStore) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
+    let (chain, leftovers, _) = load_chain(store)?;
+    Ok((chain, leftovers))
+}
+
 /// The chain in `store` as a writer sees it: the archives of the chain (sorted), the leftovers
 /// of an interrupted prune, and the prune log's bytes.
 pub(crate) fn load_chain(
@@ -454,6 +461,7 @@ impl ChainStore for LocalChain {
 
     fn remove(&self, items: &[&ChainItem]) -> Result<()> {
         for item in items {
+            durable::crash_point("remove", &item.path);
             match fs::remove_file(&item.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

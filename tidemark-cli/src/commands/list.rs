@@ -29,9 +29,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return list_folder(&dir, &m, json);
         }
     }
-    let chain = place::chain(&dir).with_context(|| format!("list {dir}"))?;
+    let (chain, leftovers) = place::chain(&dir).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() {
         anyhow::bail!("{dir}: no tidemark archives here");
+    }
+    if !leftovers.is_empty() && !json {
+        eprintln!(
+            "tidemark: {} archive(s) left over by an interrupted prune are not listed (the next \
+             prune or compact deletes them)",
+            leftovers.len()
+        );
     }
     if json {
         for item in chain {
