@@ -7,7 +7,10 @@
 //! continues. [`LiveBackup::stop`] lets the run in progress finish, takes one last run so that
 //! everything committed before the stop is durable, and returns.
 
-use crate::archive::{backup_archive, backup_archive_to, ArchiveOptions, ChainStore};
+use crate::archive::{
+    backup_archive, backup_archive_to, compact_recent, slot_of_name, ArchiveOptions,
+    ArchiveSummary, ChainStore, CompactOptions, LocalChain,
+};
 use crate::backend::StorageBackend;
 use crate::engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
 use crate::error::Result;
@@ -50,6 +53,10 @@ pub struct LiveOptions {
     pub flush_interval: Duration,
     /// Options of each run (the first run uses `backup.mode`; later runs are automatic).
     pub backup: BackupOptions,
+    /// Archive formats: compact as the chain grows ([`compact_recent`] after each archive), so
+    /// that a restore at any point reads few archives. A compaction that fails is reported as
+    /// a notice and left to `tidemark compact`; the backup goes on.
+    pub compact: Option<CompactOptions>,
 }
 
 impl Default for LiveOptions {
@@ -58,6 +65,7 @@ impl Default for LiveOptions {
             format: LiveFormat::Folder,
             flush_interval: Duration::from_secs(1),
             backup: BackupOptions::default(),
+            compact: None,
         }
     }
 }
@@ -180,14 +188,19 @@ fn follow(
         let done = match &options.format {
             LiveFormat::Folder => backup_folder(backend, dir, &run_options, &mut forward)?,
             LiveFormat::Archive(a) => {
-                backup_archive(backend, dir, &run_options, a, &mut forward)?.backup
+                let s = backup_archive(backend, dir, &run_options, a, &mut forward)?;
+                compact_after(&LocalChain::new(dir), options, &s, &mut forward);
+                s.backup
             }
             LiveFormat::Chain(store, a) => {
                 let mut delay = RETRY_FIRST;
                 let mut attempts_after_stop = 0;
                 loop {
                     match backup_archive_to(backend, &**store, dir, &run_options, a, &mut forward) {
-                        Ok(s) => break s.backup,
+                        Ok(s) => {
+                            compact_after(&**store, options, &s, &mut forward);
+                            break s.backup;
+                        }
                         Err(e) => {
                             if stop.load(Ordering::SeqCst) {
                                 attempts_after_stop += 1;
@@ -247,5 +260,45 @@ fn follow(
             };
             changed |= backend.wait_for_changes(&last, slice)?;
         }
+    }
+}
+
+/// Compacts what the archive of `run` closed, if the live backup compacts; a failure is a
+/// notice (the chain is whole either way: compaction only adds archives).
+fn compact_after(
+    store: &dyn ChainStore,
+    options: &LiveOptions,
+    run: &ArchiveSummary,
+    forward: &mut dyn FnMut(Event),
+) {
+    let Some(compact) = &options.compact else {
+        return;
+    };
+    let name = run
+        .file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(slot) = slot_of_name(&name) else {
+        return;
+    };
+    let mut written = Vec::new();
+    match compact_recent(store, compact, slot.sequence, &mut |c| {
+        written.push(format!("{}..{}", c.first, c.last))
+    }) {
+        Ok(summary) => {
+            if !written.is_empty() {
+                forward(Event::Notice(format!(
+                    "compacted sequences {}",
+                    written.join(", ")
+                )));
+            }
+            for why in summary.skipped {
+                forward(Event::Notice(format!("not compacted: {why}")));
+            }
+        }
+        Err(e) => forward(Event::Notice(format!(
+            "compaction failed ({e}); the chain is whole, `tidemark compact` catches up"
+        ))),
     }
 }

@@ -11,9 +11,9 @@ use crate::memory::{MemoryFactory, MemoryHarness, MemoryTestStore};
 use crate::{Harness, Model, Op, TestStore};
 use backup_core::archive::{ChainItem, ChainStore, RestorePoint};
 use backup_core::{
-    backup_archive_to, compact_chain, prune_chain, restore_chain, verify_chain, ArchiveOptions,
-    BackupMode, BackupOptions, CompactOptions, Compression, Error, RestoreOptions, RestoreSummary,
-    Retention, RunKind,
+    backup_archive_to, compact_chain, compact_recent, prune_chain, restore_chain, verify_chain,
+    ArchiveOptions, BackupMode, BackupOptions, CompactOptions, Compression, Error, RestoreOptions,
+    RestoreSummary, Retention, RunKind,
 };
 use std::path::Path;
 
@@ -37,6 +37,7 @@ pub fn run_all(fixture: &dyn ChainFixture) {
     a_deleted_newest_archive_is_noticed(fixture);
     one_writer_at_a_time(fixture);
     compaction_keeps_every_point(fixture);
+    compacting_as_the_chain_grows(fixture);
     a_killed_prune_leaves_no_orphans(fixture);
 }
 
@@ -520,4 +521,82 @@ pub fn a_killed_prune_leaves_no_orphans(fixture: &dyn ChainFixture) {
         1,
         "the leftovers are gone"
     );
+}
+
+/// A live backup compacts as it goes ([`compact_recent`] after each archive, reading only the
+/// block that just closed): after 20 archives it has written the same compacted archives a
+/// `compact_chain` of the whole chain would, and every point restores exactly.
+pub fn compacting_as_the_chain_grows(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("compact-live");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    let compact = CompactOptions {
+        fanout: 2,
+        archive: options(),
+        dry_run: false,
+    };
+    let mut models = vec![];
+    let mut blocks = vec![];
+    for round in 0..20u32 {
+        if round > 0 {
+            let from = (round * 53) % 260;
+            src.write(from, from + 30, round);
+        }
+        src.backup(&*chain, state.path(), BackupMode::Auto);
+        models.push(src.model.clone());
+        let newest = chain.newest().expect("newest").expect("an archive");
+        assert_eq!(newest.manifest.sequence, u64::from(round) + 1);
+        let done = compact_recent(&*chain, &compact, newest.manifest.sequence, &mut |_| {})
+            .expect("compact as it grows");
+        assert!(done.skipped.is_empty(), "{:?}", done.skipped);
+        blocks.extend(done.written.iter().map(|c| (c.first, c.last)));
+    }
+    // Blocks of 2, 4, 8 and 16 sequences that closed before the newest (20), each starting
+    // after the full archive (1); a block of one archive is not written.
+    let mut want = vec![];
+    for size in [2u64, 4, 8, 16] {
+        let mut b = 0;
+        while (b + 1) * size < 20 {
+            let (first, hi) = ((b * size + 1).max(2), (b + 1) * size);
+            if first < hi {
+                want.push((first, hi));
+            }
+            b += 1;
+        }
+    }
+    want.sort_by_key(|&(f, l)| (l, std::cmp::Reverse(l - f)));
+    blocks.sort_by_key(|&(f, l)| (l, std::cmp::Reverse(l - f)));
+    assert_eq!(blocks, want);
+    let again = compact_chain(&*chain, &compact, &mut |_| {}).expect("compact");
+    assert!(
+        again.written.is_empty(),
+        "compact_chain finds nothing left: {:?}",
+        again.written
+    );
+    let report = verify_chain(&*chain).expect("verify");
+    assert!(report.is_ok(), "{:?}", report.problems);
+    let survey = chain.survey().expect("survey");
+    let mut points: Vec<(u64, u64)> = survey
+        .items
+        .iter()
+        .map(|i| (i.manifest.sequence, i.manifest.to.position))
+        .collect();
+    points.dedup();
+    assert_eq!(points.len(), 20);
+    for (seq, position) in points {
+        let target = out.path().join(format!("at-{seq}"));
+        let summary = restore_counting(&*chain, &RestorePoint::Checkpoint(position), &target)
+            .unwrap_or_else(|e| panic!("restore at {seq}: {e}"));
+        assert!(
+            restored(&target) == models[(seq - 1) as usize],
+            "restore at {seq}"
+        );
+        // The full archive, then at most one archive per level (fanout 2) and the newest.
+        assert!(
+            summary.archives <= 7,
+            "{seq}: {} archives",
+            summary.archives
+        );
+    }
 }

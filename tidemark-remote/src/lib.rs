@@ -19,7 +19,8 @@
 //! [`ChainStore`] this crate implements: sealed archives are read in place by ranged GETs.
 
 use backup_core::archive::{
-    ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Slot, Survey, HEAD_FILE,
+    slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Slot,
+    Survey, HEAD_FILE,
 };
 use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
@@ -56,6 +57,17 @@ struct Seal {
     size: u64,
     crc32: u32,
     manifest: ArchiveManifest,
+}
+
+impl Seal {
+    /// The archive the seal makes part of the chain.
+    fn into_item(self) -> ChainItem {
+        ChainItem {
+            path: PathBuf::from(&self.archive),
+            size: self.size,
+            manifest: self.manifest,
+        }
+    }
 }
 
 /// An archive chain under a prefix of an object store.
@@ -240,11 +252,7 @@ impl ChainStore for RemoteChain {
             }
             survey.anything = true;
             match self.seal(&name) {
-                Ok(Some(seal)) => survey.items.push(ChainItem {
-                    path: PathBuf::from(&seal.archive),
-                    size: seal.size,
-                    manifest: seal.manifest,
-                }),
+                Ok(Some(seal)) => survey.items.push(seal.into_item()),
                 Ok(None) => {} // pruned meanwhile
                 Err(e) => survey.problems.push(e),
             }
@@ -311,26 +319,51 @@ impl ChainStore for RemoteChain {
     }
 
     fn read_chain(&self) -> Result<Vec<ChainItem>> {
-        Ok(self
-            .seals()?
-            .into_iter()
-            .map(|s| ChainItem {
-                path: PathBuf::from(&s.archive),
-                size: s.size,
-                manifest: s.manifest,
-            })
-            .collect())
+        Ok(self.seals()?.into_iter().map(Seal::into_item).collect())
     }
 
     fn clean_partial(&self) -> Result<()> {
         let names = self.names()?;
-        let sealed: Vec<String> = self.seals()?.into_iter().map(|s| s.object).collect();
-        for (name, _) in names {
-            if name.starts_with("tidemark-") && name.ends_with(".zip") && !sealed.contains(&name) {
-                self.delete(&name)?;
+        // An archive's object and its seal share a stem: no seal, no archive.
+        let sealed: std::collections::HashSet<&str> = names
+            .iter()
+            .filter_map(|(n, _)| n.strip_suffix(".json"))
+            .collect();
+        for (name, _) in &names {
+            if let Some(stem) = name.strip_suffix(".zip") {
+                if name.starts_with("tidemark-") && !sealed.contains(stem) {
+                    self.delete(name)?;
+                }
             }
         }
         Ok(())
+    }
+
+    fn newest(&self) -> Result<Option<ChainItem>> {
+        let newest = self
+            .names()?
+            .into_iter()
+            .filter(|(n, _)| n.ends_with(".json"))
+            .filter_map(|(n, _)| slot_of_name(&n).map(|s| (s, n)))
+            .filter(|(s, _)| !s.compacted())
+            .max_by_key(|(s, _)| s.sequence);
+        match newest {
+            Some((_, name)) => Ok(self.seal(&name)?.map(Seal::into_item)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
+        let mut out = Vec::new();
+        for (name, _) in self.names()? {
+            let inside = name.ends_with(".json")
+                && slot_of_name(&name).is_some_and(|s| s.first >= first && s.sequence <= last);
+            if inside {
+                out.extend(self.seal(&name)?.map(Seal::into_item));
+            }
+        }
+        out.sort_by_key(|i| (i.manifest.sequence, i.manifest.first()));
+        Ok(out)
     }
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {

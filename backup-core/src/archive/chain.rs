@@ -43,6 +43,48 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     /// Takes the destination's one-writer lock for `command` (e.g. "prune"), held until the
     /// returned guard is dropped; another holder makes it fail with [`Error::Locked`].
     fn lock(&self, command: &str) -> Result<ChainLock>;
+    /// The newest archive a backup wrote (what the next one continues), if any. A store that
+    /// can tell it from the names of its archives reads only its manifest.
+    fn newest(&self) -> Result<Option<ChainItem>> {
+        Ok(self
+            .read_chain()?
+            .into_iter()
+            .rfind(|i| i.manifest.covers.is_none()))
+    }
+    /// The archives lying within sequences `first..=last` (sorted), as [`ChainStore::read_chain`]
+    /// lists them. A store that can tell the sequences from the names reads only their
+    /// manifests.
+    fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
+        Ok(self
+            .read_chain()?
+            .into_iter()
+            .filter(|i| i.manifest.first() >= first && i.manifest.sequence <= last)
+            .collect())
+    }
+}
+
+/// The slot an archive's name gives (`tidemark-000002-incr-…`, `tidemark-000005-000100-incr-…`,
+/// with any suffix: a file's CRC32 and `.zip`, a seal's `.json`); `None` for other names.
+pub fn slot_of_name(name: &str) -> Option<Slot> {
+    let rest = name.strip_prefix("tidemark-")?;
+    let mut parts = rest.split(['-', '.']);
+    let a: u64 = parts.next()?.parse().ok()?;
+    let kind = |w: &str| match w {
+        "full" => Some(RunKind::Full),
+        "incr" => Some(RunKind::Incremental),
+        _ => None,
+    };
+    let b = parts.next()?;
+    if let Some(k) = kind(b) {
+        return Some(Slot::single(a, k));
+    }
+    let last: u64 = b.parse().ok()?;
+    let k = kind(parts.next()?)?;
+    (last > a).then_some(Slot {
+        sequence: last,
+        first: a,
+        kind: k,
+    })
 }
 
 /// A held destination lock (released when dropped).
@@ -478,6 +520,34 @@ impl ChainStore for LocalChain {
         )?))
     }
 
+    fn newest(&self) -> Result<Option<ChainItem>> {
+        if !self.dir.exists() {
+            return Ok(None);
+        }
+        let newest = archive_files(&self.dir)?
+            .into_iter()
+            .filter_map(|p| slot_of_name(&file_name_of(&p)).map(|s| (s, p)))
+            .filter(|(s, _)| !s.compacted())
+            .max_by_key(|(s, _)| s.sequence);
+        newest.map(|(_, p)| local_item(p)).transpose()
+    }
+
+    fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        let mut out = archive_files(&self.dir)?
+            .into_iter()
+            .filter(|p| {
+                slot_of_name(&file_name_of(p))
+                    .is_some_and(|s| s.first >= first && s.sequence <= last)
+            })
+            .map(local_item)
+            .collect::<Result<Vec<_>>>()?;
+        super::graph::sort_chain(&mut out);
+        Ok(out)
+    }
+
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
         let tmp = self.dir.join(format!(".{}.zip.tmp", slot.stem()));
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
@@ -734,22 +804,27 @@ pub(super) fn file_crc32(path: &Path) -> Result<u32> {
     }
 }
 
+/// An archive file of a local chain, with its manifest.
+fn local_item(path: PathBuf) -> Result<ChainItem> {
+    let manifest = read_manifest(&path)?;
+    let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    Ok(ChainItem {
+        path,
+        manifest,
+        size,
+    })
+}
+
 /// Reads every archive's manifest in `dir`, in sequence order (without checking entries; see
 /// `verify_archives`).
 pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
     if !dir.exists() {
         return Ok(Vec::new());
     }
-    let mut out = Vec::new();
-    for path in archive_files(dir)? {
-        let manifest = read_manifest(&path)?;
-        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        out.push(ChainItem {
-            path,
-            manifest,
-            size,
-        });
-    }
+    let mut out = archive_files(dir)?
+        .into_iter()
+        .map(local_item)
+        .collect::<Result<Vec<_>>>()?;
     super::graph::sort_chain(&mut out);
     Ok(out)
 }

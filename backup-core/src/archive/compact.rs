@@ -56,7 +56,7 @@ pub struct Compacted {
     pub inputs: usize,
     /// Their bytes.
     pub input_bytes: u64,
-    /// Its size (0 in a dry run).
+    /// Its size (in a dry run, its inputs' size).
     pub size: u64,
     /// Lines (records and deletions) it holds.
     pub entries: u64,
@@ -111,49 +111,11 @@ pub fn compact_chain(
         while (b + 1) * size < newest {
             let (lo, hi) = (b * size + 1, (b + 1) * size);
             b += 1;
-            match block(&chain, lo, hi) {
+            match block(&chain, lo, hi, false) {
                 Ok(Some(block)) => {
-                    let slot = Slot {
-                        sequence: block.last,
-                        first: block.first,
-                        kind: RunKind::Incremental,
-                    };
-                    let input_bytes = block.inputs.iter().map(|i| i.size).sum();
-                    let mut done = Compacted {
-                        file: PathBuf::new(),
-                        first: block.first,
-                        last: block.last,
-                        inputs: block.inputs.len(),
-                        input_bytes,
-                        size: 0,
-                        entries: 0,
-                    };
-                    if !options.dry_run {
-                        let (name, bytes, entries) = super::write::write_compacted(
-                            store,
-                            slot,
-                            &block.inputs,
-                            &options.archive,
-                        )?;
-                        done.file = store.location_of(&name);
-                        done.size = bytes;
-                        done.entries = entries;
-                    }
+                    let (done, item) = write_block(store, options, &block)?;
                     progress(&done);
-                    // The next level builds on it (a dry run plans with a stand-in).
-                    let mut item = block.inputs[block.inputs.len() - 1].clone();
-                    item.manifest.covers = Some(super::Covers {
-                        first: block.first,
-                        last_archive: super::graph::end_name(&item),
-                    });
-                    item.manifest.parent = block.inputs[0].manifest.parent.clone();
-                    item.manifest.from = block.inputs[0].manifest.from.clone();
-                    item.size = if options.dry_run {
-                        input_bytes
-                    } else {
-                        done.size
-                    };
-                    item.path = done.file.clone();
+                    // The next level builds on it.
                     chain.push(item);
                     super::graph::sort_chain(&mut chain);
                     summary.written.push(done);
@@ -171,15 +133,109 @@ pub fn compact_chain(
     Ok(summary)
 }
 
-/// The block `lo..=hi` (aligned), clipped to the segment of the full archive before `hi`:
-/// `Ok(None)` when there is nothing to do (already compacted, one archive, a full archive at
-/// its end), `Err` with the reason when it cannot be compacted.
-fn block(chain: &[ChainItem], lo: u64, hi: u64) -> std::result::Result<Option<Block>, String> {
+/// Compacts what the backup that wrote archive `newest` just closed: at each level, the block
+/// that ends right before it, if one does. Reads only the archives inside those blocks (a live
+/// backup calls this after each archive). What it misses (an error, a chain that was not
+/// compacted before) `compact_chain` catches up.
+pub fn compact_recent(
+    store: &dyn ChainStore,
+    options: &CompactOptions,
+    newest: u64,
+    progress: &mut dyn FnMut(&Compacted),
+) -> Result<CompactSummary> {
+    let started = Instant::now();
+    let mut summary = CompactSummary::default();
+    let hi = newest.saturating_sub(1);
+    let mut size = options.fanout.max(2);
+    let mut log = None;
+    while size <= hi && hi % size == 0 {
+        let lo = hi - size + 1;
+        let log = match &log {
+            Some(l) => l,
+            None => log.insert(crate::prune::parse_prune_log(
+                &store.location_of(crate::prune::PRUNED_LOG),
+                store.read_prune_log()?.as_deref(),
+            )?),
+        };
+        let (items, _) = super::graph::settle(store.read_range(lo, hi)?, log);
+        match block(&items, lo, hi, true) {
+            Ok(Some(block)) => {
+                let (done, _) = write_block(store, options, &block)?;
+                progress(&done);
+                summary.written.push(done);
+            }
+            Ok(None) => {}
+            Err(why) => summary.skipped.push(why),
+        }
+        size = match size.checked_mul(options.fanout) {
+            Some(s) => s,
+            None => break,
+        };
+    }
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Writes a block's compacted archive (in a dry run, only describes it); returns what was
+/// written and the chain item that now stands for the block.
+fn write_block(
+    store: &dyn ChainStore,
+    options: &CompactOptions,
+    block: &Block,
+) -> Result<(Compacted, ChainItem)> {
+    let slot = Slot {
+        sequence: block.last,
+        first: block.first,
+        kind: RunKind::Incremental,
+    };
+    let input_bytes = block.inputs.iter().map(|i| i.size).sum();
+    let mut done = Compacted {
+        file: PathBuf::new(),
+        first: block.first,
+        last: block.last,
+        inputs: block.inputs.len(),
+        input_bytes,
+        size: input_bytes,
+        entries: 0,
+    };
+    if !options.dry_run {
+        let (name, bytes, entries) =
+            super::write::write_compacted(store, slot, &block.inputs, &options.archive)?;
+        done.file = store.location_of(&name);
+        done.size = bytes;
+        done.entries = entries;
+    }
+    // What stands for the block in the chain (a dry run plans on with a stand-in).
+    let last = &block.inputs[block.inputs.len() - 1];
+    let mut item = last.clone();
+    item.manifest.covers = Some(super::Covers {
+        first: block.first,
+        last_archive: super::graph::end_name(last),
+    });
+    item.manifest.parent = block.inputs[0].manifest.parent.clone();
+    item.manifest.from = block.inputs[0].manifest.from.clone();
+    item.size = done.size;
+    item.path = done.file.clone();
+    Ok((done, item))
+}
+
+/// The block `lo..=hi` (aligned), clipped to the segment of the full archive before `hi`
+/// (`chain` may hold only the archives inside the block: with `full_before`, a block without
+/// a full archive inside belongs to a segment that started before it). `Ok(None)` when there
+/// is nothing to do (already compacted, one archive, a full archive at its end), `Err` with the
+/// reason when it cannot be compacted.
+fn block(
+    chain: &[ChainItem],
+    lo: u64,
+    hi: u64,
+    full_before: bool,
+) -> std::result::Result<Option<Block>, String> {
     let full = chain
         .iter()
         .filter(|i| i.manifest.kind == RunKind::Full && i.manifest.sequence <= hi)
         .map(|i| i.manifest.sequence)
-        .max();
+        .max()
+        .or(full_before.then_some(0));
     let Some(full) = full else {
         return Ok(None); // nothing restorable yet (or only pruned history)
     };

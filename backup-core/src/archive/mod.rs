@@ -28,11 +28,13 @@ mod write;
 
 pub(crate) use chain::load_chain;
 pub use chain::{
-    is_archive_dir, read_chain, read_manifest, settled_chain, ArchiveOutput, ArchiveRead,
-    ChainLock, ChainStore, Head, LocalChain, PartSink, PartWriter, RestorePoint, Slot, Survey,
-    HEAD_FILE,
+    is_archive_dir, read_chain, read_manifest, settled_chain, slot_of_name, ArchiveOutput,
+    ArchiveRead, ChainLock, ChainStore, Head, LocalChain, PartSink, PartWriter, RestorePoint, Slot,
+    Survey, HEAD_FILE,
 };
-pub use compact::{compact_chain, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT};
+pub use compact::{
+    compact_chain, compact_recent, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT,
+};
 pub(crate) use graph::{from_full as paths_from_full, path_to as path_of, pruned_sequences};
 pub use restore::{restore_archives_to_path, restore_chain};
 pub use verify::{verify_archives, verify_chain};

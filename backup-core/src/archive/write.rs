@@ -161,8 +161,10 @@ pub fn backup_archive_to(
     let started = Instant::now();
     // What a killed run left half-written is never part of the chain: remove it.
     chain_store.clean_partial()?;
-    let chain = chain_store.read_chain()?;
-    let head = chain.last();
+    // Only the newest archive's manifest is read: a live backup's chain grows by thousands of
+    // archives a day.
+    let newest = chain_store.newest()?;
+    let head = newest.as_ref();
     durable::create_dir_all(state_dir)?;
     let previous = previous_state(state_dir, head);
     let sequence = head.map_or(1, |h| h.manifest.sequence + 1);

@@ -54,6 +54,14 @@ pub struct Args {
     /// Live mode: the flush interval in seconds.
     #[arg(long, default_value_t = 1.0)]
     pub interval: f64,
+    /// Live archive backups: compact the chain as it grows (as `tidemark compact` does, a
+    /// block at a time as each closes), so that a restore at any point reads few archives.
+    #[arg(long)]
+    pub compact: bool,
+    /// With `--compact`: archives of one level that a compacted archive covers.
+    #[arg(long, default_value_t = backup_core::DEFAULT_FANOUT,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    pub fanout: u64,
     /// Print only errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -76,9 +84,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         threads,
         live,
         interval,
+        compact,
+        fanout,
         quiet,
         json,
     } = args;
+    let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
+    if compact && !(live && (format == Format::Archive || remote)) {
+        anyhow::bail!(
+            "--compact applies to live archive backups (--live --format archive, or --live to \
+             an object store); after other backups, run `tidemark compact`"
+        );
+    }
     for place in &to {
         place::require_archive(place, format == Format::Archive)?;
         if let Place::Local(dir) = place {
@@ -108,6 +125,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             codec(compression, level)?,
             buffer_size,
             interval,
+            compact.then_some(fanout),
             quiet,
             json,
         );
@@ -314,10 +332,11 @@ fn run_live(
     compression: Compression,
     buffer_size: usize,
     interval: f64,
+    fanout: Option<u64>,
     quiet: bool,
     json: bool,
 ) -> Result<ExitCode> {
-    use backup_core::{LiveBackup, LiveEvent, LiveFormat, LiveOptions};
+    use backup_core::{CompactOptions, LiveBackup, LiveEvent, LiveFormat, LiveOptions};
     if !(interval.is_finite() && interval > 0.0) {
         anyhow::bail!("--interval must be a positive number of seconds");
     }
@@ -341,6 +360,11 @@ fn run_live(
             format,
             flush_interval: std::time::Duration::from_secs_f64(interval),
             backup: options,
+            compact: fanout.map(|fanout| CompactOptions {
+                fanout,
+                archive,
+                dry_run: false,
+            }),
         },
     );
     let flag = live.stop_flag();
