@@ -3,6 +3,9 @@
 //! `backup`: the backup benchmark against each store's own tools (see `suite.rs` and
 //! `docs/BENCHMARKS.md`).
 //!
+//! `compaction`: archives a restore reads after many live intervals, compacted (see
+//! `compaction.rs`).
+//!
 //! `live-lag`: a steady writer commits one row per transaction into a SQLite database (its own
 //! connection, WAL mode) while a live backup follows it; for every row, the lag is the time from
 //! its commit to the end of the backup run that made it durable. Prints p50, p99 and max, the
@@ -17,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod compaction;
 mod stores;
 mod suite;
 
@@ -82,6 +86,9 @@ enum Command {
         #[command(flatten)]
         shape: Shape,
     },
+    /// Archives a restore reads at random points after many live intervals, compacted as
+    /// `backup --live --compact` does it.
+    Compaction(compaction::CompactionArgs),
     /// Commit-to-durable lag of a live folder backup under a steady writer.
     LiveLag {
         /// How long the writer runs, in seconds.
@@ -106,6 +113,7 @@ enum Command {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Backup(args) => suite::suite(&args),
+        Command::Compaction(args) => compaction::compaction(&args),
         Command::Generate { kind, path, shape } => stores::generate(kind, &path, &shape),
         Command::Modify {
             kind,
