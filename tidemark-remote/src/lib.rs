@@ -205,14 +205,53 @@ impl RemoteChain {
     }
 
     fn seals(&self) -> Result<Vec<Seal>> {
+        let names: Vec<String> = self
+            .names()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("tidemark-") && n.ends_with(".json"))
+            .collect();
         let mut seals = Vec::new();
-        for (name, _) in self.names()? {
-            if name.starts_with("tidemark-") && name.ends_with(".json") {
-                seals.extend(self.seal(&name)?);
-            }
+        for seal in self.seals_named(&names) {
+            seals.extend(seal?);
         }
         seals.sort_by_key(|s| (s.manifest.sequence, s.manifest.first()));
         Ok(seals)
+    }
+
+    /// The seals `names`, [`SEALS_IN_FLIGHT`] GETs at a time (a chain of a long live backup
+    /// has thousands), in the order of `names`; `None` for one that is gone.
+    fn seals_named(&self, names: &[String]) -> Vec<Result<Option<Seal>>> {
+        use futures::stream::{self, StreamExt as _};
+        let fetched: Vec<(String, object_store::Result<Vec<u8>>)> = self.rt.block_on(
+            stream::iter(names.iter().cloned())
+                .map(|name| {
+                    let store = self.store.clone();
+                    let path = self.path(&name);
+                    async move {
+                        let got = match store.get(&path).await {
+                            Ok(r) => r.bytes().await.map(|b| b.to_vec()),
+                            Err(e) => Err(e),
+                        };
+                        (name, got)
+                    }
+                })
+                .buffered(SEALS_IN_FLIGHT)
+                .collect(),
+        );
+        fetched
+            .into_iter()
+            .map(|(name, got)| match got {
+                Ok(bytes) => serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::Damaged {
+                        path: self.location_of(&name),
+                        cause: format!("not a tidemark seal: {e}"),
+                    }),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.err(&format!("read {name}"), e)),
+            })
+            .collect()
     }
 }
 
@@ -246,12 +285,15 @@ impl ChainStore for RemoteChain {
             None => None,
         };
         survey.anything = head.is_some();
-        for (name, _) in self.names()? {
-            if !(name.starts_with("tidemark-") && name.ends_with(".json")) {
-                continue;
-            }
-            survey.anything = true;
-            match self.seal(&name) {
+        let names: Vec<String> = self
+            .names()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("tidemark-") && n.ends_with(".json"))
+            .collect();
+        survey.anything |= !names.is_empty();
+        for seal in self.seals_named(&names) {
+            match seal {
                 Ok(Some(seal)) => survey.items.push(seal.into_item()),
                 Ok(None) => {} // pruned meanwhile
                 Err(e) => survey.problems.push(e),
@@ -355,12 +397,17 @@ impl ChainStore for RemoteChain {
 
     fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
         let mut out = Vec::new();
-        for (name, _) in self.names()? {
-            let inside = name.ends_with(".json")
-                && slot_of_name(&name).is_some_and(|s| s.first >= first && s.sequence <= last);
-            if inside {
-                out.extend(self.seal(&name)?.map(Seal::into_item));
-            }
+        let names: Vec<String> = self
+            .names()?
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                n.ends_with(".json")
+                    && slot_of_name(n).is_some_and(|s| s.first >= first && s.sequence <= last)
+            })
+            .collect();
+        for seal in self.seals_named(&names) {
+            out.extend(seal?.map(Seal::into_item));
         }
         out.sort_by_key(|i| (i.manifest.sequence, i.manifest.first()));
         Ok(out)
@@ -401,6 +448,9 @@ struct Upload {
     what: String,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
 }
+
+/// Seals read at once when a chain is listed.
+pub const SEALS_IN_FLIGHT: usize = 32;
 
 /// Parts of one archive uploading at once (memory: this many parts).
 pub const PARTS_IN_FLIGHT: usize = 4;
