@@ -97,9 +97,28 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("tidemark: error: {}", plain(&e));
-            ExitCode::FAILURE
+            if is_damage(&e) {
+                ExitCode::from(EXIT_DAMAGED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The exit status when a backup was found damaged (verify found a problem; restore refused a
+/// damaged backup), apart from 1 for every other error and 2 for a command line clap refused,
+/// so that cron and monitoring can tell lost data from a failed run.
+pub(crate) const EXIT_DAMAGED: u8 = 3;
+
+/// Whether the error is a backup found damaged (a checksum, count or chain problem).
+fn is_damage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<backup_core::Error>(),
+            Some(backup_core::Error::Damaged { .. } | backup_core::Error::Manifest { .. })
+        )
+    })
 }
 
 /// An error and its causes on one line, each cause once: library errors already name their

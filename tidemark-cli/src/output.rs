@@ -67,7 +67,7 @@ pub(crate) fn report(out: &mut impl Write, event: &Event, quiet: bool, json: boo
             writeln!(
                 out,
                 "{}",
-                serde_json::json!({"type": "notice", "message": msg})
+                serde_json::json!({"schema": 1, "type": "notice", "message": msg})
             )
         }
         Event::Notice(msg) if !quiet => writeln!(out, "{msg}"),
@@ -75,9 +75,10 @@ pub(crate) fn report(out: &mut impl Write, event: &Event, quiet: bool, json: boo
             out,
             "{}",
             serde_json::json!({
+                "schema": 1,
                 "type": "write",
-                "collectionName": w.collection.as_str(),
-                "documentId": w.document_id,
+                "collection": w.collection.as_str(),
+                "document_id": w.document_id,
                 "files": w.files,
                 "deleted": w.deleted,
             })
@@ -89,7 +90,7 @@ pub(crate) fn report(out: &mut impl Write, event: &Event, quiet: bool, json: boo
         } if json => writeln!(
             out,
             "{}",
-            serde_json::json!({"type": "progress", "collection": collection, "done": done, "total": total})
+            serde_json::json!({"schema": 1, "type": "progress", "collection": collection, "done": done, "total": total})
         ),
         _ => Ok(()),
     };

@@ -851,7 +851,7 @@ fn list_and_verify_speak_json_for_a_bucket_and_a_directory() {
     bytes[mid] ^= 0xff;
     std::fs::write(&archive, bytes).unwrap();
     let out = run(&["verify", "dir", "--json"], d);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let v: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

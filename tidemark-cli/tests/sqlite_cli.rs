@@ -640,3 +640,153 @@ fn an_archive_summary_counts_its_bytes() {
         .unwrap();
     assert!(summary["bytes_written"].as_u64().unwrap() > 0, "{out}");
 }
+
+/// Every line `--json` prints, of every command that takes it, in both formats, is one JSON
+/// object of schema 1 with a known type and snake_case fields; summaries name their command;
+/// `-q` prints nothing on success.
+#[test]
+fn every_command_speaks_one_json_schema_and_q_is_quiet() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+    );
+    ok(&["track", "--source", "sqlite:app.db"], d.path());
+    let change = |n: u32| {
+        sql(
+            &d.join("app.db"),
+            &format!(
+                "INSERT INTO t VALUES ({}, 'x'); UPDATE t SET v = 'r{n}' WHERE id = 1;",
+                n + 10
+            ),
+        )
+    };
+    let mut lines = Vec::new();
+    let mut run = |args: &[&str]| {
+        let out = ok(args, d.path());
+        assert!(!out.trim().is_empty(), "{args:?} printed nothing");
+        for l in out.lines() {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{args:?}: not one JSON object per line ({e}): {l}"));
+            lines.push((args.join(" "), v));
+        }
+    };
+    let backup = ["backup", "--source", "sqlite:app.db"];
+    run(&[&backup[..], &["--to", "fb", "--json"]].concat());
+    for n in 0..5 {
+        change(n);
+        run(&[
+            &backup[..],
+            &["--to", "ab", "--format", "archive", "--json"],
+        ]
+        .concat());
+    }
+    for dest in ["fb", "ab"] {
+        run(&["list", dest, "--json"]);
+        run(&["verify", dest, "--json"]);
+        run(&[
+            "restore",
+            "--from",
+            dest,
+            "--to",
+            &format!("sqlite:{dest}.db"),
+            "--json",
+        ]);
+    }
+    run(&["compact", "ab", "--fanout", "2", "--json"]);
+    run(&["prune", "ab", "--keep-last", "2", "--dry-run", "--json"]);
+    let known = [
+        "write",
+        "progress",
+        "notice",
+        "run",
+        "archive",
+        "folder",
+        "compacted",
+        "problem",
+        "summary",
+    ];
+    for (cmd, v) in &lines {
+        assert_eq!(v["schema"], 1, "{cmd}: {v}");
+        let t = v["type"].as_str().unwrap_or_default();
+        assert!(known.contains(&t), "{cmd}: type {t}");
+        for key in v.as_object().unwrap().keys() {
+            assert!(
+                key.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{cmd}: field `{key}` is not snake_case"
+            );
+        }
+        if t == "summary" {
+            let command = v["command"].as_str().unwrap_or_default();
+            assert!(
+                cmd.starts_with(command) && !command.is_empty(),
+                "{cmd}: {v}"
+            );
+        }
+    }
+    for t in ["write", "archive", "folder", "compacted", "summary"] {
+        assert!(lines.iter().any(|(_, v)| v["type"] == t), "no `{t}` line");
+    }
+    // -q: nothing on stdout.
+    change(9);
+    for args in [
+        &[&backup[..], &["--to", "ab", "--format", "archive", "-q"]].concat()[..],
+        &["verify", "ab", "-q"],
+        &["restore", "--from", "ab", "--to", "sqlite:q.db", "-q"],
+        &["compact", "ab", "--fanout", "2", "-q"],
+        &["prune", "ab", "--keep-last", "3", "-q"],
+    ] {
+        let out = ok(args, d.path());
+        assert!(out.is_empty(), "{args:?} -q printed: {out}");
+    }
+}
+
+/// Exit status: 2 for a command line that does not parse, 1 for an operational error, 3 when a
+/// backup is found damaged (verify, and a restore that refuses it).
+#[test]
+fn exit_codes_tell_damage_from_failure() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    let code = |args: &[&str]| tidemark(args, d.path()).status.code();
+    assert_eq!(code(&["verify"]), Some(2), "a missing argument");
+    assert_eq!(
+        code(&["backup", "--sourse", "x"]),
+        Some(2),
+        "a misspelt flag"
+    );
+    assert_eq!(code(&["verify", "nowhere"]), Some(1), "no such backup");
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "ab",
+            "--format",
+            "archive",
+        ],
+        d.path(),
+    );
+    assert_eq!(code(&["verify", "ab"]), Some(0));
+    let archive = std::fs::read_dir(d.join("ab"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "zip"))
+        .unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&archive, bytes).unwrap();
+    assert_eq!(code(&["verify", "ab"]), Some(3), "damage found");
+    assert_eq!(
+        code(&["restore", "--from", "ab", "--to", "sqlite:r.db"]),
+        Some(3),
+        "a restore refusing a damaged backup"
+    );
+    assert!(!d.join("r.db").exists());
+}

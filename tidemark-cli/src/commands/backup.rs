@@ -272,7 +272,10 @@ impl BackupJob<'_> {
         };
         if json {
             let line = serde_json::json!({
+                "schema": 1,
                 "type": "summary",
+                "command": "backup",
+                "destination": to.to_string(),
                 "kind": summary.kind.to_string(),
                 "method": summary.method.to_string(),
                 "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
@@ -383,7 +386,7 @@ fn run_live(
                         out,
                         "{}",
                         serde_json::json!({
-                            "type": "run", "method": s.method.to_string(),
+                            "schema": 1, "type": "run", "method": s.method.to_string(),
                             "checkpoint": s.checkpoint.position, "captured_at": s.captured_at,
                             "records_written": s.records_written,
                             "records_deleted": s.records_deleted,

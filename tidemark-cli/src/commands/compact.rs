@@ -38,6 +38,9 @@ pub struct Args {
     /// One JSON object per compacted archive, then a summary.
     #[arg(long)]
     pub json: bool,
+    /// Print only errors.
+    #[arg(long, short, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 /// Runs `tidemark compact`.
@@ -51,6 +54,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         threads,
         dry_run,
         json,
+        quiet,
     } = args;
     let retention: backup_core::Retention = retention.into();
     let store: Box<dyn ChainStore> = match &dir {
@@ -99,6 +103,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "entries": c.entries,
                 })
             );
+        } else if quiet {
         } else if dry_run {
             println!(
                 "would compact {:06}..{:06}  ({} archives, {})",
@@ -147,7 +152,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "seconds": summary.elapsed.as_secs_f64(),
             })
         );
-    } else {
+    } else if !quiet {
         println!(
             "{} {} compacted archive{} in {:.1} s",
             if dry_run { "Would write" } else { "Wrote" },

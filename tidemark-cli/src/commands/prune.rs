@@ -21,6 +21,9 @@ pub struct Args {
     /// One JSON object per archive (kept, with why, or removed), then a summary.
     #[arg(long)]
     pub json: bool,
+    /// Print only errors.
+    #[arg(long, short, conflicts_with = "json")]
+    pub quiet: bool,
 }
 
 /// Runs `tidemark prune`.
@@ -30,6 +33,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         retention,
         dry_run,
         json,
+        quiet,
     } = args;
     let retention: backup_core::Retention = retention.into();
     let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
@@ -60,7 +64,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "freed_bytes": plan.freed_bytes(),
             })
         );
-    } else {
+    } else if !quiet {
         print_prune(&plan, dry_run);
     }
     Ok(ExitCode::SUCCESS)

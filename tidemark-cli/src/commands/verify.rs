@@ -43,6 +43,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             serde_json::json!({
                 "schema": 1,
                 "type": "summary",
+                "command": "verify",
                 "intact": report.is_ok(),
                 "records": report.records,
                 "collections": report.collections,
@@ -52,7 +53,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(if report.is_ok() {
             ExitCode::SUCCESS
         } else {
-            ExitCode::FAILURE
+            ExitCode::from(crate::EXIT_DAMAGED)
         });
     }
     for problem in &report.problems {
@@ -71,6 +72,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "tidemark: error: backup {dir} is damaged ({} problems)",
             report.problems.len()
         );
-        Ok(ExitCode::FAILURE)
+        Ok(ExitCode::from(crate::EXIT_DAMAGED))
     }
 }
