@@ -96,6 +96,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
              an object store); after other backups, run `tidemark compact`"
         );
     }
+    if cache.is_some() && to.iter().filter(|p| matches!(p, Place::Remote(_))).count() > 1 {
+        anyhow::bail!(
+            "--cache names one key state: with several object-store destinations leave it out \
+             (each gets its own default cache)"
+        );
+    }
     for place in &to {
         place::require_archive(place, format == Format::Archive)?;
         if let Place::Local(dir) = place {
@@ -112,13 +118,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..BackupOptions::default()
     };
     if live {
-        let [to] = &to[..] else {
-            anyhow::bail!("--live takes one --to (several destinations: one live backup each)");
-        };
         return run_live(
             backend,
             &source,
-            to,
+            &to,
             cache.as_deref(),
             options,
             format,
@@ -323,12 +326,14 @@ impl BackupJob<'_> {
 }
 
 /// `tidemark backup --live`: follows the store until Ctrl-C or SIGTERM, then makes everything
-/// committed so far durable and exits 0.
+/// committed so far durable and exits 0. With several destinations, one live backup follows
+/// the store into each (each continues its own chain; one that fails is reported and the others
+/// go on), and the change log is trimmed only to the oldest checkpoint all of them hold.
 #[allow(clippy::too_many_arguments)]
 fn run_live(
     backend: Box<dyn backup_core::StorageBackend>,
     source: &StoreUrl,
-    to: &Place,
+    to: &[Place],
     cache: Option<&std::path::Path>,
     options: BackupOptions,
     format: Format,
@@ -340,6 +345,8 @@ fn run_live(
     json: bool,
 ) -> Result<ExitCode> {
     use backup_core::{CompactOptions, LiveBackup, LiveEvent, LiveFormat, LiveOptions};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     if !(interval.is_finite() && interval > 0.0) {
         anyhow::bail!("--interval must be a positive number of seconds");
     }
@@ -348,45 +355,100 @@ fn run_live(
         buffer_size,
         ..ArchiveOptions::default()
     };
-    let (dir, format) = match (to, format) {
-        (Place::Local(dir), Format::Folder) => (dir.clone(), LiveFormat::Folder),
-        (Place::Local(dir), Format::Archive) => (dir.clone(), LiveFormat::Archive(archive)),
-        (Place::Remote(url), _) => (
-            place::state_dir(url, cache)?,
-            LiveFormat::Chain(std::sync::Arc::from(place::open_remote(url)?), archive),
-        ),
+    let backend: Arc<dyn backup_core::StorageBackend> = Arc::from(backend);
+    let several = to.len() > 1;
+    // Several followers: none trims the change log on its own (another may still need what
+    // it would remove); this loop trims to the oldest checkpoint they all hold.
+    let per_destination = BackupOptions {
+        trim_changes: options.trim_changes && !several,
+        ..options.clone()
     };
-    let live = LiveBackup::start(
-        std::sync::Arc::from(backend),
-        dir,
-        LiveOptions {
-            format,
-            flush_interval: std::time::Duration::from_secs_f64(interval),
-            backup: options,
-            compact: fanout.map(|fanout| CompactOptions {
-                fanout,
-                archive,
-                dry_run: false,
-            }),
-        },
-    );
-    let flag = live.stop_flag();
-    ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst))
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, Option<LiveEvent>, Option<Result<()>>)>();
+    let mut stops: Vec<Arc<AtomicBool>> = Vec::new();
+    let mut followers = Vec::new();
+    for (i, place) in to.iter().enumerate() {
+        let (dir, format) = match (place, format) {
+            (Place::Local(dir), Format::Folder) => (dir.clone(), LiveFormat::Folder),
+            (Place::Local(dir), Format::Archive) => (dir.clone(), LiveFormat::Archive(archive)),
+            (Place::Remote(url), _) => (
+                place::state_dir(url, cache)?,
+                LiveFormat::Chain(Arc::from(place::open_remote(url)?), archive),
+            ),
+        };
+        let mut live = LiveBackup::start(
+            backend.clone(),
+            dir,
+            LiveOptions {
+                format,
+                flush_interval: std::time::Duration::from_secs_f64(interval),
+                backup: per_destination.clone(),
+                compact: fanout.map(|fanout| CompactOptions {
+                    fanout,
+                    archive,
+                    dry_run: false,
+                }),
+            },
+        );
+        stops.push(live.stop_flag());
+        let tx = tx.clone();
+        followers.push(std::thread::spawn(move || {
+            for event in live.events().iter() {
+                let _ = tx.send((i, Some(event), None));
+            }
+            let done = live.join().map(|_| ()).map_err(anyhow::Error::from);
+            let _ = tx.send((i, None, Some(done)));
+        }));
+    }
+    drop(tx);
+    {
+        let stops = stops.clone();
+        ctrlc::set_handler(move || {
+            for s in &stops {
+                s.store(true, Ordering::SeqCst);
+            }
+        })
         .context("installing the Ctrl-C / SIGTERM handler")?;
+    }
     let mut out = std::io::stdout().lock();
-    let mut live = live;
-    let mut runs = 0u64;
-    for event in live.events().iter() {
+    let mut runs = vec![0u64; to.len()];
+    let mut held: Vec<Option<backup_core::Checkpoint>> = vec![None; to.len()];
+    let mut trimmed: Option<u64> = None;
+    let mut failed = 0;
+    for (i, event, done) in rx.iter() {
+        let dest = &to[i];
+        if let Some(done) = done {
+            if let Err(e) = done.with_context(|| format!("live backup of {source} to {dest}")) {
+                failed += 1;
+                eprintln!(
+                    "tidemark: error: {}{}",
+                    crate::plain(&e),
+                    if several {
+                        "; the other destinations go on"
+                    } else {
+                        ""
+                    }
+                );
+            } else if !quiet && !json {
+                let _ = writeln!(
+                    out,
+                    "Live backup of {source} to {dest} stopped after {} runs (checkpoint {})",
+                    runs[i],
+                    held[i].as_ref().map(|c| c.position).unwrap_or_default()
+                );
+            }
+            continue;
+        }
         match event {
-            LiveEvent::Run(e) => report(&mut out, &e, quiet, json),
-            LiveEvent::Completed(s) => {
-                runs += 1;
+            Some(LiveEvent::Run(e)) => report(&mut out, &e, quiet, json),
+            Some(LiveEvent::Completed(s)) => {
+                runs[i] += 1;
                 let _ = if json {
                     writeln!(
                         out,
                         "{}",
                         serde_json::json!({
                             "schema": 1, "type": "run", "method": s.method.to_string(),
+                            "destination": dest.to_string(),
                             "checkpoint": s.checkpoint.position, "captured_at": s.captured_at,
                             "records_written": s.records_written,
                             "records_deleted": s.records_deleted,
@@ -396,31 +458,52 @@ fn run_live(
                 } else if !quiet {
                     writeln!(
                         out,
-                        "{} run {runs} ({}) of {source}: {} written, {} deleted, {} in backup (checkpoint {})",
-                        s.captured_at, s.method, s.records_written, s.records_deleted,
+                        "{} run {} ({}) of {source}{}: {} written, {} deleted, {} in backup (checkpoint {})",
+                        s.captured_at, runs[i], s.method,
+                        if several { format!(" to {dest}") } else { String::new() },
+                        s.records_written, s.records_deleted,
                         s.records_total, s.checkpoint.position
                     )
                 } else {
                     Ok(())
                 };
                 let _ = out.flush();
+                held[i] = Some(s.checkpoint.clone());
+                // Trim to what every destination holds, once it moved.
+                if several && options.trim_changes {
+                    let oldest = held
+                        .iter()
+                        .map(|c| c.as_ref().map(|c| c.position))
+                        .collect::<Option<Vec<u64>>>()
+                        .and_then(|p| p.into_iter().min());
+                    if let Some(pos) = oldest.filter(|p| trimmed.is_none_or(|t| *p > t)) {
+                        let at = held
+                            .iter()
+                            .flatten()
+                            .find(|c| c.position == pos)
+                            .cloned()
+                            .expect("the oldest is one of them");
+                        if let Err(e) = backend.trim_changes(&at) {
+                            eprintln!("tidemark: trimming the change log failed: {e}");
+                        }
+                        trimmed = Some(pos);
+                    }
+                }
             }
+            None => {}
         }
     }
-    // The channel closed: the backup ended, after a stop request or on an error.
-    let summary = live
-        .join()
-        .with_context(|| format!("live backup of {source} to {to}"))?;
-    if !quiet && !json {
-        let _ = writeln!(
-            out,
-            "Live backup of {source} stopped after {} runs (checkpoint {})",
-            summary.runs,
-            summary
-                .last
-                .map(|s| s.checkpoint.position)
-                .unwrap_or_default()
-        );
+    for f in followers {
+        let _ = f.join();
+    }
+    if failed > 0 {
+        if several {
+            eprintln!(
+                "tidemark: error: {failed} of {} destinations failed",
+                to.len()
+            );
+        }
+        return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
