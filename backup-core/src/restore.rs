@@ -125,6 +125,9 @@ pub struct RestoreSummary {
     pub elapsed: Duration,
     /// Archives read (0 for a folder backup).
     pub archives: usize,
+    /// Archives: the point restored, as the sequence of the archive it ends at and when that
+    /// backup read the store (RFC 3339). `None` for a folder backup.
+    pub point: Option<(u64, String)>,
 }
 
 /// Restores the folder backup at `dir` into a new store at `target`, built aside and renamed
@@ -443,6 +446,7 @@ fn write_all(
         bytes,
         elapsed: started.elapsed(),
         archives: 0,
+        point: None,
     })
 }
 

@@ -62,6 +62,26 @@ pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
     }
 }
 
+/// Why every backup of `url` will be full, and how to change that: a SQLite database without
+/// change tracking (`tidemark track` installs it). `None` when its backups can be incremental.
+pub fn untracked(url: &StoreUrl) -> Option<String> {
+    #[cfg(feature = "sqlite")]
+    if url.kind == StoreKind::Sqlite {
+        let tracked = backend_sqlite::SqliteBackend::open_for_backup(&url.path)
+            .and_then(|b| b.is_tracked())
+            .unwrap_or(true);
+        if !tracked {
+            return Some(format!(
+                "{url} has no change tracking, so every backup of it is full: run `tidemark \
+                 track --source {url}` once (it adds a change log and triggers to the database) \
+                 to make the next ones incremental"
+            ));
+        }
+    }
+    let _ = url;
+    None
+}
+
 /// The factory that makes restore targets of a kind; `rocksdb_format` overrides the table
 /// format version a RocksDB target is written in.
 pub fn factory(kind: StoreKind, rocksdb_format: Option<i32>) -> Result<Box<dyn StoreFactory>> {

@@ -790,3 +790,100 @@ fn exit_codes_tell_damage_from_failure() {
     );
     assert!(!d.join("r.db").exists());
 }
+
+/// Mistakes get a way forward: the first backup of an untracked database says how to get
+/// incrementals (once: the second backup only gives its reason); a restore into SQLite says the
+/// copy has no tracking; archive flags on a folder backup are refused naming the format; list
+/// and restore print times to the second, and `--at` says which point it took.
+#[test]
+fn hints_and_refusals_show_the_way() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    let first = ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "fb"],
+        d.path(),
+    );
+    assert_eq!(
+        first
+            .matches("tidemark track --source sqlite:app.db")
+            .count(),
+        1,
+        "{first}"
+    );
+    sql(&d.join("app.db"), "INSERT INTO t VALUES (2, 'b');");
+    let second = ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "fb"],
+        d.path(),
+    );
+    assert!(!second.contains("Note:"), "said once: {second}");
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "fb2",
+            "--compression",
+            "zstd",
+            "--level",
+            "5",
+        ],
+        d.path(),
+    );
+    assert!(
+        err.contains("--compression, --level apply to archives (--format archive)"),
+        "{err}"
+    );
+    assert!(!d.join("fb2").exists(), "a refused backup writes nothing");
+    ok(&["track", "--source", "sqlite:app.db"], d.path());
+    for n in 0..2 {
+        sql(
+            &d.join("app.db"),
+            &format!("INSERT INTO t VALUES ({}, 'x');", n + 10),
+        );
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:app.db",
+                "--to",
+                "ab",
+                "--format",
+                "archive",
+            ],
+            d.path(),
+        );
+    }
+    let list = ok(&["list", "ab"], d.path());
+    let row = list.lines().nth(1).unwrap();
+    let time = row.split_whitespace().last().unwrap();
+    assert_eq!(
+        time.len(),
+        "2026-12-01T03:29:47Z".len(),
+        "to the second: {row}"
+    );
+    let restored = ok(
+        &[
+            "restore",
+            "--from",
+            "ab",
+            "--to",
+            "sqlite:copy.db",
+            "--at",
+            "-0s",
+        ],
+        d.path(),
+    );
+    assert!(
+        restored.contains("Restore point: the newest backup captured at or before")
+            && restored.contains("archive 000002"),
+        "{restored}"
+    );
+    assert!(
+        restored.contains("sqlite:copy.db has no change tracking"),
+        "{restored}"
+    );
+}

@@ -228,5 +228,6 @@ pub(super) fn replay_newest_first(
         bytes,
         elapsed: started.elapsed(),
         archives: items.len(),
+        point: Some((last.sequence, last.captured_at.clone())),
     })
 }

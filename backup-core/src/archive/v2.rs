@@ -693,6 +693,7 @@ pub(super) fn replay(
         bytes,
         elapsed: started.elapsed(),
         archives: items.len(),
+        point: Some((last.sequence, last.captured_at.clone())),
     })
 }
 

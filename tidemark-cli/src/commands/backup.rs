@@ -35,14 +35,14 @@ pub struct Args {
     /// backup, chained).
     #[arg(long, value_enum, default_value_t = Format::Folder)]
     pub format: Format,
-    /// Archive codec.
-    #[arg(long, value_enum, default_value_t = Codec::Deflate)]
-    pub compression: Codec,
+    /// Archive codec (default: deflate, which any `unzip` reads).
+    #[arg(long, value_enum)]
+    pub compression: Option<Codec>,
     /// Archive compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
     #[arg(long)]
     pub level: Option<u8>,
     /// Archive output buffer size in bytes.
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = DEFAULT_BUFFER)]
     pub buffer_size: usize,
     /// Archives: threads that encode and compress (default: every core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -70,6 +70,9 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The archive output buffer's default size.
+const DEFAULT_BUFFER: usize = 1 << 20;
+
 /// Runs `tidemark backup`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args {
@@ -90,6 +93,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json,
     } = args;
     let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
+    if format == Format::Folder && !remote {
+        let archive_only = [
+            ("--compression", compression.is_some()),
+            ("--level", level.is_some()),
+            ("--threads", threads.is_some()),
+            ("--buffer-size", buffer_size != DEFAULT_BUFFER),
+        ];
+        let given: Vec<&str> = archive_only
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(flag, _)| *flag)
+            .collect();
+        if !given.is_empty() {
+            anyhow::bail!(
+                "{} apply to archives (--format archive); the folder format (the default) \
+                 writes plain files and takes no compression",
+                given.join(", ")
+            );
+        }
+    }
+    let compression = compression.unwrap_or(Codec::Deflate);
     if compact && !(live && (format == Format::Archive || remote)) {
         anyhow::bail!(
             "--compact applies to live archive backups (--live --format archive, or --live to \
@@ -297,6 +321,12 @@ impl BackupJob<'_> {
                 (&summary.full_reason, summary.method)
             {
                 writeln!(out, "Full backup: {reason}")?;
+                // Once, at the first backup: how to get incrementals.
+                if matches!(reason, backup_core::FullReason::FirstBackup) {
+                    if let Some(hint) = stores::untracked(source) {
+                        writeln!(out, "Note: {hint}")?;
+                    }
+                }
             }
             writeln!(
                     out,
@@ -459,7 +489,7 @@ fn run_live(
                     writeln!(
                         out,
                         "{} run {} ({}) of {source}{}: {} written, {} deleted, {} in backup (checkpoint {})",
-                        s.captured_at, runs[i], s.method,
+                        crate::output::to_second(&s.captured_at), runs[i], s.method,
                         if several { format!(" to {dest}") } else { String::new() },
                         s.records_written, s.records_deleted,
                         s.records_total, s.checkpoint.position

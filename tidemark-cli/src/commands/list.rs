@@ -90,7 +90,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             m.collections.iter().map(|c| c.records).sum::<u64>(),
             human_bytes(item.size),
             format!("v{}", m.format_version),
-            m.captured_at
+            crate::output::to_second(&m.captured_at)
         );
     }
     Ok(ExitCode::SUCCESS)

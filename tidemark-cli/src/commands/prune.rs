@@ -85,7 +85,7 @@ pub(crate) fn print_prune(plan: &backup_core::PrunePlan, dry_run: bool) {
             println!(
                 "{} {name}  ({}, {})",
                 if dry_run { "would remove" } else { "remove " },
-                i.item.manifest.captured_at,
+                crate::output::to_second(&i.item.manifest.captured_at),
                 human_bytes(i.item.size)
             );
         }

@@ -115,6 +115,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "collections": summary.collections,
                 "bytes": summary.bytes,
                 "archives": summary.archives,
+                "sequence": summary.point.as_ref().map(|p| p.0),
+                "captured_at": summary.point.as_ref().map(|p| p.1.clone()),
                 "seconds": summary.elapsed.as_secs_f64(),
             })
         );
@@ -131,6 +133,27 @@ pub fn run(args: Args) -> Result<ExitCode> {
             human_bytes(summary.bytes),
             summary.elapsed.as_secs_f64()
         );
+        if let (Some(at), Some((sequence, captured))) = (&at, &summary.point) {
+            let asked = match at {
+                archive::RestorePoint::Time(t) => format!(
+                    "the newest backup captured at or before {}",
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                ),
+                archive::RestorePoint::Checkpoint(c) => format!("checkpoint {c}"),
+                archive::RestorePoint::Latest => "the newest backup".into(),
+            };
+            println!(
+                "Restore point: {asked}: archive {sequence:06}, captured {}",
+                crate::output::to_second(captured)
+            );
+        }
+        if to.kind == backup_core::StoreKind::Sqlite {
+            println!(
+                "Note: {to} has no change tracking (a restore does not copy it): run `tidemark \
+                 track --source {to}` before backing it up, or its backups will all be full"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
