@@ -16,7 +16,7 @@ use std::process::ExitCode;
     version,
     about = "Back up and restore RocksDB, sled and SQLite databases while they run"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +43,10 @@ enum Command {
     /// Merge runs of small archives (live backups) into compacted ones, in levels, so that a
     /// restore at any point reads few archives; every point stays restorable.
     Compact(commands::compact::Args),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the man page (roff).
+    Man(commands::completions::ManArgs),
 }
 
 /// Retention rules (restic-style); at least one is required.
@@ -149,5 +153,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => commands::run::run(args),
         Command::Prune(args) => commands::prune::run(args),
         Command::Compact(args) => commands::compact::run(args),
+        Command::Completions(args) => commands::completions::completions(args),
+        Command::Man(args) => commands::completions::man(args),
     }
 }

@@ -887,3 +887,51 @@ fn hints_and_refusals_show_the_way() {
         "{restored}"
     );
 }
+
+/// Completions and man pages come from the command line's definition: the bash script parses
+/// (`bash -n`) and offers every subcommand; the man page is roff naming every subcommand; each
+/// subcommand has its own page.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let d = Dir::new();
+    let bash = ok(&["completions", "bash"], d.path());
+    std::fs::write(d.join("tidemark.bash"), &bash).unwrap();
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(d.join("tidemark.bash"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let subcommands = [
+        "backup", "restore", "track", "verify", "list", "run", "prune", "compact",
+    ];
+    for s in subcommands {
+        assert!(bash.contains(s), "completions offer `{s}`");
+    }
+    for shell in ["zsh", "fish"] {
+        assert!(ok(&["completions", shell], d.path()).contains("compact"));
+    }
+    let man = ok(&["man"], d.path());
+    assert!(
+        man.contains(".TH tidemark 1"),
+        "{}",
+        &man[..200.min(man.len())]
+    );
+    for s in subcommands {
+        assert!(
+            man.contains(&format!("tidemark\\-{s}")),
+            "the main page names `{s}`"
+        );
+        let page = ok(&["man", s], d.path());
+        assert!(
+            page.contains(&format!(".TH tidemark-{s} 1")),
+            "{s}: {}",
+            &page[..100.min(page.len())]
+        );
+    }
+    assert!(fails(&["man", "nope"], d.path()).contains("there are: backup"));
+}

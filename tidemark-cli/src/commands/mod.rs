@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod compact;
+pub mod completions;
 pub mod list;
 pub mod prune;
 pub mod restore;
