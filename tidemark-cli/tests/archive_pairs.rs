@@ -14,13 +14,20 @@ use std::path::Path;
 
 /// The checkpoints (`to` column) and capture times (last column) of the archives in `dir`,
 /// oldest first.
+/// Each archive's checkpoint and capture time, at full precision (`list --json`: the text
+/// listing shows times to the second, and these backups come within one).
 fn points(dir: &Path) -> Vec<(String, String)> {
-    let out = ok(&["list", &dir.to_string_lossy()], dir.parent().unwrap());
+    let out = ok(
+        &["list", &dir.to_string_lossy(), "--json"],
+        dir.parent().unwrap(),
+    );
     out.lines()
-        .skip(1)
-        .map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols[3].to_string(), cols[cols.len() - 1].to_string())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["to"].to_string(),
+                v["captured_at"].as_str().unwrap().to_string(),
+            )
         })
         .collect()
 }

@@ -935,3 +935,44 @@ fn completions_and_man_pages_are_generated() {
     }
     assert!(fails(&["man", "nope"], d.path()).contains("there are: backup"));
 }
+
+/// One grammar: every command that reads or maintains a backup names it positionally or with
+/// `--from` (restore included), and refuses both at once.
+#[test]
+fn every_command_names_the_backup_both_ways() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "ab",
+            "--format",
+            "archive",
+        ],
+        d.path(),
+    );
+    for cmd in [
+        vec!["verify"],
+        vec!["list"],
+        vec!["prune", "--keep-last", "1"],
+        vec!["compact"],
+    ] {
+        let positional: Vec<&str> = cmd.iter().copied().chain(["ab"]).collect();
+        let flag: Vec<&str> = cmd.iter().copied().chain(["--from", "ab"]).collect();
+        assert_eq!(ok(&positional, d.path()), ok(&flag, d.path()), "{cmd:?}");
+        let both: Vec<&str> = cmd.iter().copied().chain(["ab", "--from", "ab"]).collect();
+        assert_eq!(tidemark(&both, d.path()).status.code(), Some(2), "{cmd:?}");
+    }
+    ok(&["restore", "ab", "--to", "sqlite:one.db"], d.path());
+    ok(
+        &["restore", "--from", "ab", "--to", "sqlite:two.db"],
+        d.path(),
+    );
+    assert_eq!(dump(&d.join("one.db")), dump(&d.join("two.db")));
+}

@@ -935,10 +935,19 @@ impl std::str::FromStr for RestorePoint {
                     format!("`{s}`: a time ago is a number and s, m, h, d or w (e.g. -2h, -30m)")
                 });
         }
+        // A time given to the second (as `list` prints them) means that whole second: a
+        // backup captured at 03:29:47.536 is "at 03:29:47".
+        let whole_second = |t: time::OffsetDateTime| {
+            if s.contains('.') {
+                t
+            } else {
+                t + time::Duration::nanoseconds(999_999_999)
+            }
+        };
         if let Ok(t) =
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         {
-            return Ok(RestorePoint::Time(t));
+            return Ok(RestorePoint::Time(whole_second(t)));
         }
         // A date and time without an offset: local time.
         let naive =
@@ -949,7 +958,7 @@ impl std::str::FromStr for RestorePoint {
                     "`{s}` has no UTC offset and the local one is unknown here; add Z or +hh:mm"
                 )
             })?;
-            return Ok(RestorePoint::Time(t.assume_offset(offset)));
+            return Ok(RestorePoint::Time(whole_second(t.assume_offset(offset))));
         }
         Err(format!(
             "`{s}` is not a checkpoint number, an RFC 3339 time (2026-12-01T03:29:47Z), a local \
@@ -1022,7 +1031,11 @@ fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
                 .iter()
                 .rposition(|c| captured(c).is_some_and(|c| c <= *t))
                 .ok_or_else(|| Error::BadInput {
-                    path: PathBuf::from(format!("--at {t}")),
+                    path: PathBuf::from(format!(
+                        "--at {}",
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default()
+                    )),
                     cause: format!(
                         "no backup was captured at or before that time (the first: {})",
                         chain[0].manifest.captured_at

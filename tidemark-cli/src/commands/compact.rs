@@ -15,8 +15,8 @@ use std::process::ExitCode;
 /// as `tidemark prune` would.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The archive directory or URL.
-    pub dir: Place,
+    #[command(flatten)]
+    pub backup: super::BackupPlace,
     /// Archives of one level that one compacted archive of the next level covers.
     #[arg(long, default_value_t = backup_core::DEFAULT_FANOUT,
           value_parser = clap::value_parser!(u64).range(2..))]
@@ -46,7 +46,7 @@ pub struct Args {
 /// Runs `tidemark compact`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args {
-        dir,
+        backup,
         fanout,
         retention,
         compression,
@@ -56,6 +56,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json,
         quiet,
     } = args;
+    let dir = backup.place()?;
     let retention: backup_core::Retention = retention.into();
     let store: Box<dyn ChainStore> = match &dir {
         Place::Remote(url) => place::open_remote(url)?,

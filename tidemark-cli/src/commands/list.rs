@@ -9,8 +9,8 @@ use std::process::ExitCode;
 /// List the archives in a directory: full or incremental, checkpoint range, time, size.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The archive directory or URL.
-    pub dir: Place,
+    #[command(flatten)]
+    pub backup: super::BackupPlace,
     /// One JSON object per archive (`{"schema": 1, "type": "archive", …}`; see the README).
     #[arg(long)]
     pub json: bool,
@@ -18,7 +18,8 @@ pub struct Args {
 
 /// Runs `tidemark list`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { dir, json } = args;
+    let Args { backup, json } = args;
+    let dir = backup.place()?;
     if let Place::Local(d) = &dir {
         let path = d
             .join(backup_core::folder::META_DIR)

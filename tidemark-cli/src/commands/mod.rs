@@ -37,3 +37,29 @@ pub(crate) fn open_backup(place: &Place) -> Result<Backup> {
         Place::Local(dir) => Backup::Folder(dir.clone()),
     })
 }
+
+/// The backup a command reads or maintains (a directory, or an object store URL such as
+/// `s3://bucket/prefix`), named positionally or with `--from`: every command that reads a
+/// backup takes both (`tidemark verify bk`, `tidemark restore --from bk …`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackupPlace {
+    /// The backup: a directory, or an object store URL (s3://bucket/prefix).
+    #[arg(
+        value_name = "BACKUP",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    pub dir: Option<Place>,
+    /// The backup, as a flag (the same as the positional BACKUP).
+    #[arg(long, value_name = "BACKUP")]
+    pub from: Option<Place>,
+}
+
+impl BackupPlace {
+    /// The place named either way.
+    pub fn place(self) -> Result<Place> {
+        self.dir
+            .or(self.from)
+            .ok_or_else(|| anyhow::anyhow!("name the backup (BACKUP or --from BACKUP)"))
+    }
+}

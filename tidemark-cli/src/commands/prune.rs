@@ -2,7 +2,7 @@
 //! chain; the newest archive is always kept).
 
 use crate::output::human_bytes;
-use crate::place::{self, Place};
+use crate::place;
 use crate::RetentionArgs;
 use anyhow::{Context, Result};
 use std::process::ExitCode;
@@ -11,8 +11,8 @@ use std::process::ExitCode;
 /// archive is always kept).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The archive directory or URL.
-    pub dir: Place,
+    #[command(flatten)]
+    pub backup: super::BackupPlace,
     #[command(flatten)]
     pub retention: RetentionArgs,
     /// Print what would be removed, remove nothing.
@@ -29,12 +29,13 @@ pub struct Args {
 /// Runs `tidemark prune`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args {
-        dir,
+        backup,
         retention,
         dry_run,
         json,
         quiet,
     } = args;
+    let dir = backup.place()?;
     let retention: backup_core::Retention = retention.into();
     let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
     if json {

@@ -2,7 +2,6 @@
 
 use crate::commands::{open_backup, Backup};
 use crate::output::human_bytes;
-use crate::place::Place;
 use crate::stores::{self, StoreUrl};
 use anyhow::{Context, Result};
 use backup_core::{archive, restore_chain, restore_folder_to_path, ArchiveOptions, RestoreOptions};
@@ -11,9 +10,8 @@ use std::process::ExitCode;
 /// Rebuild a store from a backup (into any kind of store).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The backup directory or archive chain URL.
-    #[arg(long)]
-    pub from: Place,
+    #[command(flatten)]
+    pub backup: super::BackupPlace,
     /// The store to create: sqlite:PATH, rocksdb:PATH or sled:PATH.
     #[arg(long)]
     pub to: StoreUrl,
@@ -48,7 +46,7 @@ pub struct Args {
 /// Runs `tidemark restore`.
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args {
-        from,
+        backup,
         to,
         force,
         collections,
@@ -58,6 +56,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
         json,
     } = args;
+    let from = backup.place()?;
     if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
         anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
     }
@@ -137,8 +136,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
             let asked = match at {
                 archive::RestorePoint::Time(t) => format!(
                     "the newest backup captured at or before {}",
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .unwrap_or_default()
+                    t.format(time::macros::format_description!(
+                        "[year]-[month]-[day]T[hour]:[minute]:[second][offset_hour sign:mandatory]:[offset_minute]"
+                    ))
+                    .unwrap_or_default()
                 ),
                 archive::RestorePoint::Checkpoint(c) => format!("checkpoint {c}"),
                 archive::RestorePoint::Latest => "the newest backup".into(),

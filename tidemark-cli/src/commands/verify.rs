@@ -2,7 +2,6 @@
 //! restoring it; `--json` for scripts, exit status 1 on damage.
 
 use crate::commands::{open_backup, Backup};
-use crate::place::Place;
 use anyhow::{Context, Result};
 use backup_core::{verify_chain, verify_folder};
 use std::process::ExitCode;
@@ -10,8 +9,8 @@ use std::process::ExitCode;
 /// Check a backup end to end (every checksum, every count) without restoring it.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The backup directory or archive chain URL.
-    pub dir: Place,
+    #[command(flatten)]
+    pub backup: super::BackupPlace,
     /// One JSON object per problem found, then a summary (`{"schema": 1, "type": "summary",
     /// "intact": …}`; see the README).
     #[arg(long)]
@@ -23,7 +22,12 @@ pub struct Args {
 
 /// Runs `tidemark verify`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { dir, json, quiet } = args;
+    let Args {
+        backup,
+        json,
+        quiet,
+    } = args;
+    let dir = backup.place()?;
     let report = (|| -> anyhow::Result<_> {
         Ok(match open_backup(&dir)? {
             Backup::Chain(chain) => verify_chain(&*chain)?,
