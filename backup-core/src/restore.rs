@@ -5,7 +5,7 @@ use crate::durable;
 use crate::error::{Error, Result};
 use crate::folder::FolderBackup;
 use crate::manifest::FolderManifest;
-use crate::model::{CollectionName, Record, StoreKind, StoreSchema};
+use crate::model::{CollectionInfo, CollectionName, Record, StoreKind, StoreSchema};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -100,6 +100,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Records handed to the store at once.
     pub batch_size: usize,
+    /// Told, as records are written, how many so far and how many in all (when known).
+    pub progress: Option<RestoreProgress>,
 }
 
 impl Default for RestoreOptions {
@@ -108,7 +110,43 @@ impl Default for RestoreOptions {
             collections: None,
             force: false,
             batch_size: 4096,
+            progress: None,
         }
+    }
+}
+
+/// A restore's progress report: called with the records written so far and the total the
+/// backup says the restored collections hold (when it says).
+#[derive(Clone)]
+pub struct RestoreProgress(pub std::sync::Arc<dyn Fn(u64, Option<u64>) + Send + Sync>);
+
+impl std::fmt::Debug for RestoreProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestoreProgress")
+    }
+}
+
+/// A sink that reports each batch to a [`RestoreProgress`] before handing it on.
+struct Counting<'a> {
+    inner: Box<dyn RestoreSink + 'a>,
+    progress: RestoreProgress,
+    total: Option<u64>,
+    done: u64,
+}
+
+impl RestoreSink for Counting<'_> {
+    fn create_collection(&mut self, info: &CollectionInfo, source: StoreKind) -> Result<()> {
+        self.inner.create_collection(info, source)
+    }
+    fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
+        let n = records.len() as u64;
+        self.inner.put_batch(collection, records)?;
+        self.done += n;
+        (self.progress.0)(self.done, self.total);
+        Ok(())
+    }
+    fn finish(self: Box<Self>, schema: &StoreSchema, source: StoreKind) -> Result<()> {
+        self.inner.finish(schema, source)
     }
 }
 
@@ -149,10 +187,22 @@ pub fn restore_folder_to_path(
         &|n| manifest.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
+    let total = manifest
+        .collections
+        .iter()
+        .filter(|c| {
+            options
+                .collections
+                .as_ref()
+                .is_none_or(|w| w.contains(&c.info.name))
+        })
+        .map(|c| c.records)
+        .sum();
     restore_to_path(
         factory,
         target,
         (&manifest.store_schema, manifest.store_kind),
+        (options.progress.as_ref(), Some(total)),
         &mut |sink| write_all(&folder, &manifest, sink, options),
     )
 }
@@ -164,6 +214,7 @@ pub(crate) fn restore_to_path(
     factory: &dyn StoreFactory,
     target: &Path,
     origin: (&StoreSchema, StoreKind),
+    progress: (Option<&RestoreProgress>, Option<u64>),
     fill: &mut dyn FnMut(Box<dyn RestoreSink + '_>) -> Result<RestoreSummary>,
 ) -> Result<RestoreSummary> {
     let parent = match target.parent() {
@@ -198,7 +249,17 @@ pub(crate) fn restore_to_path(
     register_in_progress(factory.store_files(&tmp), true);
     let result = (|| {
         let backend = factory.create_like(&tmp, origin.0, origin.1)?;
-        let summary = fill(backend.restore_sink()?)?;
+        let sink = backend.restore_sink()?;
+        let sink: Box<dyn RestoreSink + '_> = match progress {
+            (Some(p), total) => Box::new(Counting {
+                inner: sink,
+                progress: p.clone(),
+                total,
+                done: 0,
+            }),
+            (None, _) => sink,
+        };
+        let summary = fill(sink)?;
         drop(backend);
         Ok(summary)
     })();

@@ -3,6 +3,34 @@
 use backup_core::Event;
 use std::io::Write;
 
+/// A bar counting records on stderr, labelled `what`: a whole-number rate and an ETA, which
+/// indicatif smooths over recent progress.
+pub(crate) fn records_bar(what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>20} [{bar:40}] {pos}/{len} records ({rate}, {eta})",
+        )
+        .expect("a valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", state.per_sec());
+            },
+        )
+        .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// A progress bar for a restore, on stderr when it is a terminal (`None` otherwise, or when
+/// `hidden`).
+pub(crate) fn restore_bar(hidden: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!hidden && std::io::stderr().is_terminal()).then(|| records_bar("restoring"))
+}
+
 /// A progress bar on stderr for long work, shown only when stderr is a terminal.
 pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -12,17 +40,7 @@ pub(crate) struct Progress {
 impl Progress {
     pub(crate) fn new(hidden: bool) -> Self {
         use std::io::IsTerminal;
-        let bar = (!hidden && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg:>20} [{bar:40}] {pos}/{len} records ({per_sec}, {eta})",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
+        let bar = (!hidden && std::io::stderr().is_terminal()).then(|| records_bar(""));
         Progress {
             bar,
             collection: String::new(),

@@ -476,14 +476,11 @@ fn key_value_stores_go_through_the_bucket_prune_and_scheduled_jobs() {
         let at = if kind == "rocksdb" {
             chain[0].2.clone()
         } else {
-            ok(&["list", &url], d)
-                .lines()
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .last()
-                .unwrap()
-                .to_string()
+            // The exact capture time (`list` prints seconds; these backups share one).
+            let first: serde_json::Value =
+                serde_json::from_str(ok(&["list", &url, "--json"], d).lines().next().unwrap())
+                    .unwrap();
+            first["captured_at"].as_str().unwrap().to_string()
         };
         ok(
             &[

@@ -976,3 +976,56 @@ fn every_command_names_the_backup_both_ways() {
     );
     assert_eq!(dump(&d.join("one.db")), dump(&d.join("two.db")));
 }
+
+/// Progress is drawn under a pseudo-terminal (`script(1)`), never into a pipe: a restore shows
+/// a bar counting records with a whole-number rate, and a backup one per collection.
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let d = Dir::new();
+    sql(
+        &d.join("big.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)
+         INSERT INTO t SELECT i, printf('value %d', i) FROM n;",
+    );
+    let bin = common::bin();
+    let in_pty = |cmd: &str| {
+        let out = Command::new("script")
+            .args(["-qec", &format!("{} {cmd}", bin.display()), "/dev/null"])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let backup =
+        in_pty("backup --source sqlite:big.db --to ab --format archive --compression zstd");
+    assert!(
+        backup.contains("records (") && backup.contains("/s,"),
+        "{backup}"
+    );
+    let restore = in_pty("restore --from ab --to sqlite:r.db");
+    assert!(restore.contains("restoring"), "{restore}");
+    let rate = restore
+        .split("records (")
+        .nth(1)
+        .and_then(|r| r.split("/s").next())
+        .unwrap_or_default();
+    assert!(
+        !rate.is_empty() && rate.chars().all(|c| c.is_ascii_digit()),
+        "a whole-number rate: `{rate}` in {restore}"
+    );
+    // Into a pipe: no bar, only the summary.
+    let piped = ok(
+        &["restore", "--from", "ab", "--to", "sqlite:r2.db"],
+        d.path(),
+    );
+    assert!(
+        !piped.contains("restoring") && !piped.contains('\u{1b}'),
+        "{piped}"
+    );
+}

@@ -67,10 +67,22 @@ pub fn restore_chain(
         &|n| last.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
+    let total = last
+        .collections
+        .iter()
+        .filter(|c| {
+            options
+                .collections
+                .as_ref()
+                .is_none_or(|w| w.contains(&c.info.name))
+        })
+        .map(|c| c.records)
+        .sum();
     crate::restore::restore_to_path(
         factory,
         target,
         (&last.store_schema, last.store_kind),
+        (options.progress.as_ref(), Some(total)),
         &mut |sink| match version {
             1 => v1::replay_newest_first(store, items, sink, options),
             _ => v2::replay(store, items, sink, options, archive.threads),

@@ -72,9 +72,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         std::process::exit(130);
     })
     .context("installing the Ctrl-C / SIGTERM handler")?;
+    let bar = crate::output::restore_bar(quiet || json);
     let options = RestoreOptions {
         force,
         collections: collections.map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
+        progress: bar.clone().map(|bar| {
+            backup_core::restore::RestoreProgress(std::sync::Arc::new(move |done, total| {
+                if let Some(total) = total {
+                    bar.set_length(total.max(done));
+                }
+                bar.set_position(done);
+            }))
+        }),
         ..RestoreOptions::default()
     };
     let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
@@ -100,7 +109,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         })
     })()
-    .with_context(|| format!("restore of {from} to {to}"))?;
+    .with_context(|| format!("restore of {from} to {to}"));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = summary?;
     if json {
         println!(
             "{}",
