@@ -115,6 +115,13 @@ impl Default for RestoreOptions {
     }
 }
 
+impl RestoreOptions {
+    /// Whether the restore takes collection `name` (every one unless `collections` is given).
+    pub fn wants(&self, name: &CollectionName) -> bool {
+        self.collections.as_ref().is_none_or(|w| w.contains(name))
+    }
+}
+
 /// A restore's progress report: called with the records written so far and the total the
 /// backup says the restored collections hold (when it says).
 #[derive(Clone)]
@@ -187,17 +194,11 @@ pub fn restore_folder_to_path(
         &|n| manifest.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
-    let total = manifest
+    let wanted = manifest
         .collections
         .iter()
-        .filter(|c| {
-            options
-                .collections
-                .as_ref()
-                .is_none_or(|w| w.contains(&c.info.name))
-        })
-        .map(|c| c.records)
-        .sum();
+        .filter(|c| options.wants(&c.info.name));
+    let total = wanted.map(|c| c.records).sum();
     restore_to_path(
         factory,
         target,

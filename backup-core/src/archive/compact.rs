@@ -111,17 +111,11 @@ pub fn compact_chain(
         while (b + 1) * size < newest {
             let (lo, hi) = (b * size + 1, (b + 1) * size);
             b += 1;
-            match block(&chain, lo, hi, false) {
-                Ok(Some(block)) => {
-                    let (done, item) = write_block(store, options, &block)?;
-                    progress(&done);
-                    // The next level builds on it.
-                    chain.push(item);
-                    super::graph::sort_chain(&mut chain);
-                    summary.written.push(done);
-                }
-                Ok(None) => {}
-                Err(why) => summary.skipped.push(why),
+            let planned = block(&chain, lo, hi, false);
+            if let Some(item) = summary.carry_out(store, options, planned, progress)? {
+                // The next level builds on it.
+                chain.push(item);
+                super::graph::sort_chain(&mut chain);
             }
         }
         size = match size.checked_mul(options.fanout) {
@@ -158,15 +152,7 @@ pub fn compact_recent(
             )?),
         };
         let (items, _) = super::graph::settle(store.read_range(lo, hi)?, log);
-        match block(&items, lo, hi, true) {
-            Ok(Some(block)) => {
-                let (done, _) = write_block(store, options, &block)?;
-                progress(&done);
-                summary.written.push(done);
-            }
-            Ok(None) => {}
-            Err(why) => summary.skipped.push(why),
-        }
+        summary.carry_out(store, options, block(&items, lo, hi, true), progress)?;
         size = match size.checked_mul(options.fanout) {
             Some(s) => s,
             None => break,
@@ -174,6 +160,32 @@ pub fn compact_recent(
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
+}
+
+impl CompactSummary {
+    /// Carries out what [`block`] planned: writes the block (reporting it to `progress`), or
+    /// notes why it cannot be; returns the chain item that now stands for a written block.
+    fn carry_out(
+        &mut self,
+        store: &dyn ChainStore,
+        options: &CompactOptions,
+        planned: std::result::Result<Option<Block>, String>,
+        progress: &mut dyn FnMut(&Compacted),
+    ) -> Result<Option<ChainItem>> {
+        match planned {
+            Ok(Some(block)) => {
+                let (done, item) = write_block(store, options, &block)?;
+                progress(&done);
+                self.written.push(done);
+                Ok(Some(item))
+            }
+            Ok(None) => Ok(None),
+            Err(why) => {
+                self.skipped.push(why);
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Writes a block's compacted archive (in a dry run, only describes it); returns what was

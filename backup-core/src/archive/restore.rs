@@ -67,17 +67,11 @@ pub fn restore_chain(
         &|n| last.collections.iter().any(|c| &c.info.name == n),
         options,
     )?;
-    let total = last
+    let wanted = last
         .collections
         .iter()
-        .filter(|c| {
-            options
-                .collections
-                .as_ref()
-                .is_none_or(|w| w.contains(&c.info.name))
-        })
-        .map(|c| c.records)
-        .sum();
+        .filter(|c| options.wants(&c.info.name));
+    let total = wanted.map(|c| c.records).sum();
     crate::restore::restore_to_path(
         factory,
         target,

@@ -162,7 +162,7 @@ pub(super) fn replay_newest_first(
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
     let last = &items[items.len() - 1].manifest;
-    let wanted = |n: &CollectionName| options.collections.as_ref().is_none_or(|w| w.contains(n));
+    let wanted = |n: &CollectionName| options.wants(n);
     let mut open: BTreeSet<CollectionName> = BTreeSet::new();
     for c in last.collections.iter().filter(|c| wanted(&c.info.name)) {
         sink.create_collection(&c.info, last.store_kind)?;

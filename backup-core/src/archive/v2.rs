@@ -578,7 +578,7 @@ pub(super) fn replay(
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
     let last = &items[items.len() - 1].manifest;
-    let wanted = |n: &CollectionName| options.collections.as_ref().is_none_or(|w| w.contains(n));
+    let wanted = |n: &CollectionName| options.wants(n);
     let collections: Vec<&ArchiveCollection> = last
         .collections
         .iter()
