@@ -204,13 +204,18 @@ impl RemoteChain {
             })
     }
 
-    fn seals(&self) -> Result<Vec<Seal>> {
-        let names: Vec<String> = self
+    /// The names of every seal under the prefix.
+    fn seal_names(&self) -> Result<Vec<String>> {
+        Ok(self
             .names()?
             .into_iter()
             .map(|(n, _)| n)
             .filter(|n| n.starts_with("tidemark-") && n.ends_with(".json"))
-            .collect();
+            .collect())
+    }
+
+    fn seals(&self) -> Result<Vec<Seal>> {
+        let names = self.seal_names()?;
         let mut seals = Vec::new();
         for seal in self.seals_named(&names) {
             seals.extend(seal?);
@@ -285,12 +290,7 @@ impl ChainStore for RemoteChain {
             None => None,
         };
         survey.anything = head.is_some();
-        let names: Vec<String> = self
-            .names()?
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.starts_with("tidemark-") && n.ends_with(".json"))
-            .collect();
+        let names = self.seal_names()?;
         survey.anything |= !names.is_empty();
         for seal in self.seals_named(&names) {
             match seal {
