@@ -173,6 +173,9 @@ pub struct RestoreSummary {
     /// Archives: the point restored, as the sequence of the archive it ends at and when that
     /// backup read the store (RFC 3339). `None` for a folder backup.
     pub point: Option<(u64, String)>,
+    /// Damaged compacted archives the restore went around (through the archives each covers),
+    /// one message each.
+    pub avoided: Vec<String>,
 }
 
 /// Restores the folder backup at `dir` into a new store at `target`, built aside and renamed
@@ -509,6 +512,7 @@ fn write_all(
         elapsed: started.elapsed(),
         archives: 0,
         point: None,
+        avoided: Vec::new(),
     })
 }
 

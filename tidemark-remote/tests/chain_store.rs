@@ -47,10 +47,14 @@ fn object_of(
         backup_core::RunKind::Full => "full",
         backup_core::RunKind::Incremental => "incr",
     };
-    let object = prefix.clone().join(format!(
-        "tidemark-{:06}-{kind}.{ext}",
-        item.manifest.sequence
-    ));
+    // docs/FORMAT.md §4: a compacted archive's names carry its first and last sequence.
+    let object = prefix.clone().join(match &item.manifest.covers {
+        None => format!("tidemark-{:06}-{kind}.{ext}", item.manifest.sequence),
+        Some(c) => format!(
+            "tidemark-{:06}-{:06}-{kind}.{ext}",
+            c.first, item.manifest.sequence
+        ),
+    });
     (store, object)
 }
 

@@ -1,7 +1,7 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{plan, ChainStore, LocalChain, RestorePoint};
-use super::{damaged, v1, v2, ArchiveOptions};
+use super::chain::{plan, ChainStore, LocalChain, RestorePoint, Slot};
+use super::{damaged, file_name_of, v1, v2, ArchiveOptions};
 use crate::error::{Error, Result};
 use crate::restore::{RestoreOptions, RestoreSummary, StoreFactory};
 use std::path::Path;
@@ -42,15 +42,53 @@ pub fn restore_chain(
     if let Some(problem) = survey.problems.into_iter().next() {
         return Err(problem);
     }
-    let chain = survey.items;
+    let mut chain = survey.items;
     if chain.is_empty() {
         return Err(Error::BadInput {
             path: store.location(),
             cause: "no tidemark archives here".into(),
         });
     }
-    let items = plan(&chain, at)?;
-    let items = &items[..];
+    // A damaged compacted archive has a way around it (the archives it covers): the restore is
+    // planned again without it, and says so.
+    let mut avoided = Vec::new();
+    loop {
+        let items = plan(&chain, at)?;
+        match restore_path(store, &items, factory, target, options, archive) {
+            Err(e) => {
+                let text = e.to_string();
+                let culprit = items.iter().find(|i| {
+                    i.manifest.covers.is_some() && text.contains(&Slot::of(&i.manifest).stem())
+                });
+                match (culprit, &e) {
+                    (Some(c), Error::Damaged { .. }) => {
+                        let path = c.path.clone();
+                        avoided.push(format!(
+                            "{}: {text}; restored through the archives it covers",
+                            file_name_of(&path)
+                        ));
+                        chain.retain(|i| i.path != path);
+                    }
+                    _ => return Err(e),
+                }
+            }
+            Ok(mut summary) => {
+                summary.avoided = avoided;
+                return Ok(summary);
+            }
+        }
+    }
+}
+
+/// Restores the archives of one path (a full archive and what follows it) into `target`.
+fn restore_path(
+    store: &dyn ChainStore,
+    items: &[super::ChainItem],
+    factory: &dyn StoreFactory,
+    target: &Path,
+    options: &RestoreOptions,
+    archive: &ArchiveOptions,
+) -> Result<RestoreSummary> {
     let last = &items[items.len() - 1].manifest;
     let version = items[0].manifest.format_version;
     if let Some(other) = items.iter().find(|i| i.manifest.format_version != version) {

@@ -229,5 +229,6 @@ pub(super) fn replay_newest_first(
         elapsed: started.elapsed(),
         archives: items.len(),
         point: Some((last.sequence, last.captured_at.clone())),
+        avoided: Vec::new(),
     })
 }

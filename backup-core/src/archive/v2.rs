@@ -694,6 +694,7 @@ pub(super) fn replay(
         elapsed: started.elapsed(),
         archives: items.len(),
         point: Some((last.sequence, last.captured_at.clone())),
+        avoided: Vec::new(),
     })
 }
 

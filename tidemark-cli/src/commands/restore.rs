@@ -114,6 +114,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     let summary = summary?;
+    for note in &summary.avoided {
+        eprintln!("tidemark: warning: damaged archive {note}; run `tidemark verify {from}`");
+    }
     if json {
         println!(
             "{}",
@@ -127,6 +130,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "collections": summary.collections,
                 "bytes": summary.bytes,
                 "archives": summary.archives,
+                "avoided": summary.avoided,
                 "sequence": summary.point.as_ref().map(|p| p.0),
                 "captured_at": summary.point.as_ref().map(|p| p.1.clone()),
                 "seconds": summary.elapsed.as_secs_f64(),
