@@ -42,10 +42,10 @@ mod zipstream;
 
 pub use archive::{
     backup_archive, backup_archive_to, compact_chain, compact_recent, read_chain,
-    restore_archives_to_path, restore_chain, verify_archives, verify_chain, ArchiveOptions,
-    ArchiveOutput, ArchiveRead, ArchiveSummary, ChainLock, ChainStore, CompactOptions,
-    CompactSummary, Compacted, Compression, LocalChain, PartSink, PartWriter, RestorePoint, Survey,
-    DEFAULT_FANOUT,
+    restore_archives_to_path, restore_chain, verify_archives, verify_chain, verify_chain_with,
+    ArchiveOptions, ArchiveOutput, ArchiveRead, ArchiveSummary, ChainLock, ChainStore,
+    CompactOptions, CompactSummary, Compacted, Compression, LocalChain, PartSink, PartWriter,
+    RestorePoint, Survey, DEFAULT_FANOUT,
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};

@@ -24,6 +24,23 @@ pub(crate) fn records_bar(what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A bar counting bytes on stderr when it is a terminal (`None` otherwise, or when `hidden`).
+pub(crate) fn bytes_bar(hidden: bool, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!hidden && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg:>20} [{bar:40}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        bar
+    })
+}
+
 /// A progress bar for a restore, on stderr when it is a terminal (`None` otherwise, or when
 /// `hidden`).
 pub(crate) fn restore_bar(hidden: bool) -> Option<indicatif::ProgressBar> {

@@ -978,7 +978,8 @@ fn every_command_names_the_backup_both_ways() {
 }
 
 /// Progress is drawn under a pseudo-terminal (`script(1)`), never into a pipe: a restore shows
-/// a bar counting records with a whole-number rate, and a backup one per collection.
+/// a bar counting records with a whole-number rate, a verify one counting bytes, and a backup
+/// one per collection.
 #[test]
 fn progress_shows_on_a_terminal_only() {
     let d = Dir::new();
@@ -1007,6 +1008,11 @@ fn progress_shows_on_a_terminal_only() {
     assert!(
         backup.contains("records (") && backup.contains("/s,"),
         "{backup}"
+    );
+    let verify = in_pty("verify ab");
+    assert!(
+        verify.contains("verifying") && verify.contains("is intact"),
+        "{verify}"
     );
     let restore = in_pty("restore --from ab --to sqlite:r.db");
     assert!(restore.contains("restoring"), "{restore}");

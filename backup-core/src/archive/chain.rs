@@ -175,10 +175,12 @@ pub(super) fn crc_in_name(path: &Path) -> Result<u32> {
 }
 
 /// Streams an archive through `read` (which reads the zip entries from it), computing the CRC32
-/// of every byte; fails if it differs from the one in the archive's name. One pass.
+/// of every byte; fails if it differs from the one in the archive's name. One pass; `tick` is
+/// told the bytes read so far as they are read.
 pub(super) fn read_whole<T>(
     item: &ChainItem,
     archive: &dyn ArchiveRead,
+    tick: &mut dyn FnMut(u64),
     read: impl FnOnce(&mut dyn Read) -> Result<T>,
 ) -> Result<T> {
     let path = &item.path;
@@ -190,6 +192,7 @@ pub(super) fn read_whole<T>(
         inner: stream,
         hash: crc32fast::Hasher::new(),
         bytes: 0,
+        tick,
     };
     let out = read(&mut r);
     // Damage anywhere in the file is reported as such, before what it caused downstream.
@@ -211,17 +214,19 @@ pub(super) fn read_whole<T>(
     out
 }
 
-struct CrcReader<R> {
+struct CrcReader<'a, R> {
     inner: R,
     hash: crc32fast::Hasher,
     bytes: u64,
+    tick: &'a mut dyn FnMut(u64),
 }
 
-impl<R: Read> Read for CrcReader<R> {
+impl<R: Read> Read for CrcReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         self.bytes += n as u64;
+        (self.tick)(self.bytes);
         Ok(n)
     }
 }

@@ -37,7 +37,7 @@ pub use compact::{
 };
 pub(crate) use graph::{from_full as paths_from_full, path_to as path_of, pruned_sequences};
 pub use restore::{restore_archives_to_path, restore_chain};
-pub use verify::{verify_archives, verify_chain};
+pub use verify::{verify_archives, verify_chain, verify_chain_with};
 pub use write::{backup_archive, backup_archive_to, STATE_DIR};
 
 use crate::checkpoint::Checkpoint;

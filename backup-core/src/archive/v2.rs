@@ -266,8 +266,12 @@ fn parse_entry_name(name: &str) -> Option<Option<(&str, u64)>> {
 /// Verifies one format-2 archive: the file's CRC32, every entry's zip CRC32 and the central
 /// directory (reading in file order), every line's record CRC32, the part numbering and the
 /// counts of the manifest. Returns the records (puts) it holds.
-pub(super) fn verify_archive(item: &ChainItem, archive: &dyn ArchiveRead) -> Result<u64> {
-    read_whole(item, archive, |r| verify_entries(item, r))
+pub(super) fn verify_archive(
+    item: &ChainItem,
+    archive: &dyn ArchiveRead,
+    tick: &mut dyn FnMut(u64),
+) -> Result<u64> {
+    read_whole(item, archive, tick, |r| verify_entries(item, r))
 }
 
 fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {

@@ -17,6 +17,14 @@ pub fn verify_archives(dir: &Path) -> Result<VerifyReport> {
 /// read once, front to back: the whole file's CRC32, every entry's and record's CRC32, the
 /// counts, entry names and the chain's continuity. Damage is listed in the report.
 pub fn verify_chain(store: &dyn ChainStore) -> Result<VerifyReport> {
+    verify_chain_with(store, &mut |_, _| {})
+}
+
+/// [`verify_chain`], telling `progress` the bytes read so far and the chain's total as it goes.
+pub fn verify_chain_with(
+    store: &dyn ChainStore,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     let survey = store.survey()?;
     let mut report = VerifyReport {
         problems: survey.problems,
@@ -32,14 +40,18 @@ pub fn verify_chain(store: &dyn ChainStore) -> Result<VerifyReport> {
     let chain = survey.items;
     let listing_ok = report.problems.is_empty();
     let mut damaged_files = 0;
+    let total: u64 = chain.iter().map(|i| i.size).sum();
+    let mut before = 0u64;
     for item in &chain {
         report.collections = report.collections.max(item.manifest.collections.len());
         let read = store
             .open(item)
             .and_then(|archive| match item.manifest.format_version {
                 1 => v1::read_archive(item, &*archive, &mut |_, _, _| Ok(())),
-                _ => v2::verify_archive(item, &*archive),
+                _ => v2::verify_archive(item, &*archive, &mut |n| progress(before + n, total)),
             });
+        before += item.size;
+        progress(before, total);
         match read {
             Ok(n) => report.records += n,
             Err(e) => {

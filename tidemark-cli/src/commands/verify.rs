@@ -3,7 +3,7 @@
 
 use crate::commands::{open_backup, Backup};
 use anyhow::{Context, Result};
-use backup_core::{verify_chain, verify_folder};
+use backup_core::{verify_chain_with, verify_folder};
 use std::process::ExitCode;
 
 /// Check a backup end to end (every checksum, every count) without restoring it.
@@ -28,13 +28,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
     } = args;
     let dir = backup.place()?;
+    let bar = crate::output::bytes_bar(quiet || json, "verifying");
     let report = (|| -> anyhow::Result<_> {
         Ok(match open_backup(&dir)? {
-            Backup::Chain(chain) => verify_chain(&*chain)?,
+            Backup::Chain(chain) => verify_chain_with(&*chain, &mut |done, total| {
+                if let Some(bar) = &bar {
+                    bar.set_length(total);
+                    bar.set_position(done);
+                }
+            })?,
             Backup::Folder(d) => verify_folder(&d)?,
         })
     })()
-    .with_context(|| format!("verify {dir}"))?;
+    .with_context(|| format!("verify {dir}"));
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     if json {
         for problem in &report.problems {
             println!(
