@@ -39,6 +39,7 @@ pub fn run_all(fixture: &dyn ChainFixture) {
     compaction_keeps_every_point(fixture);
     compacting_as_the_chain_grows(fixture);
     a_damaged_compacted_archive_is_gone_around(fixture);
+    the_newest_point_reads_only_its_path(fixture);
     a_killed_prune_leaves_no_orphans(fixture);
 }
 
@@ -664,4 +665,43 @@ pub fn a_damaged_compacted_archive_is_gone_around(fixture: &dyn ChainFixture) {
     let target = out.path().join("no-way");
     assert!(restore(&*chain, &RestorePoint::Latest, &target).is_err());
     assert!(!target.exists(), "a refused restore leaves no target");
+}
+
+/// A restore of the newest point reads only the archives on its path: an archive of an older
+/// segment (before the newest full archive) turned to garbage does not stop it, while verify
+/// names it and a restore at a point that needs it refuses.
+pub fn the_newest_point_reads_only_its_path(fixture: &dyn ChainFixture) {
+    let chain = fixture.chain("newest-path");
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let out = tempfile::tempdir().expect("a temporary directory");
+    let mut src = Source::new();
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    src.write(0, 60, 1);
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    src.write(60, 120, 2);
+    src.backup(&*chain, state.path(), BackupMode::Full);
+    src.write(120, 180, 3);
+    src.backup(&*chain, state.path(), BackupMode::Auto);
+    let items = chain.read_chain().expect("list");
+    let old = items[1].clone(); // the first segment's incremental
+    let old_point = old.manifest.to.position;
+    fixture.overwrite(&*chain, &old, vec![0x5a; old.size as usize]);
+    let report = verify_chain(&*chain).expect("verify runs");
+    let name = old.path.file_name().expect("a name").to_string_lossy();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.to_string().contains(&*name)),
+        "{:?}",
+        report.problems
+    );
+    let target = out.path().join("newest");
+    let summary = restore_counting(&*chain, &RestorePoint::Latest, &target)
+        .expect("the newest point does not need the damaged archive");
+    assert_eq!(summary.archives, 2);
+    assert!(restored(&target) == src.model);
+    let target = out.path().join("old");
+    assert!(restore(&*chain, &RestorePoint::Checkpoint(old_point), &target).is_err());
+    assert!(!target.exists());
 }

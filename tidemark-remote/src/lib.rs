@@ -19,8 +19,8 @@
 //! [`ChainStore`] this crate implements: sealed archives are read in place by ranged GETs.
 
 use backup_core::archive::{
-    slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Slot,
-    Survey, HEAD_FILE,
+    slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Listing,
+    Slot, Survey, HEAD_FILE,
 };
 use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
@@ -379,6 +379,29 @@ impl ChainStore for RemoteChain {
             }
         }
         Ok(())
+    }
+
+    fn listing(&self) -> Result<Listing> {
+        let head = match self.get(HEAD_FILE)? {
+            Some(bytes) => Some(Head::decode(&self.location_of(HEAD_FILE), &bytes)?),
+            None => None,
+        };
+        let slots = self
+            .seal_names()?
+            .iter()
+            .filter_map(|n| slot_of_name(n))
+            .collect();
+        Ok(Listing { head, slots })
+    }
+
+    fn read_slots(&self, slots: &[Slot]) -> Result<Vec<ChainItem>> {
+        let names: Vec<String> = slots.iter().map(|s| seal_name(*s)).collect();
+        let mut out = Vec::new();
+        for seal in self.seals_named(&names) {
+            out.extend(seal?.map(Seal::into_item));
+        }
+        out.sort_by_key(|i| (i.manifest.sequence, i.manifest.first()));
+        Ok(out)
     }
 
     fn newest(&self) -> Result<Option<ChainItem>> {

@@ -51,6 +51,33 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
             .into_iter()
             .rfind(|i| i.manifest.covers.is_none()))
     }
+    /// The head and the slots of the complete archives, read from names only where the store
+    /// can (the default reads every manifest). The head is read before the listing, as in
+    /// [`ChainStore::survey`].
+    fn listing(&self) -> Result<Listing> {
+        let survey = self.survey()?;
+        if let Some(problem) = survey.problems.into_iter().next() {
+            return Err(problem);
+        }
+        Ok(Listing {
+            head: None,
+            slots: survey
+                .items
+                .iter()
+                .chain(&survey.leftovers)
+                .map(|i| Slot::of(&i.manifest))
+                .collect(),
+        })
+    }
+    /// The archives in `slots` (sorted), as [`ChainStore::read_chain`] lists them, reading only
+    /// their manifests where the store can.
+    fn read_slots(&self, slots: &[Slot]) -> Result<Vec<ChainItem>> {
+        Ok(self
+            .read_chain()?
+            .into_iter()
+            .filter(|i| slots.contains(&Slot::of(&i.manifest)))
+            .collect())
+    }
     /// The archives lying within sequences `first..=last` (sorted), as [`ChainStore::read_chain`]
     /// lists them. A store that can tell the sequences from the names reads only their
     /// manifests.
@@ -61,6 +88,17 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
             .filter(|i| i.manifest.first() >= first && i.manifest.sequence <= last)
             .collect())
     }
+}
+
+/// What a restore of the newest point needs to know without reading every manifest: the
+/// chain head (read first), the slots of the complete archives (from their names), and the
+/// prune log.
+#[derive(Debug)]
+pub struct Listing {
+    /// The chain head, if there is one.
+    pub head: Option<Head>,
+    /// The complete archives' slots.
+    pub slots: Vec<Slot>,
 }
 
 /// The slot an archive's name gives (`tidemark-000002-incr-…`, `tidemark-000005-000100-incr-…`,
@@ -535,6 +573,25 @@ impl ChainStore for LocalChain {
             .filter(|(s, _)| !s.compacted())
             .max_by_key(|(s, _)| s.sequence);
         newest.map(|(_, p)| local_item(p)).transpose()
+    }
+
+    fn listing(&self) -> Result<Listing> {
+        let head = read_head(&self.dir)?;
+        let slots = archive_files(&self.dir)?
+            .iter()
+            .filter_map(|p| slot_of_name(&file_name_of(p)))
+            .collect();
+        Ok(Listing { head, slots })
+    }
+
+    fn read_slots(&self, slots: &[Slot]) -> Result<Vec<ChainItem>> {
+        let mut out = archive_files(&self.dir)?
+            .into_iter()
+            .filter(|p| slot_of_name(&file_name_of(p)).is_some_and(|s| slots.contains(&s)))
+            .map(local_item)
+            .collect::<Result<Vec<_>>>()?;
+        super::graph::sort_chain(&mut out);
+        Ok(out)
     }
 
     fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {

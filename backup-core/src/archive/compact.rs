@@ -99,7 +99,11 @@ pub fn compact_chain(
             ),
         });
     }
-    let (mut chain, _, _) = load_chain(store)?;
+    let (mut chain, leftovers, _) = load_chain(store)?;
+    // An interrupted prune's leftovers go first: a block written again could take one's name.
+    if !options.dry_run && !leftovers.is_empty() {
+        store.remove(&leftovers.iter().collect::<Vec<_>>())?;
+    }
     let mut summary = CompactSummary::default();
     let Some(newest) = chain.last().map(|i| i.manifest.sequence) else {
         summary.elapsed = started.elapsed();

@@ -29,8 +29,8 @@ mod write;
 pub(crate) use chain::load_chain;
 pub use chain::{
     is_archive_dir, read_chain, read_manifest, settled_chain, slot_of_name, ArchiveOutput,
-    ArchiveRead, ChainLock, ChainStore, Head, LocalChain, PartSink, PartWriter, RestorePoint, Slot,
-    Survey, HEAD_FILE,
+    ArchiveRead, ChainLock, ChainStore, Head, Listing, LocalChain, PartSink, PartWriter,
+    RestorePoint, Slot, Survey, HEAD_FILE,
 };
 pub use compact::{
     compact_chain, compact_recent, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT,

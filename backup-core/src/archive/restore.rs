@@ -1,8 +1,9 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{plan, ChainStore, LocalChain, RestorePoint, Slot};
-use super::{damaged, file_name_of, v1, v2, ArchiveOptions};
+use super::chain::{plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot};
+use super::{damaged, file_name_of, v1, v2, ArchiveOptions, ChainItem};
 use crate::error::{Error, Result};
+use crate::manifest::RunKind;
 use crate::restore::{RestoreOptions, RestoreSummary, StoreFactory};
 use std::path::Path;
 
@@ -38,22 +39,26 @@ pub fn restore_chain(
             path: target.to_path_buf(),
         });
     }
-    let survey = store.survey()?;
-    if let Some(problem) = survey.problems.into_iter().next() {
-        return Err(problem);
-    }
-    let mut chain = survey.items;
-    if chain.is_empty() {
-        return Err(Error::BadInput {
-            path: store.location(),
-            cause: "no tidemark archives here".into(),
-        });
-    }
-    // A damaged compacted archive has a way around it (the archives it covers): the restore is
-    // planned again without it, and says so.
+    // The newest point is planned from the archives' names, reading only its path's
+    // manifests (a live backup's chain has thousands of archives); any other point, or a
+    // listing that does not add up, takes the full survey.
+    let mut chain: Option<Vec<ChainItem>> = None;
     let mut avoided = Vec::new();
     loop {
-        let items = plan(&chain, at)?;
+        let fast = match (at, &chain) {
+            (RestorePoint::Latest, None) => newest_path(store),
+            _ => None,
+        };
+        let items = match fast {
+            Some(items) => items,
+            None => {
+                let chain = match &mut chain {
+                    Some(c) => c,
+                    None => chain.insert(surveyed(store)?),
+                };
+                plan(chain, at)?
+            }
+        };
         match restore_path(store, &items, factory, target, options, archive) {
             Err(e) => {
                 let text = e.to_string();
@@ -67,6 +72,10 @@ pub fn restore_chain(
                             "{}: {text}; restored through the archives it covers",
                             file_name_of(&path)
                         ));
+                        let chain = match &mut chain {
+                            Some(c) => c,
+                            None => chain.insert(surveyed(store)?),
+                        };
                         chain.retain(|i| i.path != path);
                     }
                     _ => return Err(e),
@@ -80,10 +89,88 @@ pub fn restore_chain(
     }
 }
 
+/// The chain as a full survey finds it; its first problem (an unreadable manifest, a newest
+/// archive gone missing) refuses the restore.
+fn surveyed(store: &dyn ChainStore) -> Result<Vec<ChainItem>> {
+    let survey = store.survey()?;
+    if let Some(problem) = survey.problems.into_iter().next() {
+        return Err(problem);
+    }
+    if survey.items.is_empty() {
+        return Err(Error::BadInput {
+            path: store.location(),
+            cause: "no tidemark archives here".into(),
+        });
+    }
+    Ok(survey.items)
+}
+
+/// The path to the newest point, planned from names (the head, the archives' slots, the prune
+/// log) with only the path's manifests read: the fewest archives from a full archive to the
+/// newest backup's. `None` when anything does not add up (a head the listing does not satisfy,
+/// no unbroken path, an unreadable manifest on it): the full survey then decides, and says why.
+fn newest_path(store: &dyn ChainStore) -> Option<Vec<ChainItem>> {
+    let listing = store.listing().ok()?;
+    let log = crate::prune::parse_prune_log(
+        &store.location_of(crate::prune::PRUNED_LOG),
+        store.read_prune_log().ok()?.as_deref(),
+    )
+    .ok()?;
+    let gone: Vec<Slot> = log.iter().filter_map(|e| slot_of_name(&e.file)).collect();
+    let mut slots: Vec<Slot> = listing
+        .slots
+        .into_iter()
+        .filter(|s| !gone.contains(s))
+        .collect();
+    slots.sort_by_key(|s| (s.sequence, s.first));
+    slots.dedup();
+    let newest = slots
+        .iter()
+        .rposition(|s| !s.compacted())
+        .filter(|&i| slots[i].sequence == slots.last().map_or(0, |l| l.sequence))?;
+    // Fewest archives from a full one, by sequence adjacency (continuity is checked on the
+    // manifests of the path found).
+    let mut best: Vec<Option<(u64, Option<usize>)>> = vec![None; slots.len()];
+    for i in 0..slots.len() {
+        if slots[i].kind == RunKind::Full {
+            best[i] = Some((1, None));
+            continue;
+        }
+        best[i] = (0..i)
+            .filter(|&j| slots[j].sequence + 1 == slots[i].first)
+            .filter_map(|j| best[j].map(|(n, _)| (n + 1, Some(j))))
+            .min();
+    }
+    let mut path = Vec::new();
+    let mut at = best[newest].map(|_| newest);
+    while let Some(i) = at {
+        path.push(slots[i]);
+        at = best[i].and_then(|(_, prev)| prev);
+    }
+    path.reverse();
+    if path.is_empty() {
+        return None;
+    }
+    let items = store.read_slots(&path).ok()?;
+    let in_order = items.len() == path.len()
+        && items
+            .iter()
+            .zip(&path)
+            .all(|(i, s)| Slot::of(&i.manifest) == *s);
+    let continuous = items[1..]
+        .iter()
+        .zip(&items)
+        .all(|(next, prev)| super::graph::continues(prev, next));
+    let head_ok =
+        super::chain::Head::problem(listing.head.as_ref(), &items, &|n| store.location_of(n))
+            .is_none();
+    (in_order && continuous && head_ok).then_some(items)
+}
+
 /// Restores the archives of one path (a full archive and what follows it) into `target`.
 fn restore_path(
     store: &dyn ChainStore,
-    items: &[super::ChainItem],
+    items: &[ChainItem],
     factory: &dyn StoreFactory,
     target: &Path,
     options: &RestoreOptions,
