@@ -857,13 +857,46 @@ fn hints_and_refusals_show_the_way() {
             d.path(),
         );
     }
+    // Times to the second, or exact where two backups share a second: either way, each time
+    // `list` shows names its own backup under `--at`.
     let list = ok(&["list", "ab"], d.path());
-    let row = list.lines().nth(1).unwrap();
-    let time = row.split_whitespace().last().unwrap();
+    for (n, row) in list.lines().skip(1).enumerate() {
+        let time = row.split_whitespace().last().unwrap();
+        assert!(time.ends_with('Z') && time.len() >= 20, "{row}");
+        let name = format!("sqlite:at{n}.db");
+        let out = ok(&["restore", "ab", "--to", &name, "--at", time], d.path());
+        assert!(
+            out.contains(&format!("archive {:06}", n + 1)),
+            "{time} names archive {}: {out}",
+            n + 1
+        );
+    }
+    sql(&d.join("app.db"), "INSERT INTO t VALUES (99, 'later');");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "ab",
+            "--format",
+            "archive",
+        ],
+        d.path(),
+    );
+    let last = ok(&["list", "ab"], d.path());
+    let time = last
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .last()
+        .unwrap();
     assert_eq!(
         time.len(),
         "2026-12-01T03:29:47Z".len(),
-        "to the second: {row}"
+        "a second of its own: {last}"
     );
     let restored = ok(
         &[
@@ -879,7 +912,7 @@ fn hints_and_refusals_show_the_way() {
     );
     assert!(
         restored.contains("Restore point: the newest backup captured at or before")
-            && restored.contains("archive 000002"),
+            && restored.contains("archive 000003"),
         "{restored}"
     );
     assert!(

@@ -74,8 +74,22 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  captured",
         "archive", "kind", "from", "to", "records", "size", "format"
     );
-    for item in chain {
+    // Times to the second, unless backups of different points share that second: then the
+    // exact time, so that every time shown names its backup under `restore --at`.
+    let second =
+        |c: &backup_core::archive::ChainItem| crate::output::to_second(&c.manifest.captured_at);
+    let shared = |c: &backup_core::archive::ChainItem| {
+        chain
+            .iter()
+            .any(|o| o.manifest.sequence != c.manifest.sequence && second(o) == second(c))
+    };
+    for item in &chain {
         let m = &item.manifest;
+        let when = if shared(item) {
+            m.captured_at.clone()
+        } else {
+            second(item)
+        };
         println!(
             "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  {}",
             item.path.file_name().unwrap_or_default().to_string_lossy(),
@@ -91,7 +105,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             m.collections.iter().map(|c| c.records).sum::<u64>(),
             human_bytes(item.size),
             format!("v{}", m.format_version),
-            crate::output::to_second(&m.captured_at)
+            when
         );
     }
     Ok(ExitCode::SUCCESS)
