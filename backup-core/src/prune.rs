@@ -318,6 +318,9 @@ pub fn prune_chain(
         text.push('\n');
     }
     store.write_prune_log(text.as_bytes())?;
+    for item in &removed {
+        tracing::info!(archive = %file_name(&item.path), "pruned");
+    }
     let mut gone = removed;
     gone.extend(&plan.leftovers);
     store.remove(&gone)?;

@@ -17,6 +17,10 @@ use std::process::ExitCode;
     about = "Back up and restore RocksDB, sled and SQLite databases while they run"
 )]
 pub(crate) struct Cli {
+    /// Say more on stderr: -v what each step did (archives written, the restore's path,
+    /// compaction), -vv each request to an object store and each archive checked.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +94,29 @@ pub(crate) enum Codec {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    {
+        use tracing_subscriber::prelude::*;
+        // tidemark's own crates at the level asked for; dependencies (object_store, hyper)
+        // only warn.
+        let targets = tracing_subscriber::filter::Targets::new()
+            .with_target("backup_core", level)
+            .with_target("tidemark_remote", level)
+            .with_target("tidemark", level)
+            .with_default(tracing::Level::WARN);
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(false)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_filter(targets);
+        let _ = tracing_subscriber::registry().with(layer).try_init();
+    }
     match run(cli) {
         Ok(code) => code,
         // A reader that went away (`tidemark … | head`) is not a failed backup: the work is done.

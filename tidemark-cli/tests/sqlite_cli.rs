@@ -1068,3 +1068,41 @@ fn progress_shows_on_a_terminal_only() {
         "{piped}"
     );
 }
+
+/// `-v` says what each step did on stderr (the archive written, the restore's path); without it
+/// stderr stays empty on success.
+#[test]
+fn verbose_says_what_each_step_did() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    ok(&["track", "--source", "sqlite:app.db"], d.path());
+    let backup = [
+        "backup",
+        "--source",
+        "sqlite:app.db",
+        "--to",
+        "ab",
+        "--format",
+        "archive",
+    ];
+    let quiet = tidemark(&backup, d.path());
+    assert!(quiet.status.success() && quiet.stderr.is_empty());
+    sql(&d.join("app.db"), "INSERT INTO t VALUES (2, 'b');");
+    let loud = tidemark(&[&backup[..], &["-v"]].concat(), d.path());
+    let err = String::from_utf8_lossy(&loud.stderr);
+    assert!(
+        loud.status.success() && err.contains("INFO archive written"),
+        "{err}"
+    );
+    let restore = tidemark(&["-v", "restore", "ab", "--to", "sqlite:r.db"], d.path());
+    let err = String::from_utf8_lossy(&restore.stderr);
+    assert!(
+        err.contains("restore path")
+            && err.contains("archives=2")
+            && err.contains("from_names=true"),
+        "{err}"
+    );
+}

@@ -142,6 +142,7 @@ impl RemoteChain {
 
     /// Every object name directly under the prefix.
     fn names(&self) -> Result<Vec<(String, u64)>> {
+        tracing::debug!(prefix = %self.prefix, "LIST");
         self.rt.block_on(async {
             let mut out = Vec::new();
             let mut list = self.store.list(Some(&self.prefix));
@@ -163,6 +164,7 @@ impl RemoteChain {
     }
 
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        tracing::debug!(object = name, "GET");
         self.rt.block_on(async {
             match self.store.get(&self.path(name)).await {
                 Ok(r) => Ok(Some(
@@ -178,6 +180,7 @@ impl RemoteChain {
     }
 
     fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        tracing::debug!(object = name, bytes = bytes.len(), "PUT");
         self.rt
             .block_on(self.store.put(&self.path(name), PutPayload::from(bytes)))
             .map(|_| ())
@@ -185,6 +188,7 @@ impl RemoteChain {
     }
 
     fn delete(&self, name: &str) -> Result<()> {
+        tracing::debug!(object = name, "DELETE");
         match self.rt.block_on(self.store.delete(&self.path(name))) {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(&format!("delete {name}"), e)),
@@ -843,6 +847,7 @@ impl ArchiveRead for RemoteArchive {
 
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let range = offset..offset + len as u64;
+        tracing::debug!(object = %self.location.display(), offset, len, "ranged GET");
         let bytes = self
             .rt
             .block_on(self.store.get_range(&self.path, range))

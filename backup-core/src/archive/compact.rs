@@ -179,12 +179,20 @@ impl CompactSummary {
         match planned {
             Ok(Some(block)) => {
                 let (done, item) = write_block(store, options, &block)?;
+                tracing::info!(
+                    first = done.first,
+                    last = done.last,
+                    inputs = done.inputs,
+                    size = done.size,
+                    "compacted"
+                );
                 progress(&done);
                 self.written.push(done);
                 Ok(Some(item))
             }
             Ok(None) => Ok(None),
             Err(why) => {
+                tracing::info!(%why, "not compacted");
                 self.skipped.push(why);
                 Ok(None)
             }

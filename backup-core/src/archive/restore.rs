@@ -49,6 +49,7 @@ pub fn restore_chain(
             (RestorePoint::Latest, None) => newest_path(store),
             _ => None,
         };
+        let planned_fast = fast.is_some();
         let items = match fast {
             Some(items) => items,
             None => {
@@ -59,6 +60,16 @@ pub fn restore_chain(
                 plan(chain, at)?
             }
         };
+        tracing::info!(
+            archives = items.len(),
+            from_names = planned_fast,
+            path = %items
+                .iter()
+                .map(|i| file_name_of(&i.path))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "restore path"
+        );
         match restore_path(store, &items, factory, target, options, archive) {
             Err(e) => {
                 let text = e.to_string();

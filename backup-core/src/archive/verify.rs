@@ -53,7 +53,10 @@ pub fn verify_chain_with(
         before += item.size;
         progress(before, total);
         match read {
-            Ok(n) => report.records += n,
+            Ok(n) => {
+                tracing::debug!(archive = %item.path.display(), records = n, "verified");
+                report.records += n
+            }
             Err(e) => {
                 damaged_files += 1;
                 report.problems.push(e)

@@ -165,6 +165,11 @@ pub fn backup_archive_to(
     // archives a day.
     let newest = chain_store.newest()?;
     let head = newest.as_ref();
+    tracing::debug!(
+        chain = %chain_store.location().display(),
+        newest = ?head.map(|h| file_name_of(&h.path)),
+        "continuing the chain"
+    );
     durable::create_dir_all(state_dir)?;
     let previous = previous_state(state_dir, head);
     let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
@@ -245,6 +250,14 @@ pub fn backup_archive_to(
     };
     // Read after the finish: parts still in the pipeline count too.
     let (name, size, bytes_written) = run.finish(manifest.clone())?;
+    tracing::info!(
+        archive = %name,
+        kind = %kind,
+        size,
+        entries,
+        seconds = started.elapsed().as_secs_f64(),
+        "archive written"
+    );
     durable::crash_point("archive state", state_dir);
     let now = now_rfc3339();
     let state = ArchiveState {
