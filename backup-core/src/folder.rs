@@ -226,11 +226,14 @@ impl FolderBackup {
     }
 
     /// Streams every record of one collection of the manifest to `visit`, checking each
-    /// document (CRC32s, key matches its folder). Errors name the document's path.
+    /// document (CRC32s, key matches its folder). A damaged document goes to `on_damaged`,
+    /// which stops the read by returning its error or skips the document. Errors name the
+    /// document's path. Returns the documents visited.
     pub fn read_collection(
         &self,
         dir: &str,
         visit: &mut dyn FnMut(Record, &Path) -> Result<()>,
+        on_damaged: &mut dyn FnMut(Error) -> Result<()>,
     ) -> Result<u64> {
         let cdir = self.root.join(dir);
         let entries = fs::read_dir(&cdir).map_err(|e| Error::io("read directory", &cdir, e))?;
@@ -243,15 +246,23 @@ impl FolderBackup {
                 continue;
             }
             let docdir = entry.path();
-            let record = read_document(&docdir)?;
+            let record = match read_document(&docdir) {
+                Ok(r) => r,
+                Err(e @ Error::Damaged { .. }) => {
+                    on_damaged(e)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if docid::encode(record.key.as_bytes()) != name {
-                return Err(Error::Damaged {
+                on_damaged(Error::Damaged {
                     path: docdir.join(DOCUMENT_FILE),
                     cause: format!(
                         "the key {} does not belong in the folder `{name}`",
                         record.key
                     ),
-                });
+                })?;
+                continue;
             }
             visit(record, &docdir)?;
             n += 1;

@@ -102,6 +102,10 @@ pub struct RestoreOptions {
     pub batch_size: usize,
     /// Told, as records are written, how many so far and how many in all (when known).
     pub progress: Option<RestoreProgress>,
+    /// Partial recovery: restore everything intact and skip what is damaged (a document, an
+    /// archive's part or a whole archive), listing it in [`RestoreSummary::skipped`], instead
+    /// of refusing the restore. Archive format 2 and folder backups.
+    pub skip_damaged: bool,
 }
 
 impl Default for RestoreOptions {
@@ -111,6 +115,7 @@ impl Default for RestoreOptions {
             force: false,
             batch_size: 4096,
             progress: None,
+            skip_damaged: false,
         }
     }
 }
@@ -176,6 +181,9 @@ pub struct RestoreSummary {
     /// Damaged compacted archives the restore went around (through the archives each covers),
     /// one message each.
     pub avoided: Vec<String>,
+    /// With [`RestoreOptions::skip_damaged`]: what was damaged and left out, one message each.
+    /// Empty when the restore is complete.
+    pub skipped: Vec<String>,
 }
 
 /// Restores the folder backup at `dir` into a new store at `target`, built aside and renamed
@@ -479,6 +487,7 @@ fn write_all(
 ) -> Result<RestoreSummary> {
     let started = Instant::now();
     let (mut records, mut bytes, mut collections) = (0u64, 0u64, 0usize);
+    let mut skipped = Vec::new();
     for c in &manifest.collections {
         if let Some(wanted) = &options.collections {
             if !wanted.contains(&c.info.name) {
@@ -487,19 +496,34 @@ fn write_all(
         }
         sink.create_collection(&c.info, manifest.store_kind)?;
         let mut batch = Batch::new(options);
-        let n = folder.read_collection(&c.dir, &mut |record, _| {
-            bytes += batch.push(&mut *sink, &c.info.name, record)?;
-            Ok(())
-        })?;
+        let n = folder.read_collection(
+            &c.dir,
+            &mut |record, _| {
+                bytes += batch.push(&mut *sink, &c.info.name, record)?;
+                Ok(())
+            },
+            &mut |e| {
+                if options.skip_damaged {
+                    skipped.push(e.to_string());
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            },
+        )?;
         batch.flush(&mut *sink, &c.info.name)?;
         if n != c.records {
-            return Err(Error::Damaged {
+            let e = Error::Damaged {
                 path: folder.root().join(&c.dir),
                 cause: format!(
                     "holds {n} documents, the manifest says {}: documents are missing or extra",
                     c.records
                 ),
-            });
+            };
+            if !options.skip_damaged {
+                return Err(e);
+            }
+            skipped.push(e.to_string());
         }
         records += n;
         collections += 1;
@@ -513,6 +537,7 @@ fn write_all(
         archives: 0,
         point: None,
         avoided: Vec::new(),
+        skipped,
     })
 }
 

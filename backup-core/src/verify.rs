@@ -37,10 +37,14 @@ pub fn verify_folder(dir: &Path) -> Result<VerifyReport> {
         report.collections += 1;
         let mut n = 0u64;
         let mut problems = Vec::new();
-        let result = folder.read_collection(&c.dir, &mut |_, _| {
-            n += 1;
-            Ok(())
-        });
+        let result = folder.read_collection(
+            &c.dir,
+            &mut |_, _| {
+                n += 1;
+                Ok(())
+            },
+            &mut Err,
+        );
         // A damaged document stops read_collection; re-walk document by document to list all.
         if let Err(first) = result {
             n = 0;

@@ -1106,3 +1106,113 @@ fn verbose_says_what_each_step_did() {
         "{err}"
     );
 }
+
+/// Partial recovery: with a byte flipped in one table's data (an archive part, a folder
+/// document), a plain restore refuses (exit 3, no target); `--skip-damaged` restores everything
+/// intact, names what it left out, and exits 3: the other table equals the source's exactly
+/// (read back by the `sqlite3` shell) and the damaged one lost only the damaged records.
+#[test]
+fn skip_damaged_restores_everything_intact() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE b(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO a SELECT i, printf('a%d', i) FROM n;
+         INSERT INTO b SELECT id, replace(v, 'a', 'b') FROM a;",
+    );
+    let table = |db: &str, t: &str| {
+        let out = Command::new("sqlite3")
+            .arg(d.join(db))
+            .arg(format!("SELECT count(*), group_concat(id || v) FROM {t}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let count = |db: &str, t: &str| -> u64 {
+        table(db, t)
+            .split('|')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // An archive: a byte inside table a's first part.
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "ab",
+            "--format",
+            "archive",
+            "--compression",
+            "none",
+        ],
+        d.path(),
+    );
+    let archive = std::fs::read_dir(d.join("ab"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "zip"))
+        .unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let name = b"data/a/000001.jsonl";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap() + name.len() + 500;
+    bytes[at] ^= 0x20;
+    std::fs::write(&archive, bytes).unwrap();
+    let plain = tidemark(&["restore", "ab", "--to", "sqlite:no.db"], d.path());
+    assert_eq!(plain.status.code(), Some(3));
+    assert!(!d.join("no.db").exists());
+    let partial = tidemark(
+        &["restore", "ab", "--to", "sqlite:part.db", "--skip-damaged"],
+        d.path(),
+    );
+    let err = String::from_utf8_lossy(&partial.stderr);
+    assert_eq!(partial.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("left out") && err.contains("data/a/000001.jsonl"),
+        "{err}"
+    );
+    assert_eq!(
+        table("part.db", "b"),
+        table("app.db", "b"),
+        "table b is whole"
+    );
+    assert!(
+        count("part.db", "a") < 2000,
+        "the damaged part's records are left out"
+    );
+    // A folder backup: one document of table a.
+    ok(
+        &["backup", "--source", "sqlite:app.db", "--to", "fb"],
+        d.path(),
+    );
+    let doc = d.join("fb").join("a").join("7").join("document.json");
+    let mut text = std::fs::read(&doc).unwrap();
+    let last = text.len() - 3;
+    text[last] ^= 0x01;
+    std::fs::write(&doc, text).unwrap();
+    assert_eq!(
+        tidemark(&["restore", "fb", "--to", "sqlite:no2.db"], d.path())
+            .status
+            .code(),
+        Some(3)
+    );
+    let partial = tidemark(
+        &["restore", "fb", "--to", "sqlite:fpart.db", "--skip-damaged"],
+        d.path(),
+    );
+    let err = String::from_utf8_lossy(&partial.stderr);
+    assert_eq!(partial.status.code(), Some(3), "{err}");
+    assert!(err.contains("a/7/document.json"), "{err}");
+    assert_eq!(table("fpart.db", "b"), table("app.db", "b"));
+    assert_eq!(
+        count("fpart.db", "a"),
+        1999,
+        "only the damaged document is missing"
+    );
+}

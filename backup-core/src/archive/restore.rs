@@ -189,6 +189,14 @@ fn restore_path(
 ) -> Result<RestoreSummary> {
     let last = &items[items.len() - 1].manifest;
     let version = items[0].manifest.format_version;
+    if version == 1 && options.skip_damaged {
+        return Err(Error::BadInput {
+            path: items[0].path.clone(),
+            cause: "partial recovery (--skip-damaged) reads archive format 2 and folder \
+                    backups; this chain is in archive format 1"
+                .into(),
+        });
+    }
     if let Some(other) = items.iter().find(|i| i.manifest.format_version != version) {
         return Err(damaged(
             &other.path,

@@ -232,5 +232,6 @@ pub(super) fn replay_newest_first(
         archives: items.len(),
         point: Some((last.sequence, last.captured_at.clone())),
         avoided: Vec::new(),
+        skipped: Vec::new(),
     })
 }

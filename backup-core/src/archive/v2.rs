@@ -371,10 +371,17 @@ struct Opened {
     entries: HashMap<String, DirEntry>,
 }
 
-fn open(store: &dyn ChainStore, item: &ChainItem) -> Result<Opened> {
+fn open(store: &dyn ChainStore, item: &ChainItem, skipped: Option<&Skipped>) -> Result<Opened> {
     let path = item.path.clone();
     let archive: Arc<dyn ArchiveRead> = Arc::from(store.open(item)?);
-    archive.check_before_restore(crc_in_name(&path)?)?;
+    match (archive.check_before_restore(crc_in_name(&path)?), skipped) {
+        (Ok(()), _) => {}
+        // Partial recovery: the file is damaged somewhere; its entries are checked one by one.
+        (Err(e @ Error::Damaged { .. }), Some(s)) => s.note(format!(
+            "{e} (its entries are read one by one, each checked)"
+        )),
+        (Err(e), _) => return Err(e),
+    }
     // A format-2 archive has a few entries per collection and some MiB of records.
     let list = zipstream::read_directory(&mut RangeReader::new(&*archive, 1 << 16), 10_000_000)
         .map_err(|r| refused(&path, r))?;
@@ -392,10 +399,14 @@ fn open(store: &dyn ChainStore, item: &ChainItem) -> Result<Opened> {
             None => false,
         };
         if !known {
-            return Err(damaged(
+            let e = damaged(
                 &path.join(&e.name),
                 "entry name outside the archive layout (refused)",
-            ));
+            );
+            match skipped {
+                Some(s) => s.note(e.to_string()),
+                None => return Err(e),
+            }
         }
     }
     let entries = list.into_iter().map(|e| (e.name.clone(), e)).collect();
@@ -410,6 +421,23 @@ fn refused(path: &Path, r: Refused) -> Error {
     match r.entry {
         Some(e) => damaged(&path.join(e), r.cause),
         None => damaged(path, r.cause),
+    }
+}
+
+/// What a partial recovery left out (`RestoreOptions::skip_damaged`): one message each, in
+/// order, without repeats.
+#[derive(Default)]
+struct Skipped(std::sync::Mutex<Vec<String>>);
+
+impl Skipped {
+    fn note(&self, message: String) {
+        let mut all = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !all.contains(&message) {
+            all.push(message);
+        }
+    }
+    fn into_inner(self) -> Vec<String> {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -483,21 +511,46 @@ fn decode_job(
     decode_part(&path, &data)
 }
 
+/// Partial recovery: the parts that can be read (their archive opened, their entry listed);
+/// the others are noted and left out.
+fn readable(opened: &[Option<Opened>], parts: Vec<PartRef>, skipped: &Skipped) -> Vec<PartRef> {
+    parts
+        .into_iter()
+        .filter(|p| match &opened[p.archive] {
+            None => false,
+            Some(o) if o.entries.contains_key(&p.name) => true,
+            Some(o) => {
+                skipped.note(format!(
+                    "{}: missing from the archive (its records are left out)",
+                    o.path.join(&p.name).display()
+                ));
+                false
+            }
+        })
+        .collect()
+}
+
 /// Reads `parts` in order over `threads` decoders, handing each part's lines to `visit`.
 /// Consecutive parts that lie next to each other in an archive share one ranged read of up to
 /// [`ArchiveRead::span`] bytes (an object store: fewer, larger requests); otherwise each part
 /// is its own read.
 fn read_parts(
-    opened: &[Opened],
+    opened: &[Option<Opened>],
     parts: &[PartRef],
     threads: usize,
+    skipped: Option<&Skipped>,
     visit: &mut dyn FnMut(&PartRef, Vec<Decoded>) -> Result<()>,
 ) -> Result<()> {
     // Plan the reads first: spans (archive, start, end) and, per part, its entry and span.
-    let mut spans: Vec<(usize, u64, u64)> = Vec::new();
+    let mut spans: Vec<(usize, u64, u64, Arc<dyn ArchiveRead>)> = Vec::new();
     let mut planned: Vec<(usize, DirEntry)> = Vec::with_capacity(parts.len());
     for part in parts {
-        let o = &opened[part.archive];
+        let Some(o) = &opened[part.archive] else {
+            return Err(damaged(
+                Path::new(&part.name),
+                "its archive could not be opened",
+            ));
+        };
         let entry = o
             .entries
             .get(&part.name)
@@ -516,7 +569,7 @@ fn read_parts(
         }
         let limit = o.archive.span() as u64;
         match spans.last_mut() {
-            Some((a, start, span_end))
+            Some((a, start, span_end, _))
                 if *a == part.archive
                     && entry.offset >= *start
                     && entry.offset <= *span_end
@@ -524,15 +577,15 @@ fn read_parts(
             {
                 *span_end = (*span_end).max(end);
             }
-            _ => spans.push((part.archive, entry.offset, end)),
+            _ => spans.push((part.archive, entry.offset, end, o.archive.clone())),
         }
         planned.push((spans.len() - 1, entry));
     }
     let spans: Vec<Arc<Span>> = spans
         .into_iter()
-        .map(|(a, start, end)| {
+        .map(|(_, start, end, archive)| {
             Arc::new(Span {
-                archive: opened[a].archive.clone(),
+                archive,
                 start,
                 len: (end - start) as usize,
                 bytes: std::sync::Mutex::new(None),
@@ -547,7 +600,14 @@ fn read_parts(
     let mut pipeline = Pipeline::new(threads, || None, decode_job);
     let mut next = 0usize;
     let mut deliver = |r: Result<Vec<Decoded>>| -> Result<()> {
-        let lines = r?;
+        let lines = match (r, skipped) {
+            (Ok(lines), _) => lines,
+            (Err(e @ Error::Damaged { .. }), Some(s)) => {
+                s.note(format!("{e} (this part's records are left out)"));
+                Vec::new()
+            }
+            (Err(e), _) => return Err(e),
+        };
         let part = &parts[next];
         next += 1;
         visit(part, lines)
@@ -555,7 +615,10 @@ fn read_parts(
     for ((span, entry), part) in jobs.into_iter().zip(parts) {
         pipeline.submit(
             Job {
-                path: opened[part.archive].path.clone(),
+                path: opened[part.archive]
+                    .as_ref()
+                    .map(|o| o.path.clone())
+                    .unwrap_or_default(),
                 span,
                 entry,
             },
@@ -591,10 +654,19 @@ pub(super) fn replay(
     for c in &collections {
         sink.create_collection(&c.info, last.store_kind)?;
     }
-    let opened = items
-        .iter()
-        .map(|i| open(store, i))
-        .collect::<Result<Vec<_>>>()?;
+    let skipped = options.skip_damaged.then(Skipped::default);
+    let sk = skipped.as_ref();
+    let mut opened = Vec::with_capacity(items.len());
+    for item in items {
+        match (open(store, item, sk), sk) {
+            (Ok(o), _) => opened.push(Some(o)),
+            (Err(e @ Error::Damaged { .. }), Some(s)) => {
+                s.note(format!("{e} (the whole archive is left out)"));
+                opened.push(None);
+            }
+            (Err(e), _) => return Err(e),
+        }
+    }
     // Per collection: the parts of the scan, and the overlay parts in chain order. A
     // collection missing from an archive's manifest was dropped then: only archives after the
     // last such gap are its own.
@@ -629,10 +701,14 @@ pub(super) fn replay(
         }
     }
     overlay.sort_by_key(|p| p.archive); // chain order; stable keeps part order
-                                        // Pass 1: each overlay key's last line.
+    if let Some(s) = sk {
+        base = readable(&opened, base, s);
+        overlay = readable(&opened, overlay, s);
+    }
+    // Pass 1: each overlay key's last line.
     let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
     let mut ordinal = 0u64;
-    read_parts(&opened, &overlay, threads, &mut |part, lines| {
+    read_parts(&opened, &overlay, threads, sk, &mut |part, lines| {
         for (key, _) in lines {
             winner.insert((part.collection, key.0), ordinal);
             ordinal += 1;
@@ -643,14 +719,21 @@ pub(super) fn replay(
     let mut bytes = 0u64;
     let mut batches: Vec<Batch> = collections.iter().map(|_| Batch::new(options)).collect();
     // Pass 2: the scan, without the keys the overlay decides.
-    read_parts(&opened, &base, threads, &mut |part, lines| {
+    read_parts(&opened, &base, threads, sk, &mut |part, lines| {
         let ci = part.collection;
         for (key, record) in lines {
             let Some(record) = record else {
-                return Err(damaged(
+                let e = damaged(
                     &items[part.archive].path.join(&part.name),
                     "a deletion in a scan part",
-                ));
+                );
+                match sk {
+                    Some(s) => {
+                        s.note(e.to_string());
+                        continue;
+                    }
+                    None => return Err(e),
+                }
             };
             if !winner.is_empty() && winner.contains_key(&(ci, key.0)) {
                 continue;
@@ -662,7 +745,7 @@ pub(super) fn replay(
     })?;
     // Pass 3: the overlay's winning puts.
     let mut ordinal = 0u64;
-    read_parts(&opened, &overlay, threads, &mut |part, lines| {
+    read_parts(&opened, &overlay, threads, sk, &mut |part, lines| {
         let ci = part.collection;
         for (key, record) in lines {
             let n = ordinal;
@@ -681,13 +764,17 @@ pub(super) fn replay(
     let path = &items[items.len() - 1].path;
     for (ci, c) in collections.iter().enumerate() {
         if written[ci] != c.records {
-            return Err(damaged(
+            let e = damaged(
                 path,
                 format!(
                     "replaying the chain gives collection `{}` {} records, the manifest says {}",
                     c.info.name, written[ci], c.records
                 ),
-            ));
+            );
+            match sk {
+                Some(s) => s.note(e.to_string()),
+                None => return Err(e),
+            }
         }
     }
     sink.finish(&last.store_schema, last.store_kind)?;
@@ -699,6 +786,7 @@ pub(super) fn replay(
         archives: items.len(),
         point: Some((last.sequence, last.captured_at.clone())),
         avoided: Vec::new(),
+        skipped: skipped.map(Skipped::into_inner).unwrap_or_default(),
     })
 }
 
@@ -718,7 +806,7 @@ pub(super) fn merge(
     };
     let opened = inputs
         .iter()
-        .map(|i| open(store, i))
+        .map(|i| open(store, i, None).map(Some))
         .collect::<Result<Vec<_>>>()?;
     let mut parts = Vec::new();
     for (ai, item) in inputs.iter().enumerate() {
@@ -739,7 +827,7 @@ pub(super) fn merge(
     parts.sort_by_key(|p| p.archive);
     let mut winner: HashMap<(usize, Vec<u8>), u64> = HashMap::new();
     let mut ordinal = 0u64;
-    read_parts(&opened, &parts, threads, &mut |part, lines| {
+    read_parts(&opened, &parts, threads, None, &mut |part, lines| {
         for (key, _) in lines {
             winner.insert((part.collection, key.0), ordinal);
             ordinal += 1;
@@ -747,7 +835,7 @@ pub(super) fn merge(
         Ok(())
     })?;
     let mut ordinal = 0u64;
-    read_parts(&opened, &parts, threads, &mut |part, lines| {
+    read_parts(&opened, &parts, threads, None, &mut |part, lines| {
         for (key, record) in lines {
             let n = ordinal;
             ordinal += 1;

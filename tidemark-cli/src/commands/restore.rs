@@ -35,6 +35,10 @@ pub struct Args {
     /// Archives: threads that decompress (default: every core).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Partial recovery: restore everything intact, leave out what is damaged (a document, a
+    /// part of an archive, a whole archive), list it, and exit 3.
+    #[arg(long)]
+    pub skip_damaged: bool,
     /// Print only errors.
     #[arg(long, short)]
     pub quiet: bool,
@@ -53,6 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         at,
         rocksdb_format_version,
         threads,
+        skip_damaged,
         quiet,
         json,
     } = args;
@@ -75,6 +80,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let bar = crate::output::restore_bar(quiet || json);
     let options = RestoreOptions {
         force,
+        skip_damaged,
         collections: collections.map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
         progress: bar.clone().map(|bar| {
             backup_core::restore::RestoreProgress(std::sync::Arc::new(move |done, total| {
@@ -117,6 +123,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for note in &summary.avoided {
         eprintln!("tidemark: warning: damaged archive {note}; run `tidemark verify {from}`");
     }
+    for note in &summary.skipped {
+        eprintln!("tidemark: left out (damaged): {note}");
+    }
     if json {
         println!(
             "{}",
@@ -131,6 +140,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 "bytes": summary.bytes,
                 "archives": summary.archives,
                 "avoided": summary.avoided,
+                "skipped": summary.skipped,
                 "sequence": summary.point.as_ref().map(|p| p.0),
                 "captured_at": summary.point.as_ref().map(|p| p.1.clone()),
                 "seconds": summary.elapsed.as_secs_f64(),
@@ -172,6 +182,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                  track --source {to}` before backing it up, or its backups will all be full"
             );
         }
+    }
+    if !summary.skipped.is_empty() {
+        eprintln!(
+            "tidemark: error: restored what is intact; {} damaged part(s) left out (listed above)",
+            summary.skipped.len()
+        );
+        return Ok(ExitCode::from(crate::EXIT_DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
 }
