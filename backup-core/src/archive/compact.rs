@@ -223,13 +223,16 @@ fn write_block(
         entries: 0,
     };
     if !options.dry_run {
-        let (name, bytes, entries) =
+        let (item, entries) =
             super::write::write_compacted(store, slot, &block.inputs, &options.archive)?;
-        done.file = store.location_of(&name);
-        done.size = bytes;
+        done.file = item.path.clone();
+        done.size = item.size;
         done.entries = entries;
+        // The next level reads it through its own manifest: what each collection's parts
+        // hold is the merge's, not the last input's.
+        return Ok((done, item));
     }
-    // What stands for the block in the chain (a dry run plans on with a stand-in).
+    // A dry run plans on with a stand-in (never read).
     let last = &block.inputs[block.inputs.len() - 1];
     let mut item = last.clone();
     item.manifest.covers = Some(super::Covers {

@@ -426,13 +426,14 @@ fn start_archive(
 
 /// Writes the compacted archive `slot` into `chain`: the merge of `inputs` (consecutive
 /// format-2 incrementals covering `slot.first..=slot.sequence`, with the same collections),
-/// each key once, in its state at the last input. Returns its file name, size and lines.
+/// each key once, in its state at the last input. Returns it as the chain lists it, and the
+/// lines it holds.
 pub(super) fn write_compacted(
     chain: &dyn ChainStore,
     slot: Slot,
     inputs: &[ChainItem],
     options: &ArchiveOptions,
-) -> Result<(String, u64, u64)> {
+) -> Result<(ChainItem, u64)> {
     let (Some(first), Some(last)) = (inputs.first(), inputs.last()) else {
         return Err(Error::BadInput {
             path: chain.location(),
@@ -505,8 +506,14 @@ pub(super) fn write_compacted(
             last_archive: super::graph::end_name(&inputs[inputs.len() - 1]),
         }),
     };
-    let (name, size, _) = run.finish(manifest)?;
-    Ok((name, size, entries))
+    let (name, size, bytes) = run.finish(manifest.clone())?;
+    let manifest = ArchiveManifest { bytes, ..manifest };
+    let item = ChainItem {
+        path: chain.location_of(&name),
+        manifest,
+        size,
+    };
+    Ok((item, entries))
 }
 
 /// A part on its way to a worker.
