@@ -156,6 +156,30 @@ pub fn prune(place: &Place, retention: &Retention, dry_run: bool) -> Result<Prun
     }
 }
 
+/// The archive chain at `place`, local (refused unless the directory holds the archive format)
+/// or remote, to read or maintain through the one interface.
+pub fn open_chain(place: &Place) -> Result<Box<dyn ChainStore>> {
+    match place {
+        Place::Remote(url) => open_remote(url),
+        Place::Local(d) => {
+            if backup_core::detect_format(d)? != Some(backup_core::DestFormat::Archive) {
+                bail!("{place}: not an archive chain (compaction applies to --format archive)");
+            }
+            Ok(Box::new(backup_core::LocalChain::new(d)))
+        }
+    }
+}
+
+/// Compacts the chain at `place`, holding its lock.
+pub fn compact(
+    place: &Place,
+    options: &backup_core::CompactOptions,
+) -> Result<backup_core::CompactSummary> {
+    let store = open_chain(place)?;
+    let _lock = store.lock("compact")?;
+    Ok(backup_core::compact_chain(&*store, options, &mut |_| {})?)
+}
+
 /// The archives of a chain, local or remote, and apart from them the leftovers of an
 /// interrupted prune.
 pub fn chain(place: &Place) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {

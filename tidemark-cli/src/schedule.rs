@@ -61,6 +61,11 @@ pub struct Job {
     pub retry_delay: Duration_,
     /// Retention applied after each successful run (archive format only).
     pub retention: Option<Retention>,
+    /// Compact the chain after each successful run (archive format only), before retention.
+    #[serde(default)]
+    pub compact: bool,
+    /// With `compact`: archives of one level a compacted archive covers (default 8).
+    pub fanout: Option<u64>,
 }
 
 fn default_format() -> String {
@@ -300,6 +305,30 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                 Ok(summary) => {
                     say(log, &format!("job {}: {summary}", job.name));
                     last_ok = true;
+                    if j.compact {
+                        let options = backup_core::CompactOptions {
+                            fanout: j.fanout.unwrap_or(backup_core::DEFAULT_FANOUT),
+                            ..Default::default()
+                        };
+                        match crate::place::compact(&job.to, &options) {
+                            Ok(done) if !done.written.is_empty() => {
+                                let blocks: Vec<String> = done
+                                    .written
+                                    .iter()
+                                    .map(|c| format!("{:06}..{:06}", c.first, c.last))
+                                    .collect();
+                                say(
+                                    log,
+                                    &format!("job {}: compacted {}", job.name, blocks.join(", ")),
+                                );
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                last_ok = false;
+                                say(log, &format!("job {}: compaction failed: {e:#}", job.name));
+                            }
+                        }
+                    }
                     // Retention runs after a good backup only; a failure is reported, and the
                     // next run tries again (nothing is removed unless the log of it is durable).
                     if let Some(r) = &j.retention {

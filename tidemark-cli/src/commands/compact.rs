@@ -3,10 +3,10 @@
 //! then prunes what no kept point needs.
 
 use crate::output::human_bytes;
-use crate::place::{self, Place};
+use crate::place;
 use crate::{Codec, RetentionArgs};
 use anyhow::{Context, Result};
-use backup_core::{ChainStore, CompactOptions, LocalChain};
+use backup_core::{ChainStore, CompactOptions};
 use std::process::ExitCode;
 
 /// Merge consecutive incrementals into compacted archives, in levels (each covering `--fanout`
@@ -58,17 +58,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let dir = backup.place()?;
     let retention: backup_core::Retention = retention.into();
-    let store: Box<dyn ChainStore> = match &dir {
-        Place::Remote(url) => place::open_remote(url)?,
-        Place::Local(d) => {
-            if !super::is_archive(d).with_context(|| format!("compact {dir}"))? {
-                anyhow::bail!(
-                    "compact {dir}: not an archive chain (compaction applies to --format archive)"
-                );
-            }
-            Box::new(LocalChain::new(d))
-        }
-    };
+    let store: Box<dyn ChainStore> =
+        place::open_chain(&dir).with_context(|| format!("compact {dir}"))?;
     let _lock = if dry_run {
         None
     } else {
