@@ -68,4 +68,4 @@ pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
     RestoreOptions, RestoreSummary, StoreFactory,
 };
-pub use verify::{verify_folder, VerifyReport};
+pub use verify::{verify_folder, verify_folder_with, VerifyReport};

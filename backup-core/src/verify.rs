@@ -31,8 +31,16 @@ impl VerifyReport {
 /// Returns `Err` only when the backup cannot be read at all (no manifest); damage is listed in
 /// the report.
 pub fn verify_folder(dir: &Path) -> Result<VerifyReport> {
+    verify_folder_with(dir, &mut |_, _| {})
+}
+
+/// [`verify_folder`], telling `progress` the documents checked so far and the backup's total
+/// as it goes.
+pub fn verify_folder_with(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
     let (folder, manifest) = FolderBackup::open_existing(dir)?;
     let mut report = VerifyReport::default();
+    let total: u64 = manifest.collections.iter().map(|c| c.records).sum();
+    let mut before = 0u64;
     for c in &manifest.collections {
         report.collections += 1;
         let mut n = 0u64;
@@ -41,6 +49,9 @@ pub fn verify_folder(dir: &Path) -> Result<VerifyReport> {
             &c.dir,
             &mut |_, _| {
                 n += 1;
+                if n % 1024 == 0 {
+                    progress(before + n, total);
+                }
                 Ok(())
             },
             &mut Err,
@@ -75,6 +86,8 @@ pub fn verify_folder(dir: &Path) -> Result<VerifyReport> {
             });
         }
         report.records += n;
+        before += c.records;
+        progress(before, total);
         report.problems.extend(problems);
         if report.problems.len() >= MAX_PROBLEMS {
             report.problems.truncate(MAX_PROBLEMS);

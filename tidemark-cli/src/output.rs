@@ -41,11 +41,16 @@ pub(crate) fn bytes_bar(hidden: bool, what: &str) -> Option<indicatif::ProgressB
     })
 }
 
-/// A progress bar for a restore, on stderr when it is a terminal (`None` otherwise, or when
-/// `hidden`).
-pub(crate) fn restore_bar(hidden: bool) -> Option<indicatif::ProgressBar> {
+/// A bar counting records labelled `what`, on stderr when it is a terminal (`None` otherwise,
+/// or when `hidden`).
+pub(crate) fn records_bar_on_terminal(hidden: bool, what: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    (!hidden && std::io::stderr().is_terminal()).then(|| records_bar("restoring"))
+    (!hidden && std::io::stderr().is_terminal()).then(|| records_bar(what))
+}
+
+/// A progress bar for a restore (see [`records_bar_on_terminal`]).
+pub(crate) fn restore_bar(hidden: bool) -> Option<indicatif::ProgressBar> {
+    records_bar_on_terminal(hidden, "restoring")
 }
 
 /// A progress bar on stderr for long work, shown only when stderr is a terminal.

@@ -1058,6 +1058,24 @@ fn progress_shows_on_a_terminal_only() {
         !rate.is_empty() && rate.chars().all(|c| c.is_ascii_digit()),
         "a whole-number rate: `{rate}` in {restore}"
     );
+    // A folder backup's verify counts documents.
+    sql(
+        &d.join("small.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+         INSERT INTO t SELECT i, printf('value %d', i) FROM n;",
+    );
+    ok(
+        &["backup", "--source", "sqlite:small.db", "--to", "fb"],
+        d.path(),
+    );
+    let verify = in_pty("verify fb");
+    assert!(
+        verify.contains("verifying")
+            && verify.contains("records (")
+            && verify.contains("is intact"),
+        "{verify}"
+    );
     // Into a pipe: no bar, only the summary.
     let piped = ok(
         &["restore", "--from", "ab", "--to", "sqlite:r2.db"],

@@ -3,7 +3,7 @@
 
 use crate::commands::{open_backup, Backup};
 use anyhow::{Context, Result};
-use backup_core::{verify_chain_with, verify_folder};
+use backup_core::{verify_chain_with, verify_folder_with};
 use std::process::ExitCode;
 
 /// Check a backup end to end (every checksum, every count) without restoring it.
@@ -28,20 +28,28 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
     } = args;
     let dir = backup.place()?;
-    let bar = crate::output::bytes_bar(quiet || json, "verifying");
+    let hidden = quiet || json;
+    let mut bar = None;
+    let show = |bar: &Option<indicatif::ProgressBar>, done: u64, total: u64| {
+        if let Some(bar) = bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
     let report = (|| -> anyhow::Result<_> {
         Ok(match open_backup(&dir)? {
-            Backup::Chain(chain) => verify_chain_with(&*chain, &mut |done, total| {
-                if let Some(bar) = &bar {
-                    bar.set_length(total);
-                    bar.set_position(done);
-                }
-            })?,
-            Backup::Folder(d) => verify_folder(&d)?,
+            Backup::Chain(chain) => {
+                let b = bar.insert(crate::output::bytes_bar(hidden, "verifying"));
+                verify_chain_with(&*chain, &mut |done, total| show(b, done, total))?
+            }
+            Backup::Folder(d) => {
+                let b = bar.insert(crate::output::records_bar_on_terminal(hidden, "verifying"));
+                verify_folder_with(&d, &mut |done, total| show(b, done, total))?
+            }
         })
     })()
     .with_context(|| format!("verify {dir}"));
-    if let Some(bar) = &bar {
+    if let Some(bar) = bar.flatten() {
         bar.finish_and_clear();
     }
     let report = report?;
