@@ -48,6 +48,18 @@ pub(crate) fn records_bar_on_terminal(hidden: bool, what: &str) -> Option<indica
     (!hidden && std::io::stderr().is_terminal()).then(|| records_bar(what))
 }
 
+/// A spinner on stderr for work of unknown length, labelled `what`, when stderr is a terminal
+/// (`None` otherwise, or when `hidden`); it ticks on its own.
+pub(crate) fn spinner(hidden: bool, what: &str) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    (!hidden && std::io::stderr().is_terminal()).then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message(what.to_string());
+        s.enable_steady_tick(std::time::Duration::from_millis(100));
+        s
+    })
+}
+
 /// A progress bar for a restore (see [`records_bar_on_terminal`]).
 pub(crate) fn restore_bar(hidden: bool) -> Option<indicatif::ProgressBar> {
     records_bar_on_terminal(hidden, "restoring")

@@ -1076,6 +1076,33 @@ fn progress_shows_on_a_terminal_only() {
             && verify.contains("is intact"),
         "{verify}"
     );
+    // Compaction: a spinner saying how far it got.
+    ok(&["track", "--source", "sqlite:small.db"], d.path());
+    for n in 0..40 {
+        sql(
+            &d.join("small.db"),
+            &format!("UPDATE t SET v = 'c{n}' WHERE id = {};", n + 1),
+        );
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:small.db",
+                "--to",
+                "cb",
+                "--format",
+                "archive",
+                "--compression",
+                "zstd",
+            ],
+            d.path(),
+        );
+    }
+    let compact = in_pty("compact cb --fanout 2");
+    assert!(
+        compact.contains("compacting: ") && compact.contains("compacted 000"),
+        "{compact}"
+    );
     // Into a pipe: no bar, only the summary.
     let piped = ok(
         &["restore", "--from", "ab", "--to", "sqlite:r2.db"],

@@ -78,7 +78,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
         },
         dry_run,
     };
+    let spinner = crate::output::spinner(quiet || json, "compacting");
+    let mut written = 0usize;
     let summary = backup_core::compact_chain(&*store, &options, &mut |c| {
+        written += 1;
+        if let Some(s) = &spinner {
+            s.set_message(format!(
+                "compacting: {written} written, the last {:06}..{:06}",
+                c.first, c.last
+            ));
+        }
         let name = c.file.file_name().unwrap_or_default().to_string_lossy();
         if json {
             println!(
@@ -95,28 +104,38 @@ pub fn run(args: Args) -> Result<ExitCode> {
                     "entries": c.entries,
                 })
             );
-        } else if quiet {
-        } else if dry_run {
-            println!(
-                "would compact {:06}..{:06}  ({} archives, {})",
-                c.first,
-                c.last,
-                c.inputs,
-                human_bytes(c.input_bytes)
-            );
-        } else {
-            println!(
-                "compacted {:06}..{:06} into {name}  ({} archives, {} → {}, {} records)",
-                c.first,
-                c.last,
-                c.inputs,
-                human_bytes(c.input_bytes),
-                human_bytes(c.size),
-                c.entries
-            );
+        } else if !quiet {
+            let line = if dry_run {
+                format!(
+                    "would compact {:06}..{:06}  ({} archives, {})",
+                    c.first,
+                    c.last,
+                    c.inputs,
+                    human_bytes(c.input_bytes)
+                )
+            } else {
+                format!(
+                    "compacted {:06}..{:06} into {name}  ({} archives, {} → {}, {} records)",
+                    c.first,
+                    c.last,
+                    c.inputs,
+                    human_bytes(c.input_bytes),
+                    human_bytes(c.size),
+                    c.entries
+                )
+            };
+            // Printed while the spinner is out of the way, on a terminal.
+            match &spinner {
+                Some(s) => s.suspend(|| println!("{line}")),
+                None => println!("{line}"),
+            }
         }
     })
-    .with_context(|| format!("compact {dir}"))?;
+    .with_context(|| format!("compact {dir}"));
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let summary = summary?;
     for why in &summary.skipped {
         eprintln!("tidemark: not compacted: {why}");
     }
