@@ -12,7 +12,6 @@ use crate::archive::{ChainItem, ChainStore, LocalChain};
 use crate::error::{Error, Result};
 use crate::manifest::{now_rfc3339, RunKind};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The log of pruned archives inside an archive directory.
@@ -105,14 +104,6 @@ pub fn parse_prune_log(path: &Path, bytes: Option<&[u8]>) -> Result<Vec<PrunedEn
             })
         })
         .collect()
-}
-
-/// The sequences a prune log records as pruned (a pruned compacted archive: every sequence it
-/// covered).
-pub fn parse_pruned(path: &Path, bytes: Option<&[u8]>) -> Result<BTreeSet<u64>> {
-    Ok(crate::archive::pruned_sequences(&parse_prune_log(
-        path, bytes,
-    )?))
 }
 
 fn day_of(item: &ChainItem) -> Option<(i32, u16)> {

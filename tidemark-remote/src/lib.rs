@@ -208,6 +208,17 @@ impl RemoteChain {
             })
     }
 
+    /// The archives the seals `names` make part of the chain (a seal gone meanwhile is
+    /// skipped), sorted.
+    fn sealed(&self, names: &[String]) -> Result<Vec<ChainItem>> {
+        let mut out = Vec::new();
+        for seal in self.seals_named(names) {
+            out.extend(seal?.map(Seal::into_item));
+        }
+        backup_core::archive::sort_chain(&mut out);
+        Ok(out)
+    }
+
     /// The names of every seal under the prefix.
     fn seal_names(&self) -> Result<Vec<String>> {
         Ok(self
@@ -216,16 +227,6 @@ impl RemoteChain {
             .map(|(n, _)| n)
             .filter(|n| n.starts_with("tidemark-") && n.ends_with(".json"))
             .collect())
-    }
-
-    fn seals(&self) -> Result<Vec<Seal>> {
-        let names = self.seal_names()?;
-        let mut seals = Vec::new();
-        for seal in self.seals_named(&names) {
-            seals.extend(seal?);
-        }
-        seals.sort_by_key(|s| (s.manifest.sequence, s.manifest.first()));
-        Ok(seals)
     }
 
     /// The seals `names`, [`SEALS_IN_FLIGHT`] GETs at a time (a chain of a long live backup
@@ -365,7 +366,7 @@ impl ChainStore for RemoteChain {
     }
 
     fn read_chain(&self) -> Result<Vec<ChainItem>> {
-        Ok(self.seals()?.into_iter().map(Seal::into_item).collect())
+        self.sealed(&self.seal_names()?)
     }
 
     fn clean_partial(&self) -> Result<()> {
@@ -400,12 +401,7 @@ impl ChainStore for RemoteChain {
 
     fn read_slots(&self, slots: &[Slot]) -> Result<Vec<ChainItem>> {
         let names: Vec<String> = slots.iter().map(|s| seal_name(*s)).collect();
-        let mut out = Vec::new();
-        for seal in self.seals_named(&names) {
-            out.extend(seal?.map(Seal::into_item));
-        }
-        out.sort_by_key(|i| (i.manifest.sequence, i.manifest.first()));
-        Ok(out)
+        self.sealed(&names)
     }
 
     fn newest(&self) -> Result<Option<ChainItem>> {
@@ -423,21 +419,12 @@ impl ChainStore for RemoteChain {
     }
 
     fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
-        let mut out = Vec::new();
         let names: Vec<String> = self
-            .names()?
+            .seal_names()?
             .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| {
-                n.ends_with(".json")
-                    && slot_of_name(n).is_some_and(|s| s.first >= first && s.sequence <= last)
-            })
+            .filter(|n| slot_of_name(n).is_some_and(|s| s.first >= first && s.sequence <= last))
             .collect();
-        for seal in self.seals_named(&names) {
-            out.extend(seal?.map(Seal::into_item));
-        }
-        out.sort_by_key(|i| (i.manifest.sequence, i.manifest.first()));
-        Ok(out)
+        self.sealed(&names)
     }
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {

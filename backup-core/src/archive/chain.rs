@@ -448,6 +448,20 @@ impl LocalChain {
     }
 }
 
+impl LocalChain {
+    /// The archives whose slot (from the file name) `keep` accepts, sorted; only their
+    /// manifests are read.
+    fn read_where(&self, keep: &dyn Fn(Slot) -> bool) -> Result<Vec<ChainItem>> {
+        let mut out = archive_files(&self.dir)?
+            .into_iter()
+            .filter(|p| slot_of_name(&file_name_of(p)).is_some_and(keep))
+            .map(local_item)
+            .collect::<Result<Vec<_>>>()?;
+        super::graph::sort_chain(&mut out);
+        Ok(out)
+    }
+}
+
 impl ChainStore for LocalChain {
     fn location(&self) -> PathBuf {
         self.dir.clone()
@@ -585,29 +599,14 @@ impl ChainStore for LocalChain {
     }
 
     fn read_slots(&self, slots: &[Slot]) -> Result<Vec<ChainItem>> {
-        let mut out = archive_files(&self.dir)?
-            .into_iter()
-            .filter(|p| slot_of_name(&file_name_of(p)).is_some_and(|s| slots.contains(&s)))
-            .map(local_item)
-            .collect::<Result<Vec<_>>>()?;
-        super::graph::sort_chain(&mut out);
-        Ok(out)
+        self.read_where(&|s| slots.contains(&s))
     }
 
     fn read_range(&self, first: u64, last: u64) -> Result<Vec<ChainItem>> {
         if !self.dir.exists() {
             return Ok(Vec::new());
         }
-        let mut out = archive_files(&self.dir)?
-            .into_iter()
-            .filter(|p| {
-                slot_of_name(&file_name_of(p))
-                    .is_some_and(|s| s.first >= first && s.sequence <= last)
-            })
-            .map(local_item)
-            .collect::<Result<Vec<_>>>()?;
-        super::graph::sort_chain(&mut out);
-        Ok(out)
+        self.read_where(&|s| s.first >= first && s.sequence <= last)
     }
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {

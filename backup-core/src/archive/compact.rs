@@ -117,9 +117,11 @@ pub fn compact_chain(
             b += 1;
             let planned = block(&chain, lo, hi, false);
             if let Some(item) = summary.carry_out(store, options, planned, progress)? {
-                // The next level builds on it.
-                chain.push(item);
-                super::graph::sort_chain(&mut chain);
+                // The next level builds on it: into its place in the sorted chain (no block
+                // is written twice, so nothing there covers the same sequences).
+                let key = |c: &ChainItem| (c.manifest.sequence, c.manifest.first());
+                let at = chain.partition_point(|c| key(c) < key(&item));
+                chain.insert(at, item);
             }
         }
         size = match size.checked_mul(options.fanout) {

@@ -4,6 +4,7 @@
 //! archives from a full archive; compaction adds longer edges beside the short ones, and a
 //! restore takes the path with the fewest archives.
 
+use super::chain::Slot;
 use super::{damaged, file_name_of, ChainItem};
 use crate::error::Error;
 use crate::manifest::RunKind;
@@ -12,7 +13,7 @@ use std::collections::{BTreeSet, HashMap};
 
 /// Sorts archives by the sequence they end at, then (for one end) the longest first: a
 /// backup's own archive comes last among those ending at its sequence.
-pub(crate) fn sort_chain(items: &mut [ChainItem]) {
+pub fn sort_chain(items: &mut [ChainItem]) {
     items.sort_by(|a, b| {
         (a.manifest.sequence, a.manifest.first()).cmp(&(b.manifest.sequence, b.manifest.first()))
     });
@@ -57,26 +58,42 @@ pub(crate) fn shortest(
     allowed: &dyn Fn(usize) -> bool,
     start: &dyn Fn(usize) -> bool,
 ) -> Vec<Option<Best>> {
-    let mut best: Vec<Option<Best>> = vec![None; items.len()];
+    let slots: Vec<Slot> = items.iter().map(|i| Slot::of(&i.manifest)).collect();
+    cheapest(&slots, &|i| items[i].size, allowed, start, &|p, i| {
+        continues(&items[p], &items[i])
+    })
+}
+
+/// The search behind [`shortest`], over slots (sorted by sequence, then first) that may be
+/// known only by name: `links(p, i)` says whether `i` may follow `p` (which ends right before
+/// `i` starts), `cost(i)` is what reading `i` costs beside being one more archive.
+pub(crate) fn cheapest(
+    slots: &[Slot],
+    cost: &dyn Fn(usize) -> u64,
+    allowed: &dyn Fn(usize) -> bool,
+    start: &dyn Fn(usize) -> bool,
+    links: &dyn Fn(usize, usize) -> bool,
+) -> Vec<Option<Best>> {
+    let mut best: Vec<Option<Best>> = vec![None; slots.len()];
     let mut ending: HashMap<u64, Vec<usize>> = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
+    for (i, slot) in slots.iter().enumerate() {
         if !allowed(i) {
             continue;
         }
         let mut here = start(i).then_some(Best {
             objects: 1,
-            bytes: item.size,
+            bytes: cost(i),
             prev: None,
         });
-        let before = item.manifest.first().checked_sub(1);
+        let before = slot.first.checked_sub(1);
         for &p in before.and_then(|b| ending.get(&b)).into_iter().flatten() {
             let Some(b) = best[p] else { continue };
-            if !continues(&items[p], item) {
+            if !links(p, i) {
                 continue;
             }
             let candidate = Best {
                 objects: b.objects + 1,
-                bytes: b.bytes + item.size,
+                bytes: b.bytes + cost(i),
                 prev: Some(p),
             };
             if here.is_none_or(|h| (candidate.objects, candidate.bytes) < (h.objects, h.bytes)) {
@@ -84,7 +101,7 @@ pub(crate) fn shortest(
             }
         }
         best[i] = here;
-        ending.entry(item.manifest.sequence).or_default().push(i);
+        ending.entry(slot.sequence).or_default().push(i);
     }
     best
 }
@@ -139,13 +156,20 @@ pub(crate) fn pruned_sequences(log: &[PrunedEntry]) -> BTreeSet<u64> {
 pub(crate) fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> Vec<Error> {
     let mut problems = Vec::new();
     let mut covered_to = 0u64; // every sequence up to here is covered (or pruned)
+    let same = |a: &ChainItem, b: &ChainItem| {
+        (a.manifest.sequence, a.manifest.first()) == (b.manifest.sequence, b.manifest.first())
+    };
     for (i, item) in chain.iter().enumerate() {
         let m = &item.manifest;
         let first = m.first();
-        if let Some(twin) = chain[..i]
+        // Sorted: archives covering the same sequences lie next to each other (the first of
+        // them is named).
+        let twins = chain[..i]
             .iter()
-            .find(|o| o.manifest.sequence == m.sequence && o.manifest.first() == first)
-        {
+            .rev()
+            .take_while(|o| same(o, item))
+            .count();
+        if let Some(twin) = (twins > 0).then(|| &chain[i - twins]) {
             problems.push(damaged(
                 &item.path,
                 format!(
@@ -158,12 +182,12 @@ pub(crate) fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> V
             continue;
         }
         let before = first.saturating_sub(1);
-        let prev_end = chain[..i]
-            .iter()
-            .map(|o| o.manifest.sequence)
-            .filter(|&s| s <= before)
-            .max()
-            .unwrap_or(0);
+        // Sorted by sequence: the archives ending at or before `before` are a prefix, those
+        // ending exactly there its tail.
+        let upto = chain[..i].partition_point(|o| o.manifest.sequence <= before);
+        let prev_end = upto
+            .checked_sub(1)
+            .map_or(0, |p| chain[p].manifest.sequence);
         if first > covered_to + 1 && first > 1 {
             // A gap: only pruned archives may be missing, and only before a full archive.
             let from = covered_to.max(prev_end) + 1;
@@ -190,10 +214,8 @@ pub(crate) fn check_continuity(chain: &[ChainItem], pruned: &BTreeSet<u64>) -> V
         if m.kind == RunKind::Full {
             continue;
         }
-        let candidates: Vec<&ChainItem> = chain[..i]
-            .iter()
-            .filter(|o| o.manifest.sequence == before)
-            .collect();
+        let ending_before = chain[..upto].partition_point(|o| o.manifest.sequence < before);
+        let candidates = &chain[ending_before..upto];
         if candidates.iter().any(|p| continues(p, item)) {
             continue;
         }

@@ -35,7 +35,8 @@ pub use chain::{
 pub use compact::{
     compact_chain, compact_recent, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT,
 };
-pub(crate) use graph::{from_full as paths_from_full, path_to as path_of, pruned_sequences};
+pub use graph::sort_chain;
+pub(crate) use graph::{from_full as paths_from_full, path_to as path_of};
 pub use restore::{restore_archives_to_path, restore_chain};
 pub use verify::{verify_archives, verify_chain, verify_chain_with};
 pub use write::{backup_archive, backup_archive_to, STATE_DIR};

@@ -141,24 +141,17 @@ fn newest_path(store: &dyn ChainStore) -> Option<Vec<ChainItem>> {
         .filter(|&i| slots[i].sequence == slots.last().map_or(0, |l| l.sequence))?;
     // Fewest archives from a full one, by sequence adjacency (continuity is checked on the
     // manifests of the path found).
-    let mut best: Vec<Option<(u64, Option<usize>)>> = vec![None; slots.len()];
-    for i in 0..slots.len() {
-        if slots[i].kind == RunKind::Full {
-            best[i] = Some((1, None));
-            continue;
-        }
-        best[i] = (0..i)
-            .filter(|&j| slots[j].sequence + 1 == slots[i].first)
-            .filter_map(|j| best[j].map(|(n, _)| (n + 1, Some(j))))
-            .min();
-    }
-    let mut path = Vec::new();
-    let mut at = best[newest].map(|_| newest);
-    while let Some(i) = at {
-        path.push(slots[i]);
-        at = best[i].and_then(|(_, prev)| prev);
-    }
-    path.reverse();
+    let best = super::graph::cheapest(
+        &slots,
+        &|_| 0,
+        &|_| true,
+        &|i| slots[i].kind == RunKind::Full,
+        &|_, i| slots[i].kind == RunKind::Incremental,
+    );
+    let path: Vec<Slot> = super::graph::path_to(&best, newest)
+        .into_iter()
+        .map(|i| slots[i])
+        .collect();
     if path.is_empty() {
         return None;
     }

@@ -503,20 +503,15 @@ fn run_live(
                 if several && options.trim_changes {
                     let oldest = held
                         .iter()
-                        .map(|c| c.as_ref().map(|c| c.position))
-                        .collect::<Option<Vec<u64>>>()
-                        .and_then(|p| p.into_iter().min());
-                    if let Some(pos) = oldest.filter(|p| trimmed.is_none_or(|t| *p > t)) {
-                        let at = held
-                            .iter()
-                            .flatten()
-                            .find(|c| c.position == pos)
-                            .cloned()
-                            .expect("the oldest is one of them");
-                        if let Err(e) = backend.trim_changes(&at) {
+                        .all(Option::is_some)
+                        .then(|| held.iter().flatten().min_by_key(|c| c.position))
+                        .flatten()
+                        .filter(|c| trimmed.is_none_or(|t| c.position > t));
+                    if let Some(at) = oldest {
+                        if let Err(e) = backend.trim_changes(at) {
                             eprintln!("tidemark: trimming the change log failed: {e}");
                         }
-                        trimmed = Some(pos);
+                        trimmed = Some(at.position);
                     }
                 }
             }
