@@ -98,15 +98,34 @@ impl SqliteBackend {
     ///   last connection closes, and the database file is left as it was;
     /// - with a `-wal` file (an application has it open, or was killed), read-only: the
     ///   application's WAL is neither checkpointed nor removed by the backup.
+    ///
+    /// The `-wal` file can vanish between the look and the open: the application's last
+    /// connection closes, and SQLite removes the `-shm` (which a read-only connection cannot
+    /// create) and then the `-wal`. A read-only open that fails is therefore tried again, a
+    /// little later, from the choice on (at most three times).
     pub fn open_for_backup(path: &Path) -> Result<Self> {
-        let wal_present = {
+        let wal_present = || {
             let mut wal = path.as_os_str().to_os_string();
             wal.push("-wal");
             PathBuf::from(wal).exists()
         };
-        if !wal_present {
-            return Self::open(path);
+        let mut attempt = 0;
+        loop {
+            if !wal_present() {
+                return Self::open(path);
+            }
+            match Self::open_read_only(path) {
+                Err(_) if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                done => return done,
+            }
         }
+    }
+
+    /// [`SqliteBackend::open_for_backup`] of a database with a `-wal` file.
+    fn open_read_only(path: &Path) -> Result<Self> {
         Self::check_file(path)?;
         let conn = open_reader(path, true).map_err(|e| Error::BadInput {
             path: path.to_path_buf(),

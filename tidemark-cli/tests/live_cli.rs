@@ -174,7 +174,7 @@ fn live_backups_compact_as_they_go() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     setup(d);
-    let live = Command::new(common::bin())
+    let mut live = Command::new(common::bin())
         .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
         .args(["--format", "archive", "--live", "--interval", "0.05"])
         .args(["--compact", "--fanout", "2", "--json"])
@@ -204,6 +204,16 @@ fn live_backups_compact_as_they_go() {
         );
         rounds += 1;
         std::thread::sleep(Duration::from_millis(30));
+        if let Some(status) = live.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            live.stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("the live backup ended ({status}): {err}");
+        }
         backups(&archives(d)) >= 12
     });
     let out = sigterm(live);
