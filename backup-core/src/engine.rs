@@ -89,6 +89,9 @@ pub enum Event {
         /// Records in it, when known.
         total: Option<u64>,
     },
+    /// Every record is read: what follows (changes made during the scan, the archive's last
+    /// parts, the key state, syncing, the manifest) makes the backup durable.
+    Finishing,
 }
 
 /// What a backup run did.
@@ -105,8 +108,12 @@ pub struct BackupSummary {
     /// When the store was read at that checkpoint (RFC 3339, UTC): the backup holds the state
     /// the store had at this moment.
     pub captured_at: String,
-    /// Records written (full: every record; incremental: the changed ones).
+    /// Records written (full: every record; incremental: the changed ones; a full folder
+    /// backup refreshed in place: the records whose documents differed).
     pub records_written: u64,
+    /// Records a full folder backup refreshed in place found in the backup exactly as they are
+    /// in the store, and so did not write again (0 otherwise).
+    pub records_unchanged: u64,
     /// Records deleted from the backup.
     pub records_deleted: u64,
     /// Bytes written.
@@ -263,7 +270,7 @@ impl RunWriter for FolderRun {
         record: Record,
         _: Entry,
     ) -> Result<Option<WriteEvent>> {
-        FolderRun::put(self, collection, &record).map(Some)
+        FolderRun::put(self, collection, &record)
     }
     fn delete(
         &mut self,
@@ -394,7 +401,8 @@ pub fn backup_folder(
         store_schema,
     };
     let bytes_written = outcome.run.bytes_written();
-    outcome.run.commit(&manifest)?;
+    let unchanged = outcome.run.unchanged();
+    let swept = outcome.run.commit(&manifest)?;
     trim(backend, options, &outcome.checkpoint, events);
     Ok(BackupSummary {
         kind,
@@ -402,8 +410,9 @@ pub fn backup_folder(
         full_reason: reason,
         checkpoint: outcome.checkpoint,
         captured_at,
-        records_written: outcome.written,
-        records_deleted: outcome.deleted,
+        records_written: outcome.written.saturating_sub(unchanged),
+        records_unchanged: unchanged,
+        records_deleted: outcome.deleted + swept,
         bytes_written,
         records_total: manifest.collections.iter().map(|c| c.records).sum(),
         elapsed: started.elapsed(),
@@ -809,6 +818,7 @@ fn settle<R: RunWriter>(
     deleted: &mut u64,
     events: &mut dyn FnMut(Event),
 ) -> Result<Vec<CollectionInfo>> {
+    events(Event::Finishing);
     if !view.settle()? {
         return Ok(collections);
     }

@@ -1,10 +1,15 @@
 //! The folder format (RxDB-style): `DIR/<collection>/<document-id>/document.json` plus
 //! `attachments/<name>`, and `DIR/.tidemark/manifest.json`. See `docs/FORMAT.md`.
 //!
-//! A full run writes into `.tidemark/staging/` and swaps each collection into place at the end;
-//! an incremental run updates documents in place, one atomic file replacement per file. In
-//! both, the manifest (and its checkpoint) is written last, after one `syncfs` made every
-//! document durable.
+//! A full run into an empty (or interrupted) folder writes into `.tidemark/staging/` and swaps
+//! each collection into place at the end. A full run into a folder that holds a completed
+//! backup refreshes it in place instead: it compares every record with its document, rewrites
+//! only those that differ and removes the documents the store no longer has, so that it costs
+//! no more than a full run into an empty folder (no second tree to write, no old tree to
+//! delete). An incremental run updates documents in place, one atomic file replacement per
+//! file. In-place runs save what they replace in an undo area, so a failed run puts the folder
+//! back. In all of them, the manifest (and its checkpoint) is written last, after one `syncfs`
+//! made every document durable.
 
 use crate::docid;
 use crate::document;
@@ -12,8 +17,9 @@ use crate::durable::{self, Sync};
 use crate::error::{Error, Result};
 use crate::manifest::{FolderManifest, RunKind};
 use crate::model::{CollectionName, Key, Record};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 
 /// The hidden directory holding the manifest and work areas.
@@ -194,18 +200,35 @@ impl FolderBackup {
                 .collect(),
             _ => BTreeMap::new(),
         };
+        // A full run over a completed backup of moderate size refreshes it in place.
+        let refresh = match kind {
+            RunKind::Full if !self.was_interrupted() => match self.manifest() {
+                Ok(Some(m))
+                    if m.collections.iter().map(|c| c.records).sum::<u64>()
+                        <= REFRESH_MAX_DOCUMENTS =>
+                {
+                    Some(Refresh::new(&m))
+                }
+                _ => None,
+            },
+            _ => None,
+        };
         let base = match kind {
-            RunKind::Full => {
+            RunKind::Full if refresh.is_none() => {
                 let staging = self.staging();
                 durable::remove_dir_all_if_exists(&staging)?;
                 durable::create_dir_all(&staging)?;
                 staging
             }
-            RunKind::Incremental => {
+            _ => {
                 durable::remove_dir_all_if_exists(&self.undo_dir())?;
                 durable::write_atomic(
                     &self.dirty_marker(),
-                    b"an incremental run is in progress\n",
+                    if refresh.is_some() {
+                        &b"a full run is refreshing the documents in place\n"[..]
+                    } else {
+                        &b"an incremental run is in progress\n"[..]
+                    },
                     Sync::Now,
                 )?;
                 self.root.clone()
@@ -220,6 +243,8 @@ impl FolderBackup {
             dropped: Vec::new(),
             created: Vec::new(),
             bytes: 0,
+            refresh,
+            undo_dirs: HashSet::new(),
             committed: false,
             run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
         })
@@ -297,11 +322,54 @@ pub struct FolderRun {
     created: Vec<CollectionName>,
     bytes: u64,
     run_id: String,
+    /// A full run refreshing a completed backup in place: which documents it has seen.
+    refresh: Option<Refresh>,
+    /// Collection directories made under `undo/old/` by this run.
+    undo_dirs: HashSet<String>,
     committed: bool,
 }
 
+/// The largest backup (in documents) that a full run refreshes in place: the documents seen
+/// are remembered as 16-byte hashes (about 32 MiB at this size). A larger backup is replaced
+/// through staging, which needs no memory per document.
+pub const REFRESH_MAX_DOCUMENTS: u64 = 2_000_000;
+
+/// The documents a refreshing full run has written or found identical: a keyed 128-bit hash of
+/// (collection, document id), so that the documents it has not seen can be removed at the end.
+#[derive(Debug)]
+struct Refresh {
+    seen: HashSet<u128>,
+    /// Records found as they are (not written).
+    unchanged: u64,
+    keys: [std::collections::hash_map::RandomState; 2],
+    /// The collection directories of the previous manifest (those the sweep looks into).
+    previous_dirs: Vec<String>,
+}
+
+impl Refresh {
+    fn new(previous: &FolderManifest) -> Self {
+        Refresh {
+            seen: HashSet::new(),
+            unchanged: 0,
+            keys: [Default::default(), Default::default()],
+            previous_dirs: previous.collections.iter().map(|c| c.dir.clone()).collect(),
+        }
+    }
+
+    fn hash(&self, cdir: &str, id: &str) -> u128 {
+        let half = |k: &std::collections::hash_map::RandomState| k.hash_one((cdir, id)) as u128;
+        (half(&self.keys[0]) << 64) | half(&self.keys[1])
+    }
+}
+
 impl FolderRun {
-    /// Incremental runs: moves the document `id` of the collection directory `cdir` out of the
+    /// Whether the run changes the live documents (saving what it replaces for undo) rather
+    /// than writing into staging.
+    fn in_place(&self) -> bool {
+        self.kind == RunKind::Incremental || self.refresh.is_some()
+    }
+
+    /// In-place runs: moves the document `id` of the collection directory `cdir` out of the
     /// way before the run changes it, into `.tidemark/undo/old/` (its state before the run, kept
     /// once) or, for a document the run creates, a marker in `.tidemark/undo/new/`. A run that
     /// fails puts everything back ([`FolderRun::roll_back`]), so a failed incremental (a full
@@ -322,6 +390,17 @@ impl FolderRun {
             durable::create_dir_all(new.parent().unwrap_or(&undo))?;
             durable::write_new(&new, b"")
         }
+    }
+
+    /// [`FolderRun::save_for_undo`] for a document known to be as the previous run left it
+    /// (a refreshing run's first sight of it): one rename, no checks.
+    fn undo_original(&mut self, cdir: &str, id: &str, docdir: &Path) -> Result<()> {
+        let parent = self.folder.undo_dir().join("old").join(cdir);
+        if !self.undo_dirs.contains(cdir) {
+            durable::create_dir_all(&parent)?;
+            self.undo_dirs.insert(cdir.to_string());
+        }
+        durable::rename(docdir, &parent.join(id))
     }
 
     /// Puts back what this (failed, incremental) run changed: documents it created go, the
@@ -380,7 +459,7 @@ impl FolderRun {
     pub fn create_collection(&mut self, collection: &CollectionName) -> Result<()> {
         if !self.counts.contains_key(collection) {
             let dir = self.collection_dir(collection);
-            if self.kind == RunKind::Incremental && !dir.exists() {
+            if self.in_place() && !dir.exists() {
                 self.created.push(collection.clone());
             }
             durable::create_dir_all(&dir)?;
@@ -395,22 +474,65 @@ impl FolderRun {
         self.dropped.push(collection.clone());
     }
 
-    /// Writes (or replaces) one record's document.
-    pub fn put(&mut self, collection: &CollectionName, record: &Record) -> Result<WriteEvent> {
+    /// Writes (or replaces) one record's document. `None` when a refreshing full run found the
+    /// document already as the record says, and wrote nothing.
+    pub fn put(
+        &mut self,
+        collection: &CollectionName,
+        record: &Record,
+    ) -> Result<Option<WriteEvent>> {
         self.create_collection(collection)?;
         let id = docid::encode(record.key.as_bytes());
+        let cdir = collection_dir_name(collection);
         let docdir = self.collection_dir(collection).join(&id);
         let doc_path = docdir.join(DOCUMENT_FILE);
-        // Full runs can overwrite too: a store without snapshots replays changes after its scan.
-        let existed = doc_path.exists();
-        if self.kind == RunKind::Incremental {
-            // The old document goes to the undo area; the new one is written afresh.
-            self.save_for_undo(&collection_dir_name(collection), &id, &docdir)?;
-        }
-        if !docdir.exists() {
-            durable::create_dir_all(&docdir)?;
-        }
         let enc = document::encode(record);
+        let counted = match self.refresh.as_mut() {
+            Some(r) => {
+                let h = r.hash(&cdir, &id);
+                if r.seen.insert(h) {
+                    match compare_document(&docdir, &enc) {
+                        Compared::Same => {
+                            r.unchanged += 1;
+                            *self.counts.entry(collection.clone()).or_insert(0) += 1;
+                            return Ok(None);
+                        }
+                        // The document as the previous run left it, untouched by this one:
+                        // it goes to the undo area, where nothing of it can be yet.
+                        Compared::Differs => {
+                            self.undo_original(&cdir, &id, &docdir)?;
+                            false
+                        }
+                        Compared::Missing => {
+                            self.save_for_undo(&cdir, &id, &docdir)?;
+                            false
+                        }
+                    }
+                } else {
+                    self.save_for_undo(&cdir, &id, &docdir)?;
+                    true
+                }
+            }
+            None if self.kind == RunKind::Incremental => {
+                // The document is in the backup already (or was put earlier in this run).
+                let existed = doc_path.exists();
+                // The old document goes to the undo area; the new one is written afresh.
+                self.save_for_undo(&cdir, &id, &docdir)?;
+                existed
+            }
+            None => false,
+        };
+        // Full runs into staging can overwrite too: a store without snapshots replays changes
+        // after its scan. One mkdir tells whether the document is there already.
+        let existed = match fs::create_dir(&docdir) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                durable::create_dir_all(&docdir)?;
+                false
+            }
+            Err(e) => return Err(Error::io("create directory", &docdir, e)),
+        };
         let mut files = Vec::with_capacity(1 + enc.attachments.len());
         let attdir = docdir.join(ATTACHMENTS_DIR);
         if !enc.attachments.is_empty() {
@@ -425,26 +547,27 @@ impl FolderRun {
         self.write_file(&doc_path, &enc.json)?;
         self.bytes += enc.json.len() as u64;
         files.insert(0, doc_path);
-        if self.kind == RunKind::Full {
+        if !self.in_place() {
             // Report where the files will be once the run's collections are swapped into place.
             for f in &mut files {
                 if let Ok(rel) = f.strip_prefix(&self.base) {
                     *f = self.folder.root.join(rel);
                 }
             }
+            if existed {
+                remove_stale_attachments(&attdir, &enc.attachments)?;
+            }
         }
-        if existed && self.kind == RunKind::Full {
-            remove_stale_attachments(&attdir, &enc.attachments)?;
-        }
-        if !existed {
+        let counted = if self.in_place() { counted } else { existed };
+        if !counted {
             *self.counts.entry(collection.clone()).or_insert(0) += 1;
         }
-        Ok(WriteEvent {
+        Ok(Some(WriteEvent {
             collection: collection.clone(),
             document_id: id,
             files,
             deleted: false,
-        })
+        }))
     }
 
     /// Removes one record's document, if the backup holds it.
@@ -455,9 +578,7 @@ impl FolderRun {
             return Ok(None);
         }
         self.remove_document(collection, &id, &docdir)?;
-        if let Some(n) = self.counts.get_mut(collection) {
-            *n = n.saturating_sub(1);
-        }
+        self.uncount(collection, &id);
         Ok(Some(WriteEvent {
             collection: collection.clone(),
             document_id: id,
@@ -471,15 +592,27 @@ impl FolderRun {
         let docdir = self.collection_dir(collection).join(id);
         if docdir.exists() {
             self.remove_document(collection, id, &docdir)?;
-            if let Some(n) = self.counts.get_mut(collection) {
-                *n = n.saturating_sub(1);
-            }
+            self.uncount(collection, id);
         }
         Ok(())
     }
 
+    /// Takes a removed document off the collection's count, if the count holds it: a
+    /// refreshing full run counts only the documents it has seen.
+    fn uncount(&mut self, collection: &CollectionName, id: &str) {
+        if let Some(r) = self.refresh.as_mut() {
+            let h = r.hash(&collection_dir_name(collection), id);
+            if !r.seen.remove(&h) {
+                return;
+            }
+        }
+        if let Some(n) = self.counts.get_mut(collection) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     fn remove_document(&self, collection: &CollectionName, id: &str, docdir: &Path) -> Result<()> {
-        if self.kind == RunKind::Incremental {
+        if self.in_place() {
             // Moving it to the undo area is the deletion.
             self.save_for_undo(&collection_dir_name(collection), id, docdir)
         } else {
@@ -492,6 +625,11 @@ impl FolderRun {
         self.counts.get(collection).copied().unwrap_or(0)
     }
 
+    /// Records a refreshing full run found as they are and did not write.
+    pub fn unchanged(&self) -> u64 {
+        self.refresh.as_ref().map_or(0, |r| r.unchanged)
+    }
+
     /// Bytes of documents and attachments written so far.
     pub fn bytes_written(&self) -> u64 {
         self.bytes
@@ -499,9 +637,45 @@ impl FolderRun {
 
     /// Completes the run: swaps a full run's collections into place, makes everything durable,
     /// then writes the manifest. The manifest's checkpoint never runs ahead of durable data.
-    pub fn commit(mut self, manifest: &FolderManifest) -> Result<()> {
+    /// Returns the documents a refreshing full run removed because the store no longer has
+    /// them (0 for other runs).
+    pub fn commit(mut self, manifest: &FolderManifest) -> Result<u64> {
         let root = self.folder.root.clone();
-        if self.kind == RunKind::Full {
+        let mut gone_dirs = Vec::new();
+        let mut swept = 0;
+        if let Some(r) = self.refresh.take() {
+            let new_dirs: Vec<&str> = manifest
+                .collections
+                .iter()
+                .map(|c| c.dir.as_str())
+                .collect();
+            for dir in &r.previous_dirs {
+                if !new_dirs.contains(&dir.as_str()) {
+                    // Removed once the manifest no longer names it.
+                    gone_dirs.push(root.join(dir));
+                    continue;
+                }
+                // The documents the store no longer has (and whatever else is not the store's)
+                // go to the undo area, as an incremental's deletions do.
+                let cdir = root.join(dir);
+                let entries = match fs::read_dir(&cdir) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::io("read directory", &cdir, e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io("read directory", &cdir, e))?;
+                    let name = entry.file_name();
+                    let name = name.to_string_lossy();
+                    if !r.seen.contains(&r.hash(dir, &name)) {
+                        self.undo_original(dir, &name, &entry.path())?;
+                        swept += 1;
+                    }
+                }
+            }
+            // Back in place for `Drop`, should anything below fail.
+            self.refresh = Some(r);
+        } else if self.kind == RunKind::Full {
             // From the first rename until the manifest, the collections and the manifest may
             // disagree: readers refuse the backup, and the next run takes a full backup.
             durable::write_atomic(
@@ -535,15 +709,21 @@ impl FolderRun {
         self.committed = true;
         // Only now may what the previous manifest referenced go (and until the dirty marker
         // goes, a reader still refuses the folder).
-        if self.kind == RunKind::Incremental {
+        if self.in_place() {
             for c in &self.dropped {
                 durable::remove_dir_all_if_exists(&self.collection_dir(c))?;
             }
+            for dir in &gone_dirs {
+                durable::remove_dir_all_if_exists(dir)?;
+            }
         }
         // What an earlier, killed incremental saved is no longer needed either.
-        durable::remove_dir_all_if_exists(&self.folder.undo_dir())?;
+        let undo = self.folder.undo_dir();
+        remove_documents(&undo.join("old"))?;
+        remove_documents(&undo.join("new"))?;
+        durable::remove_dir_all_if_exists(&undo)?;
         let _ = fs::remove_file(self.folder.dirty_marker());
-        durable::remove_dir_all_if_exists(&self.folder.trash())?;
+        remove_documents(&self.folder.trash())?;
         durable::remove_dir_all_if_exists(&self.folder.staging())?;
         let keep: Vec<&str> = manifest
             .collections
@@ -559,7 +739,7 @@ impl FolderRun {
                 }
             }
         }
-        Ok(())
+        Ok(swept)
     }
 
     fn collection_dir(&self, collection: &CollectionName) -> PathBuf {
@@ -575,13 +755,86 @@ impl FolderRun {
 
 impl Drop for FolderRun {
     fn drop(&mut self) {
-        if self.committed || self.kind != RunKind::Incremental {
+        if self.committed || !self.in_place() {
             return;
         }
-        // A failed incremental: put the backup back as its manifest says. If that fails too,
+        // A failed in-place run: put the backup back as its manifest says. If that fails too,
         // the dirty marker stays, readers refuse the folder and the next run takes a full
         // backup.
         let _ = self.roll_back();
+    }
+}
+
+/// Removes `root`, a directory of collection directories of document directories (the trash,
+/// the undo area), if it exists. Most document directories hold one `document.json`: two calls
+/// remove one (`remove_dir_all` would list each first); anything else is removed the slow way.
+fn remove_documents(root: &Path) -> Result<()> {
+    let cdirs = match fs::read_dir(root) {
+        Ok(cdirs) => cdirs,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io("read directory", root, e)),
+    };
+    for cdir in cdirs {
+        let cdir = cdir
+            .map_err(|e| Error::io("read directory", root, e))?
+            .path();
+        if !cdir.is_dir() {
+            fs::remove_file(&cdir).map_err(|e| Error::io("remove", &cdir, e))?;
+            continue;
+        }
+        if let Ok(docs) = fs::read_dir(&cdir) {
+            for doc in docs {
+                let doc = doc
+                    .map_err(|e| Error::io("read directory", &cdir, e))?
+                    .path();
+                let _ = fs::remove_file(doc.join(DOCUMENT_FILE));
+                if fs::remove_dir(&doc).is_err() {
+                    if doc.is_dir() {
+                        durable::remove_dir_all_if_exists(&doc)?;
+                    } else {
+                        fs::remove_file(&doc).map_err(|e| Error::io("remove", &doc, e))?;
+                    }
+                }
+            }
+        }
+        durable::remove_dir_all_if_exists(&cdir)?;
+    }
+    durable::remove_dir_all_if_exists(root)
+}
+
+/// How a document directory compares with an encoded record.
+enum Compared {
+    /// Its `document.json` and attachments are the record's, byte for byte, and it has no
+    /// other attachment.
+    Same,
+    /// It exists and differs (or cannot be read).
+    Differs,
+    /// There is no such document.
+    Missing,
+}
+
+fn compare_document(docdir: &Path, enc: &document::EncodedDocument<'_>) -> Compared {
+    match fs::read(docdir.join(DOCUMENT_FILE)) {
+        Ok(json) if json == enc.json => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !docdir.exists() => {
+            return Compared::Missing
+        }
+        _ => return Compared::Differs,
+    }
+    let attdir = docdir.join(ATTACHMENTS_DIR);
+    let same = if enc.attachments.is_empty() {
+        fs::symlink_metadata(&attdir).is_err()
+    } else {
+        fs::read_dir(&attdir).is_ok_and(|entries| entries.count() == enc.attachments.len())
+            && enc
+                .attachments
+                .iter()
+                .all(|(name, bytes)| fs::read(attdir.join(name)).is_ok_and(|b| &b == bytes))
+    };
+    if same {
+        Compared::Same
+    } else {
+        Compared::Differs
     }
 }
 

@@ -640,9 +640,43 @@ pub fn full_then_incrementals_restore_exactly<H: Harness>(h: &H) {
         assert_eq!(summary.records_total as usize, s.model.len());
     }
     s.assert_restores_to_model(h, "after-incrementals");
-    s.write(&[put("users", b"late", b"1")]);
-    assert_eq!(s.backup(BackupMode::Full).kind, RunKind::Full);
+    // A forced full over the folder refreshes it in place: it writes only what differs
+    // (new keys, changed values, a value turned binary, which moves it into an attachment),
+    // removes what the store no longer has, and finds the rest as it is.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let gone = s
+        .model
+        .keys()
+        .find(|(c, _)| c == "orders")
+        .cloned()
+        .expect("the rounds leave orders");
+    s.write(&[
+        put("users", b"late", b"1"),
+        put("users", b"late-binary", &binary),
+        del("orders", &gone.1),
+    ]);
+    let refreshed = s.backup(BackupMode::Full);
+    assert_eq!(refreshed.kind, RunKind::Full);
+    assert_eq!(refreshed.records_total as usize, s.model.len());
+    assert_eq!(
+        (refreshed.records_written, refreshed.records_deleted),
+        (2, 1),
+        "a forced full over a folder rewrites only what changed"
+    );
+    assert_eq!(refreshed.records_unchanged as usize, s.model.len() - 2);
     s.assert_restores_to_model(h, "after-forced-full");
+    // The binary value turns back into text (its attachment goes), and nothing else changed.
+    s.write(&[put("users", b"late-binary", b"\"text again\"")]);
+    let again = s.backup(BackupMode::Full);
+    assert_eq!(
+        (
+            again.records_written,
+            again.records_deleted,
+            again.records_unchanged as usize
+        ),
+        (1, 0, s.model.len() - 1)
+    );
+    s.assert_restores_to_model(h, "after-second-forced-full");
 }
 
 /// The archive options the archive cases use: zstd over two threads, so the pipeline's

@@ -100,6 +100,15 @@ impl Progress {
             }
             Event::Written(_) => {}
             Event::Notice(msg) => bar.println(msg),
+            Event::Finishing => {
+                // The bar is full; what remains has no count: a spinner, still on the clock.
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                );
+                bar.set_message("finishing: making the backup durable");
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+            }
         }
     }
 }
@@ -134,6 +143,11 @@ pub(crate) fn report(out: &mut impl Write, event: &Event, quiet: bool, json: boo
                 "files": w.files,
                 "deleted": w.deleted,
             })
+        ),
+        Event::Finishing if json => writeln!(
+            out,
+            "{}",
+            serde_json::json!({"schema": 1, "type": "progress", "phase": "finishing"})
         ),
         Event::Progress {
             collection,

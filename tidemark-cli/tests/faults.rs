@@ -228,8 +228,19 @@ fn restored(kind: Kind, d: &Path, dest: &str, name: &str) -> Option<String> {
     Some(kind.content(d, name))
 }
 
+/// How the killed backup relates to the destination.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Mode {
+    /// The first backup into an empty destination.
+    Full,
+    /// An incremental after a change.
+    Incremental,
+    /// `--full` over a complete backup, after a change (a folder refreshes it in place).
+    FullOverExisting,
+}
+
 /// Kills a backup of `kind` at every crash point; returns how many points it has.
-fn backups_killed_everywhere(kind: Kind, format: &str, incremental: bool) -> u64 {
+fn backups_killed_everywhere(kind: Kind, format: &str, mode: Mode) -> u64 {
     let mut n = 1;
     loop {
         let t = tempfile::tempdir().unwrap();
@@ -237,25 +248,23 @@ fn backups_killed_everywhere(kind: Kind, format: &str, incremental: bool) -> u64
         kind.create(d);
         let src = kind.url("src");
         let backup = ["backup", "--source", &src, "--to", "bk", "--format", format];
+        let mut killed: Vec<&str> = backup.to_vec();
         let mut states = vec![];
-        if incremental {
+        if mode != Mode::Full {
             ok(&backup, d);
             states.push(kind.content(d, "src"));
             kind.change(d, 0);
         }
+        if mode == Mode::FullOverExisting {
+            killed.push("--full");
+        }
         states.push(kind.content(d, "src"));
-        if !run_crashing(&backup, d, n) {
+        if !run_crashing(&killed, d, n) {
             let points = n - 1;
-            println!(
-                "{kind:?} {format} {}: {points} crash points, each killed and repaired",
-                if incremental { "incremental" } else { "full" }
-            );
+            println!("{kind:?} {format} {mode:?}: {points} crash points, each killed and repaired");
             return points;
         }
-        let what = format!(
-            "{kind:?}, {format}, {}, killed at point {n}",
-            if incremental { "incremental" } else { "full" }
-        );
+        let what = format!("{kind:?}, {format}, {mode:?}, killed at point {n}");
         // verify and restore agree, and a restore is a state the source had.
         let verified = common::tidemark(&["verify", "bk"], d).status.success();
         match restored(kind, d, "bk", "after-kill") {
@@ -284,8 +293,8 @@ fn backups_killed_everywhere(kind: Kind, format: &str, incremental: bool) -> u64
 
 fn all_backups_killed_everywhere(kind: Kind) {
     for format in ["folder", "archive"] {
-        for incremental in [false, true] {
-            let points = backups_killed_everywhere(kind, format, incremental);
+        for mode in [Mode::Full, Mode::Incremental, Mode::FullOverExisting] {
+            let points = backups_killed_everywhere(kind, format, mode);
             assert!(points >= 4, "{kind:?} {format}: only {points} crash points");
         }
     }

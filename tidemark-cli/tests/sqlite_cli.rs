@@ -1042,6 +1042,11 @@ fn progress_shows_on_a_terminal_only() {
         backup.contains("records (") && backup.contains("/s,"),
         "{backup}"
     );
+    // Once every record is read, the archive's end is written under a spinner.
+    assert!(
+        backup.contains("finishing: making the backup durable"),
+        "{backup}"
+    );
     let verify = in_pty("verify ab");
     assert!(
         verify.contains("verifying") && verify.contains("is intact"),
@@ -1102,6 +1107,12 @@ fn progress_shows_on_a_terminal_only() {
     assert!(
         compact.contains("compacting: ") && compact.contains("compacted 000"),
         "{compact}"
+    );
+    // Prune: a spinner while it plans and removes.
+    let prune = in_pty("prune cb --keep-last 2");
+    assert!(
+        prune.contains("pruning: ") && prune.contains("Removed "),
+        "{prune}"
     );
     // Into a pipe: no bar, only the summary.
     let piped = ok(
@@ -1259,5 +1270,95 @@ fn skip_damaged_restores_everything_intact() {
         count("fpart.db", "a"),
         1999,
         "only the damaged document is missing"
+    );
+}
+
+/// `backup --full` over a folder backup refreshes it in place: documents that are already as
+/// the store has them are left alone (same inode, not rewritten), a damaged document and a
+/// changed row are rewritten, a document the store no longer has (or never had) goes, and a
+/// dropped table's folder goes. The result dumps as the source does.
+#[test]
+fn a_full_backup_over_a_folder_refreshes_it_in_place() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Dir::new();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE dropped(k TEXT PRIMARY KEY);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50)
+         INSERT INTO t SELECT i, printf('row %d', i) FROM n;
+         INSERT INTO dropped VALUES ('x');",
+    );
+    let backup = ["backup", "--source", "sqlite:app.db", "--to", "bk"];
+    ok(&backup, d.path());
+    let doc = |id: u32| d.join(&format!("bk/t/{id}/document.json"));
+    let inode = |id: u32| std::fs::metadata(doc(id)).unwrap().ino();
+    let (kept, damaged) = (inode(1), doc(7));
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let at = bytes.iter().position(|&b| b == b'w').unwrap();
+    bytes[at] = b'W';
+    std::fs::write(&damaged, bytes).unwrap();
+    assert_eq!(
+        tidemark(&["verify", "bk"], d.path()).status.code(),
+        Some(3),
+        "verify finds the damaged document"
+    );
+    // A document the store never had.
+    let stray = d.join("bk/t/9999");
+    std::fs::create_dir(&stray).unwrap();
+    std::fs::copy(doc(2), stray.join("document.json")).unwrap();
+    sql(
+        &db,
+        "UPDATE t SET v = 'changed' WHERE id = 3; DELETE FROM t WHERE id = 4;
+         INSERT INTO t VALUES (51, 'new'); DROP TABLE dropped;",
+    );
+    let full = |d: &Dir| {
+        let out = ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:app.db",
+                "--to",
+                "bk",
+                "--full",
+                "--json",
+            ],
+            d.path(),
+        );
+        let summary: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(summary["kind"], "full", "{out}");
+        summary
+    };
+    let s = full(&d);
+    // Written: row 3 (changed), 51 (new) and 7 (damaged); deleted: 4 and the stray.
+    assert_eq!(s["records_written"], 3, "{s}");
+    assert_eq!(s["records_deleted"], 2, "{s}");
+    assert_eq!(s["records_unchanged"], 47, "{s}");
+    assert_eq!(s["records_total"], 50, "{s}");
+    assert_eq!(inode(1), kept, "an unchanged document is not rewritten");
+    assert!(!stray.exists() && !doc(4).exists());
+    assert!(
+        !d.join("bk/dropped").exists(),
+        "a dropped table's folder goes"
+    );
+    let verified = ok(&["verify", "bk"], d.path());
+    assert!(verified.contains("intact"), "{verified}");
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:restored.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("restored.db")), &dump(&db), "refreshed");
+    // Nothing changed since: nothing is written, nothing deleted.
+    let s = full(&d);
+    assert_eq!(
+        (
+            &s["records_written"],
+            &s["records_deleted"],
+            &s["records_unchanged"]
+        ),
+        (&0.into(), &0.into(), &50.into()),
+        "{s}"
     );
 }

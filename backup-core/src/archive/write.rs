@@ -303,6 +303,7 @@ pub fn backup_archive_to(
             checkpoint: outcome.checkpoint,
             captured_at,
             records_written: outcome.written,
+            records_unchanged: 0,
             records_deleted: outcome.deleted,
             bytes_written,
             records_total,

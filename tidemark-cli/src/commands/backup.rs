@@ -308,6 +308,7 @@ impl BackupJob<'_> {
                 "full_reason": summary.full_reason.as_ref().map(ToString::to_string),
                 "checkpoint": summary.checkpoint.position,
                 "records_written": summary.records_written,
+                "records_unchanged": summary.records_unchanged,
                 "records_deleted": summary.records_deleted,
                 "records_total": summary.records_total,
                 "bytes_written": summary.bytes_written,
@@ -330,10 +331,14 @@ impl BackupJob<'_> {
             }
             writeln!(
                     out,
-                    "Backup ({kind}) of {source} to {dir}: {w} records written, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
+                    "Backup ({kind}) of {source} to {dir}: {w} records written{u}, {d} deleted, {t} in backup, {b} in {s:.2} seconds (checkpoint {c})",
                     kind = summary.method,
                     dir = to,
                     w = summary.records_written,
+                    u = match summary.records_unchanged {
+                        0 => String::new(),
+                        n => format!(" ({n} already in the backup as they are)"),
+                    },
                     d = summary.records_deleted,
                     t = summary.records_total,
                     b = human_bytes(summary.bytes_written),

@@ -37,7 +37,21 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let dir = backup.place()?;
     let retention: backup_core::Retention = retention.into();
-    let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"))?;
+    // Planning reads the chain's manifests (a GET each on an object store) and removal deletes
+    // one archive at a time: a spinner on a terminal says the command is at work.
+    let spinner = crate::output::spinner(
+        quiet || json,
+        if dry_run {
+            "pruning (dry run): reading the chain"
+        } else {
+            "pruning: reading the chain, removing what no kept backup needs"
+        },
+    );
+    let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"));
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let plan = plan?;
     if json {
         for i in &plan.items {
             println!(
