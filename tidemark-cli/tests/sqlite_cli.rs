@@ -1362,3 +1362,56 @@ fn a_full_backup_over_a_folder_refreshes_it_in_place() {
         "{s}"
     );
 }
+
+/// A restore over a tracked source (`--force`) says that tracking is gone and how to turn it
+/// back on, and the next backup is full for the reason it gives; a mistyped subcommand gets
+/// the right one, as a usage error (exit 2).
+#[test]
+fn a_restore_over_a_tracked_source_says_tracking_is_gone() {
+    let d = Dir::new();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t VALUES (1, 'a');",
+    );
+    ok(&["track", "--source", "sqlite:app.db"], d.path());
+    let backup = ["backup", "--source", "sqlite:app.db", "--to", "bk"];
+    ok(&backup, d.path());
+    sql(&db, "INSERT INTO t VALUES (2, 'b');");
+    let before = dump(&db);
+    ok(&backup, d.path());
+    let out = ok(
+        &["restore", "bk", "--to", "sqlite:app.db", "--force"],
+        d.path(),
+    );
+    assert!(
+        out.contains("sqlite:app.db has no change tracking")
+            && out.contains("tidemark track --source sqlite:app.db"),
+        "{out}"
+    );
+    assert_same_dump(&dump(&db), &before, "restored over the source");
+    // The sqlite3 shell sees no tracking objects left in the restored database.
+    let objects = Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT count(*) FROM sqlite_master WHERE name LIKE '%tidemark%'")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&objects.stdout).trim(), "0");
+    sql(&db, "INSERT INTO t VALUES (3, 'c');");
+    let next = ok(&backup, d.path());
+    assert!(next.contains("Backup (full)"), "{next}");
+    for (typo, right) in [
+        ("backups", "backup"),
+        ("verfy", "verify"),
+        ("restor", "restore"),
+    ] {
+        let out = tidemark(&[typo, "bk"], d.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("a similar subcommand exists: '{right}'")),
+            "{err}"
+        );
+    }
+}
