@@ -23,4 +23,27 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# The library crate `tidemark` with no backend and with each feature alone: each builds (with
+# its examples and tests), and its dependency tree holds no other store.
+for feature in "" sqlite rocksdb sled remote; do
+  echo "check: tidemark --features '${feature}'" >&2
+  cargo check -q -p tidemark --no-default-features ${feature:+--features "$feature"} --all-targets
+  deps="$(cargo tree -q -p tidemark --no-default-features ${feature:+--features "$feature"} \
+    -e normal --prefix none | cut -d' ' -f1 | sort -u)"
+  for other in backend-sqlite backend-rocksdb backend-sled tidemark-remote; do
+    case "$other" in *"${feature:-none}"*) continue ;; esac
+    if grep -qx "$other" <<<"$deps"; then
+      echo "error: tidemark with features '${feature}' depends on $other" >&2
+      exit 1
+    fi
+  done
+done
 cargo test --workspace --all-features
+
+# The library's example services: each runs a live backup beside its writers, shuts down and
+# checks the restored copy against its database (exits non-zero if they differ).
+for example in sqlite_service rocksdb_service sled_service; do
+  echo "example: $example" >&2
+  cargo run -q -p tidemark --all-features --example "$example"
+done

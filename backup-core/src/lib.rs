@@ -33,6 +33,7 @@ pub mod keyindex;
 pub mod live;
 pub mod lock;
 pub mod manifest;
+mod memory;
 pub mod model;
 mod pipeline;
 pub mod prune;
@@ -58,6 +59,7 @@ pub use folder::WriteEvent;
 pub use live::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, LiveSummary};
 pub use lock::DestinationLock;
 pub use manifest::RunKind;
+pub use memory::release_large_buffers_promptly;
 pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,
     StoreSchema, Value,

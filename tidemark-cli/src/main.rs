@@ -93,6 +93,7 @@ pub(crate) enum Codec {
 }
 
 fn main() -> ExitCode {
+    backup_core::release_large_buffers_promptly();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,
