@@ -26,13 +26,68 @@ pub struct Retention {
     pub keep_daily: Option<usize>,
     /// Keep the newest backup of each of the newest N ISO weeks (UTC) that have backups.
     pub keep_weekly: Option<usize>,
+    /// Keep every backup captured within this many seconds before the newest backup (as
+    /// restic's `--keep-within`: relative to the newest backup, not to the clock, so that a
+    /// chain that stopped growing is not emptied by time alone). Job configs write it as a
+    /// duration (`keep_within = "30d"`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "within")]
+    pub keep_within: Option<u64>,
 }
 
 impl Retention {
     /// Whether no rule is set (pruning would keep only the newest backup).
     pub fn is_empty(&self) -> bool {
-        self.keep_last.is_none() && self.keep_daily.is_none() && self.keep_weekly.is_none()
+        self.keep_last.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
+            && self.keep_within.is_none()
     }
+}
+
+/// `keep_within` as seconds or a duration text: `90s`, `45m`, `12h`, `30d`, `2w`.
+mod within {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secs) => s.serialize_str(&format!("{secs}s")),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        Ok(Some(match Raw::deserialize(d)? {
+            Raw::Seconds(n) => n,
+            Raw::Text(t) => super::parse_within(&t).map_err(serde::de::Error::custom)?,
+        }))
+    }
+}
+
+/// Parses a `keep_within` duration: a whole number with `s`, `m`, `h`, `d` or `w` (`30d`).
+pub fn parse_within(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 12h, 30d, 2w)"))?;
+    let unit = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        u => return Err(format!("`{text}`: unknown unit `{u}` (s, m, h, d, w)")),
+    };
+    n.checked_mul(unit)
+        .filter(|&s| s > 0)
+        .ok_or_else(|| format!("`{text}`: a duration must be more than 0 and not absurdly long"))
 }
 
 /// One archive and what the plan does with it.
@@ -175,6 +230,25 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
     by_period(retention.keep_weekly, "weekly", &|c| {
         week_of(c).map(|(y, w)| format!("{y}-W{w:02}"))
     });
+    if let (Some(secs), Some(&(_, newest))) = (retention.keep_within, points.first()) {
+        let at = |i: usize| {
+            time::OffsetDateTime::parse(
+                &chain[i].manifest.captured_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()
+        };
+        if let Some(newest_at) = at(newest) {
+            let from = newest_at - time::Duration::seconds(secs.min(i64::MAX as u64) as i64);
+            for &(p, i) in &points {
+                if at(i).is_some_and(|t| t >= from) {
+                    why.entry(p)
+                        .or_default()
+                        .push(format!("within {}", within_label(secs)));
+                }
+            }
+        }
+    }
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); chain.len()];
     let best = crate::archive::paths_from_full(chain);
     for (&point, point_reasons) in why.iter().rev() {
@@ -252,18 +326,31 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
     prune_chain(&LocalChain::new(dir), retention, dry_run)
 }
 
+/// `30d`, `12h`, `90s`: the largest unit that divides `secs`.
+fn within_label(secs: u64) -> String {
+    for (unit, n) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// Checks that a retention policy keeps something.
 pub fn check_retention(dest: &Path, retention: &Retention) -> Result<()> {
     if retention.is_empty() {
         return Err(Error::BadInput {
             path: dest.to_path_buf(),
-            cause: "no retention rule given (--keep-last, --keep-daily or --keep-weekly)".into(),
+            cause: "no retention rule given (--keep-last, --keep-daily, --keep-weekly or \
+                    --keep-within)"
+                .into(),
         });
     }
     if retention.keep_last.unwrap_or(0)
         + retention.keep_daily.unwrap_or(0)
         + retention.keep_weekly.unwrap_or(0)
         == 0
+        && retention.keep_within.is_none()
     {
         return Err(Error::BadInput {
             path: dest.to_path_buf(),
@@ -322,4 +409,76 @@ fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Archive `seq` of a one-segment-per-full chain, captured at `at`, from checkpoint `from`.
+    fn item(seq: u64, full: bool, at: &str) -> ChainItem {
+        let name = |s: u64| {
+            format!(
+                "tidemark-{s:06}-{}-00000000.zip",
+                if s == 1 { "full" } else { "incr" }
+            )
+        };
+        let manifest = serde_json::from_value(serde_json::json!({
+            "format": "tidemark-archive",
+            "format_version": 2,
+            "sequence": seq,
+            "kind": if full { "full" } else { "incremental" },
+            "parent": if full { None } else { Some(name(seq - 1)) },
+            "from": if full { None } else { Some(serde_json::json!({"store_id": "s", "position": (seq - 1) * 10})) },
+            "to": {"store_id": "s", "position": seq * 10},
+            "store_kind": "sqlite",
+            "source": "sqlite:a.db",
+            "created_at": at,
+            "captured_at": at,
+            "collections": [],
+            "store_schema": {},
+            "bytes": 0
+        }))
+        .unwrap();
+        ChainItem {
+            path: name(seq).into(),
+            manifest,
+            size: 100,
+        }
+    }
+
+    /// `keep_within` keeps every backup captured within the span before the newest one (not
+    /// before the clock), and each kept backup keeps its full archive.
+    #[test]
+    fn keep_within_is_relative_to_the_newest_backup() {
+        let chain = vec![
+            item(1, true, "2026-11-01T00:00:00Z"),
+            item(2, false, "2026-11-01T01:00:00Z"),
+            item(3, true, "2026-11-04T00:00:00Z"),
+            item(4, false, "2026-11-09T12:00:00Z"),
+            item(5, false, "2026-11-11T00:00:00Z"),
+        ];
+        let retention = Retention {
+            keep_within: Some(parse_within("2d").unwrap()),
+            ..Retention::default()
+        };
+        assert!(check_retention(Path::new("x"), &retention).is_ok());
+        let plan = plan_prune(&chain, &retention);
+        let kept: Vec<u64> = plan
+            .items
+            .iter()
+            .filter(|i| i.kept())
+            .map(|i| i.item.manifest.sequence)
+            .collect();
+        assert_eq!(
+            kept,
+            [3, 4, 5],
+            "{:?}",
+            plan.items.iter().map(|i| &i.reasons).collect::<Vec<_>>()
+        );
+        assert!(plan.items[3].reasons.contains(&"within 2d".to_string()));
+        assert!(parse_within("30x").is_err() && parse_within("0d").is_err());
+        assert_eq!(parse_within("2w").unwrap(), 14 * 86_400);
+    }
 }

@@ -5,6 +5,7 @@ mod output;
 mod place;
 mod schedule;
 mod stores;
+mod timing;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -65,6 +66,9 @@ pub(crate) struct RetentionArgs {
     /// Keep the newest backup of each of the newest N ISO weeks (UTC) that have backups.
     #[arg(long, value_name = "N")]
     pub(crate) keep_weekly: Option<usize>,
+    /// Keep every backup captured within this long before the newest one (12h, 30d, 2w).
+    #[arg(long, value_name = "DURATION", value_parser = backup_core::prune::parse_within)]
+    pub(crate) keep_within: Option<u64>,
 }
 
 impl From<RetentionArgs> for backup_core::Retention {
@@ -73,6 +77,7 @@ impl From<RetentionArgs> for backup_core::Retention {
             keep_last: r.keep_last,
             keep_daily: r.keep_daily,
             keep_weekly: r.keep_weekly,
+            keep_within: r.keep_within,
         }
     }
 }

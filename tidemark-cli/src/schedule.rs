@@ -1,12 +1,15 @@
 //! `tidemark run --config FILE`: scheduled backups, like OrientDB's automatic backup plugin.
-//! Each job backs one store up every `interval`, takes a full archive after every
+//! Each job backs one store (or each store a glob matches) up on its schedule — every
+//! `interval` (from `first_time`), or by `cron` —, takes a full archive after every
 //! `full_every` incrementals, applies its retention after each successful run, and retries a
-//! failed run `retries` times `retry_delay` apart before waiting for the next interval. Every run
+//! failed run `retries` times `retry_delay` apart before waiting for the next time. Every run
 //! is logged with its summary; a failed or interrupted run never leaves a half backup behind (the
-//! engine writes aside and renames; the next run carries on).
+//! engine writes aside and renames; the next run carries on). A run missed while the machine
+//! slept runs once when it wakes.
 
 use crate::place::Place;
 use crate::stores::{self, StoreUrl};
+use crate::timing::{Clock, When};
 use anyhow::{bail, Context, Result};
 use backup_core::{
     backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Checkpoint,
@@ -17,7 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The configuration file.
 #[derive(Debug, Deserialize)]
@@ -34,9 +37,22 @@ pub struct Config {
 pub struct Job {
     /// A name for the log (default: the destination).
     pub name: Option<String>,
-    /// The store, `KIND:PATH`.
+    /// Whether the job runs (default true): `enabled = false` keeps a job in the file without
+    /// running it.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
+    /// The store, `KIND:PATH`; the path may be a glob (`sqlite:/data/*.db`): the job then
+    /// backs up every store it matches, each to its own destination (`${DBNAME}` in `to`).
     pub source: String,
-    /// The backup directory, or an object store URL (archives only).
+    /// With a glob source: only stores whose name (file name without extension) matches one
+    /// of these globs (OrientDB's `dbInclude`).
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// With a glob source: not the stores whose name matches one of these (`dbExclude`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// The backup directory, or an object store URL (archives only). May name the store and
+    /// the run's date: `${DBNAME}`, `${DATE:yyyy-MM-dd}` (expanded at each run).
     pub to: String,
     /// Remote destinations: the local directory of the key state incrementals continue from.
     pub cache: Option<PathBuf>,
@@ -48,8 +64,14 @@ pub struct Job {
     pub compression: String,
     /// Compression level (deflate 0-9, default 9; zstd 1-22, default 3).
     pub level: Option<u8>,
-    /// Time between runs: seconds, or a number with `s`, `m`, `h` or `d`.
-    pub interval: Duration_,
+    /// Time between runs: seconds, or a number with `s`, `m`, `h` or `d` (or set `cron`).
+    pub interval: Option<Duration_>,
+    /// With `interval`: the local time of day of the first run (`"03:00"`), the grid the
+    /// later runs keep (OrientDB's `firstTime`).
+    pub first_time: Option<String>,
+    /// Instead of `interval`: a cron expression in local time, five fields (`"0 3 * * *"`) or
+    /// six with seconds first (`"*/30 * * * * *"`), or `@daily`, `@hourly`….
+    pub cron: Option<String>,
     /// Take a full archive after this many incrementals (0 or absent: only when needed).
     #[serde(default)]
     pub full_every: u32,
@@ -68,6 +90,9 @@ pub struct Job {
     pub fanout: Option<u64>,
 }
 
+fn default_enabled() -> bool {
+    true
+}
 fn default_format() -> String {
     "archive".into()
 }
@@ -124,7 +149,9 @@ fn parse_duration(t: &str) -> std::result::Result<f64, String> {
 struct Ready {
     name: String,
     source: StoreUrl,
-    to: Place,
+    /// The store's name for `${DBNAME}`.
+    db_name: String,
+    when: When,
     job: Job,
     compression: Option<Compression>,
     /// Set when other jobs follow the same store: the store's change log is then trimmed only
@@ -177,8 +204,76 @@ fn group_by_store(jobs: &mut [Ready]) {
     }
 }
 
-/// Reads and checks a configuration file (every job, before anything runs).
-fn load(path: &Path) -> Result<Vec<Ready>> {
+impl Ready {
+    /// The destination of a run at `now` (the job's `to`, its variables expanded).
+    fn place(&self, now: chrono::DateTime<chrono::Local>) -> Result<Place> {
+        let to = crate::timing::expand(&self.job.to, &self.db_name, now)?;
+        to.parse().map_err(anyhow::Error::msg)
+    }
+}
+
+/// A store's name: its file or directory name without the extension.
+fn db_name(url: &StoreUrl) -> String {
+    url.path
+        .file_stem()
+        .unwrap_or(url.path.as_os_str())
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The stores a job's `source` names: one, or each one its glob matches (filtered by
+/// `include` and `exclude`), in path order.
+fn sources(job: &Job) -> Result<Vec<StoreUrl>> {
+    let url: StoreUrl = job.source.parse().map_err(anyhow::Error::msg)?;
+    let pattern = url.path.to_string_lossy().into_owned();
+    if !pattern.contains(['*', '?', '[']) {
+        if !job.include.is_empty() || !job.exclude.is_empty() {
+            bail!("`include` and `exclude` choose among the stores a glob source matches (e.g. sqlite:/data/*.db)");
+        }
+        return Ok(vec![url]);
+    }
+    let globs = |list: &[String], what: &str| -> Result<Vec<glob::Pattern>> {
+        list.iter()
+            .map(|g| glob::Pattern::new(g).with_context(|| format!("{what} glob `{g}`")))
+            .collect()
+    };
+    let (include, exclude) = (
+        globs(&job.include, "include")?,
+        globs(&job.exclude, "exclude")?,
+    );
+    let mut out = Vec::new();
+    for path in glob::glob(&pattern).with_context(|| format!("source glob `{pattern}`"))? {
+        let path = path.with_context(|| format!("source glob `{pattern}`"))?;
+        let store = StoreUrl {
+            kind: url.kind,
+            path,
+        };
+        let name = db_name(&store);
+        if (include.is_empty() || include.iter().any(|p| p.matches(&name)))
+            && !exclude.iter().any(|p| p.matches(&name))
+        {
+            out.push(store);
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "`{}` matches no store (after include and exclude)",
+            job.source
+        );
+    }
+    if out.len() > 1 && !job.to.contains("${DBNAME}") {
+        bail!(
+            "`{}` matches {} stores, which would share one destination: put ${{DBNAME}} in `to`",
+            job.source,
+            out.len()
+        );
+    }
+    Ok(out)
+}
+
+/// Reads and checks a configuration file (every job, before anything runs). Also returns the
+/// names of the jobs that are disabled.
+fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let config: Config = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
@@ -186,20 +281,16 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
         bail!("{}: no [[job]] in the file", path.display());
     }
     let mut out = Vec::new();
+    let mut disabled = Vec::new();
     for (i, job) in config.jobs.into_iter().enumerate() {
         let name = job.name.clone().unwrap_or_else(|| job.to.clone());
         let ctx = || format!("{}: job {} ({name})", path.display(), i + 1);
-        let source: StoreUrl = job
-            .source
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .with_context(ctx)?;
-        let to: Place = job
-            .to
-            .parse()
-            .map_err(anyhow::Error::msg)
-            .with_context(ctx)?;
-        crate::place::require_archive(&to, job.format == "archive").with_context(ctx)?;
+        let when = When::of(
+            job.interval.map(|d| d.0),
+            job.first_time.as_deref(),
+            job.cron.as_deref(),
+        )
+        .with_context(ctx)?;
         let compression = match job.format.as_str() {
             "folder" => {
                 if job.retention.is_some() || job.full_every > 0 {
@@ -219,22 +310,73 @@ fn load(path: &Path) -> Result<Vec<Ready>> {
         if let Some(r) = &job.retention {
             if r.is_empty() {
                 bail!(
-                    "{}: [job.retention] sets no keep_last, keep_daily or keep_weekly",
+                    "{}: [job.retention] sets no keep_last, keep_daily, keep_weekly or keep_within",
                     ctx()
                 );
             }
         }
-        out.push(Ready {
-            name,
-            source,
-            to,
-            job,
-            compression,
-            shared_log: None,
-        });
+        let stores = sources(&job).with_context(ctx)?;
+        let several = stores.len() > 1;
+        for source in stores {
+            let db_name = db_name(&source);
+            let ready = Ready {
+                name: if several {
+                    format!("{name} ({db_name})")
+                } else {
+                    name.clone()
+                },
+                source,
+                db_name,
+                when: when.clone(),
+                job: job.clone(),
+                compression,
+                shared_log: None,
+            };
+            // The destination as of now: checked here, expanded again at each run.
+            let to = ready.place(clock.now()).with_context(ctx)?;
+            crate::place::require_archive(&to, job.format == "archive").with_context(ctx)?;
+            if job.enabled {
+                out.push(ready);
+            } else {
+                disabled.push(ready.name);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "{}: every job is disabled (`enabled = false`)",
+            path.display()
+        );
     }
     group_by_store(&mut out);
-    Ok(out)
+    Ok((out, disabled))
+}
+
+/// `tidemark run --check`: the jobs as the scheduler reads them, each with its next `n` run
+/// times (local), without running anything.
+pub fn check(path: &Path, n: usize, out: &mut dyn Write) -> Result<()> {
+    let clock = crate::timing::SystemClock;
+    let (jobs, disabled) = load(path, &clock)?;
+    let now = clock.now();
+    writeln!(out, "{}: {} job(s) ready", path.display(), jobs.len())?;
+    for job in &jobs {
+        writeln!(
+            out,
+            "job {}: {} -> {} ({}, {})",
+            job.name,
+            job.source,
+            job.place(now)?,
+            job.job.format,
+            job.when.describe()
+        )?;
+        for t in job.when.upcoming(now, n) {
+            writeln!(out, "  {}", t.format("%Y-%m-%d %H:%M:%S %:z"))?;
+        }
+    }
+    for name in disabled {
+        writeln!(out, "job {name}: disabled")?;
+    }
+    Ok(())
 }
 
 /// Runs every job until `stop` is set; with `once`, runs each job once and returns. Returns
@@ -245,13 +387,31 @@ pub fn run(
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<dyn Write + Send>>,
 ) -> Result<bool> {
-    let jobs = load(path)?;
+    run_with(path, once, stop, log, Arc::new(crate::timing::SystemClock))
+}
+
+/// [`run`] on a given clock (tests use a fake one).
+pub(crate) fn run_with(
+    path: &Path,
+    once: bool,
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<dyn Write + Send>>,
+    clock: Arc<dyn Clock>,
+) -> Result<bool> {
+    let (jobs, disabled) = load(path, clock.as_ref())?;
+    for name in disabled {
+        say(
+            &log,
+            &format!("job {name}: disabled (enabled = false), not run"),
+        );
+    }
     let mut threads = Vec::new();
     for ready in jobs {
         let stop = stop.clone();
         let log = log.clone();
+        let clock = clock.clone();
         threads.push(std::thread::spawn(move || {
-            job_loop(&ready, once, &stop, &log)
+            job_loop(&ready, once, &stop, &log, clock.as_ref())
         }));
     }
     let mut all_ok = true;
@@ -268,17 +428,6 @@ fn say(log: &Mutex<dyn Write + Send>, line: &str) {
     }
 }
 
-/// Sleeps until `until` or a stop; returns false on a stop.
-fn sleep_until(until: Instant, stop: &AtomicBool) -> bool {
-    while Instant::now() < until {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
-    }
-    !stop.load(Ordering::SeqCst)
-}
-
 /// Incrementals since the newest full archive of the chain at `place`.
 fn incrementals_since_full(place: &Place) -> u32 {
     let (chain, _) = crate::place::chain(place).unwrap_or_default();
@@ -293,15 +442,56 @@ fn incrementals_since_full(place: &Place) -> u32 {
     u32::try_from(newest - full.min(newest)).unwrap_or(u32::MAX)
 }
 
-fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + Send>) -> bool {
+fn job_loop(
+    job: &Ready,
+    once: bool,
+    stop: &AtomicBool,
+    log: &Mutex<dyn Write + Send>,
+    clock: &dyn Clock,
+) -> bool {
     let j = &job.job;
+    let anchor = clock.now();
+    let mut due = if once { anchor } else { job.when.first(anchor) };
+    if !once {
+        say(
+            log,
+            &format!(
+                "job {}: {}, first run {}",
+                job.name,
+                job.when.describe(),
+                due.format("%Y-%m-%d %H:%M:%S %:z")
+            ),
+        );
+    }
     loop {
-        let started = Instant::now();
+        if !once && !clock.sleep_until(due, stop) {
+            return true;
+        }
+        let started = clock.now();
+        if !once && started - due > chrono::Duration::seconds(1) {
+            // One run now, however many times were missed; the schedule goes on from here.
+            say(
+                log,
+                &format!(
+                    "job {}: the run due at {} was missed (the machine slept, or a run \
+                     outlasted the schedule): running once now",
+                    job.name,
+                    due.format("%Y-%m-%d %H:%M:%S %:z")
+                ),
+            );
+        }
         let mut attempt = 0;
         let mut last_ok;
+        let to = match job.place(clock.now()) {
+            Ok(to) => to,
+            Err(e) => {
+                say(log, &format!("job {}: {e:#}", job.name));
+                return false;
+            }
+        };
         loop {
             attempt += 1;
-            match run_once(job, log) {
+            match run_once(job, &to, log) {
                 Ok(summary) => {
                     say(log, &format!("job {}: {summary}", job.name));
                     last_ok = true;
@@ -310,7 +500,7 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                             fanout: j.fanout.unwrap_or(backup_core::DEFAULT_FANOUT),
                             ..Default::default()
                         };
-                        match crate::place::compact(&job.to, &options) {
+                        match crate::place::compact(&to, &options) {
                             Ok(done) if !done.written.is_empty() => {
                                 let blocks: Vec<String> = done
                                     .written
@@ -332,7 +522,7 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                     // Retention runs after a good backup only; a failure is reported, and the
                     // next run tries again (nothing is removed unless the log of it is durable).
                     if let Some(r) = &j.retention {
-                        let pruned = crate::place::prune(&job.to, r, false);
+                        let pruned = crate::place::prune(&to, r, false);
                         match pruned {
                             Ok(plan) => {
                                 let removed: Vec<String> = plan
@@ -373,24 +563,29 @@ fn job_loop(job: &Ready, once: bool, stop: &AtomicBool, log: &Mutex<dyn Write + 
                             if left > 0 {
                                 format!("; retrying in {:.0} s", j.retry_delay.0.as_secs_f64())
                             } else {
-                                "; giving up until the next interval".into()
+                                "; giving up until the next run".into()
                             }
                         ),
                     );
-                    if left == 0 || !sleep_until(Instant::now() + j.retry_delay.0, stop) {
+                    let retry_at = clock.now()
+                        + chrono::Duration::from_std(j.retry_delay.0)
+                            .unwrap_or(chrono::Duration::MAX);
+                    if left == 0 || !clock.sleep_until(retry_at, stop) {
                         break;
                     }
                 }
             }
         }
-        if once || !sleep_until(started + j.interval.0, stop) {
+        if once || stop.load(Ordering::SeqCst) {
             return last_ok;
         }
+        let next = job.when.next(anchor, started, clock.now());
+        due = next;
     }
 }
 
 /// One run of a job: the backup, then its retention. Returns the log line.
-fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
+fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<String> {
     let j = &job.job;
     // Notices (why a run is full, a diff instead of the change log) go to the log as they come.
     let mut notice = |e: Event| {
@@ -399,10 +594,10 @@ fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
         }
     };
     let backend = stores::open_source(&job.source)?;
-    if let Place::Local(dir) = &job.to {
+    if let Place::Local(dir) = to {
         stores::check_backup_dir(dir)?;
     }
-    let full = j.full_every > 0 && incrementals_since_full(&job.to) >= j.full_every;
+    let full = j.full_every > 0 && incrementals_since_full(to) >= j.full_every;
     let options = BackupOptions {
         mode: if full {
             BackupMode::Full
@@ -413,14 +608,14 @@ fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
         trim_changes: job.shared_log.is_none(),
         ..BackupOptions::default()
     };
-    let (line, reached) = match (job.compression, &job.to) {
+    let (line, reached) = match (job.compression, to) {
         (None, Place::Local(dir)) => {
             let s = backup_folder(backend.as_ref(), dir, &options, &mut notice)
-                .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
+                .with_context(|| format!("backup of {} to {}", job.source, to))?;
             (
                 format!(
                     "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
-                    s.method, job.source, job.to, s.records_written, s.records_deleted,
+                    s.method, job.source, to, s.records_written, s.records_deleted,
                     s.records_total, s.checkpoint.position
                 ),
                 s.checkpoint,
@@ -450,7 +645,7 @@ fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
                     &mut notice,
                 ),
             }
-            .with_context(|| format!("backup of {} to {}", job.source, job.to))?;
+            .with_context(|| format!("backup of {} to {}", job.source, to))?;
             (
                 format!(
                     "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
@@ -475,4 +670,131 @@ fn run_once(job: &Ready, log: &Mutex<dyn Write + Send>) -> Result<String> {
         }
     }
     Ok(line)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chrono::{DateTime, Local, TimeZone};
+
+    /// A clock whose sleeps return at once, at the time slept to (plus, after the n-th sleep,
+    /// the time the machine "slept" in `asleep`), and that stops the scheduler after `sleeps`.
+    struct FakeClock {
+        now: Mutex<DateTime<Local>>,
+        sleeps: Mutex<Vec<DateTime<Local>>>,
+        asleep: Vec<(usize, chrono::Duration)>,
+        stop_after: usize,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Clock for FakeClock {
+        fn now(&self) -> DateTime<Local> {
+            *self.now.lock().unwrap()
+        }
+        fn sleep_until(&self, t: DateTime<Local>, stop: &AtomicBool) -> bool {
+            let mut sleeps = self.sleeps.lock().unwrap();
+            if sleeps.len() == self.stop_after {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let mut now = self.now.lock().unwrap();
+            let extra = self
+                .asleep
+                .iter()
+                .find(|(n, _)| *n == sleeps.len())
+                .map_or(chrono::Duration::zero(), |(_, d)| *d);
+            *now = (*now).max(t) + extra;
+            sleeps.push(*now);
+            true
+        }
+    }
+
+    fn at(s: &str) -> DateTime<Local> {
+        Local
+            .from_local_datetime(
+                &chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap(),
+            )
+            .earliest()
+            .unwrap()
+    }
+
+    /// A daily cron job under a fake clock, with real backups of a real SQLite database: it
+    /// runs at each 03:00; after the machine slept over three of them it runs once at the
+    /// wake-up, then at the next 03:00; each run's destination is named by its date; a
+    /// disabled job never runs.
+    #[test]
+    fn a_daily_job_runs_on_time_and_once_after_a_sleep() {
+        let d = tempfile::tempdir().unwrap();
+        let db = d.path().join("orders.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1);")
+            .unwrap();
+        let config = d.path().join("jobs.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[[job]]
+name = "nightly"
+source = "sqlite:{db}"
+to = "{dir}/bk/${{DBNAME}}-${{DATE:yyyy-MM-dd}}"
+cron = "0 3 * * *"
+
+[[job]]
+name = "off"
+enabled = false
+source = "sqlite:{db}"
+to = "{dir}/never"
+interval = "1m"
+"#,
+                db = db.display(),
+                dir = d.path().display()
+            ),
+        )
+        .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(FakeClock {
+            now: Mutex::new(at("2026-12-02 10:00:00")),
+            sleeps: Mutex::new(Vec::new()),
+            // The second sleep (to the 4th, 03:00) wakes on the 6th at 08:00.
+            asleep: vec![(1, chrono::Duration::hours(53))],
+            stop_after: 3,
+            stop: stop.clone(),
+        });
+        let log: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
+        let ok = run_with(&config, false, stop, log.clone(), clock.clone()).unwrap();
+        assert!(ok);
+        let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
+        // Woken at 03:00 on the 3rd, 08:00 on the 6th (the 4th, 5th and 6th missed), then
+        // 03:00 on the 7th.
+        let sleeps: Vec<String> = clock
+            .sleeps
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.format("%d %H:%M").to_string())
+            .collect();
+        assert_eq!(sleeps, ["03 03:00", "06 08:00", "07 03:00"], "{text}");
+        assert_eq!(text.matches("job nightly: Archive").count(), 3, "{text}");
+        assert_eq!(text.matches("was missed").count(), 1, "{text}");
+        assert!(text.contains("job off: disabled"), "{text}");
+        let mut dirs: Vec<String> = std::fs::read_dir(d.path().join("bk"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        dirs.sort();
+        assert_eq!(
+            dirs,
+            [
+                "orders-2026-12-03",
+                "orders-2026-12-06",
+                "orders-2026-12-07"
+            ]
+        );
+        assert!(!d.path().join("never").exists());
+    }
 }

@@ -163,7 +163,7 @@ interval = "1h"
     );
     assert!(log.contains("missing.db"), "{log}");
     assert!(
-        log.contains("(attempt 2 of 2)") && log.contains("giving up until the next interval"),
+        log.contains("(attempt 2 of 2)") && log.contains("giving up until the next run"),
         "{log}"
     );
     assert!(log.contains("job good: Archive (full)"), "{log}");
@@ -253,6 +253,15 @@ fn bad_configs_are_refused_before_anything_runs() {
             "archive format",
         ),
         ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\ncompression = \"lz4\"\n", "lz4"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\n", "no schedule"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\ncron = \"@daily\"\n", "not both"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ncron = \"0 99 * * *\"\n", "cron `0 99 * * *`"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ncron = \"@daily\"\nfirst_time = \"03:00\"\n", "goes with `interval`"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a/${DATE:yyyy-QQ}\"\ninterval = 5\n", "QQ"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\nexclude = [\"x\"]\n", "glob source"),
+        ("[[job]]\nsource = \"sqlite:*\"\nto = \"a\"\ninterval = 5\n", "put ${DBNAME} in `to`"),
+        ("[[job]]\nsource = \"sqlite:nothing-*.db\"\nto = \"a\"\ninterval = 5\n", "matches no store"),
+        ("[[job]]\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = 5\nenabled = false\n", "every job is disabled"),
     ] {
         std::fs::write(d.join("bad.toml"), text).unwrap();
         let err = fails(&["run", "--config", "bad.toml", "--once"], d);
@@ -311,4 +320,69 @@ fanout = 2
         &dump(&d.join("app.db")),
         "compacted job",
     );
+}
+
+/// A job over every database a glob matches (less the excluded), each into a destination
+/// named by `${DBNAME}`; `run --check` lists each with its next five run times from its cron
+/// expression, and `run --once` backs each one up, as the `sqlite3` shell reads back.
+#[test]
+fn a_glob_job_backs_up_each_store_and_check_shows_the_times() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    std::fs::create_dir(d.join("dbs")).unwrap();
+    for name in ["alpha", "beta", "scratch"] {
+        sql(
+            &d.join(format!("dbs/{name}.db")),
+            &format!("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, '{name}');"),
+        );
+    }
+    std::fs::write(
+        d.join("jobs.toml"),
+        r#"
+[[job]]
+name = "all"
+source = "sqlite:dbs/*.db"
+exclude = ["scratch*"]
+to = "bk/${DBNAME}"
+cron = "0 30 2 * * *"
+[job.retention]
+keep_within = "30d"
+keep_last = 3
+"#,
+    )
+    .unwrap();
+    let out = ok(&["run", "--config", "jobs.toml", "--check"], d);
+    assert!(out.contains("2 job(s) ready"), "{out}");
+    for name in ["alpha", "beta"] {
+        assert!(
+            out.contains(&format!(
+                "job all ({name}): sqlite:dbs/{name}.db -> bk/{name}"
+            )),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("scratch"), "{out}");
+    let times: Vec<&str> = out.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(times.len(), 10, "{out}");
+    assert!(times.iter().all(|l| l.contains(" 02:30:00 ")), "{out}");
+    assert!(!d.join("bk").exists(), "--check runs nothing");
+    let log = ok(&["run", "--config", "jobs.toml", "--once"], d);
+    for name in ["alpha", "beta"] {
+        assert_eq!(archives(&d.join(format!("bk/{name}"))).len(), 1, "{log}");
+        ok(
+            &[
+                "restore",
+                &format!("bk/{name}"),
+                "--to",
+                &format!("sqlite:r-{name}.db"),
+            ],
+            d,
+        );
+        assert_same_dump(
+            &dump(&d.join(format!("r-{name}.db"))),
+            &dump(&d.join(format!("dbs/{name}.db"))),
+            name,
+        );
+    }
+    assert!(!d.join("bk/scratch").exists(), "{log}");
 }

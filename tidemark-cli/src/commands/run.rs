@@ -18,13 +18,24 @@ pub struct Args {
     #[arg(long)]
     pub config: PathBuf,
     /// Run every job once and exit (for cron and tests).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "check")]
     pub once: bool,
+    /// Check the file and print each job's next five run times (local); run nothing.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Runs `tidemark run`.
 pub fn run(args: Args) -> Result<ExitCode> {
-    let Args { config, once } = args;
+    let Args {
+        config,
+        once,
+        check,
+    } = args;
+    if check {
+        schedule::check(&config, 5, &mut std::io::stdout())?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     if !once {
         let flag = stop.clone();
