@@ -1,6 +1,7 @@
 //! `tidemark`: back up and restore embedded databases (RocksDB, sled, SQLite) while they run.
 
 mod commands;
+mod metrics;
 mod output;
 mod place;
 mod schedule;

@@ -7,6 +7,7 @@
 //! engine writes aside and renames; the next run carries on). A run missed while the machine
 //! slept runs once when it wakes.
 
+use crate::metrics::{Metrics, RunReport};
 use crate::place::Place;
 use crate::stores::{self, StoreUrl};
 use crate::timing::{Clock, When};
@@ -88,6 +89,10 @@ pub struct Job {
     pub compact: bool,
     /// With `compact`: archives of one level a compacted archive covers (default 8).
     pub fanout: Option<u64>,
+    /// Called (HTTP GET) after each successful run, e.g. a healthchecks.io check URL.
+    pub heartbeat_url: Option<String>,
+    /// Called (HTTP GET) after a run failed (once its retries are spent).
+    pub failure_url: Option<String>,
 }
 
 fn default_enabled() -> bool {
@@ -315,6 +320,17 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 );
             }
         }
+        for url in [&job.heartbeat_url, &job.failure_url].into_iter().flatten() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("{}: `{url}` is not an http:// or https:// URL", ctx());
+            }
+            if !cfg!(feature = "remote") {
+                bail!(
+                    "{}: heartbeats need the HTTP client of the `remote` feature (rebuild with `--features remote`)",
+                    ctx()
+                );
+            }
+        }
         let stores = sources(&job).with_context(ctx)?;
         let several = stores.len() > 1;
         for source in stores {
@@ -386,8 +402,27 @@ pub fn run(
     once: bool,
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<dyn Write + Send>>,
+    metrics_addr: Option<&str>,
 ) -> Result<bool> {
-    run_with(path, once, stop, log, Arc::new(crate::timing::SystemClock))
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let m = Arc::new(Metrics::default());
+            let bound = crate::metrics::serve(addr, m.clone())?;
+            say(&log, &format!("metrics at http://{bound}/metrics"));
+            Some(m)
+        }
+        None => None,
+    };
+    let ok = run_with(
+        path,
+        once,
+        stop,
+        log,
+        Arc::new(crate::timing::SystemClock),
+        metrics,
+    );
+    crate::metrics::wait_for_heartbeats();
+    ok
 }
 
 /// [`run`] on a given clock (tests use a fake one).
@@ -397,6 +432,7 @@ pub(crate) fn run_with(
     stop: Arc<AtomicBool>,
     log: Arc<Mutex<dyn Write + Send>>,
     clock: Arc<dyn Clock>,
+    metrics: Option<Arc<Metrics>>,
 ) -> Result<bool> {
     let (jobs, disabled) = load(path, clock.as_ref())?;
     for name in disabled {
@@ -410,8 +446,19 @@ pub(crate) fn run_with(
         let stop = stop.clone();
         let log = log.clone();
         let clock = clock.clone();
+        let metrics = metrics.clone();
+        if let Some(m) = &metrics {
+            m.declare(&ready.name);
+        }
         threads.push(std::thread::spawn(move || {
-            job_loop(&ready, once, &stop, &log, clock.as_ref())
+            job_loop(
+                &ready,
+                once,
+                &stop,
+                &log,
+                clock.as_ref(),
+                metrics.as_deref(),
+            )
         }));
     }
     let mut all_ok = true;
@@ -448,6 +495,7 @@ fn job_loop(
     stop: &AtomicBool,
     log: &Mutex<dyn Write + Send>,
     clock: &dyn Clock,
+    metrics: Option<&Metrics>,
 ) -> bool {
     let j = &job.job;
     let anchor = clock.now();
@@ -482,6 +530,8 @@ fn job_loop(
         }
         let mut attempt = 0;
         let mut last_ok;
+        let mut done = None;
+        let timer = std::time::Instant::now();
         let to = match job.place(clock.now()) {
             Ok(to) => to,
             Err(e) => {
@@ -492,8 +542,9 @@ fn job_loop(
         loop {
             attempt += 1;
             match run_once(job, &to, log) {
-                Ok(summary) => {
-                    say(log, &format!("job {}: {summary}", job.name));
+                Ok(run) => {
+                    say(log, &format!("job {}: {}", job.name, run.line));
+                    done = Some(run);
                     last_ok = true;
                     if j.compact {
                         let options = backup_core::CompactOptions {
@@ -576,6 +627,7 @@ fn job_loop(
                 }
             }
         }
+        report(job, &to, done, timer.elapsed(), last_ok, log, metrics);
         if once || stop.load(Ordering::SeqCst) {
             return last_ok;
         }
@@ -584,8 +636,63 @@ fn job_loop(
     }
 }
 
+/// What a successful run of a job did.
+struct Done {
+    line: String,
+    bytes: u64,
+    records: u64,
+    captured_at: String,
+}
+
+/// Tells the metrics and the heartbeat URLs how a run (with its retries, compaction and
+/// retention) went.
+fn report(
+    job: &Ready,
+    to: &Place,
+    done: Option<Done>,
+    took: Duration,
+    ok: bool,
+    log: &Mutex<dyn Write + Send>,
+    metrics: Option<&Metrics>,
+) {
+    if let Some(m) = metrics {
+        match &done {
+            Some(d) => {
+                let chain_length = (job.compression.is_some())
+                    .then(|| crate::place::chain(to).ok().map(|(c, _)| c.len() as u64))
+                    .flatten();
+                m.success(
+                    &job.name,
+                    &RunReport {
+                        duration: took,
+                        bytes: d.bytes,
+                        records: d.records,
+                        captured_at: &d.captured_at,
+                        chain_length,
+                    },
+                );
+            }
+            None => m.failure(&job.name),
+        }
+    }
+    let url = if ok {
+        &job.job.heartbeat_url
+    } else {
+        &job.job.failure_url
+    };
+    if let Some(url) = url {
+        let name = job.name.clone();
+        let log_line = move |msg: String| {
+            // The log is the process's stdout: a heartbeat's failure goes to stderr.
+            eprintln!("tidemark: job {name}: {msg}");
+        };
+        crate::metrics::ping(url.clone(), Box::new(log_line));
+    }
+    let _ = log;
+}
+
 /// One run of a job: the backup, then its retention. Returns the log line.
-fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<String> {
+fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Done> {
     let j = &job.job;
     // Notices (why a run is full, a diff instead of the change log) go to the log as they come.
     let mut notice = |e: Event| {
@@ -608,16 +715,22 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<St
         trim_changes: job.shared_log.is_none(),
         ..BackupOptions::default()
     };
-    let (line, reached) = match (job.compression, to) {
+    let (done, reached) = match (job.compression, to) {
         (None, Place::Local(dir)) => {
             let s = backup_folder(backend.as_ref(), dir, &options, &mut notice)
                 .with_context(|| format!("backup of {} to {}", job.source, to))?;
+            let line = format!(
+                "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
+                s.method, job.source, to, s.records_written, s.records_deleted,
+                s.records_total, s.checkpoint.position
+            );
             (
-                format!(
-                    "Backup ({}) of {} to {}: {} records written, {} deleted, {} in backup (checkpoint {})",
-                    s.method, job.source, to, s.records_written, s.records_deleted,
-                    s.records_total, s.checkpoint.position
-                ),
+                Done {
+                    line,
+                    bytes: s.bytes_written,
+                    records: s.records_written,
+                    captured_at: s.captured_at,
+                },
                 s.checkpoint,
             )
         }
@@ -646,17 +759,23 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<St
                 ),
             }
             .with_context(|| format!("backup of {} to {}", job.source, to))?;
+            let line = format!(
+                "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
+                a.kind,
+                a.file.file_name().unwrap_or_default().to_string_lossy(),
+                a.backup.records_written,
+                a.backup.records_deleted,
+                a.backup.records_total,
+                a.size,
+                a.backup.checkpoint.position
+            );
             (
-                format!(
-                    "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",
-                    a.kind,
-                    a.file.file_name().unwrap_or_default().to_string_lossy(),
-                    a.backup.records_written,
-                    a.backup.records_deleted,
-                    a.backup.records_total,
-                    a.size,
-                    a.backup.checkpoint.position
-                ),
+                Done {
+                    line,
+                    bytes: a.size,
+                    records: a.backup.records_written,
+                    captured_at: a.backup.captured_at.clone(),
+                },
                 a.backup.checkpoint,
             )
         }
@@ -669,7 +788,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<St
             )));
         }
     }
-    Ok(line)
+    Ok(done)
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -766,7 +885,7 @@ interval = "1m"
             stop: stop.clone(),
         });
         let log: Arc<Mutex<Vec<u8>>> = Arc::new(Mutex::new(Vec::new()));
-        let ok = run_with(&config, false, stop, log.clone(), clock.clone()).unwrap();
+        let ok = run_with(&config, false, stop, log.clone(), clock.clone(), None).unwrap();
         assert!(ok);
         let text = String::from_utf8(log.lock().unwrap().clone()).unwrap();
         // Woken at 03:00 on the 3rd, 08:00 on the 6th (the 4th, 5th and 6th missed), then

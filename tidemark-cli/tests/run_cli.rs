@@ -386,3 +386,232 @@ keep_last = 3
     }
     assert!(!d.join("bk/scratch").exists(), "{log}");
 }
+
+/// Reads one HTTP response (the server closes the connection) for `GET path`.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of a metric line `name{labels} value` in a Prometheus exposition.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `run --metrics-addr` serves Prometheus metrics that a plain HTTP GET reads (runs by result,
+/// last success, chain length, lag); each successful run calls the job's heartbeat URL and
+/// a failed one its failure URL, received by a test HTTP server; SIGTERM still stops cleanly.
+#[test]
+fn metrics_are_scraped_and_heartbeats_received() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::{Arc, Mutex};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hb_port = server.local_addr().unwrap().port();
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for stream in server.incoming() {
+                let mut stream = stream.unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                seen.lock()
+                    .unwrap()
+                    .push(line.split_whitespace().nth(1).unwrap_or("").to_string());
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+    }
+    let metrics_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(
+        d.join("jobs.toml"),
+        format!(
+            r#"
+[[job]]
+name = "good"
+source = "sqlite:app.db"
+to = "archives"
+interval = "1s"
+heartbeat_url = "http://127.0.0.1:{hb_port}/ping/good"
+failure_url = "http://127.0.0.1:{hb_port}/fail/good"
+
+[[job]]
+name = "gone"
+source = "sqlite:missing.db"
+to = "gone"
+interval = "1s"
+retries = 0
+heartbeat_url = "http://127.0.0.1:{hb_port}/ping/gone"
+failure_url = "http://127.0.0.1:{hb_port}/fail/gone"
+"#
+        ),
+    )
+    .unwrap();
+    let child = Command::new(common::bin())
+        .args([
+            "run",
+            "--config",
+            "jobs.toml",
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut scraped = String::new();
+    common::wait_for("two good runs and a failed one in the metrics", || {
+        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+            return false;
+        }
+        scraped = http_get(metrics_port, "/metrics");
+        metric(
+            &scraped,
+            "tidemark_runs_total{job=\"good\",result=\"success\"}",
+        )
+        .is_some_and(|n| n >= 2.0)
+            && metric(
+                &scraped,
+                "tidemark_runs_total{job=\"gone\",result=\"failure\"}",
+            )
+            .is_some_and(|n| n >= 1.0)
+    });
+    assert!(scraped.starts_with("HTTP/1.1 200 OK"), "{scraped}");
+    let success = metric(
+        &scraped,
+        "tidemark_last_success_timestamp_seconds{job=\"good\"}",
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - success).abs() < 60.0, "{scraped}");
+    assert!(
+        metric(&scraped, "tidemark_chain_archives{job=\"good\"}").unwrap() >= 2.0,
+        "{scraped}"
+    );
+    assert!(
+        metric(&scraped, "tidemark_backup_lag_seconds{job=\"good\"}").unwrap() < 60.0,
+        "{scraped}"
+    );
+    assert!(
+        metric(&scraped, "tidemark_written_bytes_total{job=\"good\"}").unwrap() > 0.0,
+        "{scraped}"
+    );
+    assert!(metric(
+        &scraped,
+        "tidemark_last_success_timestamp_seconds{job=\"gone\"}"
+    )
+    .is_none());
+    assert!(http_get(metrics_port, "/other").starts_with("HTTP/1.1 404"));
+    common::wait_for("the heartbeats", || {
+        let seen = seen.lock().unwrap();
+        seen.iter().any(|p| p == "/ping/good") && seen.iter().any(|p| p == "/fail/gone")
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        log.contains(&format!(
+            "metrics at http://127.0.0.1:{metrics_port}/metrics"
+        )),
+        "{log}"
+    );
+    let seen = seen.lock().unwrap();
+    assert!(
+        !seen.iter().any(|p| p == "/fail/good" || p == "/ping/gone"),
+        "{seen:?}"
+    );
+}
+
+/// `backup --live --metrics-addr` serves the same metrics for its destination while the
+/// `sqlite3` shell writes: runs counted as they complete, and a lag of about a flush interval.
+#[test]
+fn a_live_backup_serves_metrics() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = Command::new(common::bin())
+        .args([
+            "backup",
+            "--source",
+            "sqlite:app.db",
+            "--to",
+            "live",
+            "--live",
+            "--interval",
+            "0.2",
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let series = "tidemark_runs_total{job=\"live live\",result=\"success\"}";
+    let mut n = 100;
+    let mut scraped = String::new();
+    common::wait_for("three live runs in the metrics", || {
+        sql(
+            &d.join("app.db"),
+            &format!("INSERT INTO t VALUES ({n}, 'w');"),
+        );
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            return false;
+        }
+        scraped = http_get(port, "/metrics");
+        metric(&scraped, series).is_some_and(|v| v >= 3.0)
+    });
+    let lag = metric(&scraped, "tidemark_backup_lag_seconds{job=\"live live\"}").unwrap();
+    assert!(lag < 10.0, "{scraped}");
+    assert!(
+        metric(
+            &scraped,
+            "tidemark_written_records_total{job=\"live live\"}"
+        )
+        .unwrap()
+            >= 2.0
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -58,6 +58,10 @@ pub struct Args {
     /// block at a time as each closes), so that a restore at any point reads few archives.
     #[arg(long)]
     pub compact: bool,
+    /// Live backups: serve Prometheus metrics at http://ADDR/metrics (runs, last success,
+    /// bytes and records written, backup lag), one series per destination.
+    #[arg(long, value_name = "ADDR", requires = "live")]
+    pub metrics_addr: Option<String>,
     /// With `--compact`: archives of one level that a compacted archive covers.
     #[arg(long, default_value_t = backup_core::DEFAULT_FANOUT,
           value_parser = clap::value_parser!(u64).range(2..))]
@@ -91,6 +95,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         fanout,
         quiet,
         json,
+        metrics_addr,
     } = args;
     let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
     if format == Format::Folder && !remote {
@@ -153,6 +158,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             buffer_size,
             interval,
             compact.then_some(fanout),
+            metrics_addr.as_deref(),
             quiet,
             json,
         );
@@ -376,10 +382,25 @@ fn run_live(
     buffer_size: usize,
     interval: f64,
     fanout: Option<u64>,
+    metrics_addr: Option<&str>,
     quiet: bool,
     json: bool,
 ) -> Result<ExitCode> {
     use backup_core::{CompactOptions, LiveBackup, LiveEvent, LiveFormat, LiveOptions};
+    let metrics = match metrics_addr {
+        Some(addr) => {
+            let m = Arc::new(crate::metrics::Metrics::default());
+            let bound = crate::metrics::serve(addr, m.clone())?;
+            if !quiet && !json {
+                println!("Metrics at http://{bound}/metrics");
+            }
+            for place in to {
+                m.declare(&format!("live {place}"));
+            }
+            Some(m)
+        }
+        None => None,
+    };
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     if !(interval.is_finite() && interval > 0.0) {
@@ -454,6 +475,9 @@ fn run_live(
         if let Some(done) = done {
             if let Err(e) = done.with_context(|| format!("live backup of {source} to {dest}")) {
                 failed += 1;
+                if let Some(m) = &metrics {
+                    m.failure(&format!("live {dest}"));
+                }
                 eprintln!(
                     "tidemark: error: {}{}",
                     crate::plain(&e),
@@ -477,6 +501,18 @@ fn run_live(
             Some(LiveEvent::Run(e)) => report(&mut out, &e, quiet, json),
             Some(LiveEvent::Completed(s)) => {
                 runs[i] += 1;
+                if let Some(m) = &metrics {
+                    m.success(
+                        &format!("live {dest}"),
+                        &crate::metrics::RunReport {
+                            duration: s.elapsed,
+                            bytes: s.bytes_written,
+                            records: s.records_written,
+                            captured_at: &s.captured_at,
+                            chain_length: None,
+                        },
+                    );
+                }
                 let _ = if json {
                     writeln!(
                         out,

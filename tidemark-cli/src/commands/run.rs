@@ -23,6 +23,11 @@ pub struct Args {
     /// Check the file and print each job's next five run times (local); run nothing.
     #[arg(long)]
     pub check: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9184): last success
+    /// time, run duration, bytes and records written, runs by result, backup lag and chain
+    /// length, per job.
+    #[arg(long, value_name = "ADDR", conflicts_with = "check")]
+    pub metrics_addr: Option<String>,
 }
 
 /// Runs `tidemark run`.
@@ -31,6 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         config,
         once,
         check,
+        metrics_addr,
     } = args;
     if check {
         schedule::check(&config, 5, &mut std::io::stdout())?;
@@ -43,7 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .context("installing the Ctrl-C / SIGTERM handler")?;
     }
     let log: Arc<Mutex<dyn Write + Send>> = Arc::new(Mutex::new(std::io::stdout()));
-    let all_ok = schedule::run(&config, once, stop, log)?;
+    let all_ok = schedule::run(&config, once, stop, log, metrics_addr.as_deref())?;
     Ok(if all_ok {
         ExitCode::SUCCESS
     } else {
