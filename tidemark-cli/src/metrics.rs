@@ -226,6 +226,7 @@ pub fn serve(addr: &str, metrics: Arc<Metrics>) -> Result<SocketAddr> {
 static PENDING: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// How long a heartbeat call may take.
+#[cfg_attr(not(feature = "remote"), allow(dead_code))]
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Calls `url` (HTTP GET) on a thread of its own, with [`HEARTBEAT_TIMEOUT`]; a failure is
