@@ -468,9 +468,32 @@ pub(crate) fn run_with(
     Ok(all_ok)
 }
 
+/// `run --json`: the log as JSON lines (set once, before the jobs start).
+static JSON_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Makes the log JSON lines: each log line becomes `{"type": "log", "time", "message"}`, and
+/// each run also gives a `job_run` object with its figures (as the metrics count them).
+pub fn json_log() {
+    JSON_LOG.store(true, Ordering::SeqCst);
+}
+
 fn say(log: &Mutex<dyn Write + Send>, line: &str) {
+    let now = backup_core::manifest::now_rfc3339();
+    if JSON_LOG.load(Ordering::SeqCst) {
+        emit(
+            log,
+            serde_json::json!({"schema": 1, "type": "log", "time": now, "message": line}),
+        );
+    } else if let Ok(mut w) = log.lock() {
+        let _ = writeln!(w, "{now} {line}");
+        let _ = w.flush();
+    }
+}
+
+/// Writes one JSON object as a line of the log.
+fn emit(log: &Mutex<dyn Write + Send>, value: serde_json::Value) {
     if let Ok(mut w) = log.lock() {
-        let _ = writeln!(w, "{} {line}", backup_core::manifest::now_rfc3339());
+        let _ = writeln!(w, "{value}");
         let _ = w.flush();
     }
 }
@@ -675,6 +698,23 @@ fn report(
             None => m.failure(&job.name),
         }
     }
+    if JSON_LOG.load(Ordering::SeqCst) {
+        emit(
+            log,
+            serde_json::json!({
+                "schema": 1,
+                "type": "job_run",
+                "time": backup_core::manifest::now_rfc3339(),
+                "job": job.name,
+                "destination": to.to_string(),
+                "result": if ok { "success" } else { "failure" },
+                "seconds": took.as_secs_f64(),
+                "records_written": done.as_ref().map(|d| d.records),
+                "bytes_written": done.as_ref().map(|d| d.bytes),
+                "captured_at": done.as_ref().map(|d| d.captured_at.clone()),
+            }),
+        );
+    }
     let url = if ok {
         &job.job.heartbeat_url
     } else {
@@ -688,7 +728,6 @@ fn report(
         };
         crate::metrics::ping(url.clone(), Box::new(log_line));
     }
-    let _ = log;
 }
 
 /// One run of a job: the backup, then its retention. Returns the log line.

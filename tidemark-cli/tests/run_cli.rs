@@ -615,3 +615,42 @@ fn a_live_backup_serves_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `run --json`: every line of the log is a JSON object of schema 1, and each run gives a
+/// `job_run` object with its result and figures.
+#[test]
+fn run_speaks_json() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    std::fs::write(
+        d.join("jobs.toml"),
+        "[[job]]\nname = \"good\"\nsource = \"sqlite:app.db\"\nto = \"a\"\ninterval = \"1h\"\n\n\
+         [[job]]\nname = \"gone\"\nsource = \"sqlite:missing.db\"\nto = \"b\"\ninterval = \"1h\"\nretries = 0\n",
+    )
+    .unwrap();
+    let out = tidemark(&["run", "--config", "jobs.toml", "--once", "--json"], d);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(lines.iter().all(|l| l["schema"] == 1), "{lines:?}");
+    let run = |job: &str| {
+        lines
+            .iter()
+            .find(|l| l["type"] == "job_run" && l["job"] == job)
+            .unwrap_or_else(|| panic!("no job_run for {job}: {lines:?}"))
+            .clone()
+    };
+    let good = run("good");
+    assert_eq!(good["result"], "success");
+    assert_eq!(good["records_written"], 2);
+    assert!(good["bytes_written"].as_u64().unwrap() > 0);
+    let gone = run("gone");
+    assert_eq!(gone["result"], "failure");
+    assert!(gone["records_written"].is_null());
+    assert!(lines
+        .iter()
+        .any(|l| l["type"] == "log" && l["message"].as_str().unwrap().contains("missing.db")));
+}

@@ -28,6 +28,10 @@ pub struct Args {
     /// length, per job.
     #[arg(long, value_name = "ADDR", conflicts_with = "check")]
     pub metrics_addr: Option<String>,
+    /// The log as JSON lines: `log` objects (time, message) and, after each run, a `job_run`
+    /// object (job, destination, result, seconds, records and bytes written, captured_at).
+    #[arg(long, conflicts_with = "check")]
+    pub json: bool,
 }
 
 /// Runs `tidemark run`.
@@ -37,7 +41,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         once,
         check,
         metrics_addr,
+        json,
     } = args;
+    if json {
+        schedule::json_log();
+    }
     if check {
         schedule::check(&config, 5, &mut std::io::stdout())?;
         return Ok(ExitCode::SUCCESS);
