@@ -14,7 +14,9 @@ source scripts/setup.sh
 cargo build --release -q -p tidemark-cli -p tidemark-bench
 bin="$CARGO_TARGET_DIR/release"
 
-# Room for the dataset, its backups and copies: 16x the data plus slack (sparse file); each
+# Room for the dataset, its backups and copies: 24x the data plus slack (sparse file), and five
+# inodes per record (a forced full over a folder backup in which every record changed holds the
+# old documents in its undo area next to the new ones: two trees of two inodes each); each
 # record of a folder tree takes at least two 4 KiB blocks (its directory and document.json)
 # whatever its size, so small values are counted as ~1 KiB.
 records=1000000; value=1000
@@ -26,7 +28,7 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 per_record=$(( value + 100 > 1100 ? value + 100 : 1100 ))
-gib=$(( (records * per_record * 16) / (1 << 30) + 2 ))
+gib=$(( (records * per_record * 24) / (1 << 30) + 2 ))
 
 base="$(mktemp -d "${TMPDIR:-/tmp}/tidemark-bench.XXXXXX")"
 work="$base/work"
@@ -42,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 if [ "$(id -u)" -eq 0 ] && truncate -s "${gib}G" "$base/fs.img" \
-  && mkfs.ext4 -q -F -N $(( records * 3 + 200000 )) "$base/fs.img" \
+  && mkfs.ext4 -q -F -N $(( records * 5 + 200000 )) "$base/fs.img" \
   && mount -o loop,discard "$base/fs.img" "$work"; then
   mounted=1
   echo "bench: on a new ext4 file system (${gib} GiB loop file)" >&2

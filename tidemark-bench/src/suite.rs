@@ -385,6 +385,38 @@ impl Bench<'_> {
             );
             let m = self.tidemark("verify", &["verify", &f])?;
             self.push(kind, "folder verify", &m, bytes, n, None, None);
+            // A forced full over the backup just taken, after another 1% of changes: it
+            // compares every record with its document and rewrites only what differs.
+            self.changes(kind, &s, 3)?;
+            let m = self.tidemark(
+                "backup",
+                &["backup", "--source", &src, "--to", &f, "--full"],
+            )?;
+            self.push(
+                kind,
+                "folder full over the existing backup (1% changed)",
+                &m,
+                bytes,
+                n,
+                None,
+                method_of(&m.stdout),
+            );
+            // The worst case: every record changed, so every document is saved for undo and
+            // written again.
+            self.changes_by(kind, &s, 4, 100.0)?;
+            let m = self.tidemark(
+                "backup",
+                &["backup", "--source", &src, "--to", &f, "--full"],
+            )?;
+            self.push(
+                kind,
+                "folder full over the existing backup (all changed)",
+                &m,
+                bytes,
+                n,
+                None,
+                method_of(&m.stdout),
+            );
             let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
             self.push(kind, "folder restore", &m, bytes, n, None, None);
             remove(&target)?;
@@ -525,7 +557,12 @@ impl Bench<'_> {
     }
 
     fn changes(&mut self, kind: Kind, store: &str, round: u64) -> Result<()> {
-        let pct = self.args.change_percent.to_string();
+        self.changes_by(kind, store, round, self.args.change_percent)
+    }
+
+    /// Changes `percent` of the records (round `round` gives values of its own).
+    fn changes_by(&mut self, kind: Kind, store: &str, round: u64, percent: f64) -> Result<()> {
+        let pct = percent.to_string();
         let m = self.helper(
             "modify",
             kind,
@@ -652,6 +689,22 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             "folder full throughput / store's backup tool",
             ratio(get("folder full"), get("store's backup tool")),
             None,
+        );
+        line(
+            "folder full over an existing backup (1% changed) time / folder full into an empty directory",
+            ratio(
+                get("folder full"),
+                get("folder full over the existing backup (1% changed)"),
+            ),
+            Some((1.0, false)),
+        );
+        line(
+            "folder full over an existing backup (all changed) time / folder full into an empty directory",
+            ratio(
+                get("folder full"),
+                get("folder full over the existing backup (all changed)"),
+            ),
+            Some((1.0, false)),
         );
         line(
             "folder incremental time / folder full time",
