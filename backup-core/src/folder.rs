@@ -371,34 +371,52 @@ impl FolderRun {
 
     /// In-place runs: moves the document `id` of the collection directory `cdir` out of the
     /// way before the run changes it, into `.tidemark/undo/old/` (its state before the run, kept
-    /// once) or, for a document the run creates, a marker in `.tidemark/undo/new/`. A run that
-    /// fails puts everything back ([`FolderRun::roll_back`]), so a failed incremental (a full
-    /// disk, a store error) leaves the backup exactly as its manifest says. Renames only: no
-    /// space is needed to save or to put back.
-    fn save_for_undo(&self, cdir: &str, id: &str, docdir: &Path) -> Result<()> {
+    /// once) or, for a document the run creates, a marker in `.tidemark/undo/new/`. With
+    /// `keep_dir` (the run is about to write the document again, without attachments), a
+    /// document without attachments moves only its `document.json`, to `.tidemark/undo/file/`,
+    /// and keeps its directory: one rename instead of a directory moved, made again and removed
+    /// later. A run that fails puts everything back ([`FolderRun::roll_back`]), so a failed
+    /// incremental (a full disk, a store error) leaves the backup exactly as its manifest says.
+    /// Renames only: no space is needed to save or to put back.
+    fn save_for_undo(&mut self, cdir: &str, id: &str, docdir: &Path, keep_dir: bool) -> Result<()> {
         let undo = self.folder.undo_dir();
-        let old = undo.join("old").join(cdir).join(id);
-        let new = undo.join("new").join(cdir).join(id);
-        if old.exists() || new.exists() {
-            // Changed earlier in this run: what is there now is this run's own.
+        let changed_earlier = ["old", "new", "file"]
+            .iter()
+            .any(|side| undo.join(side).join(cdir).join(id).exists());
+        if changed_earlier {
+            // What is there now is this run's own.
             return durable::remove_dir_all_if_exists(docdir);
         }
         if docdir.exists() {
-            durable::create_dir_all(old.parent().unwrap_or(&undo))?;
-            durable::rename(docdir, &old)
+            self.undo_original(cdir, id, docdir, keep_dir)
         } else {
+            let new = undo.join("new").join(cdir).join(id);
             durable::create_dir_all(new.parent().unwrap_or(&undo))?;
             durable::write_new(&new, b"")
         }
     }
 
     /// [`FolderRun::save_for_undo`] for a document known to be as the previous run left it
-    /// (a refreshing run's first sight of it): one rename, no checks.
-    fn undo_original(&mut self, cdir: &str, id: &str, docdir: &Path) -> Result<()> {
-        let parent = self.folder.undo_dir().join("old").join(cdir);
-        if !self.undo_dirs.contains(cdir) {
+    /// (a refreshing run's first sight of it, or after the checks): one rename.
+    fn undo_original(&mut self, cdir: &str, id: &str, docdir: &Path, keep_dir: bool) -> Result<()> {
+        let undo = self.folder.undo_dir();
+        if keep_dir && fs::symlink_metadata(docdir.join(ATTACHMENTS_DIR)).is_err() {
+            let parent = undo.join("file").join(cdir);
+            if self.undo_dirs.insert(format!("file/{cdir}")) {
+                durable::create_dir_all(&parent)?;
+            }
+            let from = docdir.join(DOCUMENT_FILE);
+            durable::crash_point("rename", &from);
+            match fs::rename(&from, parent.join(id)) {
+                Ok(()) => return Ok(()),
+                // A directory without its document (damaged): moved whole, below.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("rename", &from, e)),
+            }
+        }
+        let parent = undo.join("old").join(cdir);
+        if self.undo_dirs.insert(format!("old/{cdir}")) {
             durable::create_dir_all(&parent)?;
-            self.undo_dirs.insert(cdir.to_string());
         }
         durable::rename(docdir, &parent.join(id))
     }
@@ -427,6 +445,24 @@ impl FolderRun {
                         durable::create_dir_all(&root.join(&name))?;
                         durable::rename(&entry.path(), &docdir)?;
                     }
+                }
+            }
+        }
+        // Documents whose `document.json` alone was saved: their directory as it was (a
+        // document without attachments holds nothing else).
+        let base = undo.join("file");
+        if let Ok(cdirs) = fs::read_dir(&base) {
+            for cdir in cdirs {
+                let cdir = cdir.map_err(|e| Error::io("read directory", &base, e))?;
+                let name = cdir.file_name();
+                let entries = fs::read_dir(cdir.path())
+                    .map_err(|e| Error::io("read directory", cdir.path(), e))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| Error::io("read directory", cdir.path(), e))?;
+                    let docdir = root.join(&name).join(entry.file_name());
+                    durable::remove_dir_all_if_exists(&docdir)?;
+                    durable::create_dir_all(&docdir)?;
+                    durable::rename(&entry.path(), &docdir.join(DOCUMENT_FILE))?;
                 }
             }
         }
@@ -487,6 +523,7 @@ impl FolderRun {
         let docdir = self.collection_dir(collection).join(&id);
         let doc_path = docdir.join(DOCUMENT_FILE);
         let enc = document::encode(record);
+        let keep_dir = enc.attachments.is_empty();
         let counted = match self.refresh.as_mut() {
             Some(r) => {
                 let h = r.hash(&cdir, &id);
@@ -500,16 +537,16 @@ impl FolderRun {
                         // The document as the previous run left it, untouched by this one:
                         // it goes to the undo area, where nothing of it can be yet.
                         Compared::Differs => {
-                            self.undo_original(&cdir, &id, &docdir)?;
+                            self.undo_original(&cdir, &id, &docdir, keep_dir)?;
                             false
                         }
                         Compared::Missing => {
-                            self.save_for_undo(&cdir, &id, &docdir)?;
+                            self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
                             false
                         }
                     }
                 } else {
-                    self.save_for_undo(&cdir, &id, &docdir)?;
+                    self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
                     true
                 }
             }
@@ -517,7 +554,7 @@ impl FolderRun {
                 // The document is in the backup already (or was put earlier in this run).
                 let existed = doc_path.exists();
                 // The old document goes to the undo area; the new one is written afresh.
-                self.save_for_undo(&cdir, &id, &docdir)?;
+                self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
                 existed
             }
             None => false,
@@ -611,10 +648,15 @@ impl FolderRun {
         }
     }
 
-    fn remove_document(&self, collection: &CollectionName, id: &str, docdir: &Path) -> Result<()> {
+    fn remove_document(
+        &mut self,
+        collection: &CollectionName,
+        id: &str,
+        docdir: &Path,
+    ) -> Result<()> {
         if self.in_place() {
             // Moving it to the undo area is the deletion.
-            self.save_for_undo(&collection_dir_name(collection), id, docdir)
+            self.save_for_undo(&collection_dir_name(collection), id, docdir, false)
         } else {
             durable::remove_dir_all_if_exists(docdir)
         }
@@ -668,7 +710,7 @@ impl FolderRun {
                     let name = entry.file_name();
                     let name = name.to_string_lossy();
                     if !r.seen.contains(&r.hash(dir, &name)) {
-                        self.undo_original(dir, &name, &entry.path())?;
+                        self.undo_original(dir, &name, &entry.path(), false)?;
                         swept += 1;
                     }
                 }
@@ -721,6 +763,7 @@ impl FolderRun {
         let undo = self.folder.undo_dir();
         remove_documents(&undo.join("old"))?;
         remove_documents(&undo.join("new"))?;
+        remove_documents(&undo.join("file"))?;
         durable::remove_dir_all_if_exists(&undo)?;
         let _ = fs::remove_file(self.folder.dirty_marker());
         remove_documents(&self.folder.trash())?;
@@ -784,9 +827,14 @@ fn remove_documents(root: &Path) -> Result<()> {
         }
         if let Ok(docs) = fs::read_dir(&cdir) {
             for doc in docs {
-                let doc = doc
-                    .map_err(|e| Error::io("read directory", &cdir, e))?
-                    .path();
+                let doc = doc.map_err(|e| Error::io("read directory", &cdir, e))?;
+                if doc.file_type().is_ok_and(|t| !t.is_dir()) {
+                    // A saved `document.json` or a marker (`undo/file/`, `undo/new/`).
+                    let doc = doc.path();
+                    fs::remove_file(&doc).map_err(|e| Error::io("remove", &doc, e))?;
+                    continue;
+                }
+                let doc = doc.path();
                 let _ = fs::remove_file(doc.join(DOCUMENT_FILE));
                 if fs::remove_dir(&doc).is_err() {
                     if doc.is_dir() {
