@@ -40,8 +40,8 @@ enum Command {
     /// List the archives in a directory: full or incremental, checkpoint range, time, size.
     List(commands::list::Args),
     /// Run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
-    /// job every `interval`, a full archive every `full_every` incrementals, retention after
-    /// each run, failed runs retried.
+    /// job every `interval` (from `first_time`) or by `cron`, a full archive every `full_every`
+    /// incrementals, retention after each run, failed runs retried, a missed run run once.
     Run(commands::run::Args),
     /// Remove old archives that no kept backup depends on (never breaks a chain; the newest
     /// archive is always kept).

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Run the scheduled backup jobs of a TOML file until stopped (Ctrl-C or SIGTERM): each
-/// job every `interval`, a full archive every `full_every` incrementals, retention after
-/// each run, failed runs retried.
+/// job every `interval` (from `first_time`) or by `cron`, a full archive every `full_every`
+/// incrementals, retention after each run, failed runs retried, a missed run run once.
 #[derive(clap::Args)]
 pub struct Args {
     /// The configuration file (see the README).
