@@ -427,7 +427,10 @@ impl FolderRun {
     fn roll_back(&mut self) -> Result<()> {
         let undo = self.folder.undo_dir();
         let root = self.folder.root.clone();
-        for (side, restore) in [("new", false), ("old", true)] {
+        // `new`: documents the run created go. `old`: saved directories come back. `file`:
+        // a saved `document.json` comes back into its directory, made as it was (a document
+        // without attachments holds nothing else).
+        for side in ["new", "old", "file"] {
             let base = undo.join(side);
             let Ok(cdirs) = fs::read_dir(&base) else {
                 continue;
@@ -441,28 +444,17 @@ impl FolderRun {
                     let entry = entry.map_err(|e| Error::io("read directory", cdir.path(), e))?;
                     let docdir = root.join(&name).join(entry.file_name());
                     durable::remove_dir_all_if_exists(&docdir)?;
-                    if restore {
-                        durable::create_dir_all(&root.join(&name))?;
-                        durable::rename(&entry.path(), &docdir)?;
+                    match side {
+                        "old" => {
+                            durable::create_dir_all(&root.join(&name))?;
+                            durable::rename(&entry.path(), &docdir)?;
+                        }
+                        "file" => {
+                            durable::create_dir_all(&docdir)?;
+                            durable::rename(&entry.path(), &docdir.join(DOCUMENT_FILE))?;
+                        }
+                        _ => {}
                     }
-                }
-            }
-        }
-        // Documents whose `document.json` alone was saved: their directory as it was (a
-        // document without attachments holds nothing else).
-        let base = undo.join("file");
-        if let Ok(cdirs) = fs::read_dir(&base) {
-            for cdir in cdirs {
-                let cdir = cdir.map_err(|e| Error::io("read directory", &base, e))?;
-                let name = cdir.file_name();
-                let entries = fs::read_dir(cdir.path())
-                    .map_err(|e| Error::io("read directory", cdir.path(), e))?;
-                for entry in entries {
-                    let entry = entry.map_err(|e| Error::io("read directory", cdir.path(), e))?;
-                    let docdir = root.join(&name).join(entry.file_name());
-                    durable::remove_dir_all_if_exists(&docdir)?;
-                    durable::create_dir_all(&docdir)?;
-                    durable::rename(&entry.path(), &docdir.join(DOCUMENT_FILE))?;
                 }
             }
         }
@@ -524,6 +516,8 @@ impl FolderRun {
         let doc_path = docdir.join(DOCUMENT_FILE);
         let enc = document::encode(record);
         let keep_dir = enc.attachments.is_empty();
+        // Whether the backup's count holds the document already (in-place runs; a run into
+        // staging knows it from the mkdir below).
         let counted = match self.refresh.as_mut() {
             Some(r) => {
                 let h = r.hash(&cdir, &id);
@@ -538,16 +532,16 @@ impl FolderRun {
                         // it goes to the undo area, where nothing of it can be yet.
                         Compared::Differs => {
                             self.undo_original(&cdir, &id, &docdir, keep_dir)?;
-                            false
+                            Some(false)
                         }
                         Compared::Missing => {
                             self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
-                            false
+                            Some(false)
                         }
                     }
                 } else {
                     self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
-                    true
+                    Some(true)
                 }
             }
             None if self.kind == RunKind::Incremental => {
@@ -555,9 +549,9 @@ impl FolderRun {
                 let existed = doc_path.exists();
                 // The old document goes to the undo area; the new one is written afresh.
                 self.save_for_undo(&cdir, &id, &docdir, keep_dir)?;
-                existed
+                Some(existed)
             }
-            None => false,
+            None => None,
         };
         // Full runs into staging can overwrite too: a store without snapshots replays changes
         // after its scan. One mkdir tells whether the document is there already.
@@ -595,8 +589,7 @@ impl FolderRun {
                 remove_stale_attachments(&attdir, &enc.attachments)?;
             }
         }
-        let counted = if self.in_place() { counted } else { existed };
-        if !counted {
+        if !counted.unwrap_or(existed) {
             *self.counts.entry(collection.clone()).or_insert(0) += 1;
         }
         Ok(Some(WriteEvent {

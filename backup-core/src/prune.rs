@@ -161,24 +161,23 @@ pub fn parse_prune_log(path: &Path, bytes: Option<&[u8]>) -> Result<Vec<PrunedEn
         .collect()
 }
 
-fn day_of(item: &ChainItem) -> Option<(i32, u16)> {
-    let t = time::OffsetDateTime::parse(
+/// When the archive's backup was captured, in UTC (`None` if its manifest's time does not parse).
+fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(
         &item.manifest.captured_at,
         &time::format_description::well_known::Rfc3339,
     )
-    .ok()?
-    .to_offset(time::UtcOffset::UTC);
+    .ok()
+    .map(|t| t.to_offset(time::UtcOffset::UTC))
+}
+
+fn day_of(item: &ChainItem) -> Option<(i32, u16)> {
+    let t = captured(item)?;
     Some((t.year(), t.ordinal()))
 }
 
 fn week_of(item: &ChainItem) -> Option<(i32, u8)> {
-    let t = time::OffsetDateTime::parse(
-        &item.manifest.captured_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .ok()?
-    .to_offset(time::UtcOffset::UTC);
-    let (year, week, _) = t.to_iso_week_date();
+    let (year, week, _) = captured(item)?.to_iso_week_date();
     Some((year, week))
 }
 
@@ -231,17 +230,10 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
         week_of(c).map(|(y, w)| format!("{y}-W{w:02}"))
     });
     if let (Some(secs), Some(&(_, newest))) = (retention.keep_within, points.first()) {
-        let at = |i: usize| {
-            time::OffsetDateTime::parse(
-                &chain[i].manifest.captured_at,
-                &time::format_description::well_known::Rfc3339,
-            )
-            .ok()
-        };
-        if let Some(newest_at) = at(newest) {
+        if let Some(newest_at) = captured(&chain[newest]) {
             let from = newest_at - time::Duration::seconds(secs.min(i64::MAX as u64) as i64);
             for &(p, i) in &points {
-                if at(i).is_some_and(|t| t >= from) {
+                if captured(&chain[i]).is_some_and(|t| t >= from) {
                     why.entry(p)
                         .or_default()
                         .push(format!("within {}", within_label(secs)));

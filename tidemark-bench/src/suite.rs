@@ -386,37 +386,28 @@ impl Bench<'_> {
             let m = self.tidemark("verify", &["verify", &f])?;
             self.push(kind, "folder verify", &m, bytes, n, None, None);
             // A forced full over the backup just taken, after another 1% of changes: it
-            // compares every record with its document and rewrites only what differs.
-            self.changes(kind, &s, 3)?;
-            let m = self.tidemark(
-                "backup",
-                &["backup", "--source", &src, "--to", &f, "--full"],
-            )?;
-            self.push(
-                kind,
-                "folder full over the existing backup (1% changed)",
-                &m,
-                bytes,
-                n,
-                None,
-                method_of(&m.stdout),
-            );
-            // The worst case: every record changed, so every document is saved for undo and
-            // written again.
-            self.changes_by(kind, &s, 4, 100.0)?;
-            let m = self.tidemark(
-                "backup",
-                &["backup", "--source", &src, "--to", &f, "--full"],
-            )?;
-            self.push(
-                kind,
-                "folder full over the existing backup (all changed)",
-                &m,
-                bytes,
-                n,
-                None,
-                method_of(&m.stdout),
-            );
+            // compares every record with its document and rewrites only what differs. Then the
+            // worst case: every record changed, so every document is saved for undo and written
+            // again.
+            for (round, percent, step) in [
+                (
+                    3,
+                    self.args.change_percent,
+                    "folder full over the existing backup (1% changed)",
+                ),
+                (
+                    4,
+                    100.0,
+                    "folder full over the existing backup (all changed)",
+                ),
+            ] {
+                self.changes_by(kind, &s, round, percent)?;
+                let m = self.tidemark(
+                    "backup",
+                    &["backup", "--source", &src, "--to", &f, "--full"],
+                )?;
+                self.push(kind, step, &m, bytes, n, None, method_of(&m.stdout));
+            }
             let m = self.tidemark("restore", &["restore", "--from", &f, "--to", &to])?;
             self.push(kind, "folder restore", &m, bytes, n, None, None);
             remove(&target)?;

@@ -150,6 +150,9 @@ fn parse_duration(t: &str) -> std::result::Result<f64, String> {
     })
 }
 
+/// How the log and `run --check` show a local time.
+const LOCAL_TIME: &str = "%Y-%m-%d %H:%M:%S %:z";
+
 /// A job checked and ready to run.
 struct Ready {
     name: String,
@@ -386,7 +389,7 @@ pub fn check(path: &Path, n: usize, out: &mut dyn Write) -> Result<()> {
             job.when.describe()
         )?;
         for t in job.when.upcoming(now, n) {
-            writeln!(out, "  {}", t.format("%Y-%m-%d %H:%M:%S %:z"))?;
+            writeln!(out, "  {}", t.format(LOCAL_TIME))?;
         }
     }
     for name in disabled {
@@ -530,7 +533,7 @@ fn job_loop(
                 "job {}: {}, first run {}",
                 job.name,
                 job.when.describe(),
-                due.format("%Y-%m-%d %H:%M:%S %:z")
+                due.format(LOCAL_TIME)
             ),
         );
     }
@@ -547,7 +550,7 @@ fn job_loop(
                     "job {}: the run due at {} was missed (the machine slept, or a run \
                      outlasted the schedule): running once now",
                     job.name,
-                    due.format("%Y-%m-%d %H:%M:%S %:z")
+                    due.format(LOCAL_TIME)
                 ),
             );
         }
@@ -555,7 +558,7 @@ fn job_loop(
         let mut last_ok;
         let mut done = None;
         let timer = std::time::Instant::now();
-        let to = match job.place(clock.now()) {
+        let to = match job.place(started) {
             Ok(to) => to,
             Err(e) => {
                 say(log, &format!("job {}: {e:#}", job.name));
@@ -834,7 +837,8 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use chrono::{DateTime, Local, TimeZone};
+    use crate::timing::tests::at;
+    use chrono::{DateTime, Local};
 
     /// A clock whose sleeps return at once, at the time slept to (plus, after the n-th sleep,
     /// the time the machine "slept" in `asleep`), and that stops the scheduler after `sleeps`.
@@ -868,15 +872,6 @@ mod tests {
             sleeps.push(*now);
             true
         }
-    }
-
-    fn at(s: &str) -> DateTime<Local> {
-        Local
-            .from_local_datetime(
-                &chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap(),
-            )
-            .earliest()
-            .unwrap()
     }
 
     /// A daily cron job under a fake clock, with real backups of a real SQLite database: it

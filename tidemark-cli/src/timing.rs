@@ -280,11 +280,12 @@ fn java_date(pattern: &str, now: DateTime<Local>) -> Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn at(s: &str) -> DateTime<Local> {
+    /// A local time written `2026-12-02 03:00:00`.
+    pub(crate) fn at(s: &str) -> DateTime<Local> {
         Local
             .from_local_datetime(
                 &chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap(),

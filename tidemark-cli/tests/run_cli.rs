@@ -19,6 +19,16 @@ fn archives(dir: &Path) -> Vec<String> {
     v
 }
 
+/// Stops a running `tidemark` with SIGTERM, as a service manager would, and collects it.
+fn sigterm(child: std::process::Child) -> std::process::Output {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    child.wait_with_output().unwrap()
+}
+
 fn source(d: &Path) {
     sql(
         &d.join("app.db"),
@@ -107,12 +117,7 @@ fn runs_on_its_interval_until_sigterm() {
         n += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm(child);
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -530,11 +535,7 @@ failure_url = "http://127.0.0.1:{hb_port}/fail/gone"
         let seen = seen.lock().unwrap();
         seen.iter().any(|p| p == "/ping/good") && seen.iter().any(|p| p == "/fail/gone")
     });
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm(child);
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(
         log.contains(&format!(
@@ -604,11 +605,7 @@ fn a_live_backup_serves_metrics() {
         .unwrap()
             >= 2.0
     );
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = sigterm(child);
     assert!(
         out.status.success(),
         "{}",
