@@ -86,6 +86,15 @@ pub enum Error {
         /// Who holds it: pid, host, start time, command.
         holder: String,
     },
+    /// An encrypted backup's key could not be made or opened: no key given, a wrong
+    /// passphrase or identity, a damaged key file, or an archive sealed with another key.
+    #[error("{path}: {cause}")]
+    Key {
+        /// The key file or archive concerned.
+        path: PathBuf,
+        /// What is wrong.
+        cause: String,
+    },
     /// A backup was stopped on request before it finished.
     #[error("stopped before the backup finished")]
     Stopped,

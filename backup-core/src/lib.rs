@@ -22,6 +22,7 @@
 pub mod archive;
 pub mod backend;
 pub mod checkpoint;
+pub mod crypt;
 pub mod destination;
 pub mod docid;
 pub mod document;
@@ -50,6 +51,7 @@ pub use archive::{
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
+pub use crypt::{ChainKey, KeyOptions, KEY_FILE};
 pub use destination::{claim_format, detect_format, DestFormat};
 pub use engine::{
     backup_folder, BackupMode, BackupOptions, BackupSummary, Event, FullReason, Method,
@@ -65,7 +67,9 @@ pub use model::{
     StoreSchema, Value,
 };
 pub use pipeline::default_threads;
-pub use prune::{check_retention, plan_prune, prune_archives, prune_chain, PrunePlan, Retention};
+pub use prune::{
+    check_retention, plan_prune, prune_archives, prune_chain, prune_local, PrunePlan, Retention,
+};
 pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
     RestoreOptions, RestoreSummary, StoreFactory,

@@ -295,6 +295,13 @@ pub fn plan_prune(chain: &[ChainItem], retention: &Retention) -> PrunePlan {
 /// depends on: the removals are logged durably in [`PRUNED_LOG`] first, then the files are
 /// deleted and the directory synced.
 pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+    prune_local(&LocalChain::new(dir), retention, dry_run)
+}
+
+/// [`prune_archives`] for a local chain opened as `chain` (an encrypted one: see
+/// [`LocalChain::encrypted`]).
+pub fn prune_local(chain: &LocalChain, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+    let dir = chain.dir();
     check_retention(dir, retention)?;
     if !dir.is_dir() {
         return Err(Error::BadInput {
@@ -315,7 +322,7 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
                 .into(),
         });
     }
-    prune_chain(&LocalChain::new(dir), retention, dry_run)
+    prune_chain(chain, retention, dry_run)
 }
 
 /// `30d`, `12h`, `90s`: the largest unit that divides `secs`.

@@ -57,6 +57,19 @@ pub fn moto() -> u16 {
 /// # Panics
 /// If the server cannot be reached or answers nonsense.
 pub fn http(method: &str, path: &str, body: &[u8]) -> u16 {
+    let resp = request(method, path, body);
+    String::from_utf8_lossy(&resp[..resp.len().min(64)])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status")
+}
+
+/// The whole raw response (status line, headers, body) to a request.
+///
+/// # Panics
+/// If the server cannot be reached.
+pub fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let port = moto();
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("moto listens");
     write!(
@@ -66,12 +79,22 @@ pub fn http(method: &str, path: &str, body: &[u8]) -> u16 {
     )
     .expect("a request");
     s.write_all(body).expect("a request body");
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("an HTTP status")
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    resp
+}
+
+/// The keys of every object in `bucket` (one listing page: up to 1000).
+///
+/// # Panics
+/// If the server cannot be reached.
+pub fn keys(bucket: &str) -> Vec<String> {
+    let resp = request("GET", &format!("/{bucket}?list-type=2"), b"");
+    String::from_utf8_lossy(&resp)
+        .split("<Key>")
+        .skip(1)
+        .filter_map(|k| k.split("</Key>").next().map(str::to_string))
+        .collect()
 }
 
 /// Creates bucket `name` and returns its URL (`s3://name`).

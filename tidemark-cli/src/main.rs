@@ -83,6 +83,39 @@ impl From<RetentionArgs> for backup_core::Retention {
     }
 }
 
+/// Encryption at rest (archive chains, local or remote). A new chain is encrypted when a
+/// passphrase file or a recipient is given: its key is made, wrapped and stored with it. An
+/// encrypted chain is read (and continued) with the passphrase file or an identity.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct KeyArgs {
+    /// A file whose first line is the passphrase: encrypts a new chain with it, and opens an
+    /// encrypted chain.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) encrypt_passphrase_file: Option<std::path::PathBuf>,
+    /// An age recipient (age1…) a new chain's key is encrypted to (repeat for several).
+    #[arg(long, value_name = "RECIPIENT")]
+    pub(crate) encrypt_recipient: Vec<String>,
+    /// An age identity file (AGE-SECRET-KEY-1…, as age-keygen writes) that opens an encrypted
+    /// chain whose key was encrypted to its recipient (repeat for several).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) encrypt_identity: Vec<std::path::PathBuf>,
+}
+
+impl KeyArgs {
+    /// The key options these flags give (the passphrase file is read here).
+    pub(crate) fn options(&self) -> Result<backup_core::KeyOptions> {
+        Ok(backup_core::KeyOptions {
+            passphrase: self
+                .encrypt_passphrase_file
+                .as_deref()
+                .map(backup_core::KeyOptions::read_passphrase)
+                .transpose()?,
+            recipients: self.encrypt_recipient.clone(),
+            identity_files: self.encrypt_identity.clone(),
+        })
+    }
+}
+
 /// The backup format.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {

@@ -4,13 +4,15 @@
 //! sealed archives in place, through the same code as a local directory (see the
 //! `tidemark-remote` crate).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use backup_core::archive::ChainItem;
+use backup_core::crypt::SharedKey;
 use backup_core::{
-    ArchiveOptions, ArchiveSummary, BackupOptions, ChainStore, Event, PrunePlan, Retention,
-    StorageBackend,
+    ArchiveOptions, ArchiveSummary, BackupOptions, ChainKey, ChainStore, Event, KeyOptions,
+    LocalChain, PrunePlan, Retention, StorageBackend, KEY_FILE,
 };
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A backup location.
 #[derive(Debug, Clone)]
@@ -47,69 +49,72 @@ impl std::fmt::Display for Place {
 #[cfg(feature = "remote")]
 mod imp {
     use super::*;
-    use anyhow::Context;
     use tidemark_remote::RemoteChain;
 
     fn open(url: &str) -> Result<RemoteChain> {
         RemoteChain::open(url).with_context(|| format!("opening {url}"))
     }
 
-    /// The default key state of a remote chain (what its next incremental continues from):
-    /// under `$XDG_CACHE_HOME` (or `~/.cache`)`/tidemark/state/`, named after the URL.
-    pub fn default_cache(url: &str) -> PathBuf {
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("tidemark")
-            .join("state")
-            .join(backup_core::docid::encode(url.as_bytes()))
-    }
-
     pub fn backup(
         backend: &dyn StorageBackend,
         url: &str,
         cache: Option<&Path>,
+        keys: &KeyOptions,
         options: &BackupOptions,
         archive: &ArchiveOptions,
         events: &mut dyn FnMut(Event),
     ) -> Result<ArchiveSummary> {
-        let chain = open(url)?;
+        let plain = open(url)?;
         // One writer per destination, remotely too: held for the whole run.
-        let _lock = chain.lock("backup")?;
+        let _lock = plain.lock("backup")?;
+        let chain = match chain_key(&plain, keys, KeyUse::Create)? {
+            Some(key) => plain.with_key(key),
+            None => plain,
+        };
         let state = state_dir(url, cache)?;
         Ok(backup_core::backup_archive_to(
             backend, &chain, &state, options, archive, events,
         )?)
     }
 
-    /// The directory of the key state that `url`'s incrementals continue from (`cache`, or the
-    /// default one), created if missing.
-    pub fn state_dir(url: &str, cache: Option<&Path>) -> Result<PathBuf> {
-        let state = cache.map_or_else(|| default_cache(url), Path::to_path_buf);
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("creating the key state {}", state.display()))?;
-        Ok(state)
+    /// The chain at `url`, read and written through the same code as a local directory (with
+    /// its key, if it is encrypted; `usage` says whether a new chain may get one).
+    pub fn open_remote(url: &str, keys: &KeyOptions, usage: KeyUse) -> Result<Box<dyn ChainStore>> {
+        let plain = open(url)?;
+        Ok(match chain_key(&plain, keys, usage)? {
+            Some(key) => Box::new(plain.with_key(key)),
+            None => Box::new(plain),
+        })
     }
 
-    /// The chain at `url`, read and written through the same code as a local directory.
-    pub fn open_remote(url: &str) -> Result<Box<dyn ChainStore>> {
-        Ok(Box::new(open(url)?))
+    /// The chain at `url` for a writer that starts later (a live backup): a new chain's key is
+    /// made now, under the destination's lock.
+    pub fn writable(url: &str, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
+        let plain = open(url)?;
+        let key = {
+            let _lock = plain.lock("backup")?;
+            chain_key(&plain, keys, KeyUse::Create)?
+        };
+        Ok(match key {
+            Some(key) => Box::new(plain.with_key(key)),
+            None => Box::new(plain),
+        })
     }
 
-    pub fn list(url: &str) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
-        Ok(backup_core::archive::settled_chain(&open(url)?)?)
-    }
-
-    pub fn prune(url: &str, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+    pub fn prune(
+        url: &str,
+        keys: &KeyOptions,
+        retention: &Retention,
+        dry_run: bool,
+    ) -> Result<PrunePlan> {
         backup_core::check_retention(Path::new(url), retention)?;
-        let chain = open(url)?;
+        let chain = open_remote(url, keys, KeyUse::Open)?;
         let _lock = if dry_run {
             None
         } else {
             Some(chain.lock("prune")?)
         };
-        Ok(backup_core::prune_chain(&chain, retention, dry_run)?)
+        Ok(backup_core::prune_chain(&*chain, retention, dry_run)?)
     }
 }
 
@@ -124,76 +129,216 @@ mod imp {
         _: &dyn StorageBackend,
         url: &str,
         _: Option<&Path>,
+        _: &KeyOptions,
         _: &BackupOptions,
         _: &ArchiveOptions,
         _: &mut dyn FnMut(Event),
     ) -> Result<ArchiveSummary> {
         not_built(url)
     }
-    pub fn open_remote(url: &str) -> Result<Box<dyn ChainStore>> {
+    pub fn open_remote(url: &str, _: &KeyOptions, _: KeyUse) -> Result<Box<dyn ChainStore>> {
         not_built(url)
     }
-    pub fn state_dir(url: &str, _: Option<&Path>) -> Result<PathBuf> {
+    pub fn prune(url: &str, _: &KeyOptions, _: &Retention, _: bool) -> Result<PrunePlan> {
         not_built(url)
     }
-    pub fn list(url: &str) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
-        not_built(url)
-    }
-    pub fn prune(url: &str, _: &Retention, _: bool) -> Result<PrunePlan> {
+    pub fn writable(url: &str, _: &KeyOptions) -> Result<Box<dyn ChainStore>> {
         not_built(url)
     }
 }
 
-pub use imp::{backup as backup_remote, list as list_remote, prune as prune_remote};
+pub use imp::{backup as backup_remote, prune as prune_remote};
 
-pub use imp::{open_remote, state_dir};
+pub use imp::open_remote;
+
+/// The default key state of a chain that keeps it outside the destination (an object store,
+/// or an encrypted directory): under `$XDG_CACHE_HOME` (or `~/.cache`)`/tidemark/state/`,
+/// named after `name` (the URL, or the directory's absolute path).
+pub fn default_cache(name: &str) -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("tidemark")
+        .join("state")
+        .join(backup_core::docid::encode(name.as_bytes()))
+}
+
+/// The directory of the key state that `name`'s incrementals continue from (`cache`, or the
+/// default one), created if missing.
+pub fn state_dir(name: &str, cache: Option<&Path>) -> Result<PathBuf> {
+    let state = cache.map_or_else(|| default_cache(name), Path::to_path_buf);
+    std::fs::create_dir_all(&state)
+        .with_context(|| format!("creating the key state {}", state.display()))?;
+    Ok(state)
+}
+
+/// What a command may do about a chain's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyUse {
+    /// Open the key of an encrypted chain (reading, pruning, compacting).
+    Open,
+    /// Also make one for a new chain when encryption options are given (a backup, under
+    /// the destination's lock).
+    Create,
+}
+
+/// The key of the chain `plain` (opened without one): unwrapped from its key file with `keys`,
+/// or, for [`KeyUse::Create`] with encryption options and a chain that holds nothing yet, a
+/// new one, written to the chain before any archive. `None` for a plain chain.
+pub fn chain_key(
+    plain: &dyn ChainStore,
+    keys: &KeyOptions,
+    usage: KeyUse,
+) -> Result<Option<SharedKey>> {
+    let path = plain.location_of(KEY_FILE);
+    match plain.read_key()? {
+        Some(bytes) => Ok(Some(Arc::new(ChainKey::unwrap(&path, &bytes, keys)?))),
+        None if usage == KeyUse::Create && keys.any() => {
+            let listing = plain.listing()?;
+            if !listing.slots.is_empty() || listing.head.is_some() {
+                bail!(
+                    "{}: holds unencrypted archives; encryption starts with a new chain (back \
+                     up to another directory or prefix)",
+                    plain.location().display()
+                );
+            }
+            let key = ChainKey::generate();
+            let bytes = key.wrap(&path, keys)?;
+            plain.write_key(&bytes)?;
+            tracing::info!(key = %key.id(), file = %path.display(), "new chain key");
+            Ok(Some(Arc::new(key)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The local chain in `dir`, with its key if it is encrypted.
+fn local_chain(dir: &Path, keys: &KeyOptions, usage: KeyUse) -> Result<LocalChain> {
+    let plain = LocalChain::new(dir);
+    Ok(match chain_key(&plain, keys, usage)? {
+        Some(key) => LocalChain::encrypted(dir, key),
+        None => plain,
+    })
+}
+
+/// Whether the directory `dir` holds an encrypted chain (a key file).
+pub fn is_encrypted_dir(dir: &Path) -> bool {
+    dir.join(KEY_FILE).exists()
+}
+
+/// Backs up into the archive chain at `place`. A local directory keeps its key state inside
+/// it, unless the chain is encrypted: then, as for an object store, the key state (which
+/// names every key) stays in the local cache (`cache`, or the default one).
+pub fn backup_archive(
+    backend: &dyn StorageBackend,
+    place: &Place,
+    cache: Option<&Path>,
+    keys: &KeyOptions,
+    options: &BackupOptions,
+    archive: &ArchiveOptions,
+    events: &mut dyn FnMut(Event),
+) -> Result<ArchiveSummary> {
+    match place {
+        Place::Remote(url) => backup_remote(backend, url, cache, keys, options, archive, events),
+        Place::Local(dir) if !keys.any() => Ok(backup_core::backup_archive(
+            backend, dir, options, archive, events,
+        )?),
+        Place::Local(dir) => {
+            let _lock = backup_core::DestinationLock::acquire(dir, "backup")?;
+            backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
+            let chain = local_chain(dir, keys, KeyUse::Create)?;
+            let state = local_state_dir(dir, cache)?;
+            Ok(backup_core::backup_archive_to(
+                backend, &chain, &state, options, archive, events,
+            )?)
+        }
+    }
+}
+
+/// The archive chain at `place` for a writer that starts later (a live backup), with its key
+/// if it is encrypted; a new chain's key is made now, under the destination's lock.
+pub fn writable_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
+    match place {
+        Place::Remote(url) => imp::writable(url, keys),
+        Place::Local(dir) => {
+            let _lock = backup_core::DestinationLock::acquire(dir, "backup")?;
+            backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
+            Ok(Box::new(local_chain(dir, keys, KeyUse::Create)?))
+        }
+    }
+}
+
+/// The key state of the encrypted local chain in `dir` (outside it).
+pub fn local_state_dir(dir: &Path, cache: Option<&Path>) -> Result<PathBuf> {
+    let abs = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
+    state_dir(&abs.to_string_lossy(), cache)
+}
 
 /// Prunes the chain at `place` (holding its lock unless `dry_run`).
-pub fn prune(place: &Place, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
+pub fn prune(
+    place: &Place,
+    keys: &KeyOptions,
+    retention: &Retention,
+    dry_run: bool,
+) -> Result<PrunePlan> {
     match place {
+        Place::Local(d) if is_encrypted_dir(d) => Ok(backup_core::prune_local(
+            &local_chain(d, keys, KeyUse::Open)?,
+            retention,
+            dry_run,
+        )?),
         Place::Local(d) => Ok(backup_core::prune_archives(d, retention, dry_run)?),
-        Place::Remote(url) => prune_remote(url, retention, dry_run),
+        Place::Remote(url) => prune_remote(url, keys, retention, dry_run),
     }
 }
 
 /// The archive chain at `place`, local (refused unless the directory holds the archive format)
-/// or remote, to read or maintain through the one interface.
-pub fn open_chain(place: &Place) -> Result<Box<dyn ChainStore>> {
+/// or remote, to read or maintain through the one interface (opened with its key if it is
+/// encrypted).
+pub fn open_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
     match place {
-        Place::Remote(url) => open_remote(url),
+        Place::Remote(url) => open_remote(url, keys, KeyUse::Open),
         Place::Local(d) => {
             if backup_core::detect_format(d)? != Some(backup_core::DestFormat::Archive) {
                 bail!("{place}: not an archive chain (compaction applies to --format archive)");
             }
-            Ok(Box::new(backup_core::LocalChain::new(d)))
+            Ok(Box::new(local_chain(d, keys, KeyUse::Open)?))
         }
+    }
+}
+
+/// The archive chain at `place` as restore and verify read it: like [`open_chain`], for a
+/// directory known to hold archives.
+pub fn open_archives(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
+    match place {
+        Place::Remote(url) => open_remote(url, keys, KeyUse::Open),
+        Place::Local(d) => Ok(Box::new(local_chain(d, keys, KeyUse::Open)?)),
     }
 }
 
 /// Compacts the chain at `place`, holding its lock.
 pub fn compact(
     place: &Place,
+    keys: &KeyOptions,
     options: &backup_core::CompactOptions,
 ) -> Result<backup_core::CompactSummary> {
-    let store = open_chain(place)?;
+    let store = open_chain(place, keys)?;
     let _lock = store.lock("compact")?;
     Ok(backup_core::compact_chain(&*store, options, &mut |_| {})?)
 }
 
 /// The archives of a chain, local or remote, and apart from them the leftovers of an
 /// interrupted prune.
-pub fn chain(place: &Place) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
-    match place {
-        Place::Local(p) => {
-            if !p.is_dir() {
-                return Ok(Default::default());
-            }
-            Ok(backup_core::archive::settled_chain(
-                &backup_core::LocalChain::new(p),
-            )?)
+pub fn chain(place: &Place, keys: &KeyOptions) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
+    if let Place::Local(p) = place {
+        if !p.is_dir() {
+            return Ok(Default::default());
         }
-        Place::Remote(url) => list_remote(url),
     }
+    Ok(backup_core::archive::settled_chain(&*open_archives(
+        place, keys,
+    )?)?)
 }
 
 /// Refuses what a remote place cannot do.

@@ -13,8 +13,8 @@ use crate::stores::{self, StoreUrl};
 use crate::timing::{Clock, When};
 use anyhow::{bail, Context, Result};
 use backup_core::{
-    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Checkpoint,
-    Compression, Event, Retention,
+    backup_folder, ArchiveOptions, BackupMode, BackupOptions, Checkpoint, Compression, Event,
+    Retention,
 };
 use serde::Deserialize;
 use std::io::Write;
@@ -93,6 +93,15 @@ pub struct Job {
     pub heartbeat_url: Option<String>,
     /// Called (HTTP GET) after a run failed (once its retries are spent).
     pub failure_url: Option<String>,
+    /// Archives: a file whose first line is the passphrase that encrypts the chain (as
+    /// `--encrypt-passphrase-file`).
+    pub encrypt_passphrase_file: Option<PathBuf>,
+    /// Archives: age recipients (`age1…`) a new chain's key is encrypted to.
+    #[serde(default)]
+    pub encrypt_recipients: Vec<String>,
+    /// Archives: age identity files that open the chain's key (as `--encrypt-identity`).
+    #[serde(default)]
+    pub encrypt_identities: Vec<PathBuf>,
 }
 
 fn default_enabled() -> bool {
@@ -162,6 +171,8 @@ struct Ready {
     when: When,
     job: Job,
     compression: Option<Compression>,
+    /// The encryption options (empty for a plain chain).
+    keys: backup_core::KeyOptions,
     /// Set when other jobs follow the same store: the store's change log is then trimmed only
     /// to the oldest checkpoint among them, never past what one of them still needs.
     shared_log: Option<SharedLog>,
@@ -334,6 +345,19 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 );
             }
         }
+        let keys = crate::KeyArgs {
+            encrypt_passphrase_file: job.encrypt_passphrase_file.clone(),
+            encrypt_recipient: job.encrypt_recipients.clone(),
+            encrypt_identity: job.encrypt_identities.clone(),
+        }
+        .options()
+        .with_context(ctx)?;
+        if keys.any() && compression.is_none() {
+            bail!(
+                "{}: encryption applies to the archive format (a folder backup is plain files)",
+                ctx()
+            );
+        }
         let stores = sources(&job).with_context(ctx)?;
         let several = stores.len() > 1;
         for source in stores {
@@ -349,6 +373,7 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 when: when.clone(),
                 job: job.clone(),
                 compression,
+                keys: keys.clone(),
                 shared_log: None,
             };
             // The destination as of now: checked here, expanded again at each run.
@@ -502,8 +527,8 @@ fn emit(log: &Mutex<dyn Write + Send>, value: serde_json::Value) {
 }
 
 /// Incrementals since the newest full archive of the chain at `place`.
-fn incrementals_since_full(place: &Place) -> u32 {
-    let (chain, _) = crate::place::chain(place).unwrap_or_default();
+fn incrementals_since_full(place: &Place, keys: &backup_core::KeyOptions) -> u32 {
+    let (chain, _) = crate::place::chain(place, keys).unwrap_or_default();
     // Sequences, not archives: compacted archives cover several backups each.
     let newest = chain.last().map_or(0, |c| c.manifest.sequence);
     let full = chain
@@ -577,7 +602,7 @@ fn job_loop(
                             fanout: j.fanout.unwrap_or(backup_core::DEFAULT_FANOUT),
                             ..Default::default()
                         };
-                        match crate::place::compact(&to, &options) {
+                        match crate::place::compact(&to, &job.keys, &options) {
                             Ok(done) if !done.written.is_empty() => {
                                 let blocks: Vec<String> = done
                                     .written
@@ -599,7 +624,7 @@ fn job_loop(
                     // Retention runs after a good backup only; a failure is reported, and the
                     // next run tries again (nothing is removed unless the log of it is durable).
                     if let Some(r) = &j.retention {
-                        let pruned = crate::place::prune(&to, r, false);
+                        let pruned = crate::place::prune(&to, &job.keys, r, false);
                         match pruned {
                             Ok(plan) => {
                                 let removed: Vec<String> = plan
@@ -685,7 +710,11 @@ fn report(
         match &done {
             Some(d) => {
                 let chain_length = (job.compression.is_some())
-                    .then(|| crate::place::chain(to).ok().map(|(c, _)| c.len() as u64))
+                    .then(|| {
+                        crate::place::chain(to, &job.keys)
+                            .ok()
+                            .map(|(c, _)| c.len() as u64)
+                    })
                     .flatten();
                 m.success(
                     &job.name,
@@ -746,7 +775,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
     if let Place::Local(dir) = to {
         stores::check_backup_dir(dir)?;
     }
-    let full = j.full_every > 0 && incrementals_since_full(to) >= j.full_every;
+    let full = j.full_every > 0 && incrementals_since_full(to, &job.keys) >= j.full_every;
     let options = BackupOptions {
         mode: if full {
             BackupMode::Full
@@ -782,24 +811,15 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
                 compression,
                 ..ArchiveOptions::default()
             };
-            let a = match place {
-                Place::Local(dir) => backup_archive(
-                    backend.as_ref(),
-                    dir,
-                    &options,
-                    &archive_options,
-                    &mut notice,
-                )
-                .map_err(anyhow::Error::from),
-                Place::Remote(url) => crate::place::backup_remote(
-                    backend.as_ref(),
-                    url,
-                    j.cache.as_deref(),
-                    &options,
-                    &archive_options,
-                    &mut notice,
-                ),
-            }
+            let a = crate::place::backup_archive(
+                backend.as_ref(),
+                place,
+                j.cache.as_deref(),
+                &job.keys,
+                &options,
+                &archive_options,
+                &mut notice,
+            )
             .with_context(|| format!("backup of {} to {}", job.source, to))?;
             let line = format!(
                 "Archive ({}) {}: {} records written, {} deleted, {} in backup, {} bytes (checkpoint {})",

@@ -22,6 +22,7 @@ use backup_core::archive::{
     slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Listing,
     Slot, Survey, HEAD_FILE,
 };
+use backup_core::crypt::{SharedKey, KEY_FILE};
 use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
 use futures::StreamExt;
@@ -56,21 +57,17 @@ struct Seal {
     object: String,
     size: u64,
     crc32: u32,
-    manifest: ArchiveManifest,
-}
-
-impl Seal {
-    /// The archive the seal makes part of the chain.
-    fn into_item(self) -> ChainItem {
-        ChainItem {
-            path: PathBuf::from(&self.archive),
-            size: self.size,
-            manifest: self.manifest,
-        }
-    }
+    /// The archive's manifest (a plain chain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    manifest: Option<ArchiveManifest>,
+    /// The manifest's JSON sealed with the chain's key, in standard base64 (an encrypted
+    /// chain: the seal shows only the names, sizes and CRC32s the object listing shows too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_manifest: Option<String>,
 }
 
 /// An archive chain under a prefix of an object store.
+#[derive(Clone)]
 pub struct RemoteChain {
     url: String,
     store: Arc<dyn ObjectStore>,
@@ -79,6 +76,9 @@ pub struct RemoteChain {
     /// The token of the lock this handle took (see [`RemoteChain::lock`]): an archive is
     /// sealed only while the lock object still carries it.
     held: Arc<std::sync::Mutex<Option<String>>>,
+    /// The chain's key, when it is encrypted: archives and the manifests in seals are sealed
+    /// with it.
+    key: Option<SharedKey>,
 }
 
 impl std::fmt::Debug for RemoteChain {
@@ -129,6 +129,67 @@ impl RemoteChain {
             prefix,
             rt: Arc::new(rt),
             held: Arc::default(),
+            key: None,
+        })
+    }
+
+    /// The same chain, encrypted with `key`: archives are sealed on their way up, and read
+    /// back through it (see `backup_core::crypt`).
+    pub fn with_key(mut self, key: SharedKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// The archive a seal (object `name`) makes part of the chain, its manifest opened with
+    /// the chain's key if sealed. A plain manifest in an encrypted chain is refused: nothing
+    /// unsealed may join a sealed chain.
+    fn item(&self, name: &str, seal: Seal) -> Result<ChainItem> {
+        let location = self.location_of(name);
+        let manifest = match (seal.manifest, seal.sealed_manifest, &self.key) {
+            (Some(m), None, None) => m,
+            (None, Some(sealed), Some(key)) => {
+                let bytes = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    sealed.as_bytes(),
+                )
+                .map_err(|e| Error::Damaged {
+                    path: location.clone(),
+                    cause: format!("the sealed manifest is not base64: {e}"),
+                })?;
+                let json = key.open_bytes(&location, &bytes)?;
+                serde_json::from_slice(&json).map_err(|e| Error::Damaged {
+                    path: location.clone(),
+                    cause: format!("not a tidemark manifest: {e}"),
+                })?
+            }
+            (None, Some(_), None) => {
+                return Err(Error::Key {
+                    path: location,
+                    cause: "this backup is encrypted: give --encrypt-passphrase-file or \
+                            --encrypt-identity (encrypt_passphrase_file or encrypt_identities \
+                            in a job)"
+                        .into(),
+                })
+            }
+            (Some(_), None, Some(_)) => {
+                return Err(Error::Damaged {
+                    path: location,
+                    cause: "a plain seal in an encrypted chain (not written by this chain's \
+                            key)"
+                        .into(),
+                })
+            }
+            _ => {
+                return Err(Error::Damaged {
+                    path: location,
+                    cause: "a seal holds one manifest, plain or sealed".into(),
+                })
+            }
+        };
+        Ok(ChainItem {
+            path: PathBuf::from(&seal.archive),
+            size: seal.size,
+            manifest,
         })
     }
 
@@ -212,8 +273,10 @@ impl RemoteChain {
     /// skipped), sorted.
     fn sealed(&self, names: &[String]) -> Result<Vec<ChainItem>> {
         let mut out = Vec::new();
-        for seal in self.seals_named(names) {
-            out.extend(seal?.map(Seal::into_item));
+        for (name, seal) in names.iter().zip(self.seals_named(names)) {
+            if let Some(seal) = seal? {
+                out.push(self.item(name, seal)?);
+            }
         }
         backup_core::archive::sort_chain(&mut out);
         Ok(out)
@@ -297,9 +360,9 @@ impl ChainStore for RemoteChain {
         survey.anything = head.is_some();
         let names = self.seal_names()?;
         survey.anything |= !names.is_empty();
-        for seal in self.seals_named(&names) {
-            match seal {
-                Ok(Some(seal)) => survey.items.push(seal.into_item()),
+        for (name, seal) in names.iter().zip(self.seals_named(&names)) {
+            match seal.and_then(|s| s.map(|s| self.item(name, s)).transpose()) {
+                Ok(Some(item)) => survey.items.push(item),
                 Ok(None) => {} // pruned meanwhile
                 Err(e) => survey.problems.push(e),
             }
@@ -330,13 +393,31 @@ impl ChainStore for RemoteChain {
                 cause: format!("{} bytes; its seal says {} bytes", meta.size, item.size),
             });
         }
-        Ok(Box::new(RemoteArchive {
+        let archive = Box::new(RemoteArchive {
             store: self.store.clone(),
             rt: self.rt.clone(),
             path,
             location,
             size: item.size,
-        }))
+        });
+        Ok(match &self.key {
+            Some(k) => Box::new(backup_core::crypt::SealedArchive::new(k, archive)?),
+            None => archive,
+        })
+    }
+
+    fn read_key(&self) -> Result<Option<Vec<u8>>> {
+        self.get(KEY_FILE)
+    }
+
+    fn write_key(&self, bytes: &[u8]) -> Result<()> {
+        if self.get(KEY_FILE)?.is_some() {
+            return Err(Error::Key {
+                path: self.location_of(KEY_FILE),
+                cause: "the chain has a key file already; it is never replaced".into(),
+            });
+        }
+        self.put(KEY_FILE, bytes.to_vec())
     }
 
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
@@ -413,7 +494,7 @@ impl ChainStore for RemoteChain {
             .filter(|(s, _)| !s.compacted())
             .max_by_key(|(s, _)| s.sequence);
         match newest {
-            Some((_, name)) => Ok(self.seal(&name)?.map(Seal::into_item)),
+            Some((_, name)) => self.seal(&name)?.map(|s| self.item(&name, s)).transpose(),
             None => Ok(None),
         }
     }
@@ -428,6 +509,15 @@ impl ChainStore for RemoteChain {
     }
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
+        // A plain archive never joins an encrypted chain.
+        if self.key.is_none() && self.get(KEY_FILE)?.is_some() {
+            return Err(Error::Key {
+                path: self.location_of(KEY_FILE),
+                cause: "this backup is encrypted: give --encrypt-passphrase-file or \
+                        --encrypt-identity"
+                    .into(),
+            });
+        }
         let object = object_name(slot);
         let upload = self
             .rt
@@ -439,18 +529,16 @@ impl ChainStore for RemoteChain {
             what: format!("{}/{object}", self.url),
             in_flight: std::collections::VecDeque::new(),
         };
-        Ok(Box::new(RemoteOutput {
-            chain: RemoteChain {
-                url: self.url.clone(),
-                store: self.store.clone(),
-                prefix: self.prefix.clone(),
-                rt: self.rt.clone(),
-                held: self.held.clone(),
-            },
+        let out = Box::new(RemoteOutput {
+            chain: self.clone(),
             slot,
             object,
             writer: Some(PartWriter::new(sink, buffer_size.max(MIN_PART))),
-        }))
+        });
+        match &self.key {
+            Some(k) => backup_core::crypt::seal_output(k, out),
+            None => Ok(out),
+        }
     }
 }
 
@@ -564,12 +652,24 @@ impl ArchiveOutput for RemoteOutput {
         self.chain.check_still_held()?;
         // The seal goes last: only now does the archive join the chain.
         let archive = self.slot.file_name(crc);
+        let (plain, sealed) = match &self.chain.key {
+            None => (Some(manifest.clone()), None),
+            Some(k) => {
+                let json = serde_json::to_vec(manifest).map_err(|e| self.chain.err("seal", e))?;
+                let b64 = base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    k.seal_bytes(&json),
+                );
+                (None, Some(b64))
+            }
+        };
         let seal = Seal {
             archive: archive.clone(),
             object: self.object.clone(),
             size,
             crc32: crc,
-            manifest: manifest.clone(),
+            manifest: plain,
+            sealed_manifest: sealed,
         };
         let bytes = serde_json::to_vec_pretty(&seal).map_err(|e| self.chain.err("seal", e))?;
         self.chain.put(&seal_name(self.slot), bytes)?;

@@ -40,6 +40,11 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     fn write_prune_log(&self, bytes: &[u8]) -> Result<()>;
     /// Removes archives from the chain (gone already is fine), durably once all are gone.
     fn remove(&self, items: &[&ChainItem]) -> Result<()>;
+    /// The chain's key file ([`crate::crypt::KEY_FILE`]), if the chain is encrypted.
+    fn read_key(&self) -> Result<Option<Vec<u8>>>;
+    /// Writes the chain's key file, atomically and durably, only if there is none yet (an
+    /// existing one is never replaced: it would strand every archive sealed with it).
+    fn write_key(&self, bytes: &[u8]) -> Result<()>;
     /// Takes the destination's one-writer lock for `command` (e.g. "prune"), held until the
     /// returned guard is dropped; another holder makes it fail with [`Error::Locked`].
     fn lock(&self, command: &str) -> Result<ChainLock>;
@@ -200,6 +205,20 @@ pub trait ArchiveRead: Send + Sync {
     /// archive is not downloaded twice, its entries being checked one by one as they are read
     /// (and its size against its seal, by [`ArchiveRead::size`]).
     fn check_before_restore(&self, crc: u32) -> Result<()>;
+    /// The size of the bytes as stored (what the CRC32 in the name covers): the same as
+    /// [`ArchiveRead::size`] unless the archive is sealed (encrypted).
+    fn raw_size(&self) -> u64 {
+        self.size()
+    }
+    /// The bytes as stored, front to back (see [`ArchiveRead::raw_size`]).
+    fn raw_stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        self.stream()
+    }
+    /// Turns a stream of the stored bytes into the archive's bytes (opens a sealed archive;
+    /// nothing to do for a plain one).
+    fn decode<'a>(&'a self, raw: Box<dyn Read + 'a>) -> std::io::Result<Box<dyn Read + 'a>> {
+        Ok(raw)
+    }
 }
 
 /// The CRC32 an archive's file name carries.
@@ -224,18 +243,26 @@ pub(super) fn read_whole<T>(
     let path = &item.path;
     let want = crc_in_name(path)?;
     let stream = archive
-        .stream()
+        .raw_stream()
         .map_err(|e| Error::io("read", archive.location(), e))?;
+    // The CRC32 in the name covers the bytes as stored (sealed, for an encrypted chain).
     let mut r = CrcReader {
         inner: stream,
         hash: crc32fast::Hasher::new(),
         bytes: 0,
         tick,
     };
-    let out = read(&mut r);
-    // Damage anywhere in the file is reported as such, before what it caused downstream.
-    std::io::copy(&mut r, &mut std::io::sink())
-        .map_err(|e| Error::io("read", archive.location(), e))?;
+    let out = {
+        let mut plain = archive
+            .decode(Box::new(&mut r))
+            .map_err(|e| Error::io("read", archive.location(), e))?;
+        let out = read(&mut plain);
+        // Damage anywhere in the file is reported as such, before what it caused downstream.
+        let rest = std::io::copy(&mut plain, &mut std::io::sink());
+        (out, rest)
+    };
+    let (out, rest) = out;
+    let drained = std::io::copy(&mut r, &mut std::io::sink());
     let crc = r.hash.clone().finalize();
     if crc != want {
         return Err(damaged(
@@ -243,10 +270,16 @@ pub(super) fn read_whole<T>(
             format!("file CRC32 {crc:08x} does not match {want:08x} in its name"),
         ));
     }
-    if r.bytes != archive.size() {
+    rest.and(drained)
+        .map_err(|e| Error::io("read", archive.location(), e))?;
+    if r.bytes != archive.raw_size() {
         return Err(damaged(
             path,
-            format!("{} bytes where {} were expected", r.bytes, archive.size()),
+            format!(
+                "{} bytes where {} were expected",
+                r.bytes,
+                archive.raw_size()
+            ),
         ));
     }
     out
@@ -437,25 +470,95 @@ impl Slot {
 #[derive(Debug, Clone)]
 pub struct LocalChain {
     dir: PathBuf,
+    /// The chain's key, when it is encrypted: archives are sealed with it.
+    key: Option<crate::crypt::SharedKey>,
 }
 
 impl LocalChain {
-    /// The chain in `dir` (which must exist to write to it).
+    /// The chain in `dir` (which must exist to write to it). An encrypted chain (one with a
+    /// key file) is refused by every read and write: open it with [`LocalChain::encrypted`].
     pub fn new(dir: &Path) -> Self {
         LocalChain {
             dir: dir.to_path_buf(),
+            key: None,
         }
     }
-}
 
-impl LocalChain {
+    /// The encrypted chain in `dir`, whose archives are sealed with `key` (see [`crate::crypt`]).
+    pub fn encrypted(dir: &Path, key: crate::crypt::SharedKey) -> Self {
+        LocalChain {
+            dir: dir.to_path_buf(),
+            key: Some(key),
+        }
+    }
+
+    /// The chain's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Refuses to read or write an encrypted chain without its key (its sealed archives would
+    /// read as damage, and a plain archive would join a sealed chain).
+    fn guard(&self) -> Result<()> {
+        let key_file = self.dir.join(crate::crypt::KEY_FILE);
+        if self.key.is_none() && key_file.exists() {
+            return Err(Error::Key {
+                path: key_file,
+                cause:
+                    "this backup is encrypted: give --encrypt-passphrase-file or \
+                        --encrypt-identity (encrypt_passphrase_file or encrypt_identities in a job)"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The archive file at `path` as this chain reads it (opened with the key, if sealed).
+    fn open_path(&self, path: &Path) -> Result<Box<dyn ArchiveRead>> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let plain = Box::new(LocalArchive {
+            path: path.to_path_buf(),
+            file,
+            size,
+        });
+        Ok(match &self.key {
+            Some(k) => Box::new(crate::crypt::SealedArchive::new(k, plain)?),
+            None => plain,
+        })
+    }
+
+    /// Reads and checks the manifest of the archive file at `path`.
+    fn manifest(&self, path: &Path) -> Result<ArchiveManifest> {
+        if self.key.is_none() {
+            return read_manifest(path);
+        }
+        let archive = self.open_path(path)?;
+        read_manifest_from(path, RangeReader::new(&*archive, 1 << 20))
+    }
+
+    /// An archive file of this chain, with its manifest.
+    fn item(&self, path: PathBuf) -> Result<ChainItem> {
+        let manifest = self.manifest(&path)?;
+        let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        Ok(ChainItem {
+            path,
+            manifest,
+            size,
+        })
+    }
+
     /// The archives whose slot (from the file name) `keep` accepts, sorted; only their
     /// manifests are read.
     fn read_where(&self, keep: &dyn Fn(Slot) -> bool) -> Result<Vec<ChainItem>> {
+        self.guard()?;
         let mut out = archive_files(&self.dir)?
             .into_iter()
             .filter(|p| slot_of_name(&file_name_of(p)).is_some_and(keep))
-            .map(local_item)
+            .map(|p| self.item(p))
             .collect::<Result<Vec<_>>>()?;
         super::graph::sort_chain(&mut out);
         Ok(out)
@@ -472,7 +575,10 @@ impl ChainStore for LocalChain {
     }
 
     fn read_chain(&self) -> Result<Vec<ChainItem>> {
-        read_chain(&self.dir)
+        if !self.dir.exists() {
+            return Ok(Vec::new());
+        }
+        self.read_where(&|_| true)
     }
 
     fn clean_partial(&self) -> Result<()> {
@@ -499,6 +605,7 @@ impl ChainStore for LocalChain {
                 cause: "no such backup directory".into(),
             });
         }
+        self.guard()?;
         // The head first: a backup renames its archive before it updates the head.
         let head = read_head(dir).unwrap_or_else(|e| {
             survey.problems.push(e);
@@ -507,7 +614,7 @@ impl ChainStore for LocalChain {
         let files = archive_files(dir)?;
         survey.anything = !files.is_empty() || head.is_some();
         for path in files {
-            match read_manifest(&path) {
+            match self.manifest(&path) {
                 Ok(manifest) => {
                     let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     survey.items.push(ChainItem {
@@ -532,13 +639,28 @@ impl ChainStore for LocalChain {
     }
 
     fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>> {
-        let path = item.path.clone();
-        let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &path, e))?
-            .len();
-        Ok(Box::new(LocalArchive { path, file, size }))
+        self.guard()?;
+        self.open_path(&item.path)
+    }
+
+    fn read_key(&self) -> Result<Option<Vec<u8>>> {
+        let path = self.dir.join(crate::crypt::KEY_FILE);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("read", &path, e)),
+        }
+    }
+
+    fn write_key(&self, bytes: &[u8]) -> Result<()> {
+        let path = self.dir.join(crate::crypt::KEY_FILE);
+        if path.exists() {
+            return Err(Error::Key {
+                path,
+                cause: "the chain has a key file already; it is never replaced".into(),
+            });
+        }
+        durable::write_atomic(&path, bytes, durable::Sync::Now)
     }
 
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
@@ -581,15 +703,17 @@ impl ChainStore for LocalChain {
         if !self.dir.exists() {
             return Ok(None);
         }
+        self.guard()?;
         let newest = archive_files(&self.dir)?
             .into_iter()
             .filter_map(|p| slot_of_name(&file_name_of(&p)).map(|s| (s, p)))
             .filter(|(s, _)| !s.compacted())
             .max_by_key(|(s, _)| s.sequence);
-        newest.map(|(_, p)| local_item(p)).transpose()
+        newest.map(|(_, p)| self.item(p)).transpose()
     }
 
     fn listing(&self) -> Result<Listing> {
+        self.guard()?;
         let head = read_head(&self.dir)?;
         let slots = archive_files(&self.dir)?
             .iter()
@@ -610,14 +734,19 @@ impl ChainStore for LocalChain {
     }
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
+        self.guard()?;
         let tmp = self.dir.join(format!(".{}.zip.tmp", slot.stem()));
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        Ok(Box::new(LocalOutput {
+        let out = Box::new(LocalOutput {
             dir: self.dir.clone(),
             slot,
             file: BufWriter::with_capacity(buffer_size, file),
             tmp,
-        }))
+        });
+        match &self.key {
+            Some(k) => crate::crypt::seal_output(k, out),
+            None => Ok(out),
+        }
     }
 }
 
@@ -865,46 +994,34 @@ pub(super) fn file_crc32(path: &Path) -> Result<u32> {
     }
 }
 
-/// An archive file of a local chain, with its manifest.
-fn local_item(path: PathBuf) -> Result<ChainItem> {
-    let manifest = read_manifest(&path)?;
-    let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-    Ok(ChainItem {
-        path,
-        manifest,
-        size,
-    })
-}
-
 /// Reads every archive's manifest in `dir`, in sequence order (without checking entries; see
-/// `verify_archives`).
+/// `verify_archives`). An encrypted chain is refused (see [`LocalChain::encrypted`]).
 pub fn read_chain(dir: &Path) -> Result<Vec<ChainItem>> {
-    if !dir.exists() {
-        return Ok(Vec::new());
-    }
-    let mut out = archive_files(dir)?
-        .into_iter()
-        .map(local_item)
-        .collect::<Result<Vec<_>>>()?;
-    super::graph::sort_chain(&mut out);
-    Ok(out)
+    LocalChain::new(dir).read_chain()
 }
 
-fn open_zip(path: &Path) -> Result<ZipArchive<File>> {
-    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
-    ZipArchive::new(f).map_err(|e| damaged(path, format!("not a readable zip archive: {e}")))
-}
-
-/// Reads and checks one archive's manifest entry.
+/// Reads and checks one (plain) archive file's manifest entry.
 pub fn read_manifest(path: &Path) -> Result<ArchiveManifest> {
+    let f = File::open(path).map_err(|e| Error::io("open", path, e))?;
+    read_manifest_from(path, f)
+}
+
+/// Reads and checks the manifest entry of the archive `path` names, read through `file`.
+fn read_manifest_from(path: &Path, mut file: impl Read + Seek) -> Result<ArchiveManifest> {
     let entry_path = path.join(MANIFEST_ENTRY);
     // The manifest is the last entry: read it from the file's tail, without parsing the central
     // directory of every record (hundreds of MB for a million entries, read by every run that
     // lists the chain). Anything unexpected falls back to the full zip reader.
-    let text = match manifest_from_tail(path) {
+    let text = match manifest_from_tail(&mut file) {
         Ok(Some(text)) => text,
+        // A sealed archive whose bytes do not authenticate: say so, not what the zip reader
+        // makes of it.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(damaged(path, e.to_string()))
+        }
         _ => {
-            let mut zip = open_zip(path)?;
+            let mut zip = ZipArchive::new(file)
+                .map_err(|e| damaged(path, format!("not a readable zip archive: {e}")))?;
             let mut text = Vec::new();
             zip.by_name(MANIFEST_ENTRY)
                 .map_err(|e| damaged(&entry_path, format!("missing: {e}")))?
@@ -933,12 +1050,11 @@ pub fn read_manifest(path: &Path) -> Result<ArchiveManifest> {
 /// The manifest entry's bytes, found from the end of the file: the end of central directory
 /// record (and its zip64 form) gives the central directory's offset; the manifest's local header
 /// is the last one before it. `None` when the file does not look as tidemark writes it.
-fn manifest_from_tail(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
+fn manifest_from_tail(f: &mut (impl Read + Seek)) -> std::io::Result<Option<Vec<u8>>> {
     const WINDOW: u64 = 16 << 20;
     let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
     let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let mut f = File::open(path)?;
-    let Some(end) = crate::zipstream::end_record(&mut f)? else {
+    let Some(end) = crate::zipstream::end_record(f)? else {
         return Ok(None); // a comment, or not a zip: let the zip reader decide
     };
     let cd_offset = end.cd_offset;
@@ -1277,7 +1393,7 @@ mod window_tests {
             w.start_file(MANIFEST_ENTRY, opts).unwrap();
             w.write_all(b"{\"the\": \"manifest\"}").unwrap();
             w.finish().unwrap();
-            let got = manifest_from_tail(&path).unwrap();
+            let got = manifest_from_tail(&mut File::open(&path).unwrap()).unwrap();
             assert_eq!(
                 got.as_deref(),
                 Some(&b"{\"the\": \"manifest\"}"[..]),

@@ -6,9 +6,7 @@ use crate::place::{self, Place};
 use crate::stores::{self, StoreUrl};
 use crate::{Codec, Format};
 use anyhow::{Context, Result};
-use backup_core::{
-    backup_archive, backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event,
-};
+use backup_core::{backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +70,9 @@ pub struct Args {
     /// Print one JSON object per line (write events, notices, the summary).
     #[arg(long)]
     pub json: bool,
+    /// Encryption at rest (archives).
+    #[command(flatten)]
+    pub keys: crate::KeyArgs,
 }
 
 /// The archive output buffer's default size.
@@ -96,7 +97,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
         json,
         metrics_addr,
+        keys,
     } = args;
+    let keys = keys.options()?;
     let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
     if format == Format::Folder && !remote {
         let archive_only = [
@@ -117,6 +120,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 given.join(", ")
             );
         }
+    }
+    if keys.any() && format == Format::Folder && !remote {
+        anyhow::bail!(
+            "encryption applies to archives (--format archive): a folder backup is plain files"
+        );
     }
     let compression = compression.unwrap_or(Codec::Deflate);
     if compact && !(live && (format == Format::Archive || remote)) {
@@ -152,6 +160,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &source,
             &to,
             cache.as_deref(),
+            &keys,
             options,
             format,
             codec(compression, level)?,
@@ -180,6 +189,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         backend: backend.as_ref(),
         source: &source,
         cache: cache.as_deref(),
+        keys: &keys,
         options: &per_destination,
         archive: &archive_options,
         format,
@@ -248,6 +258,7 @@ struct BackupJob<'a> {
     backend: &'a dyn backup_core::StorageBackend,
     source: &'a StoreUrl,
     cache: Option<&'a std::path::Path>,
+    keys: &'a backup_core::KeyOptions,
     options: &'a BackupOptions,
     archive: &'a ArchiveOptions,
     format: Format,
@@ -262,6 +273,7 @@ impl BackupJob<'_> {
             backend,
             source,
             cache,
+            keys,
             options,
             archive: archive_options,
             format,
@@ -285,16 +297,12 @@ impl BackupJob<'_> {
                     .with_context(|| format!("backup of {source} to {to}"))?;
                 (s, None)
             }
-            (Format::Archive, Place::Local(dir)) => {
-                let a = backup_archive(backend, dir, options, archive_options, &mut on_event)
-                    .with_context(|| format!("backup of {source} to {to}"))?;
-                (a.backup.clone(), Some(a))
-            }
-            (_, Place::Remote(url)) => {
-                let a = place::backup_remote(
+            (Format::Archive, _) | (_, Place::Remote(_)) => {
+                let a = place::backup_archive(
                     backend,
-                    url,
+                    to,
                     cache,
+                    keys,
                     options,
                     archive_options,
                     &mut on_event,
@@ -376,6 +384,7 @@ fn run_live(
     source: &StoreUrl,
     to: &[Place],
     cache: Option<&std::path::Path>,
+    keys: &backup_core::KeyOptions,
     options: BackupOptions,
     format: Format,
     compression: Compression,
@@ -425,10 +434,17 @@ fn run_live(
     for (i, place) in to.iter().enumerate() {
         let (dir, format) = match (place, format) {
             (Place::Local(dir), Format::Folder) => (dir.clone(), LiveFormat::Folder),
-            (Place::Local(dir), Format::Archive) => (dir.clone(), LiveFormat::Archive(archive)),
+            (Place::Local(dir), Format::Archive) if !keys.any() => {
+                (dir.clone(), LiveFormat::Archive(archive))
+            }
+            // An encrypted directory keeps its key state outside, as an object store does.
+            (Place::Local(dir), _) => (
+                place::local_state_dir(dir, cache)?,
+                LiveFormat::Chain(Arc::from(place::writable_chain(place, keys)?), archive),
+            ),
             (Place::Remote(url), _) => (
                 place::state_dir(url, cache)?,
-                LiveFormat::Chain(Arc::from(place::open_remote(url)?), archive),
+                LiveFormat::Chain(Arc::from(place::writable_chain(place, keys)?), archive),
             ),
         };
         let mut live = LiveBackup::start(

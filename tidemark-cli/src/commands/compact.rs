@@ -57,9 +57,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
     } = args;
     let dir = backup.place()?;
+    let keys = backup.keys()?;
     let retention: backup_core::Retention = retention.into();
     let store: Box<dyn ChainStore> =
-        place::open_chain(&dir).with_context(|| format!("compact {dir}"))?;
+        place::open_chain(&dir, &keys).with_context(|| format!("compact {dir}"))?;
     let _lock = if dry_run {
         None
     } else {

@@ -20,6 +20,7 @@ pub struct Args {
 pub fn run(args: Args) -> Result<ExitCode> {
     let Args { backup, json } = args;
     let dir = backup.place()?;
+    let keys = backup.keys()?;
     if let Place::Local(d) = &dir {
         let path = d
             .join(backup_core::folder::META_DIR)
@@ -30,7 +31,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return list_folder(&dir, &m, json);
         }
     }
-    let (chain, leftovers) = place::chain(&dir).with_context(|| format!("list {dir}"))?;
+    let (chain, leftovers) = place::chain(&dir, &keys).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() {
         anyhow::bail!("{dir}: no tidemark archives here");
     }

@@ -12,7 +12,7 @@ pub mod verify;
 
 use crate::place::{self, Place};
 use anyhow::Result;
-use backup_core::{ChainStore, LocalChain};
+use backup_core::{ChainStore, KeyOptions};
 
 /// Whether the backup directory `dir` holds an archive chain (its format marker, or for older
 /// directories, what it holds).
@@ -29,12 +29,11 @@ pub(crate) enum Backup {
     Folder(std::path::PathBuf),
 }
 
-/// Opens the backup at `place`.
-pub(crate) fn open_backup(place: &Place) -> Result<Backup> {
+/// Opens the backup at `place` (an encrypted chain with `keys`).
+pub(crate) fn open_backup(place: &Place, keys: &KeyOptions) -> Result<Backup> {
     Ok(match place {
-        Place::Remote(url) => Backup::Chain(place::open_remote(url)?),
-        Place::Local(dir) if is_archive(dir)? => Backup::Chain(Box::new(LocalChain::new(dir))),
-        Place::Local(dir) => Backup::Folder(dir.clone()),
+        Place::Local(dir) if !is_archive(dir)? => Backup::Folder(dir.clone()),
+        _ => Backup::Chain(place::open_archives(place, keys)?),
     })
 }
 
@@ -53,13 +52,22 @@ pub struct BackupPlace {
     /// The backup, as a flag (the same as the positional BACKUP).
     #[arg(long, value_name = "BACKUP")]
     pub from: Option<Place>,
+    /// How to open it, if it is encrypted.
+    #[command(flatten)]
+    pub keys: crate::KeyArgs,
 }
 
 impl BackupPlace {
     /// The place named either way.
-    pub fn place(self) -> Result<Place> {
+    pub fn place(&self) -> Result<Place> {
         self.dir
-            .or(self.from)
+            .clone()
+            .or(self.from.clone())
             .ok_or_else(|| anyhow::anyhow!("name the backup (BACKUP or --from BACKUP)"))
+    }
+
+    /// The key options given (an encrypted chain opens with them).
+    pub fn keys(&self) -> Result<KeyOptions> {
+        self.keys.options()
     }
 }

@@ -36,6 +36,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
     } = args;
     let dir = backup.place()?;
+    let keys = backup.keys()?;
     let retention: backup_core::Retention = retention.into();
     // Planning reads the chain's manifests (a GET each on an object store) and removal deletes
     // one archive at a time: a spinner on a terminal says the command is at work.
@@ -47,7 +48,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "pruning: reading the chain, removing what no kept backup needs"
         },
     );
-    let plan = place::prune(&dir, &retention, dry_run).with_context(|| format!("prune {dir}"));
+    let plan =
+        place::prune(&dir, &keys, &retention, dry_run).with_context(|| format!("prune {dir}"));
     if let Some(s) = spinner {
         s.finish_and_clear();
     }

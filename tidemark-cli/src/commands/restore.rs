@@ -62,6 +62,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         json,
     } = args;
     let from = backup.place()?;
+    let keys = backup.keys()?;
     if rocksdb_format_version.is_some() && to.kind != backup_core::StoreKind::Rocksdb {
         anyhow::bail!("--rocksdb-format-version applies to rocksdb: targets only, not {to}");
     }
@@ -98,7 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         ..ArchiveOptions::default()
     };
     let summary = (|| -> anyhow::Result<_> {
-        Ok(match open_backup(&from)? {
+        Ok(match open_backup(&from, &keys)? {
             Backup::Chain(chain) => restore_chain(
                 &*chain,
                 &point,

@@ -28,6 +28,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         quiet,
     } = args;
     let dir = backup.place()?;
+    let keys = backup.keys()?;
     let hidden = quiet || json;
     let mut bar = None;
     let show = |bar: &Option<indicatif::ProgressBar>, done: u64, total: u64| {
@@ -37,7 +38,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
     let report = (|| -> anyhow::Result<_> {
-        Ok(match open_backup(&dir)? {
+        Ok(match open_backup(&dir, &keys)? {
             Backup::Chain(chain) => {
                 let b = bar.insert(crate::output::bytes_bar(hidden, "verifying"));
                 verify_chain_with(&*chain, &mut |done, total| show(b, done, total))?

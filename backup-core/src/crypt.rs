@@ -1,0 +1,863 @@
+//! Encryption at rest: a chain's key, kept wrapped in the chain itself, and the framing that
+//! seals each archive with it.
+//!
+//! - **The chain key** is 32 random bytes, made by the first encrypted backup of a chain. The
+//!   chain keeps it in its key file ([`KEY_FILE`]), wrapped with [age](https://age-encryption.org)
+//!   once per way in: a passphrase (scrypt) and/or X25519 recipients (`age1…`). Opening a chain
+//!   unwraps it once (one scrypt for a passphrase), however many archives the chain holds.
+//! - **An archive** (every byte of the zip, and the manifest an object store's seal carries) is
+//!   sealed with ChaCha20-Poly1305 in age's STREAM framing: a header of 48 bytes (`"TMCRYPT1"`,
+//!   the key's id, a random salt), then 64 KiB chunks, each with its 16-byte tag, under a key
+//!   derived from the chain key and the salt. Any chunk can be opened alone, so ranged reads and
+//!   restores work on the sealed file as on a plain one. `docs/FORMAT.md` §5 gives every byte.
+
+use crate::archive::{ArchiveManifest, ArchiveOutput, ArchiveRead};
+use crate::error::{Error, Result};
+use age::secrecy::SecretString;
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// The name of a chain's key file (in a directory, or an object under the prefix).
+pub const KEY_FILE: &str = ".tidemark-key";
+
+const MAGIC: &[u8; 8] = b"TMCRYPT1";
+/// Plaintext bytes per chunk.
+const CHUNK: usize = 64 << 10;
+/// The Poly1305 tag after each chunk.
+const TAG: usize = 16;
+/// Magic, key id, salt.
+const HEADER: usize = 8 + 8 + 32;
+/// A sealed chunk.
+const SEALED_CHUNK: usize = CHUNK + TAG;
+/// The largest scrypt work factor (log2 N) a key file may ask for: age picks about one second
+/// of work on the machine that wrapped it; this allows a machine many times slower, but not a
+/// damaged file that asks for hours.
+const MAX_SCRYPT_LOG_N: u8 = 24;
+
+/// How to make or open a chain's key: what the user gave (`--encrypt-passphrase-file`,
+/// `--encrypt-recipient`, `--encrypt-identity`).
+#[derive(Clone, Default)]
+pub struct KeyOptions {
+    /// A passphrase (read from a file; wraps the key with scrypt, and unwraps it).
+    pub passphrase: Option<SecretString>,
+    /// age X25519 recipients (`age1…`) to wrap a new chain key to.
+    pub recipients: Vec<String>,
+    /// age identity files (`AGE-SECRET-KEY-1…` lines) to unwrap the key with.
+    pub identity_files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for KeyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyOptions")
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "…"))
+            .field("recipients", &self.recipients)
+            .field("identity_files", &self.identity_files)
+            .finish()
+    }
+}
+
+impl KeyOptions {
+    /// Whether any encryption option was given.
+    pub fn any(&self) -> bool {
+        self.passphrase.is_some() || !self.recipients.is_empty() || !self.identity_files.is_empty()
+    }
+
+    /// Whether these options can unwrap a key (a passphrase or an identity).
+    pub fn can_open(&self) -> bool {
+        self.passphrase.is_some() || !self.identity_files.is_empty()
+    }
+
+    /// Reads a passphrase file: its first line (a trailing newline is not part of it).
+    pub fn read_passphrase(path: &Path) -> Result<SecretString> {
+        let text =
+            Zeroizing::new(std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?);
+        let line = text.lines().next().unwrap_or("");
+        if line.is_empty() {
+            return Err(Error::Key {
+                path: path.to_path_buf(),
+                cause: "the passphrase file is empty".into(),
+            });
+        }
+        Ok(SecretString::from(line.to_string()))
+    }
+}
+
+/// A chain's key (32 bytes, wiped from memory when dropped) and its id.
+pub struct ChainKey {
+    key: Zeroizing<[u8; 32]>,
+    id: [u8; 8],
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ChainKey({})", hex(&self.id))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn hkdf(ikm: &[u8], salt: &[u8], info: &[u8], out: &mut [u8]) {
+    hkdf::Hkdf::<sha2::Sha256>::new(Some(salt), ikm)
+        .expand(info, out)
+        .expect("HKDF-SHA256 gives 32 bytes");
+}
+
+/// The key file's content (inside `{"crc32": n, "key": …}`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: String,
+    format_version: u32,
+    /// The key's id, 16 hex digits (also in every sealed archive's header).
+    key_id: String,
+    /// The key, wrapped once per way in.
+    wraps: Vec<Wrap>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrap {
+    /// `passphrase` (an age file with one scrypt stanza) or `recipients` (X25519 stanzas).
+    kind: String,
+    /// The recipients, for people to read (the age file is what counts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    recipients: Vec<String>,
+    /// The age file that holds the 32 key bytes, in standard base64.
+    age: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFileEntry {
+    crc32: u32,
+    key: serde_json::Value,
+}
+
+fn key_err(path: &Path, cause: impl Into<String>) -> Error {
+    Error::Key {
+        path: path.to_path_buf(),
+        cause: cause.into(),
+    }
+}
+
+impl ChainKey {
+    /// A new random key.
+    pub fn generate() -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        OsRng.fill_bytes(&mut key[..]);
+        Self::from_bytes(key)
+    }
+
+    fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
+        let mut id = [0u8; 8];
+        hkdf(&key[..], b"", b"tidemark key id", &mut id);
+        ChainKey { key, id }
+    }
+
+    /// The key's id (16 hex digits): not secret, it tells keys apart.
+    pub fn id(&self) -> String {
+        hex(&self.id)
+    }
+
+    /// The key file that holds this key, wrapped for each way in `options` gives (a passphrase,
+    /// recipients). `path` is where it will be stored, for messages.
+    pub fn wrap(&self, path: &Path, options: &KeyOptions) -> Result<Vec<u8>> {
+        let mut wraps = Vec::new();
+        if let Some(p) = &options.passphrase {
+            // age picks the scrypt work factor: about a second on this machine.
+            let r = age::scrypt::Recipient::new(p.clone());
+            let sealed = age_encrypt(&[&r as &dyn age::Recipient], &self.key[..])
+                .map_err(|e| key_err(path, format!("wrapping the key: {e}")))?;
+            wraps.push(Wrap {
+                kind: "passphrase".into(),
+                recipients: Vec::new(),
+                age: b64(&sealed),
+            });
+        }
+        if !options.recipients.is_empty() {
+            let parsed = parse_recipients(path, &options.recipients)?;
+            let refs: Vec<&dyn age::Recipient> =
+                parsed.iter().map(|r| r as &dyn age::Recipient).collect();
+            let sealed = age_encrypt(&refs, &self.key[..])
+                .map_err(|e| key_err(path, format!("wrapping the key: {e}")))?;
+            wraps.push(Wrap {
+                kind: "recipients".into(),
+                recipients: options.recipients.clone(),
+                age: b64(&sealed),
+            });
+        }
+        if wraps.is_empty() {
+            return Err(key_err(
+                path,
+                "a new encrypted chain needs a passphrase file or a recipient to wrap its key to",
+            ));
+        }
+        let file = KeyFile {
+            format: "tidemark-key".into(),
+            format_version: 1,
+            key_id: self.id(),
+            wraps,
+        };
+        let value = serde_json::to_value(&file).expect("a key file serializes");
+        let crc32 = crc32fast::hash(&serde_json::to_vec(&value).expect("JSON serializes"));
+        let mut out = serde_json::to_vec_pretty(&KeyFileEntry { crc32, key: value })
+            .expect("a key file serializes");
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Opens the key file `bytes` (stored at `path`) with what `options` gives: the passphrase
+    /// opens a passphrase wrap, an identity a recipients wrap. A wrong passphrase or identity
+    /// fails here, before anything else is read.
+    pub fn unwrap(path: &Path, bytes: &[u8], options: &KeyOptions) -> Result<ChainKey> {
+        let entry: KeyFileEntry = serde_json::from_slice(bytes)
+            .map_err(|e| key_err(path, format!("not a tidemark key file: {e}")))?;
+        let crc = crc32fast::hash(&serde_json::to_vec(&entry.key).expect("JSON serializes"));
+        if crc != entry.crc32 {
+            return Err(key_err(
+                path,
+                "the key file does not match its CRC32 (damaged)",
+            ));
+        }
+        let file: KeyFile = serde_json::from_value(entry.key)
+            .map_err(|e| key_err(path, format!("not a tidemark key file: {e}")))?;
+        if file.format != "tidemark-key" || file.format_version != 1 {
+            return Err(key_err(
+                path,
+                format!(
+                    "key file format {} v{} is not supported",
+                    file.format, file.format_version
+                ),
+            ));
+        }
+        if !options.can_open() {
+            return Err(key_err(
+                path,
+                "this backup is encrypted: give --encrypt-passphrase-file or --encrypt-identity \
+                 (encrypt_passphrase_file or encrypt_identities in a job)",
+            ));
+        }
+        let mut tried = Vec::new();
+        for wrap in &file.wraps {
+            let sealed =
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &wrap.age)
+                    .map_err(|e| {
+                        key_err(path, format!("a {} wrap is not base64: {e}", wrap.kind))
+                    })?;
+            let opened = match (wrap.kind.as_str(), &options.passphrase) {
+                ("passphrase", Some(p)) => {
+                    tried.push("the passphrase");
+                    let mut id = age::scrypt::Identity::new(p.clone());
+                    id.set_max_work_factor(MAX_SCRYPT_LOG_N);
+                    age_decrypt(&[&id as &dyn age::Identity], &sealed)
+                }
+                ("recipients", _) if !options.identity_files.is_empty() => {
+                    tried.push("the identities");
+                    let ids = read_identities(&options.identity_files)?;
+                    let refs: Vec<&dyn age::Identity> = ids.iter().map(|b| &**b).collect();
+                    age_decrypt(&refs, &sealed)
+                }
+                _ => continue,
+            };
+            let Ok(plain) = opened else { continue };
+            let plain = Zeroizing::new(plain);
+            let bytes: [u8; 32] = plain[..]
+                .try_into()
+                .map_err(|_| key_err(path, "a wrap holds no 32-byte key (damaged)"))?;
+            let key = ChainKey::from_bytes(Zeroizing::new(bytes));
+            if key.id() != file.key_id {
+                return Err(key_err(
+                    path,
+                    format!(
+                        "the key opened is {}, not {} (damaged)",
+                        key.id(),
+                        file.key_id
+                    ),
+                ));
+            }
+            return Ok(key);
+        }
+        let kinds: Vec<&str> = file.wraps.iter().map(|w| w.kind.as_str()).collect();
+        Err(key_err(
+            path,
+            if tried.is_empty() {
+                format!(
+                    "this backup's key is wrapped for {} only: give {}",
+                    kinds.join(" and "),
+                    if kinds.contains(&"passphrase") {
+                        "--encrypt-passphrase-file"
+                    } else {
+                        "--encrypt-identity"
+                    }
+                )
+            } else {
+                format!(
+                    "{} did not open this backup's key: wrong key, or another chain's",
+                    tried.join(" and ")
+                )
+            },
+        ))
+    }
+
+    /// The AEAD of one sealed object, from its salt.
+    fn cipher(&self, salt: &[u8]) -> ChaCha20Poly1305 {
+        let mut k = Zeroizing::new([0u8; 32]);
+        hkdf(
+            &self.key[..],
+            salt,
+            b"tidemark archive payload v1",
+            &mut k[..],
+        );
+        ChaCha20Poly1305::new(Key::from_slice(&k[..]))
+    }
+
+    /// Seals `plain` whole (an object store's manifest in a seal).
+    pub fn seal_bytes(&self, plain: &[u8]) -> Vec<u8> {
+        let mut w = SealWriter::new(self, Vec::new()).expect("writing to memory");
+        w.write_all(plain).expect("writing to memory");
+        w.finish().expect("writing to memory")
+    }
+
+    /// Opens what [`ChainKey::seal_bytes`] sealed (`path` for messages).
+    pub fn open_bytes(&self, path: &Path, sealed: &[u8]) -> Result<Vec<u8>> {
+        let archive = SealedArchive::new(
+            self,
+            Box::new(MemoryArchive {
+                path: path.to_path_buf(),
+                bytes: sealed.to_vec(),
+            }),
+        )?;
+        archive
+            .read_at(0, archive.size() as usize)
+            .map_err(|e| Error::Damaged {
+                path: path.to_path_buf(),
+                cause: e.to_string(),
+            })
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+}
+
+fn parse_recipients(path: &Path, list: &[String]) -> Result<Vec<age::x25519::Recipient>> {
+    list.iter()
+        .map(|r| {
+            r.trim().parse::<age::x25519::Recipient>().map_err(|e| {
+                key_err(
+                    path,
+                    format!("recipient `{r}` is not an age X25519 key (age1…): {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn read_identities(files: &[PathBuf]) -> Result<Vec<Box<dyn age::Identity>>> {
+    let mut out = Vec::new();
+    for f in files {
+        let file = age::IdentityFile::from_file(f.to_string_lossy().into_owned())
+            .map_err(|e| key_err(f, format!("not an age identity file: {e}")))?;
+        out.extend(
+            file.into_identities()
+                .map_err(|e| key_err(f, format!("not an age identity file: {e}")))?,
+        );
+    }
+    Ok(out)
+}
+
+fn age_encrypt(
+    recipients: &[&dyn age::Recipient],
+    plain: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    let enc =
+        age::Encryptor::with_recipients(recipients.iter().copied()).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut w = enc.wrap_output(&mut out).map_err(|e| e.to_string())?;
+    w.write_all(plain).map_err(|e| e.to_string())?;
+    w.finish().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+fn age_decrypt(
+    identities: &[&dyn age::Identity],
+    sealed: &[u8],
+) -> std::result::Result<Vec<u8>, String> {
+    let dec = age::Decryptor::new_buffered(sealed).map_err(|e| e.to_string())?;
+    let mut r = dec
+        .decrypt(identities.iter().copied())
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// The nonce of chunk `counter`: 11 bytes of big-endian counter, then 1 for the last chunk.
+fn nonce(counter: u64, last: bool) -> Nonce {
+    let mut n = [0u8; 12];
+    n[3..11].copy_from_slice(&counter.to_be_bytes());
+    n[11] = u8::from(last);
+    *Nonce::from_slice(&n)
+}
+
+/// The plaintext size of a sealed object of `sealed` bytes (`None`: too short to be one).
+fn plain_size(sealed: u64) -> Option<u64> {
+    let payload = sealed.checked_sub(HEADER as u64)?;
+    let chunks = payload.div_ceil(SEALED_CHUNK as u64);
+    (chunks > 0 && payload - (chunks - 1) * SEALED_CHUNK as u64 >= TAG as u64)
+        .then(|| payload - chunks * TAG as u64)
+}
+
+fn corrupt(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, msg)
+}
+
+/// Seals bytes written through it into `inner` (header first, then chunks); [`SealWriter::finish`]
+/// writes the last chunk.
+pub struct SealWriter<W: Write> {
+    inner: W,
+    cipher: ChaCha20Poly1305,
+    buf: Vec<u8>,
+    counter: u64,
+}
+
+impl<W: Write> SealWriter<W> {
+    /// Starts sealing into `inner` with `key`: writes the header.
+    pub fn new(key: &ChainKey, mut inner: W) -> std::io::Result<Self> {
+        let mut salt = [0u8; 32];
+        OsRng.fill_bytes(&mut salt);
+        inner.write_all(MAGIC)?;
+        inner.write_all(&key.id)?;
+        inner.write_all(&salt)?;
+        Ok(SealWriter {
+            inner,
+            cipher: key.cipher(&salt),
+            buf: Vec::with_capacity(SEALED_CHUNK),
+            counter: 0,
+        })
+    }
+
+    fn emit(&mut self, last: bool) -> std::io::Result<()> {
+        self.cipher
+            .encrypt_in_place(&nonce(self.counter, last), b"", &mut self.buf)
+            .map_err(|_| corrupt("sealing a chunk failed".into()))?;
+        self.inner.write_all(&self.buf)?;
+        self.buf.clear();
+        self.counter += 1;
+        Ok(())
+    }
+
+    /// Writes the last chunk (possibly short; empty only if nothing was written) and returns
+    /// the inner writer.
+    pub fn finish(mut self) -> std::io::Result<W> {
+        self.emit(true)?;
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for SealWriter<W> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            // A full chunk is sealed only once more data comes: the last one is marked.
+            if self.buf.len() == CHUNK {
+                self.emit(false)?;
+            }
+            let take = (CHUNK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// An [`ArchiveOutput`] that seals what is written before handing it to the chain's own output.
+struct SealedOutput {
+    writer: Option<SealWriter<Box<dyn ArchiveOutput>>>,
+}
+
+impl Write for SealedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.writer {
+            Some(w) => w.write(buf),
+            None => Err(corrupt("the archive is finished".into())),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.writer {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ArchiveOutput for SealedOutput {
+    fn finish(mut self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
+        let w = self.writer.take().expect("finished once");
+        let path = PathBuf::from(format!("archive {}", manifest.sequence));
+        let inner = w.finish().map_err(|e| Error::io("seal", path, e))?;
+        inner.finish(manifest)
+    }
+}
+
+/// Seals an archive on its way into `out` (a chain's output) with `key`.
+pub fn seal_output(key: &ChainKey, out: Box<dyn ArchiveOutput>) -> Result<Box<dyn ArchiveOutput>> {
+    let w = SealWriter::new(key, out).map_err(|e| Error::io("seal", "archive", e))?;
+    Ok(Box::new(SealedOutput { writer: Some(w) }))
+}
+
+/// A sealed archive read through its chain's reader: sizes, ranged reads and streams are of the
+/// plaintext; the whole-file checks (the CRC32 in the name, an object's size) are of the sealed
+/// bytes, so they need no key.
+pub struct SealedArchive {
+    inner: Box<dyn ArchiveRead>,
+    cipher: ChaCha20Poly1305,
+    plain: u64,
+    chunks: u64,
+}
+
+impl SealedArchive {
+    /// Opens `inner` (sealed bytes) with `key`: checks the header, the key id and the size.
+    pub fn new(key: &ChainKey, inner: Box<dyn ArchiveRead>) -> Result<Self> {
+        let path = inner.location().to_path_buf();
+        let damaged = |cause: String| Error::Damaged {
+            path: path.clone(),
+            cause,
+        };
+        let raw = inner.size();
+        let plain = plain_size(raw)
+            .ok_or_else(|| damaged(format!("{raw} bytes: too short for a sealed archive")))?;
+        let head = inner
+            .read_at(0, HEADER)
+            .map_err(|e| Error::io("read", &path, e))?;
+        if &head[..8] != MAGIC {
+            return Err(damaged(
+                "not sealed: an encrypted chain holds only sealed archives".into(),
+            ));
+        }
+        if head[8..16] != key.id {
+            return Err(Error::Key {
+                path,
+                cause: format!(
+                    "sealed with key {}, not this chain's key {}",
+                    hex(&head[8..16]),
+                    key.id()
+                ),
+            });
+        }
+        let chunks = (raw - HEADER as u64).div_ceil(SEALED_CHUNK as u64);
+        Ok(SealedArchive {
+            cipher: key.cipher(&head[16..48]),
+            inner,
+            plain,
+            chunks,
+        })
+    }
+
+    /// Opens chunk `index` (its sealed bytes, tag included) in place.
+    fn open_chunk(&self, index: u64, data: &mut Vec<u8>) -> std::io::Result<()> {
+        let last = index + 1 == self.chunks;
+        self.cipher
+            .decrypt_in_place(&nonce(index, last), b"", data)
+            .map_err(|_| {
+                corrupt(format!(
+                    "{}: chunk {index} does not authenticate: the archive was changed, or \
+                     sealed with another key",
+                    self.inner.location().display()
+                ))
+            })
+    }
+}
+
+impl ArchiveRead for SealedArchive {
+    fn location(&self) -> &Path {
+        self.inner.location()
+    }
+    fn size(&self) -> u64 {
+        self.plain
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let end = offset + len as u64;
+        if end > self.plain {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "read past the end of the archive",
+            ));
+        }
+        let first = offset / CHUNK as u64;
+        let last = (end - 1) / CHUNK as u64;
+        let from = HEADER as u64 + first * SEALED_CHUNK as u64;
+        let to = (HEADER as u64 + (last + 1) * SEALED_CHUNK as u64).min(self.inner.size());
+        let sealed = self.inner.read_at(from, (to - from) as usize)?;
+        let mut out = Vec::with_capacity(((last - first + 1) as usize) * CHUNK);
+        for (i, c) in sealed.chunks(SEALED_CHUNK).enumerate() {
+            let mut data = c.to_vec();
+            self.open_chunk(first + i as u64, &mut data)?;
+            out.extend_from_slice(&data);
+        }
+        let skip = (offset - first * CHUNK as u64) as usize;
+        out.drain(..skip);
+        out.truncate(len);
+        Ok(out)
+    }
+    fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(OpenReader::new(self, self.inner.stream()?)))
+    }
+    fn span(&self) -> usize {
+        self.inner.span()
+    }
+    fn check_before_restore(&self, crc: u32) -> Result<()> {
+        self.inner.check_before_restore(crc)
+    }
+    fn raw_size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn raw_stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        self.inner.stream()
+    }
+    fn decode<'a>(&'a self, raw: Box<dyn Read + 'a>) -> std::io::Result<Box<dyn Read + 'a>> {
+        Ok(Box::new(OpenReader::new(self, raw)))
+    }
+}
+
+/// Opens a sealed stream chunk by chunk.
+struct OpenReader<'a, R> {
+    archive: &'a SealedArchive,
+    raw: R,
+    header_read: bool,
+    index: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl<'a, R: Read> OpenReader<'a, R> {
+    fn new(archive: &'a SealedArchive, raw: R) -> Self {
+        OpenReader {
+            archive,
+            raw,
+            header_read: false,
+            index: 0,
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for OpenReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if !self.header_read {
+            let mut head = [0u8; HEADER];
+            self.raw.read_exact(&mut head)?;
+            if &head[..8] != MAGIC {
+                return Err(corrupt("the sealed header changed while reading".into()));
+            }
+            self.header_read = true;
+        }
+        if self.at == self.buf.len() {
+            if self.index == self.archive.chunks {
+                return Ok(0);
+            }
+            self.buf.resize(SEALED_CHUNK, 0);
+            let mut got = 0;
+            while got < SEALED_CHUNK {
+                let n = self.raw.read(&mut self.buf[got..])?;
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            self.buf.truncate(got);
+            if got < TAG {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the sealed archive ends inside a chunk",
+                ));
+            }
+            let mut data = std::mem::take(&mut self.buf);
+            self.archive.open_chunk(self.index, &mut data)?;
+            self.buf = data;
+            self.at = 0;
+            self.index += 1;
+            if self.buf.is_empty() {
+                return Ok(0);
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Bytes in memory as an archive (a sealed manifest).
+struct MemoryArchive {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl ArchiveRead for MemoryArchive {
+    fn location(&self) -> &Path {
+        &self.path
+    }
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let from = offset as usize;
+        self.bytes
+            .get(from..from + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short"))
+    }
+    fn stream(&self) -> std::io::Result<Box<dyn Read + Send + '_>> {
+        Ok(Box::new(&self.bytes[..]))
+    }
+    fn check_before_restore(&self, _: u32) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A shared chain key, as the chain stores hold it.
+pub type SharedKey = Arc<ChainKey>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use age::secrecy::ExposeSecret;
+
+    fn seal(key: &ChainKey, plain: &[u8], writes: usize) -> Vec<u8> {
+        let mut w = SealWriter::new(key, Vec::new()).unwrap();
+        for c in plain.chunks(writes.max(1)) {
+            w.write_all(c).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn sealed_objects_read_back_at_any_offset_and_as_a_stream() {
+        let key = ChainKey::generate();
+        for size in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK, 3 * CHUNK + 77] {
+            let plain: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+            let sealed = seal(&key, &plain, 10_000);
+            assert_eq!(plain_size(sealed.len() as u64), Some(size as u64));
+            assert!(
+                size < 64 || !sealed.windows(64).any(|w| w == &plain[..64]),
+                "plaintext shows"
+            );
+            let a = SealedArchive::new(
+                &key,
+                Box::new(MemoryArchive {
+                    path: "m".into(),
+                    bytes: sealed.clone(),
+                }),
+            )
+            .unwrap();
+            assert_eq!(a.size(), size as u64);
+            let mut all = Vec::new();
+            a.stream().unwrap().read_to_end(&mut all).unwrap();
+            assert_eq!(all, plain);
+            for (off, len) in [
+                (0, 0),
+                (0, size),
+                (size / 3, size / 3),
+                (size.saturating_sub(5), 5.min(size)),
+            ] {
+                assert_eq!(a.read_at(off as u64, len).unwrap(), &plain[off..off + len]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_a_cut_or_another_key_is_refused() {
+        let key = ChainKey::generate();
+        let plain = vec![42u8; 2 * CHUNK + 10];
+        let sealed = seal(&key, &plain, 4096);
+        let open = |bytes: Vec<u8>, k: &ChainKey| -> std::result::Result<Vec<u8>, String> {
+            let a = SealedArchive::new(
+                k,
+                Box::new(MemoryArchive {
+                    path: "m".into(),
+                    bytes,
+                }),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut v = Vec::new();
+            a.stream()
+                .and_then(|mut s| s.read_to_end(&mut v))
+                .map_err(|e| e.to_string())?;
+            Ok(v)
+        };
+        assert_eq!(open(sealed.clone(), &key).unwrap(), plain);
+        let mut flipped = sealed.clone();
+        flipped[HEADER + CHUNK + 100] ^= 1;
+        assert!(open(flipped, &key)
+            .unwrap_err()
+            .contains("does not authenticate"));
+        // Cut after the first two chunks: the second is then the last, and its nonce differs.
+        let cut = sealed[..HEADER + 2 * SEALED_CHUNK].to_vec();
+        assert!(open(cut, &key)
+            .unwrap_err()
+            .contains("does not authenticate"));
+        let other = ChainKey::generate();
+        assert!(open(sealed, &other)
+            .unwrap_err()
+            .contains("not this chain's key"));
+    }
+
+    #[test]
+    fn key_files_open_with_the_passphrase_or_an_identity_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let id_file = dir.path().join("id.txt");
+        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
+        let key = ChainKey::generate();
+        let opts = KeyOptions {
+            passphrase: Some(SecretString::from("correct horse".to_string())),
+            recipients: vec![id.to_public().to_string()],
+            identity_files: Vec::new(),
+        };
+        let file = key.wrap(Path::new("k"), &opts).unwrap();
+        let by_id = KeyOptions {
+            identity_files: vec![id_file],
+            ..KeyOptions::default()
+        };
+        assert_eq!(
+            ChainKey::unwrap(Path::new("k"), &file, &by_id)
+                .unwrap()
+                .id(),
+            key.id()
+        );
+        let wrong = KeyOptions {
+            passphrase: Some(SecretString::from("wrong".to_string())),
+            ..KeyOptions::default()
+        };
+        let e = ChainKey::unwrap(Path::new("k"), &file, &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not open"), "{e}");
+        let none = ChainKey::unwrap(Path::new("k"), &file, &KeyOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("this backup is encrypted"), "{none}");
+        let mut damaged = file.clone();
+        let at = damaged.len() / 2;
+        damaged[at] ^= 0x20;
+        assert!(ChainKey::unwrap(Path::new("k"), &damaged, &by_id).is_err());
+    }
+}
