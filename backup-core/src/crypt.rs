@@ -704,6 +704,70 @@ impl<R: Read> Read for OpenReader<'_, R> {
     }
 }
 
+/// What [`verify_sealed`] found.
+#[derive(Debug, Default)]
+pub struct SealedReport {
+    /// Archives checked.
+    pub archives: usize,
+    /// Their stored bytes, in all.
+    pub bytes: u64,
+    /// Archives whose stored bytes do not match their name's CRC32 or their recorded size.
+    pub problems: Vec<Error>,
+}
+
+/// Checks what can be checked of a chain without its key: every archive's stored bytes
+/// against the CRC32 in its name (and, on an object store, the size in its seal). The records,
+/// manifests and chain continuity are sealed; [`crate::verify_chain`] with the key checks them.
+/// `progress` is told the bytes read so far and the total.
+pub fn verify_sealed(
+    store: &dyn crate::ChainStore,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<SealedReport> {
+    let stored = store.stored()?;
+    let total: u64 = stored.iter().map(|(_, a)| a.size()).sum();
+    let mut report = SealedReport::default();
+    for (name, archive) in &stored {
+        let want = crate::archive::crc_in_name(name)?;
+        let done = report.bytes;
+        let mut hash = crc32fast::Hasher::new();
+        let mut bytes = 0u64;
+        let read = archive.stream().and_then(|mut r| {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = r.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                hash.update(&buf[..n]);
+                bytes += n as u64;
+                progress(done + bytes, total);
+            }
+        });
+        let damaged = |cause: String| Error::Damaged {
+            path: archive.location().to_path_buf(),
+            cause,
+        };
+        let crc = hash.finalize();
+        if let Err(e) = read {
+            report
+                .problems
+                .push(Error::io("read", archive.location(), e));
+        } else if crc != want {
+            report.problems.push(damaged(format!(
+                "stored CRC32 {crc:08x} does not match {want:08x} in its name"
+            )));
+        } else if bytes != archive.size() {
+            report.problems.push(damaged(format!(
+                "{bytes} bytes where {} were recorded",
+                archive.size()
+            )));
+        }
+        report.archives += 1;
+        report.bytes += archive.size();
+    }
+    Ok(report)
+}
+
 /// Bytes in memory as an archive (a sealed manifest).
 struct MemoryArchive {
     path: PathBuf,

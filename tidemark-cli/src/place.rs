@@ -87,6 +87,15 @@ mod imp {
         })
     }
 
+    /// The chain at `url` opened without a key, if it is encrypted.
+    pub fn sealed(url: &str) -> Result<Option<Box<dyn ChainStore>>> {
+        let plain = open(url)?;
+        Ok(match plain.read_key()? {
+            Some(_) => Some(Box::new(plain)),
+            None => None,
+        })
+    }
+
     /// The chain at `url` for a writer that starts later (a live backup): a new chain's key is
     /// made now, under the destination's lock.
     pub fn writable(url: &str, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
@@ -143,6 +152,9 @@ mod imp {
         not_built(url)
     }
     pub fn writable(url: &str, _: &KeyOptions) -> Result<Box<dyn ChainStore>> {
+        not_built(url)
+    }
+    pub fn sealed(url: &str) -> Result<Option<Box<dyn ChainStore>>> {
         not_built(url)
     }
 }
@@ -266,6 +278,16 @@ pub fn writable_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainS
             backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
             Ok(Box::new(local_chain(dir, keys, KeyUse::Create)?))
         }
+    }
+}
+
+/// The chain at `place` opened without its key, if it is encrypted (what verify can check of
+/// it without the key: [`backup_core::crypt::verify_sealed`]); `None` for anything else.
+pub fn sealed_chain(place: &Place) -> Result<Option<Box<dyn ChainStore>>> {
+    match place {
+        Place::Remote(url) => imp::sealed(url),
+        Place::Local(dir) if is_encrypted_dir(dir) => Ok(Some(Box::new(LocalChain::new(dir)))),
+        Place::Local(_) => Ok(None),
     }
 }
 

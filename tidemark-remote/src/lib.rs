@@ -410,6 +410,23 @@ impl ChainStore for RemoteChain {
         self.get(KEY_FILE)
     }
 
+    fn stored(&self) -> Result<Vec<(PathBuf, Box<dyn ArchiveRead>)>> {
+        let names = self.seal_names()?;
+        let mut out: Vec<(PathBuf, Box<dyn ArchiveRead>)> = Vec::new();
+        for seal in self.seals_named(&names) {
+            let Some(seal) = seal? else { continue };
+            let archive = RemoteArchive {
+                store: self.store.clone(),
+                rt: self.rt.clone(),
+                path: self.path(&seal.object),
+                location: self.location_of(&seal.object),
+                size: seal.size,
+            };
+            out.push((PathBuf::from(&seal.archive), Box::new(archive)));
+        }
+        Ok(out)
+    }
+
     fn write_key(&self, bytes: &[u8]) -> Result<()> {
         if self.get(KEY_FILE)?.is_some() {
             return Err(Error::Key {

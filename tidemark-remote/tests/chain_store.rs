@@ -9,15 +9,34 @@ use conformance_tests::s3;
 use object_store::ObjectStoreExt;
 use tidemark_remote::RemoteChain;
 
-struct Bucket(String);
+/// A bucket, and the chain key when its chains are encrypted.
+struct Bucket(String, Option<std::sync::Arc<backup_core::ChainKey>>);
 
 impl ChainFixture for Bucket {
     fn chain(&self, name: &str) -> Box<dyn ChainStore> {
         let url = format!("{}/{name}", self.0);
-        Box::new(RemoteChain::open_with(&url, s3::env()).expect("open the chain"))
+        let chain = RemoteChain::open_with(&url, s3::env()).expect("open the chain");
+        Box::new(match &self.1 {
+            Some(key) => chain.with_key(key.clone()),
+            None => chain,
+        })
     }
 
+    /// Damage to the content; an encrypted chain's is sealed again with its key (see the local
+    /// suite's `Sealed` fixture).
     fn overwrite(&self, chain: &dyn ChainStore, item: &ChainItem, bytes: Vec<u8>) {
+        let bytes = match &self.1 {
+            Some(key) => {
+                use std::io::Write;
+                // As long as the archive's plaintext: the sealed object keeps its size.
+                let mut bytes = bytes;
+                bytes.resize(chain.open(item).expect("open").size() as usize, 0x5a);
+                let mut w = backup_core::crypt::SealWriter::new(key, Vec::new()).expect("seal");
+                w.write_all(&bytes).expect("seal");
+                w.finish().expect("seal")
+            }
+            None => bytes,
+        };
         let (store, object) = object_of(chain, item, "zip");
         runtime()
             .block_on(store.put(&object, bytes.into()))
@@ -67,7 +86,15 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn an_object_store_passes_the_chain_store_suite() {
-    run_all(&Bucket(s3::bucket("chain-store-suite")));
+    run_all(&Bucket(s3::bucket("chain-store-suite"), None));
+}
+
+#[test]
+fn an_encrypted_object_store_chain_passes_the_chain_store_suite() {
+    run_all(&Bucket(
+        s3::bucket("chain-store-sealed"),
+        Some(std::sync::Arc::new(backup_core::ChainKey::generate())),
+    ));
 }
 
 /// A writer whose lock was taken over (it expired during an outage and another writer took

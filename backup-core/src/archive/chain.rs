@@ -45,6 +45,11 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     /// Writes the chain's key file, atomically and durably, only if there is none yet (an
     /// existing one is never replaced: it would strand every archive sealed with it).
     fn write_key(&self, bytes: &[u8]) -> Result<()>;
+    /// Every archive as stored, from names (and an object store's seals) alone, without reading
+    /// a manifest: its name (with the CRC32 of its stored bytes) and a reader of those bytes.
+    /// This is what can be checked of an encrypted chain without its key
+    /// ([`crate::crypt::verify_sealed`]).
+    fn stored(&self) -> Result<Vec<(PathBuf, Box<dyn ArchiveRead>)>>;
     /// Takes the destination's one-writer lock for `command` (e.g. "prune"), held until the
     /// returned guard is dropped; another holder makes it fail with [`Error::Locked`].
     fn lock(&self, command: &str) -> Result<ChainLock>;
@@ -222,7 +227,7 @@ pub trait ArchiveRead: Send + Sync {
 }
 
 /// The CRC32 an archive's file name carries.
-pub(super) fn crc_in_name(path: &Path) -> Result<u32> {
+pub(crate) fn crc_in_name(path: &Path) -> Result<u32> {
     file_name_of(path)
         .trim_end_matches(".zip")
         .rsplit('-')
@@ -641,6 +646,24 @@ impl ChainStore for LocalChain {
     fn open(&self, item: &ChainItem) -> Result<Box<dyn ArchiveRead>> {
         self.guard()?;
         self.open_path(&item.path)
+    }
+
+    fn stored(&self) -> Result<Vec<(PathBuf, Box<dyn ArchiveRead>)>> {
+        let mut out: Vec<(PathBuf, Box<dyn ArchiveRead>)> = Vec::new();
+        for path in archive_files(&self.dir)? {
+            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
+            let size = file
+                .metadata()
+                .map_err(|e| Error::io("stat", &path, e))?
+                .len();
+            let archive = LocalArchive {
+                path: path.clone(),
+                file,
+                size,
+            };
+            out.push((path, Box::new(archive)));
+        }
+        Ok(out)
     }
 
     fn read_key(&self) -> Result<Option<Vec<u8>>> {

@@ -18,6 +18,7 @@
 //! knows zip bytes.
 
 mod chain;
+pub(crate) use chain::crc_in_name;
 mod compact;
 mod graph;
 mod restore;

@@ -487,10 +487,11 @@ fn decode_job(
     job: Job,
 ) -> Result<Vec<Decoded>> {
     let path = job.path.join(&job.entry.name);
-    let bytes = job
-        .span
-        .bytes()
-        .map_err(|e| Error::io("read", job.span.archive.location(), e))?;
+    let bytes = job.span.bytes().map_err(|e| match e.kind() {
+        // A sealed archive's chunk that does not authenticate is damage, as a CRC32 is.
+        std::io::ErrorKind::InvalidData => damaged(job.span.archive.location(), e.to_string()),
+        _ => Error::io("read", job.span.archive.location(), e),
+    })?;
     // The entry, as seen from the start of its span.
     let local = DirEntry {
         offset: job.entry.offset - job.span.start,
