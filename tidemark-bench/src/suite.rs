@@ -517,6 +517,57 @@ impl Bench<'_> {
                 let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
                 self.push(kind, "archive restore", &m, bytes, n, None, None);
                 remove(&target)?;
+                // The same full archive and restore, encrypted (to an age recipient: a
+                // passphrase would add a second of scrypt to each command).
+                let edir = dir.join(format!("archive-{label}-encrypted"));
+                let e = edir.to_string_lossy().into_owned();
+                let id = age::x25519::Identity::generate();
+                let id_file = dir.join("bench-identity.txt");
+                {
+                    use age::secrecy::ExposeSecret;
+                    std::fs::write(&id_file, id.to_string().expose_secret())?;
+                }
+                let id_path = id_file.to_string_lossy().into_owned();
+                let recipient = id.to_public().to_string();
+                let cache = dir
+                    .join("encrypted-key-state")
+                    .to_string_lossy()
+                    .into_owned();
+                let m = self.tidemark(
+                    "backup",
+                    &[
+                        &[
+                            "backup", "--source", &src, "--to", &e, "--full", "--cache", &cache,
+                        ][..],
+                        &flags,
+                        &["--encrypt-recipient", &recipient],
+                    ]
+                    .concat(),
+                )?;
+                self.push(
+                    kind,
+                    &format!("archive full {label} encrypted"),
+                    &m,
+                    bytes,
+                    n,
+                    Some(archives_size(&edir)),
+                    None,
+                );
+                let m = self.tidemark(
+                    "restore",
+                    &[
+                        "restore",
+                        "--from",
+                        &e,
+                        "--to",
+                        &to,
+                        "--encrypt-identity",
+                        &id_path,
+                    ],
+                )?;
+                self.push(kind, "archive restore encrypted", &m, bytes, n, None, None);
+                remove(&target)?;
+                remove(&edir)?;
                 if self.args.s3 {
                     // The same full archive and restore through an object store.
                     let url = format!(
@@ -734,6 +785,19 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
             "archive restore throughput / store's restore tool",
             ratio(get("archive restore"), get("store's restore tool")),
             None,
+        );
+        line(
+            &format!("archive full {first} encrypted throughput / unencrypted"),
+            ratio(
+                get(&format!("archive full {first} encrypted")),
+                get(&format!("archive full {first}")),
+            ),
+            Some((0.9, true)),
+        );
+        line(
+            "archive restore encrypted throughput / unencrypted",
+            ratio(get("archive restore encrypted"), get("archive restore")),
+            Some((0.9, true)),
         );
         if args.s3 {
             line(
