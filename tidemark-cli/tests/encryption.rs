@@ -641,3 +641,73 @@ fn a_live_backup_seals_every_archive_and_stops_cleanly() {
     );
     assert_same_dump(&dump(&d.join("out.db")), &dump(&d.join("src.db")), "live");
 }
+
+#[cfg(all(feature = "rocksdb", feature = "sled"))]
+#[test]
+fn rocksdb_and_sled_chains_are_sealed_and_restore_with_the_key() {
+    use common::kv::{differences, kv_content, kv_write};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (id, recipient) = identity(d, "id.txt");
+    for kind in ["rocksdb", "sled"] {
+        let app = d.join(format!("{kind}-app"));
+        let puts: Vec<(&str, Vec<u8>, Vec<u8>)> = (0..200)
+            .map(|i| {
+                let c = if i % 2 == 0 { "alpha" } else { "orders" };
+                (
+                    c,
+                    format!("k{i:04}").into_bytes(),
+                    format!("{CANARY}-{kind}-{i}").into_bytes(),
+                )
+            })
+            .collect();
+        kv_write(kind, &app, &puts, &[]);
+        let source = format!("{kind}:{}", app.display());
+        let to = format!("{kind}-bk");
+        let args = |extra: &[&str]| {
+            let mut a = vec![
+                "backup",
+                "--source",
+                source.as_str(),
+                "--to",
+                to.as_str(),
+                "--format",
+                "archive",
+                "--compression",
+                "none",
+            ];
+            a.extend_from_slice(extra);
+            a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        let first = args(&["--encrypt-recipient", &recipient]);
+        ok(
+            d,
+            &first.iter().map(String::as_str).collect::<Vec<_>>(),
+            false,
+        );
+        let more: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![(
+            "orders",
+            b"k9999".to_vec(),
+            format!("{CANARY}-late").into_bytes(),
+        )];
+        kv_write(kind, &app, &more, &[("orders", b"k0001")]);
+        let second = args(&["--encrypt-identity", &id]);
+        ok(
+            d,
+            &second.iter().map(String::as_str).collect::<Vec<_>>(),
+            false,
+        );
+        assert_eq!(shows(&d.join(&to), CANARY), Vec::<String>::new(), "{kind}");
+        let out = d.join(format!("{kind}-out"));
+        let target = format!("{kind}:{}", out.display());
+        ok(
+            d,
+            &["restore", &to, "--to", &target, "--encrypt-identity", &id],
+            false,
+        );
+        let diff = differences(&kv_content(kind, &out), &kv_content(kind, &app));
+        assert!(diff.is_empty(), "{kind}: {diff:?}");
+        let err = fails(d, &["restore", &to, "--to", &format!("{target}-2")], false);
+        assert!(err.contains("this backup is encrypted"), "{err}");
+    }
+}
