@@ -651,7 +651,8 @@ fn rocksdb_and_sled_chains_are_sealed_and_restore_with_the_key() {
     let (id, recipient) = identity(d, "id.txt");
     for kind in ["rocksdb", "sled"] {
         let app = d.join(format!("{kind}-app"));
-        let puts: Vec<(&str, Vec<u8>, Vec<u8>)> = (0..200)
+        // Thousands per tree: a sled restore applies batches of at most 1,000 records.
+        let puts: Vec<(&str, Vec<u8>, Vec<u8>)> = (0..6000)
             .map(|i| {
                 let c = if i % 2 == 0 { "alpha" } else { "orders" };
                 (
