@@ -23,6 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// What an encrypted chain opened without a key says: the options that open it.
+pub const NEEDS_KEY: &str = "this backup is encrypted: give --encrypt-passphrase-file or \
+                             --encrypt-identity (encrypt_passphrase_file or encrypt_identities \
+                             in a job)";
+
 /// The name of a chain's key file (in a directory, or an object under the prefix).
 pub const KEY_FILE: &str = ".tidemark-key";
 
@@ -239,11 +244,7 @@ impl ChainKey {
             ));
         }
         if !options.can_open() {
-            return Err(key_err(
-                path,
-                "this backup is encrypted: give --encrypt-passphrase-file or --encrypt-identity \
-                 (encrypt_passphrase_file or encrypt_identities in a job)",
-            ));
+            return Err(key_err(path, NEEDS_KEY));
         }
         let mut tried = Vec::new();
         for wrap in &file.wraps {

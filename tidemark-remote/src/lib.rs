@@ -12,6 +12,7 @@
 //! tidemark-000001-full.json      its seal, written after it: file name (with CRC32), size, manifest
 //! .tidemark-head                 the newest archive written (as in a local directory), last
 //! .tidemark-pruned               the prune log (as in a local directory)
+//! .tidemark-key                  an encrypted chain's key file (docs/FORMAT.md §5)
 //! ```
 //!
 //! A reader lists seals only: an archive without one (an upload cut short) is not part of the
@@ -22,7 +23,7 @@ use backup_core::archive::{
     slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Listing,
     Slot, Survey, HEAD_FILE,
 };
-use backup_core::crypt::{SharedKey, KEY_FILE};
+use backup_core::crypt::{SharedKey, KEY_FILE, NEEDS_KEY};
 use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
 use futures::StreamExt;
@@ -165,10 +166,7 @@ impl RemoteChain {
             (None, Some(_), None) => {
                 return Err(Error::Key {
                     path: location,
-                    cause: "this backup is encrypted: give --encrypt-passphrase-file or \
-                            --encrypt-identity (encrypt_passphrase_file or encrypt_identities \
-                            in a job)"
-                        .into(),
+                    cause: NEEDS_KEY.into(),
                 })
             }
             (Some(_), None, Some(_)) => {
@@ -530,9 +528,7 @@ impl ChainStore for RemoteChain {
         if self.key.is_none() && self.get(KEY_FILE)?.is_some() {
             return Err(Error::Key {
                 path: self.location_of(KEY_FILE),
-                cause: "this backup is encrypted: give --encrypt-passphrase-file or \
-                        --encrypt-identity"
-                    .into(),
+                cause: NEEDS_KEY.into(),
             });
         }
         let object = object_name(slot);

@@ -509,10 +509,7 @@ impl LocalChain {
         if self.key.is_none() && key_file.exists() {
             return Err(Error::Key {
                 path: key_file,
-                cause:
-                    "this backup is encrypted: give --encrypt-passphrase-file or \
-                        --encrypt-identity (encrypt_passphrase_file or encrypt_identities in a job)"
-                        .into(),
+                cause: crate::crypt::NEEDS_KEY.into(),
             });
         }
         Ok(())
