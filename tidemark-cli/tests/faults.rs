@@ -8,6 +8,9 @@
 //! - after a killed `restore --force`, the target holds the complete old database or the
 //!   complete new one, never neither, and the next restore leaves no temporary files.
 //!
+//! Backups are killed for the folder format, archive chains and (SQLite) encrypted archive
+//! chains, whose first run also writes the key file.
+//!
 //! Each case runs until a run reaches no more crash points, so every point is tried. Sources
 //! and targets are of every kind: SQLite written by the `sqlite3` shell, RocksDB written by an
 //! application keeping its WAL, plain sled; each read back by its own independent client.
@@ -214,10 +217,13 @@ fn change(d: &Path, round: u32) {
     );
 }
 
-/// Restores `dest` into a new database `name` of `kind` and returns what it holds, or `None` if
-/// restore refused.
-fn restored(kind: Kind, d: &Path, dest: &str, name: &str) -> Option<String> {
-    let out = common::tidemark(&["restore", "--from", dest, "--to", &kind.url(name)], d);
+/// Restores `dest` into a new database `name` of `kind` (with `extra` arguments: the key of an
+/// encrypted chain) and returns what it holds, or `None` if restore refused.
+fn restored_with(kind: Kind, d: &Path, dest: &str, name: &str, extra: &[&str]) -> Option<String> {
+    let url = kind.url(name);
+    let mut args = vec!["restore", "--from", dest, "--to", &url];
+    args.extend_from_slice(extra);
+    let out = common::tidemark(&args, d);
     if !out.status.success() {
         assert!(
             !kind.path(d, name).exists(),
@@ -239,19 +245,45 @@ enum Mode {
     FullOverExisting,
 }
 
-/// Kills a backup of `kind` at every crash point; returns how many points it has.
+/// Kills a backup of `kind` at every crash point; returns how many points it has. `format` is
+/// `folder`, `archive`, or `encrypted` (an archive chain sealed to an age recipient, whose key
+/// file the first run writes: its key state in `cache` under the test's directory).
 fn backups_killed_everywhere(kind: Kind, format: &str, mode: Mode) -> u64 {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let (format, keys, opens): (&str, Vec<&str>, Vec<&str>) = match format {
+        "encrypted" => (
+            "archive",
+            vec![
+                "--encrypt-recipient",
+                &recipient,
+                "--encrypt-identity",
+                "id.txt",
+                "--cache",
+                "cache",
+            ],
+            vec!["--encrypt-identity", "id.txt"],
+        ),
+        other => (other, vec![], vec![]),
+    };
+    let label = if keys.is_empty() { format } else { "encrypted" };
     let mut n = 1;
     loop {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         kind.create(d);
+        std::fs::write(d.join("id.txt"), identity.to_string().expose_secret()).unwrap();
         let src = kind.url("src");
-        let backup = ["backup", "--source", &src, "--to", "bk", "--format", format];
+        let mut backup = vec!["backup", "--source", &src, "--to", "bk", "--format", format];
+        backup.extend_from_slice(&keys);
+        let mut verify = vec!["verify", "bk"];
+        verify.extend_from_slice(&opens);
+        let backup = &backup[..];
         let mut killed: Vec<&str> = backup.to_vec();
         let mut states = vec![];
         if mode != Mode::Full {
-            ok(&backup, d);
+            ok(backup, d);
             states.push(kind.content(d, "src"));
             kind.change(d, 0);
         }
@@ -261,13 +293,13 @@ fn backups_killed_everywhere(kind: Kind, format: &str, mode: Mode) -> u64 {
         states.push(kind.content(d, "src"));
         if !run_crashing(&killed, d, n) {
             let points = n - 1;
-            println!("{kind:?} {format} {mode:?}: {points} crash points, each killed and repaired");
+            println!("{kind:?} {label} {mode:?}: {points} crash points, each killed and repaired");
             return points;
         }
-        let what = format!("{kind:?}, {format}, {mode:?}, killed at point {n}");
+        let what = format!("{kind:?}, {label}, {mode:?}, killed at point {n}");
         // verify and restore agree, and a restore is a state the source had.
-        let verified = common::tidemark(&["verify", "bk"], d).status.success();
-        match restored(kind, d, "bk", "after-kill") {
+        let verified = common::tidemark(&verify, d).status.success();
+        match restored_with(kind, d, "bk", "after-kill", &opens) {
             Some(got) => assert!(
                 states.contains(&got),
                 "{what}: the restore is no state the source had"
@@ -278,21 +310,27 @@ fn backups_killed_everywhere(kind: Kind, format: &str, mode: Mode) -> u64 {
             ),
         }
         // The next run repairs everything.
-        ok(&backup, d);
-        ok(&["verify", "bk"], d);
-        let got = restored(kind, d, "bk", "repaired").unwrap_or_else(|| panic!("{what}: restore"));
+        ok(backup, d);
+        ok(&verify, d);
+        let got = restored_with(kind, d, "bk", "repaired", &opens)
+            .unwrap_or_else(|| panic!("{what}: restore"));
         common::assert_same_dump(&got, states.last().unwrap(), &what);
         // And the run after that is a normal one.
         kind.change(d, 1);
-        ok(&backup, d);
-        let got = restored(kind, d, "bk", "later").unwrap();
+        ok(backup, d);
+        let got = restored_with(kind, d, "bk", "later", &opens).unwrap();
         common::assert_same_dump(&got, &kind.content(d, "src"), &what);
         n += 1;
     }
 }
 
 fn all_backups_killed_everywhere(kind: Kind) {
-    for format in ["folder", "archive"] {
+    // An encrypted chain for SQLite only: sealing is below the store (the same for all).
+    let formats: &[&str] = match kind {
+        Kind::Sqlite => &["folder", "archive", "encrypted"],
+        _ => &["folder", "archive"],
+    };
+    for &format in formats {
         for mode in [Mode::Full, Mode::Incremental, Mode::FullOverExisting] {
             let points = backups_killed_everywhere(kind, format, mode);
             assert!(points >= 4, "{kind:?} {format}: only {points} crash points");
