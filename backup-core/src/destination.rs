@@ -53,15 +53,16 @@ pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
 /// marker again.
 fn read_marker(dir: &Path) -> Result<Option<DestFormat>> {
     let marker = dir.join(FORMAT_FILE);
-    match std::fs::read(&marker) {
-        Ok(bytes) => Ok(match bytes.trim_ascii() {
-            b"folder" => Some(DestFormat::Folder),
-            b"archive" => Some(DestFormat::Archive),
+    Ok(
+        match crate::durable::read_if_exists(&marker)?
+            .as_deref()
+            .map(<[u8]>::trim_ascii)
+        {
+            Some(b"folder") => Some(DestFormat::Folder),
+            Some(b"archive") => Some(DestFormat::Archive),
             _ => None,
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &marker, e)),
-    }
+        },
+    )
 }
 
 /// The format a directory without a (valid) marker holds, from its content.

@@ -94,6 +94,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
     Ok(())
 }
 
+/// The bytes of the file at `path`, or `None` if there is none.
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", path, e)),
+    }
+}
+
 /// Writes `bytes` to a new file at `path` (no rename: for files in a staging area).
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).map_err(|e| Error::io("write", path, e))

@@ -55,6 +55,14 @@ mod imp {
         RemoteChain::open(url).with_context(|| format!("opening {url}"))
     }
 
+    /// `plain` (opened without a key) with its key, if it is encrypted (see [`chain_key`]).
+    fn keyed(plain: RemoteChain, keys: &KeyOptions, usage: KeyUse) -> Result<RemoteChain> {
+        Ok(match chain_key(&plain, keys, usage)? {
+            Some(key) => plain.with_key(key),
+            None => plain,
+        })
+    }
+
     pub fn backup(
         backend: &dyn StorageBackend,
         url: &str,
@@ -67,10 +75,7 @@ mod imp {
         let plain = open(url)?;
         // One writer per destination, remotely too: held for the whole run.
         let _lock = plain.lock("backup")?;
-        let chain = match chain_key(&plain, keys, KeyUse::Create)? {
-            Some(key) => plain.with_key(key),
-            None => plain,
-        };
+        let chain = keyed(plain, keys, KeyUse::Create)?;
         let state = state_dir(url, cache)?;
         Ok(backup_core::backup_archive_to(
             backend, &chain, &state, options, archive, events,
@@ -80,11 +85,7 @@ mod imp {
     /// The chain at `url`, read and written through the same code as a local directory (with
     /// its key, if it is encrypted; `usage` says whether a new chain may get one).
     pub fn open_remote(url: &str, keys: &KeyOptions, usage: KeyUse) -> Result<Box<dyn ChainStore>> {
-        let plain = open(url)?;
-        Ok(match chain_key(&plain, keys, usage)? {
-            Some(key) => Box::new(plain.with_key(key)),
-            None => Box::new(plain),
-        })
+        Ok(Box::new(keyed(open(url)?, keys, usage)?))
     }
 
     /// The chain at `url` opened without a key, if it is encrypted.
@@ -100,14 +101,8 @@ mod imp {
     /// made now, under the destination's lock.
     pub fn writable(url: &str, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
         let plain = open(url)?;
-        let key = {
-            let _lock = plain.lock("backup")?;
-            chain_key(&plain, keys, KeyUse::Create)?
-        };
-        Ok(match key {
-            Some(key) => Box::new(plain.with_key(key)),
-            None => Box::new(plain),
-        })
+        let _lock = plain.lock("backup")?;
+        Ok(Box::new(keyed(plain, keys, KeyUse::Create)?))
     }
 
     pub fn prune(
@@ -234,6 +229,18 @@ fn local_chain(dir: &Path, keys: &KeyOptions, usage: KeyUse) -> Result<LocalChai
     })
 }
 
+/// The archive chain in `dir` for a backup: its lock taken, its format claimed, and its key
+/// (made now for a new encrypted chain, under the lock).
+fn claim_local(
+    dir: &Path,
+    keys: &KeyOptions,
+) -> Result<(backup_core::DestinationLock, LocalChain)> {
+    let lock = backup_core::DestinationLock::acquire(dir, "backup")?;
+    backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
+    let chain = local_chain(dir, keys, KeyUse::Create)?;
+    Ok((lock, chain))
+}
+
 /// Whether the directory `dir` holds an encrypted chain (a key file).
 pub fn is_encrypted_dir(dir: &Path) -> bool {
     dir.join(KEY_FILE).exists()
@@ -257,9 +264,7 @@ pub fn backup_archive(
             backend, dir, options, archive, events,
         )?),
         Place::Local(dir) => {
-            let _lock = backup_core::DestinationLock::acquire(dir, "backup")?;
-            backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
-            let chain = local_chain(dir, keys, KeyUse::Create)?;
+            let (_lock, chain) = claim_local(dir, keys)?;
             let state = local_state_dir(dir, cache)?;
             Ok(backup_core::backup_archive_to(
                 backend, &chain, &state, options, archive, events,
@@ -273,11 +278,7 @@ pub fn backup_archive(
 pub fn writable_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainStore>> {
     match place {
         Place::Remote(url) => imp::writable(url, keys),
-        Place::Local(dir) => {
-            let _lock = backup_core::DestinationLock::acquire(dir, "backup")?;
-            backup_core::claim_format(dir, backup_core::DestFormat::Archive)?;
-            Ok(Box::new(local_chain(dir, keys, KeyUse::Create)?))
-        }
+        Place::Local(dir) => Ok(Box::new(claim_local(dir, keys)?.1)),
     }
 }
 

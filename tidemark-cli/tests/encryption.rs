@@ -20,38 +20,28 @@ const COLUMN: &str = "secret_column_name";
 
 /// `tidemark` in `cwd`, with its cache (the key state of encrypted chains) under `cwd`, and the
 /// environment that points an S3 client at the moto server when `s3` is set.
-fn cmd(cwd: &Path, args: &[&str], s3: bool) -> Output {
+fn command(cwd: &Path, s3: bool) -> Command {
     let mut c = Command::new(common::bin());
-    c.current_dir(cwd)
-        .args(args)
-        .env("XDG_CACHE_HOME", cwd.join("cache"));
+    c.current_dir(cwd).env("XDG_CACHE_HOME", cwd.join("cache"));
     if s3 {
         #[cfg(feature = "remote")]
         for (k, v) in conformance_tests::s3::env() {
             c.env(k, v);
         }
     }
-    c.output().unwrap()
+    c
+}
+
+fn cmd(cwd: &Path, args: &[&str], s3: bool) -> Output {
+    command(cwd, s3).args(args).output().unwrap()
 }
 
 fn ok(cwd: &Path, args: &[&str], s3: bool) -> String {
-    let out = cmd(cwd, args, s3);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tidemark {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::succeeds(&mut command(cwd, s3), args)
 }
 
 fn fails(cwd: &Path, args: &[&str], s3: bool) -> String {
-    let out = cmd(cwd, args, s3);
-    assert!(
-        !out.status.success(),
-        "tidemark {args:?} should have failed"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::refused(&mut command(cwd, s3), args)
 }
 
 /// A tracked store whose rows carry the canary.
@@ -564,9 +554,7 @@ fn a_live_backup_seals_every_archive_and_stops_cleanly() {
     let d = tmp.path();
     source(d);
     std::fs::write(d.join("pass"), "live passphrase\n").unwrap();
-    let child = Command::new(common::bin())
-        .current_dir(d)
-        .env("XDG_CACHE_HOME", d.join("cache"))
+    let child = command(d, false)
         .args([
             "backup",
             "--source",
@@ -608,18 +596,7 @@ fn a_live_backup_seals_every_archive_and_stops_cleanly() {
         );
         common::wait_for("an incremental archive", || archives() >= 2 + i);
     }
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stop_cleanly(child);
     assert_eq!(shows(&d.join("live"), CANARY), Vec::<String>::new());
     assert!(!d.join("live/.tidemark-state").exists());
     ok(

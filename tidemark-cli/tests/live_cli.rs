@@ -30,19 +30,7 @@ fn start_live(d: &Path, format: &str) -> Child {
 }
 
 fn sigterm(child: Child) -> String {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "a SIGTERM stop is clean: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&common::stop_cleanly(child).stdout).into_owned()
 }
 
 fn rfc3339(t: time::OffsetDateTime) -> String {

@@ -34,23 +34,11 @@ fn run(args: &[&str], cwd: &Path) -> Output {
 }
 
 fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = run(args, cwd);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tidemark {args:?} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    common::succeeds(&mut cmd(cwd), args)
 }
 
 fn fails(args: &[&str], cwd: &Path) -> String {
-    let out = run(args, cwd);
-    assert!(
-        !out.status.success(),
-        "tidemark {args:?} should have failed"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    common::refused(&mut cmd(cwd), args)
 }
 
 fn source(d: &Path) {
@@ -911,16 +899,7 @@ fn live_to_several_destinations() {
             }
         }
     }
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stop_cleanly(child);
     let changes: i64 = conn
         .query_row("SELECT count(*) FROM _tidemark_changes", [], |r| r.get(0))
         .unwrap();

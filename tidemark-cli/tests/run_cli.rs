@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{assert_same_dump, dump, fails, ok, sql, tidemark};
+use common::{assert_same_dump, dump, fails, ok, sigterm, sql, tidemark};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,16 +17,6 @@ fn archives(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-/// Stops a running `tidemark` with SIGTERM, as a service manager would, and collects it.
-fn sigterm(child: std::process::Child) -> std::process::Output {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    child.wait_with_output().unwrap()
 }
 
 fn source(d: &Path) {

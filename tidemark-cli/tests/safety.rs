@@ -61,18 +61,7 @@ fn start_live(d: &Path, dest: &str, format: &str) -> Child {
 }
 
 fn sigterm(child: Child) {
-    let pid = child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stop_cleanly(child);
 }
 
 #[test]

@@ -227,7 +227,7 @@ pub trait ArchiveRead: Send + Sync {
 }
 
 /// The CRC32 an archive's file name carries.
-pub(crate) fn crc_in_name(path: &Path) -> Result<u32> {
+pub(super) fn crc_in_name(path: &Path) -> Result<u32> {
     file_name_of(path)
         .trim_end_matches(".zip")
         .rsplit('-')
@@ -236,16 +236,16 @@ pub(crate) fn crc_in_name(path: &Path) -> Result<u32> {
         .ok_or_else(|| damaged(path, "the file name carries no CRC32"))
 }
 
-/// Streams an archive through `read` (which reads the zip entries from it), computing the CRC32
-/// of every byte; fails if it differs from the one in the archive's name. One pass; `tick` is
-/// told the bytes read so far as they are read.
-pub(super) fn read_whole<T>(
-    item: &ChainItem,
+/// Streams an archive (named `path`, whose name carries the CRC32) through `read` (which reads
+/// the zip entries from it), computing the CRC32 of every stored byte; fails if it differs from
+/// the one in the archive's name. One pass; `tick` is told the bytes read so far as they are
+/// read.
+pub(crate) fn read_whole<T>(
+    path: &Path,
     archive: &dyn ArchiveRead,
     tick: &mut dyn FnMut(u64),
     read: impl FnOnce(&mut dyn Read) -> Result<T>,
 ) -> Result<T> {
-    let path = &item.path;
     let want = crc_in_name(path)?;
     let stream = archive
         .raw_stream()
@@ -374,6 +374,22 @@ struct LocalArchive {
     path: PathBuf,
     file: File,
     size: u64,
+}
+
+impl LocalArchive {
+    /// Opens the archive file at `path` (its bytes as stored).
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        Ok(LocalArchive {
+            path: path.to_path_buf(),
+            file,
+            size,
+        })
+    }
 }
 
 impl ArchiveRead for LocalArchive {
@@ -517,16 +533,7 @@ impl LocalChain {
 
     /// The archive file at `path` as this chain reads it (opened with the key, if sealed).
     fn open_path(&self, path: &Path) -> Result<Box<dyn ArchiveRead>> {
-        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
-        let plain = Box::new(LocalArchive {
-            path: path.to_path_buf(),
-            file,
-            size,
-        });
+        let plain = Box::new(LocalArchive::open(path)?);
         Ok(match &self.key {
             Some(k) => Box::new(crate::crypt::SealedArchive::new(k, plain)?),
             None => plain,
@@ -648,28 +655,14 @@ impl ChainStore for LocalChain {
     fn stored(&self) -> Result<Vec<(PathBuf, Box<dyn ArchiveRead>)>> {
         let mut out: Vec<(PathBuf, Box<dyn ArchiveRead>)> = Vec::new();
         for path in archive_files(&self.dir)? {
-            let file = File::open(&path).map_err(|e| Error::io("open", &path, e))?;
-            let size = file
-                .metadata()
-                .map_err(|e| Error::io("stat", &path, e))?
-                .len();
-            let archive = LocalArchive {
-                path: path.clone(),
-                file,
-                size,
-            };
+            let archive = LocalArchive::open(&path)?;
             out.push((path, Box::new(archive)));
         }
         Ok(out)
     }
 
     fn read_key(&self) -> Result<Option<Vec<u8>>> {
-        let path = self.dir.join(crate::crypt::KEY_FILE);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &path, e)),
-        }
+        durable::read_if_exists(&self.dir.join(crate::crypt::KEY_FILE))
     }
 
     fn write_key(&self, bytes: &[u8]) -> Result<()> {
@@ -684,12 +677,7 @@ impl ChainStore for LocalChain {
     }
 
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
-        let path = self.dir.join(crate::prune::PRUNED_LOG);
-        match fs::read(&path) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io("read", &path, e)),
-        }
+        durable::read_if_exists(&self.dir.join(crate::prune::PRUNED_LOG))
     }
 
     fn write_prune_log(&self, bytes: &[u8]) -> Result<()> {
@@ -908,11 +896,9 @@ pub(super) fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
 /// misses). `Ok(None)` for a directory without one (chains written before heads existed).
 pub(super) fn read_head(dir: &Path) -> Result<Option<Head>> {
     let path = dir.join(HEAD_FILE);
-    match fs::read(&path) {
-        Ok(b) => Head::decode(&path, &b).map(Some),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", &path, e)),
-    }
+    durable::read_if_exists(&path)?
+        .map(|b| Head::decode(&path, &b))
+        .transpose()
 }
 
 /// Where a [`PartWriter`] hands the bytes of an archive, in order, in parts.

@@ -18,7 +18,7 @@
 //! knows zip bytes.
 
 mod chain;
-pub(crate) use chain::crc_in_name;
+pub(crate) use chain::read_whole;
 mod compact;
 mod graph;
 mod restore;

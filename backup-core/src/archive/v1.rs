@@ -62,7 +62,7 @@ pub(super) fn read_archive(
     archive: &dyn ArchiveRead,
     visit: &mut EntryVisitor<'_>,
 ) -> Result<u64> {
-    read_whole(item, archive, &mut |_| {}, |file| {
+    read_whole(&item.path, archive, &mut |_| {}, |file| {
         read_entries(item, file, visit)
     })
 }

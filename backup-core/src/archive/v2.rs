@@ -271,7 +271,7 @@ pub(super) fn verify_archive(
     archive: &dyn ArchiveRead,
     tick: &mut dyn FnMut(u64),
 ) -> Result<u64> {
-    read_whole(item, archive, tick, |r| verify_entries(item, r))
+    read_whole(&item.path, archive, tick, |r| verify_entries(item, r))
 }
 
 fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {

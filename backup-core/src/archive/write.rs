@@ -68,10 +68,8 @@ struct StateFile {
 
 fn read_state(dir: &Path) -> Result<Option<ArchiveState>> {
     let path = dir.join(STATE_FILE);
-    let bytes = match fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io("read", &path, e)),
+    let Some(bytes) = durable::read_if_exists(&path)? else {
+        return Ok(None);
     };
     let bad = |cause: String| Error::Manifest {
         path: path.clone(),

@@ -38,12 +38,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     let mut bar = None;
-    let show = |bar: &Option<indicatif::ProgressBar>, done: u64, total: u64| {
-        if let Some(bar) = bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
     let report = (|| -> anyhow::Result<_> {
         Ok(match open_backup(&dir, &keys)? {
             Backup::Chain(chain) => {
@@ -61,48 +55,75 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     let report = report?;
+    let summary = serde_json::json!({
+        "schema": 1,
+        "type": "summary",
+        "command": "verify",
+        "intact": report.is_ok(),
+        "records": report.records,
+        "collections": report.collections,
+        "problems": report.problems.len(),
+    });
+    let intact = format!(
+        "Backup {dir} is intact: {} records in {} collections, every checksum matches",
+        report.records, report.collections
+    );
+    Ok(finish(
+        &dir,
+        &report.problems,
+        summary,
+        &intact,
+        quiet,
+        json,
+    ))
+}
+
+/// Moves a progress bar (if shown) to `done` of `total`.
+fn show(bar: &Option<indicatif::ProgressBar>, done: u64, total: u64) {
+    if let Some(bar) = bar {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
+/// Prints what verify found and gives the exit status: with `json` one `problem` line per
+/// problem and then `summary`; otherwise each problem on stderr, then `intact` (unless `quiet`)
+/// or an error line. 0 if nothing was found, [`crate::EXIT_DAMAGED`] otherwise.
+fn finish(
+    dir: &crate::place::Place,
+    problems: &[backup_core::Error],
+    summary: serde_json::Value,
+    intact: &str,
+    quiet: bool,
+    json: bool,
+) -> ExitCode {
     if json {
-        for problem in &report.problems {
+        for problem in problems {
             println!(
                 "{}",
                 serde_json::json!({"schema": 1, "type": "problem", "message": problem.to_string()})
             );
         }
-        println!(
-            "{}",
-            serde_json::json!({
-                "schema": 1,
-                "type": "summary",
-                "command": "verify",
-                "intact": report.is_ok(),
-                "records": report.records,
-                "collections": report.collections,
-                "problems": report.problems.len(),
-            })
-        );
-        return Ok(if report.is_ok() {
-            ExitCode::SUCCESS
+        println!("{summary}");
+    } else {
+        for problem in problems {
+            eprintln!("damaged: {problem}");
+        }
+        if problems.is_empty() {
+            if !quiet {
+                println!("{intact}");
+            }
         } else {
-            ExitCode::from(crate::EXIT_DAMAGED)
-        });
-    }
-    for problem in &report.problems {
-        eprintln!("damaged: {problem}");
-    }
-    if report.is_ok() {
-        if !quiet {
-            println!(
-                "Backup {dir} is intact: {} records in {} collections, every checksum matches",
-                report.records, report.collections
+            eprintln!(
+                "tidemark: error: backup {dir} is damaged ({} problems)",
+                problems.len()
             );
         }
-        Ok(ExitCode::SUCCESS)
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
     } else {
-        eprintln!(
-            "tidemark: error: backup {dir} is damaged ({} problems)",
-            report.problems.len()
-        );
-        Ok(ExitCode::from(crate::EXIT_DAMAGED))
+        ExitCode::from(crate::EXIT_DAMAGED)
     }
 }
 
@@ -116,63 +137,31 @@ fn verify_sealed(
     json: bool,
 ) -> Result<ExitCode> {
     let bar = crate::output::bytes_bar(quiet || json, "verifying (stored bytes)");
-    let report = backup_core::crypt::verify_sealed(chain, &mut |done, total| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    })
-    .with_context(|| format!("verify {dir}"));
+    let report =
+        backup_core::crypt::verify_sealed(chain, &mut |done, total| show(&bar, done, total))
+            .with_context(|| format!("verify {dir}"));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     let report = report?;
-    let intact = report.problems.is_empty();
     const NEEDS_KEY: &str = "the records are encrypted: give --encrypt-passphrase-file or \
                              --encrypt-identity to check every record and the chain's continuity";
-    if json {
-        for problem in &report.problems {
-            println!(
-                "{}",
-                serde_json::json!({"schema": 1, "type": "problem", "message": problem.to_string()})
-            );
-        }
-        println!(
-            "{}",
-            serde_json::json!({
-                "schema": 1,
-                "type": "summary",
-                "command": "verify",
-                "intact": intact,
-                "records": null,
-                "records_checked": false,
-                "archives": report.archives,
-                "problems": report.problems.len(),
-                "note": NEEDS_KEY,
-            })
-        );
-    } else {
-        for problem in &report.problems {
-            eprintln!("damaged: {problem}");
-        }
-        if intact && !quiet {
-            println!(
-                "Backup {dir}: {} encrypted archives ({}) intact as stored, every file's CRC32 \
-                 matches; {NEEDS_KEY}",
-                report.archives,
-                crate::output::human_bytes(report.bytes)
-            );
-        }
-    }
-    if intact {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        if !json {
-            eprintln!(
-                "tidemark: error: backup {dir} is damaged ({} problems)",
-                report.problems.len()
-            );
-        }
-        Ok(ExitCode::from(crate::EXIT_DAMAGED))
-    }
+    let summary = serde_json::json!({
+        "schema": 1,
+        "type": "summary",
+        "command": "verify",
+        "intact": report.problems.is_empty(),
+        "records": null,
+        "records_checked": false,
+        "archives": report.archives,
+        "problems": report.problems.len(),
+        "note": NEEDS_KEY,
+    });
+    let intact = format!(
+        "Backup {dir}: {} encrypted archives ({}) intact as stored, every file's CRC32 matches; \
+         {NEEDS_KEY}",
+        report.archives,
+        crate::output::human_bytes(report.bytes)
+    );
+    Ok(finish(dir, &report.problems, summary, &intact, quiet, json))
 }

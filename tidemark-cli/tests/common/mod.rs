@@ -26,7 +26,18 @@ pub fn tidemark(args: &[&str], cwd: &Path) -> Output {
 
 /// Runs `tidemark`, which must succeed; returns its stdout.
 pub fn ok(args: &[&str], cwd: &Path) -> String {
-    let out = tidemark(args, cwd);
+    succeeds(Command::new(bin()).current_dir(cwd), args)
+}
+
+/// Runs `tidemark`, which must fail; returns its stderr.
+pub fn fails(args: &[&str], cwd: &Path) -> String {
+    refused(Command::new(bin()).current_dir(cwd), args)
+}
+
+/// Runs `cmd` (`tidemark`, set up by the caller: directory, environment) with `args`, which
+/// must succeed; returns its stdout.
+pub fn succeeds(cmd: &mut Command, args: &[&str]) -> String {
+    let out = cmd.args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -36,14 +47,35 @@ pub fn ok(args: &[&str], cwd: &Path) -> String {
     stdout
 }
 
-/// Runs `tidemark`, which must fail; returns its stderr.
-pub fn fails(args: &[&str], cwd: &Path) -> String {
-    let out = tidemark(args, cwd);
+/// Runs `cmd` with `args`, which must fail; returns its stderr.
+pub fn refused(cmd: &mut Command, args: &[&str]) -> String {
+    let out = cmd.args(args).output().unwrap();
     assert!(
         !out.status.success(),
         "tidemark {args:?} should have failed"
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Stops a running `tidemark` with SIGTERM, as a service manager would, and collects it.
+pub fn sigterm(child: std::process::Child) -> Output {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    child.wait_with_output().unwrap()
+}
+
+/// [`sigterm`], which must end the process cleanly (exit status 0).
+pub fn stop_cleanly(child: std::process::Child) -> Output {
+    let out = sigterm(child);
+    assert!(
+        out.status.success(),
+        "a SIGTERM stop is clean: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs an SQL script with the `sqlite3` shell (an independent client), with a busy timeout.
