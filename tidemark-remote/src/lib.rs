@@ -77,6 +77,10 @@ pub struct RemoteChain {
     /// The token of the lock this handle took (see [`RemoteChain::lock`]): an archive is
     /// sealed only while the lock object still carries it.
     held: Arc<std::sync::Mutex<Option<String>>>,
+    /// The lock token under which this (keyless) handle found no key file: while that lock is
+    /// held no key file can appear (one is only written under the lock), so a live backup's
+    /// archives do not each cost a GET of it.
+    no_key_under: Arc<std::sync::Mutex<Option<String>>>,
     /// The chain's key, when it is encrypted: archives and the manifests in seals are sealed
     /// with it.
     key: Option<SharedKey>,
@@ -130,6 +134,7 @@ impl RemoteChain {
             prefix,
             rt: Arc::new(rt),
             held: Arc::default(),
+            no_key_under: Arc::default(),
             key: None,
         })
     }
@@ -525,11 +530,18 @@ impl ChainStore for RemoteChain {
 
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
         // A plain archive never joins an encrypted chain.
-        if self.key.is_none() && self.get(KEY_FILE)?.is_some() {
-            return Err(Error::Key {
-                path: self.location_of(KEY_FILE),
-                cause: NEEDS_KEY.into(),
-            });
+        if self.key.is_none() {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut seen = self.no_key_under.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_none() || *seen != held {
+                if self.get(KEY_FILE)?.is_some() {
+                    return Err(Error::Key {
+                        path: self.location_of(KEY_FILE),
+                        cause: NEEDS_KEY.into(),
+                    });
+                }
+                *seen = held;
+            }
         }
         let object = object_name(slot);
         let upload = self
