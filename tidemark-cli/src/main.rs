@@ -1,5 +1,6 @@
 //! `tidemark`: back up and restore embedded databases (RocksDB, sled, SQLite) while they run.
 
+mod alloc;
 mod commands;
 mod metrics;
 mod output;
@@ -132,7 +133,7 @@ pub(crate) enum Codec {
 }
 
 fn main() -> ExitCode {
-    backup_core::release_large_buffers_promptly();
+    alloc::configure();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,

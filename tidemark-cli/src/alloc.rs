@@ -1,0 +1,65 @@
+//! The process's memory allocator: mimalloc, set to give freed memory back at once.
+//!
+//! Archive runs allocate and free a few small blocks per record (a key, a row's columns, a
+//! parsed line) on one thread and free them on another (the workers decode, the store's thread
+//! writes), millions of times a run. glibc's allocator spent about a third of a restore's CPU
+//! on that (`perf`, 1M records of 100 bytes: `_int_malloc`, `cfree`, `malloc_consolidate` and
+//! its arena lock), mimalloc's per-thread free lists do not. Measured with
+//! `./scripts/bench.sh` (docs/BENCHMARKS.md, "The allocator").
+//!
+//! mimalloc keeps freed pages for a while by default (1 s) and commits its arenas eagerly,
+//! which raised peak memory of a restore from 88 to 156 MiB; [`configure`] makes it purge freed
+//! pages at once and commit arena memory as it is used, which keeps peak memory below
+//! glibc's (docs/BENCHMARKS.md).
+//!
+//! Only the `tidemark` command does this: the library crates never choose a process's
+//! allocator, a service that embeds them chooses its own.
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_arena_eager_commit` in mimalloc.h of the pinned libmimalloc-sys (v3 sources):
+/// the crate names only some options.
+const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+/// `mi_option_purge_delay`, as above: milliseconds before freed pages go back to the system.
+const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets the allocator's options; called first thing in `main`.
+pub fn configure() {
+    #[allow(unsafe_code)]
+    // SAFETY: mi_option_set only stores an option's value (atomically); both options are read
+    // when memory is next committed or purged, so setting them at any time is sound.
+    unsafe {
+        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libmimalloc_sys::{mi_option_get, mi_option_t};
+
+    fn get(option: mi_option_t) -> std::ffi::c_long {
+        #[allow(unsafe_code)]
+        // SAFETY: reading an option's value has no precondition.
+        unsafe {
+            mi_option_get(option)
+        }
+    }
+
+    /// The numbers name the options meant: before `configure`, each holds the default that
+    /// mimalloc.h gives it (2 and 1000, which no neighbouring option has), after it, 0. Run
+    /// without MIMALLOC_* variables set (as the test suite runs).
+    #[test]
+    fn the_numbers_name_the_options_meant() {
+        assert_eq!(
+            get(super::ARENA_EAGER_COMMIT),
+            2,
+            "arena_eager_commit's default"
+        );
+        assert_eq!(get(super::PURGE_DELAY), 1000, "purge_delay's default");
+        super::configure();
+        assert_eq!(get(super::ARENA_EAGER_COMMIT), 0);
+        assert_eq!(get(super::PURGE_DELAY), 0);
+    }
+}
