@@ -695,23 +695,22 @@ impl RestoreSink for SqliteRestore<'_> {
             )
         })?;
         let t = quote_ident(&collection.stored_as(sqlite_can_hold));
-        // The INSERT is built once per column layout (a batch's rows nearly always share one),
-        // not once per row.
-        let mut layout_sql: Option<(Vec<String>, bool, String)> = None;
+        // The INSERT is built and prepared once per column layout (a batch's rows nearly always
+        // share one), not once per row, and each row's fields are bound in place.
+        let mut native: Option<(Vec<String>, bool, rusqlite::CachedStatement<'_>)> = None;
         let kv_sql = format!("INSERT INTO {t}(key, value) VALUES (?1, ?2)");
         for record in &records {
             match (&record.value, layout) {
                 (Value::Row(row), Layout::Native { hidden_rowid }) => {
-                    let rowid_field = row.rowid.map(Field::Integer);
-                    let with_rowid = *hidden_rowid && rowid_field.is_some();
-                    let same = layout_sql.as_ref().is_some_and(|(names, r, _)| {
-                        *r == with_rowid
+                    let rowid = row.rowid.filter(|_| *hidden_rowid);
+                    let same = native.as_ref().is_some_and(|(names, r, _)| {
+                        *r == rowid.is_some()
                             && names.len() == row.columns.len()
                             && names.iter().zip(&row.columns).all(|(a, (b, _))| a == b)
                     });
                     if !same {
                         let mut names: Vec<String> = Vec::with_capacity(row.columns.len() + 1);
-                        if with_rowid {
+                        if rowid.is_some() {
                             names.push("rowid".into());
                         }
                         names.extend(row.columns.iter().map(|(name, _)| quote_ident(name)));
@@ -723,19 +722,23 @@ impl RestoreSink for SqliteRestore<'_> {
                             marks.join(", ")
                         );
                         let raw = row.columns.iter().map(|(n, _)| n.clone()).collect();
-                        layout_sql = Some((raw, with_rowid, sql));
+                        drop(native.take()); // back to the cache before the next is prepared
+                        let stmt = self.conn.prepare_cached(&sql).map_err(err)?;
+                        native = Some((raw, rowid.is_some(), stmt));
                     }
-                    let Some((_, _, sql)) = &layout_sql else {
+                    let Some((_, _, stmt)) = &mut native else {
                         continue; // set just above
                     };
-                    let mut params: Vec<SqlField<'_>> = Vec::with_capacity(row.columns.len() + 1);
-                    if let (true, Some(f)) = (with_rowid, &rowid_field) {
-                        params.push(SqlField(f));
+                    let mut at = 1;
+                    if let Some(r) = rowid {
+                        stmt.raw_bind_parameter(at, r).map_err(err)?;
+                        at += 1;
                     }
-                    params.extend(row.columns.iter().map(|(_, f)| SqlField(f)));
-                    let mut stmt = self.conn.prepare_cached(sql).map_err(err)?;
-                    stmt.execute(rusqlite::params_from_iter(params.iter()))
-                        .map_err(err)?;
+                    for (_, f) in &row.columns {
+                        stmt.raw_bind_parameter(at, SqlField(f)).map_err(err)?;
+                        at += 1;
+                    }
+                    stmt.raw_execute().map_err(err)?;
                 }
                 (value, _) => {
                     let bytes = match value {

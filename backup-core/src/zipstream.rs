@@ -690,18 +690,37 @@ pub fn unpack(
     crc: u32,
     zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
 ) -> Result<Vec<u8>, Refused> {
+    if method == 0 {
+        check_unpacked(name, &packed, size, crc)?;
+        return Ok(packed);
+    }
+    let mut out = Vec::new();
+    unpack_into(name, method, &packed, size, crc, zstd, &mut out)?;
+    Ok(out)
+}
+
+/// As [`unpack`], into `out` (cleared first): a reader that decompresses many entries reuses
+/// one buffer instead of mapping fresh pages for each.
+pub fn unpack_into(
+    name: &str,
+    method: u16,
+    packed: &[u8],
+    size: u64,
+    crc: u32,
+    zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
+    out: &mut Vec<u8>,
+) -> Result<(), Refused> {
     let at = Some(name);
-    let data = match method {
-        0 => packed,
+    out.clear();
+    match method {
+        0 => out.extend_from_slice(packed),
         // Reads stop one byte past the size the header gives, so a damaged header cannot
         // make a small entry allocate gigabytes.
         8 => {
-            let mut out = Vec::new();
-            flate2::read::DeflateDecoder::new(&packed[..])
+            flate2::read::DeflateDecoder::new(packed)
                 .take(size.saturating_add(1))
-                .read_to_end(&mut out)
+                .read_to_end(out)
                 .map_err(|e| refused(at, format!("deflate: {e}")))?;
-            out
         }
         93 if size <= 64 << 20 => {
             if zstd.is_none() {
@@ -710,17 +729,16 @@ pub fn unpack(
                         .map_err(|e| refused(at, format!("zstd: {e}")))?,
                 );
             }
+            out.reserve(size as usize);
             zstd.as_mut()
                 .expect("made above")
-                .decompress(&packed, size as usize)
-                .map_err(|e| refused(at, format!("zstd: {e}")))?
+                .decompress_to_buffer(packed, out)
+                .map_err(|e| refused(at, format!("zstd: {e}")))?;
         }
         93 => {
-            let mut out = Vec::new();
-            zstd::stream::read::Decoder::new(&packed[..])
-                .and_then(|d| d.take(size.saturating_add(1)).read_to_end(&mut out))
+            zstd::stream::read::Decoder::new(packed)
+                .and_then(|d| d.take(size.saturating_add(1)).read_to_end(out))
                 .map_err(|e| refused(at, format!("zstd: {e}")))?;
-            out
         }
         m => {
             return Err(refused(
@@ -728,21 +746,27 @@ pub fn unpack(
                 format!("compression method {m} is not supported"),
             ))
         }
-    };
+    }
+    check_unpacked(name, out, size, crc)
+}
+
+/// An entry's decompressed bytes against the size and CRC32 its header gives.
+fn check_unpacked(name: &str, data: &[u8], size: u64, crc: u32) -> Result<(), Refused> {
+    let at = Some(name);
     if data.len() as u64 != size {
         return Err(refused(
             at,
             format!("{} bytes, the header says {size}", data.len()),
         ));
     }
-    let got = crc32fast::hash(&data);
+    let got = crc32fast::hash(data);
     if got != crc {
         return Err(refused(
             at,
             format!("CRC32 {got:08x}, the header says {crc:08x}"),
         ));
     }
-    Ok(data)
+    Ok(())
 }
 
 #[cfg(test)]
