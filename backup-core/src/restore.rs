@@ -583,7 +583,9 @@ impl Batch {
         if self.records.is_empty() {
             return Ok(());
         }
-        sink.put_batch(collection, std::mem::take(&mut self.records))
+        // The next batch starts at full size: grown from empty, it was copied a dozen times.
+        let full = Vec::with_capacity(self.records.capacity());
+        sink.put_batch(collection, std::mem::replace(&mut self.records, full))
     }
 }
 

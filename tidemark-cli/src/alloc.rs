@@ -24,14 +24,23 @@ const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// `mi_option_purge_delay`, as above: milliseconds before freed pages go back to the system.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Sets the allocator's options; called first thing in `main`.
+/// Sets the allocator's options; called first thing in `main`. An option set in the
+/// environment (mimalloc's own `MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`) is left
+/// as the environment sets it.
 pub fn configure() {
-    #[allow(unsafe_code)]
-    // SAFETY: mi_option_set only stores an option's value (atomically); both options are read
-    // when memory is next committed or purged, so setting them at any time is sound.
-    unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, 0);
+    for (option, env, value) in [
+        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+    ] {
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: mi_option_set only stores an option's value (atomically); both options are
+        // read when memory is next committed or purged, so setting them at any time is sound.
+        unsafe {
+            libmimalloc_sys::mi_option_set(option, value);
+        }
     }
 }
 

@@ -835,7 +835,7 @@ pub(super) fn replay(
         overlay = readable(&opened, overlay, s);
     }
     // Pass 1: each overlay key's last line (per collection).
-    let mut winner: Vec<HashMap<Vec<u8>, u64>> = vec![HashMap::new(); collections.len()];
+    let mut winner: Vec<KeyMap> = vec![KeyMap::default(); collections.len()];
     let ordinals = last_lines(&opened, &overlay, threads, sk, &mut winner)?;
     let mut written = vec![0u64; collections.len()];
     let mut bytes = 0u64;
@@ -947,7 +947,7 @@ pub(super) fn merge(
     }
     // Chain order, then (stable) collection and part order.
     parts.sort_by_key(|p| p.archive);
-    let mut winner: Vec<HashMap<Vec<u8>, u64>> = vec![HashMap::new(); last.collections.len()];
+    let mut winner: Vec<KeyMap> = vec![KeyMap::default(); last.collections.len()];
     last_lines(&opened, &parts, threads, None, &mut winner)?;
     let mut ordinal = 0u64;
     read_parts(&opened, &parts, threads, None, &mut |part, lines| {
@@ -967,6 +967,10 @@ pub(super) fn merge(
     })
 }
 
+/// Keys to their last line's ordinal. A restore looks up every key of the scan in it: foldhash
+/// (seeded per process) instead of the default SipHash, which showed in a restore's profile.
+type KeyMap = HashMap<Vec<u8>, u64, foldhash::fast::RandomState>;
+
 /// Reads `parts` in order and notes, per collection, each key's last line by its ordinal (its
 /// place among all lines of `parts`); returns the number of lines read.
 fn last_lines(
@@ -974,7 +978,7 @@ fn last_lines(
     parts: &[PartRef],
     threads: usize,
     skipped: Option<&Skipped>,
-    winner: &mut [HashMap<Vec<u8>, u64>],
+    winner: &mut [KeyMap],
 ) -> Result<u64> {
     let mut ordinal = 0u64;
     read_parts(opened, parts, threads, skipped, &mut |part, lines| {
