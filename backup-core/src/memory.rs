@@ -7,9 +7,10 @@
 /// in the heap, and the heap's free space is kept: peak memory of a 4M-record full backup was
 /// 144–176 MiB with the default and 114–120 MiB with this (docs/BENCHMARKS.md).
 ///
-/// It changes a setting of the whole process, so the library never calls it itself: the
-/// `tidemark` command does, at start, and a service embedding tidemark may. A no-op where the
-/// C library is not glibc.
+/// It changes a setting of the whole process, so the library never calls it itself; a service
+/// that embeds tidemark and keeps glibc's allocator may call it at start. (The `tidemark`
+/// command uses mimalloc instead: ARCHITECTURE.md, "The allocator".) A no-op where the C
+/// library is not glibc.
 pub fn release_large_buffers_promptly() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
