@@ -563,39 +563,57 @@ impl View for SqliteView {
             .query([from.position as i64, self.checkpoint.position as i64])
             .map_err(&err)?;
         let mut batch = Vec::with_capacity(batch_size.min(4096));
+        // Per table, made on its first change: the row lookup by key (prepared once, not
+        // formatted and looked up in the statement cache for every change), its key columns'
+        // places, and the collection's name.
+        let mut lookups: Vec<Option<(rusqlite::CachedStatement<'_>, Vec<usize>, CollectionName)>> =
+            (0..self.tables.len()).map(|_| None).collect();
         while let Some(r) = rows.next().map_err(&err)? {
-            let tbl: String = r.get(0).map_err(&err)?;
+            let tbl = r.get_ref(0).map_err(&err)?;
             let position: i64 = r.get(1).map_err(&err)?;
-            let Some(table) = self.tables.iter().find(|t| t.name == tbl) else {
+            let Some(ti) = self
+                .tables
+                .iter()
+                .position(|t| tbl.as_str().is_ok_and(|n| n == t.name))
+            else {
                 continue; // dropped since: the engine drops the collection
             };
-            let exprs = table.key_exprs();
-            let key_fields: Vec<Field> = (0..exprs.len())
+            let table = &self.tables[ti];
+            let (get, positions, collection) = match &mut lookups[ti] {
+                Some(l) => l,
+                slot => {
+                    let cond: Vec<String> = table
+                        .key_exprs()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, e)| format!("{e} IS ?{}", i + 1))
+                        .collect();
+                    let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
+                    let get = self.conn.prepare_cached(&lookup).map_err(&err)?;
+                    let name = CollectionName::from_stored(&table.name);
+                    slot.insert((get, table.key_positions(), name))
+                }
+            };
+            let key_fields: Vec<Field> = (0..positions.len())
                 .map(|i| r.get_ref(2 + i).map(field))
                 .collect::<rusqlite::Result<_>>()
                 .map_err(&err)?;
-            let cond: Vec<String> = exprs
-                .iter()
-                .enumerate()
-                .map(|(i, e)| format!("{e} IS ?{}", i + 1))
-                .collect();
-            let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
-            let mut get = self.conn.prepare_cached(&lookup).map_err(&err)?;
-            let params: Vec<SqlField<'_>> = key_fields.iter().map(SqlField).collect();
-            let mut found = get
-                .query(rusqlite::params_from_iter(params))
-                .map_err(&err)?;
+            for (i, f) in key_fields.iter().enumerate() {
+                get.raw_bind_parameter(i + 1, SqlField(f)).map_err(&err)?;
+            }
+            let mut found = get.raw_query();
             let op_record = match found.next().map_err(&err)? {
-                Some(row) => Some(read_row(table, &table.key_positions(), row).map_err(&err)?),
+                Some(row) => Some(read_row(table, positions, row).map_err(&err)?),
                 None => None,
             };
+            drop(found);
             let (key, op) = match op_record {
                 Some(rec) => (rec.key, ChangeOp::Put(rec.value)),
                 None => (encode_key(&key_fields), ChangeOp::Delete),
             };
             batch.push(Change {
                 position: position as u64,
-                collection: CollectionName::from_stored(&table.name),
+                collection: collection.clone(),
                 key,
                 op,
             });
