@@ -214,10 +214,10 @@ pub fn decode(
 /// The CRC32 of a record's canonical binary form (see `docs/FORMAT.md`): independent of how
 /// the record is laid out in JSON, so both formats check records the same way.
 pub fn record_crc32(record: &Record) -> u32 {
-    let mut h = crc32fast::Hasher::new();
+    let mut feed = CrcFeed::new();
     let mut put = |bytes: &[u8]| {
-        h.update(&(bytes.len() as u64).to_le_bytes());
-        h.update(bytes);
+        feed.update(&(bytes.len() as u64).to_le_bytes());
+        feed.update(bytes);
     };
     put(record.key.as_bytes());
     match &record.value {
@@ -255,7 +255,44 @@ pub fn record_crc32(record: &Record) -> u32 {
             }
         }
     }
-    h.finalize()
+    feed.finalize()
+}
+
+/// A CRC32 fed through a small buffer: a record's canonical form is mostly pieces of one to
+/// eight bytes (lengths, tags, integers), and crc32fast handles each short update on its slow
+/// path. Gathered into blocks first, the same bytes give the same CRC32 in far fewer updates.
+struct CrcFeed {
+    hasher: crc32fast::Hasher,
+    buf: [u8; 256],
+    len: usize,
+}
+
+impl CrcFeed {
+    fn new() -> Self {
+        CrcFeed {
+            hasher: crc32fast::Hasher::new(),
+            buf: [0; 256],
+            len: 0,
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        if self.len + bytes.len() > self.buf.len() {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+            if bytes.len() >= self.buf.len() {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn finalize(mut self) -> u32 {
+        self.hasher.update(&self.buf[..self.len]);
+        self.hasher.finalize()
+    }
 }
 
 /// A field as JSON, blobs inline as `{"$base64": …}` (used where no attachment can be, e.g. a
@@ -453,6 +490,31 @@ mod tests {
         let tampered = text.replace("\"key\": \"k\"", "\"key\": \"j\"");
         let err = decode(tampered.as_bytes(), &mut |_| Ok(vec![0xff; 10])).expect_err("crc");
         assert!(err.contains("record CRC32"), "{err}");
+    }
+
+    /// The buffered feed gives the CRC32 of the plain concatenation, for pieces that fit,
+    /// fill, cross and exceed its buffer.
+    #[test]
+    fn the_buffered_crc_feed_equals_one_pass_over_the_bytes() {
+        let sizes = [0usize, 1, 7, 8, 100, 248, 255, 256, 257, 300, 1000, 4096];
+        for first in sizes {
+            for second in sizes {
+                let pieces: Vec<Vec<u8>> = [first, 3, second, 8, first]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (0..*n).map(|j| (i * 31 + j * 7) as u8).collect())
+                    .collect();
+                let mut feed = CrcFeed::new();
+                for p in &pieces {
+                    feed.update(p);
+                }
+                assert_eq!(
+                    feed.finalize(),
+                    crc32fast::hash(&pieces.concat()),
+                    "{first} {second}"
+                );
+            }
+        }
     }
 }
 
