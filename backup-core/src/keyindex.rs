@@ -383,9 +383,19 @@ pub fn apply_changes(
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
 ) -> Result<u64> {
+    merge_into(old, path, changes.iter().map(|(k, c)| (k.as_slice(), *c)))
+}
+
+/// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
+/// each once, an entry replacing the old key's and `None` deleting it.
+fn merge_into<'a>(
+    old: Option<&Path>,
+    path: &Path,
+    changes: impl Iterator<Item = (&'a [u8], Option<Entry>)>,
+) -> Result<u64> {
     let mut reader = old.map(IndexReader::open).transpose()?;
     let mut writer = IndexWriter::create(path)?;
-    let mut pending = changes.iter().peekable();
+    let mut pending = changes.peekable();
     // The reader's current key is `reader.key()` while `current` holds its entry.
     let mut current = match reader.as_mut() {
         Some(r) => r.advance()?,
@@ -398,19 +408,19 @@ pub fn apply_changes(
             (true, None) => false,
             (true, Some((ck, _))) => {
                 let r = reader.as_ref().expect("current came from it");
-                ck.as_slice() <= r.key()
+                *ck <= r.key()
             }
         };
         if take_change {
             let (ck, change) = pending.next().expect("peeked");
             if current.is_some() {
                 let r = reader.as_mut().expect("current came from it");
-                if r.key() == ck.as_slice() {
+                if r.key() == ck {
                     current = r.advance()?;
                 }
             }
             if let Some(entry) = change {
-                writer.push(ck, *entry)?;
+                writer.push(ck, entry)?;
             }
         } else {
             let r = reader.as_mut().expect("current came from it");
@@ -431,13 +441,15 @@ pub struct IndexBuilder {
     path: PathBuf,
     budget: usize,
     direct: Option<IndexWriter>,
-    buffer: Vec<(Vec<u8>, Entry)>,
-    buffered: usize,
+    /// The buffered keys' bytes, one after another (no allocation per key).
+    arena: Vec<u8>,
+    /// Each buffered key's place in `arena` and its entry, in the order given.
+    items: Vec<(usize, usize, Entry)>,
     runs: Vec<PathBuf>,
 }
 
-/// Memory per buffered key beyond its bytes (vector header and entry).
-const KEY_OVERHEAD: usize = 48;
+/// Memory per buffered key beyond its bytes (its place in the arena and its entry).
+const KEY_OVERHEAD: usize = std::mem::size_of::<(usize, usize, Entry)>();
 
 impl IndexBuilder {
     /// Starts an index that will replace `path`, buffering at most `budget` bytes of keys.
@@ -447,8 +459,8 @@ impl IndexBuilder {
             path: path.to_path_buf(),
             budget: budget.max(1 << 16),
             direct: Some(IndexWriter::create(&first)?),
-            buffer: Vec::new(),
-            buffered: 0,
+            arena: Vec::new(),
+            items: Vec::new(),
             runs: vec![first],
         })
     }
@@ -467,27 +479,39 @@ impl IndexBuilder {
             }
             self.direct.take().expect("checked").finish()?;
         }
-        self.buffered += key.len() + KEY_OVERHEAD;
-        self.buffer.push((key.to_vec(), entry));
-        if self.buffered >= self.budget {
+        self.items.push((self.arena.len(), key.len(), entry));
+        self.arena.extend_from_slice(key);
+        if self.arena.len() + self.items.len() * KEY_OVERHEAD >= self.budget {
             self.spill()?;
         }
         Ok(())
     }
 
+    /// Sorts the buffered keys (stable: equal keys keep their order) and gives them in order,
+    /// each once with its last entry; the buffer is empty afterwards.
+    fn sorted(&mut self) -> (Vec<u8>, Vec<(usize, usize, Entry)>) {
+        let arena = std::mem::take(&mut self.arena);
+        let mut items = std::mem::take(&mut self.items);
+        let key = |&(at, len, _): &(usize, usize, Entry)| &arena[at..at + len];
+        items.sort_by(|a, b| key(a).cmp(key(b)));
+        // Of equal keys, keep the last one's entry (in place: `later` is removed, `kept` stays).
+        items.dedup_by(|later, kept| {
+            let same = key(later) == key(kept);
+            if same {
+                *kept = *later;
+            }
+            same
+        });
+        (arena, items)
+    }
+
     /// Sorts the buffer and writes it as a run (the last of equal keys wins).
     fn spill(&mut self) -> Result<()> {
-        let mut buffer = std::mem::take(&mut self.buffer);
-        self.buffered = 0;
-        buffer.sort_by(|a, b| a.0.cmp(&b.0)); // stable: equal keys keep their order
+        let (arena, items) = self.sorted();
         let path = Self::run_path(&self.path, self.runs.len());
         let mut w = IndexWriter::create(&path)?;
-        let mut iter = buffer.into_iter().peekable();
-        while let Some((k, e)) = iter.next() {
-            if iter.peek().is_some_and(|(next, _)| *next == k) {
-                continue;
-            }
-            w.push(&k, e)?;
+        for &(at, len, e) in &items {
+            w.push(&arena[at..at + len], e)?;
         }
         w.finish()?;
         self.runs.push(path);
@@ -498,17 +522,30 @@ impl IndexBuilder {
     pub fn finish(mut self) -> Result<u64> {
         if let Some(w) = self.direct.take() {
             let n = w.finish()?;
-            if self.buffer.is_empty() && self.runs.len() == 1 {
+            if self.items.is_empty() && self.runs.len() == 1 {
                 crate::durable::rename(&self.runs[0], &self.path)?;
                 self.runs.clear();
                 return Ok(n);
             }
         }
-        if !self.buffer.is_empty() {
+        if self.runs.len() > 1 && !self.items.is_empty() {
             self.spill()?;
         }
         let runs = std::mem::take(&mut self.runs);
-        let result = merge_runs(&runs, &self.path);
+        let result = if runs.len() == 1 {
+            // Nothing was spilled: the keys still in memory merge straight with the keys that
+            // came in order, without a run written and read back.
+            let (arena, items) = self.sorted();
+            merge_into(
+                Some(&runs[0]),
+                &self.path,
+                items
+                    .iter()
+                    .map(|&(at, len, e)| (&arena[at..at + len], Some(e))),
+            )
+        } else {
+            merge_runs(&runs, &self.path)
+        };
         for r in &runs {
             let _ = std::fs::remove_file(r);
         }
@@ -666,6 +703,36 @@ mod tests {
                 .filter(|f| f.file_name().to_string_lossy().contains(".run"))
                 .collect();
             assert!(left.is_empty(), "runs removed");
+        }
+    }
+
+    /// A key given several times out of order keeps its last entry, whether the repeats meet
+    /// in memory (a large budget) or in different runs (a small one).
+    #[test]
+    fn the_builder_keeps_the_last_of_repeated_keys() {
+        let d = tempfile::tempdir().expect("tmp");
+        for budget in [1 << 16, 1 << 30] {
+            let p = d.path().join(format!("r{budget}.idx"));
+            let mut b = IndexBuilder::create(&p, budget).expect("create");
+            let mut want = BTreeMap::new();
+            for round in 0..3u32 {
+                for j in 0..3000u32 {
+                    let i = (j * 7919 + round * 13) % 3000;
+                    if round > 0 && i % (round + 1) != 0 {
+                        continue; // later rounds repeat some keys only
+                    }
+                    let k = format!("k{i:05}").into_bytes();
+                    let n = round * 10_000 + j;
+                    b.push(&k, e(n)).expect("push");
+                    want.insert(k, n);
+                }
+            }
+            assert_eq!(b.finish().expect("finish"), want.len() as u64);
+            let got: BTreeMap<Vec<u8>, u32> = read_all(&p)
+                .into_iter()
+                .map(|(k, e)| (k, e.crc32))
+                .collect();
+            assert_eq!(got, want, "budget {budget}");
         }
     }
 
