@@ -1057,41 +1057,51 @@ fn read_manifest_from(path: &Path, mut file: impl Read + Seek) -> Result<Archive
 /// record (and its zip64 form) gives the central directory's offset; the manifest's local header
 /// is the last one before it. `None` when the file does not look as tidemark writes it.
 fn manifest_from_tail(f: &mut (impl Read + Seek)) -> std::io::Result<Option<Vec<u8>>> {
-    const WINDOW: u64 = 16 << 20;
+    // Windows before the central directory, smallest first: a manifest is a few KiB, and
+    // reading 16 MiB of every archive's tail was a tenth of an incremental's time.
+    const WINDOWS: [u64; 3] = [64 << 10, 1 << 20, 16 << 20];
     let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
     let le32 = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
     let Some(end) = crate::zipstream::end_record(f)? else {
         return Ok(None); // a comment, or not a zip: let the zip reader decide
     };
     let cd_offset = end.cd_offset;
-    let start = cd_offset.saturating_sub(WINDOW);
-    let mut window = vec![0u8; usize::try_from(cd_offset - start).unwrap_or(0)];
-    f.seek(SeekFrom::Start(start))?;
-    f.read_exact(&mut window)?;
     let name = MANIFEST_ENTRY.as_bytes();
-    let Some(at) = (0..window.len().saturating_sub(30 + name.len()))
-        .rev()
-        .find(|&i| {
-            le32(&window, i) == 0x0403_4b50
-                && usize::from(le16(&window, i + 26)) == name.len()
-                && &window[i + 30..i + 30 + name.len()] == name
-        })
-    else {
-        return Ok(None);
-    };
-    let mut reader = std::io::Cursor::new(&window[at..]);
-    let Ok(Some(mut entry)) = zip::read::read_zipfile_from_stream(&mut reader) else {
-        return Ok(None);
-    };
-    if entry.name() != MANIFEST_ENTRY {
-        return Ok(None);
+    for size in WINDOWS {
+        let start = cd_offset.saturating_sub(size);
+        let mut window = vec![0u8; usize::try_from(cd_offset - start).unwrap_or(0)];
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut window)?;
+        let Some(at) = (0..window.len().saturating_sub(30 + name.len()))
+            .rev()
+            .find(|&i| {
+                le32(&window, i) == 0x0403_4b50
+                    && usize::from(le16(&window, i + 26)) == name.len()
+                    && &window[i + 30..i + 30 + name.len()] == name
+            })
+        else {
+            if start == 0 {
+                return Ok(None); // the whole file was searched
+            }
+            continue;
+        };
+        let mut reader = std::io::Cursor::new(&window[at..]);
+        let Ok(Some(mut entry)) = zip::read::read_zipfile_from_stream(&mut reader) else {
+            // The header was found but its entry runs past the window (a manifest larger than
+            // it, or a cut file): a larger window, or the zip reader, decides.
+            continue;
+        };
+        if entry.name() != MANIFEST_ENTRY {
+            return Ok(None);
+        }
+        let mut text = Vec::new();
+        // Reading to the end checks the entry's CRC32.
+        return match entry.read_to_end(&mut text) {
+            Ok(_) => Ok(Some(text)),
+            Err(_) => Ok(None),
+        };
     }
-    let mut text = Vec::new();
-    // Reading to the end checks the entry's CRC32.
-    match entry.read_to_end(&mut text) {
-        Ok(_) => Ok(Some(text)),
-        Err(_) => Ok(None),
-    }
+    Ok(None)
 }
 
 /// A point to restore to.
@@ -1405,6 +1415,34 @@ mod window_tests {
                 Some(&b"{\"the\": \"manifest\"}"[..]),
                 "{n} entries"
             );
+        }
+    }
+
+    /// A manifest larger than the first windows the tail is searched in (64 KiB, 1 MiB) is
+    /// still found, stored or compressed, after entries that fill the windows before it.
+    #[test]
+    fn a_large_manifest_is_found_in_a_wider_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let filler: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        for (size, method) in [
+            (60_000usize, CompressionMethod::Stored),
+            (70_000, CompressionMethod::Stored),
+            (1_500_000, CompressionMethod::Stored),
+            (1_500_000, CompressionMethod::Deflated),
+        ] {
+            let manifest: Vec<u8> = format!("{{\"pad\": \"{}\"}}", "m".repeat(size)).into_bytes();
+            let path = dir.path().join(format!("m{size}-{method:?}.zip"));
+            let mut w = ZipWriter::new(File::create(&path).unwrap());
+            let opts = SimpleFileOptions::default().compression_method(method);
+            w.start_file("data/c/000001.jsonl", opts).unwrap();
+            w.write_all(&filler).unwrap();
+            w.start_file(MANIFEST_ENTRY, opts).unwrap();
+            w.write_all(&manifest).unwrap();
+            w.finish().unwrap();
+            let got = manifest_from_tail(&mut File::open(&path).unwrap()).unwrap();
+            assert_eq!(got.as_deref(), Some(&manifest[..]), "{size} {method:?}");
         }
     }
 
