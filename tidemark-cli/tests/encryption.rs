@@ -57,7 +57,8 @@ fn source(d: &Path) {
     ok(d, &["track", "--source", "sqlite:src.db"], false);
 }
 
-fn backup(d: &Path, to: &str, keys: &[&str], s3: bool) -> String {
+/// The arguments of an archive backup of the test store to `to`, then `extra`.
+fn archive_backup<'a>(to: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "backup",
         "--source",
@@ -66,11 +67,15 @@ fn backup(d: &Path, to: &str, keys: &[&str], s3: bool) -> String {
         to,
         "--format",
         "archive",
-        // Stored entries: without encryption the records are readable in the file, so the
-        // absence of the canary below is the encryption's doing, not compression's.
-        "--compression",
-        "none",
     ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn backup(d: &Path, to: &str, keys: &[&str], s3: bool) -> String {
+    // Stored entries: without encryption the records are readable in the file, so the
+    // absence of the canary below is the encryption's doing, not compression's.
+    let mut args = archive_backup(to, &["--compression", "none"]);
     args.extend_from_slice(keys);
     ok(d, &args, s3)
 }
@@ -196,33 +201,11 @@ fn a_passphrase_chain_hides_its_records_and_restores_only_with_the_key() {
 
     // A plain archive never joins the sealed chain; an encrypted one never a plain chain.
     let chain_before = snapshot_files(&bk);
-    let err = fails(
-        d,
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--format",
-            "archive",
-        ],
-        false,
-    );
+    let err = fails(d, &archive_backup("bk", &[]), false);
     assert!(err.contains("this backup is encrypted"), "{err}");
     let err = fails(
         d,
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "plain",
-            "--format",
-            "archive",
-            "--encrypt-passphrase-file",
-            "pass",
-        ],
+        &archive_backup("plain", &["--encrypt-passphrase-file", "pass"]),
         false,
     );
     assert!(err.contains("holds unencrypted archives"), "{err}");
@@ -312,17 +295,7 @@ fn recipients_encrypt_and_identities_open_a_chain_also_from_a_job() {
     sql(&d.join("src.db"), "DELETE FROM t WHERE id < 100;");
     let err = fails(
         d,
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--format",
-            "archive",
-            "--encrypt-recipient",
-            &recipient,
-        ],
+        &archive_backup("bk", &["--encrypt-recipient", &recipient]),
         false,
     );
     assert!(err.contains("--encrypt-identity"), "{err}");
@@ -530,19 +503,7 @@ fn an_encrypted_chain_on_s3_hides_its_records_and_needs_its_key() {
         assert!(!d.join("nope.db").exists());
     }
     // No plain archive joins the sealed chain.
-    let err = fails(
-        d,
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            &url,
-            "--format",
-            "archive",
-        ],
-        true,
-    );
+    let err = fails(d, &archive_backup(&url, &[]), true);
     assert!(err.contains("this backup is encrypted"), "{err}");
     assert_eq!(keys("sealed").len(), objects.len(), "nothing was added");
 }
@@ -555,23 +516,19 @@ fn a_live_backup_seals_every_archive_and_stops_cleanly() {
     source(d);
     std::fs::write(d.join("pass"), "live passphrase\n").unwrap();
     let child = command(d, false)
-        .args([
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
+        .args(archive_backup(
             "live",
-            "--format",
-            "archive",
-            "--compression",
-            "none",
-            "--live",
-            "--interval",
-            "0.2",
-            "--json",
-            "--encrypt-passphrase-file",
-            "pass",
-        ])
+            &[
+                "--compression",
+                "none",
+                "--live",
+                "--interval",
+                "0.2",
+                "--json",
+                "--encrypt-passphrase-file",
+                "pass",
+            ],
+        ))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
