@@ -690,21 +690,18 @@ pub fn unpack(
     crc: u32,
     zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
 ) -> Result<Vec<u8>, Refused> {
-    if method == 0 {
-        check_unpacked(name, &packed, size, crc)?;
-        return Ok(packed);
-    }
     let mut out = Vec::new();
-    unpack_into(name, method, &packed, size, crc, zstd, &mut out)?;
+    unpack_into(name, method, packed, size, crc, zstd, &mut out)?;
     Ok(out)
 }
 
-/// As [`unpack`], into `out` (cleared first): a reader that decompresses many entries reuses
-/// one buffer instead of mapping fresh pages for each.
+/// As [`unpack`], into `out`: a reader that decompresses many entries reuses one buffer instead
+/// of mapping fresh pages for each. A stored entry's bytes are `packed` itself, moved into
+/// `out`.
 pub fn unpack_into(
     name: &str,
     method: u16,
-    packed: &[u8],
+    packed: Vec<u8>,
     size: u64,
     crc: u32,
     zstd: &mut Option<zstd::bulk::Decompressor<'static>>,
@@ -713,11 +710,11 @@ pub fn unpack_into(
     let at = Some(name);
     out.clear();
     match method {
-        0 => out.extend_from_slice(packed),
+        0 => *out = packed,
         // Reads stop one byte past the size the header gives, so a damaged header cannot
         // make a small entry allocate gigabytes.
         8 => {
-            flate2::read::DeflateDecoder::new(packed)
+            flate2::read::DeflateDecoder::new(&packed[..])
                 .take(size.saturating_add(1))
                 .read_to_end(out)
                 .map_err(|e| refused(at, format!("deflate: {e}")))?;
@@ -732,11 +729,11 @@ pub fn unpack_into(
             out.reserve(size as usize);
             zstd.as_mut()
                 .expect("made above")
-                .decompress_to_buffer(packed, out)
+                .decompress_to_buffer(&packed, out)
                 .map_err(|e| refused(at, format!("zstd: {e}")))?;
         }
         93 => {
-            zstd::stream::read::Decoder::new(packed)
+            zstd::stream::read::Decoder::new(&packed[..])
                 .and_then(|d| d.take(size.saturating_add(1)).read_to_end(out))
                 .map_err(|e| refused(at, format!("zstd: {e}")))?;
         }

@@ -629,14 +629,13 @@ fn decode_job(decoder: &mut PartDecoder, job: Job) -> Result<Vec<Decoded>> {
     zipstream::unpack_into(
         &job.entry.name,
         job.entry.method,
-        &packed,
+        packed,
         job.entry.size,
         job.entry.crc,
         &mut decoder.zstd,
         &mut decoder.data,
     )
     .map_err(|r| refused(&job.path, r))?;
-    drop(packed);
     decode_part(&path, &decoder.data)
 }
 
@@ -914,14 +913,14 @@ pub(super) fn replay(
 
 /// Merges `inputs` (consecutive incrementals, format 2, with the same collections) into the
 /// lines one archive holds in their place: for each key of each collection its last line (a
-/// put or a deletion), handed to `emit` (collection index in the last manifest, key, record or
-/// `None`) in the order those lines come in the chain. Two passes over the inputs, as a
-/// restore's overlay: memory holds the keys, never the records.
+/// put or a deletion), handed to `emit` (collection index in the last manifest, and the line)
+/// in the order those lines come in the chain. Two passes over the inputs, as a restore's
+/// overlay: memory holds the keys, never the records.
 pub(super) fn merge(
     store: &dyn ChainStore,
     inputs: &[ChainItem],
     threads: usize,
-    emit: &mut dyn FnMut(usize, Key, Option<Record>) -> Result<()>,
+    emit: &mut dyn FnMut(usize, Decoded) -> Result<()>,
 ) -> Result<()> {
     let Some(last) = inputs.last().map(|i| &i.manifest) else {
         return Ok(());
@@ -957,10 +956,7 @@ pub(super) fn merge(
             ordinal += 1;
             if winner.get(line.key().as_bytes()) == Some(&n) {
                 winner.remove(line.key().as_bytes());
-                match line {
-                    Decoded::Put(r) => emit(part.collection, r.key.clone(), Some(r))?,
-                    Decoded::Delete(k) => emit(part.collection, k, None)?,
-                }
+                emit(part.collection, line)?;
             }
         }
         Ok(())

@@ -12,7 +12,7 @@
 //! is missing, damaged or not the newest archive's, the next archive is full and says why.
 
 use super::chain::{ArchiveOutput, ChainStore, LocalChain, Slot};
-use super::v2::{encode_line, part_name, Line};
+use super::v2::{encode_line, part_name, Decoded, Line};
 use super::{
     file_name_of, manifest_text, ArchiveCollection, ArchiveManifest, ArchiveOptions,
     ArchiveSummary, ChainItem, Compression, ARCHIVE_FORMAT, ARCHIVE_FORMAT_VERSION,
@@ -450,10 +450,10 @@ pub(super) fn write_compacted(
     for name in &names {
         run.part(name);
     }
-    super::v2::merge(chain, inputs, options.threads, &mut |ci, key, record| {
+    super::v2::merge(chain, inputs, options.threads, &mut |ci, line| {
         let name = &names[ci];
-        match record {
-            Some(record) => {
+        match line {
+            Decoded::Put(record) => {
                 let size = record.key.as_bytes().len()
                     + record.value.payload_len() as usize
                     + RECORD_OVERHEAD;
@@ -461,7 +461,7 @@ pub(super) fn write_compacted(
                 run.part(name).documents += 1;
                 run.push(name, Line::Put(record, crc), size)
             }
-            None => {
+            Decoded::Delete(key) => {
                 let size = key.as_bytes().len() + RECORD_OVERHEAD;
                 run.part(name).deletions += 1;
                 run.push(name, Line::Delete(key), size)
