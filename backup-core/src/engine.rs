@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::document::record_crc32;
 use crate::error::{Error, Result};
 use crate::folder::{collection_dir_name, FolderBackup, FolderRun, WriteEvent};
-use crate::keyindex::{self, Entry, IndexBuilder, IndexReader, IndexWriter};
+use crate::keyindex::{self, Entry, IndexBuilder, IndexWriter, Layered, StateFiles};
 use crate::manifest::{
     now_rfc3339, FolderManifest, ManifestCollection, RunKind, FOLDER_FORMAT, FOLDER_FORMAT_VERSION,
 };
@@ -247,6 +247,9 @@ pub(crate) trait RunWriter {
     /// Whether every collection needs a key index (also for stores that do not scan in key
     /// order): an archive cannot count its records or deletions otherwise.
     fn needs_index(&self) -> bool;
+    /// Whether an incremental may write its key changes as a delta file over the previous key
+    /// state (named in the manifest's `key_deltas`) instead of rewriting the index.
+    fn index_deltas(&self) -> bool;
 }
 
 /// Starts runs of one destination.
@@ -291,6 +294,10 @@ impl RunWriter for FolderRun {
     fn needs_index(&self) -> bool {
         false
     }
+    fn index_deltas(&self) -> bool {
+        // A folder's manifest is read by earlier versions too: it keeps one index file.
+        false
+    }
 }
 
 impl Target for FolderBackup {
@@ -306,11 +313,53 @@ pub(crate) struct Outcome<R> {
     pub(crate) method: Method,
     pub(crate) checkpoint: Checkpoint,
     pub(crate) collections: Vec<CollectionInfo>,
-    /// Per collection: its key index file (if kept) and the records the backup holds.
-    pub(crate) indexes: BTreeMap<CollectionName, Option<String>>,
+    /// Per collection: its key state files (if kept) and the records the backup holds.
+    pub(crate) indexes: BTreeMap<CollectionName, Option<IndexNames>>,
     pub(crate) counts: BTreeMap<CollectionName, u64>,
     pub(crate) written: u64,
     pub(crate) deleted: u64,
+}
+
+/// A collection's key state as a manifest names it: its base index and the delta files over it
+/// (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IndexNames {
+    pub(crate) base: String,
+    pub(crate) deltas: Vec<String>,
+}
+
+impl IndexNames {
+    /// A base index alone.
+    fn base(name: String) -> Self {
+        IndexNames {
+            base: name,
+            deltas: Vec::new(),
+        }
+    }
+
+    /// The key state a manifest names for one of its collections.
+    fn of(c: &ManifestCollection) -> Option<Self> {
+        c.key_index.as_ref().map(|base| IndexNames {
+            base: base.clone(),
+            deltas: c.key_deltas.clone(),
+        })
+    }
+}
+
+/// A collection's entry in a new manifest.
+pub(crate) fn manifest_collection(
+    c: &CollectionInfo,
+    indexes: &BTreeMap<CollectionName, Option<IndexNames>>,
+    counts: &BTreeMap<CollectionName, u64>,
+) -> ManifestCollection {
+    let index = indexes.get(&c.name).cloned().flatten();
+    ManifestCollection {
+        info: c.clone(),
+        dir: collection_dir_name(&c.name),
+        records: counts.get(&c.name).copied().unwrap_or(0),
+        key_index: index.as_ref().map(|i| i.base.clone()),
+        key_deltas: index.map(|i| i.deltas).unwrap_or_default(),
+    }
 }
 
 /// A run the engine completed, ready for its destination to commit.
@@ -391,12 +440,7 @@ pub fn backup_folder(
         collections: outcome
             .collections
             .iter()
-            .map(|c| ManifestCollection {
-                info: c.clone(),
-                dir: collection_dir_name(&c.name),
-                records: outcome.counts.get(&c.name).copied().unwrap_or(0),
-                key_index: outcome.indexes.get(&c.name).cloned().flatten(),
-            })
+            .map(|c| manifest_collection(c, &outcome.indexes, &outcome.counts))
             .collect(),
         store_schema,
     };
@@ -641,44 +685,62 @@ fn incremental<T: Target>(
     }
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
-    // Key indexes to rewrite: (collection, old index, new index).
+    // Key states to update: (collection, old state, new file, whether it is a delta).
     let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
-        let old = before.map(|p| p.key_index.clone());
+        let old = old_state(&run, prev, &c.name);
         let unchanged = index_changes.get(&c.name).is_none_or(BTreeMap::is_empty);
-        let index = match (track_index, old) {
-            // A collection no change touched keeps its index file as it is (the new state
-            // names it again): rewriting a million keys for nothing was most of the time of
-            // an incremental that changed little.
-            (true, Some(Some(name))) if unchanged && run.index_path(&name).is_file() => {
+        let index = match (track_index, before.map(IndexNames::of)) {
+            // A collection no change touched keeps its key state as it is (the new state
+            // names its files again): rewriting a million keys for nothing was most of the
+            // time of an incremental that changed little.
+            (true, Some(Some(names)))
+                if unchanged && old.as_ref().is_some_and(StateFiles::exist) =>
+            {
                 let n = before.map_or(0, |p| p.records);
                 counts.insert(c.name.clone(), n);
-                Some(name)
+                Some(names)
             }
-            // A collection with an index, or a new one, gets an up-to-date index.
+            // A collection with a key state gets the changes as a delta file over it, until
+            // the deltas grow enough to be folded into a new base (`keyindex::takes_delta`).
+            (true, Some(Some(mut names)))
+                if run.index_deltas() && old.as_ref().is_some_and(keyindex::takes_delta) =>
+            {
+                let (name, path) = run.new_index(&c.name, ".delta");
+                names.deltas.push(name);
+                rewrites.push((c.name.clone(), old, path, true));
+                Some(names)
+            }
+            // Otherwise (and for a new collection) a new base index.
             (true, Some(Some(_)) | None) => {
-                let old_path = old_index_path(&run, prev, &c.name);
                 let (name, path) = run.new_index(&c.name, "");
-                rewrites.push((c.name.clone(), old_path, path));
-                Some(name)
+                rewrites.push((c.name.clone(), old, path, false));
+                Some(IndexNames::base(name))
             }
             _ => None,
         };
         indexes.insert(c.name.clone(), index);
     }
-    // The indexes are rewritten side by side on every core (the archive writer's pipeline).
+    // The key states are written side by side on every core (the archive writer's pipeline).
+    type Job = (
+        Option<StateFiles>,
+        std::path::PathBuf,
+        bool,
+        BTreeMap<Vec<u8>, Option<Entry>>,
+    );
     let mut pipeline = crate::pipeline::Pipeline::new(
         crate::pipeline::default_threads().min(rewrites.len()),
         || (),
-        |(), (old, path, changes): (Option<std::path::PathBuf>, std::path::PathBuf, _)| {
-            keyindex::apply_changes(old.as_deref(), &path, &changes)
+        |(), (old, path, delta, changes): Job| match (old, delta) {
+            (Some(old), true) => keyindex::write_delta(&old, &path, &changes),
+            (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
         },
     );
     let mut rewritten = Vec::with_capacity(rewrites.len());
-    for (name, old, path) in &rewrites {
+    for (name, old, path, delta) in &rewrites {
         let changes = index_changes.remove(name).unwrap_or_default();
-        let job = (old.clone(), path.clone(), changes);
+        let job = (old.clone(), path.clone(), *delta, changes);
         pipeline.submit(job, &mut |n| {
             rewritten.push(n);
             Ok(())
@@ -688,7 +750,7 @@ fn incremental<T: Target>(
         rewritten.push(n);
         Ok(())
     })?;
-    for ((name, _, _), n) in rewrites.iter().zip(rewritten) {
+    for ((name, _, _, _), n) in rewrites.iter().zip(rewritten) {
         match n {
             Ok(n) => {
                 counts.insert(name.clone(), n);
@@ -738,16 +800,21 @@ fn incremental<T: Target>(
     }))
 }
 
-fn old_index_path<R: RunWriter>(
+/// The files of a collection's key state in the previous backup, if it kept one.
+fn old_state<R: RunWriter>(
     run: &R,
     prev: &FolderManifest,
     collection: &CollectionName,
-) -> Option<std::path::PathBuf> {
-    prev.collections
+) -> Option<StateFiles> {
+    let c = prev
+        .collections
         .iter()
-        .find(|p| &p.info.name == collection)
-        .and_then(|p| p.key_index.as_deref())
-        .map(|name| run.index_path(name))
+        .find(|p| &p.info.name == collection)?;
+    let names = IndexNames::of(c)?;
+    Some(StateFiles {
+        base: run.index_path(&names.base),
+        deltas: names.deltas.iter().map(|d| run.index_path(d)).collect(),
+    })
 }
 
 /// Streams the changes after `from` into the run (and the index changes, when kept).
@@ -864,7 +931,7 @@ fn finish_index<R: RunWriter>(
         }
         Some((_, path, _)) => {
             let (final_name, final_path) = run.new_index(collection, "");
-            let n = keyindex::apply_changes(Some(&path), &final_path, changes)?;
+            let n = keyindex::apply_changes(Some(&StateFiles::base(&path)), &final_path, changes)?;
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             Ok(Some((final_name, n)))
         }
@@ -877,7 +944,7 @@ fn record_index<R: RunWriter>(
     run: &R,
     c: &CollectionName,
     index: Option<(String, u64)>,
-    indexes: &mut BTreeMap<CollectionName, Option<String>>,
+    indexes: &mut BTreeMap<CollectionName, Option<IndexNames>>,
     counts: &mut BTreeMap<CollectionName, u64>,
 ) {
     let n = run
@@ -885,7 +952,7 @@ fn record_index<R: RunWriter>(
         .or(index.as_ref().map(|(_, n)| *n))
         .unwrap_or(0);
     counts.insert(c.clone(), n);
-    indexes.insert(c.clone(), index.map(|(name, _)| name));
+    indexes.insert(c.clone(), index.map(|(name, _)| IndexNames::base(name)));
 }
 
 fn full<T: Target>(
@@ -1017,8 +1084,8 @@ fn diff<T: Target>(
     let mut scanned = BTreeMap::new();
     for c in &collections {
         run.create_collection(&c.name)?;
-        let mut old = match old_index_path(&run, prev, &c.name) {
-            Some(p) => Some(IndexReader::open(&p)?),
+        let mut old = match old_state(&run, prev, &c.name) {
+            Some(state) => Some(Layered::open(&state)?),
             None => None,
         };
         let mut pending = match old.as_mut() {
@@ -1120,7 +1187,7 @@ fn diff<T: Target>(
 }
 
 /// The next entry of an optional index reader.
-fn next_of(r: &mut Option<IndexReader>) -> Result<Option<(Vec<u8>, Entry)>> {
+fn next_of(r: &mut Option<Layered>) -> Result<Option<(Vec<u8>, Entry)>> {
     match r.as_mut() {
         Some(r) => r.next_entry(),
         None => Ok(None),

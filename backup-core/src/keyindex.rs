@@ -13,6 +13,14 @@
 //! - version 1: `"TMKIDX01"`, then per key `u32 key length | key | u32 record CRC32 | u64 value
 //!   length`, then `u32 0xFFFFFFFF | u64 key count | u32 CRC32 of every byte before it`. Still
 //!   read; replaced by version 2 the next time the index is written.
+//! - delta (written since layered key state): `"TMKDLT01"`, then the entries as in version 2
+//!   except that the value length is stored plus one, and `0` marks a deleted key (whose
+//!   CRC32 field is 0); the same end marker and trailer (the count includes deletions).
+//!
+//! An incremental archive does not rewrite a collection's index: it writes the keys it changed
+//! as a delta file over it. [`Layered`] reads a base index and its deltas as one index (the
+//! newest entry of a key wins, a deletion hides the key), and the next rewrite folds them into a
+//! new base.
 
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
@@ -22,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC_V1: &[u8; 8] = b"TMKIDX01";
 const MAGIC: &[u8; 8] = b"TMKIDX02";
+const MAGIC_DELTA: &[u8; 8] = b"TMKDLT01";
 const END_V1: u32 = u32::MAX;
 /// Keys longer than this are refused as damage when read (RocksDB's limit is far above any
 /// real key, but a flipped length byte must not allocate gigabytes).
@@ -121,11 +130,23 @@ pub struct IndexWriter {
     last: Option<Vec<u8>>,
     /// The encoding of the current entry (reused).
     scratch: Vec<u8>,
+    /// A delta file (value lengths stored plus one, 0 = deleted).
+    delta: bool,
 }
 
 impl IndexWriter {
     /// Starts an index that will replace `path`.
     pub fn create(path: &Path) -> Result<Self> {
+        Self::start(path, false)
+    }
+
+    /// Starts a delta file at `path`: keys changed since the index it lies over, deletions
+    /// included ([`IndexWriter::push_change`]).
+    pub fn create_delta(path: &Path) -> Result<Self> {
+        Self::start(path, true)
+    }
+
+    fn start(path: &Path, delta: bool) -> Result<Self> {
         if let Some(dir) = path.parent() {
             crate::durable::create_dir_all(dir)?;
         }
@@ -138,8 +159,9 @@ impl IndexWriter {
             count: 0,
             last: None,
             scratch: Vec::with_capacity(64),
+            delta,
         };
-        w.write(MAGIC)?;
+        w.write(if delta { MAGIC_DELTA } else { MAGIC })?;
         Ok(w)
     }
 
@@ -151,6 +173,23 @@ impl IndexWriter {
 
     /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
     pub fn push(&mut self, key: &[u8], entry: Entry) -> Result<bool> {
+        self.push_change(key, Some(entry))
+    }
+
+    /// Appends a key's change (`None`: deleted, only in a delta file). Returns `Ok(false)`,
+    /// writing nothing, if the key is not greater than the last.
+    pub fn push_change(&mut self, key: &[u8], change: Option<Entry>) -> Result<bool> {
+        let (crc32, len) = match (change, self.delta) {
+            (Some(e), false) => (e.crc32, e.len),
+            (Some(e), true) => (e.crc32, e.len + 1),
+            (None, true) => (0, 0),
+            (None, false) => {
+                return Err(Error::Damaged {
+                    path: self.path.clone(),
+                    cause: "a deletion cannot be written into a base index".into(),
+                })
+            }
+        };
         let last = self.last.get_or_insert_with(Vec::new);
         let shared = common_prefix(last, key);
         // `key` > `last` exactly when it goes on past their common prefix and either `last`
@@ -164,8 +203,8 @@ impl IndexWriter {
         put_varint(&mut buf, shared as u64 + 1);
         put_varint(&mut buf, (key.len() - shared) as u64);
         buf.extend_from_slice(&key[shared..]);
-        buf.extend_from_slice(&entry.crc32.to_le_bytes());
-        put_varint(&mut buf, entry.len);
+        buf.extend_from_slice(&crc32.to_le_bytes());
+        put_varint(&mut buf, len);
         last.clear();
         last.extend_from_slice(key);
         let written = self.write(&buf);
@@ -211,6 +250,8 @@ pub struct IndexReader {
     done: bool,
     /// Version 2's prefix-compressed keys (`false`: version 1).
     compact: bool,
+    /// A delta file.
+    delta: bool,
     /// The last key read (version 2 keys are stored as a suffix of it).
     last: Vec<u8>,
 }
@@ -230,12 +271,15 @@ impl IndexReader {
             count: 0,
             done: false,
             compact: true,
+            delta: false,
             last: Vec::new(),
         };
         let mut magic = [0u8; 8];
         r.read(&mut magic)?;
         if &magic == MAGIC_V1 {
             r.compact = false;
+        } else if &magic == MAGIC_DELTA {
+            r.delta = true;
         } else if &magic != MAGIC {
             return Err(r.damaged("not a tidemark key index"));
         }
@@ -323,8 +367,23 @@ impl IndexReader {
     }
 
     /// Moves to the next key, which [`IndexReader::key`] then shows, and returns its entry;
-    /// `None` at the (checked) end. Allocates nothing per key.
+    /// `None` at the (checked) end. Allocates nothing per key. A deletion (in a delta file)
+    /// is damage here: deltas are read through [`Layered`].
     pub fn advance(&mut self) -> Result<Option<Entry>> {
+        match self.advance_change()? {
+            None => Ok(None),
+            Some(Some(e)) => Ok(Some(e)),
+            Some(None) => Err(self.damaged("a deletion where a base index was expected")),
+        }
+    }
+
+    /// Whether this is a delta file.
+    pub fn is_delta(&self) -> bool {
+        self.delta
+    }
+
+    /// Like [`IndexReader::advance`], for delta files too: `Some(None)` is a deleted key.
+    pub fn advance_change(&mut self) -> Result<Option<Option<Entry>>> {
         if self.done {
             return Ok(None);
         }
@@ -345,7 +404,7 @@ impl IndexReader {
             let crc32 = self.read_u32()?;
             let vlen = self.read_u64()?;
             self.count += 1;
-            return Ok(Some(Entry { crc32, len: vlen }));
+            return Ok(Some(Some(Entry { crc32, len: vlen })));
         }
         let shared = self.read_varint()?;
         if shared == 0 {
@@ -367,7 +426,14 @@ impl IndexReader {
         let crc32 = self.read_u32()?;
         let vlen = self.read_varint()?;
         self.count += 1;
-        Ok(Some(Entry { crc32, len: vlen }))
+        if !self.delta {
+            return Ok(Some(Some(Entry { crc32, len: vlen })));
+        }
+        match vlen.checked_sub(1) {
+            Some(len) => Ok(Some(Some(Entry { crc32, len }))),
+            None if crc32 == 0 => Ok(Some(None)),
+            None => Err(self.damaged("a deletion with a CRC32")),
+        }
     }
 
     /// The key [`IndexReader::advance`] moved to.
@@ -376,24 +442,207 @@ impl IndexReader {
     }
 }
 
-/// Writes `path` anew as the old index (if any) with `changes` applied (`None` = deleted);
-/// returns the number of keys it holds.
-pub fn apply_changes(
-    old: Option<&Path>,
+/// The files of a collection's key state: a base index and the delta files written over it
+/// since, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFiles {
+    /// The base index.
+    pub base: PathBuf,
+    /// The deltas over it, oldest first.
+    pub deltas: Vec<PathBuf>,
+}
+
+impl StateFiles {
+    /// A base index alone.
+    pub fn base(path: &Path) -> Self {
+        StateFiles {
+            base: path.to_path_buf(),
+            deltas: Vec::new(),
+        }
+    }
+
+    /// Whether every file is there.
+    pub fn exist(&self) -> bool {
+        self.base.is_file() && self.deltas.iter().all(|d| d.is_file())
+    }
+}
+
+/// The most delta files over one base: the change after them rewrites the base.
+pub const MAX_DELTAS: usize = 8;
+
+/// Whether the next change to `state` is written as a delta file ([`write_delta`]) rather than
+/// as a new base ([`apply_changes`]): while it has fewer than [`MAX_DELTAS`] deltas and their
+/// bytes stay under a quarter of the base's. Reading the deltas costs every later run, so they
+/// are folded into a new base before they grow; a missing file answers `false`.
+pub fn takes_delta(state: &StateFiles) -> bool {
+    if state.deltas.len() >= MAX_DELTAS {
+        return false;
+    }
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+    let Some(base) = size(&state.base) else {
+        return false;
+    };
+    let mut deltas = 0u64;
+    for d in &state.deltas {
+        match size(d) {
+            Some(n) => deltas += n,
+            None => return false,
+        }
+    }
+    deltas <= base / 4
+}
+
+/// Reads a base index and its deltas as one index, in ascending key order: of the entries for
+/// a key, the newest file's wins, and a deletion hides the key. Every file's CRC32 is checked
+/// when it has been read to its end.
+pub struct Layered {
+    /// The base first, then the deltas, oldest first.
+    readers: Vec<IndexReader>,
+    /// Each reader's current entry (`Some(None)`: a deletion); `None` once it is exhausted.
+    current: Vec<Option<Option<Entry>>>,
+    /// The key [`Layered::advance`] moved to (with deltas; the base's own otherwise).
+    key: Vec<u8>,
+}
+
+impl Layered {
+    /// Opens a key state.
+    pub fn open(state: &StateFiles) -> Result<Self> {
+        let mut readers = Vec::with_capacity(1 + state.deltas.len());
+        readers.push(IndexReader::open(&state.base)?);
+        for d in &state.deltas {
+            readers.push(IndexReader::open(d)?);
+        }
+        for (i, r) in readers.iter().enumerate() {
+            if r.is_delta() != (i > 0) {
+                let what = if i == 0 {
+                    "a delta file where a base index was expected"
+                } else {
+                    "a base index where a delta file was expected"
+                };
+                return Err(r.damaged(what));
+            }
+        }
+        let mut current = Vec::with_capacity(readers.len());
+        if readers.len() > 1 {
+            for r in readers.iter_mut() {
+                current.push(r.advance_change()?);
+            }
+        }
+        Ok(Layered {
+            readers,
+            current,
+            key: Vec::new(),
+        })
+    }
+
+    /// Moves to the next key present in the state, which [`Layered::key`] then shows, and
+    /// returns its entry; `None` at the (checked) end of every file.
+    pub fn advance(&mut self) -> Result<Option<Entry>> {
+        if self.readers.len() == 1 {
+            return self.readers[0].advance();
+        }
+        loop {
+            // The smallest current key; of equal keys, the newest file's.
+            let mut best: Option<usize> = None;
+            for i in 0..self.readers.len() {
+                if self.current[i].is_none() {
+                    continue;
+                }
+                best = match best {
+                    Some(b) if self.readers[i].key() > self.readers[b].key() => Some(b),
+                    _ => Some(i),
+                };
+            }
+            let Some(b) = best else {
+                return Ok(None);
+            };
+            let entry = self.current[b].expect("chosen among the present");
+            self.key.clear();
+            self.key.extend_from_slice(self.readers[b].key());
+            for i in 0..self.readers.len() {
+                if self.current[i].is_some() && self.readers[i].key() == self.key.as_slice() {
+                    self.current[i] = self.readers[i].advance_change()?;
+                }
+            }
+            if let Some(e) = entry {
+                return Ok(Some(e));
+            }
+        }
+    }
+
+    /// The key [`Layered::advance`] moved to.
+    pub fn key(&self) -> &[u8] {
+        if self.readers.len() == 1 {
+            self.readers[0].key()
+        } else {
+            &self.key
+        }
+    }
+
+    /// The next key and its entry, or `None` at the (checked) end.
+    pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Entry)>> {
+        Ok(self.advance()?.map(|e| (self.key().to_vec(), e)))
+    }
+}
+
+/// Writes `changes` (`None` = deleted) as a delta file at `path` over the key state `old`, and
+/// returns how many keys the state holds with it. The state is read through to count them
+/// (which checks every file's CRC32); the deletion of a key it does not hold is left out.
+pub fn write_delta(
+    old: &StateFiles,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
 ) -> Result<u64> {
-    merge_into(old, path, changes.iter().map(|(k, c)| (k.as_slice(), *c)))
+    let mut state = Layered::open(old)?;
+    let mut w = IndexWriter::create_delta(path)?;
+    let mut count = 0u64;
+    let mut current = state.advance()?;
+    for (key, change) in changes {
+        while current.is_some() && state.key() < key.as_slice() {
+            count += 1;
+            current = state.advance()?;
+        }
+        let held = current.is_some() && state.key() == key.as_slice();
+        if held {
+            current = state.advance()?;
+        }
+        match change {
+            Some(_) => count += 1,
+            None if !held => continue,
+            None => {}
+        }
+        w.push_change(key, *change)?;
+    }
+    while current.is_some() {
+        count += 1;
+        current = state.advance()?;
+    }
+    w.finish()?;
+    Ok(count)
+}
+
+/// Writes `path` anew as a base index: the old key state (if any) with `changes` applied
+/// (`None` = deleted); returns the number of keys it holds.
+pub fn apply_changes(
+    old: Option<&StateFiles>,
+    path: &Path,
+    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+) -> Result<u64> {
+    let reader = old.map(Layered::open).transpose()?;
+    merge_into(
+        reader,
+        path,
+        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
+    )
 }
 
 /// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
 /// each once, an entry replacing the old key's and `None` deleting it.
 fn merge_into<'a>(
-    old: Option<&Path>,
+    mut reader: Option<Layered>,
     path: &Path,
     changes: impl Iterator<Item = (&'a [u8], Option<Entry>)>,
 ) -> Result<u64> {
-    let mut reader = old.map(IndexReader::open).transpose()?;
     let mut writer = IndexWriter::create(path)?;
     let mut pending = changes.peekable();
     // The reader's current key is `reader.key()` while `current` holds its entry.
@@ -536,8 +785,9 @@ impl IndexBuilder {
             // Nothing was spilled: the keys still in memory merge straight with the keys that
             // came in order, without a run written and read back.
             let (arena, items) = self.sorted();
+            let first = Layered::open(&StateFiles::base(&runs[0]))?;
             merge_into(
-                Some(&runs[0]),
+                Some(first),
                 &self.path,
                 items
                     .iter()
@@ -637,7 +887,10 @@ mod tests {
         .into_iter()
         .collect();
         let b = d.path().join("b.idx");
-        assert_eq!(apply_changes(Some(&a), &b, &changes).expect("apply"), 4);
+        assert_eq!(
+            apply_changes(Some(&StateFiles::base(&a)), &b, &changes).expect("apply"),
+            4
+        );
         let got: Vec<(Vec<u8>, u32)> = read_all(&b)
             .into_iter()
             .map(|(k, e)| (k, e.crc32))
@@ -760,7 +1013,7 @@ mod tests {
         assert_eq!(read_all(&p), want);
         // Rewriting it (an incremental's merge) gives version 2 with the same content.
         let q = d.path().join("new.idx");
-        apply_changes(Some(&p), &q, &BTreeMap::new()).expect("merge");
+        apply_changes(Some(&StateFiles::base(&p)), &q, &BTreeMap::new()).expect("merge");
         assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX02");
         assert_eq!(read_all(&q), want);
     }
@@ -806,11 +1059,124 @@ mod tests {
                 delta.insert(k.clone(), c.map(e));
             }
             let b = d.path().join("b.idx");
-            let n = apply_changes(Some(&a), &b, &delta).expect("apply");
+            let n = apply_changes(Some(&StateFiles::base(&a)), &b, &delta).expect("apply");
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&b).into_iter().map(|(k, e)| (k, e.crc32)).collect();
             proptest::prop_assert_eq!(n as usize, want.len());
             proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    /// Reads a key state through [`Layered`].
+    fn read_layered(state: &StateFiles) -> Result<BTreeMap<Vec<u8>, u32>> {
+        let mut r = Layered::open(state)?;
+        let mut out = BTreeMap::new();
+        while let Some((k, e)) = r.next_entry()? {
+            out.insert(k, e.crc32);
+        }
+        Ok(out)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// A base with up to five deltas written over it reads as the model after each one,
+        /// counts as it, and folds into a new base that reads the same.
+        #[test]
+        fn deltas_over_a_base_match_a_map(
+            old in proptest::collection::btree_map(
+                proptest::collection::vec(0u8..4, 0..6), 0u32..1000, 0..60),
+            rounds in proptest::collection::vec(proptest::collection::btree_map(
+                proptest::collection::vec(0u8..4, 0..6),
+                proptest::option::of(0u32..1000), 0..30), 1..6),
+        ) {
+            let d = tempfile::tempdir().expect("tmp");
+            let base = d.path().join("base.idx");
+            let mut w = IndexWriter::create(&base).expect("create");
+            for (k, n) in &old {
+                w.push(k, e(*n)).expect("push");
+            }
+            w.finish().expect("finish");
+            let mut state = StateFiles::base(&base);
+            let mut want = old.clone();
+            for (i, changes) in rounds.iter().enumerate() {
+                let mut delta = BTreeMap::new();
+                for (k, c) in changes {
+                    match c {
+                        Some(n) => { want.insert(k.clone(), *n); }
+                        None => { want.remove(k); }
+                    }
+                    delta.insert(k.clone(), c.map(e));
+                }
+                let path = d.path().join(format!("d{i}.idx"));
+                let n = write_delta(&state, &path, &delta).expect("delta");
+                state.deltas.push(path);
+                proptest::prop_assert_eq!(n as usize, want.len());
+                proptest::prop_assert_eq!(&read_layered(&state).expect("read"), &want);
+            }
+            let folded = d.path().join("folded.idx");
+            let n = apply_changes(Some(&state), &folded, &BTreeMap::new()).expect("fold");
+            proptest::prop_assert_eq!(n as usize, want.len());
+            let got: BTreeMap<Vec<u8>, u32> =
+                read_all(&folded).into_iter().map(|(k, e)| (k, e.crc32)).collect();
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_misplaced_delta_is_damage() {
+        let d = tempfile::tempdir().expect("tmp");
+        let base = d.path().join("base.idx");
+        let mut w = IndexWriter::create(&base).expect("create");
+        for i in 0..50u32 {
+            w.push(format!("k{i:03}").as_bytes(), e(i)).expect("push");
+        }
+        w.finish().expect("finish");
+        let state = StateFiles::base(&base);
+        let delta = d.path().join("d.idx");
+        let changes: BTreeMap<Vec<u8>, Option<Entry>> = [
+            (b"k001".to_vec(), None),
+            (b"k010".to_vec(), Some(e(99))),
+            (b"k999".to_vec(), Some(e(7))),
+            (b"zz".to_vec(), None),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(write_delta(&state, &delta, &changes).expect("delta"), 50);
+        let layered = StateFiles {
+            base: base.clone(),
+            deltas: vec![delta.clone()],
+        };
+        let got = read_layered(&layered).expect("read");
+        assert_eq!(got.len(), 50);
+        assert!(!got.contains_key(&b"k001"[..]));
+        assert_eq!(got[&b"k010"[..]], 99);
+        // A deletion cannot go into a base index, nor can a delta be read as one.
+        let mut w = IndexWriter::create(&d.path().join("x.idx")).expect("create");
+        assert!(w.push_change(b"a", None).is_err());
+        w.abandon();
+        let swapped = StateFiles {
+            base: delta.clone(),
+            deltas: vec![base.clone()],
+        };
+        assert!(matches!(
+            Layered::open(&swapped),
+            Err(Error::Damaged { .. })
+        ));
+        let mut r = IndexReader::open(&delta).expect("open");
+        assert!(
+            matches!(r.advance(), Err(Error::Damaged { .. })),
+            "k001's deletion"
+        );
+        // Every flipped byte of the delta is found when the state is read through.
+        let bytes = std::fs::read(&delta).expect("read");
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            std::fs::write(&delta, &bad).expect("write");
+            assert!(
+                read_layered(&layered).is_err(),
+                "byte {i} flipped went unseen"
+            );
         }
     }
 

@@ -46,6 +46,10 @@ pub struct ManifestCollection {
     /// in key order: what a diff-based incremental compares against.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_index: Option<String>,
+    /// Delta files over `key_index` (same directory, oldest first): the keys each incremental
+    /// since the index was written changed. Only an archive's key state has them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_deltas: Vec<String>,
 }
 
 /// The manifest of a folder backup (`DIR/.tidemark/manifest.json`).

@@ -556,3 +556,153 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// Each collection's key state files as `state.json` names them: (index, deltas).
+fn key_state(state_dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<String>)> {
+    let text = std::fs::read_to_string(state_dir.join("state.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for c in v["state"]["backup"]["collections"].as_array().unwrap() {
+        let deltas = c["key_deltas"]
+            .as_array()
+            .map(|a| a.iter().map(|d| d.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
+        out.insert(
+            c["name"].as_str().unwrap().to_string(),
+            (c["key_index"].as_str().unwrap().to_string(), deltas),
+        );
+    }
+    out
+}
+
+/// An incremental writes the keys it changed as a delta file over the collection's index, the
+/// deltas are folded into a new index before they grow (at most 8), an untouched collection
+/// keeps its files, the state directory holds only what `state.json` names, and the chain
+/// restores exactly after every run. A damaged delta makes the next archive full.
+#[test]
+fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE still(k TEXT PRIMARY KEY, v) WITHOUT ROWID;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+         INSERT INTO t SELECT i, 'value ' || i FROM n;
+         INSERT INTO still VALUES ('a', 1), ('b', 2);",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    let backup = || {
+        ok(
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                "ar",
+                "--format",
+                "archive",
+            ],
+            d,
+        )
+    };
+    assert!(backup().contains("Archive (full)"));
+    let state = d.join("ar/.tidemark-state");
+    let mut most = 0;
+    let mut folded = false;
+    let still = key_state(&state)["still"].clone();
+    for round in 1..=12 {
+        // About 1% of `t`: updates, deletions (also of keys deleted before) and insertions.
+        sql(
+            &db,
+            &format!(
+                "UPDATE t SET v = 'round {round}' WHERE id % 97 = {round};
+                 DELETE FROM t WHERE id % 101 = {round} OR id % 101 = {};
+                 INSERT INTO t VALUES ({}, 'new'), ({}, 'new');",
+                round - 1,
+                3000 + round,
+                4000 + round
+            ),
+        );
+        let out = backup();
+        assert!(
+            out.contains("Archive (incremental)"),
+            "round {round}: {out}"
+        );
+        let files = key_state(&state);
+        let (_, deltas) = &files["t"];
+        if deltas.is_empty() {
+            folded |= most > 0;
+        }
+        most = most.max(deltas.len());
+        assert!(deltas.len() <= 8, "round {round}: {deltas:?}");
+        assert_eq!(
+            files["still"], still,
+            "an untouched collection keeps its files"
+        );
+        // The directory holds state.json and the files it names, nothing else.
+        let mut named: Vec<String> = files
+            .values()
+            .flat_map(|(i, ds)| std::iter::once(i.clone()).chain(ds.iter().cloned()))
+            .chain(["state.json".to_string()])
+            .collect();
+        named.sort();
+        let mut present: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        present.sort();
+        assert_eq!(present, named, "round {round}");
+        // The counts come from the key state: the newest archive's must be the store's.
+        let listed = ok(&["list", "ar", "--json"], d);
+        let newest: serde_json::Value =
+            serde_json::from_str(listed.lines().last().unwrap()).unwrap();
+        let rows = Command::new("sqlite3")
+            .arg(&db)
+            .arg("SELECT (SELECT count(*) FROM t) + (SELECT count(*) FROM still);")
+            .output()
+            .unwrap();
+        let rows: u64 = String::from_utf8_lossy(&rows.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(newest["records_in_backup"], rows, "round {round}");
+        ok(
+            &[
+                "restore",
+                "--from",
+                "ar",
+                "--to",
+                &format!("sqlite:r{round}.db"),
+            ],
+            d,
+        );
+        assert_same_dump(&dump(&d.join(format!("r{round}.db"))), &dump(&db), "round");
+    }
+    assert!(
+        most >= 2 && folded,
+        "deltas grew to {most}, folded: {folded}"
+    );
+    // A flipped byte in a delta: the next archive is full, and says why.
+    sql(&db, "UPDATE t SET v = 'before the damage' WHERE id = 5;");
+    backup();
+    let (_, deltas) = &key_state(&state)["t"];
+    let victim = state.join(deltas.last().expect("a delta after one incremental"));
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(&victim, bytes).unwrap();
+    sql(
+        &db,
+        "DELETE FROM t WHERE id = 6; INSERT INTO t VALUES (9999, 'last');",
+    );
+    let out = backup();
+    assert!(
+        out.contains("key index is unusable") && out.contains("Archive (full)"),
+        "{out}"
+    );
+    ok(&["verify", "ar"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:last.db"], d);
+    assert_same_dump(&dump(&d.join("last.db")), &dump(&db), "after the damage");
+}

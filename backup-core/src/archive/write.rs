@@ -26,7 +26,7 @@ use crate::engine::{
 use crate::error::{Error, Result};
 use crate::folder::{collection_dir_name, WriteEvent};
 use crate::keyindex::Entry;
-use crate::manifest::{now_rfc3339, FolderManifest, ManifestCollection, RunKind};
+use crate::manifest::{now_rfc3339, FolderManifest, RunKind};
 use crate::model::{CollectionName, Key, Record};
 use crate::pipeline::Pipeline;
 use crate::zipstream::{self, Packed, Packer, StreamWriter};
@@ -273,12 +273,7 @@ pub fn backup_archive_to(
             collections: outcome
                 .collections
                 .iter()
-                .map(|c| ManifestCollection {
-                    info: c.clone(),
-                    dir: collection_dir_name(&c.name),
-                    records: count(&c.name),
-                    key_index: outcome.indexes.get(&c.name).cloned().flatten(),
-                })
+                .map(|c| engine::manifest_collection(c, &outcome.indexes, &outcome.counts))
                 .collect(),
             store_schema,
         },
@@ -288,7 +283,8 @@ pub fn backup_archive_to(
         .backup
         .collections
         .iter()
-        .filter_map(|c| c.key_index.as_deref())
+        .flat_map(|c| c.key_index.iter().chain(&c.key_deltas))
+        .map(String::as_str)
         .collect();
     clean_state(state_dir, &keep)?;
     engine::trim(backend, options, &outcome.checkpoint, events);
@@ -354,7 +350,8 @@ fn previous_state(
         let ok = c
             .key_index
             .as_deref()
-            .is_some_and(|n| state_dir.join(n).is_file());
+            .is_some_and(|n| state_dir.join(n).is_file())
+            && c.key_deltas.iter().all(|n| state_dir.join(n).is_file());
         if !ok {
             return Err(FullReason::PreviousDamaged(format!(
                 "the key index of collection `{}` is missing",
@@ -769,6 +766,10 @@ impl RunWriter for ArchiveRun {
     }
 
     fn needs_index(&self) -> bool {
+        true
+    }
+
+    fn index_deltas(&self) -> bool {
         true
     }
 }
