@@ -45,6 +45,21 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Decodes the LEB128 varint at `buf[*at..]` and moves `at` past it; `None` (with `at` where
+/// it was) if the buffer ends first or it runs past ten bytes (the slow path then decides).
+fn varint_at(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let b = *buf.get(*at + i)?;
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            *at += i + 1;
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// Passes bytes through to a file, with the CRC32 of the first `limit` of them: the index's
 /// checksum is computed over the large blocks the buffers move, not field by field (per-field
 /// updates of a few bytes were a tenth of an incremental's time).
@@ -406,6 +421,29 @@ impl IndexReader {
             self.count += 1;
             return Ok(Some(Some(Entry { crc32, len: vlen })));
         }
+        // Fast path: the whole entry is in the read buffer (all but the last few of each
+        // 64 KiB): decode it from there, copying the suffix once.
+        let buf = self.input.buffer();
+        let mut at = 0;
+        if let (Some(head @ 1..), Some(suffix)) = (varint_at(buf, &mut at), varint_at(buf, &mut at))
+        {
+            let shared = head - 1;
+            let fits = shared <= self.last.len() as u64 && shared + suffix <= MAX_KEY;
+            let key_at = at;
+            if fits && at + suffix as usize + 4 <= buf.len() {
+                at += suffix as usize;
+                let crc32 = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
+                at += 4;
+                if let Some(vlen) = varint_at(buf, &mut at) {
+                    self.last.truncate(shared as usize);
+                    self.last
+                        .extend_from_slice(&buf[key_at..key_at + suffix as usize]);
+                    self.input.consume(at);
+                    self.count += 1;
+                    return self.entry(crc32, vlen);
+                }
+            }
+        }
         let shared = self.read_varint()?;
         if shared == 0 {
             self.check_end()?;
@@ -426,6 +464,11 @@ impl IndexReader {
         let crc32 = self.read_u32()?;
         let vlen = self.read_varint()?;
         self.count += 1;
+        self.entry(crc32, vlen)
+    }
+
+    /// The entry of a version 2 or delta key, from its stored CRC32 and value length.
+    fn entry(&self, crc32: u32, vlen: u64) -> Result<Option<Option<Entry>>> {
         if !self.delta {
             return Ok(Some(Some(Entry { crc32, len: vlen })));
         }
