@@ -689,9 +689,14 @@ fn incremental<T: Target>(
     let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
-        let old = old_state(&run, prev, &c.name);
+        // `None`: a new collection; `Some(None)`: one the previous backup kept no index for.
+        let prior = before.map(IndexNames::of);
+        let old = prior
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(|n| state_files(&run, n));
         let unchanged = index_changes.get(&c.name).is_none_or(BTreeMap::is_empty);
-        let index = match (track_index, before.map(IndexNames::of)) {
+        let index = match (track_index, prior) {
             // A collection no change touched keeps its key state as it is (the new state
             // names its files again): rewriting a million keys for nothing was most of the
             // time of an incremental that changed little.
@@ -810,11 +815,15 @@ fn old_state<R: RunWriter>(
         .collections
         .iter()
         .find(|p| &p.info.name == collection)?;
-    let names = IndexNames::of(c)?;
-    Some(StateFiles {
+    Some(state_files(run, &IndexNames::of(c)?))
+}
+
+/// Where the files a manifest names for a key state are.
+fn state_files<R: RunWriter>(run: &R, names: &IndexNames) -> StateFiles {
+    StateFiles {
         base: run.index_path(&names.base),
         deltas: names.deltas.iter().map(|d| run.index_path(d)).collect(),
-    })
+    }
 }
 
 /// Streams the changes after `from` into the run (and the index changes, when kept).

@@ -899,6 +899,15 @@ mod tests {
         }
     }
 
+    /// Writes a base index of `entries` (keys ascending, each entry `e(n)`) at `p`.
+    fn write_base<K: AsRef<[u8]>>(p: &Path, entries: impl IntoIterator<Item = (K, u32)>) {
+        let mut w = IndexWriter::create(p).expect("create");
+        for (k, n) in entries {
+            assert!(w.push(k.as_ref(), e(n)).expect("push"), "keys ascending");
+        }
+        w.finish().expect("finish");
+    }
+
     fn read_all(p: &Path) -> Vec<(Vec<u8>, Entry)> {
         let mut r = IndexReader::open(p).expect("open");
         let mut out = Vec::new();
@@ -1087,11 +1096,7 @@ mod tests {
         ) {
             let d = tempfile::tempdir().expect("tmp");
             let a = d.path().join("a.idx");
-            let mut w = IndexWriter::create(&a).expect("create");
-            for (k, n) in &old {
-                w.push(k, e(*n)).expect("push");
-            }
-            w.finish().expect("finish");
+            write_base(&a, old.iter().map(|(k, n)| (k, *n)));
             let mut want = old.clone();
             let mut delta = BTreeMap::new();
             for (k, c) in &changes {
@@ -1134,11 +1139,7 @@ mod tests {
         ) {
             let d = tempfile::tempdir().expect("tmp");
             let base = d.path().join("base.idx");
-            let mut w = IndexWriter::create(&base).expect("create");
-            for (k, n) in &old {
-                w.push(k, e(*n)).expect("push");
-            }
-            w.finish().expect("finish");
+            write_base(&base, old.iter().map(|(k, n)| (k, *n)));
             let mut state = StateFiles::base(&base);
             let mut want = old.clone();
             for (i, changes) in rounds.iter().enumerate() {
@@ -1169,11 +1170,7 @@ mod tests {
     fn a_damaged_or_misplaced_delta_is_damage() {
         let d = tempfile::tempdir().expect("tmp");
         let base = d.path().join("base.idx");
-        let mut w = IndexWriter::create(&base).expect("create");
-        for i in 0..50u32 {
-            w.push(format!("k{i:03}").as_bytes(), e(i)).expect("push");
-        }
-        w.finish().expect("finish");
+        write_base(&base, (0..50u32).map(|i| (format!("k{i:03}"), i)));
         let state = StateFiles::base(&base);
         let delta = d.path().join("d.idx");
         let changes: BTreeMap<Vec<u8>, Option<Entry>> = [

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{assert_same_dump, dump, fails, ok, sql, tidemark};
+use common::{assert_same_dump, dump, fails, ok, sql, tidemark, ARCHIVE_BACKUP};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,15 +56,7 @@ fn chain(d: &Path, extra: &[&str]) -> Vec<(u64, String)> {
         if !round.is_empty() {
             sql(&db, round);
         }
-        let mut args = vec![
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ];
+        let mut args = ARCHIVE_BACKUP.to_vec();
         args.extend_from_slice(extra);
         let out = ok(&args, d);
         assert!(
@@ -191,20 +183,7 @@ fn a_table_dropped_and_created_again_restores_at_every_checkpoint() {
          INSERT INTO t VALUES (1, 1), (2, 2), (3, 3);",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    let backup = |d: &Path| {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d,
-        )
-    };
+    let backup = |d: &Path| ok(&ARCHIVE_BACKUP, d);
     let mut states = Vec::new();
     for round in [
         "",
@@ -354,16 +333,8 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
     sql(&db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000) INSERT INTO t(name, pic) SELECT 'bulk', randomblob(2000) FROM n;");
     for ms in [40u64, 150, 400] {
         let mut child = Command::new(common::bin())
-            .args([
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-                "--quiet",
-            ])
+            .args(ARCHIVE_BACKUP)
+            .arg("--quiet")
             .current_dir(d)
             .spawn()
             .unwrap();
@@ -377,18 +348,7 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
             String::from_utf8_lossy(&v.stderr)
         );
     }
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    ok(&ARCHIVE_BACKUP, d);
     ok(&["verify", "ar"], d);
     ok(
         &["restore", "--from", "ar", "--to", "sqlite:after-kills.db"],
@@ -398,33 +358,11 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
     // An archive lost after the key state moved on (a deleted file): the next run says so
     // and starts with a full archive.
     sql(&db, "DELETE FROM t WHERE id < 5;");
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    ok(&ARCHIVE_BACKUP, d);
     let newest = archives(&d.join("ar")).pop().unwrap();
     std::fs::remove_file(&newest).unwrap();
     sql(&db, "DELETE FROM t WHERE id < 9;");
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    let out = ok(&ARCHIVE_BACKUP, d);
     assert!(
         out.contains("Archive (full)") && out.contains("key state matches"),
         "{out}"
@@ -487,20 +425,7 @@ fn a_key_state_not_at_the_newest_archive_makes_the_next_archive_full() {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    let backup = || {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d,
-        )
-    };
+    let backup = || ok(&ARCHIVE_BACKUP, d);
     backup();
     let state = d.join("ar/.tidemark-state");
     let saved = d.join("saved-state");
@@ -593,20 +518,7 @@ fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
          INSERT INTO still VALUES ('a', 1), ('b', 2);",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    let backup = || {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d,
-        )
-    };
+    let backup = || ok(&ARCHIVE_BACKUP, d);
     assert!(backup().contains("Archive (full)"));
     let state = d.join("ar/.tidemark-state");
     let mut most = 0;

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{assert_same_dump, dump, fails, ok, sql};
+use common::{assert_same_dump, dump, fails, ok, sql, ARCHIVE_BACKUP};
 use std::path::{Path, PathBuf};
 
 fn archives(dir: &Path) -> Vec<String> {
@@ -36,15 +36,7 @@ fn two_segments(d: &Path) -> Vec<String> {
                 &format!("UPDATE t SET v = 'r{round}' WHERE id % 5 = {round}; DELETE FROM t WHERE id = {round};"),
             );
         }
-        let mut args = vec![
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ];
+        let mut args = ARCHIVE_BACKUP.to_vec();
         if round == 3 {
             args.push("--full");
         }
@@ -125,18 +117,7 @@ fn keep_last_removes_whole_old_segments_only() {
         &d.join("src.db"),
         "INSERT INTO t VALUES (1000, 'after prune');",
     );
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    let out = ok(&ARCHIVE_BACKUP, d);
     assert!(out.contains("Archive (incremental)"), "{out}");
     ok(&["verify", "ar"], d);
     assert_same_dump(

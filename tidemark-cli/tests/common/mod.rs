@@ -15,6 +15,18 @@ pub fn bin() -> std::path::PathBuf {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_tidemark").into())
 }
 
+/// `tidemark backup` of the SQLite store `src.db` into the archive chain `ar` (relative to the
+/// directory it runs in): the arguments most archive tests start from.
+pub const ARCHIVE_BACKUP: [&str; 7] = [
+    "backup",
+    "--source",
+    "sqlite:src.db",
+    "--to",
+    "ar",
+    "--format",
+    "archive",
+];
+
 /// Runs `tidemark` in `cwd`.
 pub fn tidemark(args: &[&str], cwd: &Path) -> Output {
     Command::new(bin())
