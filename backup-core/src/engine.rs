@@ -237,6 +237,11 @@ pub(crate) trait RunWriter {
     fn replaying(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Hands everything written so far on to be stored (an archive's open parts go to its
+    /// compressing workers), so that this work overlaps what the engine does next.
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Records the backup holds in `collection` after the writes so far, when the writer
     /// counts them itself (otherwise the key index counts them).
     fn count(&self, collection: &CollectionName) -> Option<u64>;
@@ -665,6 +670,7 @@ fn incremental<T: Target>(
     let mut index_changes = IndexChanges::new();
     let (mut written, mut deleted) = (0u64, 0u64);
     let from = prev.checkpoint.clone();
+    let started = std::time::Instant::now();
     let applied = apply_changes(
         view,
         &from,
@@ -683,6 +689,14 @@ fn incremental<T: Target>(
         }
         Err(e) => return Err(e),
     }
+    tracing::debug!(
+        written,
+        deleted,
+        seconds = started.elapsed().as_secs_f64(),
+        "changes read"
+    );
+    // The parts compress while the key states are written.
+    run.flush()?;
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
     // Key states to update: (collection, old state, new file, whether it is a delta).
@@ -755,6 +769,11 @@ fn incremental<T: Target>(
         rewritten.push(n);
         Ok(())
     })?;
+    tracing::debug!(
+        files = rewrites.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "key states written"
+    );
     for ((name, _, _, _), n) in rewrites.iter().zip(rewritten) {
         match n {
             Ok(n) => {

@@ -1,4 +1,4 @@
-//! The process's memory allocator: mimalloc, set to give freed memory back at once.
+//! The process's memory allocator: mimalloc, set to give freed memory back within 10 ms.
 //!
 //! Archive runs allocate and free a few small blocks per record (a key, a row's columns, a
 //! parsed line) on one thread and free them on another (the workers decode, the store's thread
@@ -9,8 +9,11 @@
 //!
 //! mimalloc keeps freed pages for a while by default (1 s) and commits its arenas eagerly,
 //! which raised peak memory of a restore from 88 to 156 MiB; [`configure`] makes it purge freed
-//! pages at once and commit arena memory as it is used, which keeps peak memory below
-//! glibc's (docs/BENCHMARKS.md).
+//! pages after 10 ms and commit arena memory as it is used, which keeps peak memory below
+//! glibc's (docs/BENCHMARKS.md). Purging at once (0 ms) kept another 5–9 MiB off a run's peak,
+//! but a part's records are freed by a worker page by page while the reader allocates the next
+//! part's, so the kernel zeroed and mapped the same pages again and again: full archives and
+//! restores were 4–8% slower (docs/BENCHMARKS.md, "The purge delay").
 //!
 //! Only the `tidemark` command does this: the library crates never choose a process's
 //! allocator, a service that embeds them chooses its own.
@@ -23,6 +26,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// `mi_option_purge_delay`, as above: milliseconds before freed pages go back to the system.
 const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// The purge delay set: pages freed and allocated again within a part's time stay mapped,
+/// and a run's peak stays near its working set.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// Sets the allocator's options; called first thing in `main`. An option set in the
 /// environment (mimalloc's own `MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`) is left
@@ -30,7 +36,7 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 pub fn configure() {
     for (option, env, value) in [
         (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
-        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", 0),
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", PURGE_DELAY_MS),
     ] {
         if std::env::var_os(env).is_some() {
             continue;
@@ -57,8 +63,8 @@ mod tests {
     }
 
     /// The numbers name the options meant: before `configure`, each holds the default that
-    /// mimalloc.h gives it (2 and 1000, which no neighbouring option has), after it, 0. Run
-    /// without MIMALLOC_* variables set (as the test suite runs).
+    /// mimalloc.h gives it (2 and 1000, which no neighbouring option has), after it, the values
+    /// set. Run without MIMALLOC_* variables set (as the test suite runs).
     #[test]
     fn the_numbers_name_the_options_meant() {
         assert_eq!(
@@ -69,6 +75,6 @@ mod tests {
         assert_eq!(get(super::PURGE_DELAY), 1000, "purge_delay's default");
         super::configure();
         assert_eq!(get(super::ARENA_EAGER_COMMIT), 0);
-        assert_eq!(get(super::PURGE_DELAY), 0);
+        assert_eq!(get(super::PURGE_DELAY), super::PURGE_DELAY_MS);
     }
 }

@@ -747,6 +747,10 @@ impl RunWriter for ArchiveRun {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<()> {
+        self.flush_all()
+    }
+
     fn count(&self, _: &CollectionName) -> Option<u64> {
         None
     }
