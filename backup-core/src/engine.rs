@@ -699,7 +699,8 @@ fn incremental<T: Target>(
     run.flush()?;
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
-    // Key states to update: (collection, old state, new file, whether it is a delta).
+    // Key states to update: (collection, old state, new file, and for a delta file the number
+    // of keys the old state holds).
     let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
@@ -728,13 +729,14 @@ fn incremental<T: Target>(
             {
                 let (name, path) = run.new_index(&c.name, ".delta");
                 names.deltas.push(name);
-                rewrites.push((c.name.clone(), old, path, true));
+                let held = before.map_or(0, |p| p.records);
+                rewrites.push((c.name.clone(), old, path, Some(held)));
                 Some(names)
             }
             // Otherwise (and for a new collection) a new base index.
             (true, Some(Some(_)) | None) => {
                 let (name, path) = run.new_index(&c.name, "");
-                rewrites.push((c.name.clone(), old, path, false));
+                rewrites.push((c.name.clone(), old, path, None));
                 Some(IndexNames::base(name))
             }
             _ => None,
@@ -745,14 +747,14 @@ fn incremental<T: Target>(
     type Job = (
         Option<StateFiles>,
         std::path::PathBuf,
-        bool,
+        Option<u64>,
         BTreeMap<Vec<u8>, Option<Entry>>,
     );
     let mut pipeline = crate::pipeline::Pipeline::new(
         crate::pipeline::default_threads().min(rewrites.len()),
         || (),
         |(), (old, path, delta, changes): Job| match (old, delta) {
-            (Some(old), true) => keyindex::write_delta(&old, &path, &changes),
+            (Some(old), Some(held)) => keyindex::write_delta(&old, &path, &changes, held),
             (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
         },
     );

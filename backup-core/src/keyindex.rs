@@ -4,7 +4,14 @@
 //!
 //! File layout (little-endian; `varint` is LEB128, 7 bits a byte, low bits first):
 //!
-//! - version 2 (written since archive format 2): `"TMKIDX02"`, then per key
+//! - version 3 (written since block-indexed key state): version 2's entries under
+//!   `"TMKIDX03"`, cut into blocks of about [`BLOCK_BYTES`] whose first key is stored whole
+//!   (`shared` 0); after the end marker and key count, a block index (per block: its first
+//!   key, its length and its CRC32) and a 24-byte tail (block count, the end marker's offset,
+//!   the CRC32 of the end marker, count and block index, and the file's CRC32). A sequential
+//!   reader reads it as version 2; [`write_delta`] opens it by its block index and decodes only
+//!   the blocks that hold changed keys (docs/FORMAT.md §1.8).
+//! - version 2 (written from archive format 2 until version 3): `"TMKIDX02"`, then per key
 //!   `varint (shared + 1) | varint suffix length | suffix | u32 record CRC32 | varint value
 //!   length`, where `shared` is the length of the prefix the key shares with the previous key
 //!   (0 for the first) and the key is that prefix followed by the suffix; then `varint 0 | u64
@@ -29,9 +36,16 @@ use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC_V1: &[u8; 8] = b"TMKIDX01";
-const MAGIC: &[u8; 8] = b"TMKIDX02";
+const MAGIC_V2: &[u8; 8] = b"TMKIDX02";
+const MAGIC: &[u8; 8] = b"TMKIDX03";
 const MAGIC_DELTA: &[u8; 8] = b"TMKDLT01";
 const END_V1: u32 = u32::MAX;
+/// A version 3 block is cut once it holds this many bytes of entries: a lookup decodes one
+/// block, and the block index costs about 20 bytes a block.
+pub const BLOCK_BYTES: u64 = 512;
+/// The tail of a version 3 index: u64 block count, u64 end marker offset, u32 block index
+/// CRC32, u32 file CRC32.
+const TAIL_V3: u64 = 24;
 /// Keys longer than this are refused as damage when read (RocksDB's limit is far above any
 /// real key, but a flipped length byte must not allocate gigabytes).
 const MAX_KEY: u64 = 1 << 30;
@@ -147,6 +161,14 @@ pub struct IndexWriter {
     scratch: Vec<u8>,
     /// A delta file (value lengths stored plus one, 0 = deleted).
     delta: bool,
+    /// Bytes written so far.
+    offset: u64,
+    /// Version 3 (base indexes): where the open block starts, its CRC32 so far, and the
+    /// block index written so far.
+    block_start: u64,
+    block_crc: crc32fast::Hasher,
+    blocks: Vec<u8>,
+    block_count: u64,
 }
 
 impl IndexWriter {
@@ -175,15 +197,31 @@ impl IndexWriter {
             last: None,
             scratch: Vec::with_capacity(64),
             delta,
+            offset: 0,
+            block_start: 0,
+            block_crc: crc32fast::Hasher::new(),
+            blocks: Vec::new(),
+            block_count: 0,
         };
         w.write(if delta { MAGIC_DELTA } else { MAGIC })?;
         Ok(w)
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.offset += b.len() as u64;
         self.out
             .write_all(b)
             .map_err(|e| Error::io("write", &self.tmp, e))
+    }
+
+    /// Version 3: adds the open block (if any) to the block index.
+    fn close_block(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        put_varint(&mut self.blocks, self.offset - self.block_start);
+        let crc = std::mem::take(&mut self.block_crc).finalize();
+        self.blocks.extend_from_slice(&crc.to_le_bytes());
     }
 
     /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
@@ -206,13 +244,24 @@ impl IndexWriter {
             }
         };
         let last = self.last.get_or_insert_with(Vec::new);
-        let shared = common_prefix(last, key);
+        let mut shared = common_prefix(last, key);
         // `key` > `last` exactly when it goes on past their common prefix and either `last`
         // ends there or `key`'s next byte is greater (one pass over the bytes, not two).
         let greater = shared < key.len() && (shared == last.len() || key[shared] > last[shared]);
         if self.count > 0 && !greater {
             return Ok(false);
         }
+        // A base index starts a block at its first key and after every BLOCK_BYTES: the key
+        // is stored whole and goes into the block index.
+        if !self.delta && (self.count == 0 || self.offset - self.block_start >= BLOCK_BYTES) {
+            self.close_block();
+            self.block_start = self.offset;
+            self.block_count += 1;
+            put_varint(&mut self.blocks, key.len() as u64);
+            self.blocks.extend_from_slice(key);
+            shared = 0;
+        }
+        let last = self.last.get_or_insert_with(Vec::new);
         let mut buf = std::mem::take(&mut self.scratch);
         buf.clear();
         put_varint(&mut buf, shared as u64 + 1);
@@ -222,6 +271,9 @@ impl IndexWriter {
         put_varint(&mut buf, len);
         last.clear();
         last.extend_from_slice(key);
+        if !self.delta {
+            self.block_crc.update(&buf);
+        }
         let written = self.write(&buf);
         self.scratch = buf;
         written?;
@@ -231,9 +283,24 @@ impl IndexWriter {
 
     /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
     pub fn finish(mut self) -> Result<u64> {
-        self.write(&[0])?;
         let count = self.count;
+        let end = self.offset;
+        if !self.delta {
+            self.close_block();
+        }
+        self.write(&[0])?;
         self.write(&count.to_le_bytes())?;
+        if !self.delta {
+            let blocks = std::mem::take(&mut self.blocks);
+            self.write(&blocks)?;
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(&[0]);
+            crc.update(&count.to_le_bytes());
+            crc.update(&blocks);
+            self.write(&self.block_count.to_le_bytes())?;
+            self.write(&end.to_le_bytes())?;
+            self.write(&crc.finalize().to_le_bytes())?;
+        }
         self.out
             .flush()
             .map_err(|e| Error::io("write", &self.tmp, e))?;
@@ -265,6 +332,8 @@ pub struct IndexReader {
     done: bool,
     /// Version 2's prefix-compressed keys (`false`: version 1).
     compact: bool,
+    /// Version 3: a block index and tail follow the key count.
+    blocked: bool,
     /// A delta file.
     delta: bool,
     /// The last key read (version 2 keys are stored as a suffix of it).
@@ -286,6 +355,7 @@ impl IndexReader {
             count: 0,
             done: false,
             compact: true,
+            blocked: false,
             delta: false,
             last: Vec::new(),
         };
@@ -295,7 +365,9 @@ impl IndexReader {
             r.compact = false;
         } else if &magic == MAGIC_DELTA {
             r.delta = true;
-        } else if &magic != MAGIC {
+        } else if &magic == MAGIC {
+            r.blocked = true;
+        } else if &magic != MAGIC_V2 {
             return Err(r.damaged("not a tidemark key index"));
         }
         Ok(r)
@@ -359,7 +431,24 @@ impl IndexReader {
 
     /// Checks the trailer (key count and CRC32) after the end marker.
     fn check_end(&mut self) -> Result<()> {
+        // The end marker was this byte (version 1's four bytes are never blocked).
+        let end = self.position() - 1;
         let count = self.read_u64()?;
+        if self.blocked {
+            // The block index and tail (all but the file's CRC32) are read through the
+            // checksum; the tail must name this end marker.
+            let rest = self.len.saturating_sub(4 + self.position());
+            if rest < TAIL_V3 - 4 {
+                return Err(self.damaged("the block index is cut short"));
+            }
+            let mut tail = vec![0u8; rest as usize];
+            self.read(&mut tail)?;
+            let at = tail.len() - 12;
+            let named = u64::from_le_bytes(tail[at..at + 8].try_into().expect("8 bytes"));
+            if named != end {
+                return Err(self.damaged("the block index does not name the end marker"));
+            }
+        }
         // The trailer's CRC32 must be the file's last 4 bytes, right after the count.
         if self.position() + 4 != self.len {
             return Err(self.damaged("the end marker is not at the end of the file"));
@@ -550,20 +639,29 @@ pub struct Layered {
 impl Layered {
     /// Opens a key state.
     pub fn open(state: &StateFiles) -> Result<Self> {
-        let mut readers = Vec::with_capacity(1 + state.deltas.len());
-        readers.push(IndexReader::open(&state.base)?);
-        for d in &state.deltas {
-            readers.push(IndexReader::open(d)?);
-        }
-        for (i, r) in readers.iter().enumerate() {
-            if r.is_delta() != (i > 0) {
-                let what = if i == 0 {
+        let files = std::iter::once(&state.base).chain(&state.deltas);
+        Self::of(files, true)
+    }
+
+    /// Opens delta files alone (oldest first), to be read with [`Layered::advance_change`].
+    fn deltas(paths: &[PathBuf]) -> Result<Self> {
+        Self::of(paths.iter(), false)
+    }
+
+    /// Opens `files`: a base index first when `base`, delta files otherwise.
+    fn of<'a>(files: impl Iterator<Item = &'a PathBuf>, base: bool) -> Result<Self> {
+        let mut readers = Vec::new();
+        for (i, path) in files.enumerate() {
+            let r = IndexReader::open(path)?;
+            if r.is_delta() == (base && i == 0) {
+                let what = if base && i == 0 {
                     "a delta file where a base index was expected"
                 } else {
                     "a base index where a delta file was expected"
                 };
                 return Err(r.damaged(what));
             }
+            readers.push(r);
         }
         let mut current = Vec::with_capacity(readers.len());
         if readers.len() > 1 {
@@ -585,6 +683,21 @@ impl Layered {
             return self.readers[0].advance();
         }
         loop {
+            match self.advance_change()? {
+                None => return Ok(None),
+                Some(Some(e)) => return Ok(Some(e)),
+                Some(None) => {}
+            }
+        }
+    }
+
+    /// Like [`Layered::advance`], but a key whose newest entry is a deletion is returned too,
+    /// as `Some(None)`.
+    fn advance_change(&mut self) -> Result<Option<Option<Entry>>> {
+        if self.readers.len() == 1 {
+            return self.readers[0].advance_change();
+        }
+        {
             // The smallest current key; of equal keys, the newest file's.
             let mut best: Option<usize> = None;
             for i in 0..self.readers.len() {
@@ -607,9 +720,7 @@ impl Layered {
                     self.current[i] = self.readers[i].advance_change()?;
                 }
             }
-            if let Some(e) = entry {
-                return Ok(Some(e));
-            }
+            Ok(Some(entry))
         }
     }
 
@@ -628,10 +739,59 @@ impl Layered {
     }
 }
 
-/// Writes `changes` (`None` = deleted) as a delta file at `path` over the key state `old`, and
-/// returns how many keys the state holds with it. The state is read through to count them
-/// (which checks every file's CRC32); the deletion of a key it does not hold is left out.
+/// Writes `changes` (`None` = deleted) as a delta file at `path` over the key state `old`,
+/// which holds `held` keys (the count recorded with it), and returns how many keys the state
+/// holds with it; the deletion of a key it does not hold is left out.
+///
+/// Over a version 3 base, only the blocks that hold changed keys are read (each checked
+/// against its CRC32, as is the block index), and the deltas are read through. Over an older
+/// base, the whole state is read through, which counts its keys and checks every CRC32.
 pub fn write_delta(
+    old: &StateFiles,
+    path: &Path,
+    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    held: u64,
+) -> Result<u64> {
+    let Some(mut base) = BlockIndex::open(&old.base)? else {
+        return write_delta_through(old, path, changes);
+    };
+    let mut deltas = Layered::deltas(&old.deltas)?;
+    let mut current = if old.deltas.is_empty() {
+        None
+    } else {
+        deltas.advance_change()?
+    };
+    let mut w = IndexWriter::create_delta(path)?;
+    let mut count = held;
+    for (key, change) in changes {
+        while current.is_some() && deltas.key() < key.as_slice() {
+            current = deltas.advance_change()?;
+        }
+        let had = match current {
+            Some(entry) if deltas.key() == key.as_slice() => entry.is_some(),
+            _ => base.contains(key)?,
+        };
+        count = match (change, had) {
+            (Some(_), false) => count + 1,
+            (None, false) => continue,
+            (None, true) => count.checked_sub(1).ok_or_else(|| Error::Damaged {
+                path: old.base.clone(),
+                cause: format!("the key state holds more keys than the {held} recorded"),
+            })?,
+            (Some(_), true) => count,
+        };
+        w.push_change(key, *change)?;
+    }
+    // The deltas are read to their ends, which checks their CRC32s.
+    while current.is_some() {
+        current = deltas.advance_change()?;
+    }
+    w.finish()?;
+    Ok(count)
+}
+
+/// [`write_delta`] over a base written before version 3: the state is read through.
+fn write_delta_through(
     old: &StateFiles,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
@@ -662,6 +822,198 @@ pub fn write_delta(
     }
     w.finish()?;
     Ok(count)
+}
+
+/// A version 3 base index opened by its block index, for lookups: [`BlockIndex::contains`]
+/// reads and checks one block at a time, and keys must be asked in ascending order to read
+/// each block once.
+struct BlockIndex {
+    file: File,
+    path: PathBuf,
+    /// Each block's first key, end to end; `first_ends[i]` is where block `i`'s ends.
+    first_keys: Vec<u8>,
+    first_ends: Vec<usize>,
+    /// Each block's offset, length and CRC32.
+    blocks: Vec<(u64, u64, u32)>,
+    /// The block last read, and its keys (end to end, `ends` as above).
+    loaded: Option<usize>,
+    keys: Vec<u8>,
+    ends: Vec<usize>,
+    buf: Vec<u8>,
+}
+
+impl BlockIndex {
+    /// Opens `path` by its block index, checked against its CRC32; `None` if it is not a
+    /// version 3 base index.
+    fn open(path: &Path) -> Result<Option<Self>> {
+        let damaged = |cause: &str| Error::Damaged {
+            path: path.to_path_buf(),
+            cause: cause.to_string(),
+        };
+        let io = |e| Error::io("read", path, e);
+        let mut file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file.metadata().map_err(io)?.len();
+        let mut magic = [0u8; 8];
+        file.read_exact(&mut magic).map_err(io)?;
+        if &magic != MAGIC {
+            return Ok(None);
+        }
+        if len < 8 + 9 + TAIL_V3 {
+            return Err(damaged("shorter than an empty index"));
+        }
+        let mut tail = [0u8; TAIL_V3 as usize];
+        read_at(&mut file, len - TAIL_V3, &mut tail).map_err(io)?;
+        let word = |at: usize| u64::from_le_bytes(tail[at..at + 8].try_into().expect("8 bytes"));
+        let (block_count, end) = (word(0), word(8));
+        let want = u32::from_le_bytes(tail[16..20].try_into().expect("4 bytes"));
+        if end < 8 || end + 9 > len - TAIL_V3 {
+            return Err(damaged("the tail names no end marker"));
+        }
+        let mut index = vec![0u8; (len - TAIL_V3 - end) as usize];
+        read_at(&mut file, end, &mut index).map_err(io)?;
+        if crc32fast::hash(&index) != want || index[0] != 0 {
+            return Err(damaged("the block index does not match its CRC32"));
+        }
+        let mut at = 9;
+        // Sized once: a fresh allocation grown by doubling faulted its pages in again and again.
+        let blocks_hint = block_count.min(index.len() as u64) as usize;
+        let mut first_keys = Vec::with_capacity(index.len());
+        let mut first_ends = Vec::with_capacity(blocks_hint);
+        let mut blocks = Vec::with_capacity(blocks_hint);
+        let mut offset = 8u64;
+        while at < index.len() {
+            let k = varint_at(&index, &mut at).ok_or_else(|| damaged("a cut block entry"))?;
+            let key = index
+                .get(at..at.saturating_add(k as usize))
+                .ok_or_else(|| damaged("a cut block key"))?;
+            first_keys.extend_from_slice(key);
+            first_ends.push(first_keys.len());
+            at += k as usize;
+            let n = varint_at(&index, &mut at).ok_or_else(|| damaged("a cut block entry"))?;
+            let crc = index
+                .get(at..at + 4)
+                .ok_or_else(|| damaged("a cut block entry"))?;
+            blocks.push((
+                offset,
+                n,
+                u32::from_le_bytes(crc.try_into().expect("4 bytes")),
+            ));
+            at += 4;
+            offset = offset.saturating_add(n);
+        }
+        if blocks.len() as u64 != block_count || offset != end {
+            return Err(damaged("the blocks do not add up to the index"));
+        }
+        Ok(Some(BlockIndex {
+            file,
+            path: path.to_path_buf(),
+            first_keys,
+            first_ends,
+            blocks,
+            loaded: None,
+            keys: Vec::new(),
+            ends: Vec::new(),
+            buf: Vec::new(),
+        }))
+    }
+
+    fn damaged(&self, cause: &str) -> Error {
+        Error::Damaged {
+            path: self.path.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    fn first_key(&self, i: usize) -> &[u8] {
+        let from = if i == 0 { 0 } else { self.first_ends[i - 1] };
+        &self.first_keys[from..self.first_ends[i]]
+    }
+
+    /// Whether the index holds `key`.
+    fn contains(&mut self, key: &[u8]) -> Result<bool> {
+        // The last block whose first key is not above `key`.
+        let (mut lo, mut hi) = (0, self.blocks.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.first_key(mid) <= key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some(i) = lo.checked_sub(1) else {
+            return Ok(false);
+        };
+        if self.loaded != Some(i) {
+            self.load(i)?;
+        }
+        let (mut lo, mut hi) = (0, self.ends.len());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            let from = if mid == 0 { 0 } else { self.ends[mid - 1] };
+            match self.keys[from..self.ends[mid]].cmp(key) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Ok(true),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Reads block `i`, checks its CRC32 and decodes its keys.
+    fn load(&mut self, i: usize) -> Result<()> {
+        self.loaded = None;
+        let (offset, len, crc) = self.blocks[i];
+        self.buf.resize(len as usize, 0);
+        read_at(&mut self.file, offset, &mut self.buf)
+            .map_err(|e| Error::io("read", &self.path, e))?;
+        if crc32fast::hash(&self.buf) != crc {
+            return Err(self.damaged("a block does not match its CRC32"));
+        }
+        self.keys.clear();
+        self.ends.clear();
+        let mut at = 0;
+        let mut last = 0;
+        while at < self.buf.len() {
+            let entry = (|| {
+                let shared = varint_at(&self.buf, &mut at)?.checked_sub(1)? as usize;
+                let suffix = varint_at(&self.buf, &mut at)? as usize;
+                let bytes = self.buf.get(at..at.checked_add(suffix)?)?;
+                at += suffix + 4;
+                varint_at(&self.buf, &mut at)?;
+                Some((shared, bytes))
+            })();
+            let Some((shared, suffix)) = entry else {
+                return Err(self.damaged("a block holds a cut entry"));
+            };
+            let first = self.ends.is_empty();
+            if (first && shared != 0) || shared > last {
+                return Err(self.damaged("a block's key does not follow its previous key"));
+            }
+            let from = self.keys.len() - last;
+            self.keys.extend_from_within(from..from + shared);
+            self.keys.extend_from_slice(suffix);
+            last = shared + suffix.len();
+            self.ends.push(self.keys.len());
+        }
+        if at != self.buf.len() || self.ends.is_empty() || self.first_key(i) != self.key_of(0) {
+            return Err(self.damaged("a block does not match the block index"));
+        }
+        self.loaded = Some(i);
+        Ok(())
+    }
+
+    fn key_of(&self, n: usize) -> &[u8] {
+        let from = if n == 0 { 0 } else { self.ends[n - 1] };
+        &self.keys[from..self.ends[n]]
+    }
+}
+
+/// Reads exactly `buf.len()` bytes of `file` from `offset`.
+fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(offset))?;
+    file.read_exact(buf)
 }
 
 /// Writes `path` anew as a base index: the old key state (if any) with `changes` applied
@@ -908,6 +1260,27 @@ mod tests {
         w.finish().expect("finish");
     }
 
+    /// Writes a version 2 base index of `entries` at `p`, as tidemark wrote them before
+    /// version 3 (every key whole: `shared` 0 is valid version 2).
+    fn write_v2<K: AsRef<[u8]>>(p: &Path, entries: impl IntoIterator<Item = (K, u32)>) {
+        let mut bytes = b"TMKIDX02".to_vec();
+        let mut n = 0u64;
+        for (k, crc) in entries {
+            let k = k.as_ref();
+            put_varint(&mut bytes, 1);
+            put_varint(&mut bytes, k.len() as u64);
+            bytes.extend_from_slice(k);
+            bytes.extend_from_slice(&crc.to_le_bytes());
+            put_varint(&mut bytes, u64::from(crc));
+            n += 1;
+        }
+        bytes.push(0);
+        bytes.extend_from_slice(&n.to_le_bytes());
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(p, bytes).expect("write");
+    }
+
     fn read_all(p: &Path) -> Vec<(Vec<u8>, Entry)> {
         let mut r = IndexReader::open(p).expect("open");
         let mut out = Vec::new();
@@ -1066,7 +1439,7 @@ mod tests {
         // Rewriting it (an incremental's merge) gives version 2 with the same content.
         let q = d.path().join("new.idx");
         apply_changes(Some(&StateFiles::base(&p)), &q, &BTreeMap::new()).expect("merge");
-        assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX02");
+        assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX03");
         assert_eq!(read_all(&q), want);
     }
 
@@ -1136,13 +1509,20 @@ mod tests {
             rounds in proptest::collection::vec(proptest::collection::btree_map(
                 proptest::collection::vec(0u8..4, 0..6),
                 proptest::option::of(0u32..1000), 0..30), 1..6),
+            version_2 in proptest::bool::ANY,
         ) {
             let d = tempfile::tempdir().expect("tmp");
             let base = d.path().join("base.idx");
-            write_base(&base, old.iter().map(|(k, n)| (k, *n)));
+            // Version 3 is looked up by its blocks; version 2 is read through.
+            if version_2 {
+                write_v2(&base, old.iter().map(|(k, n)| (k, *n)));
+            } else {
+                write_base(&base, old.iter().map(|(k, n)| (k, *n)));
+            }
             let mut state = StateFiles::base(&base);
             let mut want = old.clone();
             for (i, changes) in rounds.iter().enumerate() {
+                let held = want.len() as u64;
                 let mut delta = BTreeMap::new();
                 for (k, c) in changes {
                     match c {
@@ -1152,7 +1532,7 @@ mod tests {
                     delta.insert(k.clone(), c.map(e));
                 }
                 let path = d.path().join(format!("d{i}.idx"));
-                let n = write_delta(&state, &path, &delta).expect("delta");
+                let n = write_delta(&state, &path, &delta, held).expect("delta");
                 state.deltas.push(path);
                 proptest::prop_assert_eq!(n as usize, want.len());
                 proptest::prop_assert_eq!(&read_layered(&state).expect("read"), &want);
@@ -1181,7 +1561,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        assert_eq!(write_delta(&state, &delta, &changes).expect("delta"), 50);
+        assert_eq!(
+            write_delta(&state, &delta, &changes, 50).expect("delta"),
+            50
+        );
         let layered = StateFiles {
             base: base.clone(),
             deltas: vec![delta.clone()],
@@ -1308,5 +1691,69 @@ mod tests {
             }
             assert!(failed, "flipped byte {at} went unnoticed");
         }
+    }
+
+    #[test]
+    fn a_delta_reads_only_the_blocks_it_needs_and_never_a_damaged_one() {
+        let d = tempfile::tempdir().expect("tmp");
+        let base = d.path().join("base.idx");
+        let n = 600u32;
+        write_base(&base, (0..n).map(|i| (format!("key-{:06}", i * 2), i)));
+        let bytes = std::fs::read(&base).expect("read");
+        let mut index = BlockIndex::open(&base).expect("open").expect("version 3");
+        assert!(index.blocks.len() > 10, "{} blocks", index.blocks.len());
+        for i in 0..n {
+            assert!(index
+                .contains(format!("key-{:06}", i * 2).as_bytes())
+                .expect("held"));
+            assert!(!index
+                .contains(format!("key-{:06}", i * 2 + 1).as_bytes())
+                .expect("not"));
+        }
+        assert!(!index.contains(b"a").expect("before the first"));
+        assert!(!index.contains(b"z").expect("after the last"));
+        // One change in the middle: an update, an insertion and a deletion.
+        let changes: BTreeMap<Vec<u8>, Option<Entry>> = [
+            (b"key-000300".to_vec(), Some(e(1))),
+            (b"key-000301".to_vec(), Some(e(2))),
+            (b"key-000302".to_vec(), None),
+            (b"key-000303".to_vec(), None),
+        ]
+        .into_iter()
+        .collect();
+        let state = StateFiles::base(&base);
+        let delta = d.path().join("d.idx");
+        let held = u64::from(n);
+        assert_eq!(
+            write_delta(&state, &delta, &changes, held).expect("delta"),
+            held
+        );
+        // Every flipped byte of the base is either refused by the delta, or it lies where the
+        // delta does not read and the next full read (the fold) refuses it; a delta that
+        // succeeds always counts right. The change touches one or two blocks of dozens, so
+        // most flips lie where it does not read.
+        let mut unread = 0;
+        for at in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[at] ^= 0x04;
+            std::fs::write(&base, &bad).expect("write");
+            match write_delta(&state, &delta, &changes, held) {
+                Err(Error::Damaged { .. }) => {}
+                Err(other) => panic!("byte {at}: {other}"),
+                Ok(count) => {
+                    assert_eq!(count, held, "byte {at} flipped changed the count");
+                    assert!(
+                        read_layered(&state).is_err(),
+                        "byte {at} flipped went unseen by a full read"
+                    );
+                    unread += 1;
+                }
+            }
+        }
+        assert!(
+            unread > bytes.len() * 3 / 4,
+            "{unread} of {} bytes not read",
+            bytes.len()
+        );
     }
 }
