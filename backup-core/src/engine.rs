@@ -699,8 +699,8 @@ fn incremental<T: Target>(
     run.flush()?;
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
-    // Key states to update: (collection, old state, new file, and for a delta file the number
-    // of keys the old state holds).
+    // Key states to update: (collection, old state, new file, whether it is a delta file, and
+    // the number of keys the old state was recorded with when it is checked against it).
     let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
@@ -729,14 +729,17 @@ fn incremental<T: Target>(
             {
                 let (name, path) = run.new_index(&c.name, ".delta");
                 names.deltas.push(name);
-                let held = before.map_or(0, |p| p.records);
-                rewrites.push((c.name.clone(), old, path, Some(held)));
+                let held = before.map(|p| p.records);
+                rewrites.push((c.name.clone(), old, path, true, held));
                 Some(names)
             }
             // Otherwise (and for a new collection) a new base index.
+            // A destination that writes deltas counts them from the recorded count, so folding
+            // them checks it.
             (true, Some(Some(_)) | None) => {
                 let (name, path) = run.new_index(&c.name, "");
-                rewrites.push((c.name.clone(), old, path, None));
+                let held = before.filter(|_| run.index_deltas()).map(|p| p.records);
+                rewrites.push((c.name.clone(), old, path, false, held));
                 Some(IndexNames::base(name))
             }
             _ => None,
@@ -747,21 +750,26 @@ fn incremental<T: Target>(
     type Job = (
         Option<StateFiles>,
         std::path::PathBuf,
+        bool,
         Option<u64>,
         BTreeMap<Vec<u8>, Option<Entry>>,
     );
     let mut pipeline = crate::pipeline::Pipeline::new(
         crate::pipeline::default_threads().min(rewrites.len()),
         || (),
-        |(), (old, path, delta, changes): Job| match (old, delta) {
-            (Some(old), Some(held)) => keyindex::write_delta(&old, &path, &changes, held),
-            (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
+        |(), (old, path, delta, held, changes): Job| match (old, delta, held) {
+            // A delta always continues a recorded state (`held` is its count).
+            (Some(old), true, held) => {
+                keyindex::write_delta(&old, &path, &changes, held.unwrap_or_default())
+            }
+            (Some(old), false, Some(held)) => keyindex::fold_changes(&old, &path, &changes, held),
+            (old, _, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
         },
     );
     let mut rewritten = Vec::with_capacity(rewrites.len());
-    for (name, old, path, delta) in &rewrites {
+    for (name, old, path, delta, held) in &rewrites {
         let changes = index_changes.remove(name).unwrap_or_default();
-        let job = (old.clone(), path.clone(), *delta, changes);
+        let job = (old.clone(), path.clone(), *delta, *held, changes);
         pipeline.submit(job, &mut |n| {
             rewritten.push(n);
             Ok(())
@@ -776,7 +784,7 @@ fn incremental<T: Target>(
         seconds = started.elapsed().as_secs_f64(),
         "key states written"
     );
-    for ((name, _, _, _), n) in rewrites.iter().zip(rewritten) {
+    for ((name, ..), n) in rewrites.iter().zip(rewritten) {
         match n {
             Ok(n) => {
                 counts.insert(name.clone(), n);

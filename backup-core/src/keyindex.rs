@@ -1024,20 +1024,47 @@ pub fn apply_changes(
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
 ) -> Result<u64> {
     let reader = old.map(Layered::open).transpose()?;
-    merge_into(
+    let (written, _) = merge_into(
         reader,
         path,
         changes.iter().map(|(k, c)| (k.as_slice(), *c)),
-    )
+    )?;
+    Ok(written)
+}
+
+/// [`apply_changes`] over a key state recorded as holding `held` keys: a state that holds
+/// another number is damage. Deltas are counted from the recorded count ([`write_delta`]);
+/// folding them reads every key and checks that count, so a count that went wrong is found
+/// within [`MAX_DELTAS`] incrementals.
+pub fn fold_changes(
+    old: &StateFiles,
+    path: &Path,
+    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    held: u64,
+) -> Result<u64> {
+    let reader = Layered::open(old)?;
+    let (written, read) = merge_into(
+        Some(reader),
+        path,
+        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
+    )?;
+    if read != held {
+        return Err(Error::Damaged {
+            path: old.base.clone(),
+            cause: format!("the key state holds {read} keys, but {held} were recorded"),
+        });
+    }
+    Ok(written)
 }
 
 /// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
-/// each once, an entry replacing the old key's and `None` deleting it.
+/// each once, an entry replacing the old key's and `None` deleting it. Returns the keys written
+/// and the keys the old index held.
 fn merge_into<'a>(
     mut reader: Option<Layered>,
     path: &Path,
     changes: impl Iterator<Item = (&'a [u8], Option<Entry>)>,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut writer = IndexWriter::create(path)?;
     let mut pending = changes.peekable();
     // The reader's current key is `reader.key()` while `current` holds its entry.
@@ -1045,6 +1072,7 @@ fn merge_into<'a>(
         Some(r) => r.advance()?,
         None => None,
     };
+    let mut read = u64::from(current.is_some());
     loop {
         let take_change = match (current.is_some(), pending.peek()) {
             (false, None) => break,
@@ -1061,6 +1089,7 @@ fn merge_into<'a>(
                 let r = reader.as_mut().expect("current came from it");
                 if r.key() == ck {
                     current = r.advance()?;
+                    read += u64::from(current.is_some());
                 }
             }
             if let Some(entry) = change {
@@ -1071,9 +1100,10 @@ fn merge_into<'a>(
             let e = current.take().expect("checked");
             writer.push(r.key(), e)?;
             current = r.advance()?;
+            read += u64::from(current.is_some());
         }
     }
-    writer.finish()
+    Ok((writer.finish()?, read))
 }
 
 /// Builds an index from keys in any order in bounded memory: keys that arrive in ascending
@@ -1188,6 +1218,7 @@ impl IndexBuilder {
                     .iter()
                     .map(|&(at, len, e)| (&arena[at..at + len], Some(e))),
             )
+            .map(|(written, _)| written)
         } else {
             merge_runs(&runs, &self.path)
         };
@@ -1538,7 +1569,12 @@ mod tests {
                 proptest::prop_assert_eq!(&read_layered(&state).expect("read"), &want);
             }
             let folded = d.path().join("folded.idx");
-            let n = apply_changes(Some(&state), &folded, &BTreeMap::new()).expect("fold");
+            let held = want.len() as u64;
+            // Folding checks the recorded count: one off is damage.
+            let wrong = fold_changes(&state, &folded, &BTreeMap::new(), held + 1);
+            let refused = matches!(wrong, Err(Error::Damaged { .. }));
+            proptest::prop_assert!(refused, "a fold over a wrong count went through");
+            let n = fold_changes(&state, &folded, &BTreeMap::new(), held).expect("fold");
             proptest::prop_assert_eq!(n as usize, want.len());
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&folded).into_iter().map(|(k, e)| (k, e.crc32)).collect();
