@@ -1,4 +1,5 @@
-//! The process's memory allocator: mimalloc, set to give freed memory back within 10 ms.
+//! The process's memory allocator: mimalloc, set to give freed memory back within 10 ms and to
+//! use no transparent huge pages.
 //!
 //! Archive runs allocate and free a few small blocks per record (a key, a row's columns, a
 //! parsed line) on one thread and free them on another (the workers decode, the store's thread
@@ -29,6 +30,8 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// The purge delay set: pages freed and allocated again within a part's time stay mapped,
 /// and a run's peak stays near its working set.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
+/// `mi_option_allow_thp`, as above: whether mimalloc asks for transparent huge pages.
+const ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 
 /// Sets the allocator's options; called first thing in `main`. An option set in the
 /// environment (mimalloc's own `MIMALLOC_ARENA_EAGER_COMMIT`, `MIMALLOC_PURGE_DELAY`) is left
@@ -46,6 +49,34 @@ pub fn configure() {
         // read when memory is next committed or purged, so setting them at any time is sound.
         unsafe {
             libmimalloc_sys::mi_option_set(option, value);
+        }
+    }
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        disable_transparent_huge_pages();
+    }
+}
+
+/// No transparent huge pages for this process: mimalloc stops asking for them, and the kernel
+/// stops giving them (`prctl(PR_SET_THP_DISABLE)`, which mimalloc itself makes only when
+/// `MIMALLOC_ALLOW_THP=0` is set at start; by `main` its first arena was already asked for).
+/// A run touches a few bytes of many 2 MiB regions (a thread's heap, a part's buffers), and
+/// the kernel zeroed each whole: with them, the archive steps peaked 7–13 MiB higher (SQLite,
+/// 1M × 100 B) and an incremental 16–26 MiB higher, for no measurable speed
+/// (docs/BENCHMARKS.md, "Transparent huge pages off").
+fn disable_transparent_huge_pages() {
+    #[allow(unsafe_code)]
+    // SAFETY: mi_option_set only stores an option's value (atomically).
+    unsafe {
+        libmimalloc_sys::mi_option_set(ALLOW_THP, 0);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
+        // process's memory map; it cannot fail in a way that affects memory safety (an error,
+        // e.g. from an old kernel, leaves huge pages on, which is only slower to zero).
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
     }
 }
@@ -73,8 +104,25 @@ mod tests {
             "arena_eager_commit's default"
         );
         assert_eq!(get(super::PURGE_DELAY), 1000, "purge_delay's default");
+        // allow_thp (1) sits after page_max_reclaim (-1) and page_cross_thread_max_reclaim
+        // (32, options.c): the neighbours pin its number.
+        assert_eq!(get(super::ALLOW_THP - 2), -1, "page_max_reclaim");
+        assert_eq!(
+            get(super::ALLOW_THP - 1),
+            32,
+            "page_cross_thread_max_reclaim"
+        );
+        assert_eq!(get(super::ALLOW_THP), 1, "allow_thp's default");
         super::configure();
         assert_eq!(get(super::ARENA_EAGER_COMMIT), 0);
         assert_eq!(get(super::PURGE_DELAY), super::PURGE_DELAY_MS);
+        assert_eq!(get(super::ALLOW_THP), 0);
+        #[cfg(target_os = "linux")]
+        {
+            #[allow(unsafe_code)]
+            // SAFETY: PR_GET_THP_DISABLE reads a flag of this process.
+            let disabled = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
+            assert_eq!(disabled, 1, "the kernel gives this process no huge pages");
+        }
     }
 }
