@@ -62,7 +62,8 @@ pub fn configure() {
 /// A run touches a few bytes of many 2 MiB regions (a thread's heap, a part's buffers), and
 /// the kernel zeroed each whole: with them, the archive steps peaked 7–13 MiB higher (SQLite,
 /// 1M × 100 B) and an incremental 16–26 MiB higher, for no measurable speed
-/// (docs/BENCHMARKS.md, "Transparent huge pages off").
+/// (docs/BENCHMARKS.md, "Transparent huge pages off"). The flag is inherited by child
+/// processes; the command starts none.
 fn disable_transparent_huge_pages() {
     #[allow(unsafe_code)]
     // SAFETY: mi_option_set only stores an option's value (atomically).
