@@ -699,11 +699,11 @@ fn incremental<T: Target>(
     run.flush()?;
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
-    // Key states to update: (collection, old state, new file, whether it is a delta file, and
-    // the number of keys the old state was recorded with when it is checked against it).
+    // Key states to update: (collection, old state, new file, how it is written).
     let mut rewrites = Vec::new();
     for c in collections {
         let before = prev.collections.iter().find(|p| p.info.name == c.name);
+        let recorded = before.map(|p| p.records);
         // `None`: a new collection; `Some(None)`: one the previous backup kept no index for.
         let prior = before.map(IndexNames::of);
         let old = prior
@@ -718,8 +718,7 @@ fn incremental<T: Target>(
             (true, Some(Some(names)))
                 if unchanged && old.as_ref().is_some_and(StateFiles::exist) =>
             {
-                let n = before.map_or(0, |p| p.records);
-                counts.insert(c.name.clone(), n);
+                counts.insert(c.name.clone(), recorded.unwrap_or(0));
                 Some(names)
             }
             // A collection with a key state gets the changes as a delta file over it, until
@@ -729,17 +728,16 @@ fn incremental<T: Target>(
             {
                 let (name, path) = run.new_index(&c.name, ".delta");
                 names.deltas.push(name);
-                let held = before.map(|p| p.records);
-                rewrites.push((c.name.clone(), old, path, true, held));
+                let write = KeyWrite::Delta(recorded.unwrap_or(0));
+                rewrites.push((c.name.clone(), old, path, write));
                 Some(names)
             }
-            // Otherwise (and for a new collection) a new base index.
-            // A destination that writes deltas counts them from the recorded count, so folding
-            // them checks it.
+            // Otherwise (and for a new collection) a new base index. A destination that writes
+            // deltas counts them from the recorded count, so folding them checks it.
             (true, Some(Some(_)) | None) => {
                 let (name, path) = run.new_index(&c.name, "");
-                let held = before.filter(|_| run.index_deltas()).map(|p| p.records);
-                rewrites.push((c.name.clone(), old, path, false, held));
+                let write = KeyWrite::Base(recorded.filter(|_| run.index_deltas()));
+                rewrites.push((c.name.clone(), old, path, write));
                 Some(IndexNames::base(name))
             }
             _ => None,
@@ -750,26 +748,26 @@ fn incremental<T: Target>(
     type Job = (
         Option<StateFiles>,
         std::path::PathBuf,
-        bool,
-        Option<u64>,
+        KeyWrite,
         BTreeMap<Vec<u8>, Option<Entry>>,
     );
     let mut pipeline = crate::pipeline::Pipeline::new(
         crate::pipeline::default_threads().min(rewrites.len()),
         || (),
-        |(), (old, path, delta, held, changes): Job| match (old, delta, held) {
-            // A delta always continues a recorded state (`held` is its count).
-            (Some(old), true, held) => {
-                keyindex::write_delta(&old, &path, &changes, held.unwrap_or_default())
+        |(), (old, path, write, changes): Job| match (old, write) {
+            (Some(old), KeyWrite::Delta(held)) => {
+                keyindex::write_delta(&old, &path, &changes, held)
             }
-            (Some(old), false, Some(held)) => keyindex::fold_changes(&old, &path, &changes, held),
-            (old, _, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
+            (Some(old), KeyWrite::Base(Some(held))) => {
+                keyindex::fold_changes(&old, &path, &changes, held)
+            }
+            (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
         },
     );
     let mut rewritten = Vec::with_capacity(rewrites.len());
-    for (name, old, path, delta, held) in &rewrites {
+    for (name, old, path, write) in &rewrites {
         let changes = index_changes.remove(name).unwrap_or_default();
-        let job = (old.clone(), path.clone(), *delta, *held, changes);
+        let job = (old.clone(), path.clone(), *write, changes);
         pipeline.submit(job, &mut |n| {
             rewritten.push(n);
             Ok(())
@@ -832,6 +830,16 @@ fn incremental<T: Target>(
         written,
         deleted,
     }))
+}
+
+/// How an incremental writes a collection's key state.
+#[derive(Debug, Clone, Copy)]
+enum KeyWrite {
+    /// A delta file over the old state, which was recorded with this many keys.
+    Delta(u64),
+    /// A new base index: the old state (if any) with the changes folded in; where a count was
+    /// recorded with it (destinations that write deltas), the old state must hold as many keys.
+    Base(Option<u64>),
 }
 
 /// The files of a collection's key state in the previous backup, if it kept one.

@@ -697,31 +697,29 @@ impl Layered {
         if self.readers.len() == 1 {
             return self.readers[0].advance_change();
         }
-        {
-            // The smallest current key; of equal keys, the newest file's.
-            let mut best: Option<usize> = None;
-            for i in 0..self.readers.len() {
-                if self.current[i].is_none() {
-                    continue;
-                }
-                best = match best {
-                    Some(b) if self.readers[i].key() > self.readers[b].key() => Some(b),
-                    _ => Some(i),
-                };
+        // The smallest current key; of equal keys, the newest file's.
+        let mut best: Option<usize> = None;
+        for i in 0..self.readers.len() {
+            if self.current[i].is_none() {
+                continue;
             }
-            let Some(b) = best else {
-                return Ok(None);
+            best = match best {
+                Some(b) if self.readers[i].key() > self.readers[b].key() => Some(b),
+                _ => Some(i),
             };
-            let entry = self.current[b].expect("chosen among the present");
-            self.key.clear();
-            self.key.extend_from_slice(self.readers[b].key());
-            for i in 0..self.readers.len() {
-                if self.current[i].is_some() && self.readers[i].key() == self.key.as_slice() {
-                    self.current[i] = self.readers[i].advance_change()?;
-                }
-            }
-            Ok(Some(entry))
         }
+        let Some(b) = best else {
+            return Ok(None);
+        };
+        let entry = self.current[b].expect("chosen among the present");
+        self.key.clear();
+        self.key.extend_from_slice(self.readers[b].key());
+        for i in 0..self.readers.len() {
+            if self.current[i].is_some() && self.readers[i].key() == self.key.as_slice() {
+                self.current[i] = self.readers[i].advance_change()?;
+            }
+        }
+        Ok(Some(entry))
     }
 
     /// The key [`Layered::advance`] moved to.
@@ -755,12 +753,9 @@ pub fn write_delta(
     let Some(mut base) = BlockIndex::open(&old.base)? else {
         return write_delta_through(old, path, changes);
     };
+    // No deltas read as an empty state.
     let mut deltas = Layered::deltas(&old.deltas)?;
-    let mut current = if old.deltas.is_empty() {
-        None
-    } else {
-        deltas.advance_change()?
-    };
+    let mut current = deltas.advance_change()?;
     let mut w = IndexWriter::create_delta(path)?;
     let mut count = held;
     for (key, change) in changes {
@@ -924,40 +919,17 @@ impl BlockIndex {
         }
     }
 
-    fn first_key(&self, i: usize) -> &[u8] {
-        let from = if i == 0 { 0 } else { self.first_ends[i - 1] };
-        &self.first_keys[from..self.first_ends[i]]
-    }
-
     /// Whether the index holds `key`.
     fn contains(&mut self, key: &[u8]) -> Result<bool> {
         // The last block whose first key is not above `key`.
-        let (mut lo, mut hi) = (0, self.blocks.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if self.first_key(mid) <= key {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let Some(i) = lo.checked_sub(1) else {
+        let Some(i) = last_not_above(&self.first_keys, &self.first_ends, key) else {
             return Ok(false);
         };
         if self.loaded != Some(i) {
             self.load(i)?;
         }
-        let (mut lo, mut hi) = (0, self.ends.len());
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            let from = if mid == 0 { 0 } else { self.ends[mid - 1] };
-            match self.keys[from..self.ends[mid]].cmp(key) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Ok(true),
-            }
-        }
-        Ok(false)
+        Ok(last_not_above(&self.keys, &self.ends, key)
+            .is_some_and(|n| nth_key(&self.keys, &self.ends, n) == key))
     }
 
     /// Reads block `i`, checks its CRC32 and decodes its keys.
@@ -996,17 +968,35 @@ impl BlockIndex {
             last = shared + suffix.len();
             self.ends.push(self.keys.len());
         }
-        if at != self.buf.len() || self.ends.is_empty() || self.first_key(i) != self.key_of(0) {
+        if at != self.buf.len()
+            || self.ends.is_empty()
+            || nth_key(&self.first_keys, &self.first_ends, i) != nth_key(&self.keys, &self.ends, 0)
+        {
             return Err(self.damaged("a block does not match the block index"));
         }
         self.loaded = Some(i);
         Ok(())
     }
+}
 
-    fn key_of(&self, n: usize) -> &[u8] {
-        let from = if n == 0 { 0 } else { self.ends[n - 1] };
-        &self.keys[from..self.ends[n]]
+/// Key `n` of keys stored end to end in `keys`, key `i` ending at `ends[i]`.
+fn nth_key<'a>(keys: &'a [u8], ends: &[usize], n: usize) -> &'a [u8] {
+    let from = if n == 0 { 0 } else { ends[n - 1] };
+    &keys[from..ends[n]]
+}
+
+/// The last of the ascending keys stored as for [`nth_key`] that is not above `key`, if any.
+fn last_not_above(keys: &[u8], ends: &[usize], key: &[u8]) -> Option<usize> {
+    let (mut lo, mut hi) = (0, ends.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if nth_key(keys, ends, mid) <= key {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
     }
+    lo.checked_sub(1)
 }
 
 /// Reads exactly `buf.len()` bytes of `file` from `offset`.
@@ -1023,13 +1013,7 @@ pub fn apply_changes(
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
 ) -> Result<u64> {
-    let reader = old.map(Layered::open).transpose()?;
-    let (written, _) = merge_into(
-        reader,
-        path,
-        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
-    )?;
-    Ok(written)
+    Ok(merge_state(old, path, changes)?.0)
 }
 
 /// [`apply_changes`] over a key state recorded as holding `held` keys: a state that holds
@@ -1042,12 +1026,7 @@ pub fn fold_changes(
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
     held: u64,
 ) -> Result<u64> {
-    let reader = Layered::open(old)?;
-    let (written, read) = merge_into(
-        Some(reader),
-        path,
-        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
-    )?;
+    let (written, read) = merge_state(Some(old), path, changes)?;
     if read != held {
         return Err(Error::Damaged {
             path: old.base.clone(),
@@ -1055,6 +1034,20 @@ pub fn fold_changes(
         });
     }
     Ok(written)
+}
+
+/// [`merge_into`] of a key state (if any) and `changes`.
+fn merge_state(
+    old: Option<&StateFiles>,
+    path: &Path,
+    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+) -> Result<(u64, u64)> {
+    let reader = old.map(Layered::open).transpose()?;
+    merge_into(
+        reader,
+        path,
+        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
+    )
 }
 
 /// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
