@@ -350,11 +350,7 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
     }
     ok(&ARCHIVE_BACKUP, d);
     ok(&["verify", "ar"], d);
-    ok(
-        &["restore", "--from", "ar", "--to", "sqlite:after-kills.db"],
-        d,
-    );
-    assert_same_dump(&dump(&d.join("after-kills.db")), &dump(&db), "after kills");
+    restores_as_source(d, &db, "after-kills", "after kills");
     // An archive lost after the key state moved on (a deleted file): the next run says so
     // and starts with a full archive.
     sql(&db, "DELETE FROM t WHERE id < 5;");
@@ -368,11 +364,7 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
         "{out}"
     );
     ok(&["verify", "ar"], d);
-    ok(
-        &["restore", "--from", "ar", "--to", "sqlite:after-loss.db"],
-        d,
-    );
-    assert_same_dump(&dump(&d.join("after-loss.db")), &dump(&db), "after loss");
+    restores_as_source(d, &db, "after-loss", "after loss");
 }
 
 #[test]
@@ -470,8 +462,15 @@ fn a_key_state_not_at_the_newest_archive_makes_the_next_archive_full() {
     let out = backup();
     assert!(out.contains("Archive (incremental)"), "{out}");
     ok(&["verify", "ar"], d);
-    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
-    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after every state");
+    restores_as_source(d, &db, "r", "after every state");
+}
+
+/// Restores the archive chain `d/ar` into a new SQLite database `d/<name>.db` and checks that
+/// the sqlite3 shell dumps it as it dumps `db`.
+fn restores_as_source(d: &Path, db: &Path, name: &str, what: &str) {
+    let to = format!("sqlite:{name}.db");
+    ok(&["restore", "--from", "ar", "--to", &to], d);
+    assert_same_dump(&dump(&d.join(format!("{name}.db"))), &dump(db), what);
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -550,23 +549,12 @@ fn a_damaged_index_block_no_change_reads_is_found_by_the_fold() {
             out.contains("Archive (incremental)"),
             "round {round}: {out}"
         );
-        ok(
-            &[
-                "restore",
-                "--from",
-                "ar",
-                "--to",
-                &format!("sqlite:r{round}.db"),
-            ],
-            d,
-        );
-        assert_same_dump(&dump(&d.join(format!("r{round}.db"))), &dump(&db), "round");
+        restores_as_source(d, &db, &format!("r{round}"), "round");
     }
     // Eight deltas, then the fold.
     assert_eq!(full_at, Some(9));
     ok(&["verify", "ar"], d);
-    ok(&["restore", "--from", "ar", "--to", "sqlite:last.db"], d);
-    assert_same_dump(&dump(&d.join("last.db")), &dump(&db), "after the fold");
+    restores_as_source(d, &db, "last", "after the fold");
 }
 
 /// An incremental writes the keys it changed as a delta file over the collection's index, the
@@ -649,17 +637,7 @@ fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
             .parse()
             .unwrap();
         assert_eq!(newest["records_in_backup"], rows, "round {round}");
-        ok(
-            &[
-                "restore",
-                "--from",
-                "ar",
-                "--to",
-                &format!("sqlite:r{round}.db"),
-            ],
-            d,
-        );
-        assert_same_dump(&dump(&d.join(format!("r{round}.db"))), &dump(&db), "round");
+        restores_as_source(d, &db, &format!("r{round}"), "round");
     }
     assert!(
         most >= 2 && folded,
@@ -684,6 +662,5 @@ fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
         "{out}"
     );
     ok(&["verify", "ar"], d);
-    ok(&["restore", "--from", "ar", "--to", "sqlite:last.db"], d);
-    assert_same_dump(&dump(&d.join("last.db")), &dump(&db), "after the damage");
+    restores_as_source(d, &db, "last", "after the damage");
 }
