@@ -163,10 +163,9 @@ pub struct IndexWriter {
     delta: bool,
     /// Bytes written so far.
     offset: u64,
-    /// Version 3 (base indexes): where the open block starts, its CRC32 so far, and the
-    /// block index written so far.
-    block_start: u64,
-    block_crc: crc32fast::Hasher,
+    /// Version 3 (base indexes): the open block's entries (written, and checksummed in one
+    /// pass, when it is closed), and the block index so far.
+    block: Vec<u8>,
     blocks: Vec<u8>,
     block_count: u64,
 }
@@ -198,8 +197,7 @@ impl IndexWriter {
             scratch: Vec::with_capacity(64),
             delta,
             offset: 0,
-            block_start: 0,
-            block_crc: crc32fast::Hasher::new(),
+            block: Vec::new(),
             blocks: Vec::new(),
             block_count: 0,
         };
@@ -214,14 +212,19 @@ impl IndexWriter {
             .map_err(|e| Error::io("write", &self.tmp, e))
     }
 
-    /// Version 3: adds the open block (if any) to the block index.
-    fn close_block(&mut self) {
-        if self.count == 0 {
-            return;
+    /// Version 3: writes the open block (if any) and adds it to the block index.
+    fn close_block(&mut self) -> Result<()> {
+        if self.block.is_empty() {
+            return Ok(());
         }
-        put_varint(&mut self.blocks, self.offset - self.block_start);
-        let crc = std::mem::take(&mut self.block_crc).finalize();
+        let mut block = std::mem::take(&mut self.block);
+        let written = self.write(&block);
+        put_varint(&mut self.blocks, block.len() as u64);
+        let crc = crc32fast::hash(&block);
         self.blocks.extend_from_slice(&crc.to_le_bytes());
+        block.clear();
+        self.block = block;
+        written
     }
 
     /// Appends a key. Returns `Ok(false)`, writing nothing, if it is not greater than the last.
@@ -253,9 +256,8 @@ impl IndexWriter {
         }
         // A base index starts a block at its first key and after every BLOCK_BYTES: the key
         // is stored whole and goes into the block index.
-        if !self.delta && (self.count == 0 || self.offset - self.block_start >= BLOCK_BYTES) {
-            self.close_block();
-            self.block_start = self.offset;
+        if !self.delta && (self.count == 0 || self.block.len() as u64 >= BLOCK_BYTES) {
+            self.close_block()?;
             self.block_count += 1;
             put_varint(&mut self.blocks, key.len() as u64);
             self.blocks.extend_from_slice(key);
@@ -271,10 +273,12 @@ impl IndexWriter {
         put_varint(&mut buf, len);
         last.clear();
         last.extend_from_slice(key);
-        if !self.delta {
-            self.block_crc.update(&buf);
-        }
-        let written = self.write(&buf);
+        let written = if self.delta {
+            self.write(&buf)
+        } else {
+            self.block.extend_from_slice(&buf);
+            Ok(())
+        };
         self.scratch = buf;
         written?;
         self.count += 1;
@@ -284,10 +288,10 @@ impl IndexWriter {
     /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
     pub fn finish(mut self) -> Result<u64> {
         let count = self.count;
-        let end = self.offset;
         if !self.delta {
-            self.close_block();
+            self.close_block()?;
         }
+        let end = self.offset;
         self.write(&[0])?;
         self.write(&count.to_le_bytes())?;
         if !self.delta {
