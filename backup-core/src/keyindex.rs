@@ -61,7 +61,19 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Decodes the LEB128 varint at `buf[*at..]` and moves `at` past it; `None` (with `at` where
 /// it was) if the buffer ends first or it runs past ten bytes (the slow path then decides).
+#[inline]
 fn varint_at(buf: &[u8], at: &mut usize) -> Option<u64> {
+    // Most varints of an index (lengths, shared prefixes) are one byte.
+    let b = *buf.get(*at)?;
+    if b < 0x80 {
+        *at += 1;
+        return Some(u64::from(b));
+    }
+    varint_long(buf, at)
+}
+
+/// [`varint_at`] for a varint of two bytes or more.
+fn varint_long(buf: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for i in 0..10 {
         let b = *buf.get(*at + i)?;
@@ -754,7 +766,7 @@ pub fn write_delta(
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
     held: u64,
 ) -> Result<u64> {
-    let Some(mut base) = BlockIndex::open(&old.base)? else {
+    let Some(mut base) = BlockIndex::open(&old.base, changes.len())? else {
         return write_delta_through(old, path, changes);
     };
     // No deltas read as an empty state.
@@ -824,8 +836,8 @@ fn write_delta_through(
 }
 
 /// A version 3 base index opened by its block index, for lookups: [`BlockIndex::contains`]
-/// reads and checks one block at a time, and keys must be asked in ascending order to read
-/// each block once.
+/// reads and checks one block at a time and decodes it only as far as the key asked, and keys
+/// must be asked in ascending order to read each block once.
 struct BlockIndex {
     file: File,
     path: PathBuf,
@@ -834,17 +846,29 @@ struct BlockIndex {
     first_ends: Vec<usize>,
     /// Each block's offset, length and CRC32.
     blocks: Vec<(u64, u64, u32)>,
-    /// The block last read, and its keys (end to end, `ends` as above).
+    /// Where the blocks end (the end marker's offset).
+    end: u64,
+    /// Bytes to read at a time: a block, or more when the lookups are dense enough that the
+    /// blocks after it are likely to be asked for (one read instead of one per block).
+    readahead: usize,
+    /// The file's bytes from `window_at`, as last read.
+    window: Vec<u8>,
+    window_at: u64,
+    /// The block being read (checked against its CRC32), the end of its bytes in `window`, the
+    /// cursor (the entry after `key`) and the key last decoded.
     loaded: Option<usize>,
-    keys: Vec<u8>,
-    ends: Vec<usize>,
-    buf: Vec<u8>,
+    block_end: usize,
+    at: usize,
+    key: Vec<u8>,
 }
 
+/// Bytes a [`BlockIndex`] reads at a time when lookups are dense.
+const READAHEAD: usize = 64 << 10;
+
 impl BlockIndex {
-    /// Opens `path` by its block index, checked against its CRC32; `None` if it is not a
-    /// version 3 base index.
-    fn open(path: &Path) -> Result<Option<Self>> {
+    /// Opens `path` by its block index, checked against its CRC32, for `lookups` keys; `None`
+    /// if it is not a version 3 base index.
+    fn open(path: &Path, lookups: usize) -> Result<Option<Self>> {
         let damaged = |cause: &str| Error::Damaged {
             path: path.to_path_buf(),
             cause: cause.to_string(),
@@ -861,7 +885,7 @@ impl BlockIndex {
             return Err(damaged("shorter than an empty index"));
         }
         let mut tail = [0u8; TAIL_V3 as usize];
-        read_at(&mut file, len - TAIL_V3, &mut tail).map_err(io)?;
+        read_at(&file, len - TAIL_V3, &mut tail).map_err(io)?;
         let word = |at: usize| u64::from_le_bytes(tail[at..at + 8].try_into().expect("8 bytes"));
         let (block_count, end) = (word(0), word(8));
         let want = u32::from_le_bytes(tail[16..20].try_into().expect("4 bytes"));
@@ -869,7 +893,7 @@ impl BlockIndex {
             return Err(damaged("the tail names no end marker"));
         }
         let mut index = vec![0u8; (len - TAIL_V3 - end) as usize];
-        read_at(&mut file, end, &mut index).map_err(io)?;
+        read_at(&file, end, &mut index).map_err(io)?;
         if crc32fast::hash(&index) != want || index[0] != 0 {
             return Err(damaged("the block index does not match its CRC32"));
         }
@@ -903,16 +927,27 @@ impl BlockIndex {
         if blocks.len() as u64 != block_count || offset != end {
             return Err(damaged("the blocks do not add up to the index"));
         }
+        // Read ahead when at least one block in 16 is expected to be asked for, so that a
+        // window serves several; sparse lookups read their blocks alone.
+        let readahead = if lookups.saturating_mul(16) >= blocks.len() {
+            READAHEAD
+        } else {
+            0
+        };
         Ok(Some(BlockIndex {
             file,
             path: path.to_path_buf(),
             first_keys,
             first_ends,
             blocks,
+            end,
+            readahead,
+            window: Vec::new(),
+            window_at: 0,
             loaded: None,
-            keys: Vec::new(),
-            ends: Vec::new(),
-            buf: Vec::new(),
+            block_end: 0,
+            at: 0,
+            key: Vec::new(),
         }))
     }
 
@@ -929,57 +964,72 @@ impl BlockIndex {
         let Some(i) = last_not_above(&self.first_keys, &self.first_ends, key) else {
             return Ok(false);
         };
-        if self.loaded != Some(i) {
+        // A key below the cursor (asked out of order) starts the block again.
+        if self.loaded != Some(i) || key < self.key.as_slice() {
             self.load(i)?;
         }
-        Ok(last_not_above(&self.keys, &self.ends, key)
-            .is_some_and(|n| nth_key(&self.keys, &self.ends, n) == key))
+        while self.key.as_slice() < key {
+            if !self.next_key()? {
+                return Ok(false);
+            }
+        }
+        Ok(self.key == key)
     }
 
-    /// Reads block `i`, checks its CRC32 and decodes its keys.
+    /// Reads block `i` (from the window, or into a new one), checks its CRC32 and decodes its
+    /// first key, which must be the one the block index gives.
     fn load(&mut self, i: usize) -> Result<()> {
         self.loaded = None;
         let (offset, len, crc) = self.blocks[i];
-        self.buf.resize(len as usize, 0);
-        read_at(&mut self.file, offset, &mut self.buf)
-            .map_err(|e| Error::io("read", &self.path, e))?;
-        if crc32fast::hash(&self.buf) != crc {
+        let window_end = self.window_at + self.window.len() as u64;
+        if offset < self.window_at || offset + len > window_end {
+            let want = (len as usize).max(self.readahead);
+            let want = want.min((self.end - offset) as usize);
+            self.window.resize(want, 0);
+            self.window_at = offset;
+            read_at(&self.file, offset, &mut self.window)
+                .map_err(|e| Error::io("read", &self.path, e))?;
+        }
+        let from = (offset - self.window_at) as usize;
+        self.block_end = from + len as usize;
+        if crc32fast::hash(&self.window[from..self.block_end]) != crc {
             return Err(self.damaged("a block does not match its CRC32"));
         }
-        self.keys.clear();
-        self.ends.clear();
-        let mut at = 0;
-        let mut last = 0;
-        while at < self.buf.len() {
-            let entry = (|| {
-                let shared = varint_at(&self.buf, &mut at)?.checked_sub(1)? as usize;
-                let suffix = varint_at(&self.buf, &mut at)? as usize;
-                let bytes = self.buf.get(at..at.checked_add(suffix)?)?;
-                at += suffix + 4;
-                varint_at(&self.buf, &mut at)?;
-                Some((shared, bytes))
-            })();
-            let Some((shared, suffix)) = entry else {
-                return Err(self.damaged("a block holds a cut entry"));
-            };
-            let first = self.ends.is_empty();
-            if (first && shared != 0) || shared > last {
-                return Err(self.damaged("a block's key does not follow its previous key"));
-            }
-            let from = self.keys.len() - last;
-            self.keys.extend_from_within(from..from + shared);
-            self.keys.extend_from_slice(suffix);
-            last = shared + suffix.len();
-            self.ends.push(self.keys.len());
-        }
-        if at != self.buf.len()
-            || self.ends.is_empty()
-            || nth_key(&self.first_keys, &self.first_ends, i) != nth_key(&self.keys, &self.ends, 0)
-        {
+        self.at = from;
+        self.key.clear();
+        if !self.next_key()? || self.key != nth_key(&self.first_keys, &self.first_ends, i) {
             return Err(self.damaged("a block does not match the block index"));
         }
         self.loaded = Some(i);
         Ok(())
+    }
+
+    /// Decodes the entry at the cursor into `key`; `false` at the end of the block.
+    fn next_key(&mut self) -> Result<bool> {
+        if self.at == self.block_end {
+            return Ok(false);
+        }
+        let block = &self.window[..self.block_end];
+        let mut at = self.at;
+        let entry = (|| {
+            let shared = varint_at(block, &mut at)?.checked_sub(1)? as usize;
+            let suffix = varint_at(block, &mut at)? as usize;
+            let bytes = block.get(at..at.checked_add(suffix)?)?;
+            at += suffix + 4;
+            varint_at(block, &mut at)?;
+            Some((shared, bytes))
+        })();
+        let Some((shared, suffix)) = entry else {
+            return Err(self.damaged("a block holds a cut entry"));
+        };
+        // A block's first entry is stored whole; later ones share a prefix of the key before.
+        if shared > self.key.len() || (self.key.is_empty() && shared != 0) {
+            return Err(self.damaged("a block's key does not follow its previous key"));
+        }
+        self.key.truncate(shared);
+        self.key.extend_from_slice(suffix);
+        self.at = at;
+        Ok(true)
     }
 }
 
@@ -1003,11 +1053,9 @@ fn last_not_above(keys: &[u8], ends: &[usize], key: &[u8]) -> Option<usize> {
     lo.checked_sub(1)
 }
 
-/// Reads exactly `buf.len()` bytes of `file` from `offset`.
-fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(offset))?;
-    file.read_exact(buf)
+/// Reads exactly `buf.len()` bytes of `file` from `offset` (one `pread`, no seek).
+fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
 }
 
 /// Writes `path` anew as a base index: the old key state (if any) with `changes` applied
@@ -1727,13 +1775,41 @@ mod tests {
     }
 
     #[test]
+    fn lookups_read_ahead_across_windows_and_back_out_of_order() {
+        let d = tempfile::tempdir().expect("tmp");
+        let base = d.path().join("base.idx");
+        // About 300 KiB: lookups cross several read-ahead windows, and blocks straddle them.
+        let n = 30_000u32;
+        write_base(&base, (0..n).map(|i| (format!("key-{:08}", i * 3), i)));
+        for lookups in [1, n as usize] {
+            let mut index = BlockIndex::open(&base, lookups).expect("open").expect("v3");
+            assert_eq!(index.readahead > 0, lookups > 1, "{lookups} lookups");
+            for i in (0..n).step_by(7) {
+                let held = format!("key-{:08}", i * 3);
+                assert!(index.contains(held.as_bytes()).expect("held"), "{held}");
+                let absent = format!("key-{:08}", i * 3 + 1);
+                assert!(
+                    !index.contains(absent.as_bytes()).expect("absent"),
+                    "{absent}"
+                );
+            }
+            // Asked out of order, a key below the cursor is still found.
+            assert!(index.contains(b"key-00000003").expect("again"));
+            assert!(index.contains(b"key-00089997").expect("last"));
+            assert!(!index.contains(b"key-00089998").expect("past the last"));
+        }
+    }
+
+    #[test]
     fn a_delta_reads_only_the_blocks_it_needs_and_never_a_damaged_one() {
         let d = tempfile::tempdir().expect("tmp");
         let base = d.path().join("base.idx");
         let n = 600u32;
         write_base(&base, (0..n).map(|i| (format!("key-{:06}", i * 2), i)));
         let bytes = std::fs::read(&base).expect("read");
-        let mut index = BlockIndex::open(&base).expect("open").expect("version 3");
+        let mut index = BlockIndex::open(&base, 1)
+            .expect("open")
+            .expect("version 3");
         assert!(index.blocks.len() > 10, "{} blocks", index.blocks.len());
         for i in 0..n {
             assert!(index
