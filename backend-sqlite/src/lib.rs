@@ -255,6 +255,89 @@ fn open_reader(path: &Path, readonly_shm: bool) -> rusqlite::Result<Connection> 
     Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
 }
 
+/// Log ranges up to this many sequence numbers are reduced to each key's last change in
+/// memory (about 100 bytes a row); longer ones by SQLite's GROUP BY.
+const DEDUPLICATE_IN_MEMORY: u64 = 1 << 16;
+
+/// Turns logged keys into changes: looks each up in the view's read transaction (a row is a
+/// put of its current value, no row a deletion) and hands them on in batches.
+struct ChangeEmitter<'c, 'v> {
+    conn: &'c Connection,
+    tables: &'c [Table],
+    /// Per table, made on its first change: the row lookup by key (prepared once, not
+    /// formatted and looked up in the statement cache for every change), its key columns'
+    /// places, and the collection's name.
+    lookups: Vec<Option<(rusqlite::CachedStatement<'c>, Vec<usize>, CollectionName)>>,
+    batch: Vec<Change>,
+    batch_size: usize,
+    visit: &'v mut dyn FnMut(Vec<Change>) -> Result<()>,
+}
+
+impl<'c> ChangeEmitter<'c, '_> {
+    /// The table a log row names, if it is still there.
+    fn table_of(&self, tbl: rusqlite::types::ValueRef<'_>) -> Option<usize> {
+        let name = tbl.as_str().ok()?;
+        self.tables.iter().position(|t| t.name == name)
+    }
+
+    /// The change of table `ti`'s key `key_fields`, logged last at `position`. The outer error
+    /// is SQLite's, the inner the visitor's.
+    fn change(
+        &mut self,
+        position: i64,
+        ti: usize,
+        key_fields: Vec<Field>,
+    ) -> rusqlite::Result<Result<()>> {
+        let table = &self.tables[ti];
+        let (get, positions, collection) = match &mut self.lookups[ti] {
+            Some(l) => l,
+            slot => {
+                let cond: Vec<String> = table
+                    .key_exprs()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| format!("{e} IS ?{}", i + 1))
+                    .collect();
+                let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
+                let get = self.conn.prepare_cached(&lookup)?;
+                let name = CollectionName::from_stored(&table.name);
+                slot.insert((get, table.key_positions(), name))
+            }
+        };
+        for (i, f) in key_fields.iter().enumerate() {
+            get.raw_bind_parameter(i + 1, SqlField(f))?;
+        }
+        let mut found = get.raw_query();
+        let op_record = match found.next()? {
+            Some(row) => Some(read_row(table, positions, row)?),
+            None => None,
+        };
+        drop(found);
+        let (key, op) = match op_record {
+            Some(rec) => (rec.key, ChangeOp::Put(rec.value)),
+            None => (encode_key(&key_fields), ChangeOp::Delete),
+        };
+        self.batch.push(Change {
+            position: position as u64,
+            collection: collection.clone(),
+            key,
+            op,
+        });
+        if self.batch.len() >= self.batch_size {
+            return Ok((self.visit)(std::mem::take(&mut self.batch)));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Hands on the last batch.
+    fn finish(mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        (self.visit)(std::mem::take(&mut self.batch))
+    }
+}
+
 fn describe(path: &Path) -> String {
     format!("sqlite:{}", path.display())
 }
@@ -296,7 +379,11 @@ impl StorageBackend for SqliteBackend {
         let err = |e: rusqlite::Error| Error::store(&store, format!("opening a read view: {e}"));
         let conn = open_reader(&self.path, self.readonly_shm).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        conn.execute_batch("BEGIN").map_err(err)?;
+        // Pages are read from the database file's mapping rather than copied into SQLite's
+        // page cache (a 1% incremental's row lookups were 4% faster). Reads only: a mapped
+        // file is never written through.
+        conn.execute_batch("PRAGMA mmap_size = 268435456; BEGIN")
+            .map_err(err)?;
         // The first read fixes the transaction's snapshot: everything below is as of it.
         let (checkpoint, floor) = checkpoint_of(&conn).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
@@ -553,78 +640,76 @@ impl View for SqliteView {
         let width = tracking::log_key_width(&self.conn).map_err(&err)?;
         let ks: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
         let ks = ks.join(", ");
-        let sql = format!(
-            "SELECT tbl, max(seq) AS s, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \
-             AND tbl IS NOT NULL GROUP BY tbl, {ks} ORDER BY s",
-            tracking::CHANGES
-        );
-        let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
-        let mut rows = stmt
-            .query([from.position as i64, self.checkpoint.position as i64])
-            .map_err(&err)?;
-        let mut batch = Vec::with_capacity(batch_size.min(4096));
-        // Per table, made on its first change: the row lookup by key (prepared once, not
-        // formatted and looked up in the statement cache for every change), its key columns'
-        // places, and the collection's name.
-        let mut lookups: Vec<Option<(rusqlite::CachedStatement<'_>, Vec<usize>, CollectionName)>> =
-            (0..self.tables.len()).map(|_| None).collect();
-        while let Some(r) = rows.next().map_err(&err)? {
-            let tbl = r.get_ref(0).map_err(&err)?;
-            let position: i64 = r.get(1).map_err(&err)?;
-            let Some(ti) = self
-                .tables
-                .iter()
-                .position(|t| tbl.as_str().is_ok_and(|n| n == t.name))
-            else {
-                continue; // dropped since: the engine drops the collection
-            };
-            let table = &self.tables[ti];
-            let (get, positions, collection) = match &mut lookups[ti] {
-                Some(l) => l,
-                slot => {
-                    let cond: Vec<String> = table
-                        .key_exprs()
-                        .iter()
-                        .enumerate()
-                        .map(|(i, e)| format!("{e} IS ?{}", i + 1))
-                        .collect();
-                    let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
-                    let get = self.conn.prepare_cached(&lookup).map_err(&err)?;
-                    let name = CollectionName::from_stored(&table.name);
-                    slot.insert((get, table.key_positions(), name))
+        let range = [from.position as i64, self.checkpoint.position as i64];
+        let mut emit = ChangeEmitter {
+            conn: &self.conn,
+            tables: &self.tables,
+            lookups: (0..self.tables.len()).map(|_| None).collect(),
+            batch: Vec::with_capacity(batch_size.min(4096)),
+            batch_size,
+            visit,
+        };
+        // Sequence numbers are never reused, so the range holds at most this many log rows.
+        let span = self.checkpoint.position - from.position;
+        if span <= DEDUPLICATE_IN_MEMORY {
+            // Read in log order (a rowid range, no sort) and keep each key's last row: SQLite's
+            // GROUP BY and ORDER BY sorted twice through temporary b-trees, which was a third
+            // of the time of a 1% incremental.
+            let sql = format!(
+                "SELECT seq, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 AND tbl IS NOT NULL",
+                tracking::CHANGES
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+            let mut rows = stmt.query(range).map_err(&err)?;
+            let mut logged = Vec::new();
+            while let Some(r) = rows.next().map_err(&err)? {
+                let Some(ti) = emit.table_of(r.get_ref(1).map_err(&err)?) else {
+                    continue; // dropped since: the engine drops the collection
+                };
+                let keys = emit.tables[ti].key_positions().len();
+                let key_fields: Vec<Field> = (0..keys)
+                    .map(|i| r.get_ref(2 + i).map(field))
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(&err)?;
+                logged.push((r.get::<_, i64>(0).map_err(&err)?, ti, key_fields));
+            }
+            // A key's last row is the one kept; keys are told apart as the backup stores
+            // them (SQLite's GROUP BY would also merge an integer with an equal real, which
+            // then gives the same row twice: the later line of a key supersedes the earlier).
+            let mut seen = std::collections::HashSet::with_capacity(logged.len());
+            let mut last = vec![false; logged.len()];
+            for (i, (_, ti, key_fields)) in logged.iter().enumerate().rev() {
+                last[i] = seen.insert((*ti, encode_key(key_fields)));
+            }
+            drop(seen);
+            for ((position, ti, key_fields), last) in logged.into_iter().zip(last) {
+                if last {
+                    emit.change(position, ti, key_fields).map_err(&err)??;
                 }
-            };
-            let key_fields: Vec<Field> = (0..positions.len())
-                .map(|i| r.get_ref(2 + i).map(field))
-                .collect::<rusqlite::Result<_>>()
-                .map_err(&err)?;
-            for (i, f) in key_fields.iter().enumerate() {
-                get.raw_bind_parameter(i + 1, SqlField(f)).map_err(&err)?;
             }
-            let mut found = get.raw_query();
-            let op_record = match found.next().map_err(&err)? {
-                Some(row) => Some(read_row(table, positions, row).map_err(&err)?),
-                None => None,
-            };
-            drop(found);
-            let (key, op) = match op_record {
-                Some(rec) => (rec.key, ChangeOp::Put(rec.value)),
-                None => (encode_key(&key_fields), ChangeOp::Delete),
-            };
-            batch.push(Change {
-                position: position as u64,
-                collection: collection.clone(),
-                key,
-                op,
-            });
-            if batch.len() >= batch_size {
-                visit(std::mem::take(&mut batch))?;
+        } else {
+            // A long log is grouped by SQLite, whose sorter spills to disk.
+            let sql = format!(
+                "SELECT max(seq) AS s, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \
+                 AND tbl IS NOT NULL GROUP BY tbl, {ks} ORDER BY s",
+                tracking::CHANGES
+            );
+            let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
+            let mut rows = stmt.query(range).map_err(&err)?;
+            while let Some(r) = rows.next().map_err(&err)? {
+                let Some(ti) = emit.table_of(r.get_ref(1).map_err(&err)?) else {
+                    continue;
+                };
+                let keys = emit.tables[ti].key_positions().len();
+                let key_fields: Vec<Field> = (0..keys)
+                    .map(|i| r.get_ref(2 + i).map(field))
+                    .collect::<rusqlite::Result<_>>()
+                    .map_err(&err)?;
+                let position = r.get::<_, i64>(0).map_err(&err)?;
+                emit.change(position, ti, key_fields).map_err(&err)??;
             }
         }
-        if !batch.is_empty() {
-            visit(batch)?;
-        }
-        Ok(())
+        emit.finish()
     }
 
     fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {

@@ -1,0 +1,156 @@
+//! Reading the change log: a short range is reduced to each key's last change in memory, a long
+//! one by SQLite's GROUP BY. Both are checked against the log itself, read with plain SQL.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use backend_sqlite::SqliteBackend;
+use backup_core::{Change, ChangeOp, Checkpoint, StorageBackend};
+use rusqlite::Connection;
+use std::collections::BTreeMap;
+
+/// What the log says changed after `from`, by plain SQL: per (table, key as text), the last
+/// sequence number that logged it and whether the row is still there, in that order.
+fn expected(conn: &Connection, from: u64) -> Vec<(String, String, bool)> {
+    let mut stmt = conn
+        .prepare(
+            "SELECT tbl, k0, k1, max(seq) AS s FROM _tidemark_changes WHERE seq > ?1 \
+             AND tbl IS NOT NULL GROUP BY tbl, k0, k1 ORDER BY s",
+        )
+        .unwrap();
+    let rows: Vec<(String, rusqlite::types::Value, rusqlite::types::Value)> = stmt
+        .query_map([from as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows.into_iter()
+        .map(|(tbl, k0, k1)| {
+            let (key, exists) = match tbl.as_str() {
+                "a" => {
+                    let rusqlite::types::Value::Integer(id) = k0 else {
+                        panic!("{k0:?}")
+                    };
+                    let n: i64 = conn
+                        .query_row("SELECT count(*) FROM a WHERE id = ?1", [id], |r| r.get(0))
+                        .unwrap();
+                    (id.to_string(), n == 1)
+                }
+                _ => {
+                    let (rusqlite::types::Value::Text(k), rusqlite::types::Value::Integer(n)) =
+                        (k0, k1)
+                    else {
+                        panic!("a key of b")
+                    };
+                    let c: i64 = conn
+                        .query_row(
+                            "SELECT count(*) FROM b WHERE k = ?1 AND n = ?2",
+                            rusqlite::params![k, n],
+                            |r| r.get(0),
+                        )
+                        .unwrap();
+                    (format!("{k}/{n}"), c == 1)
+                }
+            };
+            (tbl, key, exists)
+        })
+        .collect()
+}
+
+/// What the backend reads: per change, (collection, its key's fields as text, put).
+fn read(backend: &SqliteBackend, from: &Checkpoint) -> Vec<(String, String, bool)> {
+    let mut view = backend.view().unwrap();
+    let mut got: Vec<Change> = Vec::new();
+    view.changes_since(from, 1000, &mut |batch| {
+        assert!(batch.len() <= 1000);
+        got.extend(batch);
+        Ok(())
+    })
+    .unwrap();
+    // Positions rise: the changes come in the order of each key's last log row.
+    assert!(got.windows(2).all(|w| w[0].position < w[1].position));
+    got.into_iter()
+        .map(|c| {
+            let fields = backend_sqlite::table::decode_key(&c.key).unwrap();
+            let key = fields
+                .iter()
+                .map(|f| match f {
+                    backup_core::Field::Integer(i) => i.to_string(),
+                    backup_core::Field::Text(t) => String::from_utf8(t.clone()).unwrap(),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let put = matches!(c.op, ChangeOp::Put(_));
+            (c.collection.to_string(), key, put)
+        })
+        .collect()
+}
+
+#[test]
+fn short_and_long_log_ranges_give_each_keys_last_change_in_log_order() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("s.db");
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE b(k TEXT, n INTEGER, v BLOB, PRIMARY KEY (k, n)) WITHOUT ROWID;",
+    )
+    .unwrap();
+    let backend = SqliteBackend::open(&path).unwrap();
+    backend.track().unwrap();
+    let start = backend.current_checkpoint().unwrap();
+    // Over 2^16 log rows in all, so that a read from the start is grouped by SQLite.
+    let tx = conn.transaction().unwrap();
+    for i in 0..40_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    for i in 0..30_000i64 {
+        tx.execute(
+            "INSERT INTO b(k, n, v) VALUES (?1, ?2, x'00')",
+            rusqlite::params![format!("k{}", i % 100), i / 100],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let middle = backend.current_checkpoint().unwrap();
+    // A short range: keys written several times, deleted, deleted and written again, and a
+    // key changed by an update of the primary key.
+    let tx = conn.transaction().unwrap();
+    for round in 0..3 {
+        for i in (0..40_000i64).step_by(97) {
+            tx.execute(
+                "UPDATE a SET v = ?1 WHERE id = ?2",
+                rusqlite::params![round, i],
+            )
+            .unwrap();
+        }
+    }
+    tx.execute("DELETE FROM a WHERE id % 1000 = 5", []).unwrap();
+    tx.execute("INSERT INTO a(id, v) VALUES (5, 'back')", [])
+        .unwrap();
+    tx.execute("UPDATE a SET id = 50000 WHERE id = 7", [])
+        .unwrap();
+    tx.execute("DELETE FROM b WHERE k = 'k3'", []).unwrap();
+    tx.execute("UPDATE b SET v = x'01' WHERE n = 7", [])
+        .unwrap();
+    tx.commit().unwrap();
+    let end = backend.current_checkpoint().unwrap();
+    assert!(end.position - start.position > 1 << 16, "a long range");
+    assert!(end.position - middle.position < 1 << 16, "a short range");
+
+    for (from, what) in [(&start, "long"), (&middle, "short")] {
+        let want = expected(&conn, from.position);
+        let got = read(&backend, from);
+        assert_eq!(got.len(), want.len(), "{what} range");
+        // Table names are the collection names here.
+        assert_eq!(got, want, "{what} range");
+    }
+    // The short range, tallied: 413 keys of `a` updated, 40 deleted (one back), 7 moved.
+    let short = read(&backend, &middle);
+    let mut tally: BTreeMap<(&str, bool), usize> = BTreeMap::new();
+    for (c, _, put) in &short {
+        *tally.entry((c.as_str(), *put)).or_default() += 1;
+    }
+    assert_eq!(tally.get(&("a", false)), Some(&(40 - 1 + 1)), "{tally:?}");
+    assert_eq!(tally.get(&("b", false)), Some(&300), "{tally:?}");
+}
