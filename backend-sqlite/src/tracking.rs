@@ -174,20 +174,41 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
 /// Deletes log rows at or before `upto` and raises the floor to it.
 pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
     let err = |e: rusqlite::Error| Error::store(store, format!("trimming the change log: {e}"));
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
+    // In WAL mode the trim commits without syncing the WAL (SQLite's `synchronous = NORMAL`,
+    // which WAL mode keeps free of corruption): a trim lost to a power cut leaves the rows and
+    // the floor as they were, and the next incremental reads those changes again. The next
+    // checkpoint syncs it. Rollback-journal mode keeps the connection's setting.
+    let wal = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
+        .map_err(err)?
+        .eq_ignore_ascii_case("wal");
+    let synchronous: i64 = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .map_err(err)?;
+    if wal {
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(err)?;
+    }
+    let trimmed = delete_through(conn, upto).map_err(err);
+    if wal {
+        conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
+            .map_err(err)?;
+    }
+    trimmed
+}
+
+/// Deletes the log rows up to `upto` and raises the floor to it, in one write transaction.
+fn delete_through(conn: &mut Connection, upto: u64) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute(
         &format!("DELETE FROM {CHANGES} WHERE seq <= ?1"),
         [upto as i64],
-    )
-    .map_err(err)?;
+    )?;
     tx.execute(
         &format!("UPDATE {META} SET value = max(value, ?1) WHERE key = 'floor'"),
         [upto as i64],
-    )
-    .map_err(err)?;
-    tx.commit().map_err(err)
+    )?;
+    tx.commit()
 }
 
 /// How many key columns (`k0`, `k1` …) the log has.
@@ -286,4 +307,42 @@ fn trigger_sql(table: &Table) -> String {
         new = log("NEW"),
         old = log("OLD"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(conn: &Connection) -> i64 {
+        conn.query_row(&format!("SELECT count(*) FROM {CHANGES}"), [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn a_trim_deletes_up_to_its_position_raises_the_floor_and_keeps_the_sync_setting() {
+        for mode in ["wal", "delete"] {
+            let d = tempfile::tempdir().expect("tmp");
+            let mut conn = Connection::open(d.path().join("t.db")).expect("open");
+            conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |_| Ok(()))
+                .expect("journal mode");
+            conn.execute_batch(
+                "PRAGMA synchronous = EXTRA; CREATE TABLE t(id INTEGER PRIMARY KEY, v)",
+            )
+            .expect("create");
+            install(&mut conn, "t").expect("track");
+            for i in 0..10 {
+                conn.execute("INSERT INTO t(id, v) VALUES (?1, 'x')", [i])
+                    .expect("insert");
+            }
+            assert_eq!(rows(&conn), 10);
+            trim(&mut conn, "t", 6).expect("trim");
+            assert_eq!(rows(&conn), 4, "{mode}");
+            let (_, floor) = meta(&conn).expect("meta").expect("tracked");
+            assert_eq!(floor, 6, "{mode}");
+            let sync: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .expect("synchronous");
+            assert_eq!(sync, 3, "{mode}: EXTRA again after the trim");
+        }
+    }
 }

@@ -744,7 +744,8 @@ fn incremental<T: Target>(
         };
         indexes.insert(c.name.clone(), index);
     }
-    // The key states are written side by side on every core (the archive writer's pipeline).
+    // The key states are written side by side, two per core: each ends in an fsync, and the
+    // waits of one overlap the work of another (the archive writer's pipeline).
     type Job = (
         Option<StateFiles>,
         std::path::PathBuf,
@@ -752,7 +753,7 @@ fn incremental<T: Target>(
         BTreeMap<Vec<u8>, Option<Entry>>,
     );
     let mut pipeline = crate::pipeline::Pipeline::new(
-        crate::pipeline::default_threads().min(rewrites.len()),
+        (2 * crate::pipeline::default_threads()).min(rewrites.len()),
         || (),
         |(), (old, path, write, changes): Job| match (old, write) {
             (Some(old), KeyWrite::Delta(held)) => {

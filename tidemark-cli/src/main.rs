@@ -158,7 +158,9 @@ fn main() -> ExitCode {
             .with_filter(targets);
         let _ = tracing_subscriber::registry().with(layer).try_init();
     }
-    match run(cli) {
+    let result = run(cli);
+    alloc::exiting();
+    match result {
         Ok(code) => code,
         // A reader that went away (`tidemark … | head`) is not a failed backup: the work is done.
         Err(e)

@@ -42,6 +42,10 @@ const STATE_FILE: &str = "state.json";
 const STATE_FORMAT: &str = "tidemark-archive-state";
 /// Uncompressed bytes at which a part is cut.
 const PART_BYTES: usize = 4 << 20;
+/// A collection's first part is cut at this many bytes, and each next one at twice the last
+/// until [`PART_BYTES`]: the workers start compressing while the records are still being read,
+/// which an incremental of a few MiB otherwise left to the end, all at once.
+const FIRST_PART_BYTES: usize = 256 << 10;
 /// The most bytes all collections' open parts may hold before they are all cut.
 const PENDING_BYTES: usize = 16 << 20;
 /// Memory a record costs in an open part beyond its key and payload.
@@ -558,6 +562,13 @@ struct PartState {
     deletions: u64,
 }
 
+/// Where a collection's part is cut once it has `parts` before it.
+fn part_bytes(parts: u64) -> usize {
+    FIRST_PART_BYTES
+        .checked_shl(parts.min(16) as u32)
+        .map_or(PART_BYTES, |n| n.min(PART_BYTES))
+}
+
 /// An archive being written by the engine.
 pub(crate) struct ArchiveRun {
     zip: Option<StreamWriter<Box<dyn ArchiveOutput>>>,
@@ -599,7 +610,7 @@ impl ArchiveRun {
         let p = self.part(collection);
         p.open.push(line);
         p.open_bytes += size;
-        let full = p.open_bytes >= PART_BYTES;
+        let full = p.open_bytes >= part_bytes(p.parts);
         self.pending += size;
         if full {
             self.cut(collection)?;
