@@ -143,6 +143,10 @@ impl RocksBackend {
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
         opts.set_max_file_opening_threads(file_opening_threads(path));
+        // The secondary's own LOG (in its temporary directory) gets warnings only, not the
+        // options dump and every MANIFEST step; compaction statistics are not read at open.
+        opts.set_log_level(rocksdb::LogLevel::Warn);
+        opts.set_skip_stats_update_on_db_open(true);
         let db = Db::open_cf_as_secondary(&opts, path, dir.path(), names).map_err(|e| {
             Error::BadInput {
                 path: path.to_path_buf(),
