@@ -255,6 +255,95 @@ fn open_reader(path: &Path, readonly_shm: bool) -> rusqlite::Result<Connection> 
     Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)
 }
 
+/// The part of the change log an incremental reads: sequence numbers after `from` up to `to`,
+/// in a log with `width` key columns, handed on in batches of at most `batch_size`.
+struct LogRange {
+    width: usize,
+    from: u64,
+    to: u64,
+    batch_size: usize,
+}
+
+/// Reads the changes of `log`: each logged key at its last log row, looked up in the
+/// connection's read transaction.
+fn read_log(
+    conn: &Connection,
+    tables: &[Table],
+    store: &str,
+    log: &LogRange,
+    send: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+) -> Result<()> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("reading the change log: {e}"));
+    let ks: Vec<String> = (0..log.width).map(|i| format!("k{i}")).collect();
+    let ks = ks.join(", ");
+    let range = [log.from as i64, log.to as i64];
+    let mut emit = ChangeEmitter {
+        conn,
+        tables,
+        lookups: (0..tables.len()).map(|_| None).collect(),
+        batch: Vec::with_capacity(log.batch_size.min(4096)),
+        batch_size: log.batch_size,
+        visit: send,
+    };
+    // Sequence numbers are never reused, so the range holds at most this many log rows.
+    if log.to - log.from <= DEDUPLICATE_IN_MEMORY {
+        // Read in log order (a rowid range, no sort) and keep each key's last row: SQLite's
+        // GROUP BY and ORDER BY sorted twice through temporary b-trees, which was a third of
+        // the time of a 1% incremental.
+        let sql = format!(
+            "SELECT seq, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 AND tbl IS NOT NULL",
+            tracking::CHANGES
+        );
+        let mut stmt = conn.prepare(&sql).map_err(err)?;
+        let mut rows = stmt.query(range).map_err(err)?;
+        let mut logged = Vec::new();
+        while let Some(r) = rows.next().map_err(err)? {
+            let Some(ti) = emit.table_of(r.get_ref(1).map_err(err)?) else {
+                continue; // dropped since: the engine drops the collection
+            };
+            let key_fields = key_fields_of(r, tables[ti].key_positions().len()).map_err(err)?;
+            logged.push((r.get::<_, i64>(0).map_err(err)?, ti, key_fields));
+        }
+        // A key's last row is the one kept; keys are told apart as the backup stores them
+        // (SQLite's GROUP BY would also merge an integer with an equal real, which then gives
+        // the same row twice: the later line of a key supersedes the earlier).
+        let mut seen = std::collections::HashSet::with_capacity(logged.len());
+        let mut last = vec![false; logged.len()];
+        for (i, (_, ti, key_fields)) in logged.iter().enumerate().rev() {
+            last[i] = seen.insert((*ti, encode_key(key_fields)));
+        }
+        drop(seen);
+        for ((position, ti, key_fields), last) in logged.into_iter().zip(last) {
+            if last {
+                emit.change(position, ti, key_fields).map_err(err)??;
+            }
+        }
+    } else {
+        // A long log is grouped by SQLite, whose sorter spills to disk.
+        let sql = format!(
+            "SELECT max(seq) AS s, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \
+             AND tbl IS NOT NULL GROUP BY tbl, {ks} ORDER BY s",
+            tracking::CHANGES
+        );
+        let mut stmt = conn.prepare(&sql).map_err(err)?;
+        let mut rows = stmt.query(range).map_err(err)?;
+        while let Some(r) = rows.next().map_err(err)? {
+            let Some(ti) = emit.table_of(r.get_ref(1).map_err(err)?) else {
+                continue;
+            };
+            let key_fields = key_fields_of(r, tables[ti].key_positions().len()).map_err(err)?;
+            let position = r.get::<_, i64>(0).map_err(err)?;
+            emit.change(position, ti, key_fields).map_err(err)??;
+        }
+    }
+    emit.finish()
+}
+
+/// The `keys` key columns of a log row (after its `seq` and `tbl`).
+fn key_fields_of(r: &rusqlite::Row<'_>, keys: usize) -> rusqlite::Result<Vec<Field>> {
+    (0..keys).map(|i| r.get_ref(2 + i).map(field)).collect()
+}
+
 /// Log ranges up to this many sequence numbers are reduced to each key's last change in
 /// memory (about 100 bytes a row); longer ones by SQLite's GROUP BY.
 const DEDUPLICATE_IN_MEMORY: u64 = 1 << 16;
@@ -632,80 +721,47 @@ impl View for SqliteView {
                 self.checkpoint.position
             )));
         }
-        let err = self.err("reading the change log");
-        let width = tracking::log_key_width(&self.conn).map_err(&err)?;
-        let ks: Vec<String> = (0..width).map(|i| format!("k{i}")).collect();
-        let ks = ks.join(", ");
-        let range = [from.position as i64, self.checkpoint.position as i64];
-        let mut emit = ChangeEmitter {
-            conn: &self.conn,
-            tables: &self.tables,
-            lookups: (0..self.tables.len()).map(|_| None).collect(),
-            batch: Vec::with_capacity(batch_size.min(4096)),
+        let width =
+            tracking::log_key_width(&self.conn).map_err(self.err("reading the change log"))?;
+        let log = LogRange {
+            width,
+            from: from.position,
+            to: self.checkpoint.position,
             batch_size,
-            visit,
         };
-        // Sequence numbers are never reused, so the range holds at most this many log rows.
-        let span = self.checkpoint.position - from.position;
-        if span <= DEDUPLICATE_IN_MEMORY {
-            // Read in log order (a rowid range, no sort) and keep each key's last row: SQLite's
-            // GROUP BY and ORDER BY sorted twice through temporary b-trees, which was a third
-            // of the time of a 1% incremental.
-            let sql = format!(
-                "SELECT seq, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 AND tbl IS NOT NULL",
-                tracking::CHANGES
-            );
-            let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
-            let mut rows = stmt.query(range).map_err(&err)?;
-            let mut logged = Vec::new();
-            while let Some(r) = rows.next().map_err(&err)? {
-                let Some(ti) = emit.table_of(r.get_ref(1).map_err(&err)?) else {
-                    continue; // dropped since: the engine drops the collection
-                };
-                let keys = emit.tables[ti].key_positions().len();
-                let key_fields: Vec<Field> = (0..keys)
-                    .map(|i| r.get_ref(2 + i).map(field))
-                    .collect::<rusqlite::Result<_>>()
-                    .map_err(&err)?;
-                logged.push((r.get::<_, i64>(0).map_err(&err)?, ti, key_fields));
-            }
-            // A key's last row is the one kept; keys are told apart as the backup stores
-            // them (SQLite's GROUP BY would also merge an integer with an equal real, which
-            // then gives the same row twice: the later line of a key supersedes the earlier).
-            let mut seen = std::collections::HashSet::with_capacity(logged.len());
-            let mut last = vec![false; logged.len()];
-            for (i, (_, ti, key_fields)) in logged.iter().enumerate().rev() {
-                last[i] = seen.insert((*ti, encode_key(key_fields)));
-            }
-            drop(seen);
-            for ((position, ti, key_fields), last) in logged.into_iter().zip(last) {
-                if last {
-                    emit.change(position, ti, key_fields).map_err(&err)??;
+        // The changes are read on a thread of their own (SQLite's row lookups are most of an
+        // incremental's reading) and handed to `visit` here, which builds the records while
+        // the next ones are read. A few batches in flight bound the memory.
+        let store = self.store.as_str();
+        let (conn, tables) = (&mut self.conn, &self.tables);
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Change>>(4);
+            let reader = std::thread::Builder::new()
+                .name("sqlite-changes".into())
+                .spawn_scoped(s, move || {
+                    read_log(conn, tables, store, &log, &mut |batch| {
+                        // The receiver is gone only once `visit` failed, whose error is kept.
+                        tx.send(batch)
+                            .map_err(|_| Error::store(store, "reading the change log: stopped"))
+                    })
+                })
+                .map_err(|e| Error::io("start a thread", "sqlite-changes", e))?;
+            let mut visited = Ok(());
+            for batch in &rx {
+                visited = visit(batch);
+                if visited.is_err() {
+                    break;
                 }
             }
-        } else {
-            // A long log is grouped by SQLite, whose sorter spills to disk.
-            let sql = format!(
-                "SELECT max(seq) AS s, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \
-                 AND tbl IS NOT NULL GROUP BY tbl, {ks} ORDER BY s",
-                tracking::CHANGES
-            );
-            let mut stmt = self.conn.prepare(&sql).map_err(&err)?;
-            let mut rows = stmt.query(range).map_err(&err)?;
-            while let Some(r) = rows.next().map_err(&err)? {
-                let Some(ti) = emit.table_of(r.get_ref(1).map_err(&err)?) else {
-                    continue;
-                };
-                let keys = emit.tables[ti].key_positions().len();
-                let key_fields: Vec<Field> = (0..keys)
-                    .map(|i| r.get_ref(2 + i).map(field))
-                    .collect::<rusqlite::Result<_>>()
-                    .map_err(&err)?;
-                let position = r.get::<_, i64>(0).map_err(&err)?;
-                emit.change(position, ti, key_fields).map_err(&err)??;
-            }
-        }
-        emit.finish()
+            drop(rx);
+            let read = reader.join().unwrap_or_else(|_| {
+                Err(Error::store(
+                    store,
+                    "reading the change log: the reader panicked",
+                ))
+            });
+            visited.and(read)
+        })
     }
 
     fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {

@@ -154,3 +154,47 @@ fn short_and_long_log_ranges_give_each_keys_last_change_in_log_order() {
     assert_eq!(tally.get(&("a", false)), Some(&(40 - 1 + 1)), "{tally:?}");
     assert_eq!(tally.get(&("b", false)), Some(&300), "{tally:?}");
 }
+
+#[test]
+fn a_visitor_that_fails_stops_the_reading_with_its_own_error() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("s.db");
+    let mut conn = Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)")
+        .unwrap();
+    let backend = SqliteBackend::open(&path).unwrap();
+    backend.track().unwrap();
+    let start = backend.current_checkpoint().unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..20_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let mut view = backend.view().unwrap();
+    let mut batches = 0;
+    // Far more batches than the reader may have in flight: it must stop, not wait forever.
+    let result = view.changes_since(&start, 10, &mut |_| {
+        batches += 1;
+        if batches == 3 {
+            return Err(backup_core::Error::BadInput {
+                path: "visitor".into(),
+                cause: "refused".into(),
+            });
+        }
+        Ok(())
+    });
+    match result {
+        Err(backup_core::Error::BadInput { cause, .. }) => assert_eq!(cause, "refused"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(batches, 3);
+    // The view still reads after a failed visit.
+    let mut all = 0;
+    view.changes_since(&start, 1000, &mut |b| {
+        all += b.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(all, 20_000);
+}
