@@ -476,11 +476,17 @@ pub(crate) fn trim(
     events: &mut dyn FnMut(Event),
 ) {
     if options.trim_changes {
+        let started = std::time::Instant::now();
         if let Err(e) = backend.trim_changes(checkpoint) {
             events(Event::Notice(format!(
                 "backup complete, but trimming the change log failed: {e}"
             )));
         }
+        tracing::debug!(
+            upto = checkpoint.position,
+            seconds = started.elapsed().as_secs_f64(),
+            "change log trimmed"
+        );
     }
 }
 

@@ -283,6 +283,10 @@ pub fn backup_archive_to(
         },
     };
     write_state(state_dir, &state)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "key state committed"
+    );
     let keep: Vec<&str> = state
         .backup
         .collections
