@@ -749,6 +749,7 @@ impl ChainStore for LocalChain {
             dir: self.dir.clone(),
             slot,
             file: BufWriter::with_capacity(buffer_size, file),
+            crc: crc32fast::Hasher::new(),
             tmp,
         });
         match &self.key {
@@ -762,12 +763,18 @@ struct LocalOutput {
     dir: PathBuf,
     slot: Slot,
     file: BufWriter<File>,
+    /// The CRC32 of the bytes written so far (archives are written front to back, never
+    /// seeked), which names the archive: reading it back for that cost a full backup a second
+    /// pass over its archive.
+    crc: crc32fast::Hasher,
     tmp: PathBuf,
 }
 
 impl Write for LocalOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
@@ -787,8 +794,7 @@ impl ArchiveOutput for LocalOutput {
             .map_err(|e| Error::io("stat", &tmp, e))?
             .len();
         drop(file);
-        let crc = file_crc32(&tmp)?;
-        let name = self.slot.file_name(crc);
+        let name = self.slot.file_name(self.crc.finalize());
         let path = self.dir.join(&name);
         durable::rename(&tmp, &path)?;
         durable::sync_dir(&self.dir)?;
