@@ -298,11 +298,7 @@ fn read_log(
         let mut rows = stmt.query(range).map_err(err)?;
         let mut logged = Vec::new();
         while let Some(r) = rows.next().map_err(err)? {
-            let Some(ti) = emit.table_of(r.get_ref(1).map_err(err)?) else {
-                continue; // dropped since: the engine drops the collection
-            };
-            let key_fields = key_fields_of(r, tables[ti].key_positions().len()).map_err(err)?;
-            logged.push((r.get::<_, i64>(0).map_err(err)?, ti, key_fields));
+            logged.extend(emit.logged(r).map_err(err)?);
         }
         // A key's last row is the one kept; keys are told apart as the backup stores them
         // (SQLite's GROUP BY would also merge an integer with an equal real, which then gives
@@ -328,20 +324,12 @@ fn read_log(
         let mut stmt = conn.prepare(&sql).map_err(err)?;
         let mut rows = stmt.query(range).map_err(err)?;
         while let Some(r) = rows.next().map_err(err)? {
-            let Some(ti) = emit.table_of(r.get_ref(1).map_err(err)?) else {
-                continue;
-            };
-            let key_fields = key_fields_of(r, tables[ti].key_positions().len()).map_err(err)?;
-            let position = r.get::<_, i64>(0).map_err(err)?;
-            emit.change(position, ti, key_fields).map_err(err)??;
+            if let Some((position, ti, key_fields)) = emit.logged(r).map_err(err)? {
+                emit.change(position, ti, key_fields).map_err(err)??;
+            }
         }
     }
     emit.finish()
-}
-
-/// The `keys` key columns of a log row (after its `seq` and `tbl`).
-fn key_fields_of(r: &rusqlite::Row<'_>, keys: usize) -> rusqlite::Result<Vec<Field>> {
-    (0..keys).map(|i| r.get_ref(2 + i).map(field)).collect()
 }
 
 /// Log ranges up to this many sequence numbers are reduced to each key's last change in
@@ -363,10 +351,21 @@ struct ChangeEmitter<'c, 'v> {
 }
 
 impl<'c> ChangeEmitter<'c, '_> {
-    /// The table a log row names, if it is still there.
-    fn table_of(&self, tbl: rusqlite::types::ValueRef<'_>) -> Option<usize> {
-        let name = tbl.as_str().ok()?;
-        self.tables.iter().position(|t| t.name == name)
+    /// A log row (`seq`, `tbl`, then the key columns) as its position, its table and its key;
+    /// `None` for a table dropped since (the engine drops the collection).
+    fn logged(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(i64, usize, Vec<Field>)>> {
+        let tbl = r.get_ref(1)?;
+        let Some(ti) = self
+            .tables
+            .iter()
+            .position(|t| tbl.as_str().is_ok_and(|n| n == t.name))
+        else {
+            return Ok(None);
+        };
+        let key_fields = (0..self.tables[ti].key_len())
+            .map(|i| r.get_ref(2 + i).map(field))
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Some((r.get(0)?, ti, key_fields)))
     }
 
     /// The change of table `ti`'s key `key_fields`, logged last at `position`. The outer error
@@ -733,6 +732,7 @@ impl View for SqliteView {
         // incremental's reading) and handed to `visit` here, which builds the records while
         // the next ones are read. A few batches in flight bound the memory.
         let store = self.store.as_str();
+        // `&mut`: a connection may move to another thread but not be shared with one.
         let (conn, tables) = (&mut self.conn, &self.tables);
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Change>>(4);

@@ -60,6 +60,11 @@ impl Table {
         format!("SELECT {list} FROM {}", quote_ident(&self.name))
     }
 
+    /// How many values a key has: its primary-key columns, or the rowid alone.
+    pub fn key_len(&self) -> usize {
+        self.key.len().max(1)
+    }
+
     /// Index of each key column within `select_sql`'s result columns.
     pub fn key_positions(&self) -> Vec<usize> {
         let offset = usize::from(self.hidden_rowid);

@@ -7,6 +7,19 @@ use backup_core::{Change, ChangeOp, Checkpoint, StorageBackend};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 
+/// A new database made by `schema`, tracked: its directory, a plain connection to it, the
+/// backend and the checkpoint tracking starts at.
+fn tracked(schema: &str) -> (tempfile::TempDir, Connection, SqliteBackend, Checkpoint) {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("s.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(schema).unwrap();
+    let backend = SqliteBackend::open(&path).unwrap();
+    backend.track().unwrap();
+    let start = backend.current_checkpoint().unwrap();
+    (d, conn, backend, start)
+}
+
 /// What the log says changed after `from`, by plain SQL: per (table, key as text), the last
 /// sequence number that logged it and whether the row is still there, in that order.
 fn expected(conn: &Connection, from: u64) -> Vec<(String, String, bool)> {
@@ -86,18 +99,11 @@ fn read(backend: &SqliteBackend, from: &Checkpoint) -> Vec<(String, String, bool
 
 #[test]
 fn short_and_long_log_ranges_give_each_keys_last_change_in_log_order() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("s.db");
-    let mut conn = Connection::open(&path).unwrap();
-    conn.execute_batch(
+    let (_d, mut conn, backend, start) = tracked(
         "PRAGMA journal_mode = WAL;
          CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
          CREATE TABLE b(k TEXT, n INTEGER, v BLOB, PRIMARY KEY (k, n)) WITHOUT ROWID;",
-    )
-    .unwrap();
-    let backend = SqliteBackend::open(&path).unwrap();
-    backend.track().unwrap();
-    let start = backend.current_checkpoint().unwrap();
+    );
     // Over 2^16 log rows in all, so that a read from the start is grouped by SQLite.
     let tx = conn.transaction().unwrap();
     for i in 0..40_000i64 {
@@ -157,14 +163,7 @@ fn short_and_long_log_ranges_give_each_keys_last_change_in_log_order() {
 
 #[test]
 fn a_visitor_that_fails_stops_the_reading_with_its_own_error() {
-    let d = tempfile::tempdir().unwrap();
-    let path = d.path().join("s.db");
-    let mut conn = Connection::open(&path).unwrap();
-    conn.execute_batch("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)")
-        .unwrap();
-    let backend = SqliteBackend::open(&path).unwrap();
-    backend.track().unwrap();
-    let start = backend.current_checkpoint().unwrap();
+    let (_d, mut conn, backend, start) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)");
     let tx = conn.transaction().unwrap();
     for i in 0..20_000i64 {
         tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
