@@ -86,7 +86,29 @@ fn varint_long(buf: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-/// Passes bytes through to a file, with the CRC32 of the first `limit` of them: the index's
+/// Decodes the version 2 (or delta) entry at `buf[*at..]`, whose key shares a prefix with
+/// `last`: `last` becomes its key, `at` moves past it, and its record CRC32 and stored value
+/// length are returned. `None`, with `at` and `last` as they were, if `buf` ends inside the
+/// entry, or the entry is an end marker or cannot follow `last` (the caller decides which).
+fn entry_at(buf: &[u8], at: &mut usize, last: &mut Vec<u8>) -> Option<(u32, u64)> {
+    let mut i = *at;
+    let shared = varint_at(buf, &mut i)?.checked_sub(1)?;
+    let suffix = varint_at(buf, &mut i)?;
+    if shared > last.len() as u64 || shared + suffix > MAX_KEY {
+        return None;
+    }
+    let key = buf.get(i..i.checked_add(suffix as usize)?)?;
+    i += key.len();
+    let crc32 = u32::from_le_bytes(buf.get(i..i + 4)?.try_into().expect("4 bytes"));
+    i += 4;
+    let vlen = varint_at(buf, &mut i)?;
+    last.truncate(shared as usize);
+    last.extend_from_slice(key);
+    *at = i;
+    Some((crc32, vlen))
+}
+
+/// Passes bytes through to a file, with the CRC32 of the first `limit` of them/// Passes bytes through to a file, with the CRC32 of the first `limit` of them: the index's
 /// checksum is computed over the large blocks the buffers move, not field by field (per-field
 /// updates of a few bytes were a tenth of an incremental's time).
 struct Crc {
@@ -528,26 +550,11 @@ impl IndexReader {
         }
         // Fast path: the whole entry is in the read buffer (all but the last few of each
         // 64 KiB): decode it from there, copying the suffix once.
-        let buf = self.input.buffer();
         let mut at = 0;
-        if let (Some(head @ 1..), Some(suffix)) = (varint_at(buf, &mut at), varint_at(buf, &mut at))
-        {
-            let shared = head - 1;
-            let fits = shared <= self.last.len() as u64 && shared + suffix <= MAX_KEY;
-            let key_at = at;
-            if fits && at + suffix as usize + 4 <= buf.len() {
-                at += suffix as usize;
-                let crc32 = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
-                at += 4;
-                if let Some(vlen) = varint_at(buf, &mut at) {
-                    self.last.truncate(shared as usize);
-                    self.last
-                        .extend_from_slice(&buf[key_at..key_at + suffix as usize]);
-                    self.input.consume(at);
-                    self.count += 1;
-                    return self.entry(crc32, vlen);
-                }
-            }
+        if let Some((crc32, vlen)) = entry_at(self.input.buffer(), &mut at, &mut self.last) {
+            self.input.consume(at);
+            self.count += 1;
+            return self.entry(crc32, vlen);
         }
         let shared = self.read_varint()?;
         if shared == 0 {
@@ -1009,26 +1016,13 @@ impl BlockIndex {
         if self.at == self.block_end {
             return Ok(false);
         }
-        let block = &self.window[..self.block_end];
-        let mut at = self.at;
-        let entry = (|| {
-            let shared = varint_at(block, &mut at)?.checked_sub(1)? as usize;
-            let suffix = varint_at(block, &mut at)? as usize;
-            let bytes = block.get(at..at.checked_add(suffix)?)?;
-            at += suffix + 4;
-            varint_at(block, &mut at)?;
-            Some((shared, bytes))
-        })();
-        let Some((shared, suffix)) = entry else {
-            return Err(self.damaged("a block holds a cut entry"));
-        };
-        // A block's first entry is stored whole; later ones share a prefix of the key before.
-        if shared > self.key.len() || (self.key.is_empty() && shared != 0) {
-            return Err(self.damaged("a block's key does not follow its previous key"));
+        // A block's first entry is stored whole (`key` is empty before it); later ones share
+        // a prefix of the key before.
+        if entry_at(&self.window[..self.block_end], &mut self.at, &mut self.key).is_none() {
+            return Err(self.damaged(
+                "a block holds a cut entry, or a key that does not follow its previous key",
+            ));
         }
-        self.key.truncate(shared);
-        self.key.extend_from_slice(suffix);
-        self.at = at;
         Ok(true)
     }
 }
