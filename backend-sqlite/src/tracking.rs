@@ -182,18 +182,17 @@ pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
         .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))
         .map_err(err)?
         .eq_ignore_ascii_case("wal");
+    if !wal {
+        return delete_through(conn, upto).map_err(err);
+    }
     let synchronous: i64 = conn
         .query_row("PRAGMA synchronous", [], |r| r.get(0))
         .map_err(err)?;
-    if wal {
-        conn.execute_batch("PRAGMA synchronous = NORMAL")
-            .map_err(err)?;
-    }
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(err)?;
     let trimmed = delete_through(conn, upto).map_err(err);
-    if wal {
-        conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
-            .map_err(err)?;
-    }
+    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
+        .map_err(err)?;
     trimmed
 }
 

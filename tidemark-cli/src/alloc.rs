@@ -56,6 +56,17 @@ pub fn configure() {
     }
 }
 
+/// Called once the command's work is done, before the process exits: mimalloc's exit
+/// collection then returns nothing to the kernel page by page (20-odd `madvise` calls after a
+/// small incremental), since the kernel takes the whole address space back at once.
+pub fn exiting() {
+    #[allow(unsafe_code)]
+    // SAFETY: mi_option_set only stores an option's value (atomically).
+    unsafe {
+        libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+    }
+}
+
 /// No transparent huge pages for this process: mimalloc stops asking for them, and the kernel
 /// stops giving them (`prctl(PR_SET_THP_DISABLE)`, which mimalloc itself makes only when
 /// `MIMALLOC_ALLOW_THP=0` is set at start; by `main` its first arena was already asked for).
@@ -64,16 +75,6 @@ pub fn configure() {
 /// 1M × 100 B) and an incremental 16–26 MiB higher, for no measurable speed
 /// (docs/BENCHMARKS.md, "Transparent huge pages off"). The flag is inherited by child
 /// processes; the command starts none.
-/// Called once the command's work is done, before the process exits: mimalloc's exit
-/// collection then returns nothing to the kernel page by page (20-odd `madvise` calls after a
-/// small incremental), since the kernel takes the whole address space back at once.
-pub fn exiting() {
-    #[allow(unsafe_code)]
-    unsafe {
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
-    }
-}
-
 fn disable_transparent_huge_pages() {
     #[allow(unsafe_code)]
     // SAFETY: mi_option_set only stores an option's value (atomically).
