@@ -94,6 +94,80 @@ pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
     Ok(())
 }
 
+/// A file written aside (at its temporary path) whose fsync and rename into place are still to
+/// come: several of them are made durable side by side ([`sync_all`], [`commit_all`]), so that
+/// one fsync's wait overlaps the others' instead of following it.
+#[must_use = "an unsynced file is neither durable nor in place"]
+#[derive(Debug)]
+pub struct Unsynced {
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Unsynced {
+    /// `file`, written at `tmp`, to be renamed to `path` once fsynced.
+    pub fn new(file: File, tmp: PathBuf, path: PathBuf) -> Self {
+        Unsynced { file, tmp, path }
+    }
+
+    /// The path it is renamed to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its length in bytes.
+    pub fn size(&self) -> Result<u64> {
+        self.file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::io("stat", &self.tmp, e))
+    }
+
+    /// Renames it into place; call after [`sync_all`] (the directory's fsync is the caller's).
+    pub fn rename(self) -> Result<()> {
+        drop(self.file);
+        rename(&self.tmp, &self.path)
+    }
+}
+
+/// Writes `bytes` aside for `path` without an fsync yet (see [`Unsynced`]).
+pub fn write_aside(path: &Path, bytes: &[u8]) -> Result<Unsynced> {
+    let tmp = temp_path(path);
+    let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    Ok(Unsynced::new(f, tmp, path.to_path_buf()))
+}
+
+/// fsyncs every file side by side (one thread each beyond the first); the first error wins.
+pub fn sync_all(files: &[&Unsynced]) -> Result<()> {
+    let Some((first, rest)) = files.split_first() else {
+        return Ok(());
+    };
+    std::thread::scope(|s| {
+        let others: Vec<_> = rest
+            .iter()
+            .map(|u| s.spawn(move || sync_file(&u.file, &u.tmp)))
+            .collect();
+        let mut result = sync_file(&first.file, &first.tmp);
+        for t in others {
+            let synced = t
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(synced);
+        }
+        result
+    })
+}
+
+/// fsyncs every file side by side, then renames each into place (the directory's fsync is the
+/// caller's).
+pub fn commit_all(files: Vec<Unsynced>) -> Result<()> {
+    sync_all(&files.iter().collect::<Vec<_>>())?;
+    files.into_iter().try_for_each(Unsynced::rename)
+}
+
 /// The bytes of the file at `path`, or `None` if there is none.
 pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
     match fs::read(path) {
@@ -161,5 +235,46 @@ pub fn remove_dir_all_if_exists(path: &Path) -> Result<()> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files committed side by side end up in place with their bytes, and their temporary
+    /// files are gone; nothing is in place before the commit.
+    #[test]
+    fn files_committed_side_by_side_are_in_place_and_only_then() {
+        let d = tempfile::tempdir().expect("tmp");
+        let files: Vec<Unsynced> = (0..4)
+            .map(|i| {
+                write_aside(&d.path().join(format!("f{i}")), format!("{i}").as_bytes())
+                    .expect("write aside")
+            })
+            .collect();
+        for i in 0..4 {
+            assert!(
+                !d.path().join(format!("f{i}")).exists(),
+                "f{i} before commit"
+            );
+        }
+        commit_all(files).expect("commit");
+        for i in 0..4 {
+            let p = d.path().join(format!("f{i}"));
+            assert_eq!(fs::read(&p).expect("read"), format!("{i}").as_bytes());
+            assert!(!temp_path(&p).exists(), "f{i}'s temporary file is gone");
+        }
+    }
+
+    /// A file whose temporary copy vanished fails the commit with an error naming it.
+    #[test]
+    fn a_commit_that_cannot_rename_names_the_file() {
+        let d = tempfile::tempdir().expect("tmp");
+        let a = write_aside(&d.path().join("a"), b"a").expect("a");
+        let b = write_aside(&d.path().join("b"), b"b").expect("b");
+        fs::remove_file(temp_path(&d.path().join("b"))).expect("remove");
+        let e = commit_all(vec![a, b]).expect_err("b cannot be renamed");
+        assert!(e.to_string().contains("b.tmp"), "{e}");
     }
 }

@@ -323,6 +323,9 @@ pub(crate) struct Outcome<R> {
     pub(crate) counts: BTreeMap<CollectionName, u64>,
     pub(crate) written: u64,
     pub(crate) deleted: u64,
+    /// Key state files written but not yet fsynced nor in place: committed before the state
+    /// that names them ([`crate::durable::commit_all`]), side by side with other work.
+    pub(crate) unsynced: Vec<crate::durable::Unsynced>,
 }
 
 /// A collection's key state as a manifest names it: its base index and the delta files over it
@@ -451,6 +454,7 @@ pub fn backup_folder(
     };
     let bytes_written = outcome.run.bytes_written();
     let unchanged = outcome.run.unchanged();
+    crate::durable::commit_all(outcome.unsynced)?;
     let swept = outcome.run.commit(&manifest)?;
     trim(backend, options, &outcome.checkpoint, events);
     Ok(BackupSummary {
@@ -772,6 +776,8 @@ fn incremental<T: Target>(
         },
     );
     let mut rewritten = Vec::with_capacity(rewrites.len());
+    // Written but not yet fsynced: the archive's finish overlaps their fsyncs.
+    let mut unsynced = Vec::with_capacity(rewrites.len());
     for (name, old, path, write) in &rewrites {
         let changes = index_changes.remove(name).unwrap_or_default();
         let job = (old.clone(), path.clone(), *write, changes);
@@ -791,8 +797,9 @@ fn incremental<T: Target>(
     );
     for ((name, ..), n) in rewrites.iter().zip(rewritten) {
         match n {
-            Ok(n) => {
+            Ok((n, file)) => {
                 counts.insert(name.clone(), n);
+                unsynced.push(file);
             }
             // The previous backup's key index is working state: damaged or missing, a full
             // backup replaces it.
@@ -836,6 +843,7 @@ fn incremental<T: Target>(
         counts,
         written,
         deleted,
+        unsynced,
     }))
 }
 
@@ -984,7 +992,9 @@ fn finish_index<R: RunWriter>(
         }
         Some((_, path, _)) => {
             let (final_name, final_path) = run.new_index(collection, "");
-            let n = keyindex::apply_changes(Some(&StateFiles::base(&path)), &final_path, changes)?;
+            let (n, file) =
+                keyindex::apply_changes(Some(&StateFiles::base(&path)), &final_path, changes)?;
+            crate::durable::commit_all(vec![file])?;
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             Ok(Some((final_name, n)))
         }
@@ -1103,6 +1113,7 @@ fn full<T: Target>(
         counts,
         written,
         deleted: 0,
+        unsynced: Vec::new(),
     })
 }
 
@@ -1236,6 +1247,7 @@ fn diff<T: Target>(
         counts,
         written,
         deleted,
+        unsynced: Vec::new(),
     }))
 }
 

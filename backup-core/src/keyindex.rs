@@ -29,6 +29,7 @@
 //! newest entry of a key wins, a deletion hides the key), and the next rewrite folds them into a
 //! new base.
 
+use crate::durable::Unsynced;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -320,7 +321,15 @@ impl IndexWriter {
     }
 
     /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
+        let (count, file) = self.finish_unsynced()?;
+        crate::durable::commit_all(vec![file])?;
+        Ok(count)
+    }
+
+    /// Closes the index and returns the number of keys and the file, whose fsync and rename
+    /// are the caller's (see [`durable::Unsynced`](crate::durable::Unsynced)).
+    pub fn finish_unsynced(mut self) -> Result<(u64, Unsynced)> {
         let count = self.count;
         if !self.delta {
             self.close_block()?;
@@ -348,9 +357,11 @@ impl IndexWriter {
             .file
             .write_all(&crc.to_le_bytes())
             .map_err(|e| Error::io("write", &self.tmp, e))?;
-        crate::durable::sync_file(&self.out.get_ref().file, &self.tmp)?;
-        crate::durable::rename(&self.tmp, &self.path)?;
-        Ok(count)
+        let out = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
+        Ok((count, Unsynced::new(out.file, self.tmp, self.path)))
     }
 
     /// Abandons the index (removes the partial file).
@@ -762,7 +773,8 @@ impl Layered {
 
 /// Writes `changes` (`None` = deleted) as a delta file at `path` over the key state `old`,
 /// which holds `held` keys (the count recorded with it), and returns how many keys the state
-/// holds with it; the deletion of a key it does not hold is left out.
+/// holds with it, and the file, whose fsync and rename are the caller's (see
+/// [`Unsynced`]); the deletion of a key it does not hold is left out.
 ///
 /// Over a version 3 base, only the blocks that hold changed keys are read (each checked
 /// against its CRC32, as is the block index), and the deltas are read through. Over an older
@@ -772,7 +784,7 @@ pub fn write_delta(
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
     held: u64,
-) -> Result<u64> {
+) -> Result<(u64, Unsynced)> {
     let Some(mut base) = BlockIndex::open(&old.base, changes.len())? else {
         return write_delta_through(old, path, changes);
     };
@@ -804,8 +816,8 @@ pub fn write_delta(
     while current.is_some() {
         current = deltas.advance_change()?;
     }
-    w.finish()?;
-    Ok(count)
+    let (_, file) = w.finish_unsynced()?;
+    Ok((count, file))
 }
 
 /// [`write_delta`] over a base written before version 3: the state is read through.
@@ -813,7 +825,7 @@ fn write_delta_through(
     old: &StateFiles,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
-) -> Result<u64> {
+) -> Result<(u64, Unsynced)> {
     let mut state = Layered::open(old)?;
     let mut w = IndexWriter::create_delta(path)?;
     let mut count = 0u64;
@@ -838,8 +850,8 @@ fn write_delta_through(
         count += 1;
         current = state.advance()?;
     }
-    w.finish()?;
-    Ok(count)
+    let (_, file) = w.finish_unsynced()?;
+    Ok((count, file))
 }
 
 /// A version 3 base index opened by its block index, for lookups: [`BlockIndex::contains`]
@@ -1053,13 +1065,15 @@ fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 /// Writes `path` anew as a base index: the old key state (if any) with `changes` applied
-/// (`None` = deleted); returns the number of keys it holds.
+/// (`None` = deleted); returns the number of keys it holds and the file, whose fsync and rename
+/// are the caller's (see [`Unsynced`]).
 pub fn apply_changes(
     old: Option<&StateFiles>,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
-) -> Result<u64> {
-    Ok(merge_state(old, path, changes)?.0)
+) -> Result<(u64, Unsynced)> {
+    let (written, _, file) = merge_state(old, path, changes)?;
+    Ok((written, file))
 }
 
 /// [`apply_changes`] over a key state recorded as holding `held` keys: a state that holds
@@ -1071,15 +1085,15 @@ pub fn fold_changes(
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
     held: u64,
-) -> Result<u64> {
-    let (written, read) = merge_state(Some(old), path, changes)?;
+) -> Result<(u64, Unsynced)> {
+    let (written, read, file) = merge_state(Some(old), path, changes)?;
     if read != held {
         return Err(Error::Damaged {
             path: old.base.clone(),
             cause: format!("the key state holds {read} keys, but {held} were recorded"),
         });
     }
-    Ok(written)
+    Ok((written, file))
 }
 
 /// [`merge_into`] of a key state (if any) and `changes`.
@@ -1087,7 +1101,7 @@ fn merge_state(
     old: Option<&StateFiles>,
     path: &Path,
     changes: &BTreeMap<Vec<u8>, Option<Entry>>,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Unsynced)> {
     let reader = old.map(Layered::open).transpose()?;
     merge_into(
         reader,
@@ -1097,13 +1111,13 @@ fn merge_state(
 }
 
 /// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
-/// each once, an entry replacing the old key's and `None` deleting it. Returns the keys written
-/// and the keys the old index held.
+/// each once, an entry replacing the old key's and `None` deleting it. Returns the keys written,
+/// the keys the old index held, and the file to commit.
 fn merge_into<'a>(
     mut reader: Option<Layered>,
     path: &Path,
     changes: impl Iterator<Item = (&'a [u8], Option<Entry>)>,
-) -> Result<(u64, u64)> {
+) -> Result<(u64, u64, Unsynced)> {
     let mut writer = IndexWriter::create(path)?;
     let mut pending = changes.peekable();
     // The reader's current key is `reader.key()` while `current` holds its entry.
@@ -1142,7 +1156,8 @@ fn merge_into<'a>(
             read += u64::from(current.is_some());
         }
     }
-    Ok((writer.finish()?, read))
+    let (written, file) = writer.finish_unsynced()?;
+    Ok((written, read, file))
 }
 
 /// Builds an index from keys in any order in bounded memory: keys that arrive in ascending
@@ -1257,7 +1272,10 @@ impl IndexBuilder {
                     .iter()
                     .map(|&(at, len, e)| (&arena[at..at + len], Some(e))),
             )
-            .map(|(written, _)| written)
+            .and_then(|(written, _, file)| {
+                crate::durable::commit_all(vec![file])?;
+                Ok(written)
+            })
         } else {
             merge_runs(&runs, &self.path)
         };
@@ -1313,6 +1331,13 @@ fn merge_runs(runs: &[PathBuf], path: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Commits a key state file written by the functions under test; its key count.
+    fn committed(written: Result<(u64, Unsynced)>) -> Result<u64> {
+        let (n, file) = written?;
+        crate::durable::commit_all(vec![file])?;
+        Ok(n)
+    }
 
     fn e(n: u32) -> Entry {
         Entry {
@@ -1383,7 +1408,7 @@ mod tests {
         .collect();
         let b = d.path().join("b.idx");
         assert_eq!(
-            apply_changes(Some(&StateFiles::base(&a)), &b, &changes).expect("apply"),
+            committed(apply_changes(Some(&StateFiles::base(&a)), &b, &changes)).expect("apply"),
             4
         );
         let got: Vec<(Vec<u8>, u32)> = read_all(&b)
@@ -1508,7 +1533,12 @@ mod tests {
         assert_eq!(read_all(&p), want);
         // Rewriting it (an incremental's merge) gives version 2 with the same content.
         let q = d.path().join("new.idx");
-        apply_changes(Some(&StateFiles::base(&p)), &q, &BTreeMap::new()).expect("merge");
+        committed(apply_changes(
+            Some(&StateFiles::base(&p)),
+            &q,
+            &BTreeMap::new(),
+        ))
+        .expect("merge");
         assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX03");
         assert_eq!(read_all(&q), want);
     }
@@ -1550,7 +1580,7 @@ mod tests {
                 delta.insert(k.clone(), c.map(e));
             }
             let b = d.path().join("b.idx");
-            let n = apply_changes(Some(&StateFiles::base(&a)), &b, &delta).expect("apply");
+            let n = committed(apply_changes(Some(&StateFiles::base(&a)), &b, &delta)).expect("apply");
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&b).into_iter().map(|(k, e)| (k, e.crc32)).collect();
             proptest::prop_assert_eq!(n as usize, want.len());
@@ -1602,7 +1632,7 @@ mod tests {
                     delta.insert(k.clone(), c.map(e));
                 }
                 let path = d.path().join(format!("d{i}.idx"));
-                let n = write_delta(&state, &path, &delta, held).expect("delta");
+                let n = committed(write_delta(&state, &path, &delta, held)).expect("delta");
                 state.deltas.push(path);
                 proptest::prop_assert_eq!(n as usize, want.len());
                 proptest::prop_assert_eq!(&read_layered(&state).expect("read"), &want);
@@ -1610,10 +1640,10 @@ mod tests {
             let folded = d.path().join("folded.idx");
             let held = want.len() as u64;
             // Folding checks the recorded count: one off is damage.
-            let wrong = fold_changes(&state, &folded, &BTreeMap::new(), held + 1);
+            let wrong = committed(fold_changes(&state, &folded, &BTreeMap::new(), held + 1));
             let refused = matches!(wrong, Err(Error::Damaged { .. }));
             proptest::prop_assert!(refused, "a fold over a wrong count went through");
-            let n = fold_changes(&state, &folded, &BTreeMap::new(), held).expect("fold");
+            let n = committed(fold_changes(&state, &folded, &BTreeMap::new(), held)).expect("fold");
             proptest::prop_assert_eq!(n as usize, want.len());
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&folded).into_iter().map(|(k, e)| (k, e.crc32)).collect();
@@ -1637,7 +1667,7 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(
-            write_delta(&state, &delta, &changes, 50).expect("delta"),
+            committed(write_delta(&state, &delta, &changes, 50)).expect("delta"),
             50
         );
         let layered = StateFiles {
@@ -1828,7 +1858,7 @@ mod tests {
         let delta = d.path().join("d.idx");
         let held = u64::from(n);
         assert_eq!(
-            write_delta(&state, &delta, &changes, held).expect("delta"),
+            committed(write_delta(&state, &delta, &changes, held)).expect("delta"),
             held
         );
         // Every flipped byte of the base is either refused by the delta, or it lies where the
@@ -1840,7 +1870,7 @@ mod tests {
             let mut bad = bytes.clone();
             bad[at] ^= 0x04;
             std::fs::write(&base, &bad).expect("write");
-            match write_delta(&state, &delta, &changes, held) {
+            match committed(write_delta(&state, &delta, &changes, held)) {
                 Err(Error::Damaged { .. }) => {}
                 Err(other) => panic!("byte {at}: {other}"),
                 Ok(count) => {

@@ -788,19 +788,27 @@ impl ArchiveOutput for LocalOutput {
             .file
             .into_inner()
             .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        durable::sync_file(&file, &tmp)?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", &tmp, e))?
-            .len();
-        drop(file);
         let name = self.slot.file_name(self.crc.finalize());
-        let path = self.dir.join(&name);
-        durable::rename(&tmp, &path)?;
-        durable::sync_dir(&self.dir)?;
-        if !self.slot.compacted() {
-            write_head(&self.dir, self.slot.sequence, &name)?;
+        let archive = durable::Unsynced::new(file, tmp, self.dir.join(&name));
+        let size = archive.size()?;
+        if self.slot.compacted() {
+            durable::commit_all(vec![archive])?;
+            durable::sync_dir(&self.dir)?;
+            return Ok((name, size));
         }
+        // The chain head's temporary file is fsynced side by side with the archive; it is
+        // renamed only once the archive's rename is durable. A run killed before that leaves
+        // the previous head, which an archive newer than it is fine with; only a head newer
+        // than every archive present is a loss.
+        let head = durable::write_aside(
+            &self.dir.join(HEAD_FILE),
+            &Head::encode(self.slot.sequence, &name),
+        )?;
+        durable::sync_all(&[&archive, &head])?;
+        archive.rename()?;
+        durable::sync_dir(&self.dir)?;
+        head.rename()?;
+        durable::sync_dir(&self.dir)?;
         Ok((name, size))
     }
 }
@@ -884,17 +892,6 @@ impl Head {
             ),
         ))
     }
-}
-
-/// Records `file` (archive `sequence`) as the chain's head (written aside, fsynced, renamed).
-/// A run killed before this leaves the previous head, which an archive newer than it is fine
-/// with; only a head newer than every archive present is a loss.
-pub(super) fn write_head(dir: &Path, sequence: u64, file: &str) -> Result<()> {
-    durable::write_atomic(
-        &dir.join(HEAD_FILE),
-        &Head::encode(sequence, file),
-        durable::Sync::Now,
-    )
 }
 
 /// Reads `dir`'s chain head, before its archives are listed (a backup renames its archive

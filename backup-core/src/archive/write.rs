@@ -250,8 +250,21 @@ pub fn backup_archive_to(
         dropped_parts: (!dropped.is_empty()).then_some(dropped),
         covers: None,
     };
-    // Read after the finish: parts still in the pipeline count too.
-    let (name, size, bytes_written) = run.finish(manifest.clone())?;
+    // The key state's new files are fsynced while the archive is finished (its own fsync and
+    // rename, the chain head): both must be durable before `state.json` names them.
+    let unsynced = outcome.unsynced;
+    let (finished, key_state) = std::thread::scope(|s| {
+        let key_state = (!unsynced.is_empty()).then(|| s.spawn(|| durable::commit_all(unsynced)));
+        // Read after the finish: parts still in the pipeline count too.
+        let finished = run.finish(manifest.clone());
+        let key_state = key_state.map_or(Ok(()), |t| {
+            t.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (finished, key_state)
+    });
+    let (name, size, bytes_written) = finished?;
+    key_state?;
     tracing::info!(
         archive = %name,
         kind = %kind,
