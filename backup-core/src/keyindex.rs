@@ -979,20 +979,88 @@ impl BlockIndex {
 
     /// Whether the index holds `key`.
     fn contains(&mut self, key: &[u8]) -> Result<bool> {
-        // The last block whose first key is not above `key`.
-        let Some(i) = last_not_above(&self.first_keys, &self.first_ends, key) else {
+        // The last block whose first key is not above `key`: searched forward from the block
+        // the cursor is in when `key` lies after it (keys asked in order, most often in the
+        // same block or the next few), else among all blocks.
+        let found = match self.loaded {
+            Some(at) if self.key.as_slice() <= key => Some(self.forward(at, key)),
+            _ => last_not_above(&self.first_keys, &self.first_ends, key),
+        };
+        let Some(i) = found else {
             return Ok(false);
         };
         // A key below the cursor (asked out of order) starts the block again.
         if self.loaded != Some(i) || key < self.key.as_slice() {
             self.load(i)?;
         }
-        while self.key.as_slice() < key {
+        // The keys are compared by their prefixes: while the cursor's key is below `key` and
+        // shares `common` bytes with it, an entry that shares more with the cursor's key is
+        // below `key` too, and one that shares less is above it; only an entry that shares
+        // exactly `common` bytes needs its bytes compared.
+        let mut common = common_prefix(&self.key, key);
+        loop {
+            if common == key.len() && common == self.key.len() {
+                return Ok(true);
+            }
+            if common < self.key.len() && (common == key.len() || self.key[common] > key[common]) {
+                return Ok(false); // the cursor's key is above `key`
+            }
+            let Some(shared) = self.next_shared() else {
+                return Ok(false); // the end of the block
+            };
+            if shared < common {
+                return Ok(false); // the next key is above `key`
+            }
             if !self.next_key()? {
                 return Ok(false);
             }
+            if shared == common {
+                common += common_prefix(&self.key[common..], &key[common..]);
+            }
         }
-        Ok(self.key == key)
+    }
+
+    /// The prefix the entry at the cursor shares with the cursor's key; `None` at the end of
+    /// the block (a cut entry is left to [`BlockIndex::next_key`] to report).
+    fn next_shared(&self) -> Option<usize> {
+        if self.at == self.block_end {
+            return None;
+        }
+        let mut at = self.at;
+        match varint_at(&self.window[..self.block_end], &mut at) {
+            Some(v) => Some(v.saturating_sub(1) as usize),
+            None => Some(usize::MAX),
+        }
+    }
+
+    /// The last block at or after `from` whose first key is not above `key` (block `from`'s is
+    /// not): steps of 1, 2, 4 … blocks find a block whose first key is above it, and a binary
+    /// search the block before that.
+    fn forward(&self, from: usize, key: &[u8]) -> usize {
+        let first = |i: usize| nth_key(&self.first_keys, &self.first_ends, i);
+        let n = self.first_ends.len();
+        // Block `lo`'s first key is not above `key`; from `hi` on, all are (or there are none).
+        let (mut lo, mut step) = (from, 1);
+        let mut hi = loop {
+            let probe = lo + step;
+            if probe >= n {
+                break n;
+            }
+            if first(probe) > key {
+                break probe;
+            }
+            lo = probe;
+            step *= 2;
+        };
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if first(mid) <= key {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Reads block `i` (from the window, or into a new one), checks its CRC32 and decodes its
@@ -1821,6 +1889,60 @@ mod tests {
             assert!(index.contains(b"key-00000003").expect("again"));
             assert!(index.contains(b"key-00089997").expect("last"));
             assert!(!index.contains(b"key-00089998").expect("past the last"));
+        }
+    }
+
+    /// Keys that are prefixes of one another (the empty key too) are found, and keys between
+    /// them are not, whether asked in order or not: the lookup compares keys by the prefix each
+    /// entry shares with the one before.
+    #[test]
+    fn lookups_tell_apart_keys_that_are_prefixes_of_one_another() {
+        // Every key of up to 5 bytes over a 4-letter alphabet; about half of them held.
+        let mut all = vec![Vec::new()];
+        let mut level = vec![Vec::new()];
+        for _ in 0..5 {
+            level = level
+                .iter()
+                .flat_map(|k: &Vec<u8>| {
+                    (b'a'..=b'd').map(move |c| {
+                        let mut k = k.clone();
+                        k.push(c);
+                        k
+                    })
+                })
+                .collect();
+            all.extend(level.iter().cloned());
+        }
+        all.sort();
+        let mut x = 7u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x >> 33
+        };
+        let held: std::collections::BTreeSet<Vec<u8>> =
+            all.iter().filter(|_| next() % 2 == 0).cloned().collect();
+        let d = tempfile::tempdir().expect("tmp");
+        let base = d.path().join("base.idx");
+        write_base(&base, held.iter().map(|k| (k.as_slice(), 1)));
+        let mut shuffled = all.clone();
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, next() as usize % (i + 1));
+        }
+        for (order, keys) in [("in order", &all), ("shuffled", &shuffled)] {
+            for lookups in [1, all.len()] {
+                let mut index = BlockIndex::open(&base, lookups).expect("open").expect("v3");
+                assert!(index.blocks.len() > 3, "{} blocks", index.blocks.len());
+                for k in keys.iter() {
+                    assert_eq!(
+                        index.contains(k).expect("lookup"),
+                        held.contains(k),
+                        "{order}, {lookups} lookups: {:?}",
+                        String::from_utf8_lossy(k)
+                    );
+                }
+            }
         }
     }
 
