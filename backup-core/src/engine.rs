@@ -705,8 +705,6 @@ fn incremental<T: Target>(
         seconds = started.elapsed().as_secs_f64(),
         "changes read"
     );
-    // The parts compress while the key states are written.
-    run.flush()?;
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
     // Key states to update: (collection, old state, new file, how it is written).
@@ -754,8 +752,10 @@ fn incremental<T: Target>(
         };
         indexes.insert(c.name.clone(), index);
     }
-    // The key states are written side by side, two per core: each ends in an fsync, and the
-    // waits of one overlap the work of another (the archive writer's pipeline).
+    // The key states are written side by side, two per core, while the archive's last parts
+    // compress: submitted first (up to four per core before a result is waited for), they do
+    // not wait for the flush below, which waits for the compressors. Their fsyncs come later,
+    // with the archive's (`Outcome::unsynced`).
     type Job = (
         Option<StateFiles>,
         std::path::PathBuf,
@@ -786,6 +786,7 @@ fn incremental<T: Target>(
             Ok(())
         })?;
     }
+    run.flush()?;
     pipeline.finish(&mut |n| {
         rewritten.push(n);
         Ok(())
