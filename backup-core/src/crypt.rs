@@ -504,12 +504,26 @@ impl Write for SealedOutput {
     }
 }
 
-impl ArchiveOutput for SealedOutput {
-    fn finish(mut self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
+impl SealedOutput {
+    /// Seals the last chunk; the chain's output to finish.
+    fn sealed(mut self, manifest: &ArchiveManifest) -> Result<Box<dyn ArchiveOutput>> {
         let w = self.writer.take().expect("finished once");
         let path = PathBuf::from(format!("archive {}", manifest.sequence));
-        let inner = w.finish().map_err(|e| Error::io("seal", path, e))?;
-        inner.finish(manifest)
+        w.finish().map_err(|e| Error::io("seal", path, e))
+    }
+}
+
+impl ArchiveOutput for SealedOutput {
+    fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
+        self.sealed(manifest)?.finish(manifest)
+    }
+
+    fn finish_with(
+        self: Box<Self>,
+        manifest: &ArchiveManifest,
+        companion: &mut dyn FnMut(&str) -> Result<Vec<crate::durable::Unsynced>>,
+    ) -> Result<(String, u64, Vec<crate::durable::Unsynced>)> {
+        self.sealed(manifest)?.finish_with(manifest, companion)
     }
 }
 

@@ -428,6 +428,20 @@ pub trait ArchiveOutput: Write {
     /// Makes the archive complete, durable and visible, last of all; returns its file name (which
     /// carries the CRC32 of the whole file) and size.
     fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)>;
+
+    /// [`ArchiveOutput::finish`], then `companion` writes files aside for the archive's name
+    /// (the key state that names it), which are returned fsynced, to be renamed into place by
+    /// the caller. A local output fsyncs them side by side with the archive itself.
+    fn finish_with(
+        self: Box<Self>,
+        manifest: &ArchiveManifest,
+        companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
+    ) -> Result<(String, u64, Vec<durable::Unsynced>)> {
+        let (name, size) = self.finish(manifest)?;
+        let files = companion(&name)?;
+        durable::sync_all(&files.iter().collect::<Vec<_>>())?;
+        Ok((name, size, files))
+    }
 }
 
 /// Which archive is being written: the sequence it ends at, the first it covers (the same,
@@ -782,7 +796,16 @@ impl Write for LocalOutput {
 }
 
 impl ArchiveOutput for LocalOutput {
-    fn finish(self: Box<Self>, _: &ArchiveManifest) -> Result<(String, u64)> {
+    fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
+        let (name, size, _) = self.finish_with(manifest, &mut |_| Ok(Vec::new()))?;
+        Ok((name, size))
+    }
+
+    fn finish_with(
+        self: Box<Self>,
+        _: &ArchiveManifest,
+        companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
+    ) -> Result<(String, u64, Vec<durable::Unsynced>)> {
         let tmp = self.tmp;
         let file = self
             .file
@@ -791,25 +814,30 @@ impl ArchiveOutput for LocalOutput {
         let name = self.slot.file_name(self.crc.finalize());
         let archive = durable::Unsynced::new(file, tmp, self.dir.join(&name));
         let size = archive.size()?;
-        if self.slot.compacted() {
-            durable::commit_all(vec![archive])?;
-            durable::sync_dir(&self.dir)?;
-            return Ok((name, size));
-        }
-        // The chain head's temporary file is fsynced side by side with the archive; it is
-        // renamed only once the archive's rename is durable. A run killed before that leaves
-        // the previous head, which an archive newer than it is fine with; only a head newer
-        // than every archive present is a loss.
-        let head = durable::write_aside(
-            &self.dir.join(HEAD_FILE),
-            &Head::encode(self.slot.sequence, &name),
-        )?;
-        durable::sync_all(&[&archive, &head])?;
+        let files = companion(&name)?;
+        // The chain head's temporary file (and the companion files) are fsynced side by side
+        // with the archive; the head is renamed only once the archive's rename is durable. A
+        // run killed before that leaves the previous head, which an archive newer than it is
+        // fine with; only a head newer than every archive present is a loss.
+        let head = (!self.slot.compacted())
+            .then(|| {
+                durable::write_aside(
+                    &self.dir.join(HEAD_FILE),
+                    &Head::encode(self.slot.sequence, &name),
+                )
+            })
+            .transpose()?;
+        let mut all: Vec<&durable::Unsynced> = vec![&archive];
+        all.extend(head.iter());
+        all.extend(files.iter());
+        durable::sync_all(&all)?;
         archive.rename()?;
         durable::sync_dir(&self.dir)?;
-        head.rename()?;
-        durable::sync_dir(&self.dir)?;
-        Ok((name, size))
+        if let Some(head) = head {
+            head.rename()?;
+            durable::sync_dir(&self.dir)?;
+        }
+        Ok((name, size, files))
     }
 }
 

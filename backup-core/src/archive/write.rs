@@ -93,7 +93,8 @@ fn read_state(dir: &Path) -> Result<Option<ArchiveState>> {
     Ok(Some(state))
 }
 
-fn write_state(dir: &Path, state: &ArchiveState) -> Result<()> {
+/// Writes `state.json` aside (see [`durable::Unsynced`]): its fsync and rename are the caller's.
+fn write_state_aside(dir: &Path, state: &ArchiveState) -> Result<durable::Unsynced> {
     let path = dir.join(STATE_FILE);
     let body = serde_json::to_value(state).map_err(|e| Error::Manifest {
         path: path.clone(),
@@ -106,7 +107,7 @@ fn write_state(dir: &Path, state: &ArchiveState) -> Result<()> {
             cause: e.to_string(),
         }
     })?;
-    durable::write_atomic(&path, &bytes, durable::Sync::Now)
+    durable::write_aside(&path, &bytes)
 }
 
 /// Removes every file of the state directory that `keep` does not name (indexes of older or
@@ -251,19 +252,49 @@ pub fn backup_archive_to(
         covers: None,
     };
     // The key state's new files are fsynced while the archive is finished (its own fsync and
-    // rename, the chain head): both must be durable before `state.json` names them.
+    // rename, the chain head): both must be durable before `state.json` names them. The new
+    // `state.json` is written aside once the archive has its name, and fsynced with it.
     let unsynced = outcome.unsynced;
+    let state_of = |archive: &str| {
+        let now = now_rfc3339();
+        ArchiveState {
+            archive: archive.to_string(),
+            sequence,
+            backup: FolderManifest {
+                format: STATE_FORMAT.into(),
+                format_version: 1,
+                store_kind: backend.kind(),
+                source: backend.describe(),
+                checkpoint: outcome.checkpoint.clone(),
+                created_at: now.clone(),
+                updated_at: now,
+                last_run: kind,
+                collections: outcome
+                    .collections
+                    .iter()
+                    .map(|c| engine::manifest_collection(c, &outcome.indexes, &outcome.counts))
+                    .collect(),
+                store_schema: store_schema.clone(),
+            },
+        }
+    };
+    let mut state = None;
     let (finished, key_state) = std::thread::scope(|s| {
         let key_state = (!unsynced.is_empty()).then(|| s.spawn(|| durable::commit_all(unsynced)));
         // Read after the finish: parts still in the pipeline count too.
-        let finished = run.finish(manifest.clone());
+        let finished = run.finish(manifest.clone(), &mut |archive| {
+            let st = state_of(archive);
+            let file = write_state_aside(state_dir, &st)?;
+            state = Some(st);
+            Ok(vec![file])
+        });
         let key_state = key_state.map_or(Ok(()), |t| {
             t.join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         });
         (finished, key_state)
     });
-    let (name, size, bytes_written) = finished?;
+    let (name, size, bytes_written, state_file) = finished?;
     key_state?;
     tracing::info!(
         archive = %name,
@@ -274,28 +305,15 @@ pub fn backup_archive_to(
         "archive written"
     );
     durable::crash_point("archive state", state_dir);
-    let now = now_rfc3339();
-    let state = ArchiveState {
-        archive: name.clone(),
-        sequence,
-        backup: FolderManifest {
-            format: STATE_FORMAT.into(),
-            format_version: 1,
-            store_kind: backend.kind(),
-            source: backend.describe(),
-            checkpoint: outcome.checkpoint.clone(),
-            created_at: now.clone(),
-            updated_at: now,
-            last_run: kind,
-            collections: outcome
-                .collections
-                .iter()
-                .map(|c| engine::manifest_collection(c, &outcome.indexes, &outcome.counts))
-                .collect(),
-            store_schema,
-        },
-    };
-    write_state(state_dir, &state)?;
+    let state = state.ok_or_else(|| Error::Io {
+        op: "write",
+        path: state_dir.join(STATE_FILE),
+        source: std::io::Error::other("the archive was finished without its key state"),
+    })?;
+    state_file
+        .into_iter()
+        .try_for_each(durable::Unsynced::rename)?;
+    durable::sync_dir(state_dir)?;
     tracing::debug!(
         seconds = started.elapsed().as_secs_f64(),
         "key state committed"
@@ -523,7 +541,7 @@ pub(super) fn write_compacted(
             last_archive: super::graph::end_name(&inputs[inputs.len() - 1]),
         }),
     };
-    let (name, size, bytes) = run.finish(manifest.clone())?;
+    let (name, size, bytes, _) = run.finish(manifest.clone(), &mut |_| Ok(Vec::new()))?;
     let manifest = ArchiveManifest { bytes, ..manifest };
     let item = ChainItem {
         path: chain.location_of(&name),
@@ -675,8 +693,14 @@ impl ArchiveRun {
     }
 
     /// Appends the last parts and the manifest, and completes the archive; returns its name,
-    /// its size and the payload bytes of its entries (before compression).
-    fn finish(mut self, mut manifest: ArchiveManifest) -> Result<(String, u64, u64)> {
+    /// its size, the payload bytes of its entries (before compression), and the files that
+    /// `companion` wrote aside for the archive's name, fsynced (see
+    /// [`ArchiveOutput::finish_with`](super::chain::ArchiveOutput::finish_with)).
+    fn finish(
+        mut self,
+        mut manifest: ArchiveManifest,
+        companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
+    ) -> Result<(String, u64, u64, Vec<durable::Unsynced>)> {
         self.flush_all()?;
         let ArchiveRun {
             pipeline,
@@ -686,6 +710,7 @@ impl ArchiveRun {
             ..
         } = &mut self;
         pipeline.finish(&mut |r| append(zip, what, bytes, r))?;
+        tracing::debug!(bytes = *bytes, "parts compressed");
         manifest.bytes = *bytes;
         let text = manifest_text(&manifest)?;
         let mut zip = zip.take().ok_or_else(|| Error::Io {
@@ -696,8 +721,8 @@ impl ArchiveRun {
         zip.add(MANIFEST_ENTRY, &text)
             .map_err(|e| Error::io("write", &*what, e))?;
         let out = zip.finish().map_err(|e| Error::io("write", &*what, e))?;
-        let (name, size) = out.finish(&manifest)?;
-        Ok((name, size, manifest.bytes))
+        let (name, size, files) = out.finish_with(&manifest, companion)?;
+        Ok((name, size, manifest.bytes, files))
     }
 }
 
