@@ -296,7 +296,8 @@ fn read_log(
         );
         let mut stmt = conn.prepare(&sql).map_err(err)?;
         let mut rows = stmt.query(range).map_err(err)?;
-        let mut logged = Vec::new();
+        // Sized once (at most 2^16 rows): grown by doubling, it was copied and faulted in anew.
+        let mut logged = Vec::with_capacity((log.to - log.from) as usize);
         while let Some(r) = rows.next().map_err(err)? {
             logged.extend(emit.logged(r).map_err(err)?);
         }
@@ -467,7 +468,12 @@ impl StorageBackend for SqliteBackend {
         let err = |e: rusqlite::Error| Error::store(&store, format!("opening a read view: {e}"));
         let conn = open_reader(&self.path, self.readonly_shm).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        conn.execute_batch("BEGIN").map_err(err)?;
+        // A view reads each page about once (a scan, or an incremental's row lookups spread
+        // over the tables): 512 KiB of page cache holds the b-trees' interior pages, and
+        // SQLite's default 2 MiB only cost its pages' first-touch faults (400 fewer of about
+        // 3,800 in a 1% incremental of 1M rows; a full backup is as fast).
+        conn.execute_batch("PRAGMA cache_size = -512; BEGIN")
+            .map_err(err)?;
         // The first read fixes the transaction's snapshot: everything below is as of it.
         let (checkpoint, floor) = checkpoint_of(&conn).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
