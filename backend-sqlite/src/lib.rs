@@ -307,7 +307,7 @@ fn read_log(
         let mut seen = std::collections::HashSet::with_capacity(logged.len());
         let mut last = vec![false; logged.len()];
         for (i, (_, ti, key_fields)) in logged.iter().enumerate().rev() {
-            last[i] = seen.insert((*ti, encode_key(key_fields)));
+            last[i] = seen.insert(SeenKey::of(*ti, key_fields));
         }
         drop(seen);
         for ((position, ti, key_fields), last) in logged.into_iter().zip(last) {
@@ -333,6 +333,41 @@ fn read_log(
     emit.finish()
 }
 
+/// A logged key's fields: most keys have one, kept without an allocation of its own.
+enum KeyFields {
+    One([Field; 1]),
+    Many(Vec<Field>),
+}
+
+impl std::ops::Deref for KeyFields {
+    type Target = [Field];
+    fn deref(&self) -> &[Field] {
+        match self {
+            KeyFields::One(f) => f,
+            KeyFields::Many(v) => v,
+        }
+    }
+}
+
+/// A logged key as the in-memory reduction tells keys apart: by table and by the bytes the
+/// backup stores the key as ([`encode_key`]), where a lone integer stands for its decimal digits
+/// without formatting them (no other key encodes to a canonical integer's digits: a text that
+/// reads as one is stored as a JSON array).
+#[derive(PartialEq, Eq, Hash)]
+enum SeenKey {
+    Integer(usize, i64),
+    Encoded(usize, Vec<u8>),
+}
+
+impl SeenKey {
+    fn of(table: usize, key_fields: &[Field]) -> Self {
+        match key_fields {
+            [Field::Integer(i)] => SeenKey::Integer(table, *i),
+            _ => SeenKey::Encoded(table, encode_key(key_fields).0),
+        }
+    }
+}
+
 /// Log ranges up to this many sequence numbers are reduced to each key's last change in
 /// memory (about 100 bytes a row); longer ones by SQLite's GROUP BY.
 const DEDUPLICATE_IN_MEMORY: u64 = 1 << 16;
@@ -354,7 +389,7 @@ struct ChangeEmitter<'c, 'v> {
 impl<'c> ChangeEmitter<'c, '_> {
     /// A log row (`seq`, `tbl`, then the key columns) as its position, its table and its key;
     /// `None` for a table dropped since (the engine drops the collection).
-    fn logged(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(i64, usize, Vec<Field>)>> {
+    fn logged(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<(i64, usize, KeyFields)>> {
         let tbl = r.get_ref(1)?;
         let Some(ti) = self
             .tables
@@ -363,9 +398,14 @@ impl<'c> ChangeEmitter<'c, '_> {
         else {
             return Ok(None);
         };
-        let key_fields = (0..self.tables[ti].key_len())
-            .map(|i| r.get_ref(2 + i).map(field))
-            .collect::<rusqlite::Result<_>>()?;
+        let key_fields = match self.tables[ti].key_len() {
+            1 => KeyFields::One([field(r.get_ref(2)?)]),
+            n => KeyFields::Many(
+                (0..n)
+                    .map(|i| r.get_ref(2 + i).map(field))
+                    .collect::<rusqlite::Result<_>>()?,
+            ),
+        };
         Ok(Some((r.get(0)?, ti, key_fields)))
     }
 
@@ -375,7 +415,7 @@ impl<'c> ChangeEmitter<'c, '_> {
         &mut self,
         position: i64,
         ti: usize,
-        key_fields: Vec<Field>,
+        key_fields: KeyFields,
     ) -> rusqlite::Result<Result<()>> {
         let table = &self.tables[ti];
         let (get, positions, collection) = match &mut self.lookups[ti] {

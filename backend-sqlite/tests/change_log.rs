@@ -197,3 +197,45 @@ fn a_visitor_that_fails_stops_the_reading_with_its_own_error() {
     .unwrap();
     assert_eq!(all, 20_000);
 }
+
+/// A column without a type keeps an integer and a text that reads as the same number as two
+/// keys, and the reduction to each key's last change keeps them apart (the integer's is taken
+/// by value, the text's by the bytes the backup stores it as).
+#[test]
+fn an_integer_key_and_a_text_key_with_its_digits_stay_two_keys() {
+    let (_d, conn, backend, start) = tracked("CREATE TABLE d(k PRIMARY KEY, v)");
+    conn.execute_batch(
+        "INSERT INTO d VALUES (42, 'int'), ('42', 'text'), ('042', 'padded');
+         UPDATE d SET v = v || '!';
+         UPDATE d SET v = v || '?' WHERE k = 42;
+         DELETE FROM d WHERE k = '042';",
+    )
+    .unwrap();
+    let mut view = backend.view().unwrap();
+    let mut got: Vec<Change> = Vec::new();
+    view.changes_since(&start, 1000, &mut |batch| {
+        got.extend(batch);
+        Ok(())
+    })
+    .unwrap();
+    let keys: Vec<(Vec<backup_core::Field>, bool)> = got
+        .iter()
+        .map(|c| {
+            (
+                backend_sqlite::table::decode_key(&c.key).unwrap(),
+                matches!(c.op, ChangeOp::Put(_)),
+            )
+        })
+        .collect();
+    use backup_core::Field::{Integer, Text};
+    // In the order of each key's last log row: the text '42' (first update), the integer
+    // (second update), then the deletion.
+    assert_eq!(
+        keys,
+        vec![
+            (vec![Text(b"42".to_vec())], true),
+            (vec![Integer(42)], true),
+            (vec![Text(b"042".to_vec())], false),
+        ]
+    );
+}
