@@ -623,10 +623,14 @@ fn read_row(table: &Table, keys: &[usize], r: &rusqlite::Row<'_>) -> rusqlite::R
     } else {
         None
     };
-    let key_fields: Vec<Field> = keys
-        .iter()
-        .map(|&i| r.get_ref(i).map(field))
-        .collect::<rusqlite::Result<_>>()?;
+    let key_fields = match keys {
+        [i] => KeyFields::One([field(r.get_ref(*i)?)]),
+        _ => KeyFields::Many(
+            keys.iter()
+                .map(|&i| r.get_ref(i).map(field))
+                .collect::<rusqlite::Result<_>>()?,
+        ),
+    };
     Ok(Record {
         key: encode_key(&key_fields),
         value: Value::Row(Row { columns, rowid }),

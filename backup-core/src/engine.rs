@@ -905,8 +905,7 @@ fn apply_changes<R: RunWriter>(
                     };
                     let entry = entry_of(&record);
                     if let Some(ix) = index.as_deref_mut() {
-                        ix.entry(change.collection.clone())
-                            .or_default()
+                        changes_of(ix, &change.collection)
                             .insert(record.key.0.clone(), Some(entry));
                     }
                     if let Some(ev) = run.put(&change.collection, record, entry)? {
@@ -922,15 +921,24 @@ fn apply_changes<R: RunWriter>(
                         *deleted += 1;
                     }
                     if let Some(ix) = index.as_deref_mut() {
-                        ix.entry(change.collection.clone())
-                            .or_default()
-                            .insert(change.key.0.clone(), None);
+                        changes_of(ix, &change.collection).insert(change.key.0, None);
                     }
                 }
             }
         }
         Ok(())
     })
+}
+
+/// `collection`'s changes in `index` (its name is cloned only for its first change).
+fn changes_of<'a>(
+    index: &'a mut IndexChanges,
+    collection: &CollectionName,
+) -> &'a mut BTreeMap<Vec<u8>, Option<Entry>> {
+    if !index.contains_key(collection) {
+        index.insert(collection.clone(), BTreeMap::new());
+    }
+    index.get_mut(collection).expect("inserted")
 }
 
 /// For stores without snapshots: after the scans, replays the changes written meanwhile so the
