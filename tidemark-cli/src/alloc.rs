@@ -69,7 +69,8 @@ pub fn exiting() {
 
 /// No transparent huge pages for this process: mimalloc stops asking for them, and the kernel
 /// stops giving them (`prctl(PR_SET_THP_DISABLE)`, which mimalloc itself makes only when
-/// `MIMALLOC_ALLOW_THP=0` is set at start; by `main` its first arena was already asked for).
+/// `MIMALLOC_ALLOW_THP=0` is set at start). The first arena, reserved before `main`, is never
+/// advised to use them either: mimalloc is built with its `no_thp` feature (Cargo.toml).
 /// A run touches a few bytes of many 2 MiB regions (a thread's heap, a part's buffers), and
 /// the kernel zeroed each whole: with them, the archive steps peaked 7–13 MiB higher (SQLite,
 /// 1M × 100 B) and an incremental 16–26 MiB higher, for no measurable speed
