@@ -76,16 +76,11 @@ pub fn sync_file(f: &File, path: &Path) -> Result<()> {
 
 /// Writes `bytes` to `path` atomically: readers see the old file or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8], sync: Sync) -> Result<()> {
-    let tmp = temp_path(path);
-    {
-        let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes)
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        if sync == Sync::Now {
-            sync_file(&f, &tmp)?;
-        }
+    let file = write_aside(path, bytes)?;
+    if sync == Sync::Now {
+        sync_file(&file.file, &file.tmp)?;
     }
-    rename(&tmp, path)?;
+    file.rename()?;
     if sync == Sync::Now {
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
