@@ -695,7 +695,7 @@ impl ArchiveRun {
     /// Appends the last parts and the manifest, and completes the archive; returns its name,
     /// its size, the payload bytes of its entries (before compression), and the files that
     /// `companion` wrote aside for the archive's name, fsynced (see
-    /// [`ArchiveOutput::finish_with`](super::chain::ArchiveOutput::finish_with)).
+    /// [`ArchiveOutput::finish_with`]).
     fn finish(
         mut self,
         mut manifest: ArchiveManifest,
