@@ -109,7 +109,7 @@ fn entry_at(buf: &[u8], at: &mut usize, last: &mut Vec<u8>) -> Option<(u32, u64)
     Some((crc32, vlen))
 }
 
-/// Passes bytes through to a file, with the CRC32 of the first `limit` of them/// Passes bytes through to a file, with the CRC32 of the first `limit` of them: the index's
+/// Passes bytes through to a file, with the CRC32 of the first `limit` of them: the index's
 /// checksum is computed over the large blocks the buffers move, not field by field (per-field
 /// updates of a few bytes were a tenth of an incremental's time).
 struct Crc {
@@ -1037,30 +1037,21 @@ impl BlockIndex {
     /// not): steps of 1, 2, 4 … blocks find a block whose first key is above it, and a binary
     /// search the block before that.
     fn forward(&self, from: usize, key: &[u8]) -> usize {
-        let first = |i: usize| nth_key(&self.first_keys, &self.first_ends, i);
-        let n = self.first_ends.len();
+        let (keys, ends) = (&self.first_keys, &self.first_ends);
         // Block `lo`'s first key is not above `key`; from `hi` on, all are (or there are none).
         let (mut lo, mut step) = (from, 1);
-        let mut hi = loop {
+        let hi = loop {
             let probe = lo + step;
-            if probe >= n {
-                break n;
+            if probe >= ends.len() {
+                break ends.len();
             }
-            if first(probe) > key {
+            if nth_key(keys, ends, probe) > key {
                 break probe;
             }
             lo = probe;
             step *= 2;
         };
-        while hi - lo > 1 {
-            let mid = lo + (hi - lo) / 2;
-            if first(mid) <= key {
-                lo = mid;
-            } else {
-                hi = mid;
-            }
-        }
-        lo
+        first_above(keys, ends, key, lo + 1, hi) - 1
     }
 
     /// Reads block `i` (from the window, or into a new one), checks its CRC32 and decodes its
@@ -1115,16 +1106,21 @@ fn nth_key<'a>(keys: &'a [u8], ends: &[usize], n: usize) -> &'a [u8] {
 
 /// The last of the ascending keys stored as for [`nth_key`] that is not above `key`, if any.
 fn last_not_above(keys: &[u8], ends: &[usize], key: &[u8]) -> Option<usize> {
-    let (mut lo, mut hi) = (0, ends.len());
+    first_above(keys, ends, key, 0, ends.len()).checked_sub(1)
+}
+
+/// The first of the keys `lo..hi` (stored as for [`nth_key`], ascending) that is above `key`,
+/// or `hi`: a binary search.
+fn first_above(keys: &[u8], ends: &[usize], key: &[u8], mut lo: usize, mut hi: usize) -> usize {
     while lo < hi {
-        let mid = (lo + hi) / 2;
+        let mid = lo + (hi - lo) / 2;
         if nth_key(keys, ends, mid) <= key {
             lo = mid + 1;
         } else {
             hi = mid;
         }
     }
-    lo.checked_sub(1)
+    lo
 }
 
 /// Reads exactly `buf.len()` bytes of `file` from `offset` (one `pread`, no seek).
