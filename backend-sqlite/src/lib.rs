@@ -339,6 +339,23 @@ enum KeyFields {
     Many(Vec<Field>),
 }
 
+impl KeyFields {
+    /// The `n` key values of result row `r`, value `i` in its column `column(i)`.
+    fn read(
+        r: &rusqlite::Row<'_>,
+        n: usize,
+        column: impl Fn(usize) -> usize,
+    ) -> rusqlite::Result<Self> {
+        if n == 1 {
+            return Ok(KeyFields::One([field(r.get_ref(column(0))?)]));
+        }
+        (0..n)
+            .map(|i| r.get_ref(column(i)).map(field))
+            .collect::<rusqlite::Result<_>>()
+            .map(KeyFields::Many)
+    }
+}
+
 impl std::ops::Deref for KeyFields {
     type Target = [Field];
     fn deref(&self) -> &[Field] {
@@ -398,14 +415,7 @@ impl<'c> ChangeEmitter<'c, '_> {
         else {
             return Ok(None);
         };
-        let key_fields = match self.tables[ti].key_len() {
-            1 => KeyFields::One([field(r.get_ref(2)?)]),
-            n => KeyFields::Many(
-                (0..n)
-                    .map(|i| r.get_ref(2 + i).map(field))
-                    .collect::<rusqlite::Result<_>>()?,
-            ),
-        };
+        let key_fields = KeyFields::read(r, self.tables[ti].key_len(), |i| 2 + i)?;
         Ok(Some((r.get(0)?, ti, key_fields)))
     }
 
@@ -623,14 +633,7 @@ fn read_row(table: &Table, keys: &[usize], r: &rusqlite::Row<'_>) -> rusqlite::R
     } else {
         None
     };
-    let key_fields = match keys {
-        [i] => KeyFields::One([field(r.get_ref(*i)?)]),
-        _ => KeyFields::Many(
-            keys.iter()
-                .map(|&i| r.get_ref(i).map(field))
-                .collect::<rusqlite::Result<_>>()?,
-        ),
-    };
+    let key_fields = KeyFields::read(r, keys.len(), |i| keys[i])?;
     Ok(Record {
         key: encode_key(&key_fields),
         value: Value::Row(Row { columns, rowid }),

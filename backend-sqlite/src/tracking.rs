@@ -321,6 +321,22 @@ fn trigger_sql(table: &Table) -> String {
 mod tests {
     use super::*;
 
+    /// A new database at `path` in journal mode `mode`, its table `t` tracked and ten rows
+    /// inserted (ten log rows).
+    fn ten_logged_rows(path: &std::path::Path, mode: &str) -> Connection {
+        let mut conn = Connection::open(path).expect("open");
+        conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |_| Ok(()))
+            .expect("journal mode");
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+            .expect("create");
+        install(&mut conn, "t").expect("track");
+        for i in 0..10 {
+            conn.execute("INSERT INTO t(id, v) VALUES (?1, 'x')", [i])
+                .expect("insert");
+        }
+        conn
+    }
+
     fn rows(conn: &Connection) -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {CHANGES}"), [], |r| r.get(0))
             .expect("count")
@@ -330,18 +346,9 @@ mod tests {
     fn a_trim_deletes_up_to_its_position_raises_the_floor_and_keeps_the_sync_setting() {
         for mode in ["wal", "delete"] {
             let d = tempfile::tempdir().expect("tmp");
-            let mut conn = Connection::open(d.path().join("t.db")).expect("open");
-            conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |_| Ok(()))
-                .expect("journal mode");
-            conn.execute_batch(
-                "PRAGMA synchronous = EXTRA; CREATE TABLE t(id INTEGER PRIMARY KEY, v)",
-            )
-            .expect("create");
-            install(&mut conn, "t").expect("track");
-            for i in 0..10 {
-                conn.execute("INSERT INTO t(id, v) VALUES (?1, 'x')", [i])
-                    .expect("insert");
-            }
+            let mut conn = ten_logged_rows(&d.path().join("t.db"), mode);
+            conn.execute_batch("PRAGMA synchronous = EXTRA")
+                .expect("synchronous");
             assert_eq!(rows(&conn), 10);
             trim(&mut conn, "t", 6).expect("trim");
             assert_eq!(rows(&conn), 4, "{mode}");
@@ -362,16 +369,7 @@ mod tests {
         let d = tempfile::tempdir().expect("tmp");
         let db = d.path().join("t.db");
         let wal = d.path().join("t.db-wal");
-        let mut conn = Connection::open(&db).expect("open");
-        conn.query_row("PRAGMA journal_mode = wal", [], |_| Ok(()))
-            .expect("journal mode");
-        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
-            .expect("create");
-        install(&mut conn, "t").expect("track");
-        for i in 0..10 {
-            conn.execute("INSERT INTO t(id, v) VALUES (?1, 'x')", [i])
-                .expect("insert");
-        }
+        let mut conn = ten_logged_rows(&db, "wal");
         trim(&mut conn, "t", 6).expect("trim");
         drop(conn);
         assert!(

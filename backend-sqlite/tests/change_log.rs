@@ -67,8 +67,9 @@ fn expected(conn: &Connection, from: u64) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-/// What the backend reads: per change, (collection, its key's fields as text, put).
-fn read(backend: &SqliteBackend, from: &Checkpoint) -> Vec<(String, String, bool)> {
+/// The changes the backend reads after `from`, in batches of at most 1,000, in rising
+/// positions (the order of each key's last log row).
+fn changes(backend: &SqliteBackend, from: &Checkpoint) -> Vec<Change> {
     let mut view = backend.view().unwrap();
     let mut got: Vec<Change> = Vec::new();
     view.changes_since(from, 1000, &mut |batch| {
@@ -77,9 +78,14 @@ fn read(backend: &SqliteBackend, from: &Checkpoint) -> Vec<(String, String, bool
         Ok(())
     })
     .unwrap();
-    // Positions rise: the changes come in the order of each key's last log row.
     assert!(got.windows(2).all(|w| w[0].position < w[1].position));
-    got.into_iter()
+    got
+}
+
+/// What the backend reads: per change, (collection, its key's fields as text, put).
+fn read(backend: &SqliteBackend, from: &Checkpoint) -> Vec<(String, String, bool)> {
+    changes(backend, from)
+        .into_iter()
         .map(|c| {
             let fields = backend_sqlite::table::decode_key(&c.key).unwrap();
             let key = fields
@@ -211,14 +217,7 @@ fn an_integer_key_and_a_text_key_with_its_digits_stay_two_keys() {
          DELETE FROM d WHERE k = '042';",
     )
     .unwrap();
-    let mut view = backend.view().unwrap();
-    let mut got: Vec<Change> = Vec::new();
-    view.changes_since(&start, 1000, &mut |batch| {
-        got.extend(batch);
-        Ok(())
-    })
-    .unwrap();
-    let keys: Vec<(Vec<backup_core::Field>, bool)> = got
+    let keys: Vec<(Vec<backup_core::Field>, bool)> = changes(&backend, &start)
         .iter()
         .map(|c| {
             (
