@@ -21,6 +21,7 @@ mod chain;
 pub(crate) use chain::read_whole;
 mod compact;
 mod graph;
+mod line;
 mod restore;
 mod v1;
 mod v2;

@@ -134,7 +134,9 @@ struct LineJson<'a> {
     key: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     key_base64: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
+    // Not through `Option`'s own reading, which takes `"value":null` for no value: the
+    // encoder writes the four bytes `null` as that (a JSON document store's null value).
+    #[serde(default, borrow, deserialize_with = "present_raw")]
     value: Option<&'a RawValue>,
     #[serde(default, borrow)]
     value_utf8: Option<Cow<'a, str>>,
@@ -148,6 +150,13 @@ struct LineJson<'a> {
     crc32: Option<u32>,
     #[serde(default)]
     deleted: Option<bool>,
+}
+
+/// A raw JSON value that is present, `null` included.
+fn present_raw<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A row's columns as a line holds them, in order, each value already a [`Field`] (or why it
@@ -274,6 +283,26 @@ impl Decoded {
 
 /// Decodes one line (without its newline), checking the record CRC32. Errors name the cause.
 pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
+    let (key, put) = match super::line::read(line) {
+        Some(read) => read,
+        None => read_line(line)?,
+    };
+    let Some((value, want)) = put else {
+        return Ok(Decoded::Delete(key));
+    };
+    let record = Record { key, value };
+    let crc = record_crc32(&record);
+    if crc != want {
+        return Err(format!(
+            "record CRC32 {crc:08x} does not match the stored {want:08x}"
+        ));
+    }
+    Ok(Decoded::Put(record))
+}
+
+/// Reads any line serde accepts as [`LineJson`] (the fields in any order, any whitespace, every
+/// escape and value kind), checking everything but the record CRC32.
+pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, String> {
     let j: LineJson<'_> =
         serde_json::from_slice(line).map_err(|e| format!("not a tidemark record line: {e}"))?;
     let key = match (j.key, j.key_base64) {
@@ -297,7 +326,7 @@ pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
         if values != 0 || j.crc32.is_some() || j.rowid.is_some() {
             return Err("a deletion holds only its key".into());
         }
-        return Ok(Decoded::Delete(key));
+        return Ok((key, None));
     }
     if j.deleted.is_some() || values != 1 {
         return Err(
@@ -328,15 +357,8 @@ pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
     if j.rowid.is_some() && !matches!(value, Value::Row(_)) {
         return Err("`rowid` belongs to rows only".into());
     }
-    let record = Record { key, value };
     let want = j.crc32.ok_or("`crc32` is missing")?;
-    let crc = record_crc32(&record);
-    if crc != want {
-        return Err(format!(
-            "record CRC32 {crc:08x} does not match the stored {want:08x}"
-        ));
-    }
-    Ok(Decoded::Put(record))
+    Ok((key, Some((value, want))))
 }
 
 /// Decodes a whole data entry; errors name the entry and line.
@@ -1017,6 +1039,7 @@ mod tests {
     fn every_kind_of_record_round_trips() {
         let values = [
             Value::Bytes(br#"{"a":1}"#.to_vec()),
+            Value::Bytes(b"null".to_vec()),
             Value::Bytes(b" {\"a\":1}".to_vec()),
             Value::Bytes(b"{\"a\":\n1}".to_vec()),
             Value::Bytes(b"plain text".to_vec()),
