@@ -747,7 +747,10 @@ fn read_parts(
         .map(|(i, entry)| (spans[i].clone(), entry))
         .collect();
     drop(spans);
-    let mut pipeline = Pipeline::new(threads, PartDecoder::default, decode_job);
+    // One part more than there are workers: the store's inserts are the slower side, and a
+    // decoded part of ~4 MiB of lines holds about twice that in records.
+    let mut pipeline =
+        Pipeline::new(threads, PartDecoder::default, decode_job).in_flight(threads + 1);
     let mut next = 0usize;
     let mut deliver = |r: Result<Vec<Decoded>>| -> Result<()> {
         let lines = match (r, skipped) {
