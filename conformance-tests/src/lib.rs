@@ -762,6 +762,8 @@ pub fn archive_chain_restores_at_every_checkpoint<H: Harness>(h: &H) {
                 put("users", &[0, 0xff, b'\n'], b"\x00binary\n"),
                 put("users", b"", b"  not exact json "),
                 put("orders", b"big", &big),
+                // A JSON document store's null: the line holds it as `"value":null`.
+                put("users", b"nothing", b"null"),
             ]),
             2 => s.write(&[put("late", b"a", b"1"), del("orders", b"big")]),
             3 => s.write(&[del("users", &[0, 0xff, b'\n']), put("late", b"b", b"{}")]),
