@@ -32,7 +32,13 @@ struct DocumentJson {
     key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     key_base64: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Not through `Option`'s own reading, which takes `"value": null` for no value: a value
+    // that is the four bytes `null` is written so.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     value: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     value_utf8: Option<String>,
@@ -45,6 +51,14 @@ struct DocumentJson {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     attachments: BTreeMap<String, AttachmentMeta>,
     crc32: u32,
+}
+
+/// A member that is present, whatever it holds (`null` included); with `#[serde(default)]` an
+/// absent one is `None`.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Size and checksum of one attachment, as `document.json` records them.
@@ -423,6 +437,7 @@ mod tests {
             (b"t", b"plain text"),
             (b"bin", b"\x00\x01\xfe\xff"),
             (b"num", b"1e400"),
+            (b"nothing", b"null"),
         ] {
             let r = Record {
                 key: Key(key.to_vec()),

@@ -320,6 +320,7 @@ pub fn awkward_keys_and_values<H: Harness>(h: &H) {
         put("c", &long_bin, &[0u8; 300]),
         put("c", b"spaces and %", b"  {\"padded\": 1}  "),
         put("c", b"CaseSensitive", b"1"),
+        put("c", b"nothing", b"null"),
     ]);
     s.backup(BackupMode::Auto);
     s.assert_restores_to_model(h, "r1");

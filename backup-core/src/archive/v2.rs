@@ -136,7 +136,7 @@ struct LineJson<'a> {
     key_base64: Option<Cow<'a, str>>,
     // Not through `Option`'s own reading, which takes `"value":null` for no value: the
     // encoder writes the four bytes `null` as that (a JSON document store's null value).
-    #[serde(default, borrow, deserialize_with = "present_raw")]
+    #[serde(default, borrow, deserialize_with = "crate::document::present")]
     value: Option<&'a RawValue>,
     #[serde(default, borrow)]
     value_utf8: Option<Cow<'a, str>>,
@@ -150,13 +150,6 @@ struct LineJson<'a> {
     crc32: Option<u32>,
     #[serde(default)]
     deleted: Option<bool>,
-}
-
-/// A raw JSON value that is present, `null` included.
-fn present_raw<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> std::result::Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 /// A row's columns as a line holds them, in order, each value already a [`Field`] (or why it
