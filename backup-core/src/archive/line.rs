@@ -1,5 +1,5 @@
 //! A fast reader for the record lines of archive format 2, in the shape [`super::v2`]'s encoder
-//! writes them (docs/FORMAT.md §3.2): the fields in the encoder's order, no whitespace, keys and
+//! writes them (docs/FORMAT.md §3.1): the members in the encoder's order, no whitespace, keys and
 //! texts as JSON strings with the short escapes, integers and nulls as row columns.
 //!
 //! A restore decodes every line of a backup, and decoding through serde's derived visitors was
