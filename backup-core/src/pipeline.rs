@@ -90,13 +90,6 @@ impl<S: 'static, J: Send + 'static, R: Send + 'static> Pipeline<S, J, R> {
         }
     }
 
-    /// At most `jobs` in flight (default twice the threads): where the caller's own work on a
-    /// result is the slower side, finished results only wait in memory.
-    pub(crate) fn in_flight(mut self, jobs: usize) -> Self {
-        self.max_in_flight = jobs.max(1) as u64;
-        self
-    }
-
     /// Submits a job; hands results that are ready, in order, to `out` (waiting for one when
     /// too many jobs are in flight).
     pub(crate) fn submit(&mut self, job: J, out: &mut dyn FnMut(R) -> Result<()>) -> Result<()> {

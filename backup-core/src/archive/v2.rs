@@ -1,7 +1,7 @@
 //! Archive format 2: records packed as JSON lines into a few entries per collection.
 //!
 //! ```text
-//! data/<collection-dir>/000001.jsonl     records, one JSON object per line, cut at ~4 MiB
+//! data/<collection-dir>/000001.jsonl     records, one JSON object per line, cut at ~2 MiB
 //! data/<collection-dir>/000002.jsonl
 //! tidemark/manifest.json                 last entry
 //! ```
@@ -740,10 +740,7 @@ fn read_parts(
         .map(|(i, entry)| (spans[i].clone(), entry))
         .collect();
     drop(spans);
-    // One part more than there are workers: the store's inserts are the slower side, and a
-    // decoded part of ~4 MiB of lines holds about twice that in records.
-    let mut pipeline =
-        Pipeline::new(threads, PartDecoder::default, decode_job).in_flight(threads + 1);
+    let mut pipeline = Pipeline::new(threads, PartDecoder::default, decode_job);
     let mut next = 0usize;
     let mut deliver = |r: Result<Vec<Decoded>>| -> Result<()> {
         let lines = match (r, skipped) {

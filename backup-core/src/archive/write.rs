@@ -40,8 +40,11 @@ use std::time::Instant;
 pub const STATE_DIR: &str = ".tidemark-state";
 const STATE_FILE: &str = "state.json";
 const STATE_FORMAT: &str = "tidemark-archive-state";
-/// Uncompressed bytes at which a part is cut.
-const PART_BYTES: usize = 4 << 20;
+/// Uncompressed bytes at which a part is cut. 2 MiB (4 MiB until 2026-12-02): the parts in
+/// flight are most of a full backup's and a restore's memory, and zstd's window at the usual
+/// levels is 2 MiB or less, so larger parts compressed no better (1M records of 100 B: 57 MiB
+/// peak instead of 70, an archive 0.7% smaller, as fast).
+const PART_BYTES: usize = 2 << 20;
 /// A collection's first part is cut at this many bytes, and each next one at twice the last
 /// until [`PART_BYTES`]: the workers start compressing while the records are still being read,
 /// which an incremental of a few MiB otherwise left to the end, all at once.
