@@ -1001,9 +1001,11 @@ fn finish_index<R: RunWriter>(
         }
         Some((_, path, _)) => {
             let (final_name, final_path) = run.new_index(collection, "");
-            let (n, file) =
-                keyindex::apply_changes(Some(&StateFiles::base(&path)), &final_path, changes)?;
-            crate::durable::commit_all(vec![file])?;
+            let n = keyindex::commit(keyindex::apply_changes(
+                Some(&StateFiles::base(&path)),
+                &final_path,
+                changes,
+            )?)?;
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             Ok(Some((final_name, n)))
         }

@@ -322,9 +322,7 @@ impl IndexWriter {
 
     /// Closes the index, fsyncs it and renames it into place; returns the number of keys.
     pub fn finish(self) -> Result<u64> {
-        let (count, file) = self.finish_unsynced()?;
-        crate::durable::commit_all(vec![file])?;
-        Ok(count)
+        commit(self.finish_unsynced()?)
     }
 
     /// Closes the index and returns the number of keys and the file, whose fsync and rename
@@ -769,6 +767,13 @@ impl Layered {
     pub fn next_entry(&mut self) -> Result<Option<(Vec<u8>, Entry)>> {
         Ok(self.advance()?.map(|e| (self.key().to_vec(), e)))
     }
+}
+
+/// Makes a key state file written by this module durable and puts it in place (the
+/// directory's fsync is the caller's); returns its key count.
+pub fn commit((count, file): (u64, Unsynced)) -> Result<u64> {
+    crate::durable::commit_all(vec![file])?;
+    Ok(count)
 }
 
 /// Writes `changes` (`None` = deleted) as a delta file at `path` over the key state `old`,
@@ -1336,10 +1341,7 @@ impl IndexBuilder {
                     .iter()
                     .map(|&(at, len, e)| (&arena[at..at + len], Some(e))),
             )
-            .and_then(|(written, _, file)| {
-                crate::durable::commit_all(vec![file])?;
-                Ok(written)
-            })
+            .and_then(|(written, _, file)| commit((written, file)))
         } else {
             merge_runs(&runs, &self.path)
         };
@@ -1398,9 +1400,7 @@ mod tests {
 
     /// Commits a key state file written by the functions under test; its key count.
     fn committed(written: Result<(u64, Unsynced)>) -> Result<u64> {
-        let (n, file) = written?;
-        crate::durable::commit_all(vec![file])?;
-        Ok(n)
+        written.and_then(commit)
     }
 
     fn e(n: u32) -> Entry {
