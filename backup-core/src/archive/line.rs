@@ -22,9 +22,10 @@ pub(super) type Read = (Key, Option<(Value, u32)>);
 pub(super) fn read(line: &[u8]) -> Option<Read> {
     // Control characters are never raw in a JSON string, and outside strings the encoder
     // writes no whitespace; valid UTF-8 throughout is what serde asks of its strings.
-    if line.iter().any(|&b| b < 0x20) || std::str::from_utf8(line).is_err() {
+    if line.iter().any(|&b| b < 0x20) {
         return None;
     }
+    let text = std::str::from_utf8(line).ok()?;
     let mut c = Cursor { s: line, at: 0 };
     c.expect(b"{\"key")?;
     let key = if c.eat(b"\":") {
@@ -45,7 +46,8 @@ pub(super) fn read(line: &[u8]) -> Option<Read> {
     }
     c.s = &line[..body_end];
     let value = if c.eat(b"value\":") {
-        let raw = std::str::from_utf8(&c.s[c.at..]).ok()?;
+        // Between ASCII bytes (`:` and `,`), so on character boundaries of the checked text.
+        let raw = text.get(c.at..body_end)?;
         let parsed: &RawValue = serde_json::from_str(raw).ok()?;
         if parsed.get().len() != raw.len() {
             return None; // whitespace around it: serde's path decides
