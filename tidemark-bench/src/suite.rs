@@ -636,26 +636,29 @@ impl Bench<'_> {
         record_bytes: u64,
     ) {
         for (i, r) in rounds.iter().enumerate() {
-            self.push(
-                kind,
-                &format!("archive incremental {label} round {}", i + 1),
-                &r.m,
-                r.written * record_bytes,
-                r.written,
-                Some(r.size),
-                r.method.clone(),
-            );
+            let step = format!("archive incremental {label} round {}", i + 1);
+            self.push_round(kind, &step, r, record_bytes);
         }
         rounds.sort_by(|a, b| a.m.seconds.total_cmp(&b.m.seconds));
-        let median = rounds.swap_remove(rounds.len() / 2);
-        self.push(
+        let median = &rounds[rounds.len() / 2];
+        self.push_round(
             kind,
             &format!("archive incremental {label}"),
-            &median.m,
-            median.written * record_bytes,
-            median.written,
-            Some(median.size),
-            median.method,
+            median,
+            record_bytes,
+        );
+    }
+
+    /// Reports one incremental round as step `step`.
+    fn push_round(&mut self, kind: Kind, step: &str, r: &IncrementalRound, record_bytes: u64) {
+        self.push(
+            kind,
+            step,
+            &r.m,
+            r.written * record_bytes,
+            r.written,
+            Some(r.size),
+            r.method.clone(),
         );
     }
 
