@@ -522,7 +522,7 @@ impl ArchiveOutput for SealedOutput {
         self: Box<Self>,
         manifest: &ArchiveManifest,
         companion: &mut dyn FnMut(&str) -> Result<Vec<crate::durable::Unsynced>>,
-    ) -> Result<(String, u64, Vec<crate::durable::Unsynced>)> {
+    ) -> Result<(String, u64)> {
         self.sealed(manifest)?.finish_with(manifest, companion)
     }
 }

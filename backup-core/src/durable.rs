@@ -149,17 +149,24 @@ pub fn write_aside(path: &Path, bytes: &[u8]) -> Result<Unsynced> {
     Ok(Unsynced::new(f, tmp, path.to_path_buf()))
 }
 
-/// fsyncs every file side by side (one thread each beyond the first); the first error wins.
+/// fsyncs every file side by side; the first error wins.
 pub fn sync_all(files: &[&Unsynced]) -> Result<()> {
-    let Some((first, rest)) = files.split_first() else {
+    side_by_side(files, |u| sync_file(&u.file, &u.tmp))
+}
+
+/// Runs `sync` on every item, one thread each beyond the first (fsyncs wait on the disk, not
+/// the CPU); the first error wins.
+fn side_by_side<T: std::marker::Sync>(
+    items: &[T],
+    sync: impl Fn(&T) -> Result<()> + std::marker::Sync,
+) -> Result<()> {
+    let Some((first, rest)) = items.split_first() else {
         return Ok(());
     };
+    let sync = &sync;
     std::thread::scope(|s| {
-        let others: Vec<_> = rest
-            .iter()
-            .map(|u| s.spawn(move || sync_file(&u.file, &u.tmp)))
-            .collect();
-        let mut result = sync_file(&first.file, &first.tmp);
+        let others: Vec<_> = rest.iter().map(|i| s.spawn(move || sync(i))).collect();
+        let mut result = sync(first);
         for t in others {
             let synced = t
                 .join()
@@ -175,6 +182,20 @@ pub fn sync_all(files: &[&Unsynced]) -> Result<()> {
 pub fn commit_all(files: Vec<Unsynced>) -> Result<()> {
     sync_all(&files.iter().collect::<Vec<_>>())?;
     files.into_iter().try_for_each(Unsynced::rename)
+}
+
+/// Renames files that [`sync_all`] made durable into place, in order, then fsyncs the
+/// directories that hold them, and `dirs`, side by side: renames that may become durable in
+/// either order share one wait instead of one each.
+pub fn place_all(files: Vec<Unsynced>, mut dirs: Vec<PathBuf>) -> Result<()> {
+    for file in files {
+        let dir = file.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+        file.rename()?;
+    }
+    side_by_side(&dirs, |d| sync_dir(d))
 }
 
 /// The bytes of the file at `path`, or `None` if there is none.

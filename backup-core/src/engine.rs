@@ -323,8 +323,9 @@ pub(crate) struct Outcome<R> {
     pub(crate) counts: BTreeMap<CollectionName, u64>,
     pub(crate) written: u64,
     pub(crate) deleted: u64,
-    /// Key state files written but not yet fsynced nor in place: committed before the state
-    /// that names them ([`crate::durable::commit_all`]), side by side with other work.
+    /// Key state files written but not yet fsynced nor in place: made durable and put in
+    /// place before the state that names them (an archive's with the archive itself, a
+    /// folder's by [`crate::durable::commit_all`]).
     pub(crate) unsynced: Vec<crate::durable::Unsynced>,
 }
 

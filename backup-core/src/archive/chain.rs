@@ -430,17 +430,19 @@ pub trait ArchiveOutput: Write {
     fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)>;
 
     /// [`ArchiveOutput::finish`], then `companion` writes files aside for the archive's name
-    /// (the key state that names it), which are returned fsynced, to be renamed into place by
-    /// the caller. A local output fsyncs them side by side with the archive itself.
+    /// (the key state that names it), which are made durable and put in place after the
+    /// archive: renamed in the order given, their directories fsynced. A local output fsyncs
+    /// them side by side with the archive itself, and puts them in place with the chain head.
     fn finish_with(
         self: Box<Self>,
         manifest: &ArchiveManifest,
         companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
-    ) -> Result<(String, u64, Vec<durable::Unsynced>)> {
+    ) -> Result<(String, u64)> {
         let (name, size) = self.finish(manifest)?;
         let files = companion(&name)?;
         durable::sync_all(&files.iter().collect::<Vec<_>>())?;
-        Ok((name, size, files))
+        durable::place_all(files, Vec::new())?;
+        Ok((name, size))
     }
 }
 
@@ -797,15 +799,14 @@ impl Write for LocalOutput {
 
 impl ArchiveOutput for LocalOutput {
     fn finish(self: Box<Self>, manifest: &ArchiveManifest) -> Result<(String, u64)> {
-        let (name, size, _) = self.finish_with(manifest, &mut |_| Ok(Vec::new()))?;
-        Ok((name, size))
+        self.finish_with(manifest, &mut |_| Ok(Vec::new()))
     }
 
     fn finish_with(
         self: Box<Self>,
         _: &ArchiveManifest,
         companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
-    ) -> Result<(String, u64, Vec<durable::Unsynced>)> {
+    ) -> Result<(String, u64)> {
         let tmp = self.tmp;
         let file = self
             .file
@@ -836,11 +837,17 @@ impl ArchiveOutput for LocalOutput {
         durable::sync_all(&all)?;
         archive.rename()?;
         durable::sync_dir(&self.dir)?;
+        // The head and the companion files go into place together, their directories fsynced
+        // side by side. After a power cut either may be durable without the other: the next
+        // backup then finds a key state that does not name the newest archive, and writes a
+        // full one, as after a run killed between the two.
+        let mut dirs = Vec::new();
         if let Some(head) = head {
             head.rename()?;
-            durable::sync_dir(&self.dir)?;
+            dirs.push(self.dir.clone());
         }
-        Ok((name, size, files))
+        durable::place_all(files, dirs)?;
+        Ok((name, size))
     }
 }
 

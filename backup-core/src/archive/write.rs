@@ -254,10 +254,10 @@ pub fn backup_archive_to(
         dropped_parts: (!dropped.is_empty()).then_some(dropped),
         covers: None,
     };
-    // The key state's new files are fsynced while the archive is finished (its own fsync and
-    // rename, the chain head): both must be durable before `state.json` names them. The new
-    // `state.json` is written aside once the archive has its name, and fsynced with it.
-    let unsynced = outcome.unsynced;
+    // The key state's new files (written aside, their writeback started) and the new
+    // `state.json`, written aside once the archive has its name, are fsynced with the archive
+    // and renamed after it, `state.json` last (`ArchiveOutput::finish_with`).
+    let mut unsynced = Some(outcome.unsynced);
     let state_of = |archive: &str| {
         let now = now_rfc3339();
         ArchiveState {
@@ -282,23 +282,14 @@ pub fn backup_archive_to(
         }
     };
     let mut state = None;
-    let (finished, key_state) = std::thread::scope(|s| {
-        let key_state = (!unsynced.is_empty()).then(|| s.spawn(|| durable::commit_all(unsynced)));
-        // Read after the finish: parts still in the pipeline count too.
-        let finished = run.finish(manifest.clone(), &mut |archive| {
-            let st = state_of(archive);
-            let file = write_state_aside(state_dir, &st)?;
-            state = Some(st);
-            Ok(vec![file])
-        });
-        let key_state = key_state.map_or(Ok(()), |t| {
-            t.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        });
-        (finished, key_state)
-    });
-    let (name, size, bytes_written, state_file) = finished?;
-    key_state?;
+    // Read after the finish: parts still in the pipeline count too.
+    let (name, size, bytes_written) = run.finish(manifest.clone(), &mut |archive| {
+        let st = state_of(archive);
+        let mut files = unsynced.take().unwrap_or_default();
+        files.push(write_state_aside(state_dir, &st)?);
+        state = Some(st);
+        Ok(files)
+    })?;
     tracing::info!(
         archive = %name,
         kind = %kind,
@@ -307,20 +298,11 @@ pub fn backup_archive_to(
         seconds = started.elapsed().as_secs_f64(),
         "archive written"
     );
-    durable::crash_point("archive state", state_dir);
     let state = state.ok_or_else(|| Error::Io {
         op: "write",
         path: state_dir.join(STATE_FILE),
         source: std::io::Error::other("the archive was finished without its key state"),
     })?;
-    state_file
-        .into_iter()
-        .try_for_each(durable::Unsynced::rename)?;
-    durable::sync_dir(state_dir)?;
-    tracing::debug!(
-        seconds = started.elapsed().as_secs_f64(),
-        "key state committed"
-    );
     let keep: Vec<&str> = state
         .backup
         .collections
@@ -544,7 +526,7 @@ pub(super) fn write_compacted(
             last_archive: super::graph::end_name(&inputs[inputs.len() - 1]),
         }),
     };
-    let (name, size, bytes, _) = run.finish(manifest.clone(), &mut |_| Ok(Vec::new()))?;
+    let (name, size, bytes) = run.finish(manifest.clone(), &mut |_| Ok(Vec::new()))?;
     let manifest = ArchiveManifest { bytes, ..manifest };
     let item = ChainItem {
         path: chain.location_of(&name),
@@ -695,15 +677,15 @@ impl ArchiveRun {
         Ok(())
     }
 
-    /// Appends the last parts and the manifest, and completes the archive; returns its name,
-    /// its size, the payload bytes of its entries (before compression), and the files that
-    /// `companion` wrote aside for the archive's name, fsynced (see
-    /// [`ArchiveOutput::finish_with`]).
+    /// Appends the last parts and the manifest, and completes the archive, then puts the files
+    /// that `companion` writes aside for the archive's name in place (see
+    /// [`ArchiveOutput::finish_with`]); returns its name, its size and the payload bytes of its
+    /// entries (before compression).
     fn finish(
         mut self,
         mut manifest: ArchiveManifest,
         companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
-    ) -> Result<(String, u64, u64, Vec<durable::Unsynced>)> {
+    ) -> Result<(String, u64, u64)> {
         self.flush_all()?;
         let ArchiveRun {
             pipeline,
@@ -724,8 +706,8 @@ impl ArchiveRun {
         zip.add(MANIFEST_ENTRY, &text)
             .map_err(|e| Error::io("write", &*what, e))?;
         let out = zip.finish().map_err(|e| Error::io("write", &*what, e))?;
-        let (name, size, files) = out.finish_with(&manifest, companion)?;
-        Ok((name, size, manifest.bytes, files))
+        let (name, size) = out.finish_with(&manifest, companion)?;
+        Ok((name, size, manifest.bytes))
     }
 }
 
