@@ -12,8 +12,14 @@ pub const MAX_PROBLEMS: usize = 100;
 pub struct VerifyReport {
     /// Collections checked.
     pub collections: usize,
-    /// Records checked.
+    /// Records checked: a folder's documents; in a chain, the record lines of every archive
+    /// (a record changed by an incremental is counted once in each archive that holds it).
     pub records: u64,
+    /// Records the backup holds in its newest state: a folder's; a chain's newest archive's
+    /// (its manifest's counts, which verify checks against its lines).
+    pub records_in_backup: u64,
+    /// Archives checked (0 for a folder backup).
+    pub archives: usize,
     /// Every problem found (at most [`MAX_PROBLEMS`]), each naming the file and cause.
     pub problems: Vec<Error>,
 }
@@ -40,6 +46,7 @@ pub fn verify_folder_with(dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Res
     let (folder, manifest) = FolderBackup::open_existing(dir)?;
     let mut report = VerifyReport::default();
     let total: u64 = manifest.collections.iter().map(|c| c.records).sum();
+    report.records_in_backup = total;
     let mut before = 0u64;
     for c in &manifest.collections {
         report.collections += 1;

@@ -637,6 +637,30 @@ fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
             .parse()
             .unwrap();
         assert_eq!(newest["records_in_backup"], rows, "round {round}");
+        // Verify reports what the backup holds, and how many record lines it checked: each
+        // archive's records, summed over the chain.
+        let summary: serde_json::Value =
+            serde_json::from_str(ok(&["verify", "ar", "--json"], d).trim()).unwrap();
+        let archives: Vec<serde_json::Value> = listed
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let lines: u64 = archives
+            .iter()
+            .map(|a| a["records_in_archive"].as_u64().unwrap())
+            .sum();
+        assert_eq!(summary["records_in_backup"], rows, "round {round}");
+        assert_eq!(summary["records"], lines, "round {round}");
+        assert_eq!(summary["archives"], archives.len(), "round {round}");
+        assert!(
+            lines > rows,
+            "round {round}: the chain holds superseded lines"
+        );
+        let text = ok(&["verify", "ar"], d);
+        assert!(
+            text.contains(&format!("intact: {rows} records in 2 collections")),
+            "round {round}: {text}"
+        );
         restores_as_source(d, &db, &format!("r{round}"), "round");
     }
     assert!(

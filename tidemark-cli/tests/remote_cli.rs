@@ -801,7 +801,12 @@ fn list_and_verify_speak_json_for_a_bucket_and_a_directory() {
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0]["type"], "summary");
         assert_eq!(v[0]["intact"], true);
-        assert_eq!(v[0]["records"], 410);
+        assert_eq!(
+            v[0]["records"], 410,
+            "record lines checked, in both archives"
+        );
+        assert_eq!(v[0]["records_in_backup"], 400, "what the backup holds");
+        assert_eq!(v[0]["archives"], 2);
         assert_eq!(ok(&["verify", place, "-q"], d), "", "-q prints nothing");
         let p: Vec<serde_json::Value> = ok(
             &["prune", place, "--keep-last", "1", "--dry-run", "--json"],

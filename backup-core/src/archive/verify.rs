@@ -38,6 +38,10 @@ pub fn verify_chain_with(
         });
     }
     let chain = survey.items;
+    report.archives = chain.len();
+    report.records_in_backup = chain.last().map_or(0, |newest| {
+        newest.manifest.collections.iter().map(|c| c.records).sum()
+    });
     let listing_ok = report.problems.is_empty();
     let mut damaged_files = 0;
     let total: u64 = chain.iter().map(|i| i.size).sum();

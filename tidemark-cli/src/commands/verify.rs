@@ -61,13 +61,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         "command": "verify",
         "intact": report.is_ok(),
         "records": report.records,
+        "records_in_backup": report.records_in_backup,
         "collections": report.collections,
+        "archives": report.archives,
         "problems": report.problems.len(),
     });
-    let intact = format!(
-        "Backup {dir} is intact: {} records in {} collections, every checksum matches",
-        report.records, report.collections
-    );
+    let intact = if report.archives == 0 {
+        format!(
+            "Backup {dir} is intact: {} records in {} collections, every checksum matches",
+            report.records, report.collections
+        )
+    } else {
+        format!(
+            "Backup {dir} is intact: {} records in {} collections; {} archive(s) with {} record \
+             lines checked, every checksum matches",
+            report.records_in_backup, report.collections, report.archives, report.records
+        )
+    };
     Ok(finish(
         &dir,
         &report.problems,
