@@ -61,6 +61,7 @@ impl<S: 'static, J: Send + 'static, R: Send + 'static> Pipeline<S, J, R> {
                     let (job_rx, res_tx, init, work) =
                         (job_rx.clone(), res_tx.clone(), init.clone(), work.clone());
                     std::thread::spawn(move || {
+                        lower_priority();
                         let mut state = init();
                         loop {
                             let job = {
@@ -154,6 +155,33 @@ fn gone() -> Error {
     }
 }
 
+/// How many nice steps below the caller's its workers run. The one thread that feeds or
+/// drains a pipeline (a store's scan, a restore's inserts) is the stream's bottleneck, and
+/// workers sharing its core at the same priority slowed it: a full backup of 1M records of
+/// 100 bytes on 2 cores took 0.80 s with equal priorities and 0.74 s with this (medians of 8).
+const WORKER_NICENESS: i32 = 5;
+
+/// Lowers the calling thread's scheduling priority by [`WORKER_NICENESS`] (Linux: nice values
+/// are per thread). Best effort: a failure leaves the priority as it was.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid, getpriority and setpriority act on the calling thread only, and errno is
+    // the calling thread's.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, (now + WORKER_NICENESS).min(19));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
 /// The number of threads to use by default: every core.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -162,6 +190,38 @@ pub fn default_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's nice value (Linux: per thread).
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code)]
+    fn niceness() -> i32 {
+        // SAFETY: acts on the calling thread only.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+    }
+
+    /// Workers run below the thread that feeds them, which keeps its own priority.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn workers_yield_to_the_caller() {
+        let caller = niceness();
+        let mut p = Pipeline::new(2, || (), |(), ()| niceness());
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            p.submit((), &mut |n| {
+                seen.push(n);
+                Ok(())
+            })
+            .expect("submitted");
+        }
+        p.finish(&mut |n| {
+            seen.push(n);
+            Ok(())
+        })
+        .expect("finished");
+        let want = (caller + WORKER_NICENESS).min(19);
+        assert_eq!(seen, vec![want; 4], "the caller runs at {caller}");
+        assert_eq!(niceness(), caller);
+    }
 
     /// Results come back in submission order whatever the workers' timing, with any number
     /// of threads.
