@@ -367,6 +367,69 @@ fn killed_or_lost_archives_leave_a_valid_chain_that_carries_on() {
     restores_as_source(d, &db, "after-loss", "after loss");
 }
 
+/// A backup's commit renames the chain head and the key state after the archive, and fsyncs
+/// their directories side by side (FORMAT §3.3): after a power cut, either rename may be durable
+/// without the other, or a key state file's rename lost while `state.json`'s is kept. Each of
+/// these states verifies, restores as the source was, and the next backup carries on, full
+/// when the state cannot be trusted.
+#[test]
+fn a_power_cut_may_keep_either_rename_of_a_commit() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    chain(d, &[]);
+    let db = d.join("src.db");
+    let (ar, state) = (d.join("ar"), d.join("ar/.tidemark-state"));
+    let head = ar.join(".tidemark-head");
+    // The key state is new, the head old: the newest archive is newer than the head, which
+    // verify and restore accept, and the next backup continues the chain from it.
+    let old_head = std::fs::read(&head).unwrap();
+    sql(&db, "UPDATE t SET name = 'cut 1' WHERE id % 3 = 0;");
+    ok(&ARCHIVE_BACKUP, d);
+    std::fs::write(&head, &old_head).unwrap();
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-1", "the head's rename lost");
+    sql(&db, "DELETE FROM t WHERE id % 5 = 0;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-1-next", "the backup after it");
+    // The head is new, the key state old: it does not name the newest archive, so the next
+    // archive is full and says why.
+    let old_state = d.join("old-state");
+    copy_dir(&state, &old_state);
+    sql(&db, "UPDATE t SET name = 'cut 2' WHERE id % 4 = 0;");
+    ok(&ARCHIVE_BACKUP, d);
+    std::fs::remove_dir_all(&state).unwrap();
+    copy_dir(&old_state, &state);
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-2", "the key state's rename lost");
+    sql(&db, "INSERT INTO kv VALUES ('after cut 2', 1);");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(
+        out.contains("Archive (full)") && out.contains("key state matches"),
+        "{out}"
+    );
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-2-next", "the full backup after it");
+    // `state.json` is new but a key delta it names was not renamed: the next archive is full.
+    sql(&db, "UPDATE t SET name = 'cut 3' WHERE id % 6 = 0;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    let (_, deltas) = &key_state(&state)["t"];
+    let lost = deltas.last().expect("a delta after an incremental");
+    std::fs::remove_file(state.join(lost)).unwrap();
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-3", "a delta's rename lost");
+    sql(&db, "DELETE FROM t WHERE id % 11 = 0;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(
+        out.contains("Archive (full)") && out.contains("is missing"),
+        "{out}"
+    );
+    ok(&["verify", "ar"], d);
+    restores_as_source(d, &db, "cut-3-next", "the full backup after it");
+}
+
 #[test]
 fn every_codec_round_trips() {
     for codec in [
