@@ -661,9 +661,13 @@ impl ArchiveRun {
         p.parts += 1;
         *pending -= p.open_bytes;
         p.open_bytes = 0;
+        // The next part starts at the size this one reached (scaled to its larger cut): grown
+        // from empty by doubling, each part's lines were moved again and again into fresh
+        // memory, which faulted its pages in anew.
+        let next = p.open.len() * part_bytes(p.parts) / part_bytes(p.parts - 1);
         let chunk = Chunk {
             name: part_name(&p.dir, p.parts),
-            lines: std::mem::take(&mut p.open),
+            lines: std::mem::replace(&mut p.open, Vec::with_capacity(next)),
         };
         pipeline.submit(chunk, &mut |r| append(zip, what, bytes, r))
     }
