@@ -290,6 +290,10 @@ impl CrcFeed {
         }
     }
 
+    // Inlined into `record_crc32`: called for every piece of every record, the copy of a piece
+    // of known length then compiles to a move instead of a `memmove` call (a full SQLite backup
+    // of 1M × 100 B: 4% faster, its restore 3%).
+    #[inline(always)]
     fn update(&mut self, bytes: &[u8]) {
         if self.len + bytes.len() > self.buf.len() {
             self.hasher.update(&self.buf[..self.len]);
