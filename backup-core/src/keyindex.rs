@@ -91,6 +91,7 @@ fn varint_long(buf: &[u8], at: &mut usize) -> Option<u64> {
 /// `last`: `last` becomes its key, `at` moves past it, and its record CRC32 and stored value
 /// length are returned. `None`, with `at` and `last` as they were, if `buf` ends inside the
 /// entry, or the entry is an end marker or cannot follow `last` (the caller decides which).
+#[inline(always)]
 fn entry_at(buf: &[u8], at: &mut usize, last: &mut Vec<u8>) -> Option<(u32, u64)> {
     let mut i = *at;
     let shared = varint_at(buf, &mut i)?.checked_sub(1)?;
@@ -159,6 +160,7 @@ impl Write for Crc {
 }
 
 /// The length of the longest common prefix of `a` and `b`, eight bytes at a time.
+#[inline(always)]
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
@@ -1030,6 +1032,7 @@ impl BlockIndex {
 
     /// The prefix the entry at the cursor shares with the cursor's key; `None` at the end of
     /// the block (a cut entry is left to [`BlockIndex::next_key`] to report).
+    #[inline(always)]
     fn next_shared(&self) -> Option<usize> {
         if self.at == self.block_end {
             return None;
@@ -1091,6 +1094,7 @@ impl BlockIndex {
     }
 
     /// Decodes the entry at the cursor into `key`; `false` at the end of the block.
+    #[inline(always)]
     fn next_key(&mut self) -> Result<bool> {
         if self.at == self.block_end {
             return Ok(false);
