@@ -162,6 +162,7 @@ fn describe(
 }
 
 /// Reads one SQL value as a [`Field`].
+#[inline]
 pub fn field(v: ValueRef<'_>) -> Field {
     match v {
         ValueRef::Null => Field::Null,
@@ -178,12 +179,34 @@ pub fn field(v: ValueRef<'_>) -> Field {
 /// `[{"$base64":"AAE="}]`). See `docs/FORMAT.md`.
 pub fn encode_key(fields: &[Field]) -> Key {
     match fields {
-        [Field::Integer(i)] => return Key(i.to_string().into_bytes()),
+        [Field::Integer(i)] => return Key(decimal(*i)),
         [Field::Text(t)] if !text_key_is_ambiguous(t) => return Key(t.clone()),
         _ => {}
     }
     let arr: Vec<serde_json::Value> = fields.iter().map(field_to_json).collect();
     Key(serde_json::to_vec(&arr).expect("a JSON array serializes"))
+}
+
+/// The decimal digits of `i` (with a `-` if negative), as `i.to_string()` writes them but
+/// without the formatting machinery: every row of a table keyed by an integer is keyed so.
+fn decimal(i: i64) -> Vec<u8> {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = i.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(digits.len() - at + 1);
+    if i < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+    out
 }
 
 /// Whether a lone TEXT key must be written as a JSON array to stay distinct from the other
@@ -245,6 +268,32 @@ impl rusqlite::ToSql for SqlField<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The digits are `to_string`'s for every magnitude and sign, the extremes included.
+    #[test]
+    fn decimal_matches_to_string() {
+        let mut cases = vec![
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ];
+        let mut x: i64 = 1;
+        while let Some(next) = x.checked_mul(10) {
+            cases.extend([x - 1, x, x + 1, -x, -x - 1, next / 3]);
+            x = next;
+        }
+        for i in cases {
+            assert_eq!(decimal(i), i.to_string().into_bytes(), "{i}");
+        }
+    }
 
     #[test]
     fn key_encoding_is_readable_and_reversible() {
