@@ -479,13 +479,11 @@ pub(super) fn write_compacted(
                     + record.value.payload_len() as usize
                     + RECORD_OVERHEAD;
                 let crc = crate::document::record_crc32(&record);
-                run.part(name).documents += 1;
-                run.push(name, Line::Put(record, crc), size)
+                run.push(name, Line::Put(record, crc), size, |p| p.documents += 1)
             }
             Decoded::Delete(key) => {
                 let size = key.as_bytes().len() + RECORD_OVERHEAD;
-                run.part(name).deletions += 1;
-                run.push(name, Line::Delete(key), size)
+                run.push(name, Line::Delete(key), size, |p| p.deletions += 1)
             }
         }
     })?;
@@ -624,10 +622,17 @@ impl ArchiveRun {
             .expect("inserted above")
     }
 
-    /// Adds a line; cuts the collection's part when it is full, and every part when too much
-    /// is held.
-    fn push(&mut self, collection: &CollectionName, line: Line, size: usize) -> Result<()> {
+    /// Adds a line, counted by `count` (one lookup of the collection per record); cuts the
+    /// collection's part when it is full, and every part when too much is held.
+    fn push(
+        &mut self,
+        collection: &CollectionName,
+        line: Line,
+        size: usize,
+        count: fn(&mut PartState),
+    ) -> Result<()> {
         let p = self.part(collection);
+        count(p);
         p.open.push(line);
         p.open_bytes += size;
         let full = p.open_bytes >= part_bytes(p.parts);
@@ -761,8 +766,9 @@ impl RunWriter for ArchiveRun {
     ) -> Result<Option<WriteEvent>> {
         let size =
             record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
-        self.part(collection).documents += 1;
-        self.push(collection, Line::Put(record, entry.crc32), size)?;
+        self.push(collection, Line::Put(record, entry.crc32), size, |p| {
+            p.documents += 1
+        })?;
         Ok(None)
     }
 
@@ -772,8 +778,9 @@ impl RunWriter for ArchiveRun {
         key: &Key,
     ) -> Result<Option<Option<WriteEvent>>> {
         let size = key.as_bytes().len() + RECORD_OVERHEAD;
-        self.part(collection).deletions += 1;
-        self.push(collection, Line::Delete(key.clone()), size)?;
+        self.push(collection, Line::Delete(key.clone()), size, |p| {
+            p.deletions += 1
+        })?;
         Ok(Some(None))
     }
 
