@@ -380,19 +380,28 @@ fn a_power_cut_may_keep_either_rename_of_a_commit() {
     let db = d.join("src.db");
     let (ar, state) = (d.join("ar"), d.join("ar/.tidemark-state"));
     let head = ar.join(".tidemark-head");
+    // What the cut left (`cut`) verifies and restores as the source is; after `change`, the
+    // next backup's output holds every text of `want`, and its chain does the same.
+    let carries_on = |cut: &str, change: &str, want: &[&str]| {
+        ok(&["verify", "ar"], d);
+        restores_as_source(d, &db, cut, cut);
+        sql(&db, change);
+        let out = ok(&ARCHIVE_BACKUP, d);
+        assert!(want.iter().all(|w| out.contains(w)), "{cut}: {out}");
+        ok(&["verify", "ar"], d);
+        restores_as_source(d, &db, &format!("{cut}-next"), "the backup after it");
+    };
     // The key state is new, the head old: the newest archive is newer than the head, which
     // verify and restore accept, and the next backup continues the chain from it.
     let old_head = std::fs::read(&head).unwrap();
     sql(&db, "UPDATE t SET name = 'cut 1' WHERE id % 3 = 0;");
     ok(&ARCHIVE_BACKUP, d);
     std::fs::write(&head, &old_head).unwrap();
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-1", "the head's rename lost");
-    sql(&db, "DELETE FROM t WHERE id % 5 = 0;");
-    let out = ok(&ARCHIVE_BACKUP, d);
-    assert!(out.contains("Archive (incremental)"), "{out}");
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-1-next", "the backup after it");
+    carries_on(
+        "head-rename-lost",
+        "DELETE FROM t WHERE id % 5 = 0;",
+        &["Archive (incremental)"],
+    );
     // The head is new, the key state old: it does not name the newest archive, so the next
     // archive is full and says why.
     let old_state = d.join("old-state");
@@ -401,16 +410,11 @@ fn a_power_cut_may_keep_either_rename_of_a_commit() {
     ok(&ARCHIVE_BACKUP, d);
     std::fs::remove_dir_all(&state).unwrap();
     copy_dir(&old_state, &state);
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-2", "the key state's rename lost");
-    sql(&db, "INSERT INTO kv VALUES ('after cut 2', 1);");
-    let out = ok(&ARCHIVE_BACKUP, d);
-    assert!(
-        out.contains("Archive (full)") && out.contains("key state matches"),
-        "{out}"
+    carries_on(
+        "state-rename-lost",
+        "INSERT INTO kv VALUES ('after cut 2', 1);",
+        &["Archive (full)", "key state matches"],
     );
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-2-next", "the full backup after it");
     // `state.json` is new but a key delta it names was not renamed: the next archive is full.
     sql(&db, "UPDATE t SET name = 'cut 3' WHERE id % 6 = 0;");
     let out = ok(&ARCHIVE_BACKUP, d);
@@ -418,16 +422,11 @@ fn a_power_cut_may_keep_either_rename_of_a_commit() {
     let (_, deltas) = &key_state(&state)["t"];
     let lost = deltas.last().expect("a delta after an incremental");
     std::fs::remove_file(state.join(lost)).unwrap();
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-3", "a delta's rename lost");
-    sql(&db, "DELETE FROM t WHERE id % 11 = 0;");
-    let out = ok(&ARCHIVE_BACKUP, d);
-    assert!(
-        out.contains("Archive (full)") && out.contains("is missing"),
-        "{out}"
+    carries_on(
+        "delta-rename-lost",
+        "DELETE FROM t WHERE id % 11 = 0;",
+        &["Archive (full)", "is missing"],
     );
-    ok(&["verify", "ar"], d);
-    restores_as_source(d, &db, "cut-3-next", "the full backup after it");
 }
 
 #[test]

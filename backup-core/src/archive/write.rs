@@ -622,8 +622,9 @@ impl ArchiveRun {
             .expect("inserted above")
     }
 
-    /// Adds a line, counted by `count` (one lookup of the collection per record); cuts the
-    /// collection's part when it is full, and every part when too much is held.
+    /// Adds a line, counted by `count` (so that a record looks its collection up once, through
+    /// [`ArchiveRun::part`]); cuts the collection's part when it is full, and every part when
+    /// too much is held.
     fn push(
         &mut self,
         collection: &CollectionName,
