@@ -208,10 +208,21 @@ pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
 /// Deletes the log rows up to `upto` and raises the floor to it, in one write transaction.
 fn delete_through(conn: &mut Connection, upto: u64) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
-        &format!("DELETE FROM {CHANGES} WHERE seq <= ?1"),
-        [upto as i64],
-    )?;
+    // The write lock is held: no row can be logged until the commit.
+    let newest: Option<i64> =
+        tx.query_row(&format!("SELECT max(seq) FROM {CHANGES}"), [], |r| r.get(0))?;
+    if newest.is_some_and(|n| n > upto as i64) {
+        tx.execute(
+            &format!("DELETE FROM {CHANGES} WHERE seq <= ?1"),
+            [upto as i64],
+        )?;
+    } else {
+        // Every row goes (the common case: nothing was logged while the backup ran). Without a
+        // WHERE, SQLite frees the table's pages instead of deleting row by row and rewriting
+        // each page (its truncate optimization: the log has no triggers). AUTOINCREMENT keeps
+        // the last number in `sqlite_sequence`, so none is reused.
+        tx.execute(&format!("DELETE FROM {CHANGES}"), [])?;
+    }
     tx.execute(
         &format!("UPDATE {META} SET value = max(value, ?1) WHERE key = 'floor'"),
         [upto as i64],
@@ -358,6 +369,50 @@ mod tests {
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
                 .expect("synchronous");
             assert_eq!(sync, 3, "{mode}: EXTRA again after the trim");
+        }
+    }
+
+    /// A trim that covers the whole log empties it (SQLite's truncate path), and the rows
+    /// logged after it are numbered on from the last one, never again from 1; a trim that
+    /// covers part of it keeps the rest.
+    #[test]
+    fn a_trim_of_the_whole_log_empties_it_and_numbers_go_on() {
+        for mode in ["wal", "delete"] {
+            let d = tempfile::tempdir().expect("tmp");
+            let mut conn = ten_logged_rows(&d.path().join("t.db"), mode);
+            trim(&mut conn, "t", 10).expect("trim all");
+            assert_eq!(rows(&conn), 0, "{mode}");
+            assert_eq!(meta(&conn).expect("meta").expect("tracked").1, 10);
+            conn.execute("UPDATE t SET v = 'y' WHERE id = 3", [])
+                .expect("update");
+            let seqs = |conn: &Connection| -> Vec<i64> {
+                let mut stmt = conn
+                    .prepare(&format!("SELECT seq FROM {CHANGES} ORDER BY seq"))
+                    .expect("prepare");
+                let got = stmt
+                    .query_map([], |r| r.get(0))
+                    .expect("query")
+                    .collect::<rusqlite::Result<_>>()
+                    .expect("rows");
+                got
+            };
+            assert_eq!(seqs(&conn), vec![11], "{mode}: numbered on after the trim");
+            trim(&mut conn, "t", 11).expect("trim all again");
+            assert_eq!(rows(&conn), 0, "{mode}");
+            trim(&mut conn, "t", 11).expect("trim an empty log");
+            assert_eq!(meta(&conn).expect("meta").expect("tracked").1, 11);
+            for i in 20..23 {
+                conn.execute("INSERT INTO t(id, v) VALUES (?1, 'x')", [i])
+                    .expect("insert");
+            }
+            assert_eq!(seqs(&conn), vec![12, 13, 14], "{mode}");
+            trim(&mut conn, "t", 13).expect("trim part");
+            assert_eq!(seqs(&conn), vec![14], "{mode}: the rows after the position stay");
+            assert_eq!(meta(&conn).expect("meta").expect("tracked").1, 13);
+            let check: String = conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .expect("integrity check");
+            assert_eq!(check, "ok", "{mode}");
         }
     }
 
