@@ -407,7 +407,11 @@ mod tests {
             }
             assert_eq!(seqs(&conn), vec![12, 13, 14], "{mode}");
             trim(&mut conn, "t", 13).expect("trim part");
-            assert_eq!(seqs(&conn), vec![14], "{mode}: the rows after the position stay");
+            assert_eq!(
+                seqs(&conn),
+                vec![14],
+                "{mode}: the rows after the position stay"
+            );
             assert_eq!(meta(&conn).expect("meta").expect("tracked").1, 13);
             let check: String = conn
                 .query_row("PRAGMA integrity_check", [], |r| r.get(0))

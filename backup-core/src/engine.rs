@@ -12,7 +12,7 @@ use crate::checkpoint::Checkpoint;
 use crate::document::record_crc32;
 use crate::error::{Error, Result};
 use crate::folder::{collection_dir_name, FolderBackup, FolderRun, WriteEvent};
-use crate::keyindex::{self, Entry, IndexBuilder, IndexWriter, Layered, StateFiles};
+use crate::keyindex::{self, Entry, IndexBuilder, IndexWriter, KeyChanges, Layered, StateFiles};
 use crate::manifest::{
     now_rfc3339, FolderManifest, ManifestCollection, RunKind, FOLDER_FORMAT, FOLDER_FORMAT_VERSION,
 };
@@ -380,7 +380,7 @@ pub(crate) struct Completed<R> {
 }
 
 /// Changes to apply to a collection's key index (`None` = deleted).
-type IndexChanges = BTreeMap<CollectionName, BTreeMap<Vec<u8>, Option<Entry>>>;
+type IndexChanges = BTreeMap<CollectionName, KeyChanges>;
 
 fn entry_of(record: &Record) -> Entry {
     let len = match &record.value {
@@ -719,7 +719,7 @@ fn incremental<T: Target>(
             .as_ref()
             .and_then(Option::as_ref)
             .map(|n| state_files(&run, n));
-        let unchanged = index_changes.get(&c.name).is_none_or(BTreeMap::is_empty);
+        let unchanged = index_changes.get(&c.name).is_none_or(KeyChanges::is_empty);
         let index = match (track_index, prior) {
             // A collection no change touched keeps its key state as it is (the new state
             // names its files again): rewriting a million keys for nothing was most of the
@@ -757,23 +757,22 @@ fn incremental<T: Target>(
     // compress: submitted first (up to four per core before a result is waited for), they do
     // not wait for the flush below, which waits for the compressors. Their fsyncs come later,
     // with the archive's (`Outcome::unsynced`).
-    type Job = (
-        Option<StateFiles>,
-        std::path::PathBuf,
-        KeyWrite,
-        BTreeMap<Vec<u8>, Option<Entry>>,
-    );
+    // Each job sorts its collection's changes itself, off the engine's thread.
+    type Job = (Option<StateFiles>, std::path::PathBuf, KeyWrite, KeyChanges);
     let mut pipeline = crate::pipeline::Pipeline::new(
         (2 * crate::pipeline::default_threads()).min(rewrites.len()),
         || (),
-        |(), (old, path, write, changes): Job| match (old, write) {
-            (Some(old), KeyWrite::Delta(held)) => {
-                keyindex::write_delta(&old, &path, &changes, held)
+        |(), (old, path, write, changes): Job| {
+            let changes = changes.into_sorted();
+            match (old, write) {
+                (Some(old), KeyWrite::Delta(held)) => {
+                    keyindex::write_delta(&old, &path, &changes, held)
+                }
+                (Some(old), KeyWrite::Base(Some(held))) => {
+                    keyindex::fold_changes(&old, &path, &changes, held)
+                }
+                (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
             }
-            (Some(old), KeyWrite::Base(Some(held))) => {
-                keyindex::fold_changes(&old, &path, &changes, held)
-            }
-            (old, _) => keyindex::apply_changes(old.as_ref(), &path, &changes),
         },
     );
     let mut rewritten = Vec::with_capacity(rewrites.len());
@@ -906,8 +905,7 @@ fn apply_changes<R: RunWriter>(
                     };
                     let entry = entry_of(&record);
                     if let Some(ix) = index.as_deref_mut() {
-                        changes_of(ix, &change.collection)
-                            .insert(record.key.0.clone(), Some(entry));
+                        changes_of(ix, &change.collection).push(record.key.0.clone(), Some(entry));
                     }
                     if let Some(ev) = run.put(&change.collection, record, entry)? {
                         events(Event::Written(ev));
@@ -922,7 +920,7 @@ fn apply_changes<R: RunWriter>(
                         *deleted += 1;
                     }
                     if let Some(ix) = index.as_deref_mut() {
-                        changes_of(ix, &change.collection).insert(change.key.0, None);
+                        changes_of(ix, &change.collection).push(change.key.0, None);
                     }
                 }
             }
@@ -932,12 +930,9 @@ fn apply_changes<R: RunWriter>(
 }
 
 /// `collection`'s changes in `index` (its name is cloned only for its first change).
-fn changes_of<'a>(
-    index: &'a mut IndexChanges,
-    collection: &CollectionName,
-) -> &'a mut BTreeMap<Vec<u8>, Option<Entry>> {
+fn changes_of<'a>(index: &'a mut IndexChanges, collection: &CollectionName) -> &'a mut KeyChanges {
     if !index.contains_key(collection) {
-        index.insert(collection.clone(), BTreeMap::new());
+        index.insert(collection.clone(), KeyChanges::default());
     }
     index.get_mut(collection).expect("inserted")
 }
@@ -990,10 +985,9 @@ fn finish_index<R: RunWriter>(
     run: &R,
     collection: &CollectionName,
     scanned: Option<(String, std::path::PathBuf, u64)>,
-    replayed: Option<&BTreeMap<Vec<u8>, Option<Entry>>>,
+    replayed: Option<KeyChanges>,
 ) -> Result<Option<(String, u64)>> {
-    let empty = BTreeMap::new();
-    let changes = replayed.unwrap_or(&empty);
+    let changes = replayed.unwrap_or_default().into_sorted();
     match scanned {
         Some((_, path, n)) if changes.is_empty() => {
             let (final_name, final_path) = run.new_index(collection, "");
@@ -1005,7 +999,7 @@ fn finish_index<R: RunWriter>(
             let n = keyindex::commit(keyindex::apply_changes(
                 Some(&StateFiles::base(&path)),
                 &final_path,
-                changes,
+                &changes,
             )?)?;
             std::fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
             Ok(Some((final_name, n)))
@@ -1105,12 +1099,12 @@ fn full<T: Target>(
     for c in &collections {
         // A collection that appeared during the scan has only replayed changes.
         let index = match scanned.remove(&c.name) {
-            Some(s) => finish_index(&run, &c.name, s, replayed.get(&c.name))?,
+            Some(s) => finish_index(&run, &c.name, s, replayed.remove(&c.name))?,
             None if indexed => finish_index(
                 &run,
                 &c.name,
                 Some(empty_index(&run, &c.name)?),
-                replayed.get(&c.name),
+                replayed.remove(&c.name),
             )?,
             None => None,
         };
@@ -1247,7 +1241,7 @@ fn diff<T: Target>(
             Some(s) => s,
             None => empty_index(&run, &c.name)?,
         };
-        let index = finish_index(&run, &c.name, Some(s), replayed.get(&c.name))?;
+        let index = finish_index(&run, &c.name, Some(s), replayed.remove(&c.name))?;
         record_index(&run, &c.name, index, &mut indexes, &mut counts);
     }
     Ok(Ok(Outcome {

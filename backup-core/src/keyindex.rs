@@ -187,6 +187,86 @@ pub struct Entry {
     pub len: u64,
 }
 
+/// A collection's key changes for its key state (`None` = deleted), gathered in the order they
+/// were made: [`KeyChanges::push`] appends, which is cheaper than keeping them sorted as they
+/// come (a tree insert per change, on the engine's thread), and [`KeyChanges::into_sorted`]
+/// sorts them once, on the thread that writes the key state. Memory stays within about twice
+/// the distinct keys changed: once the list doubles, it is sorted and each key's last change
+/// kept.
+#[derive(Debug, Default)]
+pub struct KeyChanges {
+    items: Vec<(Vec<u8>, Option<Entry>)>,
+    /// The length at which the list is next compacted.
+    compact_at: usize,
+}
+
+/// A list of key changes shorter than this is never compacted before it is sorted.
+const COMPACT_FLOOR: usize = 1 << 16;
+
+impl KeyChanges {
+    /// Records `change` of `key`, which replaces any earlier change of it.
+    pub fn push(&mut self, key: Vec<u8>, change: Option<Entry>) {
+        self.items.push((key, change));
+        if self.items.len() >= self.compact_at.max(COMPACT_FLOOR) {
+            sort_keeping_last(&mut self.items);
+            self.compact_at = 2 * self.items.len();
+        }
+    }
+
+    /// Whether no change was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The changes in ascending key order, each key's last.
+    pub fn into_sorted(mut self) -> SortedChanges {
+        sort_keeping_last(&mut self.items);
+        SortedChanges(self.items)
+    }
+}
+
+/// Sorts `items` by key (stably: a key's changes stay in their order) and keeps each key's
+/// last change.
+fn sort_keeping_last(items: &mut Vec<(Vec<u8>, Option<Entry>)>) {
+    items.sort_by(|a, b| a.0.cmp(&b.0));
+    // `dedup_by` keeps the first of a run: the later change is swapped into its place.
+    items.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            std::mem::swap(later, kept);
+        }
+        same
+    });
+}
+
+/// Key changes in ascending key order, each key once (`None` = deleted): what a key state is
+/// written from.
+#[derive(Debug, Default)]
+pub struct SortedChanges(Vec<(Vec<u8>, Option<Entry>)>);
+
+impl SortedChanges {
+    /// How many keys changed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no key changed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The changes, in ascending key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], Option<Entry>)> {
+        self.0.iter().map(|(k, c)| (k.as_slice(), *c))
+    }
+}
+
+impl From<BTreeMap<Vec<u8>, Option<Entry>>> for SortedChanges {
+    fn from(changes: BTreeMap<Vec<u8>, Option<Entry>>) -> Self {
+        SortedChanges(changes.into_iter().collect())
+    }
+}
+
 /// Writes an index in ascending key order (aside; renamed into place by [`IndexWriter::finish`]).
 pub struct IndexWriter {
     out: BufWriter<Crc>,
@@ -792,7 +872,7 @@ pub fn commit((count, file): (u64, Unsynced)) -> Result<u64> {
 pub fn write_delta(
     old: &StateFiles,
     path: &Path,
-    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    changes: &SortedChanges,
     held: u64,
 ) -> Result<(u64, Unsynced)> {
     let Some(mut base) = BlockIndex::open(&old.base, changes.len())? else {
@@ -803,12 +883,12 @@ pub fn write_delta(
     let mut current = deltas.advance_change()?;
     let mut w = IndexWriter::create_delta(path)?;
     let mut count = held;
-    for (key, change) in changes {
-        while current.is_some() && deltas.key() < key.as_slice() {
+    for (key, change) in changes.iter() {
+        while current.is_some() && deltas.key() < key {
             current = deltas.advance_change()?;
         }
         let had = match current {
-            Some(entry) if deltas.key() == key.as_slice() => entry.is_some(),
+            Some(entry) if deltas.key() == key => entry.is_some(),
             _ => base.contains(key)?,
         };
         count = match (change, had) {
@@ -820,7 +900,7 @@ pub fn write_delta(
             })?,
             (Some(_), true) => count,
         };
-        w.push_change(key, *change)?;
+        w.push_change(key, change)?;
     }
     // The deltas are read to their ends, which checks their CRC32s.
     while current.is_some() {
@@ -834,18 +914,18 @@ pub fn write_delta(
 fn write_delta_through(
     old: &StateFiles,
     path: &Path,
-    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    changes: &SortedChanges,
 ) -> Result<(u64, Unsynced)> {
     let mut state = Layered::open(old)?;
     let mut w = IndexWriter::create_delta(path)?;
     let mut count = 0u64;
     let mut current = state.advance()?;
-    for (key, change) in changes {
-        while current.is_some() && state.key() < key.as_slice() {
+    for (key, change) in changes.iter() {
+        while current.is_some() && state.key() < key {
             count += 1;
             current = state.advance()?;
         }
-        let held = current.is_some() && state.key() == key.as_slice();
+        let held = current.is_some() && state.key() == key;
         if held {
             current = state.advance()?;
         }
@@ -854,7 +934,7 @@ fn write_delta_through(
             None if !held => continue,
             None => {}
         }
-        w.push_change(key, *change)?;
+        w.push_change(key, change)?;
     }
     while current.is_some() {
         count += 1;
@@ -1146,7 +1226,7 @@ fn read_at(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
 pub fn apply_changes(
     old: Option<&StateFiles>,
     path: &Path,
-    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    changes: &SortedChanges,
 ) -> Result<(u64, Unsynced)> {
     let (written, _, file) = merge_state(old, path, changes)?;
     Ok((written, file))
@@ -1159,7 +1239,7 @@ pub fn apply_changes(
 pub fn fold_changes(
     old: &StateFiles,
     path: &Path,
-    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    changes: &SortedChanges,
     held: u64,
 ) -> Result<(u64, Unsynced)> {
     let (written, read, file) = merge_state(Some(old), path, changes)?;
@@ -1176,14 +1256,10 @@ pub fn fold_changes(
 fn merge_state(
     old: Option<&StateFiles>,
     path: &Path,
-    changes: &BTreeMap<Vec<u8>, Option<Entry>>,
+    changes: &SortedChanges,
 ) -> Result<(u64, u64, Unsynced)> {
     let reader = old.map(Layered::open).transpose()?;
-    merge_into(
-        reader,
-        path,
-        changes.iter().map(|(k, c)| (k.as_slice(), *c)),
-    )
+    merge_into(reader, path, changes.iter())
 }
 
 /// Writes `path` anew as the old index (if any) merged with `changes`: keys in ascending order,
@@ -1479,7 +1555,12 @@ mod tests {
         .collect();
         let b = d.path().join("b.idx");
         assert_eq!(
-            committed(apply_changes(Some(&StateFiles::base(&a)), &b, &changes)).expect("apply"),
+            committed(apply_changes(
+                Some(&StateFiles::base(&a)),
+                &b,
+                &SortedChanges::from(changes.clone())
+            ))
+            .expect("apply"),
             4
         );
         let got: Vec<(Vec<u8>, u32)> = read_all(&b)
@@ -1607,11 +1688,54 @@ mod tests {
         committed(apply_changes(
             Some(&StateFiles::base(&p)),
             &q,
-            &BTreeMap::new(),
+            &SortedChanges::default(),
         ))
         .expect("merge");
         assert_eq!(&std::fs::read(&q).expect("read")[..8], b"TMKIDX03");
         assert_eq!(read_all(&q), want);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Changes pushed in any order, with repeats, sort to what a map that each change
+        /// replaces holds: each key once, ascending, its last change.
+        #[test]
+        fn key_changes_sort_to_each_keys_last(
+            log in proptest::collection::vec(
+                (proptest::collection::vec(0u8..4, 0..4), proptest::option::of(0u32..1000)),
+                0..300),
+        ) {
+            let mut changes = KeyChanges::default();
+            let mut want = BTreeMap::new();
+            for (k, c) in &log {
+                changes.push(k.clone(), c.map(e));
+                want.insert(k.clone(), c.map(e));
+            }
+            proptest::prop_assert_eq!(changes.is_empty(), log.is_empty());
+            let got: Vec<(Vec<u8>, Option<Entry>)> =
+                changes.into_sorted().iter().map(|(k, c)| (k.to_vec(), c)).collect();
+            proptest::prop_assert_eq!(got, want.into_iter().collect::<Vec<_>>());
+        }
+    }
+
+    /// A long list of changes to few keys is compacted as it grows: its length stays within
+    /// twice the keys (beyond the floor), and the last change of each key still wins.
+    #[test]
+    fn key_changes_stay_within_twice_the_keys() {
+        let mut changes = KeyChanges::default();
+        let rounds = 5 * COMPACT_FLOOR as u32;
+        for i in 0..rounds {
+            let key = (i % 1000).to_be_bytes().to_vec();
+            changes.push(key, Some(e(i)));
+            assert!(changes.items.len() <= COMPACT_FLOOR.max(2 * 1000));
+        }
+        let sorted = changes.into_sorted();
+        assert_eq!(sorted.len(), 1000);
+        for (k, c) in sorted.iter() {
+            let key = u32::from_be_bytes(k.try_into().expect("four bytes"));
+            let last = (rounds - 1 - key) / 1000 * 1000 + key;
+            assert_eq!(c, Some(e(last)), "key {key}");
+        }
     }
 
     proptest::proptest! {
@@ -1651,7 +1775,7 @@ mod tests {
                 delta.insert(k.clone(), c.map(e));
             }
             let b = d.path().join("b.idx");
-            let n = committed(apply_changes(Some(&StateFiles::base(&a)), &b, &delta)).expect("apply");
+            let n = committed(apply_changes(Some(&StateFiles::base(&a)), &b, &SortedChanges::from(delta.clone()))).expect("apply");
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&b).into_iter().map(|(k, e)| (k, e.crc32)).collect();
             proptest::prop_assert_eq!(n as usize, want.len());
@@ -1703,7 +1827,7 @@ mod tests {
                     delta.insert(k.clone(), c.map(e));
                 }
                 let path = d.path().join(format!("d{i}.idx"));
-                let n = committed(write_delta(&state, &path, &delta, held)).expect("delta");
+                let n = committed(write_delta(&state, &path, &SortedChanges::from(delta.clone()), held)).expect("delta");
                 state.deltas.push(path);
                 proptest::prop_assert_eq!(n as usize, want.len());
                 proptest::prop_assert_eq!(&read_layered(&state).expect("read"), &want);
@@ -1711,10 +1835,10 @@ mod tests {
             let folded = d.path().join("folded.idx");
             let held = want.len() as u64;
             // Folding checks the recorded count: one off is damage.
-            let wrong = committed(fold_changes(&state, &folded, &BTreeMap::new(), held + 1));
+            let wrong = committed(fold_changes(&state, &folded, &SortedChanges::default(), held + 1));
             let refused = matches!(wrong, Err(Error::Damaged { .. }));
             proptest::prop_assert!(refused, "a fold over a wrong count went through");
-            let n = committed(fold_changes(&state, &folded, &BTreeMap::new(), held)).expect("fold");
+            let n = committed(fold_changes(&state, &folded, &SortedChanges::default(), held)).expect("fold");
             proptest::prop_assert_eq!(n as usize, want.len());
             let got: BTreeMap<Vec<u8>, u32> =
                 read_all(&folded).into_iter().map(|(k, e)| (k, e.crc32)).collect();
@@ -1738,7 +1862,13 @@ mod tests {
         .into_iter()
         .collect();
         assert_eq!(
-            committed(write_delta(&state, &delta, &changes, 50)).expect("delta"),
+            committed(write_delta(
+                &state,
+                &delta,
+                &SortedChanges::from(changes.clone()),
+                50
+            ))
+            .expect("delta"),
             50
         );
         let layered = StateFiles {
@@ -1983,7 +2113,13 @@ mod tests {
         let delta = d.path().join("d.idx");
         let held = u64::from(n);
         assert_eq!(
-            committed(write_delta(&state, &delta, &changes, held)).expect("delta"),
+            committed(write_delta(
+                &state,
+                &delta,
+                &SortedChanges::from(changes.clone()),
+                held
+            ))
+            .expect("delta"),
             held
         );
         // Every flipped byte of the base is either refused by the delta, or it lies where the
@@ -1995,7 +2131,12 @@ mod tests {
             let mut bad = bytes.clone();
             bad[at] ^= 0x04;
             std::fs::write(&base, &bad).expect("write");
-            match committed(write_delta(&state, &delta, &changes, held)) {
+            match committed(write_delta(
+                &state,
+                &delta,
+                &SortedChanges::from(changes.clone()),
+                held,
+            )) {
                 Err(Error::Damaged { .. }) => {}
                 Err(other) => panic!("byte {at}: {other}"),
                 Ok(count) => {
