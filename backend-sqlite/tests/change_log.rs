@@ -238,3 +238,61 @@ fn an_integer_key_and_a_text_key_with_its_digits_stay_two_keys() {
         ]
     );
 }
+
+/// Log rows of tables whose names share their length and last byte, interleaved row by row,
+/// and of a table dropped since: each change is told to its own table (the reader tries the
+/// last row's table first and tells names apart by length and last byte before their bytes),
+/// and the dropped table's rows are left out.
+#[test]
+fn interleaved_tables_with_like_names_keep_their_changes_apart() {
+    let names = ["left_1", "right1", "mid__1", "x1"];
+    let schema: String = names
+        .iter()
+        .chain(["gone_1"].iter())
+        .map(|t| format!("CREATE TABLE \"{t}\"(id INTEGER PRIMARY KEY, v TEXT);"))
+        .collect();
+    let (_d, conn, backend, start) = tracked(&schema);
+    for i in 0..600i64 {
+        let t = names[(i as usize * 7) % names.len()];
+        conn.execute(
+            &format!("INSERT OR REPLACE INTO \"{t}\"(id, v) VALUES (?1, 'v')"),
+            [i % 150],
+        )
+        .unwrap();
+        if i % 11 == 0 {
+            conn.execute(&format!("DELETE FROM \"{t}\" WHERE id = ?1"), [i % 13])
+                .unwrap();
+        }
+        conn.execute("INSERT INTO gone_1(id, v) VALUES (?1, 'g')", [i])
+            .unwrap();
+    }
+    conn.execute_batch("DROP TABLE gone_1").unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT tbl, k0, max(seq) AS s FROM _tidemark_changes WHERE seq > ?1 \
+             AND tbl IS NOT NULL AND tbl <> 'gone_1' GROUP BY tbl, k0 ORDER BY s",
+        )
+        .unwrap();
+    let want: Vec<(String, String, bool)> = stmt
+        .query_map([start.position as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .map(|(tbl, id)| {
+            let n: i64 = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM \"{tbl}\" WHERE id = ?1"),
+                    [id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (tbl, id.to_string(), n == 1)
+        })
+        .collect();
+    assert_eq!(want.len(), 300, "75 keys in each table");
+    for name in names {
+        assert!(want.iter().any(|(t, _, _)| t == name), "{name}");
+    }
+    assert_eq!(read(&backend, &start), want);
+}
