@@ -146,7 +146,7 @@ impl SledBackend {
             .tree_names()
             .into_iter()
             .filter(|n| !tracked::is_internal(n))
-            .map(|n| CollectionName::from_bytes(&n).0)
+            .map(|n| CollectionName::from_bytes(&n).0.to_string())
             .collect()
     }
 }
@@ -204,7 +204,7 @@ impl StorageBackend for SledBackend {
 
     fn is_empty(&self) -> Result<bool> {
         for name in self.trees() {
-            let tree = self.tree(&CollectionName(name))?;
+            let tree = self.tree(&CollectionName::new(name))?;
             if !tree.is_empty() {
                 return Ok(false);
             }

@@ -51,14 +51,28 @@ impl std::str::FromStr for StoreKind {
 }
 
 /// The name of a collection: a SQLite table, a RocksDB column family or a sled tree.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct CollectionName(pub String);
+///
+/// The name is shared, not copied, when the name is cloned: a change reader hands one on with
+/// every change it reads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CollectionName(pub std::sync::Arc<str>);
+
+impl Serialize for CollectionName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CollectionName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d).map(CollectionName::new)
+    }
+}
 
 impl CollectionName {
     /// Wraps a name.
     pub fn new(name: impl Into<String>) -> Self {
-        CollectionName(name.into())
+        CollectionName(name.into().into())
     }
     /// The name as a string slice.
     pub fn as_str(&self) -> &str {
@@ -75,8 +89,8 @@ impl CollectionName {
     /// `~tm~` followed by the bytes in lowercase hex. [`CollectionName::to_bytes`] inverts it.
     pub fn from_bytes(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {
-            Ok(s) if !s.starts_with(NAME_ESCAPE) => CollectionName(s.to_string()),
-            _ => CollectionName(format!("{NAME_ESCAPE}{}", hex(bytes))),
+            Ok(s) if !s.starts_with(NAME_ESCAPE) => CollectionName(s.into()),
+            _ => CollectionName::new(format!("{NAME_ESCAPE}{}", hex(bytes))),
         }
     }
 
@@ -106,7 +120,7 @@ impl CollectionName {
     pub fn from_stored(stored: &str) -> Self {
         match stored.strip_prefix(NAME_ESCAPE).and_then(unhex) {
             Some(bytes) => CollectionName::from_bytes(&bytes),
-            None => CollectionName(stored.to_string()),
+            None => CollectionName(stored.into()),
         }
     }
 }

@@ -82,7 +82,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let options = RestoreOptions {
         force,
         skip_damaged,
-        collections: collections.map(|c| c.into_iter().map(backup_core::CollectionName).collect()),
+        collections: collections.map(|c| {
+            c.into_iter()
+                .map(backup_core::CollectionName::new)
+                .collect()
+        }),
         progress: bar.clone().map(|bar| {
             backup_core::restore::RestoreProgress(std::sync::Arc::new(move |done, total| {
                 if let Some(total) = total {
