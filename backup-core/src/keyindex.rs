@@ -208,7 +208,7 @@ impl KeyChanges {
     pub fn push(&mut self, key: Vec<u8>, change: Option<Entry>) {
         self.items.push((key, change));
         if self.items.len() >= self.compact_at.max(COMPACT_FLOOR) {
-            sort_keeping_last(&mut self.items);
+            sort_keeping_last(&mut self.items, |a, b| a.0.cmp(&b.0));
             self.compact_at = 2 * self.items.len();
         }
     }
@@ -220,18 +220,19 @@ impl KeyChanges {
 
     /// The changes in ascending key order, each key's last.
     pub fn into_sorted(mut self) -> SortedChanges {
-        sort_keeping_last(&mut self.items);
+        sort_keeping_last(&mut self.items, |a, b| a.0.cmp(&b.0));
         SortedChanges(self.items)
     }
 }
 
-/// Sorts `items` by key (stably: a key's changes stay in their order) and keeps each key's
-/// last change.
-fn sort_keeping_last(items: &mut Vec<(Vec<u8>, Option<Entry>)>) {
-    items.sort_by(|a, b| a.0.cmp(&b.0));
-    // `dedup_by` keeps the first of a run: the later change is swapped into its place.
+/// Sorts `items` by their keys, which `by_key` compares (stably: equal keys keep their order),
+/// and keeps, of equal keys, the last item given: the key changes of an incremental, and the
+/// keys [`IndexBuilder`] buffers.
+fn sort_keeping_last<T>(items: &mut Vec<T>, by_key: impl Fn(&T, &T) -> std::cmp::Ordering) {
+    items.sort_by(&by_key);
+    // `dedup_by` keeps the first of a run: the later item is swapped into its place.
     items.dedup_by(|later, kept| {
-        let same = later.0 == kept.0;
+        let same = by_key(later, kept).is_eq();
         if same {
             std::mem::swap(later, kept);
         }
@@ -1373,15 +1374,7 @@ impl IndexBuilder {
         let arena = std::mem::take(&mut self.arena);
         let mut items = std::mem::take(&mut self.items);
         let key = |&(at, len, _): &(usize, usize, Entry)| &arena[at..at + len];
-        items.sort_by(|a, b| key(a).cmp(key(b)));
-        // Of equal keys, keep the last one's entry (in place: `later` is removed, `kept` stays).
-        items.dedup_by(|later, kept| {
-            let same = key(later) == key(kept);
-            if same {
-                *kept = *later;
-            }
-            same
-        });
+        sort_keeping_last(&mut items, |a, b| key(a).cmp(key(b)));
         (arena, items)
     }
 
