@@ -583,19 +583,32 @@ impl SealedArchive {
 
     /// Opens chunk `index` (its sealed bytes, tag included) in place.
     fn open_chunk(&self, index: u64, data: &mut Vec<u8>) -> std::io::Result<()> {
-        let last = index + 1 == self.chunks;
-        self.cipher
-            .decrypt_in_place(&nonce(index, last), b"", data)
-            .map_err(|_| self.unauthentic(index))
+        let body = self.open_in_place(index, data)?;
+        data.truncate(body);
+        Ok(())
     }
 
-    /// The error for chunk `index`, which does not open.
-    fn unauthentic(&self, index: u64) -> std::io::Error {
-        corrupt(format!(
-            "{}: chunk {index} does not authenticate: the archive was changed, or sealed with \
-             another key",
-            self.inner.location().display()
-        ))
+    /// Opens chunk `index`, whose sealed bytes (tag included) are `sealed`, in place; returns
+    /// the length of its plaintext, which starts `sealed`.
+    fn open_in_place(&self, index: u64, sealed: &mut [u8]) -> std::io::Result<usize> {
+        let unauthentic = || {
+            corrupt(format!(
+                "{}: chunk {index} does not authenticate: the archive was changed, or sealed \
+                 with another key",
+                self.inner.location().display()
+            ))
+        };
+        let body = sealed.len().checked_sub(TAG).ok_or_else(unauthentic)?;
+        let (plain, tag) = sealed.split_at_mut(body);
+        self.cipher
+            .decrypt_in_place_detached(
+                &nonce(index, index + 1 == self.chunks),
+                b"",
+                plain,
+                chacha20poly1305::Tag::from_slice(tag),
+            )
+            .map_err(|_| unauthentic())?;
+        Ok(body)
     }
 }
 
@@ -630,27 +643,14 @@ impl ArchiveRead for SealedArchive {
         let mut kept = 0;
         for (i, start) in (0..buf.len()).step_by(SEALED_CHUNK).enumerate() {
             let end = (start + SEALED_CHUNK).min(buf.len());
-            let index = first + i as u64;
-            let body_end = end
-                .checked_sub(TAG)
-                .filter(|&b| b >= start)
-                .ok_or_else(|| self.unauthentic(index))?;
-            let (body, tag) = buf[start..end].split_at_mut(body_end - start);
-            self.cipher
-                .decrypt_in_place_detached(
-                    &nonce(index, index + 1 == self.chunks),
-                    b"",
-                    body,
-                    chacha20poly1305::Tag::from_slice(tag),
-                )
-                .map_err(|_| self.unauthentic(index))?;
-            let from = if i == 0 {
+            let body_end = start + self.open_in_place(first + i as u64, &mut buf[start..end])?;
+            let keep_from = if i == 0 {
                 (start + skip).min(body_end)
             } else {
                 start
             };
-            buf.copy_within(from..body_end, kept);
-            kept += body_end - from;
+            buf.copy_within(keep_from..body_end, kept);
+            kept += body_end - keep_from;
         }
         if kept < len {
             return Err(corrupt(format!(
