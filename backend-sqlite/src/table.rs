@@ -188,25 +188,10 @@ pub fn encode_key(fields: &[Field]) -> Key {
 }
 
 /// The decimal digits of `i` (with a `-` if negative), as `i.to_string()` writes them but
-/// without the formatting machinery: every row of a table keyed by an integer is keyed so.
+/// without the formatting machinery (itoa, which serde_json writes integers with): every row
+/// of a table keyed by an integer is keyed so.
 fn decimal(i: i64) -> Vec<u8> {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = i.unsigned_abs();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let mut out = Vec::with_capacity(digits.len() - at + 1);
-    if i < 0 {
-        out.push(b'-');
-    }
-    out.extend_from_slice(&digits[at..]);
-    out
+    itoa::Buffer::new().format(i).as_bytes().to_vec()
 }
 
 /// Whether a lone TEXT key must be written as a JSON array to stay distinct from the other
