@@ -101,13 +101,18 @@ impl Progress {
             Event::Written(_) => {}
             Event::Notice(msg) => bar.println(msg),
             Event::Finishing => {
-                // The bar is full; what remains has no count: a spinner, still on the clock.
-                bar.set_style(
+                // The bar is full; what remains has no count: a spinner, on the clock. A new
+                // bar, not the records bar restyled: indicatif draws a bar at most 20 times a
+                // second after a burst, which the records had used up, so a finish shorter than
+                // the wait was never shown. A new bar draws its first line at once.
+                bar.finish_and_clear();
+                let spinner = indicatif::ProgressBar::new_spinner().with_style(
                     indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                         .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                 );
-                bar.set_message("finishing: making the backup durable");
-                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                spinner.set_message("finishing: making the backup durable");
+                spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+                self.bar = Some(spinner);
             }
         }
     }
