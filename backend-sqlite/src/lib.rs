@@ -49,6 +49,9 @@ pub const UNTRACKED_ID: &str = "untracked";
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the change log's trim waits for the write lock; past it, the next backup trims.
+pub(crate) const TRIM_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A SQLite database as a tidemark store.
 pub struct SqliteBackend {
     path: PathBuf,
@@ -527,7 +530,15 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn prepare(&self) -> Result<()> {
-        if self.is_tracked()? {
+        // Capture is completed (tables created or renamed since) only where it is incomplete:
+        // completing it takes the write lock, which waits behind an application's write
+        // transaction, and a backup of a tracked database otherwise needs none.
+        let incomplete = {
+            let conn = self.lock();
+            tracking::is_tracked(&conn).map_err(|e| self.err(e))?
+                && !tracking::is_complete(&conn, &self.describe())?
+        };
+        if incomplete {
             self.track()?;
         }
         Ok(())
@@ -579,7 +590,13 @@ impl StorageBackend for SqliteBackend {
         let mut conn = self.lock();
         match tracking::meta(&conn).map_err(|e| self.err(e))? {
             Some((id, _)) if id == upto.store_id.0 => {
-                tracking::trim(&mut conn, &self.describe(), upto.position)
+                // The backup is complete without the trim, which the next one can do: it waits
+                // for an application's write transaction a short while, not BUSY_TIMEOUT.
+                conn.busy_timeout(TRIM_BUSY_TIMEOUT)
+                    .map_err(|e| self.err(e))?;
+                let trimmed = tracking::trim(&mut conn, &self.describe(), upto.position);
+                conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
+                trimmed
             }
             _ => Ok(()),
         }

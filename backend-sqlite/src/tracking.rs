@@ -50,6 +50,37 @@ pub struct TrackReport {
     pub first_install: bool,
 }
 
+/// Whether tracking is installed and complete: the log and meta tables exist, every user table
+/// has its four triggers under its current name, and no trigger is left under an old name.
+/// Read in one read transaction, so that a backup of a tracked database whose capture is
+/// complete (the usual case) never asks for the application's write lock: [`install`] takes
+/// it, and waits behind an application's long write transaction.
+pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("checking change tracking: {e}"));
+    // A deferred transaction: everything below reads one snapshot, without a write lock.
+    conn.execute_batch("BEGIN").map_err(err)?;
+    let complete = complete_in(conn, store);
+    let ended = conn.execute_batch("COMMIT").map_err(err);
+    let complete = complete?;
+    ended?;
+    Ok(complete)
+}
+
+fn complete_in(conn: &Connection, store: &str) -> Result<bool> {
+    let err = |e: rusqlite::Error| Error::store(store, format!("checking change tracking: {e}"));
+    if !is_tracked(conn).map_err(err)? || has_stale_triggers(conn).map_err(err)? {
+        return Ok(false);
+    }
+    // A table's triggers are created after the log has a key column for each of its key
+    // values (install widens it first), so a table with its triggers needs nothing more.
+    for table in user_tables(conn, store)? {
+        if !has_triggers(conn, &table).map_err(err)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Installs tracking, or completes it (tables created since), in one write transaction.
 pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
     let err = |e: rusqlite::Error| Error::store(store, format!("installing change tracking: {e}"));
@@ -175,7 +206,20 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
 /// Deletes log rows at or before `upto` and raises the floor to it. In WAL mode the connection
 /// then leaves the WAL as it is when it closes (see the comment inside).
 pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("trimming the change log: {e}"));
+    let err = |e: rusqlite::Error| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            Error::store(
+                store,
+                format!(
+                    "another connection held the database's write lock for over {} s ({e}); \
+                     the next backup trims the log",
+                    crate::TRIM_BUSY_TIMEOUT.as_secs()
+                ),
+            )
+        } else {
+            Error::store(store, format!("trimming the change log: {e}"))
+        }
+    };
     // In WAL mode the trim commits without syncing the WAL (SQLite's `synchronous = NORMAL`,
     // which WAL mode keeps free of corruption): a trim lost to a power cut leaves the rows and
     // the floor as they were, and the next incremental reads those changes again. The next
@@ -243,28 +287,35 @@ pub fn log_key_width(conn: &Connection) -> rusqlite::Result<usize> {
 /// Drops capture triggers whose name no longer matches their table (the table was renamed:
 /// SQLite moves triggers along, but they would log the old name).
 fn drop_stale_triggers(conn: &Connection) -> rusqlite::Result<()> {
-    let stale: Vec<String> = {
-        let mut stmt = conn.prepare(
-            "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' \
-             AND name LIKE '\\_tidemark\\_%' ESCAPE '\\'",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut stale = Vec::new();
-        for row in rows {
-            let (name, table) = row?;
-            if !["ins", "upd", "updk", "del"]
-                .iter()
-                .any(|k| trigger_name(k, &table) == name)
-            {
-                stale.push(name);
-            }
-        }
-        stale
-    };
-    for name in stale {
+    for name in stale_triggers(conn)? {
         conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
     }
     Ok(())
+}
+
+/// Whether a capture trigger's name no longer matches its table (see [`drop_stale_triggers`]).
+fn has_stale_triggers(conn: &Connection) -> rusqlite::Result<bool> {
+    stale_triggers(conn).map(|s| !s.is_empty())
+}
+
+/// The capture triggers whose name no longer matches their table.
+fn stale_triggers(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, tbl_name FROM sqlite_schema WHERE type = 'trigger' \
+         AND name LIKE '\\_tidemark\\_%' ESCAPE '\\'",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut stale = Vec::new();
+    for row in rows {
+        let (name, table) = row?;
+        if !["ins", "upd", "updk", "del"]
+            .iter()
+            .any(|k| trigger_name(k, &table) == name)
+        {
+            stale.push(name);
+        }
+    }
+    Ok(stale)
 }
 
 fn trigger_name(kind: &str, table: &str) -> String {
@@ -351,6 +402,30 @@ mod tests {
     fn rows(conn: &Connection) -> i64 {
         conn.query_row(&format!("SELECT count(*) FROM {CHANGES}"), [], |r| r.get(0))
             .expect("count")
+    }
+
+    #[test]
+    fn capture_is_complete_until_a_table_is_created_or_renamed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut conn = Connection::open(dir.path().join("c.db")).expect("open");
+        let complete = |conn: &Connection| is_complete(conn, "c").expect("check");
+        conn.execute_batch("CREATE TABLE a(id INTEGER PRIMARY KEY, v)")
+            .expect("create");
+        assert!(!complete(&conn), "not tracked yet");
+        install(&mut conn, "c").expect("track");
+        assert!(complete(&conn));
+        for change in [
+            "CREATE TABLE b(x, y)",
+            "ALTER TABLE a RENAME TO a2",
+            "CREATE TABLE wide(p, q, r, PRIMARY KEY (p, q, r)) WITHOUT ROWID",
+        ] {
+            conn.execute_batch(change).expect("change");
+            assert!(!complete(&conn), "after {change}");
+            install(&mut conn, "c").expect("complete");
+            assert!(complete(&conn), "completed after {change}");
+        }
+        // The check leaves no transaction open.
+        assert!(conn.is_autocommit());
     }
 
     #[test]

@@ -1415,3 +1415,118 @@ fn a_restore_over_a_tracked_source_says_tracking_is_gone() {
         );
     }
 }
+
+/// The `sqlite3` shell, as an application inside a write transaction: it has begun one
+/// (`BEGIN IMMEDIATE`, which takes the write lock), written `update`, and waits, until
+/// [`Application::commit`].
+struct Application {
+    child: std::process::Child,
+}
+
+impl Application {
+    fn in_write_transaction(db: &Path, update: &str) -> Self {
+        use std::io::{BufRead, Write};
+        let mut child = Command::new("sqlite3")
+            .arg(db)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the sqlite3 shell is installed");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(
+            stdin,
+            ".bail on\nBEGIN IMMEDIATE;\n{update}\nSELECT 'holding the write lock';"
+        )
+        .unwrap();
+        stdin.flush().unwrap();
+        // The shell answers once the statements before have run: the lock is held.
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "holding the write lock");
+        Application { child }
+    }
+
+    fn commit(mut self) {
+        use std::io::Write;
+        let mut stdin = self.child.stdin.take().unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+        drop(stdin);
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn a_backup_does_not_wait_for_an_applications_write_transaction() {
+    // In both journal modes an application's write transaction leaves the database readable:
+    // a backup of a tracked database reads it, and only the trim, which can wait for the next
+    // backup, needs the write lock. Before, every backup took the write lock to check the
+    // capture triggers, and failed after 30 s of waiting behind such a transaction.
+    for mode in ["WAL", "DELETE"] {
+        let d = Dir::new();
+        let db = d.join("app.db");
+        sql(
+            &db,
+            &format!(
+                "PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100)
+                 INSERT INTO t SELECT i, 'v' || i FROM n;"
+            ),
+        );
+        ok(&["track", "--source", "sqlite:app.db"], d.path());
+        ok(
+            &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+            d.path(),
+        );
+        sql(&db, "UPDATE t SET v = 'committed' WHERE id <= 5;");
+        let app =
+            Application::in_write_transaction(&db, "UPDATE t SET v = 'pending' WHERE id > 95;");
+        let out = tidemark(
+            &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+            d.path(),
+        );
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{mode}: {stdout}\n{stderr}");
+        // The committed changes, not the pending ones.
+        assert!(
+            stdout.contains("Backup (incremental)") && stdout.contains("5 records written"),
+            "{mode}: {stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains("the next backup trims the log"),
+            "{mode}: {stdout}\n{stderr}"
+        );
+        app.commit();
+        let logged = |db: &Path| {
+            let out = Command::new("sqlite3")
+                .arg(db)
+                .arg("SELECT count(*) FROM _tidemark_changes")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(
+            logged(&db),
+            "10",
+            "{mode}: the first five changes are still logged"
+        );
+        let out = ok(
+            &["backup", "--source", "sqlite:app.db", "--to", "bk"],
+            d.path(),
+        );
+        assert!(
+            out.contains("Backup (incremental)") && out.contains("5 records written"),
+            "{mode}: {out}"
+        );
+        assert_eq!(logged(&db), "0", "{mode}: the trim caught up");
+        ok(
+            &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+            d.path(),
+        );
+        assert_same_dump(&dump(&d.join("r.db")), &dump(&db), mode);
+    }
+}
