@@ -179,26 +179,37 @@ impl SqliteBackend {
     }
 
     fn check_database(conn: &Connection, path: &Path) -> Result<()> {
+        // The check waits for a commit in progress (rollback-journal mode locks readers out
+        // while it writes the file) as every read of the backup does: without a busy timeout
+        // here, a backup that opened during an application's commit failed at once.
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| Error::store(describe(path), e.to_string()))?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
             r.get::<_, i64>(0)
         })
         .map(|_| ())
         .map_err(|e| {
-            let readonly = matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
-            );
+            use rusqlite::ErrorCode;
+            let cause = match e.sqlite_error_code() {
+                Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => format!(
+                    "a SQLite database that cannot be read without write access ({e}): a \
+                     database in WAL mode needs its directory writable for the -shm and -wal \
+                     files; grant write access, or copy it somewhere writable first"
+                ),
+                // Another connection kept even readers out for the whole busy timeout: an
+                // application in exclusive locking mode, or one committing for that long.
+                Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
+                    "another connection kept readers out of the database for {} s ({e}): an \
+                     application holds it in exclusive locking mode (`PRAGMA locking_mode = \
+                     EXCLUSIVE`), or a commit took that long; back it up when it lets readers \
+                     in",
+                    BUSY_TIMEOUT.as_secs()
+                ),
+                _ => format!("not a SQLite database ({e})"),
+            };
             Error::BadInput {
                 path: path.to_path_buf(),
-                cause: if readonly {
-                    format!(
-                        "a SQLite database that cannot be read without write access ({e}): a \
-                         database in WAL mode needs its directory writable for the -shm and \
-                         -wal files; grant write access, or copy it somewhere writable first"
-                    )
-                } else {
-                    format!("not a SQLite database ({e})")
-                },
+                cause,
             }
         })
     }

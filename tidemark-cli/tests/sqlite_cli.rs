@@ -1416,15 +1416,19 @@ fn a_restore_over_a_tracked_source_says_tracking_is_gone() {
     }
 }
 
-/// The `sqlite3` shell, as an application inside a write transaction: it has begun one
-/// (`BEGIN IMMEDIATE`, which takes the write lock), written `update`, and waits, until
-/// [`Application::commit`].
+/// The `sqlite3` shell, as an application holding a lock: it has run a script that takes one
+/// (`BEGIN IMMEDIATE` and a write, say), and waits, until [`Application::commit`].
 struct Application {
     child: std::process::Child,
 }
 
 impl Application {
+    /// Inside a write transaction (which holds the write lock) that wrote `update`.
     fn in_write_transaction(db: &Path, update: &str) -> Self {
+        Self::holding(db, &format!("BEGIN IMMEDIATE;\n{update}"))
+    }
+
+    fn holding(db: &Path, script: &str) -> Self {
         use std::io::{BufRead, Write};
         let mut child = Command::new("sqlite3")
             .arg(db)
@@ -1433,18 +1437,16 @@ impl Application {
             .spawn()
             .expect("the sqlite3 shell is installed");
         let stdin = child.stdin.as_mut().unwrap();
-        writeln!(
-            stdin,
-            ".bail on\nBEGIN IMMEDIATE;\n{update}\nSELECT 'holding the write lock';"
-        )
-        .unwrap();
+        writeln!(stdin, ".bail on\n{script}\nSELECT 'holding the lock';").unwrap();
         stdin.flush().unwrap();
-        // The shell answers once the statements before have run: the lock is held.
+        // The shell answers once the statements before have run: the lock is held. (A pragma
+        // answers too.)
+        let mut out = std::io::BufReader::new(child.stdout.as_mut().unwrap());
         let mut line = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "holding the write lock");
+        while line.trim() != "holding the lock" {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "the shell stopped");
+        }
         Application { child }
     }
 
@@ -1529,4 +1531,53 @@ fn a_backup_does_not_wait_for_an_applications_write_transaction() {
         );
         assert_same_dump(&dump(&d.join("r.db")), &dump(&db), mode);
     }
+}
+
+#[test]
+fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
+    let d = Dir::new();
+    let db = d.join("app.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    // In rollback-journal mode a writer that has taken the exclusive lock (as a commit does)
+    // keeps readers out until it is done: the backup waits for it, as its reads do. It used
+    // to fail at once, calling the database "not a SQLite database (database is locked)".
+    let app = Application::holding(&db, "BEGIN EXCLUSIVE;\nUPDATE t SET v = 'c' WHERE id = 1;");
+    let dir = d.path().to_path_buf();
+    let backup = std::thread::spawn(move || {
+        Command::new(common::bin())
+            .args(["backup", "--source", "sqlite:app.db", "--to", "bk"])
+            .current_dir(dir)
+            .output()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    app.commit();
+    let out = backup.join().unwrap().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        &["restore", "--from", "bk", "--to", "sqlite:r.db"],
+        d.path(),
+    );
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after the commit");
+    // An application in exclusive locking mode never lets a reader in: after the busy
+    // timeout the backup fails, and says why.
+    let app = Application::holding(&db, "PRAGMA locking_mode = EXCLUSIVE;\nBEGIN EXCLUSIVE;");
+    let err = fails(
+        &["backup", "--source", "sqlite:app.db", "--to", "bk2"],
+        d.path(),
+    );
+    assert!(
+        err.contains("app.db")
+            && err.contains("exclusive locking mode")
+            && !err.contains("not a SQLite database"),
+        "{err}"
+    );
+    app.commit();
 }
