@@ -291,6 +291,18 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
+        /// The encoder writes column values byte for byte as serde_json writes them through
+        /// `field_to_json`, as it did before it wrote text, integers and nulls itself.
+        #[test]
+        fn fields_are_written_as_serde_json_writes_them(f in field()) {
+            let mut out = Vec::new();
+            super::super::v2::json_field(&mut out, &f);
+            prop_assert_eq!(
+                out,
+                serde_json::to_vec(&crate::document::field_to_json(&f)).expect("serializes")
+            );
+        }
+
         /// Every line the encoder writes reads the same both ways.
         #[test]
         fn encoded_lines_read_the_same_both_ways(key in key(), value in value(), delete: bool) {
