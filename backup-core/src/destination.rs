@@ -42,10 +42,23 @@ impl std::fmt::Display for DestFormat {
 /// The format the destination `dir` holds: its marker, or for directories written before
 /// markers existed, what it holds. `None` for a missing or empty destination.
 pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
+    not_a_file(dir)?;
     match read_marker(dir)? {
         Some(format) => Ok(Some(format)),
         None => infer_format(dir),
     }
+}
+
+/// Refuses a backup path that is something other than a directory (a database given where its
+/// backup was meant, say), which reading its files would report as "Not a directory".
+pub fn not_a_file(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::BadInput {
+            path: dir.to_path_buf(),
+            cause: "not a backup directory (a backup is a directory; this is a file)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// What the marker says, if it names a format. A damaged marker (anything but the two words)

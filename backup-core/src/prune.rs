@@ -303,6 +303,7 @@ pub fn prune_archives(dir: &Path, retention: &Retention, dry_run: bool) -> Resul
 pub fn prune_local(chain: &LocalChain, retention: &Retention, dry_run: bool) -> Result<PrunePlan> {
     let dir = chain.dir();
     check_retention(dir, retention)?;
+    crate::destination::not_a_file(dir)?;
     if !dir.is_dir() {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),

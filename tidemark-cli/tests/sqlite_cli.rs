@@ -177,6 +177,22 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
         d.path(),
     );
     assert!(e.contains("a-file") && e.contains("not a directory"), "{e}");
+    // A database given where its backup was meant: every command says it is not a backup
+    // directory (not "Not a directory (os error 20)" from inside it, nor "no such" one).
+    for args in [
+        &["verify", "ok.db"][..],
+        &["restore", "--from", "ok.db", "--to", "sqlite:new.db"],
+        &["list", "ok.db"],
+        &["prune", "ok.db", "--keep-last", "1"],
+        &["compact", "ok.db"],
+    ] {
+        let e = fails(args, d.path());
+        assert!(
+            e.contains("ok.db: not a backup directory") && !e.contains("os error"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(!d.join("new.db").exists());
 
     // An unwritable backup directory (root ignores permissions, so use a path under a file).
     let e = fails(

@@ -22,6 +22,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let dir = backup.place()?;
     let keys = backup.keys()?;
     if let Place::Local(d) = &dir {
+        backup_core::destination::not_a_file(d).with_context(|| format!("list {dir}"))?;
         let path = d
             .join(backup_core::folder::META_DIR)
             .join(backup_core::folder::MANIFEST_FILE);
