@@ -746,6 +746,33 @@ fn several_destinations_in_one_run() {
         "local copy",
     );
     assert_same_dump(&restore(d, &good, None, "from-s3.db"), &want, "S3 copy");
+    // Without --format an object store alone takes an archive, the only format it holds; beside
+    // a directory (whose default is a folder) it asks for --format archive.
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET v = 'third' WHERE id % 4 = 0;",
+    );
+    let out = ok(&["backup", "--source", "sqlite:src.db", "--to", &good], d);
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "local2",
+            "--to",
+            &good,
+        ],
+        d,
+    );
+    assert!(err.contains("--format archive"), "{err}");
+    assert!(!d.join("local2").exists());
+    assert_same_dump(
+        &restore(d, &good, None, "from-s3-2.db"),
+        &dump(&d.join("src.db")),
+        "S3 copy without --format",
+    );
 }
 
 /// `list --json` and `verify --json` (and `verify -q`) say the same for a bucket and a

@@ -30,9 +30,10 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
     /// `folder` (plain JSON files, updated in place) or `archive` (one compressed zip per
-    /// backup, chained).
-    #[arg(long, value_enum, default_value_t = Format::Folder)]
-    pub format: Format,
+    /// backup, chained). Default: `folder`, or `archive` when every destination is an object
+    /// store (which holds archives only).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
     /// Archive codec (default: deflate, which any `unzip` reads).
     #[arg(long, value_enum)]
     pub compression: Option<Codec>,
@@ -101,6 +102,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let keys = keys.options()?;
     let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
+    let format = format.unwrap_or(if to.iter().all(|p| matches!(p, Place::Remote(_))) {
+        Format::Archive
+    } else {
+        Format::Folder
+    });
     if format == Format::Folder && !remote {
         let archive_only = [
             ("--compression", compression.is_some()),
