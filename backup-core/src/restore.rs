@@ -55,7 +55,20 @@ pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
         cause: if path.is_dir() {
             format!("not a {what} database (no {marker} file)")
         } else if path.exists() {
-            "not a directory".into()
+            let sqlite = std::fs::File::open(path).is_ok_and(|mut f| {
+                let mut head = [0u8; 16];
+                std::io::Read::read_exact(&mut f, &mut head).is_ok()
+                    && &head == b"SQLite format 3\0"
+            });
+            if sqlite {
+                format!(
+                    "a file, and a {what} database is a directory: this is a SQLite database \
+                     (sqlite:{})",
+                    path.display()
+                )
+            } else {
+                format!("a file, and a {what} database is a directory")
+            }
         } else {
             "no such directory".into()
         },

@@ -188,9 +188,23 @@ fn bad_rocksdb_sources_get_plain_errors() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     std::fs::create_dir(d.join("empty")).unwrap();
+    common::sql(
+        &d.join("app.db"),
+        "CREATE TABLE t(a); INSERT INTO t VALUES (1);",
+    );
+    std::fs::write(d.join("notes.txt"), "text").unwrap();
     for (src, want) in [
         ("rocksdb:nope", "no such directory"),
         ("rocksdb:empty", "no CURRENT file"),
+        // A SQLite file given as RocksDB: the kind it is, not only what it is not.
+        (
+            "rocksdb:app.db",
+            "a RocksDB database is a directory: this is a SQLite database (sqlite:app.db)",
+        ),
+        (
+            "rocksdb:notes.txt",
+            "a file, and a RocksDB database is a directory",
+        ),
     ] {
         let out = Command::new(common::bin())
             .args(["backup", "--source", src, "--to", "bk"])
