@@ -151,7 +151,19 @@ impl SqliteBackend {
         }
         Err(Error::BadInput {
             path: path.to_path_buf(),
-            cause: if path.exists() {
+            cause: if path.join("CURRENT").is_file() {
+                format!(
+                    "a directory, and a SQLite database is a file: this is a RocksDB database \
+                     (rocksdb:{})",
+                    path.display()
+                )
+            } else if path.join("conf").is_file() && path.join("db").is_file() {
+                format!(
+                    "a directory, and a SQLite database is a file: this looks like a sled \
+                     database (sled:{})",
+                    path.display()
+                )
+            } else if path.exists() {
                 "not a file".into()
             } else {
                 "no such file".into()

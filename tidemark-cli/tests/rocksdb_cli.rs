@@ -193,6 +193,7 @@ fn bad_rocksdb_sources_get_plain_errors() {
         "CREATE TABLE t(a); INSERT INTO t VALUES (1);",
     );
     std::fs::write(d.join("notes.txt"), "text").unwrap();
+    write(&d.join("real"), |db| db.put(b"k", b"v").unwrap());
     for (src, want) in [
         ("rocksdb:nope", "no such directory"),
         ("rocksdb:empty", "no CURRENT file"),
@@ -204,6 +205,11 @@ fn bad_rocksdb_sources_get_plain_errors() {
         (
             "rocksdb:notes.txt",
             "a file, and a RocksDB database is a directory",
+        ),
+        // And a RocksDB directory given as SQLite.
+        (
+            "sqlite:real",
+            "a SQLite database is a file: this is a RocksDB database (rocksdb:real)",
         ),
     ] {
         let out = Command::new(common::bin())
