@@ -279,8 +279,20 @@ keep_last = 2
         &dump(&d.join("src.db")),
         "scheduled",
     );
-    // Remote folder backups are refused with a clear message.
-    let err = fails(&["backup", "--source", "sqlite:src.db", "--to", &url], d);
+    // Remote folder backups (asked for: an object store alone takes archives by default) are
+    // refused with a clear message.
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            &url,
+            "--format",
+            "folder",
+        ],
+        d,
+    );
     assert!(err.contains("remote destinations take archives"), "{err}");
 }
 
