@@ -62,10 +62,47 @@ pub fn crash_point(what: &str, path: &Path) {
     }
 }
 
-/// Renames `from` to `to` (a [`crash_point`] first).
+/// Renames `from` to `to` (a [`crash_point`] first). A temporary file renamed into place is no
+/// longer one ([`track_temp`]).
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     crash_point("rename", from);
-    fs::rename(from, to).map_err(|e| Error::io("rename", from, e))
+    fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
+    temp_files().remove(from);
+    Ok(())
+}
+
+/// The temporary files this process has created and not renamed into place yet (an
+/// archive being written, key state files, a manifest's new version).
+static TEMP_FILES: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn temp_files() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<PathBuf>> {
+    // A panic while holding it leaves a set of paths, which stays usable.
+    TEMP_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records `path` as a temporary file of this process until [`rename`] puts it in place, so
+/// that [`remove_temp_files`] can remove it if the process is interrupted first.
+pub fn track_temp(path: &Path) {
+    temp_files().insert(path.to_path_buf());
+}
+
+/// Removes a temporary file that is no longer needed (best effort: a leftover is removed by the
+/// next run), and forgets it ([`track_temp`]).
+pub fn remove_temp(path: &Path) {
+    let _ = fs::remove_file(path);
+    temp_files().remove(path);
+}
+
+/// Removes the temporary files this process created and has not renamed into place, for a
+/// Ctrl-C handler that exits right after: an interrupted backup leaves no temporary files (a
+/// file it misses, or one of a killed process, is removed by the next run). Returns how many
+/// were removed.
+pub fn remove_temp_files() -> usize {
+    let mut files = temp_files();
+    let removed = files.iter().filter(|p| fs::remove_file(p).is_ok()).count();
+    files.clear();
+    removed
 }
 
 /// fsyncs an open file (a [`crash_point`] first).
@@ -144,6 +181,7 @@ impl Unsynced {
 pub fn write_aside(path: &Path, bytes: &[u8]) -> Result<Unsynced> {
     let tmp = temp_path(path);
     let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    track_temp(&tmp);
     f.write_all(bytes)
         .map_err(|e| Error::io("write", &tmp, e))?;
     Ok(Unsynced::new(f, tmp, path.to_path_buf()))

@@ -306,6 +306,7 @@ impl IndexWriter {
         }
         let tmp = crate::durable::temp_path(path);
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        crate::durable::track_temp(&tmp);
         let mut w = IndexWriter {
             out: BufWriter::with_capacity(1 << 16, Crc::new(file, u64::MAX)),
             tmp,
@@ -451,7 +452,7 @@ impl IndexWriter {
     /// Abandons the index (removes the partial file).
     pub fn abandon(self) {
         // Best effort: a leftover `.tmp` is ignored by readers and replaced by the next writer.
-        let _ = std::fs::remove_file(&self.tmp);
+        crate::durable::remove_temp(&self.tmp);
     }
 }
 
@@ -1336,6 +1337,8 @@ impl IndexBuilder {
     /// Starts an index that will replace `path`, buffering at most `budget` bytes of keys.
     pub fn create(path: &Path, budget: usize) -> Result<Self> {
         let first = Self::run_path(path, 0);
+        // Runs are temporary files too: an interrupted run removes them (durable::track_temp).
+        crate::durable::track_temp(&first);
         Ok(IndexBuilder {
             path: path.to_path_buf(),
             budget: budget.max(1 << 16),
@@ -1382,6 +1385,7 @@ impl IndexBuilder {
     fn spill(&mut self) -> Result<()> {
         let (arena, items) = self.sorted();
         let path = Self::run_path(&self.path, self.runs.len());
+        crate::durable::track_temp(&path);
         let mut w = IndexWriter::create(&path)?;
         for &(at, len, e) in &items {
             w.push(&arena[at..at + len], e)?;
@@ -1422,7 +1426,7 @@ impl IndexBuilder {
             merge_runs(&runs, &self.path)
         };
         for r in &runs {
-            let _ = std::fs::remove_file(r);
+            crate::durable::remove_temp(r);
         }
         result
     }
@@ -1434,7 +1438,7 @@ impl Drop for IndexBuilder {
             w.abandon();
         }
         for r in &self.runs {
-            let _ = std::fs::remove_file(r);
+            crate::durable::remove_temp(r);
         }
     }
 }

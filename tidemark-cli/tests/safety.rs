@@ -704,3 +704,78 @@ fn an_interrupted_restore_leaves_no_temporary_files() {
     assert!(tmp().is_empty(), "left behind: {:?}", tmp());
     assert!(!d.join("r.db").exists());
 }
+
+/// Ctrl-C or SIGTERM during a backup: the archive being written and the key state's new files
+/// are removed, the chain is as it was (the previous archive verifies and restores), the exit
+/// code says it was interrupted, and the next backup runs. Before, the process died on the
+/// signal and left them for the next run to remove.
+#[test]
+fn an_interrupted_backup_leaves_no_temporary_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, body TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO t SELECT i, hex(randomblob(200)) FROM n;",
+    );
+    let args = [
+        "backup",
+        "--source",
+        "sqlite:src.db",
+        "--to",
+        "bk",
+        "--format",
+        "archive",
+        "--compression",
+        "zstd",
+    ];
+    ok(&args, d);
+    let before = dump(&d.join("src.db"));
+    // Everything below bk that is not a finished file.
+    let unfinished = || {
+        let mut found = Vec::new();
+        for dir in [d.join("bk"), d.join("bk/.tidemark-state")] {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                if name.ends_with(".tmp") || name.contains(".run") {
+                    found.push(name);
+                }
+            }
+        }
+        found
+    };
+    for signal in ["-INT", "-TERM"] {
+        // A slow compression level, so that the signal comes while the archive is written.
+        let child = Command::new(common::bin())
+            .args(args)
+            .args(["--full", "--level", "19", "--threads", "1"])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        common::wait_for("the archive to start", || !unfinished().is_empty());
+        assert!(Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
+        assert!(err.contains("backup interrupted"), "{signal}: {err}");
+        assert!(
+            unfinished().is_empty(),
+            "{signal}: left behind: {:?}",
+            unfinished()
+        );
+        let v = ok(&["verify", "bk"], d);
+        assert!(v.contains("1 archive(s)"), "{signal}: {v}");
+    }
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &before, "the chain as it was");
+    // The next backup takes the next number: the interrupted ones left nothing in the chain.
+    let out = ok(&args, d);
+    assert!(out.contains("tidemark-000002-full-"), "{out}");
+}

@@ -761,6 +761,7 @@ impl ChainStore for LocalChain {
         self.guard()?;
         let tmp = self.dir.join(format!(".{}.zip.tmp", slot.stem()));
         let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        durable::track_temp(&tmp);
         let out = Box::new(LocalOutput {
             dir: self.dir.clone(),
             slot,
