@@ -167,9 +167,19 @@ pub fn uninstall(conn: &mut Connection, store: &str) -> Result<()> {
         tx.execute_batch(&format!("DROP {kind} IF EXISTS {}", quote_ident(&name)))
             .map_err(err)?;
     }
-    tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [CHANGES])
-        .optional()
+    // The log's last number, kept by AUTOINCREMENT (a database that never had an AUTOINCREMENT
+    // table, one never tracked say, has no sqlite_sequence).
+    let has_sequence: bool = tx
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema WHERE name = 'sqlite_sequence'",
+            [],
+            |r| r.get(0),
+        )
         .map_err(err)?;
+    if has_sequence {
+        tx.execute("DELETE FROM sqlite_sequence WHERE name = ?1", [CHANGES])
+            .map_err(err)?;
+    }
     tx.commit().map_err(err)
 }
 

@@ -110,8 +110,14 @@ pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
         StoreKind::Sqlite => {
             let backend = backend_sqlite::SqliteBackend::open(&url.path)?;
             if remove {
+                let was = backend.is_tracked()?;
+                // Run even when not tracked: it also removes triggers a partial removal left.
                 backend.untrack()?;
-                return Ok(format!("Change tracking removed from {url}"));
+                return Ok(if was {
+                    format!("Change tracking removed from {url}")
+                } else {
+                    format!("{url} had no change tracking; nothing to remove")
+                });
             }
             let report = backend.track()?;
             Ok(format!(

@@ -1597,3 +1597,62 @@ fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
     );
     app.commit();
 }
+
+#[test]
+fn track_remove_is_idempotent_and_keeps_the_applications_sequences() {
+    let d = Dir::new();
+    let query = |db: &str, q: &str| {
+        let out = Command::new("sqlite3")
+            .arg(d.join(db))
+            .arg(q)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Never tracked, and no AUTOINCREMENT table (so no sqlite_sequence): removing tracking
+    // says there was none. It used to fail with "no such table: sqlite_sequence".
+    sql(
+        &d.join("plain.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'a');",
+    );
+    let out = ok(
+        &["track", "--remove", "--source", "sqlite:plain.db"],
+        d.path(),
+    );
+    assert!(
+        out.contains("had no change tracking; nothing to remove"),
+        "{out}"
+    );
+    ok(&["track", "--source", "sqlite:plain.db"], d.path());
+    let out = ok(
+        &["track", "--remove", "--source", "sqlite:plain.db"],
+        d.path(),
+    );
+    assert!(out.contains("Change tracking removed"), "{out}");
+    assert_eq!(
+        query(
+            "plain.db",
+            "SELECT group_concat(name) FROM sqlite_schema WHERE name LIKE '%tidemark%'"
+        ),
+        ""
+    );
+    // The application's own AUTOINCREMENT numbers stay; the log's go.
+    sql(
+        &d.join("auto.db"),
+        "CREATE TABLE u(id INTEGER PRIMARY KEY AUTOINCREMENT, v); INSERT INTO u(v) VALUES ('a'), ('b');",
+    );
+    ok(&["track", "--source", "sqlite:auto.db"], d.path());
+    sql(&d.join("auto.db"), "INSERT INTO u(v) VALUES ('c');");
+    ok(
+        &["track", "--remove", "--source", "sqlite:auto.db"],
+        d.path(),
+    );
+    assert_eq!(
+        query(
+            "auto.db",
+            "SELECT group_concat(name || '=' || seq) FROM sqlite_sequence"
+        ),
+        "u=3"
+    );
+    assert_eq!(query("auto.db", "PRAGMA integrity_check"), "ok");
+}
