@@ -121,6 +121,48 @@ pub fn claim_format(dir: &Path, format: DestFormat) -> Result<()> {
     }
 }
 
+/// Refuses to start a folder backup in a directory that holds something else. A folder backup
+/// writes a directory per collection and replaces it whole on a full run, so a directory of
+/// the same name that was there (`DIR/orders/` of the user's, say) would be lost. A directory
+/// that holds only tidemark's own files (`.tidemark*`, `tidemark-*`) or `lost+found` is fine.
+pub fn check_new_folder_destination(dir: &Path) -> Result<()> {
+    if !dir.is_dir() || detect_format(dir)?.is_some() || dir.join(META_DIR).is_dir() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io("list", dir, e))?;
+    let mut foreign = Vec::new();
+    for entry in entries {
+        let name = entry
+            .map_err(|e| Error::io("list", dir, e))?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        if !(name.starts_with(".tidemark") || name.starts_with("tidemark-") || name == "lost+found")
+        {
+            foreign.push(name);
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    let shown = foreign.len().min(3);
+    Err(Error::BadInput {
+        path: dir.to_path_buf(),
+        cause: format!(
+            "holds files that are not a tidemark backup ({}{}): a folder backup writes a \
+             directory per collection and replaces it whole, so one of the same name would be \
+             lost; back up into a new or empty directory",
+            foreign[..shown].join(", "),
+            if foreign.len() > shown {
+                format!(" and {} more", foreign.len() - shown)
+            } else {
+                String::new()
+            }
+        ),
+    })
+}
+
 fn write_marker(dir: &Path, format: DestFormat) -> Result<()> {
     durable::create_dir_all(dir)?;
     durable::write_atomic(

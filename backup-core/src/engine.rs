@@ -405,6 +405,8 @@ pub fn backup_folder(
     events: &mut dyn FnMut(Event),
 ) -> Result<BackupSummary> {
     let started = Instant::now();
+    // Before the lock, whose file would be left in a directory that is not ours.
+    crate::destination::check_new_folder_destination(dir)?;
     let _lock = crate::lock::DestinationLock::acquire(dir, "backup")?;
     crate::destination::claim_format(dir, crate::destination::DestFormat::Folder)?;
     let folder = FolderBackup::open(dir)?;

@@ -779,3 +779,68 @@ fn an_interrupted_backup_leaves_no_temporary_files() {
     let out = ok(&args, d);
     assert!(out.contains("tidemark-000002-full-"), "{out}");
 }
+
+/// A folder backup pointed at a directory that holds something else is refused before it writes
+/// anything: a full run replaces each collection's directory whole, so a directory of the same
+/// name there (here `t/`, like the table) was lost. An archive chain writes only its own names,
+/// and goes beside other files.
+#[test]
+fn a_folder_backup_never_replaces_what_was_in_its_directory() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'x');",
+    );
+    std::fs::create_dir_all(d.join("dest/t")).unwrap();
+    std::fs::write(d.join("dest/t/mine.txt"), "precious").unwrap();
+    std::fs::write(d.join("dest/notes.txt"), "keep").unwrap();
+    let listing = |dir: &str| {
+        let mut names: Vec<String> = std::fs::read_dir(d.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let err = fails(&["backup", "--source", "sqlite:src.db", "--to", "dest"], d);
+    assert!(
+        err.contains("dest: holds files that are not a tidemark backup (notes.txt, t)"),
+        "{err}"
+    );
+    assert_eq!(
+        listing("dest"),
+        ["notes.txt", "t"],
+        "nothing written, not even a lock"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("dest/t/mine.txt")).unwrap(),
+        "precious"
+    );
+    // An archive chain there leaves the other files as they are.
+    let out = ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "dest",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    assert!(out.contains("Archive (full)"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("dest/t/mine.txt")).unwrap(),
+        "precious"
+    );
+    ok(&["verify", "dest"], d);
+    // An empty directory, or a new one, takes a folder backup, and so does the next run.
+    std::fs::create_dir(d.join("empty")).unwrap();
+    for _ in 0..2 {
+        ok(&["backup", "--source", "sqlite:src.db", "--to", "empty"], d);
+        ok(&["backup", "--source", "sqlite:src.db", "--to", "new"], d);
+    }
+    ok(&["verify", "empty"], d);
+}
