@@ -906,6 +906,10 @@ impl StoreFactory for RocksFactory {
         })
     }
 
+    fn check_replaceable(&self, path: &Path) -> Result<()> {
+        backup_core::restore::check_dir_store_replaceable(path, "CURRENT", "RocksDB")
+    }
+
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
         Ok(Box::new(RocksBackend::create_with_format(
             path,

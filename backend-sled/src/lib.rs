@@ -426,6 +426,10 @@ impl StoreFactory for SledFactory {
         })
     }
 
+    fn check_replaceable(&self, path: &Path) -> Result<()> {
+        backup_core::restore::check_dir_store_replaceable(path, "conf", "sled")
+    }
+
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {
         Ok(Box::new(SledBackend::new(TrackedDb::open_with_cache(
             path,

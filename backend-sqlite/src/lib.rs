@@ -1168,6 +1168,35 @@ impl StoreFactory for SqliteFactory {
         StoreKind::Sqlite
     }
 
+    fn check_replaceable(&self, path: &Path) -> Result<()> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::io("inspect", path, e)),
+        };
+        if meta.is_dir() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: "is a directory, not a SQLite database file".into(),
+            });
+        }
+        // An empty file is an empty database; anything else must start as one does.
+        let mut head = [0u8; 16];
+        let sqlite = meta.len() == 0
+            || std::fs::File::open(path)
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                .is_ok_and(|()| &head == b"SQLite format 3\0");
+        if sqlite {
+            return Ok(());
+        }
+        Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: "is not a SQLite database: a restore replaces a database, never another \
+                    file, even with --force; restore into a new path"
+                .into(),
+        })
+    }
+
     fn holds_data(&self, path: &Path) -> Result<bool> {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,

@@ -34,6 +34,13 @@ pub trait StoreFactory {
     fn store_files(&self, path: &Path) -> Vec<PathBuf> {
         vec![path.to_path_buf()]
     }
+    /// Refuses a `path` that exists and is not a store of this kind at all (a directory of other
+    /// files, a file that is not a database), which a restore must not replace even with
+    /// `--force`: it replaces a store, never anything else. Defaults to accepting any path.
+    fn check_replaceable(&self, path: &Path) -> Result<()> {
+        let _ = path;
+        Ok(())
+    }
     /// Called before a single-file store at `path` (not a directory) is replaced by renaming
     /// the new file over it: fold companion files (SQLite: checkpoint and remove an emptied
     /// `-wal`, remove `-shm`) into the main file, so that nothing of the old store can be
@@ -73,6 +80,49 @@ pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
             "no such directory".into()
         },
     })
+}
+
+/// [`StoreFactory::check_replaceable`] for stores that live in a directory, recognized by their
+/// `marker` file: a missing path or an empty directory is fine, and so is a store; a file, or a
+/// directory of anything else, is refused.
+pub fn check_dir_store_replaceable(path: &Path, marker: &str, what: &str) -> Result<()> {
+    if !path.exists() || path.join(marker).is_file() {
+        return Ok(());
+    }
+    if !path.is_dir() {
+        return Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!("is a file, not a {what} directory"),
+        });
+    }
+    let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    Err(Error::BadInput {
+        path: path.to_path_buf(),
+        cause: format!(
+            "holds files but no {what} database (no {marker} file): a restore replaces a \
+             {what} database, never another directory, even with --force; restore into a new \
+             path"
+        ),
+    })
+}
+
+/// Refuses a restore target that is not a store of `factory`'s kind
+/// ([`StoreFactory::check_replaceable`]), and one that holds data unless `options.force`.
+pub(crate) fn check_target(
+    factory: &dyn StoreFactory,
+    target: &Path,
+    options: &RestoreOptions,
+) -> Result<()> {
+    factory.check_replaceable(target)?;
+    if !options.force && factory.holds_data(target)? {
+        return Err(Error::TargetNotEmpty {
+            path: target.to_path_buf(),
+        });
+    }
+    Ok(())
 }
 
 /// [`StoreFactory::holds_data`] for stores that live in a directory: a missing or empty
@@ -208,11 +258,7 @@ pub fn restore_folder_to_path(
     target: &Path,
     options: &RestoreOptions,
 ) -> Result<RestoreSummary> {
-    if !options.force && factory.holds_data(target)? {
-        return Err(Error::TargetNotEmpty {
-            path: target.to_path_buf(),
-        });
-    }
+    check_target(factory, target, options)?;
     let (folder, manifest) = FolderBackup::open_existing(dir)?;
     check_collections(
         &|n| manifest.collections.iter().any(|c| &c.info.name == n),

@@ -844,3 +844,78 @@ fn a_folder_backup_never_replaces_what_was_in_its_directory() {
     }
     ok(&["verify", "empty"], d);
 }
+
+/// `restore --force` replaces a store of the target's kind, never anything else: a text file
+/// given as a SQLite target, or a directory of the user's given as a RocksDB or sled target,
+/// is refused and left as it was. Before, `--force` replaced them (the directory's files were
+/// gone), and the refusal without it even suggested `--force`.
+#[test]
+fn restore_force_replaces_a_store_never_other_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'x');",
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    std::fs::write(d.join("notes.txt"), "my notes").unwrap();
+    std::fs::create_dir_all(d.join("home/sub")).unwrap();
+    std::fs::write(d.join("home/sub/file.txt"), "precious").unwrap();
+    #[allow(unused_mut)]
+    let mut targets = vec![("sqlite:notes.txt", "notes.txt: is not a SQLite database")];
+    #[cfg(feature = "rocksdb")]
+    targets.push(("rocksdb:home", "home: holds files but no RocksDB database"));
+    #[cfg(feature = "sled")]
+    targets.push(("sled:home", "home: holds files but no sled database"));
+    for (target, want) in targets {
+        for force in [false, true] {
+            let mut args = vec!["restore", "--from", "bk", "--to", target];
+            if force {
+                args.push("--force");
+            }
+            let err = fails(&args, d);
+            assert!(
+                err.contains(want) && !err.contains("use --force"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.txt")).unwrap(),
+        "my notes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("home/sub/file.txt")).unwrap(),
+        "precious"
+    );
+    // A database of the kind is replaced with --force, as before.
+    ok(&["restore", "--from", "bk", "--to", "sqlite:copy.db"], d);
+    sql(&d.join("copy.db"), "UPDATE t SET v = 'changed';");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:copy.db",
+            "--force",
+        ],
+        d,
+    );
+    assert_same_dump(
+        &dump(&d.join("copy.db")),
+        &dump(&d.join("src.db")),
+        "replaced",
+    );
+}

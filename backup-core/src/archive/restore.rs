@@ -34,11 +34,7 @@ pub fn restore_chain(
     options: &RestoreOptions,
     archive: &ArchiveOptions,
 ) -> Result<RestoreSummary> {
-    if !options.force && factory.holds_data(target)? {
-        return Err(Error::TargetNotEmpty {
-            path: target.to_path_buf(),
-        });
-    }
+    crate::restore::check_target(factory, target, options)?;
     // The newest point is planned from the archives' names, reading only its path's
     // manifests (a live backup's chain has thousands of archives); any other point, or a
     // listing that does not add up, takes the full survey.
