@@ -773,7 +773,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
     };
     let backend = stores::open_source(&job.source)?;
     if let Place::Local(dir) = to {
-        stores::check_backup_dir(dir)?;
+        stores::check_backup_dir(dir, &job.source)?;
     }
     let full = j.full_every > 0 && incrementals_since_full(to, &job.keys) >= j.full_every;
     let options = BackupOptions {

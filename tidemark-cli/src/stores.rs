@@ -148,9 +148,39 @@ pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
 }
 
 /// Whether `dir` can be a backup directory (missing, or a directory).
-pub fn check_backup_dir(dir: &Path) -> Result<()> {
+pub fn check_backup_dir(dir: &Path, source: &StoreUrl) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("{}: exists and is not a directory", dir.display());
+    }
+    // A RocksDB or sled database is a directory: a backup inside it would be written into the
+    // store it protects (and go with it when the store is replaced or removed).
+    if matches!(source.kind, StoreKind::Rocksdb | StoreKind::Sled) {
+        let absolute = |p: &Path| {
+            std::fs::canonicalize(p)
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_path_buf())
+        };
+        // The destination may not exist yet: its nearest existing ancestor decides.
+        let mut existing = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            match (existing.file_name(), existing.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name.to_os_string());
+                    existing = parent.to_path_buf();
+                }
+                _ => break,
+            }
+        }
+        let mut resolved = absolute(&existing);
+        resolved.extend(rest.iter().rev());
+        if resolved.starts_with(absolute(&source.path)) {
+            bail!(
+                "{}: inside the database it would back up ({source}): a backup goes outside \
+                 the store's directory",
+                dir.display()
+            );
+        }
     }
     Ok(())
 }

@@ -222,6 +222,19 @@ fn bad_rocksdb_sources_get_plain_errors() {
         assert!(e.contains(want), "{e}");
     }
     assert!(!d.join("bk").exists());
+    // A destination inside the database directory would be written into the store.
+    for dest in ["real/bk", "real"] {
+        let out = Command::new(common::bin())
+            .args(["backup", "--source", "rocksdb:real", "--to", dest])
+            .args(["--format", "archive"])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains("inside the database it would back up"), "{e}");
+    }
+    assert!(!d.join("real/bk").exists());
 }
 
 /// The data an application on its own RocksDB (rocksdict, 9.x) reads from the database at

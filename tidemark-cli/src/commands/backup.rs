@@ -148,7 +148,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for place in &to {
         place::require_archive(place, format == Format::Archive)?;
         if let Place::Local(dir) = place {
-            stores::check_backup_dir(dir)?;
+            stores::check_backup_dir(dir, &source)?;
         }
     }
     let backend = stores::open_source(&source)?;
