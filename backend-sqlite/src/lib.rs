@@ -1181,12 +1181,7 @@ impl StoreFactory for SqliteFactory {
             });
         }
         // An empty file is an empty database; anything else must start as one does.
-        let mut head = [0u8; 16];
-        let sqlite = meta.len() == 0
-            || std::fs::File::open(path)
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-                .is_ok_and(|()| &head == b"SQLite format 3\0");
-        if sqlite {
+        if meta.len() == 0 || backup_core::restore::starts_as_sqlite(path) {
             return Ok(());
         }
         Err(Error::BadInput {

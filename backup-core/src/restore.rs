@@ -51,6 +51,14 @@ pub trait StoreFactory {
     }
 }
 
+/// Whether the file at `path` begins as a SQLite database does (its 16-byte header string).
+pub fn starts_as_sqlite(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+        .is_ok_and(|()| &head == b"SQLite format 3\0")
+}
+
 /// For stores that live in a directory (RocksDB, sled): checks that `path` is such a store,
 /// recognized by its `marker` file, naming the problem otherwise.
 pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
@@ -62,12 +70,7 @@ pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
         cause: if path.is_dir() {
             format!("not a {what} database (no {marker} file)")
         } else if path.exists() {
-            let sqlite = std::fs::File::open(path).is_ok_and(|mut f| {
-                let mut head = [0u8; 16];
-                std::io::Read::read_exact(&mut f, &mut head).is_ok()
-                    && &head == b"SQLite format 3\0"
-            });
-            if sqlite {
+            if starts_as_sqlite(path) {
                 format!(
                     "a file, and a {what} database is a directory: this is a SQLite database \
                      (sqlite:{})",
@@ -82,12 +85,22 @@ pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
     })
 }
 
-/// [`StoreFactory::check_replaceable`] for stores that live in a directory, recognized by their
-/// `marker` file: a missing path or an empty directory is fine, and so is a store; a file, or a
-/// directory of anything else, is refused.
-pub fn check_dir_store_replaceable(path: &Path, marker: &str, what: &str) -> Result<()> {
-    if !path.exists() || path.join(marker).is_file() {
-        return Ok(());
+/// What a restore target of a store that lives in a directory is.
+enum DirTarget {
+    /// Nothing at the path.
+    Missing,
+    /// An empty directory.
+    Empty,
+    /// A directory with the store's marker file.
+    Store,
+    /// A directory of other files.
+    Other,
+}
+
+/// Looks at a restore target for a store recognized by its `marker` file; a file is refused.
+fn dir_target(path: &Path, marker: &str, what: &str) -> Result<DirTarget> {
+    if !path.exists() {
+        return Ok(DirTarget::Missing);
     }
     if !path.is_dir() {
         return Err(Error::BadInput {
@@ -96,17 +109,30 @@ pub fn check_dir_store_replaceable(path: &Path, marker: &str, what: &str) -> Res
         });
     }
     let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
-    if entries.next().is_none() {
-        return Ok(());
-    }
-    Err(Error::BadInput {
-        path: path.to_path_buf(),
-        cause: format!(
-            "holds files but no {what} database (no {marker} file): a restore replaces a \
-             {what} database, never another directory, even with --force; restore into a new \
-             path"
-        ),
+    Ok(if entries.next().is_none() {
+        DirTarget::Empty
+    } else if path.join(marker).is_file() {
+        DirTarget::Store
+    } else {
+        DirTarget::Other
     })
+}
+
+/// [`StoreFactory::check_replaceable`] for stores that live in a directory, recognized by their
+/// `marker` file: a missing path or an empty directory is fine, and so is a store; a file, or a
+/// directory of anything else, is refused.
+pub fn check_dir_store_replaceable(path: &Path, marker: &str, what: &str) -> Result<()> {
+    match dir_target(path, marker, what)? {
+        DirTarget::Missing | DirTarget::Empty | DirTarget::Store => Ok(()),
+        DirTarget::Other => Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!(
+                "holds files but no {what} database (no {marker} file): a restore replaces a \
+                 {what} database, never another directory, even with --force; restore into a \
+                 new path"
+            ),
+        }),
+    }
 }
 
 /// Refuses a restore target that is not a store of `factory`'s kind
@@ -134,24 +160,12 @@ pub fn dir_store_holds_data(
     what: &str,
     is_empty: impl FnOnce() -> Result<bool>,
 ) -> Result<bool> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    if !path.is_dir() {
-        return Err(Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("is a file, not a {what} directory"),
-        });
-    }
-    let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
-    if entries.next().is_none() {
-        return Ok(false);
-    }
-    if !path.join(marker).is_file() {
-        return Ok(true);
-    }
-    // A store that cannot be opened is not known to be empty.
-    Ok(!is_empty().unwrap_or(false))
+    Ok(match dir_target(path, marker, what)? {
+        DirTarget::Missing | DirTarget::Empty => false,
+        DirTarget::Other => true,
+        // A store that cannot be opened is not known to be empty.
+        DirTarget::Store => !is_empty().unwrap_or(false),
+    })
 }
 
 /// Options of a restore.
