@@ -558,8 +558,9 @@ impl StorageBackend for SqliteBackend {
         // transaction, and a backup of a tracked database otherwise needs none.
         let incomplete = {
             let conn = self.lock();
-            tracking::is_tracked(&conn).map_err(|e| self.err(e))?
-                && !tracking::is_complete(&conn, &self.describe())?
+            // The usual case, a tracked database with complete capture, is one check.
+            !tracking::is_complete(&conn, &self.describe())?
+                && tracking::is_tracked(&conn).map_err(|e| self.err(e))?
         };
         if incomplete {
             self.track()?;

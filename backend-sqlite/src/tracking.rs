@@ -57,24 +57,16 @@ pub struct TrackReport {
 /// it, and waits behind an application's long write transaction.
 pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
     let err = |e: rusqlite::Error| Error::store(store, format!("checking change tracking: {e}"));
-    // A deferred transaction: everything below reads one snapshot, without a write lock.
-    conn.execute_batch("BEGIN").map_err(err)?;
-    let complete = complete_in(conn, store);
-    let ended = conn.execute_batch("COMMIT").map_err(err);
-    let complete = complete?;
-    ended?;
-    Ok(complete)
-}
-
-fn complete_in(conn: &Connection, store: &str) -> Result<bool> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("checking change tracking: {e}"));
-    if !is_tracked(conn).map_err(err)? || has_stale_triggers(conn).map_err(err)? {
+    // A deferred transaction: everything below reads one snapshot, without a write lock. It
+    // only reads, so it ends by rolling back when dropped.
+    let tx = conn.unchecked_transaction().map_err(err)?;
+    if !is_tracked(&tx).map_err(err)? || !stale_triggers(&tx).map_err(err)?.is_empty() {
         return Ok(false);
     }
     // A table's triggers are created after the log has a key column for each of its key
     // values (install widens it first), so a table with its triggers needs nothing more.
-    for table in user_tables(conn, store)? {
-        if !has_triggers(conn, &table).map_err(err)? {
+    for table in user_tables(&tx, store)? {
+        if !has_triggers(&tx, &table).map_err(err)? {
             return Ok(false);
         }
     }
@@ -301,11 +293,6 @@ fn drop_stale_triggers(conn: &Connection) -> rusqlite::Result<()> {
         conn.execute_batch(&format!("DROP TRIGGER {}", quote_ident(&name)))?;
     }
     Ok(())
-}
-
-/// Whether a capture trigger's name no longer matches its table (see [`drop_stale_triggers`]).
-fn has_stale_triggers(conn: &Connection) -> rusqlite::Result<bool> {
-    stale_triggers(conn).map(|s| !s.is_empty())
 }
 
 /// The capture triggers whose name no longer matches their table.
