@@ -52,12 +52,18 @@ pub(crate) fn records_bar_on_terminal(hidden: bool, what: &str) -> Option<indica
 /// (`None` otherwise, or when `hidden`); it ticks on its own.
 pub(crate) fn spinner(hidden: bool, what: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    (!hidden && std::io::stderr().is_terminal()).then(|| {
-        let s = indicatif::ProgressBar::new_spinner();
-        s.set_message(what.to_string());
-        s.enable_steady_tick(std::time::Duration::from_millis(100));
-        s
-    })
+    (!hidden && std::io::stderr().is_terminal()).then(|| ticking_spinner(what, "{spinner} {msg}"))
+}
+
+/// A spinner labelled `what`, drawn with `template`, that ticks on its own.
+fn ticking_spinner(what: &str, template: &str) -> indicatif::ProgressBar {
+    let s = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    s.set_message(what.to_string());
+    s.enable_steady_tick(std::time::Duration::from_millis(100));
+    s
 }
 
 /// A progress bar for a restore (see [`records_bar_on_terminal`]).
@@ -106,13 +112,10 @@ impl Progress {
                 // second after a burst, which the records had used up, so a finish shorter than
                 // the wait was never shown. A new bar draws its first line at once.
                 bar.finish_and_clear();
-                let spinner = indicatif::ProgressBar::new_spinner().with_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-                );
-                spinner.set_message("finishing: making the backup durable");
-                spinner.enable_steady_tick(std::time::Duration::from_millis(100));
-                self.bar = Some(spinner);
+                self.bar = Some(ticking_spinner(
+                    "finishing: making the backup durable",
+                    "{spinner} {msg} {elapsed}",
+                ));
             }
         }
     }

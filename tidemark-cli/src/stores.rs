@@ -147,7 +147,8 @@ pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
     }
 }
 
-/// Whether `dir` can be a backup directory (missing, or a directory).
+/// Whether `dir` can be a backup directory of `source`: missing or a directory, and not inside
+/// the source's own directory (RocksDB, sled).
 pub fn check_backup_dir(dir: &Path, source: &StoreUrl) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         bail!("{}: exists and is not a directory", dir.display());
