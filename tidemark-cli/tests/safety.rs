@@ -719,23 +719,13 @@ fn an_interrupted_backup_leaves_no_temporary_files() {
          WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
          INSERT INTO t SELECT i, hex(randomblob(200)) FROM n;",
     );
-    let args = [
-        "backup",
-        "--source",
-        "sqlite:src.db",
-        "--to",
-        "bk",
-        "--format",
-        "archive",
-        "--compression",
-        "zstd",
-    ];
+    let args = [&common::ARCHIVE_BACKUP[..], &["--compression", "zstd"]].concat();
     ok(&args, d);
     let before = dump(&d.join("src.db"));
-    // Everything below bk that is not a finished file.
+    // Everything below ar that is not a finished file.
     let unfinished = || {
         let mut found = Vec::new();
-        for dir in [d.join("bk"), d.join("bk/.tidemark-state")] {
+        for dir in [d.join("ar"), d.join("ar/.tidemark-state")] {
             for e in std::fs::read_dir(dir).unwrap() {
                 let name = e.unwrap().file_name().to_string_lossy().into_owned();
                 if name.ends_with(".tmp") || name.contains(".run") {
@@ -748,7 +738,7 @@ fn an_interrupted_backup_leaves_no_temporary_files() {
     for signal in ["-INT", "-TERM"] {
         // A slow compression level, so that the signal comes while the archive is written.
         let child = Command::new(common::bin())
-            .args(args)
+            .args(&args)
             .args(["--full", "--level", "19", "--threads", "1"])
             .current_dir(d)
             .stdout(Stdio::null())
@@ -770,10 +760,10 @@ fn an_interrupted_backup_leaves_no_temporary_files() {
             "{signal}: left behind: {:?}",
             unfinished()
         );
-        let v = ok(&["verify", "bk"], d);
+        let v = ok(&["verify", "ar"], d);
         assert!(v.contains("1 archive(s)"), "{signal}: {v}");
     }
-    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &before, "the chain as it was");
     // The next backup takes the next number: the interrupted ones left nothing in the chain.
     let out = ok(&args, d);
@@ -857,18 +847,7 @@ fn restore_force_replaces_a_store_never_other_files() {
         &d.join("src.db"),
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'x');",
     );
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
+    ok(&common::ARCHIVE_BACKUP, d);
     std::fs::write(d.join("notes.txt"), "my notes").unwrap();
     std::fs::create_dir_all(d.join("home/sub")).unwrap();
     std::fs::write(d.join("home/sub/file.txt"), "precious").unwrap();
@@ -880,7 +859,7 @@ fn restore_force_replaces_a_store_never_other_files() {
     targets.push(("sled:home", "home: holds files but no sled database"));
     for (target, want) in targets {
         for force in [false, true] {
-            let mut args = vec!["restore", "--from", "bk", "--to", target];
+            let mut args = vec!["restore", "--from", "ar", "--to", target];
             if force {
                 args.push("--force");
             }
@@ -900,13 +879,13 @@ fn restore_force_replaces_a_store_never_other_files() {
         "precious"
     );
     // A database of the kind is replaced with --force, as before.
-    ok(&["restore", "--from", "bk", "--to", "sqlite:copy.db"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:copy.db"], d);
     sql(&d.join("copy.db"), "UPDATE t SET v = 'changed';");
     ok(
         &[
             "restore",
             "--from",
-            "bk",
+            "ar",
             "--to",
             "sqlite:copy.db",
             "--force",
