@@ -286,6 +286,7 @@ pub fn restore_folder_to_path(
     restore_to_path(
         factory,
         target,
+        options.force,
         (&manifest.store_schema, manifest.store_kind),
         (options.progress.as_ref(), Some(total)),
         &mut |sink| write_all(&folder, &manifest, sink, options),
@@ -294,10 +295,12 @@ pub fn restore_folder_to_path(
 
 /// Fills a new store beside `target` through `fill`, then swaps it into place (the old store,
 /// if any, moved aside and removed only after the new one is in); on error the new store is
-/// removed and the target is untouched.
+/// removed and the target is untouched. Without `force`, a target that holds data by the time
+/// of the swap is refused (see [`swap_into_place`]).
 pub(crate) fn restore_to_path(
     factory: &dyn StoreFactory,
     target: &Path,
+    force: bool,
     origin: (&StoreSchema, StoreKind),
     progress: (Option<&RestoreProgress>, Option<u64>),
     fill: &mut dyn FnMut(Box<dyn RestoreSink + '_>) -> Result<RestoreSummary>,
@@ -352,7 +355,7 @@ pub(crate) fn restore_to_path(
         // Held through the swap: an interrupt handler (`abandon_in_progress`) removes the
         // temporary store either before the swap starts or not at all.
         let _guard = IN_PROGRESS.lock().unwrap_or_else(|p| p.into_inner());
-        swap_into_place(factory, &tmp, target, &parent)?;
+        swap_into_place(factory, &tmp, target, &parent, force)?;
         Ok(summary)
     });
     register_in_progress(factory.store_files(&tmp), false);
@@ -369,18 +372,64 @@ const RESTORE_TAG: &str = "tidemark-restore-";
 /// the complete old store or the complete new one: a directory store is exchanged atomically
 /// (`renameat2(RENAME_EXCHANGE)`, the old one is then at `tmp`); a file store is renamed over
 /// the old file, after its companions were folded in.
+///
+/// The target was checked when the restore began, but a restore takes a while: another process
+/// may have opened the target since, or (without `force`) put data there, such as a second
+/// restore to the same path or the application creating its database. Both are checked again
+/// here. A target that is still missing is filled by a rename that fails if anything has
+/// appeared (`RENAME_NOREPLACE`), and a directory exchanged without `force` is exchanged back
+/// if what was swapped out holds data.
 fn swap_into_place(
     factory: &dyn StoreFactory,
     tmp: &Path,
     target: &Path,
     parent: &Path,
+    force: bool,
 ) -> Result<()> {
     let new_files = factory.store_files(tmp);
     let old_files = factory.store_files(target);
     // Make the new store durable before it becomes visible.
     durable::sync_filesystem(parent)?;
+    if let Some(holder) = in_use(&old_files) {
+        return Err(Error::TargetInUse {
+            path: target.to_path_buf(),
+            holder,
+        });
+    }
+    let not_empty = || Error::TargetNotEmpty {
+        path: target.to_path_buf(),
+    };
+    if !force {
+        // A closed store has no companions: the new store is its main path alone.
+        let alone = new_files.iter().skip(1).all(|f| !f.exists());
+        if alone && std::fs::symlink_metadata(target).is_err() {
+            durable::crash_point("rename (no replace)", tmp);
+            match renameat2(tmp, target, libc::RENAME_NOREPLACE) {
+                Ok(()) => return durable::sync_dir(parent),
+                // Something appeared at the target: checked below like any existing target.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(Error::Io {
+                        op: "rename without replacing (renameat2 RENAME_NOREPLACE; the file \
+                             system must support it)",
+                        path: target.to_path_buf(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        if factory.holds_data(target)? {
+            return Err(not_empty());
+        }
+    }
     if target.is_dir() {
         exchange(tmp, target)?;
+        // Without `force`, what was swapped out must have stayed empty up to the exchange; if
+        // not, it goes back, and the new store is removed with the temporary directory.
+        if !force && factory.holds_data(tmp).unwrap_or(true) {
+            exchange(tmp, target)?;
+            return Err(not_empty());
+        }
     } else {
         if target.exists() {
             factory.prepare_replace(target)?;
@@ -396,39 +445,38 @@ fn swap_into_place(
     durable::sync_dir(parent)
 }
 
-/// Atomically exchanges two paths (Linux `renameat2` with `RENAME_EXCHANGE`).
+/// Linux `renameat2(from, to, flags)`.
 #[allow(unsafe_code)]
-fn exchange(a: &Path, b: &Path) -> Result<()> {
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes()).map_err(|_| Error::BadInput {
-            path: p.to_path_buf(),
-            cause: "the path holds a NUL byte".into(),
-        })
-    };
-    let (ca, cb) = (c(a)?, c(b)?);
-    durable::crash_point("rename (exchange)", a);
+    let from = CString::new(from.as_os_str().as_bytes())?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: both strings are valid, NUL-terminated and outlive the call.
     let rc = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
-            ca.as_ptr(),
+            from.as_ptr(),
             libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            to.as_ptr(),
+            flags,
         )
     };
     if rc == 0 {
         Ok(())
     } else {
-        let e = std::io::Error::last_os_error();
-        Err(Error::Io {
-            op: "swap atomically (renameat2 RENAME_EXCHANGE; the file system must support it)",
-            path: b.to_path_buf(),
-            source: e,
-        })
+        Err(std::io::Error::last_os_error())
     }
+}
+
+/// Atomically exchanges two paths (Linux `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    durable::crash_point("rename (exchange)", a);
+    renameat2(a, b, libc::RENAME_EXCHANGE).map_err(|e| Error::Io {
+        op: "swap atomically (renameat2 RENAME_EXCHANGE; the file system must support it)",
+        path: b.to_path_buf(),
+        source: e,
+    })
 }
 
 /// Which other process has one of `files` (or, for a directory, a file inside it) open, if

@@ -208,6 +208,7 @@ fn restore_path(
     crate::restore::restore_to_path(
         factory,
         target,
+        options.force,
         (&last.store_schema, last.store_kind),
         (options.progress.as_ref(), Some(total)),
         &mut |sink| match version {
