@@ -145,8 +145,61 @@ fn a_destination_keeps_one_format() {
         "{err}"
     );
     common::backup(d, "sqlite:src.db", "ar", "archive");
-    let err = fails(&["backup", "--source", "sqlite:src.db", "--to", "ar"], d);
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "folder",
+        ],
+        d,
+    );
     assert!(err.contains("holds archive backups"), "{err}");
+    // Without --format, a backup goes on in the format its destination holds: here a second
+    // archive (before, the folder default was refused).
+    sql(
+        &d.join("src.db"),
+        "UPDATE users SET name = 'renamed' WHERE id = 3;",
+    );
+    let out = ok(&["backup", "--source", "sqlite:src.db", "--to", "ar"], d);
+    assert!(
+        out.contains("Archive (full) ar/tidemark-000002-full-"),
+        "{out}"
+    );
+    let archives = std::fs::read_dir(d.join("ar"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".zip")
+        })
+        .count();
+    assert_eq!(archives, 2);
+    assert!(!d.join("ar/.tidemark").exists());
+    ok(&["restore", "--from", "ar", "--to", "sqlite:ra.db"], d);
+    assert_same_dump(&dump(&d.join("ra.db")), &dump(&d.join("src.db")), "archive");
+    // Two destinations of different formats in one run are refused, naming both.
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--to",
+            "ar",
+        ],
+        d,
+    );
+    assert!(
+        err.contains("bk holds folder backups and ar archive backups"),
+        "{err}"
+    );
     // Readers follow the recorded format: the folder's state is the source's.
     sql(&d.join("src.db"), "DELETE FROM users WHERE id > 10;");
     ok(

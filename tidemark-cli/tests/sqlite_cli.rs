@@ -176,7 +176,10 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
         &["backup", "--source", &src("ok.db"), "--to", "a-file"],
         d.path(),
     );
-    assert!(e.contains("a-file") && e.contains("not a directory"), "{e}");
+    assert!(
+        e.contains("a-file") && e.contains("not a backup directory"),
+        "{e}"
+    );
     // A database given where its backup was meant: every command says it is not a backup
     // directory (not "Not a directory (os error 20)" from inside it, nor "no such" one).
     for args in [

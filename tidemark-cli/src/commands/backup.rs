@@ -6,7 +6,9 @@ use crate::place::{self, Place};
 use crate::stores::{self, StoreUrl};
 use crate::{Codec, Format};
 use anyhow::{Context, Result};
-use backup_core::{backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, Event};
+use backup_core::{
+    backup_folder, ArchiveOptions, BackupMode, BackupOptions, Compression, DestFormat, Event,
+};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +32,9 @@ pub struct Args {
     #[arg(long)]
     pub full: bool,
     /// `folder` (plain JSON files, updated in place) or `archive` (one compressed zip per
-    /// backup, chained). Default: `folder`, or `archive` when every destination is an object
-    /// store (which holds archives only).
+    /// backup, chained). Default: the format the destination already holds; for a new one,
+    /// `folder`, or `archive` when every destination is an object store (which holds archives
+    /// only).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Archive codec (default: deflate, which any `unzip` reads).
@@ -76,6 +79,41 @@ pub struct Args {
     pub keys: crate::KeyArgs,
 }
 
+/// The format of a backup run without `--format`: what the local destinations already hold
+/// (each holds one format, so the runs after the first need no flag), else archives when every
+/// destination is an object store (which holds archives only), else folders.
+fn default_format(to: &[Place]) -> Result<Format> {
+    let mut held = Vec::new();
+    for place in to {
+        if let Place::Local(dir) = place {
+            if let Some(format) = backup_core::detect_format(dir)? {
+                held.push((dir, format));
+            }
+        }
+    }
+    let held: Vec<DestFormat> = match held.as_slice() {
+        [(a, first), rest @ ..] => match rest.iter().find(|(_, f)| f != first) {
+            Some((b, other)) => anyhow::bail!(
+                "{} holds {first} backups and {} {other} backups (one format per \
+                 destination): back them up in separate runs",
+                a.display(),
+                b.display()
+            ),
+            None => vec![*first],
+        },
+        [] => Vec::new(),
+    };
+    Ok(
+        if held.contains(&DestFormat::Archive) && !held.contains(&DestFormat::Folder) {
+            Format::Archive
+        } else if !held.is_empty() || to.iter().any(|p| matches!(p, Place::Local(_))) {
+            Format::Folder
+        } else {
+            Format::Archive
+        },
+    )
+}
+
 /// The archive output buffer's default size.
 const DEFAULT_BUFFER: usize = 1 << 20;
 
@@ -102,11 +140,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let keys = keys.options()?;
     let remote = to.iter().any(|p| matches!(p, Place::Remote(_)));
-    let format = format.unwrap_or(if to.iter().all(|p| matches!(p, Place::Remote(_))) {
-        Format::Archive
-    } else {
-        Format::Folder
-    });
+    let format = match format {
+        Some(format) => format,
+        None => default_format(&to)?,
+    };
     if format == Format::Folder && !remote {
         let archive_only = [
             ("--compression", compression.is_some()),
