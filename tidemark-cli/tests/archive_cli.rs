@@ -121,10 +121,39 @@ fn every_checkpoint_of_the_chain_restores_exactly() {
         ],
         d,
     );
+    let available: Vec<String> = states.iter().map(|(at, _)| at.to_string()).collect();
+    let available = format!("(available: {})", available.join(", "));
     assert!(
-        e.contains("no backup ends at that checkpoint") && e.contains("available"),
+        e.contains("no backup ends at that checkpoint") && e.contains(&available),
         "{e}"
     );
+    // A backup with nothing to add ends where the one before did: each checkpoint is still
+    // named once (before, the last one was named twice).
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    let e = fails(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:x.db",
+            "--at",
+            "999999",
+        ],
+        d,
+    );
+    assert!(e.contains(&available), "{e}");
     // A local date and time without an offset (TZ names it here) and a time ago.
     let at = |when: &str, target: &str| {
         Command::new(common::bin())

@@ -1228,6 +1228,30 @@ fn captured(item: &ChainItem) -> Option<time::OffsetDateTime> {
     .ok()
 }
 
+/// The checkpoints `--at` can name in `chain`, once each, for an error message: all of them, or
+/// for a long chain (a live backup's thousands) the first and last few and how many in all.
+fn available_checkpoints(chain: &[ChainItem]) -> String {
+    let mut have: Vec<u64> = chain.iter().map(|c| c.manifest.to.position).collect();
+    have.sort_unstable();
+    have.dedup();
+    let text = |positions: &[u64]| {
+        positions
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if have.len() <= 20 {
+        return text(&have);
+    }
+    format!(
+        "{}, … {} ({} in all; `tidemark list` shows each)",
+        text(&have[..5]),
+        text(&have[have.len() - 10..]),
+        have.len()
+    )
+}
+
 /// Picks the archives to replay for a restore at `at` (in `chain`, settled and sorted): the
 /// path from a full archive to the point that reads the fewest archives (a full archive and
 /// the incrementals after it; compacted ones where they save reads).
@@ -1286,15 +1310,11 @@ fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
                 .collect();
             ends.dedup_by_key(|i| chain[*i].manifest.sequence);
             let Some(&last) = ends.last() else {
-                let have: Vec<String> = chain
-                    .iter()
-                    .map(|c| c.manifest.to.position.to_string())
-                    .collect();
                 return Err(Error::BadInput {
                     path: PathBuf::from(format!("--at {pos}")),
                     cause: format!(
                         "no backup ends at that checkpoint (available: {})",
-                        have.join(", ")
+                        available_checkpoints(chain)
                     ),
                 });
             };
