@@ -587,6 +587,9 @@ impl StorageBackend for SqliteBackend {
             .map_err(err)?;
         // The first read fixes the transaction's snapshot: everything below is as of it.
         let (checkpoint, floor) = checkpoint_of(&conn).map_err(err)?;
+        let schema_version = conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(err)?;
         let tables = user_tables(&conn, &store)?;
         Ok(Box::new(SqliteView {
             conn,
@@ -594,6 +597,7 @@ impl StorageBackend for SqliteBackend {
             checkpoint,
             floor,
             tables,
+            schema_version,
         }))
     }
 
@@ -665,6 +669,8 @@ struct SqliteView {
     checkpoint: Checkpoint,
     floor: Option<u64>,
     tables: Vec<Table>,
+    /// `PRAGMA schema_version` in the view's snapshot ([`Table::schema_json`]).
+    schema_version: i64,
 }
 
 impl Drop for SqliteView {
@@ -718,9 +724,44 @@ impl View for SqliteView {
             .iter()
             .map(|t| CollectionInfo {
                 name: CollectionName::from_stored(&t.name),
-                schema: t.schema_json(),
+                schema: t.schema_json(self.schema_version),
             })
             .collect())
+    }
+
+    fn schema_change(
+        &self,
+        collection: &CollectionInfo,
+        old: &serde_json::Value,
+    ) -> Option<String> {
+        let without_version = |schema: &serde_json::Value| {
+            let mut schema = schema.clone();
+            if let Some(fields) = schema.as_object_mut() {
+                fields.remove(table::ROWIDS_AS_OF);
+            }
+            schema
+        };
+        // Anything else changed: the table itself did, as the engine says.
+        if without_version(old) != without_version(&collection.schema) {
+            return None;
+        }
+        let now = self.schema_version;
+        Some(
+            match old.get(table::ROWIDS_AS_OF).and_then(|v| v.as_i64()) {
+                Some(was) => format!(
+                    "the database's schema version went from {was} to {now} with this table \
+                 unchanged, as a VACUUM leaves; a VACUUM renumbers the rowids of a table without \
+                 an INTEGER PRIMARY KEY, and this table's rows are keyed by theirs, so the change \
+                 log cannot be trusted for it"
+                ),
+                None => {
+                    "this table has no INTEGER PRIMARY KEY, so a VACUUM may have renumbered the \
+                     rowids its rows are keyed by, and the previous backup (by a tidemark before \
+                     2026-12-03) did not record when they were read"
+                        .into()
+                }
+            },
+        )
     }
 
     fn store_schema(&mut self) -> Result<StoreSchema> {
@@ -916,8 +957,12 @@ impl View for SqliteView {
 
 /// How a restored collection is laid out.
 enum Layout {
-    /// A SQLite table recreated from its own schema.
-    Native { hidden_rowid: bool },
+    /// A SQLite table recreated from its own schema: whether its rows carry a hidden rowid,
+    /// and whether that rowid is their key (no primary key at all).
+    Native {
+        hidden_rowid: bool,
+        rowid_is_key: bool,
+    },
     /// A key-value collection as `(key, value)` (see `docs/FORMAT.md`).
     KeyValue,
 }
@@ -943,6 +988,11 @@ impl RestoreSink for SqliteRestore<'_> {
                         .get("hidden_rowid")
                         .and_then(|v| v.as_bool())
                         .unwrap_or(false),
+                    rowid_is_key: info
+                        .schema
+                        .get("key")
+                        .and_then(|v| v.as_array())
+                        .is_some_and(Vec::is_empty),
                 }
             }
             _ => {
@@ -976,7 +1026,13 @@ impl RestoreSink for SqliteRestore<'_> {
         let kv_sql = format!("INSERT INTO {t}(key, value) VALUES (?1, ?2)");
         for record in &records {
             match (&record.value, layout) {
-                (Value::Row(row), Layout::Native { hidden_rowid }) => {
+                (
+                    Value::Row(row),
+                    Layout::Native {
+                        hidden_rowid,
+                        rowid_is_key,
+                    },
+                ) => {
                     let rowid = row.rowid.filter(|_| *hidden_rowid);
                     let same = native.as_ref().is_some_and(|(names, r, _)| {
                         *r == rowid.is_some()
@@ -1013,7 +1069,22 @@ impl RestoreSink for SqliteRestore<'_> {
                         stmt.raw_bind_parameter(at, SqlField(f)).map_err(err)?;
                         at += 1;
                     }
-                    stmt.raw_execute().map_err(err)?;
+                    match stmt.raw_execute() {
+                        Ok(_) => {}
+                        // A rowid another row holds already, in a table keyed by its primary
+                        // key, where the rowid only keeps the rows' order: a VACUUM renumbered
+                        // the rowids (firing no trigger), and the backup holds the old rowid of
+                        // a row not changed since beside the new one of a row changed after. The
+                        // row goes in with a new rowid.
+                        Err(rusqlite::Error::SqliteFailure(e, _))
+                            if rowid.is_some()
+                                && !rowid_is_key
+                                && e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_ROWID =>
+                        {
+                            insert_without_rowid(&self.conn, &t, &row.columns).map_err(err)?;
+                        }
+                        Err(e) => return Err(err(e)),
+                    }
                 }
                 (value, _) => {
                     let bytes = match value {
@@ -1147,6 +1218,30 @@ impl SqliteRestore<'_> {
 
 /// Whether SQLite can hold `name` as a table name of its own (`docs/FORMAT.md` §2.1): no NUL,
 /// and not in the `sqlite_` namespace SQLite reserves.
+/// Inserts a row of `table` (quoted) with a rowid SQLite chooses.
+fn insert_without_rowid(
+    conn: &Connection,
+    table: &str,
+    columns: &[(String, Field)],
+) -> rusqlite::Result<()> {
+    let names: Vec<String> = columns.iter().map(|(name, _)| quote_ident(name)).collect();
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let sql = if names.is_empty() {
+        format!("INSERT INTO {table} DEFAULT VALUES")
+    } else {
+        format!(
+            "INSERT INTO {table}({}) VALUES ({})",
+            names.join(", "),
+            marks.join(", ")
+        )
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
+    for (i, (_, f)) in columns.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, SqlField(f))?;
+    }
+    stmt.raw_execute().map(drop)
+}
+
 fn sqlite_can_hold(name: &str) -> bool {
     !name.contains('\0') && !name.to_ascii_lowercase().starts_with("sqlite_")
 }

@@ -9,6 +9,10 @@ use serde_json::json;
 /// Prefix of every object the backend adds to a database (tables and triggers).
 pub const TRACKING_PREFIX: &str = "_tidemark_";
 
+/// The schema field of a table keyed by its rowid that holds the database's schema version
+/// when its rows were read ([`Table::schema_json`]).
+pub const ROWIDS_AS_OF: &str = "rowids_as_of_schema_version";
+
 /// How a table's records are keyed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Table {
@@ -35,14 +39,22 @@ impl Table {
         }
     }
 
-    /// The schema recorded in a backup's manifest.
-    pub fn schema_json(&self) -> serde_json::Value {
-        json!({
+    /// The schema recorded in a backup's manifest, read when the database's `PRAGMA
+    /// schema_version` was `schema_version`. A table keyed by its rowid (no primary key) also
+    /// records that version ([`ROWIDS_AS_OF`]): a `VACUUM` may renumber its rowids, firing no
+    /// trigger, and what it leaves is a new schema version, so a new value means that the change
+    /// log may not match the backup's keys any more.
+    pub fn schema_json(&self, schema_version: i64) -> serde_json::Value {
+        let mut schema = json!({
             "sql": self.sql,
             "columns": self.columns,
             "key": self.key,
             "hidden_rowid": self.hidden_rowid,
-        })
+        });
+        if self.key.is_empty() {
+            schema[ROWIDS_AS_OF] = json!(schema_version);
+        }
+        schema
     }
 
     /// `SELECT [rowid,] cols FROM table` (without a WHERE clause).

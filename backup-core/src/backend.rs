@@ -115,6 +115,19 @@ pub trait View {
         Ok(None)
     }
 
+    /// Why `collection`'s schema differs from `old`, the schema a previous backup recorded for
+    /// it, where the store can say more than that it changed (SQLite: a new schema version
+    /// alone, as a `VACUUM` leaves, may have renumbered the rowids its rows are keyed by). The
+    /// engine prints it as the reason the change log was not used. The default says nothing.
+    fn schema_change(
+        &self,
+        collection: &CollectionInfo,
+        old: &serde_json::Value,
+    ) -> Option<String> {
+        let _ = (collection, old);
+        None
+    }
+
     /// Whether the store's change capture can miss a deletion in `collection` (SQLite: a
     /// `REPLACE` that removes another row on a UNIQUE conflict fires no delete trigger). After
     /// an incremental the engine then compares [`View::count`] with the records the backup

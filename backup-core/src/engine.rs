@@ -154,6 +154,9 @@ pub enum FullReason {
     },
     /// A collection's schema changed.
     SchemaChanged(CollectionName),
+    /// A collection's recorded schema changed, and the store says why that makes its change log
+    /// unusable for it ([`View::schema_change`]).
+    SchemaChangedBecause(CollectionName, String),
     /// The store cannot give the changes any more (the backend's explanation).
     ChangesUnavailable(String),
     /// After applying the changes, a collection's record count disagrees with the store's.
@@ -193,6 +196,7 @@ impl std::fmt::Display for FullReason {
                 "the store is behind the backup (position {store} < {backup}): it was rolled back"
             ),
             FullReason::SchemaChanged(c) => write!(f, "the schema of collection `{c}` changed"),
+            FullReason::SchemaChangedBecause(c, why) => write!(f, "collection `{c}`: {why}"),
             FullReason::ChangesUnavailable(why) => f.write_str(why),
             FullReason::CountMismatch {
                 collection,
@@ -563,7 +567,7 @@ pub(crate) fn run<T: Target>(
             )
         }
         (Ok(prev), BackupMode::Auto) => {
-            let attempt = match log_unusable(prev, &start, &collections) {
+            let attempt = match log_unusable(prev, &start, &collections, view.as_ref()) {
                 Some(reason) => Err(reason),
                 None => incremental(target, prev, view.as_mut(), &collections, options, events)?,
             };
@@ -634,6 +638,7 @@ fn log_unusable(
     prev: &FolderManifest,
     checkpoint: &Checkpoint,
     collections: &[CollectionInfo],
+    view: &dyn View,
 ) -> Option<FullReason> {
     if checkpoint.store_id.0.is_empty() {
         return Some(FullReason::NoStoreIdentity);
@@ -653,7 +658,10 @@ fn log_unusable(
     for c in collections {
         if let Some(old) = prev.collections.iter().find(|p| p.info.name == c.name) {
             if old.info.schema != c.schema {
-                return Some(FullReason::SchemaChanged(c.name.clone()));
+                return Some(match view.schema_change(c, &old.info.schema) {
+                    Some(why) => FullReason::SchemaChangedBecause(c.name.clone(), why),
+                    None => FullReason::SchemaChanged(c.name.clone()),
+                });
             }
         }
     }
