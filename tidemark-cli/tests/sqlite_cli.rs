@@ -1785,3 +1785,59 @@ fn a_vacuum_keeps_tables_with_a_primary_key_incremental_and_restorable() {
         }
     }
 }
+
+/// A source whose b-tree is damaged (a page header overwritten, as `PRAGMA quick_check` of the
+/// `sqlite3` shell reports) fails the backup plainly, and the unfinished archive is removed
+/// (before, `.tidemark-000001-full.zip.tmp` stayed for the next run to remove).
+#[test]
+fn a_malformed_source_fails_plainly_and_leaves_no_unfinished_file() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("bad.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO t SELECT i, hex(randomblob(40)) FROM n;",
+    );
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+        f.seek(std::io::SeekFrom::Start(4096 * 200)).unwrap();
+        f.write_all(&[0x0d, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+            .unwrap();
+    }
+    let check = Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA quick_check")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&check.stdout).starts_with("ok"),
+        "the damage is one SQLite sees"
+    );
+    for format in ["archive", "folder"] {
+        let e = fails(
+            &[
+                "backup",
+                "--source",
+                "sqlite:bad.db",
+                "--to",
+                format,
+                "--format",
+                format,
+            ],
+            d,
+        );
+        assert!(
+            e.contains("bad.db") && e.contains("database disk image is malformed"),
+            "{e}"
+        );
+        let left: Vec<String> = std::fs::read_dir(d.join(format))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{format}: {left:?}");
+    }
+}
