@@ -312,21 +312,42 @@ fn read_log(
         visit: send,
         last_table: 0,
     };
-    // Sequence numbers are never reused, so the range holds at most this many log rows.
-    if log.to - log.from <= DEDUPLICATE_IN_MEMORY {
+    // Sequence numbers are handed out one after another and never reused (AUTOINCREMENT, in
+    // the writers' transactions), and only the trim deletes log rows, all at or before the
+    // floor: so the range holds exactly this many rows. Fewer means that something else deleted
+    // some (a script clearing every table, a user shrinking a log that grew), and the changes
+    // they logged are lost: checked before any change is handed on.
+    let expected = log.to - log.from;
+    let incomplete = |held: u64| Error::ChangesUnavailable {
+        from: log.from,
+        earliest: None,
+        reason: format!(
+            "the change log holds {held} of the {expected} entries after it, up to {}: \
+             something other than tidemark deleted rows of {}, and the changes they logged \
+             are lost",
+            log.to,
+            tracking::CHANGES
+        ),
+    };
+    if expected <= DEDUPLICATE_IN_MEMORY {
         // Read in log order (a rowid range, no sort) and keep each key's last row: SQLite's
         // GROUP BY and ORDER BY sorted twice through temporary b-trees, which was a third of
-        // the time of a 1% incremental.
+        // the time of a 1% incremental. Rows of no table (capture-gap markers) are counted.
         let sql = format!(
-            "SELECT seq, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 AND tbl IS NOT NULL",
+            "SELECT seq, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2",
             tracking::CHANGES
         );
         let mut stmt = conn.prepare(&sql).map_err(err)?;
         let mut rows = stmt.query(range).map_err(err)?;
         // Sized once (at most 2^16 rows): grown by doubling, it was copied and faulted in anew.
-        let mut logged = Vec::with_capacity((log.to - log.from) as usize);
+        let mut logged = Vec::with_capacity(expected as usize);
+        let mut held = 0u64;
         while let Some(r) = rows.next().map_err(err)? {
+            held += 1;
             logged.extend(emit.logged(r).map_err(err)?);
+        }
+        if held != expected {
+            return Err(incomplete(held));
         }
         // A key's last row is the one kept; keys are told apart as the backup stores them
         // (SQLite's GROUP BY would also merge an integer with an equal real, which then gives
@@ -348,6 +369,19 @@ fn read_log(
             }
         }
     } else {
+        let held: i64 = conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE seq > ?1 AND seq <= ?2",
+                    tracking::CHANGES
+                ),
+                range,
+                |r| r.get(0),
+            )
+            .map_err(err)?;
+        if held as u64 != expected {
+            return Err(incomplete(held as u64));
+        }
         // A long log is grouped by SQLite, whose sorter spills to disk.
         let sql = format!(
             "SELECT max(seq) AS s, tbl, {ks} FROM {} WHERE seq > ?1 AND seq <= ?2 \

@@ -296,3 +296,47 @@ fn interleaved_tables_with_like_names_keep_their_changes_apart() {
     }
     assert_eq!(read(&backend, &start), want);
 }
+
+/// Log rows deleted by something other than tidemark (a script clearing every table, say) are
+/// changes lost: a short range and a long one both refuse with `ChangesUnavailable` before any
+/// change is handed on, where the reading used to give the changes left and call it complete.
+/// Untouched, the same ranges read in full.
+#[test]
+fn log_rows_deleted_behind_tidemarks_back_make_the_changes_unavailable() {
+    let (_d, mut conn, backend, start) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)");
+    let tx = conn.transaction().unwrap();
+    for i in 0..70_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let middle = backend.current_checkpoint().unwrap();
+    conn.execute("UPDATE a SET v = 'y' WHERE id < 100", [])
+        .unwrap();
+    assert_eq!(read(&backend, &start).len(), 70_000);
+    assert_eq!(read(&backend, &middle).len(), 100);
+    // One row of the short range's, which is also one of the long range's.
+    conn.execute(
+        "DELETE FROM _tidemark_changes WHERE seq = ?1",
+        [middle.position as i64 + 50],
+    )
+    .unwrap();
+    for (from, what) in [(&start, "long"), (&middle, "short")] {
+        let mut view = backend.view().unwrap();
+        let mut handed = 0;
+        let result = view.changes_since(from, 1000, &mut |b| {
+            handed += b.len();
+            Ok(())
+        });
+        match result {
+            Err(backup_core::Error::ChangesUnavailable { reason, .. }) => {
+                assert!(
+                    reason.contains("something other than tidemark"),
+                    "{what}: {reason}"
+                )
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(handed, 0, "{what}");
+    }
+}

@@ -1841,3 +1841,35 @@ fn a_malformed_source_fails_plainly_and_leaves_no_unfinished_file() {
         assert!(left.is_empty(), "{format}: {left:?}");
     }
 }
+
+/// A user shrinks the change log by hand (`DELETE FROM _tidemark_changes` in the `sqlite3`
+/// shell) between two writes: the change logged before is lost, so the next backup is full,
+/// saying why, and the restore equals the source. Before, the incremental took the change
+/// left and the restore kept the old value of the other row.
+#[test]
+fn a_change_log_cleared_by_hand_makes_the_next_backup_full() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("s.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');",
+    );
+    ok(&["track", "--source", "sqlite:s.db"], d);
+    let backup = || ok(&["backup", "--source", "sqlite:s.db", "--to", "bk"], d);
+    backup();
+    sql(
+        &db,
+        "UPDATE t SET v = 'lost' WHERE id = 1; DELETE FROM _tidemark_changes;
+         UPDATE t SET v = 'seen' WHERE id = 2;",
+    );
+    let out = backup();
+    assert!(
+        out.contains("(full)") && out.contains("something other than tidemark deleted rows"),
+        "{out}"
+    );
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+    sql(&db, "UPDATE t SET v = 'next' WHERE id = 2;");
+    assert!(backup().contains("(incremental)"));
+}
