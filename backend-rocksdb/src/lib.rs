@@ -653,9 +653,10 @@ impl View for RocksView<'_> {
                 from,
                 format!(
                     "the WAL ends at sequence {}, before the snapshot's {to}: the application's RocksDB \
-                     purged WAL files (for change-log incrementals, keep them with the \
-                     application's wal_ttl_seconds / wal_size_limit_mb, or back up from inside \
-                     it through RocksBackend::from_db)",
+                     purged WAL files, or wrote without the WAL (disableWAL, or an SST file \
+                     ingested over existing keys) (for change-log incrementals, keep WAL files \
+                     with the application's wal_ttl_seconds / wal_size_limit_mb, or back up \
+                     from inside it through RocksBackend::from_db)",
                     expected - 1
                 ),
             ));
