@@ -47,7 +47,8 @@ pub use tracking::TrackReport;
 /// The identity reported for a database without tracking (it always gets full backups).
 pub const UNTRACKED_ID: &str = "untracked";
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection waits for a lock another connection holds (SQLite's busy timeout).
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the change log's trim waits for the write lock; past it, the next backup trims.
 pub(crate) const TRIM_BUSY_TIMEOUT: Duration = Duration::from_secs(2);

@@ -75,7 +75,21 @@ pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
 
 /// Installs tracking, or completes it (tables created since), in one write transaction.
 pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("installing change tracking: {e}"));
+    let err = |e: rusqlite::Error| {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            Error::store(
+                store,
+                format!(
+                    "installing change tracking: another connection held the database's write \
+                     lock for over {} s ({e}); tracking is installed in one write transaction, \
+                     so try again when the application's write transaction has ended",
+                    crate::BUSY_TIMEOUT.as_secs()
+                ),
+            )
+        } else {
+            Error::store(store, format!("installing change tracking: {e}"))
+        }
+    };
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
