@@ -192,7 +192,7 @@ fn main() -> ExitCode {
 pub(crate) const EXIT_DAMAGED: u8 = 3;
 
 /// Whether the error is a backup found damaged (a checksum, count or chain problem).
-fn is_damage(e: &anyhow::Error) -> bool {
+pub(crate) fn is_damage(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<backup_core::Error>(),
@@ -206,8 +206,12 @@ fn is_damage(e: &anyhow::Error) -> bool {
 /// already there is not repeated.
 pub(crate) fn plain(e: &anyhow::Error) -> String {
     let mut line = String::new();
+    let hint = e.downcast_ref::<Hint>().map(|Hint(h)| h.as_str());
     for cause in e.chain() {
         let text = cause.to_string();
+        if Some(text.as_str()) == hint {
+            continue;
+        }
         if line.contains(&text) {
             continue;
         }
@@ -216,7 +220,22 @@ pub(crate) fn plain(e: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
+    if let Some(hint) = hint {
+        line.push_str("\n  ");
+        line.push_str(hint);
+    }
     line
+}
+
+/// What the user can do about an error, attached as its context: [`plain`] prints it on a line
+/// of its own after the error and its causes, instead of before them.
+#[derive(Debug)]
+pub(crate) struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -473,9 +473,63 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
         "{err}"
     );
     let err = fails(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
-    assert!(err.contains(&name), "{err}");
+    assert!(
+        err.contains(&name) && err.contains("\n  restore --skip-damaged restores what is intact"),
+        "{err}"
+    );
     assert!(!d.join("r.db").exists());
-    // The next backup starts over (full) and the chain is whole again.
+    // Partial recovery restores the newest backup present and lists the missing one.
+    let partial = tidemark(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:r.db",
+            "--skip-damaged",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&partial.stderr);
+    assert_eq!(partial.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("left out (damaged)") && err.contains(&name),
+        "{err}"
+    );
+    let one_new = dump(&d.join("r.db"));
+    assert!(
+        one_new.contains("(100,'new')") && !one_new.contains("(101,"),
+        "{one_new}"
+    );
+    // A flipped byte in the chain head (a file of a few bytes) refuses a restore the same
+    // way, and partial recovery goes around it; before, even --skip-damaged refused, and a
+    // user whose source was gone could not restore without deleting the file by hand.
+    common::backup(d, "sqlite:src.db", "ar", "archive");
+    let head = d.join("ar/.tidemark-head");
+    let mut bytes = std::fs::read(&head).unwrap();
+    bytes[20] ^= 0x04;
+    std::fs::write(&head, bytes).unwrap();
+    let err = fails(&["restore", "--from", "ar", "--to", "sqlite:r2.db"], d);
+    assert!(
+        err.contains(".tidemark-head") && err.contains("--skip-damaged"),
+        "{err}"
+    );
+    let partial = tidemark(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:r2.db",
+            "--skip-damaged",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&partial.stderr);
+    assert_eq!(partial.status.code(), Some(3), "{err}");
+    assert!(err.contains(".tidemark-head"), "{err}");
+    assert_same_dump(&dump(&d.join("r2.db")), &dump(&d.join("src.db")), "r2");
+    // The next backup writes the head again, and the chain is whole.
     common::backup(d, "sqlite:src.db", "ar", "archive");
     ok(&["verify", "ar"], d);
 }

@@ -39,6 +39,8 @@ pub fn restore_chain(
     // manifests (a live backup's chain has thousands of archives); any other point, or a
     // listing that does not add up, takes the full survey.
     let mut chain: Option<Vec<ChainItem>> = None;
+    // What the survey found damaged and `--skip-damaged` went around (the chain head).
+    let mut surveyed_skipped = Vec::new();
     let mut avoided = Vec::new();
     loop {
         let fast = match (at, &chain) {
@@ -51,7 +53,11 @@ pub fn restore_chain(
             None => {
                 let chain = match &mut chain {
                     Some(c) => c,
-                    None => chain.insert(surveyed(store)?),
+                    None => {
+                        let (items, skipped) = surveyed(store, options.skip_damaged)?;
+                        surveyed_skipped = skipped;
+                        chain.insert(items)
+                    }
                 };
                 plan(chain, at)?
             }
@@ -81,7 +87,11 @@ pub fn restore_chain(
                         ));
                         let chain = match &mut chain {
                             Some(c) => c,
-                            None => chain.insert(surveyed(store)?),
+                            None => {
+                                let (items, skipped) = surveyed(store, options.skip_damaged)?;
+                                surveyed_skipped = skipped;
+                                chain.insert(items)
+                            }
                         };
                         chain.retain(|i| i.path != path);
                     }
@@ -90,18 +100,27 @@ pub fn restore_chain(
             }
             Ok(mut summary) => {
                 summary.avoided = avoided;
+                surveyed_skipped.append(&mut summary.skipped);
+                summary.skipped = surveyed_skipped;
                 return Ok(summary);
             }
         }
     }
 }
 
-/// The chain as a full survey finds it; its first problem (an unreadable manifest, a newest
-/// archive gone missing) refuses the restore.
-fn surveyed(store: &dyn ChainStore) -> Result<Vec<ChainItem>> {
+/// The chain as a full survey finds it. Its first problem (an unreadable manifest, a chain head
+/// that is unreadable or names a newest archive gone missing) refuses the restore, unless
+/// `skip_damaged`: then the problems are returned as messages, for the summary's skipped list,
+/// and the restore goes on with the archives found (a flipped byte in the head, a file of 76
+/// bytes, no longer stands between a user whose source is gone and the archives).
+fn surveyed(store: &dyn ChainStore, skip_damaged: bool) -> Result<(Vec<ChainItem>, Vec<String>)> {
     let survey = store.survey()?;
-    if let Some(problem) = survey.problems.into_iter().next() {
-        return Err(problem);
+    let mut skipped = Vec::new();
+    for problem in survey.problems {
+        if !skip_damaged {
+            return Err(problem);
+        }
+        skipped.push(problem.to_string());
     }
     if survey.items.is_empty() {
         return Err(Error::BadInput {
@@ -109,7 +128,7 @@ fn surveyed(store: &dyn ChainStore) -> Result<Vec<ChainItem>> {
             cause: "no tidemark archives here".into(),
         });
     }
-    Ok(survey.items)
+    Ok((survey.items, skipped))
 }
 
 /// The path to the newest point, planned from names (the head, the archives' slots, the prune

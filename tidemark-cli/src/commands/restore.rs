@@ -124,7 +124,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
-    let summary = summary?;
+    let summary = summary.map_err(|e| {
+        if crate::is_damage(&e) && !skip_damaged {
+            e.context(crate::Hint(
+                "restore --skip-damaged restores what is intact and lists what it leaves out"
+                    .into(),
+            ))
+        } else {
+            e
+        }
+    })?;
     for note in &summary.avoided {
         eprintln!("tidemark: warning: damaged archive {note}; run `tidemark verify {from}`");
     }
