@@ -306,6 +306,7 @@ fn read_log(
     let range = [log.from as i64, log.to as i64];
     let mut emit = ChangeEmitter {
         conn,
+        from: log.from,
         tables,
         lookups: (0..tables.len()).map(|_| None).collect(),
         batch: Vec::with_capacity(log.batch_size.min(4096)),
@@ -460,6 +461,8 @@ const DEDUPLICATE_IN_MEMORY: u64 = 1 << 16;
 /// put of its current value, no row a deletion) and hands them on in batches.
 struct ChangeEmitter<'c, 'v> {
     conn: &'c Connection,
+    /// The position the changes are read after.
+    from: u64,
     tables: &'c [Table],
     /// Per table, made on its first change: the row lookup by key (prepared once, not
     /// formatted and looked up in the statement cache for every change), its key columns'
@@ -515,6 +518,18 @@ impl<'c> ChangeEmitter<'c, '_> {
         key_fields: KeyFields,
     ) -> rusqlite::Result<Result<()>> {
         let table = &self.tables[ti];
+        // A logged NULL key does not say which of the rows with that key changed.
+        if has_null_key(table, &key_fields) {
+            return Ok(Err(Error::ChangesUnavailable {
+                from: self.from,
+                earliest: None,
+                reason: format!(
+                    "a row of table `{}` whose primary key holds a NULL changed, and the change \
+                     log cannot tell which of the rows with that key it was",
+                    table.name
+                ),
+            }));
+        }
         let (get, positions, collection) = match &mut self.lookups[ti] {
             Some(l) => l,
             slot => {
@@ -743,9 +758,31 @@ fn read_row(table: &Table, keys: &[usize], r: &rusqlite::Row<'_>) -> rusqlite::R
     };
     let key_fields = KeyFields::read(r, keys.len(), |i| keys[i])?;
     Ok(Record {
-        key: encode_key(&key_fields),
+        key: row_key(table, &key_fields, rowid),
         value: Value::Row(Row { columns, rowid }),
     })
+}
+
+/// The key of a row whose primary-key values are `key_fields`. A rowid table lets its primary
+/// key hold NULLs (a SQLite quirk: only INTEGER PRIMARY KEY and WITHOUT ROWID tables refuse
+/// them), and NULLs do not collide there: such a row is keyed by its key values and its rowid,
+/// one value more than any other row of the table has, so no other key equals it. Before, two
+/// rows with a NULL key were one key, and the backup kept one of them.
+fn row_key(table: &Table, key_fields: &[Field], rowid: Option<i64>) -> backup_core::Key {
+    match rowid {
+        Some(rowid) if has_null_key(table, key_fields) => {
+            let mut fields = key_fields.to_vec();
+            fields.push(Field::Integer(rowid));
+            encode_key(&fields)
+        }
+        _ => encode_key(key_fields),
+    }
+}
+
+/// Whether `key_fields` is a primary key with a NULL in a table where that is possible (a rowid
+/// table whose primary key is not its rowid), which does not name one row.
+fn has_null_key(table: &Table, key_fields: &[Field]) -> bool {
+    table.hidden_rowid && !table.key.is_empty() && key_fields.contains(&Field::Null)
 }
 
 impl View for SqliteView {
