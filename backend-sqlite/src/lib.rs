@@ -533,11 +533,24 @@ impl<'c> ChangeEmitter<'c, '_> {
         let (get, positions, collection) = match &mut self.lookups[ti] {
             Some(l) => l,
             slot => {
+                // The row whose key is exactly the logged one: the column's own comparison
+                // (which its index answers) and then the bytes and the type, since a key column
+                // with another collation (NOCASE) or no type makes other keys equal ('Alice' and
+                // 'alice', 1 and 1.0). Matched by the column's comparison alone, the logged old
+                // key of a row whose key changed case found the row under its new key, so the
+                // old key was never deleted: the backup held the row twice, and its restore
+                // failed on the primary key.
                 let cond: Vec<String> = table
                     .key_exprs()
                     .iter()
                     .enumerate()
-                    .map(|(i, e)| format!("{e} IS ?{}", i + 1))
+                    .map(|(i, e)| {
+                        let n = i + 1;
+                        format!(
+                            "{e} IS ?{n} AND {e} IS ?{n} COLLATE BINARY \
+                             AND typeof({e}) = typeof(?{n})"
+                        )
+                    })
                     .collect();
                 let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
                 let get = self.conn.prepare_cached(&lookup)?;

@@ -2,8 +2,9 @@
 //!
 //! `track` adds, inside the database:
 //!
-//! - `_tidemark_meta(key, value)`: the store's identity (`store_id`, a uuid) and `floor`, the
-//!   position after which the log is known complete;
+//! - `_tidemark_meta(key, value)`: the store's identity (`store_id`, a uuid), `floor`, the
+//!   position after which the log is known complete, and `triggers`, the version of the
+//!   triggers' SQL (a database whose triggers are older gets new ones, and a new floor);
 //! - `_tidemark_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl, k0, k1, …)`: one row per
 //!   written key, in the writer's own transaction. `k*` columns have no type, so values keep
 //!   theirs. AUTOINCREMENT never reuses a number, even after trimming.
@@ -28,6 +29,25 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 pub const CHANGES: &str = "_tidemark_changes";
 /// The meta table.
 pub const META: &str = "_tidemark_meta";
+
+/// The version of the capture triggers, kept in the meta table (`triggers`). Version 2 compares
+/// an update's old key with its new one by bytes and type (`COLLATE BINARY`, `typeof`); version
+/// 1 (no entry) compared them with the column's own collation and affinity, so a key changed
+/// only in case in a NOCASE column (or from 1 to 1.0 in a column without a type) logged no old
+/// key, and the backup kept the row under both.
+const TRIGGERS_VERSION: i64 = 2;
+
+/// The version of the installed triggers ([`TRIGGERS_VERSION`]).
+fn triggers_version(conn: &Connection) -> rusqlite::Result<i64> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'triggers'"),
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(1))
+}
 
 /// Whether tracking is installed in this database.
 pub fn is_tracked(conn: &Connection) -> rusqlite::Result<bool> {
@@ -60,7 +80,10 @@ pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
     // A deferred transaction: everything below reads one snapshot, without a write lock. It
     // only reads, so it ends by rolling back when dropped.
     let tx = conn.unchecked_transaction().map_err(err)?;
-    if !is_tracked(&tx).map_err(err)? || !stale_triggers(&tx).map_err(err)?.is_empty() {
+    if !is_tracked(&tx).map_err(err)?
+        || !stale_triggers(&tx).map_err(err)?.is_empty()
+        || triggers_version(&tx).map_err(err)? < TRIGGERS_VERSION
+    {
         return Ok(false);
     }
     // A table's triggers are created after the log has a key column for each of its key
@@ -103,6 +126,8 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         ))
         .map_err(err)?;
     }
+    // Triggers of an older version are all replaced, in this transaction.
+    let outdated = !first_install && triggers_version(&tx).map_err(err)? < TRIGGERS_VERSION;
     drop_stale_triggers(&tx).map_err(err)?;
     let tables = user_tables(&tx, store)?;
     let mut width = log_key_width(&tx).map_err(err)?;
@@ -120,6 +145,9 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
             width += 1;
         }
         if has_triggers(&tx, table).map_err(err)? {
+            if outdated {
+                tx.execute_batch(&trigger_sql(table)).map_err(err)?;
+            }
             continue;
         }
         let holds_rows: bool = tx
@@ -135,7 +163,9 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
     }
     // An empty table cannot have had uncaptured writes that matter (a dropped and recreated
     // table's lost rows are caught by the engine's count check); one holding rows can.
-    if !first_install && gap {
+    // Older triggers missed a key changed in a way only bytes or types tell apart: what they
+    // logged is not known complete either.
+    if !first_install && (gap || outdated) {
         // Those tables may have been written without capture: nothing before here is complete.
         tx.execute(&format!("INSERT INTO {CHANGES}(tbl) VALUES (NULL)"), [])
             .map_err(err)?;
@@ -146,6 +176,11 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         )
         .map_err(err)?;
     }
+    tx.execute(
+        &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES ('triggers', ?1)"),
+        [TRIGGERS_VERSION],
+    )
+    .map_err(err)?;
     tx.commit().map_err(err)?;
     Ok(report)
 }
@@ -360,9 +395,14 @@ fn trigger_sql(table: &Table) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // By bytes and type, not by the column's collation or affinity ([`TRIGGERS_VERSION`]).
     let changed = exprs
         .iter()
-        .map(|e| format!("OLD.{e} IS NOT NEW.{e}"))
+        .map(|e| {
+            format!(
+                "OLD.{e} IS NOT NEW.{e} COLLATE BINARY OR typeof(OLD.{e}) IS NOT typeof(NEW.{e})"
+            )
+        })
         .collect::<Vec<_>>()
         .join(" OR ");
     let t = quote_ident(&table.name);

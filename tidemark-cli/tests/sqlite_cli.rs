@@ -1935,3 +1935,95 @@ fn rows_with_a_null_primary_key_are_each_backed_up() {
         restored(2);
     }
 }
+
+/// A key that changes only in case in a NOCASE primary key ('Alice' to 'alice'), or from 1 to
+/// 1.0 in a key column without a type, compares equal to the old one by the column's own rules.
+/// The update trigger compared them so and logged no old key, and the row lookup matched so
+/// too: the backup kept the row under both keys, verify called it intact, and its restore
+/// failed on the primary key. Both compare by bytes and type now.
+#[test]
+fn a_key_changed_only_in_case_or_type_is_followed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    for format in ["folder", "archive"] {
+        let db = d.join(format!("{format}.db"));
+        let source = format!("sqlite:{format}.db");
+        sql(
+            &db,
+            "CREATE TABLE t(k TEXT PRIMARY KEY COLLATE NOCASE, v INTEGER);
+             CREATE TABLE u(k PRIMARY KEY, v TEXT);
+             INSERT INTO t VALUES ('Alice', 1), ('Bob', 2);
+             INSERT INTO u VALUES (1, 'one'), (2, 'two');",
+        );
+        ok(&["track", "--source", &source], d);
+        let dest = format!("bk-{format}");
+        let args = [
+            "backup", "--source", &source, "--to", &dest, "--format", format,
+        ];
+        ok(&args, d);
+        sql(
+            &db,
+            "UPDATE t SET k = 'alice' WHERE k = 'Alice'; UPDATE u SET k = 1.0 WHERE k = 1;",
+        );
+        let out = ok(&args, d);
+        assert!(out.contains("(incremental)"), "{out}");
+        let v = ok(&["verify", &dest], d);
+        assert!(v.contains("intact"), "{v}");
+        let target = format!("sqlite:r-{format}.db");
+        ok(&["restore", "--from", &dest, "--to", &target], d);
+        let restored = d.join(format!("r-{format}.db"));
+        assert_same_dump(&dump(&restored), &dump(&db), format);
+        let types = |db: &Path| {
+            let out = Command::new("sqlite3")
+                .arg(db)
+                .arg("SELECT k, typeof(k) FROM u ORDER BY v")
+                .output()
+                .unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(types(&restored), "1.0|real\n2|integer\n");
+    }
+}
+
+/// A database tracked by a tidemark before 2026-12-03 has update triggers of version 1 (the
+/// old comparison, made here by the `sqlite3` shell). The next backup replaces them in one
+/// write transaction and is full, since what they logged is not known complete; the ones after
+/// are incremental and follow a key changed in case.
+#[test]
+fn triggers_of_an_older_tidemark_are_replaced_and_the_next_backup_is_full() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("s.db");
+    sql(
+        &db,
+        "CREATE TABLE t(k TEXT PRIMARY KEY COLLATE NOCASE, v INTEGER);
+         INSERT INTO t VALUES ('Alice', 1), ('Bob', 2);",
+    );
+    ok(&["track", "--source", "sqlite:s.db"], d);
+    let backup = || ok(&["backup", "--source", "sqlite:s.db", "--to", "bk"], d);
+    backup();
+    sql(
+        &db,
+        "DROP TRIGGER _tidemark_updk_t;
+         CREATE TRIGGER \"_tidemark_updk_t\" AFTER UPDATE ON \"t\" WHEN OLD.\"k\" IS NOT NEW.\"k\"
+           BEGIN INSERT INTO _tidemark_changes(tbl, k0) VALUES ('t', OLD.\"k\"); END;
+         DELETE FROM _tidemark_meta WHERE key = 'triggers';",
+    );
+    sql(&db, "UPDATE t SET v = 10 WHERE k = 'Bob';");
+    let out = backup();
+    assert!(
+        out.contains("(full)") && out.contains("capture gap"),
+        "{out}"
+    );
+    let trigger = Command::new("sqlite3")
+        .arg(&db)
+        .arg("SELECT sql FROM sqlite_schema WHERE name = '_tidemark_updk_t'")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&trigger.stdout).contains("COLLATE BINARY"));
+    sql(&db, "UPDATE t SET k = 'alice' WHERE k = 'Alice';");
+    let out = backup();
+    assert!(out.contains("(incremental)"), "{out}");
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+}
