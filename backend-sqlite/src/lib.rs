@@ -1024,14 +1024,21 @@ impl View for SqliteView {
     }
 
     fn deletions_may_go_unseen(&mut self, collection: &CollectionName) -> Result<bool> {
-        // Only a unique index other than the key's own can make a REPLACE delete a row with
-        // another key (a conflict on the key deletes the row the insert trigger then logs).
-        // Tables with none, the common case, skip the count: a scan of the whole table.
+        // A REPLACE deletes the row it conflicts with, firing no delete trigger. That row has
+        // another key when the conflict is on a unique index other than the key's own, or on
+        // a key column whose collation is not BINARY (in a NOCASE key, 'ALICE' replaces
+        // 'alice'); otherwise its key is the one the insert trigger logs. Tables with neither,
+        // the common case, skip the count: a scan of the whole table.
         let table = self.table(collection)?;
         let n: i64 = self
             .conn
             .query_row(
-                "SELECT count(*) FROM pragma_index_list(?1) WHERE \"unique\" AND origin <> 'pk'",
+                "SELECT (SELECT count(*) FROM pragma_index_list(?1) \
+                         WHERE \"unique\" AND origin <> 'pk') \
+                      + (SELECT count(*) FROM pragma_index_list(?1) AS l, \
+                         pragma_index_xinfo(l.name) AS x \
+                         WHERE l.origin = 'pk' AND x.key AND x.cid >= 0 \
+                         AND x.coll <> 'BINARY')",
                 [&table.name],
                 |r| r.get(0),
             )

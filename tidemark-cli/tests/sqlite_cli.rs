@@ -1940,7 +1940,8 @@ fn rows_with_a_null_primary_key_are_each_backed_up() {
 /// 1.0 in a key column without a type, compares equal to the old one by the column's own rules.
 /// The update trigger compared them so and logged no old key, and the row lookup matched so
 /// too: the backup kept the row under both keys, verify called it intact, and its restore
-/// failed on the primary key. Both compare by bytes and type now.
+/// failed on the primary key. Both compare by bytes and type now, and a REPLACE that removes a
+/// row whose key differs only in case is caught by the count check.
 #[test]
 fn a_key_changed_only_in_case_or_type_is_followed() {
     let t = tempfile::tempdir().unwrap();
@@ -1982,6 +1983,18 @@ fn a_key_changed_only_in_case_or_type_is_followed() {
             String::from_utf8(out.stdout).unwrap()
         };
         assert_eq!(types(&restored), "1.0|real\n2|integer\n");
+        // A REPLACE whose key differs from the row it replaces only in case deletes that row
+        // without a trigger: the count check sees it and the backup is full.
+        sql(&db, "INSERT OR REPLACE INTO t VALUES ('BOB', 3);");
+        let out = ok(&args, d);
+        assert!(
+            out.contains("(full)") && out.contains("holds 2 records but the change log"),
+            "{out}"
+        );
+        let target = format!("sqlite:r2-{format}.db");
+        ok(&["restore", "--from", &dest, "--to", &target], d);
+        let restored = d.join(format!("r2-{format}.db"));
+        assert_same_dump(&dump(&restored), &dump(&db), format);
     }
 }
 
