@@ -763,40 +763,9 @@ fn verify_during_a_live_backup_always_finds_the_backup_whole() {
 fn an_interrupted_restore_leaves_no_temporary_files() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    sql(
-        &d.join("src.db"),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 4000)
-         INSERT INTO t SELECT i, randomblob(30000) FROM n;",
-    );
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--format",
-            "archive",
-            "--compression",
-            "none",
-        ],
-        d,
-    );
-    let child = Command::new(common::bin())
-        .args(["restore", "--from", "bk", "--to", "sqlite:r.db"])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let tmp = || {
-        std::fs::read_dir(d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains("tidemark-restore"))
-            .collect::<Vec<_>>()
-    };
+    common::big_backup(d, 4000);
+    let child = common::start_restore(d, "sqlite:r.db");
+    let tmp = || common::restores_in_progress(d);
     common::wait_for("the restore to start", || !tmp().is_empty());
     std::thread::sleep(Duration::from_millis(50));
     assert!(Command::new("kill")
@@ -1006,50 +975,6 @@ fn restore_force_replaces_a_store_never_other_files() {
     );
 }
 
-/// A SQLite source of about 45 MB (incompressible), backed up to `bk` without compression: its
-/// restore takes long enough for another process to act while it runs.
-fn big_backup(d: &Path) {
-    sql(
-        &d.join("src.db"),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1500)
-         INSERT INTO t SELECT i, randomblob(30000) FROM n;",
-    );
-    ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--format",
-            "archive",
-            "--compression",
-            "none",
-        ],
-        d,
-    );
-}
-
-/// A restore's temporary stores in `d`.
-fn restores_in_progress(d: &Path) -> Vec<String> {
-    std::fs::read_dir(d)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("tidemark-restore"))
-        .collect()
-}
-
-fn start_restore(d: &Path, target: &str) -> Child {
-    Command::new(common::bin())
-        .args(["restore", "--from", "bk", "--to", target])
-        .current_dir(d)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 /// A restore without --force checks its target when it starts, but what appears there while it
 /// runs must not be replaced either: the application creating its database (with the `sqlite3`
 /// shell), or a second restore to the same path. Before, the restore renamed its new database
@@ -1058,19 +983,19 @@ fn start_restore(d: &Path, target: &str) -> Child {
 fn a_restore_never_replaces_what_appeared_at_its_target_while_it_ran() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    big_backup(d);
+    common::big_backup(d, 1500);
 
     // The application creates its database while the restore runs.
-    let child = start_restore(d, "sqlite:app.db");
+    let child = common::start_restore(d, "sqlite:app.db");
     common::wait_for("the restore to start", || {
-        !restores_in_progress(d).is_empty()
+        !common::restores_in_progress(d).is_empty()
     });
     sql(
         &d.join("app.db"),
         "CREATE TABLE app(x TEXT); INSERT INTO app VALUES ('mine');",
     );
     assert!(
-        !restores_in_progress(d).is_empty(),
+        !common::restores_in_progress(d).is_empty(),
         "the restore ended before the application wrote: the test needs a larger backup"
     );
     let out = child.wait_with_output().unwrap();
@@ -1084,30 +1009,12 @@ fn a_restore_never_replaces_what_appeared_at_its_target_while_it_ran() {
         "the application's database",
     );
     assert!(
-        restores_in_progress(d).is_empty(),
+        common::restores_in_progress(d).is_empty(),
         "left behind: {:?}",
-        restores_in_progress(d)
+        common::restores_in_progress(d)
     );
 
     // Two restores to one new path: one puts its database there, the other is refused.
-    let runs = [
-        start_restore(d, "sqlite:r.db"),
-        start_restore(d, "sqlite:r.db"),
-    ];
-    let outs: Vec<_> = runs
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    let errs: Vec<_> = outs
-        .iter()
-        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-        .collect();
-    let succeeded = outs.iter().filter(|o| o.status.success()).count();
-    assert_eq!(succeeded, 1, "{errs:?}");
-    assert!(
-        errs.iter().any(|e| e.contains("is not empty (use --force")),
-        "{errs:?}"
-    );
+    common::one_of_two_restores_wins(d, "sqlite:r.db");
     assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "r.db");
-    assert!(restores_in_progress(d).is_empty());
 }

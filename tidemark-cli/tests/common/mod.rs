@@ -265,3 +265,73 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// A SQLite source of `rows` incompressible rows of 30 KB (1,500 rows: about 45 MB), backed up
+/// to `bk` as an archive without compression: a restore of it takes long enough for a test to
+/// act while it runs.
+pub fn big_backup(d: &Path, rows: u32) {
+    sql(
+        &d.join("src.db"),
+        &format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, body BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO t SELECT i, randomblob(30000) FROM n;"
+        ),
+    );
+    ok(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "archive",
+            "--compression",
+            "none",
+        ],
+        d,
+    );
+}
+
+/// The temporary stores of restores running (or left) in `d`.
+pub fn restores_in_progress(d: &Path) -> Vec<String> {
+    std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tidemark-restore"))
+        .collect()
+}
+
+/// Starts `tidemark restore --from bk --to TARGET` in `d`, its stderr piped.
+pub fn start_restore(d: &Path, target: &str) -> std::process::Child {
+    Command::new(bin())
+        .args(["restore", "--from", "bk", "--to", target])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Starts two restores of `bk` to `target` at once, and checks that one puts its store there
+/// and the other is refused because the target is no longer empty; then that no temporary
+/// store is left.
+pub fn one_of_two_restores_wins(d: &Path, target: &str) {
+    let runs = [start_restore(d, target), start_restore(d, target)];
+    let outs: Vec<_> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let errs: Vec<_> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    let succeeded = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(succeeded, 1, "{errs:?}");
+    assert!(
+        errs.iter().any(|e| e.contains("is not empty (use --force")),
+        "{errs:?}"
+    );
+    assert!(restores_in_progress(d).is_empty());
+}
