@@ -66,42 +66,85 @@ pub fn crash_point(what: &str, path: &Path) {
 /// longer one ([`track_temp`]).
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     crash_point("rename", from);
+    // Under the temporary files' lock: a rename never races [`remove_temp_files`], which could
+    // otherwise remove `from` before it is renamed and miss `to`, and none starts after it.
+    let mut files = temp_files();
+    closing(&files, from)?;
     fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
-    temp_files().remove(from);
+    files.paths.remove(from);
     Ok(())
 }
 
 /// The temporary files this process has created and not renamed into place yet (an
-/// archive being written, key state files, a manifest's new version).
-static TEMP_FILES: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// archive being written, key state files, a manifest's new version), and whether
+/// [`remove_temp_files`] has run, after which no temporary file is created or renamed.
+struct TempFiles {
+    paths: std::collections::BTreeSet<PathBuf>,
+    closing: bool,
+}
 
-fn temp_files() -> std::sync::MutexGuard<'static, std::collections::BTreeSet<PathBuf>> {
+static TEMP_FILES: std::sync::Mutex<TempFiles> = std::sync::Mutex::new(TempFiles {
+    paths: std::collections::BTreeSet::new(),
+    closing: false,
+});
+
+fn temp_files() -> std::sync::MutexGuard<'static, TempFiles> {
     // A panic while holding it leaves a set of paths, which stays usable.
     TEMP_FILES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Refuses to create or rename `path` once [`remove_temp_files`] has run (the process is
+/// being interrupted and exits).
+fn closing(files: &TempFiles, path: &Path) -> Result<()> {
+    if files.closing {
+        return Err(Error::io(
+            "write",
+            path,
+            std::io::Error::new(std::io::ErrorKind::Interrupted, "the run was interrupted"),
+        ));
+    }
+    Ok(())
 }
 
 /// Records `path` as a temporary file of this process until [`rename`] puts it in place, so
 /// that [`remove_temp_files`] can remove it if the process is interrupted first.
 pub fn track_temp(path: &Path) {
-    temp_files().insert(path.to_path_buf());
+    temp_files().paths.insert(path.to_path_buf());
+}
+
+/// Creates the temporary file `path` and records it ([`track_temp`]) in one step under the
+/// temporary files' lock, so that an interrupt ([`remove_temp_files`]) never falls between the
+/// two and leaves the file behind; refused once the process is being interrupted.
+pub fn create_temp(path: &Path) -> Result<File> {
+    let mut files = temp_files();
+    closing(&files, path)?;
+    let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
+    files.paths.insert(path.to_path_buf());
+    Ok(file)
 }
 
 /// Removes a temporary file that is no longer needed (best effort: a leftover is removed by the
 /// next run), and forgets it ([`track_temp`]).
 pub fn remove_temp(path: &Path) {
     let _ = fs::remove_file(path);
-    temp_files().remove(path);
+    temp_files().paths.remove(path);
 }
 
 /// Removes the temporary files this process created and has not renamed into place, for a
-/// Ctrl-C handler that exits right after: an interrupted backup leaves no temporary files (a
-/// file it misses, or one of a killed process, is removed by the next run). Returns how many
-/// were removed.
+/// Ctrl-C handler or a failed command that exits right after: an interrupted backup leaves no
+/// temporary files (one of a killed process is removed by the next run). From then on no
+/// temporary file is created ([`create_temp`]) and nothing is renamed ([`rename`]), so another
+/// thread of the run cannot leave one behind before the process exits. Returns how many were
+/// removed.
 pub fn remove_temp_files() -> usize {
     let mut files = temp_files();
-    let removed = files.iter().filter(|p| fs::remove_file(p).is_ok()).count();
-    files.clear();
+    files.closing = true;
+    let removed = files
+        .paths
+        .iter()
+        .filter(|p| fs::remove_file(p).is_ok())
+        .count();
+    files.paths.clear();
     removed
 }
 
@@ -180,8 +223,7 @@ impl Unsynced {
 /// Writes `bytes` aside for `path` without an fsync yet (see [`Unsynced`]).
 pub fn write_aside(path: &Path, bytes: &[u8]) -> Result<Unsynced> {
     let tmp = temp_path(path);
-    let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    track_temp(&tmp);
+    let mut f = create_temp(&tmp)?;
     f.write_all(bytes)
         .map_err(|e| Error::io("write", &tmp, e))?;
     Ok(Unsynced::new(f, tmp, path.to_path_buf()))

@@ -305,8 +305,7 @@ impl IndexWriter {
             crate::durable::create_dir_all(dir)?;
         }
         let tmp = crate::durable::temp_path(path);
-        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        crate::durable::track_temp(&tmp);
+        let file = crate::durable::create_temp(&tmp)?;
         let mut w = IndexWriter {
             out: BufWriter::with_capacity(1 << 16, Crc::new(file, u64::MAX)),
             tmp,

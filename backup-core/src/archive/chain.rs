@@ -760,8 +760,7 @@ impl ChainStore for LocalChain {
     fn begin(&self, slot: Slot, buffer_size: usize) -> Result<Box<dyn ArchiveOutput>> {
         self.guard()?;
         let tmp = self.dir.join(format!(".{}.zip.tmp", slot.stem()));
-        let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        durable::track_temp(&tmp);
+        let file = durable::create_temp(&tmp)?;
         let out = Box::new(LocalOutput {
             dir: self.dir.clone(),
             slot,
