@@ -408,10 +408,16 @@ fn swap_into_place(
                 Ok(()) => return durable::sync_dir(parent),
                 // Something appeared at the target: checked below like any existing target.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                // A file system without RENAME_NOREPLACE (some network and FUSE ones): the
+                // check below, then the plain rename, as before it was used.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                    ) => {}
                 Err(e) => {
                     return Err(Error::Io {
-                        op: "rename without replacing (renameat2 RENAME_NOREPLACE; the file \
-                             system must support it)",
+                        op: "rename without replacing (renameat2 RENAME_NOREPLACE)",
                         path: target.to_path_buf(),
                         source: e,
                     })
