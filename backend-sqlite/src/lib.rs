@@ -956,9 +956,13 @@ impl View for SqliteView {
             )));
         }
         if from.position < floor {
-            return Err(unavailable(
-                "the change log was trimmed or had a capture gap after that position".into(),
-            ));
+            let why = tracking::floor_reason(&self.conn, floor)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| {
+                    "the change log was trimmed or had a capture gap after that position".into()
+                });
+            return Err(unavailable(why));
         }
         if from.position > self.checkpoint.position {
             return Err(unavailable(format!(

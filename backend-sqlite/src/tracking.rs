@@ -3,8 +3,10 @@
 //! `track` adds, inside the database:
 //!
 //! - `_tidemark_meta(key, value)`: the store's identity (`store_id`, a uuid), `floor`, the
-//!   position after which the log is known complete, and `triggers`, the version of the
-//!   triggers' SQL (a database whose triggers are older gets new ones, and a new floor);
+//!   position after which the log is known complete, `floor_reason` (the floor a capture gap
+//!   or a trigger upgrade raised it to, and why, for the message of the full backup that
+//!   follows), and `triggers`, the version of the triggers' SQL (a database whose triggers are
+//!   older gets new ones, and a new floor);
 //! - `_tidemark_changes(seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl, k0, k1, …)`: one row per
 //!   written key, in the writer's own transaction. `k*` columns have no type, so values keep
 //!   theirs. AUTOINCREMENT never reuses a number, even after trimming.
@@ -137,6 +139,8 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         ..TrackReport::default()
     };
     let mut gap = false;
+    // The tables that held rows when they got triggers (for the floor's reason).
+    let mut uncaptured: Vec<&str> = Vec::new();
     for table in &tables {
         let exprs = table.key_exprs();
         while width < exprs.len() {
@@ -160,6 +164,9 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         tx.execute_batch(&trigger_sql(table)).map_err(err)?;
         report.newly_tracked.push(table.name.clone());
         gap |= holds_rows;
+        if holds_rows {
+            uncaptured.push(&table.name);
+        }
     }
     // An empty table cannot have had uncaptured writes that matter (a dropped and recreated
     // table's lost rows are caught by the engine's count check); one holding rows can.
@@ -173,6 +180,25 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         tx.execute(
             &format!("UPDATE {META} SET value = ?1 WHERE key = 'floor'"),
             [marker],
+        )
+        .map_err(err)?;
+        // Why, for the backup that finds its checkpoint below the floor; it holds while the
+        // floor is this marker (a trim raises the floor past it, and the reason lapses).
+        let why = if gap {
+            format!(
+                "table(s) {} got capture triggers while holding rows, which may have been \
+                 written without capture",
+                uncaptured.join(", ")
+            )
+        } else {
+            format!(
+                "tidemark's capture triggers were replaced by a newer version ({TRIGGERS_VERSION}), \
+                 and the older ones could miss a key changed only in case or type"
+            )
+        };
+        tx.execute(
+            &format!("INSERT OR REPLACE INTO {META}(key, value) VALUES ('floor_reason', ?1)"),
+            [format!("{marker} {why}")],
         )
         .map_err(err)?;
     }
@@ -240,6 +266,21 @@ pub fn meta(conn: &Connection) -> rusqlite::Result<Option<(String, u64)>> {
         |r| r.get(0),
     )?;
     Ok(Some((id, floor.max(0) as u64)))
+}
+
+/// Why the floor was raised to `floor` by [`install`], if it recorded why at that floor.
+pub fn floor_reason(conn: &Connection, floor: u64) -> rusqlite::Result<Option<String>> {
+    let text: Option<String> = conn
+        .query_row(
+            &format!("SELECT value FROM {META} WHERE key = 'floor_reason'"),
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(text.and_then(|t| {
+        let (at, why) = t.split_once(' ')?;
+        (at.parse::<u64>().ok()? == floor).then(|| why.to_string())
+    }))
 }
 
 /// The last sequence number handed out (0 before the first change).
