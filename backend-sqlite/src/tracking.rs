@@ -138,8 +138,8 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         tables: tables.len(),
         ..TrackReport::default()
     };
-    let mut gap = false;
-    // The tables that held rows when they got triggers (for the floor's reason).
+    // The tables that held rows when they got triggers: their rows may have been written
+    // without capture.
     let mut uncaptured: Vec<&str> = Vec::new();
     for table in &tables {
         let exprs = table.key_exprs();
@@ -163,7 +163,6 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
             .map_err(err)?;
         tx.execute_batch(&trigger_sql(table)).map_err(err)?;
         report.newly_tracked.push(table.name.clone());
-        gap |= holds_rows;
         if holds_rows {
             uncaptured.push(&table.name);
         }
@@ -172,6 +171,7 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
     // table's lost rows are caught by the engine's count check); one holding rows can.
     // Older triggers missed a key changed in a way only bytes or types tell apart: what they
     // logged is not known complete either.
+    let gap = !uncaptured.is_empty();
     if !first_install && (gap || outdated) {
         // Those tables may have been written without capture: nothing before here is complete.
         tx.execute(&format!("INSERT INTO {CHANGES}(tbl) VALUES (NULL)"), [])

@@ -69,7 +69,7 @@ pub fn rename(from: &Path, to: &Path) -> Result<()> {
     // Under the temporary files' lock: a rename never races [`remove_temp_files`], which could
     // otherwise remove `from` before it is renamed and miss `to`, and none starts after it.
     let mut files = temp_files();
-    closing(&files, from)?;
+    refuse_when_closing(&files, from)?;
     fs::rename(from, to).map_err(|e| Error::io("rename", from, e))?;
     files.paths.remove(from);
     Ok(())
@@ -95,7 +95,7 @@ fn temp_files() -> std::sync::MutexGuard<'static, TempFiles> {
 
 /// Refuses to create or rename `path` once [`remove_temp_files`] has run (the process is
 /// being interrupted and exits).
-fn closing(files: &TempFiles, path: &Path) -> Result<()> {
+fn refuse_when_closing(files: &TempFiles, path: &Path) -> Result<()> {
     if files.closing {
         return Err(Error::io(
             "write",
@@ -117,7 +117,7 @@ pub fn track_temp(path: &Path) {
 /// two and leaves the file behind; refused once the process is being interrupted.
 pub fn create_temp(path: &Path) -> Result<File> {
     let mut files = temp_files();
-    closing(&files, path)?;
+    refuse_when_closing(&files, path)?;
     let file = File::create(path).map_err(|e| Error::io("create", path, e))?;
     files.paths.insert(path.to_path_buf());
     Ok(file)

@@ -51,14 +51,7 @@ pub fn restore_chain(
         let items = match fast {
             Some(items) => items,
             None => {
-                let chain = match &mut chain {
-                    Some(c) => c,
-                    None => {
-                        let (items, skipped) = surveyed(store, options.skip_damaged)?;
-                        surveyed_skipped = skipped;
-                        chain.insert(items)
-                    }
-                };
+                let chain = surveyed_once(&mut chain, &mut surveyed_skipped, store, options)?;
                 plan(chain, at)?
             }
         };
@@ -85,15 +78,8 @@ pub fn restore_chain(
                             "{}: {text}; restored through the archives it covers",
                             file_name_of(&path)
                         ));
-                        let chain = match &mut chain {
-                            Some(c) => c,
-                            None => {
-                                let (items, skipped) = surveyed(store, options.skip_damaged)?;
-                                surveyed_skipped = skipped;
-                                chain.insert(items)
-                            }
-                        };
-                        chain.retain(|i| i.path != path);
+                        surveyed_once(&mut chain, &mut surveyed_skipped, store, options)?
+                            .retain(|i| i.path != path);
                     }
                     _ => return Err(e),
                 }
@@ -106,6 +92,24 @@ pub fn restore_chain(
             }
         }
     }
+}
+
+/// The surveyed chain, surveyed on first use ([`surveyed`]); what the survey went around is
+/// kept in `skipped`.
+fn surveyed_once<'c>(
+    chain: &'c mut Option<Vec<ChainItem>>,
+    skipped: &mut Vec<String>,
+    store: &dyn ChainStore,
+    options: &RestoreOptions,
+) -> Result<&'c mut Vec<ChainItem>> {
+    Ok(match chain {
+        Some(c) => c,
+        None => {
+            let (items, problems) = surveyed(store, options.skip_damaged)?;
+            *skipped = problems;
+            chain.insert(items)
+        }
+    })
 }
 
 /// The chain as a full survey finds it. Its first problem (an unreadable manifest, a chain head

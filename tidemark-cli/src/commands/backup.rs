@@ -91,27 +91,26 @@ fn default_format(to: &[Place]) -> Result<Format> {
             }
         }
     }
-    let held: Vec<DestFormat> = match held.as_slice() {
-        [(a, first), rest @ ..] => match rest.iter().find(|(_, f)| f != first) {
-            Some((b, other)) => anyhow::bail!(
-                "{} holds {first} backups and {} {other} backups (one format per \
-                 destination): back them up in separate runs",
-                a.display(),
-                b.display()
-            ),
-            None => vec![*first],
-        },
-        [] => Vec::new(),
+    let held = match held.as_slice() {
+        [(a, first), rest @ ..] => {
+            if let Some((b, other)) = rest.iter().find(|(_, f)| f != first) {
+                anyhow::bail!(
+                    "{} holds {first} backups and {} {other} backups (one format per \
+                     destination): back them up in separate runs",
+                    a.display(),
+                    b.display()
+                );
+            }
+            Some(*first)
+        }
+        [] => None,
     };
-    Ok(
-        if held.contains(&DestFormat::Archive) && !held.contains(&DestFormat::Folder) {
-            Format::Archive
-        } else if !held.is_empty() || to.iter().any(|p| matches!(p, Place::Local(_))) {
-            Format::Folder
-        } else {
-            Format::Archive
-        },
-    )
+    Ok(match held {
+        Some(DestFormat::Archive) => Format::Archive,
+        Some(DestFormat::Folder) => Format::Folder,
+        None if to.iter().all(|p| matches!(p, Place::Remote(_))) => Format::Archive,
+        None => Format::Folder,
+    })
 }
 
 /// The archive output buffer's default size.
