@@ -1673,6 +1673,25 @@ fn rows_with_rowids(db: &Path, table: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Restores `dest` into a new database `name` in `d` and checks it against `db` with the
+/// `sqlite3` shell: the same `.dump`, and the same rowids in each of `tables`. Returns its path.
+fn restored_equal(d: &Path, dest: &str, name: &str, db: &Path, tables: &[&str]) -> PathBuf {
+    ok(
+        &["restore", "--from", dest, "--to", &format!("sqlite:{name}")],
+        d,
+    );
+    let restored = d.join(name);
+    assert_same_dump(&dump(&restored), &dump(db), name);
+    for table in tables {
+        assert_eq!(
+            rows_with_rowids(&restored, table),
+            rows_with_rowids(db, table),
+            "{name}: {table}"
+        );
+    }
+    restored
+}
+
 /// A `VACUUM` renumbers the rowids of a table without an INTEGER PRIMARY KEY and fires no
 /// trigger. In a table keyed by its rowid (no primary key), an incremental that trusted the
 /// change log put a changed row under its new rowid beside its old copy: the restore held a row
@@ -1719,17 +1738,7 @@ fn a_vacuum_that_renumbers_rowids_makes_the_next_backup_full() {
                 && out.contains("INTEGER PRIMARY KEY"),
             "{out}"
         );
-        let restored = d.join(format!("r{i}.db"));
-        let target = format!("sqlite:r{i}.db");
-        ok(&["restore", "--from", &dest, "--to", &target], d);
-        assert_same_dump(&dump(&restored), &dump(&db), format);
-        for table in ["plain", "keyed"] {
-            assert_eq!(
-                rows_with_rowids(&restored, table),
-                rows_with_rowids(&db, table),
-                "{format}: {table}"
-            );
-        }
+        restored_equal(d, &dest, &format!("r{i}.db"), &db, &["plain", "keyed"]);
         // Nothing vacuumed since: incremental again.
         sql(&db, "UPDATE plain SET a = 'D' WHERE a = 'd';");
         let out = backup();
@@ -1774,17 +1783,7 @@ fn a_vacuum_keeps_tables_with_a_primary_key_incremental_and_restorable() {
         assert!(out.contains("(incremental)"), "{out}");
         let v = ok(&["verify", format], d);
         assert!(v.contains("intact"), "{v}");
-        let target = format!("sqlite:{format}.db");
-        ok(&["restore", "--from", format, "--to", &target], d);
-        let restored = d.join(format!("{format}.db"));
-        assert_same_dump(&dump(&restored), &dump(&db), format);
-        for table in ["keyed", "named"] {
-            assert_eq!(
-                rows_with_rowids(&restored, table),
-                rows_with_rowids(&db, table),
-                "{format}: {table}"
-            );
-        }
+        restored_equal(d, format, &format!("{format}.db"), &db, &["keyed", "named"]);
     }
 }
 
@@ -1905,20 +1904,7 @@ fn rows_with_a_null_primary_key_are_each_backed_up() {
             )
         };
         let restored = |n: u32| {
-            let name = format!("r-{format}-{n}.db");
-            ok(
-                &[
-                    "restore",
-                    "--from",
-                    &dest,
-                    "--to",
-                    &format!("sqlite:{name}"),
-                ],
-                d,
-            );
-            let got = d.join(name);
-            assert_same_dump(&dump(&got), &dump(&db), format);
-            assert_eq!(rows_with_rowids(&got, "t"), rows_with_rowids(&db, "t"));
+            restored_equal(d, &dest, &format!("r-{format}-{n}.db"), &db, &["t"]);
         };
         backup();
         restored(0);
@@ -1972,10 +1958,7 @@ fn a_key_changed_only_in_case_or_type_is_followed() {
         assert!(out.contains("(incremental)"), "{out}");
         let v = ok(&["verify", &dest], d);
         assert!(v.contains("intact"), "{v}");
-        let target = format!("sqlite:r-{format}.db");
-        ok(&["restore", "--from", &dest, "--to", &target], d);
-        let restored = d.join(format!("r-{format}.db"));
-        assert_same_dump(&dump(&restored), &dump(&db), format);
+        let restored = restored_equal(d, &dest, &format!("r-{format}.db"), &db, &[]);
         let types = |db: &Path| {
             let out = Command::new("sqlite3")
                 .arg(db)
@@ -1993,10 +1976,7 @@ fn a_key_changed_only_in_case_or_type_is_followed() {
             out.contains("(full)") && out.contains("holds 2 records but the change log"),
             "{out}"
         );
-        let target = format!("sqlite:r2-{format}.db");
-        ok(&["restore", "--from", &dest, "--to", &target], d);
-        let restored = d.join(format!("r2-{format}.db"));
-        assert_same_dump(&dump(&restored), &dump(&db), format);
+        restored_equal(d, &dest, &format!("r2-{format}.db"), &db, &[]);
     }
 }
 
