@@ -26,6 +26,7 @@
 //! `set_wal_size_limit_mb`) in the application; otherwise RocksDB deletes WAL files as soon as
 //! their memtables are flushed and incrementals fall back to full backups.
 
+mod ingest;
 pub mod wal;
 
 use backup_core::{
@@ -391,6 +392,9 @@ impl StorageBackend for RocksBackend {
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store_id = self.store_id()?;
         let cfs = self.column_families()?;
+        // Listed before the snapshot: a file ingested in between is new to the next backup
+        // too, which checks it again.
+        let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
         let (snapshot, position) = if self.secondary.is_some() {
             (None, self.db.latest_sequence_number())
         } else {
@@ -404,6 +408,7 @@ impl StorageBackend for RocksBackend {
             snapshot,
             checkpoint,
             cfs,
+            ssts,
         }))
     }
 
@@ -458,6 +463,8 @@ struct RocksView<'a> {
     snapshot: Option<SnapshotWithThreadMode<'a, Db>>,
     checkpoint: Checkpoint,
     cfs: Vec<(String, u32)>,
+    /// The SST files the view holds (listed before its snapshot).
+    ssts: ingest::SstFiles,
 }
 
 impl RocksView<'_> {
@@ -507,6 +514,17 @@ impl View for RocksView<'_> {
             "rocksdb_version": version,
             "format_version": format,
         })))
+    }
+
+    fn store_marks(&mut self) -> Result<Option<serde_json::Value>> {
+        Ok(Some(self.ssts.marks()))
+    }
+
+    fn changes_outside_log(
+        &mut self,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<Option<String>> {
+        Ok(self.ssts.ingested_since(&self.backend.path, previous))
     }
 
     fn scans_in_key_order(&self) -> bool {

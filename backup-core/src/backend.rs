@@ -138,6 +138,28 @@ pub trait View {
         let _ = collection;
         Ok(true)
     }
+
+    /// What the store needs to remember, per destination, to tell at the next backup whether
+    /// data arrived around its change log (RocksDB: the SST files this view holds, since an
+    /// ingested file can add keys without a WAL record or a sequence number). Opaque to the
+    /// engine, which keeps it with the destination's state (`store_marks`) and hands it back
+    /// to [`View::changes_outside_log`]. The default keeps nothing.
+    fn store_marks(&mut self) -> Result<Option<serde_json::Value>> {
+        Ok(None)
+    }
+
+    /// Why the changes after the previous backup may not all be in the change log, given the
+    /// marks that backup kept ([`View::store_marks`]; `None` from a destination written before
+    /// marks were kept, or by a run that kept none). `Some` makes the engine take a diff-based
+    /// (or full) backup instead of reading the log, and print the reason. The default: the log
+    /// holds every change.
+    fn changes_outside_log(
+        &mut self,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<Option<String>> {
+        let _ = previous;
+        Ok(None)
+    }
 }
 
 /// Receives restored records and writes them into a store.

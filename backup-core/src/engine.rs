@@ -381,6 +381,8 @@ pub(crate) struct Completed<R> {
     pub(crate) reason: Option<FullReason>,
     pub(crate) captured_at: String,
     pub(crate) store_schema: crate::model::StoreSchema,
+    /// What the store keeps for the next run's check of its change log ([`View::store_marks`]).
+    pub(crate) store_marks: Option<serde_json::Value>,
 }
 
 /// Changes to apply to a collection's key index (`None` = deleted).
@@ -437,6 +439,7 @@ pub fn backup_folder(
         reason,
         captured_at,
         store_schema,
+        store_marks,
     } = done;
     let kind = outcome.method.kind();
     let now = now_rfc3339();
@@ -458,6 +461,7 @@ pub fn backup_folder(
             .map(|c| manifest_collection(c, &outcome.indexes, &outcome.counts))
             .collect(),
         store_schema,
+        store_marks,
     };
     let bytes_written = outcome.run.bytes_written();
     let unchanged = outcome.run.unchanged();
@@ -540,6 +544,7 @@ pub(crate) fn run<T: Target>(
     let start = view.checkpoint().clone();
     let collections = view.collections()?;
     let store_schema = view.store_schema()?;
+    let store_marks = view.store_marks()?;
     let full_because = |reason: FullReason, events: &mut dyn FnMut(Event)| {
         if !matches!(reason, FullReason::FirstBackup | FullReason::Requested) {
             events(Event::Notice(format!("taking a full backup: {reason}")));
@@ -567,7 +572,7 @@ pub(crate) fn run<T: Target>(
             )
         }
         (Ok(prev), BackupMode::Auto) => {
-            let attempt = match log_unusable(prev, &start, &collections, view.as_ref()) {
+            let attempt = match log_unusable(prev, &start, &collections, view.as_mut())? {
                 Some(reason) => Err(reason),
                 None => incremental(target, prev, view.as_mut(), &collections, options, events)?,
             };
@@ -630,6 +635,7 @@ pub(crate) fn run<T: Target>(
         reason,
         captured_at,
         store_schema,
+        store_marks,
     })
 }
 
@@ -638,34 +644,38 @@ fn log_unusable(
     prev: &FolderManifest,
     checkpoint: &Checkpoint,
     collections: &[CollectionInfo],
-    view: &dyn View,
-) -> Option<FullReason> {
+    view: &mut dyn View,
+) -> Result<Option<FullReason>> {
     if checkpoint.store_id.0.is_empty() {
-        return Some(FullReason::NoStoreIdentity);
+        return Ok(Some(FullReason::NoStoreIdentity));
     }
     if prev.checkpoint.store_id != checkpoint.store_id {
-        return Some(FullReason::StoreReplaced {
+        return Ok(Some(FullReason::StoreReplaced {
             was: prev.checkpoint.store_id.to_string(),
             now: checkpoint.store_id.to_string(),
-        });
+        }));
     }
     if prev.checkpoint.position > checkpoint.position {
-        return Some(FullReason::RolledBack {
+        return Ok(Some(FullReason::RolledBack {
             store: checkpoint.position,
             backup: prev.checkpoint.position,
-        });
+        }));
     }
     for c in collections {
         if let Some(old) = prev.collections.iter().find(|p| p.info.name == c.name) {
             if old.info.schema != c.schema {
-                return Some(match view.schema_change(c, &old.info.schema) {
+                return Ok(Some(match view.schema_change(c, &old.info.schema) {
                     Some(why) => FullReason::SchemaChangedBecause(c.name.clone(), why),
                     None => FullReason::SchemaChanged(c.name.clone()),
-                });
+                }));
             }
         }
     }
-    None
+    // Data that reached the store without passing through its log (a RocksDB file ingested
+    // with sequence number 0) is in no change the log gives.
+    Ok(view
+        .changes_outside_log(prev.store_marks.as_ref())?
+        .map(FullReason::ChangesUnavailable))
 }
 
 /// Applies the changes since the previous checkpoint. The inner `Err` is a reason to fall back;

@@ -77,6 +77,12 @@ pub struct FolderManifest {
     /// Store-level schema (e.g. SQLite indexes, views, triggers).
     #[serde(default)]
     pub store_schema: StoreSchema,
+    /// What the store asked to be kept for the next backup's check that every change since is
+    /// in its change log ([`crate::View::store_marks`]; RocksDB: the SST files of this
+    /// backup's view). Absent where the store keeps none, and in states written before
+    /// 2026-12-03.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_marks: Option<serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -169,6 +175,7 @@ mod tests {
                 last_run: RunKind::Full,
                 collections: vec![],
                 store_schema: StoreSchema::default(),
+                store_marks: Some(serde_json::json!({ "sst_files": [7, 9] })),
             };
             m.write(&path).expect("write");
             let mut bytes = std::fs::read(&path).expect("read");

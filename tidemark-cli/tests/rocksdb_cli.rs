@@ -439,3 +439,66 @@ fn a_restore_never_replaces_a_rocksdb_that_appeared_while_it_ran() {
         "the restored database differs from one restored alone"
     );
 }
+
+/// An SST file that the application ingests (`IngestExternalFile`, through its own, older
+/// RocksDB) into a key range no data covers gets sequence number 0: no WAL record and no gap
+/// in the sequence. The next backup, to an archive chain and to a folder, finds the new file,
+/// says why it does not read the WAL, and compares every record; the restores hold the
+/// ingested keys. The file is then known, so the backup after reads the WAL again, and a
+/// compaction's output (a new file with sequence number 0 too, but no ingest) keeps it doing so.
+#[test]
+fn keys_ingested_without_a_sequence_number_are_backed_up() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+    let dests = [("ar", "archive"), ("bk", "folder")];
+    for (dest, format) in dests {
+        common::backup(d, "rocksdb:src", dest, format);
+    }
+    common::rocksapp(&["ingest", "src", "0", "100"], d);
+    let restored_equal = |round: &str| {
+        let expected = app_dump(d, "src");
+        for (dest, _) in dests {
+            let copy = format!("copy-{dest}-{round}");
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    dest,
+                    "--to",
+                    &format!("rocksdb:{copy}"),
+                ],
+                d,
+            );
+            assert_eq!(app_dump(d, &copy), expected, "{round}: restore of {dest}");
+        }
+        expected
+    };
+    for (dest, format) in dests {
+        let out = common::backup(d, "rocksdb:src", dest, format);
+        assert!(
+            out.contains("Backup (incremental, diff-based)") && out.contains("101 records written"),
+            "{dest}: {out}"
+        );
+        assert!(
+            out.contains("was ingested with IngestExternalFile"),
+            "{dest}: {out}"
+        );
+        // The file is known now: the next run reads the WAL.
+        let again = common::backup(d, "rocksdb:src", dest, format);
+        assert!(!again.contains("diff-based"), "{dest}: {again}");
+    }
+    let expected = restored_equal("ingested");
+    assert_eq!(expected["default"].as_object().unwrap().len(), 201);
+    // Writes that overlap the old keys, compacted into new files with sequence number 0.
+    common::rocksapp(&["write", "src", "50", "100", "--keep-wal"], d);
+    common::rocksapp(&["compact", "src"], d);
+    for (dest, format) in dests {
+        let out = common::backup(d, "rocksdb:src", dest, format);
+        assert!(
+            out.contains("Backup (incremental)") && !out.contains("diff-based"),
+            "{dest}: the WAL is read again: {out}"
+        );
+    }
+    restored_equal("compacted");
+}

@@ -198,6 +198,7 @@ pub fn backup_archive_to(
         reason,
         captured_at,
         store_schema,
+        store_marks,
     } = done;
     let kind = outcome.method.kind();
     let (parent, from) = match (kind, head) {
@@ -278,6 +279,7 @@ pub fn backup_archive_to(
                     .map(|c| engine::manifest_collection(c, &outcome.indexes, &outcome.counts))
                     .collect(),
                 store_schema: store_schema.clone(),
+                store_marks: store_marks.clone(),
             },
         }
     };

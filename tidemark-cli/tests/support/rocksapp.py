@@ -1,9 +1,15 @@
 """An independent RocksDB application for tidemark's tests: rocksdict (PyPI), which bundles its
 own, older RocksDB (9.x). Commands:
 
-  write DIR START COUNT [--flush-each N] [--crash]   put keys START..START+COUNT in `default`
-      and `users` (creating them); --flush-each flushes every N keys (one L0 file each, auto
-      compaction off); --crash exits without closing (the last writes only in the WAL)
+  write DIR START COUNT [--flush-each N] [--crash] [--keep-wal]   put keys START..START+COUNT
+      in `default` and `users` (creating them); --flush-each flushes every N keys (one L0 file
+      each, auto compaction off); --crash exits without closing (the last writes only in the
+      WAL); --keep-wal keeps WAL files an hour (as an application that lets incrementals read
+      its WAL sets)
+  ingest DIR START COUNT                             write keys z START..START+COUNT of `default`
+      into an SST file with SstFileWriter, ingest it (IngestExternalFile), then put `after`
+      through the WAL; WAL files kept an hour
+  compact DIR                                        compact every column family's whole range
   hold DIR                                          open the database, print "ready", and keep
       it open until stdin closes
   dump DIR                                          print every column family's keys and values
@@ -13,22 +19,51 @@ import json
 import os
 import sys
 
-from rocksdict import Options, Rdict
+from rocksdict import Options, Rdict, SstFileWriter
 
 
-def options():
+def options(keep_wal=False):
     o = Options(raw_mode=True)
     o.create_if_missing(True)
+    if keep_wal:
+        o.set_wal_ttl_seconds(3600)
     return o
 
 
-def write(path, start, count, flush_each, crash):
-    o = options()
+def open_all(path, keep_wal):
+    cfs = Rdict.list_cf(path)
+    return Rdict(path, options(keep_wal), column_families={n: options(keep_wal) for n in cfs if n != "default"}), cfs
+
+
+def ingest(path, start, count):
+    sst = path.rstrip("/") + "-ingest.sst"
+    w = SstFileWriter(options(True))
+    w.open(sst)
+    for i in range(start, start + count):
+        w[b"z%08d" % i] = b'{"ingested": %d}' % i
+    w.finish()
+    db, _ = open_all(path, True)
+    db.ingest_external_file([sst])
+    db[b"after"] = b"1"
+    db.close()
+    os.remove(sst)
+
+
+def compact(path):
+    db, cfs = open_all(path, True)
+    for name in cfs:
+        cf = db if name == "default" else db.get_column_family(name)
+        cf.compact_range(None, None)
+    db.close()
+
+
+def write(path, start, count, flush_each, crash, keep_wal=False):
+    o = options(keep_wal)
     if flush_each:
         o.set_disable_auto_compactions(True)
     cfs = Rdict.list_cf(path) if os.path.exists(os.path.join(path, "CURRENT")) else ["default"]
-    db = Rdict(path, o, column_families={n: options() for n in cfs if n != "default"})
-    users = db.get_column_family("users") if "users" in cfs else db.create_column_family("users", options())
+    db = Rdict(path, o, column_families={n: options(keep_wal) for n in cfs if n != "default"})
+    users = db.get_column_family("users") if "users" in cfs else db.create_column_family("users", options(keep_wal))
     for i in range(start, start + count):
         db[b"k%06d" % i] = b'{"n": %d}' % i
         users[i.to_bytes(4, "big")] = bytes([i % 251]) * (i % 40)
@@ -57,7 +92,11 @@ if __name__ == "__main__":
     if cmd == "write":
         args = sys.argv[2:]
         flush_each = int(args[args.index("--flush-each") + 1]) if "--flush-each" in args else 0
-        write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args)
+        write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args, "--keep-wal" in args)
+    elif cmd == "ingest":
+        ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "compact":
+        compact(sys.argv[2])
     elif cmd == "hold":
         cfs = Rdict.list_cf(sys.argv[2])
         db = Rdict(sys.argv[2], options(), column_families={n: options() for n in cfs if n != "default"})
