@@ -82,6 +82,11 @@ impl SstFiles {
         serde_json::json!({ MARKS_KEY: list.join(" ") })
     }
 
+    /// The numbers of the files.
+    pub(crate) fn numbers(&self) -> BTreeSet<u64> {
+        self.0.iter().filter_map(|f| f.number).collect()
+    }
+
     /// Why the files new since the backup that kept `previous` hold changes the WAL does not
     /// have: the first new file (in `dir`) that was ingested, or that cannot be read to tell.
     /// With no marks (a backup by an older tidemark), every file is new.
@@ -91,18 +96,27 @@ impl SstFiles {
         previous: Option<&serde_json::Value>,
     ) -> Option<String> {
         // Marks that do not parse are as none: every file is checked.
-        let known: BTreeSet<u64> = previous
+        let mut known: BTreeSet<u64> = previous
             .and_then(|m| m.get(MARKS_KEY))
             .and_then(|a| a.as_str())
             .map(|a| a.split(' ').filter_map(|n| n.parse().ok()).collect())
             .unwrap_or_default();
+        self.first_ingested(dir, &mut known)
+    }
+
+    /// The first file not in `known` that was ingested (or cannot be read to tell), as a
+    /// reason; the new files that were not ingested join `known`, so they are read once.
+    pub(crate) fn first_ingested(&self, dir: &Path, known: &mut BTreeSet<u64>) -> Option<String> {
         for f in &self.0 {
             if f.number.is_some_and(|n| known.contains(&n)) {
                 continue;
             }
             let path = dir.join(&f.name);
             let why = match is_ingested(&path) {
-                Ok(false) => continue,
+                Ok(false) => {
+                    known.extend(f.number);
+                    continue;
+                }
                 Ok(true) => "was ingested with IngestExternalFile".to_string(),
                 Err(e) => format!(
                     "is new since the previous backup and could not be read to tell whether \

@@ -63,6 +63,18 @@ pub struct RocksBackend {
     /// above); `None` for a database the backend did not create, which is written through its
     /// memtables only.
     sst_options: Option<Options>,
+    /// What [`StorageBackend::wait_for_changes`] compares with to notice an ingested file,
+    /// which moves no sequence number: set by each view.
+    watch: std::sync::Mutex<Option<Watch>>,
+}
+
+/// The SST files as of the last view (and the files found since that were not ingested), and
+/// each column family's super-version number when they were listed (a new number means a new
+/// set of files: a flush, a compaction or an ingest).
+struct Watch {
+    cfs: Vec<String>,
+    versions: Vec<Option<u64>>,
+    files: std::collections::BTreeSet<u64>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -104,6 +116,7 @@ impl RocksBackend {
             secondary: None,
             format_version: None,
             sst_options: None,
+            watch: std::sync::Mutex::new(None),
         }
     }
 
@@ -162,6 +175,7 @@ impl RocksBackend {
             secondary: Some(dir),
             format_version: None,
             sst_options: None,
+            watch: std::sync::Mutex::new(None),
         })
     }
 
@@ -192,6 +206,7 @@ impl RocksBackend {
             secondary: None,
             format_version: Some(format_version),
             sst_options: Some(table_options(format_version)),
+            watch: std::sync::Mutex::new(None),
         })
     }
 
@@ -237,6 +252,52 @@ impl RocksBackend {
                 Ok((n, id))
             })
             .collect()
+    }
+
+    /// Each of `cfs`' super-version number (`None` where the property is not there).
+    fn super_versions(&self, cfs: &[String]) -> Vec<Option<u64>> {
+        const PROPERTY: &str = "rocksdb.current-super-version-number";
+        cfs.iter()
+            .map(|name| match cf(&self.db, &self.path, name) {
+                Ok(Cf::Default) => self.db.property_int_value(PROPERTY).ok().flatten(),
+                Ok(Cf::Named(h)) => self.db.property_int_value_cf(&h, PROPERTY).ok().flatten(),
+                Err(_) => None,
+            })
+            .collect()
+    }
+
+    /// Sets what [`RocksBackend::ingested_since_view`] compares with: a view's files.
+    fn watch_from(&self, cfs: &[(String, u32)], files: &ingest::SstFiles) {
+        let cfs: Vec<String> = cfs.iter().map(|(n, _)| n.clone()).collect();
+        let versions = self.super_versions(&cfs);
+        let watch = Watch {
+            cfs,
+            versions,
+            files: files.numbers(),
+        };
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch);
+    }
+
+    /// Whether a file was ingested since the last view (or cannot be read to tell): such a
+    /// file moves no sequence number, so [`StorageBackend::wait_for_changes`] asks this too.
+    /// Cheap while no column family has a new super version.
+    fn ingested_since_view(&self) -> Result<bool> {
+        let mut guard = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(watch) = guard.as_mut() else {
+            return Ok(false);
+        };
+        let versions = self.super_versions(&watch.cfs);
+        if versions == watch.versions {
+            return Ok(false);
+        }
+        let files = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
+        // The versions are taken as seen only once no new file was ingested: until the next
+        // view, every call says so again.
+        let ingested = files.first_ingested(&self.path, &mut watch.files).is_some();
+        if !ingested {
+            watch.versions = versions;
+        }
+        Ok(ingested)
     }
 }
 
@@ -395,6 +456,7 @@ impl StorageBackend for RocksBackend {
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
+        self.watch_from(&cfs, &ssts);
         let (snapshot, position) = if self.secondary.is_some() {
             (None, self.db.latest_sequence_number())
         } else {
@@ -416,7 +478,7 @@ impl StorageBackend for RocksBackend {
         let deadline = Instant::now() + timeout;
         loop {
             self.prepare()?;
-            if self.db.latest_sequence_number() > after.position {
+            if self.db.latest_sequence_number() > after.position || self.ingested_since_view()? {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

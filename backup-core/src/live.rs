@@ -12,6 +12,7 @@ use crate::archive::{
     ArchiveSummary, ChainStore, CompactOptions, LocalChain,
 };
 use crate::backend::StorageBackend;
+use crate::checkpoint::Checkpoint;
 use crate::engine::{backup_folder, BackupMode, BackupOptions, BackupSummary, Event};
 use crate::error::Result;
 use std::path::PathBuf;
@@ -228,7 +229,7 @@ fn follow(
         if stop.load(Ordering::SeqCst) {
             // The stop came during this run: one more run if the store moved meanwhile (only
             // one, so a writer that never stops cannot keep the backup from ending).
-            if final_run || backend.current_checkpoint()?.position == last.position {
+            if final_run || !moved_since(backend, &last)? {
                 return Ok(summary);
             }
             final_run = true;
@@ -242,7 +243,7 @@ fn follow(
             if stop.load(Ordering::SeqCst) {
                 // One last run if anything changed: everything committed before the stop is
                 // then in the backup.
-                changed = changed || backend.current_checkpoint()?.position != last.position;
+                changed = changed || moved_since(backend, &last)?;
                 if !changed {
                     return Ok(summary);
                 }
@@ -261,6 +262,14 @@ fn follow(
             changed |= backend.wait_for_changes(&last, slice)?;
         }
     }
+}
+
+/// Whether the store holds anything `last` does not: a new position, or what the backend's
+/// [`StorageBackend::wait_for_changes`] sees besides (RocksDB: a file ingested with sequence
+/// number 0, which moves no position).
+fn moved_since(backend: &dyn StorageBackend, last: &Checkpoint) -> Result<bool> {
+    Ok(backend.current_checkpoint()?.position != last.position
+        || backend.wait_for_changes(last, Duration::ZERO)?)
 }
 
 /// Compacts what the archive of `run` closed, if the live backup compacts; a failure is a

@@ -502,3 +502,68 @@ fn keys_ingested_without_a_sequence_number_are_backed_up() {
     }
     restored_equal("compacted");
 }
+
+/// A live backup notices an ingested file, which moves no sequence number (the application
+/// writes nothing else): while it waits (an archive follows the ingest), and when it is
+/// stopped right after one (its last run takes it). The restores are the application's
+/// database.
+#[test]
+fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+    let live = |dest: &str, interval: &str| {
+        Command::new(common::bin())
+            .args(["backup", "--source", "rocksdb:src", "--to", dest])
+            .args(["--format", "archive", "--live", "--interval", interval])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let archives = |dest: &str| {
+        std::fs::read_dir(d.join(dest)).map_or(0, |entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("tidemark-") && name.ends_with(".zip")
+                })
+                .count()
+        })
+    };
+    let restored_equal = |dest: &str| {
+        let copy = format!("copy-{dest}");
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("rocksdb:{copy}"),
+            ],
+            d,
+        );
+        assert_eq!(app_dump(d, &copy), app_dump(d, "src"), "restore of {dest}");
+    };
+    // While it waits: the ingest alone brings the next run.
+    let child = live("bk", "0.2");
+    common::wait_for("the first archive", || archives("bk") == 1);
+    common::rocksapp(&["ingest", "src", "0", "100", "--only"], d);
+    common::wait_for("an archive after the ingest", || archives("bk") == 2);
+    let out = common::stop_cleanly(child);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("was ingested with IngestExternalFile"),
+        "{said}"
+    );
+    restored_equal("bk");
+    // Stopped right after an ingest: the last run takes it.
+    let child = live("bk2", "60");
+    common::wait_for("the first archive", || archives("bk2") == 1);
+    common::rocksapp(&["ingest", "src", "1000", "100", "--only"], d);
+    common::stop_cleanly(child);
+    assert_eq!(archives("bk2"), 2);
+    restored_equal("bk2");
+}

@@ -6,9 +6,9 @@ own, older RocksDB (9.x). Commands:
       each, auto compaction off); --crash exits without closing (the last writes only in the
       WAL); --keep-wal keeps WAL files an hour (as an application that lets incrementals read
       its WAL sets)
-  ingest DIR START COUNT                             write keys z START..START+COUNT of `default`
-      into an SST file with SstFileWriter, ingest it (IngestExternalFile), then put `after`
-      through the WAL; WAL files kept an hour
+  ingest DIR START COUNT [--only]                    write keys z START..START+COUNT of `default`
+      into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
+      --only) put `after` through the WAL; WAL files kept an hour
   compact DIR                                        compact every column family's whole range
   hold DIR                                          open the database, print "ready", and keep
       it open until stdin closes
@@ -35,7 +35,7 @@ def open_all(path, keep_wal):
     return Rdict(path, options(keep_wal), column_families={n: options(keep_wal) for n in cfs if n != "default"}), cfs
 
 
-def ingest(path, start, count):
+def ingest(path, start, count, only):
     sst = path.rstrip("/") + "-ingest.sst"
     w = SstFileWriter(options(True))
     w.open(sst)
@@ -44,7 +44,8 @@ def ingest(path, start, count):
     w.finish()
     db, _ = open_all(path, True)
     db.ingest_external_file([sst])
-    db[b"after"] = b"1"
+    if not only:
+        db[b"after"] = b"1"
     db.close()
     os.remove(sst)
 
@@ -94,7 +95,7 @@ if __name__ == "__main__":
         flush_each = int(args[args.index("--flush-each") + 1]) if "--flush-each" in args else 0
         write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args, "--keep-wal" in args)
     elif cmd == "ingest":
-        ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "compact":
         compact(sys.argv[2])
     elif cmd == "hold":
