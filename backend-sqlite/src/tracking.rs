@@ -91,7 +91,7 @@ pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
     // A table's triggers are created after the log has a key column for each of its key
     // values (install widens it first), so a table with its triggers needs nothing more.
     for table in user_tables(&tx, store)? {
-        if !has_triggers(&tx, &table).map_err(err)? {
+        if triggers_of(&tx, &table).map_err(err)? != Triggers::Intact {
             return Ok(false);
         }
     }
@@ -141,6 +141,9 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
     // The tables that held rows when they got triggers: their rows may have been written
     // without capture.
     let mut uncaptured: Vec<&str> = Vec::new();
+    // The tables whose triggers were there but not as tidemark wrote them: they may have
+    // logged nothing.
+    let mut altered: Vec<&str> = Vec::new();
     for table in &tables {
         let exprs = table.key_exprs();
         while width < exprs.len() {
@@ -148,7 +151,10 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
                 .map_err(err)?;
             width += 1;
         }
-        if has_triggers(&tx, table).map_err(err)? {
+        let found = triggers_of(&tx, table).map_err(err)?;
+        // An older tidemark's triggers differ from today's: that is the upgrade, not a
+        // replacement by someone else.
+        if found == Triggers::Intact || (outdated && found == Triggers::Altered) {
             if outdated {
                 tx.execute_batch(&trigger_sql(table)).map_err(err)?;
             }
@@ -162,16 +168,21 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
             )
             .map_err(err)?;
         tx.execute_batch(&trigger_sql(table)).map_err(err)?;
-        report.newly_tracked.push(table.name.clone());
-        if holds_rows {
-            uncaptured.push(&table.name);
+        match found {
+            Triggers::Altered => altered.push(&table.name),
+            _ => {
+                report.newly_tracked.push(table.name.clone());
+                if holds_rows {
+                    uncaptured.push(&table.name);
+                }
+            }
         }
     }
     // An empty table cannot have had uncaptured writes that matter (a dropped and recreated
     // table's lost rows are caught by the engine's count check); one holding rows can.
     // Older triggers missed a key changed in a way only bytes or types tell apart: what they
     // logged is not known complete either.
-    let gap = !uncaptured.is_empty();
+    let gap = !uncaptured.is_empty() || !altered.is_empty();
     if !first_install && (gap || outdated) {
         // Those tables may have been written without capture: nothing before here is complete.
         tx.execute(&format!("INSERT INTO {CHANGES}(tbl) VALUES (NULL)"), [])
@@ -184,7 +195,13 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         .map_err(err)?;
         // Why, for the backup that finds its checkpoint below the floor; it holds while the
         // floor is this marker (a trim raises the floor past it, and the reason lapses).
-        let why = if gap {
+        let why = if !altered.is_empty() {
+            format!(
+                "the capture triggers of table(s) {} were replaced by others of the same name \
+                 (dropped and created again, not by tidemark), which may have logged nothing",
+                altered.join(", ")
+            )
+        } else if gap {
             format!(
                 "table(s) {} got capture triggers while holding rows, which may have been \
                  written without capture",
@@ -409,23 +426,49 @@ fn trigger_name(kind: &str, table: &str) -> String {
     format!("{TRACKING_PREFIX}{kind}_{table}")
 }
 
-fn has_triggers(conn: &Connection, table: &Table) -> rusqlite::Result<bool> {
-    let n: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
-         AND name IN (?2, ?3, ?4, ?5)",
-        [
-            table.name.as_str(),
-            &trigger_name("ins", &table.name),
-            &trigger_name("upd", &table.name),
-            &trigger_name("updk", &table.name),
-            &trigger_name("del", &table.name),
-        ],
-        |r| r.get(0),
-    )?;
-    Ok(n == 4)
+/// What a table's capture triggers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Triggers {
+    /// One or more of the four is missing.
+    Missing,
+    /// All four are there, but one's statement is not the one tidemark writes (replaced by
+    /// another with the same name: it may log nothing).
+    Altered,
+    /// All four, as tidemark writes them.
+    Intact,
 }
 
-fn trigger_sql(table: &Table) -> String {
+fn triggers_of(conn: &Connection, table: &Table) -> rusqlite::Result<Triggers> {
+    let expected = trigger_statements(table);
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
+         AND name IN (?2, ?3, ?4, ?5)",
+    )?;
+    let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let found = stmt
+        .query_map(
+            [table.name.as_str(), names[0], names[1], names[2], names[3]],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if found.len() < expected.len() {
+        return Ok(Triggers::Missing);
+    }
+    let intact = found.iter().all(|(name, sql)| {
+        expected
+            .iter()
+            .any(|(n, want)| n == name && sql.as_deref() == Some(want.as_str()))
+    });
+    Ok(if intact {
+        Triggers::Intact
+    } else {
+        Triggers::Altered
+    })
+}
+
+/// The four capture triggers of `table`: each one's name and its `CREATE TRIGGER` statement,
+/// as `sqlite_schema` keeps it (without the closing semicolon).
+fn trigger_statements(table: &Table) -> [(String, String); 4] {
     let exprs = table.key_exprs();
     let cols: Vec<String> = (0..exprs.len()).map(|i| format!("k{i}")).collect();
     let cols = cols.join(", ");
@@ -454,21 +497,32 @@ fn trigger_sql(table: &Table) -> String {
             values(row)
         )
     };
-    let name = |kind: &str| quote_ident(&trigger_name(kind, &table.name));
-    format!(
-        "DROP TRIGGER IF EXISTS {ins}; DROP TRIGGER IF EXISTS {upd};
-         DROP TRIGGER IF EXISTS {updk}; DROP TRIGGER IF EXISTS {del};
-         CREATE TRIGGER {ins} AFTER INSERT ON {t} BEGIN {new} END;
-         CREATE TRIGGER {upd} AFTER UPDATE ON {t} BEGIN {new} END;
-         CREATE TRIGGER {updk} AFTER UPDATE ON {t} WHEN {changed} BEGIN {old} END;
-         CREATE TRIGGER {del} AFTER DELETE ON {t} BEGIN {old} END;",
-        ins = name("ins"),
-        upd = name("upd"),
-        updk = name("updk"),
-        del = name("del"),
-        new = log("NEW"),
-        old = log("OLD"),
-    )
+    let (new, old) = (log("NEW"), log("OLD"));
+    let trigger = |kind: &str, event: &str, when: &str, body: &str| {
+        let name = trigger_name(kind, &table.name);
+        let sql = format!(
+            "CREATE TRIGGER {} {event} ON {t}{when} BEGIN {body} END",
+            quote_ident(&name)
+        );
+        (name, sql)
+    };
+    [
+        trigger("ins", "AFTER INSERT", "", &new),
+        trigger("upd", "AFTER UPDATE", "", &new),
+        trigger("updk", "AFTER UPDATE", &format!(" WHEN {changed}"), &old),
+        trigger("del", "AFTER DELETE", "", &old),
+    ]
+}
+
+/// Drops `table`'s capture triggers, whatever they are, and creates them anew.
+fn trigger_sql(table: &Table) -> String {
+    let mut sql = String::new();
+    for (name, create) in trigger_statements(table) {
+        sql.push_str(&format!("DROP TRIGGER IF EXISTS {};\n", quote_ident(&name)));
+        sql.push_str(&create);
+        sql.push_str(";\n");
+    }
+    sql
 }
 
 #[cfg(test)]

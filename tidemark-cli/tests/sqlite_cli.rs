@@ -2022,3 +2022,40 @@ fn triggers_of_an_older_tidemark_are_replaced_and_the_next_backup_is_full() {
     ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
 }
+
+/// A capture trigger that the application (here the `sqlite3` shell) drops and creates again
+/// under the same name, logging nothing, would leave every later incremental without the
+/// changes it should have logged. The next backup finds the statement is not tidemark's,
+/// writes the triggers anew in one write transaction and is full, saying why; the restore is
+/// the database, and the backups after are incremental again.
+#[test]
+fn a_capture_trigger_replaced_under_its_name_makes_the_next_backup_full() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("s.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         INSERT INTO t(v) VALUES ('a'), ('b'), ('c');",
+    );
+    ok(&["track", "--source", "sqlite:s.db"], d);
+    let backup = || ok(&["backup", "--source", "sqlite:s.db", "--to", "bk"], d);
+    backup();
+    sql(&db, "UPDATE t SET v = 'a2' WHERE id = 1;");
+    assert!(backup().contains("(incremental)"));
+    sql(
+        &db,
+        "DROP TRIGGER _tidemark_upd_t;
+         CREATE TRIGGER \"_tidemark_upd_t\" AFTER UPDATE ON \"t\" BEGIN SELECT 1; END;
+         UPDATE t SET v = 'b2' WHERE id = 2;",
+    );
+    let out = backup();
+    assert!(
+        out.contains("(full)") && out.contains("replaced by others of the same name"),
+        "{out}"
+    );
+    sql(&db, "UPDATE t SET v = 'c2' WHERE id = 3;");
+    assert!(backup().contains("(incremental)"));
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+}
