@@ -1058,6 +1058,9 @@ enum Layout {
     Native {
         hidden_rowid: bool,
         rowid_is_key: bool,
+        /// The name that reaches the rowid in the new table (`None`: columns hide all three,
+        /// and rows go in with new rowids).
+        rowid: Option<&'static str>,
     },
     /// A key-value collection as `(key, value)` (see `docs/FORMAT.md`).
     KeyValue,
@@ -1078,7 +1081,16 @@ impl RestoreSink for SqliteRestore<'_> {
         let layout = match (source, sql) {
             (StoreKind::Sqlite, Some(sql)) => {
                 self.conn.execute_batch(sql).map_err(err)?;
+                let columns: Vec<String> = self
+                    .conn
+                    .prepare("SELECT name FROM pragma_table_xinfo(?1)")
+                    .and_then(|mut stmt| {
+                        stmt.query_map([info.name.stored_as(sqlite_can_hold)], |r| r.get(0))?
+                            .collect()
+                    })
+                    .map_err(err)?;
                 Layout::Native {
+                    rowid: table::rowid_alias(columns.iter().map(String::as_str)),
                     hidden_rowid: info
                         .schema
                         .get("hidden_rowid")
@@ -1127,9 +1139,10 @@ impl RestoreSink for SqliteRestore<'_> {
                     Layout::Native {
                         hidden_rowid,
                         rowid_is_key,
+                        rowid: rowid_name,
                     },
                 ) => {
-                    let rowid = row.rowid.filter(|_| *hidden_rowid);
+                    let rowid = row.rowid.filter(|_| *hidden_rowid && rowid_name.is_some());
                     let same = native.as_ref().is_some_and(|(names, r, _)| {
                         *r == rowid.is_some()
                             && names.len() == row.columns.len()
@@ -1137,8 +1150,8 @@ impl RestoreSink for SqliteRestore<'_> {
                     });
                     if !same {
                         let mut names: Vec<String> = Vec::with_capacity(row.columns.len() + 1);
-                        if rowid.is_some() {
-                            names.push("rowid".into());
+                        if let (Some(_), Some(name)) = (rowid, rowid_name) {
+                            names.push((*name).into());
                         }
                         names.extend(row.columns.iter().map(|(name, _)| quote_ident(name)));
                         let marks: Vec<String> =

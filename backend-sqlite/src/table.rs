@@ -27,13 +27,32 @@ pub struct Table {
     /// Whether rows carry a hidden rowid the key does not hold (rowid tables without an
     /// INTEGER PRIMARY KEY): it is backed up so a restore keeps the rows' order.
     pub hidden_rowid: bool,
+    /// The name that reaches the table's rowid: `rowid`, or `oid` or `_rowid_` where a column
+    /// of that name hides it ([`rowid_alias`]).
+    pub rowid: &'static str,
+}
+
+/// SQLite's three names for a rowid table's rowid. A column of one of these names hides it
+/// under that name: `SELECT rowid` then reads the column.
+const ROWID_NAMES: [&str; 3] = ["rowid", "oid", "_rowid_"];
+
+/// The first of SQLite's names for the rowid that no column of `columns` (all of them,
+/// generated ones included) takes, if any.
+pub fn rowid_alias<'a>(columns: impl IntoIterator<Item = &'a str> + Clone) -> Option<&'static str> {
+    ROWID_NAMES.into_iter().find(|alias| {
+        !columns
+            .clone()
+            .into_iter()
+            .any(|c| c.eq_ignore_ascii_case(alias))
+    })
 }
 
 impl Table {
-    /// The key columns as SQL expressions over the table (`rowid` when there is no primary key).
+    /// The key columns as SQL expressions over the table (its rowid's name when there is no
+    /// primary key).
     pub fn key_exprs(&self) -> Vec<String> {
         if self.key.is_empty() {
-            vec!["rowid".to_string()]
+            vec![self.rowid.to_string()]
         } else {
             self.key.iter().map(|c| quote_ident(c)).collect()
         }
@@ -61,7 +80,7 @@ impl Table {
     pub fn select_sql(&self) -> String {
         let mut cols: Vec<String> = Vec::with_capacity(self.columns.len() + 1);
         if self.hidden_rowid {
-            cols.push("rowid".into());
+            cols.push(self.rowid.into());
         }
         cols.extend(self.columns.iter().map(|c| quote_ident(c)));
         let list = if cols.is_empty() {
@@ -139,6 +158,8 @@ fn describe(
         .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
         .map_err(err)?;
     let mut columns = Vec::new();
+    // Every column's name, generated ones too: each can hide the rowid's names.
+    let mut names = Vec::new();
     let mut keyed: Vec<(i64, String, String)> = Vec::new();
     let rows = stmt
         .query_map([&name], |r| {
@@ -152,6 +173,7 @@ fn describe(
         .map_err(err)?;
     for row in rows {
         let (col, decl, pk, hidden) = row.map_err(err)?;
+        names.push(col.clone());
         if hidden != 0 {
             continue; // generated columns are recomputed, never inserted
         }
@@ -161,11 +183,29 @@ fn describe(
         columns.push(col);
     }
     keyed.sort();
-    let rowid_alias =
+    let rowid_alias_key =
         !without_rowid && keyed.len() == 1 && keyed[0].2.eq_ignore_ascii_case("INTEGER");
     let key: Vec<String> = keyed.into_iter().map(|(_, c, _)| c).collect();
+    let alias = rowid_alias(names.iter().map(String::as_str));
+    let mut hidden_rowid = !without_rowid && !rowid_alias_key;
+    if hidden_rowid && alias.is_none() {
+        if key.is_empty() {
+            // Keyed by a rowid no name reaches: its rows cannot be told apart.
+            return Err(Error::store(
+                store,
+                format!(
+                    "table `{name}` has no primary key and columns named rowid, oid and \
+                     _rowid_, which hide its rowid: tidemark keys such a table's rows by the \
+                     rowid and cannot read it (rename one of those columns)"
+                ),
+            ));
+        }
+        // Its primary key keys it; the rowid only kept the rows' order.
+        hidden_rowid = false;
+    }
     Ok(Table {
-        hidden_rowid: !without_rowid && !rowid_alias,
+        hidden_rowid,
+        rowid: alias.unwrap_or("rowid"),
         name,
         sql,
         columns,

@@ -2059,3 +2059,55 @@ fn a_capture_trigger_replaced_under_its_name_makes_the_next_backup_full() {
     ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
 }
+
+/// A column named `rowid` (or `oid`, `_rowid_`) hides the rowid under that name. A table
+/// without a primary key is keyed by its rowid, and such a column's values (NULL, or the same
+/// in two rows) were read as the key: the backup failed, or it kept one row of two, verify
+/// called it intact and the restore refused it. The backend now reads the rowid under a name
+/// no column takes, in backups, capture triggers and restores; a table whose columns take all
+/// three names is refused, named. Read back with the `sqlite3` shell.
+#[test]
+fn columns_named_rowid_do_not_hide_the_rowid() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("s.db");
+    sql(
+        &db,
+        "CREATE TABLE nk(rowid INTEGER, v TEXT);
+         INSERT INTO nk VALUES (1, 'a'), (1, 'b'), (NULL, 'c');
+         CREATE TABLE nk2(oid INTEGER, _rowid_ INTEGER, v TEXT);
+         INSERT INTO nk2 VALUES (7, 7, 'x'), (7, 7, 'y');
+         CREATE TABLE pk(k TEXT PRIMARY KEY, rowid, oid, _rowid_);
+         INSERT INTO pk VALUES ('z', 1, 1, 1), ('y', 1, 1, 1);",
+    );
+    ok(&["track", "--source", "sqlite:s.db"], d);
+    let backup = || ok(&["backup", "--source", "sqlite:s.db", "--to", "bk"], d);
+    let out = backup();
+    assert!(
+        out.contains("(full)") && out.contains("7 in backup"),
+        "{out}"
+    );
+    sql(
+        &db,
+        "UPDATE nk SET v = 'b2' WHERE v = 'b'; INSERT INTO nk VALUES (1, 'd');
+         DELETE FROM nk WHERE v = 'a'; UPDATE nk2 SET v = 'y2' WHERE v = 'y';
+         UPDATE pk SET rowid = 5 WHERE k = 'y'; DELETE FROM pk WHERE k = 'z';",
+    );
+    let out = backup();
+    assert!(
+        out.contains("(incremental)") && out.contains("6 in backup"),
+        "{out}"
+    );
+    ok(&["verify", "bk"], d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restore");
+    sql(&db, "CREATE TABLE hidden(rowid, oid, _rowid_);");
+    let err = common::refused(
+        Command::new(common::bin()).current_dir(d),
+        &["backup", "--source", "sqlite:s.db", "--to", "bk"],
+    );
+    assert!(
+        err.contains("table `hidden` has no primary key and columns named rowid, oid and _rowid_"),
+        "{err}"
+    );
+}
