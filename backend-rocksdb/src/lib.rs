@@ -578,7 +578,10 @@ impl View for RocksView<'_> {
         })))
     }
 
-    fn store_marks(&mut self) -> Result<Option<serde_json::Value>> {
+    fn store_marks(
+        &mut self,
+        _previous: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>> {
         Ok(Some(self.ssts.marks()))
     }
 

@@ -798,9 +798,72 @@ fn has_null_key(table: &Table, key_fields: &[Field]) -> bool {
     table.hidden_rowid && !table.key.is_empty() && key_fields.contains(&Field::Null)
 }
 
+/// The key of the SQLite store marks' log fingerprints: `"seq:crc32 seq:crc32 …"`, newest
+/// first (see [`tracking::log_tail`]).
+const TAIL_MARK: &str = "log_tail";
+
+fn parse_tail(marks: Option<&serde_json::Value>) -> Vec<(u64, u32)> {
+    marks
+        .and_then(|m| m.get(TAIL_MARK))
+        .and_then(|t| t.as_str())
+        .map(|t| {
+            t.split(' ')
+                .filter_map(|e| {
+                    let (seq, crc) = e.split_once(':')?;
+                    Some((seq.parse().ok()?, u32::from_str_radix(crc, 16).ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 impl View for SqliteView {
     fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
+    }
+
+    fn store_marks(
+        &mut self,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>> {
+        if self.floor.is_none() {
+            return Ok(None);
+        }
+        let mut tail = tracking::log_tail(&self.conn, self.checkpoint.position)
+            .map_err(self.err("reading the change log's last entries"))?;
+        if tail.is_empty() {
+            // Nothing logged since the last trim: the previous backup's entries are still the
+            // last ones this database's history had at this position.
+            tail = parse_tail(previous);
+        }
+        let text: Vec<String> = tail.iter().map(|(s, c)| format!("{s}:{c:08x}")).collect();
+        Ok(Some(serde_json::json!({ TAIL_MARK: text.join(" ") })))
+    }
+
+    fn changes_outside_log(
+        &mut self,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<Option<String>> {
+        if self.floor.is_none() {
+            return Ok(None);
+        }
+        // An entry the previous backup read that the log still holds must be the same entry:
+        // a database restored from an older copy (or a disk snapshot) and written since has
+        // handed the same sequence numbers out again, to other changes. Trimmed entries are
+        // gone in either case, and say nothing.
+        for (seq, crc) in parse_tail(previous) {
+            let now =
+                tracking::log_entry(&self.conn, seq).map_err(self.err("reading the change log"))?;
+            if now.is_some_and(|c| c != crc) {
+                return Ok(Some(format!(
+                    "the change log's entry {seq} is not the one the previous backup read: the \
+                     database went back to an older state (restored from a copy, or a disk \
+                     snapshot) and was written since, so changes the backup holds never \
+                     happened in it"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     fn collections(&mut self) -> Result<Vec<CollectionInfo>> {

@@ -197,8 +197,10 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
         // floor is this marker (a trim raises the floor past it, and the reason lapses).
         let why = if !altered.is_empty() {
             format!(
-                "the capture triggers of table(s) {} were replaced by others of the same name \
-                 (dropped and created again, not by tidemark), which may have logged nothing",
+                "the capture triggers of table(s) {} were not the ones tidemark writes (replaced \
+                 under the same name, or written by a tidemark from before 2026-12-03 that took \
+                 a column named rowid for the rowid), so they may have logged nothing, or the \
+                 wrong key",
                 altered.join(", ")
             )
         } else if gap {
@@ -310,6 +312,55 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
         )
         .optional()?;
     Ok(seq.unwrap_or(0).max(0) as u64)
+}
+
+/// How many of the log's last entries a backup keeps a fingerprint of ([`log_tail`]).
+pub const TAIL_ENTRIES: usize = 8;
+
+/// The fingerprints of the log's last [`TAIL_ENTRIES`] entries at or before `upto`, newest
+/// first: each entry's sequence number and [`entry_fingerprint`].
+pub fn log_tail(conn: &Connection, upto: u64) -> rusqlite::Result<Vec<(u64, u32)>> {
+    let width = log_key_width(conn)?;
+    let sql = format!(
+        "SELECT seq, {} FROM {CHANGES} WHERE seq <= ?1 ORDER BY seq DESC LIMIT {TAIL_ENTRIES}",
+        entry_literals(width)
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([upto as i64], |r| {
+        Ok((r.get::<_, i64>(0)? as u64, literals_fingerprint(r, width)?))
+    })?;
+    rows.collect()
+}
+
+/// The fingerprint of the log's entry `seq`, if the log holds it.
+pub fn log_entry(conn: &Connection, seq: u64) -> rusqlite::Result<Option<u32>> {
+    let width = log_key_width(conn)?;
+    let sql = format!(
+        "SELECT seq, {} FROM {CHANGES} WHERE seq = ?1",
+        entry_literals(width)
+    );
+    conn.query_row(&sql, [seq as i64], |r| literals_fingerprint(r, width))
+        .optional()
+}
+
+/// The entry's table and key values as SQL literals (`quote()`), one column each.
+fn entry_literals(width: usize) -> String {
+    let mut cols = vec!["quote(tbl)".to_string()];
+    cols.extend((0..width).map(|i| format!("quote(k{i})")));
+    cols.join(", ")
+}
+
+/// CRC32 of an entry's literals (result columns 1..): its table and key values, types
+/// included, without trailing NULLs, so that key columns the log gains later (a table with a
+/// longer key tracked since) leave an entry's fingerprint as it was.
+fn literals_fingerprint(r: &rusqlite::Row<'_>, width: usize) -> rusqlite::Result<u32> {
+    let mut parts: Vec<String> = (1..=width + 1)
+        .map(|i| r.get::<_, String>(i))
+        .collect::<rusqlite::Result<_>>()?;
+    while parts.len() > 1 && parts.last().is_some_and(|p| p == "NULL") {
+        parts.pop();
+    }
+    Ok(crc32fast::hash(parts.join("\u{1f}").as_bytes()))
 }
 
 /// Deletes log rows at or before `upto` and raises the floor to it. In WAL mode the connection

@@ -140,11 +140,18 @@ pub trait View {
     }
 
     /// What the store needs to remember, per destination, to tell at the next backup whether
-    /// data arrived around its change log (RocksDB: the SST files this view holds, since an
-    /// ingested file can add keys without a WAL record or a sequence number). Opaque to the
-    /// engine, which keeps it with the destination's state (`store_marks`) and hands it back
-    /// to [`View::changes_outside_log`]. The default keeps nothing.
-    fn store_marks(&mut self) -> Result<Option<serde_json::Value>> {
+    /// its change log still holds every change since (RocksDB: the SST files this view holds,
+    /// since an ingested file can add keys without a WAL record or a sequence number; SQLite:
+    /// the last entries of its log, which a database restored from an older copy and written
+    /// since no longer holds). Opaque to the engine, which keeps it with the destination's
+    /// state (`store_marks`) and hands it back to [`View::changes_outside_log`]; `previous` is
+    /// what the destination's previous backup of this same store kept. The default keeps
+    /// nothing.
+    fn store_marks(
+        &mut self,
+        previous: Option<&serde_json::Value>,
+    ) -> Result<Option<serde_json::Value>> {
+        let _ = previous;
         Ok(None)
     }
 

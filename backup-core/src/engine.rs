@@ -544,7 +544,12 @@ pub(crate) fn run<T: Target>(
     let start = view.checkpoint().clone();
     let collections = view.collections()?;
     let store_schema = view.store_schema()?;
-    let store_marks = view.store_marks()?;
+    // The previous backup's marks, where it was of this same store.
+    let previous_marks = previous
+        .ok()
+        .filter(|p| p.checkpoint.store_id == start.store_id)
+        .and_then(|p| p.store_marks.as_ref());
+    let store_marks = view.store_marks(previous_marks)?;
     let full_because = |reason: FullReason, events: &mut dyn FnMut(Event)| {
         if !matches!(reason, FullReason::FirstBackup | FullReason::Requested) {
             events(Event::Notice(format!("taking a full backup: {reason}")));

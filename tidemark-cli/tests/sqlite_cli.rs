@@ -2051,7 +2051,7 @@ fn a_capture_trigger_replaced_under_its_name_makes_the_next_backup_full() {
     );
     let out = backup();
     assert!(
-        out.contains("(full)") && out.contains("replaced by others of the same name"),
+        out.contains("(full)") && out.contains("were not the ones tidemark writes (replaced"),
         "{out}"
     );
     sql(&db, "UPDATE t SET v = 'c2' WHERE id = 3;");
@@ -2110,4 +2110,45 @@ fn columns_named_rowid_do_not_hide_the_rowid() {
         err.contains("table `hidden` has no primary key and columns named rowid, oid and _rowid_"),
         "{err}"
     );
+}
+
+/// A database put back from an older copy of its file (as a disk snapshot or a `cp` does) and
+/// written since hands the same sequence numbers out again, to other changes. Once the
+/// writes pass the previous backup's checkpoint, its position no longer shows the rollback,
+/// and an incremental would keep changes that never happened in this database and miss those
+/// that did. The next backup finds that a log entry it read before is another one now, says
+/// so and is full; the restores are the database the `sqlite3` shell reads.
+#[test]
+fn a_database_put_back_from_an_older_copy_makes_the_next_backup_full() {
+    for format in ["archive", "folder"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let db = d.join("s.db");
+        sql(
+            &db,
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             INSERT INTO t(v) VALUES ('a'), ('b'), ('c'), ('d'), ('e');",
+        );
+        ok(&["track", "--source", "sqlite:s.db"], d);
+        let backup = || common::backup(d, "sqlite:s.db", "bk", format);
+        backup();
+        std::fs::copy(&db, d.join("copy.db")).unwrap();
+        sql(&db, "UPDATE t SET v = 'changed' WHERE id <= 3;");
+        assert!(backup().contains("(incremental)"), "{format}");
+        std::fs::copy(d.join("copy.db"), &db).unwrap();
+        sql(
+            &db,
+            "INSERT INTO t(v) VALUES ('f'), ('g'), ('h'), ('i'), ('j');",
+        );
+        let out = backup();
+        assert!(
+            out.contains("(full)") && out.contains("went back to an older state"),
+            "{format}: {out}"
+        );
+        ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+        assert_same_dump(&dump(&d.join("r.db")), &dump(&db), format);
+        // The chain goes on from the full backup.
+        sql(&db, "UPDATE t SET v = 'later' WHERE id = 1;");
+        assert!(backup().contains("(incremental)"), "{format}");
+    }
 }
