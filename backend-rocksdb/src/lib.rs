@@ -471,6 +471,8 @@ impl StorageBackend for RocksBackend {
             checkpoint,
             cfs,
             ssts,
+            verify: None,
+            last_batch: None,
         }))
     }
 
@@ -527,6 +529,46 @@ struct RocksView<'a> {
     cfs: Vec<(String, u32)>,
     /// The SST files the view holds (listed before its snapshot).
     ssts: ingest::SstFiles,
+    /// The WAL batch the previous backup read last (it ends at that backup's checkpoint), to
+    /// be found again where the WAL still holds it ([`View::changes_outside_log`] sets it).
+    verify: Option<WalBatch>,
+    /// The WAL batch that ends at this view's checkpoint, where the changes' reading saw it.
+    last_batch: Option<WalBatch>,
+}
+
+/// A WAL batch as the store marks keep it: its first and last sequence numbers and the CRC32
+/// of its bytes (`"start:end:crc32"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WalBatch {
+    start: u64,
+    end: u64,
+    crc: u32,
+}
+
+/// The key of the WAL batch in RocksDB's store marks.
+const BATCH_MARK: &str = "wal_batch";
+
+impl WalBatch {
+    fn of(start: u64, batch: &WriteBatch) -> Self {
+        WalBatch {
+            start,
+            end: start + (batch.len() as u64).max(1) - 1,
+            crc: crc32fast::hash(batch.data()),
+        }
+    }
+
+    fn parse(marks: Option<&serde_json::Value>) -> Option<Self> {
+        let text = marks?.get(BATCH_MARK)?.as_str()?;
+        let mut parts = text.split(':');
+        let start = parts.next()?.parse().ok()?;
+        let end = parts.next()?.parse().ok()?;
+        let crc = u32::from_str_radix(parts.next()?, 16).ok()?;
+        Some(WalBatch { start, end, crc })
+    }
+
+    fn text(&self) -> String {
+        format!("{}:{}:{:08x}", self.start, self.end, self.crc)
+    }
 }
 
 impl RocksView<'_> {
@@ -580,15 +622,28 @@ impl View for RocksView<'_> {
 
     fn store_marks(
         &mut self,
-        _previous: Option<&serde_json::Value>,
+        previous: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>> {
-        Ok(Some(self.ssts.marks()))
+        let mut marks = self.ssts.marks();
+        // The batch that ends at the checkpoint: the one the reading saw last, or the previous
+        // backup's when the store has not moved since. A full backup reads no WAL and keeps
+        // none (its next incremental is not checked this way).
+        let at = self.checkpoint.position;
+        let batch = self
+            .last_batch
+            .or_else(|| WalBatch::parse(previous))
+            .filter(|b| b.end == at);
+        if let Some(b) = batch {
+            marks[BATCH_MARK] = serde_json::Value::String(b.text());
+        }
+        Ok(Some(marks))
     }
 
     fn changes_outside_log(
         &mut self,
         previous: Option<&serde_json::Value>,
     ) -> Result<Option<String>> {
+        self.verify = WalBatch::parse(previous);
         Ok(self.ssts.ingested_since(&self.backend.path, previous))
     }
 
@@ -645,7 +700,7 @@ impl View for RocksView<'_> {
                 format!("the database is at sequence {to}, behind the checkpoint"),
             ));
         }
-        if from.position == to {
+        if from.position == to && self.verify.is_none() {
             return Ok(());
         }
         let names: BTreeMap<u32, String> =
@@ -653,11 +708,19 @@ impl View for RocksView<'_> {
         let mut expected = from.position + 1;
         let mut out: Vec<Change> = Vec::with_capacity(batch_size.min(4096));
         let mut retries = 0;
-        'reopen: while expected <= to {
+        // The previous backup's last batch, read again first where the WAL still holds it: a
+        // database put back from an older copy (or a disk snapshot) and written since has
+        // other batches under the same sequence numbers.
+        let mut verifying = self
+            .verify
+            .take()
+            .filter(|b| b.end == from.position && b.start >= 1);
+        'reopen: while expected <= to || verifying.is_some() {
+            let since = verifying.map_or(expected - 1, |b| b.start - 1);
             let iter = self
                 .backend
                 .db
-                .get_updates_since(expected - 1)
+                .get_updates_since(since)
                 .map_err(|e| self.unavailable(from, format!("the WAL cannot be read: {e}")))?;
             for item in iter {
                 let (seq, batch) = match item {
@@ -673,6 +736,26 @@ impl View for RocksView<'_> {
                         return Err(self.unavailable(from, format!("reading the WAL: {e}")));
                     }
                 };
+                if let Some(was) = verifying.take() {
+                    let now = (seq == was.start).then(|| WalBatch::of(seq, &batch));
+                    // A batch that starts inside the old one's range is another history; one
+                    // after it is all the WAL still holds (older files purged).
+                    if seq <= was.end && now != Some(was) {
+                        return Err(self.unavailable(
+                            from,
+                            format!(
+                                "the WAL batch at sequence {}..{} is not the one the previous \
+                                 backup read: the database went back to an older state (a copy \
+                                 of its directory put back, a disk snapshot) and was written \
+                                 since, so changes the backup holds never happened in it",
+                                was.start, was.end
+                            ),
+                        ));
+                    }
+                    if now.is_some() {
+                        continue;
+                    }
+                }
                 if seq > to {
                     break;
                 }
@@ -728,6 +811,9 @@ impl View for RocksView<'_> {
                     }
                 }
                 expected = seq + decoded.ops.len() as u64;
+                if expected > to {
+                    self.last_batch = Some(WalBatch::of(seq, &batch));
+                }
             }
             break;
         }

@@ -549,7 +549,6 @@ pub(crate) fn run<T: Target>(
         .ok()
         .filter(|p| p.checkpoint.store_id == start.store_id)
         .and_then(|p| p.store_marks.as_ref());
-    let store_marks = view.store_marks(previous_marks)?;
     let full_because = |reason: FullReason, events: &mut dyn FnMut(Event)| {
         if !matches!(reason, FullReason::FirstBackup | FullReason::Requested) {
             events(Event::Notice(format!("taking a full backup: {reason}")));
@@ -635,6 +634,9 @@ pub(crate) fn run<T: Target>(
             }
         }
     };
+    // Asked last: a store may keep what its changes' reading saw (RocksDB: the WAL batch at
+    // the checkpoint).
+    let store_marks = view.store_marks(previous_marks)?;
     Ok(Completed {
         outcome,
         reason,
