@@ -545,6 +545,16 @@ struct WalBatch {
     crc: u32,
 }
 
+/// Why a run cannot read the WAL when the previous backup's last batch `was` is another now.
+fn rolled_back(was: WalBatch) -> String {
+    format!(
+        "the WAL batch at sequence {}..{} is not the one the previous backup read: the database \
+         went back to an older state (a copy of its directory put back, a disk snapshot) and was \
+         written since, so changes the backup holds never happened in it",
+        was.start, was.end
+    )
+}
+
 /// The key of the WAL batch in RocksDB's store marks.
 const BATCH_MARK: &str = "wal_batch";
 
@@ -626,13 +636,12 @@ impl View for RocksView<'_> {
     ) -> Result<Option<serde_json::Value>> {
         let mut marks = self.ssts.marks();
         // The batch that ends at the checkpoint: the one the reading saw last, or the previous
-        // backup's when the store has not moved since. A full backup reads no WAL and keeps
-        // none (its next incremental is not checked this way).
+        // backup's when the store has not moved since (and it was found again, or the WAL can
+        // no longer say). A full or diff-based backup reads no WAL and keeps none: its next
+        // incremental is not checked this way.
         let at = self.checkpoint.position;
-        let batch = self
-            .last_batch
-            .or_else(|| WalBatch::parse(previous))
-            .filter(|b| b.end == at);
+        let _ = previous;
+        let batch = self.last_batch.filter(|b| b.end == at);
         if let Some(b) = batch {
             marks[BATCH_MARK] = serde_json::Value::String(b.text());
         }
@@ -700,8 +709,25 @@ impl View for RocksView<'_> {
                 format!("the database is at sequence {to}, behind the checkpoint"),
             ));
         }
-        if from.position == to && self.verify.is_none() {
-            return Ok(());
+        if from.position == to {
+            // Nothing new, unless the previous backup's last batch is another one now. A WAL
+            // that cannot say (purged, unreadable) leaves it at nothing new.
+            let checked = self
+                .verify
+                .take()
+                .filter(|b| b.end == from.position && b.start >= 1);
+            let replaced = checked.and_then(|was| {
+                let mut iter = self.backend.db.get_updates_since(was.start - 1).ok()?;
+                let (seq, batch) = iter.next()?.ok()?;
+                (seq <= was.end && WalBatch::of(seq, &batch) != was).then_some(was)
+            });
+            return match replaced {
+                Some(was) => Err(self.unavailable(from, rolled_back(was))),
+                None => {
+                    self.last_batch = checked;
+                    Ok(())
+                }
+            };
         }
         let names: BTreeMap<u32, String> =
             self.cfs.iter().map(|(n, id)| (*id, n.clone())).collect();
@@ -715,7 +741,7 @@ impl View for RocksView<'_> {
             .verify
             .take()
             .filter(|b| b.end == from.position && b.start >= 1);
-        'reopen: while expected <= to || verifying.is_some() {
+        'reopen: while expected <= to {
             let since = verifying.map_or(expected - 1, |b| b.start - 1);
             let iter = self
                 .backend
@@ -741,16 +767,7 @@ impl View for RocksView<'_> {
                     // A batch that starts inside the old one's range is another history; one
                     // after it is all the WAL still holds (older files purged).
                     if seq <= was.end && now != Some(was) {
-                        return Err(self.unavailable(
-                            from,
-                            format!(
-                                "the WAL batch at sequence {}..{} is not the one the previous \
-                                 backup read: the database went back to an older state (a copy \
-                                 of its directory put back, a disk snapshot) and was written \
-                                 since, so changes the backup holds never happened in it",
-                                was.start, was.end
-                            ),
-                        ));
+                        return Err(self.unavailable(from, rolled_back(was)));
                     }
                     if now.is_some() {
                         continue;

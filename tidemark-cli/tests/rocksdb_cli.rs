@@ -594,9 +594,16 @@ fn a_database_put_back_from_an_older_copy_is_noticed() {
         out.contains("(incremental)") && !out.contains("diff-based"),
         "{out}"
     );
+    // A run with nothing new keeps the batch it found again.
+    let out = common::backup(d, "rocksdb:src", "ar", "archive");
+    assert!(
+        out.contains("(incremental)") && !out.contains("diff-based"),
+        "{out}"
+    );
     std::fs::remove_dir_all(d.join("src")).unwrap();
     std::fs::rename(d.join("copy"), d.join("src")).unwrap();
-    common::rocksapp(&["write", "src", "1000", "80", "--keep-wal"], d);
+    // Exactly as many writes as the copy missed: the sequence number is the backup's again.
+    common::rocksapp(&["write", "src", "1000", "50", "--keep-wal"], d);
     let out = common::backup(d, "rocksdb:src", "ar", "archive");
     assert!(
         out.contains("diff-based") && out.contains("went back to an older state"),
@@ -604,4 +611,13 @@ fn a_database_put_back_from_an_older_copy_is_noticed() {
     );
     ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar"], d);
     assert_eq!(app_dump(d, "copy-ar"), app_dump(d, "src"));
+    // The chain goes on from the diff-based run: the WAL is read again.
+    common::rocksapp(&["write", "src", "2000", "1", "--keep-wal"], d);
+    let out = common::backup(d, "rocksdb:src", "ar", "archive");
+    assert!(
+        out.contains("(incremental)") && !out.contains("diff-based"),
+        "{out}"
+    );
+    ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar2"], d);
+    assert_eq!(app_dump(d, "copy-ar2"), app_dump(d, "src"));
 }
