@@ -632,7 +632,7 @@ impl View for RocksView<'_> {
 
     fn store_marks(
         &mut self,
-        previous: Option<&serde_json::Value>,
+        _previous: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>> {
         let mut marks = self.ssts.marks();
         // The batch that ends at the checkpoint: the one the reading saw last, or the previous
@@ -640,7 +640,6 @@ impl View for RocksView<'_> {
         // no longer say). A full or diff-based backup reads no WAL and keeps none: its next
         // incremental is not checked this way.
         let at = self.checkpoint.position;
-        let _ = previous;
         let batch = self.last_batch.filter(|b| b.end == at);
         if let Some(b) = batch {
             marks[BATCH_MARK] = serde_json::Value::String(b.text());

@@ -141,12 +141,14 @@ pub trait View {
 
     /// What the store needs to remember, per destination, to tell at the next backup whether
     /// its change log still holds every change since (RocksDB: the SST files this view holds,
-    /// since an ingested file can add keys without a WAL record or a sequence number; SQLite:
+    /// since an ingested file can add keys without a WAL record or a sequence number, and the
+    /// WAL batch its reading ended with, which a database put back from an older copy no
+    /// longer holds; SQLite:
     /// the last entries of its log, which a database restored from an older copy and written
     /// since no longer holds). Opaque to the engine, which keeps it with the destination's
     /// state (`store_marks`) and hands it back to [`View::changes_outside_log`]; `previous` is
-    /// what the destination's previous backup of this same store kept. The default keeps
-    /// nothing.
+    /// what the destination's previous backup of this same store kept. The engine asks after
+    /// the run's reading, so a store may keep what that saw. The default keeps nothing.
     fn store_marks(
         &mut self,
         previous: Option<&serde_json::Value>,
