@@ -581,7 +581,54 @@ impl WalBatch {
     }
 }
 
+/// A run that read no WAL looks up the batch at its checkpoint only where the WAL files come to
+/// at most this much (RocksDB's WAL iterator reads a file from its start to find a sequence).
+const WAL_LOOKUP_BYTES: u64 = 16 << 20;
+
+/// How far before the checkpoint that lookup starts, in sequence numbers: a batch larger than
+/// this is not found, and not kept.
+const WAL_LOOKBACK: u64 = 4096;
+
+/// The total size of the WAL files in `dir` and its `archive/` (those kept by a WAL TTL).
+fn wal_bytes(dir: &Path) -> u64 {
+    [dir.to_path_buf(), dir.join("archive")]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 impl RocksView<'_> {
+    /// The WAL batch that ends at `at`, read back from the WAL where it is small (see
+    /// [`WAL_LOOKUP_BYTES`]); `None` where the WAL does not hold it (written without the WAL,
+    /// purged) or was not read.
+    fn batch_ending_at(&self, at: u64) -> Option<WalBatch> {
+        let bytes = wal_bytes(&self.backend.path);
+        if at == 0 || bytes == 0 || bytes > WAL_LOOKUP_BYTES {
+            return None;
+        }
+        let iter = self
+            .backend
+            .db
+            .get_updates_since(at.saturating_sub(WAL_LOOKBACK))
+            .ok()?;
+        for item in iter {
+            let (seq, batch) = item.ok()?;
+            if seq > at {
+                break;
+            }
+            let b = WalBatch::of(seq, &batch);
+            if b.end >= at {
+                return Some(b);
+            }
+        }
+        None
+    }
+
     fn unavailable(&self, from: &Checkpoint, reason: String) -> Error {
         Error::ChangesUnavailable {
             from: from.position,
@@ -635,12 +682,15 @@ impl View for RocksView<'_> {
         _previous: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>> {
         let mut marks = self.ssts.marks();
-        // The batch that ends at the checkpoint: the one the reading saw last, or the previous
+        // The batch that ends at the checkpoint: the one the reading saw last, the previous
         // backup's when the store has not moved since (and it was found again, or the WAL can
-        // no longer say). A full or diff-based backup reads no WAL and keeps none: its next
-        // incremental is not checked this way.
+        // no longer say), or for a run that read no WAL (full, diff-based) the one the WAL
+        // holds, where it is small enough to read for it.
         let at = self.checkpoint.position;
-        let batch = self.last_batch.filter(|b| b.end == at);
+        let batch = self
+            .last_batch
+            .or_else(|| self.batch_ending_at(at))
+            .filter(|b| b.end == at);
         if let Some(b) = batch {
             marks[BATCH_MARK] = serde_json::Value::String(b.text());
         }

@@ -621,3 +621,31 @@ fn a_database_put_back_from_an_older_copy_is_noticed() {
     ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar2"], d);
     assert_eq!(app_dump(d, "copy-ar2"), app_dump(d, "src"));
 }
+
+/// The same after a full backup, which reads no WAL: it looks up the batch at its checkpoint
+/// in the (small) WAL, so a copy older than the full put back and written past it is noticed
+/// by the first incremental.
+#[test]
+fn a_copy_older_than_a_full_backup_put_back_is_noticed() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+    let copy = Command::new("cp")
+        .args(["-a", "src", "copy"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    common::rocksapp(&["write", "src", "100", "50", "--keep-wal"], d);
+    assert!(common::backup(d, "rocksdb:src", "ar", "archive").contains("(full)"));
+    std::fs::remove_dir_all(d.join("src")).unwrap();
+    std::fs::rename(d.join("copy"), d.join("src")).unwrap();
+    common::rocksapp(&["write", "src", "1000", "80", "--keep-wal"], d);
+    let out = common::backup(d, "rocksdb:src", "ar", "archive");
+    assert!(
+        out.contains("diff-based") && out.contains("went back to an older state"),
+        "{out}"
+    );
+    ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar"], d);
+    assert_eq!(app_dump(d, "copy-ar"), app_dump(d, "src"));
+}
