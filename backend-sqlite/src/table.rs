@@ -183,8 +183,20 @@ fn describe(
         columns.push(col);
     }
     keyed.sort();
-    let rowid_alias_key =
-        !without_rowid && keyed.len() == 1 && keyed[0].2.eq_ignore_ascii_case("INTEGER");
+    // A lone INTEGER primary key is the rowid under another name, except where SQLite keeps an
+    // index for it: `id INTEGER PRIMARY KEY DESC` (a quirk SQLite keeps for compatibility) is
+    // an ordinary column beside a rowid of its own, which the backup keeps.
+    let rowid_alias_key = !without_rowid
+        && keyed.len() == 1
+        && keyed[0].2.eq_ignore_ascii_case("INTEGER")
+        && conn
+            .query_row(
+                "SELECT count(*) FROM pragma_index_list(?1) WHERE origin = 'pk'",
+                [&name],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(err)?
+            == 0;
     let key: Vec<String> = keyed.into_iter().map(|(_, c, _)| c).collect();
     let alias = rowid_alias(names.iter().map(String::as_str));
     let mut hidden_rowid = !without_rowid && !rowid_alias_key;
