@@ -835,9 +835,28 @@ impl View for RocksView<'_> {
                         ),
                     ));
                 }
-                let decoded = wal::decode(batch.data()).map_err(|e| {
-                    self.unavailable(from, format!("the WAL batch at sequence {seq} holds a {e}"))
-                })?;
+                let decoded = match wal::decode(batch.data()) {
+                    Ok(d) => d,
+                    // A diff or a full backup would read the entity's default column alone and
+                    // lose the others without a word: the backup stops instead.
+                    Err(e) if e.is_wide_column() => {
+                        return Err(Error::BadInput {
+                            path: self.backend.path.clone(),
+                            cause: format!(
+                                "the WAL batch at sequence {seq} holds a {e}: this database stores \
+                                 wide-column entities, and RocksDB's C API, which tidemark reads \
+                                 through, gives only an entity's default column, so a backup would \
+                                 lose its other columns; tidemark does not back such databases up"
+                            ),
+                        })
+                    }
+                    Err(e) => {
+                        return Err(self.unavailable(
+                            from,
+                            format!("the WAL batch at sequence {seq} holds a {e}"),
+                        ))
+                    }
+                };
                 for (i, op) in decoded.ops.iter().enumerate() {
                     let position = seq + i as u64;
                     let (cf, key, op) = match *op {

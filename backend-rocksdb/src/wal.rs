@@ -27,13 +27,47 @@ pub struct Batch<'a> {
     pub ops: Vec<WalOp<'a>>,
 }
 
+/// Why a write batch could not be decoded into changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A record of a type that is no key change this decoder knows (its tag).
+    Unsupported(u8),
+    /// A batch that does not parse (truncated, a count that does not match).
+    Damaged(String),
+}
+
+impl DecodeError {
+    /// Whether the record is a wide-column entity (`PutEntity`): RocksDB's C API reads only an
+    /// entity's default column, so no backup through it can hold the entity.
+    pub fn is_wide_column(&self) -> bool {
+        matches!(self, DecodeError::Unsupported(0x16 | 0x17))
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Unsupported(tag) => {
+                write!(f, "record type 0x{tag:02x} ({})", type_name(*tag))
+            }
+            DecodeError::Damaged(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for DecodeError {
+    fn from(why: String) -> Self {
+        DecodeError::Damaged(why)
+    }
+}
+
 /// Decodes a serialized write batch. Errors name the record type or the damage.
-pub fn decode(data: &[u8]) -> Result<Batch<'_>, String> {
+pub fn decode(data: &[u8]) -> Result<Batch<'_>, DecodeError> {
     if data.len() < 12 {
-        return Err(format!(
+        return Err(DecodeError::Damaged(format!(
             "write batch of {} bytes is shorter than its header",
             data.len()
-        ));
+        )));
     }
     let sequence = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes")) as usize;
@@ -71,15 +105,15 @@ pub fn decode(data: &[u8]) -> Result<Batch<'_>, String> {
                 continue;
             }
             0xD => continue, // Noop
-            other => return Err(format!("record type 0x{other:02x} ({})", type_name(other))),
+            other => return Err(DecodeError::Unsupported(other)),
         };
         ops.push(op);
     }
     if ops.len() != count {
-        return Err(format!(
+        return Err(DecodeError::Damaged(format!(
             "write batch at sequence {sequence} declares {count} records but holds {}",
             ops.len()
-        ));
+        )));
     }
     Ok(Batch { sequence, ops })
 }
@@ -153,6 +187,7 @@ mod tests {
         data[8] = 1;
         data.push(0x16);
         let err = decode(&data).expect_err("wide columns are refused");
-        assert!(err.contains("PutEntity"), "{err}");
+        assert!(err.is_wide_column());
+        assert!(err.to_string().contains("PutEntity"), "{err}");
     }
 }

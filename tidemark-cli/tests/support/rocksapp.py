@@ -10,6 +10,8 @@ own, older RocksDB (9.x). Commands:
       into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
       --only) put `after` through the WAL; WAL files kept an hour
   compact DIR                                        compact every column family's whole range
+  entity DIR                                         put a wide-column entity (PutEntity, two
+      columns) at key `entity` of `default`; WAL files kept an hour
   hold DIR                                          open the database, print "ready", and keep
       it open until stdin closes
   dump DIR                                          print every column family's keys and values
@@ -48,6 +50,12 @@ def ingest(path, start, count, only):
         db[b"after"] = b"1"
     db.close()
     os.remove(sst)
+
+
+def entity(path):
+    db, _ = open_all(path, True)
+    db.put_entity(b"entity", [b"", b"color"], [b"default", b"red"])
+    db.close()
 
 
 def compact(path):
@@ -98,6 +106,8 @@ if __name__ == "__main__":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "compact":
         compact(sys.argv[2])
+    elif cmd == "entity":
+        entity(sys.argv[2])
     elif cmd == "hold":
         cfs = Rdict.list_cf(sys.argv[2])
         db = Rdict(sys.argv[2], options(), column_families={n: options() for n in cfs if n != "default"})
