@@ -568,6 +568,41 @@ fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
     restored_equal("bk2");
 }
 
+/// Copies the application's database `src` aside to `copy` (`cp -a`, as a disk snapshot
+/// keeps it).
+fn copy_source(d: &Path) {
+    let copy = Command::new("cp")
+        .args(["-a", "src", "copy"])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+}
+
+/// Puts the copy [`copy_source`] made back in place of `src`.
+fn put_copy_back(d: &Path) {
+    std::fs::remove_dir_all(d.join("src")).unwrap();
+    std::fs::rename(d.join("copy"), d.join("src")).unwrap();
+}
+
+/// Backs `src` up to the archive chain `ar`, which must be a change-log incremental.
+fn reads_the_wal(d: &Path) {
+    let out = common::backup(d, "rocksdb:src", "ar", "archive");
+    assert!(
+        out.contains("(incremental)") && !out.contains("diff-based"),
+        "{out}"
+    );
+}
+
+/// Backs `src` up to `ar`, which must find the rollback and compare every record.
+fn notices_the_rollback(d: &Path) {
+    let out = common::backup(d, "rocksdb:src", "ar", "archive");
+    assert!(
+        out.contains("diff-based") && out.contains("went back to an older state"),
+        "{out}"
+    );
+}
+
 /// A database put back from an older copy of its directory (as a disk snapshot or `cp -a`
 /// does) and written since hands the same sequence numbers out again, to other batches. Once
 /// the writes pass the previous backup's checkpoint, an incremental read from the WAL would
@@ -582,42 +617,20 @@ fn a_database_put_back_from_an_older_copy_is_noticed() {
     common::backup(d, "rocksdb:src", "ar", "archive");
     common::rocksapp(&["write", "src", "100", "10", "--keep-wal"], d);
     assert!(common::backup(d, "rocksdb:src", "ar", "archive").contains("(incremental)"));
-    let copy = Command::new("cp")
-        .args(["-a", "src", "copy"])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    copy_source(d);
     common::rocksapp(&["write", "src", "110", "50", "--keep-wal"], d);
-    let out = common::backup(d, "rocksdb:src", "ar", "archive");
-    assert!(
-        out.contains("(incremental)") && !out.contains("diff-based"),
-        "{out}"
-    );
+    reads_the_wal(d);
     // A run with nothing new keeps the batch it found again.
-    let out = common::backup(d, "rocksdb:src", "ar", "archive");
-    assert!(
-        out.contains("(incremental)") && !out.contains("diff-based"),
-        "{out}"
-    );
-    std::fs::remove_dir_all(d.join("src")).unwrap();
-    std::fs::rename(d.join("copy"), d.join("src")).unwrap();
+    reads_the_wal(d);
+    put_copy_back(d);
     // Exactly as many writes as the copy missed: the sequence number is the backup's again.
     common::rocksapp(&["write", "src", "1000", "50", "--keep-wal"], d);
-    let out = common::backup(d, "rocksdb:src", "ar", "archive");
-    assert!(
-        out.contains("diff-based") && out.contains("went back to an older state"),
-        "{out}"
-    );
+    notices_the_rollback(d);
     ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar"], d);
     assert_eq!(app_dump(d, "copy-ar"), app_dump(d, "src"));
     // The chain goes on from the diff-based run: the WAL is read again.
     common::rocksapp(&["write", "src", "2000", "1", "--keep-wal"], d);
-    let out = common::backup(d, "rocksdb:src", "ar", "archive");
-    assert!(
-        out.contains("(incremental)") && !out.contains("diff-based"),
-        "{out}"
-    );
+    reads_the_wal(d);
     ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar2"], d);
     assert_eq!(app_dump(d, "copy-ar2"), app_dump(d, "src"));
 }
@@ -630,22 +643,12 @@ fn a_copy_older_than_a_full_backup_put_back_is_noticed() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
-    let copy = Command::new("cp")
-        .args(["-a", "src", "copy"])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(copy.success());
+    copy_source(d);
     common::rocksapp(&["write", "src", "100", "50", "--keep-wal"], d);
     assert!(common::backup(d, "rocksdb:src", "ar", "archive").contains("(full)"));
-    std::fs::remove_dir_all(d.join("src")).unwrap();
-    std::fs::rename(d.join("copy"), d.join("src")).unwrap();
+    put_copy_back(d);
     common::rocksapp(&["write", "src", "1000", "80", "--keep-wal"], d);
-    let out = common::backup(d, "rocksdb:src", "ar", "archive");
-    assert!(
-        out.contains("diff-based") && out.contains("went back to an older state"),
-        "{out}"
-    );
+    notices_the_rollback(d);
     ok(&["restore", "--from", "ar", "--to", "rocksdb:copy-ar"], d);
     assert_eq!(app_dump(d, "copy-ar"), app_dump(d, "src"));
 }
