@@ -579,6 +579,13 @@ impl WalBatch {
     fn text(&self) -> String {
         format!("{}:{}:{:08x}", self.start, self.end, self.crc)
     }
+
+    /// Whether `batch`, the first the WAL gives after this one's start (at sequence `seq`),
+    /// shows that this batch was replaced: it starts inside this one's range but is not it.
+    /// One that starts after it is all the WAL still holds (older files purged).
+    fn replaced_by(&self, seq: u64, batch: &WriteBatch) -> bool {
+        seq <= self.end && WalBatch::of(seq, batch) != *self
+    }
 }
 
 /// A run that read no WAL looks up the batch at its checkpoint only where the WAL files come to
@@ -768,7 +775,7 @@ impl View for RocksView<'_> {
             let replaced = checked.and_then(|was| {
                 let mut iter = self.backend.db.get_updates_since(was.start - 1).ok()?;
                 let (seq, batch) = iter.next()?.ok()?;
-                (seq <= was.end && WalBatch::of(seq, &batch) != was).then_some(was)
+                was.replaced_by(seq, &batch).then_some(was)
             });
             return match replaced {
                 Some(was) => Err(self.unavailable(from, rolled_back(was))),
@@ -812,14 +819,11 @@ impl View for RocksView<'_> {
                     }
                 };
                 if let Some(was) = verifying.take() {
-                    let now = (seq == was.start).then(|| WalBatch::of(seq, &batch));
-                    // A batch that starts inside the old one's range is another history; one
-                    // after it is all the WAL still holds (older files purged).
-                    if seq <= was.end && now != Some(was) {
+                    if was.replaced_by(seq, &batch) {
                         return Err(self.unavailable(from, rolled_back(was)));
                     }
-                    if now.is_some() {
-                        continue;
+                    if seq == was.start {
+                        continue; // found again: its changes are in the previous backup
                     }
                 }
                 if seq > to {
