@@ -478,20 +478,18 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
         "{err}"
     );
     assert!(!d.join("r.db").exists());
-    // Partial recovery restores the newest backup present and lists the missing one.
-    let partial = tidemark(
-        &[
-            "restore",
-            "--from",
-            "ar",
-            "--to",
-            "sqlite:r.db",
-            "--skip-damaged",
-        ],
-        d,
-    );
-    let err = String::from_utf8_lossy(&partial.stderr);
-    assert_eq!(partial.status.code(), Some(3), "{err}");
+    // Partial recovery restores the newest backup present and lists the missing one; it exits
+    // 3 (damage found) and says what it left out.
+    let skip_damaged = |target: &str| {
+        let partial = tidemark(
+            &["restore", "--from", "ar", "--to", target, "--skip-damaged"],
+            d,
+        );
+        let err = String::from_utf8_lossy(&partial.stderr).into_owned();
+        assert_eq!(partial.status.code(), Some(3), "{err}");
+        err
+    };
+    let err = skip_damaged("sqlite:r.db");
     assert!(
         err.contains("left out (damaged)") && err.contains(&name),
         "{err}"
@@ -514,19 +512,7 @@ fn a_deleted_newest_archive_is_noticed_and_named() {
         err.contains(".tidemark-head") && err.contains("--skip-damaged"),
         "{err}"
     );
-    let partial = tidemark(
-        &[
-            "restore",
-            "--from",
-            "ar",
-            "--to",
-            "sqlite:r2.db",
-            "--skip-damaged",
-        ],
-        d,
-    );
-    let err = String::from_utf8_lossy(&partial.stderr);
-    assert_eq!(partial.status.code(), Some(3), "{err}");
+    let err = skip_damaged("sqlite:r2.db");
     assert!(err.contains(".tidemark-head"), "{err}");
     assert_same_dump(&dump(&d.join("r2.db")), &dump(&d.join("src.db")), "r2");
     // The next backup writes the head again, and the chain is whole.
