@@ -99,6 +99,23 @@ impl FolderBackup {
                 cause: "no such backup directory".into(),
             });
         }
+        if !root.join(META_DIR).is_dir() {
+            // Nothing of a backup here (an empty directory, or what a first backup stopped
+            // before its first record leaves): not a damaged backup, so not `Manifest`.
+            let first_stopped = root
+                .join(format!("{}.tmp", crate::destination::FORMAT_FILE))
+                .exists();
+            return Err(Error::BadInput {
+                path: root.to_path_buf(),
+                cause: if first_stopped {
+                    "holds no tidemark backup: the first backup into it was stopped before it \
+                     finished (run `tidemark backup` again)"
+                } else {
+                    "holds no tidemark backup (no folder manifest, no archives)"
+                }
+                .into(),
+            });
+        }
         let manifest = folder.manifest()?.ok_or_else(|| Error::Manifest {
             path: folder.manifest_path(),
             cause: "missing: this directory holds no completed tidemark folder backup".into(),

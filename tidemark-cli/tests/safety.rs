@@ -527,6 +527,51 @@ fn prune_of_a_missing_directory_fails() {
     assert!(err.contains("no such backup directory"), "{err}");
 }
 
+/// A directory holding no backup (empty, or what a first backup killed at its first crash
+/// point leaves: the lock and an unfinished format marker) is an error (exit 1) for verify and
+/// restore, not a damaged backup (exit 3, with a `--skip-damaged` hint), in either format.
+#[test]
+fn a_directory_without_a_backup_is_not_called_damaged() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    std::fs::create_dir(d.join("empty")).unwrap();
+    for format in ["archive", "folder"] {
+        let dest = format!("stopped-{format}");
+        let out = Command::new(common::bin())
+            .args(["backup", "--source", "sqlite:src.db", "--to", &dest])
+            .args(["--format", format])
+            .env("TIDEMARK_CRASH_AT", "1")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the crash point was not reached");
+        assert!(d.join(&dest).join(".tidemark-format.tmp").exists());
+    }
+    for dest in ["empty", "stopped-archive", "stopped-folder"] {
+        for args in [
+            vec!["verify", dest],
+            vec!["restore", dest, "--to", "sqlite:r.db"],
+        ] {
+            let out = tidemark(&args, d);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+            assert!(err.contains("holds no tidemark backup"), "{args:?}: {err}");
+            assert!(!err.contains("--skip-damaged"), "{args:?}: {err}");
+            if dest != "empty" {
+                assert!(err.contains("stopped before it finished"), "{err}");
+            }
+        }
+        assert!(!d.join("r.db").exists(), "{dest}: a target was created");
+    }
+    // The next backup into a stopped destination completes it.
+    for format in ["archive", "folder"] {
+        let dest = format!("stopped-{format}");
+        common::backup(d, "sqlite:src.db", &dest, format);
+        ok(&["verify", &dest], d);
+    }
+}
+
 /// The source's files are hashed before and after full and incremental backups in both
 /// formats: rollback journal, WAL cleanly closed, and WAL left by a writer that was killed
 /// (its last transactions only in the `-wal`, which a read-write open would checkpoint into the
