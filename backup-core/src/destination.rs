@@ -49,6 +49,29 @@ pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
     }
 }
 
+/// The error for a destination that holds no completed backup (verify, restore and list say
+/// the same): an empty or missing directory, or one where a first backup was stopped before it
+/// finished (its format marker, or the marker's unfinished temporary file, or the folder
+/// format's work area is there), which the next backup completes. Not damage: there is nothing
+/// to restore, intact or not.
+pub fn no_backup(dir: &Path) -> Error {
+    let started = dir.join(FORMAT_FILE).exists()
+        || dir.join(format!("{FORMAT_FILE}.tmp")).exists()
+        || dir.join(META_DIR).is_dir();
+    Error::BadInput {
+        path: dir.to_path_buf(),
+        cause: if started {
+            "holds no tidemark backup: the first backup into it was stopped before it finished \
+             (run `tidemark backup` again)"
+        } else if dir.is_dir() {
+            "holds no tidemark backup (no folder manifest, no archives)"
+        } else {
+            "holds no tidemark backup (no archives)"
+        }
+        .into(),
+    }
+}
+
 /// Refuses a backup path that is something other than a directory (a database given where its
 /// backup was meant, say), which reading its files would report as "Not a directory".
 pub fn not_a_file(dir: &Path) -> Result<()> {

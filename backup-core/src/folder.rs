@@ -58,6 +58,29 @@ pub struct FolderBackup {
 /// never in the middle of one.
 pub const RUN_LOCK_FILE: &str = "run.lock";
 
+/// A folder whose last run was interrupted (its dirty marker is there): its documents and its
+/// manifest may disagree until the next run repairs it.
+fn interrupted(root: &Path) -> Error {
+    Error::Damaged {
+        path: root.to_path_buf(),
+        cause: "a backup into this folder was interrupted and its documents may be newer than \
+                its manifest: run `tidemark backup` again to repair it"
+            .into(),
+    }
+}
+
+/// Whether a folder destination has anything at its root besides tidemark's own hidden files
+/// (`.tidemark*`): the collection directories a completed run swaps into place.
+fn holds_documents(root: &Path) -> Result<bool> {
+    for entry in fs::read_dir(root).map_err(|e| Error::io("read directory", root, e))? {
+        let entry = entry.map_err(|e| Error::io("read directory", root, e))?;
+        if !entry.file_name().to_string_lossy().starts_with(".tidemark") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl FolderBackup {
     /// Opens (creating if needed) a folder backup at `root`, and repairs what an interrupted
     /// run left behind.
@@ -102,31 +125,29 @@ impl FolderBackup {
         if !root.join(META_DIR).is_dir() {
             // Nothing of a backup here (an empty directory, or what a first backup stopped
             // before its first record leaves): not a damaged backup, so not `Manifest`.
-            let first_stopped = root
-                .join(format!("{}.tmp", crate::destination::FORMAT_FILE))
-                .exists();
-            return Err(Error::BadInput {
-                path: root.to_path_buf(),
-                cause: if first_stopped {
-                    "holds no tidemark backup: the first backup into it was stopped before it \
-                     finished (run `tidemark backup` again)"
-                } else {
-                    "holds no tidemark backup (no folder manifest, no archives)"
-                }
-                .into(),
-            });
+            return Err(crate::destination::no_backup(root));
         }
-        let manifest = folder.manifest()?.ok_or_else(|| Error::Manifest {
-            path: folder.manifest_path(),
-            cause: "missing: this directory holds no completed tidemark folder backup".into(),
-        })?;
-        if folder.was_interrupted() {
-            return Err(Error::Damaged {
-                path: folder.root().to_path_buf(),
-                cause: "a backup into this folder was interrupted and its documents may be \
-                        newer than its manifest: run `tidemark backup` again to repair it"
+        let Some(manifest) = folder.manifest()? else {
+            // A first backup stopped before its collections were swapped into place left only
+            // its work area: still nothing to restore. Documents without a manifest are
+            // another matter (a manifest removed, or a first backup stopped between its swap
+            // and its manifest): they are reported, not called empty.
+            if !holds_documents(root)? {
+                return Err(crate::destination::no_backup(root));
+            }
+            if folder.was_interrupted() {
+                return Err(interrupted(root));
+            }
+            return Err(Error::Manifest {
+                path: folder.manifest_path(),
+                cause: "missing: collection directories are here but no completed tidemark \
+                        folder backup describes them (a first backup stopped before writing \
+                        its manifest, or the manifest was removed): run `tidemark backup` again"
                     .into(),
             });
+        };
+        if folder.was_interrupted() {
+            return Err(interrupted(root));
         }
         Ok((folder, manifest))
     }

@@ -572,6 +572,68 @@ fn a_directory_without_a_backup_is_not_called_damaged() {
     }
 }
 
+/// A first backup killed at each of its crash points in turn (every rename and fsync it
+/// depends on) leaves a destination that verify, restore and list describe the same way: a
+/// stopped first backup (exit 1) while nothing of it is complete; a completed archive once the
+/// archive is in place (verify intact, restore exact); a folder whose collections were being
+/// swapped in as interrupted (exit 3), never as intact.
+#[test]
+fn a_first_backup_stopped_at_any_point_is_never_called_intact() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    let want = dump(&d.join("src.db"));
+    for format in ["archive", "folder"] {
+        let mut stopped = 0;
+        for n in 1.. {
+            let dest = format!("{format}-{n}");
+            let out = Command::new(common::bin())
+                .args(["backup", "--source", "sqlite:src.db", "--to", &dest])
+                .args(["--format", format])
+                .env("TIDEMARK_CRASH_AT", n.to_string())
+                .current_dir(d)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            stopped += 1;
+            let verify = tidemark(&["verify", &dest], d);
+            let list = tidemark(&["list", &dest], d);
+            let restore = tidemark(&["restore", &dest, "--to", "sqlite:r.db"], d);
+            let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+            let swapped_in = d.join(&dest).join("users").exists();
+            if verify.status.success() {
+                // Only an archive that is whole: it restores exactly.
+                assert_eq!(format, "archive", "point {n}: {}", text(&verify));
+                assert!(restore.status.success(), "point {n}: {}", text(&restore));
+                assert_same_dump(&dump(&d.join("r.db")), &want, "restored");
+                assert!(list.status.success(), "point {n}: {}", text(&list));
+                std::fs::remove_file(d.join("r.db")).unwrap();
+            } else if format == "folder" && swapped_in {
+                // Stopped while swapping its collections in, or before removing the marker
+                // that says so: repaired by the next run.
+                for o in [&verify, &restore] {
+                    assert_eq!(o.status.code(), Some(3), "point {n}: {}", text(o));
+                    assert!(text(o).contains("interrupted"), "point {n}: {}", text(o));
+                }
+            } else {
+                for (what, o) in [("verify", &verify), ("list", &list), ("restore", &restore)] {
+                    let err = text(o);
+                    assert_eq!(o.status.code(), Some(1), "point {n}, {what}: {err}");
+                    assert!(err.contains("stopped before it finished"), "{what}: {err}");
+                    assert!(!err.contains("--skip-damaged"), "{what}: {err}");
+                }
+            }
+            assert!(!d.join("r.db").exists(), "point {n}: a target was left");
+            // The next backup completes what was stopped.
+            common::backup(d, "sqlite:src.db", &dest, format);
+            ok(&["verify", &dest], d);
+        }
+        assert!(stopped >= 3, "{format}: only {stopped} crash points");
+    }
+}
+
 /// The source's files are hashed before and after full and incremental backups in both
 /// formats: rollback journal, WAL cleanly closed, and WAL left by a writer that was killed
 /// (its last transactions only in the `-wal`, which a read-write open would checkpoint into the

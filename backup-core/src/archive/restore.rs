@@ -127,10 +127,7 @@ fn surveyed(store: &dyn ChainStore, skip_damaged: bool) -> Result<(Vec<ChainItem
         skipped.push(problem.to_string());
     }
     if survey.items.is_empty() {
-        return Err(Error::BadInput {
-            path: store.location(),
-            cause: "no tidemark archives here".into(),
-        });
+        return Err(crate::destination::no_backup(&store.location()));
     }
     Ok((survey.items, skipped))
 }

@@ -3,7 +3,7 @@
 use super::chain::{ChainStore, LocalChain};
 use super::graph::check_continuity;
 use super::{v1, v2};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::verify::VerifyReport;
 use std::path::Path;
 
@@ -32,10 +32,7 @@ pub fn verify_chain_with(
     };
     if !survey.anything && report.problems.is_empty() {
         // Nothing to call intact (a first backup that never completed): restore refuses it too.
-        return Err(Error::BadInput {
-            path: store.location(),
-            cause: "no tidemark archives here".into(),
-        });
+        return Err(crate::destination::no_backup(&store.location()));
     }
     let chain = survey.items;
     report.archives = chain.len();

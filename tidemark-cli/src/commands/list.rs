@@ -34,6 +34,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let (chain, leftovers) = place::chain(&dir, &keys).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() {
+        if let Place::Local(d) = &dir {
+            return Err(backup_core::destination::no_backup(d))
+                .with_context(|| format!("list {dir}"));
+        }
         anyhow::bail!("{dir}: no tidemark archives here");
     }
     if !leftovers.is_empty() && !json {
