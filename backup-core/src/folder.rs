@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 pub const META_DIR: &str = ".tidemark";
 /// The manifest's file name inside [`META_DIR`].
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The marker inside [`META_DIR`] that an in-place run or a full run's swap is in progress.
+const DIRTY_FILE: &str = "dirty";
 /// The document file inside a document's directory.
 pub const DOCUMENT_FILE: &str = "document.json";
 /// The attachments directory inside a document's directory.
@@ -176,13 +178,19 @@ impl FolderBackup {
     }
 
     fn dirty_marker(&self) -> PathBuf {
-        self.root.join(META_DIR).join("dirty")
+        self.root.join(META_DIR).join(DIRTY_FILE)
     }
 
     /// Whether an in-place (incremental) run was interrupted: its documents may be newer than
     /// the manifest, so the key index must not be trusted for a diff.
     pub fn was_interrupted(&self) -> bool {
         self.dirty_marker().exists()
+    }
+
+    /// [`FolderBackup::was_interrupted`] for the folder backup at `root`, without opening it
+    /// (for `list`, which shows the manifest's state and says when it is not to be trusted).
+    pub fn interrupted_at(root: &Path) -> bool {
+        root.join(META_DIR).join(DIRTY_FILE).exists()
     }
 
     /// The directory of key index files.

@@ -617,6 +617,16 @@ fn a_first_backup_stopped_at_any_point_is_never_called_intact() {
                     assert_eq!(o.status.code(), Some(3), "point {n}: {}", text(o));
                     assert!(text(o).contains("interrupted"), "point {n}: {}", text(o));
                 }
+                // list shows the manifest it finds, and says that it is not to be trusted.
+                if list.status.success() {
+                    assert!(
+                        text(&list).contains("interrupted"),
+                        "point {n}: {}",
+                        text(&list)
+                    );
+                    let json = ok(&["list", &dest, "--json"], d);
+                    assert!(json.contains(r#""interrupted":true"#), "point {n}: {json}");
+                }
             } else {
                 for (what, o) in [("verify", &verify), ("list", &list), ("restore", &restore)] {
                     let err = text(o);

@@ -124,6 +124,10 @@ fn list_folder(
     json: bool,
 ) -> Result<ExitCode> {
     let records: u64 = m.collections.iter().map(|c| c.records).sum();
+    let interrupted = match dir {
+        Place::Local(d) => backup_core::folder::FolderBackup::interrupted_at(d),
+        _ => false,
+    };
     if json {
         println!(
             "{}",
@@ -137,6 +141,7 @@ fn list_folder(
                 "collections": m.collections.len(),
                 "created_at": m.created_at,
                 "updated_at": m.updated_at,
+                "interrupted": interrupted,
             })
         );
     } else {
@@ -150,6 +155,13 @@ fn list_folder(
             m.updated_at,
             m.created_at
         );
+        if interrupted {
+            eprintln!(
+                "tidemark: a backup into this folder was interrupted, so its documents may not \
+                 match the line above: verify and restore refuse it until `tidemark backup` \
+                 runs again and repairs it"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
