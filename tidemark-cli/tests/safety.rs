@@ -860,6 +860,50 @@ fn verify_during_a_live_backup_always_finds_the_backup_whole() {
     );
 }
 
+/// A backup that starts as an incremental and finds that it must be full (the source's change
+/// log is gone: here it never had one) completes and leaves nothing half-written behind: the
+/// abandoned incremental's archive was left as a `.tmp` file beside the chain until the next run.
+#[test]
+fn a_backup_that_falls_back_to_full_leaves_no_temporary_files() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    shop(d);
+    for format in ["archive", "folder"] {
+        let dest = format!("bk-{format}");
+        common::backup(d, "sqlite:src.db", &dest, format);
+        sql(
+            &d.join("src.db"),
+            "UPDATE users SET name = 'changed' WHERE id = 7;",
+        );
+        let out = common::backup(d, "sqlite:src.db", &dest, format);
+        assert!(out.contains("(full)"), "{format}: not a fallback: {out}");
+        let mut left = Vec::new();
+        let mut dirs = vec![d.join(&dest)];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if e.file_type().unwrap().is_dir() {
+                    dirs.push(e.path());
+                } else if name.contains(".tmp") {
+                    left.push(e.path());
+                }
+            }
+        }
+        assert!(left.is_empty(), "{format}: left behind: {left:?}");
+        ok(&["verify", &dest], d);
+        ok(
+            &["restore", &dest, "--to", &format!("sqlite:r-{format}.db")],
+            d,
+        );
+        assert_same_dump(
+            &dump(&d.join(format!("r-{format}.db"))),
+            &dump(&d.join("src.db")),
+            format,
+        );
+    }
+}
+
 /// Ctrl-C during a restore: the unfinished store beside the target is removed, the target is
 /// not created (or, with --force, left as it was), and the exit code says it was interrupted.
 #[test]

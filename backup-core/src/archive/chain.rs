@@ -766,6 +766,7 @@ impl ChainStore for LocalChain {
             slot,
             file: BufWriter::with_capacity(buffer_size, file),
             crc: crc32fast::Hasher::new(),
+            unfinished: Unfinished(Some(tmp.clone())),
             tmp,
         });
         match &self.key {
@@ -784,6 +785,22 @@ struct LocalOutput {
     /// pass over its archive.
     crc: crc32fast::Hasher,
     tmp: PathBuf,
+    /// Removes `tmp` if the output is dropped unfinished.
+    unfinished: Unfinished,
+}
+
+/// Removes an archive's temporary file when its output is dropped before it was renamed into
+/// place: an incremental abandoned for a full backup (the change log was trimmed, say) must
+/// not leave its partial archive in a run that succeeds. A killed run's leftover is removed
+/// by the next run instead.
+struct Unfinished(Option<PathBuf>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            durable::remove_temp(&path);
+        }
+    }
 }
 
 impl Write for LocalOutput {
@@ -807,13 +824,19 @@ impl ArchiveOutput for LocalOutput {
         _: &ArchiveManifest,
         companion: &mut dyn FnMut(&str) -> Result<Vec<durable::Unsynced>>,
     ) -> Result<(String, u64)> {
-        let tmp = self.tmp;
-        let file = self
-            .file
+        let LocalOutput {
+            dir,
+            slot,
+            file,
+            crc,
+            tmp,
+            mut unfinished,
+        } = *self;
+        let file = file
             .into_inner()
             .map_err(|e| Error::io("write", &tmp, e.into_error()))?;
-        let name = self.slot.file_name(self.crc.finalize());
-        let archive = durable::Unsynced::new(file, tmp, self.dir.join(&name));
+        let name = slot.file_name(crc.finalize());
+        let archive = durable::Unsynced::new(file, tmp, dir.join(&name));
         // Its writeback starts while the companion files are written, so the fsync below waits
         // for less (its share of a 1% incremental's commit went from 3.7 to 2.4 ms).
         archive.start_writeback();
@@ -823,12 +846,9 @@ impl ArchiveOutput for LocalOutput {
         // with the archive; the head is renamed only once the archive's rename is durable. A
         // run killed before that leaves the previous head, which an archive newer than it is
         // fine with; only a head newer than every archive present is a loss.
-        let head = (!self.slot.compacted())
+        let head = (!slot.compacted())
             .then(|| {
-                durable::write_aside(
-                    &self.dir.join(HEAD_FILE),
-                    &Head::encode(self.slot.sequence, &name),
-                )
+                durable::write_aside(&dir.join(HEAD_FILE), &Head::encode(slot.sequence, &name))
             })
             .transpose()?;
         let mut all: Vec<&durable::Unsynced> = vec![&archive];
@@ -836,7 +856,8 @@ impl ArchiveOutput for LocalOutput {
         all.extend(files.iter());
         durable::sync_all(&all)?;
         archive.rename()?;
-        durable::sync_dir(&self.dir)?;
+        unfinished.0 = None;
+        durable::sync_dir(&dir)?;
         // The head and the companion files go into place together, their directories fsynced
         // side by side. After a power cut either may be durable without the other: the next
         // backup then finds a key state that does not name the newest archive, and writes a
@@ -844,7 +865,7 @@ impl ArchiveOutput for LocalOutput {
         let mut dirs = Vec::new();
         if let Some(head) = head {
             head.rename()?;
-            dirs.push(self.dir.clone());
+            dirs.push(dir.clone());
         }
         durable::place_all(files, dirs)?;
         Ok((name, size))
