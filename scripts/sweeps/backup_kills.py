@@ -10,7 +10,8 @@ equals the source. Prints each problem and a total. See docs/RELIABILITY.md.
 
 usage: backup_kills.py sled|rocksdb archive|folder SYSCALLS [MAX_N]
   e.g. backup_kills.py sled archive rename,renameat,renameat2
-needs: strace; `cargo build --release -p tidemark-cli` and
+needs: strace; `cargo build --release -p tidemark-cli` (every backend: scripts/demo.sh leaves
+a SQLite-only binary in the same place) or TIDEMARK_BIN, and
 `cargo build --release -p backend-sled --example plain_sled`; for RocksDB, rocksdict in
 $TIDEMARK_PYTHON (scripts/test.sh installs it)."""
 import os, subprocess, sys, shutil, hashlib, tempfile
