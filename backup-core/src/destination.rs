@@ -56,7 +56,7 @@ pub fn detect_format(dir: &Path) -> Result<Option<DestFormat>> {
 /// to restore, intact or not.
 pub fn no_backup(dir: &Path) -> Error {
     let started = dir.join(FORMAT_FILE).exists()
-        || dir.join(format!("{FORMAT_FILE}.tmp")).exists()
+        || durable::temp_path(&dir.join(FORMAT_FILE)).exists()
         || dir.join(META_DIR).is_dir();
     Error::BadInput {
         path: dir.to_path_buf(),

@@ -60,15 +60,9 @@ pub struct FolderBackup {
 /// never in the middle of one.
 pub const RUN_LOCK_FILE: &str = "run.lock";
 
-/// A folder whose last run was interrupted (its dirty marker is there): its documents and its
-/// manifest may disagree until the next run repairs it.
-fn interrupted(root: &Path) -> Error {
-    Error::Damaged {
-        path: root.to_path_buf(),
-        cause: "a backup into this folder was interrupted and its documents may be newer than \
-                its manifest: run `tidemark backup` again to repair it"
-            .into(),
-    }
+/// The marker ([`DIRTY_FILE`]) of the folder backup at `root`.
+fn dirty_marker_at(root: &Path) -> PathBuf {
+    root.join(META_DIR).join(DIRTY_FILE)
 }
 
 /// Whether a folder destination has anything at its root besides tidemark's own hidden files
@@ -129,17 +123,23 @@ impl FolderBackup {
             // before its first record leaves): not a damaged backup, so not `Manifest`.
             return Err(crate::destination::no_backup(root));
         }
-        let Some(manifest) = folder.manifest()? else {
-            // A first backup stopped before its collections were swapped into place left only
-            // its work area: still nothing to restore. Documents without a manifest are
-            // another matter (a manifest removed, or a first backup stopped between its swap
-            // and its manifest): they are reported, not called empty.
-            if !holds_documents(root)? {
-                return Err(crate::destination::no_backup(root));
-            }
-            if folder.was_interrupted() {
-                return Err(interrupted(root));
-            }
+        let manifest = folder.manifest()?;
+        // A first backup stopped before its collections were swapped into place left only its
+        // work area: still nothing to restore. Documents without a manifest are another matter
+        // (a first backup stopped during its swap or before its manifest, or a manifest
+        // removed): they are reported below, not called empty.
+        if manifest.is_none() && !holds_documents(root)? {
+            return Err(crate::destination::no_backup(root));
+        }
+        if folder.was_interrupted() {
+            return Err(Error::Damaged {
+                path: folder.root().to_path_buf(),
+                cause: "a backup into this folder was interrupted and its documents may be \
+                        newer than its manifest: run `tidemark backup` again to repair it"
+                    .into(),
+            });
+        }
+        let Some(manifest) = manifest else {
             return Err(Error::Manifest {
                 path: folder.manifest_path(),
                 cause: "missing: collection directories are here but no completed tidemark \
@@ -148,9 +148,6 @@ impl FolderBackup {
                     .into(),
             });
         };
-        if folder.was_interrupted() {
-            return Err(interrupted(root));
-        }
         Ok((folder, manifest))
     }
 
@@ -178,19 +175,19 @@ impl FolderBackup {
     }
 
     fn dirty_marker(&self) -> PathBuf {
-        self.root.join(META_DIR).join(DIRTY_FILE)
+        dirty_marker_at(&self.root)
     }
 
     /// Whether an in-place (incremental) run was interrupted: its documents may be newer than
     /// the manifest, so the key index must not be trusted for a diff.
     pub fn was_interrupted(&self) -> bool {
-        self.dirty_marker().exists()
+        Self::interrupted_at(&self.root)
     }
 
     /// [`FolderBackup::was_interrupted`] for the folder backup at `root`, without opening it
     /// (for `list`, which shows the manifest's state and says when it is not to be trusted).
     pub fn interrupted_at(root: &Path) -> bool {
-        root.join(META_DIR).join(DIRTY_FILE).exists()
+        dirty_marker_at(root).exists()
     }
 
     /// The directory of key index files.
