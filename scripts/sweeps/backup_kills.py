@@ -14,34 +14,11 @@ needs: strace; `cargo build --release -p tidemark-cli` (every backend: scripts/d
 a SQLite-only binary in the same place) or TIDEMARK_BIN, and
 `cargo build --release -p backend-sled --example plain_sled`; for RocksDB, rocksdict in
 $TIDEMARK_PYTHON (scripts/test.sh installs it)."""
-import os, subprocess, sys, shutil, hashlib, tempfile
-TARGET = os.environ.get("CARGO_TARGET_DIR", os.path.expanduser("~/.cache/tidemark-target"))
-BIN = os.environ.get("TIDEMARK_BIN", os.path.join(TARGET, "release", "tidemark"))
-SLED = os.path.join(TARGET, "release", "examples", "plain_sled")
-PY = os.environ.get("TIDEMARK_PYTHON", os.path.expanduser("~/.cache/tidemark-venv/bin/python"))
-ROCKSAPP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
-                        "tidemark-cli", "tests", "support", "rocksapp.py")
+import os, sys, shutil, hashlib, tempfile
+from common import BIN, run, write, dump
 kind, fmt, sc = sys.argv[1], sys.argv[2], sys.argv[3]
 maxn = int(sys.argv[4]) if len(sys.argv) > 4 else 10**6
 W = tempfile.mkdtemp(prefix=f"gs-{kind}-{fmt}-", dir=os.environ.get("TMPDIR", "/tmp"))
-
-def run(args, **kw):
-    return subprocess.run(args, capture_output=True, text=True, **kw)
-
-def write(src, rnd):
-    if kind == "sled":
-        r = run([SLED, "write", src, str(rnd)])
-    else:
-        r = run([PY, ROCKSAPP, "write", src, str(rnd * 100), "300", "--keep-wal"])
-    assert r.returncode == 0, r.stderr
-
-def dump(path):
-    if kind == "sled":
-        r = run([SLED, "dump", path])
-    else:
-        r = run([PY, ROCKSAPP, "dump", path])
-    assert r.returncode == 0, (path, r.stderr)
-    return r.stdout
 
 def hashes(path):
     out = {}
@@ -63,7 +40,7 @@ base = os.path.join(W, "tpl")
 os.makedirs(base)
 src, dest = os.path.join(base, "src"), os.path.join(base, "dest")
 for s in range(3):
-    write(src, s)
+    write(kind, src, s)
     d = os.path.join(W, f"t{s}")
     shutil.copytree(base, d, symlinks=True)
     tpl.append(d)
@@ -78,7 +55,7 @@ for s in range(3):
         shutil.rmtree(case, ignore_errors=True)
         shutil.copytree(tpl[s], case, symlinks=True)
         csrc, cdest = os.path.join(case, "src"), os.path.join(case, "dest")
-        before_dump = dump(csrc)
+        before_dump = dump(kind, csrc)
         before_hash = hashes(csrc) if kind == "rocksdb" else None
         r = backup(csrc, cdest, ["strace", "-f", "-qq", "-o", "/dev/null", "-e",
                                   f"inject={sc}:signal=KILL:when={n}"])
@@ -103,7 +80,7 @@ for s in range(3):
             rr = run([BIN, "restore", "--from", cdest, "--to", f"{kind}:{t}"])
             if rr.returncode != 0:
                 why.append(f"verify 0 but restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-        if dump(csrc) != before_dump:
+        if dump(kind, csrc) != before_dump:
             why.append("source content changed")
         r2 = backup(csrc, cdest)
         if r2.returncode != 0:
@@ -115,7 +92,7 @@ for s in range(3):
         rr = run([BIN, "restore", "--from", cdest, "--to", f"{kind}:{t}"])
         if rr.returncode != 0:
             why.append(f"restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-        elif dump(t) != dump(csrc):
+        elif dump(kind, t) != dump(kind, csrc):
             why.append("restored content differs")
         if why:
             problems += 1
