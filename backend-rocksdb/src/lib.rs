@@ -56,7 +56,7 @@ pub struct RocksBackend {
     db: Arc<Db>,
     path: PathBuf,
     /// Set when the database is read through a secondary instance (every source the CLI opens).
-    secondary: Option<tempfile::TempDir>,
+    secondary: Option<backup_core::ScratchDir>,
     /// Restore targets: the table `format_version` new SST files are written in.
     format_version: Option<i32>,
     /// Restore targets: the options of the SST files a restore writes itself (the table format
@@ -150,10 +150,8 @@ impl RocksBackend {
     }
 
     fn open_secondary(path: &Path, names: &[String]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("tidemark-rocksdb-secondary-")
-            .tempdir()
-            .map_err(|e| Error::io("create a secondary instance directory", "/tmp", e))?;
+        // Removes the directories of runs killed before they could (see backup_core::scratch).
+        let dir = backup_core::ScratchDir::new("tidemark-rocksdb-secondary-")?;
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
         opts.set_max_file_opening_threads(file_opening_threads(path));

@@ -39,6 +39,7 @@ pub mod model;
 mod pipeline;
 pub mod prune;
 pub mod restore;
+pub mod scratch;
 pub mod verify;
 mod zipstream;
 
@@ -74,4 +75,5 @@ pub use restore::{
     check_store_dir, dir_store_holds_data, restore_folder_into, restore_folder_to_path,
     RestoreOptions, RestoreSummary, StoreFactory,
 };
+pub use scratch::ScratchDir;
 pub use verify::{verify_folder, verify_folder_with, VerifyReport};

@@ -679,3 +679,80 @@ fn a_wide_column_entity_stops_the_backup_plainly() {
     assert_eq!(archives, 1);
     ok(&["verify", "ar"], d);
 }
+
+/// A backup of a RocksDB source killed mid-run (`kill -9`: no destructor runs) leaves its
+/// secondary instance's temporary directory; the next run removes it, and never the directory
+/// of a run that is still going.
+#[test]
+fn a_killed_run_leaves_no_secondary_directory_behind_for_long() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let tmp = d.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    common::rocksapp(&["write", "src", "0", "100"], d);
+    let secondaries = || -> Vec<String> {
+        std::fs::read_dir(&tmp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("tidemark-rocksdb-secondary-"))
+            .collect()
+    };
+    for n in 1..=3 {
+        let out = Command::new(common::bin())
+            .args([
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                &format!("bk{n}"),
+            ])
+            .env("TMPDIR", &tmp)
+            .env("TIDEMARK_CRASH_AT", "1")
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the crash point was not reached");
+        // Each killed run removed its predecessor's directory and left its own.
+        assert_eq!(secondaries().len(), 1, "run {n}: {:?}", secondaries());
+    }
+    // A run that is still going (an application holding the source open does not matter: the
+    // directory is the run's own) keeps its directory while another run starts and ends.
+    let live = Command::new(common::bin())
+        .args(["backup", "--source", "rocksdb:src", "--to", "lv"])
+        .args(["--format", "archive", "--live", "--interval", "0.2"])
+        .env("TMPDIR", &tmp)
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for("the live run's first archive", || {
+        std::fs::read_dir(d.join("lv")).is_ok_and(|r| {
+            r.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        })
+    });
+    let live_dirs = secondaries();
+    assert!(
+        !live_dirs.is_empty(),
+        "the live run has no secondary directory"
+    );
+    let out = Command::new(common::bin())
+        .args(["backup", "--source", "rocksdb:src", "--to", "bk"])
+        .env("TMPDIR", &tmp)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        secondaries(),
+        live_dirs,
+        "the live run's directory was removed"
+    );
+    common::stop_cleanly(live);
+    assert!(secondaries().is_empty(), "left: {:?}", secondaries());
+}
