@@ -159,6 +159,12 @@ fn main() -> ExitCode {
         let _ = tracing_subscriber::registry().with(layer).try_init();
     }
     let result = run(cli);
+    if result.is_err() && commands::interrupted() {
+        // The Ctrl-C handler is cleaning up and exits with status 130 when done.
+        loop {
+            std::thread::park();
+        }
+    }
     if result.is_err() {
         // A failed run's unfinished files (an archive being written, a key state's new files):
         // nothing renamed into place is among them, so the destination is as the last

@@ -968,3 +968,72 @@ fn live_to_several_destinations() {
         "the change log still held both destinations' changes: {out}"
     );
 }
+
+/// The multipart uploads under way in `bucket` (S3 `ListMultipartUploads`, straight to the
+/// server): their keys.
+fn uploads_under_way(bucket: &str) -> Vec<String> {
+    let resp = conformance_tests::s3::request("GET", &format!("/{bucket}?uploads"), b"");
+    String::from_utf8_lossy(&resp)
+        .split("<Upload>")
+        .skip(1)
+        .filter_map(|u| u.split("<Key>").nth(1))
+        .filter_map(|k| k.split("</Key>").next().map(str::to_string))
+        .collect()
+}
+
+/// Ctrl-C or SIGTERM during an archive's upload aborts its multipart upload: no parts stay
+/// behind in the bucket (invisible, but stored and paid for until a lifecycle rule removes
+/// them), and no lock object either.
+#[test]
+fn an_interrupted_upload_leaves_no_parts_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let url = bucket("interrupted");
+    sql(
+        &d.join("src.db"),
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO t SELECT 10000 + i, 'big', randomblob(100000) FROM n;",
+    );
+    for (signal, delay_ms) in [("-INT", 300u64), ("-TERM", 600)] {
+        let child = cmd(d)
+            .args(["backup", "--source", "sqlite:src.db", "--to", &url])
+            .args(["--format", "archive", "--compression", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Until the upload has begun.
+        let started = Instant::now();
+        while uploads_under_way("interrupted").is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no upload began"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        assert!(Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
+        assert!(err.contains("interrupted"), "{signal}: {err}");
+        assert_eq!(
+            uploads_under_way("interrupted"),
+            Vec::<String>::new(),
+            "{signal}"
+        );
+        let keys = conformance_tests::s3::keys("interrupted");
+        assert!(
+            !keys.iter().any(|k| k.contains("lock")),
+            "{signal}: {keys:?}"
+        );
+    }
+    // The next run completes the backup.
+    backup(d, &url, &["--compression", "none"]);
+    ok(&["verify", &url], d);
+}

@@ -35,6 +35,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 
+mod underway;
+pub use underway::abandon_all;
+
 /// S3's smallest part (all but the last); parts are at least this big.
 pub const MIN_PART: usize = 5 << 20;
 
@@ -544,16 +547,29 @@ impl ChainStore for RemoteChain {
             }
         }
         let object = object_name(slot);
+        let interrupted = || self.err(&format!("start uploading {object}"), "interrupted");
+        if !underway::starting() {
+            return Err(interrupted());
+        }
         let upload = self
             .rt
             .block_on(self.store.put_multipart(&self.path(&object)))
             .map_err(|e| self.err(&format!("start uploading {object}"), e))?;
+        let upload: underway::SharedUpload = Arc::new(std::sync::Mutex::new(Some(upload)));
+        // Registered for a Ctrl-C handler's `abandon_all`; one that already ran has made its
+        // aborts, so this upload is aborted here (its drop does it).
+        let registered = underway::started_upload(&self.rt, &upload);
         let sink = Upload {
             rt: self.rt.clone(),
-            upload: Some(upload),
+            upload,
+            registered,
             what: format!("{}/{object}", self.url),
             in_flight: std::collections::VecDeque::new(),
         };
+        if registered.is_none() {
+            drop(sink);
+            return Err(interrupted());
+        }
         let out = Box::new(RemoteOutput {
             chain: self.clone(),
             slot,
@@ -568,10 +584,14 @@ impl ChainStore for RemoteChain {
 }
 
 /// A multipart upload fed part by part, up to [`PARTS_IN_FLIGHT`] parts uploading at once
-/// while the archive's next part is compressed; aborted if dropped before completion.
+/// while the archive's next part is compressed; aborted if dropped before completion, or by
+/// [`abandon_all`].
 struct Upload {
     rt: Arc<Runtime>,
-    upload: Option<Box<dyn MultipartUpload>>,
+    /// Taken out by whoever completes or aborts it first.
+    upload: underway::SharedUpload,
+    /// Its registration for [`abandon_all`].
+    registered: Option<u64>,
     what: String,
     in_flight: std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
 }
@@ -608,14 +628,21 @@ impl PartSink for Upload {
         while self.in_flight.len() >= PARTS_IN_FLIGHT {
             self.wait_one()?;
         }
-        let upload = self
-            .upload
+        let mut upload = self.upload.lock().unwrap_or_else(|p| p.into_inner());
+        let upload = upload
             .as_mut()
-            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+            .ok_or_else(|| std::io::Error::other("upload already finished or interrupted"))?;
         // The part's number is fixed now, in order; the bytes go up in the background.
         let fut = upload.put_part(PutPayload::from(part));
         self.in_flight.push_back(self.rt.spawn(fut));
         Ok(())
+    }
+}
+
+impl Upload {
+    /// The upload, taken out to be completed (`None` if it was abandoned).
+    fn take(&mut self) -> Option<Box<dyn MultipartUpload>> {
+        self.upload.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -624,7 +651,10 @@ impl Drop for Upload {
         for part in self.in_flight.drain(..) {
             part.abort();
         }
-        if let Some(mut upload) = self.upload.take() {
+        if let Some(id) = self.registered.take() {
+            underway::finished_upload(id);
+        }
+        if let Some(mut upload) = self.take() {
             // Best effort: the parts of an upload never completed stay invisible either way.
             let _ = self.rt.block_on(upload.abort());
         }
@@ -665,9 +695,8 @@ impl ArchiveOutput for RemoteOutput {
         let (mut sink, crc, size) = writer.finish().map_err(|e| Error::io("upload", &what, e))?;
         sink.wait_all().map_err(|e| Error::io("upload", &what, e))?;
         let mut upload = sink
-            .upload
             .take()
-            .ok_or_else(|| Error::io("upload", &what, std::io::Error::other("no upload")))?;
+            .ok_or_else(|| Error::io("upload", &what, std::io::Error::other("interrupted")))?;
         self.chain
             .rt
             .block_on(upload.complete())
@@ -774,6 +803,8 @@ pub struct RemoteLock {
     token: String,
     rt: Arc<Runtime>,
     held: Arc<std::sync::Mutex<Option<String>>>,
+    /// Its registration for [`abandon_all`].
+    registered: u64,
 }
 
 impl std::fmt::Debug for RemoteLock {
@@ -787,6 +818,16 @@ impl std::fmt::Debug for RemoteLock {
 async fn read_lock(store: &dyn ObjectStore, path: &ObjectPath) -> Option<LockBody> {
     let r = store.get(path).await.ok()?;
     serde_json::from_slice(&r.bytes().await.ok()?).ok()
+}
+
+/// Removes the lock object at `path` if it still carries `token` (best effort).
+async fn remove_own_lock(store: &dyn ObjectStore, path: &ObjectPath, token: &str) {
+    if read_lock(store, path)
+        .await
+        .is_some_and(|b| b.token == token)
+    {
+        let _ = store.delete(path).await;
+    }
 }
 
 impl RemoteChain {
@@ -903,6 +944,12 @@ impl RemoteChain {
                 }
             })
             .ok();
+        let registered = underway::took_lock(underway::HeldLock {
+            rt: self.rt.clone(),
+            store: self.store.clone(),
+            path: path.clone(),
+            token: token.clone(),
+        });
         RemoteLock {
             stop,
             renewer,
@@ -911,6 +958,7 @@ impl RemoteChain {
             token,
             rt: self.rt.clone(),
             held: self.held.clone(),
+            registered,
         }
     }
 }
@@ -927,15 +975,12 @@ impl Drop for RemoteLock {
                 *held = None;
             }
         }
-        let (store, path, token) = (self.store.clone(), self.path.clone(), self.token.clone());
-        self.rt.block_on(async move {
-            if read_lock(store.as_ref(), &path)
-                .await
-                .is_some_and(|b| b.token == token)
-            {
-                let _ = store.delete(&path).await;
-            }
-        });
+        underway::released_lock(self.registered);
+        self.rt.block_on(remove_own_lock(
+            self.store.as_ref(),
+            &self.path,
+            &self.token,
+        ));
     }
 }
 

@@ -215,13 +215,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     // Ctrl-C or SIGTERM: remove the unfinished files (the archive being written, the key
-    // state's new files), then exit. What is already in place is complete.
-    ctrlc::set_handler(|| {
-        backup_core::durable::remove_temp_files();
-        eprintln!("tidemark: backup interrupted; its unfinished files were removed");
-        std::process::exit(130);
-    })
-    .context("installing the Ctrl-C / SIGTERM handler")?;
+    // state's new files) and abort uploads, then exit. What is already in place is complete.
+    super::stop_cleanly_on_interrupt("backup")?;
     let archive_options = ArchiveOptions {
         compression: codec(compression, level)?,
         buffer_size,

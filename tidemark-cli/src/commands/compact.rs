@@ -58,6 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let dir = backup.place()?;
     let keys = backup.keys()?;
+    super::stop_cleanly_on_interrupt("compact")?;
     let retention: backup_core::Retention = retention.into();
     let store: Box<dyn ChainStore> =
         place::open_chain(&dir, &keys).with_context(|| format!("compact {dir}"))?;

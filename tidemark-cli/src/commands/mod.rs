@@ -14,6 +14,32 @@ use crate::place::{self, Place};
 use anyhow::Result;
 use backup_core::{ChainStore, KeyOptions};
 
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a handler installed by [`stop_cleanly_on_interrupt`] is stopping the command: it
+/// exits the process itself once the cleanup is done (the command's own error, e.g. an upload
+/// that the handler aborted, is not the outcome).
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Ctrl-C or SIGTERM during a command that writes to a destination (`command`: "backup",
+/// "compact", "prune"): removes its unfinished local files, aborts its uploads under way and
+/// removes the remote lock it holds (an upload's parts would otherwise stay in the bucket,
+/// invisible but stored), then exits with status 130. What is already in place is complete.
+pub(crate) fn stop_cleanly_on_interrupt(command: &'static str) -> Result<()> {
+    use anyhow::Context;
+    ctrlc::set_handler(move || {
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        backup_core::durable::remove_temp_files();
+        #[cfg(feature = "remote")]
+        tidemark_remote::abandon_all();
+        eprintln!("tidemark: {command} interrupted; its unfinished files were removed");
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C / SIGTERM handler")
+}
+
 /// Whether the backup directory `dir` holds an archive chain (its format marker, or for older
 /// directories, what it holds).
 pub(crate) fn is_archive(dir: &std::path::Path) -> Result<bool> {

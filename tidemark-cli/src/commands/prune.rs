@@ -37,6 +37,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     } = args;
     let dir = backup.place()?;
     let keys = backup.keys()?;
+    super::stop_cleanly_on_interrupt("prune")?;
     let retention: backup_core::Retention = retention.into();
     // Planning reads the chain's manifests (a GET each on an object store) and removal deletes
     // one archive at a time: a spinner on a terminal says the command is at work.

@@ -1,0 +1,121 @@
+//! What this process has under way on object stores (multipart uploads, held locks), so that
+//! a Ctrl-C or SIGTERM handler that exits the process at once can first abort the uploads and
+//! remove the locks ([`abandon_all`]): otherwise an upload's parts stay in the bucket,
+//! invisible but stored (and paid for) until a lifecycle rule removes them, and the lock
+//! object stays until it expires.
+//!
+//! Each upload and lock registers itself when it starts and leaves when it completes or is
+//! dropped; [`abandon_all`] also refuses uploads started after it ([`starting`]).
+
+use object_store::path::Path as ObjectPath;
+use object_store::{MultipartUpload, ObjectStore};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::runtime::Runtime;
+
+/// A multipart upload, shared with the registry: whoever takes it out of the `Option` first
+/// (the upload's completion, its drop, or [`abandon_all`]) finishes or aborts it.
+pub(crate) type SharedUpload = Arc<Mutex<Option<Box<dyn MultipartUpload>>>>;
+
+/// A held lock: the store, the lock object and the token that makes it this process's.
+pub(crate) struct HeldLock {
+    pub(crate) rt: Arc<Runtime>,
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) path: ObjectPath,
+    pub(crate) token: String,
+}
+
+#[derive(Default)]
+struct UnderWay {
+    /// Set by [`abandon_all`]: no upload starts after it.
+    closing: bool,
+    next: u64,
+    uploads: BTreeMap<u64, (Arc<Runtime>, SharedUpload)>,
+    locks: BTreeMap<u64, HeldLock>,
+}
+
+static UNDER_WAY: Mutex<Option<UnderWay>> = Mutex::new(None);
+
+fn under_way() -> MutexGuard<'static, Option<UnderWay>> {
+    UNDER_WAY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How long [`abandon_all`] waits for each request: an unreachable server must not keep an
+/// interrupted process from exiting.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registers an upload that was just started; `None` once [`abandon_all`] ran (the caller
+/// then aborts it itself). Returns its registration, to [`finished_upload`].
+pub(crate) fn started_upload(rt: &Arc<Runtime>, upload: &SharedUpload) -> Option<u64> {
+    let mut guard = under_way();
+    let u = guard.get_or_insert_with(UnderWay::default);
+    if u.closing {
+        return None;
+    }
+    u.next += 1;
+    u.uploads.insert(u.next, (rt.clone(), upload.clone()));
+    Some(u.next)
+}
+
+/// Whether uploads may still start (false once [`abandon_all`] ran).
+pub(crate) fn starting() -> bool {
+    !under_way().as_ref().is_some_and(|u| u.closing)
+}
+
+/// An upload completed or was dropped.
+pub(crate) fn finished_upload(id: u64) {
+    if let Some(u) = under_way().as_mut() {
+        u.uploads.remove(&id);
+    }
+}
+
+/// Registers a lock this process took; returns its registration, to [`released_lock`].
+pub(crate) fn took_lock(lock: HeldLock) -> u64 {
+    let mut guard = under_way();
+    let u = guard.get_or_insert_with(UnderWay::default);
+    u.next += 1;
+    u.locks.insert(u.next, lock);
+    u.next
+}
+
+/// A lock was released (its object removed by its owner).
+pub(crate) fn released_lock(id: u64) {
+    if let Some(u) = under_way().as_mut() {
+        u.locks.remove(&id);
+    }
+}
+
+/// Aborts every multipart upload under way and removes every lock object this process holds
+/// (one that still carries its token), each request given at most 10 seconds; from then on no
+/// upload starts. For a Ctrl-C or SIGTERM handler that exits the process right after. Returns
+/// the number of uploads aborted.
+pub fn abandon_all() -> usize {
+    let (uploads, locks) = {
+        let mut guard = under_way();
+        let u = guard.get_or_insert_with(UnderWay::default);
+        u.closing = true;
+        (std::mem::take(&mut u.uploads), std::mem::take(&mut u.locks))
+    };
+    let mut aborted = 0;
+    for (rt, upload) in uploads.into_values() {
+        let taken = upload.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut upload) = taken {
+            let abort = async { tokio::time::timeout(ABANDON_TIMEOUT, upload.abort()).await };
+            if let Ok(Ok(())) = rt.block_on(abort) {
+                aborted += 1;
+            }
+        }
+    }
+    for lock in locks.into_values() {
+        let HeldLock {
+            rt,
+            store,
+            path,
+            token,
+        } = lock;
+        let remove = crate::remove_own_lock(store.as_ref(), &path, &token);
+        let _ = rt.block_on(async { tokio::time::timeout(ABANDON_TIMEOUT, remove).await });
+    }
+    aborted
+}
