@@ -46,13 +46,26 @@ enum Handle {
     /// Writes are logged ([`TrackedDb`]).
     Tracked(TrackedDb),
     /// A database without tidemark's trees, opened by the command line. Nothing is written to
-    /// it (no tree added, no key changed); every incremental compares every record.
+    /// it: sled has no read-only open, and rewrites its snapshot file whenever it opens a
+    /// database, so the backup reads a private copy ([`PlainCopy`]) while it holds the
+    /// database's lock as sled would. Every incremental compares every record.
     Plain {
+        /// The copy (declared first: closed before its directory is removed).
         db: sled::Db,
         path: std::path::PathBuf,
         /// See [`UNTRACKED_ID`].
         id: String,
+        _copy: std::sync::Arc<PlainCopy>,
     },
+}
+
+/// The copy of a plain database that a backup reads, and the lock that keeps the original
+/// unchanged meanwhile: an exclusive `flock` on its `db` file, which sled itself takes, so no
+/// application opens it while the backup runs (as when the backup held it open itself).
+#[derive(Debug)]
+struct PlainCopy {
+    _dir: backup_core::ScratchDir,
+    _lock: std::fs::File,
 }
 
 /// The prefix of the identity reported for a sled database without tidemark's trees. It has
@@ -75,13 +88,22 @@ impl SledBackend {
     /// as it is: no tree, key or value is added or changed.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "conf", "sled")?;
-        let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+        let lock = tracked::lock_as_sled_does(path)?;
+        let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
+        let copy = dir.path().join("db");
+        copy_database(path, &copy)?;
+        let db = tracked::open_db_with_cache(&copy, tracked::TOOL_CACHE_BYTES)
             .map_err(|e| tracked::open_error(path, e))?;
         let is_tracked = db
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == tracked::META_TREE.as_bytes());
         if is_tracked {
+            // Its application writes through `TrackedDb`: the backup trims its log, which is
+            // the opt-in to writes. The database itself is opened.
+            drop((db, dir, lock));
+            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+                .map_err(|e| tracked::open_error(path, e))?;
             return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
         }
         let id = {
@@ -95,6 +117,10 @@ impl SledBackend {
                 db,
                 path: path.to_path_buf(),
                 id,
+                _copy: std::sync::Arc::new(PlainCopy {
+                    _dir: dir,
+                    _lock: lock,
+                }),
             },
         })
     }
@@ -149,6 +175,26 @@ impl SledBackend {
             .map(|n| CollectionName::from_bytes(&n).0.to_string())
             .collect()
     }
+}
+
+/// Copies the sled database directory `from` (its `conf`, `db`, snapshot and blob files) to
+/// the new directory `to`, reading it only.
+fn copy_database(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir(to).map_err(|e| Error::io("create", to, e))?;
+    let entries = std::fs::read_dir(from).map_err(|e| Error::io("list", from, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", from, e))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("inspect", &source, e))?;
+        if kind.is_dir() {
+            copy_database(&source, &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(&source, &target).map_err(|e| Error::io("copy", &source, e))?;
+        }
+    }
+    Ok(())
 }
 
 impl StorageBackend for SledBackend {

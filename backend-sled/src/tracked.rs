@@ -60,6 +60,35 @@ fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
+/// Takes the lock sled takes on the database at `path` (an exclusive `flock` on its `db`
+/// file) without opening the database, waiting up to [`LOCK_WAIT`] as [`open_db_with_cache`]
+/// does: held, no application opens the database, and the backup reads it unchanged.
+pub fn lock_as_sled_does(path: &Path) -> Result<std::fs::File> {
+    let file_path = path.join("db");
+    let file = std::fs::File::open(&file_path).map_err(|e| Error::io("open", &file_path, e))?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match backup_core::lock::flock(&file, true, false) {
+            Ok(true) => return Ok(file),
+            Ok(false) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(false) => {
+                return Err(Error::BadInput {
+                    path: path.to_path_buf(),
+                    cause: format!(
+                        "the sled database is open in another process (sled allows one at a \
+                         time: stop it, or back up from inside it through the library): \
+                         {} is locked",
+                        file_path.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(Error::io("lock", &file_path, e)),
+        }
+    }
+}
+
 /// The error for a database at `path` that sled would not open.
 pub fn open_error(path: &Path, e: sled::Error) -> Error {
     Error::BadInput {

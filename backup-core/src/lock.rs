@@ -119,7 +119,7 @@ impl Drop for DestinationLock {
 /// `flock(2)` on `file`, exclusive or shared. With `wait`, blocks until it is granted;
 /// without, returns `Ok(false)` at once when another open file holds a conflicting lock.
 #[allow(unsafe_code)]
-pub(crate) fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
+pub fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     let mut op = if exclusive {
         libc::LOCK_EX
