@@ -8,8 +8,9 @@
 //! which is how the next run tells those apart from the directories of runs still going.
 //!
 //! The owner creates its directory, locks it, and only then writes the [`OWNER_FILE`] marker
-//! in it: a directory without the marker is being created right now (or was made by a tidemark
-//! before this module, whose lock state is unknown) and is left alone.
+//! in it; it removes the marker last. A directory without the marker is being created right
+//! now, or was emptied by an owner killed while removing it, or was made by a tidemark before
+//! this module (whose lock state is unknown): only an empty one a minute old is removed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,9 @@ use crate::error::{Error, Result};
 
 /// The marker an owner writes into its directory once it holds the lock.
 pub const OWNER_FILE: &str = ".tidemark-scratch-owner";
+
+/// How old a directory without the owner marker must be before an empty one is removed.
+const EMPTY_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A directory under the system's temporary directory, removed when dropped (as
 /// `tempfile::TempDir`), and by a later [`ScratchDir::new`] if its process dies first.
@@ -46,7 +50,11 @@ impl ScratchDir {
                 parent.display()
             );
         }
-        let dir = tempfile::Builder::new()
+        // Only its owner may read it: it may hold a copy of a database whose own directory
+        // keeps others out.
+        let mut builder = tempfile::Builder::new();
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder
             .prefix(prefix)
             .tempdir_in(parent)
             .map_err(|e| Error::io("create a temporary directory", parent, e))?;
@@ -70,6 +78,33 @@ impl ScratchDir {
     }
 }
 
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        // What it holds first, the owner marker last (with the directory, as `TempDir` is
+        // dropped): a process killed while removing it leaves a directory that the next run
+        // still recognises.
+        remove_contents_but_marker(self.dir.path());
+    }
+}
+
+/// Removes everything in `dir` but [`OWNER_FILE`] (best effort).
+fn remove_contents_but_marker(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        if entry.file_name() == OWNER_FILE {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+    }
+}
+
 /// Removes the directories named `prefix*` in `parent` that carry the owner marker and whose
 /// lock is free (their process is gone). Returns how many it removed.
 fn remove_abandoned(parent: &Path, prefix: &str) -> usize {
@@ -86,6 +121,15 @@ fn remove_abandoned(parent: &Path, prefix: &str) -> usize {
     let mut removed = 0;
     for dir in candidates {
         if !dir.join(OWNER_FILE).is_file() {
+            // Empty: its owner was killed after removing the marker, or is creating it right
+            // now (for microseconds). Removed once it is a minute old (`rmdir` removes only an
+            // empty directory).
+            let old = std::fs::metadata(&dir)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= EMPTY_AGE));
+            if old && std::fs::remove_dir(&dir).is_ok() {
+                removed += 1;
+            }
             continue;
         }
         let Ok(handle) = File::open(&dir) else {
@@ -95,6 +139,8 @@ fn remove_abandoned(parent: &Path, prefix: &str) -> usize {
         if !matches!(crate::lock::flock(&handle, true, false), Ok(true)) {
             continue;
         }
+        // The marker last, as when its owner removes it.
+        remove_contents_but_marker(&dir);
         if std::fs::remove_dir_all(&dir).is_ok() {
             removed += 1;
         }
@@ -112,6 +158,10 @@ mod tests {
         let parent = tempfile::tempdir().unwrap();
         let live = ScratchDir::new_in(parent.path(), "t-").unwrap();
         assert!(live.path().join(OWNER_FILE).is_file());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(live.path()).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "readable by others: {mode:o}");
         // What a killed owner leaves: the marker, its lock released with the process.
         let dead = parent.path().join("t-dead");
         std::fs::create_dir(&dead).unwrap();
@@ -124,7 +174,17 @@ mod tests {
         std::fs::create_dir(&other).unwrap();
         std::fs::write(other.join(OWNER_FILE), "pid 1").unwrap();
 
+        // Left empty by a kill after its marker was removed: removed once a minute old.
+        let emptied = parent.path().join("t-emptied");
+        std::fs::create_dir(&emptied).unwrap();
+        let a_while_ago = std::time::SystemTime::now() - 2 * EMPTY_AGE;
+        std::fs::File::open(&emptied)
+            .unwrap()
+            .set_modified(a_while_ago)
+            .unwrap();
+
         let second = ScratchDir::new_in(parent.path(), "t-").unwrap();
+        assert!(!emptied.exists(), "the emptied directory was kept");
         assert!(!dead.exists(), "the abandoned directory was kept");
         assert!(
             live.path().join(OWNER_FILE).is_file(),
