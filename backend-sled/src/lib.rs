@@ -85,7 +85,10 @@ impl SledBackend {
     /// Opens a sled database on disk (sled allows one process at a time: the application must
     /// not have it open), with tidemark's smaller page cache ([`tracked::TOOL_CACHE_BYTES`]).
     /// A database an application tracks ([`TrackedDb`]) is opened tracked; any other is read
-    /// as it is: no tree, key or value is added or changed.
+    /// as it is, and not a byte of it changes: its lock is held as sled holds it, and a copy
+    /// in the system's temporary directory is read (removed when the backend is dropped; one
+    /// left by a killed process is removed by the next open). Space for one copy of the
+    /// database is needed there.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "conf", "sled")?;
         let lock = tracked::lock_as_sled_does(path)?;
