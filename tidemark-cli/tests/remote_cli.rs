@@ -1003,22 +1003,11 @@ fn an_interrupted_upload_leaves_no_parts_behind() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Until the upload has begun.
-        let started = Instant::now();
-        while uploads_under_way("interrupted").is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no upload began"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        common::wait_for("the upload to begin", || {
+            !uploads_under_way("interrupted").is_empty()
+        });
         std::thread::sleep(Duration::from_millis(delay_ms));
-        assert!(Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        let out = child.wait_with_output().unwrap();
+        let out = common::signal(child, signal);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
         assert!(err.contains("interrupted"), "{signal}: {err}");

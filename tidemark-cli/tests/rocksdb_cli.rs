@@ -737,16 +737,11 @@ fn a_killed_run_leaves_no_secondary_directory_behind_for_long() {
         !live_dirs.is_empty(),
         "the live run has no secondary directory"
     );
-    let out = Command::new(common::bin())
-        .args(["backup", "--source", "rocksdb:src", "--to", "bk"])
-        .env("TMPDIR", &tmp)
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::succeeds(
+        Command::new(common::bin())
+            .env("TMPDIR", &tmp)
+            .current_dir(d),
+        &["backup", "--source", "rocksdb:src", "--to", "bk"],
     );
     assert_eq!(
         secondaries(),

@@ -969,12 +969,7 @@ fn an_interrupted_backup_leaves_no_temporary_files() {
             .spawn()
             .unwrap();
         common::wait_for("the archive to start", || !unfinished().is_empty());
-        assert!(Command::new("kill")
-            .args([signal, &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
-        let out = child.wait_with_output().unwrap();
+        let out = common::signal(child, signal);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(130), "{signal}: {err}");
         assert!(err.contains("backup interrupted"), "{signal}: {err}");

@@ -69,14 +69,19 @@ pub fn refused(cmd: &mut Command, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Stops a running `tidemark` with SIGTERM, as a service manager would, and collects it.
-pub fn sigterm(child: std::process::Child) -> Output {
+/// Sends `signal` (`kill`'s spelling: `-INT`, `-TERM`) to a running `tidemark` and collects it.
+pub fn signal(child: std::process::Child, signal: &str) -> Output {
     assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap()
         .success());
     child.wait_with_output().unwrap()
+}
+
+/// Stops a running `tidemark` with SIGTERM, as a service manager would, and collects it.
+pub fn sigterm(child: std::process::Child) -> Output {
+    signal(child, "-TERM")
 }
 
 /// [`sigterm`], which must end the process cleanly (exit status 0).
