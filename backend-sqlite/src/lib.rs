@@ -721,6 +721,7 @@ impl StorageBackend for SqliteBackend {
             conn,
             store: self.describe(),
             tables: BTreeMap::new(),
+            written: backup_core::DropBehind::new("sqlite-free"),
         }))
     }
 }
@@ -1133,6 +1134,8 @@ struct SqliteRestore<'a> {
     conn: MutexGuard<'a, Connection>,
     store: String,
     tables: BTreeMap<CollectionName, Layout>,
+    /// Batches written, freed off the store's thread (a restore's critical path).
+    written: backup_core::DropBehind<Vec<Record>>,
 }
 
 impl RestoreSink for SqliteRestore<'_> {
@@ -1271,6 +1274,8 @@ impl RestoreSink for SqliteRestore<'_> {
                 }
             }
         }
+        drop(native);
+        self.written.later(records);
         Ok(())
     }
 

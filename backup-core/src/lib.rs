@@ -67,7 +67,7 @@ pub use model::{
     Change, ChangeOp, CollectionInfo, CollectionName, Field, Key, Record, Row, StoreKind,
     StoreSchema, Value,
 };
-pub use pipeline::default_threads;
+pub use pipeline::{default_threads, DropBehind};
 pub use prune::{
     check_retention, plan_prune, prune_archives, prune_chain, prune_local, PrunePlan, Retention,
 };
