@@ -244,7 +244,10 @@ mod tests {
         impl Drop for Counted {
             fn drop(&mut self) {
                 self.0.fetch_add(1, Ordering::SeqCst);
-                self.1.lock().expect("not poisoned").push(std::thread::current().id());
+                self.1
+                    .lock()
+                    .expect("not poisoned")
+                    .push(std::thread::current().id());
             }
         }
         let (dropped, threads) = (Arc::new(AtomicUsize::new(0)), Arc::default());
@@ -255,7 +258,11 @@ mod tests {
         drop(behind);
         assert_eq!(dropped.load(Ordering::SeqCst), 100);
         let here = std::thread::current().id();
-        assert!(threads.lock().expect("not poisoned").iter().all(|t| *t != here));
+        assert!(threads
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .all(|t| *t != here));
     }
 
     /// The calling thread's nice value (Linux: per thread).
