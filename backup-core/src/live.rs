@@ -177,10 +177,21 @@ fn follow(
     let mut summary = LiveSummary::default();
     let mut mode = options.backup.mode;
     let mut final_run = false;
+    // The codec of the first archive written (the chain's, with `follow_chain`): the later
+    // runs use it without reading the newest archive again, and so does compaction.
+    let mut codec: Option<crate::archive::Compression> = None;
     loop {
         let run_options = BackupOptions {
             mode,
             ..options.backup.clone()
+        };
+        let resolved = |a: &ArchiveOptions| match codec {
+            Some(compression) => ArchiveOptions {
+                compression,
+                follow_chain: false,
+                ..*a
+            },
+            None => *a,
         };
         let mut forward = |e: Event| {
             // A receiver that went away only means nobody listens; the backup goes on.
@@ -189,7 +200,8 @@ fn follow(
         let done = match &options.format {
             LiveFormat::Folder => backup_folder(backend, dir, &run_options, &mut forward)?,
             LiveFormat::Archive(a) => {
-                let s = backup_archive(backend, dir, &run_options, a, &mut forward)?;
+                let s = backup_archive(backend, dir, &run_options, &resolved(a), &mut forward)?;
+                codec = Some(s.compression);
                 compact_after(&LocalChain::new(dir), options, &s, &mut forward);
                 s.backup
             }
@@ -197,8 +209,11 @@ fn follow(
                 let mut delay = RETRY_FIRST;
                 let mut attempts_after_stop = 0;
                 loop {
-                    match backup_archive_to(backend, &**store, dir, &run_options, a, &mut forward) {
+                    let a = resolved(a);
+                    match backup_archive_to(backend, &**store, dir, &run_options, &a, &mut forward)
+                    {
                         Ok(s) => {
+                            codec = Some(s.compression);
                             compact_after(&**store, options, &s, &mut forward);
                             break s.backup;
                         }
@@ -282,6 +297,23 @@ fn compact_after(
 ) {
     let Some(compact) = &options.compact else {
         return;
+    };
+    // Compacted archives are written in the codec of the archives they merge, when those
+    // follow the chain's (a chain of zstd archives is not compacted into deflate).
+    let follows = match &options.format {
+        LiveFormat::Archive(a) | LiveFormat::Chain(_, a) => a.follow_chain,
+        LiveFormat::Folder => false,
+    };
+    let compact = &CompactOptions {
+        archive: ArchiveOptions {
+            compression: if follows {
+                run.compression
+            } else {
+                compact.archive.compression
+            },
+            ..compact.archive
+        },
+        ..*compact
     };
     let name = run
         .file

@@ -48,6 +48,7 @@ fn options() -> ArchiveOptions {
         compression: Compression::Zstd(3),
         buffer_size: 1 << 16,
         threads: 2,
+        follow_chain: false,
     }
 }
 

@@ -60,9 +60,10 @@ pub struct Job {
     /// `archive` (default) or `folder`.
     #[serde(default = "default_format")]
     pub format: String,
-    /// `deflate` (default), `zstd` or `none`.
-    #[serde(default = "default_compression")]
-    pub compression: String,
+    /// `deflate`, `zstd` or `none`. Default, when neither this nor `level` is set: an existing
+    /// chain's own codec (as `tidemark backup` without `--compression`), deflate for a new one.
+    #[serde(default)]
+    pub compression: Option<String>,
     /// Compression level (deflate 0-9, default 9; zstd 1-22, default 3).
     pub level: Option<u8>,
     /// Time between runs: seconds, or a number with `s`, `m`, `h` or `d` (or set `cron`).
@@ -109,9 +110,6 @@ fn default_enabled() -> bool {
 }
 fn default_format() -> String {
     "archive".into()
-}
-fn default_compression() -> String {
-    "deflate".into()
 }
 fn default_retries() -> u32 {
     3
@@ -321,8 +319,11 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 None
             }
             "archive" => Some(
-                crate::commands::backup::compression_of(&job.compression, job.level)
-                    .with_context(ctx)?,
+                crate::commands::backup::compression_of(
+                    job.compression.as_deref().unwrap_or("deflate"),
+                    job.level,
+                )
+                .with_context(ctx)?,
             ),
             other => bail!("{}: format `{other}` is not folder or archive", ctx()),
         };
@@ -809,6 +810,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
         (Some(compression), place) => {
             let archive_options = ArchiveOptions {
                 compression,
+                follow_chain: job.job.compression.is_none() && job.job.level.is_none(),
                 ..ArchiveOptions::default()
             };
             let a = crate::place::backup_archive(

@@ -19,6 +19,21 @@ fn archives(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// `src.db` in `d`: table `t(id INTEGER PRIMARY KEY, v TEXT)` with `rows` rows, tracked.
+fn tracked_rows(d: &Path, rows: u32) -> PathBuf {
+    let db = d.join("src.db");
+    sql(
+        &db,
+        &format!(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+             INSERT INTO t SELECT i, 'value ' || i FROM n;"
+        ),
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    db
+}
+
 /// The checkpoint an archive ends at, read through the zip crate (`unzip` has no zstd).
 fn checkpoint_of(archive: &Path) -> u64 {
     use std::io::Read;
@@ -580,14 +595,7 @@ fn key_state(state_dir: &Path) -> std::collections::BTreeMap<String, (String, Ve
 fn a_damaged_index_block_no_change_reads_is_found_by_the_fold() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let db = d.join("src.db");
-    sql(
-        &db,
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
-         INSERT INTO t SELECT i, 'value ' || i FROM n;",
-    );
-    ok(&["track", "--source", "sqlite:src.db"], d);
+    let db = tracked_rows(d, 2000);
     let backup = || ok(&ARCHIVE_BACKUP, d);
     assert!(backup().contains("Archive (full)"));
     let state = d.join("ar/.tidemark-state");
@@ -760,4 +768,58 @@ fn incrementals_write_key_deltas_that_fold_into_a_new_index() {
     );
     ok(&["verify", "ar"], d);
     restores_as_source(d, &db, "last", "after the damage");
+}
+
+/// A backup that names no codec goes on in the chain's: a chain begun with zstd is not
+/// continued in deflate-9 (four times slower) because a later command left the flag out. A
+/// codec named switches the chain, which then keeps the new one; a new chain is deflate.
+#[test]
+fn a_backup_that_names_no_codec_keeps_the_chains() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = tracked_rows(d, 500);
+    let steps: [(&[&str], &str, &str); 7] = [
+        (&["--compression", "zstd"], "full", "Zstd"),
+        (&[], "incremental", "Zstd"),
+        (&["--full"], "full", "Zstd"),
+        (&["--compression", "deflate"], "incremental", "Deflated"),
+        (&[], "incremental", "Deflated"),
+        (&["--compression", "none"], "incremental", "Stored"),
+        (&[], "incremental", "Stored"),
+    ];
+    for (i, (flags, kind, method)) in steps.iter().enumerate() {
+        if i > 0 {
+            sql(
+                &db,
+                &format!("UPDATE t SET v = 'round {i}' WHERE id % 5 = {i} % 5;"),
+            );
+        }
+        let mut args = ARCHIVE_BACKUP.to_vec();
+        args.extend_from_slice(flags);
+        let out = ok(&args, d);
+        assert!(
+            out.contains(&format!("Archive ({kind})")),
+            "{flags:?}: {out}"
+        );
+        let newest = archives(&d.join("ar")).pop().unwrap();
+        let want: std::collections::BTreeSet<String> = [method.to_string()].into();
+        assert_eq!(
+            common::entry_methods(std::fs::File::open(&newest).unwrap()),
+            want,
+            "{flags:?} after step {i}"
+        );
+    }
+    ok(&["verify", "ar"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "the mixed chain");
+    // A new chain, no codec named: deflate, which any unzip reads.
+    let mut args = ARCHIVE_BACKUP.to_vec();
+    let at = args.iter().position(|a| *a == "ar").unwrap();
+    args[at] = "new";
+    ok(&args, d);
+    let first = archives(&d.join("new")).pop().unwrap();
+    assert_eq!(
+        common::entry_methods(std::fs::File::open(&first).unwrap()),
+        ["Deflated".to_string()].into()
+    );
 }

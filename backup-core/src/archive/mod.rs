@@ -88,6 +88,11 @@ pub struct ArchiveOptions {
     pub buffer_size: usize,
     /// Threads that encode and compress (decompress, for restores): every core by default.
     pub threads: usize,
+    /// Backups: continue an existing chain in the codec of its newest archive, at that codec's
+    /// default level (a zip records the method, not the level), and use `compression` for a
+    /// new chain only. So a chain begun with zstd stays zstd when a later backup names no
+    /// codec. `false` (the default): every archive in `compression`.
+    pub follow_chain: bool,
 }
 
 impl Default for ArchiveOptions {
@@ -96,6 +101,7 @@ impl Default for ArchiveOptions {
             compression: Compression::default(),
             buffer_size: 1 << 20,
             threads: crate::pipeline::default_threads(),
+            follow_chain: false,
         }
     }
 }
@@ -207,6 +213,8 @@ pub struct ArchiveSummary {
     pub size: u64,
     /// Records and deletions in it.
     pub entries: u64,
+    /// The codec and level it was written with.
+    pub compression: Compression,
     /// Wall-clock time of the whole run.
     pub elapsed: Duration,
 }

@@ -179,6 +179,13 @@ pub fn backup_archive_to(
     durable::create_dir_all(state_dir)?;
     let previous = previous_state(state_dir, head);
     let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
+    let archive = &match head.filter(|_| archive.follow_chain) {
+        Some(h) => ArchiveOptions {
+            compression: chain_codec(chain_store, h)?.unwrap_or(archive.compression),
+            ..*archive
+        },
+        None => *archive,
+    };
     let target = ArchiveTarget {
         chain: chain_store,
         state_dir,
@@ -316,6 +323,7 @@ pub fn backup_archive_to(
     engine::trim(backend, options, &outcome.checkpoint, events);
     let records_total = state.backup.collections.iter().map(|c| c.records).sum();
     Ok(ArchiveSummary {
+        compression: archive.compression,
         backup: BackupSummary {
             kind,
             method: outcome.method,
@@ -587,6 +595,34 @@ fn part_bytes(parts: u64) -> usize {
     FIRST_PART_BYTES
         .checked_shl(parts.min(16) as u32)
         .map_or(PART_BYTES, |n| n.min(PART_BYTES))
+}
+
+/// The codec the chain's archive `head` was written with, at that codec's default level (a zip
+/// records the method, not the level), from the method of its manifest entry (never empty, so
+/// never stored unless the codec stores everything). `None` for a format-1 archive (a backup
+/// onto one starts a new chain) or an entry of another method.
+fn chain_codec(chain: &dyn ChainStore, head: &ChainItem) -> Result<Option<Compression>> {
+    if head.manifest.format_version < 2 {
+        return Ok(None);
+    }
+    let archive = chain.open(head)?;
+    let list = zipstream::read_directory(
+        &mut super::chain::RangeReader::new(&*archive, 1 << 16),
+        10_000_000,
+    )
+    .map_err(|r| super::damaged(&head.path, r.cause))?;
+    let method = list
+        .iter()
+        .find(|e| e.name == MANIFEST_ENTRY)
+        .map(|e| e.method);
+    let codec = match method {
+        Some(0) => Some(Compression::None),
+        Some(8) => Some(Compression::default()),
+        Some(93) => Some(Compression::Zstd(3)),
+        _ => None,
+    };
+    tracing::debug!(archive = %file_name_of(&head.path), ?codec, "the chain's codec");
+    Ok(codec)
 }
 
 /// An archive being written by the engine.

@@ -37,7 +37,9 @@ pub struct Args {
     /// only).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Archive codec (default: deflate, which any `unzip` reads).
+    /// Archive codec. Default, when neither this nor `--level` is given: an existing chain's
+    /// own (its newest archive's, at that codec's default level); otherwise, and for a new
+    /// chain, deflate (which any `unzip` reads).
     #[arg(long, value_enum)]
     pub compression: Option<Codec>,
     /// Archive compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
@@ -168,6 +170,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "encryption applies to archives (--format archive): a folder backup is plain files"
         );
     }
+    // Named neither codec nor level: an existing chain goes on in its own codec, a new one is
+    // deflate.
+    let follow_chain = compression.is_none() && level.is_none();
     let compression = compression.unwrap_or(Codec::Deflate);
     if compact && !(live && (format == Format::Archive || remote)) {
         anyhow::bail!(
@@ -205,8 +210,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &keys,
             options,
             format,
-            codec(compression, level)?,
-            buffer_size,
+            ArchiveOptions {
+                compression: codec(compression, level)?,
+                buffer_size,
+                follow_chain,
+                ..ArchiveOptions::default()
+            },
             interval,
             compact.then_some(fanout),
             metrics_addr.as_deref(),
@@ -221,6 +230,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         compression: codec(compression, level)?,
         buffer_size,
         threads: threads.map_or_else(backup_core::default_threads, usize::from),
+        follow_chain,
     };
     // Several destinations: the change log is trimmed once, after every destination
     // holds the changes (to the oldest of their checkpoints), so that no destination's
@@ -432,8 +442,7 @@ fn run_live(
     keys: &backup_core::KeyOptions,
     options: BackupOptions,
     format: Format,
-    compression: Compression,
-    buffer_size: usize,
+    archive: ArchiveOptions,
     interval: f64,
     fanout: Option<u64>,
     metrics_addr: Option<&str>,
@@ -460,11 +469,6 @@ fn run_live(
     if !(interval.is_finite() && interval > 0.0) {
         anyhow::bail!("--interval must be a positive number of seconds");
     }
-    let archive = ArchiveOptions {
-        compression,
-        buffer_size,
-        ..ArchiveOptions::default()
-    };
     let backend: Arc<dyn backup_core::StorageBackend> = Arc::from(backend);
     let several = to.len() > 1;
     // Several followers: none trims the change log on its own (another may still need what

@@ -340,3 +340,14 @@ pub fn one_of_two_restores_wins(d: &Path, target: &str) {
     );
     assert!(restores_in_progress(d).is_empty());
 }
+
+/// The compression methods (`Deflated`, `Zstd`, `Stored`) of a zip's entries, read through the
+/// zip crate.
+pub fn entry_methods(
+    zip: impl std::io::Read + std::io::Seek,
+) -> std::collections::BTreeSet<String> {
+    let mut zip = zip::ZipArchive::new(zip).unwrap();
+    (0..zip.len())
+        .map(|i| format!("{:?}", zip.by_index(i).unwrap().compression()))
+        .collect()
+}
