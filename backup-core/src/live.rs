@@ -274,7 +274,16 @@ fn follow(
             } else {
                 slice
             };
-            changed |= backend.wait_for_changes(&last, slice)?;
+            if changed {
+                // Known to have changed: only the interval's end is awaited. Asking the store
+                // again returned at once, and the loop spun a core until the deadline: SQLite
+                // took and dropped its shared lock every 0.2 ms, and in rollback-journal mode
+                // an application's writes that do not wait (no busy timeout) failed most of
+                // the time.
+                std::thread::sleep(slice);
+            } else {
+                changed = backend.wait_for_changes(&last, slice)?;
+            }
         }
     }
 }
