@@ -599,8 +599,15 @@ fn job_loop(
                     done = Some(run);
                     last_ok = true;
                     if j.compact {
+                        // In the job's codec (or the chain's, as its backups), not the
+                        // default deflate-9.
                         let options = backup_core::CompactOptions {
                             fanout: j.fanout.unwrap_or(backup_core::DEFAULT_FANOUT),
+                            archive: ArchiveOptions {
+                                compression: job.compression.unwrap_or_default(),
+                                follow_chain: j.compression.is_none() && j.level.is_none(),
+                                ..ArchiveOptions::default()
+                            },
                             ..Default::default()
                         };
                         match crate::place::compact(&to, &job.keys, &options) {

@@ -823,3 +823,38 @@ fn a_backup_that_names_no_codec_keeps_the_chains() {
         ["Deflated".to_string()].into()
     );
 }
+
+/// `tidemark compact` with no codec named writes the compacted archives in the chain's, as a
+/// backup would (it wrote deflate-9 whatever the chain held); `--compression` still chooses.
+#[test]
+fn compaction_keeps_the_chains_codec() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = tracked_rows(d, 300);
+    for i in 0..5 {
+        if i > 0 {
+            sql(
+                &db,
+                &format!("UPDATE t SET v = 'round {i}' WHERE id % 7 = {i};"),
+            );
+        }
+        let mut args = ARCHIVE_BACKUP.to_vec();
+        if i == 0 {
+            args.extend(["--compression", "zstd"]);
+        }
+        ok(&args, d);
+    }
+    ok(&["compact", "ar", "--fanout", "2"], d);
+    let compacted: Vec<PathBuf> = archives(&d.join("ar"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().len() >= 35)
+        .collect();
+    assert!(!compacted.is_empty(), "{:?}", archives(&d.join("ar")));
+    for a in &compacted {
+        let methods = common::entry_methods(std::fs::File::open(a).unwrap());
+        assert_eq!(methods, ["Zstd".to_string()].into(), "{}", a.display());
+    }
+    ok(&["verify", "ar"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after compaction");
+}

@@ -306,6 +306,15 @@ fanout = 2
             .any(|n| n.starts_with("tidemark-000002-000004-incr")),
         "{names:?}"
     );
+    // Compacted in the job's codec, as its backups (they were deflate-9).
+    for name in &names {
+        let file = std::fs::File::open(d.join("archives").join(name)).unwrap();
+        assert_eq!(
+            common::entry_methods(file),
+            ["Zstd".to_string()].into(),
+            "{name}"
+        );
+    }
     ok(&["verify", "archives"], d);
     let out = ok(&["restore", "archives", "--to", "sqlite:r.db", "--json"], d);
     let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

@@ -109,6 +109,20 @@ pub fn compact_chain(
         summary.elapsed = started.elapsed();
         return Ok(summary);
     };
+    // Following the chain: compacted in the codec of its newest archive (a chain of zstd
+    // archives is not merged into deflate-9, four times slower).
+    let head = chain.iter().rev().find(|i| i.manifest.covers.is_none());
+    let options = &match head.filter(|_| options.archive.follow_chain) {
+        Some(head) => CompactOptions {
+            archive: ArchiveOptions {
+                compression: super::write::chain_codec(store, head)?
+                    .unwrap_or(options.archive.compression),
+                ..options.archive
+            },
+            ..*options
+        },
+        None => *options,
+    };
     let mut size = options.fanout;
     while size < newest {
         let mut b = 0u64;

@@ -601,7 +601,7 @@ fn part_bytes(parts: u64) -> usize {
 /// records the method, not the level), from the method of its manifest entry (never empty, so
 /// never stored unless the codec stores everything). `None` for a format-1 archive (a backup
 /// onto one starts a new chain) or an entry of another method.
-fn chain_codec(chain: &dyn ChainStore, head: &ChainItem) -> Result<Option<Compression>> {
+pub(super) fn chain_codec(chain: &dyn ChainStore, head: &ChainItem) -> Result<Option<Compression>> {
     if head.manifest.format_version < 2 {
         return Ok(None);
     }

@@ -23,9 +23,10 @@ pub struct Args {
     pub fanout: u64,
     #[command(flatten)]
     pub retention: RetentionArgs,
-    /// Codec of the compacted archives.
-    #[arg(long, value_enum, default_value_t = Codec::Deflate)]
-    pub compression: Codec,
+    /// Codec of the compacted archives. Default, when neither this nor `--level` is given: the
+    /// chain's (its newest archive's, at that codec's default level).
+    #[arg(long, value_enum)]
+    pub compression: Option<Codec>,
     /// Compression level: 0-9 for deflate (default 9), 1-22 for zstd (default 3).
     #[arg(long)]
     pub level: Option<u8>,
@@ -74,8 +75,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let options = CompactOptions {
         fanout,
         archive: backup_core::ArchiveOptions {
-            compression: super::backup::codec(compression, level)?,
+            compression: super::backup::codec(compression.unwrap_or(Codec::Deflate), level)?,
             threads: threads.map_or_else(backup_core::default_threads, usize::from),
+            follow_chain: compression.is_none() && level.is_none(),
             ..Default::default()
         },
         dry_run,
