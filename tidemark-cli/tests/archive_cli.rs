@@ -812,6 +812,24 @@ fn a_backup_that_names_no_codec_keeps_the_chains() {
     ok(&["verify", "ar"], d);
     ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "the mixed chain");
+    // The codec is a preference: a newest archive whose central directory is damaged does not
+    // stop the next backup (it says so and writes deflate); verify reports the damage.
+    let newest = archives(&d.join("ar")).pop().unwrap();
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let cd = bytes.windows(4).rposition(|w| w == b"PK\x01\x02").unwrap();
+    bytes[cd + 1] ^= 0xff;
+    std::fs::write(&newest, bytes).unwrap();
+    sql(&db, "UPDATE t SET v = 'after the damage' WHERE id = 1;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(out.contains("could not be read"), "{out}");
+    assert!(out.contains("this archive is deflate level 9"), "{out}");
+    let newest = archives(&d.join("ar")).pop().unwrap();
+    let deflated: std::collections::BTreeSet<String> = ["Deflated".to_string()].into();
+    assert_eq!(
+        common::entry_methods(std::fs::File::open(&newest).unwrap()),
+        deflated
+    );
+    fails(&["verify", "ar"], d);
     // A new chain, no codec named: deflate, which any unzip reads.
     let mut args = ARCHIVE_BACKUP.to_vec();
     let at = args.iter().position(|a| *a == "ar").unwrap();

@@ -115,7 +115,12 @@ pub fn compact_chain(
     let options = &match head.filter(|_| options.archive.follow_chain) {
         Some(head) => CompactOptions {
             archive: ArchiveOptions {
-                compression: super::write::chain_codec(store, head)?
+                // A preference: an unreadable directory is for `verify` to report.
+                compression: super::write::chain_codec(store, head)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "the chain's codec could not be read");
+                        None
+                    })
                     .unwrap_or(options.archive.compression),
                 ..options.archive
             },

@@ -79,6 +79,16 @@ impl Default for Compression {
     }
 }
 
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Compression::Deflate(level) => write!(f, "deflate level {level}"),
+            Compression::Zstd(level) => write!(f, "zstd level {level}"),
+            Compression::None => f.write_str("stored (no compression)"),
+        }
+    }
+}
+
 /// Options of the archive writer.
 #[derive(Debug, Clone, Copy)]
 pub struct ArchiveOptions {

@@ -181,7 +181,19 @@ pub fn backup_archive_to(
     let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
     let archive = &match head.filter(|_| archive.follow_chain) {
         Some(h) => ArchiveOptions {
-            compression: chain_codec(chain_store, h)?.unwrap_or(archive.compression),
+            compression: match chain_codec(chain_store, h) {
+                Ok(codec) => codec.unwrap_or(archive.compression),
+                // The codec is a preference: an unreadable directory (damage `verify` reports)
+                // does not stop the backup.
+                Err(e) => {
+                    events(Event::Notice(format!(
+                        "the codec of {} could not be read ({e}): this archive is {}",
+                        file_name_of(&h.path),
+                        archive.compression
+                    )));
+                    archive.compression
+                }
+            },
             ..*archive
         },
         None => *archive,
