@@ -32,6 +32,12 @@ pub struct SuiteArgs {
     /// one sample swung ±15% with the fsync latency of the moment); each is also listed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub incremental_rounds: u64,
+    /// Times to run each step a floor's ratio rests on, both sides of it (the bulk load,
+    /// `tar | zstd -3`, the first codec's full archive and its restore), reporting the median
+    /// (and the largest peak RSS): on a small machine one sample of an anchor alone moved by a
+    /// fifth from run to run. Odd numbers give a true median.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
     /// Where the stores and backups go (default: a new directory under the system's temp dir;
     /// it needs about 12x the dataset's size free, and two inodes per record).
     #[arg(long)]
@@ -125,6 +131,25 @@ fn run(what: &str, cmd: &mut Command) -> Result<Measured> {
         .and_then(|v| v.get("seconds").and_then(serde_json::Value::as_f64));
     Ok(Measured {
         seconds: reported.unwrap_or(seconds),
+        peak_rss_kib,
+        stdout,
+    })
+}
+
+/// `once(i)` for i in `0..n`: the median of their seconds (the upper one for an even `n`), the
+/// largest peak RSS, the last run's output.
+fn repeated(n: u64, mut once: impl FnMut(u64) -> Result<Measured>) -> Result<Measured> {
+    let mut runs = Vec::new();
+    for i in 0..n.max(1) {
+        runs.push(once(i)?);
+    }
+    let mut secs: Vec<f64> = runs.iter().map(|m| m.seconds).collect();
+    secs.sort_by(f64::total_cmp);
+    let seconds = secs[secs.len() / 2];
+    let peak_rss_kib = runs.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0);
+    let stdout = runs.pop().map(|m| m.stdout).unwrap_or_default();
+    Ok(Measured {
+        seconds,
         peak_rss_kib,
         stdout,
     })
@@ -290,7 +315,16 @@ impl Bench<'_> {
         let src = format!("{}:{}", kind.name(), store.display());
         let s = store.to_string_lossy().into_owned();
 
-        let m = self.helper("generate", kind, &["--path", &s])?;
+        let m = repeated(self.args.repeat, |i| {
+            if i > 0 {
+                // The same load again, into the same place.
+                remove(&store)?;
+                for suffix in ["-wal", "-shm", "-journal"] {
+                    remove(&dir.join(format!("store.db{suffix}")))?;
+                }
+            }
+            self.helper("generate", kind, &["--path", &s])
+        })?;
         let gen: serde_json::Value = serde_json::from_str(m.stdout.lines().last().unwrap_or(""))
             .context("generate's report")?;
         let bytes = gen["bytes"].as_u64().context("generate's byte count")?;
@@ -308,19 +342,22 @@ impl Bench<'_> {
 
         // tar + zstd -3 of the store's files: the machine's practical limit.
         let tarball = dir.join("store.tar.zst");
-        let m = run(
-            "tar+zstd",
-            Command::new("sh").arg("-c").arg(format!(
-                "tar -cf - -C '{}' '{}' | zstd -3 -q -o '{}' && sync -f '{}'",
-                dir.display(),
-                store
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                tarball.display(),
-                tarball.display()
-            )),
-        )?;
+        let m = repeated(self.args.repeat, |_| {
+            remove(&tarball)?;
+            run(
+                "tar+zstd",
+                Command::new("sh").arg("-c").arg(format!(
+                    "tar -cf - -C '{}' '{}' | zstd -3 -q -o '{}' && sync -f '{}'",
+                    dir.display(),
+                    store
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    tarball.display(),
+                    tarball.display()
+                )),
+            )
+        })?;
         self.push(
             kind,
             "tar | zstd -3",
@@ -477,14 +514,19 @@ impl Bench<'_> {
             if !level.is_empty() {
                 flags.extend(["--level", level]);
             }
-            let m = self.tidemark(
-                "backup",
-                &[
-                    &["backup", "--source", &src, "--to", &a, "--full"][..],
-                    &flags,
-                ]
-                .concat(),
-            )?;
+            // The first codec's full archive is repeated (into a new destination each time).
+            let times = if chain.is_none() { self.args.repeat } else { 1 };
+            let m = repeated(times, |_| {
+                remove(&adir)?;
+                self.tidemark(
+                    "backup",
+                    &[
+                        &["backup", "--source", &src, "--to", &a, "--full"][..],
+                        &flags,
+                    ]
+                    .concat(),
+                )
+            })?;
             self.push(
                 kind,
                 &format!("archive full {label}"),
@@ -513,7 +555,10 @@ impl Bench<'_> {
                 let mut rounds = vec![self.incremental_round(kind, &s, 2, &src, &a, &flags)?];
                 let m = self.tidemark("verify", &["verify", &a])?;
                 self.push(kind, "archive verify", &m, bytes, n, None, None);
-                let m = self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
+                let m = repeated(self.args.repeat, |_| {
+                    remove(&target)?;
+                    self.tidemark("restore", &["restore", "--from", &a, "--to", &to])
+                })?;
                 self.push(kind, "archive restore", &m, bytes, n, None, None);
                 remove(&target)?;
                 // The same full archive and restore, encrypted (to an age recipient: a
@@ -715,6 +760,12 @@ fn print_report(args: &SuiteArgs, rows: &[Row]) {
         "Backup benchmark: {} records of ~{} B JSON in {} collections per store ({} key bytes each), {}% changed before each incremental",
         s.records, s.value_bytes, s.collections, KEY_BYTES, args.change_percent
     );
+    if args.repeat > 1 {
+        println!(
+            "Bulk load, tar | zstd -3, the first codec's full archive and its restore: the median of {} runs each",
+            args.repeat
+        );
+    }
     println!();
     println!("| store | step | seconds | MB/s | records/s | peak RSS MiB | output MiB | note |");
     println!("|---|---|---:|---:|---:|---:|---:|---|");
@@ -971,6 +1022,7 @@ pub fn suite(args: &SuiteArgs) -> Result<()> {
         "value_bytes": args.shape.value_bytes,
         "collections": args.shape.collections,
         "change_percent": args.change_percent,
+        "repeat": args.repeat,
         "rows": bench.rows,
     });
     if let Some(path) = &args.json {
