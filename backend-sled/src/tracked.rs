@@ -49,14 +49,19 @@ pub fn open_db_with_cache(path: &Path, cache_bytes: u64) -> sled::Result<sled::D
 }
 
 fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
+    retry_while_locked(|| config.open(), |r| matches!(r, Err(e) if lock_held(e)))
+}
+
+/// Calls `attempt` until `locked` says its answer is not "the lock is held", for up to
+/// [`LOCK_WAIT`], 10 ms apart; returns the last answer.
+fn retry_while_locked<T>(mut attempt: impl FnMut() -> T, locked: impl Fn(&T) -> bool) -> T {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
-        match config.open() {
-            Err(e) if lock_held(&e) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            other => return other,
+        let answer = attempt();
+        if !locked(&answer) || Instant::now() >= deadline {
+            return answer;
         }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -66,26 +71,21 @@ fn open_config(config: sled::Config) -> sled::Result<sled::Db> {
 pub fn lock_as_sled_does(path: &Path) -> Result<std::fs::File> {
     let file_path = path.join("db");
     let file = std::fs::File::open(&file_path).map_err(|e| Error::io("open", &file_path, e))?;
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match backup_core::lock::flock(&file, true, false) {
-            Ok(true) => return Ok(file),
-            Ok(false) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Ok(false) => {
-                return Err(Error::BadInput {
-                    path: path.to_path_buf(),
-                    cause: format!(
-                        "the sled database is open in another process (sled allows one at a \
-                         time: stop it, or back up from inside it through the library): \
-                         {} is locked",
-                        file_path.display()
-                    ),
-                })
-            }
-            Err(e) => return Err(Error::io("lock", &file_path, e)),
-        }
+    let held = retry_while_locked(
+        || backup_core::lock::flock(&file, true, false),
+        |r| matches!(r, Ok(false)),
+    );
+    match held {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(Error::BadInput {
+            path: path.to_path_buf(),
+            cause: format!(
+                "the sled database is open in another process (sled allows one at a time: stop \
+                 it, or back up from inside it through the library): {} is locked",
+                file_path.display()
+            ),
+        }),
+        Err(e) => Err(Error::io("lock", &file_path, e)),
     }
 }
 
