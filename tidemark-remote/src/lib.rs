@@ -798,10 +798,8 @@ fn unix_now() -> u64 {
 pub struct RemoteLock {
     stop: Arc<std::sync::atomic::AtomicBool>,
     renewer: Option<std::thread::JoinHandle<()>>,
-    store: Arc<dyn ObjectStore>,
-    path: ObjectPath,
-    token: String,
-    rt: Arc<Runtime>,
+    /// The lock object and its token, shared with the registry for [`abandon_all`].
+    lock: Arc<underway::HeldLock>,
     held: Arc<std::sync::Mutex<Option<String>>>,
     /// Its registration for [`abandon_all`].
     registered: u64,
@@ -810,7 +808,7 @@ pub struct RemoteLock {
 impl std::fmt::Debug for RemoteLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RemoteLock")
-            .field("path", &self.path)
+            .field("path", &self.lock.path)
             .finish()
     }
 }
@@ -907,12 +905,13 @@ impl RemoteChain {
 
     fn start_renewing(&self, path: ObjectPath, token: String, holder: String) -> RemoteLock {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (flag, store, p, t) = (
-            stop.clone(),
-            self.store.clone(),
-            path.clone(),
-            token.clone(),
-        );
+        let lock = Arc::new(underway::HeldLock {
+            rt: self.rt.clone(),
+            store: self.store.clone(),
+            path,
+            token,
+        });
+        let (flag, l) = (stop.clone(), lock.clone());
         let renewer = std::thread::Builder::new()
             .name("tidemark-lock-renewal".into())
             .spawn(move || {
@@ -932,31 +931,24 @@ impl RemoteChain {
                     last = std::time::Instant::now();
                     rt.block_on(async {
                         // Renew only a lock that is still ours.
-                        if read_lock(store.as_ref(), &p)
+                        if read_lock(l.store.as_ref(), &l.path)
                             .await
-                            .is_some_and(|b| b.token == t)
+                            .is_some_and(|b| b.token == l.token)
                         {
-                            if let Ok(bytes) = serde_json::to_vec(&LockBody::new(&holder, &t)) {
-                                let _ = store.put(&p, PutPayload::from(bytes)).await;
+                            if let Ok(bytes) = serde_json::to_vec(&LockBody::new(&holder, &l.token))
+                            {
+                                let _ = l.store.put(&l.path, PutPayload::from(bytes)).await;
                             }
                         }
                     });
                 }
             })
             .ok();
-        let registered = underway::took_lock(underway::HeldLock {
-            rt: self.rt.clone(),
-            store: self.store.clone(),
-            path: path.clone(),
-            token: token.clone(),
-        });
+        let registered = underway::took_lock(lock.clone());
         RemoteLock {
             stop,
             renewer,
-            store: self.store.clone(),
-            path,
-            token,
-            rt: self.rt.clone(),
+            lock,
             held: self.held.clone(),
             registered,
         }
@@ -971,16 +963,13 @@ impl Drop for RemoteLock {
         }
         {
             let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            if held.as_deref() == Some(self.token.as_str()) {
+            if held.as_deref() == Some(self.lock.token.as_str()) {
                 *held = None;
             }
         }
         underway::released_lock(self.registered);
-        self.rt.block_on(remove_own_lock(
-            self.store.as_ref(),
-            &self.path,
-            &self.token,
-        ));
+        let l = &self.lock;
+        l.rt.block_on(remove_own_lock(l.store.as_ref(), &l.path, &l.token));
     }
 }
 

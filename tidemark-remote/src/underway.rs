@@ -32,7 +32,7 @@ struct UnderWay {
     closing: bool,
     next: u64,
     uploads: BTreeMap<u64, (Arc<Runtime>, SharedUpload)>,
-    locks: BTreeMap<u64, HeldLock>,
+    locks: BTreeMap<u64, Arc<HeldLock>>,
 }
 
 static UNDER_WAY: Mutex<Option<UnderWay>> = Mutex::new(None);
@@ -71,7 +71,7 @@ pub(crate) fn finished_upload(id: u64) {
 }
 
 /// Registers a lock this process took; returns its registration, to [`released_lock`].
-pub(crate) fn took_lock(lock: HeldLock) -> u64 {
+pub(crate) fn took_lock(lock: Arc<HeldLock>) -> u64 {
     let mut guard = under_way();
     let u = guard.get_or_insert_with(UnderWay::default);
     u.next += 1;
@@ -107,15 +107,10 @@ pub fn abandon_all() -> usize {
             }
         }
     }
-    for lock in locks.into_values() {
-        let HeldLock {
-            rt,
-            store,
-            path,
-            token,
-        } = lock;
-        let remove = crate::remove_own_lock(store.as_ref(), &path, &token);
-        let _ = rt.block_on(async { tokio::time::timeout(ABANDON_TIMEOUT, remove).await });
+    for l in locks.into_values() {
+        let remove = crate::remove_own_lock(l.store.as_ref(), &l.path, &l.token);
+        let _ =
+            l.rt.block_on(async { tokio::time::timeout(ABANDON_TIMEOUT, remove).await });
     }
     aborted
 }
