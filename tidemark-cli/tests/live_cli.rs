@@ -10,7 +10,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn start_live(d: &Path, format: &str) -> Child {
+/// `tidemark backup --live` of `src.db` in `d` to `bk`, with `args` besides.
+fn spawn_live(d: &Path, args: &[&str]) -> Child {
     Command::new(common::bin())
         .args([
             "backup",
@@ -18,15 +19,18 @@ fn start_live(d: &Path, format: &str) -> Child {
             "sqlite:src.db",
             "--to",
             "bk",
-            "--format",
-            format,
+            "--live",
         ])
-        .args(["--live", "--interval", "0.2", "--json"])
+        .args(args)
         .current_dir(d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+fn start_live(d: &Path, format: &str) -> Child {
+    spawn_live(d, &["--format", format, "--interval", "0.2", "--json"])
 }
 
 fn sigterm(child: Child) -> String {
@@ -162,15 +166,19 @@ fn live_backups_compact_as_they_go() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     setup(d);
-    let mut live = Command::new(common::bin())
-        .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
-        .args(["--format", "archive", "--live", "--interval", "0.05"])
-        .args(["--compact", "--fanout", "2", "--json"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut live = spawn_live(
+        d,
+        &[
+            "--format",
+            "archive",
+            "--interval",
+            "0.05",
+            "--compact",
+            "--fanout",
+            "2",
+            "--json",
+        ],
+    );
     let archives = |d: &Path| {
         std::fs::read_dir(d.join("bk"))
             .map(|r| {
@@ -266,14 +274,7 @@ fn a_live_backup_lets_an_application_that_does_not_wait_write() {
          INSERT INTO log(msg) VALUES ('first');",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    let mut live = Command::new(common::bin())
-        .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
-        .args(["--format", "archive", "--live", "--interval", "2", "-q"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut live = spawn_live(d, &["--format", "archive", "--interval", "2", "-q"]);
     wait_for("the first live backup", || {
         std::fs::read_dir(d.join("bk")).is_ok_and(|r| {
             r.flatten()
