@@ -44,3 +44,50 @@ def dump(kind, path):
         r = run(["sqlite3", path, ".dump"])
     assert r.returncode == 0, (path, r.stderr)
     return r.stdout
+
+
+def live_kill_trials(cwd, source, fmt, trials, pause, restore_to, check,
+                     no_backup_yet=("holds no tidemark backup",)):
+    """Starts `tidemark backup --live` of `source` into `cwd/bk` (format `fmt`, 0.05 s intervals)
+    `trials` times, each killed with SIGKILL after a random `pause` (a (low, high) range in
+    seconds). After each kill, verify must call the backup intact (a folder may be
+    "interrupted", repaired by the next run; before the first archive there is no backup yet,
+    which verify says in one of the `no_backup_yet` words);
+    an intact one is restored to `restore_to(trial)` (a (store URL, path) pair) and
+    `check(path)` says whether it is one consistent state (a (good, detail) pair). Prints a line
+    per trial; returns the problems found."""
+    import random
+    import shutil
+    import signal
+    import time
+    problems = []
+    for t in range(trials):
+        p = subprocess.Popen([BIN, "backup", "--source", source, "--to", "bk", "--format", fmt,
+                              "--live", "--interval", "0.05"], cwd=cwd,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(random.uniform(*pause))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        v = subprocess.run([BIN, "verify", "bk"], cwd=cwd, capture_output=True, text=True)
+        if v.returncode != 0:
+            expected = (fmt == "folder" and v.returncode == 3 and "interrupted" in v.stderr) \
+                or any(words in v.stderr for words in no_backup_yet)
+            if not expected:
+                problems.append((t, "verify", v.returncode, v.stderr[-300:]))
+            print(t, v.returncode, v.stderr.strip()[:100], flush=True)
+            continue
+        url, path = restore_to(t)
+        r = subprocess.run([BIN, "restore", "--from", "bk", "--to", url], cwd=cwd,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append((t, "restore", r.returncode, r.stderr[-300:]))
+            continue
+        good, detail = check(path)
+        if not good:
+            problems.append((t, "content", detail))
+        print(t, v.stdout.strip()[:80], detail, flush=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    return problems

@@ -6,9 +6,9 @@ counter n, and exactly the rows 1..n that the writer had not deleted.
 
     python3 scripts/sweeps/live_kills.py archive|folder TRIALS SEED
 """
-import subprocess, random, time, os, sys, shutil, signal, sqlite3, threading, tempfile
+import subprocess, random, time, os, sys, shutil, sqlite3, threading, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BIN as B
+from common import BIN as B, live_kill_trials
 FMT = sys.argv[1]; N = int(sys.argv[2]); random.seed(int(sys.argv[3]))
 W = os.path.join(tempfile.mkdtemp(prefix="tidemark-live-kills-"), "w"); os.makedirs(W)
 def tm(args): return subprocess.run([B]+args, cwd=W, capture_output=True, text=True)
@@ -31,29 +31,17 @@ def writer():
         nxt[0]=i+1
         time.sleep(0.001)
 t=threading.Thread(target=writer); t.start()
-problems=[]
+def check(path):
+    c=sqlite3.connect(path)
+    n=c.execute("SELECT n FROM ctr WHERE k=1").fetchone()[0]
+    ids=[x[0] for x in c.execute("SELECT id FROM log ORDER BY id")]
+    c.close()
+    exp=[i for i in range(1,n+1) if not (i+3<=n and (i+3)%7==0)]
+    return ids==exp, f"n={n} rows={len(ids)} expected={len(exp)}"
 try:
-  for trial in range(N):
-    p=subprocess.Popen([B,"backup","--source","sqlite:src.db","--to","bk","--format",FMT,"--live","--interval","0.05"],cwd=W,stdout=subprocess.DEVNULL,stderr=subprocess.PIPE,text=True)
-    time.sleep(random.uniform(0.05,1.5))
-    p.send_signal(signal.SIGKILL); p.wait()
-    v=tm(["verify","bk"])
-    tag=f"trial {trial}"
-    if v.returncode not in (0,):
-        if FMT=="folder" and v.returncode==3 and "interrupted" in v.stderr: pass
-        elif "holds no tidemark backup" in v.stderr or "no such backup" in v.stderr: pass
-        else: problems.append((tag,"verify",v.returncode,v.stderr[-300:])); continue
-    if v.returncode==0:
-        tgt=f"r{trial}.db"
-        rr=tm(["restore","--from","bk","--to","sqlite:"+tgt])
-        if rr.returncode!=0: problems.append((tag,"restore",rr.returncode,rr.stderr[-300:])); continue
-        c=sqlite3.connect(W+"/"+tgt)
-        n=c.execute("SELECT n FROM ctr WHERE k=1").fetchone()[0]
-        ids=[x[0] for x in c.execute("SELECT id FROM log ORDER BY id")]
-        exp=[i for i in range(1,n+1) if not (i+3<=n and (i+3)%7==0)]
-        if ids!=exp: problems.append((tag,"content",n,len(ids),len(exp)))
-        c.close(); os.remove(W+"/"+tgt)
-    print(trial, v.returncode, v.stdout.strip()[:90] if v.returncode==0 else v.stderr.strip()[:90], flush=True)
+    problems=live_kill_trials(W, "sqlite:src.db", FMT, N, (0.05, 1.5),
+                              lambda t: ("sqlite:"+W+f"/r{t}.db", W+f"/r{t}.db"), check,
+                              no_backup_yet=("holds no tidemark backup", "no such backup"))
 finally:
     stop=True; t.join()
 print("PROBLEMS", len(problems))

@@ -14,14 +14,13 @@ reader (`check`).
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BIN, PY  # noqa: E402
+from common import PY, live_kill_trials  # noqa: E402
 
 
 def writer(path, stop_file):
@@ -63,34 +62,14 @@ def main():
     stop = os.path.join(base, "stop")
     app = subprocess.Popen([PY, __file__, "writer", os.path.join(base, "db"), stop])
     time.sleep(1.0)
-    problems = []
+    def check_restore(target):
+        c = subprocess.run([PY, __file__, "check", target], capture_output=True, text=True)
+        return c.stdout.startswith("OK"), (c.stdout.strip() + " " + c.stderr[-200:]).strip()
+
     try:
-        for t in range(trials):
-            p = subprocess.Popen([BIN, "backup", "--source", "rocksdb:db", "--to", "bk",
-                                  "--format", fmt, "--live", "--interval", "0.05"], cwd=base,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(random.uniform(0.2, 2.0))
-            p.send_signal(signal.SIGKILL)
-            p.wait()
-            v = subprocess.run([BIN, "verify", "bk"], cwd=base, capture_output=True, text=True)
-            if v.returncode != 0:
-                expected = (fmt == "folder" and v.returncode == 3 and "interrupted" in v.stderr) \
-                    or "holds no tidemark backup" in v.stderr
-                if not expected:
-                    problems.append((t, "verify", v.returncode, v.stderr[-300:]))
-                print(t, v.returncode, v.stderr.strip()[:100], flush=True)
-                continue
-            target = os.path.join(base, f"r{t}")
-            r = subprocess.run([BIN, "restore", "--from", "bk", "--to", "rocksdb:" + target],
-                               cwd=base, capture_output=True, text=True)
-            if r.returncode != 0:
-                problems.append((t, "restore", r.stderr[-300:]))
-                continue
-            c = subprocess.run([PY, __file__, "check", target], capture_output=True, text=True)
-            if not c.stdout.startswith("OK"):
-                problems.append((t, "content", c.stdout, c.stderr[-200:]))
-            print(t, v.stdout.strip()[:80], c.stdout.strip(), flush=True)
-            shutil.rmtree(target)
+        problems = live_kill_trials(base, "rocksdb:db", fmt, trials, (0.2, 2.0),
+                                    lambda t: ("rocksdb:" + os.path.join(base, f"r{t}"),
+                                               os.path.join(base, f"r{t}")), check_restore)
     finally:
         open(stop, "w").close()
         app.wait()
