@@ -72,14 +72,7 @@ fn live_archives_restore_at_the_last_checkpoint_and_at_earlier_times() {
     setup(d);
     let db = d.join("src.db");
     let child = start_live(d, "archive");
-    wait_for("the initial archive", || {
-        std::fs::read_dir(d.join("bk"))
-            .map(|r| {
-                r.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
-            })
-            .unwrap_or(false)
-    });
+    common::wait_for_an_archive(&d.join("bk"));
     // The shell writes in a loop while the live backup follows.
     shell_loop(d, 200).join().unwrap();
     // Then single writes with quiet periods; each quiet period ends with a known state.
@@ -275,12 +268,7 @@ fn a_live_backup_lets_an_application_that_does_not_wait_write() {
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
     let mut live = spawn_live(d, &["--format", "archive", "--interval", "2", "-q"]);
-    wait_for("the first live backup", || {
-        std::fs::read_dir(d.join("bk")).is_ok_and(|r| {
-            r.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
-        })
-    });
+    common::wait_for_an_archive(&d.join("bk"));
     let app = rusqlite::Connection::open(d.join("src.db")).unwrap();
     app.busy_timeout(Duration::ZERO).unwrap();
     let cpu_before = cpu_seconds(live.id());

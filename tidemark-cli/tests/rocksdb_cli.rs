@@ -726,12 +726,7 @@ fn a_killed_run_leaves_no_secondary_directory_behind_for_long() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_for("the live run's first archive", || {
-        std::fs::read_dir(d.join("lv")).is_ok_and(|r| {
-            r.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
-        })
-    });
+    common::wait_for_an_archive(&d.join("lv"));
     let live_dirs = secondaries();
     assert!(
         !live_dirs.is_empty(),

@@ -351,3 +351,14 @@ pub fn entry_methods(
         .map(|i| format!("{:?}", zip.by_index(i).unwrap().compression()))
         .collect()
 }
+
+/// Waits (as [`wait_for`]) until the directory `dir` holds an archive (a `.zip`): a live
+/// backup's first run is done.
+pub fn wait_for_an_archive(dir: &Path) {
+    wait_for(&format!("an archive in {}", dir.display()), || {
+        std::fs::read_dir(dir).is_ok_and(|r| {
+            r.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        })
+    });
+}
