@@ -169,6 +169,8 @@ struct Ready {
     when: When,
     job: Job,
     compression: Option<Compression>,
+    /// Archives: an existing chain goes on in its own codec (the job names no codec or level).
+    follow_chain: bool,
     /// The encryption options (empty for a plain chain).
     keys: backup_core::KeyOptions,
     /// Set when other jobs follow the same store: the store's change log is then trimmed only
@@ -308,7 +310,7 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
             job.cron.as_deref(),
         )
         .with_context(ctx)?;
-        let compression = match job.format.as_str() {
+        let (compression, follow_chain) = match job.format.as_str() {
             "folder" => {
                 if job.retention.is_some() || job.full_every > 0 {
                     bail!(
@@ -316,15 +318,14 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                         ctx()
                     );
                 }
-                None
+                (None, false)
             }
-            "archive" => Some(
-                crate::commands::backup::compression_of(
-                    job.compression.as_deref().unwrap_or("deflate"),
-                    job.level,
-                )
-                .with_context(ctx)?,
-            ),
+            "archive" => {
+                let (c, follow) =
+                    crate::commands::backup::compression_of(job.compression.as_deref(), job.level)
+                        .with_context(ctx)?;
+                (Some(c), follow)
+            }
             other => bail!("{}: format `{other}` is not folder or archive", ctx()),
         };
         if let Some(r) = &job.retention {
@@ -374,6 +375,7 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 when: when.clone(),
                 job: job.clone(),
                 compression,
+                follow_chain,
                 keys: keys.clone(),
                 shared_log: None,
             };
@@ -605,7 +607,7 @@ fn job_loop(
                             fanout: j.fanout.unwrap_or(backup_core::DEFAULT_FANOUT),
                             archive: ArchiveOptions {
                                 compression: job.compression.unwrap_or_default(),
-                                follow_chain: j.compression.is_none() && j.level.is_none(),
+                                follow_chain: job.follow_chain,
                                 ..ArchiveOptions::default()
                             },
                             ..Default::default()
@@ -817,7 +819,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
         (Some(compression), place) => {
             let archive_options = ArchiveOptions {
                 compression,
-                follow_chain: job.job.compression.is_none() && job.job.level.is_none(),
+                follow_chain: job.follow_chain,
                 ..ArchiveOptions::default()
             };
             let a = crate::place::backup_archive(

@@ -170,10 +170,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "encryption applies to archives (--format archive): a folder backup is plain files"
         );
     }
-    // Named neither codec nor level: an existing chain goes on in its own codec, a new one is
-    // deflate.
-    let follow_chain = compression.is_none() && level.is_none();
-    let compression = compression.unwrap_or(Codec::Deflate);
     if compact && !(live && (format == Format::Archive || remote)) {
         anyhow::bail!(
             "--compact applies to live archive backups (--live --format archive, or --live to \
@@ -210,11 +206,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &keys,
             options,
             format,
-            ArchiveOptions {
-                compression: codec(compression, level)?,
-                buffer_size,
-                follow_chain,
-                ..ArchiveOptions::default()
+            {
+                let (compression, follow_chain) = chosen_codec(compression, level)?;
+                ArchiveOptions {
+                    compression,
+                    buffer_size,
+                    follow_chain,
+                    ..ArchiveOptions::default()
+                }
             },
             interval,
             compact.then_some(fanout),
@@ -226,8 +225,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Ctrl-C or SIGTERM: remove the unfinished files (the archive being written, the key
     // state's new files) and abort uploads, then exit. What is already in place is complete.
     super::stop_cleanly_on_interrupt("backup")?;
+    let (compression, follow_chain) = chosen_codec(compression, level)?;
     let archive_options = ArchiveOptions {
-        compression: codec(compression, level)?,
+        compression,
         buffer_size,
         threads: threads.map_or_else(backup_core::default_threads, usize::from),
         follow_chain,
@@ -286,6 +286,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The archive codec from the flags.
 pub(crate) fn codec(compression: Codec, level: Option<u8>) -> Result<Compression> {
     Ok(match (compression, level) {
         (Codec::Deflate, l) if l.unwrap_or(9) <= 9 => Compression::Deflate(l.unwrap_or(9)),
@@ -300,12 +301,29 @@ pub(crate) fn codec(compression: Codec, level: Option<u8>) -> Result<Compression
     })
 }
 
-/// The archive codec from the flags.
-/// The compression a config file names (`deflate`, `zstd`, `none`) at a level.
-pub(crate) fn compression_of(name: &str, level: Option<u8>) -> Result<Compression> {
-    let c = <Codec as clap::ValueEnum>::from_str(name, true)
-        .map_err(|_| anyhow::anyhow!("compression `{name}` is not deflate, zstd or none"))?;
-    codec(c, level)
+/// The codec of a new chain's archives from the codec and level given (deflate when no codec
+/// is), and whether an existing chain goes on in its own codec instead: when neither is given.
+pub(crate) fn chosen_codec(
+    compression: Option<Codec>,
+    level: Option<u8>,
+) -> Result<(Compression, bool)> {
+    let follow_chain = compression.is_none() && level.is_none();
+    Ok((
+        codec(compression.unwrap_or(Codec::Deflate), level)?,
+        follow_chain,
+    ))
+}
+
+/// [`chosen_codec`] for the compression a config file names (`deflate`, `zstd`, `none`), if it
+/// names one.
+pub(crate) fn compression_of(name: Option<&str>, level: Option<u8>) -> Result<(Compression, bool)> {
+    let c = name
+        .map(|name| {
+            <Codec as clap::ValueEnum>::from_str(name, true)
+                .map_err(|_| anyhow::anyhow!("compression `{name}` is not deflate, zstd or none"))
+        })
+        .transpose()?;
+    chosen_codec(c, level)
 }
 
 /// One backup of an open store, to one destination at a time.

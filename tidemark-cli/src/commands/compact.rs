@@ -72,12 +72,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .with_context(|| format!("compact {dir}"))?,
         )
     };
+    let (compression, follow_chain) = super::backup::chosen_codec(compression, level)?;
     let options = CompactOptions {
         fanout,
         archive: backup_core::ArchiveOptions {
-            compression: super::backup::codec(compression.unwrap_or(Codec::Deflate), level)?,
+            compression,
             threads: threads.map_or_else(backup_core::default_threads, usize::from),
-            follow_chain: compression.is_none() && level.is_none(),
+            follow_chain,
             ..Default::default()
         },
         dry_run,
