@@ -112,21 +112,16 @@ pub fn compact_chain(
     // Following the chain: compacted in the codec of its newest archive (a chain of zstd
     // archives is not merged into deflate-9, four times slower).
     let head = chain.iter().rev().find(|i| i.manifest.covers.is_none());
-    let options = &match head.filter(|_| options.archive.follow_chain) {
-        Some(head) => CompactOptions {
-            archive: ArchiveOptions {
-                // A preference: an unreadable directory is for `verify` to report.
-                compression: super::write::chain_codec(store, head)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "the chain's codec could not be read");
-                        None
-                    })
-                    .unwrap_or(options.archive.compression),
-                ..options.archive
-            },
-            ..*options
+    let (compression, unread) = super::write::next_codec(store, head, &options.archive);
+    if let Some(e) = unread {
+        tracing::warn!(error = %e, "the chain's codec could not be read");
+    }
+    let options = &CompactOptions {
+        archive: ArchiveOptions {
+            compression,
+            ..options.archive
         },
-        None => *options,
+        ..*options
     };
     let mut size = options.fanout;
     while size < newest {

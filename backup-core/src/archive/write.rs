@@ -179,24 +179,16 @@ pub fn backup_archive_to(
     durable::create_dir_all(state_dir)?;
     let previous = previous_state(state_dir, head);
     let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
-    let archive = &match head.filter(|_| archive.follow_chain) {
-        Some(h) => ArchiveOptions {
-            compression: match chain_codec(chain_store, h) {
-                Ok(codec) => codec.unwrap_or(archive.compression),
-                // The codec is a preference: an unreadable directory (damage `verify` reports)
-                // does not stop the backup.
-                Err(e) => {
-                    events(Event::Notice(format!(
-                        "the codec of {} could not be read ({e}): this archive is {}",
-                        file_name_of(&h.path),
-                        archive.compression
-                    )));
-                    archive.compression
-                }
-            },
-            ..*archive
-        },
-        None => *archive,
+    let (compression, unread) = next_codec(chain_store, head, archive);
+    if let (Some(e), Some(h)) = (unread, head) {
+        events(Event::Notice(format!(
+            "the codec of {} could not be read ({e}): this archive is {compression}",
+            file_name_of(&h.path)
+        )));
+    }
+    let archive = &ArchiveOptions {
+        compression,
+        ..*archive
     };
     let target = ArchiveTarget {
         chain: chain_store,
@@ -607,6 +599,24 @@ fn part_bytes(parts: u64) -> usize {
     FIRST_PART_BYTES
         .checked_shl(parts.min(16) as u32)
         .map_or(PART_BYTES, |n| n.min(PART_BYTES))
+}
+
+/// The codec of the next archive of `chain`, whose newest is `head`: with `follow_chain`, the
+/// head's ([`chain_codec`]), otherwise (or when it tells none) `archive.compression`. The
+/// codec is a preference: when the head's directory cannot be read (damage `verify`
+/// reports), the error comes back beside `archive.compression`, for the caller to tell.
+pub(super) fn next_codec(
+    chain: &dyn ChainStore,
+    head: Option<&ChainItem>,
+    archive: &ArchiveOptions,
+) -> (Compression, Option<Error>) {
+    let Some(head) = head.filter(|_| archive.follow_chain) else {
+        return (archive.compression, None);
+    };
+    match chain_codec(chain, head) {
+        Ok(codec) => (codec.unwrap_or(archive.compression), None),
+        Err(e) => (archive.compression, Some(e)),
+    }
 }
 
 /// The codec the chain's archive `head` was written with, at that codec's default level (a zip
