@@ -548,17 +548,17 @@ impl ChainStore for RemoteChain {
         }
         let object = object_name(slot);
         let interrupted = || self.err(&format!("start uploading {object}"), "interrupted");
-        if !underway::starting() {
+        let Some(starting) = underway::start_upload() else {
             return Err(interrupted());
-        }
+        };
         let upload = self
             .rt
             .block_on(self.store.put_multipart(&self.path(&object)))
             .map_err(|e| self.err(&format!("start uploading {object}"), e))?;
         let upload: underway::SharedUpload = Arc::new(std::sync::Mutex::new(Some(upload)));
-        // Registered for a Ctrl-C handler's `abandon_all`; one that already ran has made its
-        // aborts, so this upload is aborted here (its drop does it).
-        let registered = underway::started_upload(&self.rt, &upload);
+        // Registered for a Ctrl-C handler's `abandon_all`; one that runs meanwhile aborts it
+        // (or this upload's drop does: whichever takes it first).
+        let registered = starting.started(&self.rt, &upload);
         let sink = Upload {
             rt: self.rt.clone(),
             upload,
@@ -640,9 +640,22 @@ impl PartSink for Upload {
 }
 
 impl Upload {
-    /// The upload, taken out to be completed (`None` if it was abandoned).
+    /// The upload, taken out to be aborted (`None` if it was completed or abandoned).
     fn take(&mut self) -> Option<Box<dyn MultipartUpload>> {
         self.upload.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Completes the upload. Its lock is held until the server answers, so that a Ctrl-C
+    /// handler's [`abandon_all`] meanwhile waits and then finds it complete (or, if the
+    /// completion failed, aborts it) rather than exiting with the upload still open.
+    fn complete(&mut self) -> std::result::Result<(), String> {
+        let mut guard = self.upload.lock().unwrap_or_else(|p| p.into_inner());
+        let upload = guard.as_mut().ok_or("interrupted")?;
+        self.rt
+            .block_on(upload.complete())
+            .map_err(|e| e.to_string())?;
+        *guard = None;
+        Ok(())
     }
 }
 
@@ -694,12 +707,7 @@ impl ArchiveOutput for RemoteOutput {
             .ok_or_else(|| Error::io("write", &what, std::io::Error::other("finished twice")))?;
         let (mut sink, crc, size) = writer.finish().map_err(|e| Error::io("upload", &what, e))?;
         sink.wait_all().map_err(|e| Error::io("upload", &what, e))?;
-        let mut upload = sink
-            .take()
-            .ok_or_else(|| Error::io("upload", &what, std::io::Error::other("interrupted")))?;
-        self.chain
-            .rt
-            .block_on(upload.complete())
+        sink.complete()
             .map_err(|e| self.chain.err(&format!("complete {}", self.object), e))?;
         // A writer whose lock expired (an outage longer than LOCK_TTL) and was taken over must
         // not seal: the other writer owns the chain now.

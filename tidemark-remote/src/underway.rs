@@ -5,7 +5,11 @@
 //! object stays until it expires.
 //!
 //! Each upload and lock registers itself when it starts and leaves when it completes or is
-//! dropped; [`abandon_all`] also refuses uploads started after it ([`starting`]).
+//! dropped; [`abandon_all`] also refuses uploads started after it ([`start_upload`]). Two
+//! windows are closed so that no upload escapes: an upload whose creation request is under way
+//! when the handler runs is waited for (it registers, and is aborted), and an upload being
+//! completed keeps its registration's lock until the completion's answer, so the handler
+//! either sees it completed or aborts it.
 
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore};
@@ -30,6 +34,8 @@ pub(crate) struct HeldLock {
 struct UnderWay {
     /// Set by [`abandon_all`]: no upload starts after it.
     closing: bool,
+    /// Uploads whose creation request is under way (not registered yet).
+    starting: usize,
     next: u64,
     uploads: BTreeMap<u64, (Arc<Runtime>, SharedUpload)>,
     locks: BTreeMap<u64, Arc<HeldLock>>,
@@ -45,22 +51,47 @@ fn under_way() -> MutexGuard<'static, Option<UnderWay>> {
 /// interrupted process from exiting.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Registers an upload that was just started; `None` once [`abandon_all`] ran (the caller
-/// then aborts it itself). Returns its registration, to [`finished_upload`].
-pub(crate) fn started_upload(rt: &Arc<Runtime>, upload: &SharedUpload) -> Option<u64> {
+/// An upload about to be created ([`start_upload`]): registers it ([`Starting::started`]), or
+/// on drop (its creation failed) lets [`abandon_all`] stop waiting for it.
+pub(crate) struct Starting {
+    done: bool,
+}
+
+impl Starting {
+    /// Registers the upload that was just created; `None` if [`abandon_all`] ran meanwhile
+    /// (it aborts the upload, or the caller does by dropping it: whoever takes it first).
+    /// Returns its registration, to [`finished_upload`].
+    pub(crate) fn started(mut self, rt: &Arc<Runtime>, upload: &SharedUpload) -> Option<u64> {
+        self.done = true;
+        let mut guard = under_way();
+        let u = guard.get_or_insert_with(UnderWay::default);
+        u.starting -= 1;
+        u.next += 1;
+        u.uploads.insert(u.next, (rt.clone(), upload.clone()));
+        (!u.closing).then_some(u.next)
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Some(u) = under_way().as_mut() {
+                u.starting -= 1;
+            }
+        }
+    }
+}
+
+/// An upload is about to be created: `None` once [`abandon_all`] ran (no upload starts then).
+/// [`abandon_all`] waits for the returned [`Starting`] to register its upload or be dropped.
+pub(crate) fn start_upload() -> Option<Starting> {
     let mut guard = under_way();
     let u = guard.get_or_insert_with(UnderWay::default);
     if u.closing {
         return None;
     }
-    u.next += 1;
-    u.uploads.insert(u.next, (rt.clone(), upload.clone()));
-    Some(u.next)
-}
-
-/// Whether uploads may still start (false once [`abandon_all`] ran).
-pub(crate) fn starting() -> bool {
-    !under_way().as_ref().is_some_and(|u| u.closing)
+    u.starting += 1;
+    Some(Starting { done: false })
 }
 
 /// An upload completed or was dropped.
@@ -88,18 +119,41 @@ pub(crate) fn released_lock(id: u64) {
 
 /// Aborts every multipart upload under way and removes every lock object this process holds
 /// (one that still carries its token), each request given at most 10 seconds; from then on no
-/// upload starts. For a Ctrl-C or SIGTERM handler that exits the process right after. Returns
-/// the number of uploads aborted.
+/// upload starts. An upload whose creation is under way is waited for and aborted; one being
+/// completed is waited for and left complete. For a Ctrl-C or SIGTERM handler that exits the
+/// process right after. Returns the number of uploads aborted.
 pub fn abandon_all() -> usize {
+    let deadline = std::time::Instant::now() + ABANDON_TIMEOUT;
+    {
+        let mut guard = under_way();
+        guard.get_or_insert_with(UnderWay::default).closing = true;
+    }
+    // Creation requests under way register their uploads (or fail) within their request's time.
+    while under_way().as_ref().is_some_and(|u| u.starting > 0)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (uploads, locks) = {
         let mut guard = under_way();
         let u = guard.get_or_insert_with(UnderWay::default);
-        u.closing = true;
         (std::mem::take(&mut u.uploads), std::mem::take(&mut u.locks))
     };
     let mut aborted = 0;
     for (rt, upload) in uploads.into_values() {
-        let taken = upload.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A completion holds the upload's lock until the server answers: wait for it (bounded).
+        let taken = loop {
+            match upload.try_lock() {
+                Ok(mut u) => break u.take(),
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner().take(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline + ABANDON_TIMEOUT {
+                        break None;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        };
         if let Some(mut upload) = taken {
             let abort = async { tokio::time::timeout(ABANDON_TIMEOUT, upload.abort()).await };
             if let Ok(Ok(())) = rt.block_on(abort) {
