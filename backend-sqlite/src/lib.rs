@@ -654,6 +654,9 @@ impl StorageBackend for SqliteBackend {
             .query_row("PRAGMA schema_version", [], |r| r.get(0))
             .map_err(err)?;
         let tables = user_tables(&conn, &store)?;
+        let journal: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(err)?;
         Ok(Box::new(SqliteView {
             conn,
             store,
@@ -661,6 +664,8 @@ impl StorageBackend for SqliteBackend {
             floor,
             tables,
             schema_version,
+            blocks_writers: !journal.eq_ignore_ascii_case("wal"),
+            released: false,
         }))
     }
 
@@ -735,12 +740,19 @@ struct SqliteView {
     tables: Vec<Table>,
     /// `PRAGMA schema_version` in the view's snapshot ([`Table::schema_json`]).
     schema_version: i64,
+    /// Whether the database is in a rollback-journal mode (not WAL), where the view's shared
+    /// lock refuses every writer's commit while it is held.
+    blocks_writers: bool,
+    /// Whether the read transaction was ended early ([`View::release`]).
+    released: bool,
 }
 
 impl Drop for SqliteView {
     fn drop(&mut self) {
         // Ends the read transaction; a read-only transaction has nothing to lose.
-        let _ = self.conn.execute_batch("ROLLBACK");
+        if !self.released {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -755,6 +767,18 @@ impl SqliteView {
     fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         let what = what.to_string();
         move |e| Error::store(&self.store, format!("{what}: {e}"))
+    }
+
+    /// Refuses a read once the snapshot was let go ([`View::release`]): outside its read
+    /// transaction the view would read a later state than its checkpoint's.
+    fn snapshot_held(&self) -> Result<()> {
+        if self.released {
+            return Err(Error::store(
+                &self.store,
+                "read after the view's snapshot was released (a bug in the caller)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -823,10 +847,25 @@ impl View for SqliteView {
         &self.checkpoint
     }
 
+    fn snapshot_blocks_writers(&self) -> bool {
+        self.blocks_writers
+    }
+
+    fn release(&mut self) -> Result<()> {
+        if !self.released {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(self.err("ending the read transaction"))?;
+            self.released = true;
+        }
+        Ok(())
+    }
+
     fn store_marks(
         &mut self,
         previous: Option<&serde_json::Value>,
     ) -> Result<Option<serde_json::Value>> {
+        self.snapshot_held()?;
         if self.floor.is_none() {
             return Ok(None);
         }
@@ -986,6 +1025,7 @@ impl View for SqliteView {
         collection: &CollectionName,
         visit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<()> {
+        self.snapshot_held()?;
         let table = self.table(collection)?;
         let err = self.err(&format!("reading table `{}`", table.name));
         let keys = table.key_positions();
@@ -1003,6 +1043,7 @@ impl View for SqliteView {
         batch_size: usize,
         visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
     ) -> Result<()> {
+        self.snapshot_held()?;
         let unavailable = |reason: String| Error::ChangesUnavailable {
             from: from.position,
             earliest: self.floor,
@@ -1079,6 +1120,7 @@ impl View for SqliteView {
     }
 
     fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {
+        self.snapshot_held()?;
         let table = self.table(collection)?;
         let n: i64 = self
             .conn

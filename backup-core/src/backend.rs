@@ -157,6 +157,21 @@ pub trait View {
         Ok(None)
     }
 
+    /// Whether this view's snapshot keeps the store's writers waiting while it is held (SQLite
+    /// in rollback-journal mode: its shared lock refuses every commit). The engine then reads an
+    /// incremental's changes into memory first, up to a bound, and lets the snapshot go
+    /// ([`View::release`]) before it writes them to the destination. The default: it does not.
+    fn snapshot_blocks_writers(&self) -> bool {
+        false
+    }
+
+    /// Lets the view's snapshot go early: the engine asks nothing more of this view, and a store
+    /// whose snapshot blocks its writers ([`View::snapshot_blocks_writers`]) ends its read here
+    /// rather than when the view is dropped. The default does nothing.
+    fn release(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Why the changes after the previous backup may not all be in the change log, given the
     /// marks that backup kept ([`View::store_marks`]; `None` from a destination written before
     /// marks were kept, or by a run that kept none). `Some` makes the engine take a diff-based

@@ -16,7 +16,7 @@ use crate::keyindex::{self, Entry, IndexBuilder, IndexWriter, KeyChanges, Layere
 use crate::manifest::{
     now_rfc3339, FolderManifest, ManifestCollection, RunKind, FOLDER_FORMAT, FOLDER_FORMAT_VERSION,
 };
-use crate::model::{ChangeOp, CollectionInfo, CollectionName, Key, Record, Value};
+use crate::model::{Change, ChangeOp, CollectionInfo, CollectionName, Key, Record, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -542,8 +542,8 @@ pub(crate) fn run<T: Target>(
     let captured_at = now_rfc3339();
     let mut view = backend.view()?;
     let start = view.checkpoint().clone();
-    let collections = view.collections()?;
-    let store_schema = view.store_schema()?;
+    let mut collections = view.collections()?;
+    let mut store_schema = view.store_schema()?;
     // The previous backup's marks, where it was of this same store.
     let previous_marks = previous
         .ok()
@@ -556,6 +556,8 @@ pub(crate) fn run<T: Target>(
         reason
     };
 
+    // The store's marks, when an incremental asked for them before it let its snapshot go.
+    let mut released_with: Option<Option<serde_json::Value>> = None;
     let (outcome, reason) = match (previous, options.mode) {
         (Err(reason), _) => {
             let reason = full_because(reason.clone(), events);
@@ -578,11 +580,26 @@ pub(crate) fn run<T: Target>(
         (Ok(prev), BackupMode::Auto) => {
             let attempt = match log_unusable(prev, &start, &collections, view.as_mut())? {
                 Some(reason) => Err(reason),
-                None => incremental(target, prev, view.as_mut(), &collections, options, events)?,
+                None => incremental(
+                    target,
+                    prev,
+                    view.as_mut(),
+                    &collections,
+                    options,
+                    events,
+                    (previous_marks, &mut released_with),
+                )?,
             };
             match attempt {
                 Ok(done) => (done, None),
                 Err(reason) => {
+                    // An incremental that let its snapshot go before it failed: whatever comes
+                    // next reads a new one.
+                    if released_with.take().is_some() {
+                        view = backend.view()?;
+                        collections = view.collections()?;
+                        store_schema = view.store_schema()?;
+                    }
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
                     let same_store = prev.checkpoint.store_id == start.store_id;
@@ -635,8 +652,11 @@ pub(crate) fn run<T: Target>(
         }
     };
     // Asked last: a store may keep what its changes' reading saw (RocksDB: the WAL batch at
-    // the checkpoint).
-    let store_marks = view.store_marks(previous_marks)?;
+    // the checkpoint). An incremental that let the snapshot go asked before.
+    let store_marks = match released_with {
+        Some(marks) => marks,
+        None => view.store_marks(previous_marks)?,
+    };
     Ok(Completed {
         outcome,
         reason,
@@ -687,6 +707,12 @@ fn log_unusable(
 
 /// Applies the changes since the previous checkpoint. The inner `Err` is a reason to fall back;
 /// the outer one a real failure.
+///
+/// Where the view's snapshot keeps the store's writers waiting
+/// ([`View::snapshot_blocks_writers`]), the changes are read into memory first (up to
+/// [`HELD_CHANGES_BYTES`]), the store's marks are asked (from `marks.0`, the previous backup's,
+/// into `marks.1`) and the snapshot is let go before anything is written to the destination.
+#[allow(clippy::type_complexity)]
 fn incremental<T: Target>(
     target: &T,
     prev: &FolderManifest,
@@ -694,6 +720,10 @@ fn incremental<T: Target>(
     collections: &[CollectionInfo],
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
+    marks: (
+        Option<&serde_json::Value>,
+        &mut Option<Option<serde_json::Value>>,
+    ),
 ) -> Result<Result<Outcome<T::Run>, FullReason>> {
     let mut run = target.begin(RunKind::Incremental, Some(prev))?;
     for old in &prev.collections {
@@ -709,6 +739,7 @@ fn incremental<T: Target>(
     let (mut written, mut deleted) = (0u64, 0u64);
     let from = prev.checkpoint.clone();
     let started = std::time::Instant::now();
+    let mut held = view.snapshot_blocks_writers().then(HeldChanges::default);
     let applied = apply_changes(
         view,
         &from,
@@ -719,6 +750,7 @@ fn incremental<T: Target>(
         &mut written,
         &mut deleted,
         events,
+        held.as_mut(),
     );
     match applied {
         Ok(()) => {}
@@ -726,6 +758,29 @@ fn incremental<T: Target>(
             return Ok(Err(FullReason::ChangesUnavailable(e.to_string())))
         }
         Err(e) => return Err(e),
+    }
+    // The cross-check's counts (below), as of the snapshot.
+    let store_counts = unseen_deletion_counts(view, collections)?;
+    if let Some(held) = held.filter(|h| !h.overflowed) {
+        *marks.1 = Some(view.store_marks(marks.0)?);
+        view.release()?;
+        tracing::debug!(
+            changes = held.changes,
+            bytes = held.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "snapshot released"
+        );
+        let mut index = track_index.then_some(&mut index_changes);
+        for batch in held.batches {
+            apply_batch(
+                batch,
+                collections,
+                &mut run,
+                index.as_deref_mut(),
+                (&mut written, &mut deleted),
+                events,
+            )?;
+        }
     }
     tracing::debug!(
         written,
@@ -847,19 +902,14 @@ fn incremental<T: Target>(
     // Cross-check: where the store's capture can miss a deletion (e.g. SQLite's REPLACE
     // removing a row on a UNIQUE conflict without firing delete triggers) and the store counts
     // cheaply, the backup must now hold as many records as the store.
-    for c in collections {
-        if !view.deletions_may_go_unseen(&c.name)? {
-            continue;
-        }
-        if let Some(n) = view.count(&c.name)? {
-            let have = counts.get(&c.name).copied().unwrap_or(0);
-            if n != have {
-                return Ok(Err(FullReason::CountMismatch {
-                    collection: c.name.clone(),
-                    store: n,
-                    backup: have,
-                }));
-            }
+    for (name, n) in store_counts {
+        let have = counts.get(&name).copied().unwrap_or(0);
+        if n != have {
+            return Ok(Err(FullReason::CountMismatch {
+                collection: name,
+                store: n,
+                backup: have,
+            }));
         }
     }
     Ok(Ok(Outcome {
@@ -906,7 +956,49 @@ fn state_files<R: RunWriter>(run: &R, names: &IndexNames) -> StateFiles {
     }
 }
 
-/// Streams the changes after `from` into the run (and the index changes, when kept).
+/// The most bytes of changes (keys and values) an incremental holds in memory to let the
+/// store's snapshot go before it writes them ([`View::snapshot_blocks_writers`]); past it, the
+/// changes are written as they come and the snapshot is held to the end.
+const HELD_CHANGES_BYTES: usize = 32 << 20;
+
+/// An incremental's changes held in memory until the store's snapshot is let go.
+#[derive(Default)]
+struct HeldChanges {
+    batches: Vec<Vec<Change>>,
+    changes: usize,
+    bytes: usize,
+    /// Past [`HELD_CHANGES_BYTES`]: what was held has been written, the rest streams.
+    overflowed: bool,
+}
+
+/// What `change` costs held in memory, about.
+fn held_bytes(change: &Change) -> usize {
+    let value = match &change.op {
+        ChangeOp::Put(v) => v.payload_len() as usize,
+        ChangeOp::Delete => 0,
+    };
+    std::mem::size_of::<Change>() + change.key.0.len() + value
+}
+
+/// The records the store holds, as of the view's snapshot, in each collection whose deletions
+/// its change capture can miss and that it counts cheaply (the incremental's cross-check).
+fn unseen_deletion_counts(
+    view: &mut dyn View,
+    collections: &[CollectionInfo],
+) -> Result<BTreeMap<CollectionName, u64>> {
+    let mut counts = BTreeMap::new();
+    for c in collections {
+        if view.deletions_may_go_unseen(&c.name)? {
+            if let Some(n) = view.count(&c.name)? {
+                counts.insert(c.name.clone(), n);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Streams the changes after `from` into the run (and the index changes, when kept); with
+/// `held`, into it instead while they stay under [`HELD_CHANGES_BYTES`].
 #[allow(clippy::too_many_arguments)]
 fn apply_changes<R: RunWriter>(
     view: &mut dyn View,
@@ -918,42 +1010,83 @@ fn apply_changes<R: RunWriter>(
     written: &mut u64,
     deleted: &mut u64,
     events: &mut dyn FnMut(Event),
+    mut held: Option<&mut HeldChanges>,
 ) -> Result<()> {
     view.changes_since(from, options.batch_size, &mut |batch| {
-        for change in batch {
-            if !collections.iter().any(|c| c.name == change.collection) {
-                continue; // the collection was dropped later; the run drops it
+        if let Some(h) = held.as_deref_mut().filter(|h| !h.overflowed) {
+            h.changes += batch.len();
+            h.bytes += batch.iter().map(held_bytes).sum::<usize>();
+            h.batches.push(batch);
+            if h.bytes <= HELD_CHANGES_BYTES {
+                return Ok(());
             }
-            match change.op {
-                ChangeOp::Put(value) => {
-                    let record = Record {
-                        key: change.key,
-                        value,
-                    };
-                    let entry = entry_of(&record);
-                    if let Some(ix) = index.as_deref_mut() {
-                        changes_of(ix, &change.collection).push(record.key.0.clone(), Some(entry));
-                    }
-                    if let Some(ev) = run.put(&change.collection, record, entry)? {
+            h.overflowed = true;
+            for batch in std::mem::take(&mut h.batches) {
+                apply_batch(
+                    batch,
+                    collections,
+                    run,
+                    index.as_deref_mut(),
+                    (written, deleted),
+                    events,
+                )?;
+            }
+            return Ok(());
+        }
+        apply_batch(
+            batch,
+            collections,
+            run,
+            index.as_deref_mut(),
+            (written, deleted),
+            events,
+        )
+    })
+}
+
+/// Writes a batch of changes into the run (and the index changes, when kept), counting the
+/// records written and deleted.
+fn apply_batch<R: RunWriter>(
+    batch: Vec<Change>,
+    collections: &[CollectionInfo],
+    run: &mut R,
+    mut index: Option<&mut IndexChanges>,
+    (written, deleted): (&mut u64, &mut u64),
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    for change in batch {
+        if !collections.iter().any(|c| c.name == change.collection) {
+            continue; // the collection was dropped later; the run drops it
+        }
+        match change.op {
+            ChangeOp::Put(value) => {
+                let record = Record {
+                    key: change.key,
+                    value,
+                };
+                let entry = entry_of(&record);
+                if let Some(ix) = index.as_deref_mut() {
+                    changes_of(ix, &change.collection).push(record.key.0.clone(), Some(entry));
+                }
+                if let Some(ev) = run.put(&change.collection, record, entry)? {
+                    events(Event::Written(ev));
+                }
+                *written += 1;
+            }
+            ChangeOp::Delete => {
+                if let Some(ev) = run.delete(&change.collection, &change.key)? {
+                    if let Some(ev) = ev {
                         events(Event::Written(ev));
                     }
-                    *written += 1;
+                    *deleted += 1;
                 }
-                ChangeOp::Delete => {
-                    if let Some(ev) = run.delete(&change.collection, &change.key)? {
-                        if let Some(ev) = ev {
-                            events(Event::Written(ev));
-                        }
-                        *deleted += 1;
-                    }
-                    if let Some(ix) = index.as_deref_mut() {
-                        changes_of(ix, &change.collection).push(change.key.0, None);
-                    }
+                if let Some(ix) = index.as_deref_mut() {
+                    changes_of(ix, &change.collection).push(change.key.0, None);
                 }
             }
         }
-        Ok(())
-    })
+    }
+    Ok(())
 }
 
 /// `collection`'s changes in `index` (its name is cloned only for its first change).
@@ -1002,6 +1135,7 @@ fn settle<R: RunWriter>(
         written,
         deleted,
         events,
+        None,
     )?;
     Ok(now)
 }

@@ -304,3 +304,87 @@ fn a_live_backup_lets_an_application_that_does_not_wait_write() {
     ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), &out);
 }
+
+/// A backup of a SQLite database in rollback-journal mode holds a shared lock, which refuses
+/// every writer's commit, only while it reads the changes: it writes them to the destination
+/// after letting its snapshot go. An incremental of 20,000 changed rows into a folder backup (a
+/// directory and a file per document, seconds of writing) beside an application that does not
+/// wait for locks (busy timeout 0): before, its writes were refused for the whole backup.
+#[test]
+fn an_incremental_lets_writers_in_while_it_writes_to_the_destination() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE log(id INTEGER PRIMARY KEY, msg TEXT);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+         INSERT INTO t SELECT i, 'before' FROM n;",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    let backup = ["backup", "--source", "sqlite:src.db", "--to", "bk"];
+    ok(&[&backup[..], &["--format", "folder"]].concat(), d);
+    sql(&d.join("src.db"), "UPDATE t SET v = 'after';");
+    let changed = dump(&d.join("src.db"));
+    let app = rusqlite::Connection::open(d.join("src.db")).unwrap();
+    let journal: String = app
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "delete", "the store is in rollback-journal mode");
+    app.busy_timeout(Duration::ZERO).unwrap();
+    let mut child = Command::new(common::bin())
+        .args(backup)
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut written, mut refused) = (0u32, 0u32);
+    while child.try_wait().unwrap().is_none() {
+        match app.execute("INSERT INTO log(msg) VALUES ('app')", []) {
+            Ok(_) => written += 1,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                refused += 1
+            }
+            Err(e) => panic!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Backup (incremental)"), "{stdout}");
+    let tries = written + refused;
+    assert!(tries >= 50, "the backup took {tries} tries only");
+    assert!(
+        f64::from(refused) < 0.25 * f64::from(tries),
+        "{refused} of {tries} writes refused (database is locked) while the backup ran"
+    );
+    // The backup holds the 20,000 changes and a first part of the application's rows.
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    let db = rusqlite::Connection::open(d.join("r.db")).unwrap();
+    let after: i64 = db
+        .query_row("SELECT count(*) FROM t WHERE v = 'after'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(after, 20_000);
+    let (n, max): (i64, Option<i64>) = db
+        .query_row("SELECT count(*), max(id) FROM log", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        Some(n),
+        max.or(Some(0)),
+        "the application's rows are a prefix"
+    );
+    drop(db);
+    drop(app);
+    // The next incremental brings the rest, read back by the sqlite3 shell.
+    ok(&backup, d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r2.db"], d);
+    assert_same_dump(&dump(&d.join("r2.db")), &dump(&d.join("src.db")), "after");
+    assert_ne!(changed, dump(&d.join("src.db")), "the application wrote");
+}
