@@ -4,6 +4,9 @@ backup) or be unaffected, and verify and a restore must then give the source's r
 (read with Python's sqlite3).
 
     python3 scripts/sweeps/state_flips.py SEED TRIALS archive|folder
+
+The source is in WAL mode; SWEEP_JOURNAL=DELETE puts it in rollback-journal mode, where an
+incremental lets its read go before it writes (and a damaged state is found after that).
 """
 import subprocess, random, os, sys, shutil, sqlite3, glob, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -16,7 +19,7 @@ def rows(db, t):
 problems=[]; stats={}
 for trial in range(N):
     shutil.rmtree(W, ignore_errors=True); os.makedirs(W)
-    c=sqlite3.connect(W+"/src.db", isolation_level=None); c.execute("PRAGMA journal_mode=WAL")
+    c=sqlite3.connect(W+"/src.db", isolation_level=None); c.execute("PRAGMA journal_mode=" + os.environ.get("SWEEP_JOURNAL", "WAL"))
     c.execute("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)"); c.execute("CREATE TABLE b(k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID")
     c.execute("BEGIN")
     for i in range(3000): c.execute("INSERT INTO a VALUES (?,?)",(i,"v%d"%i))
