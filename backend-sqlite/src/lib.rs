@@ -666,6 +666,8 @@ impl StorageBackend for SqliteBackend {
             schema_version,
             blocks_writers: !journal.eq_ignore_ascii_case("wal"),
             released: false,
+            in_read: true,
+            stepped: false,
         }))
     }
 
@@ -745,12 +747,20 @@ struct SqliteView {
     blocks_writers: bool,
     /// Whether the read transaction was ended early ([`View::release`]).
     released: bool,
+    /// Whether a read transaction is open (the snapshot of `checkpoint`, or a scan's step).
+    in_read: bool,
+    /// Whether a scan read rows outside the snapshot of `checkpoint` (a scan in steps): the
+    /// engine's [`View::settle`] then moves the view to a new snapshot and replays the changes.
+    stepped: bool,
 }
+
+/// Rows a scan in steps reads in one read transaction ([`SqliteView::scan_in_steps`]).
+const SCAN_STEP_ROWS: i64 = 4096;
 
 impl Drop for SqliteView {
     fn drop(&mut self) {
         // Ends the read transaction; a read-only transaction has nothing to lose.
-        if !self.released {
+        if self.in_read {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
     }
@@ -767,6 +777,90 @@ impl SqliteView {
     fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         let what = what.to_string();
         move |e| Error::store(&self.store, format!("{what}: {e}"))
+    }
+
+    /// Ends the open read transaction, if any.
+    fn end_read(&mut self) -> Result<()> {
+        if self.in_read {
+            self.conn
+                .execute_batch("ROLLBACK")
+                .map_err(self.err("ending the read transaction"))?;
+            self.in_read = false;
+        }
+        Ok(())
+    }
+
+    /// Opens a read transaction on the database as it is now; refused if its schema is no
+    /// longer the view's (a scan in steps, and its settle, read one schema).
+    fn begin_read(&mut self) -> Result<()> {
+        self.end_read()?;
+        self.conn
+            .execute_batch("BEGIN")
+            .map_err(self.err("beginning a read transaction"))?;
+        self.in_read = true;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .map_err(self.err("reading the schema version"))?;
+        if version != self.schema_version {
+            return Err(Error::store(
+                &self.store,
+                "the database's schema changed while a full backup read it (in rollback-journal \
+                 mode it reads in steps, letting writers in between): run the backup again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Scans `table` (a rowid table, whose rowid `rowid` reaches) in steps of
+    /// [`SCAN_STEP_ROWS`] rows, each read in a read transaction of its own and ended before its
+    /// rows are handed on: in rollback-journal mode a read refuses every writer's commit, and
+    /// writing a whole table's records to a destination (a folder's documents) took seconds to
+    /// minutes. Rows read after the view's snapshot are set right by [`View::settle`].
+    fn scan_in_steps(
+        &mut self,
+        table: &Table,
+        rowid: &str,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        self.stepped = true;
+        let keys = table.key_positions();
+        let (first_sql, next_sql) = (
+            table.select_after_sql(rowid, true),
+            table.select_after_sql(rowid, false),
+        );
+        let mut after: Option<i64> = None;
+        loop {
+            self.begin_read()?;
+            let store = self.store.clone();
+            let err = |e: rusqlite::Error| {
+                Error::store(&store, format!("reading table `{}`: {e}", table.name))
+            };
+            let mut step = Vec::with_capacity(SCAN_STEP_ROWS as usize);
+            {
+                let sql = if after.is_some() {
+                    &next_sql
+                } else {
+                    &first_sql
+                };
+                let mut stmt = self.conn.prepare_cached(sql).map_err(&err)?;
+                let last = stmt.column_count() - 1;
+                let from = after.unwrap_or(i64::MIN);
+                let mut rows = stmt.query([from, SCAN_STEP_ROWS]).map_err(&err)?;
+                while let Some(r) = rows.next().map_err(&err)? {
+                    after = Some(r.get(last).map_err(&err)?);
+                    step.push(read_row(table, &keys, r).map_err(&err)?);
+                }
+            }
+            self.end_read()?;
+            let done = (step.len() as i64) < SCAN_STEP_ROWS;
+            for record in step {
+                visit(record)?;
+            }
+            if done {
+                return Ok(());
+            }
+        }
     }
 
     /// Refuses a read once the snapshot was let go ([`View::release`]): outside its read
@@ -852,13 +946,39 @@ impl View for SqliteView {
     }
 
     fn release(&mut self) -> Result<()> {
-        if !self.released {
-            self.conn
-                .execute_batch("ROLLBACK")
-                .map_err(self.err("ending the read transaction"))?;
-            self.released = true;
-        }
+        self.end_read()?;
+        self.released = true;
         Ok(())
+    }
+
+    fn settle(&mut self) -> Result<bool> {
+        if !self.stepped {
+            return Ok(false);
+        }
+        // A new snapshot, whose changes since the old checkpoint the engine replays over the
+        // steps' rows. The schema is the view's (checked); the store, the same one.
+        self.begin_read()?;
+        let (checkpoint, floor) =
+            checkpoint_of(&self.conn).map_err(self.err("reading the checkpoint"))?;
+        if checkpoint.store_id != self.checkpoint.store_id {
+            return Err(Error::store(
+                &self.store,
+                "the database's change tracking was replaced while a full backup read it: run \
+                 the backup again",
+            ));
+        }
+        if floor.is_some_and(|f| self.checkpoint.position < f) {
+            return Err(Error::store(
+                &self.store,
+                "another backup of this database trimmed its change log while this full backup \
+                 read it in steps, so the writes made meanwhile cannot be replayed: run the \
+                 backup again",
+            ));
+        }
+        self.checkpoint = checkpoint;
+        self.floor = floor;
+        self.stepped = false;
+        Ok(true)
     }
 
     fn store_marks(
@@ -1027,6 +1147,15 @@ impl View for SqliteView {
     ) -> Result<()> {
         self.snapshot_held()?;
         let table = self.table(collection)?;
+        // A tracked database in rollback-journal mode is read in steps, letting its writers in
+        // between; the change log sets the steps right.
+        if let Some(rowid) = table
+            .scan_rowid
+            .filter(|_| self.blocks_writers && self.floor.is_some())
+        {
+            let table = table.clone();
+            return self.scan_in_steps(&table, rowid, visit);
+        }
         let err = self.err(&format!("reading table `{}`", table.name));
         let keys = table.key_positions();
         let mut stmt = self.conn.prepare(&table.select_sql()).map_err(&err)?;

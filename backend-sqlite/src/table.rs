@@ -30,6 +30,9 @@ pub struct Table {
     /// The name that reaches the table's rowid: `rowid`, or `oid` or `_rowid_` where a column
     /// of that name hides it ([`rowid_alias`]).
     pub rowid: &'static str,
+    /// The name that reaches the rowid of a rowid table, by which a scan can go on where it
+    /// stopped; `None` for a WITHOUT ROWID table, or one whose columns hide all three names.
+    pub scan_rowid: Option<&'static str>,
 }
 
 /// SQLite's three names for a rowid table's rowid. A column of one of these names hides it
@@ -76,19 +79,38 @@ impl Table {
         schema
     }
 
+    /// `SELECT [rowid,] cols, rowid FROM table WHERE rowid > ?1 ORDER BY rowid LIMIT ?2` (or
+    /// `>=` for the first rows): the rows after a rowid, the rowid last, for a scan in steps.
+    pub fn select_after_sql(&self, rowid: &str, first: bool) -> String {
+        let cmp = if first { ">=" } else { ">" };
+        format!(
+            "SELECT {}, {rowid} FROM {} WHERE {rowid} {cmp} ?1 ORDER BY {rowid} LIMIT ?2",
+            self.select_list(),
+            quote_ident(&self.name)
+        )
+    }
+
     /// `SELECT [rowid,] cols FROM table` (without a WHERE clause).
     pub fn select_sql(&self) -> String {
+        format!(
+            "SELECT {} FROM {}",
+            self.select_list(),
+            quote_ident(&self.name)
+        )
+    }
+
+    /// The columns [`Table::select_sql`] reads: `[rowid,] cols`.
+    fn select_list(&self) -> String {
         let mut cols: Vec<String> = Vec::with_capacity(self.columns.len() + 1);
         if self.hidden_rowid {
             cols.push(self.rowid.into());
         }
         cols.extend(self.columns.iter().map(|c| quote_ident(c)));
-        let list = if cols.is_empty() {
+        if cols.is_empty() {
             "NULL".to_string()
         } else {
             cols.join(", ")
-        };
-        format!("SELECT {list} FROM {}", quote_ident(&self.name))
+        }
     }
 
     /// How many values a key has: its primary-key columns, or the rowid alone.
@@ -218,6 +240,7 @@ fn describe(
     Ok(Table {
         hidden_rowid,
         rowid: alias.unwrap_or("rowid"),
+        scan_rowid: alias.filter(|_| !without_rowid),
         name,
         sql,
         columns,

@@ -5,6 +5,9 @@ repaired by the next run), and a restore must be one consistent transaction's st
 counter n, and exactly the rows 1..n that the writer had not deleted.
 
     python3 scripts/sweeps/live_kills.py archive|folder TRIALS SEED
+
+The source is in WAL mode; SWEEP_JOURNAL=DELETE puts it in rollback-journal mode (full
+backups read it in steps, which its change log sets right).
 """
 import subprocess, random, time, os, sys, shutil, sqlite3, threading, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -13,7 +16,7 @@ FMT = sys.argv[1]; N = int(sys.argv[2]); random.seed(int(sys.argv[3]))
 W = os.path.join(tempfile.mkdtemp(prefix="tidemark-live-kills-"), "w"); os.makedirs(W)
 def tm(args): return subprocess.run([B]+args, cwd=W, capture_output=True, text=True)
 db=sqlite3.connect(W+"/src.db", isolation_level=None, timeout=30)
-db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA journal_mode=" + os.environ.get("SWEEP_JOURNAL", "WAL"))
 db.execute("CREATE TABLE log(id INTEGER PRIMARY KEY, v TEXT)")
 db.execute("CREATE TABLE ctr(k INTEGER PRIMARY KEY, n INTEGER)")
 db.execute("INSERT INTO ctr VALUES (1, 0)")
