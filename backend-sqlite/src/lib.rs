@@ -754,8 +754,12 @@ struct SqliteView {
     stepped: bool,
 }
 
-/// Rows a scan in steps reads in one read transaction ([`SqliteView::scan_in_steps`]).
+/// The most rows a scan in steps reads in one read transaction ([`SqliteView::scan_in_steps`]).
 const SCAN_STEP_ROWS: i64 = 4096;
+
+/// The most bytes of values a step holds before its rows are handed on: large rows make
+/// shorter steps.
+const SCAN_STEP_BYTES: u64 = 8 << 20;
 
 impl Drop for SqliteView {
     fn drop(&mut self) {
@@ -812,9 +816,9 @@ impl SqliteView {
         Ok(())
     }
 
-    /// Scans `table` (a rowid table, whose rowid `rowid` reaches) in steps of
-    /// [`SCAN_STEP_ROWS`] rows, each read in a read transaction of its own and ended before its
-    /// rows are handed on: in rollback-journal mode a read refuses every writer's commit, and
+    /// Scans `table` (a rowid table, whose rowid `rowid` reaches) in steps of at most
+    /// [`SCAN_STEP_ROWS`] rows and [`SCAN_STEP_BYTES`] of values, each read in a read
+    /// transaction of its own and ended before its rows are handed on: in rollback-journal mode a read refuses every writer's commit, and
     /// writing a whole table's records to a destination (a folder's documents) took seconds to
     /// minutes. Rows read after the view's snapshot are set right by [`View::settle`].
     fn scan_in_steps(
@@ -836,7 +840,8 @@ impl SqliteView {
             let err = |e: rusqlite::Error| {
                 Error::store(&store, format!("reading table `{}`: {e}", table.name))
             };
-            let mut step = Vec::with_capacity(SCAN_STEP_ROWS as usize);
+            let mut step = Vec::new();
+            let mut done = true;
             {
                 let sql = if after.is_some() {
                     &next_sql
@@ -847,13 +852,22 @@ impl SqliteView {
                 let last = stmt.column_count() - 1;
                 let from = after.unwrap_or(i64::MIN);
                 let mut rows = stmt.query([from, SCAN_STEP_ROWS]).map_err(&err)?;
+                let mut bytes = 0u64;
                 while let Some(r) = rows.next().map_err(&err)? {
                     after = Some(r.get(last).map_err(&err)?);
-                    step.push(read_row(table, &keys, r).map_err(&err)?);
+                    let record = read_row(table, &keys, r).map_err(&err)?;
+                    bytes += record.value.payload_len();
+                    step.push(record);
+                    if bytes >= SCAN_STEP_BYTES {
+                        break;
+                    }
+                }
+                // A full step, or one cut short by its bytes: more rows may follow.
+                if step.len() as i64 == SCAN_STEP_ROWS || bytes >= SCAN_STEP_BYTES {
+                    done = false;
                 }
             }
             self.end_read()?;
-            let done = (step.len() as i64) < SCAN_STEP_ROWS;
             for record in step {
                 visit(record)?;
             }
