@@ -557,7 +557,10 @@ pub(crate) fn run<T: Target>(
     };
 
     // The store's marks, when an incremental asked for them before it let its snapshot go.
-    let mut released_with: Option<Option<serde_json::Value>> = None;
+    let mut marks = EarlyMarks {
+        previous: previous_marks,
+        released_with: None,
+    };
     let (outcome, reason) = match (previous, options.mode) {
         (Err(reason), _) => {
             let reason = full_because(reason.clone(), events);
@@ -587,7 +590,7 @@ pub(crate) fn run<T: Target>(
                     &collections,
                     options,
                     events,
-                    (previous_marks, &mut released_with),
+                    &mut marks,
                 )?,
             };
             match attempt {
@@ -595,7 +598,7 @@ pub(crate) fn run<T: Target>(
                 Err(reason) => {
                     // An incremental that let its snapshot go before it failed: whatever comes
                     // next reads a new one.
-                    if released_with.take().is_some() {
+                    if marks.released_with.take().is_some() {
                         view = backend.view()?;
                         collections = view.collections()?;
                         store_schema = view.store_schema()?;
@@ -653,7 +656,7 @@ pub(crate) fn run<T: Target>(
     };
     // Asked last: a store may keep what its changes' reading saw (RocksDB: the WAL batch at
     // the checkpoint). An incremental that let the snapshot go asked before.
-    let store_marks = match released_with {
+    let store_marks = match marks.released_with {
         Some(marks) => marks,
         None => view.store_marks(previous_marks)?,
     };
@@ -710,9 +713,8 @@ fn log_unusable(
 ///
 /// Where the view's snapshot keeps the store's writers waiting
 /// ([`View::snapshot_blocks_writers`]), the changes are read into memory first (up to
-/// [`HELD_CHANGES_BYTES`]), the store's marks are asked (from `marks.0`, the previous backup's,
-/// into `marks.1`) and the snapshot is let go before anything is written to the destination.
-#[allow(clippy::type_complexity)]
+/// [`HELD_CHANGES_BYTES`]), the store's marks are asked (into `marks`) and the snapshot is let
+/// go before anything is written to the destination.
 fn incremental<T: Target>(
     target: &T,
     prev: &FolderManifest,
@@ -720,10 +722,7 @@ fn incremental<T: Target>(
     collections: &[CollectionInfo],
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
-    marks: (
-        Option<&serde_json::Value>,
-        &mut Option<Option<serde_json::Value>>,
-    ),
+    marks: &mut EarlyMarks<'_>,
 ) -> Result<Result<Outcome<T::Run>, FullReason>> {
     let mut run = target.begin(RunKind::Incremental, Some(prev))?;
     for old in &prev.collections {
@@ -762,7 +761,7 @@ fn incremental<T: Target>(
     // The cross-check's counts (below), as of the snapshot.
     let store_counts = unseen_deletion_counts(view, collections)?;
     if let Some(held) = held.filter(|h| !h.overflowed) {
-        *marks.1 = Some(view.store_marks(marks.0)?);
+        marks.released_with = Some(view.store_marks(marks.previous)?);
         view.release()?;
         tracing::debug!(
             changes = held.changes,
@@ -923,6 +922,15 @@ fn incremental<T: Target>(
         deleted,
         unsynced,
     }))
+}
+
+/// The store's marks ([`View::store_marks`]) as an incremental asks for them before it lets
+/// the view's snapshot go: the run asks no more of the view then.
+struct EarlyMarks<'a> {
+    /// What the destination's previous backup of this store kept.
+    previous: Option<&'a serde_json::Value>,
+    /// Set once the snapshot was let go: the marks asked just before.
+    released_with: Option<Option<serde_json::Value>>,
 }
 
 /// How an incremental writes a collection's key state.
