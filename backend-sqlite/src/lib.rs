@@ -816,24 +816,55 @@ impl SqliteView {
         Ok(())
     }
 
-    /// Scans `table` (a rowid table, whose rowid `rowid` reaches) in steps of at most
-    /// [`SCAN_STEP_ROWS`] rows and [`SCAN_STEP_BYTES`] of values, each read in a read
-    /// transaction of its own and ended before its rows are handed on: in rollback-journal mode a read refuses every writer's commit, and
-    /// writing a whole table's records to a destination (a folder's documents) took seconds to
-    /// minutes. Rows read after the view's snapshot are set right by [`View::settle`].
+    /// How `table` can be scanned in steps ([`SqliteView::scan_in_steps`]): its step columns
+    /// and the SQL of its first and later steps; `None` where SQLite would not answer a step
+    /// from the table's own order (a primary key with a DESC column sorts each step anew), or
+    /// the table has no step columns.
+    fn steps_of(&self, table: &Table) -> Result<Option<(usize, String, String)>> {
+        let step = table.step_columns();
+        if step.is_empty() {
+            return Ok(None);
+        }
+        let (first, next) = (
+            table.select_step_sql(&step, true),
+            table.select_step_sql(&step, false),
+        );
+        if table.scan_rowid.is_none() {
+            let mut plan = self
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {next}"))
+                .map_err(self.err("planning a scan in steps"))?;
+            let details: Vec<String> = plan
+                .query_map(
+                    rusqlite::params_from_iter(vec![rusqlite::types::Null; step.len() + 1]),
+                    |r| r.get::<_, String>(3),
+                )
+                .and_then(|rows| rows.collect())
+                .map_err(self.err("planning a scan in steps"))?;
+            let searched = details.iter().any(|d| d.starts_with("SEARCH"));
+            if !searched || details.iter().any(|d| d.contains("TEMP B-TREE")) {
+                return Ok(None);
+            }
+        }
+        Ok(Some((step.len(), first, next)))
+    }
+
+    /// Scans `table` in steps of at most [`SCAN_STEP_ROWS`] rows and [`SCAN_STEP_BYTES`] of
+    /// values ([`SqliteView::steps_of`]: `n` step columns, the first and the later steps' SQL),
+    /// each read in a read transaction of its own and ended before its rows are handed on: in
+    /// rollback-journal mode a read refuses every writer's commit, and writing a whole table's
+    /// records to a destination (a folder's documents) took seconds to minutes. Rows read after
+    /// the view's snapshot are set right by [`View::settle`].
     fn scan_in_steps(
         &mut self,
         table: &Table,
-        rowid: &str,
+        (n, first_sql, next_sql): (usize, String, String),
         visit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<()> {
+        use rusqlite::types::Value as SqlValue;
         self.stepped = true;
         let keys = table.key_positions();
-        let (first_sql, next_sql) = (
-            table.select_after_sql(rowid, true),
-            table.select_after_sql(rowid, false),
-        );
-        let mut after: Option<i64> = None;
+        let mut after: Option<Vec<SqlValue>> = None;
         loop {
             self.begin_read()?;
             let store = self.store.clone();
@@ -849,12 +880,20 @@ impl SqliteView {
                     &first_sql
                 };
                 let mut stmt = self.conn.prepare_cached(sql).map_err(&err)?;
-                let last = stmt.column_count() - 1;
-                let from = after.unwrap_or(i64::MIN);
-                let mut rows = stmt.query([from, SCAN_STEP_ROWS]).map_err(&err)?;
+                let at = stmt.column_count() - n;
+                let mut params: Vec<SqlValue> = after.take().unwrap_or_default();
+                params.push(SqlValue::Integer(SCAN_STEP_ROWS));
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(params))
+                    .map_err(&err)?;
                 let mut bytes = 0u64;
+                let mut last = None;
                 while let Some(r) = rows.next().map_err(&err)? {
-                    after = Some(r.get(last).map_err(&err)?);
+                    last = Some(
+                        (at..at + n)
+                            .map(|i| r.get(i))
+                            .collect::<rusqlite::Result<_>>(),
+                    );
                     let record = read_row(table, &keys, r).map_err(&err)?;
                     bytes += record.value.payload_len();
                     step.push(record);
@@ -862,6 +901,7 @@ impl SqliteView {
                         break;
                     }
                 }
+                after = last.transpose().map_err(&err)?;
                 // A full step, or one cut short by its bytes: more rows may follow.
                 if step.len() as i64 == SCAN_STEP_ROWS || bytes >= SCAN_STEP_BYTES {
                     done = false;
@@ -1163,12 +1203,11 @@ impl View for SqliteView {
         let table = self.table(collection)?;
         // A tracked database in rollback-journal mode is read in steps, letting its writers in
         // between; the change log sets the steps right.
-        if let Some(rowid) = table
-            .scan_rowid
-            .filter(|_| self.blocks_writers && self.floor.is_some())
-        {
-            let table = table.clone();
-            return self.scan_in_steps(&table, rowid, visit);
+        if self.blocks_writers && self.floor.is_some() {
+            if let Some(steps) = self.steps_of(table)? {
+                let table = table.clone();
+                return self.scan_in_steps(&table, steps, visit);
+            }
         }
         let err = self.err(&format!("reading table `{}`", table.name));
         let keys = table.key_positions();

@@ -79,12 +79,29 @@ impl Table {
         schema
     }
 
-    /// `SELECT [rowid,] cols, rowid FROM table WHERE rowid > ?1 ORDER BY rowid LIMIT ?2` (or
-    /// `>=` for the first rows): the rows after a rowid, the rowid last, for a scan in steps.
-    pub fn select_after_sql(&self, rowid: &str, first: bool) -> String {
-        let cmp = if first { ">=" } else { ">" };
+    /// The columns a scan in steps goes on by: the rowid where a name reaches it (the
+    /// table's storage order), else the primary key; none for a rowid table with neither.
+    pub fn step_columns(&self) -> Vec<String> {
+        match self.scan_rowid {
+            Some(rowid) => vec![rowid.to_string()],
+            None => self.key.iter().map(|c| quote_ident(c)).collect(),
+        }
+    }
+
+    /// A step of a scan in steps over `step` ([`Table::step_columns`]): `SELECT [rowid,] cols,
+    /// step FROM table [WHERE (step) > (?1, …)] ORDER BY step LIMIT ?n`, the step columns last;
+    /// the first step has no WHERE clause and its limit is `?1`.
+    pub fn select_step_sql(&self, step: &[String], first: bool) -> String {
+        let list = step.join(", ");
+        let after = if first {
+            String::new()
+        } else {
+            let params: Vec<String> = (1..=step.len()).map(|i| format!("?{i}")).collect();
+            format!(" WHERE ({list}) > ({})", params.join(", "))
+        };
+        let limit = if first { 1 } else { step.len() + 1 };
         format!(
-            "SELECT {}, {rowid} FROM {} WHERE {rowid} {cmp} ?1 ORDER BY {rowid} LIMIT ?2",
+            "SELECT {}, {list} FROM {}{after} ORDER BY {list} LIMIT ?{limit}",
             self.select_list(),
             quote_ident(&self.name)
         )

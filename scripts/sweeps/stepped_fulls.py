@@ -2,7 +2,8 @@
 read transaction of its own, then set right by replaying the change log) while a writer
 (Python's sqlite3, busy timeout 30 s) commits transactions that each insert a row into `log`,
 update a row of `log`, REPLACE a row of `kv` (a TEXT primary key: the REPLACE gives the row a new
-rowid, so a scan in steps can meet it twice) and set a counter to the transaction's number.
+rowid, so a scan in steps can meet it twice), update a row of a WITHOUT ROWID table (read in
+steps by its primary key) and set a counter to the transaction's number.
 Each full backup goes to a new destination; verify must call it intact, and its restore, read
 with Python's sqlite3, must be exactly the database after the counter's transaction: every
 transaction up to it applied, none after.
@@ -35,6 +36,7 @@ db = sqlite3.connect(W + "/src.db", isolation_level=None, timeout=30)
 assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
 db.execute("CREATE TABLE log(id INTEGER PRIMARY KEY, v TEXT)")
 db.execute("CREATE TABLE kv(k TEXT PRIMARY KEY, v TEXT)")
+db.execute("CREATE TABLE wr(a INTEGER, b TEXT, v TEXT, PRIMARY KEY(a, b)) WITHOUT ROWID")
 db.execute("CREATE TABLE ctr(id INTEGER PRIMARY KEY, n INTEGER)")
 db.execute("INSERT INTO ctr VALUES (1, 0)")
 db.execute("BEGIN")
@@ -42,6 +44,7 @@ for i in range(1, ROWS + 1):
     db.execute("INSERT INTO log VALUES (?, ?)", (i, "seed"))
 for i in range(KEYS):
     db.execute("INSERT INTO kv VALUES (?, ?)", ("key%05d" % i, "seed"))
+    db.execute("INSERT INTO wr VALUES (?, ?, ?)", (i % 13, "b%d" % i, "seed"))
 db.execute("COMMIT")
 r = tm(["track", "--source", "sqlite:src.db"]); assert r.returncode == 0, r.stderr
 
@@ -60,6 +63,8 @@ def writer():
         c.execute("INSERT INTO log VALUES (?, ?)", (ROWS + i, "new%d" % i))
         c.execute("UPDATE log SET v = ? WHERE id = ?", ("u%d" % i, upd))
         c.execute("REPLACE INTO kv VALUES (?, ?)", (key, "r%d" % i))
+        w = int(key[3:])
+        c.execute("UPDATE wr SET v = ? WHERE a = ? AND b = ?", ("w%d" % i, w % 13, "b%d" % w))
         c.execute("UPDATE ctr SET n = ? WHERE id = 1", (i,))
         c.execute("COMMIT")
         ops.append((upd, key))
@@ -85,18 +90,22 @@ try:
         n = c.execute("SELECT n FROM ctr").fetchone()[0]
         log = dict(c.execute("SELECT id, v FROM log"))
         kv = dict(c.execute("SELECT k, v FROM kv"))
+        wr = dict(c.execute("SELECT b, v FROM wr"))
         c.close(); os.remove(out)
         want_log = {i: "seed" for i in range(1, ROWS + 1)}
         want_kv = {"key%05d" % i: "seed" for i in range(KEYS)}
+        want_wr = {"b%d" % i: "seed" for i in range(KEYS)}
         for i in range(1, n + 1):
             upd, key = ops[i]
             want_log[ROWS + i] = "new%d" % i
             want_log[upd] = "u%d" % i
             want_kv[key] = "r%d" % i
-        if log != want_log or kv != want_kv:
+            want_wr["b%d" % int(key[3:])] = "w%d" % i
+        if log != want_log or kv != want_kv or wr != want_wr:
             problems += 1
             bad = [k for k in want_log if log.get(k) != want_log[k]][:3]
             bad += [k for k in want_kv if kv.get(k) != want_kv[k]][:3]
+            bad += [k for k in want_wr if wr.get(k) != want_wr[k]][:3]
             print(trial, "INCONSISTENT after transaction", n, "of", len(ops) - 1, bad)
         else:
             print(trial, "ok: transaction", n, "of", len(ops) - 1, "|", v.stdout.strip()[:60])
