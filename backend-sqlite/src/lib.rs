@@ -668,6 +668,7 @@ impl StorageBackend for SqliteBackend {
             released: false,
             in_read: true,
             stepped: false,
+            steps: true,
         }))
     }
 
@@ -752,6 +753,8 @@ struct SqliteView {
     /// Whether a scan read rows outside the snapshot of `checkpoint` (a scan in steps): the
     /// engine's [`View::settle`] then moves the view to a new snapshot and replays the changes.
     stepped: bool,
+    /// Whether scans may read in steps (not after [`View::read_in_one_snapshot`]).
+    steps: bool,
 }
 
 /// The most rows a scan in steps reads in one read transaction ([`SqliteView::scan_in_steps`]).
@@ -807,11 +810,10 @@ impl SqliteView {
             .query_row("PRAGMA schema_version", [], |r| r.get(0))
             .map_err(self.err("reading the schema version"))?;
         if version != self.schema_version {
-            return Err(Error::store(
-                &self.store,
-                "the database's schema changed while a full backup read it (in rollback-journal \
-                 mode it reads in steps, letting writers in between): run the backup again",
-            ));
+            return Err(Error::StepsUnsettled {
+                store: self.store.clone(),
+                reason: "the database's schema changed while the backup read it in steps".into(),
+            });
         }
         Ok(())
     }
@@ -999,6 +1001,10 @@ impl View for SqliteView {
         self.blocks_writers
     }
 
+    fn read_in_one_snapshot(&mut self) {
+        self.steps = false;
+    }
+
     fn release(&mut self) -> Result<()> {
         self.end_read()?;
         self.released = true;
@@ -1014,19 +1020,19 @@ impl View for SqliteView {
         self.begin_read()?;
         let (checkpoint, floor) =
             checkpoint_of(&self.conn).map_err(self.err("reading the checkpoint"))?;
+        let unsettled = |reason: &str| Error::StepsUnsettled {
+            store: self.store.clone(),
+            reason: reason.into(),
+        };
         if checkpoint.store_id != self.checkpoint.store_id {
-            return Err(Error::store(
-                &self.store,
-                "the database's change tracking was replaced while a full backup read it: run \
-                 the backup again",
+            return Err(unsettled(
+                "the database's change tracking was replaced while the backup read it in steps",
             ));
         }
         if floor.is_some_and(|f| self.checkpoint.position < f) {
-            return Err(Error::store(
-                &self.store,
-                "another backup of this database trimmed its change log while this full backup \
-                 read it in steps, so the writes made meanwhile cannot be replayed: run the \
-                 backup again",
+            return Err(unsettled(
+                "another backup of this database trimmed its change log while this one read it \
+                 in steps, so the writes made meanwhile cannot be replayed",
             ));
         }
         self.checkpoint = checkpoint;
@@ -1203,7 +1209,7 @@ impl View for SqliteView {
         let table = self.table(collection)?;
         // A tracked database in rollback-journal mode is read in steps, letting its writers in
         // between; the change log sets the steps right.
-        if self.blocks_writers && self.floor.is_some() {
+        if self.steps && self.blocks_writers && self.floor.is_some() {
             if let Some(steps) = self.steps_of(table)? {
                 let table = table.clone();
                 return self.scan_in_steps(&table, steps, visit);

@@ -165,6 +165,11 @@ pub trait View {
         false
     }
 
+    /// Asks the view to read everything in its one snapshot, even where it would read a scan in
+    /// steps and settle it ([`View::settle`]): the engine's second try after a scan in steps
+    /// could not be settled ([`crate::Error::StepsUnsettled`]). The default does nothing.
+    fn read_in_one_snapshot(&mut self) {}
+
     /// Lets the view's snapshot go early: the engine asks nothing more of this view, and a store
     /// whose snapshot blocks its writers ([`View::snapshot_blocks_writers`]) ends its read here
     /// rather than when the view is dropped. The default does nothing.

@@ -526,6 +526,53 @@ pub(crate) fn run<T: Target>(
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<Completed<T::Run>> {
+    match run_once(
+        backend,
+        target,
+        previous,
+        interrupted,
+        options,
+        events,
+        false,
+    ) {
+        // A scan in steps that its change log could not set right (an application changed the
+        // schema meanwhile, say): once more, in one snapshot. The failed run left nothing.
+        Err(Error::StepsUnsettled { store, reason }) => {
+            events(Event::Notice(format!(
+                "{store}: {reason}; reading it again in one snapshot"
+            )));
+            run_once(
+                backend,
+                target,
+                previous,
+                interrupted,
+                options,
+                events,
+                true,
+            )
+        }
+        other => other,
+    }
+}
+
+/// [`run`], once; with `one_snapshot`, the views read everything in their one snapshot
+/// ([`View::read_in_one_snapshot`]).
+fn run_once<T: Target>(
+    backend: &dyn StorageBackend,
+    target: &T,
+    previous: std::result::Result<&FolderManifest, &FullReason>,
+    interrupted: bool,
+    options: &BackupOptions,
+    events: &mut dyn FnMut(Event),
+    one_snapshot: bool,
+) -> Result<Completed<T::Run>> {
+    let open_view = || -> Result<Box<dyn View + '_>> {
+        let mut view = backend.view()?;
+        if one_snapshot {
+            view.read_in_one_snapshot();
+        }
+        Ok(view)
+    };
     if let Ok(p) = previous {
         if p.store_kind != backend.kind() {
             return Err(Error::BadInput {
@@ -540,7 +587,7 @@ pub(crate) fn run<T: Target>(
     }
     backend.prepare()?;
     let captured_at = now_rfc3339();
-    let mut view = backend.view()?;
+    let mut view = open_view()?;
     let start = view.checkpoint().clone();
     let mut collections = view.collections()?;
     let mut store_schema = view.store_schema()?;
@@ -599,7 +646,7 @@ pub(crate) fn run<T: Target>(
                     // An incremental that let its snapshot go before it failed: whatever comes
                     // next reads a new one.
                     if marks.released_with.take().is_some() {
-                        view = backend.view()?;
+                        view = open_view()?;
                         collections = view.collections()?;
                         store_schema = view.store_schema()?;
                     }

@@ -98,6 +98,16 @@ pub enum Error {
     /// A backup was stopped on request before it finished.
     #[error("stopped before the backup finished")]
     Stopped,
+    /// A scan read in steps (letting the store's writers in between) could not be set right
+    /// by the store's change log ([`crate::View::settle`]): the engine reads the store again
+    /// in one snapshot ([`crate::View::read_in_one_snapshot`]).
+    #[error("{store}: {reason}")]
+    StepsUnsettled {
+        /// The store (kind and path) concerned.
+        store: String,
+        /// Why (the schema changed, the log was trimmed meanwhile).
+        reason: String,
+    },
 }
 
 impl Error {
