@@ -21,11 +21,39 @@ pub fn verify_chain(store: &dyn ChainStore) -> Result<VerifyReport> {
 }
 
 /// [`verify_chain`], telling `progress` the bytes read so far and the chain's total as it goes.
+///
+/// A prune or a compaction may remove archives while this reads (they hold the destination's
+/// writer lock, which readers do not take): a file that was listed and is gone when it is read
+/// was not damage. The chain is then listed and verified again as it now stands (a few times at
+/// most; a file that keeps going missing is reported).
 pub fn verify_chain_with(
     store: &dyn ChainStore,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
-    let survey = store.survey()?;
+    for _ in 0..RETRIES_AFTER_REMOVAL {
+        let report = verify_survey(store, store.survey()?, progress)?;
+        if !report.problems.iter().any(is_gone) {
+            return Ok(report);
+        }
+        tracing::debug!("archives were removed while they were verified: verifying again");
+    }
+    verify_survey(store, store.survey()?, progress)
+}
+
+/// How many times [`verify_chain_with`] starts again after archives were removed under it.
+const RETRIES_AFTER_REMOVAL: usize = 5;
+
+/// Whether `e` says that a file was not there (removed since it was listed).
+fn is_gone(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Verifies the archives of `survey`, one listing of `store`.
+fn verify_survey(
+    store: &dyn ChainStore,
+    survey: super::chain::Survey,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         problems: survey.problems,
         ..VerifyReport::default()
