@@ -1068,34 +1068,31 @@ fn apply_changes<R: RunWriter>(
     mut held: Option<&mut HeldChanges>,
 ) -> Result<()> {
     view.changes_since(from, options.batch_size, &mut |batch| {
-        if let Some(h) = held.as_deref_mut().filter(|h| !h.overflowed) {
-            h.changes += batch.len();
-            h.bytes += batch.iter().map(held_bytes).sum::<usize>();
-            h.batches.push(batch);
-            if h.bytes <= HELD_CHANGES_BYTES {
-                return Ok(());
+        let ready = match held.as_deref_mut().filter(|h| !h.overflowed) {
+            None => vec![batch],
+            Some(h) => {
+                h.changes += batch.len();
+                h.bytes += batch.iter().map(held_bytes).sum::<usize>();
+                h.batches.push(batch);
+                if h.bytes <= HELD_CHANGES_BYTES {
+                    return Ok(());
+                }
+                // Past the bound: what was held is written, and the rest streams.
+                h.overflowed = true;
+                std::mem::take(&mut h.batches)
             }
-            h.overflowed = true;
-            for batch in std::mem::take(&mut h.batches) {
-                apply_batch(
-                    batch,
-                    collections,
-                    run,
-                    index.as_deref_mut(),
-                    (written, deleted),
-                    events,
-                )?;
-            }
-            return Ok(());
+        };
+        for batch in ready {
+            apply_batch(
+                batch,
+                collections,
+                run,
+                index.as_deref_mut(),
+                (written, deleted),
+                events,
+            )?;
         }
-        apply_batch(
-            batch,
-            collections,
-            run,
-            index.as_deref_mut(),
-            (written, deleted),
-            events,
-        )
+        Ok(())
     })
 }
 
