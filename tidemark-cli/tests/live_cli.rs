@@ -12,21 +12,50 @@ use std::time::Duration;
 
 /// `tidemark backup --live` of `src.db` in `d` to `bk`, with `args` besides.
 fn spawn_live(d: &Path, args: &[&str]) -> Child {
+    spawn(
+        d,
+        &[
+            &[
+                "backup",
+                "--source",
+                "sqlite:src.db",
+                "--to",
+                "bk",
+                "--live",
+            ],
+            args,
+        ]
+        .concat(),
+    )
+}
+
+/// Starts `tidemark args` in `d`, its output piped.
+fn spawn(d: &Path, args: &[&str]) -> Child {
     Command::new(common::bin())
-        .args([
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "bk",
-            "--live",
-        ])
         .args(args)
         .current_dir(d)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// Runs `sql` on `app`, an application's connection that waits for no lock: whether it went
+/// through (false: "database is locked", its transaction rolled back); any other error fails
+/// the test.
+fn went_through(app: &rusqlite::Connection, sql: &str) -> bool {
+    match app.execute_batch(sql) {
+        Ok(()) => true,
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            if !app.is_autocommit() {
+                app.execute_batch("ROLLBACK").unwrap();
+            }
+            false
+        }
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn start_live(d: &Path, format: &str) -> Child {
@@ -275,14 +304,10 @@ fn a_live_backup_lets_an_application_that_does_not_wait_write() {
     let started = std::time::Instant::now();
     let (mut written, mut refused) = (0u32, 0u32);
     while started.elapsed() < Duration::from_secs(4) {
-        match app.execute("INSERT INTO log(msg) VALUES ('app')", []) {
-            Ok(_) => written += 1,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                refused += 1
-            }
-            Err(e) => panic!("{e}"),
+        if went_through(&app, "INSERT INTO log(msg) VALUES ('app')") {
+            written += 1
+        } else {
+            refused += 1
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -332,23 +357,13 @@ fn an_incremental_lets_writers_in_while_it_writes_to_the_destination() {
         .unwrap();
     assert_eq!(journal, "delete", "the store is in rollback-journal mode");
     app.busy_timeout(Duration::ZERO).unwrap();
-    let mut child = Command::new(common::bin())
-        .args(backup)
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(d, &backup);
     let (mut written, mut refused) = (0u32, 0u32);
     while child.try_wait().unwrap().is_none() {
-        match app.execute("INSERT INTO log(msg) VALUES ('app')", []) {
-            Ok(_) => written += 1,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                refused += 1
-            }
-            Err(e) => panic!("{e}"),
+        if went_through(&app, "INSERT INTO log(msg) VALUES ('app')") {
+            written += 1
+        } else {
+            refused += 1
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -414,33 +429,32 @@ fn a_full_backup_lets_writers_in_and_is_exact() {
     let row_of = |op: i64| (op * 7919) % ROWS + 1;
     let app = rusqlite::Connection::open(d.join("src.db")).unwrap();
     app.busy_timeout(Duration::ZERO).unwrap();
-    let mut child = Command::new(common::bin())
-        .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
-        .args(["--format", "folder"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn(
+        d,
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "folder",
+        ],
+    );
     let (mut op, mut refused) = (0i64, 0u32);
     while child.try_wait().unwrap().is_none() {
         let next = op + 1;
-        let done = app.execute_batch(&format!(
+        let script = format!(
             "BEGIN IMMEDIATE;
              UPDATE t SET v = 'op{next}' WHERE id = {};
              INSERT INTO log(id, msg) VALUES ({next}, 'app');
              COMMIT;",
             row_of(next)
-        ));
-        match done {
-            Ok(()) => op = next,
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-            {
-                let _ = app.execute_batch("ROLLBACK");
-                refused += 1
-            }
-            Err(e) => panic!("{e}"),
+        );
+        if went_through(&app, &script) {
+            op = next
+        } else {
+            refused += 1
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -542,14 +556,18 @@ fn a_schema_change_during_the_steps_reads_again_in_one_snapshot() {
          INSERT INTO t SELECT i, 'v' || i FROM n;",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    let child = Command::new(common::bin())
-        .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
-        .args(["--format", "folder"])
-        .current_dir(d)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(
+        d,
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "bk",
+            "--format",
+            "folder",
+        ],
+    );
     let staging = d.join("bk/.tidemark/staging");
     common::wait_for("the backup's first documents", || {
         std::fs::read_dir(&staging).is_ok_and(|r| {
