@@ -392,7 +392,16 @@ impl ChainStore for RemoteChain {
         let meta = self
             .rt
             .block_on(self.store.head(&path))
-            .map_err(|e| self.err(&format!("read {object}"), e))?;
+            .map_err(|e| match e {
+                // Removed since the chain was listed (a prune beside a verify): said as a
+                // local file's removal is, so that the reader lists the chain again.
+                object_store::Error::NotFound { .. } => Error::Io {
+                    op: "read",
+                    path: location.clone(),
+                    source: io_error(e),
+                },
+                e => self.err(&format!("read {object}"), e),
+            })?;
         if meta.size != item.size {
             return Err(Error::Damaged {
                 path: location,
@@ -1005,7 +1014,7 @@ impl ArchiveRead for RemoteArchive {
         let bytes = self
             .rt
             .block_on(self.store.get_range(&self.path, range))
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", self.location.display())))?;
+            .map_err(io_error)?;
         if bytes.len() != len {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -1023,7 +1032,7 @@ impl ArchiveRead for RemoteArchive {
         let got = self
             .rt
             .block_on(self.store.get(&self.path))
-            .map_err(|e| std::io::Error::other(format!("{}: {e}", self.location.display())))?;
+            .map_err(io_error)?;
         Ok(Box::new(BlockingStream {
             rt: &self.rt,
             stream: got.into_stream(),
@@ -1040,6 +1049,17 @@ impl ArchiveRead for RemoteArchive {
         // Not downloaded twice: each entry's CRC32 is checked as it is read, the size by `open`.
         Ok(())
     }
+}
+
+/// An object store's error as an I/O error, the error kept as its cause: an object that is not
+/// there is [`std::io::ErrorKind::NotFound`], as a local file's absence is (the callers add
+/// which archive was read).
+fn io_error(e: object_store::Error) -> std::io::Error {
+    let kind = match e {
+        object_store::Error::NotFound { .. } => std::io::ErrorKind::NotFound,
+        _ => std::io::ErrorKind::Other,
+    };
+    std::io::Error::new(kind, e)
 }
 
 /// A GET's body as a blocking `Read`.
