@@ -4,7 +4,11 @@ list and restore --force started together (the second after 0-300 ms) over a SQL
 succeed or be refused with the lock's message; afterwards a backup, verify and a restore must
 give the source's rows exactly (read with Python's sqlite3), with no temporary file left.
 
-    python3 scripts/sweeps/overlap.py archive|folder SEED TRIALS
+    python3 scripts/sweeps/overlap.py archive|folder|s3 SEED TRIALS
+
+`s3`: archives in a bucket of an S3-compatible server at $SWEEP_S3_ENDPOINT (for example
+moto: `python3 -m moto.server -p 5077` and `SWEEP_S3_ENDPOINT=http://127.0.0.1:5077`); the
+bucket `overlap` is created, a new prefix used per run.
 """
 import subprocess, random, time, os, sys, shutil, glob, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -12,6 +16,18 @@ from common import BIN as B, TARGET
 BENCH = os.path.join(TARGET, "release", "tidemark-bench")
 FMT = sys.argv[1]
 W = os.path.join(tempfile.mkdtemp(prefix="tidemark-overlap-"), "w")
+DEST = "bk"
+if FMT == "s3":
+    import urllib.request
+    ENDPOINT = os.environ["SWEEP_S3_ENDPOINT"]
+    os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                      AWS_REGION="us-east-1", AWS_ENDPOINT=ENDPOINT, AWS_ALLOW_HTTP="true")
+    try:
+        urllib.request.urlopen(urllib.request.Request(ENDPOINT + "/overlap", method="PUT", data=b""))
+    except Exception:
+        pass  # there already
+    DEST = "s3://overlap/%d-%s" % (os.getpid(), sys.argv[2])
+    FMT = "archive"
 def run(args, **kw):
     return subprocess.run([B]+args, cwd=W, capture_output=True, text=True, **kw)
 def start(args):
@@ -21,13 +37,13 @@ def dump(db):
 def modify(r):
     subprocess.run([BENCH,"modify","--kind","sqlite","--path",W+"/src.db","--records","200000","--value-bytes","100","--round",str(r),"--percent","2"],capture_output=True,check=True)
 CMDS={
- "backup": ["backup","--source","sqlite:src.db","--to","bk","--format",FMT],
- "full": ["backup","--source","sqlite:src.db","--to","bk","--format",FMT,"--full"],
- "prune": ["prune","bk","--keep-last","2"],
- "compact": ["compact","bk"],
- "verify": ["verify","bk"],
- "list": ["list","bk"],
- "restore": ["restore","--from","bk","--to","sqlite:r.db","--force"],
+ "backup": ["backup","--source","sqlite:src.db","--to",DEST,"--format",FMT],
+ "full": ["backup","--source","sqlite:src.db","--to",DEST,"--format",FMT,"--full"],
+ "prune": ["prune",DEST,"--keep-last","2"],
+ "compact": ["compact",DEST],
+ "verify": ["verify",DEST],
+ "list": ["list",DEST],
+ "restore": ["restore","--from",DEST,"--to","sqlite:r.db","--force"],
 }
 problems=[]
 random.seed(int(sys.argv[2]))
@@ -54,7 +70,7 @@ for trial in range(int(sys.argv[3])):
     v=run(CMDS["verify"])
     if v.returncode!=0: problems.append((trial,a,b,"settle-verify",v.returncode,v.stderr[-300:])); continue
     if os.path.exists(W+"/chk.db"): os.remove(W+"/chk.db")
-    rr=run(["restore","--from","bk","--to","sqlite:chk.db"])
+    rr=run(["restore","--from",DEST,"--to","sqlite:chk.db"])
     if rr.returncode!=0: problems.append((trial,a,b,"settle-restore",rr.returncode,rr.stderr[-300:])); continue
     if dump(W+"/chk.db").replace("CREATE TABLE IF NOT EXISTS","CREATE TABLE")!=dump(W+"/src.db").replace("CREATE TABLE IF NOT EXISTS","CREATE TABLE"):
         # compare only user tables

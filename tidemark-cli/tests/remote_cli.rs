@@ -206,13 +206,16 @@ fn uploads_cut_short_leave_the_chain_valid() {
     let before_kill = dump(&d.join("src.db"));
 
     // SIGKILL during a large upload (30 MB of incompressible rows, 5 MiB parts), at several
-    // moments: whenever it lands, the chain verifies and restores to a state it recorded.
+    // moments: whenever it lands, the chain verifies and restores to a state it recorded. A
+    // killed upload's parts stay in the bucket (nothing ran to abort them) until the next
+    // writer finds its marker and aborts it.
     sql(
         &d.join("src.db"),
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
          INSERT INTO t SELECT 10000 + i, 'big', randomblob(100000) FROM n;",
     );
     let after = dump(&d.join("src.db"));
+    let mut left_open = 0;
     for delay_ms in [150u64, 400, 900] {
         let mut child = cmd(d)
             .args([
@@ -233,6 +236,7 @@ fn uploads_cut_short_leave_the_chain_valid() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        left_open += uploads_under_way("cutshort").len();
         ok(&["verify", &url], d);
         let got = restore(d, &url, None, &format!("k{delay_ms}.db"));
         assert!(
@@ -240,8 +244,15 @@ fn uploads_cut_short_leave_the_chain_valid() {
             "killed after {delay_ms} ms: the restore matches no recorded state"
         );
     }
-    // The next run carries on, and everything is there.
+    assert!(left_open > 0, "no kill landed during an upload");
+    // The next run carries on, aborts what the kills left, and everything is there.
     backup(d, &url, &["--compression", "none"]);
+    assert_eq!(uploads_under_way("cutshort"), Vec::<String>::new());
+    let keys = conformance_tests::s3::keys("cutshort");
+    assert!(
+        !keys.iter().any(|k| k.contains(".tidemark-uploads")),
+        "{keys:?}"
+    );
     ok(&["verify", &url], d);
     assert_same_dump(
         &restore(d, &url, None, "final.db"),

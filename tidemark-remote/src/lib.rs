@@ -13,6 +13,8 @@
 //! .tidemark-head                 the newest archive written (as in a local directory), last
 //! .tidemark-pruned               the prune log (as in a local directory)
 //! .tidemark-key                  an encrypted chain's key file (docs/FORMAT.md §5)
+//! .tidemark-uploads/<uuid>.json  an upload under way (S3): aborted by the next writer if its
+//!                                process died (see `marked`)
 //! ```
 //!
 //! A reader lists seals only: an archive without one (an upload cut short) is not part of the
@@ -27,6 +29,7 @@ use backup_core::crypt::{SharedKey, KEY_FILE, NEEDS_KEY};
 use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
 use futures::StreamExt;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 
+mod marked;
 mod underway;
 pub use underway::abandon_all;
 
@@ -75,6 +79,9 @@ struct Seal {
 pub struct RemoteChain {
     url: String,
     store: Arc<dyn ObjectStore>,
+    /// The same store's low-level multipart interface, where it has one (S3): uploads are then
+    /// marked, so that the next writer aborts one its process left (see `marked`).
+    parts_store: Option<Arc<dyn object_store::multipart::MultipartStore>>,
     prefix: ObjectPath,
     rt: Arc<Runtime>,
     /// The token of the lock this handle took (see [`RemoteChain::lock`]): an archive is
@@ -120,11 +127,42 @@ impl RemoteChain {
             path: PathBuf::from(url),
             cause: format!("not a URL: {e}"),
         })?;
-        let (store, prefix) =
-            object_store::parse_url_opts(&parsed, options).map_err(|e| Error::BadInput {
-                path: PathBuf::from(url),
-                cause: format!("cannot use this object store: {e}"),
-            })?;
+        let unusable = |e: object_store::Error| Error::BadInput {
+            path: PathBuf::from(url),
+            cause: format!("cannot use this object store: {e}"),
+        };
+        let options: Vec<(String, String)> = options
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_string(), v.into()))
+            .collect();
+        let (scheme, path) =
+            object_store::ObjectStoreScheme::parse(&parsed).map_err(|e| unusable(e.into()))?;
+        let (store, parts_store, prefix): (
+            Arc<dyn ObjectStore>,
+            Option<Arc<dyn MultipartStore>>,
+            _,
+        ) = if scheme == object_store::ObjectStoreScheme::AmazonS3 {
+            // Built as `parse_url_opts` builds it, kept as the S3 type for its multipart
+            // interface.
+            let s3 = options
+                .iter()
+                .fold(
+                    object_store::aws::AmazonS3Builder::new().with_url(url),
+                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                        Ok(k) => b.with_config(k, v.clone()),
+                        Err(_) => b,
+                    },
+                )
+                .build()
+                .map_err(unusable)?;
+            let prefix = ObjectPath::parse(path).map_err(|e| unusable(e.into()))?;
+            let s3 = Arc::new(s3);
+            (s3.clone(), Some(s3), prefix)
+        } else {
+            let (store, prefix) =
+                object_store::parse_url_opts(&parsed, options).map_err(unusable)?;
+            (Arc::from(store), None, prefix)
+        };
         // Several threads read at once (a restore's workers): a small pool serves them.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -133,7 +171,8 @@ impl RemoteChain {
             .map_err(|e| remote_err(url, "starting the I/O runtime", e))?;
         Ok(RemoteChain {
             url: url.trim_end_matches('/').to_string(),
-            store: Arc::from(store),
+            store,
+            parts_store,
             prefix,
             rt: Arc::new(rt),
             held: Arc::default(),
@@ -209,9 +248,16 @@ impl RemoteChain {
 
     /// Every object name directly under the prefix.
     fn names(&self) -> Result<Vec<(String, u64)>> {
+        Ok(self.listed()?.0)
+    }
+
+    /// Every object name directly under the prefix, with its size, and the upload markers
+    /// (see `marked`), from one listing.
+    fn listed(&self) -> Result<Listed> {
         tracing::debug!(prefix = %self.prefix, "LIST");
         self.rt.block_on(async {
             let mut out = Vec::new();
+            let mut markers = Vec::new();
             let mut list = self.store.list(Some(&self.prefix));
             while let Some(meta) = list.next().await {
                 let meta = meta.map_err(|e| self.err("list", e))?;
@@ -219,14 +265,14 @@ impl RemoteChain {
                     .location
                     .prefix_match(&self.prefix)
                     .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
-                if let Some(parts) = rel {
-                    if parts.len() == 1 {
-                        out.push((parts[0].clone(), meta.size));
-                    }
+                match rel.as_deref() {
+                    Some([name]) => out.push((name.clone(), meta.size)),
+                    Some([dir, _]) if dir == marked::MARKERS => markers.push(meta.location),
+                    _ => {}
                 }
             }
             out.sort();
-            Ok(out)
+            Ok((out, markers))
         })
     }
 
@@ -333,6 +379,9 @@ impl RemoteChain {
             .collect()
     }
 }
+
+/// One listing of the prefix: its direct children (name, size) and the upload markers.
+type Listed = (Vec<(String, u64)>, Vec<ObjectPath>);
 
 /// The object holding an archive's bytes: `tidemark-000002-incr.zip`.
 fn object_name(slot: Slot) -> String {
@@ -483,7 +532,22 @@ impl ChainStore for RemoteChain {
     }
 
     fn clean_partial(&self) -> Result<()> {
-        let names = self.names()?;
+        let (names, markers) = self.listed()?;
+        // Uploads a killed process left (their parts are stored, and paid for, until aborted).
+        if let (Some(parts_store), false) = (&self.parts_store, markers.is_empty()) {
+            let aborted = self
+                .rt
+                .block_on(marked::abort_leftovers(
+                    parts_store.as_ref(),
+                    self.store.as_ref(),
+                    &self.prefix,
+                    &markers,
+                ))
+                .map_err(|e| self.err("abort the uploads of an earlier run", e))?;
+            if aborted > 0 {
+                tracing::info!(aborted, "aborted uploads an earlier run left unfinished");
+            }
+        }
         // An archive's object and its seal share a stem: no seal, no archive.
         let sealed: std::collections::HashSet<&str> = names
             .iter()
@@ -560,10 +624,21 @@ impl ChainStore for RemoteChain {
         let Some(starting) = underway::start_upload() else {
             return Err(interrupted());
         };
-        let upload = self
-            .rt
-            .block_on(self.store.put_multipart(&self.path(&object)))
-            .map_err(|e| self.err(&format!("start uploading {object}"), e))?;
+        let upload: Box<dyn MultipartUpload> = match &self.parts_store {
+            Some(parts_store) => self
+                .rt
+                .block_on(marked::MarkedUpload::start(
+                    parts_store.clone(),
+                    self.store.clone(),
+                    &self.prefix,
+                    &object,
+                ))
+                .map(|u| Box::new(u) as _),
+            None => self
+                .rt
+                .block_on(self.store.put_multipart(&self.path(&object))),
+        }
+        .map_err(|e| self.err(&format!("start uploading {object}"), e))?;
         let upload: underway::SharedUpload = Arc::new(std::sync::Mutex::new(Some(upload)));
         // Registered for a Ctrl-C handler's `abandon_all`; one that runs meanwhile aborts it
         // (or this upload's drop does: whichever takes it first).
