@@ -166,7 +166,7 @@ impl RocksBackend {
             }
         })?;
         db.try_catch_up_with_primary()
-            .map_err(|e| Error::store(describe(path), format!("catching up: {e}")))?;
+            .map_err(|e| Error::store_cause(describe(path), "catching up", e))?;
         Ok(RocksBackend {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -219,7 +219,7 @@ impl RocksBackend {
     }
 
     fn err(&self, what: &str, e: rocksdb::Error) -> Error {
-        Error::store(self.describe(), format!("{what}: {e}"))
+        Error::store_cause(self.describe(), what, e)
     }
 
     fn store_id(&self) -> Result<StoreId> {
@@ -1155,7 +1155,7 @@ impl StoreFactory for RocksFactory {
     fn holds_data(&self, path: &Path) -> Result<bool> {
         // Read-only: checking a target must not change it.
         backup_core::dir_store_holds_data(path, "CURRENT", "RocksDB", || {
-            let err = |e: rocksdb::Error| Error::store(describe(path), e.to_string());
+            let err = |e: rocksdb::Error| Error::store_cause(describe(path), "", e);
             let opts = Options::default();
             let names = Db::list_cf(&opts, path).map_err(err)?;
             let db = Db::open_cf_for_read_only(&opts, path, &names, false).map_err(err)?;

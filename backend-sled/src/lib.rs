@@ -167,7 +167,7 @@ impl SledBackend {
     }
 
     fn err(&self, e: sled::Error) -> Error {
-        Error::store(self.describe(), e.to_string())
+        Error::store_cause(self.describe(), "", e)
     }
 
     fn trees(&self) -> Vec<String> {
@@ -459,14 +459,14 @@ impl StoreFactory for SledFactory {
         // A plain sled handle: checking a target must not add tidemark's trees to it.
         backup_core::dir_store_holds_data(path, "conf", "sled", || {
             let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
-                .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
+                .map_err(|e| Error::store_cause(format!("sled:{}", path.display()), "", e))?;
             for name in db.tree_names() {
                 if tracked::is_internal(&name) {
                     continue;
                 }
                 let tree = db
                     .open_tree(&name)
-                    .map_err(|e| Error::store(format!("sled:{}", path.display()), e.to_string()))?;
+                    .map_err(|e| Error::store_cause(format!("sled:{}", path.display()), "", e))?;
                 if !tree.is_empty() {
                     return Ok(false);
                 }

@@ -147,7 +147,7 @@ pub struct LogEntry {
 }
 
 fn store_err(path: &Path) -> impl Fn(sled::Error) -> Error + '_ {
-    move |e| Error::store(format!("sled:{}", path.display()), e.to_string())
+    move |e| Error::store_cause(format!("sled:{}", path.display()), "", e)
 }
 
 impl TrackedDb {

@@ -183,7 +183,7 @@ impl SqliteBackend {
 
     fn with(path: &Path, conn: Connection) -> Result<Self> {
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| Error::store(describe(path), e.to_string()))?;
+            .map_err(|e| Error::store_cause(describe(path), "setting the busy timeout", e))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -196,7 +196,7 @@ impl SqliteBackend {
         // while it writes the file) as every read of the backup does: without a busy timeout
         // here, a backup that opened during an application's commit failed at once.
         conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| Error::store(describe(path), e.to_string()))?;
+            .map_err(|e| Error::store_cause(describe(path), "setting the busy timeout", e))?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
             r.get::<_, i64>(0)
         })
@@ -255,7 +255,7 @@ impl SqliteBackend {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::store(self.describe(), e.to_string())
+        Error::store_cause(self.describe(), "", e)
     }
 }
 
@@ -300,7 +300,7 @@ fn read_log(
     log: &LogRange,
     send: &mut dyn FnMut(Vec<Change>) -> Result<()>,
 ) -> Result<()> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("reading the change log: {e}"));
+    let err = |e: rusqlite::Error| Error::store_cause(store, "reading the change log", e);
     let ks: Vec<String> = (0..log.width).map(|i| format!("k{i}")).collect();
     let ks = ks.join(", ");
     let range = [log.from as i64, log.to as i64];
@@ -639,7 +639,7 @@ impl StorageBackend for SqliteBackend {
 
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store = self.describe();
-        let err = |e: rusqlite::Error| Error::store(&store, format!("opening a read view: {e}"));
+        let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
         let conn = open_reader(&self.path, self.readonly_shm).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         // A view reads each page about once (a scan, or an incremental's row lookups spread
@@ -783,7 +783,7 @@ impl SqliteView {
 
     fn err(&self, what: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
         let what = what.to_string();
-        move |e| Error::store(&self.store, format!("{what}: {e}"))
+        move |e| Error::store_cause(&self.store, what.clone(), e)
     }
 
     /// Ends the open read transaction, if any.
@@ -871,7 +871,7 @@ impl SqliteView {
             self.begin_read()?;
             let store = self.store.clone();
             let err = |e: rusqlite::Error| {
-                Error::store(&store, format!("reading table `{}`: {e}", table.name))
+                Error::store_cause(&store, format!("reading table `{}`", table.name), e)
             };
             let mut step = Vec::new();
             let mut done = true;
@@ -1371,7 +1371,7 @@ struct SqliteRestore<'a> {
 impl RestoreSink for SqliteRestore<'_> {
     fn create_collection(&mut self, info: &CollectionInfo, source: StoreKind) -> Result<()> {
         let err = |e: rusqlite::Error| {
-            Error::store(&self.store, format!("creating table `{}`: {e}", info.name))
+            Error::store_cause(&self.store, format!("creating table `{}`", info.name), e)
         };
         let sql = info.schema.get("sql").and_then(|s| s.as_str());
         let layout = match (source, sql) {
@@ -1415,7 +1415,7 @@ impl RestoreSink for SqliteRestore<'_> {
 
     fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
         let err = |e: rusqlite::Error| {
-            Error::store(&self.store, format!("writing into `{collection}`: {e}"))
+            Error::store_cause(&self.store, format!("writing into `{collection}`"), e)
         };
         let layout = self.tables.get(collection).ok_or_else(|| {
             Error::store(
@@ -1511,7 +1511,7 @@ impl RestoreSink for SqliteRestore<'_> {
 
     fn finish(self: Box<Self>, schema: &StoreSchema, source: StoreKind) -> Result<()> {
         let err = |what: &str, e: rusqlite::Error| {
-            Error::store(&self.store, format!("restoring {what}: {e}"))
+            Error::store_cause(&self.store, format!("restoring {what}"), e)
         };
         let s = &schema.0;
         if source == StoreKind::Sqlite {
@@ -1583,8 +1583,7 @@ impl SqliteRestore<'_> {
     /// are refused, naming the tables to add. Violations the source itself held (SQLite only
     /// enforces foreign keys where the application turns them on) are kept as they were.
     fn check_foreign_keys(&self) -> Result<()> {
-        let err =
-            |e: rusqlite::Error| Error::store(&self.store, format!("checking foreign keys: {e}"));
+        let err = |e: rusqlite::Error| Error::store_cause(&self.store, "checking foreign keys", e);
         let mut missing: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         let mut stmt = self
             .conn
@@ -1740,7 +1739,7 @@ impl StoreFactory for SqliteFactory {
                 if let Some(v) = schema.0.get(pragma).and_then(|v| v.as_i64()) {
                     conn.execute_batch(&format!("PRAGMA {pragma} = {v}"))
                         .map_err(|e| {
-                            Error::store(describe(path), format!("setting {pragma}: {e}"))
+                            Error::store_cause(describe(path), format!("setting {pragma}"), e)
                         })?;
                 }
             }
@@ -1764,9 +1763,10 @@ impl StoreFactory for SqliteFactory {
 
     fn prepare_replace(&self, path: &Path) -> Result<()> {
         let err = |e: rusqlite::Error| {
-            Error::store(
+            Error::store_cause(
                 format!("sqlite:{}", path.display()),
-                format!("folding the old database's WAL into it before replacing it: {e}"),
+                "folding the old database's WAL into it before replacing it",
+                e,
             )
         };
         {

@@ -158,7 +158,7 @@ impl Table {
 /// Lists the user tables in creation order (not `sqlite_*`, not the backend's own, not virtual
 /// tables or their shadow tables).
 pub fn user_tables(conn: &Connection, store: &str) -> Result<Vec<Table>> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("reading the schema: {e}"));
+    let err = |e: rusqlite::Error| Error::store_cause(store, "reading the schema", e);
     let mut stmt = conn
         .prepare(
             "SELECT s.name, s.sql, l.wr FROM sqlite_schema s \
@@ -192,7 +192,7 @@ fn describe(
     sql: String,
     without_rowid: bool,
 ) -> Result<Table> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("reading table `{name}`: {e}"));
+    let err = |e: rusqlite::Error| Error::store_cause(store, format!("reading table `{name}`"), e);
     let mut stmt = conn
         .prepare("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")
         .map_err(err)?;

@@ -78,7 +78,7 @@ pub struct TrackReport {
 /// complete (the usual case) never asks for the application's write lock: [`install`] takes
 /// it, and waits behind an application's long write transaction.
 pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("checking change tracking: {e}"));
+    let err = |e: rusqlite::Error| Error::store_cause(store, "checking change tracking", e);
     // A deferred transaction: everything below reads one snapshot, without a write lock. It
     // only reads, so it ends by rolling back when dropped.
     let tx = conn.unchecked_transaction().map_err(err)?;
@@ -112,7 +112,7 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
                 ),
             )
         } else {
-            Error::store(store, format!("installing change tracking: {e}"))
+            Error::store_cause(store, "installing change tracking", e)
         }
     };
     let tx = conn
@@ -232,7 +232,7 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
 
 /// Removes tracking: triggers, log and meta tables.
 pub fn uninstall(conn: &mut Connection, store: &str) -> Result<()> {
-    let err = |e: rusqlite::Error| Error::store(store, format!("removing change tracking: {e}"));
+    let err = |e: rusqlite::Error| Error::store_cause(store, "removing change tracking", e);
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(err)?;
@@ -377,7 +377,7 @@ pub fn trim(conn: &mut Connection, store: &str, upto: u64) -> Result<()> {
                 ),
             )
         } else {
-            Error::store(store, format!("trimming the change log: {e}"))
+            Error::store_cause(store, "trimming the change log", e)
         }
     };
     // In WAL mode the trim commits without syncing the WAL (SQLite's `synchronous = NORMAL`,

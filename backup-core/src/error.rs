@@ -31,12 +31,16 @@ pub enum Error {
         reason: String,
     },
     /// The store reported an error.
-    #[error("{store}: {message}")]
+    #[error("{}", store_text(store, message, source.as_deref()))]
     Store {
         /// The store (kind and path) concerned.
         store: String,
-        /// What failed and why.
+        /// What failed (and why, when there is no `source`).
         message: String,
+        /// The store's own error, when one caused it (RocksDB's, SQLite's, sled's, an object
+        /// store's): its text follows the message.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A path or URL given by the user is not usable.
     #[error("{path}: {cause}")]
@@ -120,14 +124,74 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::Store`].
+    /// Builds an [`Error::Store`] that no other error caused.
     pub fn store(store: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Store {
             store: store.into(),
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Builds an [`Error::Store`] caused by the store's error `cause` while doing `what`
+    /// ("reading the change log"): shown as `STORE: WHAT: CAUSE`, the cause kept as the
+    /// error's source.
+    pub fn store_cause(
+        store: impl Into<String>,
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Store {
+            store: store.into(),
+            message: what.into(),
+            source: Some(Box::new(cause)),
         }
     }
 }
 
+/// [`Error::Store`]'s text: the store, what failed, and the store's error, each when there.
+fn store_text(
+    store: &str,
+    message: &str,
+    source: Option<&(dyn std::error::Error + Send + Sync)>,
+) -> String {
+    let mut text = store.to_string();
+    if !message.is_empty() {
+        text = format!("{text}: {message}");
+    }
+    if let Some(source) = source {
+        text = format!("{text}: {source}");
+    }
+    text
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_store_error_keeps_the_stores_error_as_its_source() {
+        let e = Error::store_cause(
+            "sqlite:a.db",
+            "reading the change log",
+            std::io::Error::other("disk I/O error"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "sqlite:a.db: reading the change log: disk I/O error"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("disk I/O error")
+        );
+        let bare = Error::store_cause("sled:db", "", std::io::Error::other("corrupted"));
+        assert_eq!(bare.to_string(), "sled:db: corrupted");
+        let plain = Error::store("rocksdb:db", "column family `x` was not opened");
+        assert_eq!(plain.to_string(), "rocksdb:db: column family `x` was not opened");
+        assert!(plain.source().is_none());
+    }
+}

@@ -104,11 +104,8 @@ impl std::fmt::Debug for RemoteChain {
     }
 }
 
-fn remote_err(url: &str, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Store {
-        store: url.to_string(),
-        message: format!("{what}: {e}"),
-    }
+fn remote_err(url: &str, what: &str, why: &str) -> Error {
+    Error::store(url, format!("{what}: {why}"))
 }
 
 impl RemoteChain {
@@ -168,7 +165,7 @@ impl RemoteChain {
             .worker_threads(2)
             .enable_all()
             .build()
-            .map_err(|e| remote_err(url, "starting the I/O runtime", e))?;
+            .map_err(|e| Error::store_cause(url, "starting the I/O runtime", e))?;
         Ok(RemoteChain {
             url: url.trim_end_matches('/').to_string(),
             store,
@@ -242,8 +239,8 @@ impl RemoteChain {
         self.prefix.clone().join(name)
     }
 
-    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
-        remote_err(&self.url, what, e)
+    fn err(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        Error::store_cause(&self.url, what, e)
     }
 
     /// Every object name directly under the prefix.
@@ -620,7 +617,13 @@ impl ChainStore for RemoteChain {
             }
         }
         let object = object_name(slot);
-        let interrupted = || self.err(&format!("start uploading {object}"), "interrupted");
+        let interrupted = || {
+            remote_err(
+                &self.url,
+                &format!("start uploading {object}"),
+                "interrupted",
+            )
+        };
         let Some(starting) = underway::start_upload() else {
             return Err(interrupted());
         };
@@ -732,12 +735,11 @@ impl Upload {
     /// Completes the upload. Its lock is held until the server answers, so that a Ctrl-C
     /// handler's [`abandon_all`] meanwhile waits and then finds it complete (or, if the
     /// completion failed, aborts it) rather than exiting with the upload still open.
-    fn complete(&mut self) -> std::result::Result<(), String> {
+    /// Completes the upload: `Err(None)` if a signal's handler aborted it first.
+    fn complete(&mut self) -> std::result::Result<(), Option<object_store::Error>> {
         let mut guard = self.upload.lock().unwrap_or_else(|p| p.into_inner());
-        let upload = guard.as_mut().ok_or("interrupted")?;
-        self.rt
-            .block_on(upload.complete())
-            .map_err(|e| e.to_string())?;
+        let upload = guard.as_mut().ok_or(None)?;
+        self.rt.block_on(upload.complete()).map_err(Some)?;
         *guard = None;
         Ok(())
     }
@@ -791,8 +793,13 @@ impl ArchiveOutput for RemoteOutput {
             .ok_or_else(|| Error::io("write", &what, std::io::Error::other("finished twice")))?;
         let (mut sink, crc, size) = writer.finish().map_err(|e| Error::io("upload", &what, e))?;
         sink.wait_all().map_err(|e| Error::io("upload", &what, e))?;
-        sink.complete()
-            .map_err(|e| self.chain.err(&format!("complete {}", self.object), e))?;
+        sink.complete().map_err(|e| {
+            let what = format!("complete {}", self.object);
+            match e {
+                Some(e) => self.chain.err(&what, e),
+                None => remote_err(&self.chain.url, &what, "interrupted"),
+            }
+        })?;
         // A writer whose lock expired (an outage longer than LOCK_TTL) and was taken over must
         // not seal: the other writer owns the chain now.
         self.chain.check_still_held()?;
@@ -971,7 +978,11 @@ impl RemoteChain {
                 Err(e) => return Err(self.err("create the lock object", e)),
             }
         }
-        Err(self.err("create the lock object", "it keeps being taken"))
+        Err(remote_err(
+            &self.url,
+            "create the lock object",
+            "it keeps being taken",
+        ))
     }
 
     /// Fails with [`Error::Locked`] when this handle took the lock and the lock object no
