@@ -191,7 +191,10 @@ mod tests {
         let bare = Error::store_cause("sled:db", "", std::io::Error::other("corrupted"));
         assert_eq!(bare.to_string(), "sled:db: corrupted");
         let plain = Error::store("rocksdb:db", "column family `x` was not opened");
-        assert_eq!(plain.to_string(), "rocksdb:db: column family `x` was not opened");
+        assert_eq!(
+            plain.to_string(),
+            "rocksdb:db: column family `x` was not opened"
+        );
         assert!(plain.source().is_none());
     }
 }
