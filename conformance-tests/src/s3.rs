@@ -52,7 +52,9 @@ pub fn moto() -> u16 {
     })
 }
 
-/// A raw HTTP request to the server (moto does not check signatures); returns the status.
+/// A raw HTTP request to the server, with a dummy SigV4 `Authorization` header (moto does not
+/// check signatures, but refuses some requests without one: objects named `*.json`); returns
+/// the status.
 ///
 /// # Panics
 /// If the server cannot be reached or answers nonsense.
@@ -74,7 +76,10 @@ pub fn request(method: &str, path: &str, body: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("moto listens");
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, \
+         SignedHeaders=host, Signature=0\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .expect("a request");

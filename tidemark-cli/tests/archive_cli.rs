@@ -876,3 +876,57 @@ fn compaction_keeps_the_chains_codec() {
     ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after compaction");
 }
+
+/// Flips a byte inside the data of `archive`'s manifest entry (its local header found by name).
+fn damage_manifest(archive: &Path) {
+    let mut bytes = std::fs::read(archive).unwrap();
+    let name = b"tidemark/manifest.json";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+    let header = at - 30;
+    let le16 = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]) as usize;
+    let data = header + 30 + le16(header + 26) + le16(header + 28);
+    bytes[data + 5] ^= 0x01;
+    std::fs::write(archive, bytes).unwrap();
+}
+
+/// Bit rot in the newest archive's manifest must not stop every backup after it, which would
+/// leave the store unprotected until someone deletes the file: the next run is a full archive
+/// after it and says why, verify still reports the damaged archive, and the newest point
+/// restores exactly (read back with the sqlite3 shell). Before, every later backup, `--full`
+/// included, failed on the damaged manifest.
+#[test]
+fn a_damaged_newest_archive_does_not_stop_the_backups() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = tracked_rows(d, 500);
+    ok(&ARCHIVE_BACKUP, d);
+    sql(&db, "UPDATE t SET v = 'second ' || id WHERE id % 3 = 0;");
+    ok(&ARCHIVE_BACKUP, d);
+    let newest = archives(&d.join("ar")).pop().unwrap();
+    damage_manifest(&newest);
+    let name = newest.file_name().unwrap().to_string_lossy().into_owned();
+
+    sql(&db, "UPDATE t SET v = 'third ' || id WHERE id % 5 = 0;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(out.contains("Archive (full)"), "{out}");
+    assert!(
+        out.contains(&name) && out.contains("cannot be read"),
+        "says why: {out}"
+    );
+    assert_eq!(
+        archives(&d.join("ar")).len(),
+        3,
+        "the damaged archive stays"
+    );
+    assert!(newest.exists());
+    let v = tidemark(&["verify", "ar"], d);
+    assert_eq!(v.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&v.stderr).contains(&name));
+    restores_as_source(d, &db, "after", "the full after the damaged archive");
+
+    // The chain carries on from the new full.
+    sql(&db, "DELETE FROM t WHERE id % 7 = 0;");
+    let out = ok(&ARCHIVE_BACKUP, d);
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    restores_as_source(d, &db, "later", "an incremental on the new full");
+}

@@ -1112,3 +1112,54 @@ fn a_verify_beside_a_prune_of_the_bucket_is_not_fooled_by_removed_archives() {
         );
     }
 }
+
+/// A damaged seal of the newest archive (bit rot, a bad write by another tool) must not stop
+/// the backups to the bucket: the next run is a full archive after it, saying why; verify still
+/// reports the seal; the newest point restores exactly. Before, every later backup failed.
+#[test]
+fn a_damaged_newest_seal_does_not_stop_the_backups() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let url = bucket("damagedseal");
+    backup(d, &url, &[]);
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET v = 'second' WHERE id % 3 = 0;",
+    );
+    backup(d, &url, &[]);
+    assert_eq!(
+        http(
+            "PUT",
+            "/damagedseal/tidemark-000002-incr.json",
+            b"{\"archive\": \"tidemark-000002-incr-0"
+        ),
+        200
+    );
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET v = 'third' WHERE id % 5 = 0;",
+    );
+    let out = backup(d, &url, &[]);
+    assert!(out.contains("Archive (full)"), "{out}");
+    assert!(
+        out.contains("tidemark-000002-incr.json") && out.contains("cannot be read"),
+        "says why: {out}"
+    );
+    let v = run(&["verify", &url], d);
+    assert_eq!(v.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&v.stderr).contains("tidemark-000002-incr.json"));
+    assert_same_dump(
+        &restore(d, &url, None, "after.db"),
+        &dump(&d.join("src.db")),
+        "the full after the damaged seal",
+    );
+    sql(&d.join("src.db"), "DELETE FROM t WHERE id % 7 = 0;");
+    let out = backup(d, &url, &[]);
+    assert!(out.contains("Archive (incremental)"), "{out}");
+    assert_same_dump(
+        &restore(d, &url, None, "later.db"),
+        &dump(&d.join("src.db")),
+        "an incremental on the new full",
+    );
+}

@@ -169,7 +169,7 @@ pub fn backup_archive_to(
     chain_store.clean_partial()?;
     // Only the newest archive's manifest is read: a live backup's chain grows by thousands of
     // archives a day.
-    let newest = chain_store.newest()?;
+    let (newest, unreadable) = newest_or_damage(chain_store)?;
     let head = newest.as_ref();
     tracing::debug!(
         chain = %chain_store.location().display(),
@@ -177,8 +177,23 @@ pub fn backup_archive_to(
         "continuing the chain"
     );
     durable::create_dir_all(state_dir)?;
-    let previous = previous_state(state_dir, head);
-    let sequence = head.map_or(1, |h| h.manifest.sequence + 1);
+    let (previous, sequence) = match &unreadable {
+        // A damaged newest archive must not stop every backup after it (bit rot in one file
+        // would leave the store unprotected until someone deletes it): the run is a full
+        // archive after it, which depends on nothing before. The damaged file stays, for
+        // verify to report and the user to look at.
+        Some((last, e)) => (
+            Err(FullReason::PreviousDamaged(format!(
+                "the chain's newest archive cannot be read ({e}), so this backup does not \
+                 continue it"
+            ))),
+            last + 1,
+        ),
+        None => (
+            previous_state(state_dir, head),
+            head.map_or(1, |h| h.manifest.sequence + 1),
+        ),
+    };
     let (compression, unread) = next_codec(chain_store, head, archive);
     if let (Some(e), Some(h)) = (unread, head) {
         events(Event::Notice(format!(
@@ -350,6 +365,32 @@ pub fn backup_archive_to(
 }
 
 /// The state to continue from, or why the next archive is full.
+/// A newest archive that cannot be read: the highest sequence number among the archives'
+/// names, and the damage.
+type Unreadable = (u64, Error);
+
+/// The chain's newest archive (what a backup continues), or, when its manifest (or seal)
+/// cannot be read because it is damaged, the highest sequence number among the archives' names
+/// and the damage.
+fn newest_or_damage(
+    chain_store: &dyn ChainStore,
+) -> Result<(Option<ChainItem>, Option<Unreadable>)> {
+    match chain_store.newest() {
+        Ok(newest) => Ok((newest, None)),
+        Err(e @ (Error::Damaged { .. } | Error::Manifest { .. })) => {
+            let last = chain_store
+                .listing()?
+                .slots
+                .iter()
+                .map(|s| s.sequence)
+                .max()
+                .unwrap_or(0);
+            Ok((None, Some((last, e))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
 fn previous_state(
     state_dir: &Path,
     head: Option<&ChainItem>,
