@@ -143,22 +143,27 @@ pub struct PrunedEntry {
 }
 
 /// The entries of a prune log (`bytes` is the log at `path`, `None` when nothing was ever
-/// pruned).
-pub fn parse_prune_log(path: &Path, bytes: Option<&[u8]>) -> Result<Vec<PrunedEntry>> {
+/// pruned), and the damage found in it: a line that does not parse is left out and reported
+/// (the archives it named removed then read as missing, which verify reports too), so that one
+/// damaged line does not make the whole chain unreadable.
+pub fn parse_prune_log(path: &Path, bytes: Option<&[u8]>) -> (Vec<PrunedEntry>, Vec<Error>) {
+    let (mut entries, mut damage) = (Vec::new(), Vec::new());
     let Some(bytes) = bytes else {
-        return Ok(Vec::new());
+        return (entries, damage);
     };
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, l)| {
-            serde_json::from_str::<PrunedEntry>(l).map_err(|e| Error::Damaged {
+    for (n, l) in String::from_utf8_lossy(bytes).lines().enumerate() {
+        if l.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<PrunedEntry>(l) {
+            Ok(entry) => entries.push(entry),
+            Err(e) => damage.push(Error::Damaged {
                 path: path.to_path_buf(),
-                cause: format!("line {}: {e}", n + 1),
-            })
-        })
-        .collect()
+                cause: format!("line {}: {e} (the line is left out)", n + 1),
+            }),
+        }
+    }
+    (entries, damage)
 }
 
 /// When the archive's backup was captured, in UTC (`None` if its manifest's time does not parse).

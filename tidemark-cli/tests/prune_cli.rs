@@ -217,3 +217,39 @@ fn a_verify_beside_a_prune_is_not_fooled_by_removed_archives() {
     ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "after");
 }
+
+/// A flipped byte in the prune log damages one line: verify reports that line (exit 3), while
+/// restore (read back with the sqlite3 shell), list, prune, compact and backups go on with the
+/// other lines. Before, the one line made every command refuse the whole chain.
+#[test]
+fn a_damaged_line_of_the_prune_log_is_reported_and_stops_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    two_segments(d);
+    ok(&["prune", "ar", "--keep-last", "1"], d);
+    let log = d.join("ar/.tidemark-pruned");
+    let mut bytes = std::fs::read(&log).unwrap();
+    assert!(bytes.iter().filter(|&&b| b == b'\n').count() >= 2);
+    bytes[5] ^= 0x01; // inside the first line's first field name
+    std::fs::write(&log, &bytes).unwrap();
+
+    let v = common::tidemark(&["verify", "ar"], d);
+    assert_eq!(v.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&v.stderr);
+    assert!(err.contains(".tidemark-pruned: line 1"), "{err}");
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "restore");
+    ok(&["list", "ar"], d);
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET v = 'after' WHERE id % 2 = 0;",
+    );
+    ok(&ARCHIVE_BACKUP, d);
+    ok(&["prune", "ar", "--keep-last", "1"], d);
+    ok(&["compact", "ar"], d);
+    ok(&["restore", "--from", "ar", "--to", "sqlite:r2.db"], d);
+    assert_same_dump(&dump(&d.join("r2.db")), &dump(&d.join("src.db")), "after");
+    // The damaged line is kept, not rewritten: verify goes on saying so.
+    let v = common::tidemark(&["verify", "ar"], d);
+    assert_eq!(v.status.code(), Some(3));
+}

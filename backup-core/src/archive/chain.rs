@@ -158,7 +158,8 @@ impl Survey {
     /// Completes a survey with the prune log (its bytes, stored at `log_path`): the sequences
     /// it explains, and the leftovers set apart from the chain, which is sorted.
     pub fn settle(&mut self, log_path: &Path, log: Option<&[u8]>) -> Result<()> {
-        let entries = crate::prune::parse_prune_log(log_path, log)?;
+        let (entries, damage) = crate::prune::parse_prune_log(log_path, log);
+        self.problems.extend(damage);
         self.pruned = super::graph::pruned_sequences(&entries);
         let (chain, leftovers) = super::graph::settle(std::mem::take(&mut self.items), &entries);
         self.items = chain;
@@ -181,8 +182,12 @@ pub(crate) fn load_chain(
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<u8>)> {
     let items = store.read_chain()?;
     let log = store.read_prune_log()?.unwrap_or_default();
-    let entries =
-        crate::prune::parse_prune_log(&store.location_of(crate::prune::PRUNED_LOG), Some(&log))?;
+    let (entries, damage) =
+        crate::prune::parse_prune_log(&store.location_of(crate::prune::PRUNED_LOG), Some(&log));
+    for e in damage {
+        // Kept as it is when the log is appended to: verify goes on reporting it.
+        tracing::warn!("{e}");
+    }
     let (chain, leftovers) = super::graph::settle(items, &entries);
     Ok((chain, leftovers, log))
 }

@@ -166,10 +166,13 @@ pub fn compact_recent(
         let lo = hi - size + 1;
         let log = match &log {
             Some(l) => l,
-            None => log.insert(crate::prune::parse_prune_log(
-                &store.location_of(crate::prune::PRUNED_LOG),
-                store.read_prune_log()?.as_deref(),
-            )?),
+            None => log.insert(
+                crate::prune::parse_prune_log(
+                    &store.location_of(crate::prune::PRUNED_LOG),
+                    store.read_prune_log()?.as_deref(),
+                )
+                .0,
+            ),
         };
         let (items, _) = super::graph::settle(store.read_range(lo, hi)?, log);
         summary.carry_out(store, options, block(&items, lo, hi, true), progress)?;

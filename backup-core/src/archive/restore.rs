@@ -138,11 +138,12 @@ fn surveyed(store: &dyn ChainStore, skip_damaged: bool) -> Result<(Vec<ChainItem
 /// no unbroken path, an unreadable manifest on it): the full survey then decides, and says why.
 fn newest_path(store: &dyn ChainStore) -> Option<Vec<ChainItem>> {
     let listing = store.listing().ok()?;
-    let log = crate::prune::parse_prune_log(
+    // A damaged line of the log only explains an older gap less (verify reports it): the
+    // path to the newest point does not depend on it.
+    let (log, _) = crate::prune::parse_prune_log(
         &store.location_of(crate::prune::PRUNED_LOG),
         store.read_prune_log().ok()?.as_deref(),
-    )
-    .ok()?;
+    );
     let gone: Vec<Slot> = log.iter().filter_map(|e| slot_of_name(&e.file)).collect();
     let mut slots: Vec<Slot> = listing
         .slots
