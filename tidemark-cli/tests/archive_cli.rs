@@ -929,4 +929,18 @@ fn a_damaged_newest_archive_does_not_stop_the_backups() {
     let out = ok(&ARCHIVE_BACKUP, d);
     assert!(out.contains("Archive (incremental)"), "{out}");
     restores_as_source(d, &db, "later", "an incremental on the new full");
+    // Retention, compaction and list go on around the damaged archive (a hole in the chain,
+    // never removed), saying so; before, each failed on it.
+    let first = archives(&d.join("ar")).remove(0);
+    let out = tidemark(&["prune", "ar", "--keep-last", "1"], d);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
+    assert!(
+        !first.exists(),
+        "the first full, needed by no kept point, is removed"
+    );
+    assert!(newest.exists(), "the damaged archive is left as it is");
+    ok(&["compact", "ar"], d);
+    ok(&["list", "ar"], d);
+    restores_as_source(d, &db, "pruned", "after the prune");
 }

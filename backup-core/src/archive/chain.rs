@@ -175,21 +175,28 @@ pub fn settled_chain(store: &dyn ChainStore) -> Result<(Vec<ChainItem>, Vec<Chai
     Ok((chain, leftovers))
 }
 
-/// The chain in `store` as a writer sees it: the archives of the chain (sorted), the leftovers
-/// of an interrupted prune, and the prune log's bytes.
+/// The chain in `store` as a writer (prune, compact) and `list` see it: the archives of the
+/// chain (sorted), the leftovers of an interrupted prune, and the prune log's bytes.
+///
+/// Damage (an archive whose manifest cannot be read, a damaged line of the prune log, a head
+/// that does not add up) is said on stderr and left as it is, for verify to report: a damaged
+/// archive counts as a hole in the chain, which prune plans around as it does around a lost
+/// one (keeping everything back to a full archive for a point whose path crosses it) and never
+/// removes. Anything else (a wrong key, an I/O error) fails.
 pub(crate) fn load_chain(
     store: &dyn ChainStore,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<u8>)> {
-    let items = store.read_chain()?;
-    let log = store.read_prune_log()?.unwrap_or_default();
-    let (entries, damage) =
-        crate::prune::parse_prune_log(&store.location_of(crate::prune::PRUNED_LOG), Some(&log));
-    for e in damage {
-        // Kept as it is when the log is appended to: verify goes on reporting it.
-        tracing::warn!("{e}");
+    let survey = store.survey()?;
+    for problem in survey.problems {
+        match problem {
+            Error::Damaged { .. } | Error::Manifest { .. } => {
+                tracing::warn!("{problem} (left as it is: `tidemark verify` reports it)");
+            }
+            other => return Err(other),
+        }
     }
-    let (chain, leftovers) = super::graph::settle(items, &entries);
-    Ok((chain, leftovers, log))
+    let log = store.read_prune_log()?.unwrap_or_default();
+    Ok((survey.items, survey.leftovers, log))
 }
 
 /// An archive opened for reading: ranged reads at any offset, from any thread (an object
