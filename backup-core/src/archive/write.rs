@@ -378,13 +378,12 @@ fn newest_or_damage(
     match chain_store.newest() {
         Ok(newest) => Ok((newest, None)),
         Err(e @ (Error::Damaged { .. } | Error::Manifest { .. })) => {
-            let last = chain_store
-                .listing()?
-                .slots
-                .iter()
-                .map(|s| s.sequence)
-                .max()
-                .unwrap_or(0);
+            // The listing reads names (and the head): if even that fails, the damage is what
+            // the user needs to hear about.
+            let Ok(listing) = chain_store.listing() else {
+                return Err(e);
+            };
+            let last = listing.slots.iter().map(|s| s.sequence).max().unwrap_or(0);
             Ok((None, Some((last, e))))
         }
         Err(e) => Err(e),
