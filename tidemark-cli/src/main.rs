@@ -150,13 +150,22 @@ fn main() -> ExitCode {
             .with_target("tidemark_remote", level)
             .with_target("tidemark", level)
             .with_default(tracing::Level::WARN);
-        let layer = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .with_target(false)
-            .with_ansi(false)
-            .with_timer(tracing_subscriber::fmt::time::uptime())
-            .with_filter(targets);
-        let _ = tracing_subscriber::registry().with(layer).try_init();
+        if cli.verbose == 0 {
+            // Only warnings and errors: said as the CLI says its errors, without the clock.
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .event_format(PlainWarnings)
+                .with_filter(targets);
+            let _ = tracing_subscriber::registry().with(layer).try_init();
+        } else {
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_ansi(false)
+                .with_timer(tracing_subscriber::fmt::time::uptime())
+                .with_filter(targets);
+            let _ = tracing_subscriber::registry().with(layer).try_init();
+        }
     }
     let result = run(cli);
     if result.is_err() && commands::interrupted() {
@@ -189,6 +198,32 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Log events at the default verbosity (warnings and errors) as `tidemark: warning: …`, the way
+/// the CLI prints its errors, instead of the `-v` log's clock and level columns.
+struct PlainWarnings;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainWarnings
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let what = if *event.metadata().level() == tracing::Level::ERROR {
+            "error"
+        } else {
+            "warning"
+        };
+        write!(writer, "tidemark: {what}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
     }
 }
 
