@@ -934,7 +934,11 @@ fn a_damaged_newest_archive_does_not_stop_the_backups() {
     let first = archives(&d.join("ar")).remove(0);
     let out = tidemark(&["prune", "ar", "--keep-last", "1"], d);
     assert!(out.status.success(), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("tidemark: warning: ") && err.contains(&name),
+        "{err}"
+    );
     assert!(
         !first.exists(),
         "the first full, needed by no kept point, is removed"
