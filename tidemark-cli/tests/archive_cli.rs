@@ -948,3 +948,45 @@ fn a_damaged_newest_archive_does_not_stop_the_backups() {
     ok(&["list", "ar"], d);
     restores_as_source(d, &db, "pruned", "after the prune");
 }
+
+/// An archive a newer tidemark wrote (its manifest checks out but says format v99) is not
+/// damage: a backup refuses to continue or go around it, naming it, and writes nothing; a
+/// damaged one (next test above) is gone around.
+#[test]
+fn an_archive_of_a_newer_format_is_refused_not_taken_for_damage() {
+    use std::io::Read;
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    tracked_rows(d, 100);
+    ok(&ARCHIVE_BACKUP, d);
+    let newest = archives(&d.join("ar")).pop().unwrap();
+    {
+        let mut old = zip::ZipArchive::new(std::fs::File::open(&newest).unwrap()).unwrap();
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..old.len() {
+            let name = old.by_index_raw(i).unwrap().name().to_string();
+            if name == "tidemark/manifest.json" {
+                let mut text = String::new();
+                old.by_index(i).unwrap().read_to_string(&mut text).unwrap();
+                let mut entry: serde_json::Value = serde_json::from_str(&text).unwrap();
+                entry["manifest"]["format_version"] = 99.into();
+                let crc = crc32fast::hash(&serde_json::to_vec(&entry["manifest"]).unwrap());
+                entry["crc32"] = crc.into();
+                z.start_file(name, zip::write::SimpleFileOptions::default())
+                    .unwrap();
+                z.write_all(&serde_json::to_vec(&entry).unwrap()).unwrap();
+            } else {
+                z.raw_copy_file(old.by_index_raw(i).unwrap()).unwrap();
+            }
+        }
+        std::fs::write(&newest, z.finish().unwrap().into_inner()).unwrap();
+    }
+    let out = tidemark(&ARCHIVE_BACKUP, d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("v99 is not supported") && err.contains("newer"),
+        "{err}"
+    );
+    assert_eq!(archives(&d.join("ar")).len(), 1, "nothing written");
+}

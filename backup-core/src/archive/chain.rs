@@ -1116,13 +1116,21 @@ fn read_manifest_from(path: &Path, mut file: impl Read + Seek) -> Result<Archive
     if crc != file.crc32 {
         return Err(damaged(&entry_path, "manifest CRC32 does not match"));
     }
+    // Past the CRC32 the bytes are as they were written: what this tidemark cannot take is not
+    // damage but a newer writer's (a backup must refuse it, not start a full archive after it).
+    let newer = |cause: String| {
+        Error::BadInput {
+        path: entry_path.clone(),
+        cause: format!("{cause}: written by a newer tidemark? (this one reads format v1 to v{ARCHIVE_FORMAT_VERSION})"),
+    }
+    };
     let m: ArchiveManifest = serde_json::from_value(file.manifest)
-        .map_err(|e| damaged(&entry_path, format!("unexpected content: {e}")))?;
+        .map_err(|e| newer(format!("unexpected content: {e}")))?;
     if m.format != ARCHIVE_FORMAT || !(1..=ARCHIVE_FORMAT_VERSION).contains(&m.format_version) {
-        return Err(damaged(
-            &entry_path,
-            format!("format {} v{} is not supported", m.format, m.format_version),
-        ));
+        return Err(newer(format!(
+            "format {} v{} is not supported",
+            m.format, m.format_version
+        )));
     }
     Ok(m)
 }
