@@ -364,7 +364,6 @@ pub fn backup_archive_to(
     })
 }
 
-/// The state to continue from, or why the next archive is full.
 /// A newest archive that cannot be read: the highest sequence number among the archives'
 /// names, and the damage.
 type Unreadable = (u64, Error);
@@ -390,6 +389,7 @@ fn newest_or_damage(
     }
 }
 
+/// The state to continue from, or why the next archive is full.
 fn previous_state(
     state_dir: &Path,
     head: Option<&ChainItem>,
