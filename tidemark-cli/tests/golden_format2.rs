@@ -1,11 +1,16 @@
-//! Old backups stay readable: a golden archive chain written by tidemark at e4da6cf (the first
-//! days of format 2: no store marks, no scan-part counts, key state of that time, version 1
-//! capture triggers) is committed under `tests/fixtures/format2-e4da6cf.tar`. It must verify,
-//! restore every checkpoint exactly (compared with the `sqlite3` shell's `.dump` taken when the
-//! fixture was made), and take new backups that continue the chain. The fixture: a tracked
-//! SQLite database (a rowid table with an index, BLOBs, NULLs and REALs; a WITHOUT ROWID table
-//! of mixed types), a zstd chain of a full and two incrementals (updates, deletes, inserts) at
-//! checkpoints 0, 71 and 73, a deflate chain of one full at 73, and the database at 73.
+//! Old backups stay readable: golden archive chains written by earlier builds of format 2 are
+//! committed under `tests/fixtures/` and must verify, restore every checkpoint exactly
+//! (compared with the `sqlite3` shell's `.dump` taken when each fixture was made), and take new
+//! backups that continue the chain:
+//!
+//! - `format2-e4da6cf.tar`: the first days of format 2 (no store marks, no scan-part counts,
+//!   version 1 capture triggers): a zstd chain of a full and two incrementals at checkpoints 0,
+//!   71 and 73, and a deflate chain of one full at 73;
+//! - `format2-3ec49bf.tar`: before store marks, with the block-indexed key state and three key
+//!   deltas: a zstd chain of a full and three incrementals at 0, 71, 73 and 95.
+//!
+//! Each holds the tracked SQLite database at its last point (a rowid table with an index, BLOBs,
+//! NULLs and REALs; a WITHOUT ROWID table of mixed types).
 #![cfg(feature = "sqlite")]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -14,13 +19,11 @@ use common::{dump, ok};
 
 use std::path::{Path, PathBuf};
 
-const FIXTURE: &str = "format2-e4da6cf";
-
-/// The fixture, unpacked into `d` (a copy: the committed files are never written to).
-fn unpack(d: &Path) -> PathBuf {
+/// Fixture `name`, unpacked into `d` (a copy: the committed files are never written to).
+fn unpack(d: &Path, name: &str) -> PathBuf {
     let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(format!("{FIXTURE}.tar"));
+        .join(format!("{name}.tar"));
     let st = std::process::Command::new("tar")
         .arg("-xf")
         .arg(&tar)
@@ -29,8 +32,27 @@ fn unpack(d: &Path) -> PathBuf {
         .status()
         .unwrap();
     assert!(st.success(), "unpacking {}", tar.display());
-    d.join(FIXTURE)
+    d.join(name)
 }
+
+/// Each fixture, its chains, and its points: (checkpoint, the dump taken there).
+const FIXTURES: [(&str, &[&str], &[(&str, &str)]); 2] = [
+    (
+        "format2-e4da6cf",
+        &["chain", "chain-deflate"],
+        &[("0", "at-1.sql"), ("71", "at-2.sql"), ("73", "at-3.sql")],
+    ),
+    (
+        "format2-3ec49bf",
+        &["chain"],
+        &[
+            ("0", "at-1.sql"),
+            ("71", "at-2.sql"),
+            ("73", "at-3.sql"),
+            ("95", "at-4.sql"),
+        ],
+    ),
+];
 
 /// A dump without tidemark's tracking objects and the `sqlite_sequence` reset they cause.
 fn normalize(text: &str) -> String {
@@ -42,110 +64,122 @@ fn normalize(text: &str) -> String {
 
 #[test]
 fn early_format_2_chains_verify_and_restore_every_checkpoint_exactly() {
-    let t = tempfile::tempdir().unwrap();
-    let root = unpack(t.path());
-    for chain in ["chain", "chain-deflate"] {
-        let out = ok(&["verify", chain], &root);
-        assert!(out.contains("is intact"), "{chain}: {out}");
+    for (name, chains, points) in FIXTURES {
+        let t = tempfile::tempdir().unwrap();
+        let root = unpack(t.path(), name);
+        for chain in chains {
+            let out = ok(&["verify", chain], &root);
+            assert!(out.contains("is intact"), "{name} {chain}: {out}");
+        }
+        let listed = ok(&["list", "chain"], &root);
+        assert_eq!(listed.lines().count(), points.len() + 1, "{listed}");
+        for (at, file) in points {
+            let target = format!("r{at}.db");
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    "chain",
+                    "--to",
+                    &format!("sqlite:{target}"),
+                    "--at",
+                    at,
+                ],
+                &root,
+            );
+            common::assert_same_dump(
+                &normalize(&dump(&root.join(&target))),
+                &normalize(&std::fs::read_to_string(root.join(file)).unwrap()),
+                &format!("{name} --at {at}"),
+            );
+        }
+        let last = points.last().unwrap().1;
+        for chain in &chains[1..] {
+            let target = format!("{chain}.db");
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    chain,
+                    "--to",
+                    &format!("sqlite:{target}"),
+                ],
+                &root,
+            );
+            common::assert_same_dump(
+                &normalize(&dump(&root.join(&target))),
+                &normalize(&std::fs::read_to_string(root.join(last)).unwrap()),
+                &format!("{name} {chain}"),
+            );
+        }
     }
-    let listed = ok(&["list", "chain"], &root);
-    assert_eq!(listed.lines().count(), 4, "{listed}");
-    for (at, file) in [("0", "at-1.sql"), ("71", "at-2.sql"), ("73", "at-3.sql")] {
-        let target = format!("r{at}.db");
+}
+
+/// A new tidemark continues an early format-2 chain from its database, and the old points
+/// still restore. From e4da6cf the next backup is full (the database's capture triggers are of
+/// an older version, which it says); from 3ec49bf it is incremental, reading that version's key
+/// state and its deltas. A second backup is incremental in both.
+#[test]
+fn early_format_2_chains_take_new_backups() {
+    for (name, _, points) in FIXTURES {
+        let t = tempfile::tempdir().unwrap();
+        let root = unpack(t.path(), name);
+        let db = root.join("src.db");
+        let backup = || {
+            ok(
+                &[
+                    "backup",
+                    "--source",
+                    "sqlite:src.db",
+                    "--to",
+                    "chain",
+                    "--format",
+                    "archive",
+                ],
+                &root,
+            )
+        };
+        common::sql(&db, "UPDATE t SET score = score + 1 WHERE id % 3 = 0;");
+        let out = backup();
+        if name == "format2-3ec49bf" {
+            assert!(out.contains("Archive (incremental)"), "{name}: {out}");
+        } else {
+            assert!(out.contains("capture triggers"), "{name}: {out}");
+        }
+        common::sql(
+            &db,
+            "DELETE FROM kv WHERE k = 'c'; INSERT INTO t(name) VALUES ('later');",
+        );
+        let out = backup();
+        assert!(out.contains("Archive (incremental)"), "{name}: {out}");
+        let out = ok(&["verify", "chain"], &root);
+        assert!(out.contains("is intact"), "{name}: {out}");
+        ok(
+            &["restore", "--from", "chain", "--to", "sqlite:now.db"],
+            &root,
+        );
+        common::assert_same_dump(
+            &normalize(&dump(&root.join("now.db"))),
+            &normalize(&dump(&db)),
+            &format!("{name} after the new backups"),
+        );
+        let (at, file) = points[1];
         ok(
             &[
                 "restore",
                 "--from",
                 "chain",
                 "--to",
-                &format!("sqlite:{target}"),
+                "sqlite:old.db",
                 "--at",
                 at,
             ],
             &root,
         );
         common::assert_same_dump(
-            &normalize(&dump(&root.join(&target))),
+            &normalize(&dump(&root.join("old.db"))),
             &normalize(&std::fs::read_to_string(root.join(file)).unwrap()),
-            &format!("--at {at}"),
+            &format!("{name}: an old point after the new backups"),
         );
     }
-    ok(
-        &["restore", "--from", "chain-deflate", "--to", "sqlite:d.db"],
-        &root,
-    );
-    common::assert_same_dump(
-        &normalize(&dump(&root.join("d.db"))),
-        &normalize(&std::fs::read_to_string(root.join("at-3.sql")).unwrap()),
-        "the deflate chain",
-    );
-}
-
-/// A new tidemark continues an early format-2 chain from its database: the next backup (full:
-/// the database's capture triggers are of an older version, which it says) and an incremental
-/// after it verify and restore equal to the database, and the old points still restore.
-#[test]
-fn early_format_2_chains_take_new_backups() {
-    let t = tempfile::tempdir().unwrap();
-    let root = unpack(t.path());
-    let db = root.join("src.db");
-    common::sql(&db, "UPDATE t SET score = score + 1 WHERE id % 3 = 0;");
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "chain",
-            "--format",
-            "archive",
-        ],
-        &root,
-    );
-    assert!(out.contains("Backup ("), "{out}");
-    common::sql(
-        &db,
-        "DELETE FROM kv WHERE k = 'c'; INSERT INTO t(name) VALUES ('later');",
-    );
-    let out = ok(
-        &[
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            "chain",
-            "--format",
-            "archive",
-        ],
-        &root,
-    );
-    assert!(out.contains("Archive (incremental)"), "{out}");
-    let out = ok(&["verify", "chain"], &root);
-    assert!(out.contains("is intact"), "{out}");
-    ok(
-        &["restore", "--from", "chain", "--to", "sqlite:now.db"],
-        &root,
-    );
-    common::assert_same_dump(
-        &normalize(&dump(&root.join("now.db"))),
-        &normalize(&dump(&db)),
-        "after the new backups",
-    );
-    ok(
-        &[
-            "restore",
-            "--from",
-            "chain",
-            "--to",
-            "sqlite:old.db",
-            "--at",
-            "71",
-        ],
-        &root,
-    );
-    common::assert_same_dump(
-        &normalize(&dump(&root.join("old.db"))),
-        &normalize(&std::fs::read_to_string(root.join("at-2.sql")).unwrap()),
-        "an old point after the new backups",
-    );
 }
