@@ -35,8 +35,15 @@ fn unpack(d: &Path, name: &str) -> PathBuf {
     d.join(name)
 }
 
-/// Each fixture, its chains, and its points: (checkpoint, the dump taken there).
-const FIXTURES: [(&str, &[&str], &[(&str, &str)]); 2] = [
+/// A fixture: its name, its chains, and its points (checkpoint, the dump taken there).
+type Fixture = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
+/// Each fixture, its chains, and its points.
+const FIXTURES: [Fixture; 2] = [
     (
         "format2-e4da6cf",
         &["chain", "chain-deflate"],
