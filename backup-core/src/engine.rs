@@ -526,30 +526,25 @@ pub(crate) fn run<T: Target>(
     options: &BackupOptions,
     events: &mut dyn FnMut(Event),
 ) -> Result<Completed<T::Run>> {
-    match run_once(
-        backend,
-        target,
-        previous,
-        interrupted,
-        options,
-        events,
-        false,
-    ) {
+    let once = |events: &mut dyn FnMut(Event), one_snapshot| {
+        run_once(
+            backend,
+            target,
+            previous,
+            interrupted,
+            options,
+            events,
+            one_snapshot,
+        )
+    };
+    match once(events, false) {
         // A scan in steps that its change log could not set right (an application changed the
         // schema meanwhile, say): once more, in one snapshot. The failed run left nothing.
         Err(Error::StepsUnsettled { store, reason }) => {
             events(Event::Notice(format!(
                 "{store}: {reason}; reading it again in one snapshot"
             )));
-            run_once(
-                backend,
-                target,
-                previous,
-                interrupted,
-                options,
-                events,
-                true,
-            )
+            once(events, true)
         }
         other => other,
     }
