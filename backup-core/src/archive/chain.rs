@@ -152,6 +152,9 @@ pub struct Survey {
     /// Archives the prune log records as removed that are still there (a prune was killed
     /// before it deleted them): not part of the chain.
     pub leftovers: Vec<ChainItem>,
+    /// The prune log's bytes as the survey read them (empty when nothing was ever pruned):
+    /// what a prune appends to.
+    pub prune_log: Vec<u8>,
 }
 
 impl Survey {
@@ -164,6 +167,7 @@ impl Survey {
         let (chain, leftovers) = super::graph::settle(std::mem::take(&mut self.items), &entries);
         self.items = chain;
         self.leftovers = leftovers;
+        self.prune_log = log.map(<[u8]>::to_vec).unwrap_or_default();
         Ok(())
     }
 }
@@ -195,8 +199,7 @@ pub(crate) fn load_chain(
             other => return Err(other),
         }
     }
-    let log = store.read_prune_log()?.unwrap_or_default();
-    Ok((survey.items, survey.leftovers, log))
+    Ok((survey.items, survey.leftovers, survey.prune_log))
 }
 
 /// An archive opened for reading: ranged reads at any offset, from any thread (an object
