@@ -8,23 +8,13 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{dump, ok};
+use common::{dump, ok, without_tracking as normalize};
 
 use std::path::{Path, PathBuf};
 
-/// The fixtures, unpacked once per test into `d` from the committed tar (git keeps no empty
-/// directories, and an empty collection is one).
+/// The fixtures, unpacked once per test into `d`.
 fn unpack(d: &Path) -> PathBuf {
-    let tar = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-5cbf1f1.tar");
-    let st = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(d)
-        .status()
-        .unwrap();
-    assert!(st.success(), "unpacking {}", tar.display());
-    d.join("format1-5cbf1f1")
+    common::unpack_fixture(d, "format1-5cbf1f1")
 }
 
 /// Fixture `name`, unpacked in `d` (a copy: the committed files are never written to); its
@@ -41,14 +31,6 @@ fn copy(d: &Path, name: &str) -> String {
 
 fn fixtures_in(d: &Path) -> PathBuf {
     d.join("format1-5cbf1f1")
-}
-
-/// A dump without tidemark's tracking objects and the `sqlite_sequence` reset they cause.
-fn normalize(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.contains("_tidemark_") && *l != "DELETE FROM sqlite_sequence;")
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn expected(d: &Path, file: &str) -> String {

@@ -15,25 +15,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{dump, ok};
-
-use std::path::{Path, PathBuf};
-
-/// Fixture `name`, unpacked into `d` (a copy: the committed files are never written to).
-fn unpack(d: &Path, name: &str) -> PathBuf {
-    let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.tar"));
-    let st = std::process::Command::new("tar")
-        .arg("-xf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(d)
-        .status()
-        .unwrap();
-    assert!(st.success(), "unpacking {}", tar.display());
-    d.join(name)
-}
+use common::{dump, ok, unpack_fixture as unpack, without_tracking as normalize};
 
 /// A fixture: its name, its chains, and its points (checkpoint, the dump taken there).
 type Fixture = (
@@ -60,14 +42,6 @@ const FIXTURES: [Fixture; 2] = [
         ],
     ),
 ];
-
-/// A dump without tidemark's tracking objects and the `sqlite_sequence` reset they cause.
-fn normalize(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.contains("_tidemark_") && *l != "DELETE FROM sqlite_sequence;")
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 
 #[test]
 fn early_format_2_chains_verify_and_restore_every_checkpoint_exactly() {

@@ -362,3 +362,29 @@ pub fn wait_for_an_archive(dir: &Path) {
         })
     });
 }
+
+/// Golden fixture `name` (`tests/fixtures/<name>.tar`), unpacked into `d` (a copy: the
+/// committed files are never written to; git keeps no empty directories, a tar does): its root.
+pub fn unpack_fixture(d: &Path, name: &str) -> std::path::PathBuf {
+    let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.tar"));
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(st.success(), "unpacking {}", tar.display());
+    d.join(name)
+}
+
+/// A `sqlite3` dump without tidemark's tracking objects and the `sqlite_sequence` reset they
+/// cause: how a golden fixture's expected state compares with a restore.
+pub fn without_tracking(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.contains("_tidemark_") && *l != "DELETE FROM sqlite_sequence;")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
