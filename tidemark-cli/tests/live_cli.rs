@@ -58,6 +58,25 @@ fn went_through(app: &rusqlite::Connection, sql: &str) -> bool {
     }
 }
 
+/// The application inserting a row into `log` every `pause` while `going` says so: how many
+/// inserts went through and how many were refused ("database is locked").
+fn app_inserts(
+    app: &rusqlite::Connection,
+    pause: Duration,
+    mut going: impl FnMut() -> bool,
+) -> (u32, u32) {
+    let (mut written, mut refused) = (0u32, 0u32);
+    while going() {
+        if went_through(app, "INSERT INTO log(msg) VALUES ('app')") {
+            written += 1
+        } else {
+            refused += 1
+        }
+        std::thread::sleep(pause);
+    }
+    (written, refused)
+}
+
 fn start_live(d: &Path, format: &str) -> Child {
     spawn_live(d, &["--format", format, "--interval", "0.2", "--json"])
 }
@@ -302,15 +321,9 @@ fn a_live_backup_lets_an_application_that_does_not_wait_write() {
     app.busy_timeout(Duration::ZERO).unwrap();
     let cpu_before = cpu_seconds(live.id());
     let started = std::time::Instant::now();
-    let (mut written, mut refused) = (0u32, 0u32);
-    while started.elapsed() < Duration::from_secs(4) {
-        if went_through(&app, "INSERT INTO log(msg) VALUES ('app')") {
-            written += 1
-        } else {
-            refused += 1
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (written, refused) = app_inserts(&app, Duration::from_millis(5), || {
+        started.elapsed() < Duration::from_secs(4)
+    });
     let wall = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds(live.id()) - cpu_before;
     assert!(live.try_wait().unwrap().is_none(), "the live backup ended");
@@ -358,15 +371,9 @@ fn an_incremental_lets_writers_in_while_it_writes_to_the_destination() {
     assert_eq!(journal, "delete", "the store is in rollback-journal mode");
     app.busy_timeout(Duration::ZERO).unwrap();
     let mut child = spawn(d, &backup);
-    let (mut written, mut refused) = (0u32, 0u32);
-    while child.try_wait().unwrap().is_none() {
-        if went_through(&app, "INSERT INTO log(msg) VALUES ('app')") {
-            written += 1
-        } else {
-            refused += 1
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    let (written, refused) = app_inserts(&app, Duration::from_millis(2), || {
+        child.try_wait().unwrap().is_none()
+    });
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
