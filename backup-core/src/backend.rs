@@ -20,7 +20,9 @@ use std::time::Duration;
 /// - **Changes** ([`View::changes_since`]) between a checkpoint `from` and the view's checkpoint
 ///   are delivered in commit order, in batches of bounded size. Applying them, in order, over
 ///   the state at `from` gives the state at the view's checkpoint. A backend may coalesce
-///   several changes of one key into its last one, with the value as of the view. It never
+///   the changes of every key into its last one, with the value as of the view; each key
+///   then comes once, and the keys may come in any order (the result of applying them does
+///   not depend on it: SQLite hands them on in key order, the order of its row lookups). It never
 ///   returns a shorter stream: when the changes cannot all be given (log trimmed, WAL purged,
 ///   another store) it returns [`crate::Error::ChangesUnavailable`].
 /// - **Capture is durable**: a change is recorded in the same transaction as the write, so no
@@ -84,8 +86,9 @@ pub trait View {
         visit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<()>;
 
-    /// Streams the changes after `from` up to this view's checkpoint, in commit order, to
-    /// `visit` in batches of at most `batch_size` changes. See the trait's contract.
+    /// Streams the changes after `from` up to this view's checkpoint, in commit order (or
+    /// each key once, in any order), to `visit` in batches of at most `batch_size` changes.
+    /// See the trait's contract.
     fn changes_since(
         &mut self,
         from: &Checkpoint,
