@@ -142,10 +142,8 @@ impl RocksBackend {
     /// diff-based incremental.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "CURRENT", "RocksDB")?;
-        let names = Db::list_cf(&Options::default(), path).map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("cannot read the column families: {e}"),
-        })?;
+        let names = Db::list_cf(&Options::default(), path)
+            .map_err(|e| Error::bad_input_cause(path, "cannot read the column families", e))?;
         Self::open_secondary(path, &names)
     }
 
@@ -160,10 +158,11 @@ impl RocksBackend {
         opts.set_log_level(rocksdb::LogLevel::Warn);
         opts.set_skip_stats_update_on_db_open(true);
         let db = Db::open_cf_as_secondary(&opts, path, dir.path(), names).map_err(|e| {
-            Error::BadInput {
-                path: path.to_path_buf(),
-                cause: format!("cannot open as a RocksDB database (read-only secondary): {e}"),
-            }
+            Error::bad_input_cause(
+                path,
+                "cannot open as a RocksDB database (read-only secondary)",
+                e,
+            )
         })?;
         db.try_catch_up_with_primary()
             .map_err(|e| Error::store_cause(describe(path), "catching up", e))?;
@@ -194,10 +193,8 @@ impl RocksBackend {
         // default, times two, times the families, measured 292 MiB for four). Applications open
         // the restored database with their own options.
         opts.set_db_write_buffer_size(64 << 20);
-        let db = Db::open(&opts, path).map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("cannot create a RocksDB database: {e}"),
-        })?;
+        let db = Db::open(&opts, path)
+            .map_err(|e| Error::bad_input_cause(path, "cannot create a RocksDB database", e))?;
         Ok(RocksBackend {
             db: Arc::new(db),
             path: path.to_path_buf(),
@@ -850,6 +847,7 @@ impl View for RocksView<'_> {
                                  through, gives only an entity's default column, so a backup would \
                                  lose its other columns; tidemark does not back such databases up"
                             ),
+                            source: None,
                         })
                     }
                     Err(e) => {

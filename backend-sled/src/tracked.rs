@@ -84,6 +84,7 @@ pub fn lock_as_sled_does(path: &Path) -> Result<std::fs::File> {
                  it, or back up from inside it through the library): {} is locked",
                 file_path.display()
             ),
+            source: None,
         }),
         Err(e) => Err(Error::io("lock", &file_path, e)),
     }
@@ -101,6 +102,7 @@ pub fn open_error(path: &Path, e: sled::Error) -> Error {
         } else {
             format!("cannot open as a sled database: {e}")
         },
+        source: None,
     }
 }
 

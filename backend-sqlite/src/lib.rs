@@ -86,10 +86,7 @@ impl SqliteBackend {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )
         })
-        .map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("cannot open as a SQLite database: {e}"),
-        })?;
+        .map_err(|e| Error::bad_input_cause(path, "cannot open as a SQLite database", e))?;
         Self::check_database(&conn, path)?;
         Self::with(path, conn)
     }
@@ -131,10 +128,8 @@ impl SqliteBackend {
     /// [`SqliteBackend::open_for_backup`] of a database with a `-wal` file.
     fn open_read_only(path: &Path) -> Result<Self> {
         Self::check_file(path)?;
-        let conn = open_reader(path, true).map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("cannot open as a SQLite database: {e}"),
-        })?;
+        let conn = open_reader(path, true)
+            .map_err(|e| Error::bad_input_cause(path, "cannot open as a SQLite database", e))?;
         Self::check_database(&conn, path)?;
         if tracking::is_tracked(&conn).unwrap_or(false) {
             // Tracked: the user opted in to tidemark writing its change log.
@@ -169,15 +164,14 @@ impl SqliteBackend {
             } else {
                 "no such file".into()
             },
+            source: None,
         })
     }
 
     /// Creates a new, empty database at `path` (a restore target).
     pub fn create(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path).map_err(|e| Error::BadInput {
-            path: path.to_path_buf(),
-            cause: format!("cannot create a SQLite database: {e}"),
-        })?;
+        let conn = Connection::open(path)
+            .map_err(|e| Error::bad_input_cause(path, "cannot create a SQLite database", e))?;
         Self::with(path, conn)
     }
 
@@ -203,27 +197,24 @@ impl SqliteBackend {
         .map(|_| ())
         .map_err(|e| {
             use rusqlite::ErrorCode;
-            let cause = match e.sqlite_error_code() {
-                Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => format!(
-                    "a SQLite database that cannot be read without write access ({e}): a \
-                     database in WAL mode needs its directory writable for the -shm and -wal \
-                     files; grant write access, or copy it somewhere writable first"
-                ),
+            let why = match e.sqlite_error_code() {
+                Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen) => "a SQLite database that \
+                     cannot be read without write access (a database in WAL mode needs its \
+                     directory writable for the -shm and -wal files; grant write access, or \
+                     copy it somewhere writable first)"
+                    .to_string(),
                 // Another connection kept even readers out for the whole busy timeout: an
                 // application in exclusive locking mode, or one committing for that long.
                 Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
-                    "another connection kept readers out of the database for {} s ({e}): an \
-                     application holds it in exclusive locking mode (`PRAGMA locking_mode = \
-                     EXCLUSIVE`), or a commit took that long; back it up when it lets readers \
-                     in",
+                    "another connection kept readers out of the database for {} s (an \
+                     application holds it in exclusive locking mode, `PRAGMA locking_mode = \
+                     EXCLUSIVE`, or a commit took that long; back it up when it lets readers \
+                     in)",
                     BUSY_TIMEOUT.as_secs()
                 ),
-                _ => format!("not a SQLite database ({e})"),
+                _ => "not a SQLite database".to_string(),
             };
-            Error::BadInput {
-                path: path.to_path_buf(),
-                cause,
-            }
+            Error::bad_input_cause(path, why, e)
         })
     }
 
@@ -1694,6 +1685,7 @@ impl StoreFactory for SqliteFactory {
             return Err(Error::BadInput {
                 path: path.to_path_buf(),
                 cause: "is a directory, not a SQLite database file".into(),
+                source: None,
             });
         }
         // An empty file is an empty database; anything else must start as one does.
@@ -1705,6 +1697,7 @@ impl StoreFactory for SqliteFactory {
             cause: "is not a SQLite database: a restore replaces a database, never another \
                     file, even with --force; restore into a new path"
                 .into(),
+            source: None,
         })
     }
 
@@ -1718,6 +1711,7 @@ impl StoreFactory for SqliteFactory {
             return Err(Error::BadInput {
                 path: path.to_path_buf(),
                 cause: "is a directory, not a SQLite database file".into(),
+                source: None,
             });
         }
         if meta.len() == 0 {

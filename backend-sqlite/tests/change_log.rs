@@ -206,6 +206,7 @@ fn a_visitor_that_fails_stops_the_reading_with_its_own_error() {
             return Err(backup_core::Error::BadInput {
                 path: "visitor".into(),
                 cause: "refused".into(),
+                source: None,
             });
         }
         Ok(())

@@ -69,6 +69,7 @@ pub fn no_backup(dir: &Path) -> Error {
             "holds no tidemark backup (no archives)"
         }
         .into(),
+        source: None,
     }
 }
 
@@ -79,6 +80,7 @@ pub fn not_a_file(dir: &Path) -> Result<()> {
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
             cause: "not a backup directory (a backup is a directory; this is a file)".into(),
+            source: None,
         });
     }
     Ok(())
@@ -116,6 +118,7 @@ fn infer_format(dir: &Path) -> Result<Option<DestFormat>> {
                     directory of its own, then write `folder` or `archive` into \
                     DIR/.tidemark-format"
                 .into(),
+            source: None,
         }),
         (true, false) => Ok(Some(DestFormat::Folder)),
         (false, true) => Ok(Some(DestFormat::Archive)),
@@ -138,6 +141,7 @@ pub fn claim_format(dir: &Path, format: DestFormat) -> Result<()> {
                 "holds {found} backups; a {format} backup cannot go here (one format per \
                  destination): back up with --format {found}, or to another directory"
             ),
+            source: None,
         }),
         _ if marker == Some(format) => Ok(()),
         _ => write_marker(dir, format),
@@ -183,6 +187,7 @@ pub fn check_new_folder_destination(dir: &Path) -> Result<()> {
                 String::new()
             }
         ),
+        source: None,
     })
 }
 

@@ -577,6 +577,7 @@ fn run_once<T: Target>(
                     p.store_kind,
                     backend.describe()
                 ),
+                source: None,
             });
         }
     }

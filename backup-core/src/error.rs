@@ -43,12 +43,16 @@ pub enum Error {
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A path or URL given by the user is not usable.
-    #[error("{path}: {cause}")]
+    #[error("{}", store_text(&path.display().to_string(), cause, source.as_deref()))]
     BadInput {
         /// The path concerned.
         path: PathBuf,
-        /// Why it cannot be used.
+        /// Why it cannot be used (and why, when there is no `source`).
         cause: String,
+        /// The error that made it unusable, when one did (a store's, a URL parser's): its
+        /// text follows the cause.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// A backup's manifest is missing, unreadable or damaged.
     #[error("manifest {path}: {cause}")]
@@ -133,6 +137,30 @@ impl Error {
         }
     }
 
+    /// Builds an [`Error::BadInput`] that no other error caused.
+    pub fn bad_input(path: impl Into<PathBuf>, cause: impl Into<String>) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            cause: cause.into(),
+            source: None,
+        }
+    }
+
+    /// Builds an [`Error::BadInput`] whose path could not be used for `why` ("cannot open as
+    /// a SQLite database"), caused by `cause`: shown as `PATH: WHY: CAUSE`, the cause kept as
+    /// the error's source.
+    pub fn bad_input_cause(
+        path: impl Into<PathBuf>,
+        why: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::BadInput {
+            path: path.into(),
+            cause: why.into(),
+            source: Some(Box::new(cause)),
+        }
+    }
+
     /// Builds an [`Error::Store`] caused by the store's error `cause` while doing `what`
     /// ("reading the change log"): shown as `STORE: WHAT: CAUSE`, the cause kept as the
     /// error's source.
@@ -149,7 +177,8 @@ impl Error {
     }
 }
 
-/// [`Error::Store`]'s text: the store, what failed, and the store's error, each when there.
+/// [`Error::Store`]'s and [`Error::BadInput`]'s text: the store or path, what failed, and the
+/// error that caused it, each when there.
 fn store_text(
     store: &str,
     message: &str,
@@ -195,6 +224,26 @@ mod tests {
             plain.to_string(),
             "rocksdb:db: column family `x` was not opened"
         );
+        assert!(plain.source().is_none());
+    }
+
+    #[test]
+    fn bad_input_keeps_the_error_that_made_the_path_unusable_as_its_source() {
+        let e = Error::bad_input_cause(
+            "/srv/app.db",
+            "cannot open as a SQLite database",
+            std::io::Error::other("file is not a database"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "/srv/app.db: cannot open as a SQLite database: file is not a database"
+        );
+        assert_eq!(
+            e.source().map(|s| s.to_string()).as_deref(),
+            Some("file is not a database")
+        );
+        let plain = Error::bad_input("/srv/x", "is a directory");
+        assert_eq!(plain.to_string(), "/srv/x: is a directory");
         assert!(plain.source().is_none());
     }
 }

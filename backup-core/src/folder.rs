@@ -85,6 +85,7 @@ impl FolderBackup {
             return Err(Error::BadInput {
                 path: root.to_path_buf(),
                 cause: "exists and is not a directory".into(),
+                source: None,
             });
         }
         durable::create_dir_all(&root.join(META_DIR))?;
@@ -116,6 +117,7 @@ impl FolderBackup {
             return Err(Error::BadInput {
                 path: root.to_path_buf(),
                 cause: "no such backup directory".into(),
+                source: None,
             });
         }
         if !root.join(META_DIR).is_dir() {

@@ -40,6 +40,7 @@ impl DestinationLock {
             return Err(Error::BadInput {
                 path: dir.to_path_buf(),
                 cause: "exists and is not a directory".into(),
+                source: None,
             });
         }
         crate::durable::create_dir_all(dir)?;

@@ -313,6 +313,7 @@ pub fn prune_local(chain: &LocalChain, retention: &Retention, dry_run: bool) -> 
         return Err(Error::BadInput {
             path: dir.to_path_buf(),
             cause: "no such backup directory".into(),
+            source: None,
         });
     }
     let _lock = if dry_run {
@@ -326,6 +327,7 @@ pub fn prune_local(chain: &LocalChain, retention: &Retention, dry_run: bool) -> 
             cause: "a folder backup holds one state (nothing to prune); prune applies to \
                     archive chains (--format archive)"
                 .into(),
+            source: None,
         });
     }
     prune_chain(chain, retention, dry_run)
@@ -349,6 +351,7 @@ pub fn check_retention(dest: &Path, retention: &Retention) -> Result<()> {
             cause: "no retention rule given (--keep-last, --keep-daily, --keep-weekly or \
                     --keep-within)"
                 .into(),
+            source: None,
         });
     }
     if retention.keep_last.unwrap_or(0)
@@ -360,6 +363,7 @@ pub fn check_retention(dest: &Path, retention: &Retention) -> Result<()> {
         return Err(Error::BadInput {
             path: dest.to_path_buf(),
             cause: "every retention rule keeps 0 backups".into(),
+            source: None,
         });
     }
     Ok(())

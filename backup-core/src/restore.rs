@@ -82,6 +82,7 @@ pub fn check_store_dir(path: &Path, marker: &str, what: &str) -> Result<()> {
         } else {
             "no such directory".into()
         },
+        source: None,
     })
 }
 
@@ -106,6 +107,7 @@ fn dir_target(path: &Path, marker: &str, what: &str) -> Result<DirTarget> {
         return Err(Error::BadInput {
             path: path.to_path_buf(),
             cause: format!("is a file, not a {what} directory"),
+            source: None,
         });
     }
     let mut entries = std::fs::read_dir(path).map_err(|e| Error::io("read", path, e))?;
@@ -131,6 +133,7 @@ pub fn check_dir_store_replaceable(path: &Path, marker: &str, what: &str) -> Res
                  {what} database, never another directory, even with --force; restore into a \
                  new path"
             ),
+            source: None,
         }),
     }
 }
@@ -313,6 +316,7 @@ pub(crate) fn restore_to_path(
         return Err(Error::BadInput {
             path: target.to_path_buf(),
             cause: format!("the directory {} does not exist", parent.display()),
+            source: None,
         });
     }
     let name = target
@@ -320,6 +324,7 @@ pub(crate) fn restore_to_path(
         .ok_or_else(|| Error::BadInput {
             path: target.to_path_buf(),
             cause: "not a file path".into(),
+            source: None,
         })?
         .to_string_lossy()
         .into_owned();
@@ -600,6 +605,7 @@ pub(crate) fn check_collections(
             return Err(Error::BadInput {
                 path: PathBuf::from(wanted.as_str()),
                 cause: "no such collection in the backup".into(),
+                source: None,
             });
         }
     }

@@ -120,14 +120,10 @@ impl RemoteChain {
         url: &str,
         options: impl IntoIterator<Item = (impl AsRef<str>, impl Into<String>)>,
     ) -> Result<Self> {
-        let parsed = url::Url::parse(url).map_err(|e| Error::BadInput {
-            path: PathBuf::from(url),
-            cause: format!("not a URL: {e}"),
-        })?;
-        let unusable = |e: object_store::Error| Error::BadInput {
-            path: PathBuf::from(url),
-            cause: format!("cannot use this object store: {e}"),
-        };
+        let parsed =
+            url::Url::parse(url).map_err(|e| Error::bad_input_cause(url, "not a URL", e))?;
+        let unusable =
+            |e: object_store::Error| Error::bad_input_cause(url, "cannot use this object store", e);
         let options: Vec<(String, String)> = options
             .into_iter()
             .map(|(k, v)| (k.as_ref().to_string(), v.into()))

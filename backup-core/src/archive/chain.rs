@@ -643,6 +643,7 @@ impl ChainStore for LocalChain {
             return Err(Error::BadInput {
                 path: dir.clone(),
                 cause: "no such backup directory".into(),
+                source: None,
             });
         }
         self.guard()?;
@@ -1125,6 +1126,7 @@ fn read_manifest_from(path: &Path, mut file: impl Read + Seek) -> Result<Archive
         Error::BadInput {
         path: entry_path.clone(),
         cause: format!("{cause}: written by a newer tidemark? (this one reads format v1 to v{ARCHIVE_FORMAT_VERSION})"),
+        source: None,
     }
     };
     let m: ArchiveManifest = serde_json::from_value(file.manifest)
@@ -1321,6 +1323,7 @@ pub(super) fn plan(chain: &[ChainItem], at: &RestorePoint) -> Result<Vec<ChainIt
     Err(Error::BadInput {
         path: PathBuf::from("archives"),
         cause: "no full archive to start from".into(),
+        source: None,
     })
 }
 
@@ -1342,6 +1345,7 @@ fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
                         "no backup was captured at or before that time (the first: {})",
                         chain[0].manifest.captured_at
                     ),
+                    source: None,
                 })?;
             i + 1
         }
@@ -1359,6 +1363,7 @@ fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
                         "no backup ends at that checkpoint (available: {})",
                         available_checkpoints(chain)
                     ),
+                    source: None,
                 });
             };
             // Backups of one store that end at one position hold the same state (nothing was
@@ -1394,6 +1399,7 @@ fn point_index(chain: &[ChainItem], at: &RestorePoint) -> Result<usize> {
                         },
                         which.join(", ")
                     ),
+                    source: None,
                 });
             }
             last + 1

@@ -97,6 +97,7 @@ pub fn compact_chain(
                 "--fanout {} merges nothing: it must be at least 2",
                 options.fanout
             ),
+            source: None,
         });
     }
     let (mut chain, leftovers, _) = load_chain(store)?;

@@ -205,6 +205,7 @@ fn restore_path(
             cause: "partial recovery (--skip-damaged) reads archive format 2 and folder \
                     backups; this chain is in archive format 1"
                 .into(),
+            source: None,
         });
     }
     if let Some(other) = items.iter().find(|i| i.manifest.format_version != version) {

@@ -512,6 +512,7 @@ pub(super) fn write_compacted(
         return Err(Error::BadInput {
             path: chain.location(),
             cause: "nothing to compact".into(),
+            source: None,
         });
     };
     let (first, last) = (&first.manifest, &last.manifest);
