@@ -364,6 +364,22 @@ pub fn chain(place: &Place, keys: &KeyOptions) -> Result<(Vec<ChainItem>, Vec<Ch
     )?)?)
 }
 
+/// The archive chain at `place` as `list` shows it: the archives, the leftovers of an
+/// interrupted prune, and the damage found (see [`backup_core::archive::chain_and_damage`]).
+pub fn chain_and_damage(
+    place: &Place,
+    keys: &KeyOptions,
+) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<backup_core::Error>)> {
+    if let Place::Local(p) = place {
+        if !p.is_dir() {
+            return Ok(Default::default());
+        }
+    }
+    Ok(backup_core::archive::chain_and_damage(&*open_archives(
+        place, keys,
+    )?)?)
+}
+
 /// Refuses what a remote place cannot do.
 pub fn require_archive(place: &Place, archive: bool) -> Result<()> {
     if let Place::Remote(url) = place {

@@ -945,7 +945,29 @@ fn a_damaged_newest_archive_does_not_stop_the_backups() {
     );
     assert!(newest.exists(), "the damaged archive is left as it is");
     ok(&["compact", "ar"], d);
-    ok(&["list", "ar"], d);
+    // list shows it where it lies, as damaged (before: left out of the table, named only in a
+    // warning), and `--json` as a problem, as verify does.
+    let listed = ok(&["list", "ar"], d);
+    let row = listed
+        .lines()
+        .find(|l| l.starts_with(name.as_str()))
+        .unwrap_or_else(|| panic!("no row for {name}: {listed}"));
+    assert!(row.contains("DAMAGED") && row.contains("--skip-damaged"), "{row}");
+    let rows: Vec<&str> = listed.lines().skip(1).collect();
+    let mut sorted = rows.clone();
+    sorted.sort();
+    assert_eq!(rows, sorted, "rows in sequence order: {listed}");
+    let json = ok(&["list", "ar", "--json"], d);
+    let problems: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "problem")
+        .collect();
+    assert_eq!(problems.len(), 1, "{json}");
+    assert!(
+        problems[0]["message"].as_str().unwrap().contains(&name),
+        "{json}"
+    );
     restores_as_source(d, &db, "pruned", "after the prune");
 }
 

@@ -190,16 +190,36 @@ pub fn settled_chain(store: &dyn ChainStore) -> Result<(Vec<ChainItem>, Vec<Chai
 pub(crate) fn load_chain(
     store: &dyn ChainStore,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<u8>)> {
-    let survey = store.survey()?;
-    for problem in survey.problems {
+    let (survey, damage) = survey_damage(store)?;
+    for problem in damage {
+        tracing::warn!("{problem} (left as it is: `tidemark verify` reports it)");
+    }
+    Ok((survey.items, survey.leftovers, survey.prune_log))
+}
+
+/// The chain in `store` as `list` shows it: what [`settled_chain`] gives, and the damage it
+/// would only warn of (an archive whose manifest cannot be read, a damaged line of the prune
+/// log), each naming its file, to be shown beside the archives. A wrong key or an I/O error
+/// fails.
+pub fn chain_and_damage(
+    store: &dyn ChainStore,
+) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<Error>)> {
+    let (survey, damage) = survey_damage(store)?;
+    Ok((survey.items, survey.leftovers, damage))
+}
+
+/// The store's survey with its problems taken out: the damage, which a chain is read around;
+/// any other problem fails.
+fn survey_damage(store: &dyn ChainStore) -> Result<(Survey, Vec<Error>)> {
+    let mut survey = store.survey()?;
+    let mut damage = Vec::new();
+    for problem in std::mem::take(&mut survey.problems) {
         match problem {
-            Error::Damaged { .. } | Error::Manifest { .. } => {
-                tracing::warn!("{problem} (left as it is: `tidemark verify` reports it)");
-            }
+            Error::Damaged { .. } | Error::Manifest { .. } => damage.push(problem),
             other => return Err(other),
         }
     }
-    Ok((survey.items, survey.leftovers, survey.prune_log))
+    Ok((survey, damage))
 }
 
 /// An archive opened for reading: ranged reads at any offset, from any thread (an object

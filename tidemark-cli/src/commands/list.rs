@@ -32,8 +32,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return list_folder(&dir, &m, json);
         }
     }
-    let (chain, leftovers) = place::chain(&dir, &keys).with_context(|| format!("list {dir}"))?;
-    if chain.is_empty() {
+    let (chain, leftovers, damage) =
+        place::chain_and_damage(&dir, &keys).with_context(|| format!("list {dir}"))?;
+    if chain.is_empty() && damage.is_empty() {
         if let Place::Local(d) = &dir {
             return Err(backup_core::destination::no_backup(d))
                 .with_context(|| format!("list {dir}"));
@@ -48,6 +49,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
     }
     if json {
+        // Damage first, as `verify --json` says it: the file and what is wrong.
+        for problem in &damage {
+            println!(
+                "{}",
+                serde_json::json!({"schema": 1, "type": "problem", "message": problem.to_string()})
+            );
+        }
         for item in chain {
             let m = &item.manifest;
             let sum = |f: fn(&backup_core::archive::ArchiveCollection) -> u64| {
@@ -89,6 +97,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .iter()
             .any(|o| o.manifest.sequence != c.manifest.sequence && second(o) == second(c))
     };
+    // Rows in the order of their file names (the sequence number leads them): an archive that
+    // cannot be read is shown where it lies, as damaged, with what is wrong with it.
+    let mut rows: Vec<(String, String)> = Vec::with_capacity(chain.len() + damage.len());
+    for problem in &damage {
+        let (path, cause) = match problem {
+            backup_core::Error::Damaged { path, cause }
+            | backup_core::Error::Manifest { path, cause } => (path, cause.as_str()),
+            _ => continue,
+        };
+        let name = damaged_name(path);
+        let line = format!(
+            "{name:<40} {:<12} {cause} (`tidemark verify` reports it; restore goes around it \
+             with --skip-damaged)",
+            "DAMAGED"
+        );
+        rows.push((name, line));
+    }
     for item in &chain {
         let m = &item.manifest;
         let when = if shared(item) {
@@ -96,9 +121,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         } else {
             second(item)
         };
-        println!(
+        let name = item
+            .path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let line = format!(
             "{:<40} {:<12} {:>12} {:>12} {:>10} {:>10} {:<6}  {}",
-            item.path.file_name().unwrap_or_default().to_string_lossy(),
+            name,
             if m.covers.is_some() {
                 "compacted".to_string()
             } else {
@@ -113,8 +144,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
             format!("v{}", m.format_version),
             when
         );
+        rows.push((name, line));
+    }
+    rows.sort();
+    for (_, line) in rows {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The archive a damage report names: the file itself, or the archive holding the entry
+/// named (`…/tidemark-000003-incr-1a2b3c4d.zip/manifest.json`).
+fn damaged_name(path: &std::path::Path) -> String {
+    path.ancestors()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .find(|n| n.starts_with("tidemark-"))
+        .or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| path.display().to_string())
 }
 
 /// A folder backup holds one state, updated in place: one line about it.
