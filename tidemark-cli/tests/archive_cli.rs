@@ -952,7 +952,10 @@ fn a_damaged_newest_archive_does_not_stop_the_backups() {
         .lines()
         .find(|l| l.starts_with(name.as_str()))
         .unwrap_or_else(|| panic!("no row for {name}: {listed}"));
-    assert!(row.contains("DAMAGED") && row.contains("--skip-damaged"), "{row}");
+    assert!(
+        row.contains("DAMAGED") && row.contains("--skip-damaged"),
+        "{row}"
+    );
     let rows: Vec<&str> = listed.lines().skip(1).collect();
     let mut sorted = rows.clone();
     sorted.sort();
