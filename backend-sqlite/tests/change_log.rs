@@ -378,3 +378,89 @@ fn log_rows_deleted_behind_tidemarks_back_make_the_changes_unavailable() {
         assert_eq!(handed, 0, "{what}");
     }
 }
+
+/// A short range of many keys (at least 2,048 after the reduction) is looked up by two
+/// connections, each taking a range of the keys: together they give each key's last change
+/// once, as the log says, with the row as of the view.
+#[test]
+fn many_changed_keys_are_looked_up_by_two_connections_and_each_comes_once() {
+    let (_d, mut conn, backend, _) = tracked(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE b(k TEXT, n INTEGER, v BLOB, PRIMARY KEY (k, n)) WITHOUT ROWID;",
+    );
+    let tx = conn.transaction().unwrap();
+    for i in 0..20_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let middle = backend.current_checkpoint().unwrap();
+    // 6,000 keys in an order of their own (a multiplicative step through the table), some
+    // twice, some deleted, some inserted anew, and composite keys of the other table.
+    let tx = conn.transaction().unwrap();
+    for j in 0..6_000i64 {
+        let id = (j * 7_919) % 20_000;
+        tx.execute(
+            "UPDATE a SET v = ?1 WHERE id = ?2",
+            rusqlite::params![j, id],
+        )
+        .unwrap();
+    }
+    tx.execute("UPDATE a SET v = 'again' WHERE id % 10 = 3", [])
+        .unwrap();
+    tx.execute("DELETE FROM a WHERE id % 97 = 1", []).unwrap();
+    tx.execute(
+        "INSERT INTO a(id, v) VALUES (-5, 'new'), (30000, 'new')",
+        [],
+    )
+    .unwrap();
+    for i in 0..500i64 {
+        tx.execute(
+            "INSERT INTO b(k, n, v) VALUES (?1, ?2, x'00')",
+            rusqlite::params![format!("k{}", i % 50), i],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let want = expected(&conn, middle.position);
+    assert!(want.len() > 4_096, "{} keys", want.len());
+    let mut got = read(&backend, &middle);
+    assert_eq!(got.len(), want.len());
+    got.sort();
+    assert_eq!(got, want);
+}
+
+/// The second connection only reads beside the view's when it sees the same snapshot: with a
+/// writer's commit between the view's start and its change reading (WAL lets it in), every
+/// change is still as of the view. Here the commit deletes every row, so a lookup in the newer
+/// snapshot would hand on deletions.
+#[test]
+fn a_commit_after_the_view_started_does_not_reach_its_change_reading() {
+    let (_d, mut conn, backend, _) =
+        tracked("PRAGMA journal_mode = WAL; CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);");
+    let tx = conn.transaction().unwrap();
+    for i in 0..10_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let middle = backend.current_checkpoint().unwrap();
+    conn.execute("UPDATE a SET v = 'y' WHERE id % 2 = 0", [])
+        .unwrap();
+    let mut view = backend.view().unwrap();
+    // The view's snapshot is fixed; this commit comes after it.
+    conn.execute("DELETE FROM a", []).unwrap();
+    let mut got = Vec::new();
+    view.changes_since(&middle, 1000, &mut |batch| {
+        got.extend(batch);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got.len(), 5_000);
+    let deletions = got
+        .iter()
+        .filter(|c| !matches!(c.op, ChangeOp::Put(_)))
+        .count();
+    assert_eq!(deletions, 0, "changes read from the newer snapshot");
+}
