@@ -375,14 +375,14 @@ fn read_log(
             let tx2 = tx.clone();
             let emitted = std::thread::scope(|s| {
                 let helper = std::thread::Builder::new()
-                    .name("sqlite-changes-2".into())
+                    .name("sqlite-lookups".into())
                     .spawn_scoped(s, move || {
                         let mut send2 = |batch| tx2.send(batch).map_err(|_| stopped());
                         let mut emit2 = ChangeEmitter::new(&conn2, log, tables, &mut send2);
                         emit_all(&mut emit2, tail, err)?;
                         emit2.finish()
                     })
-                    .map_err(|e| Error::io("start a thread", "sqlite-changes-2", e))?;
+                    .map_err(|e| Error::io("start a thread", "sqlite-lookups", e))?;
                 let mine = emit_all(&mut emit, kept, err);
                 let theirs = helper.join().unwrap_or_else(|_| {
                     Err(Error::store(
