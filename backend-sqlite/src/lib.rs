@@ -445,12 +445,14 @@ fn emit_all(
 /// 1.6 µs a lookup against about half a millisecond to open the second connection).
 const SHARED_LOOKUPS: usize = 2048;
 
-/// A second read-only connection to `path` in a read transaction whose snapshot holds the same
-/// tracked rows as the view's: the same store, the same last logged change and the same
-/// schema. Every commit that changes a tracked row logs it (the capture triggers, in the same
-/// transaction), so an equal last sequence number means equal tracked tables; in a rollback
-/// journal mode no writer can commit while the view reads anyway. `None` when it cannot be
-/// opened or a writer committed in between: the view's connection then reads alone.
+/// A second read-only connection to `path` (a database in WAL mode) in a read transaction whose
+/// snapshot holds the same tracked rows as the view's: the same store, the same last logged
+/// change and the same schema. Every commit that changes a tracked row logs it (the capture
+/// triggers, in the same transaction), so an equal last sequence number means equal tracked
+/// tables. `None` when it cannot be opened at once or a writer committed in between: the view's
+/// connection then reads alone. It never waits: in a rollback journal mode (where it is not
+/// asked for) a writer waiting to commit holds the PENDING lock that refuses new readers, and a
+/// reader that waited for it would keep the view's lock, and so the writer, waiting too.
 fn second_reader(
     path: &Path,
     readonly_shm: bool,
@@ -458,7 +460,7 @@ fn second_reader(
     schema_version: i64,
 ) -> Option<Connection> {
     let conn = open_reader(path, readonly_shm).ok()?;
-    conn.busy_timeout(BUSY_TIMEOUT).ok()?;
+    conn.busy_timeout(Duration::ZERO).ok()?;
     conn.execute_batch("PRAGMA cache_size = -512; BEGIN").ok()?;
     let (at, _) = checkpoint_of(&conn).ok()?;
     let version: i64 = conn
@@ -1370,7 +1372,11 @@ impl View for SqliteView {
         let (conn, tables) = (&mut self.conn, &self.tables);
         let (path, readonly_shm) = (self.path.as_path(), self.readonly_shm);
         let (checkpoint, schema_version) = (&self.checkpoint, self.schema_version);
-        let second = move || second_reader(path, readonly_shm, checkpoint, schema_version);
+        // WAL only: in a rollback journal mode the view's lock already keeps writers out, and a
+        // second reader could meet a writer's PENDING lock.
+        let wal = !self.blocks_writers;
+        let second =
+            move || wal.then(|| second_reader(path, readonly_shm, checkpoint, schema_version))?;
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Change>>(4);
             let reader = std::thread::Builder::new()

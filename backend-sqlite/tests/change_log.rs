@@ -464,3 +464,56 @@ fn a_commit_after_the_view_started_does_not_reach_its_change_reading() {
         .count();
     assert_eq!(deletions, 0, "changes read from the newer snapshot");
 }
+
+/// In a rollback journal mode an application's commit waits for the view's shared lock while
+/// holding the PENDING lock, which refuses new readers. The change reading must not open a
+/// reader then and wait for it (the view would keep its lock and the commit its wait until the
+/// application's busy timeout refused the commit): it reads alone, and the commit goes through
+/// once the view ends.
+#[test]
+fn a_commit_waiting_on_the_view_in_rollback_mode_is_not_held_up_by_the_reading() {
+    let (d, mut conn, backend, _) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);");
+    let tx = conn.transaction().unwrap();
+    for i in 0..10_000i64 {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    let middle = backend.current_checkpoint().unwrap();
+    conn.execute("UPDATE a SET v = 'y' WHERE id % 3 = 0", [])
+        .unwrap();
+    let mut view = backend.view().unwrap();
+    // The application: a write transaction whose commit waits (up to 5 s) for the view.
+    let path = d.path().join("s.db");
+    let app = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let c = Connection::open(&path).unwrap();
+            c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+            c.execute_batch("BEGIN IMMEDIATE; UPDATE a SET v = 'app' WHERE id = 1; COMMIT;")
+        })
+    };
+    // Its commit is waiting once a new reader is refused (the PENDING lock).
+    let probe = Connection::open(&path).unwrap();
+    probe.busy_timeout(std::time::Duration::ZERO).unwrap();
+    while probe
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .is_ok()
+    {
+        assert!(!app.is_finished(), "the commit did not wait for the view");
+        std::thread::yield_now();
+    }
+    let mut got = 0;
+    view.changes_since(&middle, 1000, &mut |batch| {
+        got += batch.len();
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got, 3_334);
+    drop(view);
+    app.join()
+        .unwrap()
+        .expect("the application's commit goes through once the view ends");
+}
