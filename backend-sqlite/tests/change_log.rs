@@ -20,6 +20,16 @@ fn tracked(schema: &str) -> (tempfile::TempDir, Connection, SqliteBackend, Check
     (d, conn, backend, start)
 }
 
+/// Rows 0 to `n - 1` of table `a(id, v)`, value 'x', in one transaction.
+fn insert_rows(conn: &mut Connection, n: i64) {
+    let tx = conn.transaction().unwrap();
+    for i in 0..n {
+        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
 /// What the log says changed after `from`, by plain SQL: per (table, key as text), whether the
 /// row is still there and the last sequence number that logged it, sorted.
 fn expected(conn: &Connection, from: u64) -> Vec<(String, String, bool, u64)> {
@@ -191,12 +201,7 @@ fn short_and_long_log_ranges_give_each_keys_last_change_once_integer_keys_in_key
 #[test]
 fn a_visitor_that_fails_stops_the_reading_with_its_own_error() {
     let (_d, mut conn, backend, start) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)");
-    let tx = conn.transaction().unwrap();
-    for i in 0..20_000i64 {
-        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut conn, 20_000);
     let mut view = backend.view().unwrap();
     let mut batches = 0;
     // Far more batches than the reader may have in flight: it must stop, not wait forever.
@@ -342,12 +347,7 @@ fn interleaved_tables_with_like_names_keep_their_changes_apart() {
 #[test]
 fn log_rows_deleted_behind_tidemarks_back_make_the_changes_unavailable() {
     let (_d, mut conn, backend, start) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT)");
-    let tx = conn.transaction().unwrap();
-    for i in 0..70_000i64 {
-        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut conn, 70_000);
     let middle = backend.current_checkpoint().unwrap();
     conn.execute("UPDATE a SET v = 'y' WHERE id < 100", [])
         .unwrap();
@@ -389,12 +389,7 @@ fn many_changed_keys_are_looked_up_by_two_connections_and_each_comes_once() {
          CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);
          CREATE TABLE b(k TEXT, n INTEGER, v BLOB, PRIMARY KEY (k, n)) WITHOUT ROWID;",
     );
-    let tx = conn.transaction().unwrap();
-    for i in 0..20_000i64 {
-        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut conn, 20_000);
     let middle = backend.current_checkpoint().unwrap();
     // 6,000 keys in an order of their own (a multiplicative step through the table), some
     // twice, some deleted, some inserted anew, and composite keys of the other table.
@@ -439,12 +434,7 @@ fn many_changed_keys_are_looked_up_by_two_connections_and_each_comes_once() {
 fn a_commit_after_the_view_started_does_not_reach_its_change_reading() {
     let (_d, mut conn, backend, _) =
         tracked("PRAGMA journal_mode = WAL; CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);");
-    let tx = conn.transaction().unwrap();
-    for i in 0..10_000i64 {
-        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut conn, 10_000);
     let middle = backend.current_checkpoint().unwrap();
     conn.execute("UPDATE a SET v = 'y' WHERE id % 2 = 0", [])
         .unwrap();
@@ -473,12 +463,7 @@ fn a_commit_after_the_view_started_does_not_reach_its_change_reading() {
 #[test]
 fn a_commit_waiting_on_the_view_in_rollback_mode_is_not_held_up_by_the_reading() {
     let (d, mut conn, backend, _) = tracked("CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);");
-    let tx = conn.transaction().unwrap();
-    for i in 0..10_000i64 {
-        tx.execute("INSERT INTO a(id, v) VALUES (?1, 'x')", [i])
-            .unwrap();
-    }
-    tx.commit().unwrap();
+    insert_rows(&mut conn, 10_000);
     let middle = backend.current_checkpoint().unwrap();
     conn.execute("UPDATE a SET v = 'y' WHERE id % 3 = 0", [])
         .unwrap();
