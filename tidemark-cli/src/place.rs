@@ -354,14 +354,7 @@ pub fn compact(
 /// The archives of a chain, local or remote, and apart from them the leftovers of an
 /// interrupted prune.
 pub fn chain(place: &Place, keys: &KeyOptions) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
-    if let Place::Local(p) = place {
-        if !p.is_dir() {
-            return Ok(Default::default());
-        }
-    }
-    Ok(backup_core::archive::settled_chain(&*open_archives(
-        place, keys,
-    )?)?)
+    read_chain(place, keys, backup_core::archive::settled_chain)
 }
 
 /// The archive chain at `place` as `list` shows it: the archives, the leftovers of an
@@ -370,14 +363,22 @@ pub fn chain_and_damage(
     place: &Place,
     keys: &KeyOptions,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<backup_core::Error>)> {
+    read_chain(place, keys, backup_core::archive::chain_and_damage)
+}
+
+/// What `read` makes of the chain at `place`; nothing (the default) for a local directory
+/// that does not exist.
+fn read_chain<T: Default>(
+    place: &Place,
+    keys: &KeyOptions,
+    read: impl FnOnce(&dyn ChainStore) -> backup_core::Result<T>,
+) -> Result<T> {
     if let Place::Local(p) = place {
         if !p.is_dir() {
-            return Ok(Default::default());
+            return Ok(T::default());
         }
     }
-    Ok(backup_core::archive::chain_and_damage(&*open_archives(
-        place, keys,
-    )?)?)
+    Ok(read(&*open_archives(place, keys)?)?)
 }
 
 /// Refuses what a remote place cannot do.
