@@ -459,14 +459,29 @@ fn second_reader(
     checkpoint: &Checkpoint,
     schema_version: i64,
 ) -> Option<Connection> {
-    let conn = open_reader(path, readonly_shm).ok()?;
-    conn.busy_timeout(Duration::ZERO).ok()?;
-    conn.execute_batch("PRAGMA cache_size = -512; BEGIN").ok()?;
-    let (at, _) = checkpoint_of(&conn).ok()?;
-    let version: i64 = conn
-        .query_row("PRAGMA schema_version", [], |r| r.get(0))
-        .ok()?;
+    let (conn, (at, _), version) = open_snapshot(path, readonly_shm, Duration::ZERO).ok()?;
     (at == *checkpoint && version == schema_version).then_some(conn)
+}
+
+/// A read-only connection to `path` in a read transaction, waiting at most `busy` for a lock,
+/// with the snapshot's checkpoint and floor ([`checkpoint_of`]) and schema version: a view's,
+/// or a second reader's of the same snapshot.
+fn open_snapshot(
+    path: &Path,
+    readonly_shm: bool,
+    busy: Duration,
+) -> rusqlite::Result<(Connection, (Checkpoint, Option<u64>), i64)> {
+    let conn = open_reader(path, readonly_shm)?;
+    conn.busy_timeout(busy)?;
+    // A view reads each page about once (a scan, or an incremental's row lookups spread over
+    // the tables): 512 KiB of page cache holds the b-trees' interior pages, and SQLite's
+    // default 2 MiB only cost its pages' first-touch faults (400 fewer of about 3,800 in a 1%
+    // incremental of 1M rows; a full backup is as fast).
+    conn.execute_batch("PRAGMA cache_size = -512; BEGIN")?;
+    // The first read fixes the transaction's snapshot: everything after it is as of it.
+    let checkpoint = checkpoint_of(&conn)?;
+    let schema_version = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    Ok((conn, checkpoint, schema_version))
 }
 
 /// A logged key's fields: most keys have one, kept without an allocation of its own.
@@ -727,19 +742,8 @@ impl StorageBackend for SqliteBackend {
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store = self.describe();
         let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
-        let conn = open_reader(&self.path, self.readonly_shm).map_err(err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
-        // A view reads each page about once (a scan, or an incremental's row lookups spread
-        // over the tables): 512 KiB of page cache holds the b-trees' interior pages, and
-        // SQLite's default 2 MiB only cost its pages' first-touch faults (400 fewer of about
-        // 3,800 in a 1% incremental of 1M rows; a full backup is as fast).
-        conn.execute_batch("PRAGMA cache_size = -512; BEGIN")
-            .map_err(err)?;
-        // The first read fixes the transaction's snapshot: everything below is as of it.
-        let (checkpoint, floor) = checkpoint_of(&conn).map_err(err)?;
-        let schema_version = conn
-            .query_row("PRAGMA schema_version", [], |r| r.get(0))
-            .map_err(err)?;
+        let (conn, (checkpoint, floor), schema_version) =
+            open_snapshot(&self.path, self.readonly_shm, BUSY_TIMEOUT).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
         let journal: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
