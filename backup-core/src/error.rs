@@ -137,15 +137,6 @@ impl Error {
         }
     }
 
-    /// Builds an [`Error::BadInput`] that no other error caused.
-    pub fn bad_input(path: impl Into<PathBuf>, cause: impl Into<String>) -> Self {
-        Error::BadInput {
-            path: path.into(),
-            cause: cause.into(),
-            source: None,
-        }
-    }
-
     /// Builds an [`Error::BadInput`] whose path could not be used for `why` ("cannot open as
     /// a SQLite database"), caused by `cause`: shown as `PATH: WHY: CAUSE`, the cause kept as
     /// the error's source.
@@ -242,7 +233,11 @@ mod tests {
             e.source().map(|s| s.to_string()).as_deref(),
             Some("file is not a database")
         );
-        let plain = Error::bad_input("/srv/x", "is a directory");
+        let plain = Error::BadInput {
+            path: "/srv/x".into(),
+            cause: "is a directory".into(),
+            source: None,
+        };
         assert_eq!(plain.to_string(), "/srv/x: is a directory");
         assert!(plain.source().is_none());
     }
