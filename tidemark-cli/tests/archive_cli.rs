@@ -889,6 +889,93 @@ fn damage_manifest(archive: &Path) {
     std::fs::write(archive, bytes).unwrap();
 }
 
+/// A point older than a damaged archive restores exactly: its archives are all read and
+/// checked, and the damaged one, newer than it, is named in a warning (exit 0). A point whose
+/// path crosses the damaged archive, or a time it may have been captured at or before, is
+/// refused as before (exit 3). Read back with the sqlite3 shell. Before, any damaged archive in
+/// the chain refused every `--at` without `--skip-damaged`.
+#[test]
+fn a_point_before_a_damaged_archive_restores_exactly() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = chain(d, &[]);
+    let all = archives(&d.join("ar"));
+    let third = &all[2];
+    damage_manifest(third);
+    let name = third.file_name().unwrap().to_string_lossy().into_owned();
+    for (i, (at, state)) in states.iter().enumerate().take(2) {
+        let to = format!("sqlite:older{i}.db");
+        let out = tidemark(
+            &[
+                "restore",
+                "--from",
+                "ar",
+                "--to",
+                &to,
+                "--at",
+                &at.to_string(),
+            ],
+            d,
+        );
+        assert!(out.status.success(), "point {i}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("warning") && err.contains(&name) && err.contains("newer than the point"),
+            "names the damaged archive: {err}"
+        );
+        assert_same_dump(
+            &dump(&d.join(format!("older{i}.db"))),
+            state,
+            &format!("checkpoint {at}"),
+        );
+    }
+    // The damaged archive's own point and the one after it need it.
+    for (at, _) in &states[2..] {
+        let out = tidemark(
+            &[
+                "restore",
+                "--from",
+                "ar",
+                "--to",
+                "sqlite:no.db",
+                "--at",
+                &at.to_string(),
+            ],
+            d,
+        );
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        assert!(!d.join("no.db").exists());
+    }
+    // By time: the second archive's capture restores; a moment after it, which may be after
+    // the damaged archive's capture, and the last archive's are refused.
+    let listed = ok(&["list", "ar", "--json"], d);
+    let captured: Vec<String> = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "archive")
+        .map(|v| v["captured_at"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(captured.len(), 3, "{listed}");
+    let restore_at =
+        |at: &str, to: &str| tidemark(&["restore", "--from", "ar", "--to", to, "--at", at], d);
+    let out = restore_at(&captured[1], "sqlite:bytime.db");
+    assert!(out.status.success(), "{out:?}");
+    assert_same_dump(&dump(&d.join("bytime.db")), &states[1].1, "by time");
+    let rfc3339 = &time::format_description::well_known::Rfc3339;
+    let later = (time::OffsetDateTime::parse(&captured[1], rfc3339).unwrap()
+        + time::Duration::nanoseconds(1))
+    .format(rfc3339)
+    .unwrap();
+    for at in [&later, &captured[2]] {
+        let out = restore_at(at, "sqlite:no.db");
+        assert_eq!(out.status.code(), Some(3), "{at}: {out:?}");
+        assert!(!d.join("no.db").exists());
+    }
+    // The newest point needs every archive: refused, as before.
+    let out = tidemark(&["restore", "--from", "ar", "--to", "sqlite:no.db"], d);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}
+
 /// Bit rot in the newest archive's manifest must not stop every backup after it, which would
 /// leave the store unprotected until someone deletes the file: the next run is a full archive
 /// after it and says why, verify still reports the damaged archive, and the newest point

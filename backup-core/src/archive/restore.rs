@@ -1,6 +1,8 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot};
+use super::chain::{
+    newer_than_point, plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot,
+};
 use super::{damaged, file_name_of, v1, v2, ArchiveOptions, ChainItem};
 use crate::error::{Error, Result};
 use crate::manifest::RunKind;
@@ -42,6 +44,8 @@ pub fn restore_chain(
     // What the survey found damaged and `--skip-damaged` went around (the chain head).
     let mut surveyed_skipped = Vec::new();
     let mut avoided = Vec::new();
+    // Damaged archives newer than the point restored, which it never reads.
+    let mut beyond = Vec::new();
     loop {
         let fast = match (at, &chain) {
             (RestorePoint::Latest, None) => newest_path(store),
@@ -51,7 +55,14 @@ pub fn restore_chain(
         let items = match fast {
             Some(items) => items,
             None => {
-                let chain = surveyed_once(&mut chain, &mut surveyed_skipped, store, options)?;
+                let chain = surveyed_once(
+                    &mut chain,
+                    &mut surveyed_skipped,
+                    &mut beyond,
+                    store,
+                    options,
+                    at,
+                )?;
                 plan(chain, at)?
             }
         };
@@ -78,13 +89,21 @@ pub fn restore_chain(
                             "{}: {text}; restored through the archives it covers",
                             file_name_of(&path)
                         ));
-                        surveyed_once(&mut chain, &mut surveyed_skipped, store, options)?
-                            .retain(|i| i.path != path);
+                        surveyed_once(
+                            &mut chain,
+                            &mut surveyed_skipped,
+                            &mut beyond,
+                            store,
+                            options,
+                            at,
+                        )?
+                        .retain(|i| i.path != path);
                     }
                     _ => return Err(e),
                 }
             }
             Ok(mut summary) => {
+                avoided.append(&mut beyond);
                 summary.avoided = avoided;
                 surveyed_skipped.append(&mut summary.skipped);
                 summary.skipped = surveyed_skipped;
@@ -95,18 +114,22 @@ pub fn restore_chain(
 }
 
 /// The surveyed chain, surveyed on first use ([`surveyed`]); what the survey went around is
-/// kept in `skipped`.
+/// kept in `skipped` (with `--skip-damaged`) or, for damage newer than the point `at` names,
+/// which the restore never reads, in `beyond`.
 fn surveyed_once<'c>(
     chain: &'c mut Option<Vec<ChainItem>>,
     skipped: &mut Vec<String>,
+    beyond: &mut Vec<String>,
     store: &dyn ChainStore,
     options: &RestoreOptions,
+    at: &RestorePoint,
 ) -> Result<&'c mut Vec<ChainItem>> {
     Ok(match chain {
         Some(c) => c,
         None => {
-            let (items, problems) = surveyed(store, options.skip_damaged)?;
+            let (items, problems, newer) = surveyed(store, options.skip_damaged, at)?;
             *skipped = problems;
+            *beyond = newer;
             chain.insert(items)
         }
     })
@@ -116,20 +139,47 @@ fn surveyed_once<'c>(
 /// that is unreadable or names a newest archive gone missing) refuses the restore, unless
 /// `skip_damaged`: then the problems are returned as messages, for the summary's skipped list,
 /// and the restore goes on with the archives found (a flipped byte in the head, a file of 76
-/// bytes, no longer stands between a user whose source is gone and the archives).
-fn surveyed(store: &dyn ChainStore, skip_damaged: bool) -> Result<(Vec<ChainItem>, Vec<String>)> {
+/// bytes, no longer stands between a user whose source is gone and the archives). An archive
+/// that cannot be read and is newer than an older point `at` names ([`newer_than_point`]) is
+/// no problem for that point, whose archives are all read and checked: it is returned as a
+/// warning (the second list), and the restore is complete.
+fn surveyed(
+    store: &dyn ChainStore,
+    skip_damaged: bool,
+    at: &RestorePoint,
+) -> Result<(Vec<ChainItem>, Vec<String>, Vec<String>)> {
     let survey = store.survey()?;
     let mut skipped = Vec::new();
+    let mut beyond = Vec::new();
     for problem in survey.problems {
-        if !skip_damaged {
+        if skip_damaged {
+            skipped.push(problem.to_string());
+        } else if damaged_sequence(&problem).is_some_and(|d| newer_than_point(&survey.items, at, d))
+        {
+            beyond.push(format!(
+                "{problem}; not needed: it is newer than the point restored"
+            ));
+        } else {
             return Err(problem);
         }
-        skipped.push(problem.to_string());
     }
     if survey.items.is_empty() {
         return Err(crate::destination::no_backup(&store.location()));
     }
-    Ok((survey.items, skipped))
+    Ok((survey.items, skipped, beyond))
+}
+
+/// The sequence of the archive a damage problem is about, from the archive's file name in its
+/// path (`…/tidemark-000004-incr-f538718c.zip/tidemark/manifest.json`); `None` for any other
+/// problem.
+fn damaged_sequence(problem: &Error) -> Option<u64> {
+    let path = match problem {
+        Error::Damaged { path, .. } | Error::Manifest { path, .. } => path,
+        _ => return None,
+    };
+    path.iter()
+        .find_map(|c| slot_of_name(&c.to_string_lossy()))
+        .map(|s| s.sequence)
 }
 
 /// The path to the newest point, planned from names (the head, the archives' slots, the prune
