@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Kills a tidemark command on an archive chain in an S3 bucket (moto's server on loopback) at
+the N-th call of a set of system calls (strace's fault injection; the HTTP requests go out
+through `sendto`/`write`), for N = 1, 2, ... until a run completes. The chain is a tracked
+SQLite database's (five backups, the third of them full; each state recorded with the `sqlite3`
+shell's `.dump`), copied object by object for each case. After each kill:
+
+- verify calls the chain intact;
+- every point `list --json` shows restores with `--at`, equal to the database at that point,
+  and nothing a complete run keeps is gone (prune, compact);
+- the command run again completes; a change and the next backup (an incremental), verify and
+  a restore equal to the source follow.
+
+Prints each problem and a total. See docs/RELIABILITY.md.
+
+usage: [SWEEP_BLOB_BYTES=N] remote_kills.py backup|full|prune|compact SYSCALLS [MAX_N]
+  e.g. remote_kills.py backup sendto,write 200
+needs: strace, the sqlite3 shell, python3 with moto[server] (scripts/setup.sh installs it),
+`cargo build --release -p tidemark-cli` (or TIDEMARK_BIN)."""
+import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
+from common import BIN, run
+
+cmd, sc = sys.argv[1], sys.argv[2]
+maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 10**6
+W = tempfile.mkdtemp(prefix=f"gs-remote-{cmd}-", dir=os.environ.get("TMPDIR", "/tmp"))
+# Bytes of random blob in each of the first round's 300 rows: SWEEP_BLOB_BYTES=60000 makes a
+# full archive of about 18 MB, uploaded in several parts of a multipart upload.
+BLOB = int(os.environ.get("SWEEP_BLOB_BYTES", "0"))
+
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+port = sock.getsockname()[1]
+sock.close()
+moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+ENDPOINT = f"http://127.0.0.1:{port}"
+os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                  AWS_REGION="us-east-1", AWS_ENDPOINT=ENDPOINT, AWS_ALLOW_HTTP="true")
+
+
+def ok(r, what):
+    assert r.returncode == 0, (what, r.returncode, r.stderr)
+    return r
+
+
+def write(path, rnd):
+    if rnd == 0:
+        sql = ("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB); "
+               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+               f"INSERT INTO t SELECT i, 'v' || i, randomblob({BLOB}) FROM n;")
+    else:
+        sql = (f"UPDATE t SET v = 'r{rnd}' WHERE id % 5 = {rnd % 5}; "
+               f"DELETE FROM t WHERE id % 29 = {rnd % 29}; "
+               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) "
+               f"INSERT INTO t(v) SELECT 'n{rnd}-' || i FROM n;")
+    ok(run(["sqlite3", path, sql]), "write")
+
+
+def dump(path):
+    if not os.path.exists(path):
+        return None
+    return ok(run(["sqlite3", path, ".dump t"]), "dump").stdout
+
+
+def points(url):
+    r = run([BIN, "list", url, "--json"])
+    if r.returncode != 0:
+        return None, r.stderr.strip()[-300:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return sorted({row["to"] for row in rows if row.get("type") == "archive"}), None
+
+
+def backup(src, url, *extra):
+    return run([BIN, "backup", "--source", f"sqlite:{src}", "--to", url, "--format", "archive",
+                "--cache", os.path.join(os.path.dirname(src), "cache"), *extra])
+
+
+def command(src, url):
+    return {
+        "backup": [BIN, "backup", "--source", f"sqlite:{src}", "--to", url, "--format", "archive",
+                   "--cache", os.path.join(os.path.dirname(src), "cache")],
+        "full": [BIN, "backup", "--source", f"sqlite:{src}", "--to", url, "--format", "archive",
+                 "--cache", os.path.join(os.path.dirname(src), "cache"), "--full"],
+        "prune": [BIN, "prune", url, "--keep-last", "2"],
+        "compact": [BIN, "compact", url, "--fanout", "2"],
+    }[cmd]
+
+
+AUTH = {"Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, "
+                         "SignedHeaders=host, Signature=0"}
+
+
+def http(method, path, data=None):
+    """A request to the server with a dummy SigV4 header (moto checks none, but refuses some
+    requests without one); the response's body."""
+    headers = dict(AUTH, **{"Content-Type": "application/octet-stream"})
+    req = urllib.request.Request(ENDPOINT + path, method=method, data=data, headers=headers)
+    return urllib.request.urlopen(req).read()
+
+
+for _ in range(150):
+    try:
+        http("PUT", "/sweep", b"")
+        break
+    except Exception:
+        time.sleep(0.2)
+
+
+def objects(prefix):
+    """Every object key under `prefix` in the bucket, with its bytes."""
+    import xml.etree.ElementTree as ET
+    out = {}
+    body = http("GET", f"/sweep?list-type=2&prefix={prefix}/")
+    ns = {"s": "http://s3.amazonaws.com/doc/2006-03-01/"}
+    for c in ET.fromstring(body).findall("s:Contents", ns):
+        key = c.find("s:Key", ns).text
+        out[key] = http("GET", f"/sweep/{key}")
+    return out
+
+
+def copy_prefix(src_prefix, dst_prefix):
+    for key, data in objects(src_prefix).items():
+        new = dst_prefix + key[len(src_prefix):]
+        http("PUT", f"/sweep/{new}", data)
+
+
+try:
+    # The template: a tracked database (and its key-state cache) and its chain under `tpl`.
+    tpl = os.path.join(W, "tpl")
+    os.makedirs(tpl)
+    src = os.path.join(tpl, "src.db")
+    write(src, 0)
+    ok(run([BIN, "track", "--source", f"sqlite:{src}"]), "track")
+    states = {}
+    for rnd in range(1, 6):
+        write(src, rnd)
+        ok(backup(src, "s3://sweep/tpl", *(["--full"] if rnd == 3 else [])), f"backup {rnd}")
+        at, err = points("s3://sweep/tpl")
+        assert err is None, err
+        states[at[-1]] = dump(src)
+    write(src, 6)  # what the killed backup backs up
+    after = dump(src)
+
+    done = os.path.join(W, "done")
+    shutil.copytree(tpl, done)
+    copy_prefix("tpl", "done")
+    ok(run(command(os.path.join(done, "src.db"), "s3://sweep/done")), "complete run")
+    kept, err = points("s3://sweep/done")
+    assert err is None, err
+    if cmd in ("backup", "full"):
+        kept = kept[:-1]  # the new backup's point may be missing after a kill
+    print(f"{cmd}: {len(states)} points before, {len(kept)} kept by a complete run", flush=True)
+
+    problems = 0
+    total = 0
+    n = 1
+    while n <= maxn:
+        case = os.path.join(W, f"case{n}")
+        shutil.copytree(tpl, case)
+        url = f"s3://sweep/case{n}"
+        copy_prefix("tpl", f"case{n}")
+        csrc = os.path.join(case, "src.db")
+        r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+                 f"inject={sc}:signal=KILL:when={n}", *command(csrc, url)])
+        if r.returncode == 0:
+            print(f"{cmd}: completed at n={n}: {n - 1} kill points", flush=True)
+            break
+        total += 1
+        why = []
+        if r.returncode not in (137, -9) and "Killed" not in r.stderr:
+            why.append(f"{cmd} exit {r.returncode}: {r.stderr.strip()[-300:]}")
+        v = run([BIN, "verify", url])
+        if v.returncode != 0:
+            why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
+        at, err = points(url)
+        if err:
+            why.append(f"list after kill: {err}")
+        else:
+            lost = [p for p in kept if p not in at]
+            if lost:
+                why.append(f"points a complete run keeps are gone: {lost}")
+            for p in at:
+                t = os.path.join(case, f"at-{p}.db")
+                rr = run([BIN, "restore", "--from", url, "--to", f"sqlite:{t}", "--at", str(p)])
+                want = states.get(p, after)
+                if rr.returncode != 0:
+                    why.append(f"restore --at {p}: exit {rr.returncode}: {rr.stderr.strip()[-200:]}")
+                elif dump(t) != want:
+                    why.append(f"restore --at {p} differs from the database at that point")
+        again = run(command(csrc, url))
+        if again.returncode != 0:
+            why.append(f"{cmd} again: exit {again.returncode}: {again.stderr.strip()[-300:]}")
+        write(csrc, 10)
+        b = backup(csrc, url)
+        if b.returncode != 0:
+            why.append(f"next backup: exit {b.returncode}: {(b.stdout + b.stderr).strip()[-300:]}")
+        v2 = run([BIN, "verify", url])
+        if v2.returncode != 0:
+            why.append(f"verify after the next backup: exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
+        t = os.path.join(case, "newest.db")
+        rr = run([BIN, "restore", "--from", url, "--to", f"sqlite:{t}"])
+        if rr.returncode != 0:
+            why.append(f"restore: exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
+        elif dump(t) != dump(csrc):
+            why.append("restore differs from the source")
+        if why:
+            problems += 1
+            print(f"PROBLEM n={n}: " + " | ".join(why), flush=True)
+        shutil.rmtree(case, ignore_errors=True)
+        n += 1
+    print(f"{cmd} {sc}: {total} kills, {problems} problems", flush=True)
+finally:
+    moto.kill()
+    shutil.rmtree(W, ignore_errors=True)
