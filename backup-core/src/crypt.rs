@@ -219,21 +219,27 @@ impl ChainKey {
         Ok(out)
     }
 
-    /// Opens the key file `bytes` (stored at `path`) with what `options` gives: the passphrase
-    /// opens a passphrase wrap, an identity a recipients wrap. A wrong passphrase or identity
-    /// fails here, before anything else is read.
-    pub fn unwrap(path: &Path, bytes: &[u8], options: &KeyOptions) -> Result<ChainKey> {
+    /// Checks the key file `bytes` (stored at `path`) as far as it can be checked without a
+    /// passphrase or identity: it parses, matches its CRC32, and is a format this reader knows.
+    /// A key file that does not parse or check out is damage (`Error::Damaged`, exit 3 as a
+    /// damaged archive), not a wrong option: every archive of the chain is sealed with its key.
+    pub fn check_file(path: &Path, bytes: &[u8]) -> Result<()> {
+        Self::read_file(path, bytes).map(|_| ())
+    }
+
+    fn read_file(path: &Path, bytes: &[u8]) -> Result<KeyFile> {
+        let damaged = |cause: String| Error::Damaged {
+            path: path.to_path_buf(),
+            cause: format!("{cause}: the chain's key file, without which no archive opens"),
+        };
         let entry: KeyFileEntry = serde_json::from_slice(bytes)
-            .map_err(|e| key_err(path, format!("not a tidemark key file: {e}")))?;
+            .map_err(|e| damaged(format!("not a tidemark key file: {e}")))?;
         let crc = crc32fast::hash(&serde_json::to_vec(&entry.key).expect("JSON serializes"));
         if crc != entry.crc32 {
-            return Err(key_err(
-                path,
-                "the key file does not match its CRC32 (damaged)",
-            ));
+            return Err(damaged("it does not match its CRC32".into()));
         }
         let file: KeyFile = serde_json::from_value(entry.key)
-            .map_err(|e| key_err(path, format!("not a tidemark key file: {e}")))?;
+            .map_err(|e| damaged(format!("not a tidemark key file: {e}")))?;
         if file.format != "tidemark-key" || file.format_version != 1 {
             return Err(key_err(
                 path,
@@ -243,6 +249,14 @@ impl ChainKey {
                 ),
             ));
         }
+        Ok(file)
+    }
+
+    /// Opens the key file `bytes` (stored at `path`) with what `options` gives: the passphrase
+    /// opens a passphrase wrap, an identity a recipients wrap. A wrong passphrase or identity
+    /// fails here, before anything else is read.
+    pub fn unwrap(path: &Path, bytes: &[u8], options: &KeyOptions) -> Result<ChainKey> {
+        let file = Self::read_file(path, bytes)?;
         if !options.can_open() {
             return Err(key_err(path, NEEDS_KEY));
         }
@@ -757,12 +771,14 @@ pub struct SealedReport {
     pub archives: usize,
     /// Their stored bytes, in all.
     pub bytes: u64,
-    /// Archives whose stored bytes do not match their name's CRC32 or their recorded size.
+    /// Archives whose stored bytes do not match their name's CRC32 or their recorded size, and
+    /// a damaged key file.
     pub problems: Vec<Error>,
 }
 
-/// Checks what can be checked of a chain without its key: every archive's stored bytes
-/// against the CRC32 in its name (and, on an object store, the size in its seal). The records,
+/// Checks what can be checked of a chain without its key: the key file's CRC32, and every
+/// archive's stored bytes against the CRC32 in its name (and, on an object store, the size in
+/// its seal). The records,
 /// manifests and chain continuity are sealed; [`crate::verify_chain`] with the key checks them.
 /// `progress` is told the bytes read so far and the total.
 pub fn verify_sealed(
@@ -772,6 +788,13 @@ pub fn verify_sealed(
     let stored = store.stored()?;
     let total: u64 = stored.iter().map(|(_, a)| a.size()).sum();
     let mut report = SealedReport::default();
+    // The key file, without which no archive opens, is checked as far as it can be without
+    // the key: its CRC32 and format.
+    if let Some(bytes) = store.read_key()? {
+        if let Err(e) = ChainKey::check_file(&store.location_of(KEY_FILE), &bytes) {
+            report.problems.push(e);
+        }
+    }
     for (name, archive) in &stored {
         let done = report.bytes;
         // The archive read as stored, each byte once; the entries inside are sealed.

@@ -242,6 +242,17 @@ pub(crate) fn is_damage(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Whether `e` is damage of an encrypted chain's key file, which every archive needs.
+pub(crate) fn is_key_damage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<backup_core::Error>(),
+            Some(backup_core::Error::Damaged { path, .. })
+                if path.file_name().is_some_and(|n| n == backup_core::crypt::KEY_FILE)
+        )
+    })
+}
+
 /// An error and its causes on one line, each cause once: library errors already name their
 /// cause in their message (`write PATH: No space left on device`), so a cause whose text is
 /// already there is not repeated.

@@ -646,3 +646,52 @@ fn rocksdb_and_sled_chains_are_sealed_and_restore_with_the_key() {
         assert!(err.contains("this backup is encrypted"), "{err}");
     }
 }
+
+/// One flipped bit in an encrypted chain's key file makes every archive unreadable: verify
+/// says so with the key and without it (before, verify without the key called such a chain
+/// intact, exit 0, and every other command failed with exit 1 as for a wrong option); restore,
+/// which cannot go around it, refuses without suggesting `--skip-damaged`, leaving no target;
+/// a backup refuses too. All exit 3 (a damaged backup), naming the key file.
+#[test]
+fn a_damaged_key_file_is_damage_found_with_or_without_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    source(d);
+    let (id, recipient) = identity(d, "id.txt");
+    backup(d, "bk", &["--encrypt-recipient", &recipient], false);
+    let open = ["--encrypt-identity", id.as_str()];
+    let key_file = d.join("bk").join(".tidemark-key");
+    let good = std::fs::read(&key_file).unwrap();
+    // A byte inside the CRC32's digits, one inside a wrap, one that breaks the JSON.
+    let crc_at = good.windows(5).position(|w| w == b"crc32").unwrap() + 9;
+    let wrap_at = good.windows(4).position(|w| w == b"YWdl").unwrap() + 20;
+    for at in [crc_at, wrap_at, good.len() - 3] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x04;
+        std::fs::write(&key_file, &bad).unwrap();
+        let runs: [Vec<&str>; 4] = [
+            vec!["verify", "bk"],
+            [&["verify", "bk"][..], &open].concat(),
+            [
+                &["restore", "--from", "bk", "--to", "sqlite:out.db"][..],
+                &open,
+            ]
+            .concat(),
+            [archive_backup("bk", &[]).as_slice(), &open].concat(),
+        ];
+        for args in &runs {
+            let out = cmd(d, args, false);
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(3), "byte {at}, {args:?}: {text}");
+            assert!(text.contains(".tidemark-key"), "{args:?}: {text}");
+            assert!(!text.contains("--skip-damaged"), "{args:?}: {text}");
+        }
+        assert!(!d.join("out.db").exists());
+    }
+    std::fs::write(&key_file, &good).unwrap();
+    ok(d, &[&["verify", "bk"][..], &open].concat(), false);
+}

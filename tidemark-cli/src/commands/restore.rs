@@ -125,7 +125,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         bar.finish_and_clear();
     }
     let summary = summary.map_err(|e| {
-        if crate::is_damage(&e) && !skip_damaged {
+        // Leaving out damaged archives cannot help when the chain's key file is the damage.
+        if crate::is_damage(&e) && !skip_damaged && !crate::is_key_damage(&e) {
             e.context(crate::Hint(
                 "restore --skip-damaged restores what is intact and lists what it leaves out"
                     .into(),
