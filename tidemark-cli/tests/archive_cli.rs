@@ -920,7 +920,7 @@ fn a_point_before_a_damaged_archive_restores_exactly() {
         assert!(out.status.success(), "point {i}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.contains("warning") && err.contains(&name) && err.contains("newer than the point"),
+            err.contains("warning") && err.contains(&name) && err.contains("not needed"),
             "names the damaged archive: {err}"
         );
         assert_same_dump(
@@ -974,6 +974,31 @@ fn a_point_before_a_damaged_archive_restores_exactly() {
     // The newest point needs every archive: refused, as before.
     let out = tidemark(&["restore", "--from", "ar", "--to", "sqlite:no.db"], d);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    // A damaged archive older than the point, before the full archive its path starts from,
+    // is not needed either: by checkpoint and by time.
+    let db = d.join("src.db");
+    ok(&[&ARCHIVE_BACKUP[..], &["--full"]].concat(), d);
+    sql(&db, "UPDATE t SET name = 'after the full' WHERE id < 20;");
+    ok(&ARCHIVE_BACKUP, d);
+    let newest = archives(&d.join("ar")).pop().unwrap();
+    let listed = ok(&["list", "ar", "--json"], d);
+    let last_capture = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "archive")
+        .last()
+        .map(|v| v["captured_at"].as_str().unwrap().to_string())
+        .unwrap();
+    for (at, to) in [
+        (checkpoint_of(&newest).to_string(), "later"),
+        (last_capture, "later-by-time"),
+    ] {
+        let out = restore_at(&at, &format!("sqlite:{to}.db"));
+        assert!(out.status.success(), "{at}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&name));
+        assert_same_dump(&dump(&d.join(format!("{to}.db"))), &dump(&db), &at);
+    }
 }
 
 /// Bit rot in the newest archive's manifest must not stop every backup after it, which would

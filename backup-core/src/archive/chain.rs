@@ -1348,29 +1348,44 @@ pub(super) fn plan(chain: &[ChainItem], at: &RestorePoint) -> Result<Vec<ChainIt
 }
 
 /// Whether an archive of sequence `damaged` that cannot be read (outside `chain`, the archives
-/// that can) is newer than the point `at` names, so that a restore of that point never needs
-/// it: a checkpoint whose archive comes before it, or a time at or before the capture of a
-/// readable archive that comes before it (captures follow the sequence, each backup after the
-/// previous one's: a time between the last readable capture and the damaged archive could be
-/// after the damaged one's, which is then the point). Never for the newest point,
-/// which it may be. Checkpoint 0 counts only when a readable archive between the two ends at a
-/// later position: every backup of plain sled ends at 0, so the damaged archive could be
-/// another backup at that number.
-pub(super) fn newer_than_point(chain: &[ChainItem], at: &RestorePoint, damaged: u64) -> bool {
+/// that can) cannot be the point `at` names, so that a restore of that point, whose path
+/// [`plan`] then finds among the readable archives (each read and checked), never needs it:
+///
+/// - older than the point's archive: a point is never an older archive's (a checkpoint other
+///   than 0, where the older one could only end at the same state of the same store; a time,
+///   whose newest capture at or before it is the point's or later);
+/// - newer, for a checkpoint whose archive comes before it (0 only when a readable archive
+///   between the two ends at a later position: every backup of plain sled ends at 0, so the
+///   damaged archive could be another backup at that number), or for a time at or before the
+///   capture of a readable archive that comes before it (captures follow the sequence: a time
+///   between the last readable capture and the damaged archive could follow the damaged one's,
+///   which is then the point).
+///
+/// Never for the newest point, which it may be.
+pub(super) fn not_the_point(chain: &[ChainItem], at: &RestorePoint, damaged: u64) -> bool {
+    let Some(point) = point_index(chain, at)
+        .ok()
+        .map(|end| chain[end - 1].manifest.sequence)
+    else {
+        return false;
+    };
     match at {
         RestorePoint::Latest => false,
-        RestorePoint::Checkpoint(pos) => point_index(chain, at).is_ok_and(|end| {
-            let point = chain[end - 1].manifest.sequence;
-            point < damaged
-                && (*pos > 0
-                    || chain.iter().any(|c| {
-                        (point + 1..damaged).contains(&c.manifest.sequence)
-                            && c.manifest.to.position > 0
-                    }))
-        }),
-        RestorePoint::Time(t) => chain
-            .iter()
-            .any(|c| c.manifest.sequence < damaged && captured(c).is_some_and(|c| c >= *t)),
+        RestorePoint::Checkpoint(pos) => {
+            (damaged < point && *pos > 0)
+                || (point < damaged
+                    && (*pos > 0
+                        || chain.iter().any(|c| {
+                            (point + 1..damaged).contains(&c.manifest.sequence)
+                                && c.manifest.to.position > 0
+                        })))
+        }
+        RestorePoint::Time(t) => {
+            damaged < point
+                || chain
+                    .iter()
+                    .any(|c| c.manifest.sequence < damaged && captured(c).is_some_and(|c| c >= *t))
+        }
     }
 }
 

@@ -1,8 +1,6 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{
-    newer_than_point, plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot,
-};
+use super::chain::{not_the_point, plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot};
 use super::{damaged, file_name_of, v1, v2, ArchiveOptions, ChainItem};
 use crate::error::{Error, Result};
 use crate::manifest::RunKind;
@@ -44,7 +42,7 @@ pub fn restore_chain(
     // What the survey found damaged and `--skip-damaged` went around (the chain head).
     let mut surveyed_skipped = Vec::new();
     let mut avoided = Vec::new();
-    // Damaged archives newer than the point restored, which it never reads.
+    // Damaged archives that cannot be the point restored, which it never reads.
     let mut beyond = Vec::new();
     loop {
         let fast = match (at, &chain) {
@@ -114,8 +112,8 @@ pub fn restore_chain(
 }
 
 /// The surveyed chain, surveyed on first use ([`surveyed`]); what the survey went around is
-/// kept in `skipped` (with `--skip-damaged`) or, for damage newer than the point `at` names,
-/// which the restore never reads, in `beyond`.
+/// kept in `skipped` (with `--skip-damaged`) or, for damaged archives that cannot be the point
+/// `at` names, which the restore never reads, in `beyond`.
 fn surveyed_once<'c>(
     chain: &'c mut Option<Vec<ChainItem>>,
     skipped: &mut Vec<String>,
@@ -140,9 +138,9 @@ fn surveyed_once<'c>(
 /// `skip_damaged`: then the problems are returned as messages, for the summary's skipped list,
 /// and the restore goes on with the archives found (a flipped byte in the head, a file of 76
 /// bytes, no longer stands between a user whose source is gone and the archives). An archive
-/// that cannot be read and is newer than an older point `at` names ([`newer_than_point`]) is
-/// no problem for that point, whose archives are all read and checked: it is returned as a
-/// warning (the second list), and the restore is complete.
+/// that cannot be read and cannot be the point `at` names ([`not_the_point`]) is no problem
+/// for that point, whose archives are all read and checked (a path through the damaged one is
+/// not found): it is returned as a warning (the third list), and the restore is complete.
 fn surveyed(
     store: &dyn ChainStore,
     skip_damaged: bool,
@@ -154,11 +152,8 @@ fn surveyed(
     for problem in survey.problems {
         if skip_damaged {
             skipped.push(problem.to_string());
-        } else if damaged_sequence(&problem).is_some_and(|d| newer_than_point(&survey.items, at, d))
-        {
-            beyond.push(format!(
-                "{problem}; not needed: it is newer than the point restored"
-            ));
+        } else if damaged_sequence(&problem).is_some_and(|d| not_the_point(&survey.items, at, d)) {
+            beyond.push(format!("{problem}; not needed for the point restored"));
         } else {
             return Err(problem);
         }
