@@ -986,8 +986,7 @@ fn a_point_before_a_damaged_archive_restores_exactly() {
     let last_capture = listed
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["type"] == "archive")
-        .last()
+        .rfind(|v| v["type"] == "archive")
         .map(|v| v["captured_at"].as_str().unwrap().to_string())
         .unwrap();
     for (at, to) in [
