@@ -1363,9 +1363,13 @@ pub(super) fn plan(chain: &[ChainItem], at: &RestorePoint) -> Result<Vec<ChainIt
 ///
 /// Never for the newest point, which it may be.
 pub(super) fn not_the_point(chain: &[ChainItem], at: &RestorePoint, damaged: u64) -> bool {
+    if matches!(at, RestorePoint::Latest) || chain.is_empty() {
+        return false;
+    }
     let Some(point) = point_index(chain, at)
         .ok()
-        .map(|end| chain[end - 1].manifest.sequence)
+        .and_then(|end| end.checked_sub(1))
+        .map(|last| chain[last].manifest.sequence)
     else {
         return false;
     };
