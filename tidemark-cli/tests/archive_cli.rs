@@ -1000,6 +1000,60 @@ fn a_point_before_a_damaged_archive_restores_exactly() {
     }
 }
 
+/// An archive deleted by hand (neither there nor pruned) may be the point a time names: a
+/// restore at a time after its capture is refused (exit 3, naming it) instead of restoring
+/// the archive before it, an older state, as the newest captured at or before that time (it
+/// did before); `--skip-damaged` restores that older state and says what it left out. A time
+/// or checkpoint it cannot be restores exactly, with a warning. Read back with the sqlite3 shell.
+#[test]
+fn a_time_whose_archive_is_gone_is_refused_not_taken_for_an_older_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = chain(d, &[]);
+    let listed = ok(&["list", "ar", "--json"], d);
+    let captured: Vec<String> = listed
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "archive")
+        .map(|v| v["captured_at"].as_str().unwrap().to_string())
+        .collect();
+    let third = archives(&d.join("ar")).remove(2);
+    std::fs::remove_file(&third).unwrap();
+    let restore = |at: &str, to: &str, extra: &[&str]| {
+        tidemark(
+            &[
+                &["restore", "--from", "ar", "--to", to, "--at", at][..],
+                extra,
+            ]
+            .concat(),
+            d,
+        )
+    };
+    // The third archive's own time and checkpoint: refused, naming it.
+    for at in [captured[2].clone(), states[2].0.to_string()] {
+        let out = restore(&at, "sqlite:no.db", &[]);
+        assert_eq!(out.status.code(), Some(3), "{at}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("archive 3 is missing"), "{err}");
+        assert!(!d.join("no.db").exists());
+    }
+    // With --skip-damaged the time gives the state before it, and says so.
+    let out = restore(&captured[2], "sqlite:partial.db", &["--skip-damaged"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("archive 3 is missing"));
+    assert_same_dump(&dump(&d.join("partial.db")), &states[1].1, "skip-damaged");
+    // The second archive's time and checkpoint cannot be the third's: exact, with a warning.
+    for (at, to) in [
+        (captured[1].clone(), "second-by-time"),
+        (states[1].0.to_string(), "second"),
+    ] {
+        let out = restore(&at, &format!("sqlite:{to}.db"), &[]);
+        assert!(out.status.success(), "{at}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("archive 3 is missing"));
+        assert_same_dump(&dump(&d.join(format!("{to}.db"))), &states[1].1, &at);
+    }
+}
+
 /// Bit rot in the newest archive's manifest must not stop every backup after it, which would
 /// leave the store unprotected until someone deletes the file: the next run is a full archive
 /// after it and says why, verify still reports the damaged archive, and the newest point

@@ -149,6 +149,12 @@ fn surveyed(
     let survey = store.survey()?;
     let mut skipped = Vec::new();
     let mut beyond = Vec::new();
+    let damaged: std::collections::BTreeSet<u64> = survey
+        .problems
+        .iter()
+        .filter_map(damaged_sequence)
+        .collect();
+    let missing = missing_sequences(&survey, &damaged);
     for problem in survey.problems {
         if skip_damaged {
             skipped.push(problem.to_string());
@@ -161,7 +167,49 @@ fn surveyed(
     if survey.items.is_empty() {
         return Err(crate::destination::no_backup(&store.location()));
     }
+    // An archive that is gone (neither there nor pruned) may be the point asked for: a time
+    // just after its capture would otherwise take the archive before it, an older state, as
+    // the newest captured at or before that time. The newest point is planned from the head,
+    // which names a newest archive gone missing; a full archive after the gap is checked by
+    // the continuity of the path.
+    if !matches!(at, RestorePoint::Latest) {
+        for m in missing {
+            let gone = format!("archive {m} is missing (neither there nor pruned)");
+            if not_the_point(&survey.items, at, m) {
+                beyond.push(format!(
+                    "{}: {gone}; not needed for the point restored",
+                    store.location().display()
+                ));
+                continue;
+            }
+            let problem = Error::Damaged {
+                path: store.location(),
+                cause: format!("{gone}, and the point asked for may be its"),
+            };
+            if !skip_damaged {
+                return Err(problem);
+            }
+            skipped.push(problem.to_string());
+        }
+    }
     Ok((survey.items, skipped, beyond))
+}
+
+/// The sequences up to the newest readable archive's that no archive of `survey` covers, that
+/// were not pruned and are not `damaged` (there but unreadable): archives lost.
+fn missing_sequences(
+    survey: &super::chain::Survey,
+    damaged: &std::collections::BTreeSet<u64>,
+) -> Vec<u64> {
+    let covered: std::collections::BTreeSet<u64> = survey
+        .items
+        .iter()
+        .flat_map(|i| i.manifest.first()..=i.manifest.sequence)
+        .collect();
+    let newest = survey.items.iter().map(|i| i.manifest.sequence).max();
+    (1..=newest.unwrap_or(0))
+        .filter(|s| !covered.contains(s) && !survey.pruned.contains(s) && !damaged.contains(s))
+        .collect()
 }
 
 /// The sequence of the archive a damage problem is about, from the archive's file name in its
