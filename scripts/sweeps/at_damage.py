@@ -6,12 +6,15 @@ random archives, runs verify, and restores every point with `--at`, by checkpoin
 A restore must give exactly the state of the point asked for (exit 0) or refuse (exit 1 or 3);
 what verify calls intact must restore. Prints each problem and the outcomes.
 
-usage: at_damage.py SEED TRIALS
+usage: at_damage.py SEED TRIALS [compact]
+  compact: `tidemark compact --fanout 2` after the backups, so that the chain also holds
+  compacted archives (each covering several backups) that restores may take
 needs: the sqlite3 shell, `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN).
 See docs/RELIABILITY.md."""
 import json, os, random, shutil, subprocess, sys, tempfile
 from common import BIN as B
 seed, trials = int(sys.argv[1]), int(sys.argv[2])
+COMPACT = len(sys.argv) > 3 and sys.argv[3] == "compact"
 rnd = random.Random(seed)
 W = tempfile.mkdtemp(prefix="atfuzz-")
 def run(a): return subprocess.run(a, capture_output=True, text=True, cwd=W)
@@ -27,6 +30,9 @@ for r in range(1, 9):
     rows = [json.loads(l) for l in run([B, "list", "bk", "--json"]).stdout.splitlines()]
     last = [x for x in rows if x.get("type") == "archive"][-1]
     states[last["to"]] = dump("src.db"); times[last["captured_at"]] = states[last["to"]]
+if COMPACT:
+    x = run([B, "compact", "bk", "--fanout", "2"])
+    assert x.returncode == 0, x.stderr
 problems = 0; outcomes = {}
 for t in range(trials):
     shutil.rmtree(os.path.join(W, "c"), ignore_errors=True)

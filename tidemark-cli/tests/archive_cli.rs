@@ -1054,6 +1054,68 @@ fn a_time_whose_archive_is_gone_is_refused_not_taken_for_an_older_one() {
     }
 }
 
+/// A backup deleted by hand under a compacted archive that covers it leaves a chain that a
+/// restore can still walk, but its point is gone: verify says so (exit 3) instead of calling
+/// the chain intact while `restore --at` that point is refused; the newest point restores.
+#[test]
+fn a_point_lost_under_a_compacted_archive_is_reported_by_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = chain(d, &[]);
+    // A fifth backup, so that fanout 2 has two incrementals after the second to compact.
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET name = 'fifth' WHERE id < 5;",
+    );
+    ok(&ARCHIVE_BACKUP, d);
+    ok(&["compact", "ar", "--fanout", "2"], d);
+    ok(&["verify", "ar"], d);
+    let all = archives(&d.join("ar"));
+    let names: Vec<String> = all
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names
+            .iter()
+            .any(|n| n.starts_with("tidemark-000003-000004-incr")),
+        "a compacted archive covers the third backup: {names:?}"
+    );
+    let third = all
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tidemark-000003-incr")
+        })
+        .unwrap();
+    std::fs::remove_file(third).unwrap();
+    let v = tidemark(&["verify", "ar"], d);
+    assert_eq!(v.status.code(), Some(3), "{v:?}");
+    assert!(String::from_utf8_lossy(&v.stderr).contains("archive 3 is missing"));
+    let out = tidemark(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:no.db",
+            "--at",
+            &states[2].0.to_string(),
+        ],
+        d,
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(!d.join("no.db").exists());
+    ok(&["restore", "--from", "ar", "--to", "sqlite:newest.db"], d);
+    assert_same_dump(
+        &dump(&d.join("newest.db")),
+        &dump(&d.join("src.db")),
+        "newest",
+    );
+}
+
 /// Bit rot in the newest archive's manifest must not stop every backup after it, which would
 /// leave the store unprotected until someone deletes the file: the next run is a full archive
 /// after it and says why, verify still reports the damaged archive, and the newest point

@@ -149,6 +149,22 @@ pub(crate) fn pruned_sequences(log: &[PrunedEntry]) -> BTreeSet<u64> {
         .collect()
 }
 
+/// The sequences up to the newest archive of `chain` at which no archive ends, that were not
+/// `pruned` and are not `damaged` (there but unreadable): points lost, whose archives are gone.
+/// A compacted archive that covers a sequence holds its changes, not its point (it ends later),
+/// so a continuous chain may still have lost points.
+pub(crate) fn lost_points(
+    chain: &[ChainItem],
+    pruned: &BTreeSet<u64>,
+    damaged: &BTreeSet<u64>,
+) -> Vec<u64> {
+    let ends: BTreeSet<u64> = chain.iter().map(|i| i.manifest.sequence).collect();
+    let newest = ends.last().copied().unwrap_or(0);
+    (1..=newest)
+        .filter(|s| !ends.contains(s) && !pruned.contains(s) && !damaged.contains(s))
+        .collect()
+}
+
 /// Checks that every archive of `chain` (settled and sorted) is where a restore can reach it:
 /// each incremental continues an archive that ends right before it (same checkpoint, named as
 /// its parent); sequences no archive covers were pruned and a full archive follows them; no two

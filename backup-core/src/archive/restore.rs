@@ -154,7 +154,7 @@ fn surveyed(
         .iter()
         .filter_map(damaged_sequence)
         .collect();
-    let missing = missing_sequences(&survey, &damaged);
+    let missing = super::graph::lost_points(&survey.items, &survey.pruned, &damaged);
     for problem in survey.problems {
         if skip_damaged {
             skipped.push(problem.to_string());
@@ -193,23 +193,6 @@ fn surveyed(
         }
     }
     Ok((survey.items, skipped, beyond))
-}
-
-/// The sequences up to the newest readable archive's that no archive of `survey` covers, that
-/// were not pruned and are not `damaged` (there but unreadable): archives lost.
-fn missing_sequences(
-    survey: &super::chain::Survey,
-    damaged: &std::collections::BTreeSet<u64>,
-) -> Vec<u64> {
-    let covered: std::collections::BTreeSet<u64> = survey
-        .items
-        .iter()
-        .flat_map(|i| i.manifest.first()..=i.manifest.sequence)
-        .collect();
-    let newest = survey.items.iter().map(|i| i.manifest.sequence).max();
-    (1..=newest.unwrap_or(0))
-        .filter(|s| !covered.contains(s) && !survey.pruned.contains(s) && !damaged.contains(s))
-        .collect()
 }
 
 /// The sequence of the archive a damage problem is about, from the archive's file name in its

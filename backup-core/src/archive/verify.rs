@@ -93,9 +93,22 @@ fn verify_survey(
         }
     }
     if listing_ok && damaged_files == 0 {
-        report
-            .problems
-            .extend(check_continuity(&chain, &survey.pruned));
+        let broken = check_continuity(&chain, &survey.pruned);
+        if broken.is_empty() {
+            // A chain a restore can walk may still have lost points: an archive deleted under
+            // a compacted archive that covers it.
+            let none = std::collections::BTreeSet::new();
+            for m in super::graph::lost_points(&chain, &survey.pruned, &none) {
+                report.problems.push(crate::Error::Damaged {
+                    path: store.location(),
+                    cause: format!(
+                        "archive {m} is missing (neither there nor pruned): its point can no \
+                         longer be restored"
+                    ),
+                });
+            }
+        }
+        report.problems.extend(broken);
     }
     Ok(report)
 }
