@@ -2,15 +2,15 @@
 """Kills `tidemark prune` or `tidemark compact` at the N-th call of a set of system calls
 (strace's fault injection), for N = 1, 2, ... until a run completes, on a copy of one archive
 chain of a tracked SQLite database (nine backups, the fifth of them full; each state recorded
-with the `sqlite3` shell's `.dump` when it was backed up). After each kill:
+with the `sqlite3` shell's `.dump` when it was backed up). After each kill
+(`common.check_killed_chain`):
 
 - verify calls the chain intact;
-- every point `list --json` shows restores with `--at`, equal to the database at that point,
-  and the newest equals the source;
+- every point `list --json` shows restores with `--at`, equal to the database at that point;
 - nothing the completed command keeps is gone: the points listed include every point a run
   that was not killed leaves;
-- the command run again completes, and then verify is intact, no temporary file is left,
-  and after a change the next backup (an incremental) restores equal to the source.
+- the command run again completes, and then, after a change, the next backup (an
+  incremental), verify, and a restore equal to the source; no temporary file is left.
 
 Prints each problem and a total. See docs/RELIABILITY.md.
 
@@ -18,30 +18,8 @@ usage: chain_kills.py prune|compact|compact-keep SYSCALLS [MAX_N]
   (compact-keep: `compact --fanout 2 --keep-last 3`, which also removes archives)
   e.g. chain_kills.py compact rename,renameat,renameat2
 needs: strace, the sqlite3 shell, `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN)."""
-import json, os, shutil, sys, tempfile
-from common import BIN, run
-
-
-def write(path, rnd):
-    """Round 0 creates table t; each later round updates, deletes and inserts some rows."""
-    if rnd == 0:
-        sql = ("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); "
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
-               "INSERT INTO t SELECT i, 'v' || i FROM n;")
-    else:
-        sql = (f"UPDATE t SET v = 'r{rnd}' WHERE id % 5 = {rnd % 5}; "
-               f"DELETE FROM t WHERE id % 29 = {rnd % 29}; "
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) "
-               f"INSERT INTO t(v) SELECT 'n{rnd}-' || i FROM n;")
-    ok(run(["sqlite3", path, sql]), "write")
-
-
-def dump(_kind, path):
-    """Table t as the sqlite3 shell dumps it (the source also holds tidemark's change log and
-    triggers, which a restore leaves out)."""
-    if not os.path.exists(path):
-        return None
-    return ok(run(["sqlite3", path, ".dump t"]), "dump").stdout
+import os, shutil, sys, tempfile
+from common import BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain
 
 cmd, sc = sys.argv[1], sys.argv[2]
 maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 10**6
@@ -58,15 +36,6 @@ def ok(r, what):
     return r
 
 
-def points(dest):
-    """The checkpoints (`to`) of the archives `list --json` shows, or the error."""
-    r = run([BIN, "list", dest, "--json"])
-    if r.returncode != 0:
-        return None, r.stderr.strip()[-300:]
-    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    return sorted({row["to"] for row in rows if row.get("type") == "archive"}), None
-
-
 def backup(src, dest, *extra):
     return run([BIN, "backup", "--source", f"sqlite:{src}", "--to", dest, "--format",
                 "archive", *extra])
@@ -76,22 +45,22 @@ def backup(src, dest, *extra):
 tpl = os.path.join(W, "tpl")
 os.makedirs(tpl)
 src, dest = os.path.join(tpl, "src.db"), os.path.join(tpl, "bk")
-write(src, 0)
+sqlite_rounds(src, 0)
 ok(run([BIN, "track", "--source", f"sqlite:{src}"]), "track")
 states = {}
 for rnd in range(1, 10):
-    write(src, rnd)
+    sqlite_rounds(src, rnd)
     ok(backup(src, dest, *(["--full"] if rnd == 5 else [])), f"backup {rnd}")
-    at, err = points(dest)
+    at, err = chain_points(dest)
     assert err is None, err
     assert at[-1] not in states, at
-    states[at[-1]] = dump("sqlite", src)
+    states[at[-1]] = table_dump(src)
 
 # What a run that is not killed leaves.
 done = os.path.join(W, "done")
 shutil.copytree(tpl, done)
 ok(run([BIN, *ARGS, os.path.join(done, "bk")]), "complete run")
-kept, err = points(os.path.join(done, "bk"))
+kept, err = chain_points(os.path.join(done, "bk"))
 assert err is None, err
 print(f"{cmd}: {len(states)} points before, {len(kept)} after a complete run", flush=True)
 
@@ -112,39 +81,8 @@ while n <= maxn:
     why = []
     if r.returncode not in (137, -9) and "Killed" not in r.stderr:
         why.append(f"{cmd} exit {r.returncode}: {r.stderr.strip()[-300:]}")
-    v = run([BIN, "verify", cdest])
-    if v.returncode != 0:
-        why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
-    at, err = points(cdest)
-    if err:
-        why.append(f"list after kill: {err}")
-    else:
-        lost = [p for p in kept if p not in at]
-        if lost:
-            why.append(f"points a complete run keeps are gone: {lost}")
-        for p in at:
-            t = os.path.join(case, f"at-{p}.db")
-            rr = run([BIN, "restore", "--from", cdest, "--to", f"sqlite:{t}", "--at", str(p)])
-            if rr.returncode != 0:
-                why.append(f"restore --at {p}: exit {rr.returncode}: {rr.stderr.strip()[-200:]}")
-            elif dump("sqlite", t) != states.get(p):
-                why.append(f"restore --at {p} differs from the database at that point")
-    again = run([BIN, *ARGS, cdest])
-    if again.returncode != 0:
-        why.append(f"{cmd} again: exit {again.returncode}: {again.stderr.strip()[-300:]}")
-    write(csrc, 10)
-    b = backup(csrc, cdest)
-    if b.returncode != 0 or "incremental" not in b.stdout:
-        why.append(f"next backup: exit {b.returncode}: {(b.stdout + b.stderr).strip()[-300:]}")
-    v2 = run([BIN, "verify", cdest])
-    if v2.returncode != 0:
-        why.append(f"verify after the next backup: exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
-    t = os.path.join(case, "newest.db")
-    rr = run([BIN, "restore", "--from", cdest, "--to", f"sqlite:{t}"])
-    if rr.returncode != 0:
-        why.append(f"restore: exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-    elif dump("sqlite", t) != dump("sqlite", csrc):
-        why.append("restore differs from the source")
+    why += check_killed_chain(cdest, case, kept, states, lambda: run([BIN, *ARGS, cdest]),
+                              lambda: backup(csrc, cdest), csrc)
     left = [f for _, _, fs in os.walk(cdest) for f in fs if f.endswith(".tmp")]
     if left:
         why.append(f"temporary files left: {left}")

@@ -91,3 +91,84 @@ def live_kill_trials(cwd, source, fmt, trials, pause, restore_to, check,
         else:
             os.remove(path)
     return problems
+
+
+def sqlite_rounds(path, rnd):
+    """A SQLite database's table t, written by the sqlite3 shell: round 0 creates 300 rows (with
+    a random blob of `blob` bytes each, from $SWEEP_BLOB_BYTES); each later round updates,
+    deletes and inserts some."""
+    blob = int(os.environ.get("SWEEP_BLOB_BYTES", "0"))
+    if rnd == 0:
+        sql = ("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB); "
+               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
+               f"INSERT INTO t SELECT i, 'v' || i, randomblob({blob}) FROM n;")
+    else:
+        sql = (f"UPDATE t SET v = 'r{rnd}' WHERE id % 5 = {rnd % 5}; "
+               f"DELETE FROM t WHERE id % 29 = {rnd % 29}; "
+               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) "
+               f"INSERT INTO t(v) SELECT 'n{rnd}-' || i FROM n;")
+    r = run(["sqlite3", path, sql])
+    assert r.returncode == 0, (path, r.stderr)
+
+
+def table_dump(path):
+    """Table t as the sqlite3 shell dumps it (a tracked source also holds tidemark's change log
+    and triggers, which a restore leaves out); None if there is no database."""
+    if not os.path.exists(path):
+        return None
+    r = run(["sqlite3", path, ".dump t"])
+    assert r.returncode == 0, (path, r.stderr)
+    return r.stdout
+
+
+def chain_points(dest):
+    """The checkpoints (`to`) of the archives `list --json` shows, or the error."""
+    import json
+    r = run([BIN, "list", dest, "--json"])
+    if r.returncode != 0:
+        return None, r.stderr.strip()[-300:]
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    return sorted({row["to"] for row in rows if row.get("type") == "archive"}), None
+
+
+def check_killed_chain(dest, case, kept, states, again, backup, src, other=None):
+    """What must hold of the chain at `dest` after a command on it was killed: verify intact;
+    every listed point restores (into `case`) to its dump in `states` (`other` for a point not
+    there); every point in `kept` is listed; `again` (the command run again) and, after a change
+    to the SQLite source `src`, `backup` succeed; verify intact; the newest restore equals the
+    source. Returns what went wrong."""
+    why = []
+    v = run([BIN, "verify", dest])
+    if v.returncode != 0:
+        why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
+    at, err = chain_points(dest)
+    if err:
+        why.append(f"list after kill: {err}")
+    else:
+        lost = [p for p in kept if p not in at]
+        if lost:
+            why.append(f"points a complete run keeps are gone: {lost}")
+        for p in at:
+            t = os.path.join(case, f"at-{p}.db")
+            rr = run([BIN, "restore", "--from", dest, "--to", f"sqlite:{t}", "--at", str(p)])
+            if rr.returncode != 0:
+                why.append(f"restore --at {p}: exit {rr.returncode}: {rr.stderr.strip()[-200:]}")
+            elif table_dump(t) != states.get(p, other):
+                why.append(f"restore --at {p} differs from the database at that point")
+    r = again()
+    if r.returncode != 0:
+        why.append(f"the command again: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    sqlite_rounds(src, 10)
+    b = backup()
+    if b.returncode != 0 or "incremental" not in b.stdout:
+        why.append(f"next backup: exit {b.returncode}: {(b.stdout + b.stderr).strip()[-300:]}")
+    v2 = run([BIN, "verify", dest])
+    if v2.returncode != 0:
+        why.append(f"verify after the next backup: exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
+    t = os.path.join(case, "newest.db")
+    rr = run([BIN, "restore", "--from", dest, "--to", f"sqlite:{t}"])
+    if rr.returncode != 0:
+        why.append(f"restore: exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
+    elif table_dump(t) != table_dump(src):
+        why.append("restore differs from the source")
+    return why

@@ -18,14 +18,11 @@ usage: [SWEEP_BLOB_BYTES=N] remote_kills.py backup|full|prune|compact SYSCALLS [
 needs: strace, the sqlite3 shell, python3 with moto[server] (scripts/setup.sh installs it),
 `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN)."""
 import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
-from common import BIN, run
+from common import BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain
 
 cmd, sc = sys.argv[1], sys.argv[2]
 maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 10**6
 W = tempfile.mkdtemp(prefix=f"gs-remote-{cmd}-", dir=os.environ.get("TMPDIR", "/tmp"))
-# Bytes of random blob in each of the first round's 300 rows: SWEEP_BLOB_BYTES=60000 makes a
-# full archive of about 18 MB, uploaded in several parts of a multipart upload.
-BLOB = int(os.environ.get("SWEEP_BLOB_BYTES", "0"))
 
 sock = socket.socket()
 sock.bind(("127.0.0.1", 0))
@@ -41,33 +38,6 @@ os.environ.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
 def ok(r, what):
     assert r.returncode == 0, (what, r.returncode, r.stderr)
     return r
-
-
-def write(path, rnd):
-    if rnd == 0:
-        sql = ("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB); "
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) "
-               f"INSERT INTO t SELECT i, 'v' || i, randomblob({BLOB}) FROM n;")
-    else:
-        sql = (f"UPDATE t SET v = 'r{rnd}' WHERE id % 5 = {rnd % 5}; "
-               f"DELETE FROM t WHERE id % 29 = {rnd % 29}; "
-               "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) "
-               f"INSERT INTO t(v) SELECT 'n{rnd}-' || i FROM n;")
-    ok(run(["sqlite3", path, sql]), "write")
-
-
-def dump(path):
-    if not os.path.exists(path):
-        return None
-    return ok(run(["sqlite3", path, ".dump t"]), "dump").stdout
-
-
-def points(url):
-    r = run([BIN, "list", url, "--json"])
-    if r.returncode != 0:
-        return None, r.stderr.strip()[-300:]
-    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    return sorted({row["to"] for row in rows if row.get("type") == "archive"}), None
 
 
 def backup(src, url, *extra):
@@ -129,23 +99,23 @@ try:
     tpl = os.path.join(W, "tpl")
     os.makedirs(tpl)
     src = os.path.join(tpl, "src.db")
-    write(src, 0)
+    sqlite_rounds(src, 0)
     ok(run([BIN, "track", "--source", f"sqlite:{src}"]), "track")
     states = {}
     for rnd in range(1, 6):
-        write(src, rnd)
+        sqlite_rounds(src, rnd)
         ok(backup(src, "s3://sweep/tpl", *(["--full"] if rnd == 3 else [])), f"backup {rnd}")
-        at, err = points("s3://sweep/tpl")
+        at, err = chain_points("s3://sweep/tpl")
         assert err is None, err
-        states[at[-1]] = dump(src)
-    write(src, 6)  # what the killed backup backs up
-    after = dump(src)
+        states[at[-1]] = table_dump(src)
+    sqlite_rounds(src, 6)  # what the killed backup backs up
+    after = table_dump(src)
 
     done = os.path.join(W, "done")
     shutil.copytree(tpl, done)
     copy_prefix("tpl", "done")
     ok(run(command(os.path.join(done, "src.db"), "s3://sweep/done")), "complete run")
-    kept, err = points("s3://sweep/done")
+    kept, err = chain_points("s3://sweep/done")
     assert err is None, err
     if cmd in ("backup", "full"):
         kept = kept[:-1]  # the new backup's point may be missing after a kill
@@ -169,40 +139,8 @@ try:
         why = []
         if r.returncode not in (137, -9) and "Killed" not in r.stderr:
             why.append(f"{cmd} exit {r.returncode}: {r.stderr.strip()[-300:]}")
-        v = run([BIN, "verify", url])
-        if v.returncode != 0:
-            why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
-        at, err = points(url)
-        if err:
-            why.append(f"list after kill: {err}")
-        else:
-            lost = [p for p in kept if p not in at]
-            if lost:
-                why.append(f"points a complete run keeps are gone: {lost}")
-            for p in at:
-                t = os.path.join(case, f"at-{p}.db")
-                rr = run([BIN, "restore", "--from", url, "--to", f"sqlite:{t}", "--at", str(p)])
-                want = states.get(p, after)
-                if rr.returncode != 0:
-                    why.append(f"restore --at {p}: exit {rr.returncode}: {rr.stderr.strip()[-200:]}")
-                elif dump(t) != want:
-                    why.append(f"restore --at {p} differs from the database at that point")
-        again = run(command(csrc, url))
-        if again.returncode != 0:
-            why.append(f"{cmd} again: exit {again.returncode}: {again.stderr.strip()[-300:]}")
-        write(csrc, 10)
-        b = backup(csrc, url)
-        if b.returncode != 0:
-            why.append(f"next backup: exit {b.returncode}: {(b.stdout + b.stderr).strip()[-300:]}")
-        v2 = run([BIN, "verify", url])
-        if v2.returncode != 0:
-            why.append(f"verify after the next backup: exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
-        t = os.path.join(case, "newest.db")
-        rr = run([BIN, "restore", "--from", url, "--to", f"sqlite:{t}"])
-        if rr.returncode != 0:
-            why.append(f"restore: exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-        elif dump(t) != dump(csrc):
-            why.append("restore differs from the source")
+        why += check_killed_chain(url, case, kept, states, lambda: run(command(csrc, url)),
+                                  lambda: backup(csrc, url), csrc, other=after)
         if why:
             problems += 1
             print(f"PROBLEM n={n}: " + " | ".join(why), flush=True)
