@@ -1019,6 +1019,14 @@ fn a_time_whose_archive_is_gone_is_refused_not_taken_for_an_older_one() {
         .collect();
     let third = archives(&d.join("ar")).remove(2);
     std::fs::remove_file(&third).unwrap();
+    // list shows the lost point where it lies.
+    let listed = ok(&["list", "ar"], d);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("tidemark-000003 ") && l.contains("MISSING")),
+        "{listed}"
+    );
     let restore = |at: &str, to: &str, extra: &[&str]| {
         tidemark(
             &[

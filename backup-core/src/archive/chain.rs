@@ -199,13 +199,37 @@ pub(crate) fn load_chain(
 
 /// The chain in `store` as `list` shows it: what [`settled_chain`] gives, and the damage it
 /// would only warn of (an archive whose manifest cannot be read, a damaged line of the prune
-/// log), each naming its file, to be shown beside the archives. A wrong key or an I/O error
-/// fails.
+/// log, a point whose archive is gone: [`LOST_POINT`], named `tidemark-NNNNNN`), each naming
+/// its file, to be shown beside the archives. A wrong key or an I/O error fails.
 pub fn chain_and_damage(
     store: &dyn ChainStore,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<Error>)> {
-    let (survey, damage) = survey_damage(store)?;
+    let (survey, mut damage) = survey_damage(store)?;
+    let damaged: BTreeSet<u64> = damage.iter().filter_map(problem_sequence).collect();
+    for m in super::graph::lost_points(&survey.items, &survey.pruned, &damaged) {
+        damage.push(Error::Damaged {
+            path: store.location_of(&format!("tidemark-{m:06}")),
+            cause: LOST_POINT.into(),
+        });
+    }
     Ok((survey.items, survey.leftovers, damage))
+}
+
+/// What is wrong with a point whose archive is gone: neither there nor pruned.
+pub const LOST_POINT: &str =
+    "missing (neither there nor pruned): its point can no longer be restored";
+
+/// The sequence of the archive a damage problem is about, from the archive's file name in its
+/// path (`…/tidemark-000004-incr-f538718c.zip/tidemark/manifest.json`); `None` for any other
+/// problem.
+pub(super) fn problem_sequence(problem: &Error) -> Option<u64> {
+    let path = match problem {
+        Error::Damaged { path, .. } | Error::Manifest { path, .. } => path,
+        _ => return None,
+    };
+    path.iter()
+        .find_map(|c| slot_of_name(&c.to_string_lossy()))
+        .map(|s| s.sequence)
 }
 
 /// The store's survey with its problems taken out: the damage, which a chain is read around;

@@ -1,6 +1,8 @@
 //! Restoring a chain of archives, in either format.
 
-use super::chain::{not_the_point, plan, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot};
+use super::chain::{
+    not_the_point, plan, problem_sequence, slot_of_name, ChainStore, LocalChain, RestorePoint, Slot,
+};
 use super::{damaged, file_name_of, v1, v2, ArchiveOptions, ChainItem};
 use crate::error::{Error, Result};
 use crate::manifest::RunKind;
@@ -152,13 +154,13 @@ fn surveyed(
     let damaged: std::collections::BTreeSet<u64> = survey
         .problems
         .iter()
-        .filter_map(damaged_sequence)
+        .filter_map(problem_sequence)
         .collect();
     let missing = super::graph::lost_points(&survey.items, &survey.pruned, &damaged);
     for problem in survey.problems {
         if skip_damaged {
             skipped.push(problem.to_string());
-        } else if damaged_sequence(&problem).is_some_and(|d| not_the_point(&survey.items, at, d)) {
+        } else if problem_sequence(&problem).is_some_and(|d| not_the_point(&survey.items, at, d)) {
             beyond.push(format!("{problem}; not needed for the point restored"));
         } else {
             return Err(problem);
@@ -193,19 +195,6 @@ fn surveyed(
         }
     }
     Ok((survey.items, skipped, beyond))
-}
-
-/// The sequence of the archive a damage problem is about, from the archive's file name in its
-/// path (`…/tidemark-000004-incr-f538718c.zip/tidemark/manifest.json`); `None` for any other
-/// problem.
-fn damaged_sequence(problem: &Error) -> Option<u64> {
-    let path = match problem {
-        Error::Damaged { path, .. } | Error::Manifest { path, .. } => path,
-        _ => return None,
-    };
-    path.iter()
-        .find_map(|c| slot_of_name(&c.to_string_lossy()))
-        .map(|s| s.sequence)
 }
 
 /// The path to the newest point, planned from names (the head, the archives' slots, the prune

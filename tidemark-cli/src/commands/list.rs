@@ -107,11 +107,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
             _ => continue,
         };
         let name = damaged_name(path);
-        let line = format!(
-            "{name:<40} {:<12} {cause} (`tidemark verify` reports it; restore goes around it \
-             with --skip-damaged)",
-            "DAMAGED"
-        );
+        let line = if cause == backup_core::archive::LOST_POINT {
+            format!(
+                "{name:<40} {:<12} {cause} (`tidemark verify` reports it)",
+                "MISSING"
+            )
+        } else {
+            format!(
+                "{name:<40} {:<12} {cause} (`tidemark verify` reports it; restore goes around \
+                 it with --skip-damaged)",
+                "DAMAGED"
+            )
+        };
         rows.push((name, line));
     }
     for item in &chain {
