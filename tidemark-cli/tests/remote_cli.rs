@@ -381,7 +381,7 @@ fn one_writer_per_remote_destination() {
     assert!(err.contains("pid 4242 on elsewhere"), "{err}");
     let err = fails(&["list", &dest], d);
     assert!(
-        err.contains("no tidemark archives"),
+        err.contains("holds no tidemark backup (no archives)"),
         "the refused backup wrote nothing: {err}"
     );
     // An expired lock: its holder is gone.

@@ -35,11 +35,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let (chain, leftovers, damage) =
         place::chain_and_damage(&dir, &keys).with_context(|| format!("list {dir}"))?;
     if chain.is_empty() && damage.is_empty() {
-        if let Place::Local(d) = &dir {
-            return Err(backup_core::destination::no_backup(d))
-                .with_context(|| format!("list {dir}"));
-        }
-        anyhow::bail!("{dir}: no tidemark archives here");
+        // As verify and restore say it, for a directory or a bucket's prefix.
+        let at = match &dir {
+            Place::Local(d) => d.clone(),
+            Place::Remote(_) => std::path::PathBuf::from(dir.to_string()),
+        };
+        return Err(backup_core::destination::no_backup(&at))
+            .with_context(|| format!("list {dir}"));
     }
     if !leftovers.is_empty() && !json {
         eprintln!(
