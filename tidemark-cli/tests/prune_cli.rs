@@ -218,6 +218,60 @@ fn a_verify_beside_a_prune_is_not_fooled_by_removed_archives() {
     assert_same_dump(&dump(&d.join("r.db")), &dump(&d.join("src.db")), "after");
 }
 
+/// The same for a restore of a point (`--at`, which surveys the whole chain; the newest point
+/// reads only its own path): an archive it had listed was gone when it opened its manifest, and
+/// the restore failed. It now surveys the chain again. Three rounds of a restore `--at` the
+/// newest checkpoint started beside a `prune --keep-last 1` of twelve full archives: every
+/// restore equals the source (the sqlite3 shell).
+#[test]
+fn a_restore_at_a_point_beside_a_prune_is_not_fooled_by_removed_archives() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+         INSERT INTO t SELECT i, randomblob(50) FROM n;",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    for round in 0..3u64 {
+        let _ = std::fs::remove_dir_all(d.join("ar"));
+        for i in 0..12 {
+            sql(
+                &d.join("src.db"),
+                &format!("UPDATE t SET v = randomblob(50) WHERE id % 12 = {i};"),
+            );
+            ok(&[&ARCHIVE_BACKUP[..], &["--full"]].concat(), d);
+        }
+        let listed = ok(&["list", "ar", "--json"], d);
+        let newest = listed
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["to"].as_u64())
+            .max()
+            .unwrap();
+        let target = format!("sqlite:r{round}.db");
+        let dir = d.to_path_buf();
+        let restore = std::thread::spawn(move || {
+            std::process::Command::new(common::bin())
+                .args(["restore", "--from", "ar", "--to", &target, "--at"])
+                .arg(newest.to_string())
+                .current_dir(dir)
+                .output()
+                .unwrap()
+        });
+        std::thread::sleep(std::time::Duration::from_millis(10 * round));
+        ok(&["prune", "ar", "--keep-last", "1"], d);
+        let out = restore.join().unwrap();
+        assert!(out.status.success(), "round {round}: {out:?}");
+        assert_same_dump(
+            &dump(&d.join(format!("r{round}.db"))),
+            &dump(&d.join("src.db")),
+            "beside the prune",
+        );
+    }
+}
+
 /// A flipped byte in the prune log damages one line: verify reports that line (exit 3), while
 /// restore (read back with the sqlite3 shell), list, prune, compact and backups go on with the
 /// other lines. Before, the one line made every command refuse the whole chain.

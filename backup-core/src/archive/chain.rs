@@ -215,6 +215,15 @@ pub fn chain_and_damage(
     Ok((survey.items, survey.leftovers, damage))
 }
 
+/// How many times a survey is taken again when archives were removed under it (a prune or a
+/// compaction beside a verify or a restore).
+pub(super) const RETRIES_AFTER_REMOVAL: usize = 5;
+
+/// Whether `e` says that a file was not there (removed since it was listed).
+pub(super) fn is_gone(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+}
+
 /// What is wrong with a point whose archive is gone: neither there nor pruned.
 pub const LOST_POINT: &str =
     "missing (neither there nor pruned): its point can no longer be restored";

@@ -148,7 +148,16 @@ fn surveyed(
     skip_damaged: bool,
     at: &RestorePoint,
 ) -> Result<(Vec<ChainItem>, Vec<String>, Vec<String>)> {
-    let survey = store.survey()?;
+    // An archive removed between the listing and the reading of its manifest (a prune beside
+    // the restore) is not damage: the chain is surveyed again.
+    let mut survey = store.survey()?;
+    for _ in 0..super::chain::RETRIES_AFTER_REMOVAL {
+        if !survey.problems.iter().any(super::chain::is_gone) {
+            break;
+        }
+        tracing::debug!("archives were removed while the chain was surveyed: surveying again");
+        survey = store.survey()?;
+    }
     let mut skipped = Vec::new();
     let mut beyond = Vec::new();
     let damaged: std::collections::BTreeSet<u64> = survey

@@ -1,6 +1,6 @@
 //! Verifying a chain of archives, in either format, wherever it is kept.
 
-use super::chain::{ChainStore, LocalChain};
+use super::chain::{ChainStore, LocalChain, RETRIES_AFTER_REMOVAL};
 use super::graph::check_continuity;
 use super::{v1, v2};
 use crate::error::Result;
@@ -32,20 +32,12 @@ pub fn verify_chain_with(
 ) -> Result<VerifyReport> {
     for _ in 0..RETRIES_AFTER_REMOVAL {
         let report = verify_survey(store, store.survey()?, progress)?;
-        if !report.problems.iter().any(is_gone) {
+        if !report.problems.iter().any(super::chain::is_gone) {
             return Ok(report);
         }
         tracing::debug!("archives were removed while they were verified: verifying again");
     }
     verify_survey(store, store.survey()?, progress)
-}
-
-/// How many times [`verify_chain_with`] starts again after archives were removed under it.
-const RETRIES_AFTER_REMOVAL: usize = 5;
-
-/// Whether `e` says that a file was not there (removed since it was listed).
-fn is_gone(e: &crate::Error) -> bool {
-    matches!(e, crate::Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// Verifies the archives of `survey`, one listing of `store`.
