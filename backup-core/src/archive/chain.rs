@@ -242,9 +242,16 @@ pub(super) fn problem_sequence(problem: &Error) -> Option<u64> {
 }
 
 /// The store's survey with its problems taken out: the damage, which a chain is read around;
-/// any other problem fails.
+/// any other problem fails. An archive removed between the listing and the reading of its
+/// manifest (a prune beside `list`) makes the survey run again.
 fn survey_damage(store: &dyn ChainStore) -> Result<(Survey, Vec<Error>)> {
     let mut survey = store.survey()?;
+    for _ in 0..RETRIES_AFTER_REMOVAL {
+        if !survey.problems.iter().any(is_gone) {
+            break;
+        }
+        survey = store.survey()?;
+    }
     let mut damage = Vec::new();
     for problem in std::mem::take(&mut survey.problems) {
         match problem {
