@@ -1124,6 +1124,56 @@ fn a_point_lost_under_a_compacted_archive_is_reported_by_verify() {
     );
 }
 
+/// A damaged compacted archive beside the originals it covers does not stand between a user
+/// and the point it ends at: the original archive ending there is read instead (with a
+/// warning naming the damaged one). Before, any damaged archive refused every `--at`.
+#[test]
+fn a_point_restores_beside_a_damaged_compacted_archive() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let states = chain(d, &[]);
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET name = 'fifth' WHERE id < 5;",
+    );
+    ok(&ARCHIVE_BACKUP, d);
+    ok(&["compact", "ar", "--fanout", "2"], d);
+    let compacted = archives(&d.join("ar"))
+        .into_iter()
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("tidemark-000003-000004-incr")
+        })
+        .unwrap();
+    damage_manifest(&compacted);
+    let name = compacted
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (at, state) = &states[3];
+    let out = tidemark(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:fourth.db",
+            "--at",
+            &at.to_string(),
+        ],
+        d,
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&name),
+        "{out:?}"
+    );
+    assert_same_dump(&dump(&d.join("fourth.db")), state, "the fourth point");
+}
+
 /// Bit rot in the newest archive's manifest must not stop every backup after it, which would
 /// leave the store unprotected until someone deletes the file: the next run is a full archive
 /// after it and says why, verify still reports the damaged archive, and the newest point

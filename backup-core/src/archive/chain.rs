@@ -1401,10 +1401,17 @@ pub(super) fn plan(chain: &[ChainItem], at: &RestorePoint) -> Result<Vec<ChainIt
 ///   between the last readable capture and the damaged archive could follow the damaged one's,
 ///   which is then the point).
 ///
+/// Also when a readable archive ends at the damaged one's sequence: that point is there.
 /// Never for the newest point, which it may be.
 pub(super) fn not_the_point(chain: &[ChainItem], at: &RestorePoint, damaged: u64) -> bool {
     if matches!(at, RestorePoint::Latest) || chain.is_empty() {
         return false;
+    }
+    // A readable archive ends at the same sequence (the damaged one is a compacted archive
+    // beside it, or the reverse): the point is there, and a path to it is planned without the
+    // damaged one.
+    if chain.iter().any(|c| c.manifest.sequence == damaged) {
+        return true;
     }
     let Some(point) = point_index(chain, at)
         .ok()
