@@ -431,19 +431,29 @@ impl ChainStore for RemoteChain {
         let object = object_name(Slot::of(&item.manifest));
         let path = self.path(&object);
         let location = self.location_of(&object);
-        let meta = self
-            .rt
-            .block_on(self.store.head(&path))
-            .map_err(|e| match e {
-                // Removed since the chain was listed (a prune beside a verify): said as a
-                // local file's removal is, so that the reader lists the chain again.
-                object_store::Error::NotFound { .. } => Error::Io {
+        let meta = match self.rt.block_on(self.store.head(&path)) {
+            Ok(meta) => meta,
+            // Its seal still there: the archive object is lost (damage, as a local archive
+            // that cannot be read), not removed by a prune.
+            Err(object_store::Error::NotFound { .. })
+                if self.get(&seal_name(Slot::of(&item.manifest)))?.is_some() =>
+            {
+                return Err(Error::Damaged {
+                    path: location,
+                    cause: "missing, while its seal is there".into(),
+                });
+            }
+            // Removed since the chain was listed (a prune beside a verify): said as a local
+            // file's removal is, so that the reader lists the chain again.
+            Err(e @ object_store::Error::NotFound { .. }) => {
+                return Err(Error::Io {
                     op: "read",
-                    path: location.clone(),
+                    path: location,
                     source: io_error(e),
-                },
-                e => self.err(&format!("read {object}"), e),
-            })?;
+                })
+            }
+            Err(e) => return Err(self.err(&format!("read {object}"), e)),
+        };
         if meta.size != item.size {
             return Err(Error::Damaged {
                 path: location,
