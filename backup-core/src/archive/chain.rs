@@ -205,8 +205,7 @@ pub fn chain_and_damage(
     store: &dyn ChainStore,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<Error>)> {
     let (survey, mut damage) = survey_damage(store)?;
-    let damaged: BTreeSet<u64> = damage.iter().filter_map(problem_sequence).collect();
-    for m in super::graph::lost_points(&survey.items, &survey.pruned, &damaged) {
+    for m in super::graph::lost_points(&survey.items, &survey.pruned, &damage) {
         damage.push(Error::Damaged {
             path: store.location_of(&format!("tidemark-{m:06}")),
             cause: LOST_POINT.into(),
@@ -218,6 +217,26 @@ pub fn chain_and_damage(
 /// How many times a survey is taken again when archives were removed under it (a prune or a
 /// compaction beside a verify or a restore).
 pub(super) const RETRIES_AFTER_REMOVAL: usize = 5;
+
+/// A survey of `store`, taken again (at most [`RETRIES_AFTER_REMOVAL`] times) while an archive
+/// it listed was gone when it read the archive's manifest: removed by a prune beside the
+/// reader, which is not damage.
+pub(super) fn survey_settled(store: &dyn ChainStore) -> Result<Survey> {
+    let mut survey = store.survey()?;
+    for _ in 0..RETRIES_AFTER_REMOVAL {
+        if !survey.problems.iter().any(is_gone) {
+            break;
+        }
+        tracing::debug!("archives were removed while the chain was surveyed: surveying again");
+        survey = store.survey()?;
+    }
+    Ok(survey)
+}
+
+/// What verify and restore say of a point whose archive `m` is gone.
+pub(super) fn archive_gone(m: u64) -> String {
+    format!("archive {m} is missing (neither there nor pruned)")
+}
 
 /// Whether `e` says that a file was not there (removed since it was listed).
 pub(super) fn is_gone(e: &Error) -> bool {
@@ -243,15 +262,9 @@ pub(super) fn problem_sequence(problem: &Error) -> Option<u64> {
 
 /// The store's survey with its problems taken out: the damage, which a chain is read around;
 /// any other problem fails. An archive removed between the listing and the reading of its
-/// manifest (a prune beside `list`) makes the survey run again.
+/// manifest (a prune beside `list`) makes the survey run again ([`survey_settled`]).
 fn survey_damage(store: &dyn ChainStore) -> Result<(Survey, Vec<Error>)> {
-    let mut survey = store.survey()?;
-    for _ in 0..RETRIES_AFTER_REMOVAL {
-        if !survey.problems.iter().any(is_gone) {
-            break;
-        }
-        survey = store.survey()?;
-    }
+    let mut survey = survey_settled(store)?;
     let mut damage = Vec::new();
     for problem in std::mem::take(&mut survey.problems) {
         match problem {

@@ -150,14 +150,18 @@ pub(crate) fn pruned_sequences(log: &[PrunedEntry]) -> BTreeSet<u64> {
 }
 
 /// The sequences up to the newest archive of `chain` at which no archive ends, that were not
-/// `pruned` and are not `damaged` (there but unreadable): points lost, whose archives are gone.
-/// A compacted archive that covers a sequence holds its changes, not its point (it ends later),
-/// so a continuous chain may still have lost points.
+/// `pruned` and are not the archives `problems` name (there but unreadable): points lost, whose
+/// archives are gone. A compacted archive that covers a sequence holds its changes, not its
+/// point (it ends later), so a continuous chain may still have lost points.
 pub(crate) fn lost_points(
     chain: &[ChainItem],
     pruned: &BTreeSet<u64>,
-    damaged: &BTreeSet<u64>,
+    problems: &[Error],
 ) -> Vec<u64> {
+    let damaged: BTreeSet<u64> = problems
+        .iter()
+        .filter_map(super::chain::problem_sequence)
+        .collect();
     let ends: BTreeSet<u64> = chain.iter().map(|i| i.manifest.sequence).collect();
     let newest = ends.last().copied().unwrap_or(0);
     (1..=newest)

@@ -40,31 +40,17 @@ pub fn restore_chain(
     // The newest point is planned from the archives' names, reading only its path's
     // manifests (a live backup's chain has thousands of archives); any other point, or a
     // listing that does not add up, takes the full survey.
-    let mut chain: Option<Vec<ChainItem>> = None;
-    // What the survey found damaged and `--skip-damaged` went around (the chain head).
-    let mut surveyed_skipped = Vec::new();
+    let mut survey = Surveyed::default();
     let mut avoided = Vec::new();
-    // Damaged archives that cannot be the point restored, which it never reads.
-    let mut beyond = Vec::new();
     loop {
-        let fast = match (at, &chain) {
+        let fast = match (at, &survey.chain) {
             (RestorePoint::Latest, None) => newest_path(store),
             _ => None,
         };
         let planned_fast = fast.is_some();
         let items = match fast {
             Some(items) => items,
-            None => {
-                let chain = surveyed_once(
-                    &mut chain,
-                    &mut surveyed_skipped,
-                    &mut beyond,
-                    store,
-                    options,
-                    at,
-                )?;
-                plan(chain, at)?
-            }
+            None => plan(survey.chain(store, options, at)?, at)?,
         };
         tracing::info!(
             archives = items.len(),
@@ -89,50 +75,48 @@ pub fn restore_chain(
                             "{}: {text}; restored through the archives it covers",
                             file_name_of(&path)
                         ));
-                        surveyed_once(
-                            &mut chain,
-                            &mut surveyed_skipped,
-                            &mut beyond,
-                            store,
-                            options,
-                            at,
-                        )?
-                        .retain(|i| i.path != path);
+                        survey.chain(store, options, at)?.retain(|i| i.path != path);
                     }
                     _ => return Err(e),
                 }
             }
             Ok(mut summary) => {
-                avoided.append(&mut beyond);
+                avoided.append(&mut survey.beyond);
                 summary.avoided = avoided;
-                surveyed_skipped.append(&mut summary.skipped);
-                summary.skipped = surveyed_skipped;
+                survey.skipped.append(&mut summary.skipped);
+                summary.skipped = survey.skipped;
                 return Ok(summary);
             }
         }
     }
 }
 
-/// The surveyed chain, surveyed on first use ([`surveyed`]); what the survey went around is
-/// kept in `skipped` (with `--skip-damaged`) or, for damaged archives that cannot be the point
-/// `at` names, which the restore never reads, in `beyond`.
-fn surveyed_once<'c>(
-    chain: &'c mut Option<Vec<ChainItem>>,
-    skipped: &mut Vec<String>,
-    beyond: &mut Vec<String>,
-    store: &dyn ChainStore,
-    options: &RestoreOptions,
-    at: &RestorePoint,
-) -> Result<&'c mut Vec<ChainItem>> {
-    Ok(match chain {
-        Some(c) => c,
-        None => {
-            let (items, problems, newer) = surveyed(store, options.skip_damaged, at)?;
-            *skipped = problems;
-            *beyond = newer;
-            chain.insert(items)
+/// The chain as the full survey ([`surveyed`]) finds it, surveyed on first use, and what the
+/// survey went around: with `--skip-damaged` (`skipped`), or damaged or lost archives that
+/// cannot be the point restored, which it never reads (`beyond`, warnings).
+#[derive(Default)]
+struct Surveyed {
+    chain: Option<Vec<ChainItem>>,
+    skipped: Vec<String>,
+    beyond: Vec<String>,
+}
+
+impl Surveyed {
+    /// The surveyed chain, surveyed now if it was not yet.
+    fn chain(
+        &mut self,
+        store: &dyn ChainStore,
+        options: &RestoreOptions,
+        at: &RestorePoint,
+    ) -> Result<&mut Vec<ChainItem>> {
+        if self.chain.is_none() {
+            let (items, skipped, beyond) = surveyed(store, options.skip_damaged, at)?;
+            self.skipped = skipped;
+            self.beyond = beyond;
+            self.chain = Some(items);
         }
-    })
+        Ok(self.chain.get_or_insert_with(Vec::new))
+    }
 }
 
 /// The chain as a full survey finds it. Its first problem (an unreadable manifest, a chain head
@@ -150,22 +134,10 @@ fn surveyed(
 ) -> Result<(Vec<ChainItem>, Vec<String>, Vec<String>)> {
     // An archive removed between the listing and the reading of its manifest (a prune beside
     // the restore) is not damage: the chain is surveyed again.
-    let mut survey = store.survey()?;
-    for _ in 0..super::chain::RETRIES_AFTER_REMOVAL {
-        if !survey.problems.iter().any(super::chain::is_gone) {
-            break;
-        }
-        tracing::debug!("archives were removed while the chain was surveyed: surveying again");
-        survey = store.survey()?;
-    }
+    let survey = super::chain::survey_settled(store)?;
     let mut skipped = Vec::new();
     let mut beyond = Vec::new();
-    let damaged: std::collections::BTreeSet<u64> = survey
-        .problems
-        .iter()
-        .filter_map(problem_sequence)
-        .collect();
-    let missing = super::graph::lost_points(&survey.items, &survey.pruned, &damaged);
+    let missing = super::graph::lost_points(&survey.items, &survey.pruned, &survey.problems);
     for problem in survey.problems {
         if skip_damaged {
             skipped.push(problem.to_string());
@@ -185,7 +157,7 @@ fn surveyed(
     // the continuity of the path.
     if !matches!(at, RestorePoint::Latest) {
         for m in missing {
-            let gone = format!("archive {m} is missing (neither there nor pruned)");
+            let gone = super::chain::archive_gone(m);
             if not_the_point(&survey.items, at, m) {
                 beyond.push(format!(
                     "{}: {gone}; not needed for the point restored",

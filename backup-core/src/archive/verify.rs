@@ -89,13 +89,12 @@ fn verify_survey(
         if broken.is_empty() {
             // A chain a restore can walk may still have lost points: an archive deleted under
             // a compacted archive that covers it.
-            let none = std::collections::BTreeSet::new();
-            for m in super::graph::lost_points(&chain, &survey.pruned, &none) {
+            for m in super::graph::lost_points(&chain, &survey.pruned, &[]) {
                 report.problems.push(crate::Error::Damaged {
                     path: store.location(),
                     cause: format!(
-                        "archive {m} is missing (neither there nor pruned): its point can no \
-                         longer be restored"
+                        "{}: its point can no longer be restored",
+                        super::chain::archive_gone(m)
                     ),
                 });
             }
