@@ -1062,6 +1062,28 @@ fn a_time_whose_archive_is_gone_is_refused_not_taken_for_an_older_one() {
     }
 }
 
+/// [`chain`], a fifth backup (so that fanout 2 has two incrementals after the second to
+/// compact), then `compact --fanout 2`: the compacted archives stand beside the originals.
+fn compacted_chain(d: &Path) -> Vec<(u64, String)> {
+    let states = chain(d, &[]);
+    sql(
+        &d.join("src.db"),
+        "UPDATE t SET name = 'fifth' WHERE id < 5;",
+    );
+    ok(&ARCHIVE_BACKUP, d);
+    ok(&["compact", "ar", "--fanout", "2"], d);
+    states
+}
+
+/// The archive of `d/ar` whose file name starts with `prefix`; panics naming them all if none.
+fn archive_named(d: &Path, prefix: &str) -> PathBuf {
+    let all = archives(&d.join("ar"));
+    all.iter()
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(prefix))
+        .cloned()
+        .unwrap_or_else(|| panic!("no archive {prefix}*: {all:?}"))
+}
+
 /// A backup deleted by hand under a compacted archive that covers it leaves a chain that a
 /// restore can still walk, but its point is gone: verify says so (exit 3) instead of calling
 /// the chain intact while `restore --at` that point is refused; the newest point restores.
@@ -1069,36 +1091,10 @@ fn a_time_whose_archive_is_gone_is_refused_not_taken_for_an_older_one() {
 fn a_point_lost_under_a_compacted_archive_is_reported_by_verify() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let states = chain(d, &[]);
-    // A fifth backup, so that fanout 2 has two incrementals after the second to compact.
-    sql(
-        &d.join("src.db"),
-        "UPDATE t SET name = 'fifth' WHERE id < 5;",
-    );
-    ok(&ARCHIVE_BACKUP, d);
-    ok(&["compact", "ar", "--fanout", "2"], d);
+    let states = compacted_chain(d);
     ok(&["verify", "ar"], d);
-    let all = archives(&d.join("ar"));
-    let names: Vec<String> = all
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        names
-            .iter()
-            .any(|n| n.starts_with("tidemark-000003-000004-incr")),
-        "a compacted archive covers the third backup: {names:?}"
-    );
-    let third = all
-        .iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("tidemark-000003-incr")
-        })
-        .unwrap();
-    std::fs::remove_file(third).unwrap();
+    archive_named(d, "tidemark-000003-000004-incr");
+    std::fs::remove_file(archive_named(d, "tidemark-000003-incr")).unwrap();
     let v = tidemark(&["verify", "ar"], d);
     assert_eq!(v.status.code(), Some(3), "{v:?}");
     assert!(String::from_utf8_lossy(&v.stderr).contains("archive 3 is missing"));
@@ -1131,22 +1127,8 @@ fn a_point_lost_under_a_compacted_archive_is_reported_by_verify() {
 fn a_point_restores_beside_a_damaged_compacted_archive() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    let states = chain(d, &[]);
-    sql(
-        &d.join("src.db"),
-        "UPDATE t SET name = 'fifth' WHERE id < 5;",
-    );
-    ok(&ARCHIVE_BACKUP, d);
-    ok(&["compact", "ar", "--fanout", "2"], d);
-    let compacted = archives(&d.join("ar"))
-        .into_iter()
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("tidemark-000003-000004-incr")
-        })
-        .unwrap();
+    let states = compacted_chain(d);
+    let compacted = archive_named(d, "tidemark-000003-000004-incr");
     damage_manifest(&compacted);
     let name = compacted
         .file_name()

@@ -173,6 +173,29 @@ fn bad_requests_and_lost_archives() {
     );
 }
 
+/// `src.db` in `d`: table `t` of 10,000 rows of 50 random bytes, tracked.
+fn tracked_blobs(d: &Path) {
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+         INSERT INTO t SELECT i, randomblob(50) FROM n;",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+}
+
+/// A new chain `d/ar` of twelve full archives, a twelfth of the rows changed before each.
+fn twelve_fulls(d: &Path) {
+    let _ = std::fs::remove_dir_all(d.join("ar"));
+    for i in 0..12 {
+        sql(
+            &d.join("src.db"),
+            &format!("UPDATE t SET v = randomblob(50) WHERE id % 12 = {i};"),
+        );
+        ok(&[&ARCHIVE_BACKUP[..], &["--full"]].concat(), d);
+    }
+}
+
 /// A verify that runs while a prune removes archives (the prune holds the writer lock, readers
 /// take none) called the backup damaged: an archive it had listed was gone when it opened it.
 /// It now lists the chain again and verifies it as it stands. Three rounds of a verify started
@@ -182,22 +205,9 @@ fn bad_requests_and_lost_archives() {
 fn a_verify_beside_a_prune_is_not_fooled_by_removed_archives() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    sql(
-        &d.join("src.db"),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
-         INSERT INTO t SELECT i, randomblob(50) FROM n;",
-    );
-    ok(&["track", "--source", "sqlite:src.db"], d);
+    tracked_blobs(d);
     for round in 0..3 {
-        let _ = std::fs::remove_dir_all(d.join("ar"));
-        for i in 0..12 {
-            sql(
-                &d.join("src.db"),
-                &format!("UPDATE t SET v = randomblob(50) WHERE id % 12 = {i};"),
-            );
-            ok(&[&ARCHIVE_BACKUP[..], &["--full"]].concat(), d);
-        }
+        twelve_fulls(d);
         let dir = d.to_path_buf();
         let verify = std::thread::spawn(move || {
             std::process::Command::new(common::bin())
@@ -227,22 +237,9 @@ fn a_verify_beside_a_prune_is_not_fooled_by_removed_archives() {
 fn a_restore_at_a_point_beside_a_prune_is_not_fooled_by_removed_archives() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    sql(
-        &d.join("src.db"),
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
-         INSERT INTO t SELECT i, randomblob(50) FROM n;",
-    );
-    ok(&["track", "--source", "sqlite:src.db"], d);
+    tracked_blobs(d);
     for round in 0..3u64 {
-        let _ = std::fs::remove_dir_all(d.join("ar"));
-        for i in 0..12 {
-            sql(
-                &d.join("src.db"),
-                &format!("UPDATE t SET v = randomblob(50) WHERE id % 12 = {i};"),
-            );
-            ok(&[&ARCHIVE_BACKUP[..], &["--full"]].concat(), d);
-        }
+        twelve_fulls(d);
         let listed = ok(&["list", "ar", "--json"], d);
         let newest = listed
             .lines()
