@@ -19,7 +19,8 @@ usage: chain_kills.py prune|compact|compact-keep SYSCALLS [MAX_N]
   e.g. chain_kills.py compact rename,renameat,renameat2
 needs: strace, the sqlite3 shell, `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN)."""
 import os, shutil, sys, tempfile
-from common import BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain
+from common import (BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain,
+                    kill_sweep)
 
 cmd, sc = sys.argv[1], sys.argv[2]
 maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 10**6
@@ -64,31 +65,23 @@ kept, err = chain_points(os.path.join(done, "bk"))
 assert err is None, err
 print(f"{cmd}: {len(states)} points before, {len(kept)} after a complete run", flush=True)
 
-problems = 0
-total = 0
-n = 1
-while n <= maxn:
+
+def start_case(_n):
     case = os.path.join(W, "case")
     shutil.rmtree(case, ignore_errors=True)
     shutil.copytree(tpl, case)
+    return case
+
+
+def check(case):
     csrc, cdest = os.path.join(case, "src.db"), os.path.join(case, "bk")
-    r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-             f"inject={sc}:signal=KILL:when={n}", BIN, *ARGS, cdest])
-    if r.returncode == 0:
-        print(f"{cmd}: completed at n={n}: {n - 1} kill points", flush=True)
-        break
-    total += 1
-    why = []
-    if r.returncode not in (137, -9) and "Killed" not in r.stderr:
-        why.append(f"{cmd} exit {r.returncode}: {r.stderr.strip()[-300:]}")
-    why += check_killed_chain(cdest, case, kept, states, lambda: run([BIN, *ARGS, cdest]),
-                              lambda: backup(csrc, cdest), csrc)
+    why = check_killed_chain(cdest, case, kept, states, lambda: run([BIN, *ARGS, cdest]),
+                             lambda: backup(csrc, cdest), csrc)
     left = [f for _, _, fs in os.walk(cdest) for f in fs if f.endswith(".tmp")]
     if left:
         why.append(f"temporary files left: {left}")
-    if why:
-        problems += 1
-        print(f"PROBLEM n={n}: " + " | ".join(why), flush=True)
-    n += 1
-print(f"{cmd} {sc}: {total} kills, {problems} problems", flush=True)
+    return why
+
+
+kill_sweep(cmd, sc, maxn, start_case, lambda case: [BIN, *ARGS, os.path.join(case, "bk")], check)
 shutil.rmtree(W, ignore_errors=True)

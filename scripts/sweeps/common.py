@@ -172,3 +172,29 @@ def check_killed_chain(dest, case, kept, states, again, backup, src, other=None)
     elif table_dump(t) != table_dump(src):
         why.append("restore differs from the source")
     return why
+
+
+def kill_sweep(name, syscalls, maxn, start_case, command, check):
+    """Runs `command(case)` killed (strace's fault injection) at the N-th call of `syscalls`,
+    for N = 1, 2, ... up to `maxn` or until a run completes, each on a fresh case from
+    `start_case(n)`; `check(case)` says what went wrong after the kill. Prints each problem and
+    a total; returns the number of problems."""
+    problems = 0
+    total = 0
+    for n in range(1, maxn + 1):
+        case = start_case(n)
+        r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
+                 f"inject={syscalls}:signal=KILL:when={n}", *command(case)])
+        if r.returncode == 0:
+            print(f"{name}: completed at n={n}: {n - 1} kill points", flush=True)
+            break
+        total += 1
+        why = []
+        if r.returncode not in (137, -9) and "Killed" not in r.stderr:
+            why.append(f"{name} exit {r.returncode}: {r.stderr.strip()[-300:]}")
+        why += check(case)
+        if why:
+            problems += 1
+            print(f"PROBLEM n={n}: " + " | ".join(why), flush=True)
+    print(f"{name} {syscalls}: {total} kills, {problems} problems", flush=True)
+    return problems

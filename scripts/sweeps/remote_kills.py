@@ -18,7 +18,8 @@ usage: [SWEEP_BLOB_BYTES=N] remote_kills.py backup|full|prune|compact SYSCALLS [
 needs: strace, the sqlite3 shell, python3 with moto[server] (scripts/setup.sh installs it),
 `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN)."""
 import json, os, shutil, socket, subprocess, sys, tempfile, time, urllib.request
-from common import BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain
+from common import (BIN, run, sqlite_rounds, table_dump, chain_points, check_killed_chain,
+                    kill_sweep)
 
 cmd, sc = sys.argv[1], sys.argv[2]
 maxn = int(sys.argv[3]) if len(sys.argv) > 3 else 10**6
@@ -121,32 +122,23 @@ try:
         kept = kept[:-1]  # the new backup's point may be missing after a kill
     print(f"{cmd}: {len(states)} points before, {len(kept)} kept by a complete run", flush=True)
 
-    problems = 0
-    total = 0
-    n = 1
-    while n <= maxn:
+    def start_case(n):
         case = os.path.join(W, f"case{n}")
+        shutil.rmtree(os.path.join(W, f"case{n - 1}"), ignore_errors=True)
         shutil.copytree(tpl, case)
-        url = f"s3://sweep/case{n}"
         copy_prefix("tpl", f"case{n}")
-        csrc = os.path.join(case, "src.db")
-        r = run(["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-                 f"inject={sc}:signal=KILL:when={n}", *command(csrc, url)])
-        if r.returncode == 0:
-            print(f"{cmd}: completed at n={n}: {n - 1} kill points", flush=True)
-            break
-        total += 1
-        why = []
-        if r.returncode not in (137, -9) and "Killed" not in r.stderr:
-            why.append(f"{cmd} exit {r.returncode}: {r.stderr.strip()[-300:]}")
-        why += check_killed_chain(url, case, kept, states, lambda: run(command(csrc, url)),
+        return case
+
+    def url_of(case):
+        return f"s3://sweep/{os.path.basename(case)}"
+
+    def check(case):
+        csrc, url = os.path.join(case, "src.db"), url_of(case)
+        return check_killed_chain(url, case, kept, states, lambda: run(command(csrc, url)),
                                   lambda: backup(csrc, url), csrc, other=after)
-        if why:
-            problems += 1
-            print(f"PROBLEM n={n}: " + " | ".join(why), flush=True)
-        shutil.rmtree(case, ignore_errors=True)
-        n += 1
-    print(f"{cmd} {sc}: {total} kills, {problems} problems", flush=True)
+
+    kill_sweep(cmd, sc, maxn, start_case,
+               lambda case: command(os.path.join(case, "src.db"), url_of(case)), check)
 finally:
     moto.kill()
     shutil.rmtree(W, ignore_errors=True)
