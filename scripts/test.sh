@@ -23,6 +23,8 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Every public item's documentation builds, and its links resolve (none to a private item).
+RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --all-features --no-deps
 
 # The library crate `tidemark` with no backend and with each feature alone: each builds (with
 # its examples and tests), and its dependency tree holds no other store.

@@ -148,7 +148,7 @@ impl RocksBackend {
     }
 
     fn open_secondary(path: &Path, names: &[String]) -> Result<Self> {
-        // Removes the directories of runs killed before they could (see backup_core::scratch).
+        // Removes the directories of runs killed before they could (see backup_core::ScratchDir).
         let dir = backup_core::ScratchDir::new("tidemark-rocksdb-secondary-")?;
         let mut opts = Options::default();
         opts.set_max_open_files(-1);
@@ -877,8 +877,8 @@ impl View for RocksView<'_> {
                                 format!(
                                     "a range deletion at sequence {position} (column family id {cf}, \
                                      {} .. {}) cannot be turned into keys from the WAL",
-                                    backup_core::docid::display_key(begin),
-                                    backup_core::docid::display_key(end)
+                                    backup_core::display_key(begin),
+                                    backup_core::display_key(end)
                                 ),
                             ));
                         }
@@ -1031,7 +1031,7 @@ impl RestoreSink for RocksRestore<'_> {
             let value: &[u8] = match &record.value {
                 Value::Bytes(v) => v,
                 Value::Row(row) => {
-                    row_json = backup_core::document::row_to_json_bytes(row);
+                    row_json = backup_core::row_to_json_bytes(row);
                     &row_json
                 }
             };
@@ -1162,7 +1162,7 @@ impl StoreFactory for RocksFactory {
     }
 
     fn check_replaceable(&self, path: &Path) -> Result<()> {
-        backup_core::restore::check_dir_store_replaceable(path, "CURRENT", "RocksDB")
+        backup_core::check_dir_store_replaceable(path, "CURRENT", "RocksDB")
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {

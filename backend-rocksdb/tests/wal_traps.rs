@@ -150,7 +150,7 @@ fn a_purged_wal_is_detected_not_skipped() {
     db.put(b"c", b"3").unwrap();
     let backend = RocksBackend::from_db(db.clone());
     let mut view = backend.view().unwrap();
-    let manifest = backup_core::manifest::FolderManifest::read(&bk.join(".tidemark/manifest.json"))
+    let manifest = backup_core::FolderManifest::read(&bk.join(".tidemark/manifest.json"))
         .unwrap()
         .unwrap();
     let r = view.changes_since(&manifest.checkpoint, 100, &mut |_| Ok(()));

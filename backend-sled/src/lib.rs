@@ -428,7 +428,7 @@ impl RestoreSink for SledRestore<'_> {
         for r in records {
             let value = match r.value {
                 Value::Bytes(v) => v,
-                Value::Row(row) => backup_core::document::row_to_json_bytes(&row),
+                Value::Row(row) => backup_core::row_to_json_bytes(&row),
             };
             batch.insert(r.key.0, value);
             in_batch += 1;
@@ -476,7 +476,7 @@ impl StoreFactory for SledFactory {
     }
 
     fn check_replaceable(&self, path: &Path) -> Result<()> {
-        backup_core::restore::check_dir_store_replaceable(path, "conf", "sled")
+        backup_core::check_dir_store_replaceable(path, "conf", "sled")
     }
 
     fn create(&self, path: &Path) -> Result<Box<dyn StorageBackend>> {

@@ -32,7 +32,7 @@ pub const TOOL_CACHE_BYTES: u64 = 64 << 20;
 pub const RESTORE_CACHE_BYTES: u64 = 256 << 20;
 
 /// Opens the sled database at `path` with sled's default configuration, waiting up to
-/// [`LOCK_WAIT`] for its file lock.
+/// `LOCK_WAIT` (3 s) for its file lock.
 ///
 /// sled releases the lock only when the last of its background tasks lets go of the
 /// database, which can be a moment after the handle was dropped: opening the same path again
@@ -66,13 +66,13 @@ fn retry_while_locked<T>(mut attempt: impl FnMut() -> T, locked: impl Fn(&T) -> 
 }
 
 /// Takes the lock sled takes on the database at `path` (an exclusive `flock` on its `db`
-/// file) without opening the database, waiting up to [`LOCK_WAIT`] as [`open_db_with_cache`]
+/// file) without opening the database, waiting up to `LOCK_WAIT` as [`open_db_with_cache`]
 /// does: held, no application opens the database, and the backup reads it unchanged.
 pub fn lock_as_sled_does(path: &Path) -> Result<std::fs::File> {
     let file_path = path.join("db");
     let file = std::fs::File::open(&file_path).map_err(|e| Error::io("open", &file_path, e))?;
     let held = retry_while_locked(
-        || backup_core::lock::flock(&file, true, false),
+        || backup_core::flock(&file, true, false),
         |r| matches!(r, Ok(false)),
     );
     match held {

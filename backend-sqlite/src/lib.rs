@@ -1638,7 +1638,7 @@ impl RestoreSink for SqliteRestore<'_> {
                 (value, _) => {
                     let bytes = match value {
                         Value::Bytes(b) => b.clone(),
-                        Value::Row(row) => backup_core::document::row_to_json_bytes(row),
+                        Value::Row(row) => backup_core::row_to_json_bytes(row),
                     };
                     let key = text_or_blob(record.key.as_bytes());
                     let value = text_or_blob(&bytes);
@@ -1828,7 +1828,7 @@ impl StoreFactory for SqliteFactory {
             });
         }
         // An empty file is an empty database; anything else must start as one does.
-        if meta.len() == 0 || backup_core::restore::starts_as_sqlite(path) {
+        if meta.len() == 0 || backup_core::starts_as_sqlite(path) {
             return Ok(());
         }
         Err(Error::BadInput {

@@ -1,6 +1,6 @@
 //! What the backend knows about a user table: columns, key, rowid, and how keys are encoded.
 
-use backup_core::document::field_to_json;
+use backup_core::field_to_json;
 use backup_core::{Error, Field, Key, Result};
 use rusqlite::types::ValueRef;
 use rusqlite::Connection;
@@ -318,7 +318,7 @@ pub fn decode_key(key: &Key) -> Option<Vec<Field>> {
         let arr: Vec<serde_json::Value> = serde_json::from_slice(bytes).ok()?;
         return arr
             .iter()
-            .map(|v| backup_core::document::field_from_json(v).ok())
+            .map(|v| backup_core::field_from_json(v).ok())
             .collect();
     }
     let s = std::str::from_utf8(bytes).ok()?;

@@ -318,7 +318,7 @@ pub fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
 pub const TAIL_ENTRIES: usize = 8;
 
 /// The fingerprints of the log's last [`TAIL_ENTRIES`] entries at or before `upto`, newest
-/// first: each entry's sequence number and [`entry_fingerprint`].
+/// first: each entry's sequence number and the CRC32 of its table and key values (`literals_fingerprint`).
 pub fn log_tail(conn: &Connection, upto: u64) -> rusqlite::Result<Vec<(u64, u32)>> {
     let width = log_key_width(conn)?;
     let sql = format!(

@@ -132,14 +132,6 @@ pub fn encode(record: &Record) -> EncodedDocument<'_> {
     EncodedDocument { json, attachments }
 }
 
-/// The attachments a `document.json` names, with their sizes and checksums, without decoding
-/// the rest. Errors name the cause; the caller adds the path.
-pub fn attachment_list(json: &[u8]) -> Result<BTreeMap<String, AttachmentMeta>, String> {
-    let doc: DocumentJson =
-        serde_json::from_slice(json).map_err(|e| format!("not a tidemark document: {e}"))?;
-    Ok(doc.attachments)
-}
-
 /// Decodes a `document.json`, reading attachments through `read_attachment(name)`. Checks
 /// every attachment's size and CRC32 and the record's CRC32. Errors name the cause; the
 /// caller adds the path.

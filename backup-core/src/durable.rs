@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub enum Sync {
     /// fsync the file and its directory.
     Now,
-    /// Leave it to a later [`sync_filesystem`] (batched durability).
+    /// Leave it to a later `sync_filesystem` (batched durability).
     Later,
 }
 
@@ -133,7 +133,7 @@ pub fn remove_temp(path: &Path) {
 /// Removes the temporary files this process created and has not renamed into place, for a
 /// Ctrl-C handler or a failed command that exits right after: an interrupted backup leaves no
 /// temporary files (one of a killed process is removed by the next run). From then on no
-/// temporary file is created ([`create_temp`]) and nothing is renamed ([`rename`]), so another
+/// temporary file is created (`create_temp`) and nothing is renamed (`rename`), so another
 /// thread of the run cannot leave one behind before the process exits. Returns how many were
 /// removed.
 pub fn remove_temp_files() -> usize {

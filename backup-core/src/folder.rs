@@ -662,16 +662,6 @@ impl FolderRun {
         }))
     }
 
-    /// Removes a document by its id (for ids that do not decode to a key: hashed long keys).
-    pub fn delete_document(&mut self, collection: &CollectionName, id: &str) -> Result<()> {
-        let docdir = self.collection_dir(collection).join(id);
-        if docdir.exists() {
-            self.remove_document(collection, id, &docdir)?;
-            self.uncount(collection, id);
-        }
-        Ok(())
-    }
-
     /// Takes a removed document off the collection's count, if the count holds it: a
     /// refreshing full run counts only the documents it has seen.
     fn uncount(&mut self, collection: &CollectionName, id: &str) {

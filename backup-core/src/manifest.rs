@@ -56,9 +56,9 @@ pub struct ManifestCollection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FolderManifest {
-    /// Always [`FOLDER_FORMAT`].
+    /// Always `FOLDER_FORMAT`.
     pub format: String,
-    /// Always [`FOLDER_FORMAT_VERSION`].
+    /// Always `FOLDER_FORMAT_VERSION`.
     pub format_version: u32,
     /// The kind of store backed up.
     pub store_kind: StoreKind,

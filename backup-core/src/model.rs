@@ -85,7 +85,7 @@ pub const NAME_ESCAPE: &str = "~tm~";
 
 impl CollectionName {
     /// The collection name of a store's raw name `bytes` (a sled tree's name may be any bytes):
-    /// the bytes as text when they are UTF-8 and do not start with [`NAME_ESCAPE`], otherwise
+    /// the bytes as text when they are UTF-8 and do not start with `NAME_ESCAPE`, otherwise
     /// `~tm~` followed by the bytes in lowercase hex. [`CollectionName::to_bytes`] inverts it.
     pub fn from_bytes(bytes: &[u8]) -> Self {
         match std::str::from_utf8(bytes) {
@@ -105,7 +105,7 @@ impl CollectionName {
 
     /// The name a store whose names must satisfy `can_hold` gives this collection: its raw
     /// bytes as text where the store can hold them (and they do not start with
-    /// [`NAME_ESCAPE`]), else `~tm~` and the bytes in hex, which every store can hold.
+    /// `NAME_ESCAPE`), else `~tm~` and the bytes in hex, which every store can hold.
     /// [`CollectionName::from_stored`] maps it back.
     pub fn stored_as(&self, can_hold: impl Fn(&str) -> bool) -> String {
         let bytes = self.to_bytes();

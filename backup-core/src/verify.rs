@@ -20,7 +20,7 @@ pub struct VerifyReport {
     pub records_in_backup: u64,
     /// Archives checked (0 for a folder backup).
     pub archives: usize,
-    /// Every problem found (at most [`MAX_PROBLEMS`]), each naming the file and cause.
+    /// Every problem found (at most `MAX_PROBLEMS`), each naming the file and cause.
     pub problems: Vec<Error>,
 }
 

@@ -9,12 +9,12 @@
 
 use crate::memory::{MemoryFactory, MemoryHarness, MemoryTestStore};
 use crate::{Harness, Model, Op, TestStore};
-use backup_core::archive::{ChainItem, ChainStore, RestorePoint};
 use backup_core::{
     backup_archive_to, compact_chain, compact_recent, prune_chain, restore_chain, verify_chain,
     ArchiveOptions, BackupMode, BackupOptions, CompactOptions, Compression, Error, RestoreOptions,
     RestoreSummary, Retention, RunKind,
 };
+use backup_core::{ChainItem, ChainStore, RestorePoint};
 use std::path::Path;
 
 /// Where a chain is kept, for the suite.

@@ -76,10 +76,10 @@ impl MemoryStore {
 
     /// Writes the store to its path (aside, fsynced, renamed), as JSON.
     pub fn save(&self) -> Result<()> {
-        self.save_with(backup_core::durable::Sync::Now)
+        self.save_with(backup_core::SyncMode::Now)
     }
 
-    fn save_with(&self, sync: backup_core::durable::Sync) -> Result<()> {
+    fn save_with(&self, sync: backup_core::SyncMode) -> Result<()> {
         let disk = OnDisk {
             id: self.id.clone(),
             data: self
@@ -93,7 +93,7 @@ impl MemoryStore {
             path: self.path.clone(),
             cause: e.to_string(),
         })?;
-        backup_core::durable::write_atomic(&self.path, &bytes, sync)
+        backup_core::write_atomic(&self.path, &bytes, sync)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -305,7 +305,7 @@ impl RestoreSink for MemorySink {
         for r in records {
             let value = match r.value {
                 Value::Bytes(b) => b,
-                Value::Row(row) => backup_core::document::row_to_json_bytes(&row),
+                Value::Row(row) => backup_core::row_to_json_bytes(&row),
             };
             c.insert(r.key.0, value);
         }
@@ -344,7 +344,7 @@ pub struct MemoryTestStore {
 impl Drop for MemoryTestStore {
     fn drop(&mut self) {
         // A failed save shows as a missing or stale store in the test that reads it.
-        let _ = self.store.save_with(backup_core::durable::Sync::Later);
+        let _ = self.store.save_with(backup_core::SyncMode::Later);
     }
 }
 
@@ -365,10 +365,7 @@ impl TestStore for MemoryTestStore {
     fn decode(&self, record: &Record) -> (Vec<u8>, Vec<u8>) {
         match &record.value {
             Value::Bytes(b) => (record.key.0.clone(), b.clone()),
-            Value::Row(row) => (
-                record.key.0.clone(),
-                backup_core::document::row_to_json_bytes(row),
-            ),
+            Value::Row(row) => (record.key.0.clone(), backup_core::row_to_json_bytes(row)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The `chain_store` suite against a local directory.
 #![allow(missing_docs)]
 
-use backup_core::archive::{ChainItem, ChainStore, LocalChain};
+use backup_core::{ChainItem, ChainStore, LocalChain};
 use conformance_tests::chain_store::{run_all, ChainFixture};
 
 struct Local(tempfile::TempDir);

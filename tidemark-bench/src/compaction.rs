@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use backend_sqlite::{SqliteBackend, SqliteFactory};
-use backup_core::archive::RestorePoint;
+use backup_core::RestorePoint;
 use backup_core::{
     backup_archive_to, compact_recent, restore_chain, ArchiveOptions, BackupOptions, ChainStore,
     CompactOptions, Compression, LocalChain, RestoreOptions,

@@ -69,7 +69,7 @@ pub(crate) struct RetentionArgs {
     #[arg(long, value_name = "N")]
     pub(crate) keep_weekly: Option<usize>,
     /// Keep every backup captured within this long before the newest one (12h, 30d, 2w).
-    #[arg(long, value_name = "DURATION", value_parser = backup_core::prune::parse_within)]
+    #[arg(long, value_name = "DURATION", value_parser = backup_core::parse_within)]
     pub(crate) keep_within: Option<u64>,
 }
 
@@ -178,7 +178,7 @@ fn main() -> ExitCode {
         // A failed run's unfinished files (an archive being written, a key state's new files):
         // nothing renamed into place is among them, so the destination is as the last
         // complete run left it, without debris for the next run to remove.
-        backup_core::durable::remove_temp_files();
+        backup_core::remove_temp_files();
     }
     alloc::exiting();
     match result {
@@ -248,7 +248,7 @@ pub(crate) fn is_key_damage(e: &anyhow::Error) -> bool {
         matches!(
             c.downcast_ref::<backup_core::Error>(),
             Some(backup_core::Error::Damaged { path, .. })
-                if path.file_name().is_some_and(|n| n == backup_core::crypt::KEY_FILE)
+                if path.file_name().is_some_and(|n| n == backup_core::KEY_FILE)
         )
     })
 }

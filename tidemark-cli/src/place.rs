@@ -5,8 +5,8 @@
 //! `tidemark-remote` crate).
 
 use anyhow::{bail, Context, Result};
-use backup_core::archive::ChainItem;
-use backup_core::crypt::SharedKey;
+use backup_core::ChainItem;
+use backup_core::SharedKey;
 use backup_core::{
     ArchiveOptions, ArchiveSummary, BackupOptions, ChainKey, ChainStore, Event, KeyOptions,
     LocalChain, PrunePlan, Retention, StorageBackend, KEY_FILE,
@@ -168,7 +168,7 @@ pub fn default_cache(name: &str) -> PathBuf {
         .unwrap_or_else(std::env::temp_dir);
     base.join("tidemark")
         .join("state")
-        .join(backup_core::docid::encode(name.as_bytes()))
+        .join(backup_core::encode_docid(name.as_bytes()))
 }
 
 /// The directory of the key state that `name`'s incrementals continue from (`cache`, or the
@@ -283,7 +283,7 @@ pub fn writable_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainS
 }
 
 /// The chain at `place` opened without its key, if it is encrypted (what verify can check of
-/// it without the key: [`backup_core::crypt::verify_sealed`]); `None` for anything else.
+/// it without the key: [`backup_core::verify_sealed`]); `None` for anything else.
 pub fn sealed_chain(place: &Place) -> Result<Option<Box<dyn ChainStore>>> {
     match place {
         Place::Remote(url) => imp::sealed(url),
@@ -354,16 +354,16 @@ pub fn compact(
 /// The archives of a chain, local or remote, and apart from them the leftovers of an
 /// interrupted prune.
 pub fn chain(place: &Place, keys: &KeyOptions) -> Result<(Vec<ChainItem>, Vec<ChainItem>)> {
-    read_chain(place, keys, backup_core::archive::settled_chain)
+    read_chain(place, keys, backup_core::settled_chain)
 }
 
 /// The archive chain at `place` as `list` shows it: the archives, the leftovers of an
-/// interrupted prune, and the damage found (see [`backup_core::archive::chain_and_damage`]).
+/// interrupted prune, and the damage found (see [`backup_core::chain_and_damage`]).
 pub fn chain_and_damage(
     place: &Place,
     keys: &KeyOptions,
 ) -> Result<(Vec<ChainItem>, Vec<ChainItem>, Vec<backup_core::Error>)> {
-    read_chain(place, keys, backup_core::archive::chain_and_damage)
+    read_chain(place, keys, backup_core::chain_and_damage)
 }
 
 /// What `read` makes of the chain at `place`; nothing (the default) for a local directory

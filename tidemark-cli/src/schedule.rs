@@ -509,7 +509,7 @@ pub fn json_log() {
 }
 
 fn say(log: &Mutex<dyn Write + Send>, line: &str) {
-    let now = backup_core::manifest::now_rfc3339();
+    let now = backup_core::now_rfc3339();
     if JSON_LOG.load(Ordering::SeqCst) {
         emit(
             log,
@@ -746,7 +746,7 @@ fn report(
             serde_json::json!({
                 "schema": 1,
                 "type": "job_run",
-                "time": backup_core::manifest::now_rfc3339(),
+                "time": backup_core::now_rfc3339(),
                 "job": job.name,
                 "destination": to.to_string(),
                 "result": if ok { "success" } else { "failure" },

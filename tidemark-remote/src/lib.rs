@@ -21,13 +21,13 @@
 //! chain, and the next backup removes it. Verify, restore and prune are backup-core's, over the
 //! [`ChainStore`] this crate implements: sealed archives are read in place by ranged GETs.
 
-use backup_core::archive::{
+use backup_core::PRUNED_LOG;
+use backup_core::{
     slot_of_name, ArchiveManifest, ArchiveRead, ChainItem, ChainLock, ChainStore, Head, Listing,
     Slot, Survey, HEAD_FILE,
 };
-use backup_core::crypt::{SharedKey, KEY_FILE, NEEDS_KEY};
-use backup_core::prune::PRUNED_LOG;
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
+use backup_core::{SharedKey, KEY_FILE, NEEDS_KEY};
 use futures::StreamExt;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
@@ -175,7 +175,7 @@ impl RemoteChain {
     }
 
     /// The same chain, encrypted with `key`: archives are sealed on their way up, and read
-    /// back through it (see `backup_core::crypt`).
+    /// back through it (see `backup_core::ChainKey`).
     pub fn with_key(mut self, key: SharedKey) -> Self {
         self.key = Some(key);
         self
@@ -323,7 +323,7 @@ impl RemoteChain {
                 out.push(self.item(name, seal)?);
             }
         }
-        backup_core::archive::sort_chain(&mut out);
+        backup_core::sort_chain(&mut out);
         Ok(out)
     }
 
@@ -468,7 +468,7 @@ impl ChainStore for RemoteChain {
             size: item.size,
         });
         Ok(match &self.key {
-            Some(k) => Box::new(backup_core::crypt::SealedArchive::new(k, archive)?),
+            Some(k) => Box::new(backup_core::SealedArchive::new(k, archive)?),
             None => archive,
         })
     }
@@ -670,7 +670,7 @@ impl ChainStore for RemoteChain {
             writer: Some(PartWriter::new(sink, buffer_size.max(MIN_PART))),
         });
         match &self.key {
-            Some(k) => backup_core::crypt::seal_output(k, out),
+            Some(k) => backup_core::seal_output(k, out),
             None => Ok(out),
         }
     }
@@ -873,7 +873,7 @@ impl LockBody {
             holder: holder.to_string(),
             token: token.to_string(),
             expires_at: unix_now() + LOCK_TTL.as_secs(),
-            host: backup_core::lock::hostname(),
+            host: backup_core::hostname(),
             pid: std::process::id(),
         }
     }
@@ -884,8 +884,8 @@ impl LockBody {
         if self.expires_at <= unix_now() {
             return false;
         }
-        if self.pid != 0 && self.host == backup_core::lock::hostname() {
-            return backup_core::lock::process_alive(self.pid);
+        if self.pid != 0 && self.host == backup_core::hostname() {
+            return backup_core::process_alive(self.pid);
         }
         true
     }
@@ -941,7 +941,7 @@ impl RemoteChain {
     pub fn lock(&self, command: &str) -> Result<RemoteLock> {
         let path = self.path(LOCK_OBJECT);
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let holder = backup_core::lock::holder_line(command);
+        let holder = backup_core::holder_line(command);
         for attempt in 0..2 {
             let created = self.rt.block_on(self.store.put_opts(
                 &path,

@@ -3,7 +3,7 @@
 //! from `object_store`, not through tidemark.
 #![allow(missing_docs)]
 
-use backup_core::archive::{ChainItem, ChainStore};
+use backup_core::{ChainItem, ChainStore};
 use conformance_tests::chain_store::{run_all, ChainFixture};
 use conformance_tests::s3;
 use object_store::ObjectStoreExt;

@@ -609,7 +609,7 @@ impl LocalChain {
         }
     }
 
-    /// The encrypted chain in `dir`, whose archives are sealed with `key` (see [`crate::crypt`]).
+    /// The encrypted chain in `dir`, whose archives are sealed with `key` (see [`crate::ChainKey`]).
     pub fn encrypted(dir: &Path, key: crate::crypt::SharedKey) -> Self {
         LocalChain {
             dir: dir.to_path_buf(),

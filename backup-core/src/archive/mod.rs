@@ -30,9 +30,9 @@ mod write;
 
 pub(crate) use chain::load_chain;
 pub use chain::{
-    chain_and_damage, is_archive_dir, read_chain, read_manifest, settled_chain, slot_of_name,
-    ArchiveOutput, ArchiveRead, ChainLock, ChainStore, Head, Listing, LocalChain, PartSink,
-    PartWriter, RestorePoint, Slot, Survey, HEAD_FILE, LOST_POINT,
+    chain_and_damage, is_archive_dir, read_chain, settled_chain, slot_of_name, ArchiveOutput,
+    ArchiveRead, ChainLock, ChainStore, Head, Listing, LocalChain, PartSink, PartWriter,
+    RestorePoint, Slot, Survey, HEAD_FILE, LOST_POINT,
 };
 pub use compact::{
     compact_chain, compact_recent, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT,
@@ -41,7 +41,7 @@ pub use graph::sort_chain;
 pub(crate) use graph::{from_full as paths_from_full, path_to as path_of};
 pub use restore::{restore_archives_to_path, restore_chain};
 pub use verify::{verify_archives, verify_chain, verify_chain_with};
-pub use write::{backup_archive, backup_archive_to, STATE_DIR};
+pub use write::{backup_archive, backup_archive_to};
 
 use crate::checkpoint::Checkpoint;
 use crate::engine::BackupSummary;
@@ -144,9 +144,9 @@ pub struct ArchiveCollection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveManifest {
-    /// Always [`ARCHIVE_FORMAT`].
+    /// Always `ARCHIVE_FORMAT`.
     pub format: String,
-    /// Always [`ARCHIVE_FORMAT_VERSION`].
+    /// Always `ARCHIVE_FORMAT_VERSION`.
     pub format_version: u32,
     /// The archive's sequence number in its directory (1, 2, …).
     pub sequence: u64,

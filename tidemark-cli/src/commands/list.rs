@@ -22,12 +22,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let dir = backup.place()?;
     let keys = backup.keys()?;
     if let Place::Local(d) = &dir {
-        backup_core::destination::not_a_file(d).with_context(|| format!("list {dir}"))?;
+        backup_core::not_a_file(d).with_context(|| format!("list {dir}"))?;
         let path = d
-            .join(backup_core::folder::META_DIR)
-            .join(backup_core::folder::MANIFEST_FILE);
-        if let Some(m) = backup_core::manifest::FolderManifest::read(&path)
-            .with_context(|| format!("list {dir}"))?
+            .join(backup_core::META_DIR)
+            .join(backup_core::MANIFEST_FILE);
+        if let Some(m) =
+            backup_core::FolderManifest::read(&path).with_context(|| format!("list {dir}"))?
         {
             return list_folder(&dir, &m, json);
         }
@@ -40,8 +40,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Place::Local(d) => d.clone(),
             Place::Remote(_) => std::path::PathBuf::from(dir.to_string()),
         };
-        return Err(backup_core::destination::no_backup(&at))
-            .with_context(|| format!("list {dir}"));
+        return Err(backup_core::no_backup(&at)).with_context(|| format!("list {dir}"));
     }
     if !leftovers.is_empty() && !json {
         eprintln!(
@@ -60,7 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         for item in chain {
             let m = &item.manifest;
-            let sum = |f: fn(&backup_core::archive::ArchiveCollection) -> u64| {
+            let sum = |f: fn(&backup_core::ArchiveCollection) -> u64| {
                 m.collections.iter().map(f).sum::<u64>()
             };
             println!(
@@ -92,9 +91,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     );
     // Times to the second, unless backups of different points share that second: then the
     // exact time, so that every time shown names its backup under `restore --at`.
-    let second =
-        |c: &backup_core::archive::ChainItem| crate::output::to_second(&c.manifest.captured_at);
-    let shared = |c: &backup_core::archive::ChainItem| {
+    let second = |c: &backup_core::ChainItem| crate::output::to_second(&c.manifest.captured_at);
+    let shared = |c: &backup_core::ChainItem| {
         chain
             .iter()
             .any(|o| o.manifest.sequence != c.manifest.sequence && second(o) == second(c))
@@ -109,7 +107,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             _ => continue,
         };
         let name = damaged_name(path);
-        let line = if cause == backup_core::archive::LOST_POINT {
+        let line = if cause == backup_core::LOST_POINT {
             format!(
                 "{name:<40} {:<12} {cause} (`tidemark verify` reports it)",
                 "MISSING"
@@ -174,14 +172,10 @@ fn damaged_name(path: &std::path::Path) -> String {
 }
 
 /// A folder backup holds one state, updated in place: one line about it.
-fn list_folder(
-    dir: &Place,
-    m: &backup_core::manifest::FolderManifest,
-    json: bool,
-) -> Result<ExitCode> {
+fn list_folder(dir: &Place, m: &backup_core::FolderManifest, json: bool) -> Result<ExitCode> {
     let records: u64 = m.collections.iter().map(|c| c.records).sum();
     let interrupted = match dir {
-        Place::Local(d) => backup_core::folder::FolderBackup::interrupted_at(d),
+        Place::Local(d) => backup_core::FolderBackup::interrupted_at(d),
         _ => false,
     };
     if json {

@@ -31,7 +31,7 @@ pub(crate) fn stop_cleanly_on_interrupt(command: &'static str) -> Result<()> {
     use anyhow::Context;
     ctrlc::set_handler(move || {
         INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-        backup_core::durable::remove_temp_files();
+        backup_core::remove_temp_files();
         #[cfg(feature = "remote")]
         tidemark_remote::abandon_all();
         eprintln!("tidemark: {command} interrupted; its unfinished files were removed");

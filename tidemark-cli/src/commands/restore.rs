@@ -4,7 +4,9 @@ use crate::commands::{open_backup, Backup};
 use crate::output::human_bytes;
 use crate::stores::{self, StoreUrl};
 use anyhow::{Context, Result};
-use backup_core::{archive, restore_chain, restore_folder_to_path, ArchiveOptions, RestoreOptions};
+use backup_core::{
+    restore_chain, restore_folder_to_path, ArchiveOptions, RestoreOptions, RestorePoint,
+};
 use std::process::ExitCode;
 
 /// Rebuild a store from a backup (into any kind of store).
@@ -26,7 +28,7 @@ pub struct Args {
     /// (2026-12-01T03:29:47Z), a local date and time (2026-12-01 03:29:47) or a time ago (-2h,
     /// -30m, -1d).
     #[arg(long, allow_hyphen_values = true)]
-    pub at: Option<archive::RestorePoint>,
+    pub at: Option<RestorePoint>,
     /// RocksDB targets: write SST files in this block-based table format_version (2-7)
     /// instead of the source's (recorded in the backup) or, when unknown, 4 (read by RocksDB
     /// 5.16 and later).
@@ -70,7 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // Ctrl-C or SIGTERM: remove the unfinished store beside the target (the target is
     // untouched until the swap), then exit.
     ctrlc::set_handler(|| {
-        if backup_core::restore::abandon_in_progress() {
+        if backup_core::abandon_in_progress() {
             eprintln!("tidemark: restore interrupted; the target is unchanged");
         } else {
             eprintln!("tidemark: restore interrupted");
@@ -88,7 +90,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 .collect()
         }),
         progress: bar.clone().map(|bar| {
-            backup_core::restore::RestoreProgress(std::sync::Arc::new(move |done, total| {
+            backup_core::RestoreProgress(std::sync::Arc::new(move |done, total| {
                 if let Some(total) = total {
                     bar.set_length(total.max(done));
                 }
@@ -97,7 +99,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }),
         ..RestoreOptions::default()
     };
-    let point = at.clone().unwrap_or(archive::RestorePoint::Latest);
+    let point = at.clone().unwrap_or(RestorePoint::Latest);
     let archive = ArchiveOptions {
         threads: threads.map_or_else(backup_core::default_threads, usize::from),
         ..ArchiveOptions::default()
@@ -176,15 +178,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         if let (Some(at), Some((sequence, captured))) = (&at, &summary.point) {
             let asked = match at {
-                archive::RestorePoint::Time(t) => format!(
+                RestorePoint::Time(t) => format!(
                     "the newest backup captured at or before {}",
                     t.format(time::macros::format_description!(
                         "[year]-[month]-[day]T[hour]:[minute]:[second][offset_hour sign:mandatory]:[offset_minute]"
                     ))
                     .unwrap_or_default()
                 ),
-                archive::RestorePoint::Checkpoint(c) => format!("checkpoint {c}"),
-                archive::RestorePoint::Latest => "the newest backup".into(),
+                RestorePoint::Checkpoint(c) => format!("checkpoint {c}"),
+                RestorePoint::Latest => "the newest backup".into(),
             };
             println!(
                 "Restore point: {asked}: archive {sequence:06}, captured {}",

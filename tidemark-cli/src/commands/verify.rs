@@ -147,9 +147,8 @@ fn verify_sealed(
     json: bool,
 ) -> Result<ExitCode> {
     let bar = crate::output::bytes_bar(quiet || json, "verifying (stored bytes)");
-    let report =
-        backup_core::crypt::verify_sealed(chain, &mut |done, total| show(&bar, done, total))
-            .with_context(|| format!("verify {dir}"));
+    let report = backup_core::verify_sealed(chain, &mut |done, total| show(&bar, done, total))
+        .with_context(|| format!("verify {dir}"));
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
