@@ -64,20 +64,20 @@ pub fn restore_chain(
         );
         match restore_path(store, &items, factory, target, options, archive) {
             Err(e) => {
-                let text = e.to_string();
+                let damaged = damaged_slot(&e);
                 let culprit = items.iter().find(|i| {
-                    i.manifest.covers.is_some() && text.contains(&Slot::of(&i.manifest).stem())
+                    i.manifest.covers.is_some() && Some(Slot::of(&i.manifest)) == damaged
                 });
-                match (culprit, &e) {
-                    (Some(c), Error::Damaged { .. }) => {
+                match culprit {
+                    Some(c) => {
                         let path = c.path.clone();
                         avoided.push(format!(
-                            "{}: {text}; restored through the archives it covers",
+                            "{}: {e}; restored through the archives it covers",
                             file_name_of(&path)
                         ));
                         survey.chain(store, options, at)?.retain(|i| i.path != path);
                     }
-                    _ => return Err(e),
+                    None => return Err(e),
                 }
             }
             Ok(mut summary) => {
@@ -89,6 +89,18 @@ pub fn restore_chain(
             }
         }
     }
+}
+
+/// The archive a damage report is about: the slot of the last component of its path that
+/// names an archive (a local `…/tidemark-000003-000007-incr-….zip/data/…` or an object store's
+/// `…/tidemark-000003-000007-incr.zip`); `None` for any other error.
+fn damaged_slot(e: &Error) -> Option<Slot> {
+    let Error::Damaged { path, .. } = e else {
+        return None;
+    };
+    path.components()
+        .rev()
+        .find_map(|c| slot_of_name(&c.as_os_str().to_string_lossy()))
 }
 
 /// The chain as the full survey ([`surveyed`]) finds it, surveyed on first use, and what the
