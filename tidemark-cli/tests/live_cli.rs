@@ -99,6 +99,34 @@ fn setup(d: &Path) {
     ok(&["track", "--source", "sqlite:src.db"], d);
 }
 
+/// Waits until the chain in `d/bk` holds a point at or after every change committed to
+/// `d/src.db` so far: the change log's last sequence number (AUTOINCREMENT's, which its trim
+/// leaves) against the newest archive's end (`list --json`), instead of sleeping for longer
+/// than a run is expected to take.
+fn wait_until_captured(d: &Path) {
+    let conn = rusqlite::Connection::open_with_flags(
+        d.join("src.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let logged: u64 = conn
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = '_tidemark_changes'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    wait_for(&format!("a point at or after change {logged}"), || {
+        ok(&["list", "bk", "--json"], d)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["to"].as_u64())
+            .max()
+            .is_some_and(|to| to >= logged)
+    });
+}
+
 /// The `sqlite3` shell writing in a loop (one process, many transactions, small pauses).
 fn shell_loop(d: &Path, rounds: usize) -> std::thread::JoinHandle<()> {
     let db = d.join("src.db");
@@ -133,9 +161,8 @@ fn live_archives_restore_at_the_last_checkpoint_and_at_earlier_times() {
                 i + 2
             ),
         );
-        std::thread::sleep(Duration::from_millis(900)); // > flush interval + a run
+        wait_until_captured(d);
         moments.push((time::OffsetDateTime::now_utc(), dump(&db)));
-        std::thread::sleep(Duration::from_millis(100));
     }
     let out = sigterm(child);
     let runs = out
