@@ -53,6 +53,46 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the change log's trim waits for the write lock; past it, the next backup trims.
 pub(crate) const TRIM_BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a wait for a lock goes on before it is said (a warning on stderr).
+const BUSY_NOTICE: Duration = Duration::from_secs(1);
+
+/// The sleeps, in milliseconds, between a waiting connection's tries: SQLite's own busy
+/// timeout's (`sqliteDefaultBusyCallback`), then its last one over and over.
+const BUSY_SLEEPS: [u64; 12] = [1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100];
+
+/// Waits for a lock as [`BUSY_TIMEOUT`] does, and says so once the wait passes
+/// [`BUSY_NOTICE`]: a database held in exclusive locking mode, or a long commit in
+/// rollback-journal mode, made a backup stand still for 30 s without a word. `tries` is how
+/// many times SQLite already asked during this wait; `false` gives up (SQLITE_BUSY).
+fn wait_for_lock(tries: i32) -> bool {
+    let tries = tries.max(0) as usize;
+    let last = BUSY_SLEEPS[BUSY_SLEEPS.len() - 1];
+    let sleep_of = |i: usize| BUSY_SLEEPS.get(i).copied().unwrap_or(last);
+    let slept: u64 = BUSY_SLEEPS.iter().take(tries).sum::<u64>()
+        + last * tries.saturating_sub(BUSY_SLEEPS.len()) as u64;
+    let limit = BUSY_TIMEOUT.as_millis() as u64;
+    if slept >= limit {
+        return false;
+    }
+    let sleep = sleep_of(tries).min(limit - slept);
+    let notice = BUSY_NOTICE.as_millis() as u64;
+    if slept < notice && slept + sleep >= notice {
+        tracing::warn!(
+            "the SQLite database is locked by another connection (a commit in progress, an \
+             exclusive transaction, or an application in exclusive locking mode); waiting up to \
+             {} s for it",
+            BUSY_TIMEOUT.as_secs()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(sleep));
+    true
+}
+
+/// Makes `conn` wait up to [`BUSY_TIMEOUT`] for a lock, saying so past [`BUSY_NOTICE`].
+fn wait_for_locks(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_handler(Some(wait_for_lock))
+}
+
 /// A SQLite database as a tidemark store.
 pub struct SqliteBackend {
     path: PathBuf,
@@ -176,7 +216,7 @@ impl SqliteBackend {
     }
 
     fn with(path: &Path, conn: Connection) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)
+        wait_for_locks(&conn)
             .map_err(|e| Error::store_cause(describe(path), "setting the busy timeout", e))?;
         Ok(SqliteBackend {
             path: path.to_path_buf(),
@@ -189,7 +229,7 @@ impl SqliteBackend {
         // The check waits for a commit in progress (rollback-journal mode locks readers out
         // while it writes the file) as every read of the backup does: without a busy timeout
         // here, a backup that opened during an application's commit failed at once.
-        conn.busy_timeout(BUSY_TIMEOUT)
+        wait_for_locks(conn)
             .map_err(|e| Error::store_cause(describe(path), "setting the busy timeout", e))?;
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
             r.get::<_, i64>(0)
@@ -505,20 +545,24 @@ fn second_reader(
     checkpoint: &Checkpoint,
     schema_version: i64,
 ) -> Option<Connection> {
-    let (conn, (at, _), version) = open_snapshot(path, readonly_shm, Duration::ZERO).ok()?;
+    let (conn, (at, _), version) = open_snapshot(path, readonly_shm, false).ok()?;
     (at == *checkpoint && version == schema_version).then_some(conn)
 }
 
-/// A read-only connection to `path` in a read transaction, waiting at most `busy` for a lock,
-/// with the snapshot's checkpoint and floor ([`checkpoint_of`]) and schema version: a view's,
-/// or a second reader's of the same snapshot.
+/// A read-only connection to `path` in a read transaction, with the snapshot's checkpoint and
+/// floor ([`checkpoint_of`]) and schema version: a view's, which `waits` for a lock (up to
+/// [`BUSY_TIMEOUT`]), or a second reader's of the same snapshot, which does not.
 fn open_snapshot(
     path: &Path,
     readonly_shm: bool,
-    busy: Duration,
+    waits: bool,
 ) -> rusqlite::Result<(Connection, (Checkpoint, Option<u64>), i64)> {
     let conn = open_reader(path, readonly_shm)?;
-    conn.busy_timeout(busy)?;
+    if waits {
+        wait_for_locks(&conn)?;
+    } else {
+        conn.busy_timeout(Duration::ZERO)?;
+    }
     // A view reads each page about once (a scan, or an incremental's row lookups spread over
     // the tables): 512 KiB of page cache holds the b-trees' interior pages, and SQLite's
     // default 2 MiB only cost its pages' first-touch faults (400 fewer of about 3,800 in a 1%
@@ -789,7 +833,7 @@ impl StorageBackend for SqliteBackend {
         let store = self.describe();
         let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
         let (conn, (checkpoint, floor), schema_version) =
-            open_snapshot(&self.path, self.readonly_shm, BUSY_TIMEOUT).map_err(err)?;
+            open_snapshot(&self.path, self.readonly_shm, true).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
         let journal: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -833,7 +877,7 @@ impl StorageBackend for SqliteBackend {
                 conn.busy_timeout(TRIM_BUSY_TIMEOUT)
                     .map_err(|e| self.err(e))?;
                 let trimmed = tracking::trim(&mut conn, &self.describe(), upto.position);
-                conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| self.err(e))?;
+                wait_for_locks(&conn).map_err(|e| self.err(e))?;
                 trimmed
             }
             _ => Ok(()),

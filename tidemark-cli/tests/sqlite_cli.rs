@@ -1574,14 +1574,18 @@ fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
             .current_dir(dir)
             .output()
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Held past a second: the backup says that it waits, and for what.
+    std::thread::sleep(std::time::Duration::from_millis(1600));
     app.commit();
     let out = backup.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("locked by another connection").count(),
+        1,
+        "{stderr}"
     );
+    assert!(stderr.contains("waiting up to 30 s"), "{stderr}");
     ok(
         &["restore", "--from", "bk", "--to", "sqlite:r.db"],
         d.path(),
@@ -1600,6 +1604,8 @@ fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
             && !err.contains("not a SQLite database"),
         "{err}"
     );
+    // The wait was said at its start, not only at its end.
+    assert!(err.contains("waiting up to 30 s"), "{err}");
     app.commit();
 }
 
