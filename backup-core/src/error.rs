@@ -103,6 +103,20 @@ pub enum Error {
         /// What is wrong.
         cause: String,
     },
+    /// A backup written by a newer tidemark (its manifest checks out, but names a format or
+    /// version this one does not read): not damage, and nothing of it is read as an older
+    /// format or written after it.
+    #[error(
+        "{path}: {cause}: written by a newer tidemark? (this one reads format v1 to v{reads})"
+    )]
+    NewerFormat {
+        /// The manifest (a local archive's entry, an object store's seal).
+        path: PathBuf,
+        /// What in it this tidemark does not know.
+        cause: String,
+        /// The newest archive format version this tidemark reads.
+        reads: u32,
+    },
     /// A backup was stopped on request before it finished.
     #[error("stopped before the backup finished")]
     Stopped,

@@ -47,12 +47,13 @@ mod verify;
 mod zipstream;
 
 pub use archive::{
-    backup_archive, backup_archive_to, chain_and_damage, compact_chain, compact_recent, read_chain,
-    restore_archives_to_path, restore_chain, settled_chain, slot_of_name, sort_chain,
-    verify_archives, verify_chain, verify_chain_with, ArchiveCollection, ArchiveManifest,
-    ArchiveOptions, ArchiveOutput, ArchiveRead, ArchiveSummary, ChainItem, ChainLock, ChainStore,
-    CompactOptions, CompactSummary, Compacted, Compression, Head, Listing, LocalChain, PartSink,
-    PartWriter, RestorePoint, Slot, Survey, DEFAULT_FANOUT, HEAD_FILE, LOST_POINT,
+    backup_archive, backup_archive_to, chain_and_damage, check_manifest_format, compact_chain,
+    compact_recent, read_chain, restore_archives_to_path, restore_chain, settled_chain,
+    slot_of_name, sort_chain, verify_archives, verify_chain, verify_chain_with, ArchiveCollection,
+    ArchiveManifest, ArchiveOptions, ArchiveOutput, ArchiveRead, ArchiveSummary, ChainItem,
+    ChainLock, ChainStore, CompactOptions, CompactSummary, Compacted, Compression, Head, Listing,
+    LocalChain, PartSink, PartWriter, RestorePoint, Slot, Survey, DEFAULT_FANOUT, HEAD_FILE,
+    LOST_POINT,
 };
 pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};

@@ -1281,4 +1281,21 @@ fn an_archive_of_a_newer_format_is_refused_not_taken_for_damage() {
         "{err}"
     );
     assert_eq!(archives(&d.join("ar")).len(), 1, "nothing written");
+    // Every reader says the same, and none calls it damage (exit 3): verify used to.
+    for args in [
+        &["verify", "ar"][..],
+        &["list", "ar"],
+        &["restore", "--from", "ar", "--to", "sqlite:no.db"],
+        &["prune", "ar", "--keep-last", "1"],
+    ] {
+        let out = tidemark(args, d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("v99 is not supported") && err.contains("newer tidemark"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!d.join("no.db").exists());
+    assert_eq!(archives(&d.join("ar")).len(), 1, "nothing removed");
 }

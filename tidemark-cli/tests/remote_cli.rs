@@ -1202,3 +1202,48 @@ fn an_archive_object_gone_under_its_seal_is_damage() {
         "the first point",
     );
 }
+
+/// A seal a newer tidemark wrote (its manifest says format v99) is refused as a local
+/// archive of a newer format is: not damage (exit 1, not 3), named, and nothing is read as
+/// this tidemark's format or written after it. It used to be read as format 2, and a backup
+/// continued the chain with a format-2 archive.
+#[test]
+fn a_seal_of_a_newer_format_is_refused_not_read_as_this_one() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    source(d);
+    let url = bucket("newerseal");
+    backup(d, &url, &[]);
+    let seal = "/newerseal/tidemark-000001-full.json";
+    let resp = conformance_tests::s3::request("GET", seal, b"");
+    let at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response body")
+        + 4;
+    let mut json: serde_json::Value = serde_json::from_slice(&resp[at..]).unwrap();
+    json["manifest"]["format_version"] = 99.into();
+    assert_eq!(http("PUT", seal, &serde_json::to_vec(&json).unwrap()), 200);
+    sql(&d.join("src.db"), "UPDATE t SET v = 'later' WHERE id = 1;");
+    for args in [
+        vec!["backup", "--source", "sqlite:src.db", "--to", &url],
+        vec!["verify", &url],
+        vec!["list", &url],
+        vec!["restore", "--from", &url, "--to", "sqlite:no.db"],
+    ] {
+        let out = run(&args, d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("v99 is not supported") && err.contains("newer tidemark"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!d.join("no.db").exists());
+    let listed = conformance_tests::s3::request("GET", "/newerseal?list-type=2", b"");
+    let listed = String::from_utf8_lossy(&listed);
+    assert!(
+        !listed.contains("tidemark-000002"),
+        "nothing written after it: {listed}"
+    );
+}

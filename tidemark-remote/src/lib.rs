@@ -224,6 +224,8 @@ impl RemoteChain {
                 })
             }
         };
+        // A newer tidemark's archive is refused as a local one is, not read as this format.
+        backup_core::check_manifest_format(&location, &manifest)?;
         Ok(ChainItem {
             path: PathBuf::from(&seal.archive),
             size: seal.size,
@@ -412,6 +414,8 @@ impl ChainStore for RemoteChain {
             match seal.and_then(|s| s.map(|s| self.item(name, s)).transpose()) {
                 Ok(Some(item)) => survey.items.push(item),
                 Ok(None) => {} // pruned meanwhile
+                // Nothing of a chain a newer tidemark continued is read or written.
+                Err(e @ Error::NewerFormat { .. }) => return Err(e),
                 Err(e) => survey.problems.push(e),
             }
         }

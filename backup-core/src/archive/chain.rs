@@ -737,6 +737,8 @@ impl ChainStore for LocalChain {
                         size,
                     });
                 }
+                // Nothing of a chain a newer tidemark continued is read or written.
+                Err(e @ Error::NewerFormat { .. }) => return Err(e),
                 Err(e) => survey.problems.push(e),
             }
         }
@@ -1195,22 +1197,33 @@ fn read_manifest_from(path: &Path, mut file: impl Read + Seek) -> Result<Archive
     }
     // Past the CRC32 the bytes are as they were written: what this tidemark cannot take is not
     // damage but a newer writer's (a backup must refuse it, not start a full archive after it).
-    let newer = |cause: String| {
-        Error::BadInput {
-        path: entry_path.clone(),
-        cause: format!("{cause}: written by a newer tidemark? (this one reads format v1 to v{ARCHIVE_FORMAT_VERSION})"),
-        source: None,
-    }
-    };
     let m: ArchiveManifest = serde_json::from_value(file.manifest)
-        .map_err(|e| newer(format!("unexpected content: {e}")))?;
-    if m.format != ARCHIVE_FORMAT || !(1..=ARCHIVE_FORMAT_VERSION).contains(&m.format_version) {
-        return Err(newer(format!(
-            "format {} v{} is not supported",
-            m.format, m.format_version
-        )));
-    }
+        .map_err(|e| newer_format(&entry_path, format!("unexpected content: {e}")))?;
+    check_manifest_format(&entry_path, &m)?;
     Ok(m)
+}
+
+/// Refuses the manifest at `path` (a local archive's entry, an object store's seal) when this
+/// tidemark cannot read its archive: another format, or a version after
+/// `ARCHIVE_FORMAT_VERSION`. Not damage (its bytes check out) but a newer writer's, which a
+/// backup must not continue nor go around, and a reader must not read as an older format.
+pub fn check_manifest_format(path: &Path, m: &ArchiveManifest) -> Result<()> {
+    if m.format != ARCHIVE_FORMAT || !(1..=ARCHIVE_FORMAT_VERSION).contains(&m.format_version) {
+        return Err(newer_format(
+            path,
+            format!("format {} v{} is not supported", m.format, m.format_version),
+        ));
+    }
+    Ok(())
+}
+
+/// A manifest this tidemark cannot read, `cause` saying what in it.
+fn newer_format(path: &Path, cause: String) -> Error {
+    Error::NewerFormat {
+        path: path.to_path_buf(),
+        cause,
+        reads: ARCHIVE_FORMAT_VERSION,
+    }
 }
 
 /// The manifest entry's bytes, found from the end of the file: the end of central directory

@@ -30,9 +30,9 @@ mod write;
 
 pub(crate) use chain::load_chain;
 pub use chain::{
-    chain_and_damage, is_archive_dir, read_chain, settled_chain, slot_of_name, ArchiveOutput,
-    ArchiveRead, ChainLock, ChainStore, Head, Listing, LocalChain, PartSink, PartWriter,
-    RestorePoint, Slot, Survey, HEAD_FILE, LOST_POINT,
+    chain_and_damage, check_manifest_format, is_archive_dir, read_chain, settled_chain,
+    slot_of_name, ArchiveOutput, ArchiveRead, ChainLock, ChainStore, Head, Listing, LocalChain,
+    PartSink, PartWriter, RestorePoint, Slot, Survey, HEAD_FILE, LOST_POINT,
 };
 pub use compact::{
     compact_chain, compact_recent, CompactOptions, CompactSummary, Compacted, DEFAULT_FANOUT,
