@@ -107,14 +107,14 @@ pub enum Error {
     /// version this one does not read): not damage, and nothing of it is read as an older
     /// format or written after it.
     #[error(
-        "{path}: {cause}: written by a newer tidemark? (this one reads format v1 to v{reads})"
+        "{path}: {cause}: written by a newer tidemark? (this one reads versions up to {reads})"
     )]
     NewerFormat {
-        /// The manifest (a local archive's entry, an object store's seal).
+        /// The manifest (a local archive's entry, an object store's seal, a folder's).
         path: PathBuf,
         /// What in it this tidemark does not know.
         cause: String,
-        /// The newest archive format version this tidemark reads.
+        /// The newest version of that format (archive or folder) this tidemark reads.
         reads: u32,
     },
     /// A backup was stopped on request before it finished.

@@ -114,17 +114,24 @@ impl FolderManifest {
                 file.crc32
             )));
         }
+        // Past the CRC32 the bytes are as they were written: what this tidemark cannot take is
+        // a newer writer's, not damage (a backup must not replace it with a full one).
+        let newer = |cause: String| Error::NewerFormat {
+            path: path.to_path_buf(),
+            cause,
+            reads: FOLDER_FORMAT_VERSION,
+        };
         let manifest: FolderManifest = serde_json::from_value(file.manifest)
-            .map_err(|e| bad(format!("unexpected content: {e}")))?;
+            .map_err(|e| newer(format!("unexpected content: {e}")))?;
         if manifest.format != FOLDER_FORMAT {
-            return Err(bad(format!(
+            return Err(newer(format!(
                 "format is `{}`, expected `{FOLDER_FORMAT}`",
                 manifest.format
             )));
         }
         if manifest.format_version != FOLDER_FORMAT_VERSION {
-            return Err(bad(format!(
-                "format version {} is not supported (this tidemark reads {FOLDER_FORMAT_VERSION})",
+            return Err(newer(format!(
+                "format version {} is not supported",
                 manifest.format_version
             )));
         }

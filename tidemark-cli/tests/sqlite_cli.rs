@@ -266,6 +266,59 @@ fn bad_input_gets_plain_errors_and_writes_nothing() {
     assert!(e.contains("nowhere"), "{e}");
 }
 
+/// A folder backup a newer tidemark wrote (its manifest checks out but says format version
+/// 99) is not damage: every command refuses it with exit 1, and a backup does not replace it
+/// with a full one (it used to, taking it for a damaged manifest; verify called it damaged).
+#[test]
+fn a_folder_of_a_newer_format_is_refused_not_replaced() {
+    let d = Dir::new();
+    sql(
+        &d.join("s.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');",
+    );
+    ok(
+        &["backup", "--source", "sqlite:s.db", "--to", "bk"],
+        d.path(),
+    );
+    let manifest = d.join("bk/.tidemark/manifest.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    file["manifest"]["format_version"] = 99.into();
+    let crc = crc32fast::hash(&serde_json::to_vec(&file["manifest"]).unwrap());
+    file["crc32"] = crc.into();
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    let before = common::snapshot_files(&d.join("bk"));
+    sql(&d.join("s.db"), "INSERT INTO t VALUES (2, 'b');");
+    for args in [
+        &["backup", "--source", "sqlite:s.db", "--to", "bk"][..],
+        &["verify", "bk"],
+        &["list", "bk"],
+        &["restore", "--from", "bk", "--to", "sqlite:no.db"],
+    ] {
+        let out = tidemark(args, d.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("format version 99 is not supported") && err.contains("newer tidemark"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!d.join("no.db").exists());
+    // The lock file names its last holder (the refused backup): everything else is as it was.
+    let after = common::snapshot_files(&d.join("bk"));
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(v))
+        .map(|(k, _)| k.clone())
+        .chain(before.keys().filter(|k| !after.contains_key(*k)).cloned())
+        .filter(|k| k != ".tidemark-lock")
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the newer backup is left as it was: {changed:?}"
+    );
+}
+
 #[test]
 fn damage_is_found_by_verify_and_refused_by_restore() {
     let d = Dir::new();
