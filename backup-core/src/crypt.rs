@@ -31,6 +31,103 @@ pub const NEEDS_KEY: &str = "this backup is encrypted: give --encrypt-passphrase
 /// The name of a chain's key file (in a directory, or an object under the prefix).
 pub const KEY_FILE: &str = ".tidemark-key";
 
+/// The name of the copy of the key file a chain keeps beside it: every archive is sealed with
+/// the one key, so a flipped bit in a single file would lose them all. A damaged (or missing)
+/// key file is read from its copy and the other way round ([`read_key_files`]); a backup puts
+/// the damaged one right ([`repair_key_files`]). Chains made before copies were kept get one
+/// at their next backup.
+pub const KEY_FILE_COPY: &str = ".tidemark-key.copy";
+
+/// A chain's key file as it can be read: [`read_key_files`].
+#[derive(Debug)]
+pub struct KeyFiles {
+    /// The bytes that open the chain: the key file's, or its copy's when the key file is
+    /// damaged or missing.
+    pub bytes: Vec<u8>,
+    /// Where `bytes` were read (the key file, or its copy).
+    pub path: std::path::PathBuf,
+    /// What is wrong with one of the two files (each an `Error::Damaged` naming it); empty
+    /// when both check out, or the chain keeps no copy yet.
+    pub problems: Vec<Error>,
+    /// Whether the chain keeps no copy (one made before copies were kept).
+    pub no_copy: bool,
+}
+
+/// Reads the key file of the chain in `store` and its copy ([`KEY_FILE_COPY`]), each checked
+/// ([`ChainKey::check_file`]); `None` for a chain with neither (not encrypted). One damaged or
+/// missing file is a problem the other opens the chain despite; with no intact file left, the
+/// key file's damage is the error (`Error::Damaged`, as before copies were kept).
+pub fn read_key_files(store: &dyn crate::ChainStore) -> Result<Option<KeyFiles>> {
+    let main_path = store.location_of(KEY_FILE);
+    let copy_path = store.location_of(KEY_FILE_COPY);
+    let main = store.read_key()?;
+    let copy = store.read_key_copy()?;
+    // Damage falls back to the other file; anything else (a newer key file format) fails.
+    let checked = |path: &Path, bytes: &[u8]| match ChainKey::check_file(path, bytes) {
+        Ok(()) => Ok(None),
+        Err(e @ Error::Damaged { .. }) => Ok(Some(e)),
+        Err(e) => Err(e),
+    };
+    let files = |bytes: Vec<u8>, path: &Path, problems: Vec<Error>, no_copy: bool| KeyFiles {
+        bytes,
+        path: path.to_path_buf(),
+        problems,
+        no_copy,
+    };
+    Ok(Some(match (main, copy) {
+        (None, None) => return Ok(None),
+        (Some(main), None) => match checked(&main_path, &main)? {
+            None => files(main, &main_path, Vec::new(), true),
+            Some(e) => return Err(e),
+        },
+        (None, Some(copy)) => match checked(&copy_path, &copy)? {
+            None => {
+                let gone = Error::Damaged {
+                    path: main_path,
+                    cause: "missing, while its copy is there: the chain's key file".into(),
+                };
+                files(copy, &copy_path, vec![gone], false)
+            }
+            Some(e) => return Err(e),
+        },
+        (Some(main), Some(copy)) => {
+            match (checked(&main_path, &main)?, checked(&copy_path, &copy)?) {
+                (None, None) if main == copy => files(main, &main_path, Vec::new(), false),
+                (None, None) => {
+                    let other = Error::Damaged {
+                        path: copy_path,
+                        cause: "it is not the same as the key file it copies".into(),
+                    };
+                    files(main, &main_path, vec![other], false)
+                }
+                (None, Some(e)) => files(main, &main_path, vec![e], false),
+                (Some(e), None) => files(copy, &copy_path, vec![e], false),
+                (Some(e), Some(_)) => return Err(e),
+            }
+        }
+    }))
+}
+
+/// Puts right what [`read_key_files`] found in the chain in `store`, once `files` opened it
+/// (so their bytes are this chain's key): a damaged or missing key file or copy is written
+/// again from the intact one, and a chain without a copy gets one. Only a writer holding the
+/// destination's lock (a backup) calls it. Returns the names of the files written.
+pub fn repair_key_files(store: &dyn crate::ChainStore, files: &KeyFiles) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for name in [KEY_FILE, KEY_FILE_COPY] {
+        let path = store.location_of(name);
+        let broken = files
+            .problems
+            .iter()
+            .any(|p| matches!(p, Error::Damaged { path: at, .. } if *at == path));
+        if broken || (name == KEY_FILE_COPY && files.no_copy) {
+            store.replace_key_file(name, &files.bytes)?;
+            written.push(name.to_string());
+        }
+    }
+    Ok(written)
+}
+
 const MAGIC: &[u8; 8] = b"TMCRYPT1";
 /// Plaintext bytes per chunk.
 const CHUNK: usize = 64 << 10;
@@ -772,7 +869,7 @@ pub struct SealedReport {
     /// Their stored bytes, in all.
     pub bytes: u64,
     /// Archives whose stored bytes do not match their name's CRC32 or their recorded size, and
-    /// a damaged key file.
+    /// a damaged key file or copy.
     pub problems: Vec<Error>,
 }
 
@@ -788,12 +885,14 @@ pub fn verify_sealed(
     let stored = store.stored()?;
     let total: u64 = stored.iter().map(|(_, a)| a.size()).sum();
     let mut report = SealedReport::default();
-    // The key file, without which no archive opens, is checked as far as it can be without
-    // the key: its CRC32 and format.
-    if let Some(bytes) = store.read_key()? {
-        if let Err(e) = ChainKey::check_file(&store.location_of(KEY_FILE), &bytes) {
-            report.problems.push(e);
-        }
+    // The key file and its copy, without which no archive opens, are checked as far as they
+    // can be without the key: their CRC32s and format, and that they are the same.
+    match read_key_files(store) {
+        Ok(files) => report
+            .problems
+            .extend(files.map(|f| f.problems).unwrap_or_default()),
+        Err(e @ Error::Damaged { .. }) => report.problems.push(e),
+        Err(e) => return Err(e),
     }
     for (name, archive) in &stored {
         let done = report.bytes;

@@ -9,7 +9,7 @@ use backup_core::ChainItem;
 use backup_core::SharedKey;
 use backup_core::{
     ArchiveOptions, ArchiveSummary, BackupOptions, ChainKey, ChainStore, Event, KeyOptions,
-    LocalChain, PrunePlan, Retention, StorageBackend, KEY_FILE,
+    LocalChain, PrunePlan, Retention, StorageBackend, KEY_FILE, KEY_FILE_COPY,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,10 +91,13 @@ mod imp {
     /// The chain at `url` opened without a key, if it is encrypted.
     pub fn sealed(url: &str) -> Result<Option<Box<dyn ChainStore>>> {
         let plain = open(url)?;
-        Ok(match plain.read_key()? {
-            Some(_) => Some(Box::new(plain)),
-            None => None,
-        })
+        Ok(
+            if plain.read_key()?.is_some() || plain.read_key_copy()?.is_some() {
+                Some(Box::new(plain))
+            } else {
+                None
+            },
+        )
     }
 
     /// The chain at `url` for a writer that starts later (a live backup): a new chain's key is
@@ -199,8 +202,29 @@ pub fn chain_key(
     usage: KeyUse,
 ) -> Result<Option<SharedKey>> {
     let path = plain.location_of(KEY_FILE);
-    match plain.read_key()? {
-        Some(bytes) => Ok(Some(Arc::new(ChainKey::unwrap(&path, &bytes, keys)?))),
+    match backup_core::read_key_files(plain)? {
+        Some(files) => {
+            let key = ChainKey::unwrap(&files.path, &files.bytes, keys)?;
+            // The key opened the chain: a backup (under the lock) puts a damaged or missing
+            // key file or copy right from the other; any other command says what it found.
+            if usage == KeyUse::Create {
+                let written = backup_core::repair_key_files(plain, &files)?;
+                for problem in &files.problems {
+                    tracing::warn!("{problem}; written again from the intact one");
+                }
+                if files.no_copy && !written.is_empty() {
+                    tracing::info!(file = %plain.location_of(KEY_FILE_COPY).display(), "key file copy made");
+                }
+            } else {
+                for problem in &files.problems {
+                    tracing::warn!(
+                        "{problem}; the chain was opened with the other (the next backup writes \
+                         it again; `tidemark verify` reports it until then)"
+                    );
+                }
+            }
+            Ok(Some(Arc::new(key)))
+        }
         None if usage == KeyUse::Create && keys.any() => {
             let listing = plain.listing()?;
             if !listing.slots.is_empty() || listing.head.is_some() {
@@ -213,6 +237,7 @@ pub fn chain_key(
             let key = ChainKey::generate();
             let bytes = key.wrap(&path, keys)?;
             plain.write_key(&bytes)?;
+            plain.replace_key_file(KEY_FILE_COPY, &bytes)?;
             tracing::info!(key = %key.id(), file = %path.display(), "new chain key");
             Ok(Some(Arc::new(key)))
         }
@@ -243,7 +268,7 @@ fn claim_local(
 
 /// Whether the directory `dir` holds an encrypted chain (a key file).
 pub fn is_encrypted_dir(dir: &Path) -> bool {
-    dir.join(KEY_FILE).exists()
+    dir.join(KEY_FILE).exists() || dir.join(KEY_FILE_COPY).exists()
 }
 
 /// Backs up into the archive chain at `place`. A local directory keeps its key state inside

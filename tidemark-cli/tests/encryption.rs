@@ -647,13 +647,19 @@ fn rocksdb_and_sled_chains_are_sealed_and_restore_with_the_key() {
     }
 }
 
-/// One flipped bit in an encrypted chain's key file makes every archive unreadable: verify
-/// says so with the key and without it (before, verify without the key called such a chain
-/// intact, exit 0, and every other command failed with exit 1 as for a wrong option); restore,
-/// which cannot go around it, refuses without suggesting `--skip-damaged`, leaving no target;
-/// a backup refuses too. All exit 3 (a damaged backup), naming the key file.
+/// The key file every archive needs is kept twice (`.tidemark-key` and `.tidemark-key.copy`):
+/// with a byte flipped in one (inside the CRC32's digits, inside a wrap, or one that breaks the
+/// JSON) or the key file deleted, verify reports it with the key and without it (exit 3, naming it),
+/// a restore opens the chain with the other and restores exactly (a warning, exit 0), and a
+/// backup writes the damaged one again from the intact one, after which verify is clean (a
+/// deleted copy is not reported: chains made before copies were kept have none; the next
+/// backup makes it).
+/// Before copies were kept, one flipped bit lost every archive of the chain. With both
+/// damaged, or the key file damaged in a chain that keeps no copy (made before), every
+/// command refuses (exit 3), restore without suggesting `--skip-damaged` and leaving no
+/// target, as before.
 #[test]
-fn a_damaged_key_file_is_damage_found_with_or_without_the_key() {
+fn a_damaged_key_file_is_read_from_its_copy_and_written_again() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     source(d);
@@ -661,37 +667,180 @@ fn a_damaged_key_file_is_damage_found_with_or_without_the_key() {
     backup(d, "bk", &["--encrypt-recipient", &recipient], false);
     let open = ["--encrypt-identity", id.as_str()];
     let key_file = d.join("bk").join(".tidemark-key");
+    let copy = d.join("bk").join(".tidemark-key.copy");
     let good = std::fs::read(&key_file).unwrap();
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        good,
+        "the copy is the key file"
+    );
+    let text = |out: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let verify_plain = vec!["verify", "bk"];
+    let verify_key = [&["verify", "bk"][..], &open].concat();
+    let restore = [
+        &[
+            "restore",
+            "--from",
+            "bk",
+            "--to",
+            "sqlite:out.db",
+            "--force",
+        ][..],
+        &open,
+    ]
+    .concat();
+    let next_backup = [archive_backup("bk", &[]).as_slice(), &open].concat();
     // A byte inside the CRC32's digits, one inside a wrap, one that breaks the JSON.
     let crc_at = good.windows(5).position(|w| w == b"crc32").unwrap() + 9;
     let wrap_at = good.windows(4).position(|w| w == b"YWdl").unwrap() + 20;
-    for at in [crc_at, wrap_at, good.len() - 3] {
+    let flipped = |at: usize| {
         let mut bad = good.clone();
         bad[at] ^= 0x04;
-        std::fs::write(&key_file, &bad).unwrap();
-        let runs: [Vec<&str>; 4] = [
-            vec!["verify", "bk"],
-            [&["verify", "bk"][..], &open].concat(),
-            [
-                &["restore", "--from", "bk", "--to", "sqlite:out.db"][..],
-                &open,
-            ]
-            .concat(),
-            [archive_backup("bk", &[]).as_slice(), &open].concat(),
-        ];
-        for args in &runs {
-            let out = cmd(d, args, false);
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+        bad
+    };
+    for (file, name) in [(&key_file, ".tidemark-key"), (&copy, ".tidemark-key.copy")] {
+        for at in [Some(crc_at), Some(wrap_at), Some(good.len() - 3), None] {
+            let case = format!("{name}, byte {at:?}");
+            match at {
+                Some(at) => std::fs::write(file, flipped(at)).unwrap(),
+                None => std::fs::remove_file(file).unwrap(),
+            }
+            // A missing copy is a chain made before copies were kept: not damage.
+            let reported = !(file == &copy && at.is_none());
+            let want = if reported { 3 } else { 0 };
+            for args in [&verify_plain, &verify_key] {
+                let out = cmd(d, args, false);
+                assert_eq!(
+                    out.status.code(),
+                    Some(want),
+                    "{case}, {args:?}: {}",
+                    text(&out)
+                );
+                assert!(
+                    !reported || text(&out).contains(name),
+                    "{case}, {args:?}: {}",
+                    text(&out)
+                );
+            }
+            let out = cmd(d, &restore, false);
+            assert_eq!(out.status.code(), Some(0), "{case}: {}", text(&out));
+            assert!(
+                !reported || text(&out).contains(name),
+                "{case}: the warning names it: {}",
+                text(&out)
             );
-            assert_eq!(out.status.code(), Some(3), "byte {at}, {args:?}: {text}");
-            assert!(text.contains(".tidemark-key"), "{args:?}: {text}");
-            assert!(!text.contains("--skip-damaged"), "{args:?}: {text}");
+            assert_same_dump(&dump(&d.join("out.db")), &dump(&d.join("src.db")), &case);
+            ok(d, &next_backup, false);
+            assert_eq!(
+                std::fs::read(&key_file).unwrap(),
+                good,
+                "{case}: written again"
+            );
+            assert_eq!(std::fs::read(&copy).unwrap(), good, "{case}: written again");
+            ok(d, &verify_key, false);
+            ok(d, &verify_plain, false);
+        }
+    }
+    std::fs::remove_file(d.join("out.db")).unwrap();
+    // No intact file left: both flipped, or the key file flipped in a chain without a copy.
+    for without_copy in [false, true] {
+        std::fs::write(&key_file, flipped(wrap_at)).unwrap();
+        if without_copy {
+            std::fs::remove_file(&copy).unwrap();
+        } else {
+            std::fs::write(&copy, flipped(crc_at)).unwrap();
+        }
+        for args in [&verify_plain, &verify_key, &restore, &next_backup] {
+            let out = cmd(d, args, false);
+            assert_eq!(
+                out.status.code(),
+                Some(3),
+                "{without_copy}, {args:?}: {}",
+                text(&out)
+            );
+            assert!(
+                text(&out).contains(".tidemark-key"),
+                "{args:?}: {}",
+                text(&out)
+            );
+            assert!(
+                !text(&out).contains("--skip-damaged"),
+                "{args:?}: {}",
+                text(&out)
+            );
         }
         assert!(!d.join("out.db").exists());
     }
+    // A chain made before copies were kept gets one at its next backup.
     std::fs::write(&key_file, &good).unwrap();
-    ok(d, &[&["verify", "bk"][..], &open].concat(), false);
+    assert!(!copy.exists());
+    ok(d, &next_backup, false);
+    assert_eq!(std::fs::read(&copy).unwrap(), good, "a copy made");
+    ok(d, &verify_key, false);
+}
+
+/// On S3 too the key object is kept twice: with a byte of `.tidemark-key` flipped, or the
+/// object deleted, verify reports it (exit 3), a restore opens the chain with the copy and
+/// restores exactly, and a backup writes it again, after which verify is clean.
+#[cfg(feature = "remote")]
+#[test]
+fn a_damaged_key_object_is_read_from_its_copy_and_written_again() {
+    use conformance_tests::s3::{bucket, http, request};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    source(d);
+    let (id, recipient) = identity(d, "id.txt");
+    let url = format!("{}/app", bucket("keycopy"));
+    backup(d, &url, &["--encrypt-recipient", &recipient], true);
+    let open = ["--encrypt-identity", id.as_str()];
+    let body = |path: &str| {
+        let resp = request("GET", path, b"");
+        let at = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        resp[at..].to_vec()
+    };
+    let good = body("/keycopy/app/.tidemark-key");
+    assert_eq!(body("/keycopy/app/.tidemark-key.copy"), good);
+    let wrap_at = good.windows(4).position(|w| w == b"YWdl").unwrap() + 20;
+    let mut bad = good.clone();
+    bad[wrap_at] ^= 0x04;
+    let verify = [&["verify", url.as_str()][..], &open].concat();
+    let restore = [
+        &[
+            "restore",
+            "--from",
+            url.as_str(),
+            "--to",
+            "sqlite:out.db",
+            "--force",
+        ][..],
+        &open,
+    ]
+    .concat();
+    let next_backup = [archive_backup(&url, &[]).as_slice(), &open].concat();
+    for flip in [true, false] {
+        if flip {
+            assert_eq!(http("PUT", "/keycopy/app/.tidemark-key", &bad), 200);
+        } else {
+            assert_eq!(http("DELETE", "/keycopy/app/.tidemark-key", b""), 204);
+        }
+        let out = cmd(d, &verify, true);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "flip {flip}: {text}");
+        assert!(text.contains(".tidemark-key"), "flip {flip}: {text}");
+        ok(d, &restore, true);
+        assert_same_dump(
+            &dump(&d.join("out.db")),
+            &dump(&d.join("src.db")),
+            "restored with the copy",
+        );
+        ok(d, &next_backup, true);
+        assert_eq!(body("/keycopy/app/.tidemark-key"), good, "written again");
+        ok(d, &verify, true);
+    }
 }

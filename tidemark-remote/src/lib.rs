@@ -27,7 +27,7 @@ use backup_core::{
     Slot, Survey, HEAD_FILE,
 };
 use backup_core::{ArchiveOutput, Error, PartSink, PartWriter, Result};
-use backup_core::{SharedKey, KEY_FILE, NEEDS_KEY};
+use backup_core::{SharedKey, KEY_FILE, KEY_FILE_COPY, NEEDS_KEY};
 use futures::StreamExt;
 use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
@@ -508,6 +508,14 @@ impl ChainStore for RemoteChain {
         self.put(KEY_FILE, bytes.to_vec())
     }
 
+    fn read_key_copy(&self) -> Result<Option<Vec<u8>>> {
+        self.get(KEY_FILE_COPY)
+    }
+
+    fn replace_key_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        self.put(name, bytes.to_vec())
+    }
+
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
         self.get(PRUNED_LOG)
     }
@@ -617,7 +625,7 @@ impl ChainStore for RemoteChain {
             let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut seen = self.no_key_under.lock().unwrap_or_else(|p| p.into_inner());
             if held.is_none() || *seen != held {
-                if self.get(KEY_FILE)?.is_some() {
+                if self.get(KEY_FILE)?.is_some() || self.get(KEY_FILE_COPY)?.is_some() {
                     return Err(Error::Key {
                         path: self.location_of(KEY_FILE),
                         cause: NEEDS_KEY.into(),

@@ -45,6 +45,12 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     /// Writes the chain's key file, atomically and durably, only if there is none yet (an
     /// existing one is never replaced: it would strand every archive sealed with it).
     fn write_key(&self, bytes: &[u8]) -> Result<()>;
+    /// The copy of the chain's key file ([`crate::crypt::KEY_FILE_COPY`]), if there is one.
+    fn read_key_copy(&self) -> Result<Option<Vec<u8>>>;
+    /// Writes `name` (the key file or its copy) with `bytes`, replacing it, atomically and
+    /// durably. Only ever with the bytes of the other file, checked and proven to open the
+    /// chain, by a writer that holds the destination's lock ([`crate::crypt::repair_key_files`]).
+    fn replace_key_file(&self, name: &str, bytes: &[u8]) -> Result<()>;
     /// Every archive as stored, from names (and an object store's seals) alone, without reading
     /// a manifest: its name (with the CRC32 of its stored bytes) and a reader of those bytes.
     /// This is what can be checked of an encrypted chain without its key
@@ -626,7 +632,8 @@ impl LocalChain {
     /// read as damage, and a plain archive would join a sealed chain).
     fn guard(&self) -> Result<()> {
         let key_file = self.dir.join(crate::crypt::KEY_FILE);
-        if self.key.is_none() && key_file.exists() {
+        let encrypted = || key_file.exists() || self.dir.join(crate::crypt::KEY_FILE_COPY).exists();
+        if self.key.is_none() && encrypted() {
             return Err(Error::Key {
                 path: key_file,
                 cause: crate::crypt::NEEDS_KEY.into(),
@@ -781,6 +788,14 @@ impl ChainStore for LocalChain {
             });
         }
         durable::write_atomic(&path, bytes, durable::Sync::Now)
+    }
+
+    fn read_key_copy(&self) -> Result<Option<Vec<u8>>> {
+        durable::read_if_exists(&self.dir.join(crate::crypt::KEY_FILE_COPY))
+    }
+
+    fn replace_key_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
+        durable::write_atomic(&self.dir.join(name), bytes, durable::Sync::Now)
     }
 
     fn read_prune_log(&self) -> Result<Option<Vec<u8>>> {
