@@ -6,18 +6,28 @@ random archives, runs verify, and restores every point with `--at`, by checkpoin
 A restore must give exactly the state of the point asked for (exit 0) or refuse (exit 1 or 3);
 what verify calls intact must restore. Prints each problem and the outcomes.
 
-usage: at_damage.py SEED TRIALS [compact]
+usage: at_damage.py SEED TRIALS [compact] [encrypted]
   compact: `tidemark compact --fanout 2` after the backups, so that the chain also holds
   compacted archives (each covering several backups) that restores may take
+  encrypted: the chain is sealed to an age recipient (every command gets the identity), and a
+  trial may also flip a bit in the key file or its copy
 needs: the sqlite3 shell, `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN).
 See docs/RELIABILITY.md."""
 import json, os, random, shutil, subprocess, sys, tempfile
-from common import BIN as B
+from common import BIN as B, age_identity
 seed, trials = int(sys.argv[1]), int(sys.argv[2])
-COMPACT = len(sys.argv) > 3 and sys.argv[3] == "compact"
+COMPACT = "compact" in sys.argv[3:]
+ENCRYPTED = "encrypted" in sys.argv[3:]
 rnd = random.Random(seed)
 W = tempfile.mkdtemp(prefix="atfuzz-")
-def run(a): return subprocess.run(a, capture_output=True, text=True, cwd=W)
+# The key state of an encrypted chain lives in the cache, kept inside the work directory.
+ENV = dict(os.environ, XDG_CACHE_HOME=os.path.join(W, "cache"))
+KEY = ["--encrypt-identity", os.path.join(W, "id.txt")] if ENCRYPTED else []
+MAKE = ["--encrypt-recipient", age_identity(os.path.join(W, "id.txt"))] if ENCRYPTED else []
+READS = ("verify", "list", "restore", "compact", "backup")
+def run(a):
+    if a[0] == B and a[1] in READS: a = a + KEY
+    return subprocess.run(a, capture_output=True, text=True, cwd=W, env=ENV)
 def sql(db, s): r = run(["sqlite3", db, s]); assert r.returncode == 0, r.stderr
 def dump(db): return run(["sqlite3", db, ".dump t"]).stdout
 sql("src.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<400) INSERT INTO t SELECT i, 'v'||i FROM n;")
@@ -25,7 +35,7 @@ assert run([B, "track", "--source", "sqlite:src.db"]).returncode == 0
 states = {}; times = {}
 for r in range(1, 9):
     sql("src.db", f"UPDATE t SET v='r{r}' WHERE id % 4 = {r % 4}; DELETE FROM t WHERE id % 31 = {r}; INSERT INTO t(v) VALUES ('n{r}');")
-    x = run([B, "backup", "--source", "sqlite:src.db", "--to", "bk", "--format", "archive"] + (["--full"] if r == 5 else []))
+    x = run([B, "backup", "--source", "sqlite:src.db", "--to", "bk", "--format", "archive"] + (["--full"] if r == 5 else []) + (MAKE if r == 1 else []))
     assert x.returncode == 0, x.stderr
     rows = [json.loads(l) for l in run([B, "list", "bk", "--json"]).stdout.splitlines()]
     last = [x for x in rows if x.get("type") == "archive"][-1]
@@ -42,13 +52,18 @@ for t in range(trials):
     for _ in range(rnd.choice([1, 1, 2])):
         f = os.path.join(W, "c", rnd.choice(files))
         b = bytearray(open(f, "rb").read())
-        what = rnd.choice(["flip", "flip", "trunc", "delete"]); ops.append((what, os.path.basename(f)[:17]))
+        what = rnd.choice(["flip", "flip", "trunc", "delete"] + (["keyflip"] if ENCRYPTED else []))
+        if what == "keyflip":
+            f = os.path.join(W, "c", rnd.choice([".tidemark-key", ".tidemark-key.copy"]))
+            b = bytearray(open(f, "rb").read()); what = "flip"
+        ops.append((what, os.path.basename(f)[:19]))
         if what == "flip":
             b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8); open(f, "wb").write(b)
         elif what == "trunc":
             open(f, "wb").write(b[:rnd.randrange(len(b))])
         else:
-            os.remove(f); files.remove(os.path.basename(f))
+            os.remove(f)
+            if os.path.basename(f) in files: files.remove(os.path.basename(f))
             if not files: break
     v = run([B, "verify", "c"]).returncode
     for kind, pts in (("cp", states), ("time", times)):
