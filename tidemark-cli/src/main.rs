@@ -234,23 +234,32 @@ pub(crate) const EXIT_DAMAGED: u8 = 3;
 
 /// Whether the error is a backup found damaged (a checksum, count or chain problem).
 pub(crate) fn is_damage(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    any_cause(e, |c| {
         matches!(
-            c.downcast_ref::<backup_core::Error>(),
-            Some(backup_core::Error::Damaged { .. } | backup_core::Error::Manifest { .. })
+            c,
+            backup_core::Error::Damaged { .. } | backup_core::Error::Manifest { .. }
         )
     })
 }
 
-/// Whether `e` is damage of an encrypted chain's key file, which every archive needs.
+/// Whether `e` is damage of an encrypted chain's key files (the key file, and its copy when
+/// there is one), which every archive needs.
 pub(crate) fn is_key_damage(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
+    any_cause(e, |c| {
         matches!(
-            c.downcast_ref::<backup_core::Error>(),
-            Some(backup_core::Error::Damaged { path, .. })
-                if path.file_name().is_some_and(|n| n == backup_core::KEY_FILE)
+            c,
+            backup_core::Error::Damaged { path, .. }
+                if path.file_name().is_some_and(|n| {
+                    n == backup_core::KEY_FILE || n == backup_core::KEY_FILE_COPY
+                })
         )
     })
+}
+
+/// Whether `e` or one of its causes is a [`backup_core::Error`] that `is` accepts.
+fn any_cause(e: &anyhow::Error, is: impl Fn(&backup_core::Error) -> bool) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<backup_core::Error>().is_some_and(&is))
 }
 
 /// An error and its causes on one line, each cause once: library errors already name their
