@@ -200,42 +200,65 @@ def kill_sweep(name, syscalls, maxn, start_case, command, check):
     return problems
 
 
-# An age X25519 identity in pure Python (RFC 7748 and bech32), so that the sweeps of encrypted
-# chains need no age binary.
-P=2**255-19
-def x25519(k,u):
-    k=bytearray(k); k[0]&=248; k[31]&=127; k[31]|=64; k=int.from_bytes(k,'little'); u=int.from_bytes(u,'little')
-    x1=u;x2,z2,x3,z3=1,0,u,1;swap=0
+# An age X25519 identity in pure Python (RFC 7748's ladder, bech32 as age writes it), so that
+# the sweeps of encrypted chains need no age binary.
+_P = 2**255 - 19
+_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+
+
+def _x25519(k, u):
+    """RFC 7748's X25519(k, u) on 32-byte little-endian strings."""
+    k = bytearray(k)
+    k[0] &= 248
+    k[31] &= 127
+    k[31] |= 64
+    k = int.from_bytes(k, "little")
+    x1 = int.from_bytes(u, "little")
+    x2, z2, x3, z3, swap = 1, 0, x1, 1, 0
     for t in reversed(range(255)):
-        kt=(k>>t)&1; swap^=kt
-        if swap: x2,x3,z2,z3=x3,x2,z3,z2
-        swap=kt
-        A=x2+z2;AA=A*A;B=x2-z2;BB=B*B;E=AA-BB;C=x3+z3;D=x3-z3;DA=D*A;CB=C*B
-        x3=(DA+CB)**2%P; z3=x1*(DA-CB)**2%P; x2=AA*BB%P; z2=E*(AA+121665*E)%P
-    if swap: x2,x3,z2,z3=x3,x2,z3,z2
-    return (x2*pow(z2,P-2,P)%P).to_bytes(32,'little')
-CH="qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-def polymod(v):
-    G=[0x3b6a57b2,0x26508e6d,0x1ea119fa,0x3d4233dd,0x2a1462b3];c=1
-    for x in v:
-        b=c>>25;c=(c&0x1ffffff)<<5^x
-        for i in range(5): c^=G[i] if (b>>i)&1 else 0
-    return c
-def bech32(hrp,data):
-    acc=0;bits=0;out=[]
-    for b in data:
-        acc=(acc<<8)|b;bits+=8
-        while bits>=5: bits-=5; out.append((acc>>bits)&31)
-    if bits: out.append((acc<<(5-bits))&31)
-    v=[ord(c)>>5 for c in hrp]+[0]+[ord(c)&31 for c in hrp]+out+[0]*6
-    pm=polymod(v)^1
-    return hrp+'1'+''.join(CH[c] for c in out+[(pm>>5*(5-i))&31 for i in range(6)])
+        bit = (k >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b, c, d = x2 + z2, x2 - z2, x3 + z3, x3 - z3
+        aa, bb, da, cb = a * a, b * b, d * a, c * b
+        e = aa - bb
+        x3 = (da + cb) ** 2 % _P
+        z3 = x1 * (da - cb) ** 2 % _P
+        x2 = aa * bb % _P
+        z2 = e * (aa + 121665 * e) % _P
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, _P - 2, _P) % _P).to_bytes(32, "little")
+
+
+def _bech32(hrp, data):
+    """`data` in bech32 under `hrp` (BIP 173), as age encodes its keys."""
+    acc, bits, words = 0, 0, []
+    for byte in data:
+        acc = (acc << 8) | byte
+        bits += 8
+        while bits >= 5:
+            bits -= 5
+            words.append((acc >> bits) & 31)
+    if bits:
+        words.append((acc << (5 - bits)) & 31)
+    gen = [0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3]
+    chk = 1
+    for v in [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp] + words + [0] * 6:
+        top = chk >> 25
+        chk = (chk & 0x1FFFFFF) << 5 ^ v
+        for i in range(5):
+            chk ^= gen[i] if (top >> i) & 1 else 0
+    chk ^= 1
+    return hrp + "1" + "".join(_BECH32[w] for w in words + [(chk >> 5 * (5 - i)) & 31 for i in range(6)])
 
 
 def age_identity(path):
     """Writes a new age identity file (AGE-SECRET-KEY-1…) at `path`; returns its recipient."""
-    sk = os.urandom(32)
-    pk = x25519(sk, (9).to_bytes(32, 'little'))
-    with open(path, 'w') as f:
-        f.write(bech32('age-secret-key-', sk).upper() + '\n')
-    return bech32('age', pk)
+    secret = os.urandom(32)
+    public = _x25519(secret, (9).to_bytes(32, "little"))
+    with open(path, "w") as f:
+        f.write(_bech32("age-secret-key-", secret).upper() + "\n")
+    return _bech32("age", public)

@@ -13,7 +13,7 @@ usage: key_kills.py SYSCALLS first|repair
   e.g. key_kills.py rename,renameat,renameat2 repair
 needs: strace, the sqlite3 shell, and `cargo build --release -p tidemark-cli` or TIDEMARK_BIN."""
 import os, sys, shutil, tempfile
-from common import BIN, run, write, dump, age_identity
+from common import BIN, run, write, dump, age_identity, kill_sweep
 
 sc, mode = sys.argv[1], sys.argv[2]
 W = tempfile.mkdtemp(prefix=f"kk-{mode}-", dir=os.environ.get("TMPDIR", "/tmp"))
@@ -26,50 +26,54 @@ make = ["--encrypt-recipient", age_identity(identity)]
 opened = ["--encrypt-identity", identity]
 
 
-def backup(extra, kill_at=None):
-    args = [BIN, "backup", "--source", f"sqlite:{src}", "--to", bk, "--format", "archive"] + extra
-    if kill_at:
-        args = ["strace", "-f", "-o", "/dev/null",
-                "-e", f"inject={sc}:signal=KILL:when={kill_at}"] + args
-    return run(args)
+def backup_args(keys):
+    return [BIN, "backup", "--source", f"sqlite:{src}", "--to", bk, "--format", "archive"] + keys
 
 
-problems, n = 0, 0
-while True:
-    n += 1
+def start_case(n):
+    """A fresh destination: empty (`first`), or a chain whose key file is damaged (`repair`)."""
     shutil.rmtree(bk, ignore_errors=True)
     if mode == "repair":
-        assert backup(make + opened).returncode == 0
+        assert run(backup_args(make + opened)).returncode == 0
         bad = bytearray(open(key_file, "rb").read())
         bad[len(bad) // 2] ^= 4
         open(key_file, "wb").write(bad)
         write("sqlite", src, n)
-        killed = backup(opened, kill_at=n)
+    return n
+
+
+def command(n):
+    return backup_args(opened if mode == "repair" else make + opened)
+
+
+def check(n):
+    why = []
+    if mode == "repair":
         r = run([BIN, "restore", "--from", bk, "--to", f"sqlite:{W}/k{n}.db"] + opened)
         if r.returncode != 0:
-            problems += 1
-            print(n, "PROBLEM: a restore after the killed repair failed:", r.stderr[-300:])
+            why.append(f"a restore after the kill failed: {r.stderr[-300:]}")
     else:
-        killed = backup(make + opened, kill_at=n)
         v = run([BIN, "verify", bk] + opened)
         if v.returncode != 0 and "holds no tidemark backup" not in v.stderr:
-            problems += 1
-            print(n, "PROBLEM: verify after the kill:", v.returncode, v.stderr[-300:])
+            why.append(f"verify after the kill: exit {v.returncode}: {v.stderr[-300:]}")
     started = os.path.exists(key_file) or os.path.exists(copy)
-    again = backup(opened if started else make + opened)
+    again = run(backup_args(opened if started else make + opened))
     v = run([BIN, "verify", bk] + opened)
     r = run([BIN, "restore", "--from", bk, "--to", f"sqlite:{W}/r{n}.db"] + opened)
-    same = r.returncode == 0 and dump("sqlite", f"{W}/r{n}.db") == dump("sqlite", src)
-    twins = (os.path.exists(key_file) and os.path.exists(copy)
-             and open(key_file, "rb").read() == open(copy, "rb").read())
+    if again.returncode != 0 or v.returncode != 0:
+        why.append(f"then: backup exit {again.returncode}, verify exit {v.returncode}: "
+                   f"{again.stderr[-300:]} {v.stderr[-300:]}")
+    if r.returncode != 0 or dump("sqlite", f"{W}/r{n}.db") != dump("sqlite", src):
+        why.append(f"then: the restore is not the source: {r.stderr[-300:]}")
+    if not (os.path.exists(key_file) and os.path.exists(copy)
+            and open(key_file, "rb").read() == open(copy, "rb").read()):
+        why.append("then: the key file and its copy are not the same bytes")
     tmps = [f for f in os.listdir(bk) if f.endswith(".tmp")]
-    if not (again.returncode == 0 and v.returncode == 0 and same and twins and not tmps):
-        problems += 1
-        print(n, "PROBLEM after:", again.returncode, v.returncode, same, twins, tmps,
-              again.stderr[-300:], v.stderr[-300:])
-    done = killed.returncode == 0
-    print(n, "completed" if done else "killed", flush=True)
-    if done:
-        break
-print("PROBLEMS", problems)
+    if tmps:
+        why.append(f"then: left {tmps}")
+    return why
+
+
+problems = kill_sweep(f"backup ({mode})", sc, 10**6, start_case, command, check)
 shutil.rmtree(W)
+sys.exit(1 if problems else 0)
