@@ -210,7 +210,7 @@ pub fn chain_key(
             if usage == KeyUse::Create {
                 let written = backup_core::repair_key_files(plain, &files)?;
                 for problem in &files.problems {
-                    tracing::warn!("{problem}; written again from the intact one");
+                    tracing::warn!("{problem}; written again from {}", files.path.display());
                 }
                 if files.no_copy && !written.is_empty() {
                     tracing::info!(file = %plain.location_of(KEY_FILE_COPY).display(), "key file copy made");
@@ -218,8 +218,9 @@ pub fn chain_key(
             } else {
                 for problem in &files.problems {
                     tracing::warn!(
-                        "{problem}; the chain was opened with the other (the next backup writes \
-                         it again; `tidemark verify` reports it until then)"
+                        "{problem}; the chain was opened with {} (the next backup writes it \
+                         again; `tidemark verify` reports it until then)",
+                        files.path.display()
                     );
                 }
             }
