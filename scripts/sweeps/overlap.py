@@ -4,7 +4,10 @@ list and restore --force started together (the second after 0-300 ms) over a SQL
 succeed or be refused with the lock's message; afterwards a backup, verify and a restore must
 give the source's rows exactly (read with Python's sqlite3), with no temporary file left.
 
-    python3 scripts/sweeps/overlap.py archive|folder|s3 SEED TRIALS
+    python3 scripts/sweeps/overlap.py archive|folder|s3 SEED TRIALS [encrypted]
+
+`encrypted` (archive or s3): the chain is sealed to an age recipient from its first full, and
+every command gets the identity (the key state lives in a cache inside the work directory).
 
 `s3`: archives in a bucket of an S3-compatible server at $SWEEP_S3_ENDPOINT (for example
 moto: `python3 -m moto.server -p 5077` and `SWEEP_S3_ENDPOINT=http://127.0.0.1:5077`); the
@@ -12,7 +15,8 @@ bucket `overlap` is created, a new prefix used per run.
 """
 import subprocess, random, time, os, sys, shutil, glob, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import BIN as B, TARGET
+from common import BIN as B, TARGET, age_identity
+ENCRYPTED = "encrypted" in sys.argv[4:]
 BENCH = os.path.join(TARGET, "release", "tidemark-bench")
 FMT = sys.argv[1]
 W = os.path.join(tempfile.mkdtemp(prefix="tidemark-overlap-"), "w")
@@ -28,10 +32,13 @@ if FMT == "s3":
         pass  # there already
     DEST = "s3://overlap/%d-%s" % (os.getpid(), sys.argv[2])
     FMT = "archive"
+ENV = dict(os.environ, XDG_CACHE_HOME=os.path.join(os.path.dirname(W), "cache"))
+IDENTITY = os.path.join(os.path.dirname(W), "id.txt")
+KEY = ["--encrypt-identity", IDENTITY] if ENCRYPTED else []
 def run(args, **kw):
-    return subprocess.run([B]+args, cwd=W, capture_output=True, text=True, **kw)
+    return subprocess.run([B]+args+KEY, cwd=W, capture_output=True, text=True, env=ENV, **kw)
 def start(args):
-    return subprocess.Popen([B]+args, cwd=W, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([B]+args+KEY, cwd=W, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 def dump(db):
     return subprocess.run(["sqlite3", db, ".dump"], capture_output=True, text=True).stdout
 def modify(r):
@@ -49,7 +56,8 @@ problems=[]
 random.seed(int(sys.argv[2]))
 shutil.rmtree(W, ignore_errors=True); os.makedirs(W)
 subprocess.run([BENCH,"generate","--kind","sqlite","--path",W+"/src.db","--records","200000","--value-bytes","100"],check=True,capture_output=True)
-r=run(CMDS["full"]); assert r.returncode==0, r.stderr
+MAKE = ["--encrypt-recipient", age_identity(IDENTITY)] if ENCRYPTED else []
+r=run(CMDS["full"] + MAKE); assert r.returncode==0, r.stderr
 rnd=0
 if FMT=="folder":
     del CMDS["prune"]; del CMDS["compact"]
