@@ -750,7 +750,7 @@ fn live_backups_never_write_to_their_sources() {
             .unwrap();
         db.flush().unwrap();
         drop(db);
-        std::thread::sleep(Duration::from_millis(300)); // sled lets go of its lock a moment later
+        common::wait_for_sled_to_let_go(&d.join("sled"));
         sources.push(("sled:sled".into(), d.join("sled")));
     }
     for (i, (url, path)) in sources.iter().enumerate() {

@@ -340,7 +340,9 @@ fn a_different_plain_sled_database_at_the_same_path_starts_a_full_backup() {
         }
         db.flush().unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    for name in ["a", "b"] {
+        common::wait_for_sled_to_let_go(&d.join(name));
+    }
     std::fs::rename(d.join("a"), d.join("app")).unwrap();
     ok(&["backup", "--source", "sled:app", "--to", "bk"], d);
     let out = ok(&["backup", "--source", "sled:app", "--to", "bk"], d);

@@ -388,3 +388,15 @@ pub fn without_tracking(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Waits until nothing holds sled's lock on the database at `path` (an exclusive `flock` on
+/// its `db` file): a dropped `sled::Db` lets go of it a moment later, once its flusher thread
+/// stops, and a test that goes on before then finds the database held.
+pub fn wait_for_sled_to_let_go(path: &Path) {
+    let db = std::fs::File::open(path.join("db")).unwrap();
+    wait_for(&format!("sled to let go of {}", path.display()), || {
+        // Granted only while no other open file holds it; released when `db` is closed or
+        // locked again.
+        backup_core::flock(&db, true, false).unwrap()
+    });
+}
