@@ -1620,18 +1620,35 @@ fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
     // keeps readers out until it is done: the backup waits for it, as its reads do. It used
     // to fail at once, calling the database "not a SQLite database (database is locked)".
     let app = Application::holding(&db, "BEGIN EXCLUSIVE;\nUPDATE t SET v = 'c' WHERE id = 1;");
-    let dir = d.path().to_path_buf();
-    let backup = std::thread::spawn(move || {
-        Command::new(common::bin())
-            .args(["backup", "--source", "sqlite:app.db", "--to", "bk"])
-            .current_dir(dir)
-            .output()
-    });
-    // Held past a second: the backup says that it waits, and for what.
-    std::thread::sleep(std::time::Duration::from_millis(1600));
-    app.commit();
-    let out = backup.join().unwrap().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut backup = Command::new(common::bin())
+        .args(["backup", "--source", "sqlite:app.db", "--to", "bk"])
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second into its wait the backup says that it waits, and for what: the lock is held
+    // until it has (were the warning never said, the backup would fail after 30 s and close
+    // its stderr, ending the read).
+    let mut stderr = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(backup.stderr.as_mut().unwrap()).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains("locked by another connection") {
+                break;
+            }
+        }
+        app.commit();
+        for line in lines {
+            stderr.push_str(&line.unwrap());
+            stderr.push('\n');
+        }
+    }
+    let out = backup.wait_with_output().unwrap();
     assert!(out.status.success(), "{stderr}");
     assert_eq!(
         stderr.matches("locked by another connection").count(),
