@@ -108,6 +108,75 @@ pub fn read_key_files(store: &dyn crate::ChainStore) -> Result<Option<KeyFiles>>
     }))
 }
 
+/// A chain's key as [`open_chain_key`] opened (or made) it, and what it found on the way.
+pub struct OpenedKey {
+    /// The chain key.
+    pub key: ChainKey,
+    /// What is wrong with the key file or its copy (see [`KeyFiles::problems`]), if anything.
+    pub problems: Vec<Error>,
+    /// The file the key was read from (the key file, or its copy), or written to.
+    pub path: std::path::PathBuf,
+    /// The key files written: a new chain's two, or the damaged, missing or not yet made one
+    /// a writer put right ([`repair_key_files`]).
+    pub written: Vec<String>,
+    /// Whether the key is new: made now for a chain that held nothing.
+    pub made: bool,
+}
+
+/// The key of the chain in `store` (opened without a key), unwrapped with `options` from its
+/// key file or the copy ([`read_key_files`]); `None` for a plain chain. A `writer` (a backup,
+/// which holds the destination's lock) also puts a damaged or missing key file or copy right
+/// once the key opened the chain, and, given encryption options, makes the key of a chain
+/// that holds nothing yet: written (the key file, then its copy) before any archive. A writer
+/// with encryption options over a chain of plain archives is refused: encryption starts with
+/// a new chain.
+pub fn open_chain_key(
+    store: &dyn crate::ChainStore,
+    options: &KeyOptions,
+    writer: bool,
+) -> Result<Option<OpenedKey>> {
+    if let Some(files) = read_key_files(store)? {
+        let key = ChainKey::unwrap(&files.path, &files.bytes, options)?;
+        let written = if writer {
+            repair_key_files(store, &files)?
+        } else {
+            Vec::new()
+        };
+        return Ok(Some(OpenedKey {
+            key,
+            problems: files.problems,
+            path: files.path,
+            written,
+            made: false,
+        }));
+    }
+    if !(writer && options.any()) {
+        return Ok(None);
+    }
+    let listing = store.listing()?;
+    if !listing.slots.is_empty() || listing.head.is_some() {
+        return Err(Error::BadInput {
+            path: store.location(),
+            cause: "holds unencrypted archives; encryption starts with a new chain (back up to \
+                    another directory or prefix)"
+                .into(),
+            source: None,
+        });
+    }
+    let path = store.location_of(KEY_FILE);
+    let key = ChainKey::generate();
+    let bytes = key.wrap(&path, options)?;
+    store.write_key(&bytes)?;
+    store.replace_key_file(KEY_FILE_COPY, &bytes)?;
+    Ok(Some(OpenedKey {
+        key,
+        problems: Vec::new(),
+        path,
+        written: vec![KEY_FILE.to_string(), KEY_FILE_COPY.to_string()],
+        made: true,
+    }))
+}
+
 /// Puts right what [`read_key_files`] found in the chain in `store`, once `files` opened it
 /// (so their bytes are this chain's key): a damaged or missing key file or copy is written
 /// again from the intact one, and a chain without a copy gets one. Only a writer holding the
@@ -1043,6 +1112,65 @@ mod tests {
         assert!(open(sealed, &other)
             .unwrap_err()
             .contains("not this chain's key"));
+    }
+
+    /// The key-file protocol on a real directory: a writer makes the key file and its copy;
+    /// with one damaged a reader opens the chain with the other and reports it, and a writer
+    /// writes it again; with both damaged, opening fails as damage.
+    #[test]
+    fn a_chain_key_survives_one_damaged_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let id_file = dir.path().join("id.txt");
+        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
+        let chain_dir = dir.path().join("bk");
+        std::fs::create_dir(&chain_dir).unwrap();
+        let store = crate::LocalChain::new(&chain_dir);
+        let make = KeyOptions {
+            recipients: vec![id.to_public().to_string()],
+            identity_files: vec![id_file.clone()],
+            ..KeyOptions::default()
+        };
+        let open = KeyOptions {
+            identity_files: vec![id_file],
+            ..KeyOptions::default()
+        };
+        assert!(open_chain_key(&store, &open, false).unwrap().is_none());
+        let made = open_chain_key(&store, &make, true).unwrap().unwrap();
+        assert!(made.made);
+        let good = std::fs::read(chain_dir.join(KEY_FILE)).unwrap();
+        assert_eq!(std::fs::read(chain_dir.join(KEY_FILE_COPY)).unwrap(), good);
+        for damaged in [KEY_FILE, KEY_FILE_COPY] {
+            let mut bad = good.clone();
+            let at = bad.len() / 2;
+            bad[at] ^= 4;
+            std::fs::write(chain_dir.join(damaged), &bad).unwrap();
+            let read = open_chain_key(&store, &open, false).unwrap().unwrap();
+            assert_eq!(read.key.id(), made.key.id(), "{damaged}");
+            assert!(read.written.is_empty(), "a reader writes nothing");
+            assert!(
+                matches!(&read.problems[..], [Error::Damaged { path, .. }] if path.ends_with(damaged)),
+                "{damaged}: {:?}",
+                read.problems
+            );
+            let fixed = open_chain_key(&store, &open, true).unwrap().unwrap();
+            assert_eq!(fixed.written, [damaged.to_string()]);
+            assert_eq!(std::fs::read(chain_dir.join(damaged)).unwrap(), good);
+            assert!(read_key_files(&store).unwrap().unwrap().problems.is_empty());
+        }
+        let mut bad = good.clone();
+        bad[10] ^= 4;
+        std::fs::write(chain_dir.join(KEY_FILE), &bad).unwrap();
+        std::fs::write(chain_dir.join(KEY_FILE_COPY), &bad).unwrap();
+        assert!(matches!(
+            open_chain_key(&store, &open, true),
+            Err(Error::Damaged { .. })
+        ));
+        assert_eq!(
+            std::fs::read(chain_dir.join(KEY_FILE)).unwrap(),
+            bad,
+            "nothing written"
+        );
     }
 
     #[test]

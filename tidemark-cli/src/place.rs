@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use backup_core::ChainItem;
 use backup_core::SharedKey;
 use backup_core::{
-    ArchiveOptions, ArchiveSummary, BackupOptions, ChainKey, ChainStore, Event, KeyOptions,
-    LocalChain, PrunePlan, Retention, StorageBackend, KEY_FILE, KEY_FILE_COPY,
+    ArchiveOptions, ArchiveSummary, BackupOptions, ChainStore, Event, KeyOptions, LocalChain,
+    PrunePlan, Retention, StorageBackend, KEY_FILE, KEY_FILE_COPY,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -193,57 +193,34 @@ pub enum KeyUse {
     Create,
 }
 
-/// The key of the chain `plain` (opened without one): unwrapped from its key file with `keys`,
-/// or, for [`KeyUse::Create`] with encryption options and a chain that holds nothing yet, a
-/// new one, written to the chain before any archive. `None` for a plain chain.
+/// The key of the chain `plain` (opened without one): [`backup_core::open_chain_key`], a
+/// [`KeyUse::Create`] being its writer; says what it found and did. `None` for a plain chain.
 pub fn chain_key(
     plain: &dyn ChainStore,
     keys: &KeyOptions,
     usage: KeyUse,
 ) -> Result<Option<SharedKey>> {
-    let path = plain.location_of(KEY_FILE);
-    match backup_core::read_key_files(plain)? {
-        Some(files) => {
-            let key = ChainKey::unwrap(&files.path, &files.bytes, keys)?;
-            // The key opened the chain: a backup (under the lock) puts a damaged or missing
-            // key file or copy right from the other; any other command says what it found.
-            if usage == KeyUse::Create {
-                let written = backup_core::repair_key_files(plain, &files)?;
-                for problem in &files.problems {
-                    tracing::warn!("{problem}; written again from {}", files.path.display());
-                }
-                if files.no_copy && !written.is_empty() {
-                    tracing::info!(file = %plain.location_of(KEY_FILE_COPY).display(), "key file copy made");
-                }
-            } else {
-                for problem in &files.problems {
-                    tracing::warn!(
-                        "{problem}; the chain was opened with {} (the next backup writes it \
-                         again; `tidemark verify` reports it until then)",
-                        files.path.display()
-                    );
-                }
-            }
-            Ok(Some(Arc::new(key)))
-        }
-        None if usage == KeyUse::Create && keys.any() => {
-            let listing = plain.listing()?;
-            if !listing.slots.is_empty() || listing.head.is_some() {
-                bail!(
-                    "{}: holds unencrypted archives; encryption starts with a new chain (back \
-                     up to another directory or prefix)",
-                    plain.location().display()
-                );
-            }
-            let key = ChainKey::generate();
-            let bytes = key.wrap(&path, keys)?;
-            plain.write_key(&bytes)?;
-            plain.replace_key_file(KEY_FILE_COPY, &bytes)?;
-            tracing::info!(key = %key.id(), file = %path.display(), "new chain key");
-            Ok(Some(Arc::new(key)))
-        }
-        None => Ok(None),
+    let Some(opened) = backup_core::open_chain_key(plain, keys, usage == KeyUse::Create)? else {
+        return Ok(None);
+    };
+    let by = opened.path.display();
+    if opened.made {
+        tracing::info!(key = %opened.key.id(), file = %by, "new chain key");
     }
+    for problem in &opened.problems {
+        if usage == KeyUse::Create {
+            tracing::warn!("{problem}; written again from {by}");
+        } else {
+            tracing::warn!(
+                "{problem}; the chain was opened with {by} (the next backup writes it again; \
+                 `tidemark verify` reports it until then)"
+            );
+        }
+    }
+    if !opened.made && opened.problems.is_empty() && !opened.written.is_empty() {
+        tracing::info!(file = %plain.location_of(KEY_FILE_COPY).display(), "key file copy made");
+    }
+    Ok(Some(Arc::new(opened.key)))
 }
 
 /// The local chain in `dir`, with its key if it is encrypted.
