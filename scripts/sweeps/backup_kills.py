@@ -15,7 +15,7 @@ a SQLite-only binary in the same place) or TIDEMARK_BIN, and
 `cargo build --release -p backend-sled --example plain_sled`; for RocksDB, rocksdict in
 $TIDEMARK_PYTHON (scripts/test.sh installs it)."""
 import os, sys, shutil, hashlib, tempfile
-from common import BIN, run, write, dump
+from common import BIN, run, write, dump, kill_sweep
 kind, fmt, sc = sys.argv[1], sys.argv[2], sys.argv[3]
 maxn = int(sys.argv[4]) if len(sys.argv) > 4 else 10**6
 W = tempfile.mkdtemp(prefix=f"gs-{kind}-{fmt}-", dir=os.environ.get("TMPDIR", "/tmp"))
@@ -46,56 +46,60 @@ for s in range(3):
     tpl.append(d)
     r = backup(src, dest)
     assert r.returncode == 0, r.stderr
-problems = 0
-total = 0
-for s in range(3):
-    n = 1
-    while n <= maxn:
+
+
+def start_case(s):
+    """A fresh copy of step `s`'s template, with the source's content (and, for RocksDB, its
+    files' hashes) before the kill."""
+    def start(n):
         case = os.path.join(W, "case")
         shutil.rmtree(case, ignore_errors=True)
         shutil.copytree(tpl[s], case, symlinks=True)
-        csrc, cdest = os.path.join(case, "src"), os.path.join(case, "dest")
-        before_dump = dump(kind, csrc)
-        before_hash = hashes(csrc) if kind == "rocksdb" else None
-        r = backup(csrc, cdest, ["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-                                  f"inject={sc}:signal=KILL:when={n}"])
-        if r.returncode == 0:
-            print(f"step {s}: completed at n={n}: {n-1} kill points", flush=True)
-            break
-        total += 1
-        why = []
-        if r.returncode not in (137, -9) and "Killed" not in r.stderr:
-            why.append(f"backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
-        if kind == "rocksdb" and hashes(csrc) != before_hash:
-            why.append("source files changed")
-        v = run([BIN, "verify", cdest])
-        ok_v = v.returncode == 0 or (v.returncode == 3 and "interrupted" in v.stderr) or \
-            (v.returncode == 1 and ("holds no tidemark backup" in v.stderr
-                                    or "no such backup directory" in v.stderr))
-        if not ok_v:
-            why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
-        if v.returncode == 0:
-            # What verify calls whole must restore.
-            t = os.path.join(case, "r0")
-            rr = run([BIN, "restore", "--from", cdest, "--to", f"{kind}:{t}"])
-            if rr.returncode != 0:
-                why.append(f"verify 0 but restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-        if dump(kind, csrc) != before_dump:
-            why.append("source content changed")
-        r2 = backup(csrc, cdest)
-        if r2.returncode != 0:
-            why.append(f"next backup exit {r2.returncode}: {r2.stderr.strip()[-300:]}")
-        v2 = run([BIN, "verify", cdest])
-        if v2.returncode != 0:
-            why.append(f"verify after repair exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
-        t = os.path.join(case, "r1")
+        src = os.path.join(case, "src")
+        return {"dir": case, "src": src, "dest": os.path.join(case, "dest"),
+                "dump": dump(kind, src), "hash": hashes(src) if kind == "rocksdb" else None}
+    return start
+
+
+def command(case):
+    args = [BIN, "backup", "--source", f"{kind}:{case['src']}", "--to", case["dest"]]
+    return args + (["--format", "archive"] if fmt == "archive" else [])
+
+
+def check(case):
+    csrc, cdest = case["src"], case["dest"]
+    why = []
+    if kind == "rocksdb" and hashes(csrc) != case["hash"]:
+        why.append("source files changed")
+    v = run([BIN, "verify", cdest])
+    ok_v = v.returncode == 0 or (v.returncode == 3 and "interrupted" in v.stderr) or \
+        (v.returncode == 1 and ("holds no tidemark backup" in v.stderr
+                                or "no such backup directory" in v.stderr))
+    if not ok_v:
+        why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
+    if v.returncode == 0:
+        # What verify calls whole must restore.
+        t = os.path.join(case["dir"], "r0")
         rr = run([BIN, "restore", "--from", cdest, "--to", f"{kind}:{t}"])
         if rr.returncode != 0:
-            why.append(f"restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
-        elif dump(kind, t) != dump(kind, csrc):
-            why.append("restored content differs")
-        if why:
-            problems += 1
-            print(f"PROBLEM step {s} n={n}: " + " | ".join(why), flush=True)
-        n += 1
-print(f"{kind} {fmt} {sc}: {total} kills, {problems} problems", flush=True)
+            why.append(f"verify 0 but restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
+    if dump(kind, csrc) != case["dump"]:
+        why.append("source content changed")
+    r2 = backup(csrc, cdest)
+    if r2.returncode != 0:
+        why.append(f"next backup exit {r2.returncode}: {r2.stderr.strip()[-300:]}")
+    v2 = run([BIN, "verify", cdest])
+    if v2.returncode != 0:
+        why.append(f"verify after repair exit {v2.returncode}: {v2.stderr.strip()[-300:]}")
+    t = os.path.join(case["dir"], "r1")
+    rr = run([BIN, "restore", "--from", cdest, "--to", f"{kind}:{t}"])
+    if rr.returncode != 0:
+        why.append(f"restore exit {rr.returncode}: {rr.stderr.strip()[-300:]}")
+    elif dump(kind, t) != dump(kind, csrc):
+        why.append("restored content differs")
+    return why
+
+
+problems = sum(kill_sweep(f"{kind} {fmt} step {s}", sc, maxn, start_case(s), command, check)
+               for s in range(3))
+print(f"{kind} {fmt} {sc}: {problems} problems", flush=True)

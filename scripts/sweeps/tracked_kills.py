@@ -12,7 +12,7 @@ usage: tracked_kills.py SYSCALLS [archive|folder] [MAX_N]
   e.g. tracked_kills.py rename,renameat,renameat2
 needs: strace, the sqlite3 shell, and `cargo build --release -p tidemark-cli` or TIDEMARK_BIN."""
 import os, sys, shutil, tempfile, random
-from common import BIN, run
+from common import BIN, run, kill_sweep
 
 sc = sys.argv[1]
 fmt = sys.argv[2] if len(sys.argv) > 2 else "archive"
@@ -59,29 +59,32 @@ assert run([BIN, "track", "--source", f"sqlite:{src}"]).returncode == 0
 assert backup(src, dest).returncode == 0
 orig = dump(src)
 change(src, 1)
-problems = 0
-n = 1
-while n <= maxn:
+
+
+def start_case(n):
+    """A fresh copy of the template, with the source's content before the kill."""
     case = os.path.join(W, "case")
     shutil.rmtree(case, ignore_errors=True)
     shutil.copytree(tpl, case)
-    csrc, cdest = os.path.join(case, "s.db"), os.path.join(case, "bk")
-    before = dump(csrc)
-    r = backup(csrc, cdest, ["strace", "-f", "-qq", "-o", "/dev/null", "-e",
-                             f"inject={sc}:signal=KILL:when={n}"])
-    if r.returncode == 0:
-        print(f"completed at n={n}: {n - 1} kill points", flush=True)
-        break
+    src = os.path.join(case, "s.db")
+    return {"dir": case, "src": src, "dest": os.path.join(case, "bk"), "dump": dump(src)}
+
+
+def command(case):
+    return [BIN, "backup", "--source", f"sqlite:{case['src']}", "--to", case["dest"],
+            "--format", fmt]
+
+
+def check(case):
+    csrc, cdest, before = case["src"], case["dest"], case["dump"]
     why = []
-    if r.returncode not in (137, -9) and "Killed" not in r.stderr:
-        why.append(f"backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
     if dump(csrc) != before:
         why.append("the source's content changed")
     v = run([BIN, "verify", cdest])
     if not (v.returncode == 0 or (v.returncode == 3 and "interrupted" in v.stderr)):
         why.append(f"verify after kill: exit {v.returncode}: {v.stderr.strip()[-300:]}")
     if v.returncode == 0:
-        t = os.path.join(case, "r0.db")
+        t = os.path.join(case["dir"], "r0.db")
         rr = run([BIN, "restore", "--from", cdest, "--to", f"sqlite:{t}"])
         if rr.returncode != 0:
             why.append(f"restore after kill: {rr.stderr.strip()[-300:]}")
@@ -95,16 +98,16 @@ while n <= maxn:
         v = run([BIN, "verify", cdest])
         if v.returncode != 0:
             why.append(f"verify after the next backup: {v.stderr.strip()[-300:]}")
-        t = os.path.join(case, f"r{seed}.db")
+        t = os.path.join(case["dir"], f"r{seed}.db")
         rr = run([BIN, "restore", "--from", cdest, "--to", f"sqlite:{t}"])
         if rr.returncode != 0:
             why.append(f"restore after the next backup: {rr.stderr.strip()[-300:]}")
         elif dump(t) != dump(csrc):
             why.append(f"round {seed}: the restore differs from the source")
         change(csrc, seed)
-    if why:
-        problems += 1
-        print(f"n={n}: " + " | ".join(why), flush=True)
-    n += 1
+    return why
+
+
+problems = kill_sweep(f"tracked backup ({fmt})", sc, maxn, start_case, command, check)
 print(f"PROBLEMS {problems}")
 shutil.rmtree(W)
