@@ -38,6 +38,13 @@ pub const KEY_FILE: &str = ".tidemark-key";
 /// at their next backup.
 pub const KEY_FILE_COPY: &str = ".tidemark-key.copy";
 
+/// Whether the chain in the directory `dir` is encrypted: it holds the key file or its copy.
+pub fn is_encrypted_dir(dir: &Path) -> bool {
+    [KEY_FILE, KEY_FILE_COPY]
+        .iter()
+        .any(|name| dir.join(name).exists())
+}
+
 /// A chain's key file as it can be read: [`read_key_files`].
 #[derive(Debug)]
 pub struct KeyFiles {
@@ -106,6 +113,17 @@ pub fn read_key_files(store: &dyn crate::ChainStore) -> Result<Option<KeyFiles>>
             }
         }
     }))
+}
+
+/// What verify reports of the key file and its copy of the chain in `store` (none for a plain
+/// chain): each one damaged or missing, the other then opening the chain, or the key file's
+/// damage when neither is intact.
+pub(crate) fn key_file_problems(store: &dyn crate::ChainStore) -> Result<Vec<Error>> {
+    match read_key_files(store) {
+        Ok(files) => Ok(files.map(|f| f.problems).unwrap_or_default()),
+        Err(e @ Error::Damaged { .. }) => Ok(vec![e]),
+        Err(e) => Err(e),
+    }
 }
 
 /// A chain's key as [`open_chain_key`] opened (or made) it, and what it found on the way.
@@ -956,13 +974,7 @@ pub fn verify_sealed(
     let mut report = SealedReport::default();
     // The key file and its copy, without which no archive opens, are checked as far as they
     // can be without the key: their CRC32s and format, and that they are the same.
-    match read_key_files(store) {
-        Ok(files) => report
-            .problems
-            .extend(files.map(|f| f.problems).unwrap_or_default()),
-        Err(e @ Error::Damaged { .. }) => report.problems.push(e),
-        Err(e) => return Err(e),
-    }
+    report.problems.extend(key_file_problems(store)?);
     for (name, archive) in &stored {
         let done = report.bytes;
         // The archive read as stored, each byte once; the entries inside are sealed.

@@ -9,7 +9,7 @@ use backup_core::ChainItem;
 use backup_core::SharedKey;
 use backup_core::{
     ArchiveOptions, ArchiveSummary, BackupOptions, ChainStore, Event, KeyOptions, LocalChain,
-    PrunePlan, Retention, StorageBackend, KEY_FILE, KEY_FILE_COPY,
+    PrunePlan, Retention, StorageBackend, KEY_FILE_COPY,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,13 +91,11 @@ mod imp {
     /// The chain at `url` opened without a key, if it is encrypted.
     pub fn sealed(url: &str) -> Result<Option<Box<dyn ChainStore>>> {
         let plain = open(url)?;
-        Ok(
-            if plain.read_key()?.is_some() || plain.read_key_copy()?.is_some() {
-                Some(Box::new(plain))
-            } else {
-                None
-            },
-        )
+        Ok(if plain.is_encrypted()? {
+            Some(Box::new(plain))
+        } else {
+            None
+        })
     }
 
     /// The chain at `url` for a writer that starts later (a live backup): a new chain's key is
@@ -244,11 +242,6 @@ fn claim_local(
     Ok((lock, chain))
 }
 
-/// Whether the directory `dir` holds an encrypted chain (a key file).
-pub fn is_encrypted_dir(dir: &Path) -> bool {
-    dir.join(KEY_FILE).exists() || dir.join(KEY_FILE_COPY).exists()
-}
-
 /// Backs up into the archive chain at `place`. A local directory keeps its key state inside
 /// it, unless the chain is encrypted: then, as for an object store, the key state (which
 /// names every key) stays in the local cache (`cache`, or the default one).
@@ -290,7 +283,9 @@ pub fn writable_chain(place: &Place, keys: &KeyOptions) -> Result<Box<dyn ChainS
 pub fn sealed_chain(place: &Place) -> Result<Option<Box<dyn ChainStore>>> {
     match place {
         Place::Remote(url) => imp::sealed(url),
-        Place::Local(dir) if is_encrypted_dir(dir) => Ok(Some(Box::new(LocalChain::new(dir)))),
+        Place::Local(dir) if backup_core::is_encrypted_dir(dir) => {
+            Ok(Some(Box::new(LocalChain::new(dir))))
+        }
         Place::Local(_) => Ok(None),
     }
 }
@@ -309,7 +304,7 @@ pub fn prune(
     dry_run: bool,
 ) -> Result<PrunePlan> {
     match place {
-        Place::Local(d) if is_encrypted_dir(d) => Ok(backup_core::prune_local(
+        Place::Local(d) if backup_core::is_encrypted_dir(d) => Ok(backup_core::prune_local(
             &local_chain(d, keys, KeyUse::Open)?,
             retention,
             dry_run,

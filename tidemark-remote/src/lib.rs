@@ -625,7 +625,7 @@ impl ChainStore for RemoteChain {
             let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
             let mut seen = self.no_key_under.lock().unwrap_or_else(|p| p.into_inner());
             if held.is_none() || *seen != held {
-                if self.get(KEY_FILE)?.is_some() || self.get(KEY_FILE_COPY)?.is_some() {
+                if self.is_encrypted()? {
                     return Err(Error::Key {
                         path: self.location_of(KEY_FILE),
                         cause: NEEDS_KEY.into(),

@@ -51,6 +51,10 @@ pub trait ChainStore: Send + Sync + std::fmt::Debug {
     /// durably. Only ever with the bytes of the other file, checked and proven to open the
     /// chain, by a writer that holds the destination's lock ([`crate::crypt::repair_key_files`]).
     fn replace_key_file(&self, name: &str, bytes: &[u8]) -> Result<()>;
+    /// Whether the chain is encrypted: it holds its key file or the copy.
+    fn is_encrypted(&self) -> Result<bool> {
+        Ok(self.read_key()?.is_some() || self.read_key_copy()?.is_some())
+    }
     /// Every archive as stored, from names (and an object store's seals) alone, without reading
     /// a manifest: its name (with the CRC32 of its stored bytes) and a reader of those bytes.
     /// This is what can be checked of an encrypted chain without its key
@@ -631,11 +635,9 @@ impl LocalChain {
     /// Refuses to read or write an encrypted chain without its key (its sealed archives would
     /// read as damage, and a plain archive would join a sealed chain).
     fn guard(&self) -> Result<()> {
-        let key_file = self.dir.join(crate::crypt::KEY_FILE);
-        let encrypted = || key_file.exists() || self.dir.join(crate::crypt::KEY_FILE_COPY).exists();
-        if self.key.is_none() && encrypted() {
+        if self.key.is_none() && crate::crypt::is_encrypted_dir(&self.dir) {
             return Err(Error::Key {
-                path: key_file,
+                path: self.dir.join(crate::crypt::KEY_FILE),
                 cause: crate::crypt::NEEDS_KEY.into(),
             });
         }

@@ -42,13 +42,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(match open_backup(&dir, &keys)? {
             Backup::Chain(chain) => {
                 let b = bar.insert(crate::output::bytes_bar(hidden, "verifying"));
-                let mut report =
-                    verify_chain_with(&*chain, &mut |done, total| show(b, done, total))?;
-                // A damaged key file (or copy) the other opened the chain despite.
-                if let Some(files) = backup_core::read_key_files(&*chain)? {
-                    report.problems.extend(files.problems);
-                }
-                report
+                verify_chain_with(&*chain, &mut |done, total| show(b, done, total))?
             }
             Backup::Folder(d) => {
                 let b = bar.insert(crate::output::records_bar_on_terminal(hidden, "verifying"));
