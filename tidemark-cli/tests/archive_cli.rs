@@ -1289,12 +1289,7 @@ fn an_archive_of_a_newer_format_is_refused_not_taken_for_damage() {
         &["prune", "ar", "--keep-last", "1"],
     ] {
         let out = tidemark(args, d);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains("v99 is not supported") && err.contains("newer tidemark"),
-            "{args:?}: {err}"
-        );
+        common::assert_refused_as_newer(&out, args, "v99 is not supported");
     }
     assert!(!d.join("no.db").exists());
     assert_eq!(archives(&d.join("ar")).len(), 1, "nothing removed");

@@ -296,12 +296,7 @@ fn a_folder_of_a_newer_format_is_refused_not_replaced() {
         &["restore", "--from", "bk", "--to", "sqlite:no.db"],
     ] {
         let out = tidemark(args, d.path());
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains("format version 99 is not supported") && err.contains("newer tidemark"),
-            "{args:?}: {err}"
-        );
+        common::assert_refused_as_newer(&out, args, "format version 99 is not supported");
     }
     assert!(!d.join("no.db").exists());
     // The lock file names its last holder (the refused backup): everything else is as it was.

@@ -400,3 +400,14 @@ pub fn wait_for_sled_to_let_go(path: &Path) {
         backup_core::flock(&db, true, false).unwrap()
     });
 }
+
+/// Asserts that `out`, a run of `args`, refused a backup a newer tidemark wrote: exit 1 (not 3:
+/// it is not damage), saying that `unsupported` is not supported and naming a newer tidemark.
+pub fn assert_refused_as_newer(out: &Output, args: &[&str], unsupported: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert!(
+        err.contains(unsupported) && err.contains("newer tidemark"),
+        "{args:?}: {err}"
+    );
+}
