@@ -101,6 +101,63 @@ pub struct SqliteBackend {
     /// untracked database an application left a `-wal` beside (see
     /// [`SqliteBackend::open_for_backup`]).
     readonly_shm: bool,
+    /// The rolled-back copy read instead of a database whose writer died inside a
+    /// transaction (see [`SqliteBackend::open_for_backup`]).
+    copy: Option<RolledBackCopy>,
+}
+
+/// A copy of a database and of the hot journal its last writer left, in a scratch directory:
+/// SQLite rolls the copy back when it is opened, and the database itself is not written.
+struct RolledBackCopy {
+    /// The copy of the database file.
+    file: PathBuf,
+    _dir: backup_core::ScratchDir,
+}
+
+/// `path` with `suffix` appended to its file name (`-wal`, `-journal`).
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Whether `path` has a hot journal: a rollback journal left by a writer that died inside a
+/// transaction (its pages may be in the database file already), which the next connection
+/// that may write rolls back, writing the database file and removing the journal. SQLite
+/// itself decides, with its locks: a read-only connection refuses to read such a database
+/// (`SQLITE_READONLY_ROLLBACK`). The journal of a writer still running is not hot.
+fn has_hot_journal(path: &Path) -> bool {
+    if !suffixed(path, "-journal").is_file() {
+        return false;
+    }
+    let Ok(conn) = open_reader(path, false) else {
+        return false;
+    };
+    matches!(
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+    )
+}
+
+/// What tells one state of a file from another: device, inode, length, modification time and
+/// first bytes (a rollback deletes the journal, truncates it or zeroes its header); `None`
+/// once it is gone.
+fn file_state(path: &Path) -> Option<(u64, u64, u64, i64, i64, [u8; 8])> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    let mut head = [0u8; 8];
+    let _ = file.read(&mut head).ok()?;
+    Some((
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        head,
+    ))
 }
 
 impl std::fmt::Debug for SqliteBackend {
@@ -138,22 +195,44 @@ impl SqliteBackend {
     ///   then removes the `-wal`/`-shm` files it creates for a WAL database when the backup's
     ///   last connection closes, and the database file is left as it was;
     /// - with a `-wal` file (an application has it open, or was killed), read-only: the
-    ///   application's WAL is neither checkpointed nor removed by the backup.
+    ///   application's WAL is neither checkpointed nor removed by the backup;
+    /// - with a hot journal (a writer in a rollback-journal mode died inside a transaction, and
+    ///   pages of it may be in the database file), from a copy in the system's temporary
+    ///   directory, rolled back there, with a warning: a read-write open would roll the
+    ///   database itself back (writing it and removing the journal). Space for one copy of the
+    ///   database is needed there, and a live backup refuses such a database
+    ///   ([`SqliteBackend::open_for_live`]).
     ///
     /// The `-wal` file can vanish between the look and the open: the application's last
     /// connection closes, and SQLite removes the `-shm` (which a read-only connection cannot
     /// create) and then the `-wal`. A read-only open that fails is therefore tried again, a
     /// little later, from the choice on (at most three times).
     pub fn open_for_backup(path: &Path) -> Result<Self> {
-        let wal_present = || {
-            let mut wal = path.as_os_str().to_os_string();
-            wal.push("-wal");
-            PathBuf::from(wal).exists()
-        };
+        let wal_present = || suffixed(path, "-wal").exists();
         let mut attempt = 0;
         loop {
             if !wal_present() {
-                return Self::open(path);
+                if !has_hot_journal(path) {
+                    return Self::open(path);
+                }
+                match Self::open_rolled_back_copy(path)? {
+                    Some(backend) => return Ok(backend),
+                    None if attempt < 3 => {
+                        attempt += 1;
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::BadInput {
+                            path: path.to_path_buf(),
+                            cause: "its hot journal (left by a writer that died inside a \
+                                    transaction) changed every time it was copied: another \
+                                    process is rolling it back or writing; back it up once it \
+                                    has"
+                            .into(),
+                            source: None,
+                        })
+                    }
+                }
             }
             match Self::open_read_only(path) {
                 Err(_) if attempt < 3 => {
@@ -163,6 +242,69 @@ impl SqliteBackend {
                 done => return done,
             }
         }
+    }
+
+    /// [`SqliteBackend::open_for_backup`] for a live backup, which follows the database as its
+    /// application writes it: a database with a hot journal is refused (a live backup of a
+    /// rolled-back copy would never see a change), until its application opens it and rolls
+    /// the unfinished transaction back.
+    pub fn open_for_live(path: &Path) -> Result<Self> {
+        let backend = Self::open_for_backup(path)?;
+        if backend.copy.is_some() {
+            return Err(Error::BadInput {
+                path: path.to_path_buf(),
+                cause: "it has a hot journal (a writer died inside a transaction), which SQLite \
+                        rolls back at the next open that may write, and a live backup follows \
+                        the database itself without writing to it: start the live backup once \
+                        its application has opened it again (a one-off backup reads a \
+                        rolled-back copy)"
+                    .into(),
+                source: None,
+            });
+        }
+        Ok(backend)
+    }
+
+    /// [`SqliteBackend::open_for_backup`] of a database with a hot journal: the journal, then
+    /// the database file, are copied to a scratch directory, where SQLite rolls the copy back
+    /// when it is opened. `None` if the journal changed meanwhile (another process rolled it
+    /// back, or wrote): the copy may mix two states, and the caller looks again.
+    fn open_rolled_back_copy(path: &Path) -> Result<Option<Self>> {
+        let journal = suffixed(path, "-journal");
+        let Some(before) = file_state(&journal) else {
+            return Ok(None);
+        };
+        let dir = backup_core::ScratchDir::new("tidemark-sqlite-rollback-")?;
+        let file = dir.path().join("db");
+        let copy = |from: &Path, to: &Path| {
+            std::fs::copy(from, to)
+                .map(|_| ())
+                .map_err(|e| Error::io("copy", from, e))
+        };
+        copy(&journal, &suffixed(&file, "-journal"))?;
+        copy(path, &file)?;
+        if file_state(&journal) != Some(before) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            "{} has a hot journal ({}): a writer died inside a transaction, which SQLite rolls \
+             back at the next open that may write. The backup reads a copy rolled back in {} \
+             and leaves the database as it is (its application rolls it back when it opens it)",
+            describe(path),
+            journal.display(),
+            dir.path().display()
+        );
+        let mut backend = Self::open(&file).map_err(|e| match e {
+            Error::BadInput { cause, source, .. } => Error::BadInput {
+                path: path.to_path_buf(),
+                cause: format!("{cause} (in its copy, rolled back from its hot journal)"),
+                source,
+            },
+            e => e,
+        })?;
+        backend.path = path.to_path_buf();
+        backend.copy = Some(RolledBackCopy { file, _dir: dir });
+        Ok(Some(backend))
     }
 
     /// [`SqliteBackend::open_for_backup`] of a database with a `-wal` file.
@@ -222,6 +364,7 @@ impl SqliteBackend {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             readonly_shm: false,
+            copy: None,
         })
     }
 
@@ -261,6 +404,12 @@ impl SqliteBackend {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file read: the database's, or the rolled-back copy of a database with a hot
+    /// journal.
+    fn file(&self) -> &Path {
+        self.copy.as_ref().map_or(&self.path, |c| &c.file)
     }
 
     /// Installs change tracking (triggers and a change log inside the database), or completes
@@ -833,14 +982,14 @@ impl StorageBackend for SqliteBackend {
         let store = self.describe();
         let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
         let (conn, (checkpoint, floor), schema_version) =
-            open_snapshot(&self.path, self.readonly_shm, true).map_err(err)?;
+            open_snapshot(self.file(), self.readonly_shm, true).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
         let journal: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(err)?;
         Ok(Box::new(SqliteView {
             conn,
-            path: self.path.clone(),
+            path: self.file().to_path_buf(),
             readonly_shm: self.readonly_shm,
             store,
             checkpoint,

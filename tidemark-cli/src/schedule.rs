@@ -781,7 +781,7 @@ fn run_once(job: &Ready, to: &Place, log: &Mutex<dyn Write + Send>) -> Result<Do
             say(log, &format!("job {}: {n}", job.name));
         }
     };
-    let backend = stores::open_source(&job.source)?;
+    let backend = stores::open_source(&job.source, false)?;
     if let Place::Local(dir) = to {
         stores::check_backup_dir(dir, &job.source)?;
     }

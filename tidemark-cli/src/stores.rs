@@ -46,9 +46,15 @@ fn not_built(kind: StoreKind) -> anyhow::Error {
     anyhow!("this tidemark was built without the {kind} backend (rebuild with `--features {kind}`)")
 }
 
-/// Opens an existing store to back it up.
-pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
+/// Opens an existing store to back it up (`live`: to follow it with a live backup).
+pub fn open_source(url: &StoreUrl, live: bool) -> Result<Box<dyn StorageBackend>> {
+    #[cfg(not(feature = "sqlite"))]
+    let _ = live;
     match url.kind {
+        #[cfg(feature = "sqlite")]
+        StoreKind::Sqlite if live => Ok(Box::new(backend_sqlite::SqliteBackend::open_for_live(
+            &url.path,
+        )?)),
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => Ok(Box::new(backend_sqlite::SqliteBackend::open_for_backup(
             &url.path,
@@ -63,22 +69,18 @@ pub fn open_source(url: &StoreUrl) -> Result<Box<dyn StorageBackend>> {
 }
 
 /// Why every backup of `url` will be full, and how to change that: a SQLite database without
-/// change tracking (`tidemark track` installs it). `None` when its backups can be incremental.
-pub fn untracked(url: &StoreUrl) -> Option<String> {
+/// change tracking (`tidemark track` installs it), as the checkpoint of its backup names it.
+/// `None` when its backups can be incremental.
+pub fn untracked(url: &StoreUrl, checkpoint: &backup_core::Checkpoint) -> Option<String> {
     #[cfg(feature = "sqlite")]
-    if url.kind == StoreKind::Sqlite {
-        let tracked = backend_sqlite::SqliteBackend::open_for_backup(&url.path)
-            .and_then(|b| b.is_tracked())
-            .unwrap_or(true);
-        if !tracked {
-            return Some(format!(
-                "{url} has no change tracking, so every backup of it is full: run `tidemark \
-                 track --source {url}` once (it adds a change log and triggers to the database) \
-                 to make the next ones incremental"
-            ));
-        }
+    if url.kind == StoreKind::Sqlite && checkpoint.store_id.0 == backend_sqlite::UNTRACKED_ID {
+        return Some(format!(
+            "{url} has no change tracking, so every backup of it is full: run `tidemark track \
+             --source {url}` once (it adds a change log and triggers to the database) to make \
+             the next ones incremental"
+        ));
     }
-    let _ = url;
+    let _ = (url, checkpoint);
     None
 }
 

@@ -645,12 +645,14 @@ fn a_first_backup_stopped_at_any_point_is_never_called_intact() {
 }
 
 /// The source's files are hashed before and after full and incremental backups in both
-/// formats: rollback journal, WAL cleanly closed, and WAL left by a writer that was killed
-/// (its last transactions only in the `-wal`, which a read-write open would checkpoint into the
-/// database file and remove).
+/// formats: rollback journal, WAL cleanly closed, WAL left by a writer that was killed (its
+/// last transactions only in the `-wal`, which a read-write open would checkpoint into the
+/// database file and remove), and a hot rollback journal left by a writer killed in a
+/// transaction whose pages had spilled into the database file (a read-write open rolls it back:
+/// writes the database file and deletes the journal).
 #[test]
 fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
-    for mode in ["DELETE", "WAL", "WAL-crashed"] {
+    for mode in ["DELETE", "WAL", "WAL-crashed", "DELETE-crashed"] {
         let t = tempfile::tempdir().unwrap();
         let d = t.path();
         sql(
@@ -676,6 +678,24 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
             assert!(st.success());
             assert!(std::fs::metadata(d.join("src.db-wal")).unwrap().len() > 0);
         }
+        if mode == "DELETE-crashed" {
+            // Committed: 2 + 2000 rows. Killed in a transaction that rewrote every one of them,
+            // with a 5-page cache, so most of its pages are in the database file already.
+            let script = "import sqlite3, os\n\
+                          c = sqlite3.connect('src.db')\n\
+                          c.executemany('INSERT INTO t(v) VALUES (?)', [('c' * 200,)] * 2000)\n\
+                          c.commit()\n\
+                          c.execute('PRAGMA cache_size=5')\n\
+                          c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
+                          os._exit(0)\n";
+            let st = Command::new("python3")
+                .args(["-c", script])
+                .current_dir(d)
+                .status()
+                .unwrap();
+            assert!(st.success());
+            assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
+        }
         for round in 0..2 {
             let before = common::snapshot_files(d);
             let before: std::collections::BTreeMap<_, _> = before
@@ -693,14 +713,34 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                 after == before,
                 "{mode} round {round}: the source's files changed"
             );
-            if mode == "WAL-crashed" {
-                // Every row the killed writer committed is in the backup.
-                ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
-                let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
-                let n: i64 = conn
-                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-                    .unwrap();
-                assert_eq!(n, 52);
+            if mode.ends_with("-crashed") {
+                // Every row the killed writer committed is in the backups, and nothing of the
+                // transaction it left unfinished.
+                let rows = if mode == "WAL-crashed" { 52 } else { 2002 };
+                for (dest, target) in [("bk", "r.db"), ("ar", "ra.db"), ("", "src.db")] {
+                    if !dest.is_empty() {
+                        ok(
+                            &[
+                                "restore",
+                                "--from",
+                                dest,
+                                "--to",
+                                &format!("sqlite:{target}"),
+                            ],
+                            d,
+                        );
+                    }
+                    // Last, the source itself: SQLite still rolls its journal back.
+                    let conn = rusqlite::Connection::open(d.join(target)).unwrap();
+                    let got: (i64, i64) = conn
+                        .query_row(
+                            "SELECT count(*), count(*) FILTER (WHERE v = 'uncommitted') FROM t",
+                            [],
+                            |r| Ok((r.get(0)?, r.get(1)?)),
+                        )
+                        .unwrap();
+                    assert_eq!(got, (rows, 0), "{mode}: {target} (restored from {dest:?})");
+                }
                 break;
             }
             sql(
@@ -708,6 +748,100 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                 &format!("INSERT INTO t VALUES ({}, 'more');", 10 + round),
             );
         }
+    }
+}
+
+/// A tracked database (rollback journal) whose writer died inside a transaction: its
+/// incremental reads a rolled-back copy, stays incremental, holds the rows committed since the
+/// last backup and nothing of the unfinished transaction, and leaves the database and its hot
+/// journal as they were.
+#[test]
+fn an_incremental_of_a_tracked_database_with_a_hot_journal_reads_a_rolled_back_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000)
+         INSERT INTO t SELECT x, 'first' FROM c;",
+    );
+    ok(&["track", "--source", "sqlite:src.db"], d);
+    for dest in ["bk", "ar"] {
+        let format = if dest == "bk" { "folder" } else { "archive" };
+        common::backup(d, "sqlite:src.db", dest, format);
+    }
+    // Committed after the backups: rows 2001 to 2010 and an update of row 1.
+    sql(
+        &db,
+        "WITH RECURSIVE c(x) AS (SELECT 2001 UNION ALL SELECT x + 1 FROM c WHERE x < 2010)
+         INSERT INTO t SELECT x, 'second' FROM c; UPDATE t SET v = 'second' WHERE id = 1;",
+    );
+    let script = "import sqlite3, os\n\
+                  c = sqlite3.connect('src.db')\n\
+                  c.execute('PRAGMA cache_size=5')\n\
+                  c.execute(\"UPDATE t SET v = 'uncommitted' || v\")\n\
+                  c.execute(\"INSERT INTO t VALUES (9999, 'uncommitted')\")\n\
+                  os._exit(0)\n";
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
+    let before = common::snapshot_files(d);
+    let source_files = |m: std::collections::BTreeMap<String, Vec<u8>>| {
+        m.into_iter()
+            .filter(|(n, _)| n.starts_with("src.db"))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before = source_files(before);
+    for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+        let out = common::backup(d, "sqlite:src.db", dest, format);
+        assert!(out.contains("Backup (incremental)"), "{format}: {out}");
+        assert!(out.contains("11 records written"), "{format}: {out}");
+    }
+    // A live backup would follow a copy that never changes: refused, naming the hot journal.
+    let err = fails(
+        &[
+            "backup",
+            "--source",
+            "sqlite:src.db",
+            "--to",
+            "lv",
+            "--live",
+        ],
+        d,
+    );
+    assert!(err.contains("hot journal"), "{err}");
+    assert!(
+        source_files(common::snapshot_files(d)) == before,
+        "the source's files changed"
+    );
+    for (dest, target) in [("bk", "r.db"), ("ar", "ra.db"), ("", "src.db")] {
+        if !dest.is_empty() {
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    dest,
+                    "--to",
+                    &format!("sqlite:{target}"),
+                ],
+                d,
+            );
+        }
+        let conn = rusqlite::Connection::open(d.join(target)).unwrap();
+        let got: (i64, i64, i64) = conn
+            .query_row(
+                "SELECT count(*), count(*) FILTER (WHERE v = 'second'),
+                        count(*) FILTER (WHERE v LIKE 'uncommitted%') FROM t",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(got, (2010, 11, 0), "{target} (restored from {dest:?})");
     }
 }
 

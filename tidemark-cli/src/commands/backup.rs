@@ -188,7 +188,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             stores::check_backup_dir(dir, &source)?;
         }
     }
-    let backend = stores::open_source(&source)?;
+    let backend = stores::open_source(&source, live)?;
     let options = BackupOptions {
         mode: if full {
             BackupMode::Full
@@ -411,7 +411,7 @@ impl BackupJob<'_> {
                 writeln!(out, "Full backup: {reason}")?;
                 // Once, at the first backup: how to get incrementals.
                 if matches!(reason, backup_core::FullReason::FirstBackup) {
-                    if let Some(hint) = stores::untracked(source) {
+                    if let Some(hint) = stores::untracked(source, &summary.checkpoint) {
                         writeln!(out, "Note: {hint}")?;
                     }
                 }
