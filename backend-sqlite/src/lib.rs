@@ -101,17 +101,55 @@ pub struct SqliteBackend {
     /// untracked database an application left a `-wal` beside (see
     /// [`SqliteBackend::open_for_backup`]).
     readonly_shm: bool,
-    /// The rolled-back copy read instead of a database whose writer died inside a
-    /// transaction (see [`SqliteBackend::open_for_backup`]).
-    copy: Option<RolledBackCopy>,
+    /// The recovered copy read instead of a database SQLite can read only by writing (see
+    /// [`SqliteBackend::open_for_backup`]).
+    copy: Option<RecoveredCopy>,
 }
 
-/// A copy of a database and of the hot journal its last writer left, in a scratch directory:
-/// SQLite rolls the copy back when it is opened, and the database itself is not written.
-struct RolledBackCopy {
+/// A copy of a database and of what its last writer left beside it ([`Leftover`]), in a
+/// scratch directory: SQLite recovers the copy when it is opened, and the database itself is
+/// not written.
+struct RecoveredCopy {
     /// The copy of the database file.
     file: PathBuf,
+    /// What made the copy necessary.
+    why: Leftover,
     _dir: backup_core::ScratchDir,
+}
+
+/// What a writer left beside a database that SQLite can read only by writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leftover {
+    /// A hot rollback journal ([`has_hot_journal`]): reading rolls the database back.
+    HotJournal,
+    /// A `-wal` file without its `-shm` index (copied without it, or left by an application in
+    /// exclusive locking mode, which keeps the index in memory): a read-only connection cannot
+    /// build the index, and a read-write one writes it and checkpoints the WAL.
+    WalWithoutIndex,
+}
+
+impl Leftover {
+    /// The file beside the database.
+    fn suffix(self) -> &'static str {
+        match self {
+            Leftover::HotJournal => "-journal",
+            Leftover::WalWithoutIndex => "-wal",
+        }
+    }
+
+    /// What it is, for messages.
+    fn what(self) -> &'static str {
+        match self {
+            Leftover::HotJournal => {
+                "a hot journal (a writer died inside a transaction, which SQLite rolls back at \
+                 the next open that may write)"
+            }
+            Leftover::WalWithoutIndex => {
+                "a -wal file without its -shm index (which SQLite writes again at the next open \
+                 that may write, and checkpoints the WAL into the database)"
+            }
+        }
+    }
 }
 
 /// `path` with `suffix` appended to its file name (`-wal`, `-journal`).
@@ -199,8 +237,9 @@ impl SqliteBackend {
     /// - with a hot journal (a writer in a rollback-journal mode died inside a transaction, and
     ///   pages of it may be in the database file), from a copy in the system's temporary
     ///   directory, rolled back there, with a warning: a read-write open would roll the
-    ///   database itself back (writing it and removing the journal). Space for one copy of the
-    ///   database is needed there, and a live backup refuses such a database
+    ///   database itself back (writing it and removing the journal); the same with a `-wal`
+    ///   file without its `-shm` index, which a read-only connection cannot read. Space for one
+    ///   copy of the database is needed there, and a live backup refuses such a database
     ///   ([`SqliteBackend::open_for_live`]).
     ///
     /// The `-wal` file can vanish between the look and the open: the application's last
@@ -211,24 +250,33 @@ impl SqliteBackend {
         let wal_present = || suffixed(path, "-wal").exists();
         let mut attempt = 0;
         loop {
-            if !wal_present() {
+            let leftover = if !wal_present() {
                 if !has_hot_journal(path) {
                     return Self::open(path);
                 }
-                match Self::open_rolled_back_copy(path)? {
+                Some(Leftover::HotJournal)
+            } else if !suffixed(path, "-shm").exists() {
+                Some(Leftover::WalWithoutIndex)
+            } else {
+                None
+            };
+            if let Some(leftover) = leftover {
+                match Self::open_recovered_copy(path, leftover)? {
                     Some(backend) => return Ok(backend),
                     None if attempt < 3 => {
                         attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
                         continue;
                     }
                     None => {
                         return Err(Error::BadInput {
                             path: path.to_path_buf(),
-                            cause: "its hot journal (left by a writer that died inside a \
-                                    transaction) changed every time it was copied: another \
-                                    process is rolling it back or writing; back it up once it \
-                                    has"
-                            .into(),
+                            cause: format!(
+                                "it has {}, and it changed every time it was copied: another \
+                                 process is recovering or writing the database; back it up \
+                                 once it has",
+                                leftover.what()
+                            ),
                             source: None,
                         })
                     }
@@ -245,65 +293,72 @@ impl SqliteBackend {
     }
 
     /// [`SqliteBackend::open_for_backup`] for a live backup, which follows the database as its
-    /// application writes it: a database with a hot journal is refused (a live backup of a
-    /// rolled-back copy would never see a change), until its application opens it and rolls
-    /// the unfinished transaction back.
+    /// application writes it: a database read through a recovered copy (a hot journal, a
+    /// `-wal` without its `-shm`) is refused (a live backup of the copy would never see a
+    /// change), until its application opens it and recovers it.
     pub fn open_for_live(path: &Path) -> Result<Self> {
         let backend = Self::open_for_backup(path)?;
-        if backend.copy.is_some() {
+        if let Some(copy) = &backend.copy {
             return Err(Error::BadInput {
                 path: path.to_path_buf(),
-                cause: "it has a hot journal (a writer died inside a transaction), which SQLite \
-                        rolls back at the next open that may write, and a live backup follows \
-                        the database itself without writing to it: start the live backup once \
-                        its application has opened it again (a one-off backup reads a \
-                        rolled-back copy)"
-                    .into(),
+                cause: format!(
+                    "it has {}, and a live backup follows the database itself without writing \
+                     to it: start the live backup once its application has opened it again (a \
+                     one-off backup reads a recovered copy)",
+                    copy.why.what()
+                ),
                 source: None,
             });
         }
         Ok(backend)
     }
 
-    /// [`SqliteBackend::open_for_backup`] of a database with a hot journal: the journal, then
-    /// the database file, are copied to a scratch directory, where SQLite rolls the copy back
-    /// when it is opened. `None` if the journal changed meanwhile (another process rolled it
-    /// back, or wrote): the copy may mix two states, and the caller looks again.
-    fn open_rolled_back_copy(path: &Path) -> Result<Option<Self>> {
-        let journal = suffixed(path, "-journal");
-        let Some(before) = file_state(&journal) else {
+    /// [`SqliteBackend::open_for_backup`] of a database SQLite can read only by writing
+    /// ([`Leftover`]): the file beside it, then the database file, are copied to a scratch
+    /// directory, where SQLite recovers the copy when it is opened. `None` if either file
+    /// changed or vanished meanwhile (another process recovered the database, or wrote): the
+    /// copy may mix two states, and the caller looks again.
+    fn open_recovered_copy(path: &Path, why: Leftover) -> Result<Option<Self>> {
+        let beside = suffixed(path, why.suffix());
+        let (Some(beside_was), Some(db_was)) = (file_state(&beside), file_state(path)) else {
             return Ok(None);
         };
-        let dir = backup_core::ScratchDir::new("tidemark-sqlite-rollback-")?;
+        let dir = backup_core::ScratchDir::new("tidemark-sqlite-copy-")?;
         let file = dir.path().join("db");
-        let copy = |from: &Path, to: &Path| {
-            std::fs::copy(from, to)
-                .map(|_| ())
-                .map_err(|e| Error::io("copy", from, e))
-        };
-        copy(&journal, &suffixed(&file, "-journal"))?;
-        copy(path, &file)?;
-        if file_state(&journal) != Some(before) {
+        for (from, to) in [
+            (&beside, suffixed(&file, why.suffix())),
+            (&path.into(), file.clone()),
+        ] {
+            match std::fs::copy(from, &to) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(Error::io("copy", from, e)),
+            }
+        }
+        if file_state(&beside) != Some(beside_was) || file_state(path) != Some(db_was) {
             return Ok(None);
         }
         tracing::warn!(
-            "{} has a hot journal ({}): a writer died inside a transaction, which SQLite rolls \
-             back at the next open that may write. The backup reads a copy rolled back in {} \
-             and leaves the database as it is (its application rolls it back when it opens it)",
+            "{} has {}: the backup reads a copy recovered in {} and leaves the database as it \
+             is (its application recovers it when it opens it)",
             describe(path),
-            journal.display(),
+            why.what(),
             dir.path().display()
         );
         let mut backend = Self::open(&file).map_err(|e| match e {
             Error::BadInput { cause, source, .. } => Error::BadInput {
                 path: path.to_path_buf(),
-                cause: format!("{cause} (in its copy, rolled back from its hot journal)"),
+                cause: format!("{cause} (in its copy, recovered from {})", why.what()),
                 source,
             },
             e => e,
         })?;
         backend.path = path.to_path_buf();
-        backend.copy = Some(RolledBackCopy { file, _dir: dir });
+        backend.copy = Some(RecoveredCopy {
+            file,
+            why,
+            _dir: dir,
+        });
         Ok(Some(backend))
     }
 
@@ -406,8 +461,7 @@ impl SqliteBackend {
         &self.path
     }
 
-    /// The file read: the database's, or the rolled-back copy of a database with a hot
-    /// journal.
+    /// The file read: the database's, or its recovered copy ([`Leftover`]).
     fn file(&self) -> &Path {
         self.copy.as_ref().map_or(&self.path, |c| &c.file)
     }
