@@ -104,6 +104,8 @@ pub struct SqliteBackend {
     /// The recovered copy read instead of a database SQLite can read only by writing (see
     /// [`SqliteBackend::open_for_backup`]).
     copy: Option<RecoveredCopy>,
+    /// Whether the virtual tables backups leave out were named (once per backend).
+    named_virtual: std::sync::atomic::AtomicBool,
 }
 
 /// A copy of a database and of what its last writer left beside it ([`Leftover`]), in a
@@ -420,6 +422,7 @@ impl SqliteBackend {
             conn: Mutex::new(conn),
             readonly_shm: false,
             copy: None,
+            named_virtual: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1038,6 +1041,27 @@ impl StorageBackend for SqliteBackend {
         let (conn, (checkpoint, floor), schema_version) =
             open_snapshot(self.file(), self.readonly_shm, true).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
+        if !self
+            .named_virtual
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            let virtuals = table::virtual_tables(&conn).map_err(err)?;
+            if !virtuals.is_empty() {
+                let names: Vec<String> = virtuals
+                    .iter()
+                    .map(|(name, module)| format!("`{name}` ({module})"))
+                    .collect();
+                tracing::warn!(
+                    "{store}: virtual table{} {} {} not backed up (tidemark backs up ordinary \
+                     tables; create {} again after a restore, e.g. an FTS index from the \
+                     tables it indexes)",
+                    if names.len() == 1 { "" } else { "s" },
+                    names.join(", "),
+                    if names.len() == 1 { "is" } else { "are" },
+                    if names.len() == 1 { "it" } else { "them" },
+                );
+            }
+        }
         let journal: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(err)?;

@@ -155,6 +155,38 @@ impl Table {
     }
 }
 
+/// The virtual tables (FTS, R*Tree, …) of the main schema, with their modules, which backups
+/// leave out (as [`user_tables`] does their shadow tables).
+pub fn virtual_tables(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare(
+        "SELECT s.name, s.sql FROM sqlite_schema s \
+         JOIN pragma_table_list l ON l.name = s.name AND l.schema = 'main' \
+         WHERE s.type = 'table' AND l.type = 'virtual' ORDER BY s.rowid",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, sql) = row?;
+        // `CREATE VIRTUAL TABLE name USING module(args)`: the word after USING.
+        let module = sql
+            .as_deref()
+            .and_then(|sql| {
+                let upper = sql.to_ascii_uppercase();
+                let at = upper.find(" USING ")? + " USING ".len();
+                let rest = sql[at..].trim_start();
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                Some(rest[..end].to_string())
+            })
+            .unwrap_or_default();
+        out.push((name, module));
+    }
+    Ok(out)
+}
+
 /// Lists the user tables in creation order (not `sqlite_*`, not the backend's own, not virtual
 /// tables or their shadow tables).
 pub fn user_tables(conn: &Connection, store: &str) -> Result<Vec<Table>> {

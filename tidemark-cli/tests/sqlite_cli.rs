@@ -680,6 +680,67 @@ fn the_reason_for_a_full_backup_is_said_once() {
     assert_eq!(reasons, 1, "said once: {out}");
 }
 
+/// Virtual tables (an FTS5 index, an R*Tree) are not backed up, and the backup says so, naming
+/// each with its module, once per run (it said nothing, and the restore lacked them); the
+/// ordinary tables, and the FTS index's content table, are restored.
+#[test]
+fn virtual_tables_left_out_are_named() {
+    let d = Dir::new();
+    sql(
+        &d.join("app.db"),
+        "CREATE TABLE docs(id INTEGER PRIMARY KEY, body TEXT);
+         CREATE VIRTUAL TABLE docs_fts USING fts5(body, content='docs', content_rowid='id');
+         CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1);
+         INSERT INTO docs VALUES (1, 'hello world'), (2, 'other');
+         INSERT INTO docs_fts(docs_fts) VALUES ('rebuild');
+         INSERT INTO boxes VALUES (1, 0.0, 1.0);",
+    );
+    for format in ["folder", "archive"] {
+        let out = Command::new(common::bin())
+            .args(["backup", "--source", "sqlite:app.db", "--to", format])
+            .args(["--format", format])
+            .current_dir(d.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let named: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("not backed up"))
+            .collect();
+        assert_eq!(named.len(), 1, "{format}: named once: {err}");
+        assert!(
+            named[0].contains("`docs_fts` (fts5)") && named[0].contains("`boxes` (rtree)"),
+            "{format}: {err}"
+        );
+        // Shadow tables are neither backed up nor named.
+        assert!(!named[0].contains("docs_fts_data"), "{format}: {err}");
+        ok(
+            &[
+                "restore",
+                "--from",
+                format,
+                "--to",
+                &format!("sqlite:{format}.db"),
+            ],
+            d.path(),
+        );
+        let conn = rusqlite::Connection::open(d.join(&format!("{format}.db"))).unwrap();
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(tables, ["docs"], "{format}");
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM docs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "{format}");
+    }
+}
+
 /// An archive backup's summary counts the bytes it wrote (it said `0 B` while parts were still
 /// being compressed when it was counted).
 #[test]
