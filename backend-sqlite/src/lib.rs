@@ -249,21 +249,25 @@ impl SqliteBackend {
     /// create) and then the `-wal`. A read-only open that fails is therefore tried again, a
     /// little later, from the choice on (at most three times).
     pub fn open_for_backup(path: &Path) -> Result<Self> {
-        let wal_present = || suffixed(path, "-wal").exists();
+        // SQLite names the -wal, -shm and -journal files after the database's real path (it
+        // resolves symbolic links): looked for beside a link, a crashed writer's WAL was
+        // missed, and the read-write open checkpointed it and removed it.
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let wal_present = || suffixed(&real, "-wal").exists();
         let mut attempt = 0;
         loop {
             let leftover = if !wal_present() {
-                if !has_hot_journal(path) {
+                if !has_hot_journal(&real) {
                     return Self::open(path);
                 }
                 Some(Leftover::HotJournal)
-            } else if !suffixed(path, "-shm").exists() {
+            } else if !suffixed(&real, "-shm").exists() {
                 Some(Leftover::WalWithoutIndex)
             } else {
                 None
             };
             if let Some(leftover) = leftover {
-                match Self::open_recovered_copy(path, leftover)? {
+                match Self::open_recovered_copy(path, &real, leftover)? {
                     Some(backend) => return Ok(backend),
                     None if attempt < 3 => {
                         attempt += 1;
@@ -316,20 +320,21 @@ impl SqliteBackend {
     }
 
     /// [`SqliteBackend::open_for_backup`] of a database SQLite can read only by writing
-    /// ([`Leftover`]): the file beside it, then the database file, are copied to a scratch
+    /// ([`Leftover`]), whose real path (symbolic links resolved) is `real`: the file beside
+    /// it, then the database file, are copied to a scratch
     /// directory, where SQLite recovers the copy when it is opened. `None` if either file
     /// changed or vanished meanwhile (another process recovered the database, or wrote): the
     /// copy may mix two states, and the caller looks again.
-    fn open_recovered_copy(path: &Path, why: Leftover) -> Result<Option<Self>> {
-        let beside = suffixed(path, why.suffix());
-        let (Some(beside_was), Some(db_was)) = (file_state(&beside), file_state(path)) else {
+    fn open_recovered_copy(path: &Path, real: &Path, why: Leftover) -> Result<Option<Self>> {
+        let beside = suffixed(real, why.suffix());
+        let (Some(beside_was), Some(db_was)) = (file_state(&beside), file_state(real)) else {
             return Ok(None);
         };
         let dir = backup_core::ScratchDir::new("tidemark-sqlite-copy-")?;
         let file = dir.path().join("db");
         for (from, to) in [
             (&beside, suffixed(&file, why.suffix())),
-            (&path.into(), file.clone()),
+            (&real.into(), file.clone()),
         ] {
             match std::fs::copy(from, &to) {
                 Ok(_) => {}
@@ -337,7 +342,7 @@ impl SqliteBackend {
                 Err(e) => return Err(Error::io("copy", from, e)),
             }
         }
-        if file_state(&beside) != Some(beside_was) || file_state(path) != Some(db_was) {
+        if file_state(&beside) != Some(beside_was) || file_state(real) != Some(db_was) {
             return Ok(None);
         }
         tracing::warn!(

@@ -308,6 +308,8 @@ pub(crate) fn restore_to_path(
     progress: (Option<&RestoreProgress>, Option<u64>),
     fill: &mut dyn FnMut(Box<dyn RestoreSink + '_>) -> Result<RestoreSummary>,
 ) -> Result<RestoreSummary> {
+    let resolved = resolve_links(target)?;
+    let target = resolved.as_path();
     let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -368,6 +370,37 @@ pub(crate) fn restore_to_path(
     // left at `tmp` is the old store, or the unfinished new one.
     remove_store(factory, &tmp);
     swapped
+}
+
+/// The path a restore writes for `target`: `target` itself, or, where it is a symbolic link
+/// (to a file or directory, there or not yet), the path the link names, links resolved. A
+/// restore renames its new store into place: renamed over the link, it replaced the link with
+/// the store, in the link's directory, and left the store the link named as it was (the
+/// application's data on another volume, say), which is not what "restore into this path"
+/// means.
+fn resolve_links(target: &Path) -> Result<PathBuf> {
+    let mut path = target.to_path_buf();
+    // As the kernel allows (ELOOP past 40).
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if !is_link {
+            return Ok(path);
+        }
+        if let Ok(real) = std::fs::canonicalize(&path) {
+            return Ok(real);
+        }
+        // A link to nothing yet: the path it names, relative to the link's directory.
+        let named = std::fs::read_link(&path).map_err(|e| Error::io("read the link", &path, e))?;
+        path = match path.parent() {
+            Some(dir) => dir.join(named),
+            None => named,
+        };
+    }
+    Err(Error::BadInput {
+        path: target.to_path_buf(),
+        cause: "too many levels of symbolic links".into(),
+        source: None,
+    })
 }
 
 /// The name part of a restore's temporary store: `.NAME.tidemark-restore-TAG`.

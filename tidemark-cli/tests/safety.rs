@@ -763,6 +763,83 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
     }
 }
 
+/// A database named through a symbolic link: SQLite names its `-wal`, `-shm` and `-journal`
+/// after the file the link names, and so must the backup's look for them. Before, the backup
+/// looked beside the link, missed a killed writer's WAL, and its read-write open checkpointed
+/// the WAL into the database and removed it (and would roll a hot journal back).
+#[test]
+fn a_source_behind_a_symbolic_link_is_read_without_writing_to_it() {
+    for mode in ["WAL", "DELETE"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        sql(
+            &d.join("real/src.db"),
+            &format!(
+                "PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'a'), (2, 'b');"
+            ),
+        );
+        // Killed: with its last commits in the WAL only, or inside a transaction whose pages
+        // spilled into the database file (a hot journal).
+        let script = if mode == "WAL" {
+            "import sqlite3, os\n\
+             c = sqlite3.connect('src.db')\n\
+             c.execute('PRAGMA wal_autocheckpoint=0')\n\
+             c.executemany('INSERT INTO t(v) VALUES (?)', [('w' * 200,)] * 50)\n\
+             c.commit()\n\
+             os._exit(0)\n"
+        } else {
+            "import sqlite3, os\n\
+             c = sqlite3.connect('src.db')\n\
+             c.executemany('INSERT INTO t(v) VALUES (?)', [('w' * 200,)] * 50)\n\
+             c.commit()\n\
+             c.execute('PRAGMA cache_size=1')\n\
+             c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
+             os._exit(0)\n"
+        };
+        let st = Command::new("python3")
+            .args(["-c", script])
+            .current_dir(d.join("real"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let beside = if mode == "WAL" {
+            "src.db-wal"
+        } else {
+            "src.db-journal"
+        };
+        assert!(d.join("real").join(beside).exists(), "{mode}");
+        std::os::unix::fs::symlink("real/src.db", d.join("link.db")).unwrap();
+        let before = common::snapshot_files(&d.join("real"));
+        for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
+            common::backup(d, "sqlite:link.db", dest, format);
+        }
+        common::assert_unchanged(&d.join("real"), &before, mode);
+        for (dest, target) in [("bk", "r.db"), ("ar", "ra.db")] {
+            ok(
+                &[
+                    "restore",
+                    "--from",
+                    dest,
+                    "--to",
+                    &format!("sqlite:{target}"),
+                ],
+                d,
+            );
+            let conn = rusqlite::Connection::open(d.join(target)).unwrap();
+            let got: (i64, i64) = conn
+                .query_row(
+                    "SELECT count(*), count(*) FILTER (WHERE v = 'uncommitted') FROM t",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .unwrap();
+            assert_eq!(got, (52, 0), "{mode}: restored from {dest}");
+        }
+    }
+}
+
 /// A tracked database (rollback journal) whose writer died inside a transaction: its
 /// incremental reads a rolled-back copy, stays incremental, holds the rows committed since the
 /// last backup and nothing of the unfinished transaction, and leaves the database and its hot
@@ -1197,6 +1274,87 @@ fn a_folder_backup_never_replaces_what_was_in_its_directory() {
         ok(&["backup", "--source", "sqlite:src.db", "--to", "new"], d);
     }
     ok(&["verify", "empty"], d);
+}
+
+/// A restore into a symbolic link restores into the store the link names, and the link stays:
+/// a SQLite file and a RocksDB directory, there already (refused without `--force`, replaced
+/// with it) or not yet (a dangling link). Before, `--force` renamed the new store over the
+/// link: the link became the store, in the link's directory, and the store it named was left
+/// with its old data.
+#[test]
+fn a_restore_into_a_symbolic_link_restores_what_the_link_names() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'new'), (2, 'new');",
+    );
+    ok(&common::ARCHIVE_BACKUP, d);
+    std::fs::create_dir(d.join("data")).unwrap();
+    sql(
+        &d.join("data/app.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'old');",
+    );
+    std::os::unix::fs::symlink("data/app.db", d.join("app.db")).unwrap();
+    std::os::unix::fs::symlink("data/later.db", d.join("later.db")).unwrap();
+    let err = fails(&["restore", "--from", "ar", "--to", "sqlite:app.db"], d);
+    assert!(err.contains("use --force"), "{err}");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:app.db",
+            "--force",
+        ],
+        d,
+    );
+    ok(&["restore", "--from", "ar", "--to", "sqlite:later.db"], d);
+    for link in ["app.db", "later.db"] {
+        let meta = std::fs::symlink_metadata(d.join(link)).unwrap();
+        assert!(meta.file_type().is_symlink(), "{link} is still a link");
+        // Read by the sqlite3 shell, through the link and at the file it names.
+        for path in [d.join(link), d.join("data").join(link)] {
+            assert_same_dump(
+                &dump(&path),
+                &dump(&d.join("src.db")),
+                &path.display().to_string(),
+            );
+        }
+    }
+    #[cfg(feature = "rocksdb")]
+    {
+        ok(
+            &["restore", "--from", "ar", "--to", "rocksdb:data/rocks"],
+            d,
+        );
+        let want = common::kv::rocks_content(&d.join("data/rocks"));
+        {
+            // The application's own write, which the forced restore replaces.
+            let path = d.join("data/rocks");
+            let names = rocksdb::DB::list_cf(&rocksdb::Options::default(), &path).unwrap();
+            let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), &path, &names).unwrap();
+            db.put(b"extra", b"1").unwrap();
+        }
+        std::os::unix::fs::symlink("data/rocks", d.join("rocks")).unwrap();
+        ok(
+            &[
+                "restore",
+                "--from",
+                "ar",
+                "--to",
+                "rocksdb:rocks",
+                "--force",
+            ],
+            d,
+        );
+        assert!(std::fs::symlink_metadata(d.join("rocks"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(common::kv::rocks_content(&d.join("data/rocks")), want);
+    }
 }
 
 /// `restore --force` replaces a store of the target's kind, never anything else: a text file
