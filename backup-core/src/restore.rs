@@ -338,6 +338,12 @@ pub(crate) fn restore_to_path(
             holder,
         });
     }
+    if !force {
+        // Refused before the work rather than at the swap.
+        if let Some(orphan) = orphan_companions(factory, target).first() {
+            return Err(orphan_error(orphan));
+        }
+    }
     remove_debris(factory, &parent, &name);
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let tmp = parent.join(format!(".{name}.{RESTORE_TAG}{tag}"));
@@ -437,6 +443,14 @@ fn swap_into_place(
     let not_empty = || Error::TargetNotEmpty {
         path: target.to_path_buf(),
     };
+    // Refused without `force`; with it they go, as part of the target they belong to.
+    for orphan in orphan_companions(factory, target) {
+        if !force {
+            return Err(orphan_error(&orphan));
+        }
+        durable::crash_point("remove", &orphan);
+        std::fs::remove_file(&orphan).map_err(|e| Error::io("remove", &orphan, e))?;
+    }
     if !force {
         // A closed store has no companions: the new store is its main path alone.
         let alone = new_files.iter().skip(1).all(|f| !f.exists());
@@ -487,6 +501,35 @@ fn swap_into_place(
         durable::rename(&new_files[0], &old_files[0])?;
     }
     durable::sync_dir(parent)
+}
+
+/// The companion files of a file store (SQLite's `-wal`, `-shm`, `-journal`) that are at
+/// `target` while the store itself is not: left by a database deleted without them. SQLite
+/// applies a `-wal` or hot journal it finds beside a database to it, so a database restored
+/// beside them read as the deleted one's pages (a restore of one row read back as 50 rows of
+/// the old database, `PRAGMA integrity_check` ok).
+fn orphan_companions(factory: &dyn StoreFactory, target: &Path) -> Vec<PathBuf> {
+    if std::fs::symlink_metadata(target).is_ok() {
+        return Vec::new();
+    }
+    let files = factory.store_files(target);
+    files
+        .into_iter()
+        .skip(1)
+        .filter(|f| std::fs::symlink_metadata(f).is_ok())
+        .collect()
+}
+
+/// The refusal of a restore beside an orphan companion file (see [`orphan_companions`]).
+fn orphan_error(orphan: &Path) -> Error {
+    Error::BadInput {
+        path: orphan.to_path_buf(),
+        cause: "is there without the database it belongs to (deleted without it?), and the \
+                database would read it as its own: remove it, or use --force to replace it \
+                with the rest of the target"
+            .into(),
+        source: None,
+    }
 }
 
 /// Linux `renameat2(from, to, flags)`.

@@ -1276,6 +1276,64 @@ fn a_folder_backup_never_replaces_what_was_in_its_directory() {
     ok(&["verify", "empty"], d);
 }
 
+/// A restore to a SQLite path where only the `-wal` and `-shm` of a deleted database are left
+/// (killed with 50 rows in its WAL, then its file deleted): SQLite reads such a `-wal` as the
+/// new database's own. Before, the restore put its database beside them and reported one
+/// record, and the `sqlite3` shell read the old database's 50 rows instead (integrity_check
+/// ok). Now it is refused without `--force`, naming the file, and `--force` removes them.
+#[test]
+fn a_restore_beside_a_deleted_databases_wal_never_reads_it() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v); INSERT INTO t VALUES (1, 'fresh');",
+    );
+    ok(&common::ARCHIVE_BACKUP, d);
+    sql(
+        &d.join("old.db"),
+        "PRAGMA journal_mode=WAL; CREATE TABLE t(id INTEGER PRIMARY KEY, v);",
+    );
+    let script = "import sqlite3, os\n\
+                  c = sqlite3.connect('old.db')\n\
+                  c.execute('PRAGMA wal_autocheckpoint=0')\n\
+                  c.executemany('INSERT INTO t(v) VALUES (?)', [('stale',)] * 50)\n\
+                  c.commit()\n\
+                  os._exit(0)\n";
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::remove_file(d.join("old.db")).unwrap();
+    let wal = std::fs::read(d.join("old.db-wal")).unwrap();
+    assert!(!wal.is_empty());
+    let err = fails(&["restore", "--from", "ar", "--to", "sqlite:old.db"], d);
+    assert!(
+        err.contains("old.db-wal") && err.contains("--force"),
+        "{err}"
+    );
+    assert!(!d.join("old.db").exists());
+    assert_eq!(std::fs::read(d.join("old.db-wal")).unwrap(), wal);
+    ok(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:old.db",
+            "--force",
+        ],
+        d,
+    );
+    assert_same_dump(
+        &dump(&d.join("old.db")),
+        &dump(&d.join("src.db")),
+        "restored",
+    );
+}
+
 /// A restore into a symbolic link restores into the store the link names, and the link stays:
 /// a SQLite file and a RocksDB directory, there already (refused without `--force`, replaced
 /// with it) or not yet (a dangling link). Before, `--force` renamed the new store over the
