@@ -94,6 +94,32 @@ pub struct RemoteChain {
     /// The chain's key, when it is encrypted: archives and the manifests in seals are sealed
     /// with it.
     key: Option<SharedKey>,
+    /// Said with every error of an S3 chain given no credentials (see [`no_credentials`]).
+    credentials_hint: Option<&'static str>,
+}
+
+/// Said with the errors of an S3 chain given no credentials: object_store then asks the EC2
+/// instance metadata service, and its error named that service's address, nothing the user
+/// had set.
+const NO_AWS_CREDENTIALS: &str = "no AWS credentials are set, so the instance metadata \
+     service was asked for some: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
+     AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN), or AWS_SKIP_SIGNATURE=true for a public \
+     bucket";
+
+/// Whether an S3 builder has no source of credentials but the EC2 instance metadata service
+/// (object_store's last resort), which was not set explicitly either.
+fn no_credentials(builder: &object_store::aws::AmazonS3Builder) -> bool {
+    use object_store::aws::AmazonS3ConfigKey as K;
+    let set = |k: K| builder.get_config_value(&k).is_some_and(|v| !v.is_empty());
+    !(set(K::AccessKeyId)
+        || set(K::SecretAccessKey)
+        || (set(K::WebIdentityTokenFile) && set(K::RoleArn))
+        || set(K::ContainerCredentialsRelativeUri)
+        || (set(K::ContainerCredentialsFullUri) && set(K::ContainerAuthorizationTokenFile))
+        || set(K::MetadataEndpoint)
+        || builder
+            .get_config_value(&K::SkipSignature)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")))
 }
 
 impl std::fmt::Debug for RemoteChain {
@@ -130,6 +156,7 @@ impl RemoteChain {
             .collect();
         let (scheme, path) =
             object_store::ObjectStoreScheme::parse(&parsed).map_err(|e| unusable(e.into()))?;
+        let mut credentials_hint = None;
         let (store, parts_store, prefix): (
             Arc<dyn ObjectStore>,
             Option<Arc<dyn MultipartStore>>,
@@ -137,17 +164,17 @@ impl RemoteChain {
         ) = if scheme == object_store::ObjectStoreScheme::AmazonS3 {
             // Built as `parse_url_opts` builds it, kept as the S3 type for its multipart
             // interface.
-            let s3 = options
-                .iter()
-                .fold(
-                    object_store::aws::AmazonS3Builder::new().with_url(url),
-                    |b, (k, v)| match k.to_ascii_lowercase().parse() {
-                        Ok(k) => b.with_config(k, v.clone()),
-                        Err(_) => b,
-                    },
-                )
-                .build()
-                .map_err(unusable)?;
+            let builder = options.iter().fold(
+                object_store::aws::AmazonS3Builder::new().with_url(url),
+                |b, (k, v)| match k.to_ascii_lowercase().parse() {
+                    Ok(k) => b.with_config(k, v.clone()),
+                    Err(_) => b,
+                },
+            );
+            if no_credentials(&builder) {
+                credentials_hint = Some(NO_AWS_CREDENTIALS);
+            }
+            let s3 = builder.build().map_err(unusable)?;
             let prefix = ObjectPath::parse(path).map_err(|e| unusable(e.into()))?;
             let s3 = Arc::new(s3);
             (s3.clone(), Some(s3), prefix)
@@ -171,6 +198,7 @@ impl RemoteChain {
             held: Arc::default(),
             no_key_under: Arc::default(),
             key: None,
+            credentials_hint,
         })
     }
 
@@ -238,7 +266,10 @@ impl RemoteChain {
     }
 
     fn err(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        Error::store_cause(&self.url, what, e)
+        match self.credentials_hint {
+            Some(hint) => Error::store_cause(&self.url, format!("{what} ({hint})"), e),
+            None => Error::store_cause(&self.url, what, e),
+        }
     }
 
     /// Every object name directly under the prefix.
@@ -1192,5 +1223,51 @@ impl Read for BlockingStream<'_> {
         out[..n].copy_from_slice(&self.chunk[..n]);
         let _ = self.chunk.split_to(n);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// An S3 chain given no credentials says how to give some with its errors; one given any
+    /// source of them (or told to sign nothing) does not.
+    #[test]
+    fn an_s3_chain_without_credentials_is_told_so() {
+        let with = |opts: &[(&str, &str)]| {
+            let mut all = vec![("AWS_ALLOW_HTTP", "true")];
+            all.extend_from_slice(opts);
+            RemoteChain::open_with("s3://bucket/prefix", all.iter().copied())
+                .unwrap()
+                .credentials_hint
+        };
+        assert_eq!(with(&[]), Some(NO_AWS_CREDENTIALS));
+        assert_eq!(
+            with(&[("AWS_REGION", "eu-west-1")]),
+            Some(NO_AWS_CREDENTIALS)
+        );
+        for opts in [
+            &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")][..],
+            &[("AWS_SKIP_SIGNATURE", "true")],
+            &[
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+                ("AWS_ROLE_ARN", "arn"),
+            ],
+            &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/creds")],
+        ] {
+            assert_eq!(with(opts), None, "{opts:?}");
+        }
+        // Not S3: nothing to say.
+        let local = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", local.path().display());
+        let chain = RemoteChain::open_with(&url, std::iter::empty::<(&str, &str)>()).unwrap();
+        assert_eq!(chain.credentials_hint, None);
+        // The hint goes with the error's context; the cause is kept.
+        let chain =
+            RemoteChain::open_with("s3://bucket/prefix", [("AWS_ALLOW_HTTP", "true")]).unwrap();
+        let e = chain.err("list", std::io::Error::other("denied"));
+        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }
