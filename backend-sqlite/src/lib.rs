@@ -119,6 +119,16 @@ struct RecoveredCopy {
     _dir: backup_core::ScratchDir,
 }
 
+/// What [`SqliteBackend::open_rollback_reader`] found.
+enum Reader {
+    /// A read-only backend over the database.
+    Opened(Box<SqliteBackend>),
+    /// A database it does not apply to: opened read-write instead.
+    NotApplicable,
+    /// A hot journal appeared since it was looked for.
+    HotJournal,
+}
+
 /// What a writer left beside a database that SQLite can read only by writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leftover {
@@ -173,12 +183,23 @@ fn has_hot_journal(path: &Path) -> bool {
     let Ok(conn) = open_reader(path, false) else {
         return false;
     };
-    matches!(
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get::<_, i64>(0)),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
-    )
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_err_and(|e| is_hot_journal(&e))
 }
+
+/// Whether SQLite refused a read-only connection because of a hot journal.
+fn is_hot_journal(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(e, _)
+        if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
+}
+
+/// Why a backup stopped on a hot journal left after it opened the database.
+const HOT_JOURNAL_SINCE: &str = "a writer died inside a transaction and left a hot journal, \
+     which the backup does not roll back (it writes nothing to the database); back it up again \
+     once the application has opened the database, or now with a one-off backup, which reads a \
+     rolled-back copy";
 
 /// What tells one state of a file from another: device, inode, length, modification time and
 /// first bytes (a rollback deletes the journal, truncates it or zeroes its header); `None`
@@ -258,9 +279,19 @@ impl SqliteBackend {
         loop {
             let leftover = if !wal_present() {
                 if !has_hot_journal(&real) {
-                    return Self::open(path);
+                    match Self::open_rollback_reader(path)? {
+                        Reader::Opened(backend) => return Ok(*backend),
+                        Reader::NotApplicable => return Self::open(path),
+                        // A writer died inside a transaction since the look: look again.
+                        Reader::HotJournal if attempt < 3 => {
+                            attempt += 1;
+                            continue;
+                        }
+                        Reader::HotJournal => Some(Leftover::HotJournal),
+                    }
+                } else {
+                    Some(Leftover::HotJournal)
                 }
-                Some(Leftover::HotJournal)
             } else if !suffixed(&real, "-shm").exists() {
                 Some(Leftover::WalWithoutIndex)
             } else {
@@ -296,6 +327,32 @@ impl SqliteBackend {
                 done => return done,
             }
         }
+    }
+
+    /// [`SqliteBackend::open_for_backup`] of an untracked database in a rollback-journal mode:
+    /// its own connection is read-only, as its views' are, so that a hot journal that a writer
+    /// killed during the backup (or during a live backup, which keeps the connection for its
+    /// whole run) leaves is not rolled back in place by the backup's next read, as a
+    /// read-write connection's would be. Not applicable to a database in WAL mode (a read-only
+    /// connection cannot create its `-shm`) or a tracked one (the user opted in to writes).
+    fn open_rollback_reader(path: &Path) -> Result<Reader> {
+        Self::check_file(path)?;
+        let Ok(conn) = open_reader(path, false) else {
+            return Ok(Reader::NotApplicable);
+        };
+        wait_for_locks(&conn)
+            .map_err(|e| Error::store_cause(describe(path), "setting the busy timeout", e))?;
+        let mode = conn.query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0));
+        match mode {
+            Err(e) if is_hot_journal(&e) => return Ok(Reader::HotJournal),
+            Ok(mode) if !mode.eq_ignore_ascii_case("wal") => {}
+            // WAL mode, or an error the read-write open reports with its own words.
+            _ => return Ok(Reader::NotApplicable),
+        }
+        if tracking::is_tracked(&conn).unwrap_or(true) {
+            return Ok(Reader::NotApplicable);
+        }
+        Ok(Reader::Opened(Box::new(Self::with(path, conn)?)))
     }
 
     /// [`SqliteBackend::open_for_backup`] for a live backup, which follows the database as its
@@ -1035,16 +1092,31 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn current_checkpoint(&self) -> Result<Checkpoint> {
-        checkpoint_of(&self.lock())
-            .map(|(c, _)| c)
-            .map_err(|e| self.err(e))
+        checkpoint_of(&self.lock()).map(|(c, _)| c).map_err(|e| {
+            if is_hot_journal(&e) {
+                Error::store_cause(self.describe(), HOT_JOURNAL_SINCE, e)
+            } else {
+                self.err(e)
+            }
+        })
     }
 
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store = self.describe();
         let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
         let (conn, (checkpoint, floor), schema_version) =
-            open_snapshot(self.file(), self.readonly_shm, true).map_err(err)?;
+            open_snapshot(self.file(), self.readonly_shm, true).map_err(|e| {
+                if is_hot_journal(&e) {
+                    // Left since the backend opened (a live backup's writer was killed).
+                    Error::store_cause(
+                        &store,
+                        format!("opening a read view: {}", HOT_JOURNAL_SINCE),
+                        e,
+                    )
+                } else {
+                    err(e)
+                }
+            })?;
         let tables = user_tables(&conn, &store)?;
         if !self
             .named_virtual

@@ -840,6 +840,64 @@ fn a_source_behind_a_symbolic_link_is_read_without_writing_to_it() {
     }
 }
 
+/// A live backup of an untracked database in rollback-journal mode whose writer is killed
+/// inside a transaction while it runs (its pages spilled into the database file: a hot
+/// journal). The backup keeps its connection for the whole run: read-write, its next read
+/// rolled the journal back in place, writing the database and removing the journal. Now its
+/// connections are read-only: the database and journal stay byte for byte, and the live backup
+/// stops with an error that says what happened.
+#[test]
+fn a_live_backup_never_rolls_back_a_journal_left_while_it_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    sql(
+        &d.join("src.db"),
+        "PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000)
+         INSERT INTO t SELECT x, 'committed' FROM c;",
+    );
+    let live = start_live(d, "lv", "archive");
+    let script = "import sqlite3, os\n\
+                  c = sqlite3.connect('src.db')\n\
+                  c.execute('PRAGMA cache_size=5')\n\
+                  c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
+                  os._exit(0)\n";
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(d.join("src.db-journal").exists());
+    let source = |d: &Path| {
+        common::snapshot_files(d)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("src.db"))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let before = source(d);
+    // Several of the live backup's polls go by.
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = common::sigterm(live);
+    assert!(source(d) == before, "the source's files changed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("hot journal"),
+        "{err}"
+    );
+    // The backup holds the committed rows; SQLite still rolls the database back itself.
+    ok(&["restore", "--from", "lv", "--to", "sqlite:r.db"], d);
+    for db in ["r.db", "src.db"] {
+        let conn = rusqlite::Connection::open(d.join(db)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t WHERE v = 'committed'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 2000, "{db}");
+    }
+}
+
 /// A tracked database (rollback journal) whose writer died inside a transaction: its
 /// incremental reads a rolled-back copy, stays incremental, holds the rows committed since the
 /// last backup and nothing of the unfinished transaction, and leaves the database and its hot
