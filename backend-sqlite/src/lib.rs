@@ -106,6 +106,33 @@ pub struct SqliteBackend {
     copy: Option<RecoveredCopy>,
     /// Whether the virtual tables backups leave out were named (once per backend).
     named_virtual: std::sync::atomic::AtomicBool,
+    /// The `-wal` of an untracked database in WAL mode that this backend's read-write
+    /// connection opened without one (see [`SqliteBackend::keep_others_wal`]).
+    others_wal: Option<PathBuf>,
+    /// The connection's `PRAGMA data_version` when the last view was opened: an untracked
+    /// database has no change log, and this is how [`StorageBackend::wait_for_changes`] sees
+    /// that another connection committed since.
+    seen_version: std::sync::atomic::AtomicI64,
+}
+
+impl Drop for SqliteBackend {
+    fn drop(&mut self) {
+        // An application that wrote while the backup was connected left its WAL to the last
+        // connection to close, this one, whose close would checkpoint the WAL into the database
+        // file and remove it: a write to a database the user never opted in to. It is left as
+        // the application would have left it had it closed last after a crash, which SQLite
+        // reads as usual. An empty WAL (nobody wrote) goes as it came.
+        let Some(wal) = &self.others_wal else {
+            return;
+        };
+        if std::fs::metadata(wal).is_ok_and(|m| m.len() > 0) {
+            let conn = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+            let _ = conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            );
+        }
+    }
 }
 
 /// A copy of a database and of what its last writer left beside it ([`Leftover`]), in a
@@ -281,7 +308,11 @@ impl SqliteBackend {
                 if !has_hot_journal(&real) {
                     match Self::open_rollback_reader(path)? {
                         Reader::Opened(backend) => return Ok(*backend),
-                        Reader::NotApplicable => return Self::open(path),
+                        Reader::NotApplicable => {
+                            let mut backend = Self::open(path)?;
+                            backend.keep_others_wal(&real)?;
+                            return Ok(backend);
+                        }
                         // A writer died inside a transaction since the look: look again.
                         Reader::HotJournal if attempt < 3 => {
                             attempt += 1;
@@ -353,6 +384,35 @@ impl SqliteBackend {
             return Ok(Reader::NotApplicable);
         }
         Ok(Reader::Opened(Box::new(Self::with(path, conn)?)))
+    }
+
+    /// The connection's `PRAGMA data_version`, which changes when another connection commits.
+    fn data_version(&self) -> Result<i64> {
+        self.lock()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| {
+                if is_hot_journal(&e) {
+                    Error::store_cause(self.describe(), HOT_JOURNAL_SINCE, e)
+                } else {
+                    self.err(e)
+                }
+            })
+    }
+
+    /// Notes the `-wal` (beside `real`, the database's real path) of an untracked database in
+    /// WAL mode opened read-write without one, whose close would checkpoint what an
+    /// application wrote meanwhile (see the `Drop` impl).
+    fn keep_others_wal(&mut self, real: &Path) -> Result<()> {
+        let conn = self.conn.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| Error::store_cause(describe(&self.path), "reading the journal mode", e))?;
+        let tracked = tracking::is_tracked(conn)
+            .map_err(|e| Error::store_cause(describe(&self.path), "", e))?;
+        if mode.eq_ignore_ascii_case("wal") && !tracked {
+            self.others_wal = Some(suffixed(real, "-wal"));
+        }
+        Ok(())
     }
 
     /// [`SqliteBackend::open_for_backup`] for a live backup, which follows the database as its
@@ -485,6 +545,8 @@ impl SqliteBackend {
             readonly_shm: false,
             copy: None,
             named_virtual: std::sync::atomic::AtomicBool::new(false),
+            others_wal: None,
+            seen_version: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
     }
 
@@ -1103,6 +1165,10 @@ impl StorageBackend for SqliteBackend {
 
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store = self.describe();
+        // Before the view's snapshot: a commit in between is in the view and seen again by
+        // the next wait (one more run), never missed.
+        self.seen_version
+            .store(self.data_version()?, std::sync::atomic::Ordering::SeqCst);
         let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
         let (conn, (checkpoint, floor), schema_version) =
             open_snapshot(self.file(), self.readonly_shm, true).map_err(|e| {
@@ -1161,8 +1227,17 @@ impl StorageBackend for SqliteBackend {
 
     fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
+        // Untracked, the position stays 0 whatever is committed: a live backup of such a
+        // database took its first backup and never another. Another connection's commit
+        // changes the data version instead.
+        let untracked = after.store_id.0 == UNTRACKED_ID;
         loop {
-            if self.current_checkpoint()?.position > after.position {
+            let moved = if untracked {
+                self.data_version()? != self.seen_version.load(std::sync::atomic::Ordering::SeqCst)
+            } else {
+                self.current_checkpoint()?.position > after.position
+            };
+            if moved {
                 return Ok(true);
             }
             if Instant::now() >= deadline {

@@ -840,6 +840,81 @@ fn a_source_behind_a_symbolic_link_is_read_without_writing_to_it() {
     }
 }
 
+/// A live backup of an untracked database (WAL mode closed cleanly, and rollback-journal
+/// mode) while an application opens it, commits 50 rows and closes it. Before, the live
+/// backup never ran again after its first backup (an untracked database's position stays 0,
+/// and that was all it waited on), and in WAL mode its close, the last, checkpointed the
+/// application's WAL into the database and removed it. Now the commit is seen (another run,
+/// the 50 rows restored) and the database and its WAL are left as the application left them
+/// (the `-shm` index gets the read marks every WAL reader writes).
+#[test]
+fn a_live_backup_of_an_untracked_database_follows_other_writers_without_writing() {
+    for mode in ["WAL", "DELETE"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        sql(
+            &d.join("src.db"),
+            &format!(
+                "PRAGMA journal_mode={mode}; CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);
+                 INSERT INTO t VALUES (1, 'first');"
+            ),
+        );
+        let live = start_live(d, "lv", "archive");
+        let script = "import sqlite3\n\
+                      c = sqlite3.connect('src.db')\n\
+                      c.execute('PRAGMA wal_autocheckpoint=0')\n\
+                      c.executemany('INSERT INTO t(v) VALUES (?)', [('w',)] * 50)\n\
+                      c.commit()\n\
+                      c.close()\n";
+        let st = Command::new("python3")
+            .args(["-c", script])
+            .current_dir(d)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let source = |d: &Path| {
+            common::snapshot_files(d)
+                .into_iter()
+                .filter(|(n, _)| n.starts_with("src.db"))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        let before = source(d);
+        if mode == "WAL" {
+            // The application was not the last to close: its WAL is still there.
+            assert!(std::fs::metadata(d.join("src.db-wal")).unwrap().len() > 0);
+        }
+        // The next run takes the commit; then the live backup stops cleanly.
+        common::wait_for("a second run", || {
+            let out = common::tidemark(&["list", "lv", "--json"], d);
+            String::from_utf8_lossy(&out.stdout)
+                .matches("\"type\":\"archive\"")
+                .count()
+                >= 2
+        });
+        sigterm(live);
+        let after = source(d);
+        for (name, bytes) in &before {
+            // The -shm is SQLite's shared-memory index of the WAL, not the database: every
+            // reader of a WAL database takes a read mark in it, the application's own too.
+            if name.ends_with("-shm") {
+                continue;
+            }
+            assert!(
+                after.get(name) == Some(bytes),
+                "{mode}: {name} changed or went ({:?})",
+                after.keys().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(after.len(), before.len(), "{mode}: files added");
+        ok(&["restore", "--from", "lv", "--to", "sqlite:r.db"], d);
+        let conn = rusqlite::Connection::open(d.join("r.db")).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 51, "{mode}");
+    }
+}
+
 /// A live backup of an untracked database in rollback-journal mode whose writer is killed
 /// inside a transaction while it runs (its pages spilled into the database file: a hot
 /// journal). The backup keeps its connection for the whole run: read-write, its next read
