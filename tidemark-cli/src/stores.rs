@@ -48,6 +48,18 @@ fn not_built(kind: StoreKind) -> anyhow::Error {
 
 /// Opens an existing store to back it up (`live`: to follow it with a live backup).
 pub fn open_source(url: &StoreUrl, live: bool) -> Result<Box<dyn StorageBackend>> {
+    // sled allows one process at a time, and the backup holds the database's lock while it
+    // reads: a live backup held it for its whole run, so the application could not open its
+    // own database, and nothing it followed ever changed.
+    if live && url.kind == StoreKind::Sled {
+        return Err(anyhow!(
+            "{url}: a live backup of a sled database from another process would hold its lock \
+             (sled allows one process at a time) for as long as it runs, and the application \
+             could not open its database: follow it from inside the application \
+             (backend_sled::TrackedDb with backup_core::LiveBackup), or take one-off backups \
+             while the application is stopped"
+        ));
+    }
     #[cfg(not(feature = "sqlite"))]
     let _ = live;
     match url.kind {

@@ -165,6 +165,36 @@ fn a_sled_database_open_in_another_process_is_refused_plainly() {
 /// incremental, folder or archive: every file's bytes are the same after the backup (sled
 /// itself rewrites its snapshot file whenever it opens a database, so the backup reads a
 /// copy); the application's plain sled opens it afterwards and sees exactly its own trees.
+/// `--live` on a sled database is refused at once, plain or tracked, naming the way to follow
+/// one (from inside its application): sled allows one process at a time, and the live backup
+/// held the database's lock for its whole run, so the application could not open it (and the
+/// copy it read never changed). The database is left unchanged and unlocked.
+#[test]
+fn a_live_backup_of_sled_is_refused_and_holds_no_lock() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    {
+        let db = sled::open(d.join("app")).unwrap();
+        db.insert(b"k", b"v".to_vec()).unwrap();
+        db.flush().unwrap();
+    }
+    common::wait_for_sled_to_let_go(&d.join("app"));
+    let before = sled_content(&d.join("app"));
+    common::wait_for_sled_to_let_go(&d.join("app"));
+    let err = fails(
+        &["backup", "--source", "sled:app", "--to", "bk", "--live"],
+        d,
+    );
+    assert!(err.contains("TrackedDb") && err.contains("lock"), "{err}");
+    assert!(!d.join("bk").exists(), "nothing written: {err}");
+    // The application opens its database at once.
+    let db = sled::open(d.join("app")).unwrap();
+    assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
+    drop(db);
+    common::wait_for_sled_to_let_go(&d.join("app"));
+    assert_eq!(sled_content(&d.join("app")), before);
+}
+
 #[test]
 fn backups_add_nothing_to_a_plain_sled_database() {
     let t = tempfile::tempdir().unwrap();
