@@ -323,12 +323,7 @@ fn restore_force_over_a_database_with_a_live_wal() {
                   c.executemany('INSERT INTO users VALUES (?, ?)', [(i, 'stale') for i in range(1, 500)])\n\
                   c.commit()\n\
                   os._exit(0)\n";
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::python_script(d, script);
     assert!(std::fs::metadata(d.join("old.db-wal")).unwrap().len() > 0);
     ok(
         &[
@@ -677,12 +672,7 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                           c.executemany('INSERT INTO t(v) VALUES (?)', [('w',)] * 50)\n\
                           c.commit()\n\
                           os._exit(0)\n";
-            let st = Command::new("python3")
-                .args(["-c", script])
-                .current_dir(d)
-                .status()
-                .unwrap();
-            assert!(st.success());
+            common::python_script(d, script);
             assert!(std::fs::metadata(d.join("src.db-wal")).unwrap().len() > 0);
             if mode.ends_with("no-shm") {
                 // The WAL without its index, as a copy of the two files leaves it (the index is
@@ -700,12 +690,7 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
                           c.execute('PRAGMA cache_size=5')\n\
                           c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
                           os._exit(0)\n";
-            let st = Command::new("python3")
-                .args(["-c", script])
-                .current_dir(d)
-                .status()
-                .unwrap();
-            assert!(st.success());
+            common::python_script(d, script);
             assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
         }
         for round in 0..2 {
@@ -798,12 +783,7 @@ fn a_source_behind_a_symbolic_link_is_read_without_writing_to_it() {
              c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
              os._exit(0)\n"
         };
-        let st = Command::new("python3")
-            .args(["-c", script])
-            .current_dir(d.join("real"))
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::python_script(&d.join("real"), script);
         let beside = if mode == "WAL" {
             "src.db-wal"
         } else {
@@ -866,12 +846,7 @@ fn a_live_backup_of_an_untracked_database_follows_other_writers_without_writing(
                       c.executemany('INSERT INTO t(v) VALUES (?)', [('w',)] * 50)\n\
                       c.commit()\n\
                       c.close()\n";
-        let st = Command::new("python3")
-            .args(["-c", script])
-            .current_dir(d)
-            .status()
-            .unwrap();
-        assert!(st.success());
+        common::python_script(d, script);
         let source = |d: &Path| {
             common::snapshot_files(d)
                 .into_iter()
@@ -937,12 +912,7 @@ fn a_live_backup_never_rolls_back_a_journal_left_while_it_runs() {
                   c.execute('PRAGMA cache_size=5')\n\
                   c.execute(\"UPDATE t SET v = 'uncommitted'\")\n\
                   os._exit(0)\n";
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::python_script(d, script);
     assert!(d.join("src.db-journal").exists());
     let source = |d: &Path| {
         common::snapshot_files(d)
@@ -1005,12 +975,7 @@ fn an_incremental_of_a_tracked_database_with_a_hot_journal_reads_a_rolled_back_c
                   c.execute(\"UPDATE t SET v = 'uncommitted' || v\")\n\
                   c.execute(\"INSERT INTO t VALUES (9999, 'uncommitted')\")\n\
                   os._exit(0)\n";
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::python_script(d, script);
     assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
     let before = common::snapshot_files(d);
     let source_files = |m: std::collections::BTreeMap<String, Vec<u8>>| {
@@ -1397,12 +1362,7 @@ fn a_restore_beside_a_deleted_databases_wal_never_reads_it() {
                   c.executemany('INSERT INTO t(v) VALUES (?)', [('stale',)] * 50)\n\
                   c.commit()\n\
                   os._exit(0)\n";
-    let st = Command::new("python3")
-        .args(["-c", script])
-        .current_dir(d)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    common::python_script(d, script);
     std::fs::remove_file(d.join("old.db")).unwrap();
     let wal = std::fs::read(d.join("old.db-wal")).unwrap();
     assert!(!wal.is_empty());

@@ -95,6 +95,18 @@ pub fn stop_cleanly(child: std::process::Child) -> Output {
     out
 }
 
+/// Runs a Python script (`python3 -c`, its `sqlite3` module: an independent SQLite client) in
+/// `dir`, which must succeed: a writer killed with `os._exit` leaves a database as a crashed
+/// application would.
+pub fn python_script(dir: &Path, script: &str) {
+    let st = Command::new("python3")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "python3 -c {script}");
+}
+
 /// Runs an SQL script with the `sqlite3` shell (an independent client), with a busy timeout.
 pub fn sql(db: &Path, script: &str) {
     use std::io::Write;
