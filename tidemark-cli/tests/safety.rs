@@ -639,6 +639,15 @@ fn a_first_backup_stopped_at_any_point_is_never_called_intact() {
     }
 }
 
+/// The files of the database `src.db` in `d` (it, its `-wal`, `-shm` and `-journal`) with
+/// their bytes.
+fn source_files(d: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    common::snapshot_files(d)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("src.db"))
+        .collect()
+}
+
 /// The source's files are hashed before and after full and incremental backups in both
 /// formats: rollback journal, WAL cleanly closed, WAL left by a writer that was killed (its
 /// last transactions only in the `-wal`, which a read-write open would checkpoint into the
@@ -694,18 +703,11 @@ fn backups_of_an_untracked_sqlite_database_write_nothing_to_it() {
             assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
         }
         for round in 0..2 {
-            let before = common::snapshot_files(d);
-            let before: std::collections::BTreeMap<_, _> = before
-                .into_iter()
-                .filter(|(n, _)| n.starts_with("src.db"))
-                .collect();
+            let before = source_files(d);
             for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
                 common::backup(d, "sqlite:src.db", dest, format);
             }
-            let after: std::collections::BTreeMap<_, _> = common::snapshot_files(d)
-                .into_iter()
-                .filter(|(n, _)| n.starts_with("src.db"))
-                .collect();
+            let after = source_files(d);
             assert!(
                 after == before,
                 "{mode} round {round}: the source's files changed"
@@ -847,13 +849,7 @@ fn a_live_backup_of_an_untracked_database_follows_other_writers_without_writing(
                       c.commit()\n\
                       c.close()\n";
         common::python_script(d, script);
-        let source = |d: &Path| {
-            common::snapshot_files(d)
-                .into_iter()
-                .filter(|(n, _)| n.starts_with("src.db"))
-                .collect::<std::collections::BTreeMap<_, _>>()
-        };
-        let before = source(d);
+        let before = source_files(d);
         if mode == "WAL" {
             // The application was not the last to close: its WAL is still there.
             assert!(std::fs::metadata(d.join("src.db-wal")).unwrap().len() > 0);
@@ -867,7 +863,7 @@ fn a_live_backup_of_an_untracked_database_follows_other_writers_without_writing(
                 >= 2
         });
         sigterm(live);
-        let after = source(d);
+        let after = source_files(d);
         for (name, bytes) in &before {
             // The -shm is SQLite's shared-memory index of the WAL, not the database: every
             // reader of a WAL database takes a read mark in it, the application's own too.
@@ -914,17 +910,11 @@ fn a_live_backup_never_rolls_back_a_journal_left_while_it_runs() {
                   os._exit(0)\n";
     common::python_script(d, script);
     assert!(d.join("src.db-journal").exists());
-    let source = |d: &Path| {
-        common::snapshot_files(d)
-            .into_iter()
-            .filter(|(n, _)| n.starts_with("src.db"))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let before = source(d);
+    let before = source_files(d);
     // Several of the live backup's polls go by.
     std::thread::sleep(Duration::from_millis(1000));
     let out = common::sigterm(live);
-    assert!(source(d) == before, "the source's files changed");
+    assert!(source_files(d) == before, "the source's files changed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("hot journal"),
@@ -977,13 +967,7 @@ fn an_incremental_of_a_tracked_database_with_a_hot_journal_reads_a_rolled_back_c
                   os._exit(0)\n";
     common::python_script(d, script);
     assert!(std::fs::metadata(d.join("src.db-journal")).unwrap().len() > 0);
-    let before = common::snapshot_files(d);
-    let source_files = |m: std::collections::BTreeMap<String, Vec<u8>>| {
-        m.into_iter()
-            .filter(|(n, _)| n.starts_with("src.db"))
-            .collect::<std::collections::BTreeMap<_, _>>()
-    };
-    let before = source_files(before);
+    let before = source_files(d);
     for (dest, format) in [("bk", "folder"), ("ar", "archive")] {
         let out = common::backup(d, "sqlite:src.db", dest, format);
         assert!(out.contains("Backup (incremental)"), "{format}: {out}");
@@ -1002,10 +986,7 @@ fn an_incremental_of_a_tracked_database_with_a_hot_journal_reads_a_rolled_back_c
         d,
     );
     assert!(err.contains("hot journal"), "{err}");
-    assert!(
-        source_files(common::snapshot_files(d)) == before,
-        "the source's files changed"
-    );
+    assert!(source_files(d) == before, "the source's files changed");
     for (dest, target) in [("bk", "r.db"), ("ar", "ra.db"), ("", "src.db")] {
         if !dest.is_empty() {
             ok(
