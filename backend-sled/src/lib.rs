@@ -94,7 +94,7 @@ impl SledBackend {
         let lock = tracked::lock_as_sled_does(path)?;
         let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
         let copy = dir.path().join("db");
-        copy_database(path, &copy)?;
+        copy_database(&dir, path, &copy)?;
         let db = tracked::open_db_with_cache(&copy, tracked::TOOL_CACHE_BYTES)
             .map_err(|e| tracked::open_error(path, e))?;
         let is_tracked = db
@@ -181,8 +181,8 @@ impl SledBackend {
 }
 
 /// Copies the sled database directory `from` (its `conf`, `db`, snapshot and blob files) to
-/// the new directory `to`, reading it only.
-fn copy_database(from: &Path, to: &Path) -> Result<()> {
+/// the new directory `to` in `dir`, reading it only.
+fn copy_database(dir: &backup_core::ScratchDir, from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir(to).map_err(|e| Error::io("create", to, e))?;
     let entries = std::fs::read_dir(from).map_err(|e| Error::io("list", from, e))?;
     for entry in entries {
@@ -192,9 +192,9 @@ fn copy_database(from: &Path, to: &Path) -> Result<()> {
             .file_type()
             .map_err(|e| Error::io("inspect", &source, e))?;
         if kind.is_dir() {
-            copy_database(&source, &target)?;
+            copy_database(dir, &source, &target)?;
         } else if kind.is_file() {
-            std::fs::copy(&source, &target).map_err(|e| Error::io("copy", &source, e))?;
+            dir.copy_in(&source, &target)?;
         }
     }
     Ok(())

@@ -453,10 +453,12 @@ impl SqliteBackend {
             (&beside, suffixed(&file, why.suffix())),
             (&real.into(), file.clone()),
         ] {
-            match std::fs::copy(from, &to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(Error::io("copy", from, e)),
+            match dir.copy_in(from, &to) {
+                Ok(()) => {}
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(None)
+                }
+                Err(e) => return Err(e),
             }
         }
         if file_state(&beside) != Some(beside_was) || file_state(real) != Some(db_was) {

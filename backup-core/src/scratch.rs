@@ -76,6 +76,24 @@ impl ScratchDir {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Copies the file `from` to `to` in this directory. A full temporary directory names the
+    /// copy and how to point it elsewhere (it named the file copied, as if the database's own
+    /// disk were full).
+    pub fn copy_in(&self, from: &Path, to: &Path) -> Result<()> {
+        match std::fs::copy(from, to) {
+            Ok(_) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                Err(Error::io(
+                    "copy into the temporary directory (set TMPDIR to a directory with room for \
+                     a copy of the database)",
+                    to,
+                    e,
+                ))
+            }
+            Err(e) => Err(Error::io("copy", from, e)),
+        }
+    }
 }
 
 impl Drop for ScratchDir {

@@ -268,3 +268,52 @@ fn read_only_sources_are_backed_up_or_refused_plainly() {
         assert!(out.contains("50 in backup"), "{out}");
     }
 }
+
+/// A database read through a copy in the temporary directory (SQLite with a hot journal, plain
+/// sled) whose copy does not fit there: a plain error naming the copy and `TMPDIR` (it named
+/// the database's own file, as if its disk were full), nothing left in the temporary
+/// directory, and the source unchanged.
+#[test]
+fn a_full_temporary_directory_is_named_as_such() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    rows(d, "src.db", 300, 4000);
+    // Killed inside a transaction that rewrote every row: a hot journal.
+    common::python_script(
+        d,
+        "import sqlite3, os\n\
+         c = sqlite3.connect('src.db')\n\
+         c.execute('PRAGMA cache_size=5')\n\
+         c.execute('UPDATE t SET body = zeroblob(10)')\n\
+         os._exit(0)\n",
+    );
+    assert!(d.join("src.db-journal").exists());
+    let m = Mount::new(d, "tmp", "400k");
+    let before = common::snapshot_files(d);
+    let out = Command::new(common::bin())
+        .args(["backup", "--source", "sqlite:src.db", "--to", "bk"])
+        .env("TMPDIR", &m.dir)
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert_plain(err.lines().last().unwrap_or_default());
+    assert!(
+        err.contains("temporary directory") && err.contains("TMPDIR"),
+        "{err}"
+    );
+    for (name, bytes) in &before {
+        if name.starts_with("src.db") {
+            assert!(
+                std::fs::read(d.join(name)).unwrap() == *bytes,
+                "{name} changed"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_dir(&m.dir).unwrap().count(),
+        0,
+        "left in the temporary directory"
+    );
+}
