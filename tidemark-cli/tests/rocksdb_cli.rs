@@ -746,3 +746,61 @@ fn a_killed_run_leaves_no_secondary_directory_behind_for_long() {
     common::stop_cleanly(live);
     assert!(secondaries().is_empty(), "left: {:?}", secondaries());
 }
+
+/// A RocksDB of 300 SST files backed up under a soft limit of 128 open files: the CLI raises
+/// its soft limit to the hard one and the backup restores equal to the source (it failed with
+/// RocksDB's "Too many open files" on one SST file, since the secondary keeps every one open).
+/// With a hard limit of 128 too it is refused before anything is written, naming the count and
+/// the limit to raise.
+#[test]
+fn a_database_of_more_sst_files_than_the_soft_open_files_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_disable_auto_compactions(true);
+        let db = DB::open(&opts, d.join("app")).unwrap();
+        for f in 0..300u32 {
+            for i in 0..10u32 {
+                db.put(format!("k{f:03}-{i}"), b"v").unwrap();
+            }
+            db.flush().unwrap();
+        }
+    }
+    let ssts = std::fs::read_dir(d.join("app"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".sst")
+        })
+        .count();
+    assert!(ssts >= 300, "{ssts} SST files");
+    let backup = |ulimit: &str, dest: &str| {
+        Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "ulimit {ulimit} 128 && exec \"$0\" backup --source rocksdb:app --to {dest} \
+                 --format archive"
+            ))
+            .arg(common::bin())
+            .current_dir(d)
+            .output()
+            .unwrap()
+    };
+    let out = backup("-Sn", "bk");
+    assert!(out.status.success(), "{out:?}");
+    ok(&["restore", "--from", "bk", "--to", "rocksdb:copy"], d);
+    assert_eq!(content(&d.join("copy")), content(&d.join("app")));
+    let out = backup("-n", "refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("holds {ssts} SST files")) && err.contains("ulimit -n"),
+        "{err}"
+    );
+    assert!(!d.join("refused").exists());
+}
