@@ -90,8 +90,9 @@ pub fn is_complete(conn: &Connection, store: &str) -> Result<bool> {
     }
     // A table's triggers are created after the log has a key column for each of its key
     // values (install widens it first), so a table with its triggers needs nothing more.
+    let found = capture_triggers(&tx).map_err(err)?;
     for table in user_tables(&tx, store)? {
-        if triggers_of(&tx, &table).map_err(err)? != Triggers::Intact {
+        if triggers_of(&found, &table) != Triggers::Intact {
             return Ok(false);
         }
     }
@@ -132,6 +133,9 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
     let outdated = !first_install && triggers_version(&tx).map_err(err)? < TRIGGERS_VERSION;
     drop_stale_triggers(&tx).map_err(err)?;
     let tables = user_tables(&tx, store)?;
+    // Each table's own triggers: what the loop below creates for one table is not looked up
+    // for another.
+    let triggers = capture_triggers(&tx).map_err(err)?;
     let mut width = log_key_width(&tx).map_err(err)?;
     let mut report = TrackReport {
         first_install,
@@ -151,7 +155,7 @@ pub fn install(conn: &mut Connection, store: &str) -> Result<TrackReport> {
                 .map_err(err)?;
             width += 1;
         }
-        let found = triggers_of(&tx, table).map_err(err)?;
+        let found = triggers_of(&triggers, table);
         // An older tidemark's triggers differ from today's: that is the upgrade, not a
         // replacement by someone else.
         if found == Triggers::Intact || (outdated && found == Triggers::Altered) {
@@ -489,32 +493,40 @@ enum Triggers {
     Intact,
 }
 
-fn triggers_of(conn: &Connection, table: &Table) -> rusqlite::Result<Triggers> {
-    let expected = trigger_statements(table);
-    let mut stmt = conn.prepare_cached(
-        "SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 \
-         AND name IN (?2, ?3, ?4, ?5)",
+/// The capture triggers in the schema: (name, table) → statement. Read once and looked up
+/// per table: a query of `sqlite_schema` per table (which has no index on `tbl_name`) read the
+/// whole schema for each table, and a database of 2,000 tables spent 0.76 s of a 0.9 s
+/// incremental there.
+type CaptureTriggers = std::collections::HashMap<(String, String), Option<String>>;
+
+fn capture_triggers(conn: &Connection) -> rusqlite::Result<CaptureTriggers> {
+    let mut stmt = conn.prepare(
+        "SELECT name, tbl_name, sql FROM sqlite_schema WHERE type = 'trigger' \
+         AND name LIKE '\\_tidemark\\_%' ESCAPE '\\'",
     )?;
-    let names: Vec<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let found = stmt
-        .query_map(
-            [table.name.as_str(), names[0], names[1], names[2], names[3]],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
-        )?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    if found.len() < expected.len() {
-        return Ok(Triggers::Missing);
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
+    rows.collect()
+}
+
+fn triggers_of(found: &CaptureTriggers, table: &Table) -> Triggers {
+    let expected = trigger_statements(table);
+    let mut intact = true;
+    for (name, want) in &expected {
+        match found.get(&(name.clone(), table.name.clone())) {
+            None => return Triggers::Missing,
+            Some(sql) => intact &= sql.as_deref() == Some(want.as_str()),
+        }
     }
-    let intact = found.iter().all(|(name, sql)| {
-        expected
-            .iter()
-            .any(|(n, want)| n == name && sql.as_deref() == Some(want.as_str()))
-    });
-    Ok(if intact {
+    if intact {
         Triggers::Intact
     } else {
         Triggers::Altered
-    })
+    }
 }
 
 /// The four capture triggers of `table`: each one's name and its `CREATE TRIGGER` statement,

@@ -117,6 +117,10 @@ pub fn factory(kind: StoreKind, rocksdb_format: Option<i32>) -> Result<Box<dyn S
 
 /// Installs (or removes) SQLite change tracking.
 // Without the SQLite backend no store can be tracked, and `remove` goes unused.
+/// The most newly tracked tables `track` names.
+#[cfg(feature = "sqlite")]
+const NAMED_TABLES: usize = 20;
+
 #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
     match url.kind {
@@ -142,10 +146,15 @@ pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
                     "checked"
                 },
                 report.tables,
-                if report.newly_tracked.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (new: {})", report.newly_tracked.join(", "))
+                match report.newly_tracked.len() {
+                    0 => String::new(),
+                    // A database of thousands of tables named them all on one line.
+                    n if n > NAMED_TABLES => format!(
+                        " (new: {}, and {} more)",
+                        report.newly_tracked[..NAMED_TABLES].join(", "),
+                        n - NAMED_TABLES
+                    ),
+                    _ => format!(" (new: {})", report.newly_tracked.join(", ")),
                 }
             ))
         }
