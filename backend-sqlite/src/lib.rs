@@ -152,14 +152,18 @@ enum Reader {
     Opened(Box<SqliteBackend>),
     /// A database it does not apply to: opened read-write instead.
     NotApplicable,
-    /// A hot journal appeared since it was looked for.
+    /// A hot journal ([`Leftover::HotJournal`]).
     HotJournal,
 }
 
 /// What a writer left beside a database that SQLite can read only by writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Leftover {
-    /// A hot rollback journal ([`has_hot_journal`]): reading rolls the database back.
+    /// A hot rollback journal, left by a writer that died inside a transaction (its pages may
+    /// be in the database file already): the next connection that may write rolls the
+    /// database back, writing it and removing the journal. SQLite itself tells one, with its
+    /// locks: a read-only connection refuses to read (`SQLITE_READONLY_ROLLBACK`). The journal
+    /// of a writer still running is not hot.
     HotJournal,
     /// A `-wal` file without its `-shm` index (copied without it, or left by an application in
     /// exclusive locking mode, which keeps the index in memory): a read-only connection cannot
@@ -198,28 +202,24 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Whether `path` has a hot journal: a rollback journal left by a writer that died inside a
-/// transaction (its pages may be in the database file already), which the next connection
-/// that may write rolls back, writing the database file and removing the journal. SQLite
-/// itself decides, with its locks: a read-only connection refuses to read such a database
-/// (`SQLITE_READONLY_ROLLBACK`). The journal of a writer still running is not hot.
-fn has_hot_journal(path: &Path) -> bool {
-    if !suffixed(path, "-journal").is_file() {
-        return false;
-    }
-    let Ok(conn) = open_reader(path, false) else {
-        return false;
-    };
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .is_err_and(|e| is_hot_journal(&e))
-}
-
 /// Whether SQLite refused a read-only connection because of a hot journal.
 fn is_hot_journal(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(e, _)
         if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
+}
+
+/// An error of `store` while `what` (may be empty), caused by `e`; a read refused for a hot
+/// journal left after the backend opened (a live backup's writer was killed) says so.
+fn store_err(store: &str, what: &str, e: rusqlite::Error) -> Error {
+    if !is_hot_journal(&e) {
+        return Error::store_cause(store, what, e);
+    }
+    let what = if what.is_empty() {
+        HOT_JOURNAL_SINCE.to_string()
+    } else {
+        format!("{what}: {HOT_JOURNAL_SINCE}")
+    };
+    Error::store_cause(store, what, e)
 }
 
 /// Why a backup stopped on a hot journal left after it opened the database.
@@ -305,57 +305,45 @@ impl SqliteBackend {
         let mut attempt = 0;
         loop {
             let leftover = if !wal_present() {
-                if !has_hot_journal(&real) {
-                    match Self::open_rollback_reader(path)? {
-                        Reader::Opened(backend) => return Ok(*backend),
-                        Reader::NotApplicable => {
-                            let mut backend = Self::open(path)?;
-                            backend.keep_others_wal(&real)?;
-                            return Ok(backend);
-                        }
-                        // A writer died inside a transaction since the look: look again.
-                        Reader::HotJournal if attempt < 3 => {
-                            attempt += 1;
-                            continue;
-                        }
-                        Reader::HotJournal => Some(Leftover::HotJournal),
+                match Self::open_rollback_reader(path)? {
+                    Reader::Opened(backend) => return Ok(*backend),
+                    Reader::NotApplicable => {
+                        let mut backend = Self::open(path)?;
+                        backend.keep_others_wal(&real)?;
+                        return Ok(backend);
                     }
-                } else {
-                    Some(Leftover::HotJournal)
+                    Reader::HotJournal => Leftover::HotJournal,
                 }
             } else if !suffixed(&real, "-shm").exists() {
-                Some(Leftover::WalWithoutIndex)
+                Leftover::WalWithoutIndex
             } else {
-                None
-            };
-            if let Some(leftover) = leftover {
-                match Self::open_recovered_copy(path, &real, leftover)? {
-                    Some(backend) => return Ok(backend),
-                    None if attempt < 3 => {
+                match Self::open_read_only(path) {
+                    Err(_) if attempt < 3 => {
                         attempt += 1;
                         std::thread::sleep(std::time::Duration::from_millis(50));
                         continue;
                     }
-                    None => {
-                        return Err(Error::BadInput {
-                            path: path.to_path_buf(),
-                            cause: format!(
-                                "it has {}, and it changed every time it was copied: another \
-                                 process is recovering or writing the database; back it up \
-                                 once it has",
-                                leftover.what()
-                            ),
-                            source: None,
-                        })
-                    }
+                    done => return done,
                 }
-            }
-            match Self::open_read_only(path) {
-                Err(_) if attempt < 3 => {
+            };
+            match Self::open_recovered_copy(path, &real, leftover)? {
+                Some(backend) => return Ok(backend),
+                None if attempt < 3 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
-                done => return done,
+                None => {
+                    return Err(Error::BadInput {
+                        path: path.to_path_buf(),
+                        cause: format!(
+                            "it has {}, and it changed every time it was copied: another \
+                             process is recovering or writing the database; back it up once it \
+                             has",
+                            leftover.what()
+                        ),
+                        source: None,
+                    })
+                }
             }
         }
     }
@@ -366,6 +354,7 @@ impl SqliteBackend {
     /// whole run) leaves is not rolled back in place by the backup's next read, as a
     /// read-write connection's would be. Not applicable to a database in WAL mode (a read-only
     /// connection cannot create its `-shm`) or a tracked one (the user opted in to writes).
+    /// Its first read is also how a hot journal is told ([`Leftover::HotJournal`]).
     fn open_rollback_reader(path: &Path) -> Result<Reader> {
         Self::check_file(path)?;
         let Ok(conn) = open_reader(path, false) else {
@@ -390,13 +379,7 @@ impl SqliteBackend {
     fn data_version(&self) -> Result<i64> {
         self.lock()
             .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(|e| {
-                if is_hot_journal(&e) {
-                    Error::store_cause(self.describe(), HOT_JOURNAL_SINCE, e)
-                } else {
-                    self.err(e)
-                }
-            })
+            .map_err(|e| self.err(e))
     }
 
     /// Notes the `-wal` (beside `real`, the database's real path) of an untracked database in
@@ -618,7 +601,7 @@ impl SqliteBackend {
     }
 
     fn err(&self, e: rusqlite::Error) -> Error {
-        Error::store_cause(self.describe(), "", e)
+        store_err(&self.describe(), "", e)
     }
 }
 
@@ -1156,13 +1139,9 @@ impl StorageBackend for SqliteBackend {
     }
 
     fn current_checkpoint(&self) -> Result<Checkpoint> {
-        checkpoint_of(&self.lock()).map(|(c, _)| c).map_err(|e| {
-            if is_hot_journal(&e) {
-                Error::store_cause(self.describe(), HOT_JOURNAL_SINCE, e)
-            } else {
-                self.err(e)
-            }
-        })
+        checkpoint_of(&self.lock())
+            .map(|(c, _)| c)
+            .map_err(|e| self.err(e))
     }
 
     fn view(&self) -> Result<Box<dyn View + '_>> {
@@ -1171,20 +1150,9 @@ impl StorageBackend for SqliteBackend {
         // the next wait (one more run), never missed.
         self.seen_version
             .store(self.data_version()?, std::sync::atomic::Ordering::SeqCst);
-        let err = |e: rusqlite::Error| Error::store_cause(&store, "opening a read view", e);
+        let err = |e: rusqlite::Error| store_err(&store, "opening a read view", e);
         let (conn, (checkpoint, floor), schema_version) =
-            open_snapshot(self.file(), self.readonly_shm, true).map_err(|e| {
-                if is_hot_journal(&e) {
-                    // Left since the backend opened (a live backup's writer was killed).
-                    Error::store_cause(
-                        &store,
-                        format!("opening a read view: {}", HOT_JOURNAL_SINCE),
-                        e,
-                    )
-                } else {
-                    err(e)
-                }
-            })?;
+            open_snapshot(self.file(), self.readonly_shm, true).map_err(err)?;
         let tables = user_tables(&conn, &store)?;
         if !self
             .named_virtual
