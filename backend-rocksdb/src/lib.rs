@@ -304,8 +304,6 @@ enum Cf<'a> {
     Named(Arc<rocksdb::BoundColumnFamily<'a>>),
 }
 
-/// The column family called `name`. A column family that exists but that the handle did not
-/// open is an error: it would otherwise be left out of the backup without a word.
 /// File descriptors a secondary instance needs besides one per SST file: its MANIFEST, WAL
 /// files, LOG, the process's own files and sockets.
 const DESCRIPTORS_BESIDE_SSTS: u64 = 64;
@@ -314,8 +312,15 @@ const DESCRIPTORS_BESIDE_SSTS: u64 = 64;
 /// open: the secondary instance keeps every SST file open (`max_open_files = -1`: opening them
 /// lazily can fail beside a compacting primary), and with too many it failed with RocksDB's
 /// "Too many open files" on one SST file, which said neither how many there are nor what to
-/// raise. The tidemark CLI raises its soft limit to the hard one at start.
+/// raise. The tidemark CLI raises its soft limit to the hard one at start
+/// ([`backup_core::raise_open_files_limit`]).
 fn check_open_files_limit(path: &Path) -> Result<()> {
+    let Some(limit) = backup_core::open_files_limit() else {
+        return Ok(());
+    };
+    let Some(soft) = limit.soft else {
+        return Ok(());
+    };
     let Ok(entries) = std::fs::read_dir(path) else {
         return Ok(()); // the open reports an unreadable directory
     };
@@ -323,18 +328,6 @@ fn check_open_files_limit(path: &Path) -> Result<()> {
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
         .count() as u64;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: getrlimit writes the limits into `limit`, a valid rlimit the call owns for its
-    // duration.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    if rc != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
-        return Ok(());
-    }
-    let soft = limit.rlim_cur;
     if ssts + DESCRIPTORS_BESIDE_SSTS > soft {
         return Err(Error::BadInput {
             path: path.to_path_buf(),
@@ -342,11 +335,9 @@ fn check_open_files_limit(path: &Path) -> Result<()> {
                 "holds {ssts} SST files, and reading it keeps every one open, but this process \
                  may open only {soft} files (RLIMIT_NOFILE; hard limit {}): raise the limit \
                  (`ulimit -n`, LimitNOFILE= in a systemd unit) to at least {}",
-                if limit.rlim_max == libc::RLIM_INFINITY {
-                    "unlimited".to_string()
-                } else {
-                    limit.rlim_max.to_string()
-                },
+                limit
+                    .hard
+                    .map_or_else(|| "unlimited".to_string(), |n| n.to_string()),
                 ssts + DESCRIPTORS_BESIDE_SSTS
             ),
             source: None,
@@ -355,6 +346,8 @@ fn check_open_files_limit(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The column family called `name`. A column family that exists but that the handle did not
+/// open is an error: it would otherwise be left out of the backup without a word.
 fn cf<'a>(db: &'a Db, path: &Path, name: &str) -> Result<Cf<'a>> {
     if name == rocksdb::DEFAULT_COLUMN_FAMILY_NAME {
         return Ok(Cf::Default);

@@ -34,6 +34,7 @@ mod engine;
 mod error;
 mod folder;
 mod keyindex;
+mod limits;
 mod live;
 mod lock;
 mod manifest;
@@ -71,6 +72,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use folder::{FolderBackup, WriteEvent, MANIFEST_FILE, META_DIR};
+pub use limits::{open_files_limit, raise_open_files_limit, OpenFilesLimit};
 pub use live::{LiveBackup, LiveEvent, LiveFormat, LiveOptions, LiveSummary};
 pub use lock::{flock, holder_line, hostname, process_alive, DestinationLock};
 pub use manifest::{now_rfc3339, FolderManifest, RunKind};

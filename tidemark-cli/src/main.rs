@@ -132,29 +132,10 @@ pub(crate) enum Codec {
     None,
 }
 
-/// Raises the soft limit on open files to the hard one, as servers that hold many files open
-/// do: a RocksDB source's secondary instance keeps every SST file open, and the usual soft
-/// limit (1024) is below the SST count of a database of some size. Best effort: an error
-/// leaves the limit as it was (backend-rocksdb then names the limit if it is too low).
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: getrlimit and setrlimit read and write a valid rlimit owned by this frame.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
 fn main() -> ExitCode {
     alloc::configure();
-    raise_open_files_limit();
+    // A RocksDB source's secondary instance keeps every SST file open.
+    backup_core::raise_open_files_limit();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => tracing::Level::WARN,

@@ -115,12 +115,12 @@ pub fn factory(kind: StoreKind, rocksdb_format: Option<i32>) -> Result<Box<dyn S
     }
 }
 
-/// Installs (or removes) SQLite change tracking.
-// Without the SQLite backend no store can be tracked, and `remove` goes unused.
 /// The most newly tracked tables `track` names.
 #[cfg(feature = "sqlite")]
 const NAMED_TABLES: usize = 20;
 
+/// Installs (or removes) SQLite change tracking.
+// Without the SQLite backend no store can be tracked, and `remove` goes unused.
 #[cfg_attr(not(feature = "sqlite"), allow(unused_variables))]
 pub fn track(url: &StoreUrl, remove: bool) -> Result<String> {
     match url.kind {
