@@ -94,8 +94,9 @@ pub struct RemoteChain {
     /// The chain's key, when it is encrypted: archives and the manifests in seals are sealed
     /// with it.
     key: Option<SharedKey>,
-    /// Said with every error of an S3 chain given no credentials (see [`no_credentials`]).
-    credentials_hint: Option<&'static str>,
+    /// An S3 chain given no credentials ([`no_credentials`]): its errors say which to set
+    /// ([`NO_AWS_CREDENTIALS`]).
+    no_credentials: bool,
 }
 
 /// Said with the errors of an S3 chain given no credentials: object_store then asks the EC2
@@ -156,7 +157,7 @@ impl RemoteChain {
             .collect();
         let (scheme, path) =
             object_store::ObjectStoreScheme::parse(&parsed).map_err(|e| unusable(e.into()))?;
-        let mut credentials_hint = None;
+        let mut without_credentials = false;
         let (store, parts_store, prefix): (
             Arc<dyn ObjectStore>,
             Option<Arc<dyn MultipartStore>>,
@@ -171,9 +172,7 @@ impl RemoteChain {
                     Err(_) => b,
                 },
             );
-            if no_credentials(&builder) {
-                credentials_hint = Some(NO_AWS_CREDENTIALS);
-            }
+            without_credentials = no_credentials(&builder);
             let s3 = builder.build().map_err(unusable)?;
             let prefix = ObjectPath::parse(path).map_err(|e| unusable(e.into()))?;
             let s3 = Arc::new(s3);
@@ -198,7 +197,7 @@ impl RemoteChain {
             held: Arc::default(),
             no_key_under: Arc::default(),
             key: None,
-            credentials_hint,
+            no_credentials: without_credentials,
         })
     }
 
@@ -266,10 +265,10 @@ impl RemoteChain {
     }
 
     fn err(&self, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-        match self.credentials_hint {
-            Some(hint) => Error::store_cause(&self.url, format!("{what} ({hint})"), e),
-            None => Error::store_cause(&self.url, what, e),
+        if self.no_credentials {
+            return Error::store_cause(&self.url, format!("{what} ({NO_AWS_CREDENTIALS})"), e);
         }
+        Error::store_cause(&self.url, what, e)
     }
 
     /// Every object name directly under the prefix.
@@ -1240,13 +1239,10 @@ mod tests {
             all.extend_from_slice(opts);
             RemoteChain::open_with("s3://bucket/prefix", all.iter().copied())
                 .unwrap()
-                .credentials_hint
+                .no_credentials
         };
-        assert_eq!(with(&[]), Some(NO_AWS_CREDENTIALS));
-        assert_eq!(
-            with(&[("AWS_REGION", "eu-west-1")]),
-            Some(NO_AWS_CREDENTIALS)
-        );
+        assert!(with(&[]));
+        assert!(with(&[("AWS_REGION", "eu-west-1")]));
         for opts in [
             &[("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s")][..],
             &[("AWS_SKIP_SIGNATURE", "true")],
@@ -1256,13 +1252,13 @@ mod tests {
             ],
             &[("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "/creds")],
         ] {
-            assert_eq!(with(opts), None, "{opts:?}");
+            assert!(!with(opts), "{opts:?}");
         }
         // Not S3: nothing to say.
         let local = tempfile::tempdir().unwrap();
         let url = format!("file://{}", local.path().display());
         let chain = RemoteChain::open_with(&url, std::iter::empty::<(&str, &str)>()).unwrap();
-        assert_eq!(chain.credentials_hint, None);
+        assert!(!chain.no_credentials);
         // The hint goes with the error's context; the cause is kept.
         let chain =
             RemoteChain::open_with("s3://bucket/prefix", [("AWS_ALLOW_HTTP", "true")]).unwrap();

@@ -134,12 +134,9 @@ pub(super) fn json_field(out: &mut Vec<u8>, field: &Field) {
 /// Appends the standard base64 of `bytes` to `out`, encoded in place. A large value gets room
 /// for the rest of its line too, so that the closing bytes do not double the buffer.
 fn base64_into(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = base64::encoded_len(bytes.len(), true).unwrap_or(usize::MAX);
-    if len == usize::MAX {
-        // More than usize can hold: unreachable for a value in memory.
-        out.extend_from_slice(B64.encode(bytes).as_bytes());
-        return;
-    }
+    // A slice holds at most isize::MAX bytes, whose base64 fits in usize (B64.encode relies
+    // on the same).
+    let len = base64::encoded_len(bytes.len(), true).expect("the base64 of a slice fits in usize");
     let at = out.len();
     if out.capacity() - at < len {
         out.reserve_exact(len + 256);
