@@ -533,15 +533,7 @@ fn a_live_backup_seals_every_archive_and_stops_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let archives = || {
-        std::fs::read_dir(d.join("live"))
-            .map(|r| {
-                r.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let archives = || common::files_ending(&d.join("live"), ".zip");
     common::wait_for("the initial archive", || archives() >= 1);
     for i in 0..3 {
         sql(

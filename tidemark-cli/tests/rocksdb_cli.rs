@@ -768,16 +768,7 @@ fn a_database_of_more_sst_files_than_the_soft_open_files_limit() {
             db.flush().unwrap();
         }
     }
-    let ssts = std::fs::read_dir(d.join("app"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".sst")
-        })
-        .count();
+    let ssts = common::files_ending(&d.join("app"), ".sst");
     assert!(ssts >= 300, "{ssts} SST files");
     let backup = |ulimit: &str, dest: &str| {
         Command::new("bash")

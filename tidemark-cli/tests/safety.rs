@@ -169,17 +169,7 @@ fn a_destination_keeps_one_format() {
         out.contains("Archive (full) ar/tidemark-000002-full-"),
         "{out}"
     );
-    let archives = std::fs::read_dir(d.join("ar"))
-        .unwrap()
-        .filter(|e| {
-            e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".zip")
-        })
-        .count();
-    assert_eq!(archives, 2);
+    assert_eq!(common::files_ending(&d.join("ar"), ".zip"), 2);
     assert!(!d.join("ar/.tidemark").exists());
     ok(&["restore", "--from", "ar", "--to", "sqlite:ra.db"], d);
     assert_same_dump(&dump(&d.join("ra.db")), &dump(&d.join("src.db")), "archive");

@@ -171,6 +171,16 @@ pub fn assert_same_dump(got: &str, want: &str, what: &str) {
     );
 }
 
+/// How many entries of `dir` have names ending in `suffix` (0 if `dir` is not there yet).
+pub fn files_ending(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .count()
+    })
+}
+
 /// Every file under `dir` (relative path → contents), to prove a run changed none and added
 /// none.
 pub fn snapshot_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
