@@ -1118,9 +1118,14 @@ impl Drop for RemoteLock {
                 *held = None;
             }
         }
-        underway::released_lock(self.registered);
+        // Removed, then unregistered: a Ctrl-C or SIGTERM handler that runs in between
+        // removes it too (it still carries the token) before the process exits. The other way
+        // round, a handler that came after the unregistration exited while the removal was
+        // under way, and the lock object stayed until it expired (a flake of
+        // remote_cli::an_interrupted_upload_leaves_no_parts_behind under load).
         let l = &self.lock;
         l.rt.block_on(remove_own_lock(l.store.as_ref(), &l.path, &l.token));
+        underway::released_lock(self.registered);
     }
 }
 
