@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{assert_same_dump, dump, fails, ok, sql, tidemark, ARCHIVE_BACKUP};
+use common::{assert_same_dump, checkpoint_of, dump, fails, ok, sql, tidemark, ARCHIVE_BACKUP};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,19 +32,6 @@ fn tracked_rows(d: &Path, rows: u32) -> PathBuf {
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
     db
-}
-
-/// The checkpoint an archive ends at, read through the zip crate (`unzip` has no zstd).
-fn checkpoint_of(archive: &Path) -> u64 {
-    use std::io::Read;
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(archive).unwrap()).unwrap();
-    let mut text = String::new();
-    zip.by_name("tidemark/manifest.json")
-        .unwrap()
-        .read_to_string(&mut text)
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["manifest"]["to"]["position"].as_u64().unwrap()
 }
 
 /// A SQLite source with a full and three incremental archives; the source's dump at each one.

@@ -3,12 +3,17 @@
 //! ```text
 //! data/<collection-dir>/000001.jsonl     records, one JSON object per line, cut at ~2 MiB
 //! data/<collection-dir>/000002.jsonl
+//! values/<collection-dir>/000001-000001.bin   a value of 1 MiB or more, kept apart from its line
 //! tidemark/manifest.json                 last entry
 //! ```
 //!
 //! A put is `{"key": …, "value": … | "value_utf8": … | "value_base64": … | "row": {…},
 //! "rowid": n, "crc32": n}`; a deletion is `{"key": …, "deleted": true}` (`key_base64` for keys
-//! that are not UTF-8). Within an archive a later line for a key supersedes an earlier one.
+//! that are not UTF-8). A value of [`APART_BYTES`] or more is kept apart from its line, in
+//! value entries of up to [`VALUE_CHUNK`] bytes each, and the line names them
+//! (`"value_entries": {…}`, or a column `{"$entries": {…}}`): it is compressed over every core,
+//! never base64-encoded, and read back one entry at a time. Within an archive a later line for a
+//! key supersedes an earlier one.
 //! The manifest lists, per collection, its number of parts and how many of the first ones hold a
 //! scan (each key once, puts only). See `docs/FORMAT.md` §3.
 
@@ -38,18 +43,70 @@ pub(super) fn part_name(dir: &str, n: u64) -> String {
     format!("data/{dir}/{n:06}.jsonl")
 }
 
+/// A value (a key-value record's, or a row's BLOB or TEXT column) of this many bytes or more is
+/// kept apart from its line, in value entries.
+pub(super) const APART_BYTES: usize = 1 << 20;
+
+/// The size of a value entry; a value's last entry may be shorter.
+pub(super) const VALUE_CHUNK: usize = 4 << 20;
+
+/// The name of the `chunk`th entry (from 1) of a collection's value `id` (from 1).
+pub(super) fn value_name(dir: &str, id: u64, chunk: u64) -> String {
+    format!("values/{dir}/{id:06}-{chunk:06}.bin")
+}
+
+/// Where a value kept apart lies: its number in the archive's collection, how many entries
+/// hold it, and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Stored {
+    pub(super) id: u64,
+    pub(super) chunks: u64,
+    pub(super) bytes: u64,
+}
+
+/// Which value of a record is kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// A key-value record's value.
+    Value,
+    /// A row's column, by its index.
+    Column(usize),
+}
+
+/// A value of a record kept apart from its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Apart {
+    pub(super) place: Place,
+    pub(super) stored: Stored,
+}
+
 /// One line of a data entry.
 pub(super) enum Line {
     /// A record (with its CRC32, computed once by the engine).
     Put(Record, u32),
+    /// A record (with its CRC32) whose values at `Apart`'s places were moved out into value
+    /// entries: those places hold empty values, and the line names the entries instead.
+    Apart(Record, u32, Vec<Apart>),
     /// A deletion.
     Delete(Key),
+}
+
+fn stored_json(out: &mut Vec<u8>, s: &Stored) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"id\":");
+    out.extend_from_slice(n.format(s.id).as_bytes());
+    out.extend_from_slice(b",\"chunks\":");
+    out.extend_from_slice(n.format(s.chunks).as_bytes());
+    out.extend_from_slice(b",\"bytes\":");
+    out.extend_from_slice(n.format(s.bytes).as_bytes());
+    out.push(b'}');
 }
 
 /// Appends one line (with its newline) to `out`.
 pub(super) fn encode_line(out: &mut Vec<u8>, line: &Line) {
     let key = match line {
-        Line::Put(r, _) => &r.key,
+        Line::Put(r, _) | Line::Apart(r, _, _) => &r.key,
         Line::Delete(k) => k,
     };
     match std::str::from_utf8(key.as_bytes()) {
@@ -65,10 +122,18 @@ pub(super) fn encode_line(out: &mut Vec<u8>, line: &Line) {
     }
     match line {
         Line::Delete(_) => out.extend_from_slice(b",\"deleted\":true}\n"),
-        Line::Put(record, crc) => {
+        Line::Put(record, crc) | Line::Apart(record, crc, _) => {
+            let apart: &[Apart] = match line {
+                Line::Apart(_, _, a) => a,
+                _ => &[],
+            };
+            let apart_at = |place| apart.iter().find(|a| a.place == place).map(|a| &a.stored);
             match &record.value {
                 Value::Bytes(bytes) => {
-                    if is_exact_json(bytes) {
+                    if let Some(stored) = apart_at(Place::Value) {
+                        out.extend_from_slice(b",\"value_entries\":");
+                        stored_json(out, stored);
+                    } else if is_exact_json(bytes) {
                         out.extend_from_slice(b",\"value\":");
                         out.extend_from_slice(bytes);
                     } else if let Ok(text) = std::str::from_utf8(bytes) {
@@ -88,7 +153,17 @@ pub(super) fn encode_line(out: &mut Vec<u8>, line: &Line) {
                         }
                         json_string(out, name);
                         out.push(b':');
-                        json_field(out, field);
+                        match apart_at(Place::Column(i)) {
+                            Some(stored) => {
+                                out.extend_from_slice(match field {
+                                    Field::Text(_) => b"{\"$text_entries\":",
+                                    _ => b"{\"$entries\":",
+                                });
+                                stored_json(out, stored);
+                                out.push(b'}');
+                            }
+                            None => json_field(out, field),
+                        }
                     }
                     out.push(b'}');
                     if let Some(id) = row.rowid {
@@ -192,6 +267,8 @@ struct LineJson<'a> {
     #[serde(default, borrow)]
     value_base64: Option<Cow<'a, str>>,
     #[serde(default)]
+    value_entries: Option<Stored>,
+    #[serde(default)]
     row: Option<RowJson>,
     #[serde(default)]
     rowid: Option<i64>,
@@ -204,7 +281,7 @@ struct LineJson<'a> {
 /// A row's columns as a line holds them, in order, each value already a [`Field`] (or why it
 /// is not one, named with its column once the line is read). Read straight from the JSON
 /// object: no map and no JSON values in between (a restore reads millions of them).
-struct RowJson(Vec<(String, std::result::Result<Field, String>)>);
+struct RowJson(Vec<(String, FieldJson)>);
 
 impl<'de> Deserialize<'de> for RowJson {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
@@ -218,7 +295,7 @@ impl<'de> Deserialize<'de> for RowJson {
                 self,
                 mut map: A,
             ) -> std::result::Result<RowJson, A::Error> {
-                let mut columns: Vec<(String, std::result::Result<Field, String>)> =
+                let mut columns: Vec<(String, FieldJson)> =
                     Vec::with_capacity(map.size_hint().unwrap_or(4));
                 while let Some(name) = map.next_key::<String>()? {
                     if columns.iter().any(|(n, _)| *n == name) {
@@ -226,7 +303,7 @@ impl<'de> Deserialize<'de> for RowJson {
                             "column `{name}` appears twice"
                         )));
                     }
-                    let FieldJson(field) = map.next_value()?;
+                    let field: FieldJson = map.next_value()?;
                     columns.push((name, field));
                 }
                 Ok(RowJson(columns))
@@ -237,8 +314,15 @@ impl<'de> Deserialize<'de> for RowJson {
 }
 
 /// One column's value: what [`field_from_json_owned`] makes of it, without building the JSON
-/// value first for the common kinds (text, integers, reals, null).
-struct FieldJson(std::result::Result<Field, String>);
+/// value first for the common kinds (text, integers, reals, null). A value kept apart
+/// (`{"$entries": {…}}`, `{"$text_entries": {…}}`) is an empty BLOB or TEXT and where it lies.
+struct FieldJson(std::result::Result<Field, String>, Option<Stored>);
+
+impl From<std::result::Result<Field, String>> for FieldJson {
+    fn from(field: std::result::Result<Field, String>) -> Self {
+        FieldJson(field, None)
+    }
+}
 
 /// A JSON string, borrowed from the line when it has no escapes (base64 never has).
 struct Text<'de>(Cow<'de, str>);
@@ -275,29 +359,28 @@ impl<'de> Deserialize<'de> for FieldJson {
                 f.write_str("a column value")
             }
             fn visit_unit<E>(self) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(Ok(Field::Null)))
+                Ok(Ok(Field::Null).into())
             }
             fn visit_i64<E>(self, v: i64) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(Ok(Field::Integer(v))))
+                Ok(Ok(Field::Integer(v)).into())
             }
             fn visit_u64<E>(self, v: u64) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(
-                    i64::try_from(v)
-                        .map(Field::Integer)
-                        .map_err(|_| format!("integer {v} is out of range")),
-                ))
+                Ok(i64::try_from(v)
+                    .map(Field::Integer)
+                    .map_err(|_| format!("integer {v} is out of range"))
+                    .into())
             }
             fn visit_f64<E>(self, v: f64) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(Ok(Field::Real(v))))
+                Ok(Ok(Field::Real(v)).into())
             }
             fn visit_str<E>(self, v: &str) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(Ok(Field::Text(v.as_bytes().to_vec()))))
+                Ok(Ok(Field::Text(v.as_bytes().to_vec())).into())
             }
             fn visit_string<E>(self, v: String) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(Ok(Field::Text(v.into_bytes()))))
+                Ok(Ok(Field::Text(v.into_bytes())).into())
             }
             fn visit_bool<E>(self, v: bool) -> std::result::Result<FieldJson, E> {
-                Ok(FieldJson(field_from_json_owned(serde_json::Value::Bool(v))))
+                Ok(field_from_json_owned(serde_json::Value::Bool(v)).into())
             }
             // A BLOB, `{"$base64": "…"}`, is decoded from the line's own bytes: through a JSON
             // value, a 100 MB BLOB was first copied into a 133 MB `String`. Other tagged
@@ -313,17 +396,29 @@ impl<'de> Deserialize<'de> for FieldJson {
                         let Text(text) = map.next_value()?;
                         match map.next_key::<String>()? {
                             None => {
-                                return Ok(FieldJson(
-                                    B64.decode(text.as_bytes())
-                                        .map(Field::Blob)
-                                        .map_err(|e| format!("$base64: {e}")),
-                                ))
+                                return Ok(B64
+                                    .decode(text.as_bytes())
+                                    .map(Field::Blob)
+                                    .map_err(|e| format!("$base64: {e}"))
+                                    .into())
                             }
                             Some(next) => {
                                 object.insert(tag, serde_json::Value::String(text.into_owned()));
                                 object.insert(next, map.next_value()?);
                             }
                         }
+                    } else if tag == "$entries" || tag == "$text_entries" {
+                        let stored: Stored = map.next_value()?;
+                        if let Some(next) = map.next_key::<String>()? {
+                            return Err(serde::de::Error::custom(format!(
+                                "`{tag}` with another member `{next}`"
+                            )));
+                        }
+                        let field = match tag.as_str() {
+                            "$entries" => Field::Blob(Vec::new()),
+                            _ => Field::Text(Vec::new()),
+                        };
+                        return Ok(FieldJson(Ok(field), Some(stored)));
                     } else {
                         object.insert(tag, map.next_value()?);
                     }
@@ -331,16 +426,14 @@ impl<'de> Deserialize<'de> for FieldJson {
                 while let Some((key, value)) = map.next_entry::<String, serde_json::Value>()? {
                     object.insert(key, value);
                 }
-                Ok(FieldJson(field_from_json_owned(serde_json::Value::Object(
-                    object,
-                ))))
+                Ok(field_from_json_owned(serde_json::Value::Object(object)).into())
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 seq: A,
             ) -> std::result::Result<FieldJson, A::Error> {
                 let json = serde_json::Value::deserialize(SeqAccessDeserializer::new(seq))?;
-                Ok(FieldJson(field_from_json_owned(json)))
+                Ok(field_from_json_owned(json).into())
             }
         }
         d.deserialize_any(Value)
@@ -352,6 +445,9 @@ impl<'de> Deserialize<'de> for FieldJson {
 pub(super) enum Decoded {
     /// The key now holds this record.
     Put(Record),
+    /// The key now holds this record once its values kept apart are read in (empty at their
+    /// places here), and then its CRC32 must be the one stored.
+    Apart(Record, u32, Vec<Apart>),
     /// The key was deleted.
     Delete(Key),
 }
@@ -360,7 +456,7 @@ impl Decoded {
     /// The line's key.
     pub(super) fn key(&self) -> &Key {
         match self {
-            Decoded::Put(r) => &r.key,
+            Decoded::Put(r) | Decoded::Apart(r, _, _) => &r.key,
             Decoded::Delete(k) => k,
         }
     }
@@ -370,33 +466,52 @@ impl Decoded {
     pub(super) fn into_record(self) -> Option<Record> {
         match self {
             Decoded::Put(r) => Some(r),
-            Decoded::Delete(_) => None,
+            Decoded::Apart(..) | Decoded::Delete(_) => None,
         }
     }
 }
 
-/// Decodes one line (without its newline), checking the record CRC32. Errors name the cause.
+/// Decodes one line (without its newline), checking the record CRC32 (of a record with values
+/// kept apart: once they are read in, [`Decoded::Apart`]). Errors name the cause.
 pub(super) fn decode_line(line: &[u8]) -> std::result::Result<Decoded, String> {
-    let (key, put) = match super::line::read(line) {
-        Some(read) => read,
-        None => read_line(line)?,
+    let ((key, put), apart) = match super::line::read(line) {
+        Some(read) => (read, Vec::new()),
+        None => read_any_line(line)?,
     };
     let Some((value, want)) = put else {
         return Ok(Decoded::Delete(key));
     };
     let record = Record { key, value };
-    let crc = record_crc32(&record);
+    if !apart.is_empty() {
+        return Ok(Decoded::Apart(record, want, apart));
+    }
+    check_crc(&record, want)?;
+    Ok(Decoded::Put(record))
+}
+
+fn check_crc(record: &Record, want: u32) -> std::result::Result<(), String> {
+    let crc = record_crc32(record);
     if crc != want {
         return Err(format!(
             "record CRC32 {crc:08x} does not match the stored {want:08x}"
         ));
     }
-    Ok(Decoded::Put(record))
+    Ok(())
+}
+
+/// Reads a line as [`read_any_line`] does, without values kept apart.
+#[cfg(test)]
+pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, String> {
+    match read_any_line(line)? {
+        (read, apart) if apart.is_empty() => Ok(read),
+        _ => Err("a value kept apart".into()),
+    }
 }
 
 /// Reads any line serde accepts as [`LineJson`] (the fields in any order, any whitespace, every
-/// escape and value kind), checking everything but the record CRC32.
-pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, String> {
+/// escape and value kind), checking everything but the record CRC32, and where its values
+/// kept apart lie.
+fn read_any_line(line: &[u8]) -> std::result::Result<(super::line::Read, Vec<Apart>), String> {
     let j: LineJson<'_> =
         serde_json::from_slice(line).map_err(|e| format!("not a tidemark record line: {e}"))?;
     let key = match (j.key, j.key_base64) {
@@ -411,6 +526,7 @@ pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, S
         j.value.is_some(),
         j.value_utf8.is_some(),
         j.value_base64.is_some(),
+        j.value_entries.is_some(),
         j.row.is_some(),
     ]
     .iter()
@@ -420,14 +536,23 @@ pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, S
         if values != 0 || j.crc32.is_some() || j.rowid.is_some() {
             return Err("a deletion holds only its key".into());
         }
-        return Ok((key, None));
+        return Ok(((key, None), Vec::new()));
     }
     if j.deleted.is_some() || values != 1 {
         return Err(
-            "exactly one of `value`, `value_utf8`, `value_base64` and `row` must be present".into(),
+            "exactly one of `value`, `value_utf8`, `value_base64`, `value_entries` and `row` must \
+             be present"
+                .into(),
         );
     }
-    let value = if let Some(raw) = j.value {
+    let mut apart = Vec::new();
+    let value = if let Some(stored) = j.value_entries {
+        apart.push(Apart {
+            place: Place::Value,
+            stored,
+        });
+        Value::Bytes(Vec::new())
+    } else if let Some(raw) = j.value {
         Value::Bytes(raw.get().as_bytes().to_vec())
     } else if let Some(text) = j.value_utf8 {
         Value::Bytes(text.into_owned().into_bytes())
@@ -439,8 +564,14 @@ pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, S
     } else {
         let RowJson(parsed) = j.row.unwrap_or(RowJson(Vec::new()));
         let mut columns = Vec::with_capacity(parsed.len());
-        for (name, field) in parsed {
+        for (name, FieldJson(field, stored)) in parsed {
             let field = field.map_err(|e| format!("column `{name}`: {e}"))?;
+            if let Some(stored) = stored {
+                apart.push(Apart {
+                    place: Place::Column(columns.len()),
+                    stored,
+                });
+            }
             columns.push((name, field));
         }
         Value::Row(Row {
@@ -452,7 +583,12 @@ pub(super) fn read_line(line: &[u8]) -> std::result::Result<super::line::Read, S
         return Err("`rowid` belongs to rows only".into());
     }
     let want = j.crc32.ok_or("`crc32` is missing")?;
-    Ok((key, Some((value, want))))
+    for a in &apart {
+        if a.stored.id == 0 || a.stored.chunks == 0 {
+            return Err("a value kept apart numbers its entries from 1".into());
+        }
+    }
+    Ok(((key, Some((value, want))), apart))
 }
 
 /// Decodes a whole data entry; errors name the entry and line.
@@ -483,21 +619,84 @@ struct Counts {
     parts: u64,
 }
 
-/// Which collection and part an entry name is: `data/<dir>/<n>.jsonl`, vetted (no `..`, no
-/// absolute paths), or the manifest.
-fn parse_entry_name(name: &str) -> Option<Option<(&str, u64)>> {
-    if name == MANIFEST_ENTRY {
-        return Some(None);
+/// What an entry of a format-2 archive is, by its name.
+#[derive(Debug, PartialEq, Eq)]
+enum EntryName<'a> {
+    /// `tidemark/manifest.json`.
+    Manifest,
+    /// `data/<dir>/<n>.jsonl`: a collection's `n`th part.
+    Part(&'a str, u64),
+    /// `values/<dir>/<id>-<chunk>.bin`: the `chunk`th entry of a collection's value `id`.
+    Value(&'a str, u64, u64),
+}
+
+impl EntryName<'_> {
+    /// The collection directory the entry belongs to (none for the manifest).
+    fn dir(&self) -> Option<&str> {
+        match self {
+            EntryName::Manifest => None,
+            EntryName::Part(dir, _) | EntryName::Value(dir, _, _) => Some(dir),
+        }
     }
-    let rest = name.strip_prefix("data/")?;
+}
+
+/// An entry name's number: six digits or more (no leading zero beyond six), from 1.
+fn entry_number(s: &str) -> Option<u64> {
+    let fine = s.len() >= 6
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s.len() == 6 || !s.starts_with('0'));
+    let n: u64 = if fine { s.parse().ok()? } else { return None };
+    (n >= 1).then_some(n)
+}
+
+/// Which collection and part or value an entry name is, vetted (no `..`, no absolute paths),
+/// or the manifest; `None` for any other name.
+fn parse_entry_name(name: &str) -> Option<EntryName<'_>> {
+    if name == MANIFEST_ENTRY {
+        return Some(EntryName::Manifest);
+    }
+    let (kind, rest) = name.split_once('/')?;
     let (dir, file) = rest.split_once('/')?;
-    let n = file.strip_suffix(".jsonl")?;
-    let safe = !dir.is_empty() && dir != "." && dir != ".." && !dir.contains('\\');
-    if !safe || n.len() != 6 || !n.bytes().all(|b| b.is_ascii_digit()) {
+    if dir.is_empty() || dir == "." || dir == ".." || dir.contains('\\') {
         return None;
     }
-    let n: u64 = n.parse().ok()?;
-    (n >= 1).then_some(Some((dir, n)))
+    match kind {
+        "data" => Some(EntryName::Part(
+            dir,
+            entry_number(file.strip_suffix(".jsonl")?)?,
+        )),
+        "values" => {
+            let (id, chunk) = file.strip_suffix(".bin")?.split_once('-')?;
+            Some(EntryName::Value(
+                dir,
+                entry_number(id)?,
+                entry_number(chunk)?,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Puts a value read from its entries at its place in `record`.
+fn place_value(
+    record: &mut Record,
+    place: Place,
+    bytes: Vec<u8>,
+) -> std::result::Result<(), String> {
+    match (place, &mut record.value) {
+        (Place::Value, Value::Bytes(b)) => *b = bytes,
+        (Place::Column(i), Value::Row(row)) => match row.columns.get_mut(i) {
+            Some((_, Field::Blob(b) | Field::Text(b))) => *b = bytes,
+            _ => {
+                return Err(format!(
+                    "no BLOB or TEXT column {} for a value kept apart",
+                    i + 1
+                ))
+            }
+        },
+        _ => return Err("a value kept apart does not fit the record".into()),
+    }
+    Ok(())
 }
 
 /// Verifies one format-2 archive: the file's CRC32, every entry's zip CRC32 and the central
@@ -515,6 +714,9 @@ fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {
     let path = &item.path;
     let m = &item.manifest;
     let mut counts: BTreeMap<String, Counts> = BTreeMap::new();
+    // Values kept apart, read so far and not yet named by a line: (dir, id) → entries, bytes.
+    // Each comes just before the part of its line, so this holds about one record's values.
+    let mut values: HashMap<(String, u64), (u64, Vec<u8>)> = HashMap::new();
     let mut last_was_manifest = false;
     zipstream::read_entries(
         file,
@@ -533,7 +735,7 @@ fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {
                     "entry name outside the archive layout (refused)",
                 ));
             };
-            let Some((dir, n)) = kind else {
+            let Some(dir) = kind.dir() else {
                 last_was_manifest = true;
                 return Ok(());
             };
@@ -544,6 +746,29 @@ fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {
                     "entry of a collection the manifest does not list",
                 ));
             }
+            let n = match kind {
+                EntryName::Value(_, id, chunk) => {
+                    let held = values.entry((dir.to_string(), id));
+                    match (held, chunk) {
+                        (std::collections::hash_map::Entry::Vacant(v), 1) => {
+                            v.insert((1, data));
+                        }
+                        (std::collections::hash_map::Entry::Occupied(mut o), _)
+                            if o.get().0 + 1 == chunk =>
+                        {
+                            let (chunks, bytes) = o.get_mut();
+                            *chunks += 1;
+                            bytes.extend_from_slice(&data);
+                        }
+                        _ => {
+                            return Err(damaged(&epath, "a value's entry out of order or repeated"))
+                        }
+                    }
+                    return Ok(());
+                }
+                EntryName::Part(_, n) => n,
+                EntryName::Manifest => return Ok(()),
+            };
             let c = counts.entry(dir.to_string()).or_default();
             if n != c.parts + 1 {
                 return Err(damaged(
@@ -552,15 +777,43 @@ fn verify_entries(item: &ChainItem, file: &mut dyn Read) -> Result<u64> {
                 ));
             }
             c.parts += 1;
-            for line in decode_part(&epath, &data)? {
+            for (i, line) in decode_part(&epath, &data)?.into_iter().enumerate() {
                 match line {
                     Decoded::Put(_) => c.puts += 1,
+                    Decoded::Apart(mut record, want, apart) => {
+                        let at =
+                            |cause: String| damaged(&epath, format!("line {}: {cause}", i + 1));
+                        for a in apart {
+                            let (chunks, bytes) = values
+                                .remove(&(dir.to_string(), a.stored.id))
+                                .ok_or_else(|| at(format!("value {} is missing", a.stored.id)))?;
+                            if chunks != a.stored.chunks || bytes.len() as u64 != a.stored.bytes {
+                                return Err(at(format!(
+                                    "value {} has {chunks} entries of {} bytes, the line says {} \
+                                     of {}",
+                                    a.stored.id,
+                                    bytes.len(),
+                                    a.stored.chunks,
+                                    a.stored.bytes
+                                )));
+                            }
+                            place_value(&mut record, a.place, bytes).map_err(at)?;
+                        }
+                        check_crc(&record, want).map_err(at)?;
+                        c.puts += 1;
+                    }
                     Decoded::Delete(_) => c.deletions += 1,
                 }
             }
             Ok(())
         },
     )?;
+    if let Some((dir, id)) = values.keys().min() {
+        return Err(damaged(
+            &path.join(value_name(dir, *id, 1)),
+            "a value that no line names",
+        ));
+    }
     for (dir, parts) in m.dropped_parts.iter().flatten() {
         if counts.remove(dir).map_or(0, |c| c.parts) != *parts {
             return Err(damaged(
@@ -625,13 +878,13 @@ fn open(store: &dyn ChainStore, item: &ChainItem, skipped: Option<&Skipped>) -> 
     // Every entry must belong to the layout, also those a restore would not read.
     let m = &item.manifest;
     for e in &list {
-        let known = match parse_entry_name(&e.name) {
+        let known = match parse_entry_name(&e.name).map(|n| n.dir().map(str::to_owned)) {
             Some(None) => true,
-            Some(Some((dir, _))) => {
+            Some(Some(dir)) => {
                 m.collections.iter().any(|c| c.dir == dir)
                     || m.dropped_parts
                         .as_ref()
-                        .is_some_and(|d| d.contains_key(dir))
+                        .is_some_and(|d| d.contains_key(&dir))
             }
             None => false,
         };
@@ -729,30 +982,118 @@ struct PartDecoder {
 
 fn decode_job(decoder: &mut PartDecoder, job: Job) -> Result<Vec<Decoded>> {
     let path = job.path.join(&job.entry.name);
-    let bytes = job.span.bytes().map_err(|e| match e.kind() {
-        // A sealed archive's chunk that does not authenticate is damage, as a CRC32 is.
-        std::io::ErrorKind::InvalidData => damaged(job.span.archive.location(), e.to_string()),
-        _ => Error::io("read", job.span.archive.location(), e),
-    })?;
-    // The entry, as seen from the start of its span.
-    let local = DirEntry {
-        offset: job.entry.offset - job.span.start,
-        ..job.entry.clone()
-    };
-    let packed = zipstream::read_packed(&mut std::io::Cursor::new(&bytes[..]), &local)
-        .map_err(|r| refused(&job.path, r))?;
+    let bytes = job
+        .span
+        .bytes()
+        .map_err(|e| read_error(&*job.span.archive, e))?;
+    unpack_entry(decoder, &job.path, &bytes, job.span.start, &job.entry)?;
     drop(bytes);
+    decode_part(&path, &decoder.data)
+}
+
+/// An error reading an archive's bytes: a sealed archive's chunk that does not authenticate
+/// is damage, as a CRC32 is.
+fn read_error(archive: &dyn ArchiveRead, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::InvalidData => damaged(archive.location(), e.to_string()),
+        _ => Error::io("read", archive.location(), e),
+    }
+}
+
+/// Unpacks `entry` of the archive at `path` into `decoder.data`, from `bytes` read from
+/// offset `start` on.
+fn unpack_entry(
+    decoder: &mut PartDecoder,
+    path: &Path,
+    bytes: &[u8],
+    start: u64,
+    entry: &DirEntry,
+) -> Result<()> {
+    // The entry, as seen from the start of the bytes.
+    let local = DirEntry {
+        offset: entry.offset - start,
+        ..entry.clone()
+    };
+    let packed = zipstream::read_packed(&mut std::io::Cursor::new(bytes), &local)
+        .map_err(|r| refused(path, r))?;
     zipstream::unpack_into(
-        &job.entry.name,
-        job.entry.method,
+        &entry.name,
+        entry.method,
         packed,
-        job.entry.size,
-        job.entry.crc,
+        entry.size,
+        entry.crc,
         &mut decoder.zstd,
         &mut decoder.data,
     )
-    .map_err(|r| refused(&job.path, r))?;
-    decode_part(&path, &decoder.data)
+    .map_err(|r| refused(path, r))
+}
+
+/// The bytes of an archive an entry lies in (its header, name and data), when they lie in it.
+fn entry_end(o: &Opened, entry: &DirEntry) -> Result<u64> {
+    let end = entry
+        .offset
+        .saturating_add((HEADER_SLACK + entry.name.len()) as u64)
+        .saturating_add(entry.csize)
+        .min(o.archive.size());
+    if entry.offset >= end {
+        return Err(damaged(
+            &o.path.join(&entry.name),
+            "the entry lies outside the archive",
+        ));
+    }
+    Ok(end)
+}
+
+/// Reads the values that a line of collection `dir` in `o` keeps apart, one entry at a time,
+/// into the record, and checks its CRC32; other lines come back as they are. Memory: the
+/// values and one entry.
+fn read_apart(o: &Opened, dir: &str, line: Decoded, decoder: &mut PartDecoder) -> Result<Decoded> {
+    let Decoded::Apart(mut record, want, apart) = line else {
+        return Ok(line);
+    };
+    for a in apart {
+        let first = o.path.join(value_name(dir, a.stored.id, 1));
+        // Its entries first, their sizes adding up to the line's: a damaged count is found
+        // before anything is allocated or read.
+        let mut entries = Vec::new();
+        let mut total = 0u64;
+        for chunk in 1..=a.stored.chunks {
+            let name = value_name(dir, a.stored.id, chunk);
+            let entry = o
+                .entries
+                .get(&name)
+                .ok_or_else(|| damaged(&o.path.join(&name), "missing from the archive"))?;
+            total = total.saturating_add(entry.size);
+            entries.push(entry);
+        }
+        if total != a.stored.bytes {
+            return Err(damaged(
+                &first,
+                format!(
+                    "the value's entries hold {total} bytes, its line says {}",
+                    a.stored.bytes
+                ),
+            ));
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
+        for entry in entries {
+            let end = entry_end(o, entry)?;
+            let raw = o
+                .archive
+                .read_at(entry.offset, (end - entry.offset) as usize)
+                .map_err(|e| read_error(&*o.archive, e))?;
+            unpack_entry(decoder, &o.path, &raw, entry.offset, entry)?;
+            bytes.extend_from_slice(&decoder.data);
+        }
+        place_value(&mut record, a.place, bytes).map_err(|cause| damaged(&first, cause))?;
+    }
+    check_crc(&record, want).map_err(|cause| {
+        damaged(
+            &o.path.join(format!("values/{dir}")),
+            format!("key {}: {cause}", record.key),
+        )
+    })?;
+    Ok(Decoded::Put(record))
 }
 
 /// Partial recovery: the parts that can be read (their archive opened, their entry listed);
@@ -800,17 +1141,7 @@ fn read_parts(
             .get(&part.name)
             .cloned()
             .ok_or_else(|| damaged(&o.path.join(&part.name), "missing from the archive"))?;
-        let end = entry
-            .offset
-            .saturating_add((HEADER_SLACK + entry.name.len()) as u64)
-            .saturating_add(entry.csize)
-            .min(o.archive.size());
-        if entry.offset >= end {
-            return Err(damaged(
-                &o.path.join(&part.name),
-                "the entry lies outside the archive",
-            ));
-        }
+        let end = entry_end(o, &entry)?;
         let limit = o.archive.span() as u64;
         match spans.last_mut() {
             Some((a, start, span_end, _))
@@ -955,11 +1286,31 @@ pub(super) fn replay(
     let mut written = vec![0u64; collections.len()];
     let mut bytes = 0u64;
     let mut batches: Vec<Batch> = collections.iter().map(|_| Batch::new(options)).collect();
+    // A record's values kept apart are read here, once it is known to be written.
+    let mut apart = PartDecoder::default();
+    let mut read_in = |part: &PartRef, line: Decoded| -> Result<Option<Record>> {
+        let o = opened[part.archive].as_ref();
+        let line = match (o, line) {
+            (Some(o), line @ Decoded::Apart(..)) => {
+                read_apart(o, &collections[part.collection].dir, line, &mut apart)
+            }
+            (_, line) => Ok(line),
+        };
+        match (line, sk) {
+            (Ok(Decoded::Put(record)), _) => Ok(Some(record)),
+            (Ok(_), _) => Ok(None),
+            (Err(e @ Error::Damaged { .. }), Some(s)) => {
+                s.note(format!("{e} (this record is left out)"));
+                Ok(None)
+            }
+            (Err(e), _) => Err(e),
+        }
+    };
     // Pass 2: the scan, without the keys the overlay decides.
     read_parts(&opened, &base, threads, sk, &mut |part, lines| {
         let ci = part.collection;
         for line in lines {
-            let Decoded::Put(record) = line else {
+            if let Decoded::Delete(_) = line {
                 let e = damaged(
                     &items[part.archive].path.join(&part.name),
                     "a deletion in a scan part",
@@ -971,10 +1322,13 @@ pub(super) fn replay(
                     }
                     None => return Err(e),
                 }
-            };
-            if ordinals > 0 && winner[ci].contains_key(record.key.as_bytes()) {
+            }
+            if ordinals > 0 && winner[ci].contains_key(line.key().as_bytes()) {
                 continue;
             }
+            let Some(record) = read_in(part, line)? else {
+                continue;
+            };
             written[ci] += 1;
             bytes += batches[ci].push(&mut *sink, &collections[ci].info.name, record)?;
         }
@@ -987,8 +1341,13 @@ pub(super) fn replay(
         for line in lines {
             let n = ordinal;
             ordinal += 1;
-            let Decoded::Put(record) = line else { continue };
-            if winner[ci].get(record.key.as_bytes()) == Some(&n) {
+            if let Decoded::Delete(_) = line {
+                continue;
+            }
+            if winner[ci].get(line.key().as_bytes()) == Some(&n) {
+                let Some(record) = read_in(part, line)? else {
+                    continue;
+                };
                 written[ci] += 1;
                 bytes += batches[ci].push(&mut *sink, &collections[ci].info.name, record)?;
             }
@@ -1065,6 +1424,7 @@ pub(super) fn merge(
     let mut winner: Vec<KeyMap> = vec![KeyMap::default(); last.collections.len()];
     last_lines(&opened, &parts, threads, None, &mut winner)?;
     let mut ordinal = 0u64;
+    let mut apart = PartDecoder::default();
     read_parts(&opened, &parts, threads, None, &mut |part, lines| {
         let winner = &mut winner[part.collection];
         for line in lines {
@@ -1072,6 +1432,12 @@ pub(super) fn merge(
             ordinal += 1;
             if winner.get(line.key().as_bytes()) == Some(&n) {
                 winner.remove(line.key().as_bytes());
+                let line = match &opened[part.archive] {
+                    Some(o) => {
+                        read_apart(o, &last.collections[part.collection].dir, line, &mut apart)?
+                    }
+                    None => line,
+                };
                 emit(part.collection, line)?;
             }
         }
@@ -1096,7 +1462,7 @@ fn last_lines(
     read_parts(opened, parts, threads, skipped, &mut |part, lines| {
         for line in lines {
             let key = match line {
-                Decoded::Put(r) => r.key,
+                Decoded::Put(r) | Decoded::Apart(r, _, _) => r.key,
                 Decoded::Delete(k) => k,
             };
             winner[part.collection].insert(key.0, ordinal);
@@ -1159,6 +1525,7 @@ mod tests {
                 }
                 (Ok(_), Err(e)) => panic!("{column}: {e}"),
                 (Ok(_), Ok(Decoded::Delete(_))) => panic!("{column}: a deletion"),
+                (Ok(_), Ok(Decoded::Apart(..))) => panic!("{column}: a value kept apart"),
             }
         }
     }
@@ -1330,7 +1697,8 @@ mod tests {
         assert_eq!(direct.len(), via_json.len());
         for ((dn, df), (jn, jf)) in direct.into_iter().zip(via_json) {
             assert_eq!(dn, jn);
-            assert!(df.expect("a field").same_as(&jf), "column {dn}");
+            assert_eq!(df.1, None, "column {dn}");
+            assert!(df.0.expect("a field").same_as(&jf), "column {dn}");
         }
     }
 
@@ -1338,18 +1706,154 @@ mod tests {
     fn entry_names_are_vetted() {
         assert_eq!(
             parse_entry_name("data/orders/000001.jsonl"),
-            Some(Some(("orders", 1)))
+            Some(EntryName::Part("orders", 1))
         );
-        assert_eq!(parse_entry_name(MANIFEST_ENTRY), Some(None));
+        assert_eq!(
+            parse_entry_name("data/orders/1000000.jsonl"),
+            Some(EntryName::Part("orders", 1_000_000))
+        );
+        assert_eq!(
+            parse_entry_name("values/orders/000003-000012.bin"),
+            Some(EntryName::Value("orders", 3, 12))
+        );
+        assert_eq!(parse_entry_name(MANIFEST_ENTRY), Some(EntryName::Manifest));
         for bad in [
             "data/../000001.jsonl",
             "data/a/1.jsonl",
+            "data/a/0000001.jsonl",
             "/data/a/000001.jsonl",
             "x/a/000001.jsonl",
             "data/a/000000.jsonl",
             "data/a/b/000001.jsonl",
+            "data/a/000001-000001.bin",
+            "values/a/000001.jsonl",
+            "values/a/000001-000000.bin",
+            "values/a/000001.bin",
+            "values/../000001-000001.bin",
+            "values/a/b/000001-000001.bin",
         ] {
             assert_eq!(parse_entry_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lines_name_the_values_kept_apart_and_take_them_back() {
+        let stored = |id, chunks, bytes| Stored { id, chunks, bytes };
+        // A row: a BLOB and a TEXT column kept apart, an integer in its line.
+        let full = Record {
+            key: Key(b"7".to_vec()),
+            value: Value::Row(Row {
+                columns: vec![
+                    ("id".into(), Field::Integer(7)),
+                    ("img".into(), Field::Blob(vec![0, 1, 2, 3, 4])),
+                    ("doc".into(), Field::Text(b"abc".to_vec())),
+                ],
+                rowid: Some(7),
+            }),
+        };
+        let crc = record_crc32(&full);
+        let mut record = full.clone();
+        let Value::Row(row) = &mut record.value else {
+            unreachable!()
+        };
+        row.columns[1].1 = Field::Blob(Vec::new());
+        row.columns[2].1 = Field::Text(Vec::new());
+        let apart = vec![
+            Apart {
+                place: Place::Column(1),
+                stored: stored(1, 2, 5),
+            },
+            Apart {
+                place: Place::Column(2),
+                stored: stored(2, 1, 3),
+            },
+        ];
+        let mut out = Vec::new();
+        encode_line(&mut out, &Line::Apart(record.clone(), crc, apart.clone()));
+        assert_eq!(
+            String::from_utf8(out.clone()).expect("UTF-8"),
+            format!(
+                "{{\"key\":\"7\",\"row\":{{\"id\":7,\"img\":{{\"$entries\":{{\"id\":1,\"chunks\":2,\
+                 \"bytes\":5}}}},\"doc\":{{\"$text_entries\":{{\"id\":2,\"chunks\":1,\"bytes\":3}}}}}},\
+                 \"rowid\":7,\"crc32\":{crc}}}\n"
+            )
+        );
+        let Decoded::Apart(mut got, want, got_apart) =
+            decode_line(&out[..out.len() - 1]).expect("decodes")
+        else {
+            panic!("a line with values kept apart decodes as such")
+        };
+        assert_eq!((&got, want, &got_apart), (&record, crc, &apart));
+        // Its CRC32 is the whole record's: the line alone does not match it.
+        assert!(check_crc(&got, want).is_err());
+        place_value(&mut got, Place::Column(1), vec![0, 1, 2, 3, 4]).expect("fits");
+        place_value(&mut got, Place::Column(2), b"abc".to_vec()).expect("fits");
+        assert_eq!(got, full);
+        check_crc(&got, want).expect("fits");
+        assert!(place_value(&mut got, Place::Column(0), Vec::new()).is_err());
+        assert!(place_value(&mut got, Place::Value, Vec::new()).is_err());
+
+        // A key-value record's value.
+        let full = Record {
+            key: Key(b"k".to_vec()),
+            value: Value::Bytes(vec![0xff; 9]),
+        };
+        let crc = record_crc32(&full);
+        let apart = vec![Apart {
+            place: Place::Value,
+            stored: stored(4, 1, 9),
+        }];
+        let empty = Record {
+            key: Key(b"k".to_vec()),
+            value: Value::Bytes(Vec::new()),
+        };
+        let mut out = Vec::new();
+        encode_line(&mut out, &Line::Apart(empty.clone(), crc, apart.clone()));
+        assert_eq!(
+            String::from_utf8(out.clone()).expect("UTF-8"),
+            format!(
+                "{{\"key\":\"k\",\"value_entries\":{{\"id\":4,\"chunks\":1,\"bytes\":9}},\
+                 \"crc32\":{crc}}}\n"
+            )
+        );
+        let Decoded::Apart(mut got, want, got_apart) =
+            decode_line(&out[..out.len() - 1]).expect("decodes")
+        else {
+            panic!("a line with its value kept apart decodes as such")
+        };
+        assert_eq!((&got, &got_apart), (&empty, &apart));
+        place_value(&mut got, Place::Value, vec![0xff; 9]).expect("fits");
+        check_crc(&got, want).expect("fits");
+
+        // Damaged references are refused, named.
+        for (bad, why) in [
+            (
+                r#"{"key":"k","value_entries":{"id":0,"chunks":1,"bytes":9},"crc32":1}"#,
+                "from 1",
+            ),
+            (
+                r#"{"key":"k","value_entries":{"id":1,"chunks":0,"bytes":9},"crc32":1}"#,
+                "from 1",
+            ),
+            (
+                r#"{"key":"k","value_entries":{"id":1,"chunks":1},"crc32":1}"#,
+                "bytes",
+            ),
+            (
+                r#"{"key":"k","value_entries":{"id":1,"chunks":1,"bytes":9,"x":1},"crc32":1}"#,
+                "x",
+            ),
+            (
+                r#"{"key":"k","value_entries":{"id":1,"chunks":1,"bytes":9},"value":1,"crc32":1}"#,
+                "exactly one",
+            ),
+            (
+                r#"{"key":"k","row":{"a":{"$entries":{"id":1,"chunks":1,"bytes":9},"b":1}},"crc32":1}"#,
+                "another member",
+            ),
+        ] {
+            let e = decode_line(bad.as_bytes()).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 }

@@ -12,7 +12,10 @@
 //! is missing, damaged or not the newest archive's, the next archive is full and says why.
 
 use super::chain::{ArchiveOutput, ChainStore, LocalChain, Slot};
-use super::v2::{encode_line, part_name, Decoded, Line};
+use super::v2::{
+    encode_line, part_name, value_name, Apart, Decoded, Line, Place, Stored, APART_BYTES,
+    VALUE_CHUNK,
+};
 use super::{
     file_name_of, manifest_text, ArchiveCollection, ArchiveManifest, ArchiveOptions,
     ArchiveSummary, ChainItem, Compression, ARCHIVE_FORMAT, ARCHIVE_FORMAT_VERSION,
@@ -27,13 +30,14 @@ use crate::error::{Error, Result};
 use crate::folder::{collection_dir_name, WriteEvent};
 use crate::keyindex::Entry;
 use crate::manifest::{now_rfc3339, FolderManifest, RunKind};
-use crate::model::{CollectionName, Key, Record};
+use crate::model::{CollectionName, Field, Key, Record, Value};
 use crate::pipeline::Pipeline;
 use crate::zipstream::{self, Packed, Packer, StreamWriter};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The key state's directory inside a local archive directory.
@@ -530,16 +534,18 @@ pub(super) fn write_compacted(
         let name = &names[ci];
         match line {
             Decoded::Put(record) => {
-                let size = record.key.as_bytes().len()
-                    + record.value.payload_len() as usize
-                    + RECORD_OVERHEAD;
                 let crc = crate::document::record_crc32(&record);
-                run.push(name, Line::Put(record, crc), size, |p| p.documents += 1)
+                run.push_record(name, record, crc)
             }
             Decoded::Delete(key) => {
                 let size = key.as_bytes().len() + RECORD_OVERHEAD;
                 run.push(name, Line::Delete(key), size, |p| p.deletions += 1)
             }
+            // `merge` reads every value kept apart in before it hands a line on.
+            Decoded::Apart(record, _, _) => Err(super::damaged(
+                &chain.location(),
+                format!("key {}: a value kept apart was not read", record.key),
+            )),
         }
     })?;
     run.flush_all()?;
@@ -592,7 +598,16 @@ pub(super) fn write_compacted(
 /// A part on its way to a worker.
 struct Chunk {
     name: String,
-    lines: Vec<Line>,
+    body: Body,
+}
+
+/// What an entry on its way to a worker holds.
+enum Body {
+    /// A part's lines.
+    Lines(Vec<Line>),
+    /// One entry of a value kept apart: these bytes of it (shared by its entries, freed with
+    /// the last).
+    Value(Arc<Vec<u8>>, std::ops::Range<usize>),
 }
 
 /// A part encoded and compressed, ready to append.
@@ -603,24 +618,37 @@ struct PackedPart {
 }
 
 fn pack_part(packer: &mut Option<Packer>, chunk: Chunk) -> Result<PackedPart> {
-    let mut raw = Vec::with_capacity(PART_BYTES + PART_BYTES / 4);
-    for line in &chunk.lines {
-        encode_line(&mut raw, line);
-    }
-    drop(chunk.lines);
     let packer = packer.as_mut().ok_or_else(|| Error::Io {
         op: "compress",
         path: PathBuf::from(&chunk.name),
         source: std::io::Error::other("the compressor could not be made"),
     })?;
     let mut out = Vec::new();
-    let packed = packer
-        .pack_into(&raw, &mut out)
-        .map_err(|e| Error::io("compress", &chunk.name, e))?;
+    let pack = |packer: &mut Packer, raw: &[u8], out: &mut Vec<u8>| {
+        packer
+            .pack_into(raw, out)
+            .map_err(|e| Error::io("compress", &chunk.name, e))
+    };
+    let (packed, bytes) = match chunk.body {
+        Body::Lines(lines) => {
+            let mut raw = Vec::with_capacity(PART_BYTES + PART_BYTES / 4);
+            for line in &lines {
+                encode_line(&mut raw, line);
+            }
+            drop(lines);
+            let packed = pack(packer, &raw, &mut out)?;
+            (packed, if out.is_empty() { raw } else { out })
+        }
+        Body::Value(value, range) => {
+            let raw = &value[range];
+            let packed = pack(packer, raw, &mut out)?;
+            (packed, if out.is_empty() { raw.to_vec() } else { out })
+        }
+    };
     Ok(PackedPart {
         name: chunk.name,
         packed,
-        bytes: if out.is_empty() { raw } else { out },
+        bytes,
     })
 }
 
@@ -633,6 +661,8 @@ struct PartState {
     scan_parts: Option<u64>,
     documents: u64,
     deletions: u64,
+    /// Values kept apart so far.
+    values: u64,
 }
 
 /// Where a collection's part is cut once it has `parts` before it.
@@ -715,6 +745,7 @@ impl ArchiveRun {
                 scan_parts: None,
                 documents: 0,
                 deletions: 0,
+                values: 0,
             });
             self.collections.insert(collection.clone(), state);
         }
@@ -774,9 +805,81 @@ impl ArchiveRun {
         let next = p.open.len() * part_bytes(p.parts) / part_bytes(p.parts - 1);
         let chunk = Chunk {
             name: part_name(&p.dir, p.parts),
-            lines: std::mem::replace(&mut p.open, Vec::with_capacity(next)),
+            body: Body::Lines(std::mem::replace(&mut p.open, Vec::with_capacity(next))),
         };
         pipeline.submit(chunk, &mut |r| append(zip, what, bytes, r))
+    }
+
+    /// Adds a record's line, its values of [`APART_BYTES`] or more first sent to the workers
+    /// as value entries of their own ([`VALUE_CHUNK`] bytes each, compressed in parallel); the
+    /// part of such a line is cut at once, so that it follows its values closely.
+    fn push_record(
+        &mut self,
+        collection: &CollectionName,
+        mut record: Record,
+        crc: u32,
+    ) -> Result<()> {
+        let size =
+            record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
+        let mut large: Vec<(Place, Vec<u8>)> = Vec::new();
+        match &mut record.value {
+            Value::Bytes(b) if b.len() >= APART_BYTES => {
+                large.push((Place::Value, std::mem::take(b)))
+            }
+            Value::Bytes(_) => {}
+            Value::Row(row) => {
+                for (i, (_, field)) in row.columns.iter_mut().enumerate() {
+                    if let Field::Blob(b) | Field::Text(b) = field {
+                        if b.len() >= APART_BYTES {
+                            large.push((Place::Column(i), std::mem::take(b)));
+                        }
+                    }
+                }
+            }
+        }
+        if large.is_empty() {
+            return self.push(collection, Line::Put(record, crc), size, |p| {
+                p.documents += 1
+            });
+        }
+        let mut apart = Vec::with_capacity(large.len());
+        for (place, bytes) in large {
+            let p = self.part(collection);
+            p.values += 1;
+            let (id, dir) = (p.values, p.dir.clone());
+            let len = bytes.len();
+            let value = Arc::new(bytes);
+            let chunks = len.div_ceil(VALUE_CHUNK);
+            for c in 0..chunks {
+                let chunk = Chunk {
+                    name: value_name(&dir, id, c as u64 + 1),
+                    body: Body::Value(
+                        value.clone(),
+                        c * VALUE_CHUNK..len.min((c + 1) * VALUE_CHUNK),
+                    ),
+                };
+                let ArchiveRun {
+                    pipeline,
+                    zip,
+                    what,
+                    bytes,
+                    ..
+                } = self;
+                pipeline.submit(chunk, &mut |r| append(zip, what, bytes, r))?;
+            }
+            apart.push(Apart {
+                place,
+                stored: Stored {
+                    id,
+                    chunks: chunks as u64,
+                    bytes: len as u64,
+                },
+            });
+        }
+        self.push(collection, Line::Apart(record, crc, apart), size, |p| {
+            p.documents += 1
+        })?;
+        self.cut(collection)
     }
 
     /// Sends every open part to the workers.
@@ -866,11 +969,7 @@ impl RunWriter for ArchiveRun {
         record: Record,
         entry: Entry,
     ) -> Result<Option<WriteEvent>> {
-        let size =
-            record.key.as_bytes().len() + record.value.payload_len() as usize + RECORD_OVERHEAD;
-        self.push(collection, Line::Put(record, entry.crc32), size, |p| {
-            p.documents += 1
-        })?;
+        self.push_record(collection, record, entry.crc32)?;
         Ok(None)
     }
 

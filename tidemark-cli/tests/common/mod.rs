@@ -433,3 +433,16 @@ pub fn assert_refused_as_newer(out: &Output, args: &[&str], unsupported: &str) {
         "{args:?}: {err}"
     );
 }
+
+/// The checkpoint an archive ends at, read through the zip crate (`unzip` has no zstd).
+pub fn checkpoint_of(archive: &Path) -> u64 {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(archive).unwrap()).unwrap();
+    let mut text = String::new();
+    zip.by_name("tidemark/manifest.json")
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["manifest"]["to"]["position"].as_u64().unwrap()
+}

@@ -12,6 +12,8 @@ own, older RocksDB (9.x). Commands:
   compact DIR                                        compact every column family's whole range
   entity DIR                                         put a wide-column entity (PutEntity, two
       columns) at key `entity` of `default`; WAL files kept an hour
+  big DIR KEY BYTES SEED                             put BYTES random bytes (from SEED) at KEY of
+      `default`, creating the database if needed; WAL files kept an hour
   hold DIR                                          open the database, print "ready", and keep
       it open until stdin closes
   dump DIR                                          print every column family's keys and values
@@ -85,6 +87,14 @@ def write(path, start, count, flush_each, crash, keep_wal=False):
     db.close()
 
 
+def big(path, key, size, seed):
+    import random
+    cfs = Rdict.list_cf(path) if os.path.exists(os.path.join(path, "CURRENT")) else ["default"]
+    db = Rdict(path, options(True), column_families={n: options(True) for n in cfs if n != "default"})
+    db[key.encode()] = random.Random(seed).randbytes(size)
+    db.close()
+
+
 def dump(path):
     cfs = Rdict.list_cf(path)
     db = Rdict(path, options(), column_families={n: options() for n in cfs if n != "default"})
@@ -108,6 +118,8 @@ if __name__ == "__main__":
         compact(sys.argv[2])
     elif cmd == "entity":
         entity(sys.argv[2])
+    elif cmd == "big":
+        big(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     elif cmd == "hold":
         cfs = Rdict.list_cf(sys.argv[2])
         db = Rdict(sys.argv[2], options(), column_families={n: options() for n in cfs if n != "default"})
