@@ -1636,6 +1636,27 @@ mod tests {
                 }),
             ),
             Line::Delete(Key(b"user/41".to_vec())),
+            {
+                // A row whose BLOB (9,000,000 zero bytes) is kept apart.
+                let row = |img: Vec<u8>| Record {
+                    key: Key(b"8".to_vec()),
+                    value: Value::Row(Row {
+                        columns: vec![
+                            ("id".into(), Field::Integer(8)),
+                            ("img".into(), Field::Blob(img)),
+                        ],
+                        rowid: None,
+                    }),
+                };
+                let crc = record_crc32(&row(vec![0; 9_000_000]));
+                let stored = Stored {
+                    id: 1,
+                    chunks: 3,
+                    bytes: 9_000_000,
+                };
+                let place = Place::Column(1);
+                Line::Apart(row(Vec::new()), crc, vec![Apart { place, stored }])
+            },
         ];
         for line in &lines {
             let mut out = Vec::new();
