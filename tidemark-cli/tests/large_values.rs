@@ -311,3 +311,40 @@ fn values_kept_apart_round_trip_through_an_object_store() {
     run(&["restore", "--from", &url, "--to", "sqlite:r.db"]);
     assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "restored from S3");
 }
+
+/// An encrypted chain reads a value's entries through its sealed chunks.
+#[test]
+fn values_kept_apart_round_trip_through_an_encrypted_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB);
+         INSERT INTO t VALUES (1, randomblob(6000000)), (2, x'01');",
+    );
+    std::fs::write(d.join("pass"), "correct horse\n").unwrap();
+    let key = ["--encrypt-passphrase-file", "pass"];
+    let mut args = BACKUP.to_vec();
+    args.extend(key);
+    ok(&args, d);
+    let v = ok(&["verify", "ar", key[0], key[1]], d);
+    assert!(v.contains("2 records"), "{v}");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "ar",
+            "--to",
+            "sqlite:r.db",
+            key[0],
+            key[1],
+        ],
+        d,
+    );
+    assert_same_dump(
+        &dump(&d.join("r.db")),
+        &dump(&db),
+        "restored from a sealed chain",
+    );
+}
