@@ -6,11 +6,13 @@ random archives, runs verify, and restores every point with `--at`, by checkpoin
 A restore must give exactly the state of the point asked for (exit 0) or refuse (exit 1 or 3);
 what verify calls intact must restore. Prints each problem and the outcomes.
 
-usage: at_damage.py SEED TRIALS [compact] [encrypted]
+usage: at_damage.py SEED TRIALS [compact] [encrypted] [large]
   compact: `tidemark compact --fanout 2` after the backups, so that the chain also holds
   compacted archives (each covering several backups) that restores may take
   encrypted: the chain is sealed to an age recipient (every command gets the identity), and a
   trial may also flip a bit in the key file or its copy
+  large: each backup also changes a BLOB of 1.1 MB (4.3 MB in the first and the fifth), which
+  archives keep apart from its line in value entries: most flipped bits land in those
 needs: the sqlite3 shell, `cargo build --release -p tidemark-cli` (or TIDEMARK_BIN).
 See docs/RELIABILITY.md."""
 import json, os, random, shutil, subprocess, sys, tempfile
@@ -18,6 +20,7 @@ from common import BIN as B, age_identity
 seed, trials = int(sys.argv[1]), int(sys.argv[2])
 COMPACT = "compact" in sys.argv[3:]
 ENCRYPTED = "encrypted" in sys.argv[3:]
+LARGE = "large" in sys.argv[3:]
 rnd = random.Random(seed)
 W = tempfile.mkdtemp(prefix="atfuzz-")
 # The key state of an encrypted chain lives in the cache, kept inside the work directory.
@@ -30,11 +33,13 @@ def run(a):
     return subprocess.run(a, capture_output=True, text=True, cwd=W, env=ENV)
 def sql(db, s): r = run(["sqlite3", db, s]); assert r.returncode == 0, r.stderr
 def dump(db): return run(["sqlite3", db, ".dump t"]).stdout
-sql("src.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<400) INSERT INTO t SELECT i, 'v'||i FROM n;")
+sql("src.db", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i+1 FROM n WHERE i<400) INSERT INTO t(id, v) SELECT i, 'v'||i FROM n;")
 assert run([B, "track", "--source", "sqlite:src.db"]).returncode == 0
 states = {}; times = {}
 for r in range(1, 9):
     sql("src.db", f"UPDATE t SET v='r{r}' WHERE id % 4 = {r % 4}; DELETE FROM t WHERE id % 31 = {r}; INSERT INTO t(v) VALUES ('n{r}');")
+    if LARGE:
+        sql("src.db", f"UPDATE t SET b = randomblob({4300000 if r in (1, 5) else 1100000}) WHERE id = {100 + r};")
     x = run([B, "backup", "--source", "sqlite:src.db", "--to", "bk", "--format", "archive"] + (["--full"] if r == 5 else []) + (MAKE if r == 1 else []))
     assert x.returncode == 0, x.stderr
     rows = [json.loads(l) for l in run([B, "list", "bk", "--json"]).stdout.splitlines()]
