@@ -87,6 +87,15 @@ impl SstFiles {
         self.0.iter().filter_map(|f| f.number).collect()
     }
 
+    /// The file numbers the backup that kept `previous` held (none without marks).
+    pub(crate) fn numbers_in(previous: Option<&serde_json::Value>) -> BTreeSet<u64> {
+        previous
+            .and_then(|m| m.get(MARKS_KEY))
+            .and_then(|a| a.as_str())
+            .map(|a| a.split(' ').filter_map(|n| n.parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
     /// Why the files new since the backup that kept `previous` hold changes the WAL does not
     /// have: the first new file (in `dir`) that was ingested, or that cannot be read to tell.
     /// With no marks (a backup by an older tidemark), every file is new.
@@ -96,11 +105,7 @@ impl SstFiles {
         previous: Option<&serde_json::Value>,
     ) -> Option<String> {
         // Marks that do not parse are as none: every file is checked.
-        let mut known: BTreeSet<u64> = previous
-            .and_then(|m| m.get(MARKS_KEY))
-            .and_then(|a| a.as_str())
-            .map(|a| a.split(' ').filter_map(|n| n.parse().ok()).collect())
-            .unwrap_or_default();
+        let mut known = Self::numbers_in(previous);
         self.first_ingested(dir, &mut known)
     }
 

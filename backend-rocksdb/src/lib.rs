@@ -27,6 +27,7 @@
 //! their memtables are flushed and incrementals fall back to full backups.
 
 mod ingest;
+mod manifest;
 pub mod wal;
 
 use backup_core::{
@@ -491,6 +492,9 @@ impl StorageBackend for RocksBackend {
     fn view(&self) -> Result<Box<dyn View + '_>> {
         let store_id = self.store_id()?;
         let cfs = self.column_families()?;
+        // Where the MANIFEST ends, then the files, before the snapshot: an edit written in
+        // between is read by the next backup, and its files are this one's (so known then).
+        let manifest_at = manifest::current(&self.path).map_err(|e| e.to_string());
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
@@ -509,6 +513,8 @@ impl StorageBackend for RocksBackend {
             checkpoint,
             cfs,
             ssts,
+            manifest_at,
+            manifest_end: None,
             verify: None,
             last_batch: None,
         }))
@@ -567,6 +573,11 @@ struct RocksView<'a> {
     cfs: Vec<(String, u32)>,
     /// The SST files the view holds (listed before its snapshot).
     ssts: ingest::SstFiles,
+    /// The MANIFEST and its size when the view was taken (before its files were listed), or
+    /// why it could not be told.
+    manifest_at: std::result::Result<manifest::Position, String>,
+    /// Where this run's reading of the MANIFEST stopped (after its last whole edit).
+    manifest_end: Option<manifest::Position>,
     /// The WAL batch the previous backup read last (it ends at that backup's checkpoint), to
     /// be found again where the WAL still holds it ([`View::changes_outside_log`] sets it).
     verify: Option<WalBatch>,
@@ -595,6 +606,9 @@ fn rolled_back(was: WalBatch) -> String {
 
 /// The key of the WAL batch in RocksDB's store marks.
 const BATCH_MARK: &str = "wal_batch";
+
+/// The key of the MANIFEST position in RocksDB's store marks (`"MANIFEST-000012 4567"`).
+const MANIFEST_MARK: &str = "manifest";
 
 impl WalBatch {
     fn of(start: u64, batch: &WriteBatch) -> Self {
@@ -648,6 +662,55 @@ fn wal_bytes(dir: &Path) -> u64 {
 }
 
 impl RocksView<'_> {
+    /// Why the MANIFEST's edits since the backup that kept `previous` hold changes the WAL
+    /// does not have (see [`manifest`]): a file added alone and gone before this view, or
+    /// files removed alone. Notes where the reading stopped, for [`View::store_marks`].
+    fn manifest_says(&mut self, previous: Option<&serde_json::Value>) -> Option<String> {
+        // From where the previous backup stopped in the same MANIFEST; a new one (the
+        // application reopened the database) from its start.
+        let from = |at: &manifest::Position| {
+            previous
+                .and_then(|m| m.get(MANIFEST_MARK))
+                .and_then(|v| v.as_str())
+                .and_then(manifest::Position::parse)
+                .filter(|p| p.name == at.name && p.offset <= at.offset)
+                .map_or(0, |p| p.offset)
+        };
+        let read = self.manifest_at.clone().and_then(|at| {
+            manifest::read(&self.backend.path, &at.name, from(&at), at.offset)
+                .map(|edits| (at, edits))
+        });
+        let (at, edits) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                return Some(format!(
+                    "the MANIFEST could not be read to rule out SST files ingested or removed \
+                     since the previous backup ({e})"
+                ))
+            }
+        };
+        self.manifest_end = Some(manifest::Position {
+            name: at.name,
+            offset: edits.end,
+        });
+        let mut known = self.ssts.numbers();
+        known.extend(ingest::SstFiles::numbers_in(previous));
+        if let Some(n) = edits.added_alone.iter().find(|n| !known.contains(n)) {
+            return Some(format!(
+                "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or \
+                 an import, neither a flush nor a compaction) and compacted into another file \
+                 before this backup; its keys have no WAL record"
+            ));
+        }
+        if let Some(n) = edits.removed_alone.first() {
+            return Some(format!(
+                "SST file {n:06}.sst was removed from the database without a compaction's output \
+                 (DeleteFilesInRange, a FIFO compaction); its keys went without a WAL record"
+            ));
+        }
+        None
+    }
+
     /// The WAL batch that ends at `at`, read back from the WAL where it is small (see
     /// [`WAL_LOOKUP_BYTES`]); `None` where the WAL does not hold it (written without the WAL,
     /// purged) or was not read.
@@ -739,6 +802,19 @@ impl View for RocksView<'_> {
         if let Some(b) = batch {
             marks[BATCH_MARK] = serde_json::Value::String(b.text());
         }
+        // Where the next backup starts reading the MANIFEST: where this one stopped, or (a run
+        // that read none: full) after the edits there were when the view was taken.
+        let end = self.manifest_end.clone().or_else(|| {
+            let at = self.manifest_at.as_ref().ok()?;
+            let edits = manifest::read(&self.backend.path, &at.name, 0, at.offset).ok()?;
+            Some(manifest::Position {
+                name: at.name.clone(),
+                offset: edits.end,
+            })
+        });
+        if let Some(end) = end {
+            marks[MANIFEST_MARK] = serde_json::Value::String(end.text());
+        }
         Ok(Some(marks))
     }
 
@@ -747,7 +823,12 @@ impl View for RocksView<'_> {
         previous: Option<&serde_json::Value>,
     ) -> Result<Option<String>> {
         self.verify = WalBatch::parse(previous);
-        Ok(self.ssts.ingested_since(&self.backend.path, previous))
+        // Both, so that this run notes where it stopped reading the MANIFEST.
+        let manifest = self.manifest_says(previous);
+        Ok(self
+            .ssts
+            .ingested_since(&self.backend.path, previous)
+            .or(manifest))
     }
 
     fn scans_in_key_order(&self) -> bool {

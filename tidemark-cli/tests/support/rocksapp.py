@@ -9,6 +9,9 @@ own, older RocksDB (9.x). Commands:
   ingest DIR START COUNT [--only]                    write keys z START..START+COUNT of `default`
       into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
       --only) put `after` through the WAL; WAL files kept an hour
+  ingest-compact DIR START COUNT                      in one session: ingest keys z START..START+COUNT
+      of `default` (as `ingest --only`), put a key among them, flush, and compact every column
+      family, so that the ingested file is merged into a compaction's output
   compact DIR                                        compact every column family's whole range
   entity DIR                                         put a wide-column entity (PutEntity, two
       columns) at key `entity` of `default`; WAL files kept an hour
@@ -50,6 +53,24 @@ def ingest(path, start, count, only):
     db.ingest_external_file([sst])
     if not only:
         db[b"after"] = b"1"
+    db.close()
+    os.remove(sst)
+
+
+def ingest_compact(path, start, count):
+    sst = path.rstrip("/") + "-ingest.sst"
+    w = SstFileWriter(options(True))
+    w.open(sst)
+    for i in range(start, start + count):
+        w[b"z%08d" % i] = b'{"ingested": %d}' % i
+    w.finish()
+    db, cfs = open_all(path, True)
+    db.ingest_external_file([sst])
+    db[b"z%08da" % start] = b'{"among": 1}'
+    db.flush()
+    for name in cfs:
+        cf = db if name == "default" else db.get_column_family(name)
+        cf.compact_range(None, None)
     db.close()
     os.remove(sst)
 
@@ -114,6 +135,8 @@ if __name__ == "__main__":
         write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args, "--keep-wal" in args)
     elif cmd == "ingest":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
+    elif cmd == "ingest-compact":
+        ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "compact":
         compact(sys.argv[2])
     elif cmd == "entity":

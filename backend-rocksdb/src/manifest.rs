@@ -1,0 +1,473 @@
+//! The MANIFEST's version edits since the previous backup: files that came and went around the
+//! WAL.
+//!
+//! [`crate::ingest`] reads the tail of every SST file new since the previous backup, and finds
+//! a file ingested with `IngestExternalFile` (sequence number 0, no WAL record) by its
+//! property. A file that a compaction merged into another before the backup is gone by then,
+//! and its keys sit in a compaction's output, which has no such property. The MANIFEST still
+//! tells: RocksDB appends one *version edit* per change of the set of files, and
+//!
+//! - a flush's edit names the WAL it obsoletes (a log number): its keys came through the WAL;
+//! - a compaction's (and a move's) edit removes the files it read;
+//! - an ingestion's or an import's edit only adds files;
+//! - `DeleteFilesInRange`'s and a FIFO compaction's edits only remove files: their keys go
+//!   without a WAL record (as do those of a compaction that wrote nothing, which is rare and
+//!   only costs a comparison).
+//!
+//! So a backup keeps where it stopped reading the MANIFEST (its name and offset), and the next
+//! reads the edits written since: a file added alone that is gone (it was neither in the
+//! previous backup's files nor is it in this one's), or files removed alone, make the WAL
+//! unusable for that run. When the application reopened the database, RocksDB wrote a new
+//! MANIFEST (it begins with the files of that moment, in edits that name log numbers): its
+//! edits are read from the start; those of the sessions in between are gone.
+//!
+//! Formats (RocksDB's `db/log_format.h`, `db/log_writer.cc`, `db/version_edit.cc`): the file
+//! is a log of 32 KiB blocks of records (a 7-byte header: masked CRC32C, length, type), each
+//! edit one logical record; an edit is a sequence of varint tags and their fields.
+
+use std::path::Path;
+
+/// Where reading a MANIFEST stopped: its file name and the offset after its last whole record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) name: String,
+    pub(crate) offset: u64,
+}
+
+impl Position {
+    /// As a store mark keeps it: `"MANIFEST-000012 4567"`.
+    pub(crate) fn text(&self) -> String {
+        format!("{} {}", self.name, self.offset)
+    }
+
+    /// The position a store mark holds, if it parses.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        let (name, offset) = text.split_once(' ')?;
+        let fine = name.starts_with("MANIFEST-") && !name.contains('/');
+        fine.then(|| {
+            offset.parse().ok().map(|offset| Position {
+                name: name.to_string(),
+                offset,
+            })
+        })?
+    }
+}
+
+/// The MANIFEST that `CURRENT` names in `dir`, and its size now.
+pub(crate) fn current(dir: &Path) -> std::io::Result<Position> {
+    let text = std::fs::read_to_string(dir.join("CURRENT"))?;
+    let name = text.trim_end_matches('\n').to_string();
+    if !name.starts_with("MANIFEST-") || name.contains('/') {
+        return Err(std::io::Error::other(format!(
+            "CURRENT names `{name}`, not a MANIFEST"
+        )));
+    }
+    let offset = std::fs::metadata(dir.join(&name))?.len();
+    Ok(Position { name, offset })
+}
+
+/// What the edits read tell.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Edits {
+    /// Files added by edits that add files only (neither a flush nor a compaction).
+    pub(crate) added_alone: Vec<u64>,
+    /// Files removed by edits that remove files only.
+    pub(crate) removed_alone: Vec<u64>,
+    /// Where the reading stopped.
+    pub(crate) end: u64,
+}
+
+/// Reads the edits of MANIFEST `name` in `dir` from byte `from` (a record's start) up to byte
+/// `to` (its size when the view was taken); a record not yet whole there is left to the next
+/// reading. Errors say why the edits cannot be told.
+pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = dir.join(name);
+    let mut f = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = to
+        .checked_sub(from)
+        .ok_or("the MANIFEST is shorter than where it was read to")?;
+    f.seek(SeekFrom::Start(from))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut edits = Edits {
+        end: from,
+        ..Edits::default()
+    };
+    let (records, end) = records(&bytes, from).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (at, record) in records {
+        let edit = parse_edit(&record)
+            .map_err(|e| format!("{}: the edit at byte {at}: {e}", path.display()))?;
+        match (
+            edit.added.is_empty(),
+            edit.deleted.is_empty(),
+            edit.log_number,
+        ) {
+            (false, true, false) => edits.added_alone.extend(edit.added),
+            (true, false, _) => edits.removed_alone.extend(edit.deleted),
+            _ => {}
+        }
+    }
+    edits.end = end;
+    Ok(edits)
+}
+
+const BLOCK: u64 = 32 * 1024;
+
+/// Logical records, each with the offset it starts at.
+type Records = Vec<(u64, Vec<u8>)>;
+
+/// The logical records of `bytes` (which start at offset `start` of the file, on a record's
+/// start), and the offset after the last whole one.
+fn records(bytes: &[u8], start: u64) -> Result<(Records, u64), String> {
+    let mut out = Vec::new();
+    let mut end = start;
+    let mut pos = start;
+    let mut pending: Option<(u64, Vec<u8>)> = None;
+    let at = |p: u64| (p - start) as usize;
+    loop {
+        let left_in_block = BLOCK - pos % BLOCK;
+        if left_in_block < 7 {
+            // The block's trailer: zeros.
+            pos += left_in_block;
+            continue;
+        }
+        let Some(h) = bytes.get(at(pos)..at(pos) + 7) else {
+            break;
+        };
+        let kind = h[6];
+        let len = u64::from(u16::from_le_bytes([h[4], h[5]]));
+        if kind == 0 && len == 0 {
+            break; // preallocated space: nothing written yet
+        }
+        // Recyclable records carry a 4-byte log number after the header.
+        let header: u64 = if matches!(kind, 5..=8 | 11 | 131) {
+            11
+        } else {
+            7
+        };
+        if header + len > left_in_block {
+            return Err(format!("record at byte {pos} crosses its block"));
+        }
+        let Some(body) = bytes.get(at(pos + header)..at(pos + header + len)) else {
+            break; // not whole yet
+        };
+        let want = unmask(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+        let mut crc = crc32c(0, &[kind]);
+        crc = crc32c(crc, &bytes[at(pos + 7)..at(pos + header)]);
+        crc = crc32c(crc, body);
+        if crc != want {
+            return Err(format!("record at byte {pos} does not match its checksum"));
+        }
+        let next = pos + header + len;
+        match kind {
+            1 | 5 => {
+                out.push((pos, body.to_vec()));
+                end = next;
+            }
+            2 | 6 => pending = Some((pos, body.to_vec())),
+            3 | 7 | 4 | 8 => {
+                let Some((first, mut record)) = pending.take() else {
+                    return Err(format!("record at byte {pos} continues nothing"));
+                };
+                record.extend_from_slice(body);
+                if matches!(kind, 4 | 8) {
+                    out.push((first, record));
+                    end = next;
+                } else {
+                    pending = Some((first, record));
+                }
+            }
+            // Compression and timestamp-size records (WAL only) and ignorable ones.
+            9..=11 => end = next,
+            k if k & 0x80 != 0 => end = next,
+            k => return Err(format!("record at byte {pos} of unknown type {k}")),
+        }
+        pos = next;
+    }
+    Ok((out, end))
+}
+
+/// What one version edit does to the set of files.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Edit {
+    added: Vec<u64>,
+    deleted: Vec<u64>,
+    log_number: bool,
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok(v);
+            }
+        }
+        Err("a number cut short".into())
+    }
+
+    fn slice(&mut self) -> Result<&'a [u8], String> {
+        let len = usize::try_from(self.varint()?).map_err(|_| "a length out of range")?;
+        if len > self.0.len() {
+            return Err("a field cut short".into());
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(s)
+    }
+
+    /// Custom fields (a tag, then a length-prefixed value) up to the tag `end`.
+    fn custom_fields(&mut self, end: u64) -> Result<(), String> {
+        while self.varint()? != end {
+            self.slice()?;
+        }
+        Ok(())
+    }
+}
+
+/// The files a version edit adds and removes, and whether it names a log number.
+fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
+    let mut edit = Edit::default();
+    let mut i = Input(bytes);
+    while !i.0.is_empty() {
+        let tag = i.varint()?;
+        match tag {
+            // Comparator, column family added.
+            1 | 201 => {
+                i.slice()?;
+            }
+            2 => {
+                i.varint()?;
+                edit.log_number = true;
+            }
+            // Next file number, last sequence, previous log number, log number to keep, column
+            // family, max column family, atomic group.
+            3 | 4 | 9 | 10 | 200 | 203 | 300 => {
+                i.varint()?;
+            }
+            5 => {
+                i.varint()?;
+                i.slice()?;
+            }
+            6 => {
+                i.varint()?;
+                edit.deleted.push(i.varint()?);
+            }
+            // New file (LevelDB's): level, number, size, smallest and largest keys.
+            7 | 100 | 102 | 103 => {
+                i.varint()?;
+                edit.added.push(i.varint()?);
+                if tag == 102 {
+                    i.varint()?; // path id
+                }
+                i.varint()?;
+                i.slice()?;
+                i.slice()?;
+                if tag != 7 {
+                    i.varint()?;
+                    i.varint()?;
+                }
+                if tag == 103 {
+                    i.custom_fields(1)?;
+                }
+            }
+            202 => {} // column family dropped
+            // Blob file added: number, count, bytes, checksum method and value, custom fields.
+            400 | 8194 => {
+                i.varint()?;
+                i.varint()?;
+                i.varint()?;
+                i.slice()?;
+                i.slice()?;
+                i.custom_fields(0)?;
+            }
+            // Blob file garbage: number, count, bytes, custom fields.
+            401 | 8195 => {
+                i.varint()?;
+                i.varint()?;
+                i.varint()?;
+                i.custom_fields(0)?;
+            }
+            // WAL added (the first encoding): number, then tagged sizes up to 1.
+            8196 => {
+                i.varint()?;
+                loop {
+                    match i.varint()? {
+                        1 => break,
+                        2 => {
+                            i.varint()?;
+                        }
+                        t => return Err(format!("WAL addition field {t}")),
+                    }
+                }
+            }
+            8197 => {
+                i.varint()?; // WAL deleted (the first encoding)
+            }
+            // Any other tag from 8192 (kTagSafeIgnoreMask) on is a length-prefixed value.
+            t if t & 8192 != 0 => {
+                i.slice()?;
+            }
+            t => return Err(format!("unknown tag {t}")),
+        }
+    }
+    Ok(edit)
+}
+
+/// RocksDB's stored checksum, unmasked (`crc32c::Unmask`).
+fn unmask(masked: u32) -> u32 {
+    let rot = masked.wrapping_sub(0xa282_ead8);
+    rot.rotate_left(15)
+}
+
+/// CRC32C (Castagnoli) of `data`, continuing `crc`.
+fn crc32c(crc: u32, data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut t = [0u32; 256];
+        let mut n = 0;
+        while n < 256 {
+            let mut c = n as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0x82f6_3b78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            t[n] = c;
+            n += 1;
+        }
+        t
+    };
+    let mut c = !crc;
+    for &b in data {
+        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn slice(out: &mut Vec<u8>, s: &[u8]) {
+        varint(out, s.len() as u64);
+        out.extend_from_slice(s);
+    }
+
+    fn new_file4(out: &mut Vec<u8>, number: u64) {
+        varint(out, 103);
+        varint(out, 6);
+        varint(out, number);
+        varint(out, 1234);
+        slice(out, b"a\x01\0\0\0\0\0\0\0");
+        slice(out, b"z\x01\0\0\0\0\0\0\0");
+        varint(out, 0);
+        varint(out, 0);
+        varint(out, 5); // a custom field, then the end
+        slice(out, b"xyz");
+        varint(out, 1);
+    }
+
+    /// One physical record of type FULL, as `log::Writer` writes it.
+    fn record(out: &mut Vec<u8>, payload: &[u8]) {
+        let crc = crc32c(crc32c(0, &[1]), payload);
+        let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
+        out.extend_from_slice(&masked.to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.push(1);
+        out.extend_from_slice(payload);
+    }
+
+    #[test]
+    fn crc32c_is_castagnolis() {
+        // RFC 3720's check value.
+        assert_eq!(crc32c(0, b"123456789"), 0xe306_9283);
+        assert_eq!(
+            unmask(0x1234_5678_u32.rotate_right(15).wrapping_add(0xa282_ead8)),
+            0x1234_5678
+        );
+    }
+
+    #[test]
+    fn edits_tell_ingestions_flushes_compactions_and_removals_apart() {
+        let mut ingest = Vec::new();
+        varint(&mut ingest, 200);
+        varint(&mut ingest, 0);
+        new_file4(&mut ingest, 17);
+        let mut flush = Vec::new();
+        varint(&mut flush, 9);
+        varint(&mut flush, 0);
+        varint(&mut flush, 2);
+        varint(&mut flush, 12);
+        new_file4(&mut flush, 18);
+        let mut compaction = Vec::new();
+        varint(&mut compaction, 6);
+        varint(&mut compaction, 0);
+        varint(&mut compaction, 17);
+        new_file4(&mut compaction, 19);
+        let mut removal = Vec::new();
+        varint(&mut removal, 6);
+        varint(&mut removal, 6);
+        varint(&mut removal, 19);
+        varint(&mut removal, 8193); // a db id, ignorable
+        slice(&mut removal, b"id");
+        let mut file = Vec::new();
+        for e in [&ingest, &flush, &compaction, &removal] {
+            record(&mut file, e);
+        }
+        let whole = file.len() as u64;
+        // Half a record more: left for the next reading.
+        record(&mut file, &ingest);
+        file.truncate(file.len() - 5);
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("MANIFEST-000005"), &file).expect("write");
+        let edits = read(dir.path(), "MANIFEST-000005", 0, file.len() as u64).expect("read");
+        assert_eq!(
+            edits,
+            Edits {
+                added_alone: vec![17],
+                removed_alone: vec![19],
+                end: whole,
+            }
+        );
+        // From where it stopped, nothing more until the record is whole.
+        let again = read(dir.path(), "MANIFEST-000005", whole, file.len() as u64).expect("read");
+        assert_eq!(again.end, whole);
+        assert!(again.added_alone.is_empty());
+        // A flipped byte is an error, not an edit misread.
+        file[10] ^= 1;
+        std::fs::write(dir.path().join("MANIFEST-000005"), &file).expect("write");
+        let e = read(dir.path(), "MANIFEST-000005", 0, whole).expect_err("damaged");
+        assert!(e.contains("checksum"), "{e}");
+        assert!(parse_edit(&[0x7f])
+            .expect_err("unknown")
+            .contains("unknown tag 127"));
+        assert_eq!(
+            Position::parse("MANIFEST-000005 77"),
+            Some(Position {
+                name: "MANIFEST-000005".into(),
+                offset: 77
+            })
+        );
+        assert_eq!(Position::parse("../x 77"), None);
+    }
+}
