@@ -566,6 +566,63 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
     }
 }
 
+/// FIFO compaction deletes the oldest SST files once they grow beyond a size: their keys go
+/// without a WAL record. The MANIFEST's edit removes files and adds none: the backup compares
+/// every record, and the restores hold what the application holds (before, an incremental
+/// read the WAL alone and kept the expired keys).
+#[test]
+fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["fifo", "src", "0", "2"], d);
+    let dests = [("ar", "archive"), ("bk", "folder")];
+    for (dest, format) in dests {
+        common::backup(d, "rocksdb:src", dest, format);
+    }
+    common::rocksapp(&["fifo", "src", "2", "3"], d);
+    for (dest, format) in dests {
+        let out = common::tidemark(
+            &[
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success()
+                && text.contains("Backup (incremental, diff-based)")
+                && text.contains("without a compaction's output"),
+            "{dest}: {text}"
+        );
+    }
+    let expected = app_dump(d, "src");
+    assert!(expected["default"].as_object().unwrap().len() < 5000);
+    for (dest, _) in dests {
+        let copy = format!("copy-{dest}");
+        ok(
+            &[
+                "restore",
+                "--from",
+                dest,
+                "--to",
+                &format!("rocksdb:{copy}"),
+            ],
+            d,
+        );
+        assert_eq!(app_dump(d, &copy), expected, "restore of {dest}");
+    }
+}
+
 /// A live backup notices an ingested file, which moves no sequence number (the application
 /// writes nothing else): while it waits (an archive follows the ingest), and when it is
 /// stopped right after one (its last run takes it). The restores are the application's

@@ -12,6 +12,8 @@ own, older RocksDB (9.x). Commands:
   ingest-compact DIR START COUNT                      in one session: ingest keys z START..START+COUNT
       of `default` (as `ingest --only`), put a key among them, flush, and compact every column
       family, so that the ingested file is merged into a compaction's output
+  fifo DIR START ROUNDS                              with FIFO compaction (files beyond 250 KB in all
+      are deleted, oldest first): ROUNDS rounds of 1,000 random 100-byte values, each flushed
   compact DIR                                        compact every column family's whole range
   entity DIR                                         put a wide-column entity (PutEntity, two
       columns) at key `entity` of `default`; WAL files kept an hour
@@ -73,6 +75,21 @@ def ingest_compact(path, start, count):
         cf.compact_range(None, None)
     db.close()
     os.remove(sst)
+
+
+def fifo(path, start, rounds):
+    from rocksdict import DBCompactionStyle, FifoCompactOptions
+    o = options(True)
+    o.set_compaction_style(DBCompactionStyle.fifo())
+    f = FifoCompactOptions()
+    f.max_table_files_size = 250_000
+    o.set_fifo_compaction_options(f)
+    db = Rdict(path, o)
+    for r in range(start, start + rounds):
+        for i in range(1000):
+            db[b"k%02d-%05d" % (r, i)] = os.urandom(100)
+        db.flush()
+    db.close()
 
 
 def entity(path):
@@ -137,6 +154,8 @@ if __name__ == "__main__":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "ingest-compact":
         ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "fifo":
+        fifo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "compact":
         compact(sys.argv[2])
     elif cmd == "entity":
