@@ -76,6 +76,8 @@ struct Watch {
     cfs: Vec<String>,
     versions: Vec<Option<u64>>,
     files: std::collections::BTreeSet<u64>,
+    /// How far the MANIFEST's edits were read (none: it could not be read).
+    manifest: Option<manifest::Position>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -264,13 +266,19 @@ impl RocksBackend {
     }
 
     /// Sets what [`RocksBackend::ingested_since_view`] compares with: a view's files.
-    fn watch_from(&self, cfs: &[(String, u32)], files: &ingest::SstFiles) {
+    fn watch_from(
+        &self,
+        cfs: &[(String, u32)],
+        files: &ingest::SstFiles,
+        manifest: Option<&manifest::Position>,
+    ) {
         let cfs: Vec<String> = cfs.iter().map(|(n, _)| n.clone()).collect();
         let versions = self.super_versions(&cfs);
         let watch = Watch {
             cfs,
             versions,
             files: files.numbers(),
+            manifest: manifest.cloned(),
         };
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch);
     }
@@ -290,7 +298,38 @@ impl RocksBackend {
         let files = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
         // The versions are taken as seen only once no new file was ingested: until the next
         // view, every call says so again.
-        let ingested = files.first_ingested(&self.path, &mut watch.files).is_some();
+        let mut ingested = files.first_ingested(&self.path, &mut watch.files).is_some();
+        // A file ingested and already compacted away, or files removed without the WAL: the
+        // MANIFEST's edits since (see `manifest`), as a run reads them.
+        if !ingested {
+            if let Some(at) = &watch.manifest {
+                let read = manifest::current(&self.path).ok().and_then(|now| {
+                    let from = if now.name == at.name && at.offset <= now.offset {
+                        at.offset
+                    } else {
+                        0
+                    };
+                    let edits = manifest::read(&self.path, &now.name, from, now.offset).ok()?;
+                    Some((now.name, edits))
+                });
+                match read {
+                    Some((name, edits)) => {
+                        let known =
+                            |n: &u64| watch.files.contains(n) || files.numbers().contains(n);
+                        ingested = edits.added_alone.iter().any(|n| !known(n))
+                            || !edits.removed_alone.is_empty();
+                        if !ingested {
+                            watch.manifest = Some(manifest::Position {
+                                name,
+                                offset: edits.end,
+                            });
+                        }
+                    }
+                    // What cannot be read now is for the next run to tell.
+                    None => ingested = true,
+                }
+            }
+        }
         if !ingested {
             watch.versions = versions;
         }
@@ -498,7 +537,7 @@ impl StorageBackend for RocksBackend {
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
-        self.watch_from(&cfs, &ssts);
+        self.watch_from(&cfs, &ssts, manifest_at.as_ref().ok());
         let (snapshot, position) = if self.secondary.is_some() {
             (None, self.db.latest_sequence_number())
         } else {

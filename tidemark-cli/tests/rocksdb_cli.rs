@@ -624,8 +624,9 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
 }
 
 /// A live backup notices an ingested file, which moves no sequence number (the application
-/// writes nothing else): while it waits (an archive follows the ingest), and when it is
-/// stopped right after one (its last run takes it). The restores are the application's
+/// writes nothing else): while it waits (an archive follows the ingest, also when the file was
+/// compacted into others before the backup looked), and when it is stopped right after one
+/// (its last run takes it). The restores are the application's
 /// database.
 #[test]
 fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
@@ -686,6 +687,18 @@ fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
     common::stop_cleanly(child);
     assert_eq!(archives("bk2"), 2);
     restored_equal("bk2");
+    // While it waits, an ingested file compacted into others before it looks: the MANIFEST's
+    // edits bring the next run.
+    let child = live("bk3", "0.2");
+    common::wait_for("the first archive", || archives("bk3") == 1);
+    common::rocksapp(&["ingest-compact", "src", "2000", "100", "--no-put"], d);
+    common::wait_for("an archive after the ingest and compaction", || {
+        archives("bk3") == 2
+    });
+    let out = common::stop_cleanly(child);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("compacted into another file"), "{said}");
+    restored_equal("bk3");
 }
 
 /// Copies the application's database `src` aside to `copy` (`cp -a`, as a disk snapshot

@@ -9,9 +9,10 @@ own, older RocksDB (9.x). Commands:
   ingest DIR START COUNT [--only]                    write keys z START..START+COUNT of `default`
       into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
       --only) put `after` through the WAL; WAL files kept an hour
-  ingest-compact DIR START COUNT                      in one session: ingest keys z START..START+COUNT
-      of `default` (as `ingest --only`), put a key among them, flush, and compact every column
-      family, so that the ingested file is merged into a compaction's output
+  ingest-compact DIR START COUNT [--no-put]          in one session: ingest keys z START..START+COUNT
+      of `default` (as `ingest --only`), put a key among them (not with --no-put: nothing then
+      moves the sequence number) and flush, and compact every column family's whole range,
+      bottommost files included, so that the ingested file is merged into a compaction's output
   fifo DIR START ROUNDS                              with FIFO compaction (files beyond 250 KB in all
       are deleted, oldest first): ROUNDS rounds of 1,000 random 100-byte values, each flushed
   compact DIR                                        compact every column family's whole range
@@ -59,7 +60,7 @@ def ingest(path, start, count, only):
     os.remove(sst)
 
 
-def ingest_compact(path, start, count):
+def ingest_compact(path, start, count, put):
     sst = path.rstrip("/") + "-ingest.sst"
     w = SstFileWriter(options(True))
     w.open(sst)
@@ -68,11 +69,16 @@ def ingest_compact(path, start, count):
     w.finish()
     db, cfs = open_all(path, True)
     db.ingest_external_file([sst])
-    db[b"z%08da" % start] = b'{"among": 1}'
-    db.flush()
+    if put:
+        db[b"z%08da" % start] = b'{"among": 1}'
+        db.flush()
+    # Bottommost files too: the ingested file is merged with the others into new ones.
+    from rocksdict import BottommostLevelCompaction, CompactOptions
+    c = CompactOptions()
+    c.set_bottommost_level_compaction(BottommostLevelCompaction.force())
     for name in cfs:
         cf = db if name == "default" else db.get_column_family(name)
-        cf.compact_range(None, None)
+        cf.compact_range(None, None, c)
     db.close()
     os.remove(sst)
 
@@ -153,7 +159,7 @@ if __name__ == "__main__":
     elif cmd == "ingest":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "ingest-compact":
-        ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+        ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--no-put" not in sys.argv)
     elif cmd == "fifo":
         fifo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "compact":
