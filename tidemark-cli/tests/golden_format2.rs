@@ -7,7 +7,9 @@
 //!   version 1 capture triggers): a zstd chain of a full and two incrementals at checkpoints 0,
 //!   71 and 73, and a deflate chain of one full at 73;
 //! - `format2-3ec49bf.tar`: before store marks, with the block-indexed key state and three key
-//!   deltas: a zstd chain of a full and three incrementals at 0, 71, 73 and 95.
+//!   deltas: a zstd chain of a full and three incrementals at 0, 71, 73 and 95;
+//! - `format2-values-bcd0904.tar`: the first chain with values kept apart from their lines
+//!   (value entries), which only verifies and restores (below, [`VALUE_ROUNDS`]).
 //!
 //! Each holds the tracked SQLite database at its last point (a rowid table with an index, BLOBs,
 //! NULLs and REALs; a WITHOUT ROWID table of mixed types).
@@ -161,6 +163,61 @@ fn early_format_2_chains_take_new_backups() {
             &normalize(&dump(&root.join("old.db"))),
             &normalize(&std::fs::read_to_string(root.join(file)).unwrap()),
             &format!("{name}: an old point after the new backups"),
+        );
+    }
+}
+
+/// The SQL that made `format2-values-bcd0904.tar`'s chain, one round per archive (a tracked
+/// database; the zstd chain's full and two incrementals end at checkpoints 0, 2 and 4). Its
+/// rows hold values of 1 MiB or more, which the archives keep apart from their lines, in value
+/// entries (docs/FORMAT.md §3.1, since 2026-12-04): BLOBs of 1.1 MB and 5 MB (two entries),
+/// TEXTs of 1.2 MB and 2 MiB.
+const VALUE_ROUNDS: [(&str, &str); 3] = [
+    (
+        "0",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB, doc TEXT);
+         INSERT INTO t VALUES (1, zeroblob(1100000), replace(hex(zeroblob(600000)), '00', 'ab')),
+                              (2, x'01', 'small');",
+    ),
+    (
+        "2",
+        "UPDATE t SET img = zeroblob(5000000) WHERE id = 2; UPDATE t SET doc = 'short' WHERE id = 1;",
+    ),
+    (
+        "4",
+        "DELETE FROM t WHERE id = 1;
+         INSERT INTO t VALUES (3, NULL, replace(hex(zeroblob(1048576)), '00', 'cd'));",
+    ),
+];
+
+/// The first chain with values kept apart verifies, and every point restores to what the
+/// `sqlite3` shell makes of the same SQL.
+#[test]
+fn the_first_chain_with_values_kept_apart_restores_every_point() {
+    let t = tempfile::tempdir().unwrap();
+    let root = unpack(t.path(), "format2-values-bcd0904");
+    let out = ok(&["verify", "chain"], &root);
+    assert!(out.contains("is intact"), "{out}");
+    let expected = root.join("expected.db");
+    for (at, sql) in VALUE_ROUNDS {
+        common::sql(&expected, sql);
+        let target = format!("r{at}.db");
+        ok(
+            &[
+                "restore",
+                "--from",
+                "chain",
+                "--to",
+                &format!("sqlite:{target}"),
+                "--at",
+                at,
+            ],
+            &root,
+        );
+        common::assert_same_dump(
+            &normalize(&dump(&root.join(&target))),
+            &normalize(&dump(&expected)),
+            &format!("--at {at}"),
         );
     }
 }
