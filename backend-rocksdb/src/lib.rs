@@ -78,6 +78,8 @@ struct Watch {
     files: std::collections::BTreeSet<u64>,
     /// How far the MANIFEST's edits were read (none: it could not be read).
     manifest: Option<manifest::Position>,
+    /// Why the edits read since the view hold changes the WAL does not, for the next view.
+    said: Option<String>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -279,6 +281,7 @@ impl RocksBackend {
             versions,
             files: files.numbers(),
             manifest: manifest.cloned(),
+            said: None,
         };
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch);
     }
@@ -300,34 +303,26 @@ impl RocksBackend {
         // view, every call says so again.
         let mut ingested = files.first_ingested(&self.path, &mut watch.files).is_some();
         // A file ingested and already compacted away, or files removed without the WAL: the
-        // MANIFEST's edits since (see `manifest`), as a run reads them.
-        if !ingested {
-            if let Some(at) = &watch.manifest {
-                let read = manifest::current(&self.path).ok().and_then(|now| {
-                    let from = if now.name == at.name && at.offset <= now.offset {
-                        at.offset
-                    } else {
-                        0
-                    };
-                    let edits = manifest::read(&self.path, &now.name, from, now.offset).ok()?;
-                    Some((now.name, edits))
+        // MANIFEST's edits since (see `manifest`), as a run reads them. What it finds is handed
+        // to the next view, which may no longer read those edits (a new MANIFEST).
+        if !ingested && watch.manifest.is_some() {
+            let now = files.numbers();
+            let read = manifest::current(&self.path)
+                .map_err(|e| e.to_string())
+                .and_then(|at| {
+                    manifest::since(&self.path, watch.manifest.as_ref(), &at, |n| {
+                        watch.files.contains(&n) || now.contains(&n)
+                    })
                 });
-                match read {
-                    Some((name, edits)) => {
-                        let known =
-                            |n: &u64| watch.files.contains(n) || files.numbers().contains(n);
-                        ingested = edits.added_alone.iter().any(|n| !known(n))
-                            || !edits.removed_alone.is_empty();
-                        if !ingested {
-                            watch.manifest = Some(manifest::Position {
-                                name,
-                                offset: edits.end,
-                            });
-                        }
-                    }
-                    // What cannot be read now is for the next run to tell.
-                    None => ingested = true,
+            match read {
+                Ok((end, None)) => watch.manifest = Some(end),
+                Ok((_, Some(why))) => {
+                    tracing::debug!(%why, "changes outside the WAL while waiting");
+                    watch.said = Some(why);
+                    ingested = true;
                 }
+                // What cannot be read now is for the next run to tell.
+                Err(_) => ingested = true,
             }
         }
         if !ingested {
@@ -534,6 +529,13 @@ impl StorageBackend for RocksBackend {
         // Where the MANIFEST ends, then the files, before the snapshot: an edit written in
         // between is read by the next backup, and its files are this one's (so known then).
         let manifest_at = manifest::current(&self.path).map_err(|e| e.to_string());
+        // What waiting for this view found in edits it may no longer read.
+        let said = self
+            .watch
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .and_then(|w| w.said.take());
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
@@ -554,6 +556,7 @@ impl StorageBackend for RocksBackend {
             ssts,
             manifest_at,
             manifest_end: None,
+            said,
             verify: None,
             last_batch: None,
         }))
@@ -617,6 +620,8 @@ struct RocksView<'a> {
     manifest_at: std::result::Result<manifest::Position, String>,
     /// Where this run's reading of the MANIFEST stopped (after its last whole edit).
     manifest_end: Option<manifest::Position>,
+    /// What a live backup's wait for this view found in the MANIFEST's edits.
+    said: Option<String>,
     /// The WAL batch the previous backup read last (it ends at that backup's checkpoint), to
     /// be found again where the WAL still holds it ([`View::changes_outside_log`] sets it).
     verify: Option<WalBatch>,
@@ -705,49 +710,27 @@ impl RocksView<'_> {
     /// does not have (see [`manifest`]): a file added alone and gone before this view, or
     /// files removed alone. Notes where the reading stopped, for [`View::store_marks`].
     fn manifest_says(&mut self, previous: Option<&serde_json::Value>) -> Option<String> {
-        // From where the previous backup stopped in the same MANIFEST; a new one (the
-        // application reopened the database) from its start.
-        let from = |at: &manifest::Position| {
-            previous
-                .and_then(|m| m.get(MANIFEST_MARK))
-                .and_then(|v| v.as_str())
-                .and_then(manifest::Position::parse)
-                .filter(|p| p.name == at.name && p.offset <= at.offset)
-                .map_or(0, |p| p.offset)
-        };
-        let read = self.manifest_at.clone().and_then(|at| {
-            manifest::read(&self.backend.path, &at.name, from(&at), at.offset)
-                .map(|edits| (at, edits))
-        });
-        let (at, edits) = match read {
-            Ok(read) => read,
-            Err(e) => {
-                return Some(format!(
-                    "the MANIFEST could not be read to rule out SST files ingested or removed \
-                     since the previous backup ({e})"
-                ))
-            }
-        };
-        self.manifest_end = Some(manifest::Position {
-            name: at.name,
-            offset: edits.end,
-        });
+        let since = previous
+            .and_then(|m| m.get(MANIFEST_MARK))
+            .and_then(|v| v.as_str())
+            .and_then(manifest::Position::parse);
         let mut known = self.ssts.numbers();
         known.extend(ingest::SstFiles::numbers_in(previous));
-        if let Some(n) = edits.added_alone.iter().find(|n| !known.contains(n)) {
-            return Some(format!(
-                "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or \
-                 an import, neither a flush nor a compaction) and compacted into another file \
-                 before this backup; its keys have no WAL record"
-            ));
+        let read = self.manifest_at.clone().and_then(|now| {
+            manifest::since(&self.backend.path, since.as_ref(), &now, |n| {
+                known.contains(&n)
+            })
+        });
+        match read {
+            Ok((end, why)) => {
+                self.manifest_end = Some(end);
+                why
+            }
+            Err(e) => Some(format!(
+                "the MANIFEST could not be read to rule out SST files ingested or removed since \
+                 the previous backup ({e})"
+            )),
         }
-        if let Some(n) = edits.removed_alone.first() {
-            return Some(format!(
-                "SST file {n:06}.sst was removed from the database without a compaction's output \
-                 (DeleteFilesInRange, a FIFO compaction); its keys went without a WAL record"
-            ));
-        }
-        None
     }
 
     /// The WAL batch that ends at `at`, read back from the WAL where it is small (see
@@ -867,7 +850,8 @@ impl View for RocksView<'_> {
         Ok(self
             .ssts
             .ingested_since(&self.backend.path, previous)
-            .or(manifest))
+            .or(manifest)
+            .or_else(|| self.said.take()))
     }
 
     fn scans_in_key_order(&self) -> bool {

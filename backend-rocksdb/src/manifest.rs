@@ -115,6 +115,43 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
     Ok(edits)
 }
 
+/// Reads the edits written since `since` (in the same MANIFEST from its offset, in another one
+/// from its start; without one, from the start) up to `now` (the MANIFEST and its size), and
+/// tells where the reading stopped and why the edits hold changes the WAL does not: a file
+/// added by itself that is not `known` (not in the previous backup's files, nor in the files
+/// now), or files removed by themselves. Errors say why the edits cannot be read.
+pub(crate) fn since(
+    dir: &Path,
+    since: Option<&Position>,
+    now: &Position,
+    known: impl Fn(u64) -> bool,
+) -> Result<(Position, Option<String>), String> {
+    let from = since
+        .filter(|p| p.name == now.name && p.offset <= now.offset)
+        .map_or(0, |p| p.offset);
+    let edits = read(dir, &now.name, from, now.offset)?;
+    let end = Position {
+        name: now.name.clone(),
+        offset: edits.end,
+    };
+    let why = if let Some(n) = edits.added_alone.iter().find(|n| !known(**n)) {
+        Some(format!(
+            "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or an \
+             import, neither a flush nor a compaction) and compacted into another file before \
+             this backup; its keys have no WAL record"
+        ))
+    } else {
+        edits.removed_alone.first().map(|n| {
+            format!(
+                "SST file {n:06}.sst was removed from the database without a compaction's \
+                 output (DeleteFilesInRange, a FIFO compaction); its keys went without a WAL \
+                 record"
+            )
+        })
+    };
+    Ok((end, why))
+}
+
 const BLOCK: u64 = 32 * 1024;
 
 /// Logical records, each with the offset it starts at.

@@ -149,6 +149,9 @@ fn main() -> ExitCode {
         // only warn.
         let targets = tracing_subscriber::filter::Targets::new()
             .with_target("backup_core", level)
+            .with_target("backend_rocksdb", level)
+            .with_target("backend_sqlite", level)
+            .with_target("backend_sled", level)
             .with_target("tidemark_remote", level)
             .with_target("tidemark", level)
             .with_default(tracing::Level::WARN);

@@ -699,6 +699,31 @@ fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("compacted into another file"), "{said}");
     restored_equal("bk3");
+    // The same, and the application reopens the database before the run: the MANIFEST that
+    // held the ingest is gone by then (a new one is written at each open). What the wait read
+    // in it is handed to the run (before, the run read the WAL alone and lost the keys).
+    let log = d.join("bk4.log");
+    let child = Command::new(common::bin())
+        .args(["backup", "--source", "rocksdb:src", "--to", "bk4", "-vv"])
+        .args(["--format", "archive", "--live", "--interval", "60"])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    common::wait_for("the first archive", || archives("bk4") == 1);
+    common::rocksapp(&["ingest-compact", "src", "3000", "100", "--no-put"], d);
+    common::wait_for("the wait to read the MANIFEST", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("changes outside the WAL while waiting")
+    });
+    common::rocksapp(&["write", "src", "5000", "10", "--keep-wal"], d);
+    let out = common::stop_cleanly(child);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("compacted into another file"), "{said}");
+    assert_eq!(archives("bk4"), 2);
+    restored_equal("bk4");
 }
 
 /// Copies the application's database `src` aside to `copy` (`cp -a`, as a disk snapshot
