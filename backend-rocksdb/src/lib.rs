@@ -301,10 +301,16 @@ impl RocksBackend {
         let files = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
         // The versions are taken as seen only once no new file was ingested: until the next
         // view, every call says so again.
-        let mut ingested = files.first_ingested(&self.path, &mut watch.files).is_some();
+        let mut ingested = false;
+        if let Some(why) = files.first_ingested(&self.path, &mut watch.files) {
+            tracing::debug!(%why, "changes outside the WAL while waiting");
+            watch.said = Some(why);
+            ingested = true;
+        }
         // A file ingested and already compacted away, or files removed without the WAL: the
-        // MANIFEST's edits since (see `manifest`), as a run reads them. What it finds is handed
-        // to the next view, which may no longer read those edits (a new MANIFEST).
+        // MANIFEST's edits since (see `manifest`), as a run reads them. What either finds is
+        // handed to the next view, which may no longer find it (the file compacted away, a new
+        // MANIFEST).
         if !ingested && watch.manifest.is_some() {
             let now = files.numbers();
             let read = manifest::current(&self.path)
