@@ -442,6 +442,30 @@ fn value_entries_missing_swapped_or_left_over_are_found() {
                 "{case}: {e}"
             );
             assert!(!d.join("r.db").exists(), "{case}");
+            // A partial recovery leaves that record out, names why, and restores the others.
+            let r = tidemark(
+                &[
+                    "restore",
+                    "--from",
+                    "ar",
+                    "--to",
+                    "sqlite:partial.db",
+                    "--skip-damaged",
+                ],
+                d,
+            );
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr)
+            );
+            assert!(said.contains(restore_says), "{case}: {said}");
+            let out = std::process::Command::new("sqlite3")
+                .arg(d.join("partial.db"))
+                .arg("SELECT id, hex(img) FROM t;")
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "2|01\n", "{case}");
         }
     }
 }
