@@ -1075,7 +1075,20 @@ fn read_apart(o: &Opened, dir: &str, line: Decoded, decoder: &mut PartDecoder) -
                 ),
             ));
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(total).unwrap_or(usize::MAX));
+        // Sizes the directory gives (each entry's is checked as it is unpacked): one that does
+        // not fit in memory is an error, never an abort.
+        let mut bytes = Vec::new();
+        usize::try_from(total)
+            .ok()
+            .and_then(|n| bytes.try_reserve_exact(n).ok())
+            .ok_or_else(|| Error::BadInput {
+                path: first.clone(),
+                cause: format!(
+                    "a value of {total} bytes does not fit in memory (or the archive's directory \
+                     is damaged: `verify` tells)"
+                ),
+                source: None,
+            })?;
         for entry in entries {
             let end = entry_end(o, entry)?;
             let raw = o
