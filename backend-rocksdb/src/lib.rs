@@ -80,6 +80,8 @@ struct Watch {
     manifest: Option<manifest::Position>,
     /// Why the edits read since the view hold changes the WAL does not, for the next view.
     said: Option<String>,
+    /// The view's FIFO column families (see [`fifo_ids`]).
+    fifo: Option<std::collections::BTreeSet<u32>>,
 }
 
 impl std::fmt::Debug for RocksBackend {
@@ -273,6 +275,7 @@ impl RocksBackend {
         cfs: &[(String, u32)],
         files: &ingest::SstFiles,
         manifest: Option<&manifest::Position>,
+        fifo: Option<std::collections::BTreeSet<u32>>,
     ) {
         let cfs: Vec<String> = cfs.iter().map(|(n, _)| n.clone()).collect();
         let versions = self.super_versions(&cfs);
@@ -282,6 +285,7 @@ impl RocksBackend {
             files: files.numbers(),
             manifest: manifest.cloned(),
             said: None,
+            fifo,
         };
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(watch);
     }
@@ -316,9 +320,13 @@ impl RocksBackend {
             let read = manifest::current(&self.path)
                 .map_err(|e| e.to_string())
                 .and_then(|at| {
-                    manifest::since(&self.path, watch.manifest.as_ref(), &at, |n| {
-                        watch.files.contains(&n) || now.contains(&n)
-                    })
+                    manifest::since(
+                        &self.path,
+                        watch.manifest.as_ref(),
+                        &at,
+                        |n| watch.files.contains(&n) || now.contains(&n),
+                        |cf| watch.fifo.as_ref().is_none_or(|f| f.contains(&cf)),
+                    )
                 });
             match read {
                 Ok((end, None)) => watch.manifest = Some(end),
@@ -465,6 +473,14 @@ fn table_options(format_version: i32) -> Options {
 /// wrote it: its version and the default column family's table `format_version`. Read-only;
 /// `None` where the file or a field is missing.
 pub fn read_store_format(path: &Path) -> (Option<String>, Option<i32>) {
+    let Some(text) = newest_options(path) else {
+        return (None, None);
+    };
+    parse_options_file(&text)
+}
+
+/// The text of the newest `OPTIONS-*` file of the database at `path`.
+fn newest_options(path: &Path) -> Option<String> {
     let newest = std::fs::read_dir(path).ok().and_then(|entries| {
         entries
             .filter_map(|e| e.ok())
@@ -475,10 +491,41 @@ pub fn read_store_format(path: &Path) -> (Option<String>, Option<i32>) {
             })
             .max()
     });
-    let Some(text) = newest.and_then(|(_, p)| std::fs::read_to_string(p).ok()) else {
-        return (None, None);
-    };
-    parse_options_file(&text)
+    newest.and_then(|(_, p)| std::fs::read_to_string(p).ok())
+}
+
+/// The column families the newest OPTIONS file gives FIFO compaction, which deletes whole
+/// files without a WAL record; `None` when there is no OPTIONS file to tell.
+fn fifo_column_families(path: &Path) -> Option<std::collections::BTreeSet<String>> {
+    let text = newest_options(path)?;
+    let mut fifo = std::collections::BTreeSet::new();
+    let mut cf: Option<String> = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            cf = line
+                .strip_prefix("[CFOptions \"")
+                .and_then(|l| l.strip_suffix("\"]"))
+                .map(str::to_string);
+            continue;
+        }
+        if let (Some(name), Some(("compaction_style", v))) = (&cf, line.split_once('=')) {
+            if v.trim() == "kCompactionStyleFIFO" {
+                fifo.insert(name.clone());
+            }
+        }
+    }
+    Some(fifo)
+}
+
+/// The ids of `cfs` that [`fifo_column_families`] names (`None`: it cannot tell).
+fn fifo_ids(path: &Path, cfs: &[(String, u32)]) -> Option<std::collections::BTreeSet<u32>> {
+    let names = fifo_column_families(path)?;
+    Some(
+        cfs.iter()
+            .filter(|(n, _)| names.contains(n))
+            .map(|(_, id)| *id)
+            .collect(),
+    )
 }
 
 /// Parses the fields [`read_store_format`] reports from an OPTIONS file's text.
@@ -545,7 +592,8 @@ impl StorageBackend for RocksBackend {
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
-        self.watch_from(&cfs, &ssts, manifest_at.as_ref().ok());
+        let fifo = fifo_ids(&self.path, &cfs);
+        self.watch_from(&cfs, &ssts, manifest_at.as_ref().ok(), fifo.clone());
         let (snapshot, position) = if self.secondary.is_some() {
             (None, self.db.latest_sequence_number())
         } else {
@@ -563,6 +611,7 @@ impl StorageBackend for RocksBackend {
             manifest_at,
             manifest_end: None,
             said,
+            fifo,
             verify: None,
             last_batch: None,
         }))
@@ -628,6 +677,9 @@ struct RocksView<'a> {
     manifest_end: Option<manifest::Position>,
     /// What a live backup's wait for this view found in the MANIFEST's edits.
     said: Option<String>,
+    /// The ids of the column families whose removed files drop keys (FIFO compaction); all of
+    /// them when the OPTIONS file cannot tell.
+    fifo: Option<std::collections::BTreeSet<u32>>,
     /// The WAL batch the previous backup read last (it ends at that backup's checkpoint), to
     /// be found again where the WAL still holds it ([`View::changes_outside_log`] sets it).
     verify: Option<WalBatch>,
@@ -722,10 +774,15 @@ impl RocksView<'_> {
             .and_then(manifest::Position::parse);
         let mut known = self.ssts.numbers();
         known.extend(ingest::SstFiles::numbers_in(previous));
+        let fifo = &self.fifo;
         let read = self.manifest_at.clone().and_then(|now| {
-            manifest::since(&self.backend.path, since.as_ref(), &now, |n| {
-                known.contains(&n)
-            })
+            manifest::since(
+                &self.backend.path,
+                since.as_ref(),
+                &now,
+                |n| known.contains(&n),
+                |cf| fifo.as_ref().is_none_or(|f| f.contains(&cf)),
+            )
         });
         match read {
             Ok((end, why)) => {

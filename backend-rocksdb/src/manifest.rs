@@ -10,14 +10,16 @@
 //! - a flush's edit names the WAL it obsoletes (a log number): its keys came through the WAL;
 //! - a compaction's (and a move's) edit removes the files it read;
 //! - an ingestion's or an import's edit only adds files;
-//! - `DeleteFilesInRange`'s and a FIFO compaction's edits only remove files: their keys go
-//!   without a WAL record (as do those of a compaction that wrote nothing, which is rare and
-//!   only costs a comparison).
+//! - a FIFO compaction's edit only removes files: their keys go without a WAL record. So does a
+//!   level or universal compaction's whose input was all deleted keys and that wrote nothing (a
+//!   queue's work makes many), but those deletions are in the WAL: removals count only in
+//!   column families the OPTIONS file gives FIFO compaction. (`DeleteFilesInRange`'s edit has
+//!   the same shape, and is not told apart.)
 //!
 //! So a backup keeps where it stopped reading the MANIFEST (its name and offset), and the next
 //! reads the edits written since: a file added alone that is gone (it was neither in the
-//! previous backup's files nor is it in this one's), or files removed alone, make the WAL
-//! unusable for that run. When the application reopened the database, RocksDB wrote a new
+//! previous backup's files nor is it in this one's), or files a FIFO compaction removed, make
+//! the WAL unusable for that run. When the application reopened the database, RocksDB wrote a new
 //! MANIFEST (it begins with the files of that moment, in edits that name log numbers): its
 //! edits are read from the start; those of the sessions in between are gone.
 //!
@@ -71,8 +73,8 @@ pub(crate) fn current(dir: &Path) -> std::io::Result<Position> {
 pub(crate) struct Edits {
     /// Files added by edits that add files only (neither a flush nor a compaction).
     pub(crate) added_alone: Vec<u64>,
-    /// Files removed by edits that remove files only.
-    pub(crate) removed_alone: Vec<u64>,
+    /// Files removed by edits that remove files only, with their column family's id.
+    pub(crate) removed_alone: Vec<(u32, u64)>,
     /// Where the reading stopped.
     pub(crate) end: u64,
 }
@@ -107,7 +109,9 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
             edit.log_number,
         ) {
             (false, true, false) => edits.added_alone.extend(edit.added),
-            (true, false, _) => edits.removed_alone.extend(edit.deleted),
+            (true, false, _) => edits
+                .removed_alone
+                .extend(edit.deleted.into_iter().map(|n| (edit.cf, n))),
             _ => {}
         }
     }
@@ -119,12 +123,15 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
 /// from its start; without one, from the start) up to `now` (the MANIFEST and its size), and
 /// tells where the reading stopped and why the edits hold changes the WAL does not: a file
 /// added by itself that is not `known` (not in the previous backup's files, nor in the files
-/// now), or files removed by themselves. Errors say why the edits cannot be read.
+/// now), or files removed by themselves from a column family that `drops` (FIFO compaction:
+/// elsewhere such an edit is a compaction whose input was all deleted keys, which wrote
+/// nothing, and a queue's deletions make many). Errors say why the edits cannot be read.
 pub(crate) fn since(
     dir: &Path,
     since: Option<&Position>,
     now: &Position,
     known: impl Fn(u64) -> bool,
+    drops: impl Fn(u32) -> bool,
 ) -> Result<(Position, Option<String>), String> {
     let from = since
         .filter(|p| p.name == now.name && p.offset <= now.offset)
@@ -141,13 +148,16 @@ pub(crate) fn since(
              this backup; its keys have no WAL record"
         ))
     } else {
-        edits.removed_alone.first().map(|n| {
-            format!(
-                "SST file {n:06}.sst was removed from the database without a compaction's \
-                 output (DeleteFilesInRange, a FIFO compaction); its keys went without a WAL \
-                 record"
+        edits
+            .removed_alone
+            .iter()
+            .find(|(cf, _)| drops(*cf))
+            .map(|(_, n)| {
+                format!(
+                "SST file {n:06}.sst was removed from the database by its FIFO compaction; its \
+                 keys went without a WAL record"
             )
-        })
+            })
     };
     Ok((end, why))
 }
@@ -234,6 +244,8 @@ struct Edit {
     added: Vec<u64>,
     deleted: Vec<u64>,
     log_number: bool,
+    /// The column family's id (0, `default`, unless the edit names one).
+    cf: u32,
 }
 
 struct Input<'a>(&'a [u8]);
@@ -285,9 +297,13 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
                 i.varint()?;
                 edit.log_number = true;
             }
-            // Next file number, last sequence, previous log number, log number to keep, column
-            // family, max column family, atomic group.
-            3 | 4 | 9 | 10 | 200 | 203 | 300 => {
+            200 => {
+                edit.cf =
+                    u32::try_from(i.varint()?).map_err(|_| "a column family id out of range")?;
+            }
+            // Next file number, last sequence, previous log number, log number to keep, max
+            // column family, atomic group.
+            3 | 4 | 9 | 10 | 203 | 300 => {
                 i.varint()?;
             }
             5 => {
@@ -482,7 +498,7 @@ mod tests {
             edits,
             Edits {
                 added_alone: vec![17],
-                removed_alone: vec![19],
+                removed_alone: vec![(0, 19)],
                 end: whole,
             }
         );

@@ -567,8 +567,8 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
 }
 
 /// FIFO compaction deletes the oldest SST files once they grow beyond a size: their keys go
-/// without a WAL record. The MANIFEST's edit removes files and adds none: the backup compares
-/// every record, and the restores hold what the application holds (before, an incremental
+/// without a WAL record. The MANIFEST's edit removes files and adds none, in a column family
+/// the OPTIONS file gives FIFO compaction: the backup compares every record, and the restores hold what the application holds (before, an incremental
 /// read the WAL alone and kept the expired keys).
 #[test]
 fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
@@ -601,7 +601,7 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental, diff-based)")
-                && text.contains("without a compaction's output"),
+                && text.contains("by its FIFO compaction"),
             "{dest}: {text}"
         );
     }
@@ -621,6 +621,48 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
         );
         assert_eq!(app_dump(d, &copy), expected, "restore of {dest}");
     }
+}
+
+/// A queue's deletions (jobs put, flushed, deleted, flushed) make compactions that write no
+/// file: their MANIFEST edits remove files and add none, as FIFO's do, but the keys went with
+/// WAL records. Outside a FIFO column family (the OPTIONS file tells) they leave the WAL in use:
+/// every incremental reads it (with the removals counted as FIFO's, each was diff-based).
+#[test]
+fn a_queues_compactions_keep_incrementals_reading_the_wal() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["queue", "src", "0"], d);
+    common::backup(d, "rocksdb:src", "ar", "archive");
+    for round in ["1", "2", "3"] {
+        common::rocksapp(&["queue", "src", round], d);
+        let out = common::tidemark(
+            &[
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                "ar",
+                "--format",
+                "archive",
+            ],
+            d,
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success()
+                && text.contains("Backup (incremental)")
+                && !text.contains("diff-based"),
+            "round {round}: {text}"
+        );
+    }
+    ok(&["restore", "--from", "ar", "--to", "rocksdb:copy"], d);
+    let expected = app_dump(d, "src");
+    assert_eq!(expected["default"].as_object().unwrap().len(), 12_000);
+    assert_eq!(app_dump(d, "copy"), expected);
 }
 
 /// A live backup notices an ingested file, which moves no sequence number (the application

@@ -15,6 +15,8 @@ own, older RocksDB (9.x). Commands:
       bottommost files included, so that the ingested file is merged into a compaction's output
   fifo DIR START ROUNDS                              with FIFO compaction (files beyond 250 KB in all
       are deleted, oldest first): ROUNDS rounds of 1,000 random 100-byte values, each flushed
+  queue DIR ROUND                                    a queue's work: 3,000 kept keys, then six rounds of
+      1,000 jobs put, flushed, deleted and flushed (compactions then write nothing for them)
   compact DIR                                        compact every column family's whole range
   entity DIR                                         put a wide-column entity (PutEntity, two
       columns) at key `entity` of `default`; WAL files kept an hour
@@ -98,6 +100,21 @@ def fifo(path, start, rounds):
     db.close()
 
 
+def queue(path, base):
+    db = Rdict(path, options(True))
+    for i in range(3000):
+        db[b"keep%06d" % (base * 3000 + i)] = b"k" * 50
+    for r in range(6):
+        jobs = [b"job%06d" % (base * 100000 + r * 1000 + i) for i in range(1000)]
+        for j in jobs:
+            db[j] = os.urandom(100)
+        db.flush()
+        for j in jobs:
+            del db[j]
+        db.flush()
+    db.close()
+
+
 def entity(path):
     db, _ = open_all(path, True)
     db.put_entity(b"entity", [b"", b"color"], [b"default", b"red"])
@@ -162,6 +179,8 @@ if __name__ == "__main__":
         ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--no-put" not in sys.argv)
     elif cmd == "fifo":
         fifo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif cmd == "queue":
+        queue(sys.argv[2], int(sys.argv[3]))
     elif cmd == "compact":
         compact(sys.argv[2])
     elif cmd == "entity":
