@@ -77,10 +77,12 @@ fn wait_for_lock(tries: i32) -> bool {
     let sleep = sleep_of(tries).min(limit - slept);
     let notice = BUSY_NOTICE.as_millis() as u64;
     if slept < notice && slept + sleep >= notice {
+        let db = WAITING_ON.with(|w| w.borrow().clone());
         tracing::warn!(
-            "the SQLite database is locked by another connection (a commit in progress, an \
+            "{}the SQLite database is locked by another connection (a commit in progress, an \
              exclusive transaction, or an application in exclusive locking mode); waiting up to \
              {} s for it",
+            db.map(|p| format!("{p}: ")).unwrap_or_default(),
             BUSY_TIMEOUT.as_secs()
         );
     }
@@ -88,8 +90,16 @@ fn wait_for_lock(tries: i32) -> bool {
     true
 }
 
+std::thread_local! {
+    /// The database whose connection this thread set up to wait last, for the waiting notice
+    /// to name (SQLite's busy handler is told nothing but the number of tries).
+    static WAITING_ON: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Makes `conn` wait up to [`BUSY_TIMEOUT`] for a lock, saying so past [`BUSY_NOTICE`].
 fn wait_for_locks(conn: &Connection) -> rusqlite::Result<()> {
+    let path = conn.path().filter(|p| !p.is_empty()).map(str::to_string);
+    WAITING_ON.with(|w| *w.borrow_mut() = path);
     conn.busy_handler(Some(wait_for_lock))
 }
 

@@ -1712,6 +1712,11 @@ fn a_backup_waits_for_a_commit_and_names_an_exclusive_lock() {
         "{stderr}"
     );
     assert!(stderr.contains("waiting up to 30 s"), "{stderr}");
+    // It names the database it waits for.
+    assert!(
+        stderr.contains("app.db: the SQLite database is locked"),
+        "{stderr}"
+    );
     ok(
         &["restore", "--from", "bk", "--to", "sqlite:r.db"],
         d.path(),
