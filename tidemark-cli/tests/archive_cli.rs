@@ -4,20 +4,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::archive_paths as archives;
 use common::{assert_same_dump, checkpoint_of, dump, fails, ok, sql, tidemark, ARCHIVE_BACKUP};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn archives(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
-        .collect();
-    v.sort();
-    v
-}
 
 /// `src.db` in `d`: table `t(id INTEGER PRIMARY KEY, v TEXT)` with `rows` rows, tracked.
 fn tracked_rows(d: &Path, rows: u32) -> PathBuf {

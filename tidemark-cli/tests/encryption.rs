@@ -666,13 +666,7 @@ fn a_damaged_key_file_is_read_from_its_copy_and_written_again() {
         good,
         "the copy is the key file"
     );
-    let text = |out: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
+    let text = common::output_text;
     let verify_plain = vec!["verify", "bk"];
     let verify_key = [&["verify", "bk"][..], &open].concat();
     let restore = [

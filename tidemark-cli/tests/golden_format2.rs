@@ -45,6 +45,29 @@ const FIXTURES: [Fixture; 2] = [
     ),
 ];
 
+/// Restores the chain `chain` in `root` at checkpoint `at` into `r<at>.db` and compares its
+/// dump with `want`, tracking objects aside.
+fn restores_at(root: &std::path::Path, at: &str, want: &str, what: &str) {
+    let target = format!("r{at}.db");
+    ok(
+        &[
+            "restore",
+            "--from",
+            "chain",
+            "--to",
+            &format!("sqlite:{target}"),
+            "--at",
+            at,
+        ],
+        root,
+    );
+    common::assert_same_dump(
+        &normalize(&dump(&root.join(&target))),
+        &normalize(want),
+        what,
+    );
+}
+
 #[test]
 fn early_format_2_chains_verify_and_restore_every_checkpoint_exactly() {
     for (name, chains, points) in FIXTURES {
@@ -57,24 +80,8 @@ fn early_format_2_chains_verify_and_restore_every_checkpoint_exactly() {
         let listed = ok(&["list", "chain"], &root);
         assert_eq!(listed.lines().count(), points.len() + 1, "{listed}");
         for (at, file) in points {
-            let target = format!("r{at}.db");
-            ok(
-                &[
-                    "restore",
-                    "--from",
-                    "chain",
-                    "--to",
-                    &format!("sqlite:{target}"),
-                    "--at",
-                    at,
-                ],
-                &root,
-            );
-            common::assert_same_dump(
-                &normalize(&dump(&root.join(&target))),
-                &normalize(&std::fs::read_to_string(root.join(file)).unwrap()),
-                &format!("{name} --at {at}"),
-            );
+            let want = std::fs::read_to_string(root.join(file)).unwrap();
+            restores_at(&root, at, &want, &format!("{name} --at {at}"));
         }
         let last = points.last().unwrap().1;
         for chain in &chains[1..] {
@@ -201,23 +208,6 @@ fn the_first_chain_with_values_kept_apart_restores_every_point() {
     let expected = root.join("expected.db");
     for (at, sql) in VALUE_ROUNDS {
         common::sql(&expected, sql);
-        let target = format!("r{at}.db");
-        ok(
-            &[
-                "restore",
-                "--from",
-                "chain",
-                "--to",
-                &format!("sqlite:{target}"),
-                "--at",
-                at,
-            ],
-            &root,
-        );
-        common::assert_same_dump(
-            &normalize(&dump(&root.join(&target))),
-            &normalize(&dump(&expected)),
-            &format!("--at {at}"),
-        );
+        restores_at(&root, at, &dump(&expected), &format!("--at {at}"));
     }
 }

@@ -5,30 +5,20 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::archive_paths as archives;
 use common::{assert_same_dump, dump, ok, python_script, sql, tidemark};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn archives(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
-        .collect();
-    v.sort();
-    v
+/// A table `t` of a row with a BLOB of 6,000,000 random bytes (two value entries) and one of a
+/// single byte.
+const ONE_LARGE_ROW: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB);
+     INSERT INTO t VALUES (1, randomblob(6000000)), (2, x'01');";
+
+/// `tidemark backup` of `src.db` into the archive chain `ar`, quietly.
+fn backup_args() -> Vec<&'static str> {
+    [&common::ARCHIVE_BACKUP[..], &["-q"]].concat()
 }
-
-const BACKUP: &[&str] = &[
-    "backup",
-    "--source",
-    "sqlite:src.db",
-    "--to",
-    "ar",
-    "--format",
-    "archive",
-    "-q",
-];
 
 /// Checks with Python's `zipfile` (deflate, the default codec) that every BLOB or TEXT column of
 /// `db`'s table `t` of 1 MiB or more is in value entries whose bytes are the column's, that
@@ -86,7 +76,7 @@ fn sqlite_values_of_a_mib_or_more_are_kept_apart_and_restore_exactly() {
          INSERT INTO t VALUES (4, randomblob(1048575), 'x', 4);",
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
-    ok(BACKUP, d);
+    ok(&backup_args(), d);
     let full = archives(&d.join("ar")).pop().unwrap();
     check_with_python(d, &full, 3, 5);
     let v = ok(&["verify", "ar"], d);
@@ -103,7 +93,7 @@ fn sqlite_values_of_a_mib_or_more_are_kept_apart_and_restore_exactly() {
     let mut states = vec![dump(&db)];
     for round in rounds {
         sql(&db, round);
-        let out = ok(BACKUP, d);
+        let out = ok(&backup_args(), d);
         assert!(out.is_empty(), "{out}");
         states.push(dump(&db));
     }
@@ -173,7 +163,7 @@ fn a_flipped_byte_in_a_value_entry_is_found() {
         "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB, doc TEXT);
          INSERT INTO t VALUES (1, zeroblob(6000000), 'a');",
     );
-    ok(BACKUP, d);
+    ok(&backup_args(), d);
     let archive = archives(&d.join("ar")).pop().unwrap();
     // Where the second value entry's data lies, from Python's zipfile.
     let out = std::process::Command::new("python3")
@@ -318,14 +308,10 @@ fn values_kept_apart_round_trip_through_an_encrypted_chain() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let db = d.join("src.db");
-    sql(
-        &db,
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB);
-         INSERT INTO t VALUES (1, randomblob(6000000)), (2, x'01');",
-    );
+    sql(&db, ONE_LARGE_ROW);
     std::fs::write(d.join("pass"), "correct horse\n").unwrap();
     let key = ["--encrypt-passphrase-file", "pass"];
-    let mut args = BACKUP.to_vec();
+    let mut args = backup_args();
     args.extend(key);
     ok(&args, d);
     let v = ok(&["verify", "ar", key[0], key[1]], d);
@@ -395,12 +381,8 @@ fn value_entries_missing_swapped_or_left_over_are_found() {
         let tmp = tempfile::tempdir().unwrap();
         let d = tmp.path();
         let db = d.join("src.db");
-        sql(
-            &db,
-            "CREATE TABLE t(id INTEGER PRIMARY KEY, img BLOB);
-             INSERT INTO t VALUES (1, randomblob(6000000)), (2, x'01');",
-        );
-        ok(BACKUP, d);
+        sql(&db, ONE_LARGE_ROW);
+        ok(&backup_args(), d);
         rewrite(&d.join("ar"), |entry, z| {
             let name = entry.name().to_string();
             match (case, name.as_str()) {
@@ -454,11 +436,7 @@ fn value_entries_missing_swapped_or_left_over_are_found() {
                 ],
                 d,
             );
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&r.stdout),
-                String::from_utf8_lossy(&r.stderr)
-            );
+            let said = common::output_text(&r);
             assert!(said.contains(restore_says), "{case}: {said}");
             let out = std::process::Command::new("sqlite3")
                 .arg(d.join("partial.db"))

@@ -617,11 +617,7 @@ fn a_schema_change_during_the_steps_reads_again_in_one_snapshot() {
     .unwrap();
     drop(app);
     let out = child.wait_with_output().unwrap();
-    let err = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = common::output_text(&out);
     assert!(out.status.success(), "{err}");
     assert!(
         err.contains("schema changed") && err.contains("reading it again in one snapshot"),

@@ -5,18 +5,9 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::archive_names as archives;
 use common::{assert_same_dump, dump, fails, ok, sql, ARCHIVE_BACKUP};
 use std::path::{Path, PathBuf};
-
-fn archives(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".zip"))
-        .collect();
-    v.sort();
-    v
-}
 
 /// Two segments: full, incr, incr, then --full, incr. Returns the source dump after each run.
 fn two_segments(d: &Path) -> Vec<String> {

@@ -243,6 +243,41 @@ fn app_dump(d: &Path, dir: &str) -> serde_json::Value {
     serde_json::from_str(&common::rocksapp(&["dump", dir], d)).unwrap()
 }
 
+/// Restores the backup `dest` into a new database `copy` and asserts that the application
+/// reads there what `expected` (an [`app_dump`]) holds.
+fn assert_restores(d: &Path, dest: &str, copy: &str, expected: &serde_json::Value) {
+    ok(
+        &[
+            "restore",
+            "--from",
+            dest,
+            "--to",
+            &format!("rocksdb:{copy}"),
+        ],
+        d,
+    );
+    assert_eq!(&app_dump(d, copy), expected, "restore of {dest}");
+}
+
+/// `tidemark backup --source rocksdb:src --to DEST --format FORMAT` in `d`: its output, and its
+/// stdout and stderr as one text (a run says on stderr why it does not read the WAL).
+fn backup_of_src(d: &Path, dest: &str, format: &str) -> (std::process::Output, String) {
+    let out = common::tidemark(
+        &[
+            "backup",
+            "--source",
+            "rocksdb:src",
+            "--to",
+            dest,
+            "--format",
+            format,
+        ],
+        d,
+    );
+    let text = common::output_text(&out);
+    (out, text)
+}
+
 /// Backups never write to the source: full, incremental and archive runs leave every file of
 /// a database that no process holds byte for byte as it was, and the application (on its own,
 /// older RocksDB) opens it afterwards, as it opens the restored copies. Two cases from the
@@ -459,18 +494,7 @@ fn keys_ingested_without_a_sequence_number_are_backed_up() {
     let restored_equal = |round: &str| {
         let expected = app_dump(d, "src");
         for (dest, _) in dests {
-            let copy = format!("copy-{dest}-{round}");
-            ok(
-                &[
-                    "restore",
-                    "--from",
-                    dest,
-                    "--to",
-                    &format!("rocksdb:{copy}"),
-                ],
-                d,
-            );
-            assert_eq!(app_dump(d, &copy), expected, "{round}: restore of {dest}");
+            assert_restores(d, dest, &format!("copy-{dest}-{round}"), &expected);
         }
         expected
     };
@@ -521,23 +545,7 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
     // The application's dump comes after the backups: opening the database writes a new
     // MANIFEST, and the edits of the session before are then gone (docs/RELIABILITY.md).
     for (dest, format) in dests {
-        let out = common::tidemark(
-            &[
-                "backup",
-                "--source",
-                "rocksdb:src",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = backup_of_src(d, dest, format);
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental, diff-based)")
@@ -549,18 +557,7 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
     let expected = app_dump(d, "src");
     assert_eq!(expected["default"].as_object().unwrap().len(), 151);
     for (dest, format) in dests {
-        let copy = format!("copy-{dest}");
-        ok(
-            &[
-                "restore",
-                "--from",
-                dest,
-                "--to",
-                &format!("rocksdb:{copy}"),
-            ],
-            d,
-        );
-        assert_eq!(app_dump(d, &copy), expected, "restore of {dest}");
+        assert_restores(d, dest, &format!("copy-{dest}"), &expected);
         let again = common::backup(d, "rocksdb:src", dest, format);
         assert!(!again.contains("diff-based"), "{dest}: {again}");
     }
@@ -581,23 +578,7 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
     }
     common::rocksapp(&["fifo", "src", "2", "3"], d);
     for (dest, format) in dests {
-        let out = common::tidemark(
-            &[
-                "backup",
-                "--source",
-                "rocksdb:src",
-                "--to",
-                dest,
-                "--format",
-                format,
-            ],
-            d,
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = backup_of_src(d, dest, format);
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental, diff-based)")
@@ -608,18 +589,7 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
     let expected = app_dump(d, "src");
     assert!(expected["default"].as_object().unwrap().len() < 5000);
     for (dest, _) in dests {
-        let copy = format!("copy-{dest}");
-        ok(
-            &[
-                "restore",
-                "--from",
-                dest,
-                "--to",
-                &format!("rocksdb:{copy}"),
-            ],
-            d,
-        );
-        assert_eq!(app_dump(d, &copy), expected, "restore of {dest}");
+        assert_restores(d, dest, &format!("copy-{dest}"), &expected);
     }
 }
 
@@ -635,23 +605,7 @@ fn a_queues_compactions_keep_incrementals_reading_the_wal() {
     common::backup(d, "rocksdb:src", "ar", "archive");
     for round in ["1", "2", "3"] {
         common::rocksapp(&["queue", "src", round], d);
-        let out = common::tidemark(
-            &[
-                "backup",
-                "--source",
-                "rocksdb:src",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d,
-        );
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (out, text) = backup_of_src(d, "ar", "archive");
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental)")
@@ -659,10 +613,9 @@ fn a_queues_compactions_keep_incrementals_reading_the_wal() {
             "round {round}: {text}"
         );
     }
-    ok(&["restore", "--from", "ar", "--to", "rocksdb:copy"], d);
     let expected = app_dump(d, "src");
     assert_eq!(expected["default"].as_object().unwrap().len(), 12_000);
-    assert_eq!(app_dump(d, "copy"), expected);
+    assert_restores(d, "ar", "copy", &expected);
 }
 
 /// A live backup notices an ingested file, which moves no sequence number (the application
@@ -696,20 +649,8 @@ fn a_live_backup_takes_keys_ingested_without_a_sequence_number() {
                 .count()
         })
     };
-    let restored_equal = |dest: &str| {
-        let copy = format!("copy-{dest}");
-        ok(
-            &[
-                "restore",
-                "--from",
-                dest,
-                "--to",
-                &format!("rocksdb:{copy}"),
-            ],
-            d,
-        );
-        assert_eq!(app_dump(d, &copy), app_dump(d, "src"), "restore of {dest}");
-    };
+    let restored_equal =
+        |dest: &str| assert_restores(d, dest, &format!("copy-{dest}"), &app_dump(d, "src"));
     // While it waits: the ingest alone brings the next run.
     let child = live("bk", "0.2");
     common::wait_for("the first archive", || archives("bk") == 1);

@@ -4,20 +4,11 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
+use common::archive_names as archives;
 use common::{assert_same_dump, dump, fails, ok, sigterm, sql, tidemark};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn archives(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".zip"))
-        .collect();
-    v.sort();
-    v
-}
 
 fn source(d: &Path) {
     sql(

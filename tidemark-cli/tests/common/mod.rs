@@ -41,6 +41,35 @@ pub fn ok(args: &[&str], cwd: &Path) -> String {
     succeeds(Command::new(bin()).current_dir(cwd), args)
 }
 
+/// The archives (`*.zip`) in `dir`, in name order (so in chain order).
+pub fn archive_paths(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The names of the archives in `dir`, in name order.
+pub fn archive_names(dir: &Path) -> Vec<String> {
+    archive_paths(dir)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// A command's stdout followed by its stderr (where tidemark says why a run is full or
+/// diff-based, and its warnings), as one text to search.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `tidemark`, which must fail; returns its stderr.
 pub fn fails(args: &[&str], cwd: &Path) -> String {
     refused(Command::new(bin()).current_dir(cwd), args)

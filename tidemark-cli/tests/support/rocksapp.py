@@ -47,13 +47,19 @@ def open_all(path, keep_wal):
     return Rdict(path, options(keep_wal), column_families={n: options(keep_wal) for n in cfs if n != "default"}), cfs
 
 
-def ingest(path, start, count, only):
+def sst_of(path, start, count):
+    """Writes keys z START..START+COUNT with SstFileWriter into a file beside `path`; its name."""
     sst = path.rstrip("/") + "-ingest.sst"
     w = SstFileWriter(options(True))
     w.open(sst)
     for i in range(start, start + count):
         w[b"z%08d" % i] = b'{"ingested": %d}' % i
     w.finish()
+    return sst
+
+
+def ingest(path, start, count, only):
+    sst = sst_of(path, start, count)
     db, _ = open_all(path, True)
     db.ingest_external_file([sst])
     if not only:
@@ -63,12 +69,7 @@ def ingest(path, start, count, only):
 
 
 def ingest_compact(path, start, count, put):
-    sst = path.rstrip("/") + "-ingest.sst"
-    w = SstFileWriter(options(True))
-    w.open(sst)
-    for i in range(start, start + count):
-        w[b"z%08d" % i] = b'{"ingested": %d}' % i
-    w.finish()
+    sst = sst_of(path, start, count)
     db, cfs = open_all(path, True)
     db.ingest_external_file([sst])
     if put:
