@@ -473,14 +473,23 @@ fn table_options(format_version: i32) -> Options {
 /// wrote it: its version and the default column family's table `format_version`. Read-only;
 /// `None` where the file or a field is missing.
 pub fn read_store_format(path: &Path) -> (Option<String>, Option<i32>) {
-    let Some(text) = newest_options(path) else {
-        return (None, None);
-    };
-    parse_options_file(&text)
+    read_options(path).map_or((None, None), |o| (o.version, o.format))
 }
 
-/// The text of the newest `OPTIONS-*` file of the database at `path`.
-fn newest_options(path: &Path) -> Option<String> {
+/// What tidemark reads in an OPTIONS file.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct StoreOptions {
+    /// The RocksDB that wrote it.
+    version: Option<String>,
+    /// The default column family's table `format_version`.
+    format: Option<i32>,
+    /// The column families with FIFO compaction, which deletes whole files without a WAL
+    /// record.
+    fifo: std::collections::BTreeSet<String>,
+}
+
+/// The newest `OPTIONS-*` file of the database at `path`, read; `None` when there is none.
+fn read_options(path: &Path) -> Option<StoreOptions> {
     let newest = std::fs::read_dir(path).ok().and_then(|entries| {
         entries
             .filter_map(|e| e.ok())
@@ -491,35 +500,16 @@ fn newest_options(path: &Path) -> Option<String> {
             })
             .max()
     });
-    newest.and_then(|(_, p)| std::fs::read_to_string(p).ok())
+    let text = newest.and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
+    Some(parse_options_file(&text))
 }
 
-/// The column families the newest OPTIONS file gives FIFO compaction, which deletes whole
-/// files without a WAL record; `None` when there is no OPTIONS file to tell.
-fn fifo_column_families(path: &Path) -> Option<std::collections::BTreeSet<String>> {
-    let text = newest_options(path)?;
-    let mut fifo = std::collections::BTreeSet::new();
-    let mut cf: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            cf = line
-                .strip_prefix("[CFOptions \"")
-                .and_then(|l| l.strip_suffix("\"]"))
-                .map(str::to_string);
-            continue;
-        }
-        if let (Some(name), Some(("compaction_style", v))) = (&cf, line.split_once('=')) {
-            if v.trim() == "kCompactionStyleFIFO" {
-                fifo.insert(name.clone());
-            }
-        }
-    }
-    Some(fifo)
-}
-
-/// The ids of `cfs` that [`fifo_column_families`] names (`None`: it cannot tell).
-fn fifo_ids(path: &Path, cfs: &[(String, u32)]) -> Option<std::collections::BTreeSet<u32>> {
-    let names = fifo_column_families(path)?;
+/// The ids of `cfs` that `options` gives FIFO compaction (`None`: no OPTIONS file to tell).
+fn fifo_ids(
+    options: Option<&StoreOptions>,
+    cfs: &[(String, u32)],
+) -> Option<std::collections::BTreeSet<u32>> {
+    let names = &options?.fifo;
     Some(
         cfs.iter()
             .filter(|(n, _)| names.contains(n))
@@ -528,9 +518,9 @@ fn fifo_ids(path: &Path, cfs: &[(String, u32)]) -> Option<std::collections::BTre
     )
 }
 
-/// Parses the fields [`read_store_format`] reports from an OPTIONS file's text.
-fn parse_options_file(text: &str) -> (Option<String>, Option<i32>) {
-    let (mut version, mut format) = (None, None);
+/// Parses the fields of [`StoreOptions`] from an OPTIONS file's text.
+fn parse_options_file(text: &str) -> StoreOptions {
+    let mut options = StoreOptions::default();
     let mut section = String::new();
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
@@ -542,13 +532,19 @@ fn parse_options_file(text: &str) -> (Option<String>, Option<i32>) {
         };
         let (k, v) = (k.trim(), v.trim());
         if section == "[Version]" && k == "rocksdb_version" {
-            version = Some(v.to_string());
+            options.version = Some(v.to_string());
         }
         if section == "[TableOptions/BlockBasedTable \"default\"]" && k == "format_version" {
-            format = v.parse().ok();
+            options.format = v.parse().ok();
+        }
+        let cf = section
+            .strip_prefix("[CFOptions \"")
+            .and_then(|l| l.strip_suffix("\"]"));
+        if let (Some(cf), "compaction_style", "kCompactionStyleFIFO") = (cf, k, v) {
+            options.fifo.insert(cf.to_string());
         }
     }
-    (version, format)
+    options
 }
 
 impl StorageBackend for RocksBackend {
@@ -592,8 +588,15 @@ impl StorageBackend for RocksBackend {
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
         let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
-        let fifo = fifo_ids(&self.path, &cfs);
-        self.watch_from(&cfs, &ssts, manifest_at.as_ref().ok(), fifo.clone());
+        // One reading of the OPTIONS file for the view: its FIFO column families, and the
+        // RocksDB version and table format the store schema records.
+        let options = read_options(&self.path);
+        self.watch_from(
+            &cfs,
+            &ssts,
+            manifest_at.as_ref().ok(),
+            fifo_ids(options.as_ref(), &cfs),
+        );
         let (snapshot, position) = if self.secondary.is_some() {
             (None, self.db.latest_sequence_number())
         } else {
@@ -611,7 +614,7 @@ impl StorageBackend for RocksBackend {
             manifest_at,
             manifest_end: None,
             said,
-            fifo,
+            options,
             verify: None,
             last_batch: None,
         }))
@@ -677,9 +680,8 @@ struct RocksView<'a> {
     manifest_end: Option<manifest::Position>,
     /// What a live backup's wait for this view found in the MANIFEST's edits.
     said: Option<String>,
-    /// The ids of the column families whose removed files drop keys (FIFO compaction); all of
-    /// them when the OPTIONS file cannot tell.
-    fifo: Option<std::collections::BTreeSet<u32>>,
+    /// The OPTIONS file as of the view.
+    options: Option<StoreOptions>,
     /// The WAL batch the previous backup read last (it ends at that backup's checkpoint), to
     /// be found again where the WAL still holds it ([`View::changes_outside_log`] sets it).
     verify: Option<WalBatch>,
@@ -774,7 +776,8 @@ impl RocksView<'_> {
             .and_then(manifest::Position::parse);
         let mut known = self.ssts.numbers();
         known.extend(ingest::SstFiles::numbers_in(previous));
-        let fifo = &self.fifo;
+        // Removed files drop keys in FIFO column families (all when there is no OPTIONS file).
+        let fifo = fifo_ids(self.options.as_ref(), &self.cfs);
         let read = self.manifest_at.clone().and_then(|now| {
             manifest::since(
                 &self.backend.path,
@@ -863,10 +866,10 @@ impl View for RocksView<'_> {
     }
 
     fn store_schema(&mut self) -> Result<StoreSchema> {
-        let (version, format) = read_store_format(&self.backend.path);
+        let options = self.options.clone().unwrap_or_default();
         Ok(StoreSchema(serde_json::json!({
-            "rocksdb_version": version,
-            "format_version": format,
+            "rocksdb_version": options.version,
+            "format_version": options.format,
         })))
     }
 
@@ -1423,12 +1426,13 @@ mod tests {
     fn options_file_fields_are_read() {
         let text = "[Version]\n  rocksdb_version=9.8.4\n  options_file_version=1.1\n\n\
                     [TableOptions/BlockBasedTable \"default\"]\n  block_size=4096\n  format_version=6\n\n\
-                    [TableOptions/BlockBasedTable \"other\"]\n  format_version=7\n";
-        assert_eq!(
-            parse_options_file(text),
-            (Some("9.8.4".to_string()), Some(6))
-        );
-        assert_eq!(parse_options_file("garbage"), (None, None));
+                    [TableOptions/BlockBasedTable \"other\"]\n  format_version=7\n\n\
+                    [CFOptions \"queue\"]\n  compaction_style=kCompactionStyleLevel\n\n\
+                    [CFOptions \"events\"]\n  compaction_style=kCompactionStyleFIFO\n";
+        let o = parse_options_file(text);
+        assert_eq!((o.version, o.format), (Some("9.8.4".to_string()), Some(6)));
+        assert_eq!(o.fifo, ["events".to_string()].into());
+        assert_eq!(parse_options_file("garbage"), StoreOptions::default());
     }
 
     #[test]
