@@ -324,7 +324,11 @@ impl RocksBackend {
                         &self.path,
                         watch.manifest.as_ref(),
                         &at,
-                        |n| watch.files.contains(&n) || now.contains(&n),
+                        (
+                            |n| watch.files.contains(&n) || now.contains(&n),
+                            |n| watch.files.contains(&n),
+                            &gone(&watch.files, &now, watch.fifo.as_ref()),
+                        ),
                         |cf| watch.fifo.as_ref().is_none_or(|f| f.contains(&cf)),
                     )
                 });
@@ -488,20 +492,32 @@ struct StoreOptions {
     fifo: std::collections::BTreeSet<String>,
 }
 
-/// The newest `OPTIONS-*` file of the database at `path`, read; `None` when there is none.
+/// The `OPTIONS-*` files of the database at `path`, read: the version and table format of the
+/// newest, and the column families any of them gives FIFO compaction (RocksDB keeps the two
+/// newest: a session that opened the database with other options, say to read it, leaves the
+/// previous session's, whose FIFO compaction may have dropped files since the last backup).
+/// `None` when there is none.
 fn read_options(path: &Path) -> Option<StoreOptions> {
-    let newest = std::fs::read_dir(path).ok().and_then(|entries| {
-        entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let n: u64 = name.strip_prefix("OPTIONS-")?.parse().ok()?;
-                Some((n, e.path()))
-            })
-            .max()
-    });
-    let text = newest.and_then(|(_, p)| std::fs::read_to_string(p).ok())?;
-    Some(parse_options_file(&text))
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u64 = name.strip_prefix("OPTIONS-")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort_unstable();
+    let mut read = files
+        .iter()
+        .rev()
+        .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+        .map(|text| parse_options_file(&text));
+    let mut newest = read.next()?;
+    for older in read {
+        newest.fifo.extend(older.fifo);
+    }
+    Some(newest)
 }
 
 /// The ids of `cfs` that `options` gives FIFO compaction (`None`: no OPTIONS file to tell).
@@ -765,6 +781,20 @@ fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The files of `had` (the previous backup's or view's files) that are not among `now`, where
+/// a column family has FIFO compaction (`fifo`; `None`: all may) and so may have dropped them
+/// with their keys ([`manifest::since`] names one whose removal it cannot read).
+fn gone(
+    had: &std::collections::BTreeSet<u64>,
+    now: &std::collections::BTreeSet<u64>,
+    fifo: Option<&std::collections::BTreeSet<u32>>,
+) -> Vec<u64> {
+    if fifo.is_some_and(|f| f.is_empty()) {
+        return Vec::new();
+    }
+    had.difference(now).copied().collect()
+}
+
 impl RocksView<'_> {
     /// Why the MANIFEST's edits since the backup that kept `previous` hold changes the WAL
     /// does not have (see [`manifest`]): a file added alone and gone before this view, or
@@ -774,16 +804,19 @@ impl RocksView<'_> {
             .and_then(|m| m.get(MANIFEST_MARK))
             .and_then(|v| v.as_str())
             .and_then(manifest::Position::parse);
-        let mut known = self.ssts.numbers();
-        known.extend(ingest::SstFiles::numbers_in(previous));
+        let had = ingest::SstFiles::numbers_in(previous);
+        let now_files = self.ssts.numbers();
+        let mut known = now_files.clone();
+        known.extend(had.iter().copied());
         // Removed files drop keys in FIFO column families (all when there is no OPTIONS file).
         let fifo = fifo_ids(self.options.as_ref(), &self.cfs);
+        let gone = gone(&had, &now_files, fifo.as_ref());
         let read = self.manifest_at.clone().and_then(|now| {
             manifest::since(
                 &self.backend.path,
                 since.as_ref(),
                 &now,
-                |n| known.contains(&n),
+                (|n| known.contains(&n), |n| had.contains(&n), &gone),
                 |cf| fifo.as_ref().is_none_or(|f| f.contains(&cf)),
             )
         });

@@ -75,6 +75,11 @@ pub(crate) struct Edits {
     pub(crate) added_alone: Vec<u64>,
     /// Files removed by edits that remove files only, with their column family's id.
     pub(crate) removed_alone: Vec<(u32, u64)>,
+    /// Files removed by any edit read.
+    pub(crate) removed: std::collections::BTreeSet<u64>,
+    /// Files added by edits that remove none (a new MANIFEST's list of the files there were,
+    /// a flush, an ingestion) that hold keys at sequence number 0.
+    pub(crate) listed_at_zero: Vec<u64>,
     /// Where the reading stopped.
     pub(crate) end: u64,
 }
@@ -103,6 +108,10 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
     for (at, record) in records {
         let edit = parse_edit(&record)
             .map_err(|e| format!("{}: the edit at byte {at}: {e}", path.display()))?;
+        if edit.deleted.is_empty() {
+            edits.listed_at_zero.extend(&edit.at_zero);
+        }
+        edits.removed.extend(&edit.deleted);
         match (
             edit.added.is_empty(),
             edit.deleted.is_empty(),
@@ -121,16 +130,31 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
 
 /// Reads the edits written since `since` (in the same MANIFEST from its offset, in another one
 /// from its start; without one, from the start) up to `now` (the MANIFEST and its size), and
-/// tells where the reading stopped and why the edits hold changes the WAL does not: a file
-/// added by itself that is not `known` (not in the previous backup's files, nor in the files
-/// now), or files removed by themselves from a column family that `drops` (FIFO compaction:
-/// elsewhere such an edit is a compaction whose input was all deleted keys, which wrote
-/// nothing, and a queue's deletions make many). Errors say why the edits cannot be read.
+/// tells where the reading stopped and why the edits hold changes the WAL does not:
+///
+/// - a file added by itself that is not `known` (not in the previous backup's files, nor in the
+///   files now);
+/// - read from the start (the database was opened since the previous backup, and the edits of
+///   the sessions in between are gone): a file listed or flushed that the previous backup
+///   `had` not, with keys at sequence number 0. Only an ingestion into the last level and a
+///   compaction into the last level write those (RocksDB zeroes the sequence numbers of keys no
+///   snapshot needs there), and without the edits the two cannot be told apart. A flush's keys
+///   keep theirs, all after the previous backup's or in its WAL; a sequence number consumed
+///   without a WAL record (an ingestion given one, a write without the WAL) is a gap the WAL's
+///   reading finds;
+/// - files removed by themselves from a column family that `drops` (FIFO compaction:
+///   elsewhere such an edit is a compaction whose input was all deleted keys, which wrote
+///   nothing, and a queue's deletions make many);
+/// - read from the start, a file of the previous backup that is `gone` (the callers list them
+///   only where a column family has FIFO compaction) and that no edit read removed: the edit
+///   that did is gone too.
+///
+/// Errors say why the edits cannot be read.
 pub(crate) fn since(
     dir: &Path,
     since: Option<&Position>,
     now: &Position,
-    known: impl Fn(u64) -> bool,
+    (known, had, gone): (impl Fn(u64) -> bool, impl Fn(u64) -> bool, &[u64]),
     drops: impl Fn(u32) -> bool,
 ) -> Result<(Position, Option<String>), String> {
     let from = since
@@ -141,22 +165,35 @@ pub(crate) fn since(
         name: now.name.clone(),
         offset: edits.end,
     };
+    let reopened = from == 0;
     let why = if let Some(n) = edits.added_alone.iter().find(|n| !known(**n)) {
         Some(format!(
             "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or an \
              import, neither a flush nor a compaction) and compacted into another file before \
              this backup; its keys have no WAL record"
         ))
+    } else if let Some(n) = edits.listed_at_zero.iter().find(|n| reopened && !had(**n)) {
+        Some(format!(
+            "SST file {n:06}.sst is new since the previous backup and holds keys at sequence \
+             number 0, which an ingestion (IngestExternalFile, no WAL record) or a compaction \
+             into the last level writes; the database was opened again since, and the MANIFEST \
+             that told which is gone"
+        ))
+    } else if let Some((_, n)) = edits.removed_alone.iter().find(|(cf, _)| drops(*cf)) {
+        Some(format!(
+            "SST file {n:06}.sst was removed from the database by its FIFO compaction; its keys \
+             went without a WAL record"
+        ))
     } else {
-        edits
-            .removed_alone
-            .iter()
-            .find(|(cf, _)| drops(*cf))
-            .map(|(_, n)| {
+        gone.iter()
+            .find(|n| reopened && !edits.removed.contains(n))
+            .map(|n| {
                 format!(
-                "SST file {n:06}.sst was removed from the database by its FIFO compaction; its \
-                 keys went without a WAL record"
-            )
+                    "SST file {n:06}.sst of the previous backup is gone, and a column family has \
+                     FIFO compaction, which drops files with their keys (no WAL record); the \
+                     database was opened again since, and the MANIFEST that told whether it was \
+                     dropped is gone"
+                )
             })
     };
     Ok((end, why))
@@ -242,6 +279,8 @@ fn records(bytes: &[u8], start: u64) -> Result<(Records, u64), String> {
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Edit {
     added: Vec<u64>,
+    /// Added files whose smallest sequence number is 0 (or not recorded: LevelDB's tag).
+    at_zero: Vec<u64>,
     deleted: Vec<u64>,
     log_number: bool,
     /// The column family's id (0, `default`, unless the edit names one).
@@ -317,16 +356,24 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
             // New file (LevelDB's): level, number, size, smallest and largest keys.
             7 | 100 | 102 | 103 => {
                 i.varint()?;
-                edit.added.push(i.varint()?);
+                let number = i.varint()?;
+                edit.added.push(number);
                 if tag == 102 {
                     i.varint()?; // path id
                 }
                 i.varint()?;
                 i.slice()?;
                 i.slice()?;
-                if tag != 7 {
+                // Smallest and largest sequence numbers.
+                let smallest = if tag != 7 {
+                    let smallest = i.varint()?;
                     i.varint()?;
-                    i.varint()?;
+                    smallest
+                } else {
+                    0
+                };
+                if smallest == 0 {
+                    edit.at_zero.push(number);
                 }
                 if tag == 103 {
                     i.custom_fields(1)?;
@@ -426,15 +473,15 @@ mod tests {
         out.extend_from_slice(s);
     }
 
-    fn new_file4(out: &mut Vec<u8>, number: u64) {
+    fn new_file4(out: &mut Vec<u8>, number: u64, smallest_seqno: u64) {
         varint(out, 103);
         varint(out, 6);
         varint(out, number);
         varint(out, 1234);
         slice(out, b"a\x01\0\0\0\0\0\0\0");
         slice(out, b"z\x01\0\0\0\0\0\0\0");
-        varint(out, 0);
-        varint(out, 0);
+        varint(out, smallest_seqno);
+        varint(out, smallest_seqno + 9);
         varint(out, 5); // a custom field, then the end
         slice(out, b"xyz");
         varint(out, 1);
@@ -465,18 +512,18 @@ mod tests {
         let mut ingest = Vec::new();
         varint(&mut ingest, 200);
         varint(&mut ingest, 0);
-        new_file4(&mut ingest, 17);
+        new_file4(&mut ingest, 17, 0);
         let mut flush = Vec::new();
         varint(&mut flush, 9);
         varint(&mut flush, 0);
         varint(&mut flush, 2);
         varint(&mut flush, 12);
-        new_file4(&mut flush, 18);
+        new_file4(&mut flush, 18, 40);
         let mut compaction = Vec::new();
         varint(&mut compaction, 6);
         varint(&mut compaction, 0);
         varint(&mut compaction, 17);
-        new_file4(&mut compaction, 19);
+        new_file4(&mut compaction, 19, 0);
         let mut removal = Vec::new();
         varint(&mut removal, 6);
         varint(&mut removal, 6);
@@ -499,9 +546,99 @@ mod tests {
             Edits {
                 added_alone: vec![17],
                 removed_alone: vec![(0, 19)],
+                removed: [17, 19].into(),
+                listed_at_zero: vec![17],
                 end: whole,
             }
         );
+        // Read from the start (another MANIFEST than the previous backup's): a file at sequence
+        // number 0 that the previous backup did not have is named, whether or not it is still
+        // there; read on in the same MANIFEST, the edits tell it.
+        let now = Position {
+            name: "MANIFEST-000005".into(),
+            offset: whole,
+        };
+        let known = |_| true;
+        let (_, why) =
+            since(dir.path(), None, &now, (known, |n| n != 17, &[]), |_| false).expect("read");
+        assert!(why.expect("named").contains("000017.sst"));
+        let (_, why) =
+            since(dir.path(), None, &now, (known, |_| true, &[]), |_| false).expect("read");
+        assert_eq!(why, None);
+        let older = Position {
+            name: "MANIFEST-000004".into(),
+            offset: 900,
+        };
+        let (_, why) = since(
+            dir.path(),
+            Some(&older),
+            &now,
+            (known, |n| n != 17, &[]),
+            |_| false,
+        )
+        .expect("read");
+        assert!(why.expect("named").contains("000017.sst"));
+        // Read on in the same MANIFEST, a flush (it names a log number) at sequence number 0 is
+        // not named: only a reading from the start lost the edits that would tell.
+        let mut flush0 = Vec::new();
+        varint(&mut flush0, 2);
+        varint(&mut flush0, 12);
+        new_file4(&mut flush0, 20, 0);
+        let mut other = Vec::new();
+        record(&mut other, &ingest);
+        let first = other.len() as u64;
+        record(&mut other, &flush0);
+        std::fs::write(dir.path().join("MANIFEST-000006"), &other).expect("write");
+        let now6 = Position {
+            name: "MANIFEST-000006".into(),
+            offset: other.len() as u64,
+        };
+        let same = Position {
+            name: "MANIFEST-000006".into(),
+            offset: first,
+        };
+        let (_, why) = since(
+            dir.path(),
+            Some(&same),
+            &now6,
+            (known, |_| false, &[]),
+            |_| false,
+        )
+        .expect("read");
+        assert_eq!(why, None);
+        let (_, why) = since(
+            dir.path(),
+            Some(&now),
+            &now6,
+            (known, |n| n == 17, &[]),
+            |_| false,
+        )
+        .expect("read");
+        assert!(why.expect("named").contains("000020.sst"));
+        let (_, why) = since(
+            dir.path(),
+            Some(&now),
+            &now6,
+            (known, |_| true, &[9]),
+            |_| false,
+        )
+        .expect("read");
+        assert!(why
+            .expect("named")
+            .contains("000009.sst of the previous backup is gone"));
+        let (_, why) = since(
+            dir.path(),
+            Some(&same),
+            &now6,
+            (known, |_| true, &[9]),
+            |_| false,
+        )
+        .expect("read");
+        assert_eq!(why, None);
+        // A file of the previous backup whose removal (a compaction's) is read is not named.
+        let (_, why) =
+            since(dir.path(), None, &now, (known, |_| true, &[19]), |_| false).expect("read");
+        assert_eq!(why, None);
         // From where it stopped, nothing more until the record is whole.
         let again = read(dir.path(), "MANIFEST-000005", whole, file.len() as u64).expect("read");
         assert_eq!(again.end, whole);
