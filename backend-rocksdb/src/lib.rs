@@ -26,6 +26,7 @@
 //! `set_wal_size_limit_mb`) in the application; otherwise RocksDB deletes WAL files as soon as
 //! their memtables are flushed and incrementals fall back to full backups.
 
+mod infolog;
 mod ingest;
 mod manifest;
 pub mod wal;

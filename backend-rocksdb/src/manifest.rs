@@ -42,6 +42,11 @@ impl Position {
         format!("{} {}", self.name, self.offset)
     }
 
+    /// The MANIFEST's number (`MANIFEST-000012`: 12).
+    pub(crate) fn number(&self) -> Option<u64> {
+        self.name.strip_prefix("MANIFEST-")?.parse().ok()
+    }
+
     /// The position a store mark holds, if it parses.
     pub(crate) fn parse(text: &str) -> Option<Self> {
         let (name, offset) = text.split_once(' ')?;
@@ -172,12 +177,24 @@ pub(crate) fn since(
              import, neither a flush nor a compaction) and compacted into another file before \
              this backup; its keys have no WAL record"
         ))
-    } else if let Some(n) = edits.listed_at_zero.iter().find(|n| reopened && !had(**n)) {
+    } else if let Some((n, log)) = edits
+        .listed_at_zero
+        .iter()
+        .find(|n| reopened && !had(**n))
+        .and_then(|n| {
+            // The info LOG may show that no file was ingested since (see `infolog`).
+            let log = match since.and_then(|p| p.number()).zip(now.number()) {
+                Some((from, to)) => crate::infolog::no_ingestion_between(dir, from, to).err()?,
+                None => "no MANIFEST is known for the previous backup".to_string(),
+            };
+            Some((n, log))
+        })
+    {
         Some(format!(
             "SST file {n:06}.sst is new since the previous backup and holds keys at sequence \
              number 0, which an ingestion (IngestExternalFile, no WAL record) or a compaction \
              into the last level writes; the database was opened again since, and the MANIFEST \
-             that told which is gone"
+             that told which is gone, and the info LOG does not tell either: {log}"
         ))
     } else if let Some((_, n)) = edits.removed_alone.iter().find(|(cf, _)| drops(*cf)) {
         Some(format!(

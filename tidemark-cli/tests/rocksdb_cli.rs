@@ -605,6 +605,52 @@ fn keys_ingested_then_compacted_away_are_backed_up_after_the_database_was_reopen
     }
 }
 
+/// A compaction into the last level writes keys at sequence number 0 too (RocksDB zeroes those
+/// no snapshot needs), and after another open the MANIFEST no longer tells it from an
+/// ingestion. The info LOG does: each session's names the MANIFEST it opened and the one it
+/// created, and an ingestion logs an event. With a whole chain of sessions and no ingestion,
+/// the incremental reads the WAL (every such run compared every record before the LOG was
+/// read); with the LOG files gone, nothing rules an ingestion out, and it compares.
+#[test]
+fn a_compaction_before_a_reopen_keeps_the_wal_in_use_where_the_log_shows_no_ingestion() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+    common::backup(d, "rocksdb:src", "ar", "archive");
+    for round in [1, 2] {
+        // New values of the same keys: the compaction merges them with the last level's
+        // (where new keys would be moved there as they are, their sequence numbers kept).
+        common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+        common::rocksapp(&["compact", "src"], d);
+        if round == 2 {
+            for e in std::fs::read_dir(d.join("src")).unwrap() {
+                let e = e.unwrap();
+                if e.file_name().to_string_lossy().starts_with("LOG") {
+                    std::fs::remove_file(e.path()).unwrap();
+                }
+            }
+        }
+        // Opens the database again: a new MANIFEST.
+        let expected = app_dump(d, "src");
+        let (out, text) = backup_of_src(d, "ar", "archive");
+        assert!(out.status.success(), "{text}");
+        if round == 1 {
+            assert!(
+                text.contains("Backup (incremental)") && text.contains("200 records written"),
+                "{text}"
+            );
+        } else {
+            assert!(
+                text.contains("Backup (incremental, diff-based)")
+                    && text.contains("sequence number 0")
+                    && text.contains("info LOG does not tell"),
+                "{text}"
+            );
+        }
+        assert_restores(d, "ar", &format!("copy{round}"), &expected);
+    }
+}
+
 /// FIFO compaction deletes the oldest SST files once they grow beyond a size: their keys go
 /// without a WAL record. The MANIFEST's edit removes files and adds none, in a column family
 /// the OPTIONS file gives FIFO compaction: the backup compares every record, and the restores hold what the application holds (before, an incremental

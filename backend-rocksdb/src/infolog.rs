@@ -1,0 +1,166 @@
+//! RocksDB's info LOG, read for one thing: whether it shows that no file was ingested in the
+//! sessions since the previous backup's MANIFEST was created.
+//!
+//! When the application opened the database again since the previous backup, the MANIFEST
+//! that held the edits in between is gone ([`crate::manifest`]), and a file new since that
+//! holds keys at sequence number 0 may be a compaction's output into the last level (its keys
+//! came through the WAL) or hold the keys of an ingestion (they did not). RocksDB's LOG tells
+//! them apart: each session's file names the MANIFEST it opened (`MANIFEST file:
+//! MANIFEST-000016`) and each one it creates (`Creating manifest 28`), and every ingestion logs
+//! an `"event": "ingest_finished"` line. A LOG that is off, elsewhere (`db_log_dir`), below the
+//! INFO level, or rotated away (`keep_log_file_num`) proves nothing: only a complete chain of
+//! sessions from the one that created the previous backup's MANIFEST to the one that created
+//! the current one, with no ingestion in any of them, counts.
+
+use std::path::Path;
+
+/// At most this many bytes of LOG files are read for one check: beyond, it proves nothing.
+const MAX_BYTES: u64 = 256 << 20;
+
+/// Whether the info LOG files in `dir` (`LOG`, `LOG.old.<micros>`) show every session from the
+/// one that created MANIFEST number `from` to the one that created number `to`, and no
+/// ingestion in any of them. `Err` says why not.
+pub(crate) fn no_ingestion_between(dir: &Path, from: u64, to: u64) -> Result<(), String> {
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let order = if name == "LOG" {
+                u64::MAX
+            } else {
+                name.strip_prefix("LOG.old.")?.parse().ok()?
+            };
+            Some((order, e.path()))
+        })
+        .collect();
+    files.sort_unstable();
+    let total: u64 = files
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    if total > MAX_BYTES {
+        return Err(format!(
+            "its LOG files come to {total} bytes, more than the {MAX_BYTES} read"
+        ));
+    }
+    let mut chain = Chain::new(from);
+    for (_, path) in &files {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            chain.line(line)?;
+        }
+    }
+    chain.end(to)
+}
+
+/// The sessions read so far, in order.
+struct Chain {
+    /// The previous backup's MANIFEST number.
+    from: u64,
+    /// The MANIFEST created last, once `from` was seen created.
+    last: Option<u64>,
+}
+
+impl Chain {
+    fn new(from: u64) -> Self {
+        Chain { from, last: None }
+    }
+
+    /// Takes one LOG line.
+    fn line(&mut self, line: &str) -> Result<(), String> {
+        if let Some(n) = number_after(line, "Creating manifest ") {
+            if self.last.is_some() || n == self.from {
+                self.last = Some(n);
+            }
+        } else if let Some(last) = self.last {
+            if let Some(n) = number_after(line, "MANIFEST file:  MANIFEST-") {
+                // A session opened a MANIFEST other than the one created last: a session in
+                // between left no LOG here.
+                if n != last {
+                    return Err(format!(
+                        "a session opened MANIFEST {n:06} where the LOG files read last show \
+                         {last:06} created: the LOG of a session in between is missing"
+                    ));
+                }
+            } else if line.contains("\"event\": \"ingest_finished\"") {
+                return Err("the LOG shows a file ingested since".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the chain reached the session that created MANIFEST number `to`.
+    fn end(self, to: u64) -> Result<(), String> {
+        match self.last {
+            Some(n) if n == to => Ok(()),
+            Some(n) => Err(format!(
+                "the LOG files show MANIFEST {n:06} created last, not {to:06}"
+            )),
+            None => Err(format!(
+                "no LOG file shows MANIFEST {:06} created (the LOG is off, elsewhere, below the \
+                 INFO level, or rotated away)",
+                self.from
+            )),
+        }
+    }
+}
+
+/// The decimal number right after `marker` in `line`.
+fn number_after(line: &str, marker: &str) -> Option<u64> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    rest[..digits].parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(from: u64, to: u64, lines: &[&str]) -> Result<(), String> {
+        let mut c = Chain::new(from);
+        for l in lines {
+            c.line(l)?;
+        }
+        c.end(to)
+    }
+
+    const OPEN5: &str =
+        "2026/12/04-11:11:10.284650 1 MANIFEST file:  MANIFEST-000005 size: 415 Bytes";
+    const CREATE5: &str =
+        "2026/12/04-11:11:10.255999 1 [db/version_set.cc:5554] Creating manifest 5";
+    const CREATE16: &str =
+        "2026/12/04-11:11:10.286156 1 [db/version_set.cc:5554] Creating manifest 16";
+    const INGEST: &str = "2026/12/04-11:11:10.289398 1 EVENT_LOG_v1 {\"time_micros\": 1, \"event\": \"ingest_finished\", \"files_ingested\": []}";
+
+    #[test]
+    fn only_a_whole_chain_without_ingestions_proves_none() {
+        assert_eq!(chain(5, 16, &[CREATE5, OPEN5, CREATE16]), Ok(()));
+        // An ingestion before the previous backup's MANIFEST does not count; one after does.
+        assert_eq!(chain(5, 16, &[INGEST, CREATE5, OPEN5, CREATE16]), Ok(()));
+        assert!(chain(5, 16, &[CREATE5, OPEN5, INGEST, CREATE16])
+            .unwrap_err()
+            .contains("ingested"));
+        assert!(chain(5, 16, &[CREATE5, CREATE16, INGEST]).is_err());
+        // The session that created it is missing, or one in between, or the last one.
+        assert!(chain(5, 16, &[OPEN5, CREATE16])
+            .unwrap_err()
+            .contains("no LOG file"));
+        let open9 = OPEN5.replace("000005", "000009");
+        assert!(chain(5, 16, &[CREATE5, &open9, CREATE16])
+            .unwrap_err()
+            .contains("missing"));
+        assert!(chain(5, 28, &[CREATE5, OPEN5, CREATE16])
+            .unwrap_err()
+            .contains("not 000028"));
+        assert_eq!(
+            number_after("Creating manifest 28 ", "Creating manifest "),
+            Some(28)
+        );
+        assert_eq!(
+            number_after("Creating manifest x", "Creating manifest "),
+            None
+        );
+    }
+}
