@@ -140,19 +140,19 @@ mod tests {
         // An ingestion before the previous backup's MANIFEST does not count; one after does.
         assert_eq!(chain(5, 16, &[INGEST, CREATE5, OPEN5, CREATE16]), Ok(()));
         assert!(chain(5, 16, &[CREATE5, OPEN5, INGEST, CREATE16])
-            .unwrap_err()
+            .expect_err("refused")
             .contains("ingested"));
         assert!(chain(5, 16, &[CREATE5, CREATE16, INGEST]).is_err());
         // The session that created it is missing, or one in between, or the last one.
         assert!(chain(5, 16, &[OPEN5, CREATE16])
-            .unwrap_err()
+            .expect_err("refused")
             .contains("no LOG file"));
         let open9 = OPEN5.replace("000005", "000009");
         assert!(chain(5, 16, &[CREATE5, &open9, CREATE16])
-            .unwrap_err()
+            .expect_err("refused")
             .contains("missing"));
         assert!(chain(5, 28, &[CREATE5, OPEN5, CREATE16])
-            .unwrap_err()
+            .expect_err("refused")
             .contains("not 000028"));
         assert_eq!(
             number_after("Creating manifest 28 ", "Creating manifest "),
