@@ -475,6 +475,17 @@ fn a_restore_never_replaces_a_rocksdb_that_appeared_while_it_ran() {
     );
 }
 
+/// The application's database `src` with 100 keys in `default` and `users` (WAL files kept),
+/// backed up to an archive chain `ar` and a folder `bk`: those destinations.
+fn written_and_backed_up(d: &Path) -> [(&'static str, &'static str); 2] {
+    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
+    let dests = [("ar", "archive"), ("bk", "folder")];
+    for (dest, format) in dests {
+        common::backup(d, "rocksdb:src", dest, format);
+    }
+    dests
+}
+
 /// An SST file that the application ingests (`IngestExternalFile`, through its own, older
 /// RocksDB) into a key range no data covers gets sequence number 0: no WAL record and no gap
 /// in the sequence. The next backup, to an archive chain and to a folder, finds the new file,
@@ -485,11 +496,7 @@ fn a_restore_never_replaces_a_rocksdb_that_appeared_while_it_ran() {
 fn keys_ingested_without_a_sequence_number_are_backed_up() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
-    let dests = [("ar", "archive"), ("bk", "folder")];
-    for (dest, format) in dests {
-        common::backup(d, "rocksdb:src", dest, format);
-    }
+    let dests = written_and_backed_up(d);
     common::rocksapp(&["ingest", "src", "0", "100"], d);
     let restored_equal = |round: &str| {
         let expected = app_dump(d, "src");
@@ -536,11 +543,7 @@ fn keys_ingested_without_a_sequence_number_are_backed_up() {
 fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
-    let dests = [("ar", "archive"), ("bk", "folder")];
-    for (dest, format) in dests {
-        common::backup(d, "rocksdb:src", dest, format);
-    }
+    let dests = written_and_backed_up(d);
     common::rocksapp(&["ingest-compact", "src", "0", "50"], d);
     // The application's dump comes after the backups: opening the database writes a new
     // MANIFEST, and the edits of the session before are then gone (docs/RELIABILITY.md).
@@ -574,11 +577,7 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
 fn keys_ingested_then_compacted_away_are_backed_up_after_the_database_was_reopened() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
-    common::rocksapp(&["write", "src", "0", "100", "--keep-wal"], d);
-    let dests = [("ar", "archive"), ("bk", "folder")];
-    for (dest, format) in dests {
-        common::backup(d, "rocksdb:src", dest, format);
-    }
+    let dests = written_and_backed_up(d);
     common::rocksapp(&["ingest-compact", "src", "0", "50"], d);
     // Opens the database: a new MANIFEST, the session's edits gone.
     let expected = app_dump(d, "src");
