@@ -17,6 +17,9 @@ use std::path::Path;
 /// At most this many bytes of LOG files are read for one check: beyond, it proves nothing.
 const MAX_BYTES: u64 = 256 << 20;
 
+/// What a session's LOG says when it creates a MANIFEST (`Creating manifest 28`).
+const CREATING: &str = "Creating manifest ";
+
 /// Whether the info LOG files in `dir` (`LOG`, `LOG.old.<micros>`) show every session from the
 /// one that created MANIFEST number `from` to the one that created number `to`, and no
 /// ingestion in any of them. `Err` says why not.
@@ -35,20 +38,31 @@ pub(crate) fn no_ingestion_between(dir: &Path, from: u64, to: u64) -> Result<(),
         })
         .collect();
     files.sort_unstable();
-    let total: u64 = files
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    if total > MAX_BYTES {
-        return Err(format!(
-            "its LOG files come to {total} bytes, more than the {MAX_BYTES} read"
-        ));
+    // Newest first, back to the file of the session that created MANIFEST `from`: older ones
+    // (up to `keep_log_file_num`, 1,000 by default) are not read.
+    let mut read = Vec::new();
+    let mut total = 0u64;
+    for (_, path) in files.iter().rev() {
+        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        total += bytes.len() as u64;
+        if total > MAX_BYTES {
+            return Err(format!(
+                "its LOG files since MANIFEST {from:06} come to more than the {MAX_BYTES} bytes \
+                 read"
+            ));
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let created = text
+            .lines()
+            .any(|l| number_after(l, CREATING) == Some(from));
+        read.push(text);
+        if created {
+            break;
+        }
     }
     let mut chain = Chain::new(from);
-    for (_, path) in &files {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for line in String::from_utf8_lossy(&bytes).lines() {
+    for text in read.iter().rev() {
+        for line in text.lines() {
             chain.line(line)?;
         }
     }
@@ -70,7 +84,7 @@ impl Chain {
 
     /// Takes one LOG line.
     fn line(&mut self, line: &str) -> Result<(), String> {
-        if let Some(n) = number_after(line, "Creating manifest ") {
+        if let Some(n) = number_after(line, CREATING) {
             if self.last.is_some() || n == self.from {
                 self.last = Some(n);
             }
@@ -162,5 +176,31 @@ mod tests {
             number_after("Creating manifest x", "Creating manifest "),
             None
         );
+    }
+
+    #[test]
+    fn the_log_files_are_read_newest_first_back_to_the_session_that_created_the_manifest() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let write = |name: &str, lines: &[&str]| {
+            std::fs::write(dir.path().join(name), lines.join("\n")).expect("write")
+        };
+        let open16 = OPEN5.replace("000005", "000016");
+        let create28 = CREATE16.replace("16", "28");
+        // An older session's ingestion, before MANIFEST 5 was created: not read.
+        write("LOG.old.100", &[INGEST]);
+        write("LOG.old.200", &[INGEST, CREATE5]);
+        write("LOG.old.300", &[OPEN5, CREATE16]);
+        write("LOG", &[&open16, &create28]);
+        assert_eq!(no_ingestion_between(dir.path(), 5, 28), Ok(()));
+        assert!(no_ingestion_between(dir.path(), 5, 16).is_err());
+        // A session's file gone from between.
+        std::fs::remove_file(dir.path().join("LOG.old.300")).expect("remove");
+        let e = no_ingestion_between(dir.path(), 5, 28).expect_err("missing");
+        assert!(e.contains("missing"), "{e}");
+        // An ingestion in the last session.
+        write("LOG.old.300", &[OPEN5, CREATE16]);
+        write("LOG", &[&open16, INGEST, &create28]);
+        let e = no_ingestion_between(dir.path(), 5, 28).expect_err("ingested");
+        assert!(e.contains("ingested"), "{e}");
     }
 }
