@@ -10,7 +10,10 @@
 //! an `"event": "ingest_finished"` line. A LOG that is off, elsewhere (`db_log_dir`), below the
 //! INFO level, or rotated away (`keep_log_file_num`) proves nothing: only a complete chain of
 //! sessions from the one that created the previous backup's MANIFEST to the one that created
-//! the current one, with no ingestion in any of them, counts.
+//! the current one, with no ingestion in any of them, counts. RocksDB writes the LOG through a
+//! buffer it flushes every 5 seconds and when the database closes, so every session but the
+//! last (whose ingestions the current MANIFEST's own edits show) must have closed the database
+//! (`Shutdown complete`): a killed one may have lost its last lines.
 
 use std::path::Path;
 
@@ -75,11 +78,17 @@ struct Chain {
     from: u64,
     /// The MANIFEST created last, once `from` was seen created.
     last: Option<u64>,
+    /// Whether the session read last closed the database (`Shutdown complete`).
+    closed: bool,
 }
 
 impl Chain {
     fn new(from: u64) -> Self {
-        Chain { from, last: None }
+        Chain {
+            from,
+            last: None,
+            closed: false,
+        }
     }
 
     /// Takes one LOG line.
@@ -90,6 +99,17 @@ impl Chain {
             }
         } else if let Some(last) = self.last {
             if let Some(n) = number_after(line, "MANIFEST file:  MANIFEST-") {
+                // RocksDB writes its LOG through a buffer it flushes every 5 seconds and when
+                // the database closes: a session that ended otherwise (killed, crashed) may
+                // have lost the lines of its last seconds, an ingestion's among them.
+                if !self.closed {
+                    return Err(format!(
+                        "the session that wrote MANIFEST {last:06} ended without closing the \
+                         database (its LOG has no `Shutdown complete`), and may have lost its \
+                         last lines"
+                    ));
+                }
+                self.closed = false;
                 // A session opened a MANIFEST other than the one created last: a session in
                 // between left no LOG here.
                 if n != last {
@@ -98,6 +118,8 @@ impl Chain {
                          {last:06} created: the LOG of a session in between is missing"
                     ));
                 }
+            } else if line.contains("Shutdown complete") {
+                self.closed = true;
             } else if line.contains("\"event\": \"ingest_finished\"") {
                 return Err("the LOG shows a file ingested since".into());
             }
@@ -146,14 +168,23 @@ mod tests {
         "2026/12/04-11:11:10.255999 1 [db/version_set.cc:5554] Creating manifest 5";
     const CREATE16: &str =
         "2026/12/04-11:11:10.286156 1 [db/version_set.cc:5554] Creating manifest 16";
+    const CLOSED: &str =
+        "2026/12/04-11:11:10.263921 1 [db/db_impl/db_impl.cc:709] Shutdown complete";
     const INGEST: &str = "2026/12/04-11:11:10.289398 1 EVENT_LOG_v1 {\"time_micros\": 1, \"event\": \"ingest_finished\", \"files_ingested\": []}";
 
     #[test]
     fn only_a_whole_chain_without_ingestions_proves_none() {
-        assert_eq!(chain(5, 16, &[CREATE5, OPEN5, CREATE16]), Ok(()));
+        assert_eq!(chain(5, 16, &[CREATE5, CLOSED, OPEN5, CREATE16]), Ok(()));
+        // The session before ended without closing the database: its last lines may be lost.
+        assert!(chain(5, 16, &[CREATE5, OPEN5, CREATE16])
+            .expect_err("refused")
+            .contains("without closing"));
         // An ingestion before the previous backup's MANIFEST does not count; one after does.
-        assert_eq!(chain(5, 16, &[INGEST, CREATE5, OPEN5, CREATE16]), Ok(()));
-        assert!(chain(5, 16, &[CREATE5, OPEN5, INGEST, CREATE16])
+        assert_eq!(
+            chain(5, 16, &[INGEST, CREATE5, CLOSED, OPEN5, CREATE16]),
+            Ok(())
+        );
+        assert!(chain(5, 16, &[CREATE5, CLOSED, OPEN5, INGEST, CREATE16])
             .expect_err("refused")
             .contains("ingested"));
         assert!(chain(5, 16, &[CREATE5, CREATE16, INGEST]).is_err());
@@ -162,10 +193,10 @@ mod tests {
             .expect_err("refused")
             .contains("no LOG file"));
         let open9 = OPEN5.replace("000005", "000009");
-        assert!(chain(5, 16, &[CREATE5, &open9, CREATE16])
+        assert!(chain(5, 16, &[CREATE5, CLOSED, &open9, CREATE16])
             .expect_err("refused")
             .contains("missing"));
-        assert!(chain(5, 28, &[CREATE5, OPEN5, CREATE16])
+        assert!(chain(5, 28, &[CREATE5, CLOSED, OPEN5, CREATE16])
             .expect_err("refused")
             .contains("not 000028"));
         assert_eq!(
@@ -188,8 +219,8 @@ mod tests {
         let create28 = CREATE16.replace("16", "28");
         // An older session's ingestion, before MANIFEST 5 was created: not read.
         write("LOG.old.100", &[INGEST]);
-        write("LOG.old.200", &[INGEST, CREATE5]);
-        write("LOG.old.300", &[OPEN5, CREATE16]);
+        write("LOG.old.200", &[INGEST, CREATE5, CLOSED]);
+        write("LOG.old.300", &[OPEN5, CREATE16, CLOSED]);
         write("LOG", &[&open16, &create28]);
         assert_eq!(no_ingestion_between(dir.path(), 5, 28), Ok(()));
         assert!(no_ingestion_between(dir.path(), 5, 16).is_err());
@@ -198,7 +229,7 @@ mod tests {
         let e = no_ingestion_between(dir.path(), 5, 28).expect_err("missing");
         assert!(e.contains("missing"), "{e}");
         // An ingestion in the last session.
-        write("LOG.old.300", &[OPEN5, CREATE16]);
+        write("LOG.old.300", &[OPEN5, CREATE16, CLOSED]);
         write("LOG", &[&open16, INGEST, &create28]);
         let e = no_ingestion_between(dir.path(), 5, 28).expect_err("ingested");
         assert!(e.contains("ingested"), "{e}");

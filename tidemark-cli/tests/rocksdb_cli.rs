@@ -604,6 +604,44 @@ fn keys_ingested_then_compacted_away_are_backed_up_after_the_database_was_reopen
     }
 }
 
+/// RocksDB writes its info LOG through a buffer it flushes every 5 seconds and when the
+/// database closes: a session that was killed may have lost its last lines, an ingestion's
+/// among them. Here the killed session's LOG is cut after its first lines (as such a loss
+/// leaves it): without the check that every session before the last closed the database
+/// (`Shutdown complete`), the LOG showed no ingestion, the incremental read the WAL alone and the
+/// restores lacked the 50 ingested keys.
+#[test]
+fn a_session_killed_after_an_ingest_proves_nothing_by_its_log() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let dests = written_and_backed_up(d);
+    common::rocksapp(&["ingest-compact", "src", "0", "50", "--crash"], d);
+    let log = d.join("src/LOG");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let cut = text
+        .find("Creating manifest")
+        .expect("the session's LOG names its MANIFEST");
+    let cut = cut + text[cut..].find('\n').unwrap() + 1;
+    assert!(
+        text[cut..].contains("ingest_finished"),
+        "the ingestion was logged"
+    );
+    std::fs::write(&log, &text[..cut]).unwrap();
+    // Opens the database again (and recovers it): a new MANIFEST.
+    let expected = app_dump(d, "src");
+    assert_eq!(expected["default"].as_object().unwrap().len(), 151);
+    for (dest, format) in dests {
+        let (out, text) = backup_of_src(d, dest, format);
+        assert!(
+            out.status.success()
+                && text.contains("Backup (incremental, diff-based)")
+                && text.contains("ended without closing the database"),
+            "{dest}: {text}"
+        );
+        assert_restores(d, dest, &format!("copy-{dest}"), &expected);
+    }
+}
+
 /// A compaction into the last level writes keys at sequence number 0 too (RocksDB zeroes those
 /// no snapshot needs), and after another open the MANIFEST no longer tells it from an
 /// ingestion. The info LOG does: each session's names the MANIFEST it opened and the one it

@@ -9,10 +9,11 @@ own, older RocksDB (9.x). Commands:
   ingest DIR START COUNT [--only]                    write keys z START..START+COUNT of `default`
       into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
       --only) put `after` through the WAL; WAL files kept an hour
-  ingest-compact DIR START COUNT [--no-put]          in one session: ingest keys z START..START+COUNT
+  ingest-compact DIR START COUNT [--no-put] [--crash]  in one session: ingest keys z START..START+COUNT
       of `default` (as `ingest --only`), put a key among them (not with --no-put: nothing then
       moves the sequence number) and flush, and compact every column family's whole range,
-      bottommost files included, so that the ingested file is merged into a compaction's output
+      bottommost files included, so that the ingested file is merged into a compaction's output;
+      --crash exits without closing the database (RocksDB's LOG keeps its last lines in a buffer)
   fifo DIR START ROUNDS                              with FIFO compaction (files beyond 250 KB in all
       are deleted, oldest first): ROUNDS rounds of 1,000 random 100-byte values, each flushed
   queue DIR ROUND                                    a queue's work: 3,000 kept keys, then six rounds of
@@ -68,7 +69,7 @@ def ingest(path, start, count, only):
     os.remove(sst)
 
 
-def ingest_compact(path, start, count, put):
+def ingest_compact(path, start, count, put, crash=False):
     sst = sst_of(path, start, count)
     db, cfs = open_all(path, True)
     db.ingest_external_file([sst])
@@ -82,8 +83,11 @@ def ingest_compact(path, start, count, put):
     for name in cfs:
         cf = db if name == "default" else db.get_column_family(name)
         cf.compact_range(None, None, c)
-    db.close()
     os.remove(sst)
+    if crash:
+        sys.stdout.flush()
+        os._exit(0)
+    db.close()
 
 
 def fifo(path, start, rounds):
@@ -177,7 +181,7 @@ if __name__ == "__main__":
     elif cmd == "ingest":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "ingest-compact":
-        ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--no-put" not in sys.argv)
+        ingest_compact(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--no-put" not in sys.argv, "--crash" in sys.argv)
     elif cmd == "fifo":
         fifo(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "queue":
