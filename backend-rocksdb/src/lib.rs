@@ -307,6 +307,10 @@ impl RocksBackend {
         // The versions are taken as seen only once no new file was ingested: until the next
         // view, every call says so again.
         let mut ingested = false;
+        // The files as of the view and the waits before, each vetted by the MANIFEST's edits
+        // when it was added: a file new in this call that holds keys at sequence number 0 is
+        // checked below, after `first_ingested` adds it (as not ingested by its property).
+        let vetted = watch.files.clone();
         if let Some(why) = files.first_ingested(&self.path, &mut watch.files) {
             tracing::debug!(%why, "changes outside the WAL while waiting");
             watch.said = Some(why);
@@ -327,8 +331,8 @@ impl RocksBackend {
                         &at,
                         (
                             |n| watch.files.contains(&n) || now.contains(&n),
-                            |n| watch.files.contains(&n),
-                            &gone(&watch.files, &now, watch.fifo.as_ref()),
+                            |n| vetted.contains(&n),
+                            &gone(&vetted, &now, watch.fifo.as_ref()),
                         ),
                         |cf| watch.fifo.as_ref().is_none_or(|f| f.contains(&cf)),
                     )
