@@ -330,7 +330,7 @@ impl RocksBackend {
                         watch.manifest.as_ref(),
                         &at,
                         (
-                            |n| watch.files.contains(&n) || now.contains(&n),
+                            |n| now.contains(&n),
                             |n| vetted.contains(&n),
                             &gone(&vetted, &now, watch.fifo.as_ref()),
                         ),
@@ -811,8 +811,6 @@ impl RocksView<'_> {
             .and_then(manifest::Position::parse);
         let had = ingest::SstFiles::numbers_in(previous);
         let now_files = self.ssts.numbers();
-        let mut known = now_files.clone();
-        known.extend(had.iter().copied());
         // Removed files drop keys in FIFO column families (all when there is no OPTIONS file).
         let fifo = fifo_ids(self.options.as_ref(), &self.cfs);
         let gone = gone(&had, &now_files, fifo.as_ref());
@@ -821,7 +819,7 @@ impl RocksView<'_> {
                 &self.backend.path,
                 since.as_ref(),
                 &now,
-                (|n| known.contains(&n), |n| had.contains(&n), &gone),
+                (|n| now_files.contains(&n), |n| had.contains(&n), &gone),
                 |cf| fifo.as_ref().is_none_or(|f| f.contains(&cf)),
             )
         });

@@ -137,8 +137,9 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
 /// from its start; without one, from the start) up to `now` (the MANIFEST and its size), and
 /// tells where the reading stopped and why the edits hold changes the WAL does not:
 ///
-/// - a file added by itself that is not `known` (not in the previous backup's files, nor in the
-///   files now);
+/// - a file added by itself (an ingestion's or an import's edit) that the previous backup `had`
+///   not: gone now (compacted into another file), or `present` (an ingested file is also found
+///   by its property, an imported one, which has none, only here);
 /// - read from the start (the database was opened since the previous backup, and the edits of
 ///   the sessions in between are gone): a file listed or flushed that the previous backup
 ///   `had` not, with keys at sequence number 0. Only an ingestion into the last level and a
@@ -159,7 +160,7 @@ pub(crate) fn since(
     dir: &Path,
     since: Option<&Position>,
     now: &Position,
-    (known, had, gone): (impl Fn(u64) -> bool, impl Fn(u64) -> bool, &[u64]),
+    (present, had, gone): (impl Fn(u64) -> bool, impl Fn(u64) -> bool, &[u64]),
     drops: impl Fn(u32) -> bool,
 ) -> Result<(Position, Option<String>), String> {
     let from = since
@@ -171,12 +172,19 @@ pub(crate) fn since(
         offset: edits.end,
     };
     let reopened = from == 0;
-    let why = if let Some(n) = edits.added_alone.iter().find(|n| !known(**n)) {
-        Some(format!(
-            "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or an \
-             import, neither a flush nor a compaction) and compacted into another file before \
-             this backup; its keys have no WAL record"
-        ))
+    let why = if let Some(n) = edits.added_alone.iter().find(|n| !had(**n)) {
+        Some(if present(*n) {
+            format!(
+                "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or \
+                 an import, neither a flush nor a compaction); its keys have no WAL record"
+            )
+        } else {
+            format!(
+                "SST file {n:06}.sst was added to the database by itself (IngestExternalFile or \
+                 an import, neither a flush nor a compaction) and compacted into another file \
+                 before this backup; its keys have no WAL record"
+            )
+        })
     } else if let Some((n, log)) = edits
         .listed_at_zero
         .iter()
@@ -568,19 +576,35 @@ mod tests {
                 end: whole,
             }
         );
-        // Read from the start (another MANIFEST than the previous backup's): a file at sequence
-        // number 0 that the previous backup did not have is named, whether or not it is still
-        // there; read on in the same MANIFEST, the edits tell it.
+        // A file added by itself that the previous backup did not have is named, gone
+        // (ingested, then compacted into another file) or there (an import, which no property
+        // marks).
         let now = Position {
             name: "MANIFEST-000005".into(),
             offset: whole,
         };
-        let known = |_| true;
+        let present = |_| true;
+        let (_, why) = since(dir.path(), None, &now, (present, |n| n != 17, &[]), |_| {
+            false
+        })
+        .expect("read");
+        let why = why.expect("named");
+        assert!(
+            why.contains("000017.sst was added to the database by itself")
+                && !why.contains("compacted"),
+            "{why}"
+        );
+        let (_, why) = since(
+            dir.path(),
+            None,
+            &now,
+            (|_| false, |n| n != 17, &[]),
+            |_| false,
+        )
+        .expect("read");
+        assert!(why.expect("named").contains("compacted into another file"));
         let (_, why) =
-            since(dir.path(), None, &now, (known, |n| n != 17, &[]), |_| false).expect("read");
-        assert!(why.expect("named").contains("000017.sst"));
-        let (_, why) =
-            since(dir.path(), None, &now, (known, |_| true, &[]), |_| false).expect("read");
+            since(dir.path(), None, &now, (present, |_| true, &[]), |_| false).expect("read");
         assert_eq!(why, None);
         let older = Position {
             name: "MANIFEST-000004".into(),
@@ -590,11 +614,14 @@ mod tests {
             dir.path(),
             Some(&older),
             &now,
-            (known, |n| n != 17, &[]),
+            (present, |n| n != 17, &[]),
             |_| false,
         )
         .expect("read");
         assert!(why.expect("named").contains("000017.sst"));
+        // Read from the start (another MANIFEST than the previous backup's), a file at sequence
+        // number 0 that the previous backup did not have is named, whether or not it is still
+        // there; read on in the same MANIFEST, the edits tell it.
         // Read on in the same MANIFEST, a flush (it names a log number) at sequence number 0 is
         // not named: only a reading from the start lost the edits that would tell.
         let mut flush0 = Vec::new();
@@ -618,7 +645,7 @@ mod tests {
             dir.path(),
             Some(&same),
             &now6,
-            (known, |_| false, &[]),
+            (present, |_| false, &[]),
             |_| false,
         )
         .expect("read");
@@ -627,7 +654,7 @@ mod tests {
             dir.path(),
             Some(&now),
             &now6,
-            (known, |n| n == 17, &[]),
+            (present, |n| n == 17, &[]),
             |_| false,
         )
         .expect("read");
@@ -636,7 +663,7 @@ mod tests {
             dir.path(),
             Some(&now),
             &now6,
-            (known, |_| true, &[9]),
+            (present, |_| true, &[9]),
             |_| false,
         )
         .expect("read");
@@ -647,14 +674,16 @@ mod tests {
             dir.path(),
             Some(&same),
             &now6,
-            (known, |_| true, &[9]),
+            (present, |_| true, &[9]),
             |_| false,
         )
         .expect("read");
         assert_eq!(why, None);
         // A file of the previous backup whose removal (a compaction's) is read is not named.
-        let (_, why) =
-            since(dir.path(), None, &now, (known, |_| true, &[19]), |_| false).expect("read");
+        let (_, why) = since(dir.path(), None, &now, (present, |_| true, &[19]), |_| {
+            false
+        })
+        .expect("read");
         assert_eq!(why, None);
         // From where it stopped, nothing more until the record is whole.
         let again = read(dir.path(), "MANIFEST-000005", whole, file.len() as u64).expect("read");
