@@ -17,11 +17,13 @@
 //!   the same shape, and is not told apart.)
 //!
 //! So a backup keeps where it stopped reading the MANIFEST (its name and offset), and the next
-//! reads the edits written since: a file added alone that is gone (it was neither in the
-//! previous backup's files nor is it in this one's), or files a FIFO compaction removed, make
-//! the WAL unusable for that run. When the application reopened the database, RocksDB wrote a new
-//! MANIFEST (it begins with the files of that moment, in edits that name log numbers): its
-//! edits are read from the start; those of the sessions in between are gone.
+//! reads the edits written since: a file added alone that the previous backup did not have
+//! (gone since, or there: an imported file carries no ingest property), or files a FIFO
+//! compaction removed, make the WAL unusable for that run. When the application reopened the
+//! database, RocksDB wrote a new MANIFEST (it begins with the files of that moment, in edits
+//! that name log numbers): its edits are read from the start; those of the sessions in between
+//! are gone, and what they may have hidden is told from the files' smallest sequence numbers,
+//! the info LOG ([`crate::infolog`]) and, for FIFO compaction, the files that are gone.
 //!
 //! Formats (RocksDB's `db/log_format.h`, `db/log_writer.cc`, `db/version_edit.cc`): the file
 //! is a log of 32 KiB blocks of records (a 7-byte header: masked CRC32C, length, type), each
