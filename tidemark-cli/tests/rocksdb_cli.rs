@@ -486,6 +486,20 @@ fn written_and_backed_up(d: &Path) -> [(&'static str, &'static str); 2] {
     dests
 }
 
+/// Backs `src` up to each of `dests` and asserts that each run compared every record (a
+/// diff-based incremental) and said all of `says`.
+fn backups_compare_every_record(d: &Path, dests: &[(&str, &str)], says: &[&str]) {
+    for &(dest, format) in dests {
+        let (out, text) = backup_of_src(d, dest, format);
+        assert!(
+            out.status.success()
+                && text.contains("Backup (incremental, diff-based)")
+                && says.iter().all(|s| text.contains(s)),
+            "{dest}: {text}"
+        );
+    }
+}
+
 /// An SST file that the application ingests (`IngestExternalFile`, through its own, older
 /// RocksDB) into a key range no data covers gets sequence number 0: no WAL record and no gap
 /// in the sequence. The next backup, to an archive chain and to a folder, finds the new file,
@@ -547,16 +561,11 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
     common::rocksapp(&["ingest-compact", "src", "0", "50"], d);
     // The application's dump comes after the backups: opening the database writes a new
     // MANIFEST, and the edits of the session before are then gone (docs/RELIABILITY.md).
-    for (dest, format) in dests {
-        let (out, text) = backup_of_src(d, dest, format);
-        assert!(
-            out.status.success()
-                && text.contains("Backup (incremental, diff-based)")
-                && text.contains("compacted into another file")
-                && text.contains("51 records written"),
-            "{dest}: {text}"
-        );
-    }
+    backups_compare_every_record(
+        d,
+        &dests,
+        &["compacted into another file", "51 records written"],
+    );
     let expected = app_dump(d, "src");
     assert_eq!(expected["default"].as_object().unwrap().len(), 151);
     for (dest, format) in dests {
@@ -570,8 +579,8 @@ fn keys_ingested_then_compacted_away_before_the_backup_are_backed_up() {
 /// or restarted): that open wrote a new MANIFEST, and the edits that showed the ingestion are
 /// gone. What the new MANIFEST still holds is each file's smallest sequence number: the
 /// compaction's output, new since the previous backup, holds keys at sequence number 0, which
-/// only an ingestion or a bottommost compaction writes. The backup compares every record, and
-/// the restores hold the ingested keys (before, the incremental read the WAL alone and lost
+/// only an ingestion or a bottommost compaction writes, and the info LOG shows the ingestion.
+/// The backup compares every record, and the restores hold the ingested keys (before, the incremental read the WAL alone and lost
 /// them: docs/RELIABILITY.md called it the one case the MANIFEST could not show).
 #[test]
 fn keys_ingested_then_compacted_away_are_backed_up_after_the_database_was_reopened() {
@@ -582,15 +591,16 @@ fn keys_ingested_then_compacted_away_are_backed_up_after_the_database_was_reopen
     // Opens the database: a new MANIFEST, the session's edits gone.
     let expected = app_dump(d, "src");
     assert_eq!(expected["default"].as_object().unwrap().len(), 151);
-    for (dest, format) in dests {
-        let (out, text) = backup_of_src(d, dest, format);
-        assert!(
-            out.status.success()
-                && text.contains("Backup (incremental, diff-based)")
-                && text.contains("sequence number 0")
-                && text.contains("51 records written"),
-            "{dest}: {text}"
-        );
+    backups_compare_every_record(
+        d,
+        &dests,
+        &[
+            "sequence number 0",
+            "the LOG shows a file ingested since",
+            "51 records written",
+        ],
+    );
+    for (dest, _) in dests {
         assert_restores(d, dest, &format!("copy-{dest}"), &expected);
     }
     // Another session of plain writes and a reopen: the files are the previous backup's now,
@@ -630,14 +640,8 @@ fn a_session_killed_after_an_ingest_proves_nothing_by_its_log() {
     // Opens the database again (and recovers it): a new MANIFEST.
     let expected = app_dump(d, "src");
     assert_eq!(expected["default"].as_object().unwrap().len(), 151);
-    for (dest, format) in dests {
-        let (out, text) = backup_of_src(d, dest, format);
-        assert!(
-            out.status.success()
-                && text.contains("Backup (incremental, diff-based)")
-                && text.contains("ended without closing the database"),
-            "{dest}: {text}"
-        );
+    backups_compare_every_record(d, &dests, &["ended without closing the database"]);
+    for (dest, _) in dests {
         assert_restores(d, dest, &format!("copy-{dest}"), &expected);
     }
 }
@@ -702,15 +706,7 @@ fn keys_a_fifo_compaction_dropped_are_deleted_from_the_backup() {
         common::backup(d, "rocksdb:src", dest, format);
     }
     common::rocksapp(&["fifo", "src", "2", "3"], d);
-    for (dest, format) in dests {
-        let (out, text) = backup_of_src(d, dest, format);
-        assert!(
-            out.status.success()
-                && text.contains("Backup (incremental, diff-based)")
-                && text.contains("by its FIFO compaction"),
-            "{dest}: {text}"
-        );
-    }
+    backups_compare_every_record(d, &dests, &["by its FIFO compaction"]);
     let expected = app_dump(d, "src");
     assert!(expected["default"].as_object().unwrap().len() < 5000);
     for (dest, _) in dests {
@@ -731,12 +727,10 @@ fn keys_a_fifo_compaction_dropped_are_deleted_after_the_database_was_reopened() 
     common::rocksapp(&["fifo", "src", "2", "3"], d);
     let expected = app_dump(d, "src");
     assert!(expected["default"].as_object().unwrap().len() < 5000);
-    let (out, text) = backup_of_src(d, "ar", "archive");
-    assert!(
-        out.status.success()
-            && text.contains("Backup (incremental, diff-based)")
-            && text.contains("FIFO"),
-        "{text}"
+    backups_compare_every_record(
+        d,
+        &[("ar", "archive")],
+        &["of the previous backup is gone", "FIFO compaction"],
     );
     assert_restores(d, "ar", "copy", &expected);
 }
