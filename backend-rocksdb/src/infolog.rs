@@ -13,7 +13,9 @@
 //! the current one, with no ingestion in any of them, counts. RocksDB writes the LOG through a
 //! buffer it flushes every 5 seconds and when the database closes, so every session but the
 //! last (whose ingestions the current MANIFEST's own edits show) must have closed the database
-//! (`Shutdown complete`): a killed one may have lost its last lines.
+//! (`Shutdown complete`): a killed one may have lost its last lines. The last one may be open
+//! still; if it replaced a MANIFEST of its own (one grown past `max_manifest_file_size`), the
+//! lines it wrote before are not proof until it closes.
 
 use std::path::Path;
 
@@ -80,6 +82,9 @@ struct Chain {
     last: Option<u64>,
     /// Whether the session read last closed the database (`Shutdown complete`).
     closed: bool,
+    /// MANIFESTs the session read last created since it opened the database (or since the
+    /// chain began).
+    created: u32,
 }
 
 impl Chain {
@@ -88,6 +93,7 @@ impl Chain {
             from,
             last: None,
             closed: false,
+            created: 0,
         }
     }
 
@@ -96,6 +102,7 @@ impl Chain {
         if let Some(n) = number_after(line, CREATING) {
             if self.last.is_some() || n == self.from {
                 self.last = Some(n);
+                self.created += 1;
             }
         } else if let Some(last) = self.last {
             if let Some(n) = number_after(line, "MANIFEST file:  MANIFEST-") {
@@ -110,6 +117,7 @@ impl Chain {
                     ));
                 }
                 self.closed = false;
+                self.created = 0;
                 // A session opened a MANIFEST other than the one created last: a session in
                 // between left no LOG here.
                 if n != last {
@@ -130,6 +138,13 @@ impl Chain {
     /// Whether the chain reached the session that created MANIFEST number `to`.
     fn end(self, to: u64) -> Result<(), String> {
         match self.last {
+            // The session still open (or killed) replaced its own MANIFEST when it grew too
+            // large: its lines before that may still be in its buffer, and its edits before it
+            // are gone.
+            Some(n) if n == to && self.created > 1 && !self.closed => Err(format!(
+                "the session that created MANIFEST {to:06} replaced an earlier one of its own \
+                 and has not closed the database: its LOG may still lack its last lines"
+            )),
             Some(n) if n == to => Ok(()),
             Some(n) => Err(format!(
                 "the LOG files show MANIFEST {n:06} created last, not {to:06}"
@@ -188,6 +203,12 @@ mod tests {
             .expect_err("refused")
             .contains("ingested"));
         assert!(chain(5, 16, &[CREATE5, CREATE16, INGEST]).is_err());
+        // MANIFEST 16 replaced 5 within one session that is still open: not proven (its lines
+        // may be in its buffer); once it closed, proven.
+        assert!(chain(5, 16, &[CREATE5, CREATE16])
+            .expect_err("refused")
+            .contains("replaced an earlier one"));
+        assert_eq!(chain(5, 16, &[CREATE5, CREATE16, CLOSED]), Ok(()));
         // The session that created it is missing, or one in between, or the last one.
         assert!(chain(5, 16, &[OPEN5, CREATE16])
             .expect_err("refused")
