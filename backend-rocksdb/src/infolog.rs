@@ -29,20 +29,14 @@ const CREATING: &str = "Creating manifest ";
 /// one that created MANIFEST number `from` to the one that created number `to`, and no
 /// ingestion in any of them. `Err` says why not.
 pub(crate) fn no_ingestion_between(dir: &Path, from: u64, to: u64) -> Result<(), String> {
-    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let order = if name == "LOG" {
-                u64::MAX
-            } else {
-                name.strip_prefix("LOG.old.")?.parse().ok()?
-            };
-            Some((order, e.path()))
-        })
-        .collect();
-    files.sort_unstable();
+    // The old files in the order they were rotated away (their number is the time), then the
+    // current one.
+    let mut files =
+        crate::numbered_files(dir, "LOG.old.").map_err(|e| format!("{}: {e}", dir.display()))?;
+    let current = dir.join("LOG");
+    if current.exists() {
+        files.push((u64::MAX, current));
+    }
     // Newest first, back to the file of the session that created MANIFEST `from`: older ones
     // (up to `keep_log_file_num`, 1,000 by default) are not read.
     let mut read = Vec::new();

@@ -503,16 +503,7 @@ struct StoreOptions {
 /// previous session's, whose FIFO compaction may have dropped files since the last backup).
 /// `None` when there is none.
 fn read_options(path: &Path) -> Option<StoreOptions> {
-    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n: u64 = name.strip_prefix("OPTIONS-")?.parse().ok()?;
-            Some((n, e.path()))
-        })
-        .collect();
-    files.sort_unstable();
+    let files = numbered_files(path, "OPTIONS-").ok()?;
     let mut read = files
         .iter()
         .rev()
@@ -786,6 +777,24 @@ fn wal_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The files in `dir` named `prefix` and a decimal number (`OPTIONS-000018`,
+/// `LOG.old.1796382670284372`), with their numbers, in the numbers' order.
+pub(crate) fn numbered_files(
+    dir: &Path,
+    prefix: &str,
+) -> std::io::Result<Vec<(u64, std::path::PathBuf)>> {
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: u64 = name.strip_prefix(prefix)?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    files.sort_unstable();
+    Ok(files)
+}
+
 /// The files of `had` (the previous backup's or view's files) that are not among `now`, where
 /// a column family has FIFO compaction (`fifo`; `None`: all may) and so may have dropped them
 /// with their keys ([`manifest::since`] names one whose removal it cannot read).
@@ -802,8 +811,9 @@ fn gone(
 
 impl RocksView<'_> {
     /// Why the MANIFEST's edits since the backup that kept `previous` hold changes the WAL
-    /// does not have (see [`manifest`]): a file added alone and gone before this view, or
-    /// files removed alone. Notes where the reading stopped, for [`View::store_marks`].
+    /// does not have (see [`manifest::since`]: files added alone, files removed alone, and
+    /// after a reopen what the new MANIFEST and the info LOG tell). Notes where the reading
+    /// stopped, for [`View::store_marks`].
     fn manifest_says(&mut self, previous: Option<&serde_json::Value>) -> Option<String> {
         let since = previous
             .and_then(|m| m.get(MANIFEST_MARK))
