@@ -514,6 +514,22 @@ mod tests {
         varint(out, 1);
     }
 
+    /// What [`since`] says, with no column family that drops files: the edits of `dir`'s
+    /// MANIFEST `now` read from `from`, files `present` now and `had` by the previous backup,
+    /// and the previous backup's files `gone`.
+    fn why_since(
+        dir: &Path,
+        from: Option<&Position>,
+        now: &Position,
+        present: impl Fn(u64) -> bool,
+        had: impl Fn(u64) -> bool,
+        gone: &[u64],
+    ) -> Option<String> {
+        since(dir, from, now, (present, had, gone), |_| false)
+            .expect("read")
+            .1
+    }
+
     /// One physical record of type FULL, as `log::Writer` writes it.
     fn record(out: &mut Vec<u8>, payload: &[u8]) {
         let crc = crc32c(crc32c(0, &[1]), payload);
@@ -585,47 +601,26 @@ mod tests {
             name: "MANIFEST-000005".into(),
             offset: whole,
         };
-        let present = |_| true;
-        let (_, why) = since(dir.path(), None, &now, (present, |n| n != 17, &[]), |_| {
-            false
-        })
-        .expect("read");
-        let why = why.expect("named");
+        let d = dir.path();
+        let why = why_since(d, None, &now, |_| true, |n| n != 17, &[]).expect("named");
         assert!(
             why.contains("000017.sst was added to the database by itself")
                 && !why.contains("compacted"),
             "{why}"
         );
-        let (_, why) = since(
-            dir.path(),
-            None,
-            &now,
-            (|_| false, |n| n != 17, &[]),
-            |_| false,
-        )
-        .expect("read");
+        let why = why_since(d, None, &now, |_| false, |n| n != 17, &[]);
         assert!(why.expect("named").contains("compacted into another file"));
-        let (_, why) =
-            since(dir.path(), None, &now, (present, |_| true, &[]), |_| false).expect("read");
-        assert_eq!(why, None);
+        assert_eq!(why_since(d, None, &now, |_| true, |_| true, &[]), None);
         let older = Position {
             name: "MANIFEST-000004".into(),
             offset: 900,
         };
-        let (_, why) = since(
-            dir.path(),
-            Some(&older),
-            &now,
-            (present, |n| n != 17, &[]),
-            |_| false,
-        )
-        .expect("read");
+        let why = why_since(d, Some(&older), &now, |_| true, |n| n != 17, &[]);
         assert!(why.expect("named").contains("000017.sst"));
         // Read from the start (another MANIFEST than the previous backup's), a file at sequence
         // number 0 that the previous backup did not have is named, whether or not it is still
-        // there; read on in the same MANIFEST, the edits tell it.
-        // Read on in the same MANIFEST, a flush (it names a log number) at sequence number 0 is
-        // not named: only a reading from the start lost the edits that would tell.
+        // there. Read on in the same MANIFEST, a flush (it names a log number) at sequence
+        // number 0 is not named: there the edits tell what came how.
         let mut flush0 = Vec::new();
         varint(&mut flush0, 2);
         varint(&mut flush0, 12);
@@ -634,7 +629,7 @@ mod tests {
         record(&mut other, &ingest);
         let first = other.len() as u64;
         record(&mut other, &flush0);
-        std::fs::write(dir.path().join("MANIFEST-000006"), &other).expect("write");
+        std::fs::write(d.join("MANIFEST-000006"), &other).expect("write");
         let now6 = Position {
             name: "MANIFEST-000006".into(),
             offset: other.len() as u64,
@@ -643,50 +638,22 @@ mod tests {
             name: "MANIFEST-000006".into(),
             offset: first,
         };
-        let (_, why) = since(
-            dir.path(),
-            Some(&same),
-            &now6,
-            (present, |_| false, &[]),
-            |_| false,
-        )
-        .expect("read");
-        assert_eq!(why, None);
-        let (_, why) = since(
-            dir.path(),
-            Some(&now),
-            &now6,
-            (present, |n| n == 17, &[]),
-            |_| false,
-        )
-        .expect("read");
+        assert_eq!(
+            why_since(d, Some(&same), &now6, |_| true, |_| false, &[]),
+            None
+        );
+        let why = why_since(d, Some(&now), &now6, |_| true, |n| n == 17, &[]);
         assert!(why.expect("named").contains("000020.sst"));
-        let (_, why) = since(
-            dir.path(),
-            Some(&now),
-            &now6,
-            (present, |_| true, &[9]),
-            |_| false,
-        )
-        .expect("read");
+        let why = why_since(d, Some(&now), &now6, |_| true, |_| true, &[9]);
         assert!(why
             .expect("named")
             .contains("000009.sst of the previous backup is gone"));
-        let (_, why) = since(
-            dir.path(),
-            Some(&same),
-            &now6,
-            (present, |_| true, &[9]),
-            |_| false,
-        )
-        .expect("read");
-        assert_eq!(why, None);
+        assert_eq!(
+            why_since(d, Some(&same), &now6, |_| true, |_| true, &[9]),
+            None
+        );
         // A file of the previous backup whose removal (a compaction's) is read is not named.
-        let (_, why) = since(dir.path(), None, &now, (present, |_| true, &[19]), |_| {
-            false
-        })
-        .expect("read");
-        assert_eq!(why, None);
+        assert_eq!(why_since(d, None, &now, |_| true, |_| true, &[19]), None);
         // From where it stopped, nothing more until the record is whole.
         let again = read(dir.path(), "MANIFEST-000005", whole, file.len() as u64).expect("read");
         assert_eq!(again.end, whole);
