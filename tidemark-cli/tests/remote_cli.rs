@@ -2,7 +2,8 @@
 //! started here; `scripts/setup.sh` installs it): a full + incremental chain up, list, verify and
 //! restore from the bucket, point-in-time restore, prune, damage found, uploads cut short (an
 //! unsealed object, a SIGKILL mid-upload) leaving the chain valid, and a scheduled job with
-//! retention; the same for RocksDB and sled sources, read back with their own libraries.
+//! retention; the same for RocksDB and sled sources, read back with their own libraries, also to
+//! several destinations in one run (and RocksDB live to the bucket beside its application).
 #![cfg(all(feature = "sqlite", feature = "remote"))]
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -562,6 +563,145 @@ fn key_value_stores_go_through_the_bucket_prune_and_scheduled_jobs() {
         let diff = differences(&kv_content(kind, &d.join("job")), &kv_content(kind, &app));
         assert!(diff.is_empty(), "{kind} scheduled job: {diff:#?}");
     }
+}
+
+/// RocksDB and sled to several destinations in one run (a directory and the bucket): a full
+/// backup to both, then an incremental to both (RocksDB's from its WAL, sled's diff-based), each
+/// chain verified and restored, read back with the store's own library. Then RocksDB's live
+/// backup to a directory and the bucket while this process, the application, holds the
+/// database and writes: both chains restore to exactly the application's database.
+#[cfg(all(feature = "rocksdb", feature = "sled"))]
+#[test]
+fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() {
+    use common::kv::{differences, kv_content, kv_write};
+    use std::io::BufRead;
+    let restores_to = |d: &Path, kind: &str, dest: &str, name: &str, want: &common::kv::Content| {
+        let v = ok(&["verify", dest], d);
+        assert!(v.contains("is intact"), "{kind} {dest}: {v}");
+        ok(
+            &["restore", "--from", dest, "--to", &format!("{kind}:{name}")],
+            d,
+        );
+        let diff = differences(&kv_content(kind, &d.join(name)), want);
+        assert!(diff.is_empty(), "{kind} restored from {dest}: {diff:#?}");
+    };
+    for kind in ["rocksdb", "sled"] {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let app = d.join("app");
+        let src = format!("{kind}:app");
+        let url = format!("{}/kv", bucket(&format!("several-{kind}")));
+        let args = [
+            "backup",
+            "--source",
+            &src,
+            "--format",
+            "archive",
+            "--compression",
+            "zstd",
+            "--to",
+            "local",
+            "--to",
+            &url,
+        ];
+        let puts: Vec<(&str, Vec<u8>, Vec<u8>)> = (0..300u32)
+            .map(|i| {
+                let tree = if i % 3 == 0 { "a" } else { "b" };
+                let key = format!("k{i:03}").into_bytes();
+                (tree, key, format!("{{\"i\":{i}}}").into_bytes())
+            })
+            .collect();
+        kv_write(kind, &app, &puts, &[]);
+        let out = ok(&args, d);
+        assert_eq!(out.matches("Archive (full)").count(), 2, "{kind}: {out}");
+        kv_write(
+            kind,
+            &app,
+            &[
+                ("b", b"k001".to_vec(), b"changed".to_vec()),
+                ("c", b"\x00new".to_vec(), b"\xff\x00".to_vec()),
+            ],
+            &[("a", b"k003"), ("b", b"k002")],
+        );
+        let out = ok(&args, d);
+        let method = if kind == "rocksdb" {
+            "Backup (incremental) of"
+        } else {
+            "Backup (incremental, diff-based) of"
+        };
+        assert_eq!(out.matches(method).count(), 2, "{kind}: {out}");
+        assert_eq!(
+            out.matches(": 2 records written, 2 deleted").count(),
+            2,
+            "{kind}: each destination took the two puts and two deletions: {out}"
+        );
+        let want = kv_content(kind, &app);
+        restores_to(d, kind, "local", "from-local", &want);
+        restores_to(d, kind, &url, "from-s3", &want);
+    }
+
+    // RocksDB live to a directory and the bucket, beside the application.
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let app = d.join("app");
+    let url = format!("{}/live", bucket("live-rocksdb"));
+    let db = {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_wal_ttl_seconds(3600);
+        rocksdb::DB::open(&opts, &app).unwrap()
+    };
+    for i in 0..200u32 {
+        db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
+    }
+    db.flush_wal(true).unwrap();
+    let mut child = cmd(d)
+        .args(["backup", "--source", "rocksdb:app", "--format", "archive"])
+        .args(["--to", "live-local", "--to", &url, "--compression", "zstd"])
+        .args(["--live", "--interval", "0.2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next = 1_000u32;
+    while runs.len() < 2 || runs.values().any(|n| *n < 4) {
+        assert!(Instant::now() < deadline, "runs so far: {runs:?}");
+        db.put(format!("k{next:04}"), format!("live{next}"))
+            .unwrap();
+        db.delete(format!("k{:04}", next % 200)).unwrap();
+        db.flush_wal(true).unwrap();
+        next += 1;
+        std::thread::sleep(Duration::from_millis(40));
+        while let Ok(line) = rx.try_recv() {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["type"] == "run" {
+                *runs
+                    .entry(v["destination"].as_str().unwrap().to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    // The last writes, taken by the runs a SIGTERM makes.
+    db.put("last", "write").unwrap();
+    db.flush_wal(true).unwrap();
+    common::stop_cleanly(child);
+    drop(db);
+    let want = kv_content("rocksdb", &app);
+    assert!(want.keys().any(|(_, k)| k == b"last"));
+    restores_to(d, "rocksdb", "live-local", "live-from-local", &want);
+    restores_to(d, "rocksdb", &url, "live-from-s3", &want);
 }
 
 /// A TCP proxy between tidemark and the S3 server that can stop forwarding (an outage):
