@@ -33,9 +33,10 @@ pub struct SuiteArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub incremental_rounds: u64,
     /// Times to run each step a floor's ratio rests on, both sides of it (the bulk load,
-    /// `tar | zstd -3`, the first codec's full archive and its restore), reporting the median
-    /// (and the largest peak RSS): on a small machine one sample of an anchor alone moved by a
-    /// fifth from run to run. Odd numbers give a true median.
+    /// `tar | zstd -3`, the first codec's full archive and its restore, and the same two
+    /// encrypted), reporting the median (and the largest peak RSS): on a small machine one
+    /// sample of an anchor alone moved by a fifth from run to run. Odd numbers give a true
+    /// median.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub repeat: u64,
     /// Where the stores and backups go (default: a new directory under the system's temp dir;
@@ -577,17 +578,23 @@ impl Bench<'_> {
                     .join("encrypted-key-state")
                     .to_string_lossy()
                     .into_owned();
-                let m = self.tidemark(
-                    "backup",
-                    &[
+                // Repeated as the plain steps are (into a new destination and key state each
+                // time), so that the encrypted ÷ plain ratios compare medians with medians.
+                let m = repeated(self.args.repeat, |_| {
+                    remove(&edir)?;
+                    remove(Path::new(&cache))?;
+                    self.tidemark(
+                        "backup",
                         &[
-                            "backup", "--source", &src, "--to", &e, "--full", "--cache", &cache,
-                        ][..],
-                        &flags,
-                        &["--encrypt-recipient", &recipient],
-                    ]
-                    .concat(),
-                )?;
+                            &[
+                                "backup", "--source", &src, "--to", &e, "--full", "--cache", &cache,
+                            ][..],
+                            &flags,
+                            &["--encrypt-recipient", &recipient],
+                        ]
+                        .concat(),
+                    )
+                })?;
                 self.push(
                     kind,
                     &format!("archive full {label} encrypted"),
@@ -597,18 +604,21 @@ impl Bench<'_> {
                     Some(archives_size(&edir)),
                     None,
                 );
-                let m = self.tidemark(
-                    "restore",
-                    &[
+                let m = repeated(self.args.repeat, |_| {
+                    remove(&target)?;
+                    self.tidemark(
                         "restore",
-                        "--from",
-                        &e,
-                        "--to",
-                        &to,
-                        "--encrypt-identity",
-                        &id_path,
-                    ],
-                )?;
+                        &[
+                            "restore",
+                            "--from",
+                            &e,
+                            "--to",
+                            &to,
+                            "--encrypt-identity",
+                            &id_path,
+                        ],
+                    )
+                })?;
                 self.push(kind, "archive restore encrypted", &m, bytes, n, None, None);
                 remove(&target)?;
                 remove(&edir)?;
