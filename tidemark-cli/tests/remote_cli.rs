@@ -574,7 +574,6 @@ fn key_value_stores_go_through_the_bucket_prune_and_scheduled_jobs() {
 #[test]
 fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() {
     use common::kv::{differences, kv_content, kv_write};
-    use std::io::BufRead;
     let restores_to = |d: &Path, kind: &str, dest: &str, name: &str, want: &common::kv::Content| {
         let v = ok(&["verify", dest], d);
         assert!(v.contains("is intact"), "{kind} {dest}: {v}");
@@ -663,6 +662,29 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let rx = stdout_lines(&mut child);
+    let mut next = 1_000u32;
+    write_until_runs(&rx, 4, || {
+        db.put(format!("k{next:04}"), format!("live{next}"))
+            .unwrap();
+        db.delete(format!("k{:04}", next % 200)).unwrap();
+        db.flush_wal(true).unwrap();
+        next += 1;
+    });
+    // The last writes, taken by the runs a SIGTERM makes.
+    db.put("last", "write").unwrap();
+    db.flush_wal(true).unwrap();
+    common::stop_cleanly(child);
+    drop(db);
+    let want = kv_content("rocksdb", &app);
+    assert!(want.keys().any(|(_, k)| k == b"last"));
+    restores_to(d, "rocksdb", "live-local", "live-from-local", &want);
+    restores_to(d, "rocksdb", &url, "live-from-s3", &want);
+}
+
+/// The lines `child` prints on stdout, as they come (read on a thread of their own).
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -673,18 +695,23 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
             let _ = tx.send(line);
         }
     });
+    rx
+}
+
+/// Calls `write` every 40 ms until a live backup to two destinations, whose `--json` lines
+/// come on `lines`, has made at least `each` runs to each of them (at most 120 s).
+fn write_until_runs(
+    lines: &std::sync::mpsc::Receiver<String>,
+    each: usize,
+    mut write: impl FnMut(),
+) {
     let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut next = 1_000u32;
-    while runs.len() < 2 || runs.values().any(|n| *n < 4) {
+    while runs.len() < 2 || runs.values().any(|n| *n < each) {
         assert!(Instant::now() < deadline, "runs so far: {runs:?}");
-        db.put(format!("k{next:04}"), format!("live{next}"))
-            .unwrap();
-        db.delete(format!("k{:04}", next % 200)).unwrap();
-        db.flush_wal(true).unwrap();
-        next += 1;
+        write();
         std::thread::sleep(Duration::from_millis(40));
-        while let Ok(line) = rx.try_recv() {
+        while let Ok(line) = lines.try_recv() {
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
             if v["type"] == "run" {
                 *runs
@@ -693,15 +720,6 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
             }
         }
     }
-    // The last writes, taken by the runs a SIGTERM makes.
-    db.put("last", "write").unwrap();
-    db.flush_wal(true).unwrap();
-    common::stop_cleanly(child);
-    drop(db);
-    let want = kv_content("rocksdb", &app);
-    assert!(want.keys().any(|(_, k)| k == b"last"));
-    restores_to(d, "rocksdb", "live-local", "live-from-local", &want);
-    restores_to(d, "rocksdb", &url, "live-from-s3", &want);
 }
 
 /// A TCP proxy between tidemark and the S3 server that can stop forwarding (an outage):
@@ -767,7 +785,6 @@ impl Proxy {
 /// and no repeat, which verify checks).
 #[test]
 fn live_to_s3_survives_a_network_outage() {
-    use std::io::BufRead;
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     source(d);
@@ -793,16 +810,7 @@ fn live_to_s3_survives_a_network_outage() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
+    let rx = stdout_lines(&mut child);
     let mut seen = Vec::new();
     let wait_runs = |n: usize, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -1060,7 +1068,6 @@ fn list_and_verify_speak_json_for_a_bucket_and_a_directory() {
 /// incremental from the change log, not a full one.
 #[test]
 fn live_to_several_destinations() {
-    use std::io::BufRead;
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     source(d);
@@ -1073,22 +1080,10 @@ fn live_to_several_destinations() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let mut runs: std::collections::BTreeMap<String, usize> = Default::default();
+    let rx = stdout_lines(&mut child);
     let conn = rusqlite::Connection::open(d.join("src.db")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
     let mut next = 20_000;
-    while runs.len() < 2 || runs.values().any(|n| *n < 5) {
-        assert!(Instant::now() < deadline, "runs so far: {runs:?}");
+    write_until_runs(&rx, 5, || {
         conn.execute(
             "INSERT INTO t VALUES (?1, 'live', x'02')",
             rusqlite::params![next],
@@ -1097,16 +1092,7 @@ fn live_to_several_destinations() {
         conn.execute("UPDATE t SET v = 'w' || ?1 WHERE id = ?1 % 300 + 1", [next])
             .unwrap();
         next += 1;
-        std::thread::sleep(Duration::from_millis(40));
-        while let Ok(line) = rx.try_recv() {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["type"] == "run" {
-                *runs
-                    .entry(v["destination"].as_str().unwrap().to_string())
-                    .or_default() += 1;
-            }
-        }
-    }
+    });
     common::stop_cleanly(child);
     let changes: i64 = conn
         .query_row("SELECT count(*) FROM _tidemark_changes", [], |r| r.get(0))
