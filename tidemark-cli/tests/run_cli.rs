@@ -404,40 +404,48 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// A loopback port nothing listens on (bound, then let go).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// An HTTP server on loopback that answers every request 200 and keeps the paths requested
+/// (the heartbeat and failure URLs a job calls): its port and those paths.
+fn heartbeat_server() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let seen: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let paths = seen.clone();
+    std::thread::spawn(move || {
+        for stream in server.incoming() {
+            let mut stream = stream.unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            paths
+                .lock()
+                .unwrap()
+                .push(line.split_whitespace().nth(1).unwrap_or("").to_string());
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    (port, seen)
+}
+
 /// `run --metrics-addr` serves Prometheus metrics that a plain HTTP GET reads (runs by result,
 /// last success, chain length, lag); each successful run calls the job's heartbeat URL and
 /// a failed one its failure URL, received by a test HTTP server; SIGTERM still stops cleanly.
 #[test]
 fn metrics_are_scraped_and_heartbeats_received() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::{Arc, Mutex};
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     source(d);
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hb_port = server.local_addr().unwrap().port();
-    {
-        let seen = seen.clone();
-        std::thread::spawn(move || {
-            for stream in server.incoming() {
-                let mut stream = stream.unwrap();
-                let mut line = String::new();
-                BufReader::new(&stream).read_line(&mut line).unwrap();
-                seen.lock()
-                    .unwrap()
-                    .push(line.split_whitespace().nth(1).unwrap_or("").to_string());
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                );
-            }
-        });
-    }
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (hb_port, seen) = heartbeat_server();
+    let metrics_port = free_port();
     std::fs::write(
         d.join("jobs.toml"),
         format!(
@@ -547,10 +555,7 @@ fn a_live_backup_serves_metrics() {
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     source(d);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let child = Command::new(common::bin())
         .args([
             "backup",
@@ -640,4 +645,259 @@ fn run_speaks_json() {
     assert!(lines
         .iter()
         .any(|l| l["type"] == "log" && l["message"].as_str().unwrap().contains("missing.db")));
+}
+
+/// RocksDB and sled under `tidemark run`, read back with their own libraries: glob jobs (one
+/// backup per database, `${DBNAME}` and `${DATE:yyyy}` in the destination, an excluded
+/// database left alone) on an interval from a `first_time` and on a cron, whose times
+/// `--check` lists; two `--once` rounds (a full archive, then an incremental of the
+/// application's puts and deletions) restored equal; then `run --metrics-addr` with heartbeat
+/// URLs over a RocksDB database this process holds and writes, and a sled one: runs counted
+/// in the metrics, heartbeats received, and the last run's archive restores to the
+/// application's database.
+#[cfg(all(feature = "rocksdb", feature = "sled"))]
+#[test]
+fn key_value_stores_under_schedules_metrics_and_heartbeats() {
+    use common::kv::{differences, kv_content, kv_write, Content};
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let puts = |round: u32| -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
+        (0..50u32)
+            .map(|i| {
+                let tree = if i % 2 == 0 { "a" } else { "b" };
+                (
+                    tree,
+                    format!("k{i:02}").into_bytes(),
+                    format!("r{round}.{i}").into_bytes(),
+                )
+            })
+            .collect()
+    };
+    let stores = [
+        ("rocksdb", "rocks/alpha"),
+        ("rocksdb", "rocks/beta"),
+        ("rocksdb", "rocks/scratch"),
+        ("sled", "sleds/one"),
+        ("sled", "sleds/two"),
+    ];
+    for (kind, path) in stores {
+        std::fs::create_dir_all(d.join(path).parent().unwrap()).unwrap();
+        kv_write(kind, &d.join(path), &puts(1), &[]);
+    }
+    std::fs::write(
+        d.join("jobs.toml"),
+        r#"
+[[job]]
+name = "rocks"
+source = "rocksdb:rocks/*"
+exclude = ["scratch"]
+to = "bk/${DBNAME}-${DATE:yyyy}"
+interval = "1d"
+first_time = "02:30"
+compression = "zstd"
+[job.retention]
+keep_last = 3
+
+[[job]]
+name = "trees"
+source = "sled:sleds/*"
+to = "sk/${DBNAME}"
+cron = "0 15 4 * * *"
+"#,
+    )
+    .unwrap();
+    let out = ok(&["run", "--config", "jobs.toml", "--check"], d);
+    assert!(out.contains("4 job(s) ready"), "{out}");
+    for (job, name, source, to) in [
+        ("rocks", "alpha", "rocksdb:rocks/alpha", "bk/alpha-2"),
+        ("rocks", "beta", "rocksdb:rocks/beta", "bk/beta-2"),
+        ("trees", "one", "sled:sleds/one", "sk/one"),
+        ("trees", "two", "sled:sleds/two", "sk/two"),
+    ] {
+        assert!(
+            out.contains(&format!("job {job} ({name}): {source} -> {to}")),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("scratch"), "{out}");
+    let times: Vec<&str> = out.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(times.len(), 20, "{out}");
+    assert_eq!(
+        times.iter().filter(|l| l.contains(" 02:30:00 ")).count(),
+        10,
+        "{out}"
+    );
+    assert_eq!(
+        times.iter().filter(|l| l.contains(" 04:15:00 ")).count(),
+        10,
+        "{out}"
+    );
+    assert!(
+        !d.join("bk").exists() && !d.join("sk").exists(),
+        "--check runs nothing"
+    );
+
+    // The destination `${DBNAME}-${DATE:yyyy}` names: the year is the run's local one.
+    let destination = |name: &str| -> std::path::PathBuf {
+        let prefix = format!("{name}-");
+        let found: Vec<_> = std::fs::read_dir(d.join("bk"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let year = &found[0][prefix.len()..];
+        assert!(
+            year.len() == 4 && year.bytes().all(|b| b.is_ascii_digit()),
+            "{found:?}"
+        );
+        d.join("bk").join(&found[0])
+    };
+    let restores_to = |kind: &str, from: &Path, name: &str, want: &Content| {
+        let from = from.to_str().unwrap();
+        let v = ok(&["verify", from], d);
+        assert!(v.contains("is intact"), "{from}: {v}");
+        ok(
+            &["restore", "--from", from, "--to", &format!("{kind}:{name}")],
+            d,
+        );
+        let diff = differences(&kv_content(kind, &d.join(name)), want);
+        assert!(diff.is_empty(), "{kind} restored from {from}: {diff:#?}");
+    };
+    let log = ok(&["run", "--config", "jobs.toml", "--once"], d);
+    assert_eq!(log.matches("Archive (full)").count(), 4, "{log}");
+    for (kind, path) in stores {
+        kv_write(
+            kind,
+            &d.join(path),
+            &[
+                ("b", b"k01".to_vec(), b"changed".to_vec()),
+                ("c", b"new".to_vec(), b"\x00\xff".to_vec()),
+            ],
+            &[("a", b"k02"), ("b", b"k03")],
+        );
+    }
+    let log = ok(&["run", "--config", "jobs.toml", "--once"], d);
+    assert_eq!(log.matches("Archive (incremental)").count(), 4, "{log}");
+    assert_eq!(
+        log.matches("2 records written, 2 deleted").count(),
+        4,
+        "each store's incremental took the two puts and two deletions: {log}"
+    );
+    for name in ["alpha", "beta"] {
+        let dest = destination(name);
+        assert_eq!(archives(&dest).len(), 2, "{log}");
+        let want = kv_content("rocksdb", &d.join("rocks").join(name));
+        restores_to("rocksdb", &dest, &format!("r-{name}"), &want);
+    }
+    for name in ["one", "two"] {
+        let want = kv_content("sled", &d.join("sleds").join(name));
+        restores_to(
+            "sled",
+            &d.join("sk").join(name),
+            &format!("r-{name}"),
+            &want,
+        );
+    }
+    assert!(
+        !d.join("bk/scratch").exists() && !log.contains("scratch"),
+        "{log}"
+    );
+
+    // Metrics and heartbeats, the RocksDB database held and written by this process.
+    let (hb_port, seen) = heartbeat_server();
+    let metrics_port = free_port();
+    std::fs::write(
+        d.join("watched.toml"),
+        format!(
+            r#"
+[[job]]
+name = "rocks"
+source = "rocksdb:rocks/alpha"
+to = "m-rocks"
+interval = "1s"
+heartbeat_url = "http://127.0.0.1:{hb_port}/ping/rocks"
+failure_url = "http://127.0.0.1:{hb_port}/fail/rocks"
+
+[[job]]
+name = "trees"
+source = "sled:sleds/one"
+to = "m-sled"
+interval = "1s"
+heartbeat_url = "http://127.0.0.1:{hb_port}/ping/trees"
+failure_url = "http://127.0.0.1:{hb_port}/fail/trees"
+"#
+        ),
+    )
+    .unwrap();
+    let app = d.join("rocks/alpha");
+    let db = {
+        let mut opts = rocksdb::Options::default();
+        opts.set_wal_ttl_seconds(3600);
+        let names = rocksdb::DB::list_cf(&opts, &app).unwrap();
+        rocksdb::DB::open_cf(&opts, &app, &names).unwrap()
+    };
+    let child = Command::new(common::bin())
+        .args(["run", "--config", "watched.toml"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = |job: &str| -> f64 {
+        if std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_err() {
+            return 0.0;
+        }
+        let scraped = http_get(metrics_port, "/metrics");
+        let series = format!("tidemark_runs_total{{job=\"{job}\",result=\"success\"}}");
+        metric(&scraped, &series).unwrap_or(0.0)
+    };
+    let mut next = 100u32;
+    common::wait_for("three successful runs of each job", || {
+        db.put(format!("w{next}"), format!("v{next}")).unwrap();
+        db.delete(format!("w{}", next - 1)).unwrap();
+        db.flush_wal(true).unwrap();
+        next += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        runs("rocks") >= 3.0 && runs("trees") >= 3.0
+    });
+    // A run that starts after the last write holds it: two more successes make one sure.
+    db.put("last", "write").unwrap();
+    db.flush_wal(true).unwrap();
+    let after = runs("rocks");
+    common::wait_for("two runs after the last write", || {
+        runs("rocks") >= after + 2.0
+    });
+    let scraped = http_get(metrics_port, "/metrics");
+    for job in ["rocks", "trees"] {
+        assert!(
+            metric(
+                &scraped,
+                &format!("tidemark_chain_archives{{job=\"{job}\"}}")
+            )
+            .unwrap()
+                >= 3.0,
+            "{scraped}"
+        );
+        let failed = format!("tidemark_runs_total{{job=\"{job}\",result=\"failure\"}}");
+        assert!(metric(&scraped, &failed).unwrap_or(0.0) == 0.0, "{scraped}");
+    }
+    common::wait_for("both jobs' heartbeats", || {
+        let seen = seen.lock().unwrap();
+        seen.iter().any(|p| p == "/ping/rocks") && seen.iter().any(|p| p == "/ping/trees")
+    });
+    let out = sigterm(child);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    assert!(
+        !seen.lock().unwrap().iter().any(|p| p.starts_with("/fail/")),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    drop(db);
+    let want = kv_content("rocksdb", &app);
+    assert!(want.keys().any(|(_, k)| k == b"last"));
+    restores_to("rocksdb", &d.join("m-rocks"), "m-rocks-restored", &want);
+    let want = kv_content("sled", &d.join("sleds/one"));
+    restores_to("sled", &d.join("m-sled"), "m-sled-restored", &want);
 }
