@@ -73,6 +73,23 @@ impl SstFiles {
         ))
     }
 
+    /// The live SST files a MANIFEST's replay gives (named as RocksDB names them in the
+    /// database's directory), for a view that does not open the database.
+    pub(crate) fn of_manifest(state: &crate::manifest::Replayed) -> Self {
+        SstFiles(
+            state
+                .files
+                .iter()
+                .map(|(n, (cf, smallest, largest))| SstFile {
+                    number: Some(*n),
+                    name: format!("{n:06}.sst"),
+                    cf: state.cfs.get(cf).cloned().unwrap_or_default(),
+                    keys: (Some(smallest.clone()), Some(largest.clone())),
+                })
+                .collect(),
+        )
+    }
+
     /// What the destination keeps for the next backup: `{"sst_files": "9 16 18"}`, the file
     /// numbers in ascending order in one string (a database of 10,000 files keeps ~60 KB; a
     /// pretty-printed array would take a line each).

@@ -11,6 +11,12 @@
 //!   Merges are resolved by reading the key from the view's snapshot. A range deletion, or a
 //!   record type the decoder does not turn into changes, makes the changes unavailable: the
 //!   engine then takes a full backup and says why.
+//! - A database opened by path ([`RocksBackend::open`]) is read through a secondary instance,
+//!   opened on first use. An incremental first tries a WAL-only view
+//!   ([`StorageBackend::log_view`]): the WAL files read directly and the MANIFEST replayed, with
+//!   the same checks, without opening RocksDB (its open replays every WAL file and opens every
+//!   SST file: most of a small incremental's time). What that view cannot give, the engine
+//!   takes again through the secondary instance.
 //!
 //! ```no_run
 //! use backend_rocksdb::RocksBackend;
@@ -30,6 +36,7 @@ mod infolog;
 mod ingest;
 mod manifest;
 pub mod wal;
+mod walfiles;
 
 use backup_core::{
     Change, ChangeOp, Checkpoint, CollectionInfo, CollectionName, Error, Record, RestoreSink,
@@ -55,10 +62,15 @@ pub const CLI_WAL_SIZE_LIMIT_MB: u64 = 4096;
 
 /// A RocksDB database as a tidemark store.
 pub struct RocksBackend {
-    db: Arc<Db>,
+    /// The handle: given (`from_db`, `create`), or for a database opened by path a secondary
+    /// instance, opened on first use (a WAL-only incremental never needs it: [`walfiles`]).
+    db: std::sync::OnceLock<Arc<Db>>,
     path: PathBuf,
-    /// Set when the database is read through a secondary instance (every source the CLI opens).
-    secondary: Option<backup_core::ScratchDir>,
+    /// Set when the database is read through a secondary instance (every source the CLI opens):
+    /// the instance's temporary directory, once it is opened.
+    secondary: Option<std::sync::OnceLock<backup_core::ScratchDir>>,
+    /// Held while the secondary instance is being opened (one opening at a time).
+    opening: std::sync::Mutex<()>,
     /// Restore targets: the table `format_version` new SST files are written in.
     format_version: Option<i32>,
     /// Restore targets: the options of the SST files a restore writes itself (the table format
@@ -119,9 +131,10 @@ impl RocksBackend {
     pub fn from_db(db: Arc<Db>) -> Self {
         let path = db.path().to_path_buf();
         RocksBackend {
-            db,
+            db: std::sync::OnceLock::from(db),
             path,
             secondary: None,
+            opening: std::sync::Mutex::new(()),
             format_version: None,
             sst_options: None,
             watch: std::sync::Mutex::new(None),
@@ -147,15 +160,52 @@ impl RocksBackend {
     /// an application on an older RocksDB still opens it afterwards. Full backups read the
     /// secondary's state (which only moves when it catches up); incrementals read the WAL files
     /// the application keeps, with the same continuity checks, and otherwise fall back to a
-    /// diff-based incremental.
+    /// diff-based incremental. The secondary instance is opened on first use: an incremental
+    /// that can read the WAL files and the MANIFEST directly (a WAL-only view,
+    /// [`StorageBackend::log_view`]) never opens it.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "CURRENT", "RocksDB")?;
-        let names = Db::list_cf(&Options::default(), path)
+        Db::list_cf(&Options::default(), path)
             .map_err(|e| Error::bad_input_cause(path, "cannot read the column families", e))?;
-        Self::open_secondary(path, &names)
+        check_open_files_limit(path)?;
+        Ok(RocksBackend {
+            db: std::sync::OnceLock::new(),
+            path: path.to_path_buf(),
+            secondary: Some(std::sync::OnceLock::new()),
+            opening: std::sync::Mutex::new(()),
+            format_version: None,
+            sst_options: None,
+            watch: std::sync::Mutex::new(None),
+        })
     }
 
-    fn open_secondary(path: &Path, names: &[String]) -> Result<Self> {
+    /// The database handle, the secondary instance opened now if it is not yet.
+    fn handle(&self) -> Result<&Arc<Db>> {
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let _one = self.opening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = self.db.get() {
+            return Ok(db);
+        }
+        let Some(scratch) = &self.secondary else {
+            return Err(Error::store(self.describe(), "no database handle"));
+        };
+        let names = Db::list_cf(&Options::default(), &self.path).map_err(|e| {
+            Error::bad_input_cause(&self.path, "cannot read the column families", e)
+        })?;
+        let (db, dir) = Self::open_secondary(&self.path, &names)?;
+        // The directory outlives the instance: fields drop in order, the handle first.
+        let _ = scratch.set(dir);
+        Ok(self.db.get_or_init(|| Arc::new(db)))
+    }
+
+    /// The handle if it is open (a secondary instance not yet opened has none).
+    fn opened(&self) -> Option<&Arc<Db>> {
+        self.db.get()
+    }
+
+    fn open_secondary(path: &Path, names: &[String]) -> Result<(Db, backup_core::ScratchDir)> {
         check_open_files_limit(path)?;
         // Removes the directories of runs killed before they could (see backup_core::ScratchDir).
         let dir = backup_core::ScratchDir::new("tidemark-rocksdb-secondary-")?;
@@ -175,14 +225,7 @@ impl RocksBackend {
         })?;
         db.try_catch_up_with_primary()
             .map_err(|e| Error::store_cause(describe(path), "catching up", e))?;
-        Ok(RocksBackend {
-            db: Arc::new(db),
-            path: path.to_path_buf(),
-            secondary: Some(dir),
-            format_version: None,
-            sst_options: None,
-            watch: std::sync::Mutex::new(None),
-        })
+        Ok((db, dir))
     }
 
     /// Creates a new, empty database (a restore target) whose SST files use table
@@ -205,18 +248,60 @@ impl RocksBackend {
         let db = Db::open(&opts, path)
             .map_err(|e| Error::bad_input_cause(path, "cannot create a RocksDB database", e))?;
         Ok(RocksBackend {
-            db: Arc::new(db),
+            db: std::sync::OnceLock::from(Arc::new(db)),
             path: path.to_path_buf(),
             secondary: None,
+            opening: std::sync::Mutex::new(()),
             format_version: Some(format_version),
             sst_options: Some(table_options(format_version)),
             watch: std::sync::Mutex::new(None),
         })
     }
 
-    /// The database handle.
-    pub fn db(&self) -> &Arc<Db> {
-        &self.db
+    /// The database handle (for a database opened by path, its secondary instance, opened
+    /// now if it is not yet).
+    pub fn db(&self) -> Result<&Arc<Db>> {
+        self.handle()
+    }
+
+    /// A view of the WAL files and the MANIFEST, read without opening the database: what a
+    /// secondary instance opened now would hold (the column families and live SST files the
+    /// MANIFEST gives, up to the last sequence number it or the WAL files hold). Errors say why
+    /// it cannot be told; the caller then reads through RocksDB.
+    fn wal_only_view(&self) -> std::result::Result<RocksView<'_>, String> {
+        let id = std::fs::read(self.path.join("IDENTITY"))
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+            .map_err(|e| format!("IDENTITY: {e}"))?;
+        if id.is_empty() {
+            return Err("the IDENTITY file is empty".into());
+        }
+        // The MANIFEST first, then the WAL files, as a view lists its files before its
+        // snapshot: a flush in between leaves a gap the reading finds, never a change unseen.
+        let at = manifest::current(&self.path).map_err(|e| e.to_string())?;
+        let state = manifest::replay(&self.path, &at)?;
+        let files = walfiles::list(&self.path).map_err(|e| format!("WAL files: {e}"))?;
+        let end = walfiles::end(&self.path, &files)?;
+        let position = state.last_sequence.max(end.unwrap_or(0));
+        let cfs: Vec<(String, u32)> = state.cfs.iter().map(|(id, n)| (n.clone(), *id)).collect();
+        let ssts = ingest::SstFiles::of_manifest(&state);
+        let options = read_options(&self.path);
+        // A live backup's waits that follow compare with these files (its secondary instance,
+        // opened by the first wait, finds every column family's super version new).
+        self.watch_from(&cfs, &ssts, Some(&at), fifo_ids(options.as_ref(), &cfs));
+        Ok(RocksView {
+            backend: self,
+            snapshot: None,
+            checkpoint: Checkpoint::new(StoreId(id), position),
+            cfs,
+            ssts,
+            manifest_at: Ok(at),
+            manifest_end: None,
+            said: None,
+            options,
+            verify: None,
+            last_batch: None,
+            wal_files: Some(files),
+        })
     }
 
     /// Whether this is a secondary instance of a database another process holds.
@@ -239,7 +324,7 @@ impl RocksBackend {
             return Ok(StoreId(from_file));
         }
         let id = self
-            .db
+            .handle()?
             .get_db_identity()
             .map_err(|e| self.err("reading the DB identity", e))?;
         Ok(StoreId(String::from_utf8_lossy(&id).trim().to_string()))
@@ -252,7 +337,7 @@ impl RocksBackend {
         names
             .into_iter()
             .map(|n| {
-                let id = cf(&self.db, &self.path, &n)?.id();
+                let id = cf(self.handle()?, &self.path, &n)?.id();
                 Ok((n, id))
             })
             .collect()
@@ -261,10 +346,13 @@ impl RocksBackend {
     /// Each of `cfs`' super-version number (`None` where the property is not there).
     fn super_versions(&self, cfs: &[String]) -> Vec<Option<u64>> {
         const PROPERTY: &str = "rocksdb.current-super-version-number";
+        let Some(db) = self.opened() else {
+            return vec![None; cfs.len()];
+        };
         cfs.iter()
-            .map(|name| match cf(&self.db, &self.path, name) {
-                Ok(Cf::Default) => self.db.property_int_value(PROPERTY).ok().flatten(),
-                Ok(Cf::Named(h)) => self.db.property_int_value_cf(&h, PROPERTY).ok().flatten(),
+            .map(|name| match cf(db, &self.path, name) {
+                Ok(Cf::Default) => db.property_int_value(PROPERTY).ok().flatten(),
+                Ok(Cf::Named(h)) => db.property_int_value_cf(&h, PROPERTY).ok().flatten(),
                 Err(_) => None,
             })
             .collect()
@@ -303,7 +391,8 @@ impl RocksBackend {
         if versions == watch.versions {
             return Ok(false);
         }
-        let files = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
+        let files =
+            ingest::SstFiles::of(self.handle()?).map_err(|e| self.err("listing SST files", e))?;
         // The versions are taken as seen only once no new file was ingested: until the next
         // view, every call says so again.
         let mut ingested = false;
@@ -569,9 +658,9 @@ impl StorageBackend for RocksBackend {
     }
 
     fn prepare(&self) -> Result<()> {
-        if self.secondary.is_some() {
-            self.db
-                .try_catch_up_with_primary()
+        // A secondary instance not yet opened is caught up when it opens.
+        if let (Some(_), Some(db)) = (&self.secondary, self.opened()) {
+            db.try_catch_up_with_primary()
                 .map_err(|e| self.err("catching up with the primary", e))?;
         }
         Ok(())
@@ -580,7 +669,7 @@ impl StorageBackend for RocksBackend {
     fn current_checkpoint(&self) -> Result<Checkpoint> {
         Ok(Checkpoint::new(
             self.store_id()?,
-            self.db.latest_sequence_number(),
+            self.handle()?.latest_sequence_number(),
         ))
     }
 
@@ -599,7 +688,8 @@ impl StorageBackend for RocksBackend {
             .and_then(|w| w.said.take());
         // Listed before the snapshot: a file ingested in between is new to the next backup
         // too, which checks it again.
-        let ssts = ingest::SstFiles::of(&self.db).map_err(|e| self.err("listing SST files", e))?;
+        let db = self.handle()?;
+        let ssts = ingest::SstFiles::of(db).map_err(|e| self.err("listing SST files", e))?;
         // One reading of the OPTIONS file for the view: its FIFO column families, and the
         // RocksDB version and table format the store schema records.
         let options = read_options(&self.path);
@@ -610,9 +700,9 @@ impl StorageBackend for RocksBackend {
             fifo_ids(options.as_ref(), &cfs),
         );
         let (snapshot, position) = if self.secondary.is_some() {
-            (None, self.db.latest_sequence_number())
+            (None, db.latest_sequence_number())
         } else {
-            let snapshot = self.db.snapshot();
+            let snapshot = db.snapshot();
             let position = snapshot.sequence_number();
             (Some(snapshot), position)
         };
@@ -629,14 +719,39 @@ impl StorageBackend for RocksBackend {
             options,
             verify: None,
             last_batch: None,
+            wal_files: None,
         }))
+    }
+
+    fn log_view(&self) -> Result<Option<Box<dyn View + '_>>> {
+        // Only before the secondary instance is opened: a live backup, or a second run in one
+        // process, already holds it.
+        if self.secondary.is_none() || self.opened().is_some() {
+            return Ok(None);
+        }
+        match self.wal_only_view() {
+            Ok(view) => {
+                tracing::debug!(
+                    checkpoint = view.checkpoint.position,
+                    wal_files = view.wal_files.as_ref().map_or(0, Vec::len),
+                    "reading the WAL files directly, without opening RocksDB"
+                );
+                Ok(Some(Box::new(view)))
+            }
+            Err(why) => {
+                tracing::debug!(%why, "no WAL-only view: reading through RocksDB");
+                Ok(None)
+            }
+        }
     }
 
     fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         loop {
             self.prepare()?;
-            if self.db.latest_sequence_number() > after.position || self.ingested_since_view()? {
+            if self.handle()?.latest_sequence_number() > after.position
+                || self.ingested_since_view()?
+            {
                 return Ok(true);
             }
             if Instant::now() >= deadline {
@@ -657,7 +772,7 @@ impl StorageBackend for RocksBackend {
             .into_iter()
             .map(|(n, _)| n)
             .collect();
-        all_empty(&self.db, &self.path, &names)
+        all_empty(self.handle()?, &self.path, &names)
     }
 
     fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
@@ -699,6 +814,45 @@ struct RocksView<'a> {
     verify: Option<WalBatch>,
     /// The WAL batch that ends at this view's checkpoint, where the changes' reading saw it.
     last_batch: Option<WalBatch>,
+    /// A WAL-only view ([`StorageBackend::log_view`]): the WAL files it reads directly, listed
+    /// when it was taken. `None`: the view reads through the database handle.
+    wal_files: Option<Vec<walfiles::WalFile>>,
+}
+
+/// Where a view reads WAL batches from.
+enum Batches {
+    /// RocksDB's WAL iterator.
+    Db(rocksdb::DBWALIterator),
+    /// The WAL files, read directly.
+    Files(walfiles::Batches),
+}
+
+/// Why the next batch could not be read.
+enum BatchError {
+    /// The WAL rotated under RocksDB's iterator: read again from where it stopped.
+    TryAgain,
+    /// RocksDB found the WAL damaged.
+    Corruption(rocksdb::Error),
+    /// Anything else (the WAL cannot be read).
+    Other(String),
+}
+
+impl Iterator for Batches {
+    type Item = std::result::Result<(u64, Vec<u8>), BatchError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Batches::Db(iter) => Some(match iter.next()? {
+                Ok((seq, batch)) => Ok((seq, batch.data().to_vec())),
+                Err(e) => Err(match e.kind() {
+                    rocksdb::ErrorKind::TryAgain => BatchError::TryAgain,
+                    rocksdb::ErrorKind::Corruption => BatchError::Corruption(e),
+                    _ => BatchError::Other(e.to_string()),
+                }),
+            }),
+            Batches::Files(files) => Some(files.next()?.map_err(BatchError::Other)),
+        }
+    }
 }
 
 /// A WAL batch as the store marks keep it: its first and last sequence numbers and the CRC32
@@ -727,11 +881,13 @@ const BATCH_MARK: &str = "wal_batch";
 const MANIFEST_MARK: &str = "manifest";
 
 impl WalBatch {
-    fn of(start: u64, batch: &WriteBatch) -> Self {
+    /// The batch starting at `start` whose bytes (`WriteBatch::data`) are `data`.
+    fn of(start: u64, data: &[u8]) -> Self {
+        let count = walfiles::batch_header(data).map_or(0, |(_, n)| n);
         WalBatch {
             start,
-            end: start + (batch.len() as u64).max(1) - 1,
-            crc: crc32fast::hash(batch.data()),
+            end: start + count.max(1) - 1,
+            crc: crc32fast::hash(data),
         }
     }
 
@@ -751,8 +907,8 @@ impl WalBatch {
     /// Whether `batch`, the first the WAL gives after this one's start (at sequence `seq`),
     /// shows that this batch was replaced: it starts inside this one's range but is not it.
     /// One that starts after it is all the WAL still holds (older files purged).
-    fn replaced_by(&self, seq: u64, batch: &WriteBatch) -> bool {
-        seq <= self.end && WalBatch::of(seq, batch) != *self
+    fn replaced_by(&self, seq: u64, data: &[u8]) -> bool {
+        seq <= self.end && WalBatch::of(seq, data) != *self
     }
 }
 
@@ -853,22 +1009,50 @@ impl RocksView<'_> {
         if at == 0 || bytes == 0 || bytes > WAL_LOOKUP_BYTES {
             return None;
         }
-        let iter = self
-            .backend
-            .db
-            .get_updates_since(at.saturating_sub(WAL_LOOKBACK))
-            .ok()?;
+        let iter = self.batches_since(at.saturating_sub(WAL_LOOKBACK)).ok()?;
         for item in iter {
-            let (seq, batch) = item.ok()?;
+            let (seq, data) = item.ok()?;
             if seq > at {
                 break;
             }
-            let b = WalBatch::of(seq, &batch);
+            let b = WalBatch::of(seq, &data);
             if b.end >= at {
                 return Some(b);
             }
         }
         None
+    }
+
+    /// The WAL's batches that start after sequence number `since`: from the WAL files for a
+    /// WAL-only view, else through the database handle.
+    fn batches_since(&self, since: u64) -> std::result::Result<Batches, String> {
+        match &self.wal_files {
+            Some(files) => Ok(Batches::Files(walfiles::batches(
+                &self.backend.path,
+                files,
+                since,
+            )?)),
+            None => self
+                .backend
+                .handle()
+                .map_err(|e| e.to_string())?
+                .get_updates_since(since)
+                .map(Batches::Db)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Refuses `what` in a WAL-only view, which reads no value from the database (the engine
+    /// takes a view through the database for anything but the WAL's changes).
+    fn not_wal_only(&self, what: &str) -> Result<()> {
+        if self.wal_files.is_some() {
+            return Err(Error::ChangesUnavailable {
+                from: self.checkpoint.position,
+                earliest: None,
+                reason: format!("{what} needs the database, which a WAL-only view does not read"),
+            });
+        }
+        Ok(())
     }
 
     fn unavailable(&self, from: &Checkpoint, reason: String) -> Error {
@@ -881,8 +1065,9 @@ impl RocksView<'_> {
 
     /// The value of a key as of the view (resolves merges).
     fn value_at_view(&self, name: &str, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let handle = cf(&self.backend.db, &self.backend.path, name)?;
-        let db = &self.backend.db;
+        self.not_wal_only("a merge operand's result")?;
+        let db = self.backend.handle()?;
+        let handle = cf(db, &self.backend.path, name)?;
         let got = match (&self.snapshot, &handle) {
             (Some(s), Cf::Default) => s.get(key),
             (Some(s), Cf::Named(h)) => s.get_cf(h, key),
@@ -977,10 +1162,11 @@ impl View for RocksView<'_> {
         collection: &CollectionName,
         visit: &mut dyn FnMut(Record) -> Result<()>,
     ) -> Result<()> {
+        self.not_wal_only("a scan")?;
         let mut opts = ReadOptions::default();
         opts.fill_cache(false);
-        let handle = cf(&self.backend.db, &self.backend.path, &stored(collection))?;
-        let db = &self.backend.db;
+        let db = self.backend.handle()?;
+        let handle = cf(db, &self.backend.path, &stored(collection))?;
         let iter = match (&self.snapshot, &handle) {
             (Some(s), Cf::Default) => s.iterator_opt(IteratorMode::Start, opts),
             (Some(s), Cf::Named(h)) => s.iterator_cf_opt(h, opts, IteratorMode::Start),
@@ -1027,9 +1213,9 @@ impl View for RocksView<'_> {
                 .take()
                 .filter(|b| b.end == from.position && b.start >= 1);
             let replaced = checked.and_then(|was| {
-                let mut iter = self.backend.db.get_updates_since(was.start - 1).ok()?;
-                let (seq, batch) = iter.next()?.ok()?;
-                was.replaced_by(seq, &batch).then_some(was)
+                let mut iter = self.batches_since(was.start - 1).ok()?;
+                let (seq, data) = iter.next()?.ok()?;
+                was.replaced_by(seq, &data).then_some(was)
             });
             return match replaced {
                 Some(was) => Err(self.unavailable(from, rolled_back(was))),
@@ -1054,26 +1240,33 @@ impl View for RocksView<'_> {
         'reopen: while expected <= to {
             let since = verifying.map_or(expected - 1, |b| b.start - 1);
             let iter = self
-                .backend
-                .db
-                .get_updates_since(since)
+                .batches_since(since)
                 .map_err(|e| self.unavailable(from, format!("the WAL cannot be read: {e}")))?;
             for item in iter {
-                let (seq, batch) = match item {
+                let (seq, data) = match item {
                     Ok(x) => x,
-                    Err(e) if e.kind() == rocksdb::ErrorKind::TryAgain && retries < 5 => {
+                    Err(BatchError::TryAgain) if retries < 5 => {
                         retries += 1; // the WAL rotated under the iterator: resume at the seam
                         continue 'reopen;
                     }
-                    Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
+                    // A WAL-only view leaves what it cannot read to a view through RocksDB.
+                    Err(BatchError::Corruption(e)) if self.wal_files.is_none() => {
                         return Err(self.backend.err("reading the WAL", e));
                     }
-                    Err(e) => {
+                    Err(BatchError::Corruption(e)) => {
+                        return Err(self.unavailable(from, format!("reading the WAL: {e}")));
+                    }
+                    Err(BatchError::TryAgain) => {
+                        return Err(
+                            self.unavailable(from, "reading the WAL: it kept rotating".into())
+                        );
+                    }
+                    Err(BatchError::Other(e)) => {
                         return Err(self.unavailable(from, format!("reading the WAL: {e}")));
                     }
                 };
                 if let Some(was) = verifying.take() {
-                    if was.replaced_by(seq, &batch) {
+                    if was.replaced_by(seq, &data) {
                         return Err(self.unavailable(from, rolled_back(was)));
                     }
                     if seq == was.start {
@@ -1093,11 +1286,12 @@ impl View for RocksView<'_> {
                         ),
                     ));
                 }
-                let decoded = match wal::decode(batch.data()) {
+                let decoded = match wal::decode(&data) {
                     Ok(d) => d,
                     // A diff or a full backup would read the entity's default column alone and
-                    // lose the others without a word: the backup stops instead.
-                    Err(e) if e.is_wide_column() => {
+                    // lose the others without a word: the backup stops instead (a WAL-only view
+                    // leaves saying so to a view through RocksDB).
+                    Err(e) if e.is_wide_column() && self.wal_files.is_none() => {
                         return Err(Error::BadInput {
                             path: self.backend.path.clone(),
                             cause: format!(
@@ -1156,7 +1350,7 @@ impl View for RocksView<'_> {
                 }
                 expected = seq + decoded.ops.len() as u64;
                 if expected > to {
-                    self.last_batch = Some(WalBatch::of(seq, &batch));
+                    self.last_batch = Some(WalBatch::of(seq, &data));
                 }
             }
             break;
@@ -1238,7 +1432,7 @@ impl<'a> RocksRestore<'a> {
     /// Finishes an SST file and ingests it into column family `name` (moving it into the
     /// database).
     fn ingest(&self, name: &str, mut writer: SstFileWriter<'a>, file: &Path) -> Result<()> {
-        let db = &self.backend.db;
+        let db = self.backend.handle()?;
         writer
             .finish()
             .map_err(|e| self.backend.err(&format!("writing {}", file.display()), e))?;
@@ -1261,13 +1455,13 @@ impl RestoreSink for RocksRestore<'_> {
     fn create_collection(&mut self, info: &CollectionInfo, _source: StoreKind) -> Result<()> {
         let stored = stored(&info.name);
         let name = stored.as_str();
-        if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && self.backend.db.cf_handle(name).is_none()
-        {
+        let db = self.backend.handle()?;
+        if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && db.cf_handle(name).is_none() {
             let opts = match self.backend.format_version {
                 Some(v) => table_options(v),
                 None => Options::default(),
             };
-            self.backend.db.create_cf(name, &opts).map_err(|e| {
+            db.create_cf(name, &opts).map_err(|e| {
                 self.backend
                     .err(&format!("creating column family `{name}`"), e)
             })?;
@@ -1278,7 +1472,7 @@ impl RestoreSink for RocksRestore<'_> {
 
     fn put_batch(&mut self, collection: &CollectionName, records: Vec<Record>) -> Result<()> {
         let name = stored(collection);
-        let db = &self.backend.db;
+        let db = self.backend.handle()?;
         let mut batch = WriteBatch::default();
         let mut load = match self.loads.remove(&name) {
             Some(l) => l,
@@ -1365,7 +1559,7 @@ impl RestoreSink for RocksRestore<'_> {
                 self.ingest(&name, writer, &file)?;
             }
         }
-        let db = &self.backend.db;
+        let db = self.backend.handle()?;
         for name in &self.created {
             let flushed = match cf(db, &self.backend.path, name)? {
                 Cf::Default => db.flush(),
@@ -1447,6 +1641,102 @@ impl StoreFactory for RocksFactory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a WAL-only view reads (the MANIFEST replayed, the WAL files read directly) equals
+    /// what a secondary instance opened at the same moment holds, through a primary's life:
+    /// writes in the WAL only, a column family created, batches larger than a log block (a
+    /// record in fragments), flushes (new WAL files, the old ones kept in `archive/` by a WAL
+    /// TTL), a column family dropped, a compaction, a file ingested, and a reopen (a new
+    /// MANIFEST). Compared: the checkpoint, the column families with their ids, the live SST
+    /// files, and every WAL batch after a few points, byte for byte.
+    #[test]
+    fn a_wal_only_view_holds_what_a_secondary_instance_holds() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("db");
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_wal_ttl_seconds(3600);
+        let check = |step: &str| {
+            let lazy = RocksBackend::open(&path).expect("open");
+            let wal = lazy.wal_only_view().expect("a WAL-only view");
+            assert!(lazy.opened().is_none(), "{step}: the view opened RocksDB");
+            let real = RocksBackend::open(&path).expect("open");
+            let db = real.handle().expect("secondary");
+            let seq = db.latest_sequence_number();
+            assert_eq!(wal.checkpoint.position, seq, "{step}: checkpoint");
+            assert_eq!(
+                wal.cfs,
+                real.column_families().expect("cfs"),
+                "{step}: column families"
+            );
+            assert_eq!(
+                wal.ssts.numbers(),
+                ingest::SstFiles::of(db).expect("files").numbers(),
+                "{step}: SST files"
+            );
+            for since in [0, seq / 3, seq.saturating_sub(3), seq] {
+                let mine: Vec<(u64, Vec<u8>)> = wal
+                    .batches_since(since)
+                    .expect("files")
+                    .map(|b| b.ok().expect("a batch"))
+                    .collect();
+                let theirs: Vec<(u64, Vec<u8>)> = db
+                    .get_updates_since(since)
+                    .expect("iterator")
+                    .map(|b| b.map(|(s, w)| (s, w.data().to_vec())).expect("a batch"))
+                    .collect();
+                assert_eq!(mine, theirs, "{step}: batches after {since}");
+            }
+        };
+        let big = vec![7u8; 100_000];
+        {
+            let db = Db::open_cf(&opts, &path, ["default"]).expect("primary");
+            for i in 0..50u32 {
+                db.put(format!("k{i:03}"), format!("v{i}")).expect("put");
+            }
+            check("WAL only");
+            db.create_cf("b", &opts).expect("cf");
+            let b = db.cf_handle("b").expect("b");
+            let mut batch = WriteBatch::default();
+            for i in 0..20u32 {
+                batch.put_cf(&b, format!("b{i}"), &big);
+            }
+            batch.delete(b"k001");
+            db.write(batch).expect("a batch of 2 MB");
+            db.put_cf(&b, b"small", b"1").expect("put");
+            check("a column family and a fragmented batch");
+            db.flush().expect("flush");
+            db.flush_cf(&b).expect("flush");
+            for i in 0..30u32 {
+                db.put(format!("after{i}"), &big[..i as usize * 1000])
+                    .expect("put");
+            }
+            check("flushed, then written");
+            drop(b);
+            db.drop_cf("b").expect("drop");
+            db.create_cf("c", &opts).expect("cf");
+            db.put_cf(&db.cf_handle("c").expect("c"), b"c1", b"x")
+                .expect("put");
+            db.compact_range(None::<&[u8]>, None::<&[u8]>);
+            check("dropped, created, compacted");
+            let sst = d.path().join("ingest.sst");
+            let sst_opts = Options::default();
+            let mut w = SstFileWriter::create(&sst_opts);
+            w.open(&sst).expect("sst");
+            w.put(b"zz1", b"i").expect("put");
+            w.finish().expect("finish");
+            db.ingest_external_file(vec![&sst]).expect("ingest");
+            check("ingested");
+        }
+        let names = Db::list_cf(&opts, &path).expect("cfs");
+        let db = Db::open_cf(&opts, &path, &names).expect("reopen");
+        db.put(b"reopened", b"1").expect("put");
+        check("reopened");
+        db.flush_wal(true).expect("sync");
+        drop(db);
+        check("closed");
+    }
 
     #[test]
     fn sst_files_are_opened_on_one_thread_until_there_are_many() {

@@ -267,9 +267,9 @@ fn records(bytes: &[u8], start: u64) -> Result<(Records, u64), String> {
             break; // not whole yet
         };
         let want = unmask(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
-        let mut crc = crc32c(0, &[kind]);
-        crc = crc32c(crc, &bytes[at(pos + 7)..at(pos + header)]);
-        crc = crc32c(crc, body);
+        // Over the type, a recyclable record's log number and the payload, which follow
+        // one another.
+        let crc = crc32c(&bytes[at(pos + 6)..at(pos + header + len)]);
         if crc != want {
             return Err(format!("record at byte {pos} does not match its checksum"));
         }
@@ -302,10 +302,76 @@ fn records(bytes: &[u8], start: u64) -> Result<(Records, u64), String> {
     Ok((out, end))
 }
 
+/// The state a MANIFEST describes: what a secondary instance would recover from it, told
+/// without opening RocksDB (a WAL-only incremental's view, see [`crate::walfiles`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Replayed {
+    /// Column families by id (`default` is 0).
+    pub(crate) cfs: std::collections::BTreeMap<u32, String>,
+    /// Live SST files by number: their column family's id and smallest and largest user keys.
+    pub(crate) files: std::collections::BTreeMap<u64, (u32, Vec<u8>, Vec<u8>)>,
+    /// The last sequence number the MANIFEST records (keys flushed up to it).
+    pub(crate) last_sequence: u64,
+    /// The newest WAL the MANIFEST obsoletes everything before (its log number).
+    pub(crate) log_number: u64,
+}
+
+/// Replays every edit of MANIFEST `at.name` in `dir` up to byte `at.offset`: the column
+/// families, live SST files and last sequence number at its last whole edit. Errors say why
+/// it cannot be told (the caller then opens RocksDB instead).
+pub(crate) fn replay(dir: &Path, at: &Position) -> Result<Replayed, String> {
+    use std::io::Read;
+    let path = dir.join(&at.name);
+    let mut bytes = Vec::with_capacity(usize::try_from(at.offset).unwrap_or(0));
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(at.offset).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (records, _) = records(&bytes, 0).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut state = Replayed::default();
+    state.cfs.insert(0, "default".to_string());
+    for (offset, record) in records {
+        let edit = parse_edit(&record)
+            .map_err(|e| format!("{}: the edit at byte {offset}: {e}", path.display()))?;
+        if let Some(name) = edit.cf_added {
+            state.cfs.insert(edit.cf, name);
+        }
+        if edit.cf_dropped {
+            state.cfs.remove(&edit.cf);
+            state.files.retain(|_, (cf, _, _)| *cf != edit.cf);
+            continue;
+        }
+        // Within an edit RocksDB removes before it adds: a file moved to another level is
+        // removed from one and added to the other.
+        for n in &edit.deleted {
+            state.files.remove(n);
+        }
+        for (n, smallest, largest) in edit.new_files {
+            state.files.insert(n, (edit.cf, smallest, largest));
+        }
+        if let Some(seq) = edit.last_sequence {
+            state.last_sequence = state.last_sequence.max(seq);
+        }
+        if let Some(log) = edit.log_number_value {
+            state.log_number = state.log_number.max(log);
+        }
+    }
+    Ok(state)
+}
+
 /// What one version edit does to the set of files.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Edit {
     added: Vec<u64>,
+    /// The added files with their smallest and largest user keys.
+    new_files: Vec<(u64, Vec<u8>, Vec<u8>)>,
+    /// The column family this edit adds, by name.
+    cf_added: Option<String>,
+    /// Whether it drops its column family.
+    cf_dropped: bool,
+    /// The last sequence number it records.
+    last_sequence: Option<u64>,
+    /// The log number it records.
+    log_number_value: Option<u64>,
     /// Added files whose smallest sequence number is 0 (or not recorded: LevelDB's tag).
     at_zero: Vec<u64>,
     deleted: Vec<u64>,
@@ -355,21 +421,26 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
     while !i.0.is_empty() {
         let tag = i.varint()?;
         match tag {
-            // Comparator, column family added.
-            1 | 201 => {
-                i.slice()?;
+            1 => {
+                i.slice()?; // comparator
+            }
+            201 => {
+                edit.cf_added = Some(String::from_utf8_lossy(i.slice()?).into_owned());
             }
             2 => {
-                i.varint()?;
+                edit.log_number_value = Some(i.varint()?);
                 edit.log_number = true;
+            }
+            4 => {
+                edit.last_sequence = Some(i.varint()?);
             }
             200 => {
                 edit.cf =
                     u32::try_from(i.varint()?).map_err(|_| "a column family id out of range")?;
             }
-            // Next file number, last sequence, previous log number, log number to keep, max
-            // column family, atomic group.
-            3 | 4 | 9 | 10 | 203 | 300 => {
+            // Next file number, previous log number, log number to keep, max column family,
+            // atomic group.
+            3 | 9 | 10 | 203 | 300 => {
                 i.varint()?;
             }
             5 => {
@@ -389,8 +460,11 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
                     i.varint()?; // path id
                 }
                 i.varint()?;
-                i.slice()?;
-                i.slice()?;
+                // Internal keys: the user key and an 8-byte sequence number and type.
+                let user_key = |k: &[u8]| k[..k.len().saturating_sub(8)].to_vec();
+                let smallest_key = user_key(i.slice()?);
+                let largest_key = user_key(i.slice()?);
+                edit.new_files.push((number, smallest_key, largest_key));
                 // Smallest and largest sequence numbers.
                 let smallest = if tag != 7 {
                     let smallest = i.varint()?;
@@ -406,7 +480,7 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
                     i.custom_fields(1)?;
                 }
             }
-            202 => {} // column family dropped
+            202 => edit.cf_dropped = true,
             // Blob file added: number, count, bytes, checksum method and value, custom fields.
             400 | 8194 => {
                 i.varint()?;
@@ -449,39 +523,7 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
     Ok(edit)
 }
 
-/// RocksDB's stored checksum, unmasked (`crc32c::Unmask`).
-fn unmask(masked: u32) -> u32 {
-    let rot = masked.wrapping_sub(0xa282_ead8);
-    rot.rotate_left(15)
-}
-
-/// CRC32C (Castagnoli) of `data`, continuing `crc`.
-fn crc32c(crc: u32, data: &[u8]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut t = [0u32; 256];
-        let mut n = 0;
-        while n < 256 {
-            let mut c = n as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0x82f6_3b78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[n] = c;
-            n += 1;
-        }
-        t
-    };
-    let mut c = !crc;
-    for &b in data {
-        c = TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8);
-    }
-    !c
-}
+use crate::walfiles::{crc32c, unmask};
 
 #[cfg(test)]
 mod tests {
@@ -532,7 +574,8 @@ mod tests {
 
     /// One physical record of type FULL, as `log::Writer` writes it.
     fn record(out: &mut Vec<u8>, payload: &[u8]) {
-        let crc = crc32c(crc32c(0, &[1]), payload);
+        let typed: Vec<u8> = std::iter::once(1).chain(payload.iter().copied()).collect();
+        let crc = crc32c(&typed);
         let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
         out.extend_from_slice(&masked.to_le_bytes());
         out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
@@ -543,7 +586,7 @@ mod tests {
     #[test]
     fn crc32c_is_castagnolis() {
         // RFC 3720's check value.
-        assert_eq!(crc32c(0, b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
         assert_eq!(
             unmask(0x1234_5678_u32.rotate_right(15).wrapping_add(0xa282_ead8)),
             0x1234_5678

@@ -36,18 +36,18 @@ impl TestStore for RocksStore {
     }
 
     fn create_collection(&self, name: &str) {
-        let db = self.backend.db();
+        let db = self.backend.db().unwrap();
         if db.cf_handle(name).is_none() {
             db.create_cf(name, &Options::default()).unwrap();
         }
     }
 
     fn write(&self, ops: &[Op]) {
-        apply(self.backend.db(), ops);
+        apply(self.backend.db().unwrap(), ops);
     }
 
     fn writer(&self) -> Writer {
-        let db = self.backend.db().clone();
+        let db = self.backend.db().unwrap().clone();
         Box::new(move |ops| apply(&db, ops))
     }
 

@@ -50,6 +50,17 @@ pub trait StorageBackend: Send + Sync {
     /// Opens a consistent read view as of the current checkpoint.
     fn view(&self) -> Result<Box<dyn View + '_>>;
 
+    /// A view that reads only the store's change log, cheaper to take than
+    /// [`StorageBackend::view`] (RocksDB: its WAL files and MANIFEST read directly, without
+    /// opening the database), for a run that means to be incremental; `None` (the default)
+    /// where there is none or it cannot be taken now. The engine uses it for the checks of
+    /// [`View::changes_outside_log`] and for [`View::changes_since`] only; when the incremental
+    /// cannot be taken through it, for any reason, the engine takes a [`StorageBackend::view`]
+    /// and tries again from the start. So it may fail anything else (a scan, a value read).
+    fn log_view(&self) -> Result<Option<Box<dyn View + '_>>> {
+        Ok(None)
+    }
+
     /// Blocks until the store has changes after `after`, or `timeout` passes. Returns whether
     /// there are changes. Used by live backups.
     fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool>;

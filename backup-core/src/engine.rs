@@ -583,8 +583,18 @@ fn run_once<T: Target>(
     }
     backend.prepare()?;
     let captured_at = now_rfc3339();
-    let mut view = open_view()?;
-    let start = view.checkpoint().clone();
+    // A run that means to be incremental reads through the backend's log-only view where it
+    // has one (RocksDB: its WAL files, without opening the database); whatever that view
+    // cannot take, a view of the store takes again from the start.
+    let wants_log =
+        previous.is_ok() && options.mode == BackupMode::Auto && !interrupted && !one_snapshot;
+    let log_view = if wants_log { backend.log_view()? } else { None };
+    let log_only = log_view.is_some();
+    let mut view = match log_view {
+        Some(v) => v,
+        None => open_view()?,
+    };
+    let mut start = view.checkpoint().clone();
     let mut collections = view.collections()?;
     let mut store_schema = view.store_schema()?;
     // The previous backup's marks, where it was of this same store.
@@ -624,18 +634,30 @@ fn run_once<T: Target>(
             )
         }
         (Ok(prev), BackupMode::Auto) => {
-            let attempt = match log_unusable(prev, &start, &collections, view.as_mut())? {
-                Some(reason) => Err(reason),
-                None => incremental(
+            let mut attempt = try_incremental(
+                target,
+                prev,
+                (view.as_mut(), &start, &collections),
+                options,
+                events,
+                &mut marks,
+            )?;
+            if let (Err(reason), true) = (&attempt, log_only) {
+                tracing::debug!(%reason, "the log-only view cannot take the incremental: reading the store");
+                marks.released_with = None;
+                view = open_view()?;
+                start = view.checkpoint().clone();
+                collections = view.collections()?;
+                store_schema = view.store_schema()?;
+                attempt = try_incremental(
                     target,
                     prev,
-                    view.as_mut(),
-                    &collections,
+                    (view.as_mut(), &start, &collections),
                     options,
                     events,
                     &mut marks,
-                )?,
-            };
+                )?;
+            }
             match attempt {
                 Ok(done) => (done, None),
                 Err(reason) => {
@@ -710,6 +732,22 @@ fn run_once<T: Target>(
         store_schema,
         store_marks,
     })
+}
+
+/// An incremental over `prev` through `view` (at checkpoint `start`, with `collections`), or
+/// why the change log cannot give one.
+fn try_incremental<T: Target>(
+    target: &T,
+    prev: &FolderManifest,
+    (view, start, collections): (&mut dyn View, &Checkpoint, &[CollectionInfo]),
+    options: &BackupOptions,
+    events: &mut dyn FnMut(Event),
+    marks: &mut EarlyMarks<'_>,
+) -> Result<std::result::Result<Outcome<T::Run>, FullReason>> {
+    match log_unusable(prev, start, collections, view)? {
+        Some(reason) => Ok(Err(reason)),
+        None => incremental(target, prev, view, collections, options, events, marks),
+    }
 }
 
 /// Why the change log cannot bring the previous backup up to `checkpoint`, if it cannot.

@@ -993,7 +993,9 @@ fn a_killed_run_leaves_no_secondary_directory_behind_for_long() {
                 &format!("bk{n}"),
             ])
             .env("TMPDIR", &tmp)
-            .env("TIDEMARK_CRASH_AT", "1")
+            // The fourth durable step: a new destination's first three come before the view,
+            // which opens the secondary instance (it is opened on first use).
+            .env("TIDEMARK_CRASH_AT", "4")
             .current_dir(d)
             .output()
             .unwrap();
@@ -1080,4 +1082,91 @@ fn a_database_of_more_sst_files_than_the_soft_open_files_limit() {
         "{err}"
     );
     assert!(!d.join("refused").exists());
+}
+
+/// `tidemark -vv backup … --format archive` of `src` to `ar`: its stdout and stderr as one text.
+fn traced_backup(d: &Path) -> String {
+    let out = common::tidemark(
+        &[
+            "-vv",
+            "backup",
+            "--source",
+            "rocksdb:src",
+            "--to",
+            "ar",
+            "--format",
+            "archive",
+        ],
+        d,
+    );
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// An incremental reads the WAL files and the MANIFEST directly, without opening RocksDB: after
+/// the application (rocksdict, its own older RocksDB) wrote, and beside an application that
+/// holds the database and writes a batch larger than a WAL block, creates a column family and
+/// flushes between backups. Where the WAL holds what the files alone cannot give (a range
+/// deletion), the run reads through RocksDB instead and, as before, compares every record.
+/// Every restore is what the application reads (the last one read with this process's RocksDB).
+#[test]
+fn incrementals_read_the_wal_files_without_opening_rocksdb() {
+    const DIRECT: &str = "reading the WAL files directly";
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["write", "src", "0", "200", "--keep-wal"], d);
+    let out = traced_backup(d);
+    assert!(
+        out.contains("Backup (full)") && !out.contains(DIRECT),
+        "{out}"
+    );
+    common::rocksapp(&["write", "src", "150", "100", "--keep-wal"], d);
+    let out = traced_backup(d);
+    assert!(
+        out.contains(DIRECT) && out.contains("Backup (incremental) of") && !out.contains("diff"),
+        "{out}"
+    );
+    assert_restores(d, "ar", "copy1", &app_dump(d, "src"));
+
+    // Beside the application, which holds the database.
+    let db = app_db(&d.join("src"));
+    let big = vec![0x5a_u8; 100_000];
+    let mut batch = rocksdb::WriteBatch::default();
+    for i in 0..5u32 {
+        batch.put(format!("big{i}"), &big);
+    }
+    db.write(batch).unwrap();
+    cf(&db, "later");
+    db.put_cf(&db.cf_handle("later").unwrap(), b"l1", b"x")
+        .unwrap();
+    db.flush().unwrap();
+    db.put(b"after-flush", b"y").unwrap();
+    db.delete(b"k000151").unwrap();
+    db.flush_wal(true).unwrap();
+    let out = traced_backup(d);
+    assert!(
+        out.contains(DIRECT)
+            && out.contains("Backup (incremental) of")
+            && out.contains("7 records written, 1 deleted")
+            && !out.contains("diff"),
+        "{out}"
+    );
+    db.delete_range_cf(&db.cf_handle("default").unwrap(), b"k000010", b"k000020")
+        .unwrap();
+    db.put(b"after-range", b"z").unwrap();
+    db.flush_wal(true).unwrap();
+    let out = traced_backup(d);
+    assert!(
+        out.contains(DIRECT)
+            && out.contains("the log-only view cannot take the incremental")
+            && out.contains("diff-based"),
+        "{out}"
+    );
+    drop(db);
+    // Read with this process's RocksDB: the flush above wrote a table format newer than the
+    // application's.
+    ok(&["restore", "--from", "ar", "--to", "rocksdb:copy2"], d);
+    assert_eq!(content(&d.join("copy2")), content(&d.join("src")));
+    ok(&["verify", "ar"], d);
 }

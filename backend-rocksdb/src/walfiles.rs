@@ -1,0 +1,331 @@
+//! RocksDB's WAL files read directly, without opening the database: the write batches after a
+//! sequence number, and where the WAL ends.
+//!
+//! A secondary instance costs most of a small incremental: its open replays every WAL file into
+//! memtables and opens every SST file (7–10 ms on a store of 68 files, docs/BENCHMARKS.md), and
+//! an incremental then reads the WAL again through it. A run that reads only the WAL needs
+//! neither: the MANIFEST ([`crate::manifest::replay`]) gives the column families, the live SST
+//! files and the last flushed sequence number, and the WAL files give the batches after it.
+//!
+//! Format (RocksDB's `db/log_format.h`, `db/log_reader.cc`): a WAL file `NNNNNN.log` (in the
+//! database's directory, or in `archive/` once obsolete and kept by a WAL TTL) is a sequence of
+//! 32 KiB blocks of records, each a 7-byte header (masked CRC32C of the type and payload, payload
+//! length, type) and its payload; a block's last 6 bytes or fewer are zeros. A write batch is one
+//! logical record: a FULL record, or FIRST, MIDDLE… and LAST fragments. Its payload starts with
+//! the batch's first sequence number (8 bytes) and its count of sequence-consuming records (4).
+//!
+//! Anything this reader does not know makes it stop with an error, and the caller falls back to
+//! reading through RocksDB: recyclable records (`recycle_log_file_num`), WAL compression, user
+//! timestamp sizes, a bad checksum, a fragment out of place. Records whose type has the
+//! ignorable bit (0x80) set are skipped, as RocksDB does. A record cut short at the end of a
+//! file is where that file ends (the application is writing it, or crashed writing it).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+const BLOCK: usize = 32 * 1024;
+const HEADER: usize = 7;
+
+/// A WAL file: its number and where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WalFile {
+    pub(crate) number: u64,
+    pub(crate) path: PathBuf,
+}
+
+/// The WAL files in `dir` and `dir/archive` in number order (a file moved to the archive while
+/// listed is found in either).
+pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<WalFile>> {
+    let mut out: Vec<WalFile> = Vec::new();
+    for (d, required) in [(dir.to_path_buf(), true), (dir.join("archive"), false)] {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let name = e.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if !out.iter().any(|f| f.number == n) {
+                out.push(WalFile {
+                    number: n,
+                    path: e.path(),
+                });
+            }
+        }
+    }
+    out.sort_by_key(|f| f.number);
+    Ok(out)
+}
+
+/// Reads one WAL file's logical records in order.
+pub(crate) struct LogReader {
+    file: File,
+    number: u64,
+    block: Vec<u8>,
+    /// Bytes of `block` read from the file.
+    len: usize,
+    /// Where the next record header is in `block`.
+    pos: usize,
+    /// The file gave less than a block: nothing comes after `len`.
+    last: bool,
+    /// A block was read.
+    started: bool,
+}
+
+impl LogReader {
+    /// Opens `file` (looked for in the archive too, if it moved there since it was listed).
+    pub(crate) fn open(dir: &Path, file: &WalFile) -> std::io::Result<Self> {
+        let f = match File::open(&file.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open(dir.join("archive").join(format!("{:06}.log", file.number)))?
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(LogReader {
+            file: f,
+            number: file.number,
+            block: vec![0; BLOCK],
+            len: 0,
+            pos: 0,
+            last: false,
+            started: false,
+        })
+    }
+
+    /// Reads the next block; `false` at the end of the file.
+    fn next_block(&mut self) -> Result<bool, String> {
+        if self.last {
+            return Ok(false);
+        }
+        let mut n = 0;
+        while n < BLOCK {
+            match self.file.read(&mut self.block[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("WAL file {:06}.log: {e}", self.number)),
+            }
+        }
+        self.started = true;
+        self.len = n;
+        self.pos = 0;
+        self.last = n < BLOCK;
+        Ok(n > 0)
+    }
+
+    /// The next whole logical record (a write batch), `None` at the end of the file or at a
+    /// record cut short there.
+    pub(crate) fn next_record(&mut self) -> Result<Option<Vec<u8>>, String> {
+        let mut pending: Option<Vec<u8>> = None;
+        loop {
+            if self.len - self.pos < HEADER {
+                // Before the first block, a whole block's trailer, or the end of the file.
+                if (self.len == BLOCK || !self.started) && self.next_block()? {
+                    continue;
+                }
+                return Ok(None);
+            }
+            let h = &self.block[self.pos..self.pos + HEADER];
+            let kind = h[6];
+            let size = usize::from(u16::from_le_bytes([h[4], h[5]]));
+            if kind == 0 && size == 0 {
+                return Ok(None); // preallocated space: nothing written yet
+            }
+            let body_at = self.pos + HEADER;
+            if body_at + size > self.len {
+                if self.len == BLOCK {
+                    return Err(self.damage("a record that crosses its block"));
+                }
+                return Ok(None); // cut short: still being written
+            }
+            let want = unmask(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
+            // Over the type and the payload, which follows it.
+            let crc = crc32c(&self.block[self.pos + 6..body_at + size]);
+            let body = &self.block[body_at..body_at + size];
+            if crc != want {
+                return Err(self.damage("a record that does not match its checksum"));
+            }
+            self.pos = body_at + size;
+            match kind {
+                1 => {
+                    if pending.is_some() {
+                        return Err(self.damage("a whole record inside a fragmented one"));
+                    }
+                    return Ok(Some(body.to_vec()));
+                }
+                2 => {
+                    if pending.is_some() {
+                        return Err(self.damage("a first fragment inside a fragmented record"));
+                    }
+                    pending = Some(body.to_vec());
+                }
+                3 | 4 => {
+                    let Some(record) = pending.as_mut() else {
+                        return Err(self.damage("a fragment that continues nothing"));
+                    };
+                    record.extend_from_slice(body);
+                    if kind == 4 {
+                        return Ok(pending.take());
+                    }
+                }
+                k if k & 0x80 != 0 => {} // ignorable (a newer RocksDB's metadata)
+                5..=8 => return Err(self.damage("a recyclable record (recycle_log_file_num)")),
+                9 => return Err(self.damage("WAL compression (wal_compression)")),
+                10 => return Err(self.damage("user-defined timestamp sizes")),
+                k => return Err(self.damage(&format!("a record of unknown type {k}"))),
+            }
+        }
+    }
+
+    fn damage(&self, what: &str) -> String {
+        format!(
+            "WAL file {:06}.log holds {what} near byte {}",
+            self.number,
+            self.pos // within the current block
+        )
+    }
+}
+
+/// A write batch's first sequence number and count, from its header.
+pub(crate) fn batch_header(data: &[u8]) -> Option<(u64, u64)> {
+    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let count = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    Some((seq, u64::from(count)))
+}
+
+/// The first batch's sequence number of each of `files` (`None` for a file that holds none
+/// yet), reading one record of each.
+pub(crate) fn first_sequences(dir: &Path, files: &[WalFile]) -> Result<Vec<Option<u64>>, String> {
+    files
+        .iter()
+        .map(|f| {
+            let mut r =
+                LogReader::open(dir, f).map_err(|e| format!("{}: {e}", f.path.display()))?;
+            Ok(r.next_record()?
+                .as_deref()
+                .and_then(batch_header)
+                .map(|(s, _)| s))
+        })
+        .collect()
+}
+
+/// The files to read for the batches from sequence `since` on: from the last file whose first
+/// batch starts at or before it (the first file if none does).
+pub(crate) fn starting_at(files: &[WalFile], firsts: &[Option<u64>], since: u64) -> usize {
+    files
+        .iter()
+        .zip(firsts)
+        .rposition(|(_, first)| first.is_some_and(|s| s <= since))
+        .unwrap_or(0)
+}
+
+/// The last sequence number the WAL files hold (the end of the last whole batch of the newest
+/// file that holds one), or `None` when they hold none.
+pub(crate) fn end(dir: &Path, files: &[WalFile]) -> Result<Option<u64>, String> {
+    for f in files.iter().rev() {
+        let mut r = LogReader::open(dir, f).map_err(|e| format!("{}: {e}", f.path.display()))?;
+        let mut last = None;
+        while let Some(record) = r.next_record()? {
+            let (seq, count) = batch_header(&record).ok_or_else(|| {
+                format!(
+                    "WAL file {:06}.log: a batch shorter than its header",
+                    f.number
+                )
+            })?;
+            last = Some(seq + count.max(1) - 1);
+        }
+        if last.is_some() {
+            return Ok(last);
+        }
+    }
+    Ok(None)
+}
+
+/// The write batches of WAL files that start after a sequence number, in order, as RocksDB's
+/// WAL iterator gives them (`get_updates_since`, which skips batches starting at or before
+/// it): each its first sequence number and its bytes.
+pub(crate) struct Batches {
+    dir: PathBuf,
+    files: Vec<WalFile>,
+    next_file: usize,
+    reader: Option<LogReader>,
+    since: u64,
+    done: bool,
+}
+
+/// The batches of `files` (in `dir`) that start after sequence number `since`.
+pub(crate) fn batches(dir: &Path, files: &[WalFile], since: u64) -> Result<Batches, String> {
+    let firsts = first_sequences(dir, files)?;
+    Ok(Batches {
+        dir: dir.to_path_buf(),
+        files: files.to_vec(),
+        next_file: starting_at(files, &firsts, since.saturating_add(1)),
+        reader: None,
+        since,
+        done: false,
+    })
+}
+
+impl Iterator for Batches {
+    type Item = Result<(u64, Vec<u8>), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.done {
+            let reader = match &mut self.reader {
+                Some(r) => r,
+                None => {
+                    let file = self.files.get(self.next_file)?;
+                    self.next_file += 1;
+                    match LogReader::open(&self.dir, file) {
+                        Ok(r) => self.reader.insert(r),
+                        Err(e) => {
+                            self.done = true;
+                            return Some(Err(format!("{}: {e}", file.path.display())));
+                        }
+                    }
+                }
+            };
+            match reader.next_record() {
+                Ok(Some(record)) => {
+                    let Some((seq, _)) = batch_header(&record) else {
+                        self.done = true;
+                        return Some(Err(format!(
+                            "WAL file {:06}.log: a batch shorter than its header",
+                            reader.number
+                        )));
+                    };
+                    if seq > self.since {
+                        return Some(Ok((seq, record)));
+                    }
+                }
+                Ok(None) => self.reader = None,
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// RocksDB's stored checksum, unmasked (`crc32c::Unmask`).
+pub(crate) fn unmask(masked: u32) -> u32 {
+    let rot = masked.wrapping_sub(0xa282_ead8);
+    rot.rotate_left(15)
+}
+
+/// CRC32C (Castagnoli) of `data` (with the CPU's instructions where it has them).
+pub(crate) fn crc32c(data: &[u8]) -> u32 {
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
+}
