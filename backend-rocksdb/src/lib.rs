@@ -1648,7 +1648,7 @@ mod tests {
     /// record in fragments), flushes (new WAL files, the old ones kept in `archive/` by a WAL
     /// TTL), a column family dropped, a compaction, a file ingested, and a reopen (a new
     /// MANIFEST). Compared: the checkpoint, the column families with their ids, the live SST
-    /// files, and every WAL batch after a few points, byte for byte.
+    /// files, and every WAL batch after seven points, byte for byte.
     #[test]
     fn a_wal_only_view_holds_what_a_secondary_instance_holds() {
         let d = tempfile::tempdir().expect("tmp");
@@ -1675,7 +1675,7 @@ mod tests {
                 ingest::SstFiles::of(db).expect("files").numbers(),
                 "{step}: SST files"
             );
-            for since in [0, seq / 3, seq.saturating_sub(3), seq] {
+            for since in [0, 1, seq / 5, seq / 3, seq / 2, seq.saturating_sub(3), seq] {
                 let mine: Vec<(u64, Vec<u8>)> = wal
                     .batches_since(since)
                     .expect("files")
@@ -1708,6 +1708,13 @@ mod tests {
             check("a column family and a fragmented batch");
             db.flush().expect("flush");
             db.flush_cf(&b).expect("flush");
+            // Many WAL files (each flush starts one), found by a binary search.
+            for round in 0..9u32 {
+                for i in 0..20u32 {
+                    db.put(format!("r{round}-{i}"), b"v").expect("put");
+                }
+                db.flush().expect("flush");
+            }
             for i in 0..30u32 {
                 db.put(format!("after{i}"), &big[..i as usize * 1000])
                     .expect("put");

@@ -203,30 +203,36 @@ pub(crate) fn batch_header(data: &[u8]) -> Option<(u64, u64)> {
     Some((seq, u64::from(count)))
 }
 
-/// The first batch's sequence number of each of `files` (`None` for a file that holds none
-/// yet), reading one record of each.
-pub(crate) fn first_sequences(dir: &Path, files: &[WalFile]) -> Result<Vec<Option<u64>>, String> {
-    files
-        .iter()
-        .map(|f| {
-            let mut r =
-                LogReader::open(dir, f).map_err(|e| format!("{}: {e}", f.path.display()))?;
-            Ok(r.next_record()?
-                .as_deref()
-                .and_then(batch_header)
-                .map(|(s, _)| s))
-        })
-        .collect()
+/// The first batch's sequence number of `file` (`None` while it holds none), reading one
+/// record.
+fn first_sequence(dir: &Path, file: &WalFile) -> Result<Option<u64>, String> {
+    let mut r = LogReader::open(dir, file).map_err(|e| format!("{}: {e}", file.path.display()))?;
+    Ok(r.next_record()?
+        .as_deref()
+        .and_then(batch_header)
+        .map(|(s, _)| s))
 }
 
-/// The files to read for the batches from sequence `since` on: from the last file whose first
-/// batch starts at or before it (the first file if none does).
-pub(crate) fn starting_at(files: &[WalFile], firsts: &[Option<u64>], since: u64) -> usize {
-    files
-        .iter()
-        .zip(firsts)
-        .rposition(|(_, first)| first.is_some_and(|s| s <= since))
-        .unwrap_or(0)
+/// The file to start reading at for the batches after sequence number `since`: the last one
+/// whose first batch starts at or before `since + 1` (the first file if none does), found by
+/// a binary search that reads the first record of a few files only (a WAL TTL can keep
+/// thousands in `archive/`). A file that holds no batch yet counts as starting after it; were
+/// one ever in the middle, the search could start too late, and the reading's continuity
+/// check finds the gap.
+pub(crate) fn starting_file(dir: &Path, files: &[WalFile], since: u64) -> Result<usize, String> {
+    let target = since.saturating_add(1);
+    let (mut lo, mut hi, mut best) = (0, files.len(), 0);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match first_sequence(dir, &files[mid])? {
+            Some(s) if s <= target => {
+                best = mid;
+                lo = mid + 1;
+            }
+            _ => hi = mid,
+        }
+    }
+    Ok(best)
 }
 
 /// The last sequence number the WAL files hold (the end of the last whole batch of the newest
@@ -265,11 +271,10 @@ pub(crate) struct Batches {
 
 /// The batches of `files` (in `dir`) that start after sequence number `since`.
 pub(crate) fn batches(dir: &Path, files: &[WalFile], since: u64) -> Result<Batches, String> {
-    let firsts = first_sequences(dir, files)?;
     Ok(Batches {
         dir: dir.to_path_buf(),
         files: files.to_vec(),
-        next_file: starting_at(files, &firsts, since.saturating_add(1)),
+        next_file: starting_file(dir, files, since)?,
         reader: None,
         since,
         done: false,
