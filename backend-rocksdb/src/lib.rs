@@ -837,20 +837,42 @@ enum BatchError {
     Other(String),
 }
 
+/// A batch's bytes as its source gives them (RocksDB's batch is not copied).
+enum BatchData {
+    Db(WriteBatch),
+    Files(Vec<u8>),
+}
+
+impl std::ops::Deref for BatchData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            BatchData::Db(batch) => batch.data(),
+            BatchData::Files(bytes) => bytes,
+        }
+    }
+}
+
 impl Iterator for Batches {
-    type Item = std::result::Result<(u64, Vec<u8>), BatchError>;
+    type Item = std::result::Result<(u64, BatchData), BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Batches::Db(iter) => Some(match iter.next()? {
-                Ok((seq, batch)) => Ok((seq, batch.data().to_vec())),
+                Ok((seq, batch)) => Ok((seq, BatchData::Db(batch))),
                 Err(e) => Err(match e.kind() {
                     rocksdb::ErrorKind::TryAgain => BatchError::TryAgain,
                     rocksdb::ErrorKind::Corruption => BatchError::Corruption(e),
                     _ => BatchError::Other(e.to_string()),
                 }),
             }),
-            Batches::Files(files) => Some(files.next()?.map_err(BatchError::Other)),
+            Batches::Files(files) => Some(
+                files
+                    .next()?
+                    .map(|(seq, bytes)| (seq, BatchData::Files(bytes)))
+                    .map_err(BatchError::Other),
+            ),
         }
     }
 }
@@ -1679,7 +1701,7 @@ mod tests {
                 let mine: Vec<(u64, Vec<u8>)> = wal
                     .batches_since(since)
                     .expect("files")
-                    .map(|b| b.ok().expect("a batch"))
+                    .map(|b| b.ok().map(|(s, data)| (s, data.to_vec())).expect("a batch"))
                     .collect();
                 let theirs: Vec<(u64, Vec<u8>)> = db
                     .get_updates_since(since)

@@ -120,11 +120,15 @@ pub(crate) fn read(dir: &Path, name: &str, from: u64, to: u64) -> Result<Edits, 
         }
         edits.removed.extend(&edit.deleted);
         match (
-            edit.added.is_empty(),
+            edit.new_files.is_empty(),
             edit.deleted.is_empty(),
             edit.log_number,
         ) {
-            (false, true, false) => edits.added_alone.extend(edit.added),
+            (false, true, false) => {
+                edits
+                    .added_alone
+                    .extend(edit.new_files.iter().map(|(n, _, _)| *n));
+            }
             (true, false, _) => edits
                 .removed_alone
                 .extend(edit.deleted.into_iter().map(|n| (edit.cf, n))),
@@ -312,8 +316,6 @@ pub(crate) struct Replayed {
     pub(crate) files: std::collections::BTreeMap<u64, (u32, Vec<u8>, Vec<u8>)>,
     /// The last sequence number the MANIFEST records (keys flushed up to it).
     pub(crate) last_sequence: u64,
-    /// The newest WAL the MANIFEST obsoletes everything before (its log number).
-    pub(crate) log_number: u64,
 }
 
 /// Replays every edit of MANIFEST `at.name` in `dir` up to byte `at.offset`: the column
@@ -351,9 +353,6 @@ pub(crate) fn replay(dir: &Path, at: &Position) -> Result<Replayed, String> {
         if let Some(seq) = edit.last_sequence {
             state.last_sequence = state.last_sequence.max(seq);
         }
-        if let Some(log) = edit.log_number_value {
-            state.log_number = state.log_number.max(log);
-        }
     }
     Ok(state)
 }
@@ -361,8 +360,7 @@ pub(crate) fn replay(dir: &Path, at: &Position) -> Result<Replayed, String> {
 /// What one version edit does to the set of files.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Edit {
-    added: Vec<u64>,
-    /// The added files with their smallest and largest user keys.
+    /// The added files: their numbers, smallest and largest user keys.
     new_files: Vec<(u64, Vec<u8>, Vec<u8>)>,
     /// The column family this edit adds, by name.
     cf_added: Option<String>,
@@ -370,8 +368,6 @@ struct Edit {
     cf_dropped: bool,
     /// The last sequence number it records.
     last_sequence: Option<u64>,
-    /// The log number it records.
-    log_number_value: Option<u64>,
     /// Added files whose smallest sequence number is 0 (or not recorded: LevelDB's tag).
     at_zero: Vec<u64>,
     deleted: Vec<u64>,
@@ -428,7 +424,7 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
                 edit.cf_added = Some(String::from_utf8_lossy(i.slice()?).into_owned());
             }
             2 => {
-                edit.log_number_value = Some(i.varint()?);
+                i.varint()?;
                 edit.log_number = true;
             }
             4 => {
@@ -455,7 +451,6 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
             7 | 100 | 102 | 103 => {
                 i.varint()?;
                 let number = i.varint()?;
-                edit.added.push(number);
                 if tag == 102 {
                     i.varint()?; // path id
                 }

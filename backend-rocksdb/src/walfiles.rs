@@ -73,6 +73,8 @@ pub(crate) struct LogReader {
     block: Vec<u8>,
     /// Bytes of `block` read from the file.
     len: usize,
+    /// Where `block` starts in the file.
+    offset: u64,
     /// Where the next record header is in `block`.
     pos: usize,
     /// The file gave less than a block: nothing comes after `len`.
@@ -96,6 +98,7 @@ impl LogReader {
             number: file.number,
             block: vec![0; BLOCK],
             len: 0,
+            offset: 0,
             pos: 0,
             last: false,
             started: false,
@@ -115,6 +118,9 @@ impl LogReader {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("WAL file {:06}.log: {e}", self.number)),
             }
+        }
+        if self.started {
+            self.offset += BLOCK as u64;
         }
         self.started = true;
         self.len = n;
@@ -189,9 +195,9 @@ impl LogReader {
 
     fn damage(&self, what: &str) -> String {
         format!(
-            "WAL file {:06}.log holds {what} near byte {}",
+            "WAL file {:06}.log holds {what} at byte {}",
             self.number,
-            self.pos // within the current block
+            self.offset + self.pos as u64
         )
     }
 }
