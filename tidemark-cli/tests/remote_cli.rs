@@ -573,16 +573,9 @@ fn key_value_stores_go_through_the_bucket_prune_and_scheduled_jobs() {
 #[cfg(all(feature = "rocksdb", feature = "sled"))]
 #[test]
 fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() {
-    use common::kv::{differences, kv_content, kv_write};
+    use common::kv::{kv_content, kv_write};
     let restores_to = |d: &Path, kind: &str, dest: &str, name: &str, want: &common::kv::Content| {
-        let v = ok(&["verify", dest], d);
-        assert!(v.contains("is intact"), "{kind} {dest}: {v}");
-        ok(
-            &["restore", "--from", dest, "--to", &format!("{kind}:{name}")],
-            d,
-        );
-        let diff = differences(&kv_content(kind, &d.join(name)), want);
-        assert!(diff.is_empty(), "{kind} restored from {dest}: {diff:#?}");
+        common::kv::assert_kv_restores(ok, d, kind, dest, name, want);
     };
     for kind in ["rocksdb", "sled"] {
         let t = tempfile::tempdir().unwrap();
@@ -654,15 +647,7 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
         db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
     }
     db.flush_wal(true).unwrap();
-    let mut child = cmd(d)
-        .args(["backup", "--source", "rocksdb:app", "--format", "archive"])
-        .args(["--to", "live-local", "--to", &url, "--compression", "zstd"])
-        .args(["--live", "--interval", "0.2", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stdout_lines(&mut child);
+    let (child, rx) = live_to_both(d, "rocksdb:app", "live-local", &url);
     let mut next = 1_000u32;
     write_until_runs(&rx, 4, || {
         db.put(format!("k{next:04}"), format!("live{next}"))
@@ -680,6 +665,26 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
     assert!(want.keys().any(|(_, k)| k == b"last"));
     restores_to(d, "rocksdb", "live-local", "live-from-local", &want);
     restores_to(d, "rocksdb", &url, "live-from-s3", &want);
+}
+
+/// `backup --live --interval 0.2 --json` of `source` into archive chains (zstd) in the directory
+/// `local` and at `url` at once, started in `d`; with its stdout lines as they come.
+fn live_to_both(
+    d: &Path,
+    source: &str,
+    local: &str,
+    url: &str,
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd(d)
+        .args(["backup", "--source", source, "--format", "archive"])
+        .args(["--to", local, "--to", url, "--compression", "zstd"])
+        .args(["--live", "--interval", "0.2", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(&mut child);
+    (child, rx)
 }
 
 /// The lines `child` prints on stdout, as they come (read on a thread of their own).
@@ -1072,15 +1077,7 @@ fn live_to_several_destinations() {
     let d = t.path();
     source(d);
     let url = format!("{}/live", bucket("live-several"));
-    let mut child = cmd(d)
-        .args(["backup", "--source", "sqlite:src.db", "--format", "archive"])
-        .args(["--to", "local", "--to", &url, "--compression", "zstd"])
-        .args(["--live", "--interval", "0.2", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let rx = stdout_lines(&mut child);
+    let (child, rx) = live_to_both(d, "sqlite:src.db", "local", &url);
     let conn = rusqlite::Connection::open(d.join("src.db")).unwrap();
     let mut next = 20_000;
     write_until_runs(&rx, 5, || {

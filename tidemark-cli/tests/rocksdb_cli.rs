@@ -259,21 +259,24 @@ fn assert_restores(d: &Path, dest: &str, copy: &str, expected: &serde_json::Valu
     assert_eq!(&app_dump(d, copy), expected, "restore of {dest}");
 }
 
-/// `tidemark backup --source rocksdb:src --to DEST --format FORMAT` in `d`: its output, and its
-/// stdout and stderr as one text (a run says on stderr why it does not read the WAL).
-fn backup_of_src(d: &Path, dest: &str, format: &str) -> (std::process::Output, String) {
-    let out = common::tidemark(
-        &[
-            "backup",
-            "--source",
-            "rocksdb:src",
-            "--to",
-            dest,
-            "--format",
-            format,
-        ],
-        d,
-    );
+/// `tidemark [FLAGS] backup --source rocksdb:src --to DEST --format FORMAT` in `d`: its output,
+/// and its stdout and stderr as one text (a run says on stderr why it does not read the WAL).
+fn backup_of_src(
+    d: &Path,
+    flags: &[&str],
+    dest: &str,
+    format: &str,
+) -> (std::process::Output, String) {
+    let backup = [
+        "backup",
+        "--source",
+        "rocksdb:src",
+        "--to",
+        dest,
+        "--format",
+        format,
+    ];
+    let out = common::tidemark(&[flags, &backup[..]].concat(), d);
     let text = common::output_text(&out);
     (out, text)
 }
@@ -498,7 +501,7 @@ fn assert_each_restores(d: &Path, dests: &[(&str, &str)], expected: &serde_json:
 /// diff-based incremental) and said all of `says`.
 fn backups_compare_every_record(d: &Path, dests: &[(&str, &str)], says: &[&str]) {
     for &(dest, format) in dests {
-        let (out, text) = backup_of_src(d, dest, format);
+        let (out, text) = backup_of_src(d, &[], dest, format);
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental, diff-based)")
@@ -678,7 +681,7 @@ fn a_compaction_before_a_reopen_keeps_the_wal_in_use_where_the_log_shows_no_inge
         // Opens the database again: a new MANIFEST.
         let expected = app_dump(d, "src");
         if round == 1 {
-            let (out, text) = backup_of_src(d, "ar", "archive");
+            let (out, text) = backup_of_src(d, &[], "ar", "archive");
             assert!(
                 out.status.success()
                     && text.contains("Backup (incremental)")
@@ -749,7 +752,7 @@ fn a_queues_compactions_keep_incrementals_reading_the_wal() {
     common::backup(d, "rocksdb:src", "ar", "archive");
     for round in ["1", "2", "3"] {
         common::rocksapp(&["queue", "src", round], d);
-        let (out, text) = backup_of_src(d, "ar", "archive");
+        let (out, text) = backup_of_src(d, &[], "ar", "archive");
         assert!(
             out.status.success()
                 && text.contains("Backup (incremental)")
@@ -1084,22 +1087,10 @@ fn a_database_of_more_sst_files_than_the_soft_open_files_limit() {
     assert!(!d.join("refused").exists());
 }
 
-/// `tidemark -vv backup … --format archive` of `src` to `ar`: its stdout and stderr as one text.
+/// `tidemark -vv backup … --format archive` of `src` to `ar`, which must succeed: its stdout
+/// and stderr as one text.
 fn traced_backup(d: &Path) -> String {
-    let out = common::tidemark(
-        &[
-            "-vv",
-            "backup",
-            "--source",
-            "rocksdb:src",
-            "--to",
-            "ar",
-            "--format",
-            "archive",
-        ],
-        d,
-    );
-    let text = common::output_text(&out);
+    let (out, text) = backup_of_src(d, &["-vv"], "ar", "archive");
     assert!(out.status.success(), "{text}");
     text
 }

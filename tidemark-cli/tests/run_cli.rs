@@ -658,7 +658,7 @@ fn run_speaks_json() {
 #[cfg(all(feature = "rocksdb", feature = "sled"))]
 #[test]
 fn key_value_stores_under_schedules_metrics_and_heartbeats() {
-    use common::kv::{differences, kv_content, kv_write, Content};
+    use common::kv::{kv_content, kv_write, Content};
     let t = tempfile::tempdir().unwrap();
     let d = t.path();
     let puts = |round: u32| -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
@@ -755,14 +755,7 @@ cron = "0 15 4 * * *"
     };
     let restores_to = |kind: &str, from: &Path, name: &str, want: &Content| {
         let from = from.to_str().unwrap();
-        let v = ok(&["verify", from], d);
-        assert!(v.contains("is intact"), "{from}: {v}");
-        ok(
-            &["restore", "--from", from, "--to", &format!("{kind}:{name}")],
-            d,
-        );
-        let diff = differences(&kv_content(kind, &d.join(name)), want);
-        assert!(diff.is_empty(), "{kind} restored from {from}: {diff:#?}");
+        common::kv::assert_kv_restores(ok, d, kind, from, name, want);
     };
     let log = ok(&["run", "--config", "jobs.toml", "--once"], d);
     assert_eq!(log.matches("Archive (full)").count(), 4, "{log}");

@@ -123,6 +123,27 @@ pub fn kv_write(
     }
 }
 
+/// Verifies the backup `from` (it must be intact), restores it into a new `kind` store `name`
+/// in `d`, and asserts that the store's own library reads there what `want` holds. `ok` runs
+/// `tidemark` with the arguments in a directory and returns its stdout (it must succeed).
+pub fn assert_kv_restores(
+    ok: impl Fn(&[&str], &Path) -> String,
+    d: &Path,
+    kind: &str,
+    from: &str,
+    name: &str,
+    want: &Content,
+) {
+    let v = ok(&["verify", from], d);
+    assert!(v.contains("is intact"), "{kind} {from}: {v}");
+    ok(
+        &["restore", "--from", from, "--to", &format!("{kind}:{name}")],
+        d,
+    );
+    let diff = differences(&kv_content(kind, &d.join(name)), want);
+    assert!(diff.is_empty(), "{kind} restored from {from}: {diff:#?}");
+}
+
 /// The differences between two contents, briefly (a few entries, not two whole maps).
 pub fn differences(got: &Content, want: &Content) -> Vec<String> {
     let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
