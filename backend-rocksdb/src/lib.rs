@@ -34,6 +34,7 @@
 
 mod infolog;
 mod ingest;
+mod logformat;
 mod manifest;
 pub mod wal;
 mod walfiles;

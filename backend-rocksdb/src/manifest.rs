@@ -25,9 +25,8 @@
 //! are gone, and what they may have hidden is told from the files' smallest sequence numbers,
 //! the info LOG ([`crate::infolog`]) and, for FIFO compaction, the files that are gone.
 //!
-//! Formats (RocksDB's `db/log_format.h`, `db/log_writer.cc`, `db/version_edit.cc`): the file
-//! is a log of 32 KiB blocks of records (a 7-byte header: masked CRC32C, length, type), each
-//! edit one logical record; an edit is a sequence of varint tags and their fields.
+//! Formats (RocksDB's `db/version_edit.cc`): the file is a log ([`crate::logformat`]) whose
+//! logical records are edits, each a sequence of varint tags and their fields.
 
 use std::path::Path;
 
@@ -230,76 +229,46 @@ pub(crate) fn since(
     Ok((end, why))
 }
 
-const BLOCK: u64 = 32 * 1024;
-
-/// Logical records, each with the offset it starts at.
-type Records = Vec<(u64, Vec<u8>)>;
-
 /// The logical records of `bytes` (which start at offset `start` of the file, on a record's
-/// start), and the offset after the last whole one.
-fn records(bytes: &[u8], start: u64) -> Result<(Records, u64), String> {
+/// start), and the offset after the last whole one. Unlike a WAL file's, a MANIFEST's records
+/// may be of the recyclable types (their log number is not checked: a MANIFEST is never
+/// recycled), and metadata records are skipped.
+fn records(bytes: &[u8], start: u64) -> Result<(Vec<Record>, u64), String> {
+    let block = logformat::BLOCK as u64;
     let mut out = Vec::new();
     let mut end = start;
     let mut pos = start;
-    let mut pending: Option<(u64, Vec<u8>)> = None;
-    let at = |p: u64| (p - start) as usize;
+    let mut assembler = Assembler::default();
     loop {
-        let left_in_block = BLOCK - pos % BLOCK;
-        if left_in_block < 7 {
-            // The block's trailer: zeros.
-            pos += left_in_block;
-            continue;
-        }
-        let Some(h) = bytes.get(at(pos)..at(pos) + 7) else {
-            break;
-        };
-        let kind = h[6];
-        let len = u64::from(u16::from_le_bytes([h[4], h[5]]));
-        if kind == 0 && len == 0 {
-            break; // preallocated space: nothing written yet
-        }
-        // Recyclable records carry a 4-byte log number after the header.
-        let header: u64 = if matches!(kind, 5..=8 | 11 | 131) {
-            11
-        } else {
-            7
-        };
-        if header + len > left_in_block {
-            return Err(format!("record at byte {pos} crosses its block"));
-        }
-        let Some(body) = bytes.get(at(pos + header)..at(pos + header + len)) else {
-            break; // not whole yet
-        };
-        let want = unmask(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
-        // Over the type, a recyclable record's log number and the payload, which follow
-        // one another.
-        let crc = crc32c(&bytes[at(pos + 6)..at(pos + header + len)]);
-        if crc != want {
-            return Err(format!("record at byte {pos} does not match its checksum"));
-        }
-        let next = pos + header + len;
-        match kind {
-            1 | 5 => {
-                out.push((pos, body.to_vec()));
-                end = next;
+        let left = (block - pos % block) as usize;
+        let at = (pos - start) as usize;
+        let rest = bytes
+            .get(at..bytes.len().min(at + left))
+            .unwrap_or_default();
+        let damage = |e| format!("record at byte {pos}: {e}");
+        let (kind, payload, len) = match logformat::physical(rest, left).map_err(damage)? {
+            Physical::Trailer => {
+                pos += left as u64;
+                continue;
             }
-            2 | 6 => pending = Some((pos, body.to_vec())),
-            3 | 7 | 4 | 8 => {
-                let Some((first, mut record)) = pending.take() else {
-                    return Err(format!("record at byte {pos} continues nothing"));
-                };
-                record.extend_from_slice(body);
-                if matches!(kind, 4 | 8) {
-                    out.push((first, record));
+            Physical::End => break,
+            Physical::Record { kind, payload, len } => (kind, payload, len),
+        };
+        let next = pos + len as u64;
+        match kind {
+            Kind::Data { piece, .. } => {
+                if let Some(record) = assembler.add(pos, piece, payload).map_err(damage)? {
+                    out.push(record);
                     end = next;
-                } else {
-                    pending = Some((first, record));
                 }
             }
             // Compression and timestamp-size records (WAL only) and ignorable ones.
-            9..=11 => end = next,
-            k if k & 0x80 != 0 => end = next,
-            k => return Err(format!("record at byte {pos} of unknown type {k}")),
+            Kind::Compression | Kind::TimestampSizes | Kind::Ignorable => {
+                if !assembler.pending() {
+                    end = next;
+                }
+            }
+            Kind::Unknown(t) => return Err(damage(&format!("of unknown type {t}"))),
         }
         pos = next;
     }
@@ -518,7 +487,7 @@ fn parse_edit(bytes: &[u8]) -> Result<Edit, String> {
     Ok(edit)
 }
 
-use crate::walfiles::{crc32c, unmask};
+use crate::logformat::{self, Assembler, Kind, Physical, Record};
 
 #[cfg(test)]
 mod tests {
@@ -567,25 +536,10 @@ mod tests {
             .1
     }
 
-    /// One physical record of type FULL, as `log::Writer` writes it.
+    /// One logical record, as `log::Writer` writes it (all the tests' records fit in their
+    /// block).
     fn record(out: &mut Vec<u8>, payload: &[u8]) {
-        let typed: Vec<u8> = std::iter::once(1).chain(payload.iter().copied()).collect();
-        let crc = crc32c(&typed);
-        let masked = crc.rotate_right(15).wrapping_add(0xa282_ead8);
-        out.extend_from_slice(&masked.to_le_bytes());
-        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
-        out.push(1);
-        out.extend_from_slice(payload);
-    }
-
-    #[test]
-    fn crc32c_is_castagnolis() {
-        // RFC 3720's check value.
-        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
-        assert_eq!(
-            unmask(0x1234_5678_u32.rotate_right(15).wrapping_add(0xa282_ead8)),
-            0x1234_5678
-        );
+        out.extend(logformat::write(&[payload], out.len()));
     }
 
     #[test]

@@ -7,12 +7,10 @@
 //! neither: the MANIFEST ([`crate::manifest::replay`]) gives the column families, the live SST
 //! files and the last flushed sequence number, and the WAL files give the batches after it.
 //!
-//! Format (RocksDB's `db/log_format.h`, `db/log_reader.cc`): a WAL file `NNNNNN.log` (in the
-//! database's directory, or in `archive/` once obsolete and kept by a WAL TTL) is a sequence of
-//! 32 KiB blocks of records, each a 7-byte header (masked CRC32C of the type and payload, payload
-//! length, type) and its payload; a block's last 6 bytes or fewer are zeros. A write batch is one
-//! logical record: a FULL record, or FIRST, MIDDLE… and LAST fragments. Its payload starts with
-//! the batch's first sequence number (8 bytes) and its count of sequence-consuming records (4).
+//! Format: a WAL file `NNNNNN.log` (in the database's directory, or in `archive/` once
+//! obsolete and kept by a WAL TTL) is a log of 32 KiB blocks ([`crate::logformat`]), in which a
+//! write batch is one logical record. Its payload starts with the batch's first sequence number
+//! (8 bytes) and its count of sequence-consuming records (4).
 //!
 //! Anything this reader does not know makes it stop with an error, and the caller falls back to
 //! reading through RocksDB: recyclable records (`recycle_log_file_num`), WAL compression, user
@@ -24,8 +22,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-const BLOCK: usize = 32 * 1024;
-const HEADER: usize = 7;
+use crate::logformat::{self, Assembler, Kind, Physical, BLOCK};
 
 /// A WAL file: its number and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,63 +129,45 @@ impl LogReader {
     /// The next whole logical record (a write batch), `None` at the end of the file or at a
     /// record cut short there.
     pub(crate) fn next_record(&mut self) -> Result<Option<Vec<u8>>, String> {
-        let mut pending: Option<Vec<u8>> = None;
+        let mut assembler = Assembler::default();
         loop {
-            if self.len - self.pos < HEADER {
-                // Before the first block, a whole block's trailer, or the end of the file.
-                if (self.len == BLOCK || !self.started) && self.next_block()? {
+            if !self.started && !self.next_block()? {
+                return Ok(None);
+            }
+            let rest = &self.block[self.pos..self.len];
+            let step = logformat::physical(rest, BLOCK - self.pos).map_err(|e| self.damage(e))?;
+            let Physical::Record { kind, payload, len } = step else {
+                // A whole block's trailer; a short block is the end of the file.
+                let trailer = matches!(step, Physical::Trailer);
+                if trailer && self.len == BLOCK && self.next_block()? {
                     continue;
                 }
                 return Ok(None);
-            }
-            let h = &self.block[self.pos..self.pos + HEADER];
-            let kind = h[6];
-            let size = usize::from(u16::from_le_bytes([h[4], h[5]]));
-            if kind == 0 && size == 0 {
-                return Ok(None); // preallocated space: nothing written yet
-            }
-            let body_at = self.pos + HEADER;
-            if body_at + size > self.len {
-                if self.len == BLOCK {
-                    return Err(self.damage("a record that crosses its block"));
+            };
+            let piece = match kind {
+                Kind::Data {
+                    recyclable: false,
+                    piece,
+                } => piece,
+                Kind::Ignorable => {
+                    self.pos += len;
+                    continue;
                 }
-                return Ok(None); // cut short: still being written
-            }
-            let want = unmask(u32::from_le_bytes([h[0], h[1], h[2], h[3]]));
-            // Over the type and the payload, which follows it.
-            let crc = crc32c(&self.block[self.pos + 6..body_at + size]);
-            let body = &self.block[body_at..body_at + size];
-            if crc != want {
-                return Err(self.damage("a record that does not match its checksum"));
-            }
-            self.pos = body_at + size;
-            match kind {
-                1 => {
-                    if pending.is_some() {
-                        return Err(self.damage("a whole record inside a fragmented one"));
-                    }
-                    return Ok(Some(body.to_vec()));
+                Kind::Data { .. } => {
+                    return Err(self.damage("a recyclable record (recycle_log_file_num)"))
                 }
-                2 => {
-                    if pending.is_some() {
-                        return Err(self.damage("a first fragment inside a fragmented record"));
-                    }
-                    pending = Some(body.to_vec());
+                Kind::Compression => return Err(self.damage("WAL compression (wal_compression)")),
+                Kind::TimestampSizes => return Err(self.damage("user-defined timestamp sizes")),
+                Kind::Unknown(t) => {
+                    return Err(self.damage(&format!("a record of unknown type {t}")))
                 }
-                3 | 4 => {
-                    let Some(record) = pending.as_mut() else {
-                        return Err(self.damage("a fragment that continues nothing"));
-                    };
-                    record.extend_from_slice(body);
-                    if kind == 4 {
-                        return Ok(pending.take());
-                    }
-                }
-                k if k & 0x80 != 0 => {} // ignorable (a newer RocksDB's metadata)
-                5..=8 => return Err(self.damage("a recyclable record (recycle_log_file_num)")),
-                9 => return Err(self.damage("WAL compression (wal_compression)")),
-                10 => return Err(self.damage("user-defined timestamp sizes")),
-                k => return Err(self.damage(&format!("a record of unknown type {k}"))),
+            };
+            let record = assembler
+                .add(0, piece, payload)
+                .map_err(|e| self.damage(e))?;
+            self.pos += len;
+            if let Some((_, record)) = record {
+                return Ok(Some(record));
             }
         }
     }
@@ -328,15 +307,4 @@ impl Iterator for Batches {
         }
         None
     }
-}
-
-/// RocksDB's stored checksum, unmasked (`crc32c::Unmask`).
-pub(crate) fn unmask(masked: u32) -> u32 {
-    let rot = masked.wrapping_sub(0xa282_ead8);
-    rot.rotate_left(15)
-}
-
-/// CRC32C (Castagnoli) of `data` (with the CPU's instructions where it has them).
-pub(crate) fn crc32c(data: &[u8]) -> u32 {
-    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, data) as u32
 }
