@@ -16,7 +16,9 @@ use crate::keyindex::{self, Entry, IndexBuilder, IndexWriter, KeyChanges, Layere
 use crate::manifest::{
     now_rfc3339, FolderManifest, ManifestCollection, RunKind, FOLDER_FORMAT, FOLDER_FORMAT_VERSION,
 };
-use crate::model::{Change, ChangeOp, CollectionInfo, CollectionName, Key, Record, Value};
+use crate::model::{
+    Change, ChangeOp, CollectionInfo, CollectionName, Key, Record, StoreSchema, Value,
+};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -561,12 +563,13 @@ fn run_once<T: Target>(
     events: &mut dyn FnMut(Event),
     one_snapshot: bool,
 ) -> Result<Completed<T::Run>> {
-    let open_view = || -> Result<Box<dyn View + '_>> {
+    // A view of the store, with what a run reads of it first.
+    let open_view = || -> Result<Taken<'_>> {
         let mut view = backend.view()?;
         if one_snapshot {
             view.read_in_one_snapshot();
         }
-        Ok(view)
+        Taken::of(view)
     };
     if let Ok(p) = previous {
         if p.store_kind != backend.kind() {
@@ -590,13 +593,15 @@ fn run_once<T: Target>(
         previous.is_ok() && options.mode == BackupMode::Auto && !interrupted && !one_snapshot;
     let log_view = if wants_log { backend.log_view()? } else { None };
     let log_only = log_view.is_some();
-    let mut view = match log_view {
-        Some(v) => v,
+    let Taken {
+        mut view,
+        mut start,
+        mut collections,
+        mut store_schema,
+    } = match log_view {
+        Some(v) => Taken::of(v)?,
         None => open_view()?,
     };
-    let mut start = view.checkpoint().clone();
-    let mut collections = view.collections()?;
-    let mut store_schema = view.store_schema()?;
     // The previous backup's marks, where it was of this same store.
     let previous_marks = previous
         .ok()
@@ -645,10 +650,12 @@ fn run_once<T: Target>(
             if let (Err(reason), true) = (&attempt, log_only) {
                 tracing::debug!(%reason, "the log-only view cannot take the incremental: reading the store");
                 marks.released_with = None;
-                view = open_view()?;
-                start = view.checkpoint().clone();
-                collections = view.collections()?;
-                store_schema = view.store_schema()?;
+                Taken {
+                    view,
+                    start,
+                    collections,
+                    store_schema,
+                } = open_view()?;
                 attempt = try_incremental(
                     target,
                     prev,
@@ -664,9 +671,12 @@ fn run_once<T: Target>(
                     // An incremental that let its snapshot go before it failed: whatever comes
                     // next reads a new one.
                     if marks.released_with.take().is_some() {
-                        view = open_view()?;
-                        collections = view.collections()?;
-                        store_schema = view.store_schema()?;
+                        Taken {
+                            view,
+                            start,
+                            collections,
+                            store_schema,
+                        } = open_view()?;
                     }
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
@@ -732,6 +742,25 @@ fn run_once<T: Target>(
         store_schema,
         store_marks,
     })
+}
+
+/// A view and what a run reads of it first: its checkpoint, collections and store schema.
+struct Taken<'a> {
+    view: Box<dyn View + 'a>,
+    start: Checkpoint,
+    collections: Vec<CollectionInfo>,
+    store_schema: StoreSchema,
+}
+
+impl<'a> Taken<'a> {
+    fn of(mut view: Box<dyn View + 'a>) -> Result<Self> {
+        Ok(Taken {
+            start: view.checkpoint().clone(),
+            collections: view.collections()?,
+            store_schema: view.store_schema()?,
+            view,
+        })
+    }
 }
 
 /// An incremental over `prev` through `view` (at checkpoint `start`, with `collections`), or
