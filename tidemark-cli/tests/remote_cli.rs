@@ -9,7 +9,7 @@
 
 mod common;
 use common::{assert_same_dump, dump, sql};
-use conformance_tests::s3::{bucket, http, moto};
+use conformance_tests::s3::{bucket, http, moto, Proxy};
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -727,64 +727,8 @@ fn write_until_runs(
     }
 }
 
-/// A TCP proxy between tidemark and the S3 server that can stop forwarding (an outage):
-/// `down` cuts every open connection and refuses new ones until `up`.
-struct Proxy {
-    port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(target: u16) -> Proxy {
-        use std::sync::atomic::Ordering;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
-        let (flag, list) = (up.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if !flag.load(Ordering::SeqCst) {
-                    let _ = client.shutdown(std::net::Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                    continue;
-                };
-                {
-                    let mut l = list.lock().unwrap();
-                    l.push(client.try_clone().unwrap());
-                    l.push(server.try_clone().unwrap());
-                }
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server, client),
-                ] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Write);
-                    });
-                }
-            }
-        });
-        Proxy { port, up, conns }
-    }
-
-    fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
-    }
-
-    fn up(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// `--live` to S3 through a proxy that stops forwarding for 10 seconds mid-run: the live backup
+/// `--live` to S3 through a proxy that stops forwarding for 10 seconds mid-run, for SQLite and
+/// for RocksDB beside its application (this process, holding the database): the live backup
 /// rides out the outage, SIGTERM flushes the last changes, and the bucket's chain verifies and
 /// restores to exactly the source (nothing lost, nothing twice: the chain's sequence has no gap
 /// and no repeat, which verify checks).
@@ -794,23 +738,71 @@ fn live_to_s3_survives_a_network_outage() {
     let d = t.path();
     source(d);
     let url = format!("{}/live", bucket("live-outage"));
+    let conn = rusqlite::Connection::open(d.join("src.db")).unwrap();
+    let mut next = 10_000;
+    live_through_an_outage(d, "sqlite:src.db", &url, || {
+        conn.execute(
+            "INSERT INTO t VALUES (?1, 'live', x'01')",
+            rusqlite::params![next],
+        )
+        .unwrap();
+        conn.execute("UPDATE t SET v = 'u' || ?1 WHERE id = ?1 % 400 + 1", [next])
+            .unwrap();
+        next += 1;
+    });
+    assert_same_dump(
+        &restore(d, &url, None, "after-outage.db"),
+        &dump(&d.join("src.db")),
+        "a live backup through an outage",
+    );
+
+    let app = d.join("app");
+    let url = format!("{}/live", bucket("live-outage-rocksdb"));
+    let db = {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(true);
+        opts.set_wal_ttl_seconds(3600);
+        rocksdb::DB::open(&opts, &app).unwrap()
+    };
+    for i in 0..300u32 {
+        db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
+    }
+    db.flush_wal(true).unwrap();
+    let mut next = 1_000u32;
+    live_through_an_outage(d, "rocksdb:app", &url, || {
+        db.put(format!("k{next:04}"), format!("live{next}"))
+            .unwrap();
+        db.delete(format!("k{:04}", next % 300)).unwrap();
+        if next % 100 == 0 {
+            // Now and then a flush: new SST files and WAL files while the bucket is away.
+            db.flush().unwrap();
+        }
+        db.flush_wal(true).unwrap();
+        next += 1;
+    });
+    drop(db);
+    let want = common::kv::kv_content("rocksdb", &app);
+    // About 20 writes a second for 15 seconds, the last one in the restore.
+    assert!(next > 1_200, "the application wrote {} times", next - 1_000);
+    let last = format!("k{:04}", next - 1).into_bytes();
+    assert!(
+        want.keys().any(|(_, k)| *k == last),
+        "the last write is there"
+    );
+    common::kv::assert_kv_restores(ok, d, "rocksdb", &url, "rocksdb-after-outage", &want);
+}
+
+/// Runs `backup --live --interval 0.5` of `source` to `url` (archives, zstd) through a
+/// [`Proxy`], calling `write` every 50 ms: 2 seconds, a run, 10 seconds with the proxy down,
+/// 2 seconds with it up again, two more runs, 1 second; then stops it with SIGTERM, which must
+/// end it cleanly, and verifies the chain in the bucket.
+fn live_through_an_outage(d: &Path, source: &str, url: &str, mut write: impl FnMut()) {
     let proxy = Proxy::start(moto());
     let mut child = cmd(d)
-        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{}", proxy.port))
-        .args([
-            "backup",
-            "--source",
-            "sqlite:src.db",
-            "--to",
-            &url,
-            "--format",
-            "archive",
-            "--compression",
-            "zstd",
-            "--live",
-            "--interval",
-            "0.5",
-        ])
+        .env("AWS_ENDPOINT", proxy.endpoint())
+        .args(["backup", "--source", source, "--to", url])
+        .args(["--format", "archive", "--compression", "zstd"])
+        .args(["--live", "--interval", "0.5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -824,24 +816,15 @@ fn live_to_s3_survives_a_network_outage() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => seen.push(line),
-                Err(_) => panic!("no live run came: {seen:#?}"),
+                Err(_) => panic!("{source}: no live run came: {seen:#?}"),
             }
         }
     };
     wait_runs(1, &mut seen);
-    let conn = rusqlite::Connection::open(d.join("src.db")).unwrap();
-    let mut next = 10_000;
     let mut write_for = |secs: u64| {
         let until = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < until {
-            conn.execute(
-                "INSERT INTO t VALUES (?1, 'live', x'01')",
-                rusqlite::params![next],
-            )
-            .unwrap();
-            conn.execute("UPDATE t SET v = 'u' || ?1 WHERE id = ?1 % 400 + 1", [next])
-                .unwrap();
-            next += 1;
+            write();
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -854,7 +837,10 @@ fn live_to_s3_survives_a_network_outage() {
     // Two runs after the outage: the live backup is moving again.
     wait_runs(2, &mut seen);
     write_for(1);
-    assert!(child.try_wait().unwrap().is_none(), "still running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "{source}: still running"
+    );
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -870,14 +856,18 @@ fn live_to_s3_survives_a_network_outage() {
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
         seen.push(line);
     }
-    assert!(status.success(), "live backup failed: {err}\n{seen:#?}");
-    let v = ok(&["verify", &url], d);
-    assert!(v.contains("is intact"), "{v}");
-    assert_same_dump(
-        &restore(d, &url, None, "after-outage.db"),
-        &dump(&d.join("src.db")),
-        "a live backup through an outage",
+    assert!(
+        status.success(),
+        "{source}: live backup failed: {err}\n{seen:#?}"
     );
+    assert!(
+        seen.iter()
+            .chain([&err])
+            .any(|l| l.contains("this run failed")),
+        "{source}: no run met the outage: {err}\n{seen:#?}"
+    );
+    let v = ok(&["verify", url], d);
+    assert!(v.contains("is intact"), "{source}: {v}");
 }
 
 /// `--to` given several times: every destination gets a backup; a destination that fails (a

@@ -1,7 +1,7 @@
 //! A service's in-process live backup straight to object storage: a sled database written by
 //! the service's threads through `TrackedDb`, followed by `LiveBackup` over a chain in a bucket
-//! of a real S3-compatible server (moto, on loopback), compacted as it grows, and stopped with
-//! a last run. The chain verifies, and restores into a new sled database equal, tree by tree,
+//! of a real S3-compatible server (moto, on loopback, behind a proxy that goes down for 6
+//! seconds mid-way), compacted as it grows, and stopped with a last run. The chain verifies, and restores into a new sled database equal, tree by tree,
 //! to the service's (read with sled's own API). sled allows one process per database, so this
 //! is the way a sled database is backed up live: the CLI refuses `--live` on it.
 #![cfg(all(feature = "sled", feature = "remote"))]
@@ -43,7 +43,16 @@ fn trees(db: &sled::Db) -> BTreeMap<Vec<u8>, Rows> {
 fn a_sled_service_backs_up_live_to_a_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("{}/cache", s3::bucket("sled-live"));
-    let chain: Arc<dyn ChainStore> = Arc::new(RemoteChain::open_with(&url, s3::env()).unwrap());
+    // Through a proxy that the test cuts for a while (a network outage).
+    let proxy = s3::Proxy::start(s3::moto());
+    let env: Vec<_> = s3::env()
+        .into_iter()
+        .map(|(k, v)| match k {
+            "AWS_ENDPOINT" => (k, proxy.endpoint()),
+            _ => (k, v),
+        })
+        .collect();
+    let chain: Arc<dyn ChainStore> = Arc::new(RemoteChain::open_with(&url, env).unwrap());
     let db = TrackedDb::open(&dir.path().join("cache")).unwrap();
     for i in 0..200u32 {
         db.insert("pages", format!("page-{i:03}").as_bytes(), &i.to_be_bytes())
@@ -91,18 +100,32 @@ fn a_sled_service_backs_up_live_to_a_bucket() {
             n
         })
     };
+    // Six more runs; after the second, the bucket is away for 6 seconds while the writer goes
+    // on (a run then fails and is retried, or the client's own retries outlast the outage).
     let mut runs = 0;
     let mut written = 0;
+    let mut outage_over = false;
+    let mut failed = 0;
     while runs < 6 {
-        match live.events().recv_timeout(Duration::from_secs(30)) {
+        if runs == 2 && !outage_over {
+            proxy.down();
+            std::thread::sleep(Duration::from_secs(6));
+            proxy.up();
+            outage_over = true;
+        }
+        match live.events().recv_timeout(Duration::from_secs(60)) {
             Ok(LiveEvent::Completed(s)) => {
                 runs += 1;
                 written += s.records_written;
             }
+            Ok(LiveEvent::Run(tidemark::Event::Notice(n))) if n.contains("this run failed") => {
+                failed += 1;
+            }
             Ok(LiveEvent::Run(_)) => {}
-            Err(e) => panic!("no run completed in 30 s: {e}"),
+            Err(e) => panic!("no run completed in 60 s: {e}"),
         }
     }
+    assert!(failed > 0, "no run met the outage");
     stopping.store(true, Ordering::SeqCst);
     let rounds = writer.join().unwrap();
     assert!(
