@@ -11,7 +11,6 @@ mod common;
 use common::{assert_same_dump, dump, sql};
 use conformance_tests::s3::{bucket, http, moto, Proxy};
 use std::io::Read;
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
