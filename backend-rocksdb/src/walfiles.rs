@@ -19,10 +19,10 @@
 //! file is where that file ends (the application is writing it, or crashed writing it).
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::logformat::{self, Assembler, Kind, Physical, BLOCK};
+use crate::logformat::{self, Assembler, Kind, Physical, Piece, BLOCK};
 
 /// A WAL file: its number and where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +126,102 @@ impl LogReader {
         Ok(n > 0)
     }
 
+    /// Moves to block `index` of the file, to its first record; `false` when the file holds no
+    /// byte of that block.
+    fn seek_block(&mut self, index: u64) -> Result<bool, String> {
+        let at = index * BLOCK as u64;
+        self.file
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| format!("WAL file {:06}.log: {e}", self.number))?;
+        self.offset = at;
+        self.started = false;
+        self.last = false;
+        self.next_block()
+    }
+
+    /// Where in the block read last the first logical record that starts there starts (a
+    /// FULL or FIRST record): a block always begins with a physical record, but it may be the
+    /// rest of a record begun before. `None` when none starts in it.
+    fn first_start(&self) -> Result<Option<usize>, String> {
+        let mut pos = 0;
+        loop {
+            let rest = &self.block[pos..self.len];
+            let damage = |what: &str| {
+                format!(
+                    "WAL file {:06}.log holds {what} at byte {}",
+                    self.number,
+                    self.offset + pos as u64
+                )
+            };
+            match logformat::physical(rest, BLOCK - pos).map_err(damage)? {
+                Physical::Trailer | Physical::End => return Ok(None),
+                Physical::Record {
+                    kind:
+                        Kind::Data {
+                            piece: Piece::Full | Piece::First,
+                            recyclable: false,
+                        },
+                    ..
+                } => return Ok(Some(pos)),
+                Physical::Record {
+                    kind:
+                        Kind::Data {
+                            recyclable: false, ..
+                        }
+                        | Kind::Ignorable,
+                    len,
+                    ..
+                } => pos += len,
+                // What the reader refuses, it refuses here too.
+                Physical::Record { .. } => return Err(damage("a record it cannot read")),
+            }
+        }
+    }
+
+    /// Moves to where reading the batches after sequence number `since` starts: the first
+    /// batch that starts in the last block whose first batch starts at or before `since + 1`
+    /// (the file's start when none does), found by a binary search over the file's blocks
+    /// (the batches before it are all at or before `since`). A WAL file grows to the size of a
+    /// memtable, and an incremental's batches are often its last few.
+    fn skip_to(&mut self, since: u64) -> Result<(), String> {
+        let target = since.saturating_add(1);
+        let size = self
+            .file
+            .metadata()
+            .map_err(|e| format!("WAL file {:06}.log: {e}", self.number))?
+            .len();
+        let (mut lo, mut hi) = (0, size.div_ceil(BLOCK as u64));
+        let mut best = None;
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            // The first batch that starts in a block from `mid` on (a long batch's fragments
+            // fill whole blocks).
+            let mut found = None;
+            let mut b = mid;
+            while found.is_none() && b < hi && self.seek_block(b)? {
+                found = self.first_start()?.map(|start| (b, start));
+                b += 1;
+            }
+            let Some((block, start)) = found else {
+                hi = mid;
+                continue;
+            };
+            self.pos = start;
+            match self.next_record()?.as_deref().and_then(batch_header) {
+                Some((seq, _)) if seq <= target => {
+                    best = Some((block, start));
+                    lo = block + 1;
+                }
+                // Later, or being written.
+                _ => hi = mid,
+            }
+        }
+        let (block, start) = best.unwrap_or((0, 0));
+        self.seek_block(block)?;
+        self.pos = start.min(self.len);
+        Ok(())
+    }
+
     /// The next whole logical record (a write batch), `None` at the end of the file or at a
     /// record cut short there.
     pub(crate) fn next_record(&mut self) -> Result<Option<Vec<u8>>, String> {
@@ -224,13 +320,39 @@ pub(crate) fn starting_file(dir: &Path, files: &[WalFile], since: u64) -> Result
 /// file that holds one), or `None` when they hold none.
 pub(crate) fn end(dir: &Path, files: &[WalFile]) -> Result<Option<u64>, String> {
     for f in files.iter().rev() {
-        let mut r = LogReader::open(dir, f).map_err(|e| format!("{}: {e}", f.path.display()))?;
+        if let Some(end) = file_end(dir, f)? {
+            return Ok(Some(end));
+        }
+    }
+    Ok(None)
+}
+
+/// The end of the last whole batch of `file`, read from its last blocks: from the last block
+/// in which a batch starts, to the end of the file; when no batch there is whole (the last one
+/// is being written), from the block before that one in which a batch starts, and so on. A
+/// WAL file grows to the size of a memtable (64 MiB by default), and its older batches are
+/// [`batches`]' to read, and check, when it needs them.
+fn file_end(dir: &Path, file: &WalFile) -> Result<Option<u64>, String> {
+    let mut r = LogReader::open(dir, file).map_err(|e| format!("{}: {e}", file.path.display()))?;
+    let size = r
+        .file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", file.path.display()))?
+        .len();
+    for index in (0..size.div_ceil(BLOCK as u64)).rev() {
+        if !r.seek_block(index)? {
+            continue;
+        }
+        let Some(start) = r.first_start()? else {
+            continue;
+        };
+        r.pos = start;
         let mut last = None;
         while let Some(record) = r.next_record()? {
             let (seq, count) = batch_header(&record).ok_or_else(|| {
                 format!(
                     "WAL file {:06}.log: a batch shorter than its header",
-                    f.number
+                    file.number
                 )
             })?;
             last = Some(seq + count.max(1) - 1);
@@ -256,11 +378,22 @@ pub(crate) struct Batches {
 
 /// The batches of `files` (in `dir`) that start after sequence number `since`.
 pub(crate) fn batches(dir: &Path, files: &[WalFile], since: u64) -> Result<Batches, String> {
+    let first = starting_file(dir, files, since)?;
+    // The first file is read from the batch to start from, not from its start.
+    let reader = match files.get(first) {
+        Some(file) => {
+            let mut r =
+                LogReader::open(dir, file).map_err(|e| format!("{}: {e}", file.path.display()))?;
+            r.skip_to(since)?;
+            Some(r)
+        }
+        None => None,
+    };
     Ok(Batches {
         dir: dir.to_path_buf(),
         files: files.to_vec(),
-        next_file: starting_file(dir, files, since)?,
-        reader: None,
+        next_file: first + 1,
+        reader,
         since,
         done: false,
     })
@@ -306,5 +439,122 @@ impl Iterator for Batches {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch of `count` sequence numbers from `seq`, `len` bytes in all.
+    fn batch(seq: u64, count: u32, len: usize) -> Vec<u8> {
+        let mut b = seq.to_le_bytes().to_vec();
+        b.extend_from_slice(&count.to_le_bytes());
+        b.resize(len.max(12), 0xab);
+        b
+    }
+
+    /// The end of the last whole batch of `file`, read from its start (what `file_end` did
+    /// before it read from the tail).
+    fn end_from_start(dir: &Path, file: &WalFile) -> Option<u64> {
+        let mut r = LogReader::open(dir, file).expect("open");
+        let mut last = None;
+        while let Some(record) = r.next_record().expect("read") {
+            let (seq, count) = batch_header(&record).expect("header");
+            last = Some(seq + count.max(1) - 1);
+        }
+        last
+    }
+
+    /// The end is read from the file's last blocks only: damage at its start (which
+    /// [`batches`] finds when it reads there) does not stop it, and a batch being written at
+    /// the end is not counted.
+    #[test]
+    fn the_end_is_read_from_the_last_blocks() {
+        let batches: Vec<Vec<u8>> = (0..10u64).map(|i| batch(1 + 2 * i, 2, 20_000)).collect();
+        let refs: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+        let mut log = crate::logformat::write(&refs, 0);
+        log[100] ^= 1;
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = WalFile {
+            number: 9,
+            path: dir.path().join("000009.log"),
+        };
+        std::fs::write(&file.path, &log).expect("write");
+        assert_eq!(file_end(dir.path(), &file), Ok(Some(20)));
+        let mut r = LogReader::open(dir.path(), &file).expect("open");
+        let e = r.next_record().expect_err("damaged");
+        assert!(e.contains("checksum at byte 0"), "{e}");
+        // The last batch cut short: the one before it ends the file.
+        log.truncate(log.len() - 3);
+        std::fs::write(&file.path, &log).expect("write");
+        assert_eq!(file_end(dir.path(), &file), Ok(Some(18)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Read from its tail, a WAL file ends where it ends read from its start, wherever it
+        /// is cut (a batch being written), and whole with preallocated zeros after it; and the
+        /// batches after a point, read from where the binary search over its blocks starts,
+        /// are those read from its start.
+        #[test]
+        fn the_end_read_from_the_tail_is_the_end_read_from_the_start(
+            sizes in proptest::collection::vec(
+                proptest::prop_oneof![0usize..200, 200usize..40_000, 60_000usize..140_000],
+                1..12,
+            ),
+            cut in 0.0f64..=1.0,
+            since_at in 0.0f64..=1.0,
+            zeros in proptest::prop_oneof![proptest::strategy::Just(0usize), 1usize..70_000],
+        ) {
+            let mut seq = 1u64;
+            let batches: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| {
+                    let count = (i as u32 % 3) + 1;
+                    let b = batch(seq, count, len);
+                    seq += u64::from(count);
+                    b
+                })
+                .collect();
+            let refs: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+            let mut log = crate::logformat::write(&refs, 0);
+            // Cut short (a batch being written), or whole with preallocated space after it
+            // (zeros after a cut would be damage, which both readers refuse).
+            if zeros == 0 {
+                log.truncate((log.len() as f64 * cut) as usize);
+            } else {
+                log.resize(log.len() + zeros, 0);
+            }
+            let dir = tempfile::tempdir().expect("tmp");
+            let file = WalFile {
+                number: 7,
+                path: dir.path().join("000007.log"),
+            };
+            std::fs::write(&file.path, &log).expect("write");
+            let want = end_from_start(dir.path(), &file);
+            proptest::prop_assert_eq!(file_end(dir.path(), &file).expect("end"), want);
+            // The batches after any point, read from the block found by the binary search,
+            // are those read from the start.
+            let mut all = LogReader::open(dir.path(), &file).expect("open");
+            let mut every = Vec::new();
+            while let Some(record) = all.next_record().expect("read") {
+                every.push((batch_header(&record).expect("header").0, record));
+            }
+            for since in [0.0, since_at * seq as f64, seq as f64 - 2.0, seq as f64 + 1.0] {
+                let since = since.max(0.0) as u64;
+                let got: Vec<(u64, Vec<u8>)> = super::batches(dir.path(), std::slice::from_ref(&file), since)
+                    .expect("batches")
+                    .collect::<Result<_, _>>()
+                    .expect("read");
+                let want: Vec<(u64, Vec<u8>)> =
+                    every.iter().filter(|(s, _)| *s > since).cloned().collect();
+                proptest::prop_assert_eq!(got, want, "after {}", since);
+            }
+            if cut == 1.0 || zeros > 0 {
+                proptest::prop_assert_eq!(want, Some(seq - 1));
+            }
+        }
     }
 }
