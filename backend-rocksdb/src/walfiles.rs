@@ -12,6 +12,12 @@
 //! write batch is one logical record. Its payload starts with the batch's first sequence number
 //! (8 bytes) and its count of sequence-consuming records (4).
 //!
+//! A WAL file grows to the size of a memtable (64 MiB by default) and an incremental's batches
+//! are often its last few, so neither reading starts at a file's start: a log's every block
+//! begins with a physical record, so the WAL's end is read from the last block in which a
+//! batch starts, and the batches after a point from the block a binary search over the first
+//! batch of each block finds (after one over the files' first batches).
+//!
 //! Anything this reader does not know makes it stop with an error, and the caller falls back to
 //! reading through RocksDB: recyclable records (`recycle_log_file_num`), WAL compression, user
 //! timestamp sizes, a bad checksum, a fragment out of place. Records whose type has the
