@@ -29,6 +29,8 @@ def writer(path, stop_file):
     o.create_if_missing(True)
     o.set_wal_ttl_seconds(3600)
     db = Rdict(path, o)
+    # SWEEP_FLUSH_EVERY=0: never flush, so that one WAL file grows for the whole sweep.
+    every = int(os.environ.get("SWEEP_FLUSH_EVERY", "2000"))
     i = int(db.get(b"counter", b"0"))
     while not os.path.exists(stop_file):
         i += 1
@@ -38,7 +40,7 @@ def writer(path, stop_file):
             wb.delete(b"row%08d" % (i - 3))
         wb.put(b"counter", str(i).encode())
         db.write(wb)
-        if i % 2000 == 0:
+        if every and i % every == 0:
             db.flush()
         time.sleep(0.0005)
     db.close()

@@ -9,6 +9,10 @@ method (WAL-only or not, change log or diff) and the problems.
 
     $TIDEMARK_PYTHON scripts/sweeps/rocksdb_writer_incrementals.py RUNS SEED
 
+`SWEEP_FLUSH_EVERY=0` makes the application never flush: one WAL file grows for the whole
+sweep, and each run reads its tail (the end, and the batches from the block a binary search
+finds) while the application appends to it.
+
 needs `cargo build --release -p tidemark-cli --all-features` (or TIDEMARK_BIN) and rocksdict.
 """
 import os
