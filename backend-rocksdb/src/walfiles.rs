@@ -196,6 +196,7 @@ impl LogReader {
             .metadata()
             .map_err(|e| format!("WAL file {:06}.log: {e}", self.number))?
             .len();
+        self.check_head()?;
         let (mut lo, mut hi) = (0, size.div_ceil(BLOCK as u64));
         let mut best = None;
         while lo < hi {
@@ -225,6 +226,17 @@ impl LogReader {
         let (block, start) = best.unwrap_or((0, 0));
         self.seek_block(block)?;
         self.pos = start.min(self.len);
+        Ok(())
+    }
+
+    /// Checks the file's first block: reading from a later block skips the records before it,
+    /// and a recycled WAL file (`recycle_log_file_num`) starts with records of the recyclable
+    /// types, which this reader refuses, while its later blocks may still hold a previous
+    /// life's records, whole and with good checksums.
+    fn check_head(&mut self) -> Result<(), String> {
+        if self.seek_block(0)? {
+            self.first_start()?;
+        }
         Ok(())
     }
 
@@ -345,6 +357,7 @@ fn file_end(dir: &Path, file: &WalFile) -> Result<Option<u64>, String> {
         .metadata()
         .map_err(|e| format!("{}: {e}", file.path.display()))?
         .len();
+    r.check_head()?;
     for index in (0..size.div_ceil(BLOCK as u64)).rev() {
         if !r.seek_block(index)? {
             continue;
@@ -472,7 +485,7 @@ mod tests {
         last
     }
 
-    /// The end is read from the file's last blocks only: damage at its start (which
+    /// The end is read from the file's first and last blocks only: damage in between (which
     /// [`batches`] finds when it reads there) does not stop it, and a batch being written at
     /// the end is not counted.
     #[test]
@@ -480,7 +493,7 @@ mod tests {
         let batches: Vec<Vec<u8>> = (0..10u64).map(|i| batch(1 + 2 * i, 2, 20_000)).collect();
         let refs: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
         let mut log = crate::logformat::write(&refs, 0);
-        log[100] ^= 1;
+        log[2 * BLOCK + 100] ^= 1;
         let dir = tempfile::tempdir().expect("tmp");
         let file = WalFile {
             number: 9,
@@ -489,12 +502,52 @@ mod tests {
         std::fs::write(&file.path, &log).expect("write");
         assert_eq!(file_end(dir.path(), &file), Ok(Some(20)));
         let mut r = LogReader::open(dir.path(), &file).expect("open");
-        let e = r.next_record().expect_err("damaged");
-        assert!(e.contains("checksum at byte 0"), "{e}");
+        let e = std::iter::from_fn(|| r.next_record().transpose())
+            .find_map(Result::err)
+            .expect("damaged");
+        assert!(e.contains("does not match its checksum"), "{e}");
         // The last batch cut short: the one before it ends the file.
         log.truncate(log.len() - 3);
         std::fs::write(&file.path, &log).expect("write");
         assert_eq!(file_end(dir.path(), &file), Ok(Some(18)));
+    }
+
+    /// A recycled WAL file (its head of the recyclable types, its tail a previous life's
+    /// records) is refused, read from its tail or searched, as it is read from its start.
+    #[test]
+    fn a_recycled_file_is_refused_however_it_is_read() {
+        let batches: Vec<Vec<u8>> = (0..6u64).map(|i| batch(100 + i, 1, 20_000)).collect();
+        let refs: Vec<&[u8]> = batches.iter().map(|b| &b[..]).collect();
+        let mut log = crate::logformat::write(&refs, 0);
+        // A new life's first record over the old one's: type 5 (recyclable FULL), with the
+        // log's number after the header, inside the checksum.
+        let payload = batch(500, 1, 12);
+        let mut typed = vec![5u8];
+        typed.extend_from_slice(&10u32.to_le_bytes());
+        typed.extend_from_slice(&payload);
+        let masked = crate::logformat::crc32c(&typed)
+            .rotate_right(15)
+            .wrapping_add(0xa282_ead8);
+        let mut head = masked.to_le_bytes().to_vec();
+        head.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        head.extend_from_slice(&typed);
+        log[..head.len()].copy_from_slice(&head);
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = WalFile {
+            number: 10,
+            path: dir.path().join("000010.log"),
+        };
+        std::fs::write(&file.path, &log).expect("write");
+        let from_start = LogReader::open(dir.path(), &file)
+            .expect("open")
+            .next_record()
+            .expect_err("recyclable");
+        assert!(from_start.contains("recyclable"), "{from_start}");
+        let e = file_end(dir.path(), &file).expect_err("recycled");
+        assert!(e.contains("000010.log"), "{e}");
+        assert!(super::batches(dir.path(), std::slice::from_ref(&file), 102).is_err());
+        let mut r = LogReader::open(dir.path(), &file).expect("open");
+        assert!(r.skip_to(102).is_err());
     }
 
     proptest::proptest! {
