@@ -57,15 +57,18 @@ pub(crate) fn list(dir: &Path) -> std::io::Result<Vec<WalFile>> {
             else {
                 continue;
             };
-            if !out.iter().any(|f| f.number == n) {
-                out.push(WalFile {
-                    number: n,
-                    path: e.path(),
-                });
-            }
+            out.push(WalFile {
+                number: n,
+                path: e.path(),
+            });
         }
     }
+    // A file moved to the archive while the directory was listed may be listed twice: once
+    // is enough (either path finds it, [`LogReader::open`]). Sorted, then deduplicated: a WAL
+    // TTL can keep thousands of files in `archive/`, and a search of the list for each one
+    // was most of the listing's time.
     out.sort_by_key(|f| f.number);
+    out.dedup_by_key(|f| f.number);
     Ok(out)
 }
 
@@ -510,6 +513,28 @@ mod tests {
         log.truncate(log.len() - 3);
         std::fs::write(&file.path, &log).expect("write");
         assert_eq!(file_end(dir.path(), &file), Ok(Some(18)));
+    }
+
+    /// The WAL files of the directory and its archive, in number order, each once (a file
+    /// moved to the archive while the directory was listed can be in both listings).
+    #[test]
+    fn wal_files_are_listed_in_order_each_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::create_dir(d.join("archive")).expect("archive");
+        for (sub, n) in [
+            ("", 12),
+            ("archive", 3),
+            ("archive", 12),
+            ("", 7),
+            ("archive", 100),
+        ] {
+            std::fs::write(d.join(sub).join(format!("{n:06}.log")), b"").expect("write");
+        }
+        std::fs::write(d.join("000009.sst"), b"").expect("write");
+        std::fs::write(d.join("LOG"), b"").expect("write");
+        let numbers: Vec<u64> = list(d).expect("list").iter().map(|f| f.number).collect();
+        assert_eq!(numbers, [3, 7, 12, 100]);
     }
 
     /// A recycled WAL file (its head of the recyclable types, its tail a previous life's
