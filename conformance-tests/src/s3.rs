@@ -128,6 +128,7 @@ pub struct Proxy {
     port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
     conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Proxy {
@@ -141,11 +142,13 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
-        let (flag, list) = (up.clone(), conns.clone());
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, list, count) = (up.clone(), conns.clone(), refused.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if !flag.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
                     let _ = client.shutdown(std::net::Shutdown::Both);
                     continue;
                 }
@@ -168,7 +171,12 @@ impl Proxy {
                 }
             }
         });
-        Proxy { port, up, conns }
+        Proxy {
+            port,
+            up,
+            conns,
+            refused,
+        }
     }
 
     /// Cuts every open connection and refuses new ones.
@@ -182,6 +190,13 @@ impl Proxy {
     /// The proxy's address, as `AWS_ENDPOINT` takes it.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Connections refused while it was down: the client tried to reach the server during
+    /// the outage (whether a run then failed, or the client's own retries outlasted it,
+    /// depends on their random backoff).
+    pub fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Forwards new connections again.
