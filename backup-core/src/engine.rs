@@ -593,19 +593,14 @@ fn run_once<T: Target>(
         previous.is_ok() && options.mode == BackupMode::Auto && !interrupted && !one_snapshot;
     let log_view = if wants_log { backend.log_view()? } else { None };
     let log_only = log_view.is_some();
-    let Taken {
-        mut view,
-        mut start,
-        mut collections,
-        mut store_schema,
-    } = match log_view {
+    let mut taken = match log_view {
         Some(v) => Taken::of(v)?,
         None => open_view()?,
     };
     // The previous backup's marks, where it was of this same store.
     let previous_marks = previous
         .ok()
-        .filter(|p| p.checkpoint.store_id == start.store_id)
+        .filter(|p| p.checkpoint.store_id == taken.start.store_id)
         .and_then(|p| p.store_marks.as_ref());
     let full_because = |reason: FullReason, events: &mut dyn FnMut(Event)| {
         if !matches!(reason, FullReason::FirstBackup | FullReason::Requested) {
@@ -623,18 +618,36 @@ fn run_once<T: Target>(
         (Err(reason), _) => {
             let reason = full_because(reason.clone(), events);
             (
-                full(target, view.as_mut(), collections, options, events)?,
+                full(
+                    target,
+                    taken.view.as_mut(),
+                    taken.collections,
+                    options,
+                    events,
+                )?,
                 Some(reason),
             )
         }
         (Ok(_), BackupMode::Full) => (
-            full(target, view.as_mut(), collections, options, events)?,
+            full(
+                target,
+                taken.view.as_mut(),
+                taken.collections,
+                options,
+                events,
+            )?,
             Some(FullReason::Requested),
         ),
         (Ok(_), BackupMode::Auto) if interrupted => {
             let reason = full_because(FullReason::Interrupted, events);
             (
-                full(target, view.as_mut(), collections, options, events)?,
+                full(
+                    target,
+                    taken.view.as_mut(),
+                    taken.collections,
+                    options,
+                    events,
+                )?,
                 Some(reason),
             )
         }
@@ -642,7 +655,7 @@ fn run_once<T: Target>(
             let mut attempt = try_incremental(
                 target,
                 prev,
-                (view.as_mut(), &start, &collections),
+                (taken.view.as_mut(), &taken.start, &taken.collections),
                 options,
                 events,
                 &mut marks,
@@ -650,16 +663,11 @@ fn run_once<T: Target>(
             if let (Err(reason), true) = (&attempt, log_only) {
                 tracing::debug!(%reason, "the log-only view cannot take the incremental: reading the store");
                 marks.released_with = None;
-                Taken {
-                    view,
-                    start,
-                    collections,
-                    store_schema,
-                } = open_view()?;
+                taken = open_view()?;
                 attempt = try_incremental(
                     target,
                     prev,
-                    (view.as_mut(), &start, &collections),
+                    (taken.view.as_mut(), &taken.start, &taken.collections),
                     options,
                     events,
                     &mut marks,
@@ -671,18 +679,13 @@ fn run_once<T: Target>(
                     // An incremental that let its snapshot go before it failed: whatever comes
                     // next reads a new one.
                     if marks.released_with.take().is_some() {
-                        Taken {
-                            view,
-                            start,
-                            collections,
-                            store_schema,
-                        } = open_view()?;
+                        taken = open_view()?;
                     }
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
-                    let same_store = prev.checkpoint.store_id == start.store_id;
+                    let same_store = prev.checkpoint.store_id == taken.start.store_id;
                     let diffable = same_store
-                        && view.scans_in_key_order()
+                        && taken.view.scans_in_key_order()
                         && prev.collections.iter().all(|c| c.key_index.is_some());
                     let done = if diffable {
                         events(Event::Notice(format!(
@@ -692,8 +695,8 @@ fn run_once<T: Target>(
                         match diff(
                             target,
                             prev,
-                            view.as_mut(),
-                            collections.clone(),
+                            taken.view.as_mut(),
+                            taken.collections.clone(),
                             options,
                             events,
                         ) {
@@ -720,7 +723,13 @@ fn run_once<T: Target>(
                                 "incremental backup not possible, taking a full backup: {reason}"
                             )));
                             (
-                                full(target, view.as_mut(), collections, options, events)?,
+                                full(
+                                    target,
+                                    taken.view.as_mut(),
+                                    taken.collections,
+                                    options,
+                                    events,
+                                )?,
                                 Some(reason),
                             )
                         }
@@ -733,13 +742,13 @@ fn run_once<T: Target>(
     // the checkpoint). An incremental that let the snapshot go asked before.
     let store_marks = match marks.released_with {
         Some(marks) => marks,
-        None => view.store_marks(previous_marks)?,
+        None => taken.view.store_marks(previous_marks)?,
     };
     Ok(Completed {
         outcome,
         reason,
         captured_at,
-        store_schema,
+        store_schema: taken.store_schema,
         store_marks,
     })
 }
