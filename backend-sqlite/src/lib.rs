@@ -1551,6 +1551,11 @@ impl View for SqliteView {
         self.steps = false;
     }
 
+    fn scans_alike(&self) -> bool {
+        // Only a tracked database in rollback-journal mode is read in steps (`scan`).
+        !(self.steps && self.blocks_writers && self.floor.is_some())
+    }
+
     fn release(&mut self) -> Result<()> {
         self.end_read()?;
         self.released = true;

@@ -122,6 +122,14 @@ pub trait View {
         false
     }
 
+    /// Whether two scans of a collection through this view give the same records (it reads
+    /// one snapshot throughout, and [`View::settle`] has nothing to replay). A view that does
+    /// not scan in key order can then still take a diff-based incremental, in two scans: one
+    /// that sorts the keys and finds what changed, one that writes it.
+    fn scans_alike(&self) -> bool {
+        false
+    }
+
     /// The number of records in `collection`, where the store can count cheaply (progress
     /// totals, and the check that an incremental saw every change); `None` otherwise.
     fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {

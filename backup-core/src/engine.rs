@@ -684,22 +684,34 @@ fn run_once<T: Target>(
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
                     let same_store = prev.checkpoint.store_id == taken.start.store_id;
+                    let in_order = taken.view.scans_in_key_order();
                     let diffable = same_store
-                        && taken.view.scans_in_key_order()
+                        && (in_order || taken.view.scans_alike())
                         && prev.collections.iter().all(|c| c.key_index.is_some());
                     let done = if diffable {
                         events(Event::Notice(format!(
                             "the change log cannot be used ({reason}): comparing every record \
                              with the previous backup (diff-based incremental)"
                         )));
-                        match diff(
-                            target,
-                            prev,
-                            taken.view.as_mut(),
-                            taken.collections.clone(),
-                            options,
-                            events,
-                        ) {
+                        let diffed = if in_order {
+                            diff(
+                                target,
+                                prev,
+                                taken.view.as_mut(),
+                                taken.collections.clone(),
+                                options,
+                                events,
+                            )
+                        } else {
+                            diff_unordered(
+                                target,
+                                prev,
+                                taken.view.as_mut(),
+                                taken.collections.clone(),
+                                events,
+                            )
+                        };
+                        match diffed {
                             Ok(Ok(done)) => Some(done),
                             Ok(Err(why)) => {
                                 events(Event::Notice(format!("diff not possible: {why}")));
@@ -1529,6 +1541,137 @@ fn diff<T: Target>(
         let index = finish_index(&run, &c.name, Some(s), replayed.remove(&c.name))?;
         record_index(&run, &c.name, index, &mut indexes, &mut counts);
     }
+    Ok(Ok(Outcome {
+        run,
+        method: Method::Diff,
+        checkpoint: view.checkpoint().clone(),
+        collections,
+        indexes,
+        counts,
+        written,
+        deleted,
+        unsynced: Vec::new(),
+    }))
+}
+
+/// The most bytes of changed keys a diff in two scans ([`diff_unordered`]) keeps between them:
+/// a change larger than that is taken as a full backup.
+const DIFF_CHANGED_BUDGET: usize = 64 << 20;
+
+/// A diff-based incremental through a view that does not scan in key order but scans alike
+/// twice ([`View::scans_alike`]: SQLite without a usable change log). Per collection, a first
+/// scan sorts the keys and their entries into the new key state (an external sort, as a full
+/// backup's), and merged with the previous backup's key state it gives the keys deleted
+/// (written at once) and those added or changed (kept in memory with their entries, up to
+/// [`DIFF_CHANGED_BUDGET`]); a second scan writes the records of those. A record of the second
+/// scan whose entry is not the first scan's, or a changed key it does not meet, means the two
+/// scans differed, and the run is given up (a full backup follows), never recorded half.
+fn diff_unordered<T: Target>(
+    target: &T,
+    prev: &FolderManifest,
+    view: &mut dyn View,
+    collections: Vec<CollectionInfo>,
+    events: &mut dyn FnMut(Event),
+) -> Result<Result<Outcome<T::Run>, String>> {
+    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
+    for old in &prev.collections {
+        if !collections.iter().any(|c| c.name == old.info.name) {
+            run.drop_collection(&old.info.name);
+        }
+    }
+    let (mut written, mut deleted) = (0u64, 0u64);
+    let mut indexes = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for c in &collections {
+        run.create_collection(&c.name)?;
+        let (name, path) = run.new_index(&c.name, ".scan");
+        let mut sorted = IndexBuilder::create(&path, INDEX_SORT_BUDGET)?;
+        view.scan(&c.name, &mut |record| {
+            sorted.push(record.key.as_bytes(), entry_of(&record))
+        })?;
+        let n = sorted.finish()?;
+        // The new key state against the old one, both in key order.
+        let mut now = Some(Layered::open(&StateFiles::base(&path))?);
+        let mut old = match old_state(&run, prev, &c.name) {
+            Some(state) => Some(Layered::open(&state)?),
+            None => None,
+        };
+        let mut changed: std::collections::HashMap<Vec<u8>, Entry> = Default::default();
+        let mut held = 0usize;
+        let (mut a, mut b) = (next_of(&mut now)?, next_of(&mut old)?);
+        loop {
+            let order = match (&a, &b) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+            };
+            match order {
+                std::cmp::Ordering::Greater => {
+                    let (k, _) = b.take().expect("compared");
+                    if let Some(ev) = run.delete(&c.name, &Key(k))? {
+                        if let Some(ev) = ev {
+                            events(Event::Written(ev));
+                        }
+                        deleted += 1;
+                    }
+                    b = next_of(&mut old)?;
+                }
+                order => {
+                    let (k, e) = a.take().expect("compared");
+                    let same = order == std::cmp::Ordering::Equal
+                        && b.as_ref().is_some_and(|(_, old)| *old == e);
+                    if order == std::cmp::Ordering::Equal {
+                        b = next_of(&mut old)?;
+                    }
+                    if !same {
+                        held += k.len() + 64;
+                        if held > DIFF_CHANGED_BUDGET {
+                            drop(now);
+                            let _ = std::fs::remove_file(&path);
+                            return Ok(Err(format!(
+                                "more of collection `{}` changed than a diff keeps in memory",
+                                c.name
+                            )));
+                        }
+                        changed.insert(k, e);
+                    }
+                    a = next_of(&mut now)?;
+                }
+            }
+        }
+        drop(now);
+        let mut differed = false;
+        let mut met = 0usize;
+        if !changed.is_empty() {
+            view.scan(&c.name, &mut |record| {
+                let Some(want) = changed.get(record.key.as_bytes()) else {
+                    return Ok(());
+                };
+                let entry = entry_of(&record);
+                if entry != *want {
+                    differed = true;
+                    return Ok(());
+                }
+                met += 1;
+                if let Some(ev) = run.put(&c.name, record, entry)? {
+                    events(Event::Written(ev));
+                }
+                written += 1;
+                Ok(())
+            })?;
+        }
+        if differed || met != changed.len() {
+            let _ = std::fs::remove_file(&path);
+            return Ok(Err(format!(
+                "collection `{}` read differently in the diff's two scans",
+                c.name
+            )));
+        }
+        let index = finish_index(&run, &c.name, Some((name, path, n)), None)?;
+        record_index(&run, &c.name, index, &mut indexes, &mut counts);
+    }
+    events(Event::Finishing);
     Ok(Ok(Outcome {
         run,
         method: Method::Diff,

@@ -80,16 +80,17 @@ pub fn open_source(url: &StoreUrl, live: bool) -> Result<Box<dyn StorageBackend>
     }
 }
 
-/// Why every backup of `url` will be full, and how to change that: a SQLite database without
-/// change tracking (`tidemark track` installs it), as the checkpoint of its backup names it.
-/// `None` when its backups can be incremental.
+/// Why every backup of `url` will read the whole database, and how to change that: a SQLite
+/// database without change tracking (`tidemark track` installs it), as the checkpoint of its
+/// backup names it. `None` when its backups can read only what changed.
 pub fn untracked(url: &StoreUrl, checkpoint: &backup_core::Checkpoint) -> Option<String> {
     #[cfg(feature = "sqlite")]
     if url.kind == StoreKind::Sqlite && checkpoint.store_id.0 == backend_sqlite::UNTRACKED_ID {
         return Some(format!(
-            "{url} has no change tracking, so every backup of it is full: run `tidemark track \
-             --source {url}` once (it adds a change log and triggers to the database) to make \
-             the next ones incremental"
+            "{url} has no change tracking, so every backup of it reads the whole database (a \
+             full backup, or into an archive chain a diff-based incremental): run `tidemark \
+             track --source {url}` once (it adds a change log and triggers to the database) to \
+             make the next ones read only what changed"
         ));
     }
     let _ = (url, checkpoint);

@@ -196,7 +196,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if to.kind == backup_core::StoreKind::Sqlite {
             println!(
                 "Note: {to} has no change tracking (a restore does not copy it): run `tidemark \
-                 track --source {to}` before backing it up, or its backups will all be full"
+                 track --source {to}` before backing it up, or each backup will read the whole \
+                 database"
             );
         }
     }
