@@ -855,12 +855,7 @@ fn incremental<T: Target>(
     events: &mut dyn FnMut(Event),
     marks: &mut EarlyMarks<'_>,
 ) -> Result<Result<Outcome<T::Run>, FullReason>> {
-    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
-    for old in &prev.collections {
-        if !collections.iter().any(|c| c.name == old.info.name) {
-            run.drop_collection(&old.info.name);
-        }
-    }
+    let mut run = incremental_run(target, prev, collections)?;
     for c in collections {
         run.create_collection(&c.name)?;
     }
@@ -1429,6 +1424,39 @@ fn empty_index<R: RunWriter>(
     Ok((name, path, 0))
 }
 
+/// An incremental run over `prev`, with the collections the store no longer has dropped.
+fn incremental_run<T: Target>(
+    target: &T,
+    prev: &FolderManifest,
+    collections: &[CollectionInfo],
+) -> Result<T::Run> {
+    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
+    for old in &prev.collections {
+        if !collections.iter().any(|c| c.name == old.info.name) {
+            run.drop_collection(&old.info.name);
+        }
+    }
+    Ok(run)
+}
+
+/// Deletes `key` of `collection` in `run` (a diff found it gone), counting it in `deleted`
+/// when the backup held it.
+fn delete_gone<R: RunWriter>(
+    run: &mut R,
+    collection: &CollectionName,
+    key: Vec<u8>,
+    deleted: &mut u64,
+    events: &mut dyn FnMut(Event),
+) -> Result<()> {
+    if let Some(ev) = run.delete(collection, &Key(key))? {
+        if let Some(ev) = ev {
+            events(Event::Written(ev));
+        }
+        *deleted += 1;
+    }
+    Ok(())
+}
+
 /// The diff-based incremental: merges a key-ordered scan of every collection with the previous
 /// backup's key index and writes only records whose CRC32 or length differ, deleting keys the
 /// store no longer has. The inner `Err` is a reason to fall back to a full backup.
@@ -1441,12 +1469,7 @@ fn diff<T: Target>(
     events: &mut dyn FnMut(Event),
 ) -> Result<Result<Outcome<T::Run>, String>> {
     let start = view.checkpoint().clone();
-    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
-    for old in &prev.collections {
-        if !collections.iter().any(|c| c.name == old.info.name) {
-            run.drop_collection(&old.info.name);
-        }
-    }
+    let mut run = incremental_run(target, prev, &collections)?;
     let (mut written, mut deleted) = (0u64, 0u64);
     let mut scanned = BTreeMap::new();
     for c in &collections {
@@ -1476,12 +1499,7 @@ fn diff<T: Target>(
                 .as_ref()
                 .filter(|(k, _)| k.as_slice() < record.key.as_bytes())
             {
-                if let Some(ev) = run.delete(&c.name, &Key(k.clone()))? {
-                    if let Some(ev) = ev {
-                        events(Event::Written(ev));
-                    }
-                    deleted += 1;
-                }
+                delete_gone(&mut run, &c.name, k.clone(), &mut deleted, events)?;
                 pending = next_of(&mut old)?;
             }
             let unchanged = match &pending {
@@ -1508,12 +1526,7 @@ fn diff<T: Target>(
             )));
         }
         while let Some((k, _)) = pending {
-            if let Some(ev) = run.delete(&c.name, &Key(k))? {
-                if let Some(ev) = ev {
-                    events(Event::Written(ev));
-                }
-                deleted += 1;
-            }
+            delete_gone(&mut run, &c.name, k, &mut deleted, events)?;
             pending = next_of(&mut old)?;
         }
         let n = index.finish()?;
@@ -1573,12 +1586,7 @@ fn diff_unordered<T: Target>(
     collections: Vec<CollectionInfo>,
     events: &mut dyn FnMut(Event),
 ) -> Result<Result<Outcome<T::Run>, String>> {
-    let mut run = target.begin(RunKind::Incremental, Some(prev))?;
-    for old in &prev.collections {
-        if !collections.iter().any(|c| c.name == old.info.name) {
-            run.drop_collection(&old.info.name);
-        }
-    }
+    let mut run = incremental_run(target, prev, &collections)?;
     let (mut written, mut deleted) = (0u64, 0u64);
     let mut indexes = BTreeMap::new();
     let mut counts = BTreeMap::new();
@@ -1609,12 +1617,7 @@ fn diff_unordered<T: Target>(
             match order {
                 std::cmp::Ordering::Greater => {
                     let (k, _) = b.take().expect("compared");
-                    if let Some(ev) = run.delete(&c.name, &Key(k))? {
-                        if let Some(ev) = ev {
-                            events(Event::Written(ev));
-                        }
-                        deleted += 1;
-                    }
+                    delete_gone(&mut run, &c.name, k, &mut deleted, events)?;
                     b = next_of(&mut old)?;
                 }
                 order => {
