@@ -1,0 +1,235 @@
+//! The engine's diff-based incremental in two scans, for a view that does not scan in key order
+//! but scans alike twice (as SQLite's does), through the in-memory reference store behind a
+//! view that hands records out in reverse key order and has no usable change log: the diff
+//! writes exactly what changed and restores equal; a second scan that differs from the first
+//! gives the diff up, and a full backup is taken instead, never a half-recorded run.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use backup_core::{
+    BackupMode, BackupOptions, Change, Checkpoint, CollectionInfo, CollectionName, Error, Method,
+    Record, RestoreOptions, RestorePoint, RestoreSink, Result, StorageBackend, StoreKind, Value,
+    View,
+};
+use conformance_tests::memory::{MemoryBackend, MemoryFactory, MemoryStore};
+use conformance_tests::Op;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A memory store whose views scan in reverse key order and cannot read the change log; with
+/// `tamper`, a view's second scan gives record `k6` another value.
+struct Unordered {
+    inner: MemoryBackend,
+    tamper: AtomicBool,
+}
+
+struct UnorderedView<'a> {
+    inner: Box<dyn View + 'a>,
+    tamper: bool,
+    scans: usize,
+}
+
+impl StorageBackend for Unordered {
+    fn kind(&self) -> StoreKind {
+        self.inner.kind()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn current_checkpoint(&self) -> Result<Checkpoint> {
+        self.inner.current_checkpoint()
+    }
+    fn view(&self) -> Result<Box<dyn View + '_>> {
+        Ok(Box::new(UnorderedView {
+            inner: self.inner.view()?,
+            tamper: self.tamper.load(Ordering::SeqCst),
+            scans: 0,
+        }))
+    }
+    fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
+        self.inner.wait_for_changes(after, timeout)
+    }
+    fn trim_changes(&self, upto: &Checkpoint) -> Result<()> {
+        self.inner.trim_changes(upto)
+    }
+    fn is_empty(&self) -> Result<bool> {
+        self.inner.is_empty()
+    }
+    fn restore_sink(&self) -> Result<Box<dyn RestoreSink + '_>> {
+        self.inner.restore_sink()
+    }
+}
+
+impl View for UnorderedView<'_> {
+    fn checkpoint(&self) -> &Checkpoint {
+        self.inner.checkpoint()
+    }
+    fn collections(&mut self) -> Result<Vec<CollectionInfo>> {
+        self.inner.collections()
+    }
+    fn scan(
+        &mut self,
+        collection: &CollectionName,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<()> {
+        let mut records = Vec::new();
+        self.inner.scan(collection, &mut |r| {
+            records.push(r);
+            Ok(())
+        })?;
+        self.scans += 1;
+        records.reverse();
+        if self.tamper && self.scans == 2 {
+            if let Some(r) = records.iter_mut().find(|r| r.key.0 == b"k6") {
+                r.value = Value::Bytes(b"moved between the scans".to_vec());
+            }
+        }
+        for r in records {
+            visit(r)?;
+        }
+        Ok(())
+    }
+    fn changes_since(
+        &mut self,
+        from: &Checkpoint,
+        _batch_size: usize,
+        _visit: &mut dyn FnMut(Vec<Change>) -> Result<()>,
+    ) -> Result<()> {
+        Err(Error::ChangesUnavailable {
+            from: from.position,
+            earliest: None,
+            reason: "this store keeps no change log".into(),
+        })
+    }
+    fn scans_alike(&self) -> bool {
+        true
+    }
+}
+
+fn put(collection: &str, key: &str, value: &str) -> Op {
+    Op::Put {
+        collection: collection.into(),
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+    }
+}
+
+fn delete(collection: &str, key: &str) -> Op {
+    Op::Delete {
+        collection: collection.into(),
+        key: key.as_bytes().to_vec(),
+    }
+}
+
+/// Every collection's (key, value) pairs, as a memory store's view scans them.
+fn content(store: Arc<MemoryStore>) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+    let backend = MemoryBackend(store);
+    let mut view = backend.view().unwrap();
+    let mut out = BTreeMap::new();
+    for c in view.collections().unwrap() {
+        let mut rows = Vec::new();
+        view.scan(&c.name, &mut |r| {
+            if let Value::Bytes(b) = r.value {
+                rows.push((r.key.0, b));
+            }
+            Ok(())
+        })
+        .unwrap();
+        out.insert(c.name.to_string(), rows);
+    }
+    out
+}
+
+#[test]
+fn a_diff_in_two_scans_writes_what_changed_and_gives_up_when_the_scans_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new(&dir.path().join("src"));
+    store.create_collection("a");
+    store.create_collection("b");
+    let mut ops = Vec::new();
+    for i in 0..300 {
+        ops.push(put(
+            if i % 3 == 0 { "a" } else { "b" },
+            &format!("k{i}"),
+            "v",
+        ));
+    }
+    store.write(&ops);
+    let backend = Unordered {
+        inner: MemoryBackend(store.clone()),
+        tamper: AtomicBool::new(false),
+    };
+    let chain = dir.path().join("chain");
+    let archive = backup_core::ArchiveOptions::default();
+    let backup = || {
+        let mut notices = Vec::new();
+        let summary = backup_core::backup_archive(
+            &backend,
+            &chain,
+            &BackupOptions {
+                mode: BackupMode::Auto,
+                ..BackupOptions::default()
+            },
+            &archive,
+            &mut |e| {
+                if let backup_core::Event::Notice(n) = e {
+                    notices.push(n);
+                }
+            },
+        )
+        .unwrap()
+        .backup;
+        (summary, notices)
+    };
+    let restored = |name: &str| {
+        let target = dir.path().join(name);
+        backup_core::restore_archives_to_path(
+            &chain,
+            &RestorePoint::Latest,
+            &MemoryFactory,
+            &target,
+            &RestoreOptions::default(),
+            &archive,
+        )
+        .unwrap();
+        content(MemoryStore::open(&target).unwrap())
+    };
+    let (first, _) = backup();
+    assert_eq!(first.method, Method::Full);
+
+    // Three changed, one added, two deleted.
+    store.write(&[
+        put("a", "k3", "changed"),
+        put("b", "k10", "changed"),
+        put("b", "k299", "changed"),
+        put("b", "new", "added"),
+        delete("a", "k0"),
+        delete("b", "k1"),
+    ]);
+    let (second, _) = backup();
+    assert_eq!(second.method, Method::Diff, "{second:?}");
+    assert_eq!(
+        (second.records_written, second.records_deleted),
+        (4, 2),
+        "{second:?}"
+    );
+    assert_eq!(restored("r1"), content(store.clone()));
+    let report = backup_core::verify_archives(&chain).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    // A second scan that differs from the first: the diff is given up for a full backup.
+    store.write(&[put("a", "k6", "changed again")]);
+    backend.tamper.store(true, Ordering::SeqCst);
+    let (third, notices) = backup();
+    assert_eq!(third.method, Method::Full, "{third:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("read differently in the diff's two scans")),
+        "{notices:?}"
+    );
+    let report = backup_core::verify_archives(&chain).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(restored("r2"), content(store.clone()));
+}
