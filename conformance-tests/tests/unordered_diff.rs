@@ -122,8 +122,11 @@ fn delete(collection: &str, key: &str) -> Op {
     }
 }
 
+/// Each collection's (key, value) pairs.
+type Content = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
+
 /// Every collection's (key, value) pairs, as a memory store's view scans them.
-fn content(store: Arc<MemoryStore>) -> BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>> {
+fn content(store: Arc<MemoryStore>) -> Content {
     let backend = MemoryBackend(store);
     let mut view = backend.view().unwrap();
     let mut out = BTreeMap::new();
