@@ -684,33 +684,22 @@ fn run_once<T: Target>(
                     // A different store at the same path starts over with a full backup: a
                     // chain never mixes two databases.
                     let same_store = prev.checkpoint.store_id == taken.start.store_id;
-                    let in_order = taken.view.scans_in_key_order();
                     let diffable = same_store
-                        && (in_order || taken.view.scans_alike())
+                        && (taken.view.scans_in_key_order() || taken.view.scans_alike())
                         && prev.collections.iter().all(|c| c.key_index.is_some());
                     let done = if diffable {
                         events(Event::Notice(format!(
                             "the change log cannot be used ({reason}): comparing every record \
                              with the previous backup (diff-based incremental)"
                         )));
-                        let diffed = if in_order {
-                            diff(
-                                target,
-                                prev,
-                                taken.view.as_mut(),
-                                taken.collections.clone(),
-                                options,
-                                events,
-                            )
-                        } else {
-                            diff_unordered(
-                                target,
-                                prev,
-                                taken.view.as_mut(),
-                                taken.collections.clone(),
-                                events,
-                            )
-                        };
+                        let diffed = diff(
+                            target,
+                            prev,
+                            taken.view.as_mut(),
+                            taken.collections.clone(),
+                            options,
+                            events,
+                        );
                         match diffed {
                             Ok(Ok(done)) => Some(done),
                             Ok(Err(why)) => {
@@ -1457,9 +1446,21 @@ fn delete_gone<R: RunWriter>(
     Ok(())
 }
 
-/// The diff-based incremental: merges a key-ordered scan of every collection with the previous
-/// backup's key index and writes only records whose CRC32 or length differ, deleting keys the
-/// store no longer has. The inner `Err` is a reason to fall back to a full backup.
+/// What a diff has written and deleted so far.
+#[derive(Default)]
+struct Tally {
+    written: u64,
+    deleted: u64,
+}
+
+/// A collection's new key state as a diff leaves it: its name, its file and its key count.
+type Scanned = (String, std::path::PathBuf, u64);
+
+/// The diff-based incremental: compares every collection with the previous backup's key index
+/// and writes only records whose CRC32 or length differ, deleting keys the store no longer
+/// has: in one scan where the view scans in key order ([`compare_in_order`]), else in two
+/// ([`compare_in_two_scans`], for a view that scans alike twice). The inner `Err` is a reason
+/// to fall back to a full backup.
 fn diff<T: Target>(
     target: &T,
     prev: &FolderManifest,
@@ -1469,68 +1470,25 @@ fn diff<T: Target>(
     events: &mut dyn FnMut(Event),
 ) -> Result<Result<Outcome<T::Run>, String>> {
     let start = view.checkpoint().clone();
+    let in_order = view.scans_in_key_order();
     let mut run = incremental_run(target, prev, &collections)?;
-    let (mut written, mut deleted) = (0u64, 0u64);
+    let mut tally = Tally::default();
     let mut scanned = BTreeMap::new();
     for c in &collections {
         run.create_collection(&c.name)?;
-        let mut old = match old_state(&run, prev, &c.name) {
+        let old = match old_state(&run, prev, &c.name) {
             Some(state) => Some(Layered::open(&state)?),
             None => None,
         };
-        let mut pending = match old.as_mut() {
-            Some(r) => r.next_entry()?,
-            None => None,
+        let compare = if in_order {
+            compare_in_order
+        } else {
+            compare_in_two_scans
         };
-        let (name, path) = run.new_index(&c.name, ".scan");
-        let mut index = IndexWriter::create(&path)?;
-        let mut out_of_order = false;
-        view.scan(&c.name, &mut |record| {
-            if out_of_order {
-                return Ok(());
-            }
-            let entry = entry_of(&record);
-            if !index.push(record.key.as_bytes(), entry)? {
-                out_of_order = true;
-                return Ok(());
-            }
-            // Keys of the old index before this one are gone from the store.
-            while let Some((k, _)) = pending
-                .as_ref()
-                .filter(|(k, _)| k.as_slice() < record.key.as_bytes())
-            {
-                delete_gone(&mut run, &c.name, k.clone(), &mut deleted, events)?;
-                pending = next_of(&mut old)?;
-            }
-            let unchanged = match &pending {
-                Some((k, e)) if k.as_slice() == record.key.as_bytes() => {
-                    let same = *e == entry;
-                    pending = next_of(&mut old)?;
-                    same
-                }
-                _ => false,
-            };
-            if !unchanged {
-                if let Some(ev) = run.put(&c.name, record, entry)? {
-                    events(Event::Written(ev));
-                }
-                written += 1;
-            }
-            Ok(())
-        })?;
-        if out_of_order {
-            index.abandon();
-            return Ok(Err(format!(
-                "the store did not return collection `{}` in key order",
-                c.name
-            )));
-        }
-        while let Some((k, _)) = pending {
-            delete_gone(&mut run, &c.name, k, &mut deleted, events)?;
-            pending = next_of(&mut old)?;
-        }
-        let n = index.finish()?;
-        scanned.insert(c.name.clone(), (name, path, n));
+        match compare(&mut run, view, &c.name, old, &mut tally, events)? {
+            Ok(s) => scanned.insert(c.name.clone(), s),
+            Err(why) => return Ok(Err(why)),
+        };
     }
     let mut replayed = IndexChanges::new();
     let collections = settle(
@@ -1540,8 +1498,8 @@ fn diff<T: Target>(
         options,
         &mut run,
         &mut replayed,
-        &mut written,
-        &mut deleted,
+        &mut tally.written,
+        &mut tally.deleted,
         events,
     )?;
     let mut indexes = BTreeMap::new();
@@ -1561,131 +1519,167 @@ fn diff<T: Target>(
         collections,
         indexes,
         counts,
-        written,
-        deleted,
+        written: tally.written,
+        deleted: tally.deleted,
         unsynced: Vec::new(),
     }))
 }
 
-/// The most bytes of changed keys a diff in two scans ([`diff_unordered`]) keeps between them:
-/// a change larger than that is taken as a full backup.
+/// [`diff`]'s comparison of collection `c` in one key-ordered scan, merged as it goes with the
+/// previous key state `old`: the collection's new key state, or why the diff cannot be taken.
+fn compare_in_order<R: RunWriter>(
+    run: &mut R,
+    view: &mut dyn View,
+    c: &CollectionName,
+    mut old: Option<Layered>,
+    tally: &mut Tally,
+    events: &mut dyn FnMut(Event),
+) -> Result<Result<Scanned, String>> {
+    let mut pending = next_of(&mut old)?;
+    let (name, path) = run.new_index(c, ".scan");
+    let mut index = IndexWriter::create(&path)?;
+    let mut out_of_order = false;
+    view.scan(c, &mut |record| {
+        if out_of_order {
+            return Ok(());
+        }
+        let entry = entry_of(&record);
+        if !index.push(record.key.as_bytes(), entry)? {
+            out_of_order = true;
+            return Ok(());
+        }
+        // Keys of the old index before this one are gone from the store.
+        while let Some((k, _)) = pending
+            .as_ref()
+            .filter(|(k, _)| k.as_slice() < record.key.as_bytes())
+        {
+            delete_gone(run, c, k.clone(), &mut tally.deleted, events)?;
+            pending = next_of(&mut old)?;
+        }
+        let unchanged = match &pending {
+            Some((k, e)) if k.as_slice() == record.key.as_bytes() => {
+                let same = *e == entry;
+                pending = next_of(&mut old)?;
+                same
+            }
+            _ => false,
+        };
+        if !unchanged {
+            if let Some(ev) = run.put(c, record, entry)? {
+                events(Event::Written(ev));
+            }
+            tally.written += 1;
+        }
+        Ok(())
+    })?;
+    if out_of_order {
+        index.abandon();
+        return Ok(Err(format!(
+            "the store did not return collection `{c}` in key order"
+        )));
+    }
+    while let Some((k, _)) = pending {
+        delete_gone(run, c, k, &mut tally.deleted, events)?;
+        pending = next_of(&mut old)?;
+    }
+    let n = index.finish()?;
+    Ok(Ok((name, path, n)))
+}
+
+/// The most bytes of changed keys a diff in two scans ([`compare_in_two_scans`]) keeps
+/// between them: a change larger than that is taken as a full backup.
 const DIFF_CHANGED_BUDGET: usize = 64 << 20;
 
-/// A diff-based incremental through a view that does not scan in key order but scans alike
-/// twice ([`View::scans_alike`]: SQLite without a usable change log). Per collection, a first
-/// scan sorts the keys and their entries into the new key state (an external sort, as a full
-/// backup's), and merged with the previous backup's key state it gives the keys deleted
+/// [`diff`]'s comparison of collection `c` through a view that does not scan in key order but
+/// scans alike twice ([`View::scans_alike`]: SQLite without a usable change log). A first scan
+/// sorts the keys and their entries into the new key state (an external sort, as a full
+/// backup's), and merged with the previous backup's key state `old` it gives the keys deleted
 /// (written at once) and those added or changed (kept in memory with their entries, up to
 /// [`DIFF_CHANGED_BUDGET`]); a second scan writes the records of those. A record of the second
 /// scan whose entry is not the first scan's, or a changed key it does not meet, means the two
 /// scans differed, and the run is given up (a full backup follows), never recorded half.
-fn diff_unordered<T: Target>(
-    target: &T,
-    prev: &FolderManifest,
+fn compare_in_two_scans<R: RunWriter>(
+    run: &mut R,
     view: &mut dyn View,
-    collections: Vec<CollectionInfo>,
+    c: &CollectionName,
+    mut old: Option<Layered>,
+    tally: &mut Tally,
     events: &mut dyn FnMut(Event),
-) -> Result<Result<Outcome<T::Run>, String>> {
-    let mut run = incremental_run(target, prev, &collections)?;
-    let (mut written, mut deleted) = (0u64, 0u64);
-    let mut indexes = BTreeMap::new();
-    let mut counts = BTreeMap::new();
-    for c in &collections {
-        run.create_collection(&c.name)?;
-        let (name, path) = run.new_index(&c.name, ".scan");
-        let mut sorted = IndexBuilder::create(&path, INDEX_SORT_BUDGET)?;
-        view.scan(&c.name, &mut |record| {
-            sorted.push(record.key.as_bytes(), entry_of(&record))
-        })?;
-        let n = sorted.finish()?;
-        // The new key state against the old one, both in key order.
-        let mut now = Some(Layered::open(&StateFiles::base(&path))?);
-        let mut old = match old_state(&run, prev, &c.name) {
-            Some(state) => Some(Layered::open(&state)?),
-            None => None,
+) -> Result<Result<Scanned, String>> {
+    let (name, path) = run.new_index(c, ".scan");
+    let mut sorted = IndexBuilder::create(&path, INDEX_SORT_BUDGET)?;
+    view.scan(c, &mut |record| {
+        sorted.push(record.key.as_bytes(), entry_of(&record))
+    })?;
+    let n = sorted.finish()?;
+    // The new key state against the old one, both in key order.
+    let mut now = Some(Layered::open(&StateFiles::base(&path))?);
+    let mut changed: std::collections::HashMap<Vec<u8>, Entry> = Default::default();
+    let mut held = 0usize;
+    let (mut a, mut b) = (next_of(&mut now)?, next_of(&mut old)?);
+    loop {
+        let order = match (&a, &b) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
         };
-        let mut changed: std::collections::HashMap<Vec<u8>, Entry> = Default::default();
-        let mut held = 0usize;
-        let (mut a, mut b) = (next_of(&mut now)?, next_of(&mut old)?);
-        loop {
-            let order = match (&a, &b) {
-                (None, None) => break,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
-            };
-            match order {
-                std::cmp::Ordering::Greater => {
-                    let (k, _) = b.take().expect("compared");
-                    delete_gone(&mut run, &c.name, k, &mut deleted, events)?;
+        match order {
+            std::cmp::Ordering::Greater => {
+                let (k, _) = b.take().expect("compared");
+                delete_gone(run, c, k, &mut tally.deleted, events)?;
+                b = next_of(&mut old)?;
+            }
+            order => {
+                let (k, e) = a.take().expect("compared");
+                let same = order == std::cmp::Ordering::Equal
+                    && b.as_ref().is_some_and(|(_, old)| *old == e);
+                if order == std::cmp::Ordering::Equal {
                     b = next_of(&mut old)?;
                 }
-                order => {
-                    let (k, e) = a.take().expect("compared");
-                    let same = order == std::cmp::Ordering::Equal
-                        && b.as_ref().is_some_and(|(_, old)| *old == e);
-                    if order == std::cmp::Ordering::Equal {
-                        b = next_of(&mut old)?;
+                if !same {
+                    held += k.len() + 64;
+                    if held > DIFF_CHANGED_BUDGET {
+                        drop(now);
+                        let _ = std::fs::remove_file(&path);
+                        return Ok(Err(format!(
+                            "more of collection `{c}` changed than a diff keeps in memory"
+                        )));
                     }
-                    if !same {
-                        held += k.len() + 64;
-                        if held > DIFF_CHANGED_BUDGET {
-                            drop(now);
-                            let _ = std::fs::remove_file(&path);
-                            return Ok(Err(format!(
-                                "more of collection `{}` changed than a diff keeps in memory",
-                                c.name
-                            )));
-                        }
-                        changed.insert(k, e);
-                    }
-                    a = next_of(&mut now)?;
+                    changed.insert(k, e);
                 }
+                a = next_of(&mut now)?;
             }
         }
-        drop(now);
-        let mut differed = false;
-        let mut met = 0usize;
-        if !changed.is_empty() {
-            view.scan(&c.name, &mut |record| {
-                let Some(want) = changed.get(record.key.as_bytes()) else {
-                    return Ok(());
-                };
-                let entry = entry_of(&record);
-                if entry != *want {
-                    differed = true;
-                    return Ok(());
-                }
-                met += 1;
-                if let Some(ev) = run.put(&c.name, record, entry)? {
-                    events(Event::Written(ev));
-                }
-                written += 1;
-                Ok(())
-            })?;
-        }
-        if differed || met != changed.len() {
-            let _ = std::fs::remove_file(&path);
-            return Ok(Err(format!(
-                "collection `{}` read differently in the diff's two scans",
-                c.name
-            )));
-        }
-        let index = finish_index(&run, &c.name, Some((name, path, n)), None)?;
-        record_index(&run, &c.name, index, &mut indexes, &mut counts);
     }
-    events(Event::Finishing);
-    Ok(Ok(Outcome {
-        run,
-        method: Method::Diff,
-        checkpoint: view.checkpoint().clone(),
-        collections,
-        indexes,
-        counts,
-        written,
-        deleted,
-        unsynced: Vec::new(),
-    }))
+    drop(now);
+    let mut differed = false;
+    let mut met = 0usize;
+    if !changed.is_empty() {
+        view.scan(c, &mut |record| {
+            let Some(want) = changed.get(record.key.as_bytes()) else {
+                return Ok(());
+            };
+            let entry = entry_of(&record);
+            if entry != *want {
+                differed = true;
+                return Ok(());
+            }
+            met += 1;
+            if let Some(ev) = run.put(c, record, entry)? {
+                events(Event::Written(ev));
+            }
+            tally.written += 1;
+            Ok(())
+        })?;
+    }
+    if differed || met != changed.len() {
+        let _ = std::fs::remove_file(&path);
+        return Ok(Err(format!(
+            "collection `{c}` read differently in the diff's two scans"
+        )));
+    }
+    Ok(Ok((name, path, n)))
 }
 
 /// The next entry of an optional index reader.

@@ -636,16 +636,7 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
     let d = t.path();
     let app = d.join("app");
     let url = format!("{}/live", bucket("live-rocksdb"));
-    let db = {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        opts.set_wal_ttl_seconds(3600);
-        rocksdb::DB::open(&opts, &app).unwrap()
-    };
-    for i in 0..200u32 {
-        db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
-    }
-    db.flush_wal(true).unwrap();
+    let db = rocksdb_application(&app, 200);
     let (child, rx) = live_to_both(d, "rocksdb:app", "live-local", &url);
     let mut next = 1_000u32;
     write_until_runs(&rx, 4, || {
@@ -664,6 +655,20 @@ fn key_value_stores_go_to_several_destinations_and_rocksdb_live_to_the_bucket() 
     assert!(want.keys().any(|(_, k)| k == b"last"));
     restores_to(d, "rocksdb", "live-local", "live-from-local", &want);
     restores_to(d, "rocksdb", &url, "live-from-s3", &want);
+}
+
+/// The database of an application that this test process plays: RocksDB at `path`, its WAL
+/// files kept an hour, with `keys` keys `k0000`… written and the WAL synced.
+fn rocksdb_application(path: &Path, keys: u32) -> rocksdb::DB {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.set_wal_ttl_seconds(3600);
+    let db = rocksdb::DB::open(&opts, path).unwrap();
+    for i in 0..keys {
+        db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
+    }
+    db.flush_wal(true).unwrap();
+    db
 }
 
 /// `backup --live --interval 0.2 --json` of `source` into archive chains (zstd) in the directory
@@ -757,16 +762,7 @@ fn live_to_s3_survives_a_network_outage() {
 
     let app = d.join("app");
     let url = format!("{}/live", bucket("live-outage-rocksdb"));
-    let db = {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(true);
-        opts.set_wal_ttl_seconds(3600);
-        rocksdb::DB::open(&opts, &app).unwrap()
-    };
-    for i in 0..300u32 {
-        db.put(format!("k{i:04}"), format!("v{i}")).unwrap();
-    }
-    db.flush_wal(true).unwrap();
+    let db = rocksdb_application(&app, 300);
     let mut next = 1_000u32;
     live_through_an_outage(d, "rocksdb:app", &url, || {
         db.put(format!("k{next:04}"), format!("live{next}"))

@@ -119,20 +119,7 @@ fn an_untracked_database_gets_diff_based_incrementals_in_an_archive_chain() {
         &db,
         "INSERT INTO t_int(id, i) VALUES (10, 1), (100, 2), (11, 3), (9, 4), (1000, 5);",
     );
-    let backup = || {
-        ok(
-            &[
-                "backup",
-                "--source",
-                "sqlite:src.db",
-                "--to",
-                "ar",
-                "--format",
-                "archive",
-            ],
-            d.path(),
-        )
-    };
+    let backup = || ok(&common::ARCHIVE_BACKUP, d.path());
     let first = backup();
     assert!(first.contains("Backup (full)"), "{first}");
     // (script, records written, records deleted): the trigger on t_int adds a t_nopk row for
