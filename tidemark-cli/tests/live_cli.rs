@@ -225,6 +225,56 @@ fn live_folder_backup_stops_cleanly_on_sigterm() {
     );
 }
 
+/// A live backup of a database without change tracking, written by the `sqlite3` shell: each
+/// run after the first is a diff-based incremental, and the human output says why once (the
+/// notice that each such run repeats) and how to change it once (`tidemark track`), instead of
+/// a notice per run. The chain verifies and restores to the shell's database.
+#[test]
+fn a_live_backup_of_an_untracked_database_says_why_it_diffs_once() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let db = d.join("src.db");
+    sql(
+        &db,
+        "PRAGMA journal_mode=WAL; CREATE TABLE log(id INTEGER PRIMARY KEY, msg TEXT, n INTEGER);
+         INSERT INTO log(msg, n) VALUES ('first', 0);",
+    );
+    let child = spawn_live(d, &["--format", "archive", "--interval", "0.1"]);
+    common::wait_for_an_archive(&d.join("bk"));
+    // Commits spread over about 1.5 s: several runs, each with something to take.
+    let script: String = (0..30)
+        .map(|i| {
+            format!(
+                "INSERT INTO log(msg, n) VALUES ('loop {i}', {i}); UPDATE log SET n = n + 1 WHERE id = {};\n.shell sleep 0.05\n",
+                i / 3 + 1
+            )
+        })
+        .collect();
+    sql(&db, &script);
+    let out = sigterm(child);
+    let diffs = out.matches("(incremental, diff-based)").count();
+    assert!(diffs >= 3, "several diff-based runs: {out}");
+    assert_eq!(
+        out.matches("the change log cannot be used").count(),
+        1,
+        "the reason once: {out}"
+    );
+    assert_eq!(
+        out.matches("Note: sqlite:src.db has no change tracking")
+            .count(),
+        1,
+        "the hint once: {out}"
+    );
+    assert_eq!(
+        out.matches("(full)").count(),
+        1,
+        "only the first run is full: {out}"
+    );
+    ok(&["verify", "bk"], d);
+    ok(&["restore", "--from", "bk", "--to", "sqlite:r.db"], d);
+    assert_same_dump(&dump(&d.join("r.db")), &dump(&db), "after SIGTERM");
+}
+
 /// `backup --live --compact --fanout 2` compacts while it runs: the directory gains compacted
 /// archives (two sequences in their names), `tidemark compact` afterwards finds nothing the
 /// live run missed, verify calls the chain intact, and a restore of the newest point reads

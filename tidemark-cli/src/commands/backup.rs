@@ -553,6 +553,11 @@ fn run_live(
     let mut held: Vec<Option<backup_core::Checkpoint>> = vec![None; to.len()];
     let mut trimmed: Option<u64> = None;
     let mut failed = 0;
+    // The notice each destination printed last: one that every run repeats (an untracked
+    // SQLite database's diff, say) is printed once, until another takes its place. `--json`
+    // gives every one.
+    let mut last_notice: Vec<Option<String>> = vec![None; to.len()];
+    let mut hinted = false;
     for (i, event, done) in rx.iter() {
         let dest = &to[i];
         if let Some(done) = done {
@@ -581,7 +586,14 @@ fn run_live(
             continue;
         }
         match event {
-            Some(LiveEvent::Run(e)) => report(&mut out, &e, quiet, json),
+            Some(LiveEvent::Run(Event::Notice(m)))
+                if !json && last_notice[i].as_deref() == Some(m.as_str()) => {}
+            Some(LiveEvent::Run(e)) => {
+                if let Event::Notice(m) = &e {
+                    last_notice[i] = Some(m.clone());
+                }
+                report(&mut out, &e, quiet, json)
+            }
             Some(LiveEvent::Completed(s)) => {
                 runs[i] += 1;
                 if let Some(m) = &metrics {
@@ -621,6 +633,13 @@ fn run_live(
                 } else {
                     Ok(())
                 };
+                // Once, after the first run: how to get runs that read only what changed.
+                if !quiet && !json && !hinted {
+                    hinted = true;
+                    if let Some(hint) = stores::untracked(source, &s.checkpoint) {
+                        let _ = writeln!(out, "Note: {hint}");
+                    }
+                }
                 let _ = out.flush();
                 held[i] = Some(s.checkpoint.clone());
                 // Trim to what every destination holds, once it moved.
