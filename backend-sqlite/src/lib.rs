@@ -1050,27 +1050,12 @@ impl<'c, 'v> ChangeEmitter<'c, 'v> {
         let (get, positions, collection) = match &mut self.lookups[ti] {
             Some(l) => l,
             slot => {
-                // The row whose key is exactly the logged one: the column's own comparison
-                // (which its index answers) and then the bytes and the type, since a key column
-                // with another collation (NOCASE) or no type makes other keys equal ('Alice' and
-                // 'alice', 1 and 1.0). Matched by the column's comparison alone, the logged old
+                // The row whose key is exactly the logged one ([`lookup_sql`]). Matched by the
+                // column's comparison alone, the logged old
                 // key of a row whose key changed case found the row under its new key, so the
                 // old key was never deleted: the backup held the row twice, and its restore
                 // failed on the primary key.
-                let cond: Vec<String> = table
-                    .key_exprs()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| {
-                        let n = i + 1;
-                        format!(
-                            "{e} IS ?{n} AND {e} IS ?{n} COLLATE BINARY \
-                             AND typeof({e}) = typeof(?{n})"
-                        )
-                    })
-                    .collect();
-                let lookup = format!("{} WHERE {}", table.select_sql(), cond.join(" AND "));
-                let get = self.conn.prepare_cached(&lookup)?;
+                let get = self.conn.prepare_cached(&lookup_sql(table))?;
                 let name = CollectionName::from_stored(&table.name);
                 slot.insert((get, table.key_positions(), name))
             }
@@ -1107,6 +1092,23 @@ impl<'c, 'v> ChangeEmitter<'c, 'v> {
         }
         (self.visit)(std::mem::take(&mut self.batch))
     }
+}
+
+/// The row of `table` whose key is exactly the one bound (`?1`, `?2`, … in key order): the
+/// column's own comparison (which its index answers) and then the bytes and the type, since a
+/// key column with another collation (NOCASE) or no type makes other keys equal ('Alice' and
+/// 'alice', 1 and 1.0).
+fn lookup_sql(table: &Table) -> String {
+    let cond: Vec<String> = table
+        .key_exprs()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let n = i + 1;
+            format!("{e} IS ?{n} AND {e} IS ?{n} COLLATE BINARY AND typeof({e}) = typeof(?{n})")
+        })
+        .collect();
+    format!("{} WHERE {}", table.select_sql(), cond.join(" AND "))
 }
 
 fn describe(path: &Path) -> String {
@@ -1554,6 +1556,47 @@ impl View for SqliteView {
     fn scans_alike(&self) -> bool {
         // Only a tracked database in rollback-journal mode is read in steps (`scan`).
         !(self.steps && self.blocks_writers && self.floor.is_some())
+    }
+
+    fn lookup(
+        &mut self,
+        collection: &CollectionName,
+        keys: &mut dyn Iterator<Item = &[u8]>,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<bool> {
+        self.snapshot_held()?;
+        let table = self.table(collection)?;
+        // Each key as its table's key values. A key that does not decode to as many, or that
+        // holds a NULL (such a row is keyed by its rowid too, and the lookup by its key values
+        // would not name one row), is not looked up: the engine scans instead.
+        let mut wanted = Vec::new();
+        for key in keys {
+            match table::decode_key(&backup_core::Key(key.to_vec())) {
+                Some(f) if f.len() == table.key_len() && !f.contains(&Field::Null) => {
+                    wanted.push(f)
+                }
+                _ => return Ok(false),
+            }
+        }
+        // Integer keys in order: the order of the table's pages, so that lookups one after
+        // another read the same leaf page (as an incremental's do).
+        wanted.sort_by_key(|f| match f[..] {
+            [Field::Integer(i)] => (false, i),
+            _ => (true, 0),
+        });
+        let err = self.err(&format!("looking up rows of table `{}`", table.name));
+        let mut get = self.conn.prepare_cached(&lookup_sql(table)).map_err(&err)?;
+        let positions = table.key_positions();
+        for fields in &wanted {
+            for (i, f) in fields.iter().enumerate() {
+                get.raw_bind_parameter(i + 1, SqlField(f)).map_err(&err)?;
+            }
+            let mut rows = get.raw_query();
+            if let Some(row) = rows.next().map_err(&err)? {
+                visit(read_row(table, &positions, row).map_err(&err)?)?;
+            }
+        }
+        Ok(true)
     }
 
     fn release(&mut self) -> Result<()> {

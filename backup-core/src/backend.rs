@@ -130,6 +130,22 @@ pub trait View {
         false
     }
 
+    /// Hands `visit` the records of `collection` under `keys` that the view's snapshot holds,
+    /// in any order, and returns true; or returns false, having handed on nothing, when it
+    /// cannot look these keys up (the default). A diff in two scans ([`View::scans_alike`])
+    /// reads the records it found changed this way instead of scanning again; the engine
+    /// checks each record against what the first scan found, and gives the diff up when one
+    /// differs or is missing.
+    fn lookup(
+        &mut self,
+        collection: &CollectionName,
+        keys: &mut dyn Iterator<Item = &[u8]>,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<bool> {
+        let _ = (collection, keys, visit);
+        Ok(false)
+    }
+
     /// The number of records in `collection`, where the store can count cheaply (progress
     /// totals, and the check that an incremental saw every change); `None` otherwise.
     fn count(&mut self, collection: &CollectionName) -> Result<Option<u64>> {

@@ -1,8 +1,10 @@
 //! The engine's diff-based incremental in two scans, for a view that does not scan in key order
 //! but scans alike twice (as SQLite's does), through the in-memory reference store behind a
 //! view that hands records out in reverse key order and has no usable change log: the diff
-//! writes exactly what changed and restores equal; a second scan that differs from the first
-//! gives the diff up, and a full backup is taken instead, never a half-recorded run.
+//! writes exactly what changed and restores equal, whether it reads the changed records in a
+//! second scan or looks them up (`View::lookup`, as SQLite's view does); a second reading that
+//! differs from the first (another value, a record missing, one record twice) gives the diff
+//! up, and a full backup is taken instead, never a half-recorded run.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use backup_core::{
@@ -13,21 +15,42 @@ use backup_core::{
 use conformance_tests::memory::{MemoryBackend, MemoryFactory, MemoryStore};
 use conformance_tests::Op;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How a view looks records up ([`View::lookup`]).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Lookups {
+    /// It cannot: the engine scans a second time.
+    None,
+    /// It gives each record asked for that it holds.
+    Honest,
+    /// It gives record `k3` another value.
+    Tamper,
+    /// It leaves the first record asked for out.
+    Drop,
+    /// Asked for two or more, it gives the first record twice and leaves the second out.
+    Twice,
+}
+
 /// A memory store whose views scan in reverse key order and cannot read the change log; with
-/// `tamper`, a view's second scan gives record `k6` another value.
+/// `tamper`, a view's second scan gives record `k6` another value; `lookups` says how its
+/// views look records up.
 struct Unordered {
     inner: MemoryBackend,
     tamper: AtomicBool,
+    lookups: Lookups,
+    /// Scans its views made.
+    scans: Arc<AtomicUsize>,
 }
 
 struct UnorderedView<'a> {
     inner: Box<dyn View + 'a>,
     tamper: bool,
     scans: usize,
+    lookups: Lookups,
+    counted: Arc<AtomicUsize>,
 }
 
 impl StorageBackend for Unordered {
@@ -45,6 +68,8 @@ impl StorageBackend for Unordered {
             inner: self.inner.view()?,
             tamper: self.tamper.load(Ordering::SeqCst),
             scans: 0,
+            lookups: self.lookups,
+            counted: self.scans.clone(),
         }))
     }
     fn wait_for_changes(&self, after: &Checkpoint, timeout: Duration) -> Result<bool> {
@@ -79,6 +104,7 @@ impl View for UnorderedView<'_> {
             Ok(())
         })?;
         self.scans += 1;
+        self.counted.fetch_add(1, Ordering::SeqCst);
         records.reverse();
         if self.tamper && self.scans == 2 {
             if let Some(r) = records.iter_mut().find(|r| r.key.0 == b"k6") {
@@ -104,6 +130,40 @@ impl View for UnorderedView<'_> {
     }
     fn scans_alike(&self) -> bool {
         true
+    }
+    fn lookup(
+        &mut self,
+        collection: &CollectionName,
+        keys: &mut dyn Iterator<Item = &[u8]>,
+        visit: &mut dyn FnMut(Record) -> Result<()>,
+    ) -> Result<bool> {
+        if self.lookups == Lookups::None {
+            return Ok(false);
+        }
+        let mut held = BTreeMap::new();
+        self.inner.scan(collection, &mut |r| {
+            held.insert(r.key.0.clone(), r);
+            Ok(())
+        })?;
+        let asked: Vec<Vec<u8>> = keys.map(<[u8]>::to_vec).collect();
+        for (i, key) in asked.iter().enumerate() {
+            let Some(mut r) = held.get(key).cloned() else {
+                continue;
+            };
+            // Twice where two or more are asked for: the count of records stays right.
+            let twice = self.lookups == Lookups::Twice && asked.len() > 1;
+            match (self.lookups, i) {
+                (Lookups::Drop, 0) => continue,
+                (Lookups::Twice, 1) if twice => continue,
+                (Lookups::Twice, 0) if twice => visit(r.clone())?,
+                (Lookups::Tamper, _) if key == b"k3" => {
+                    r.value = Value::Bytes(b"moved between the readings".to_vec())
+                }
+                _ => {}
+            }
+            visit(r)?;
+        }
+        Ok(true)
     }
 }
 
@@ -146,6 +206,26 @@ fn content(store: Arc<MemoryStore>) -> Content {
 
 #[test]
 fn a_diff_in_two_scans_writes_what_changed_and_gives_up_when_the_scans_differ() {
+    diff_round_trip(Lookups::None);
+}
+
+#[test]
+fn a_diff_that_looks_changed_records_up_writes_what_changed_and_gives_up_when_they_differ() {
+    for lookups in [
+        Lookups::Honest,
+        Lookups::Tamper,
+        Lookups::Drop,
+        Lookups::Twice,
+    ] {
+        diff_round_trip(lookups);
+    }
+}
+
+/// A full backup, then a diff of six changes that must write and delete exactly those and
+/// restore equal, reading the changed records in a second scan (`Lookups::None`) or by looking
+/// them up; then a diff whose second reading differs from the first, which must be given up
+/// for a full backup.
+fn diff_round_trip(lookups: Lookups) {
     let dir = tempfile::tempdir().unwrap();
     let store = MemoryStore::new(&dir.path().join("src"));
     store.create_collection("a");
@@ -162,6 +242,8 @@ fn a_diff_in_two_scans_writes_what_changed_and_gives_up_when_the_scans_differ() 
     let backend = Unordered {
         inner: MemoryBackend(store.clone()),
         tamper: AtomicBool::new(false),
+        lookups,
+        scans: Arc::default(),
     };
     let chain = dir.path().join("chain");
     let archive = backup_core::ArchiveOptions::default();
@@ -210,16 +292,34 @@ fn a_diff_in_two_scans_writes_what_changed_and_gives_up_when_the_scans_differ() 
         delete("a", "k0"),
         delete("b", "k1"),
     ]);
-    let (second, _) = backup();
-    assert_eq!(second.method, Method::Diff, "{second:?}");
-    assert_eq!(
-        (second.records_written, second.records_deleted),
-        (4, 2),
-        "{second:?}"
-    );
-    assert_eq!(restored("r1"), content(store.clone()));
+    backend.scans.store(0, Ordering::SeqCst);
+    let (second, notices) = backup();
+    if matches!(lookups, Lookups::None | Lookups::Honest) {
+        assert_eq!(second.method, Method::Diff, "{lookups:?}: {second:?}");
+        assert_eq!(
+            (second.records_written, second.records_deleted),
+            (4, 2),
+            "{lookups:?}: {second:?}"
+        );
+        // Both collections changed: each is read a second time, unless its records are looked up.
+        let scans = if lookups == Lookups::None { 4 } else { 2 };
+        assert_eq!(backend.scans.load(Ordering::SeqCst), scans, "{lookups:?}");
+    } else {
+        // A looked-up record that is not the first scan's, or one missing or given twice.
+        assert_eq!(second.method, Method::Full, "{lookups:?}: {second:?}");
+        assert!(
+            notices
+                .iter()
+                .any(|n| n.contains("read differently in the diff's two scans")),
+            "{lookups:?}: {notices:?}"
+        );
+    }
+    assert_eq!(restored("r1"), content(store.clone()), "{lookups:?}");
     let report = backup_core::verify_archives(&chain).unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
+    if lookups != Lookups::None {
+        return;
+    }
 
     // A second scan that differs from the first: the diff is given up for a full backup.
     store.write(&[put("a", "k6", "changed again")]);
