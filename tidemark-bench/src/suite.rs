@@ -144,16 +144,36 @@ fn repeated(n: u64, mut once: impl FnMut(u64) -> Result<Measured>) -> Result<Mea
     for i in 0..n.max(1) {
         runs.push(once(i)?);
     }
+    Ok(median(runs))
+}
+
+/// [`repeated`] for two steps that take turns (`once` runs both, the second where there is
+/// one): each step's median seconds and largest peak RSS.
+fn repeated_pair(
+    n: u64,
+    mut once: impl FnMut(u64) -> Result<(Measured, Option<Measured>)>,
+) -> Result<(Measured, Option<Measured>)> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for i in 0..n.max(1) {
+        let (x, y) = once(i)?;
+        a.push(x);
+        b.extend(y);
+    }
+    Ok((median(a), (!b.is_empty()).then(|| median(b))))
+}
+
+/// The median seconds of `runs` (at least one), their largest peak RSS and the last one's output.
+fn median(mut runs: Vec<Measured>) -> Measured {
     let mut secs: Vec<f64> = runs.iter().map(|m| m.seconds).collect();
     secs.sort_by(f64::total_cmp);
     let seconds = secs[secs.len() / 2];
     let peak_rss_kib = runs.iter().map(|m| m.peak_rss_kib).max().unwrap_or(0);
     let stdout = runs.pop().map(|m| m.stdout).unwrap_or_default();
-    Ok(Measured {
+    Measured {
         seconds,
         peak_rss_kib,
         stdout,
-    })
+    }
 }
 
 /// Apparent size of a file or of everything under a directory.
@@ -515,18 +535,54 @@ impl Bench<'_> {
             if !level.is_empty() {
                 flags.extend(["--level", level]);
             }
-            // The first codec's full archive is repeated (into a new destination each time).
-            let times = if chain.is_none() { self.args.repeat } else { 1 };
-            let m = repeated(times, |_| {
+            // The first codec's full archive is repeated (into a new destination each time),
+            // taking turns with the same full archive encrypted (to an age recipient: a
+            // passphrase would add a second of scrypt to each command), so that the encrypted ÷
+            // plain ratios compare runs made under the same conditions: run after all the
+            // plain ones, the encrypted steps met the writeback of the restores before them.
+            let first = chain.is_none();
+            let times = if first { self.args.repeat } else { 1 };
+            let edir = dir.join(format!("archive-{label}-encrypted"));
+            let e = edir.to_string_lossy().into_owned();
+            let id = age::x25519::Identity::generate();
+            let id_file = dir.join("bench-identity.txt");
+            if first {
+                use age::secrecy::ExposeSecret;
+                std::fs::write(&id_file, id.to_string().expose_secret())?;
+            }
+            let id_path = id_file.to_string_lossy().into_owned();
+            let recipient = id.to_public().to_string();
+            let cache = dir
+                .join("encrypted-key-state")
+                .to_string_lossy()
+                .into_owned();
+            let (m, sealed) = repeated_pair(times, |_| {
                 remove(&adir)?;
-                self.tidemark(
+                let plain = self.tidemark(
                     "backup",
                     &[
                         &["backup", "--source", &src, "--to", &a, "--full"][..],
                         &flags,
                     ]
                     .concat(),
-                )
+                )?;
+                if !first {
+                    return Ok((plain, None));
+                }
+                remove(&edir)?;
+                remove(Path::new(&cache))?;
+                let sealed = self.tidemark(
+                    "backup",
+                    &[
+                        &[
+                            "backup", "--source", &src, "--to", &e, "--full", "--cache", &cache,
+                        ][..],
+                        &flags,
+                        &["--encrypt-recipient", &recipient],
+                    ]
+                    .concat(),
+                )?;
+                Ok((plain, Some(sealed)))
             })?;
             self.push(
                 kind,
@@ -552,61 +608,28 @@ impl Bench<'_> {
                 Some(size_of(&adir)),
                 None,
             );
-            if chain.is_none() {
-                let mut rounds = vec![self.incremental_round(kind, &s, 2, &src, &a, &flags)?];
-                let m = self.tidemark("verify", &["verify", &a])?;
-                self.push(kind, "archive verify", &m, bytes, n, None, None);
-                let m = repeated(self.args.repeat, |_| {
-                    remove(&target)?;
-                    self.tidemark("restore", &["restore", "--from", &a, "--to", &to])
-                })?;
-                self.push(kind, "archive restore", &m, bytes, n, None, None);
-                remove(&target)?;
-                // The same full archive and restore, encrypted (to an age recipient: a
-                // passphrase would add a second of scrypt to each command).
-                let edir = dir.join(format!("archive-{label}-encrypted"));
-                let e = edir.to_string_lossy().into_owned();
-                let id = age::x25519::Identity::generate();
-                let id_file = dir.join("bench-identity.txt");
-                {
-                    use age::secrecy::ExposeSecret;
-                    std::fs::write(&id_file, id.to_string().expose_secret())?;
-                }
-                let id_path = id_file.to_string_lossy().into_owned();
-                let recipient = id.to_public().to_string();
-                let cache = dir
-                    .join("encrypted-key-state")
-                    .to_string_lossy()
-                    .into_owned();
-                // Repeated as the plain steps are (into a new destination and key state each
-                // time), so that the encrypted ÷ plain ratios compare medians with medians.
-                let m = repeated(self.args.repeat, |_| {
-                    remove(&edir)?;
-                    remove(Path::new(&cache))?;
-                    self.tidemark(
-                        "backup",
-                        &[
-                            &[
-                                "backup", "--source", &src, "--to", &e, "--full", "--cache", &cache,
-                            ][..],
-                            &flags,
-                            &["--encrypt-recipient", &recipient],
-                        ]
-                        .concat(),
-                    )
-                })?;
+            if let Some(sealed) = &sealed {
                 self.push(
                     kind,
                     &format!("archive full {label} encrypted"),
-                    &m,
+                    sealed,
                     bytes,
                     n,
                     Some(archives_size(&edir)),
                     None,
                 );
-                let m = repeated(self.args.repeat, |_| {
+            }
+            if first {
+                let mut rounds = vec![self.incremental_round(kind, &s, 2, &src, &a, &flags)?];
+                let m = self.tidemark("verify", &["verify", &a])?;
+                self.push(kind, "archive verify", &m, bytes, n, None, None);
+                // The plain and the encrypted restore take turns too.
+                let (m, sealed) = repeated_pair(self.args.repeat, |_| {
                     remove(&target)?;
-                    self.tidemark(
+                    let plain =
+                        self.tidemark("restore", &["restore", "--from", &a, "--to", &to])?;
+                    remove(&target)?;
+                    let sealed = self.tidemark(
                         "restore",
                         &[
                             "restore",
@@ -617,9 +640,21 @@ impl Bench<'_> {
                             "--encrypt-identity",
                             &id_path,
                         ],
-                    )
+                    )?;
+                    Ok((plain, Some(sealed)))
                 })?;
-                self.push(kind, "archive restore encrypted", &m, bytes, n, None, None);
+                self.push(kind, "archive restore", &m, bytes, n, None, None);
+                if let Some(sealed) = &sealed {
+                    self.push(
+                        kind,
+                        "archive restore encrypted",
+                        sealed,
+                        bytes,
+                        n,
+                        None,
+                        None,
+                    );
+                }
                 remove(&target)?;
                 remove(&edir)?;
                 // Rounds of values of their own (the folder steps use 1, 3 and 4).
