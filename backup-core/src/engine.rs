@@ -1600,10 +1600,10 @@ const LOOKUP_SHARE: u64 = 8;
 /// backup's), and merged with the previous backup's key state `old` it gives the keys deleted
 /// (written at once) and those added or changed (kept in memory with their entries, up to
 /// [`DIFF_CHANGED_BUDGET`]); their records are then looked up ([`View::lookup`]; when they are
-/// few, [`LOOKUP_SHARE`]) or read in a second scan, and written. A record of this second reading whose
-/// entry is not the first scan's, one it gives twice, or a changed key it does not meet means
-/// the two readings differed, and the run is given up (a full backup follows), never recorded
-/// half.
+/// few, [`LOOKUP_SHARE`]) or read in a second scan, and written. A record of this second
+/// reading whose entry is not the first scan's, one it gives twice, or a changed key it does
+/// not meet means the two readings differed, and the run is given up (a full backup follows),
+/// never recorded half.
 fn compare_in_two_scans<R: RunWriter>(
     run: &mut R,
     view: &mut dyn View,
