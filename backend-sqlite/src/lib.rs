@@ -1060,16 +1060,7 @@ impl<'c, 'v> ChangeEmitter<'c, 'v> {
                 slot.insert((get, table.key_positions(), name))
             }
         };
-        for (i, f) in key_fields.iter().enumerate() {
-            get.raw_bind_parameter(i + 1, SqlField(f))?;
-        }
-        let mut found = get.raw_query();
-        let op_record = match found.next()? {
-            Some(row) => Some(read_row(table, positions, row)?),
-            None => None,
-        };
-        drop(found);
-        let (key, op) = match op_record {
+        let (key, op) = match row_by_key(get, table, positions, &key_fields)? {
             Some(rec) => (rec.key, ChangeOp::Put(rec.value)),
             None => (encode_key(&key_fields), ChangeOp::Delete),
         };
@@ -1109,6 +1100,24 @@ fn lookup_sql(table: &Table) -> String {
         })
         .collect();
     format!("{} WHERE {}", table.select_sql(), cond.join(" AND "))
+}
+
+/// The row of `table` whose key values are `fields`, through `get` (prepared from
+/// [`lookup_sql`], `positions` its key columns' places), as a record; `None` if there is none.
+fn row_by_key(
+    get: &mut rusqlite::CachedStatement<'_>,
+    table: &Table,
+    positions: &[usize],
+    fields: &[Field],
+) -> rusqlite::Result<Option<Record>> {
+    for (i, f) in fields.iter().enumerate() {
+        get.raw_bind_parameter(i + 1, SqlField(f))?;
+    }
+    let mut found = get.raw_query();
+    found
+        .next()?
+        .map(|row| read_row(table, positions, row))
+        .transpose()
 }
 
 fn describe(path: &Path) -> String {
@@ -1588,12 +1597,8 @@ impl View for SqliteView {
         let mut get = self.conn.prepare_cached(&lookup_sql(table)).map_err(&err)?;
         let positions = table.key_positions();
         for fields in &wanted {
-            for (i, f) in fields.iter().enumerate() {
-                get.raw_bind_parameter(i + 1, SqlField(f)).map_err(&err)?;
-            }
-            let mut rows = get.raw_query();
-            if let Some(row) = rows.next().map_err(&err)? {
-                visit(read_row(table, &positions, row).map_err(&err)?)?;
+            if let Some(record) = row_by_key(&mut get, table, &positions, fields).map_err(&err)? {
+                visit(record)?;
             }
         }
         Ok(true)
