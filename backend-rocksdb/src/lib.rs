@@ -44,8 +44,9 @@ use backup_core::{
     Result, StorageBackend, StoreFactory, StoreId, StoreKind, StoreSchema, Value, View,
 };
 use rocksdb::{
-    AsColumnFamilyRef, DBWithThreadMode, IngestExternalFileOptions, IteratorMode, MultiThreaded,
-    Options, ReadOptions, SnapshotWithThreadMode, SstFileWriter, WriteBatch, WriteOptions,
+    AsColumnFamilyRef, DBCompressionType, DBWithThreadMode, IngestExternalFileOptions,
+    IteratorMode, MultiThreaded, Options, ReadOptions, SnapshotWithThreadMode, SstFileWriter,
+    WriteBatch, WriteOptions,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -72,12 +73,9 @@ pub struct RocksBackend {
     secondary: Option<std::sync::OnceLock<backup_core::ScratchDir>>,
     /// Held while the secondary instance is being opened (one opening at a time).
     opening: std::sync::Mutex<()>,
-    /// Restore targets: the table `format_version` new SST files are written in.
-    format_version: Option<i32>,
-    /// Restore targets: the options of the SST files a restore writes itself (the table format
-    /// above); `None` for a database the backend did not create, which is written through its
-    /// memtables only.
-    sst_options: Option<Options>,
+    /// Restore targets: how new column families and SST files are written (`None` for a
+    /// database the backend did not create, which is written through its memtables only).
+    layout: Option<Layout>,
     /// What [`StorageBackend::wait_for_changes`] compares with to notice an ingested file,
     /// which moves no sequence number: set by each view.
     watch: std::sync::Mutex<Option<Watch>>,
@@ -136,8 +134,7 @@ impl RocksBackend {
             path,
             secondary: None,
             opening: std::sync::Mutex::new(()),
-            format_version: None,
-            sst_options: None,
+            layout: None,
             watch: std::sync::Mutex::new(None),
         }
     }
@@ -174,8 +171,7 @@ impl RocksBackend {
             path: path.to_path_buf(),
             secondary: Some(std::sync::OnceLock::new()),
             opening: std::sync::Mutex::new(()),
-            format_version: None,
-            sst_options: None,
+            layout: None,
             watch: std::sync::Mutex::new(None),
         })
     }
@@ -238,7 +234,12 @@ impl RocksBackend {
     /// Creates a new, empty database (a restore target) whose SST files use the block-based
     /// table `format_version` given (the source's, so the application's RocksDB reads it).
     pub fn create_with_format(path: &Path, format_version: i32) -> Result<Self> {
-        let mut opts = table_options(format_version);
+        Self::create_with_layout(path, Layout::new(format_version, BTreeMap::new()))
+    }
+
+    /// Creates a new, empty database (a restore target) that writes as `layout` says.
+    fn create_with_layout(path: &Path, layout: Layout) -> Result<Self> {
+        let mut opts = table_options(layout.format_version);
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // A restore writes every column family without the WAL; cap all memtables together so
@@ -253,8 +254,7 @@ impl RocksBackend {
             path: path.to_path_buf(),
             secondary: None,
             opening: std::sync::Mutex::new(()),
-            format_version: Some(format_version),
-            sst_options: Some(table_options(format_version)),
+            layout: Some(layout),
             watch: std::sync::Mutex::new(None),
         })
     }
@@ -568,6 +568,56 @@ fn table_options(format_version: i32) -> Options {
     opts
 }
 
+/// The compression types tidemark records and writes, by the names RocksDB's OPTIONS files
+/// (and `SetOptions`) give them.
+const COMPRESSIONS: [(&str, DBCompressionType); 7] = [
+    ("kNoCompression", DBCompressionType::None),
+    ("kSnappyCompression", DBCompressionType::Snappy),
+    ("kZlibCompression", DBCompressionType::Zlib),
+    ("kBZip2Compression", DBCompressionType::Bz2),
+    ("kLZ4Compression", DBCompressionType::Lz4),
+    ("kLZ4HCCompression", DBCompressionType::Lz4hc),
+    ("kZSTD", DBCompressionType::Zstd),
+];
+
+/// How a restore target writes: the table `format_version` of every SST file, and for the
+/// column families of a RocksDB source, the compression the source gave their files.
+struct Layout {
+    format_version: i32,
+    /// SST files of column families the source said nothing about (RocksDB's default
+    /// compression).
+    default: Options,
+    /// Per column family (stored name): the compression's OPTIONS name and the options of its
+    /// SST files and of the column family itself.
+    by_cf: BTreeMap<String, (&'static str, Options)>,
+}
+
+impl Layout {
+    /// `compression`: per column family, a compression's OPTIONS name (names tidemark does not
+    /// know are left to RocksDB's default).
+    fn new(format_version: i32, compression: BTreeMap<String, String>) -> Self {
+        let by_cf = compression
+            .into_iter()
+            .filter_map(|(cf, name)| {
+                let (name, t) = COMPRESSIONS.iter().find(|(n, _)| *n == name)?;
+                let mut opts = table_options(format_version);
+                opts.set_compression_type(*t);
+                Some((cf, (*name, opts)))
+            })
+            .collect();
+        Layout {
+            format_version,
+            default: table_options(format_version),
+            by_cf,
+        }
+    }
+
+    /// The options column family `cf` and its SST files are written with.
+    fn options(&self, cf: &str) -> &Options {
+        self.by_cf.get(cf).map_or(&self.default, |(_, o)| o)
+    }
+}
+
 /// What the newest `OPTIONS-*` file of the database at `path` says about the RocksDB that
 /// wrote it: its version and the default column family's table `format_version`. Read-only;
 /// `None` where the file or a field is missing.
@@ -585,6 +635,10 @@ struct StoreOptions {
     /// The column families with FIFO compaction, which deletes whole files without a WAL
     /// record.
     fifo: std::collections::BTreeSet<String>,
+    /// Per column family, the compression of the files written into its last level (and so of
+    /// an ingested file, as `SstFileWriter` chooses it): `bottommost_compression` where set,
+    /// else the last of `compression_per_level` where given, else `compression`.
+    compression: BTreeMap<String, String>,
 }
 
 /// The `OPTIONS-*` files of the database at `path`, read: the version and table format of the
@@ -624,6 +678,8 @@ fn fifo_ids(
 fn parse_options_file(text: &str) -> StoreOptions {
     let mut options = StoreOptions::default();
     let mut section = String::new();
+    // Per column family: `compression`, `bottommost_compression`, `compression_per_level`.
+    let mut compression: BTreeMap<String, [Option<String>; 3]> = BTreeMap::new();
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             section = line.to_string();
@@ -644,6 +700,28 @@ fn parse_options_file(text: &str) -> StoreOptions {
             .and_then(|l| l.strip_suffix("\"]"));
         if let (Some(cf), "compaction_style", "kCompactionStyleFIFO") = (cf, k, v) {
             options.fifo.insert(cf.to_string());
+        }
+        let slot = match k {
+            "compression" => 0,
+            "bottommost_compression" => 1,
+            "compression_per_level" => 2,
+            _ => continue,
+        };
+        if let Some(cf) = cf {
+            compression.entry(cf.to_string()).or_default()[slot] = Some(v.to_string());
+        }
+    }
+    for (cf, [all, bottom, per_level]) in compression {
+        let last_level = per_level.and_then(|l| {
+            let last = l.rsplit(':').next()?.trim().to_string();
+            (!last.is_empty()).then_some(last)
+        });
+        let chosen = bottom
+            .filter(|b| b != "kDisableCompressionOption")
+            .or(last_level)
+            .or(all);
+        if let Some(c) = chosen {
+            options.compression.insert(cf, c);
         }
     }
     options
@@ -1124,6 +1202,7 @@ impl View for RocksView<'_> {
         Ok(StoreSchema(serde_json::json!({
             "rocksdb_version": options.version,
             "format_version": options.format,
+            "compression": options.compression,
         })))
     }
 
@@ -1431,10 +1510,12 @@ struct RocksRestore<'a> {
 }
 
 impl<'a> RocksRestore<'a> {
-    fn start_sst(&mut self) -> Result<Option<Load<'a>>> {
-        let Some(opts) = self.backend.sst_options.as_ref() else {
+    /// Starts an SST file for column family `name`.
+    fn start_sst(&mut self, name: &str) -> Result<Option<Load<'a>>> {
+        let Some(layout) = self.backend.layout.as_ref() else {
             return Ok(None);
         };
+        let opts = layout.options(name);
         let file = self
             .backend
             .path
@@ -1479,14 +1560,25 @@ impl RestoreSink for RocksRestore<'_> {
         let stored = stored(&info.name);
         let name = stored.as_str();
         let db = self.backend.handle()?;
+        let layout = self.backend.layout.as_ref();
         if name != rocksdb::DEFAULT_COLUMN_FAMILY_NAME && db.cf_handle(name).is_none() {
-            let opts = match self.backend.format_version {
-                Some(v) => table_options(v),
-                None => Options::default(),
-            };
-            db.create_cf(name, &opts).map_err(|e| {
+            let default = Options::default();
+            let opts = layout.map_or(&default, |l| l.options(name));
+            db.create_cf(name, opts).map_err(|e| {
                 self.backend
                     .err(&format!("creating column family `{name}`"), e)
+            })?;
+        } else if let Some((compression, _)) = layout.and_then(|l| l.by_cf.get(name)) {
+            // A column family the new database already has (`default`): its memtables flush
+            // with the source's compression too.
+            let set = [("compression", *compression)];
+            let done = match cf(db, &self.backend.path, name)? {
+                Cf::Default => db.set_options(&set),
+                Cf::Named(h) => db.set_options_cf(&h, &set),
+            };
+            done.map_err(|e| {
+                self.backend
+                    .err(&format!("setting the compression of `{name}`"), e)
             })?;
         }
         self.created.push(name.to_string());
@@ -1499,7 +1591,7 @@ impl RestoreSink for RocksRestore<'_> {
         let mut batch = WriteBatch::default();
         let mut load = match self.loads.remove(&name) {
             Some(l) => l,
-            None => self.start_sst()?.unwrap_or(Load::Memtable),
+            None => self.start_sst(&name)?.unwrap_or(Load::Memtable),
         };
         let mut handle = None;
         for record in &records {
@@ -1540,7 +1632,7 @@ impl RestoreSink for RocksRestore<'_> {
                         file,
                         mut last,
                         ..
-                    }) = self.start_sst()?
+                    }) = self.start_sst(&name)?
                     {
                         writer.put(key, value).map_err(|e| {
                             self.backend.err(&format!("writing {}", file.display()), e)
@@ -1603,6 +1695,29 @@ pub struct RocksFactory {
 }
 
 impl RocksFactory {
+    /// The compression a restore of a backup of `source` with `schema` gives each column
+    /// family: the source's, where a RocksDB backup recorded it (by the OPTIONS file's
+    /// names). Other column families get RocksDB's default.
+    pub fn compression_for(
+        &self,
+        schema: &StoreSchema,
+        source: StoreKind,
+    ) -> BTreeMap<String, String> {
+        if source != StoreKind::Rocksdb {
+            return BTreeMap::new();
+        }
+        schema
+            .0
+            .get("compression")
+            .and_then(|c| c.as_object())
+            .map(|c| {
+                c.iter()
+                    .filter_map(|(cf, v)| Some((cf.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The table `format_version` a restore of a backup of `source` with `schema` writes: the
     /// override, else the source's own (a RocksDB backup records it), else
     /// [`DEFAULT_FORMAT_VERSION`].
@@ -1654,10 +1769,11 @@ impl StoreFactory for RocksFactory {
         schema: &StoreSchema,
         source: StoreKind,
     ) -> Result<Box<dyn StorageBackend>> {
-        Ok(Box::new(RocksBackend::create_with_format(
-            path,
+        let layout = Layout::new(
             self.format_for(schema, source),
-        )?))
+            self.compression_for(schema, source),
+        );
+        Ok(Box::new(RocksBackend::create_with_layout(path, layout)?))
     }
 }
 
@@ -1794,10 +1910,31 @@ mod tests {
                     [TableOptions/BlockBasedTable \"default\"]\n  block_size=4096\n  format_version=6\n\n\
                     [TableOptions/BlockBasedTable \"other\"]\n  format_version=7\n\n\
                     [CFOptions \"queue\"]\n  compaction_style=kCompactionStyleLevel\n\n\
-                    [CFOptions \"events\"]\n  compaction_style=kCompactionStyleFIFO\n";
+                    [CFOptions \"events\"]\n  compaction_style=kCompactionStyleFIFO\n\
+                    compression=kLZ4Compression\n  bottommost_compression=kDisableCompressionOption\n\n\
+                    [CFOptions \"levels\"]\n  compression=kLZ4Compression\n\
+                    compression_per_level=kNoCompression:kSnappyCompression:kZSTD\n\n\
+                    [CFOptions \"bottom\"]\n  compression=kNoCompression\n\
+                    compression_per_level=kNoCompression:kSnappyCompression\n\
+                    bottommost_compression=kZlibCompression\n\n\
+                    [CFOptions \"empty\"]\n  compression_per_level=\n  compression=kNoCompression\n";
         let o = parse_options_file(text);
         assert_eq!((o.version, o.format), (Some("9.8.4".to_string()), Some(6)));
         assert_eq!(o.fifo, ["events".to_string()].into());
+        let compression: Vec<(&str, &str)> = o
+            .compression
+            .iter()
+            .map(|(cf, c)| (cf.as_str(), c.as_str()))
+            .collect();
+        assert_eq!(
+            compression,
+            [
+                ("bottom", "kZlibCompression"),
+                ("empty", "kNoCompression"),
+                ("events", "kLZ4Compression"),
+                ("levels", "kZSTD"),
+            ]
+        );
         assert_eq!(parse_options_file("garbage"), StoreOptions::default());
     }
 
@@ -1819,6 +1956,23 @@ mod tests {
             format_version: Some(6),
         };
         assert_eq!(forced.format_for(&schema, StoreKind::Rocksdb), 6);
+        // Compression: the source's where a RocksDB backup recorded it; names this build
+        // does not know are left to RocksDB's default.
+        let schema = StoreSchema(serde_json::json!({"compression": {
+            "a": "kNoCompression", "b": "kXpressCompression", "c": 3
+        }}));
+        let compression = f.compression_for(&schema, StoreKind::Rocksdb);
+        assert_eq!(compression.len(), 2, "{compression:?}");
+        assert!(f.compression_for(&schema, StoreKind::Sqlite).is_empty());
+        let layout = Layout::new(4, compression);
+        assert_eq!(
+            layout
+                .by_cf
+                .iter()
+                .map(|(cf, (n, _))| (cf.as_str(), *n))
+                .collect::<Vec<_>>(),
+            [("a", "kNoCompression")]
+        );
     }
 
     #[test]

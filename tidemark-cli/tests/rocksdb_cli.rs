@@ -259,6 +259,81 @@ fn assert_restores(d: &Path, dest: &str, copy: &str, expected: &serde_json::Valu
     assert_eq!(&app_dump(d, copy), expected, "restore of {dest}");
 }
 
+/// A restore writes each column family's files with the compression the source gave its last
+/// level (where ingested files go): an application's uncompressed column family comes back
+/// uncompressed, a zstd one compressed, and one that compresses only its last level
+/// compressed. Sizes and contents as the application (rocksdict, its own RocksDB) reads them.
+/// A restore of another store's backup gets RocksDB's default compression.
+#[test]
+fn a_restore_keeps_each_column_familys_compression() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    common::rocksapp(&["compressed", "src", "2000"], d);
+    let sizes = |dir: &str| -> BTreeMap<String, u64> {
+        serde_json::from_str(&common::rocksapp(&["sizes", dir], d)).unwrap()
+    };
+    let source = sizes("src");
+    // 2,000 values of 994 bytes each: uncompressed in `plain` and (at level 0) in `bottom`.
+    assert!(
+        source["p"] > 1_900_000 && source["b"] > 1_900_000,
+        "{source:?}"
+    );
+    assert!(source["z"] < 200_000, "{source:?}");
+    // Both backups first: the application's opens below (read-write) write an OPTIONS file
+    // with their own options, which a later backup would record.
+    for format in ["archive", "folder"] {
+        let dest = format!("bk-{format}");
+        ok(
+            &[
+                "backup",
+                "--source",
+                "rocksdb:src",
+                "--to",
+                &dest,
+                "--format",
+                format,
+            ],
+            d,
+        );
+    }
+    for format in ["archive", "folder"] {
+        let (dest, copy) = (format!("bk-{format}"), format!("copy-{format}"));
+        ok(
+            &[
+                "restore",
+                "--from",
+                &dest,
+                "--to",
+                &format!("rocksdb:{copy}"),
+            ],
+            d,
+        );
+        let restored = sizes(&copy);
+        assert!(restored["p"] > 1_900_000, "{format}: {restored:?}");
+        assert!(
+            restored["z"] < 200_000 && restored["b"] < 200_000,
+            "{format}: {restored:?}"
+        );
+        assert_eq!(app_dump(d, &copy), app_dump(d, "src"), "{format}");
+    }
+    // Into SQLite and back: no compression recorded, RocksDB's default (which compresses).
+    ok(
+        &["restore", "--from", "bk-archive", "--to", "sqlite:c.db"],
+        d,
+    );
+    ok(
+        &["backup", "--source", "sqlite:c.db", "--to", "bk-sqlite"],
+        d,
+    );
+    ok(
+        &["restore", "--from", "bk-sqlite", "--to", "rocksdb:back"],
+        d,
+    );
+    // 6,000 records of about 1,000 bytes: well under 6 MB once compressed.
+    let back: u64 = sizes("back").values().sum();
+    assert!(back > 0 && back < 2_000_000, "{back}");
+}
+
 /// `tidemark [FLAGS] backup --source rocksdb:src --to DEST --format FORMAT` in `d`: its output,
 /// and its stdout and stderr as one text (a run says on stderr why it does not read the WAL).
 fn backup_of_src(

@@ -25,6 +25,11 @@ own, older RocksDB (9.x). Commands:
       `default`, creating the database if needed; WAL files kept an hour
   hold DIR                                          open the database, print "ready", and keep
       it open until stdin closes
+  compressed DIR COUNT                              create a database of three column families of
+      COUNT compressible 1,000-byte values each, flushed: `plain` (keys p…, no compression),
+      `packed` (keys z…, zstd) and `bottom` (keys b…, no compression but zstd for the last level)
+  sizes DIR                                         print the bytes of the live SST files by the
+      first letter of their keys (JSON), opened read-only
   dump DIR                                          print every column family's keys and values
       as JSON ({cf: {hex key: hex value}}); fails if the database cannot be opened
 """
@@ -32,7 +37,7 @@ import json
 import os
 import sys
 
-from rocksdict import Options, Rdict, SstFileWriter
+from rocksdict import AccessType, DBCompressionType, Options, Rdict, SstFileWriter
 
 
 def options(keep_wal=False):
@@ -161,6 +166,36 @@ def big(path, key, size, seed):
     db.close()
 
 
+def compressed(path, count):
+    db = Rdict(path, options())
+    plain = options()
+    plain.set_compression_type(DBCompressionType.none())
+    packed = options()
+    packed.set_compression_type(DBCompressionType.zstd())
+    bottom = options()
+    bottom.set_compression_type(DBCompressionType.none())
+    bottom.set_bottommost_compression_type(DBCompressionType.zstd())
+    for name, o, letter in [("plain", plain, b"p"), ("packed", packed, b"z"), ("bottom", bottom, b"b")]:
+        cf = db.create_column_family(name, o)
+        for i in range(count):
+            cf[letter + b"%06d" % i] = (b"%06d " % i) * 142
+        cf.flush()
+    db.close()
+
+
+def sizes(path):
+    # Read-only: a read-write open would write an OPTIONS file with this script's options.
+    cfs = Rdict.list_cf(path)
+    db = Rdict(path, options(), column_families={n: options() for n in cfs if n != "default"},
+               access_type=AccessType.read_only())
+    out = {}
+    for f in db.live_files():
+        letter = f["start_key"][:1].decode()
+        out[letter] = out.get(letter, 0) + f["size"]
+    db.close()
+    print(json.dumps(out, sort_keys=True))
+
+
 def dump(path):
     cfs = Rdict.list_cf(path)
     db = Rdict(path, options(), column_families={n: options() for n in cfs if n != "default"})
@@ -198,6 +233,10 @@ if __name__ == "__main__":
         print("ready", flush=True)
         sys.stdin.read()
         db.close()
+    elif cmd == "compressed":
+        compressed(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "sizes":
+        sizes(sys.argv[2])
     elif cmd == "dump":
         dump(sys.argv[2])
     else:
