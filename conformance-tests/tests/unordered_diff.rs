@@ -336,3 +336,72 @@ fn diff_round_trip(lookups: Lookups) {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(restored("r2"), content(store.clone()));
 }
+
+/// A change larger than the diff keeps in memory between its two readings (64 MiB of changed
+/// keys, at 64 bytes and the key's length each: about 950,000 keys of eight bytes) is taken as
+/// a full backup with the reason given, and the chain restores equal to the store.
+#[test]
+fn a_change_larger_than_the_diff_keeps_in_memory_is_taken_as_a_full_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new(&dir.path().join("src"));
+    store.create_collection("big");
+    let n = 1_000_000;
+    let ops: Vec<Op> = (0..n)
+        .map(|i| put("big", &format!("{i:08}"), "v"))
+        .collect();
+    store.write(&ops);
+    let backend = Unordered {
+        inner: MemoryBackend(store.clone()),
+        tamper: AtomicBool::new(false),
+        lookups: Lookups::Honest,
+        scans: Arc::default(),
+    };
+    let chain = dir.path().join("chain");
+    let archive = backup_core::ArchiveOptions::default();
+    let backup = || {
+        let mut notices = Vec::new();
+        let summary = backup_core::backup_archive(
+            &backend,
+            &chain,
+            &BackupOptions::default(),
+            &archive,
+            &mut |e| {
+                if let backup_core::Event::Notice(n) = e {
+                    notices.push(n);
+                }
+            },
+        )
+        .unwrap()
+        .backup;
+        (summary, notices)
+    };
+    assert_eq!(backup().0.method, Method::Full);
+    // Every record changed.
+    let ops: Vec<Op> = (0..n)
+        .map(|i| put("big", &format!("{i:08}"), "w"))
+        .collect();
+    store.write(&ops);
+    let (second, notices) = backup();
+    assert_eq!(second.method, Method::Full, "{second:?}");
+    assert_eq!(second.records_written, n as u64, "{second:?}");
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("changed than a diff keeps in memory")),
+        "{notices:?}"
+    );
+    let target = dir.path().join("restored");
+    backup_core::restore_archives_to_path(
+        &chain,
+        &RestorePoint::Latest,
+        &MemoryFactory,
+        &target,
+        &RestoreOptions::default(),
+        &archive,
+    )
+    .unwrap();
+    assert_eq!(
+        content(MemoryStore::open(&target).unwrap()),
+        content(store.clone())
+    );
+}
