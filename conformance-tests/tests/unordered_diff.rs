@@ -8,13 +8,14 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use backup_core::{
-    BackupMode, BackupOptions, Change, Checkpoint, CollectionInfo, CollectionName, Error, Method,
-    Record, RestoreOptions, RestorePoint, RestoreSink, Result, StorageBackend, StoreKind, Value,
-    View,
+    BackupMode, BackupOptions, BackupSummary, Change, Checkpoint, CollectionInfo, CollectionName,
+    Error, Method, Record, RestoreOptions, RestorePoint, RestoreSink, Result, StorageBackend,
+    StoreKind, Value, View,
 };
 use conformance_tests::memory::{MemoryBackend, MemoryFactory, MemoryStore};
 use conformance_tests::Op;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -204,6 +205,44 @@ fn content(store: Arc<MemoryStore>) -> Content {
     out
 }
 
+/// A backup of `backend` into the archive chain `chain` (full or diff, as the engine decides):
+/// its summary and the notices it gave.
+fn backup_into(backend: &Unordered, chain: &Path) -> (BackupSummary, Vec<String>) {
+    let mut notices = Vec::new();
+    let summary = backup_core::backup_archive(
+        backend,
+        chain,
+        &BackupOptions {
+            mode: BackupMode::Auto,
+            ..BackupOptions::default()
+        },
+        &backup_core::ArchiveOptions::default(),
+        &mut |e| {
+            if let backup_core::Event::Notice(n) = e {
+                notices.push(n);
+            }
+        },
+    )
+    .unwrap()
+    .backup;
+    (summary, notices)
+}
+
+/// The chain `chain` restored (its latest point) into a new memory store at `target`: its
+/// content.
+fn restore_into(chain: &Path, target: &Path) -> Content {
+    backup_core::restore_archives_to_path(
+        chain,
+        &RestorePoint::Latest,
+        &MemoryFactory,
+        target,
+        &RestoreOptions::default(),
+        &backup_core::ArchiveOptions::default(),
+    )
+    .unwrap();
+    content(MemoryStore::open(target).unwrap())
+}
+
 #[test]
 fn a_diff_in_two_scans_writes_what_changed_and_gives_up_when_the_scans_differ() {
     diff_round_trip(Lookups::None);
@@ -246,40 +285,8 @@ fn diff_round_trip(lookups: Lookups) {
         scans: Arc::default(),
     };
     let chain = dir.path().join("chain");
-    let archive = backup_core::ArchiveOptions::default();
-    let backup = || {
-        let mut notices = Vec::new();
-        let summary = backup_core::backup_archive(
-            &backend,
-            &chain,
-            &BackupOptions {
-                mode: BackupMode::Auto,
-                ..BackupOptions::default()
-            },
-            &archive,
-            &mut |e| {
-                if let backup_core::Event::Notice(n) = e {
-                    notices.push(n);
-                }
-            },
-        )
-        .unwrap()
-        .backup;
-        (summary, notices)
-    };
-    let restored = |name: &str| {
-        let target = dir.path().join(name);
-        backup_core::restore_archives_to_path(
-            &chain,
-            &RestorePoint::Latest,
-            &MemoryFactory,
-            &target,
-            &RestoreOptions::default(),
-            &archive,
-        )
-        .unwrap();
-        content(MemoryStore::open(&target).unwrap())
-    };
+    let backup = || backup_into(&backend, &chain);
+    let restored = |name: &str| restore_into(&chain, &dir.path().join(name));
     let (first, _) = backup();
     assert_eq!(first.method, Method::Full);
 
@@ -357,24 +364,7 @@ fn a_change_larger_than_the_diff_keeps_in_memory_is_taken_as_a_full_backup() {
         scans: Arc::default(),
     };
     let chain = dir.path().join("chain");
-    let archive = backup_core::ArchiveOptions::default();
-    let backup = || {
-        let mut notices = Vec::new();
-        let summary = backup_core::backup_archive(
-            &backend,
-            &chain,
-            &BackupOptions::default(),
-            &archive,
-            &mut |e| {
-                if let backup_core::Event::Notice(n) = e {
-                    notices.push(n);
-                }
-            },
-        )
-        .unwrap()
-        .backup;
-        (summary, notices)
-    };
+    let backup = || backup_into(&backend, &chain);
     assert_eq!(backup().0.method, Method::Full);
     // Every record changed.
     let ops: Vec<Op> = (0..n)
@@ -390,18 +380,8 @@ fn a_change_larger_than_the_diff_keeps_in_memory_is_taken_as_a_full_backup() {
             .any(|n| n.contains("changed than a diff keeps in memory")),
         "{notices:?}"
     );
-    let target = dir.path().join("restored");
-    backup_core::restore_archives_to_path(
-        &chain,
-        &RestorePoint::Latest,
-        &MemoryFactory,
-        &target,
-        &RestoreOptions::default(),
-        &archive,
-    )
-    .unwrap();
     assert_eq!(
-        content(MemoryStore::open(&target).unwrap()),
+        restore_into(&chain, &dir.path().join("restored")),
         content(store.clone())
     );
 }
