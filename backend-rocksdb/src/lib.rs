@@ -239,7 +239,7 @@ impl RocksBackend {
 
     /// Creates a new, empty database (a restore target) that writes as `layout` says.
     fn create_with_layout(path: &Path, layout: Layout) -> Result<Self> {
-        let mut opts = table_options(layout.format_version);
+        let mut opts = layout.default.clone();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         // A restore writes every column family without the WAL; cap all memtables together so
@@ -583,9 +583,8 @@ const COMPRESSIONS: [(&str, DBCompressionType); 7] = [
 /// How a restore target writes: the table `format_version` of every SST file, and for the
 /// column families of a RocksDB source, the compression the source gave their files.
 struct Layout {
-    format_version: i32,
     /// SST files of column families the source said nothing about (RocksDB's default
-    /// compression).
+    /// compression), and the database's own options.
     default: Options,
     /// Per column family (stored name): the compression's OPTIONS name and the options of its
     /// SST files and of the column family itself.
@@ -606,7 +605,6 @@ impl Layout {
             })
             .collect();
         Layout {
-            format_version,
             default: table_options(format_version),
             by_cf,
         }
