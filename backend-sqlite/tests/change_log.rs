@@ -379,6 +379,41 @@ fn log_rows_deleted_behind_tidemarks_back_make_the_changes_unavailable() {
     }
 }
 
+/// In WAL mode a range of many changes is read in two halves, by the view's connection and a
+/// second one at the same snapshot. A log row deleted behind tidemark's back in either half
+/// still makes the changes unavailable before any is handed on; untouched, the range reads
+/// in full.
+#[test]
+fn a_log_row_missing_from_either_half_of_a_shared_reading_makes_the_changes_unavailable() {
+    for (half, at) in [("first", 100), ("later", 4_900)] {
+        let (_d, mut conn, backend, _) =
+            tracked("PRAGMA journal_mode = WAL; CREATE TABLE a(id INTEGER PRIMARY KEY, v TEXT);");
+        insert_rows(&mut conn, 5_000);
+        let middle = backend.current_checkpoint().unwrap();
+        conn.execute("UPDATE a SET v = 'y'", []).unwrap();
+        assert_eq!(read(&backend, &middle).len(), 5_000, "{half}");
+        conn.execute(
+            "DELETE FROM _tidemark_changes WHERE seq = ?1",
+            [middle.position as i64 + at],
+        )
+        .unwrap();
+        let mut view = backend.view().unwrap();
+        let mut handed = 0;
+        let result = view.changes_since(&middle, 1000, &mut |b| {
+            handed += b.len();
+            Ok(())
+        });
+        match result {
+            Err(backup_core::Error::ChangesUnavailable { reason, .. }) => assert!(
+                reason.contains("holds 4999 of the 5000 entries"),
+                "{half}: {reason}"
+            ),
+            other => panic!("{half}: {other:?}"),
+        }
+        assert_eq!(handed, 0, "{half}");
+    }
+}
+
 /// A short range of many keys (at least 2,048 after the reduction) is looked up by two
 /// connections, each taking a range of the keys: together they give each key's last change
 /// once, as the log says, with the row as of the view.
