@@ -745,13 +745,25 @@ pub fn takes_delta(state: &StateFiles) -> bool {
 /// Reads a base index and its deltas as one index, in ascending key order: of the entries for
 /// a key, the newest file's wins, and a deletion hides the key. Every file's CRC32 is checked
 /// when it has been read to its end.
+///
+/// The first file (the base, most of the keys) is compared with the smallest key of the
+/// others, which is sought again only when one of them moves: a key of the base alone costs
+/// one comparison, however many deltas there are. Readers move lazily, when the next key is
+/// asked for, so the key shown is the reader's own and is never copied. (Comparing every
+/// file's key at every step, and copying the key, made the fold of eight deltas into a base of
+/// 250,000 keys take 50 ms.)
 pub struct Layered {
     /// The base first, then the deltas, oldest first.
     readers: Vec<IndexReader>,
     /// Each reader's current entry (`Some(None)`: a deletion); `None` once it is exhausted.
     current: Vec<Option<Option<Entry>>>,
-    /// The key [`Layered::advance`] moved to (with deltas; the base's own otherwise).
-    key: Vec<u8>,
+    /// Of the readers after the first, the one with the smallest current key (the newest of
+    /// equal keys), if any is left.
+    rest_min: Option<usize>,
+    /// The reader whose key was returned last ([`Layered::key`]).
+    shown: usize,
+    /// The readers at the key returned last, which move before the next key is sought.
+    at_key: Vec<usize>,
 }
 
 impl Layered {
@@ -781,24 +793,27 @@ impl Layered {
             }
             readers.push(r);
         }
-        let mut current = Vec::with_capacity(readers.len());
-        if readers.len() > 1 {
-            for r in readers.iter_mut() {
-                current.push(r.advance_change()?);
-            }
-        }
-        Ok(Layered {
+        let mut layered = Layered {
+            current: Vec::with_capacity(readers.len()),
             readers,
-            current,
-            key: Vec::new(),
-        })
+            rest_min: None,
+            shown: 0,
+            at_key: Vec::new(),
+        };
+        if layered.readers.len() > 1 {
+            for r in layered.readers.iter_mut() {
+                layered.current.push(r.advance_change()?);
+            }
+            layered.seek_rest_min();
+        }
+        Ok(layered)
     }
 
     /// Moves to the next key present in the state, which [`Layered::key`] then shows, and
     /// returns its entry; `None` at the (checked) end of every file.
     pub fn advance(&mut self) -> Result<Option<Entry>> {
-        if self.readers.len() == 1 {
-            return self.readers[0].advance();
+        if let [only] = &mut self.readers[..] {
+            return only.advance();
         }
         loop {
             match self.advance_change()? {
@@ -809,15 +824,10 @@ impl Layered {
         }
     }
 
-    /// Like [`Layered::advance`], but a key whose newest entry is a deletion is returned too,
-    /// as `Some(None)`.
-    fn advance_change(&mut self) -> Result<Option<Option<Entry>>> {
-        if self.readers.len() == 1 {
-            return self.readers[0].advance_change();
-        }
-        // The smallest current key; of equal keys, the newest file's.
+    /// Finds [`Layered::rest_min`] among the readers after the first.
+    fn seek_rest_min(&mut self) {
         let mut best: Option<usize> = None;
-        for i in 0..self.readers.len() {
+        for i in 1..self.readers.len() {
             if self.current[i].is_none() {
                 continue;
             }
@@ -826,27 +836,57 @@ impl Layered {
                 _ => Some(i),
             };
         }
-        let Some(b) = best else {
-            return Ok(None);
+        self.rest_min = best;
+    }
+
+    /// Like [`Layered::advance`], but a key whose newest entry is a deletion is returned too,
+    /// as `Some(None)`.
+    fn advance_change(&mut self) -> Result<Option<Option<Entry>>> {
+        match self.readers.len() {
+            0 => return Ok(None), // no deltas
+            1 => return self.readers[0].advance_change(),
+            _ => {}
+        }
+        // The readers at the key returned last move on.
+        let mut rest_moved = false;
+        for &i in &self.at_key {
+            self.current[i] = self.readers[i].advance_change()?;
+            rest_moved |= i > 0;
+        }
+        self.at_key.clear();
+        if rest_moved {
+            self.seek_rest_min();
+        }
+        let first = self.current[0].is_some();
+        let order = match (first, self.rest_min) {
+            (false, None) => return Ok(None),
+            (true, None) => std::cmp::Ordering::Less,
+            (false, Some(_)) => std::cmp::Ordering::Greater,
+            (true, Some(m)) => self.readers[0].key().cmp(self.readers[m].key()),
         };
-        let entry = self.current[b].expect("chosen among the present");
-        self.key.clear();
-        self.key.extend_from_slice(self.readers[b].key());
-        for i in 0..self.readers.len() {
-            if self.current[i].is_some() && self.readers[i].key() == self.key.as_slice() {
-                self.current[i] = self.readers[i].advance_change()?;
+        if order == std::cmp::Ordering::Less {
+            // A key of the first file alone: the common case.
+            self.shown = 0;
+            self.at_key.push(0);
+            return Ok(self.current[0]);
+        }
+        let m = self.rest_min.expect("some reader after the first is left");
+        // The newest file's entry wins; every reader at the key moves on next time.
+        self.shown = m;
+        if order == std::cmp::Ordering::Equal {
+            self.at_key.push(0);
+        }
+        for i in 1..self.readers.len() {
+            if self.current[i].is_some() && self.readers[i].key() == self.readers[m].key() {
+                self.at_key.push(i);
             }
         }
-        Ok(Some(entry))
+        Ok(self.current[m])
     }
 
     /// The key [`Layered::advance`] moved to.
     pub fn key(&self) -> &[u8] {
-        if self.readers.len() == 1 {
-            self.readers[0].key()
-        } else {
-            &self.key
-        }
+        self.readers.get(self.shown).map_or(&[], IndexReader::key)
     }
 
     /// The next key and its entry, or `None` at the (checked) end.
