@@ -13,14 +13,15 @@
 
 use crate::archive::{ArchiveManifest, ArchiveOutput, ArchiveRead};
 use crate::error::{Error, Result};
-use age::secrecy::SecretString;
+use age::secrecy::{ExposeSecret, SecretString};
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit, OsRng};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// What an encrypted chain opened without a key says: the options that open it.
@@ -154,7 +155,10 @@ pub fn open_chain_key(
     writer: bool,
 ) -> Result<Option<OpenedKey>> {
     if let Some(files) = read_key_files(store)? {
-        let key = ChainKey::unwrap(&files.path, &files.bytes, options)?;
+        let key = match &options.remembered {
+            Some(remembered) => remembered.unwrap(&files.path, &files.bytes, options)?,
+            None => ChainKey::unwrap(&files.path, &files.bytes, options)?,
+        };
         let written = if writer {
             repair_key_files(store, &files)?
         } else {
@@ -186,6 +190,12 @@ pub fn open_chain_key(
     let bytes = key.wrap(&path, options)?;
     store.write_key(&bytes)?;
     store.replace_key_file(KEY_FILE_COPY, &bytes)?;
+    if let Some(remembered) = &options.remembered {
+        // What made the key opens it too (with a passphrase or an identity given).
+        if options.can_open() {
+            remembered.keep(RememberedKeys::opener(options), &bytes, &key);
+        }
+    }
     Ok(Some(OpenedKey {
         key,
         problems: Vec::new(),
@@ -239,6 +249,87 @@ pub struct KeyOptions {
     pub recipients: Vec<String>,
     /// age identity files (`AGE-SECRET-KEY-1…` lines) to unwrap the key with.
     pub identity_files: Vec<PathBuf>,
+    /// Keys these options unwrapped before, to open the same key file again without
+    /// unwrapping it ([`RememberedKeys`]); `None`: every open unwraps.
+    pub remembered: Option<Arc<RememberedKeys>>,
+}
+
+/// Chain keys a process unwrapped, by key file and by what opened it: a process that opens
+/// the same chain again and again (a scheduled job: its backup, its prune and its compaction,
+/// at every run) unwraps its key once. A passphrase costs age's scrypt at every unwrap, at the
+/// work factor the chain's maker picked: about a second, and 512 MiB of memory at N = 2^19.
+/// The same key file bytes opened with the same passphrase and identity files give the same
+/// key, so a key is answered only for those; a key file written again (a repair, another
+/// chain at the same place) is unwrapped anew.
+#[derive(Default)]
+pub struct RememberedKeys {
+    /// Newest last.
+    keys: Mutex<Vec<Remembered>>,
+    /// Opens answered from memory.
+    hits: AtomicU64,
+}
+
+/// A key a [`RememberedKeys`] holds: what opened it (a digest), the key file's bytes, the key.
+type Remembered = ([u8; 32], Vec<u8>, ChainKey);
+
+/// Key files a [`RememberedKeys`] keeps (a job's chain has one; a repair writes another).
+const REMEMBERED_KEYS: usize = 4;
+
+impl RememberedKeys {
+    /// How many opens were answered without unwrapping.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// What opens a key with `options`: a digest of the passphrase and the identity files'
+    /// names (never the passphrase itself).
+    fn opener(options: &KeyOptions) -> [u8; 32] {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        if let Some(p) = &options.passphrase {
+            h.update(b"passphrase\0");
+            h.update(p.expose_secret().as_bytes());
+            h.update(b"\0");
+        }
+        for f in &options.identity_files {
+            h.update(b"identity\0");
+            h.update(f.as_os_str().as_encoded_bytes());
+            h.update(b"\0");
+        }
+        h.finalize().into()
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Remembered>> {
+        // A panic while holding the list leaves it whole (each change is one push or remove).
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`ChainKey::unwrap`], answered from memory when `options` opened `bytes` before.
+    fn unwrap(&self, path: &Path, bytes: &[u8], options: &KeyOptions) -> Result<ChainKey> {
+        let opener = Self::opener(options);
+        let known = self
+            .entries()
+            .iter()
+            .find(|(o, b, _)| *o == opener && b == bytes)
+            .map(|(_, _, k)| k.clone());
+        if let Some(key) = known {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(key = %key.id(), file = %path.display(), "chain key opened from memory");
+            return Ok(key);
+        }
+        let key = ChainKey::unwrap(path, bytes, options)?;
+        self.keep(opener, bytes, &key);
+        Ok(key)
+    }
+
+    /// Remembers `key` as what `opener` opens in the key file `bytes`.
+    fn keep(&self, opener: [u8; 32], bytes: &[u8], key: &ChainKey) {
+        let mut keys = self.entries();
+        if keys.len() >= REMEMBERED_KEYS {
+            keys.remove(0);
+        }
+        keys.push((opener, bytes.to_vec(), key.clone()));
+    }
 }
 
 impl std::fmt::Debug for KeyOptions {
@@ -247,6 +338,7 @@ impl std::fmt::Debug for KeyOptions {
             .field("passphrase", &self.passphrase.as_ref().map(|_| "…"))
             .field("recipients", &self.recipients)
             .field("identity_files", &self.identity_files)
+            .field("remembered", &self.remembered.is_some())
             .finish()
     }
 }
@@ -278,6 +370,7 @@ impl KeyOptions {
 }
 
 /// A chain's key (32 bytes, wiped from memory when dropped) and its id.
+#[derive(Clone)]
 pub struct ChainKey {
     key: Zeroizing<[u8; 32]>,
     id: [u8; 8],
@@ -482,6 +575,7 @@ impl ChainKey {
                     ),
                 ));
             }
+            tracing::debug!(key = %key.id(), file = %path.display(), "chain key unwrapped");
             return Ok(key);
         }
         let kinds: Vec<&str> = file.wraps.iter().map(|w| w.kind.as_str()).collect();
@@ -1032,7 +1126,6 @@ pub type SharedKey = Arc<ChainKey>;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use age::secrecy::ExposeSecret;
 
     fn seal(key: &ChainKey, plain: &[u8], writes: usize) -> Vec<u8> {
         let mut w = SealWriter::new(key, Vec::new()).unwrap();
@@ -1126,6 +1219,69 @@ mod tests {
             .contains("not this chain's key"));
     }
 
+    /// Options that remember their keys open the same key file again from memory (a job's
+    /// every run), with the key they made too; other identities through the same memory are
+    /// still checked (and refused), and a key file written again is unwrapped anew.
+    #[test]
+    fn remembered_keys_open_the_same_key_file_without_unwrapping_it_again() {
+        use crate::ChainStore as _;
+        let dir = tempfile::tempdir().unwrap();
+        let id = age::x25519::Identity::generate();
+        let id_file = dir.path().join("id.txt");
+        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
+        let other_file = dir.path().join("other.txt");
+        let other = age::x25519::Identity::generate();
+        std::fs::write(&other_file, other.to_string().expose_secret()).unwrap();
+        let chain_dir = dir.path().join("bk");
+        std::fs::create_dir(&chain_dir).unwrap();
+        let store = crate::LocalChain::new(&chain_dir);
+        let remembered = Arc::new(RememberedKeys::default());
+        let job = KeyOptions {
+            recipients: vec![id.to_public().to_string()],
+            identity_files: vec![id_file.clone()],
+            remembered: Some(Arc::clone(&remembered)),
+            ..KeyOptions::default()
+        };
+        let made = open_chain_key(&store, &job, true).unwrap().unwrap();
+        assert!(made.made);
+        let sealed = made.key.seal_bytes(b"a record");
+        for n in 1..=3 {
+            let again = open_chain_key(&store, &job, n == 2).unwrap().unwrap();
+            assert_eq!(again.key.id(), made.key.id());
+            assert_eq!(
+                again.key.open_bytes(Path::new("x"), &sealed).unwrap(),
+                b"a record"
+            );
+            assert_eq!(remembered.hits(), n);
+        }
+        // Another identity through the same memory is tried on the key file, and refused.
+        let wrong = KeyOptions {
+            identity_files: vec![other_file],
+            ..job.clone()
+        };
+        assert!(matches!(
+            open_chain_key(&store, &wrong, false),
+            Err(Error::Key { .. })
+        ));
+        assert_eq!(remembered.hits(), 3);
+        // The key wrapped again (new bytes): unwrapped, then remembered in turn.
+        let bytes = made.key.wrap(&chain_dir.join(KEY_FILE), &job).unwrap();
+        store.replace_key_file(KEY_FILE, &bytes).unwrap();
+        store.replace_key_file(KEY_FILE_COPY, &bytes).unwrap();
+        for hits in [3, 4] {
+            let again = open_chain_key(&store, &job, false).unwrap().unwrap();
+            assert_eq!(again.key.id(), made.key.id());
+            assert_eq!(remembered.hits(), hits);
+        }
+        // Without the memory, nothing is remembered or answered.
+        let plain = KeyOptions {
+            remembered: None,
+            ..job.clone()
+        };
+        open_chain_key(&store, &plain, false).unwrap().unwrap();
+        assert_eq!(remembered.hits(), 4);
+    }
+
     /// The key-file protocol on a real directory: a writer makes the key file and its copy;
     /// with one damaged a reader opens the chain with the other and reports it, and a writer
     /// writes it again; with both damaged, opening fails as damage.
@@ -1196,6 +1352,7 @@ mod tests {
             passphrase: Some(SecretString::from("correct horse".to_string())),
             recipients: vec![id.to_public().to_string()],
             identity_files: Vec::new(),
+            remembered: None,
         };
         let file = key.wrap(Path::new("k"), &opts).unwrap();
         let by_id = KeyOptions {

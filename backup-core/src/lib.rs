@@ -60,8 +60,8 @@ pub use backend::{RestoreSink, StorageBackend, View};
 pub use checkpoint::{Checkpoint, StoreId};
 pub use crypt::{
     is_encrypted_dir, open_chain_key, read_key_files, repair_key_files, seal_output, verify_sealed,
-    ChainKey, KeyFiles, KeyOptions, OpenedKey, SealedArchive, SharedKey, KEY_FILE, KEY_FILE_COPY,
-    NEEDS_KEY,
+    ChainKey, KeyFiles, KeyOptions, OpenedKey, RememberedKeys, SealedArchive, SharedKey, KEY_FILE,
+    KEY_FILE_COPY, NEEDS_KEY,
 };
 pub use destination::{claim_format, detect_format, no_backup, not_a_file, DestFormat};
 pub use docid::{decode as decode_docid, display_key, encode as encode_docid};

@@ -113,6 +113,7 @@ impl KeyArgs {
                 .transpose()?,
             recipients: self.encrypt_recipient.clone(),
             identity_files: self.encrypt_identity.clone(),
+            remembered: None,
         })
     }
 }

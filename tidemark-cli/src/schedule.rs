@@ -347,13 +347,17 @@ fn load(path: &Path, clock: &dyn Clock) -> Result<(Vec<Ready>, Vec<String>)> {
                 );
             }
         }
-        let keys = crate::KeyArgs {
+        let mut keys = crate::KeyArgs {
             encrypt_passphrase_file: job.encrypt_passphrase_file.clone(),
             encrypt_recipient: job.encrypt_recipients.clone(),
             encrypt_identity: job.encrypt_identities.clone(),
         }
         .options()
         .with_context(ctx)?;
+        // The job opens its chain at every run (and again to prune or compact it): its key is
+        // unwrapped once, where a passphrase costs age's scrypt (a second and hundreds of MiB)
+        // at every unwrap.
+        keys.remembered = Some(Default::default());
         if keys.any() && compression.is_none() {
             bail!(
                 "{}: encryption applies to the archive format (a folder backup is plain files)",

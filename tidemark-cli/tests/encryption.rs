@@ -830,3 +830,52 @@ fn a_damaged_key_object_is_read_from_its_copy_and_written_again() {
         ok(d, &verify, true);
     }
 }
+
+/// A scheduled job opens its chain three times a run (to count the incrementals since the last
+/// full, to back up, to prune). With a passphrase each unwrap costs age's scrypt (a second and
+/// 512 MiB on a fast machine), so the job unwraps its key once a process: the run that makes
+/// the chain never unwraps it, and the next process unwraps it once for its three opens.
+#[test]
+fn a_job_unwraps_its_chain_key_once_a_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    source(d);
+    std::fs::write(d.join("pass"), "correct horse battery\n").unwrap();
+    std::fs::write(
+        d.join("jobs.toml"),
+        "[[job]]\nsource = \"sqlite:src.db\"\nto = \"nightly\"\ninterval = \"1h\"\n\
+         compression = \"zstd\"\nfull_every = 3\nencrypt_passphrase_file = \"pass\"\n\
+         [job.retention]\nkeep_last = 5\n",
+    )
+    .unwrap();
+    let run = || {
+        let out = std::process::Command::new(common::bin())
+            .current_dir(d)
+            .args(["-vv", "run", "--once", "--config", "jobs.toml"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let count = |what: &str| err.lines().filter(|l| l.contains(what)).count();
+        (
+            count("chain key unwrapped"),
+            count("chain key opened from memory"),
+            err,
+        )
+    };
+    let (unwrapped, remembered, err) = run();
+    assert!(d.join("nightly/.tidemark-key").is_file());
+    assert_eq!(
+        (unwrapped, remembered),
+        (0, 1),
+        "the run that made the key:\n{err}"
+    );
+    let (unwrapped, remembered, err) = run();
+    assert_eq!((unwrapped, remembered), (1, 2), "the next process:\n{err}");
+    // The chain opens with the passphrase as ever.
+    ok(
+        d,
+        &["verify", "nightly", "--encrypt-passphrase-file", "pass"],
+        false,
+    );
+}
