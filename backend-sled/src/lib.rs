@@ -84,13 +84,21 @@ impl SledBackend {
 
     /// Opens a sled database on disk (sled allows one process at a time: the application must
     /// not have it open), with tidemark's smaller page cache ([`tracked::TOOL_CACHE_BYTES`]).
-    /// A database an application tracks ([`TrackedDb`]) is opened tracked; any other is read
+    /// A database an application tracks ([`TrackedDb`]) is opened tracked (in place at once
+    /// when it has [`tracked::TRACKED_MARKER`], which `TrackedDb` writes); any other is read
     /// as it is, and not a byte of it changes: its lock is held as sled holds it, and a copy
     /// in the system's temporary directory is read (removed when the backend is dropped; one
     /// left by a killed process is removed by the next open). Space for one copy of the
     /// database is needed there.
     pub fn open(path: &Path) -> Result<Self> {
         backup_core::check_store_dir(path, "conf", "sled")?;
+        if path.join(tracked::TRACKED_MARKER).is_file() {
+            // A database its application opened through `TrackedDb` (which put the marker
+            // there): opened in place at once, as the copy below would find it tracked.
+            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+                .map_err(|e| tracked::open_error(path, e))?;
+            return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
+        }
         let lock = tracked::lock_as_sled_does(path)?;
         let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
         let copy = dir.path().join("db");

@@ -390,3 +390,68 @@ fn a_different_plain_sled_database_at_the_same_path_starts_a_full_backup() {
     ok(&["restore", "--from", "bk", "--to", "sled:copy"], d);
     assert_eq!(sled_content(&d.join("copy")), sled_content(&d.join("app")));
 }
+
+/// A database its application writes through `TrackedDb` carries the marker file that
+/// `TrackedDb` puts there, and a backup opens it in place at once: with no usable temporary
+/// directory (where a plain database's copy goes) the backup still succeeds, and restores
+/// equal to the source, where a plain database's backup stops. A tracked database from before
+/// the marker (removed here) is backed up through the copy, which finds it tracked, and gets
+/// the marker then.
+#[test]
+fn a_tracked_sled_database_is_opened_in_place_without_a_copy() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path();
+    let marker = d.join("app").join(backend_sled::tracked::TRACKED_MARKER);
+    {
+        let db = backend_sled::TrackedDb::open(&d.join("app")).unwrap();
+        for i in 0..100u32 {
+            db.insert("users", &i.to_be_bytes(), &[i as u8; 16])
+                .unwrap();
+        }
+    }
+    assert!(
+        marker.is_file(),
+        "TrackedDb puts its marker in the database's directory"
+    );
+    {
+        let db = sled::open(d.join("plain")).unwrap();
+        db.open_tree("users").unwrap().insert(b"k", b"v").unwrap();
+        db.flush().unwrap();
+    }
+    let no_tmp = d.join("no-such-directory");
+    let backup = |source: &str, dest: &str, tmpdir: &Path| {
+        std::process::Command::new(common::bin())
+            .current_dir(d)
+            .env("TMPDIR", tmpdir)
+            .args([
+                "backup", "--source", source, "--to", dest, "--format", "folder",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = backup("sled:app", "bk", &no_tmp);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = backup("sled:plain", "pr", &no_tmp);
+    assert!(
+        !plain.status.success(),
+        "a plain database is read from a copy"
+    );
+    ok(&["restore", "--from", "bk", "--to", "sled:copy"], d);
+    assert_eq!(sled_content(&d.join("copy")), sled_content(&d.join("app")));
+    // A tracked database without the marker (written before it was kept).
+    std::fs::remove_file(&marker).unwrap();
+    let out = backup("sled:app", "bk", &std::env::temp_dir());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        marker.is_file(),
+        "the backup that found it tracked put the marker back"
+    );
+}
