@@ -95,9 +95,7 @@ impl SledBackend {
         if path.join(tracked::TRACKED_MARKER).is_file() {
             // A database its application opened through `TrackedDb` (which put the marker
             // there): opened in place at once, as the copy below would find it tracked.
-            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
-                .map_err(|e| tracked::open_error(path, e))?;
-            return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
+            return Self::open_tracked(path);
         }
         let lock = tracked::lock_as_sled_does(path)?;
         let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
@@ -113,9 +111,7 @@ impl SledBackend {
             // Its application writes through `TrackedDb`: the backup trims its log, which is
             // the opt-in to writes. The database itself is opened.
             drop((db, dir, lock));
-            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
-                .map_err(|e| tracked::open_error(path, e))?;
-            return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
+            return Self::open_tracked(path);
         }
         let id = {
             use std::os::unix::fs::MetadataExt;
@@ -134,6 +130,13 @@ impl SledBackend {
                 }),
             },
         })
+    }
+
+    /// Opens the tracked database at `path` itself, with tidemark's page cache.
+    fn open_tracked(path: &Path) -> Result<Self> {
+        let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+            .map_err(|e| tracked::open_error(path, e))?;
+        Ok(SledBackend::new(TrackedDb::from_db(db, path)?))
     }
 
     /// The tracked handle (`None` for a database read as it is).

@@ -1127,6 +1127,14 @@ pub type SharedKey = Arc<ChainKey>;
 mod tests {
     use super::*;
 
+    /// A new age identity, written as `name` in `dir` (as age-keygen writes one).
+    fn identity_file(dir: &Path, name: &str) -> (age::x25519::Identity, PathBuf) {
+        let id = age::x25519::Identity::generate();
+        let path = dir.join(name);
+        std::fs::write(&path, id.to_string().expose_secret()).unwrap();
+        (id, path)
+    }
+
     fn seal(key: &ChainKey, plain: &[u8], writes: usize) -> Vec<u8> {
         let mut w = SealWriter::new(key, Vec::new()).unwrap();
         for c in plain.chunks(writes.max(1)) {
@@ -1226,12 +1234,8 @@ mod tests {
     fn remembered_keys_open_the_same_key_file_without_unwrapping_it_again() {
         use crate::ChainStore as _;
         let dir = tempfile::tempdir().unwrap();
-        let id = age::x25519::Identity::generate();
-        let id_file = dir.path().join("id.txt");
-        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
-        let other_file = dir.path().join("other.txt");
-        let other = age::x25519::Identity::generate();
-        std::fs::write(&other_file, other.to_string().expose_secret()).unwrap();
+        let (id, id_file) = identity_file(dir.path(), "id.txt");
+        let (_, other_file) = identity_file(dir.path(), "other.txt");
         let chain_dir = dir.path().join("bk");
         std::fs::create_dir(&chain_dir).unwrap();
         let store = crate::LocalChain::new(&chain_dir);
@@ -1288,9 +1292,7 @@ mod tests {
     #[test]
     fn a_chain_key_survives_one_damaged_key_file() {
         let dir = tempfile::tempdir().unwrap();
-        let id = age::x25519::Identity::generate();
-        let id_file = dir.path().join("id.txt");
-        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
+        let (id, id_file) = identity_file(dir.path(), "id.txt");
         let chain_dir = dir.path().join("bk");
         std::fs::create_dir(&chain_dir).unwrap();
         let store = crate::LocalChain::new(&chain_dir);
@@ -1344,9 +1346,7 @@ mod tests {
     #[test]
     fn key_files_open_with_the_passphrase_or_an_identity_only() {
         let dir = tempfile::tempdir().unwrap();
-        let id = age::x25519::Identity::generate();
-        let id_file = dir.path().join("id.txt");
-        std::fs::write(&id_file, id.to_string().expose_secret()).unwrap();
+        let (id, id_file) = identity_file(dir.path(), "id.txt");
         let key = ChainKey::generate();
         let opts = KeyOptions {
             passphrase: Some(SecretString::from("correct horse".to_string())),
