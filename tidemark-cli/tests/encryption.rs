@@ -849,11 +849,7 @@ fn a_job_unwraps_its_chain_key_once_a_process() {
     )
     .unwrap();
     let run = || {
-        let out = std::process::Command::new(common::bin())
-            .current_dir(d)
-            .args(["-vv", "run", "--once", "--config", "jobs.toml"])
-            .output()
-            .unwrap();
+        let out = cmd(d, &["-vv", "run", "--once", "--config", "jobs.toml"], false);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{err}");
         let count = |what: &str| err.lines().filter(|l| l.contains(what)).count();
