@@ -74,6 +74,13 @@ struct PlainCopy {
 /// different database put at the same path (or a restored copy) is a different store.
 pub const UNTRACKED_ID: &str = "untracked-sled";
 
+/// Whether `db` holds tidemark's change log (its application writes through [`TrackedDb`]).
+fn is_tracked(db: &sled::Db) -> bool {
+    db.tree_names()
+        .iter()
+        .any(|n| n.as_ref() == tracked::META_TREE.as_bytes())
+}
+
 impl SledBackend {
     /// A backend over a tracked handle the application writes through.
     pub fn new(db: TrackedDb) -> Self {
@@ -95,7 +102,21 @@ impl SledBackend {
         if path.join(tracked::TRACKED_MARKER).is_file() {
             // A database its application opened through `TrackedDb` (which put the marker
             // there): opened in place at once, as the copy below would find it tracked.
-            return Self::open_tracked(path);
+            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
+                .map_err(|e| tracked::open_error(path, e))?;
+            if is_tracked(&db) {
+                return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
+            }
+            // The marker outlived the tracking (its trees were dropped, or the directory was
+            // put together by hand): the database is not tracked, so it is read as any other,
+            // from a copy, and tracking is not started behind the application's back.
+            drop(db);
+            tracing::warn!(
+                "{}: the database has {} but not tidemark's change log: it is read as an \
+                 untracked database (remove the file to skip this check)",
+                path.display(),
+                tracked::TRACKED_MARKER
+            );
         }
         let lock = tracked::lock_as_sled_does(path)?;
         let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
@@ -103,11 +124,7 @@ impl SledBackend {
         copy_database(&dir, path, &copy)?;
         let db = tracked::open_db_with_cache(&copy, tracked::TOOL_CACHE_BYTES)
             .map_err(|e| tracked::open_error(path, e))?;
-        let is_tracked = db
-            .tree_names()
-            .iter()
-            .any(|n| n.as_ref() == tracked::META_TREE.as_bytes());
-        if is_tracked {
+        if is_tracked(&db) {
             // Its application writes through `TrackedDb`: the backup trims its log, which is
             // the opt-in to writes. The database itself is opened.
             drop((db, dir, lock));

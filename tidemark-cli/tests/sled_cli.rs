@@ -454,4 +454,39 @@ fn a_tracked_sled_database_is_opened_in_place_without_a_copy() {
         marker.is_file(),
         "the backup that found it tracked put the marker back"
     );
+    // The marker outlives the tracking: tidemark's trees dropped with plain sled. The backup
+    // reads the database as an untracked one and does not start tracking it again.
+    {
+        let db = sled::open(d.join("app")).unwrap();
+        for tree in [
+            backend_sled::tracked::LOG_TREE,
+            backend_sled::tracked::META_TREE,
+        ] {
+            assert!(db.drop_tree(tree).unwrap(), "{tree} was there");
+        }
+        db.flush().unwrap();
+    }
+    let out = backup("sled:app", "bk2", &std::env::temp_dir());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read as an untracked database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<Vec<u8>> = sled::open(d.join("app"))
+        .unwrap()
+        .tree_names()
+        .iter()
+        .map(|n| n.to_vec())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with(b"__tidemark_")),
+        "the backup started tracking a database whose tracking was dropped: {names:?}"
+    );
+    ok(&["restore", "--from", "bk2", "--to", "sled:copy2"], d);
+    assert_eq!(sled_content(&d.join("copy2")), sled_content(&d.join("app")));
 }
