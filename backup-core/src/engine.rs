@@ -614,21 +614,17 @@ fn run_once<T: Target>(
         previous: previous_marks,
         released_with: None,
     };
-    let (outcome, reason) = match (previous, options.mode) {
-        (Err(reason), _) => {
-            let reason = full_because(reason.clone(), events);
-            (
-                full(
-                    target,
-                    taken.view.as_mut(),
-                    taken.collections,
-                    options,
-                    events,
-                )?,
-                Some(reason),
-            )
+    // The previous backup to continue, or why this run is a full one.
+    let continued = match (previous, options.mode) {
+        (Err(reason), _) => Err(full_because(reason.clone(), events)),
+        (Ok(_), BackupMode::Full) => Err(FullReason::Requested),
+        (Ok(_), BackupMode::Auto) if interrupted => {
+            Err(full_because(FullReason::Interrupted, events))
         }
-        (Ok(_), BackupMode::Full) => (
+        (Ok(prev), BackupMode::Auto) => Ok(prev),
+    };
+    let (outcome, reason) = match continued {
+        Err(reason) => (
             full(
                 target,
                 taken.view.as_mut(),
@@ -636,22 +632,9 @@ fn run_once<T: Target>(
                 options,
                 events,
             )?,
-            Some(FullReason::Requested),
+            Some(reason),
         ),
-        (Ok(_), BackupMode::Auto) if interrupted => {
-            let reason = full_because(FullReason::Interrupted, events);
-            (
-                full(
-                    target,
-                    taken.view.as_mut(),
-                    taken.collections,
-                    options,
-                    events,
-                )?,
-                Some(reason),
-            )
-        }
-        (Ok(prev), BackupMode::Auto) => {
+        Ok(prev) => {
             let mut attempt = try_incremental(
                 target,
                 prev,
