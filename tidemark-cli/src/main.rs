@@ -187,7 +187,7 @@ fn main() -> ExitCode {
         backup_core::remove_temp_files();
     }
     alloc::exiting();
-    match result {
+    let code = match result {
         Ok(code) => code,
         // A reader that went away (`tidemark … | head`) is not a failed backup: the work is done.
         Err(e)
@@ -204,6 +204,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    };
+    exit_now(code)
+}
+
+/// Ends the process with `code` once stdout and stderr are flushed, without the exit handlers
+/// a return from `main` runs: they are RocksDB's static destructors (its option tables, freed
+/// node by node), 0.6 ms of user time before `exit_group` in every command of a binary with
+/// RocksDB (`perf trace`: 0.67–0.77 ms from the last write to `exit_group`, 0.09–0.15 ms
+/// without them). The command's own files are closed, renamed and synced by then: `run` has
+/// returned and dropped its handles (a store's, which waits for its background work; a
+/// destination's lock). Threads still running are ended either way. An exit code this does not
+/// know, or output that cannot be flushed, takes the usual way out.
+fn exit_now(code: ExitCode) -> ExitCode {
+    use std::io::Write;
+    let known = [
+        (ExitCode::SUCCESS, 0),
+        (ExitCode::FAILURE, 1),
+        (ExitCode::from(EXIT_DAMAGED), i32::from(EXIT_DAMAGED)),
+    ];
+    let raw = known
+        .into_iter()
+        .find_map(|(known, raw)| (known == code).then_some(raw));
+    let flushed = std::io::stdout().flush().is_ok() && std::io::stderr().flush().is_ok();
+    match raw {
+        Some(raw) if flushed => {
+            #[allow(unsafe_code)]
+            // SAFETY: `_exit` ends the process at once and nothing after it runs; what the
+            // command wrote was closed and synced before `run` returned (see above).
+            unsafe {
+                libc::_exit(raw)
+            }
+        }
+        _ => code,
     }
 }
 
