@@ -179,6 +179,11 @@ enum Leftover {
     /// exclusive locking mode, which keeps the index in memory): a read-only connection cannot
     /// build the index, and a read-write one writes it and checkpoints the WAL.
     WalWithoutIndex,
+    /// A database in WAL mode without its `-shm` index, in a directory the backup cannot
+    /// write (a read-only file system, such as a mounted snapshot, or no write permission):
+    /// SQLite reads a WAL database through that index, which it cannot create there, and
+    /// refuses to open it. Its `-wal` file, if any, is copied with it.
+    ReadOnlyDirectory,
 }
 
 impl Leftover {
@@ -186,7 +191,7 @@ impl Leftover {
     fn suffix(self) -> &'static str {
         match self {
             Leftover::HotJournal => "-journal",
-            Leftover::WalWithoutIndex => "-wal",
+            Leftover::WalWithoutIndex | Leftover::ReadOnlyDirectory => "-wal",
         }
     }
 
@@ -201,8 +206,36 @@ impl Leftover {
                 "a -wal file without its -shm index (which SQLite writes again at the next open \
                  that may write, and checkpoints the WAL into the database)"
             }
+            Leftover::ReadOnlyDirectory => {
+                "WAL mode in a directory the backup cannot write (a read-only file system or no \
+                 write permission), where SQLite cannot make the -shm index it reads the \
+                 database through"
+            }
         }
     }
+
+    /// Whether the copy needs the file beside the database ([`Leftover::suffix`]): a
+    /// database in a directory the backup cannot write may have no `-wal` file.
+    fn needs_beside(self) -> bool {
+        self != Leftover::ReadOnlyDirectory
+    }
+}
+
+/// Whether the directory of the database at `real` (its real path) can be written: `access`
+/// with `W_OK`, which a read-only file system refuses even to root.
+fn directory_writable(real: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = match real.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(dir) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return true; // a path SQLite could not open either; its own error says so
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: `dir` is a NUL-terminated path that lives across the call; `access` only reads it.
+    let answer = unsafe { libc::access(dir.as_ptr(), libc::W_OK) };
+    answer == 0
 }
 
 /// `path` with `suffix` appended to its file name (`-wal`, `-journal`).
@@ -327,7 +360,16 @@ impl SqliteBackend {
         let wal_present = || suffixed(&real, "-wal").exists();
         let mut attempt = 0;
         loop {
-            let leftover = if !wal_present() {
+            // A WAL database with no -shm index in a directory that cannot be written. With
+            // one (its application has it open, or died), a read-only connection reads
+            // through it, or through the -wal file itself when no application keeps the
+            // index up (SQLite's "unreliable" index: `wal_databases_on_read_only_mounts…`).
+            let leftover = if !suffixed(&real, "-shm").exists()
+                && wal_mode_on_disk(&real)
+                && !directory_writable(&real)
+            {
+                Leftover::ReadOnlyDirectory
+            } else if !wal_present() {
                 match Self::open_rollback_reader(path, &real)? {
                     Reader::Opened(backend) => return Ok(*backend),
                     Reader::NotApplicable => {
@@ -435,12 +477,15 @@ impl SqliteBackend {
     pub fn open_for_live(path: &Path) -> Result<Self> {
         let backend = Self::open_for_backup(path)?;
         if let Some(copy) = &backend.copy {
+            let when = match copy.why {
+                Leftover::ReadOnlyDirectory => "back it up live where its directory can be written",
+                _ => "start the live backup once its application has opened it again",
+            };
             return Err(Error::BadInput {
                 path: path.to_path_buf(),
                 cause: format!(
                     "it has {}, and a live backup follows the database itself without writing \
-                     to it: start the live backup once its application has opened it again (a \
-                     one-off backup reads a recovered copy)",
+                     to it: {when} (a one-off backup reads a recovered copy)",
                     copy.why.what()
                 ),
                 source: None,
@@ -457,16 +502,23 @@ impl SqliteBackend {
     /// copy may mix two states, and the caller looks again.
     fn open_recovered_copy(path: &Path, real: &Path, why: Leftover) -> Result<Option<Self>> {
         let beside = suffixed(real, why.suffix());
-        let (Some(beside_was), Some(db_was)) = (file_state(&beside), file_state(real)) else {
+        let beside_was = file_state(&beside);
+        let Some(db_was) = file_state(real) else {
             return Ok(None);
         };
+        if beside_was.is_none() && why.needs_beside() {
+            return Ok(None);
+        }
         let dir = backup_core::ScratchDir::new("tidemark-sqlite-copy-")?;
         let file = dir.path().join("db");
-        for (from, to) in [
+        let copies = [
             (&beside, suffixed(&file, why.suffix())),
-            (&real.into(), file.clone()),
-        ] {
-            match dir.copy_in(from, &to) {
+            (&real.to_path_buf(), file.clone()),
+        ];
+        // The file beside it first (when there is one), then the database.
+        let skip = usize::from(beside_was.is_none());
+        for (from, to) in copies.iter().skip(skip) {
+            match dir.copy_in(from, to) {
                 Ok(()) => {}
                 Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                     return Ok(None)
@@ -474,12 +526,19 @@ impl SqliteBackend {
                 Err(e) => return Err(e),
             }
         }
-        if file_state(&beside) != Some(beside_was) || file_state(real) != Some(db_was) {
+        if file_state(&beside) != beside_was || file_state(real) != Some(db_was) {
             return Ok(None);
         }
+        let after = match why {
+            Leftover::ReadOnlyDirectory => {
+                "the database cannot be written there, so the change log of a tracked one is \
+                 not trimmed"
+            }
+            _ => "its application recovers it when it opens it",
+        };
         tracing::warn!(
             "{} has {}: the backup reads a copy recovered in {} and leaves the database as it \
-             is (its application recovers it when it opens it)",
+             is ({after})",
             describe(path),
             why.what(),
             dir.path().display()
