@@ -547,8 +547,11 @@ fn a_full_backup_lets_writers_in_and_is_exact() {
     assert!(out.status.success(), "{err}");
     let tries = op as u32 + refused;
     assert!(tries >= 50, "the backup took {tries} tries only");
+    // A backup that held its read lock throughout refused 8,013 of 8,064; letting writers in
+    // between steps, 308 of 3,140, and 397 of 1,447 in a CI run whose other tests loaded the
+    // cores (the steps' share of the time grows with the load): half is the line.
     assert!(
-        f64::from(refused) < 0.25 * f64::from(tries),
+        f64::from(refused) < 0.5 * f64::from(tries),
         "{refused} of {tries} writes refused (database is locked) while the full backup ran"
     );
     ok(&["verify", "bk"], d);
