@@ -364,9 +364,11 @@ impl SqliteBackend {
             // one (its application has it open, or died), a read-only connection reads
             // through it, or through the -wal file itself when no application keeps the
             // index up (SQLite's "unreliable" index: `wal_databases_on_read_only_mounts…`).
+            // The directory is asked first: a writable one (nearly always) spares reading the
+            // header here as well as in `open_rollback_reader`.
             let leftover = if !suffixed(&real, "-shm").exists()
-                && wal_mode_on_disk(&real)
                 && !directory_writable(&real)
+                && wal_mode_on_disk(&real)
             {
                 Leftover::ReadOnlyDirectory
             } else if !wal_present() {
