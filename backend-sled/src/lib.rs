@@ -74,6 +74,13 @@ struct PlainCopy {
 /// different database put at the same path (or a restored copy) is a different store.
 pub const UNTRACKED_ID: &str = "untracked-sled";
 
+/// Opens the sled database at `at` (the database at `path`, or its copy) with tidemark's page
+/// cache; an error names `path`.
+fn open_with_tool_cache(at: &Path, path: &Path) -> Result<sled::Db> {
+    tracked::open_db_with_cache(at, tracked::TOOL_CACHE_BYTES)
+        .map_err(|e| tracked::open_error(path, e))
+}
+
 /// Whether `db` holds tidemark's change log (its application writes through [`TrackedDb`]).
 fn is_tracked(db: &sled::Db) -> bool {
     db.tree_names()
@@ -102,8 +109,7 @@ impl SledBackend {
         if path.join(tracked::TRACKED_MARKER).is_file() {
             // A database its application opened through `TrackedDb` (which put the marker
             // there): opened in place at once, as the copy below would find it tracked.
-            let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
-                .map_err(|e| tracked::open_error(path, e))?;
+            let db = open_with_tool_cache(path, path)?;
             if is_tracked(&db) {
                 return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
             }
@@ -122,13 +128,13 @@ impl SledBackend {
         let dir = backup_core::ScratchDir::new("tidemark-sled-copy-")?;
         let copy = dir.path().join("db");
         copy_database(&dir, path, &copy)?;
-        let db = tracked::open_db_with_cache(&copy, tracked::TOOL_CACHE_BYTES)
-            .map_err(|e| tracked::open_error(path, e))?;
+        let db = open_with_tool_cache(&copy, path)?;
         if is_tracked(&db) {
             // Its application writes through `TrackedDb`: the backup trims its log, which is
             // the opt-in to writes. The database itself is opened.
             drop((db, dir, lock));
-            return Self::open_tracked(path);
+            let db = open_with_tool_cache(path, path)?;
+            return Ok(SledBackend::new(TrackedDb::from_db(db, path)?));
         }
         let id = {
             use std::os::unix::fs::MetadataExt;
@@ -147,13 +153,6 @@ impl SledBackend {
                 }),
             },
         })
-    }
-
-    /// Opens the tracked database at `path` itself, with tidemark's page cache.
-    fn open_tracked(path: &Path) -> Result<Self> {
-        let db = tracked::open_db_with_cache(path, tracked::TOOL_CACHE_BYTES)
-            .map_err(|e| tracked::open_error(path, e))?;
-        Ok(SledBackend::new(TrackedDb::from_db(db, path)?))
     }
 
     /// The tracked handle (`None` for a database read as it is).
