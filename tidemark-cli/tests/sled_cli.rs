@@ -429,12 +429,14 @@ fn a_tracked_sled_database_is_opened_in_place_without_a_copy() {
             .output()
             .unwrap()
     };
-    let out = backup("sled:app", "bk", &no_tmp);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // A backup that must succeed; its stderr.
+    let backed_up = |source: &str, dest: &str, tmpdir: &Path| {
+        let out = backup(source, dest, tmpdir);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    backed_up("sled:app", "bk", &no_tmp);
     let plain = backup("sled:plain", "pr", &no_tmp);
     assert!(
         !plain.status.success(),
@@ -444,12 +446,7 @@ fn a_tracked_sled_database_is_opened_in_place_without_a_copy() {
     assert_eq!(sled_content(&d.join("copy")), sled_content(&d.join("app")));
     // A tracked database without the marker (written before it was kept).
     std::fs::remove_file(&marker).unwrap();
-    let out = backup("sled:app", "bk", &std::env::temp_dir());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    backed_up("sled:app", "bk", &std::env::temp_dir());
     assert!(
         marker.is_file(),
         "the backup that found it tracked put the marker back"
@@ -466,17 +463,8 @@ fn a_tracked_sled_database_is_opened_in_place_without_a_copy() {
         }
         db.flush().unwrap();
     }
-    let out = backup("sled:app", "bk2", &std::env::temp_dir());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("read as an untracked database"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = backed_up("sled:app", "bk2", &std::env::temp_dir());
+    assert!(err.contains("read as an untracked database"), "{err}");
     let names: Vec<Vec<u8>> = sled::open(d.join("app"))
         .unwrap()
         .tree_names()
