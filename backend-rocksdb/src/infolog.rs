@@ -31,8 +31,8 @@ const CREATING: &str = "Creating manifest ";
 pub(crate) fn no_ingestion_between(dir: &Path, from: u64, to: u64) -> Result<(), String> {
     // The old files in the order they were rotated away (their number is the time), then the
     // current one.
-    let mut files =
-        crate::numbered_files(dir, "LOG.old.").map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = crate::view::numbered_files(dir, "LOG.old.")
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     let current = dir.join("LOG");
     if current.exists() {
         files.push((u64::MAX, current));
