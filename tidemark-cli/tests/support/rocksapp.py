@@ -6,6 +6,8 @@ own, older RocksDB (9.x). Commands:
       each, auto compaction off); --crash exits without closing (the last writes only in the
       WAL); --keep-wal keeps WAL files an hour (as an application that lets incrementals read
       its WAL sets)
+  delete DIR START COUNT                             delete keys START..START+COUNT of `default`
+      and `users` (as `write` names them); WAL files kept an hour
   ingest DIR START COUNT [--only]                    write keys z START..START+COUNT of `default`
       into an SST file with SstFileWriter, ingest it (IngestExternalFile), then (without
       --only) put `after` through the WAL; WAL files kept an hour
@@ -158,6 +160,15 @@ def write(path, start, count, flush_each, crash, keep_wal=False):
     db.close()
 
 
+def delete(path, start, count):
+    db, _ = open_all(path, True)
+    users = db.get_column_family("users")
+    for i in range(start, start + count):
+        del db[b"k%06d" % i]
+        del users[i.to_bytes(4, "big")]
+    db.close()
+
+
 def big(path, key, size, seed):
     import random
     cfs = Rdict.list_cf(path) if os.path.exists(os.path.join(path, "CURRENT")) else ["default"]
@@ -213,6 +224,8 @@ if __name__ == "__main__":
         args = sys.argv[2:]
         flush_each = int(args[args.index("--flush-each") + 1]) if "--flush-each" in args else 0
         write(args[0], int(args[1]), int(args[2]), flush_each, "--crash" in args, "--keep-wal" in args)
+    elif cmd == "delete":
+        delete(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "ingest":
         ingest(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "--only" in sys.argv)
     elif cmd == "ingest-compact":
