@@ -414,14 +414,20 @@ pub fn wait_for_an_archive(dir: &Path) {
     });
 }
 
-/// Golden fixture `name` (`tests/fixtures/<name>.tar`), unpacked into `d` (a copy: the
-/// committed files are never written to; git keeps no empty directories, a tar does): its root.
+/// Golden fixture `name` (`tests/fixtures/<name>.tar`, or `.tar.gz`), unpacked into `d` (a
+/// copy: the committed files are never written to; git keeps no empty directories, a tar does):
+/// its root.
 pub fn unpack_fixture(d: &Path, name: &str) -> std::path::PathBuf {
-    let tar = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(format!("{name}.tar"));
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let plain = fixtures.join(format!("{name}.tar"));
+    let tar = if plain.exists() {
+        plain
+    } else {
+        fixtures.join(format!("{name}.tar.gz"))
+    };
+    let gzipped = tar.extension().is_some_and(|e| e == "gz");
     let st = Command::new("tar")
-        .arg("-xf")
+        .arg(if gzipped { "-xzf" } else { "-xf" })
         .arg(&tar)
         .arg("-C")
         .arg(d)
