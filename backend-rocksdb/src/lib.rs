@@ -50,7 +50,6 @@ use open::all_empty;
 use options::{fifo_ids, read_options, Layout};
 use restore::RocksRestore;
 use rocksdb::{DBWithThreadMode, MultiThreaded};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -255,12 +254,7 @@ impl StorageBackend for RocksBackend {
                 "cannot restore into a database another process holds open",
             ));
         }
-        Ok(Box::new(RocksRestore {
-            backend: self,
-            created: Vec::new(),
-            loads: BTreeMap::new(),
-            files: 0,
-        }))
+        Ok(Box::new(RocksRestore::new(self, restore::SST_FILE_BYTES)))
     }
 }
 
@@ -531,5 +525,73 @@ mod tests {
             })
             .collect();
         assert!(left.is_empty(), "SST files moved into the database");
+    }
+
+    /// A long ascending run is cut into SST files of about the restore's file size, each
+    /// ingested as it fills: they hold every key once, at the bottom level, without overlapping,
+    /// while another collection's run goes on beside it.
+    #[test]
+    fn a_long_ascending_run_is_cut_into_files_that_do_not_overlap() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("db");
+        let target = RocksBackend::create(&path).expect("create");
+        // Values that do not compress (xorshift bytes), so that files fill as they would.
+        let put = |i: u32| {
+            let mut x = u64::from(i).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let value = (0..100)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            Record {
+                key: backup_core::Key(format!("k{i:06}").into_bytes()),
+                value: Value::Bytes(value),
+            }
+        };
+        {
+            let mut sink = RocksRestore::new(&target, 64 << 10);
+            for c in ["a", "b"] {
+                sink.create_collection(&CollectionInfo::plain(c), StoreKind::Rocksdb)
+                    .expect("cf");
+            }
+            for start in (0..20_000).step_by(3_000) {
+                for c in ["a", "b"] {
+                    let batch = (start..(start + 3_000).min(20_000)).map(put).collect();
+                    sink.put_batch(&CollectionName::new(c), batch)
+                        .expect("batch");
+                }
+            }
+            Box::new(sink)
+                .finish(&StoreSchema::default(), StoreKind::Rocksdb)
+                .expect("finish");
+        }
+        drop(target);
+        let db = Db::open_cf(&Options::default(), &path, ["default", "a", "b"]).expect("open");
+        for c in ["a", "b"] {
+            let cf = db.cf_handle(c).expect("cf");
+            let keys: Vec<Vec<u8>> = db
+                .iterator_cf(&cf, IteratorMode::Start)
+                .map(|kv| kv.expect("read").0.to_vec())
+                .collect();
+            let want: Vec<Vec<u8>> = (0..20_000).map(|i| put(i).key.0).collect();
+            assert_eq!(keys, want, "{c}");
+            let mut files: Vec<_> = db
+                .live_files()
+                .expect("live files")
+                .into_iter()
+                .filter(|f| f.column_family_name == c)
+                .collect();
+            assert!(files.len() >= 10, "{c}: {} files", files.len());
+            files.sort_by(|x, y| x.start_key.cmp(&y.start_key));
+            for pair in files.windows(2) {
+                assert!(pair[0].end_key < pair[1].start_key, "{c}: files overlap");
+            }
+            assert!(files.iter().all(|f| f.level > 0), "{c}: a file in L0");
+            let entries: u64 = files.iter().map(|f| f.num_entries).sum();
+            assert_eq!(entries, 20_000, "{c}: each key in one file");
+        }
     }
 }

@@ -17,6 +17,12 @@ use std::path::{Path, PathBuf};
 /// would otherwise make one tiny SST file per record.
 const MIN_SST_RUN: u64 = 4096;
 
+/// Bytes at which a restore's SST file is finished and ingested, and the collection's run of
+/// keys goes on in a new one (RocksDB's default target file size). An `SstFileWriter` keeps its
+/// file's whole index in memory: four collections of 1M records of 1 KiB, written as one
+/// 257 MB file each, held 19 MB of index blocks at once.
+pub(crate) const SST_FILE_BYTES: u64 = 64 << 20;
+
 /// How one collection of a restore is being loaded.
 pub(crate) enum Load<'a> {
     /// Every key so far ascending: written straight into an SST file (`file`), ingested whole.
@@ -42,9 +48,22 @@ pub(crate) struct RocksRestore<'a> {
     pub(crate) loads: BTreeMap<String, Load<'a>>,
     /// SST files written so far (names the next one).
     pub(crate) files: u64,
+    /// Bytes at which an SST file is finished and ingested ([`SST_FILE_BYTES`]).
+    pub(crate) file_bytes: u64,
 }
 
 impl<'a> RocksRestore<'a> {
+    /// A restore into `backend`, whose SST files are cut at `file_bytes`.
+    pub(crate) fn new(backend: &'a RocksBackend, file_bytes: u64) -> Self {
+        RocksRestore {
+            backend,
+            created: Vec::new(),
+            loads: BTreeMap::new(),
+            files: 0,
+            file_bytes,
+        }
+    }
+
     /// Starts an SST file for column family `name`.
     fn start_sst(&mut self, name: &str) -> Result<Option<Load<'a>>> {
         let Some(layout) = self.backend.layout.as_ref() else {
@@ -153,6 +172,17 @@ impl RestoreSink for RocksRestore<'_> {
                     last.clear();
                     last.extend_from_slice(key);
                     *count += 1;
+                    if writer.file_size() < self.file_bytes {
+                        continue;
+                    }
+                    // Full: ingested now, and the run goes on in a new file.
+                    let Load::Sst { writer, file, .. } =
+                        std::mem::replace(&mut load, Load::Memtable)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.ingest(&name, writer, &file)?;
+                    load = self.start_sst(&name)?.unwrap_or(Load::Memtable);
                     continue;
                 }
                 let long_run = *count >= MIN_SST_RUN;
