@@ -15,7 +15,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
-use common::{dump, without_tracking as normalize};
+use common::dump;
 use conformance_tests::s3::{bucket, env, http, keys};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -60,48 +60,16 @@ fn in_bucket(d: &Path, name: &str, chain: &str) -> (PathBuf, String) {
     (root, format!("{url}/{chain}"))
 }
 
-/// A chain's points: (checkpoint, the dump there), oldest first.
-fn points(root: &Path, chain: &str) -> Vec<(u64, String)> {
-    let prefix = format!("{chain}-at-");
-    let mut points: Vec<(u64, String)> = std::fs::read_dir(root)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            let at = name
-                .strip_prefix(&prefix)?
-                .strip_suffix(".sql")?
-                .parse()
-                .ok()?;
-            Some((at, std::fs::read_to_string(root.join(&name)).unwrap()))
-        })
-        .collect();
-    points.sort();
-    points
-}
-
-/// Restores `url` (at `at`, if given) into the SQLite database `target` with `key`, and
-/// compares its dump with `want`, tracking objects aside.
+/// Restores `url` (at `at`, if given) into `target` with `key`, and compares.
 fn restores_as(root: &Path, url: &str, at: Option<u64>, key: &[&str], target: &str, want: &str) {
-    let to = format!("sqlite:{target}");
-    let at = at.map(|a| a.to_string());
-    let mut args = vec!["restore", "--from", url, "--to", &to];
-    if let Some(at) = &at {
-        args.extend(["--at", at]);
-    }
-    args.extend(key);
-    ok(&args, root);
-    common::assert_same_dump(
-        &normalize(&dump(&root.join(target))),
-        &normalize(want),
-        &format!("{url} at {at:?}"),
-    );
+    common::assert_restores_as(ok, root, (url, at), key, target, want);
 }
 
 #[test]
 fn a_chain_in_a_bucket_with_compacted_archives_restores_every_point_and_goes_on() {
     let t = tempfile::tempdir().unwrap();
     let (root, url) = in_bucket(t.path(), "golden-s3-plain", "plain");
-    let points = points(&root, "plain");
+    let points = common::dumps_at(&root, "plain-at-");
     assert_eq!(points.len(), 5, "the fixture's points");
     let out = ok(&["verify", &url], &root);
     assert!(out.contains("is intact"), "{out}");
@@ -155,7 +123,7 @@ fn a_chain_in_a_bucket_with_compacted_archives_restores_every_point_and_goes_on(
 fn a_sealed_chain_in_a_bucket_restores_every_point_with_its_identity() {
     let t = tempfile::tempdir().unwrap();
     let (root, url) = in_bucket(t.path(), "golden-s3-sealed", "sealed");
-    let points = points(&root, "sealed");
+    let points = common::dumps_at(&root, "sealed-at-");
     assert_eq!(points.len(), 3, "the fixture's points");
     let key = ["--encrypt-identity", "id.txt"];
     // Without the key, what can be checked is; with it, every record.

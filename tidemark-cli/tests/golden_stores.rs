@@ -19,7 +19,7 @@
 
 mod common;
 use common::kv::{differences, sled_content};
-use common::{dump, ok, rocksapp, without_tracking as normalize};
+use common::{dump, ok, rocksapp};
 use std::path::{Path, PathBuf};
 
 const FIXTURE: &str = "format2-stores-2a21c6b";
@@ -39,39 +39,9 @@ fn points(root: &Path, file: &str) -> Vec<(usize, String)> {
         .collect()
 }
 
-/// The encrypted chain's points: (checkpoint, its dump), oldest first.
-fn sealed_points(root: &Path) -> Vec<(u64, String)> {
-    let mut points: Vec<(u64, String)> = std::fs::read_dir(root)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            let at = name
-                .strip_prefix("at-")?
-                .strip_suffix(".sql")?
-                .parse()
-                .ok()?;
-            Some((at, std::fs::read_to_string(root.join(&name)).unwrap()))
-        })
-        .collect();
-    points.sort();
-    points
-}
-
-/// Restores `chain` (at `at`, if given) into the SQLite database `target` with `key`, and
-/// compares its dump with `want`, tracking objects aside.
-fn restores_as(root: &Path, chain: &str, at: Option<&str>, key: &[&str], target: &str, want: &str) {
-    let to = format!("sqlite:{target}");
-    let mut args = vec!["restore", "--from", chain, "--to", &to];
-    if let Some(at) = at {
-        args.extend(["--at", at]);
-    }
-    args.extend(key);
-    ok(&args, root);
-    common::assert_same_dump(
-        &normalize(&dump(&root.join(target))),
-        &normalize(want),
-        &format!("{chain} at {at:?}"),
-    );
+/// Restores the encrypted chain (at `at`, if given) into `target` with `key`, and compares.
+fn restores_as(root: &Path, at: Option<u64>, key: &[&str], target: &str, want: &str) {
+    common::assert_restores_as(ok, root, ("age-chain", at), key, target, want);
 }
 
 const IDENTITY: [&str; 2] = ["--encrypt-identity", "id.txt"];
@@ -80,7 +50,7 @@ const IDENTITY: [&str; 2] = ["--encrypt-identity", "id.txt"];
 fn an_encrypted_chain_restores_every_point_with_either_key() {
     let t = tempfile::tempdir().unwrap();
     let root = unpack(t.path());
-    let points = sealed_points(&root);
+    let points = common::dumps_at(&root, "at-");
     assert_eq!(points.len(), 3, "the fixture's points");
 
     // Without a key, what can be checked is; with either key, every record.
@@ -96,25 +66,11 @@ fn an_encrypted_chain_restores_every_point_with_either_key() {
         );
     }
     for (at, want) in &points {
-        let at = at.to_string();
-        restores_as(
-            &root,
-            "age-chain",
-            Some(&at),
-            &IDENTITY,
-            &format!("r{at}.db"),
-            want,
-        );
+        restores_as(&root, Some(*at), &IDENTITY, &format!("r{at}.db"), want);
     }
     let last = &points.last().unwrap().1;
-    restores_as(
-        &root,
-        "age-chain",
-        None,
-        &["--encrypt-passphrase-file", "pass"],
-        "latest.db",
-        last,
-    );
+    let pass = ["--encrypt-passphrase-file", "pass"];
+    restores_as(&root, None, &pass, "latest.db", last);
 
     // A new tidemark continues the chain from the database: with a full backup first, since an
     // encrypted chain's key state stayed in the cache of the machine that made it (it says
@@ -152,16 +108,9 @@ fn an_encrypted_chain_restores_every_point_with_either_key() {
         "{out}"
     );
     let now = dump(&root.join("src.db"));
-    restores_as(&root, "age-chain", None, &IDENTITY, "now.db", &now);
+    restores_as(&root, None, &IDENTITY, "now.db", &now);
     let (at, want) = &points[1];
-    restores_as(
-        &root,
-        "age-chain",
-        Some(&at.to_string()),
-        &IDENTITY,
-        "old.db",
-        want,
-    );
+    restores_as(&root, Some(*at), &IDENTITY, "old.db", want);
 }
 
 #[test]

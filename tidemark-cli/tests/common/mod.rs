@@ -437,6 +437,51 @@ pub fn unpack_fixture(d: &Path, name: &str) -> std::path::PathBuf {
     d.join(name)
 }
 
+/// A golden fixture's points: each file `<prefix><checkpoint>.sql` in `root` (a `sqlite3`
+/// dump taken there) as (checkpoint, its text), oldest first.
+pub fn dumps_at(root: &Path, prefix: &str) -> Vec<(u64, String)> {
+    let mut points: Vec<(u64, String)> = std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            let at = name
+                .strip_prefix(prefix)?
+                .strip_suffix(".sql")?
+                .parse()
+                .ok()?;
+            Some((at, std::fs::read_to_string(root.join(&name)).unwrap()))
+        })
+        .collect();
+    points.sort();
+    points
+}
+
+/// Restores `from` (at checkpoint `at`, if given) into the SQLite database `target` in `root`
+/// with the arguments `key` through `ok` (which runs `tidemark` there and must succeed), and
+/// compares its dump with `want`, tracking objects aside.
+pub fn assert_restores_as(
+    ok: impl Fn(&[&str], &Path) -> String,
+    root: &Path,
+    (from, at): (&str, Option<u64>),
+    key: &[&str],
+    target: &str,
+    want: &str,
+) {
+    let to = format!("sqlite:{target}");
+    let at = at.map(|a| a.to_string());
+    let mut args = vec!["restore", "--from", from, "--to", &to];
+    if let Some(at) = &at {
+        args.extend(["--at", at]);
+    }
+    args.extend(key);
+    ok(&args, root);
+    assert_same_dump(
+        &without_tracking(&dump(&root.join(target))),
+        &without_tracking(want),
+        &format!("{from} at {at:?}"),
+    );
+}
+
 /// A `sqlite3` dump without tidemark's tracking objects and the `sqlite_sequence` reset they
 /// cause: how a golden fixture's expected state compares with a restore.
 pub fn without_tracking(text: &str) -> String {
