@@ -24,7 +24,7 @@ const MIN_SST_RUN: u64 = 4096;
 pub(crate) const SST_FILE_BYTES: u64 = 64 << 20;
 
 /// How one collection of a restore is being loaded.
-pub(crate) enum Load<'a> {
+enum Load<'a> {
     /// Every key so far ascending: written straight into an SST file (`file`), ingested whole.
     Sst {
         writer: SstFileWriter<'a>,
@@ -43,13 +43,13 @@ pub(crate) enum Load<'a> {
 /// any memtable write, so later records always have the higher sequence numbers and win, as
 /// they must.
 pub(crate) struct RocksRestore<'a> {
-    pub(crate) backend: &'a RocksBackend,
-    pub(crate) created: Vec<String>,
-    pub(crate) loads: BTreeMap<String, Load<'a>>,
+    backend: &'a RocksBackend,
+    created: Vec<String>,
+    loads: BTreeMap<String, Load<'a>>,
     /// SST files written so far (names the next one).
-    pub(crate) files: u64,
+    files: u64,
     /// Bytes at which an SST file is finished and ingested ([`SST_FILE_BYTES`]).
-    pub(crate) file_bytes: u64,
+    file_bytes: u64,
 }
 
 impl<'a> RocksRestore<'a> {
@@ -85,6 +85,14 @@ impl<'a> RocksRestore<'a> {
             last: Vec::new(),
             count: 0,
         }))
+    }
+
+    /// Ingests `load`'s SST file into column family `name`, if it is writing one.
+    fn ingest_load(&self, name: &str, load: Load<'a>) -> Result<()> {
+        match load {
+            Load::Sst { writer, file, .. } => self.ingest(name, writer, &file),
+            Load::Memtable => Ok(()),
+        }
     }
 
     /// Finishes an SST file and ingests it into column family `name` (moving it into the
@@ -176,21 +184,12 @@ impl RestoreSink for RocksRestore<'_> {
                         continue;
                     }
                     // Full: ingested now, and the run goes on in a new file.
-                    let Load::Sst { writer, file, .. } =
-                        std::mem::replace(&mut load, Load::Memtable)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    self.ingest(&name, writer, &file)?;
+                    self.ingest_load(&name, std::mem::replace(&mut load, Load::Memtable))?;
                     load = self.start_sst(&name)?.unwrap_or(Load::Memtable);
                     continue;
                 }
                 let long_run = *count >= MIN_SST_RUN;
-                let Load::Sst { writer, file, .. } = std::mem::replace(&mut load, Load::Memtable)
-                else {
-                    unreachable!("matched above")
-                };
-                self.ingest(&name, writer, &file)?;
+                self.ingest_load(&name, std::mem::replace(&mut load, Load::Memtable))?;
                 if long_run {
                     if let Some(Load::Sst {
                         mut writer,
@@ -235,9 +234,7 @@ impl RestoreSink for RocksRestore<'_> {
 
     fn finish(mut self: Box<Self>, _schema: &StoreSchema, _source: StoreKind) -> Result<()> {
         for (name, load) in std::mem::take(&mut self.loads) {
-            if let Load::Sst { writer, file, .. } = load {
-                self.ingest(&name, writer, &file)?;
-            }
+            self.ingest_load(&name, load)?;
         }
         let db = self.backend.handle()?;
         for name in &self.created {
