@@ -21,15 +21,11 @@ const COLUMN: &str = "secret_column_name";
 /// `tidemark` in `cwd`, with its cache (the key state of encrypted chains) under `cwd`, and the
 /// environment that points an S3 client at the moto server when `s3` is set.
 fn command(cwd: &Path, s3: bool) -> Command {
-    let mut c = Command::new(common::bin());
-    c.current_dir(cwd).env("XDG_CACHE_HOME", cwd.join("cache"));
     if s3 {
-        #[cfg(feature = "remote")]
-        for (k, v) in conformance_tests::s3::env() {
-            c.env(k, v);
-        }
+        common::against_moto(cwd)
+    } else {
+        common::in_own_cache(cwd)
     }
-    c
 }
 
 fn cmd(cwd: &Path, args: &[&str], s3: bool) -> Output {

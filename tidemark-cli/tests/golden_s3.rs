@@ -16,23 +16,13 @@
 
 mod common;
 use common::dump;
-use conformance_tests::s3::{bucket, env, http, keys};
+use conformance_tests::s3::{bucket, http, keys};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const FIXTURE: &str = "format2-s3-0be2f12";
 
-/// `tidemark` in `cwd`, pointed at the moto server, with a cache of its own.
-fn cmd(cwd: &Path) -> Command {
-    let mut c = Command::new(common::bin());
-    c.current_dir(cwd)
-        .envs(env())
-        .env("XDG_CACHE_HOME", cwd.join("cache"));
-    c
-}
-
 fn ok(args: &[&str], cwd: &Path) -> String {
-    common::succeeds(&mut cmd(cwd), args)
+    common::succeeds(&mut common::against_moto(cwd), args)
 }
 
 /// Unpacks the fixture into `d` and puts every object of `chain` into a new bucket `name`, at

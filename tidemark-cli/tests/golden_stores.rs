@@ -21,16 +21,13 @@ mod common;
 use common::kv::{differences, sled_content};
 use common::{dump, rocksapp};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const FIXTURE: &str = "format2-stores-2a21c6b";
 
 /// Runs `tidemark` in `cwd` with a cache of its own (an encrypted chain keeps its key state
 /// there), which must succeed; returns its stdout.
 fn ok(args: &[&str], cwd: &Path) -> String {
-    let mut c = Command::new(common::bin());
-    c.current_dir(cwd).env("XDG_CACHE_HOME", cwd.join("cache"));
-    common::succeeds(&mut c, args)
+    common::succeeds(&mut common::in_own_cache(cwd), args)
 }
 
 fn unpack(d: &Path) -> PathBuf {

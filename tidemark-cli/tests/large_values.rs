@@ -262,7 +262,7 @@ fn sled_values_of_a_mib_or_more_restore_exactly() {
 #[cfg(feature = "remote")]
 #[test]
 fn values_kept_apart_round_trip_through_an_object_store() {
-    use conformance_tests::s3::{bucket, env};
+    use conformance_tests::s3::bucket;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     let db = d.join("src.db");
@@ -273,13 +273,7 @@ fn values_kept_apart_round_trip_through_an_object_store() {
     );
     ok(&["track", "--source", "sqlite:src.db"], d);
     let url = format!("{}/chain", bucket("large-values"));
-    let run = |args: &[&str]| {
-        let mut c = std::process::Command::new(common::bin());
-        c.current_dir(d)
-            .envs(env())
-            .env("XDG_CACHE_HOME", d.join("cache"));
-        common::succeeds(&mut c, args)
-    };
+    let run = |args: &[&str]| common::succeeds(&mut common::against_moto(d), args);
     let backup = [
         "backup",
         "--source",

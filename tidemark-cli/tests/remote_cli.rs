@@ -17,16 +17,7 @@ use std::time::{Duration, Instant};
 
 /// `tidemark` in `cwd`, configured for the moto server like a user would (environment).
 fn cmd(cwd: &Path) -> Command {
-    let port = moto();
-    let mut c = Command::new(common::bin());
-    c.current_dir(cwd)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("XDG_CACHE_HOME", cwd.join("cache"));
-    c
+    common::against_moto(cwd)
 }
 
 fn run(args: &[&str], cwd: &Path) -> Output {

@@ -27,6 +27,22 @@ pub const ARCHIVE_BACKUP: [&str; 7] = [
     "archive",
 ];
 
+/// `tidemark` in `cwd` with a cache of its own under `cwd/cache` (where encrypted and remote
+/// chains keep their key state), not the user's.
+pub fn in_own_cache(cwd: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.current_dir(cwd).env("XDG_CACHE_HOME", cwd.join("cache"));
+    c
+}
+
+/// [`in_own_cache`], with the environment that points its S3 client at this process's moto
+/// server, as a user would configure it (`conformance_tests::s3::env`).
+pub fn against_moto(cwd: &Path) -> Command {
+    let mut c = in_own_cache(cwd);
+    c.envs(conformance_tests::s3::env());
+    c
+}
+
 /// Runs `tidemark` in `cwd`.
 pub fn tidemark(args: &[&str], cwd: &Path) -> Output {
     Command::new(bin())
